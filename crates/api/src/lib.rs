@@ -1,0 +1,1 @@
+//! The HTTP API (axum). Filled by the service issue.

@@ -1,0 +1,87 @@
+//! `neurodiff inspect MODEL --prompt TEXT [--out FILE.safetensors] [--device cpu|cuda]`.
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
+use neurodiff_core::{device, inspect, reference, tokenizer, Checkpoint, Model};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A checkpoint directory, or a hub id `org/name[@revision]` (offline with HF_HUB_OFFLINE=1).
+    pub model: String,
+    /// The text to run through the model (tokenized with the model's own tokenizer.json).
+    #[arg(long)]
+    pub prompt: String,
+    /// Write `input_ids`, `logits` [seq, vocab] and `hidden_states.{i}` here instead of printing.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu", env = "NEURODIFF_DEVICE")]
+    pub device: String,
+    /// How many next-token predictions to print.
+    #[arg(long, default_value_t = 10)]
+    pub top: i64,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let device = device::parse_device(&args.device)?;
+    let dir = reference::resolve(&args.model, &reference::HubOptions::from_env())?;
+    let ckpt = Checkpoint::open(&dir)?;
+    let tok = tokenizer::load(&dir)?;
+    let model = Model::load(&ckpt, device)?;
+    let result = inspect::inspect(&model, &tok, &args.prompt)?;
+    match &args.out {
+        Some(out) => {
+            save_atomically(&result, out)?;
+            eprintln!(
+                "wrote {} ({} tokens, {} hidden states)",
+                out.display(),
+                result.input_ids.size()[0],
+                result.hidden_states.len()
+            );
+        }
+        None => {
+            let mut table = Table::new();
+            table.load_preset(UTF8_FULL_CONDENSED);
+            table.set_header(["rank", "token id", "token", "logit", "prob"]);
+            for (rank, p) in result.top_next(&tok, args.top)?.iter().enumerate() {
+                table.add_row([
+                    (rank + 1).to_string(),
+                    p.token_id.to_string(),
+                    format!("{:?}", p.token),
+                    format!("{:.4}", p.logit),
+                    format!("{:.4}", p.prob),
+                ]);
+            }
+            let info = model.info();
+            let mut stdout = std::io::stdout().lock();
+            writeln!(
+                stdout,
+                "{} ({}, {} layers, d_model {}), prompt of {} tokens; next-token predictions:",
+                dir.display(),
+                info.model_type,
+                info.n_layers,
+                info.d_model,
+                result.input_ids.size()[0]
+            )?;
+            writeln!(stdout, "{table}")?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes next to `out` and renames, so a failed run never leaves a file that looks complete.
+fn save_atomically(result: &inspect::Inspection, out: &Path) -> anyhow::Result<()> {
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = out
+        .file_name()
+        .with_context(|| format!("--out {}: not a file path", out.display()))?;
+    let tmp = parent.join(format!(".{}.partial", name.to_string_lossy()));
+    result.save(&tmp).with_context(|| format!("--out {}", out.display()))?;
+    std::fs::rename(&tmp, out).with_context(|| format!("--out {}: cannot move the result into place", out.display()))?;
+    Ok(())
+}

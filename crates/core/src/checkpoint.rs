@@ -1,0 +1,288 @@
+//! Hugging Face checkpoints on disk: memory-mapped safetensors (single or sharded), read by name.
+//!
+//! Opening a checkpoint reads only the safetensors headers; a tensor's bytes are touched when
+//! it is asked for, so a caller that needs one layer pays for one layer.
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use safetensors::Dtype;
+use serde::Deserialize;
+use tch::{Device, Kind, Tensor};
+
+use crate::error::{CoreError, Result};
+
+pub const SINGLE_FILE: &str = "model.safetensors";
+pub const SHARD_INDEX: &str = "model.safetensors.index.json";
+pub const CONFIG_FILE: &str = "config.json";
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+
+/// Where one tensor lives and what it holds, read from a safetensors header.
+#[derive(Debug, Clone)]
+pub struct TensorMeta {
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    file: usize,
+    /// Byte range in the file (header included), validated against the file's length.
+    start: usize,
+    end: usize,
+}
+
+impl TensorMeta {
+    pub fn shape_i64(&self) -> Vec<i64> {
+        self.shape.iter().map(|&d| d as i64).collect()
+    }
+
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+#[derive(Debug)]
+struct MappedFile {
+    path: PathBuf,
+    mmap: Mmap,
+}
+
+/// A checkpoint directory in Hugging Face layout.
+#[derive(Debug)]
+pub struct Checkpoint {
+    dir: PathBuf,
+    files: Vec<MappedFile>,
+    tensors: BTreeMap<String, TensorMeta>,
+}
+
+#[derive(Deserialize)]
+struct ShardIndex {
+    weight_map: HashMap<String, String>,
+}
+
+impl Checkpoint {
+    /// Opens `dir`, preferring `model.safetensors` and falling back to a sharded index.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref().to_path_buf();
+        if !dir.is_dir() {
+            return Err(CoreError::MissingFile {
+                path: dir,
+                what: "checkpoint directory",
+            });
+        }
+        let single = dir.join(SINGLE_FILE);
+        let index = dir.join(SHARD_INDEX);
+        let (file_names, weight_map) = if single.is_file() {
+            (vec![SINGLE_FILE.to_string()], None)
+        } else if index.is_file() {
+            let text = std::fs::read_to_string(&index).map_err(|e| CoreError::io(&index, e))?;
+            let parsed: ShardIndex =
+                serde_json::from_str(&text).map_err(|e| CoreError::ShardIndex {
+                    path: index.clone(),
+                    message: e.to_string(),
+                })?;
+            let mut files: Vec<String> = parsed.weight_map.values().cloned().collect();
+            files.sort();
+            files.dedup();
+            (files, Some(parsed.weight_map))
+        } else {
+            return Err(CoreError::MissingFile {
+                path: single,
+                what: "weights: neither model.safetensors nor model.safetensors.index.json",
+            });
+        };
+
+        let mut files = Vec::with_capacity(file_names.len());
+        let mut tensors = BTreeMap::new();
+        for (i, name) in file_names.iter().enumerate() {
+            let mapped = map_file(&dir.join(name))?;
+            read_header(&mapped, i, &mut tensors)?;
+            files.push(mapped);
+        }
+        if let Some(weight_map) = weight_map {
+            for (tensor, file) in &weight_map {
+                let listed = tensors.get(tensor).map(|m| &files[m.file].path);
+                if listed != Some(&dir.join(file)) {
+                    return Err(CoreError::ShardIndex {
+                        path: index,
+                        message: format!("tensor `{tensor}` is mapped to {file}, which does not contain it"),
+                    });
+                }
+            }
+        }
+        Ok(Checkpoint { dir, files, tensors })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The config.json next to the weights, parsed as JSON.
+    pub fn config_json(&self) -> Result<serde_json::Value> {
+        read_json(&self.dir.join(CONFIG_FILE))
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    pub fn meta(&self, name: &str) -> Option<&TensorMeta> {
+        self.tensors.get(name)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    /// The file holding `name` (for error messages that must name the file).
+    pub fn file_of(&self, name: &str) -> PathBuf {
+        match self.tensors.get(name) {
+            Some(m) => self.files[m.file].path.clone(),
+            None => self.dir.clone(),
+        }
+    }
+
+    fn require(&self, name: &str) -> Result<&TensorMeta> {
+        self.tensors.get(name).ok_or_else(|| {
+            let near: Vec<&str> = self
+                .names()
+                .filter(|n| n.ends_with(name.rsplit('.').next().unwrap_or(name)))
+                .take(3)
+                .collect();
+            CoreError::MissingTensor {
+                checkpoint: self.dir.clone(),
+                tensor: name.to_string(),
+                hint: if near.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (present, for instance: {})", near.join(", "))
+                },
+            }
+        })
+    }
+
+    /// The tensor as stored (its own dtype), on the CPU.
+    pub fn raw(&self, name: &str) -> Result<Tensor> {
+        let meta = self.require(name)?;
+        let kind = kind_of(meta.dtype).ok_or_else(|| CoreError::Dtype {
+            path: self.files[meta.file].path.clone(),
+            tensor: name.to_string(),
+            dtype: format!("{:?}", meta.dtype),
+        })?;
+        let file = &self.files[meta.file];
+        let bytes = &file.mmap[meta.start..meta.end];
+        Ok(Tensor::f_from_data_size(bytes, &meta.shape_i64(), kind)?)
+    }
+
+    /// A floating-point weight converted to `kind` on `device`; refuses integer tensors.
+    pub fn weight(&self, name: &str, kind: Kind, device: Device) -> Result<Tensor> {
+        let meta = self.require(name)?;
+        if !matches!(meta.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64) {
+            return Err(CoreError::Dtype {
+                path: self.files[meta.file].path.clone(),
+                tensor: name.to_string(),
+                dtype: format!("{:?}", meta.dtype),
+            });
+        }
+        Ok(self.raw(name)?.f_to_device(device)?.f_to_kind(kind)?)
+    }
+
+    /// Like [`Checkpoint::weight`], and checks the shape the model's config implies.
+    pub fn weight_shaped(
+        &self,
+        name: &str,
+        expected: &[i64],
+        kind: Kind,
+        device: Device,
+    ) -> Result<Tensor> {
+        let meta = self.require(name)?;
+        let found = meta.shape_i64();
+        if found != expected {
+            return Err(CoreError::Shape {
+                path: self.files[meta.file].path.clone(),
+                tensor: name.to_string(),
+                expected: expected.to_vec(),
+                found,
+                why: format!("implied by {}", self.dir.join(CONFIG_FILE).display()),
+            });
+        }
+        self.weight(name, kind, device)
+    }
+}
+
+pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value> {
+    if !path.is_file() {
+        return Err(CoreError::MissingFile {
+            path: path.to_path_buf(),
+            what: "model config",
+        });
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| CoreError::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| CoreError::Config {
+        path: path.to_path_buf(),
+        message: format!("not valid JSON: {e}"),
+    })
+}
+
+fn map_file(path: &Path) -> Result<MappedFile> {
+    let file = File::open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => CoreError::MissingFile {
+            path: path.to_path_buf(),
+            what: "safetensors file",
+        },
+        _ => CoreError::io(path, e),
+    })?;
+    // SAFETY: the map is read-only and checkpoints are not modified while being audited; a
+    // concurrent writer could change the bytes we read but cannot make the map unsound to hold.
+    #[allow(unsafe_code)]
+    let mmap = unsafe { Mmap::map(&file) }.map_err(|e| CoreError::io(path, e))?;
+    Ok(MappedFile {
+        path: path.to_path_buf(),
+        mmap,
+    })
+}
+
+fn read_header(
+    mapped: &MappedFile,
+    file: usize,
+    out: &mut BTreeMap<String, TensorMeta>,
+) -> Result<()> {
+    // read_metadata checks the header and that the data section covers every tensor exactly,
+    // so a truncated download is caught here, not as garbage weights later.
+    let (header_len, metadata) =
+        safetensors::SafeTensors::read_metadata(&mapped.mmap).map_err(|e| {
+            CoreError::Safetensors {
+                path: mapped.path.clone(),
+                message: format!("{e:?}"),
+            }
+        })?;
+    let data_start = 8 + header_len;
+    for (name, info) in metadata.tensors() {
+        let (start, end) = info.data_offsets;
+        out.insert(
+            name,
+            TensorMeta {
+                dtype: info.dtype,
+                shape: info.shape.clone(),
+                file,
+                start: start + data_start,
+                end: end + data_start,
+            },
+        );
+    }
+    Ok(())
+}
+
+fn kind_of(dtype: Dtype) -> Option<Kind> {
+    Some(match dtype {
+        Dtype::F32 => Kind::Float,
+        Dtype::F16 => Kind::Half,
+        Dtype::BF16 => Kind::BFloat16,
+        Dtype::F64 => Kind::Double,
+        Dtype::I64 => Kind::Int64,
+        Dtype::I32 => Kind::Int,
+        Dtype::I16 => Kind::Int16,
+        Dtype::I8 => Kind::Int8,
+        Dtype::U8 => Kind::Uint8,
+        Dtype::BOOL => Kind::Bool,
+        _ => return None,
+    })
+}

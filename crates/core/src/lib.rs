@@ -1,0 +1,15 @@
+//! NeuroDiff's core: checkpoints, model forward passes with hooks, and diffing analyses on libtorch.
+pub mod checkpoint;
+pub mod device;
+pub mod error;
+pub mod hooks;
+pub mod inspect;
+pub mod models;
+pub mod nn;
+pub mod reference;
+pub mod tokenizer;
+
+pub use checkpoint::Checkpoint;
+pub use error::{CoreError, Result};
+pub use hooks::{Edit, HookKind, HookPoint, Hooks};
+pub use models::{ForwardOutput, Model, ModelInfo};

@@ -1,0 +1,151 @@
+//! Causal language models on libtorch, dispatched on config.json's `model_type`.
+pub mod gpt2;
+pub mod llama;
+pub mod mistral;
+pub mod qwen2;
+
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use tch::{Device, Kind, Tensor};
+
+use crate::checkpoint::{Checkpoint, CONFIG_FILE};
+use crate::error::{CoreError, Result};
+use crate::hooks::Hooks;
+use crate::nn::LoadOpts;
+
+/// The `model_type`s NeuroDiff can run.
+pub const SUPPORTED_MODEL_TYPES: [&str; 4] = ["gpt2", "llama", "mistral", "qwen2"];
+
+/// What a forward pass returns, following transformers' `output_hidden_states` convention:
+/// `hidden_states[0]` is the embedding output, `hidden_states[i]` the input of block i, and the
+/// last entry (index n_layers) the final norm's output.
+#[derive(Debug)]
+pub struct ForwardOutput {
+    /// `[batch, seq, vocab]`
+    pub logits: Tensor,
+    /// n_layers + 1 tensors of `[batch, seq, d_model]`
+    pub hidden_states: Vec<Tensor>,
+}
+
+/// Facts about a loaded model that analyses need without matching on the architecture.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelInfo {
+    pub model_type: String,
+    pub n_layers: usize,
+    pub d_model: i64,
+    pub vocab_size: i64,
+}
+
+#[derive(Debug)]
+enum Arch {
+    Gpt2(gpt2::Gpt2),
+    Llama(llama::Llama),
+}
+
+/// A loaded causal LM.
+#[derive(Debug)]
+pub struct Model {
+    arch: Arch,
+    info: ModelInfo,
+    device: Device,
+}
+
+impl Model {
+    /// Loads every weight of `ckpt` onto `device` in fp32, checking each shape against the config.
+    pub fn load(ckpt: &Checkpoint, device: Device) -> Result<Model> {
+        let _guard = tch::no_grad_guard();
+        let config = ckpt.config_json()?;
+        let path = ckpt.dir().join(CONFIG_FILE);
+        let model_type = config
+            .get("model_type")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| CoreError::Config {
+                path: path.clone(),
+                message: "field `model_type` is missing or not a string".into(),
+            })?
+            .to_string();
+        let o = LoadOpts {
+            kind: Kind::Float,
+            device,
+        };
+        let arch = match model_type.as_str() {
+            "gpt2" => Arch::Gpt2(gpt2::Gpt2::new(ckpt, o, &parse(&path, config)?)?),
+            "llama" => Arch::Llama(llama::Llama::new(ckpt, o, &parse::<llama::Config>(&path, config)?.spec(&path)?)?),
+            "mistral" => Arch::Llama(llama::Llama::new(ckpt, o, &parse::<mistral::Config>(&path, config)?.spec(&path)?)?),
+            "qwen2" => Arch::Llama(llama::Llama::new(ckpt, o, &parse::<qwen2::Config>(&path, config)?.spec(&path)?)?),
+            other => {
+                return Err(CoreError::UnsupportedArchitecture {
+                    path,
+                    model_type: other.to_string(),
+                    supported: SUPPORTED_MODEL_TYPES.join(", "),
+                })
+            }
+        };
+        let (n_layers, d_model, vocab_size) = match &arch {
+            Arch::Gpt2(m) => m.dims(),
+            Arch::Llama(m) => m.dims(),
+        };
+        Ok(Model {
+            arch,
+            info: ModelInfo {
+                model_type,
+                n_layers,
+                d_model,
+                vocab_size,
+            },
+            device,
+        })
+    }
+
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// Runs `input_ids` (`[seq]` or `[batch, seq]`, int64) through the model, applying `hooks`.
+    pub fn forward(&self, input_ids: &Tensor, hooks: &mut Hooks) -> Result<ForwardOutput> {
+        let _guard = tch::no_grad_guard();
+        hooks.check_layers(self.info.n_layers)?;
+        let ids = match input_ids.dim() {
+            1 => input_ids.f_unsqueeze(0)?,
+            2 => input_ids.shallow_clone(),
+            d => return Err(CoreError::Input(format!("input_ids must be [seq] or [batch, seq], got {d} dimensions"))),
+        };
+        if ids.size()[1] == 0 {
+            return Err(CoreError::Input("input_ids is empty".into()));
+        }
+        let ids = ids.f_to_device(self.device)?.f_to_kind(Kind::Int64)?;
+        let max_id = ids.f_max()?.f_int64_value(&[])?;
+        let min_id = ids.f_min()?.f_int64_value(&[])?;
+        if min_id < 0 || max_id >= self.info.vocab_size {
+            return Err(CoreError::Input(format!(
+                "token id {} is outside the vocabulary (0..{})",
+                if min_id < 0 { min_id } else { max_id },
+                self.info.vocab_size
+            )));
+        }
+        match &self.arch {
+            Arch::Gpt2(m) => m.forward(&ids, hooks),
+            Arch::Llama(m) => m.forward(&ids, hooks),
+        }
+    }
+}
+
+/// Deserialises an architecture's config, naming config.json and the field on failure.
+fn parse<T: DeserializeOwned>(path: &Path, config: serde_json::Value) -> Result<T> {
+    serde_json::from_value(config).map_err(|e| CoreError::Config {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+pub(crate) fn config_error(path: &Path, message: impl Into<String>) -> CoreError {
+    CoreError::Config {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
+}
