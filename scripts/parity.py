@@ -123,6 +123,7 @@ def build(name, cfg_cls, kwargs, dtype, bos, shard, out, seed):
     os.makedirs(out, exist_ok=True)
     save_kwargs = {"max_shard_size": shard} if shard else {}
     model.to(dtype).save_pretrained(out, **save_kwargs)
+    os.remove(os.path.join(out, "generation_config.json"))  # not read by NeuroDiff
     # The reference is what transformers computes in fp32 from the checkpoint as saved (fp16 and
     # bf16 weights upcast), loaded afresh so no buffer keeps a rounding from the cast above.
     model = transformers.AutoModelForCausalLM.from_pretrained(

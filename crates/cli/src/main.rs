@@ -4,7 +4,11 @@ mod commands;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "neurodiff", version, about = "Model diffing: audit what fine-tuning changed, where, and how it changes behaviour")]
+#[command(
+    name = "neurodiff",
+    version,
+    about = "Model diffing: audit what fine-tuning changed, where, and how it changes behaviour"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -103,12 +103,18 @@ impl Checkpoint {
                 if listed != Some(&dir.join(file)) {
                     return Err(CoreError::ShardIndex {
                         path: index,
-                        message: format!("tensor `{tensor}` is mapped to {file}, which does not contain it"),
+                        message: format!(
+                            "tensor `{tensor}` is mapped to {file}, which does not contain it"
+                        ),
                     });
                 }
             }
         }
-        Ok(Checkpoint { dir, files, tensors })
+        Ok(Checkpoint {
+            dir,
+            files,
+            tensors,
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -175,7 +181,10 @@ impl Checkpoint {
     /// A floating-point weight converted to `kind` on `device`; refuses integer tensors.
     pub fn weight(&self, name: &str, kind: Kind, device: Device) -> Result<Tensor> {
         let meta = self.require(name)?;
-        if !matches!(meta.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64) {
+        if !matches!(
+            meta.dtype,
+            Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64
+        ) {
             return Err(CoreError::Dtype {
                 path: self.files[meta.file].path.clone(),
                 tensor: name.to_string(),
@@ -251,7 +260,7 @@ fn read_header(
         safetensors::SafeTensors::read_metadata(&mapped.mmap).map_err(|e| {
             CoreError::Safetensors {
                 path: mapped.path.clone(),
-                message: format!("{e:?}"),
+                message: e.to_string(),
             }
         })?;
     let data_start = 8 + header_len;

@@ -28,19 +28,29 @@ pub struct Prediction {
 }
 
 pub fn inspect(model: &Model, tok: &Tokenizer, prompt: &str) -> Result<Inspection> {
-    let ids: Vec<i64> = tokenizer::encode(tok, prompt)?.into_iter().map(i64::from).collect();
+    let ids: Vec<i64> = tokenizer::encode(tok, prompt)?
+        .into_iter()
+        .map(i64::from)
+        .collect();
     if ids.is_empty() {
         return Err(CoreError::Input("the prompt tokenizes to no tokens".into()));
     }
     let input_ids = Tensor::from_slice(&ids);
     let out = model.forward(&input_ids, &mut Hooks::new())?;
     let squeeze = |t: Tensor| -> Result<Tensor> {
-        Ok(t.f_squeeze_dim(0)?.f_to_kind(Kind::Float)?.f_to_device(tch::Device::Cpu)?.f_contiguous()?)
+        Ok(t.f_squeeze_dim(0)?
+            .f_to_kind(Kind::Float)?
+            .f_to_device(tch::Device::Cpu)?
+            .f_contiguous()?)
     };
     Ok(Inspection {
         input_ids,
         logits: squeeze(out.logits)?,
-        hidden_states: out.hidden_states.into_iter().map(squeeze).collect::<Result<_>>()?,
+        hidden_states: out
+            .hidden_states
+            .into_iter()
+            .map(squeeze)
+            .collect::<Result<_>>()?,
     })
 }
 
@@ -56,7 +66,9 @@ impl Inspection {
                 let id = indices.f_int64_value(&[i])?;
                 Ok(Prediction {
                     token_id: id,
-                    token: tok.id_to_token(id as u32).unwrap_or_default(),
+                    token: tok
+                        .decode(&[id as u32], false)
+                        .map_err(|e| CoreError::Input(format!("cannot decode token {id}: {e}")))?,
                     logit: values.f_double_value(&[i])?,
                     prob: probs.f_double_value(&[id])?,
                 })

@@ -26,7 +26,14 @@ pub struct Linear {
 
 impl Linear {
     /// Loads `{prefix}.weight` (and `{prefix}.bias` when `bias`).
-    pub fn new(ckpt: &Checkpoint, o: LoadOpts, prefix: &str, d_in: i64, d_out: i64, bias: bool) -> Result<Self> {
+    pub fn new(
+        ckpt: &Checkpoint,
+        o: LoadOpts,
+        prefix: &str,
+        d_in: i64,
+        d_out: i64,
+        bias: bool,
+    ) -> Result<Self> {
         let weight = o.get(ckpt, &format!("{prefix}.weight"), &[d_out, d_in])?;
         let bias = if bias {
             Some(o.get(ckpt, &format!("{prefix}.bias"), &[d_out])?)
@@ -37,7 +44,13 @@ impl Linear {
     }
 
     /// GPT-2's Conv1D stores `[in, out]`; transposed once here so forward is the same matmul.
-    pub fn new_conv1d(ckpt: &Checkpoint, o: LoadOpts, prefix: &str, d_in: i64, d_out: i64) -> Result<Self> {
+    pub fn new_conv1d(
+        ckpt: &Checkpoint,
+        o: LoadOpts,
+        prefix: &str,
+        d_in: i64,
+        d_out: i64,
+    ) -> Result<Self> {
         let weight = o.get(ckpt, &format!("{prefix}.weight"), &[d_in, d_out])?;
         let bias = o.get(ckpt, &format!("{prefix}.bias"), &[d_out])?;
         Ok(Linear {
@@ -117,7 +130,10 @@ impl LayerNorm {
 /// Scaled dot-product attention over `[batch, heads, seq, head_dim]` with an additive mask;
 /// softmax in fp32 as transformers' eager path does.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
-    let scores = q.f_matmul(&k.f_transpose(-2, -1)?)?.f_mul_scalar(scale)?.f_add(mask)?;
+    let scores = q
+        .f_matmul(&k.f_transpose(-2, -1)?)?
+        .f_mul_scalar(scale)?
+        .f_add(mask)?;
     let probs = scores.f_softmax(-1, Kind::Float)?.f_to_kind(q.kind())?;
     Ok(probs.f_matmul(v)?)
 }
@@ -145,7 +161,8 @@ pub enum Activation {
 }
 
 impl Activation {
-    pub const NAMES: &'static str = "gelu_new, gelu_pytorch_tanh, gelu_fast, gelu, relu, silu, swish";
+    pub const NAMES: &'static str =
+        "gelu_new, gelu_pytorch_tanh, gelu_fast, gelu, relu, silu, swish";
 
     pub fn parse(name: &str) -> Option<Self> {
         Some(match name {

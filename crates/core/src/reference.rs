@@ -146,7 +146,9 @@ fn download(id: &HubId, hub: &HubOptions) -> std::result::Result<PathBuf, String
         RepoType::Model,
         id.revision.clone(),
     ));
-    let config = repo.get(CONFIG_FILE).map_err(|e| format!("{CONFIG_FILE}: {e}"))?;
+    let config = repo
+        .get(CONFIG_FILE)
+        .map_err(|e| format!("{CONFIG_FILE}: {e}"))?;
     match repo.get(SINGLE_FILE) {
         Ok(_) => {}
         Err(single_err) => {
@@ -180,7 +182,10 @@ mod tests {
                 revision: "v1".into()
             })
         );
-        assert_eq!(HubId::parse("gpt2-org/gpt2").map(|i| i.revision), Some("main".into()));
+        assert_eq!(
+            HubId::parse("gpt2-org/gpt2").map(|i| i.revision),
+            Some("main".into())
+        );
         assert_eq!(HubId::parse("no-slash"), None);
         assert_eq!(HubId::parse("a/b/c"), None);
         assert_eq!(HubId::parse("org/name@"), None);

@@ -81,7 +81,10 @@ fn save_atomically(result: &inspect::Inspection, out: &Path) -> anyhow::Result<(
         .file_name()
         .with_context(|| format!("--out {}: not a file path", out.display()))?;
     let tmp = parent.join(format!(".{}.partial", name.to_string_lossy()));
-    result.save(&tmp).with_context(|| format!("--out {}", out.display()))?;
-    std::fs::rename(&tmp, out).with_context(|| format!("--out {}: cannot move the result into place", out.display()))?;
+    result
+        .save(&tmp)
+        .with_context(|| format!("--out {}", out.display()))?;
+    std::fs::rename(&tmp, out)
+        .with_context(|| format!("--out {}: cannot move the result into place", out.display()))?;
     Ok(())
 }

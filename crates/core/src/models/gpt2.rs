@@ -53,7 +53,13 @@ pub struct Attention {
 }
 
 impl Attention {
-    pub fn new(ckpt: &Checkpoint, o: LoadOpts, prefix: &str, cfg: &Config, layer: usize) -> Result<Self> {
+    pub fn new(
+        ckpt: &Checkpoint,
+        o: LoadOpts,
+        prefix: &str,
+        cfg: &Config,
+        layer: usize,
+    ) -> Result<Self> {
         let d = cfg.n_embd;
         let mut scale = 1.0;
         if cfg.scale_attn_weights {
@@ -93,7 +99,13 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    pub fn new(ckpt: &Checkpoint, o: LoadOpts, prefix: &str, cfg: &Config, act: Activation) -> Result<Self> {
+    pub fn new(
+        ckpt: &Checkpoint,
+        o: LoadOpts,
+        prefix: &str,
+        cfg: &Config,
+        act: Activation,
+    ) -> Result<Self> {
         let inner = cfg.n_inner.unwrap_or(4 * cfg.n_embd);
         Ok(Mlp {
             c_fc: Linear::new_conv1d(ckpt, o, &format!("{prefix}.c_fc"), cfg.n_embd, inner)?,
@@ -103,7 +115,8 @@ impl Mlp {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.c_proj.forward(&self.act.forward(&self.c_fc.forward(x)?)?)
+        self.c_proj
+            .forward(&self.act.forward(&self.c_fc.forward(x)?)?)
     }
 }
 
@@ -117,7 +130,14 @@ pub struct Block {
 }
 
 impl Block {
-    pub fn new(ckpt: &Checkpoint, o: LoadOpts, prefix: &str, cfg: &Config, layer: usize, act: Activation) -> Result<Self> {
+    pub fn new(
+        ckpt: &Checkpoint,
+        o: LoadOpts,
+        prefix: &str,
+        cfg: &Config,
+        layer: usize,
+        act: Activation,
+    ) -> Result<Self> {
         let eps = cfg.layer_norm_epsilon;
         Ok(Block {
             ln_1: LayerNorm::new(ckpt, o, &format!("{prefix}.ln_1"), cfg.n_embd, eps)?,
@@ -163,19 +183,43 @@ impl Gpt2 {
             )
         })?;
         if cfg.n_head <= 0 || cfg.n_embd % cfg.n_head != 0 {
-            return Err(super::config_error(&path, format!("field `n_head`: {} does not divide n_embd {}", cfg.n_head, cfg.n_embd)));
+            return Err(super::config_error(
+                &path,
+                format!(
+                    "field `n_head`: {} does not divide n_embd {}",
+                    cfg.n_head, cfg.n_embd
+                ),
+            ));
         }
         let p = if ckpt.contains("transformer.wte.weight") {
             "transformer."
         } else {
             ""
         };
-        let wte = Embedding::new(ckpt, o, &format!("{p}wte.weight"), cfg.vocab_size, cfg.n_embd)?;
-        let wpe = Embedding::new(ckpt, o, &format!("{p}wpe.weight"), cfg.n_positions, cfg.n_embd)?;
+        let wte = Embedding::new(
+            ckpt,
+            o,
+            &format!("{p}wte.weight"),
+            cfg.vocab_size,
+            cfg.n_embd,
+        )?;
+        let wpe = Embedding::new(
+            ckpt,
+            o,
+            &format!("{p}wpe.weight"),
+            cfg.n_positions,
+            cfg.n_embd,
+        )?;
         let blocks = (0..cfg.n_layer)
             .map(|i| Block::new(ckpt, o, &format!("{p}h.{i}"), cfg, i, act))
             .collect::<Result<Vec<_>>>()?;
-        let ln_f = LayerNorm::new(ckpt, o, &format!("{p}ln_f"), cfg.n_embd, cfg.layer_norm_epsilon)?;
+        let ln_f = LayerNorm::new(
+            ckpt,
+            o,
+            &format!("{p}ln_f"),
+            cfg.n_embd,
+            cfg.layer_norm_epsilon,
+        )?;
         let lm_head = if cfg.tie_word_embeddings {
             wte.weight.shallow_clone()
         } else {
@@ -206,7 +250,10 @@ impl Gpt2 {
         }
         let device = ids.device();
         let positions = Tensor::f_arange(seq, (Kind::Int64, device))?;
-        let mut x = self.wte.forward(ids)?.f_add(&self.wpe.forward(&positions)?)?;
+        let mut x = self
+            .wte
+            .forward(ids)?
+            .f_add(&self.wpe.forward(&positions)?)?;
         let mask = causal_mask(seq, None, Kind::Float, device)?;
         let mut hidden_states = Vec::with_capacity(self.blocks.len() + 1);
         for block in &self.blocks {

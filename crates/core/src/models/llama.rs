@@ -38,9 +38,20 @@ pub struct DecoderSpec {
 /// RoPE frequency schedule (`rope_type` default, linear or llama3).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Rope {
-    Default { theta: f64 },
-    Linear { theta: f64, factor: f64 },
-    Llama3 { theta: f64, factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position_embeddings: f64 },
+    Default {
+        theta: f64,
+    },
+    Linear {
+        theta: f64,
+        factor: f64,
+    },
+    Llama3 {
+        theta: f64,
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: f64,
+    },
 }
 
 /// The config fields shared by the Llama family, in both the transformers 4 spelling
@@ -84,15 +95,35 @@ impl Common {
         let heads = self.num_attention_heads;
         let kv = self.num_key_value_heads.unwrap_or(heads);
         if heads <= 0 || kv <= 0 || heads % kv != 0 {
-            return Err(config_error(path, format!("field `num_key_value_heads`: {kv} must divide num_attention_heads {heads}")));
+            return Err(config_error(
+                path,
+                format!(
+                    "field `num_key_value_heads`: {kv} must divide num_attention_heads {heads}"
+                ),
+            ));
         }
         let head_dim = match self.head_dim {
             Some(d) => d,
             None if self.hidden_size % heads == 0 => self.hidden_size / heads,
-            None => return Err(config_error(path, format!("field `num_attention_heads`: {heads} does not divide hidden_size {}", self.hidden_size))),
+            None => {
+                return Err(config_error(
+                    path,
+                    format!(
+                        "field `num_attention_heads`: {heads} does not divide hidden_size {}",
+                        self.hidden_size
+                    ),
+                ))
+            }
         };
         let act = Activation::parse(&self.hidden_act).ok_or_else(|| {
-            config_error(path, format!("field `hidden_act`: unsupported `{}`; supported: {}", self.hidden_act, Activation::NAMES))
+            config_error(
+                path,
+                format!(
+                    "field `hidden_act`: unsupported `{}`; supported: {}",
+                    self.hidden_act,
+                    Activation::NAMES
+                ),
+            )
         })?;
         Ok(DecoderSpec {
             vocab_size: self.vocab_size,
@@ -115,12 +146,21 @@ impl Common {
 
     fn rope(&self, path: &Path) -> Result<Rope> {
         let params = self.rope_parameters.as_ref().or(self.rope_scaling.as_ref());
-        let field = if self.rope_parameters.is_some() { "rope_parameters" } else { "rope_scaling" };
+        let field = if self.rope_parameters.is_some() {
+            "rope_parameters"
+        } else {
+            "rope_scaling"
+        };
         let num = |key: &str| -> Result<f64> {
             params
                 .and_then(|p| p.get(key))
                 .and_then(|v| v.as_f64())
-                .ok_or_else(|| config_error(path, format!("field `{field}.{key}` is missing or not a number")))
+                .ok_or_else(|| {
+                    config_error(
+                        path,
+                        format!("field `{field}.{key}` is missing or not a number"),
+                    )
+                })
         };
         let theta = match (self.rope_theta, params.and_then(|p| p.get("rope_theta"))) {
             (Some(theta), _) => theta,
@@ -171,25 +211,47 @@ impl Rope {
     /// cos and sin tables `[seq, head_dim]` for positions 0..seq, as transformers builds them.
     pub fn tables(&self, seq: i64, head_dim: i64, device: Device) -> Result<(Tensor, Tensor)> {
         let theta = match self {
-            Rope::Default { theta } | Rope::Linear { theta, .. } | Rope::Llama3 { theta, .. } => *theta,
+            Rope::Default { theta } | Rope::Linear { theta, .. } | Rope::Llama3 { theta, .. } => {
+                *theta
+            }
         };
         let exponents = Tensor::f_arange_start_step(0, head_dim, 2, (Kind::Int64, device))?
             .f_to_kind(Kind::Float)?
             .f_div_scalar(head_dim as f64)?;
-        let mut inv_freq = Tensor::f_full([1], theta, (Kind::Float, device))?.f_pow(&exponents)?.f_reciprocal()?;
+        let mut inv_freq = Tensor::f_full([1], theta, (Kind::Float, device))?
+            .f_pow(&exponents)?
+            .f_reciprocal()?;
         match self {
             Rope::Default { .. } => {}
             Rope::Linear { factor, .. } => inv_freq = inv_freq.f_div_scalar(*factor)?,
-            Rope::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings: old, .. } => {
+            Rope::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings: old,
+                ..
+            } => {
                 let low_wavelen = old / low_freq_factor;
                 let high_wavelen = old / high_freq_factor;
-                let wavelen = inv_freq.f_reciprocal()?.f_mul_scalar(2.0 * std::f64::consts::PI)?;
+                let wavelen = inv_freq
+                    .f_reciprocal()?
+                    .f_mul_scalar(2.0 * std::f64::consts::PI)?;
                 let scaled = inv_freq.f_div_scalar(*factor)?;
                 let long = wavelen.f_gt(low_wavelen)?;
                 let base = scaled.f_where_self(&long, &inv_freq)?;
-                let smooth = wavelen.f_reciprocal()?.f_mul_scalar(*old)?.f_sub_scalar(*low_freq_factor)?.f_div_scalar(high_freq_factor - low_freq_factor)?;
-                let smoothed = base.f_div_scalar(*factor)?.f_mul(&smooth.f_neg()?.f_add_scalar(1.0)?)?.f_add(&smooth.f_mul(&base)?)?;
-                let medium = wavelen.f_lt(high_wavelen)?.f_logical_not()?.f_logical_and(&long.f_logical_not()?)?;
+                let smooth = wavelen
+                    .f_reciprocal()?
+                    .f_mul_scalar(*old)?
+                    .f_sub_scalar(*low_freq_factor)?
+                    .f_div_scalar(high_freq_factor - low_freq_factor)?;
+                let smoothed = base
+                    .f_div_scalar(*factor)?
+                    .f_mul(&smooth.f_neg()?.f_add_scalar(1.0)?)?
+                    .f_add(&smooth.f_mul(&base)?)?;
+                let medium = wavelen
+                    .f_lt(high_wavelen)?
+                    .f_logical_not()?
+                    .f_logical_and(&long.f_logical_not()?)?;
                 inv_freq = smoothed.f_where_self(&medium, &base)?;
             }
         }
@@ -226,10 +288,38 @@ impl Attention {
     pub fn new(ckpt: &Checkpoint, o: LoadOpts, prefix: &str, s: &DecoderSpec) -> Result<Self> {
         let (d, hd) = (s.hidden_size, s.head_dim);
         Ok(Attention {
-            q_proj: Linear::new(ckpt, o, &format!("{prefix}.q_proj"), d, s.n_heads * hd, s.qkv_bias)?,
-            k_proj: Linear::new(ckpt, o, &format!("{prefix}.k_proj"), d, s.n_kv_heads * hd, s.qkv_bias)?,
-            v_proj: Linear::new(ckpt, o, &format!("{prefix}.v_proj"), d, s.n_kv_heads * hd, s.qkv_bias)?,
-            o_proj: Linear::new(ckpt, o, &format!("{prefix}.o_proj"), s.n_heads * hd, d, s.o_bias)?,
+            q_proj: Linear::new(
+                ckpt,
+                o,
+                &format!("{prefix}.q_proj"),
+                d,
+                s.n_heads * hd,
+                s.qkv_bias,
+            )?,
+            k_proj: Linear::new(
+                ckpt,
+                o,
+                &format!("{prefix}.k_proj"),
+                d,
+                s.n_kv_heads * hd,
+                s.qkv_bias,
+            )?,
+            v_proj: Linear::new(
+                ckpt,
+                o,
+                &format!("{prefix}.v_proj"),
+                d,
+                s.n_kv_heads * hd,
+                s.qkv_bias,
+            )?,
+            o_proj: Linear::new(
+                ckpt,
+                o,
+                &format!("{prefix}.o_proj"),
+                s.n_heads * hd,
+                d,
+                s.o_bias,
+            )?,
             n_heads: s.n_heads,
             n_kv_heads: s.n_kv_heads,
             head_dim: hd,
@@ -238,7 +328,9 @@ impl Attention {
 
     pub fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let (b, s, _) = x.size3()?;
-        let heads = |t: Tensor, n: i64| -> Result<Tensor> { Ok(t.f_view([b, s, n, self.head_dim])?.f_transpose(1, 2)?) };
+        let heads = |t: Tensor, n: i64| -> Result<Tensor> {
+            Ok(t.f_view([b, s, n, self.head_dim])?.f_transpose(1, 2)?)
+        };
         let q = apply_rope(&heads(self.q_proj.forward(x)?, self.n_heads)?, cos, sin)?;
         let k = apply_rope(&heads(self.k_proj.forward(x)?, self.n_kv_heads)?, cos, sin)?;
         let v = heads(self.v_proj.forward(x)?, self.n_kv_heads)?;
@@ -247,11 +339,16 @@ impl Attention {
             if rep == 1 {
                 return Ok(t);
             }
-            Ok(t.f_unsqueeze(2)?.f_expand([b, self.n_kv_heads, rep, s, self.head_dim], false)?.f_reshape([b, self.n_heads, s, self.head_dim])?)
+            Ok(t.f_unsqueeze(2)?
+                .f_expand([b, self.n_kv_heads, rep, s, self.head_dim], false)?
+                .f_reshape([b, self.n_heads, s, self.head_dim])?)
         };
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let y = attention(&q, &repeat(k)?, &repeat(v)?, mask, scale)?;
-        let y = y.f_transpose(1, 2)?.f_contiguous()?.f_view([b, s, self.n_heads * self.head_dim])?;
+        let y =
+            y.f_transpose(1, 2)?
+                .f_contiguous()?
+                .f_view([b, s, self.n_heads * self.head_dim])?;
         self.o_proj.forward(&y)
     }
 }
@@ -276,7 +373,10 @@ impl Mlp {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gated = self.act.forward(&self.gate_proj.forward(x)?)?.f_mul(&self.up_proj.forward(x)?)?;
+        let gated = self
+            .act
+            .forward(&self.gate_proj.forward(x)?)?
+            .f_mul(&self.up_proj.forward(x)?)?;
         self.down_proj.forward(&gated)
     }
 }
@@ -292,24 +392,53 @@ pub struct Block {
 }
 
 impl Block {
-    pub fn new(ckpt: &Checkpoint, o: LoadOpts, prefix: &str, s: &DecoderSpec, layer: usize) -> Result<Self> {
+    pub fn new(
+        ckpt: &Checkpoint,
+        o: LoadOpts,
+        prefix: &str,
+        s: &DecoderSpec,
+        layer: usize,
+    ) -> Result<Self> {
         let (d, eps) = (s.hidden_size, s.rms_norm_eps);
         Ok(Block {
-            input_layernorm: RmsNorm::new(ckpt, o, &format!("{prefix}.input_layernorm.weight"), d, eps)?,
+            input_layernorm: RmsNorm::new(
+                ckpt,
+                o,
+                &format!("{prefix}.input_layernorm.weight"),
+                d,
+                eps,
+            )?,
             self_attn: Attention::new(ckpt, o, &format!("{prefix}.self_attn"), s)?,
-            post_attention_layernorm: RmsNorm::new(ckpt, o, &format!("{prefix}.post_attention_layernorm.weight"), d, eps)?,
+            post_attention_layernorm: RmsNorm::new(
+                ckpt,
+                o,
+                &format!("{prefix}.post_attention_layernorm.weight"),
+                d,
+                eps,
+            )?,
             mlp: Mlp::new(ckpt, o, &format!("{prefix}.mlp"), s)?,
             layer,
             window: s.windows[layer],
         })
     }
 
-    pub fn forward(&self, x: Tensor, cos: &Tensor, sin: &Tensor, mask: &Tensor, hooks: &mut Hooks) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        x: Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Tensor,
+        hooks: &mut Hooks,
+    ) -> Result<Tensor> {
         let at = |kind| HookPoint::new(self.layer, kind);
-        let a = self.self_attn.forward(&self.input_layernorm.forward(&x)?, cos, sin, mask)?;
+        let a = self
+            .self_attn
+            .forward(&self.input_layernorm.forward(&x)?, cos, sin, mask)?;
         let a = hooks.apply(at(HookKind::AttnOut), a)?;
         let x = hooks.apply(at(HookKind::ResidMid), x.f_add(&a)?)?;
-        let m = self.mlp.forward(&self.post_attention_layernorm.forward(&x)?)?;
+        let m = self
+            .mlp
+            .forward(&self.post_attention_layernorm.forward(&x)?)?;
         let m = hooks.apply(at(HookKind::MlpOut), m)?;
         hooks.apply(at(HookKind::ResidPost), x.f_add(&m)?)
     }
@@ -327,7 +456,13 @@ pub struct Llama {
 
 impl Llama {
     pub fn new(ckpt: &Checkpoint, o: LoadOpts, s: &DecoderSpec) -> Result<Self> {
-        let embed_tokens = Embedding::new(ckpt, o, "model.embed_tokens.weight", s.vocab_size, s.hidden_size)?;
+        let embed_tokens = Embedding::new(
+            ckpt,
+            o,
+            "model.embed_tokens.weight",
+            s.vocab_size,
+            s.hidden_size,
+        )?;
         let layers = (0..s.n_layers)
             .map(|i| Block::new(ckpt, o, &format!("model.layers.{i}"), s, i))
             .collect::<Result<Vec<_>>>()?;
@@ -337,7 +472,14 @@ impl Llama {
         } else {
             o.get(ckpt, "lm_head.weight", &[s.vocab_size, s.hidden_size])?
         };
-        Ok(Llama { embed_tokens, layers, norm, lm_head, rope: s.rope.clone(), head_dim: s.head_dim })
+        Ok(Llama {
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rope: s.rope.clone(),
+            head_dim: s.head_dim,
+        })
     }
 
     pub fn dims(&self) -> (usize, i64, i64) {
@@ -364,6 +506,9 @@ impl Llama {
         let x = self.norm.forward(&x)?;
         let logits = x.f_linear(&self.lm_head, None::<&Tensor>)?;
         hidden_states.push(x);
-        Ok(ForwardOutput { logits, hidden_states })
+        Ok(ForwardOutput {
+            logits,
+            hidden_states,
+        })
     }
 }

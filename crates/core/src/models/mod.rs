@@ -71,9 +71,21 @@ impl Model {
         };
         let arch = match model_type.as_str() {
             "gpt2" => Arch::Gpt2(gpt2::Gpt2::new(ckpt, o, &parse(&path, config)?)?),
-            "llama" => Arch::Llama(llama::Llama::new(ckpt, o, &parse::<llama::Config>(&path, config)?.spec(&path)?)?),
-            "mistral" => Arch::Llama(llama::Llama::new(ckpt, o, &parse::<mistral::Config>(&path, config)?.spec(&path)?)?),
-            "qwen2" => Arch::Llama(llama::Llama::new(ckpt, o, &parse::<qwen2::Config>(&path, config)?.spec(&path)?)?),
+            "llama" => Arch::Llama(llama::Llama::new(
+                ckpt,
+                o,
+                &parse::<llama::Config>(&path, config)?.spec(&path)?,
+            )?),
+            "mistral" => Arch::Llama(llama::Llama::new(
+                ckpt,
+                o,
+                &parse::<mistral::Config>(&path, config)?.spec(&path)?,
+            )?),
+            "qwen2" => Arch::Llama(llama::Llama::new(
+                ckpt,
+                o,
+                &parse::<qwen2::Config>(&path, config)?.spec(&path)?,
+            )?),
             other => {
                 return Err(CoreError::UnsupportedArchitecture {
                     path,
@@ -113,7 +125,11 @@ impl Model {
         let ids = match input_ids.dim() {
             1 => input_ids.f_unsqueeze(0)?,
             2 => input_ids.shallow_clone(),
-            d => return Err(CoreError::Input(format!("input_ids must be [seq] or [batch, seq], got {d} dimensions"))),
+            d => {
+                return Err(CoreError::Input(format!(
+                    "input_ids must be [seq] or [batch, seq], got {d} dimensions"
+                )))
+            }
         };
         if ids.size()[1] == 0 {
             return Err(CoreError::Input("input_ids is empty".into()));

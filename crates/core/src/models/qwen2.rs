@@ -24,21 +24,35 @@ impl Config {
     pub fn spec(&self, path: &Path) -> Result<DecoderSpec> {
         let mut spec = self.common.spec(path)?;
         spec.qkv_bias = true;
-        let window = if self.use_sliding_window { self.sliding_window } else { None };
+        let window = if self.use_sliding_window {
+            self.sliding_window
+        } else {
+            None
+        };
         spec.windows = match &self.layer_types {
             None if self.use_sliding_window => {
                 return Err(config_error(path, "field `use_sliding_window` is true but `layer_types` is absent; re-save the config with transformers >= 5 to say which layers slide"));
             }
             None => vec![None; spec.n_layers],
             Some(types) if types.len() != spec.n_layers => {
-                return Err(config_error(path, format!("field `layer_types` has {} entries for {} layers", types.len(), spec.n_layers)));
+                return Err(config_error(
+                    path,
+                    format!(
+                        "field `layer_types` has {} entries for {} layers",
+                        types.len(),
+                        spec.n_layers
+                    ),
+                ));
             }
             Some(types) => types
                 .iter()
                 .map(|t| match t.as_str() {
                     "full_attention" => Ok(None),
                     "sliding_attention" => Ok(window),
-                    other => Err(config_error(path, format!("field `layer_types`: unknown `{other}`"))),
+                    other => Err(config_error(
+                        path,
+                        format!("field `layer_types`: unknown `{other}`"),
+                    )),
                 })
                 .collect::<Result<Vec<_>>>()?,
         };
