@@ -66,9 +66,7 @@ impl Inspection {
                 let id = indices.f_int64_value(&[i])?;
                 Ok(Prediction {
                     token_id: id,
-                    token: tok
-                        .decode(&[id as u32], false)
-                        .map_err(|e| CoreError::Input(format!("cannot decode token {id}: {e}")))?,
+                    token: token_text(tok, id as u32)?,
                     logit: values.f_double_value(&[i])?,
                     prob: probs.f_double_value(&[id])?,
                 })
@@ -90,4 +88,16 @@ impl Inspection {
             source: std::io::Error::other(e.to_string()),
         })
     }
+}
+
+/// The token as text; a byte-level piece that is not valid UTF-8 on its own keeps its raw form.
+fn token_text(tok: &Tokenizer, id: u32) -> Result<String> {
+    let text = tok
+        .decode(&[id], false)
+        .map_err(|e| CoreError::Input(format!("cannot decode token {id}: {e}")))?;
+    Ok(if text.contains('\u{FFFD}') {
+        tok.id_to_token(id).unwrap_or(text)
+    } else {
+        text
+    })
 }
