@@ -70,7 +70,7 @@ impl Checkpoint {
         }
         let single = dir.join(SINGLE_FILE);
         let index = dir.join(SHARD_INDEX);
-        let (file_names, weight_map) = if single.is_file() {
+        let (file_names, weight_map): (Vec<String>, _) = if single.is_file() {
             (vec![SINGLE_FILE.to_string()], None)
         } else if index.is_file() {
             let text = std::fs::read_to_string(&index).map_err(|e| CoreError::io(&index, e))?;
@@ -90,14 +90,9 @@ impl Checkpoint {
             });
         };
 
-        let mut files = Vec::with_capacity(file_names.len());
-        let mut tensors = BTreeMap::new();
-        for (i, name) in file_names.iter().enumerate() {
-            let mapped = map_file(&dir.join(name))?;
-            read_header(&mapped, i, &mut tensors)?;
-            files.push(mapped);
-        }
+        let ckpt = Self::open_files(&dir, &file_names)?;
         if let Some(weight_map) = weight_map {
+            let (files, tensors) = (&ckpt.files, &ckpt.tensors);
             for (tensor, file) in &weight_map {
                 let listed = tensors.get(tensor).map(|m| &files[m.file].path);
                 if listed != Some(&dir.join(file)) {
@@ -110,8 +105,20 @@ impl Checkpoint {
                 }
             }
         }
+        Ok(ckpt)
+    }
+
+    /// Opens the named safetensors files of `dir` (a PEFT adapter's, say) as one checkpoint.
+    pub fn open_files(dir: &Path, file_names: &[String]) -> Result<Self> {
+        let mut files = Vec::with_capacity(file_names.len());
+        let mut tensors = BTreeMap::new();
+        for (i, name) in file_names.iter().enumerate() {
+            let mapped = map_file(&dir.join(name))?;
+            read_header(&mapped, i, &mut tensors)?;
+            files.push(mapped);
+        }
         Ok(Checkpoint {
-            dir,
+            dir: dir.to_path_buf(),
             files,
             tensors,
         })
@@ -165,6 +172,17 @@ impl Checkpoint {
         })
     }
 
+    /// The tensor's stored bytes (little-endian, row-major), straight from the memory map.
+    pub fn bytes(&self, name: &str) -> Result<(&TensorMeta, &[u8])> {
+        let meta = self.require(name)?;
+        Ok((meta, &self.files[meta.file].mmap[meta.start..meta.end]))
+    }
+
+    /// The weight files (for content hashing), in name order.
+    pub fn files(&self) -> Vec<&Path> {
+        self.files.iter().map(|f| f.path.as_path()).collect()
+    }
+
     /// The tensor as stored (its own dtype), on the CPU.
     pub fn raw(&self, name: &str) -> Result<Tensor> {
         let meta = self.require(name)?;
@@ -173,8 +191,7 @@ impl Checkpoint {
             tensor: name.to_string(),
             dtype: format!("{:?}", meta.dtype),
         })?;
-        let file = &self.files[meta.file];
-        let bytes = &file.mmap[meta.start..meta.end];
+        let (meta, bytes) = self.bytes(name)?;
         Ok(Tensor::f_from_data_size(bytes, &meta.shape_i64(), kind)?)
     }
 

@@ -53,7 +53,7 @@ pub enum CoreError {
     Hook { hook: String, message: String },
     #[error("input: {0}")]
     Input(String),
-    #[error("libtorch: {0}")]
+    #[error("libtorch: {}", first_line(.0))]
     Torch(#[from] tch::TchError),
 }
 
@@ -66,4 +66,9 @@ impl CoreError {
             source,
         }
     }
+}
+
+/// libtorch errors carry a C++ backtrace after the message; users need the message.
+fn first_line(e: &tch::TchError) -> String {
+    e.to_string().lines().next().unwrap_or_default().to_string()
 }

@@ -8,6 +8,7 @@ pub mod models;
 pub mod nn;
 pub mod reference;
 pub mod tokenizer;
+pub mod weights;
 
 pub use checkpoint::Checkpoint;
 pub use error::{CoreError, Result};

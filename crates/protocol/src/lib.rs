@@ -1,2 +1,8 @@
-//! Serde types shared by every NeuroDiff process (audit specs, shard specs, result schema).
+//! Serde types shared by every NeuroDiff process (audit specs, shard specs, the results schema).
 //! No libtorch here: the API and scheduler link this crate without linking torch.
+pub mod naming;
+pub mod results;
+pub mod spec;
+
+pub use results::*;
+pub use spec::*;

@@ -1,0 +1,264 @@
+//! The results schema (results.json, the API's results, the database rows) and the fan-in
+//! that turns per-shard results into one report. Documented in docs/results-schema.md.
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::spec::{ShardKey, Target};
+
+/// Bumped whenever a field changes meaning or disappears (adding optional fields does not).
+pub const RESULTS_SCHEMA_VERSION: u32 = 1;
+
+/// Metrics of one tensor's delta dW = W_ft - W_base.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TensorMetrics {
+    /// The tensor's name in the base checkpoint.
+    pub name: String,
+    pub layer: Option<usize>,
+    pub module: String,
+    pub shape: Vec<usize>,
+    /// ||dW||_F
+    pub fro: f64,
+    /// ||W_base||_F
+    pub base_fro: f64,
+    /// ||dW||_F / ||W_base||_F
+    pub rel_fro: f64,
+    /// cosine(W_base, W_ft), both flattened
+    pub cosine: f64,
+    /// max |dW_ij| (absent for LoRA deltas, which are never materialised)
+    pub max_abs: Option<f64>,
+    /// sigma_1 (2-D tensors with spectra)
+    pub spectral: Option<f64>,
+    /// sum of sigma_i
+    pub nuclear: Option<f64>,
+    /// ||dW||_F^2 / sigma_1^2
+    pub stable_rank: Option<f64>,
+    /// exp(H(p)), p_i = sigma_i / sum sigma
+    pub effective_rank: Option<f64>,
+    /// The leading singular values, largest first.
+    #[serde(default)]
+    pub top_singular_values: Vec<f64>,
+    /// energy_top_k[i]: share of ||dW||_F^2 captured by the top i+1 directions.
+    #[serde(default)]
+    pub energy_top_k: Vec<f64>,
+    /// Fewest directions capturing 90% / 99% of ||dW||_F^2: "of what rank is the change?"
+    pub rank_90: Option<usize>,
+    pub rank_99: Option<usize>,
+    /// When the vocabulary grew: rows compared (the shared ones); see `WeightsReport::added_rows`.
+    pub rows_compared: Option<usize>,
+    /// How the spectrum was computed: `gram-eigh-f64`, `svd-f64`, `lora-factored`, or `none`.
+    pub method: String,
+}
+
+/// Aggregate over one block (or everything outside the blocks when `layer` is absent).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerMetrics {
+    pub layer: Option<usize>,
+    /// sqrt of the sum of the tensors' ||dW||_F^2
+    pub fro: f64,
+    pub base_fro: f64,
+    pub rel_fro: f64,
+    pub n_tensors: usize,
+    /// The tensor of this layer with the largest rel_fro.
+    pub most_changed: String,
+    pub most_changed_rel_fro: f64,
+}
+
+/// Aggregate over one module kind across layers (`mlp.down_proj`, `attn.c_attn`, ...).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModuleMetrics {
+    pub module: String,
+    pub fro: f64,
+    pub base_fro: f64,
+    pub rel_fro: f64,
+    pub n_tensors: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShapeMismatch {
+    pub name: String,
+    pub base: Vec<usize>,
+    pub finetuned: Vec<usize>,
+}
+
+/// A tensor whose first dimension grew (added tokens): the shared rows are compared in
+/// `tensors`, the added ones are reported here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AddedRows {
+    pub name: String,
+    pub base_rows: usize,
+    pub finetuned_rows: usize,
+    /// Frobenius norm of the added rows.
+    pub added_fro: f64,
+}
+
+/// What one shard produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardResult {
+    pub shard: ShardKey,
+    pub tensors: Vec<TensorMetrics>,
+    #[serde(default)]
+    pub only_in_base: Vec<String>,
+    #[serde(default)]
+    pub only_in_finetuned: Vec<String>,
+    #[serde(default)]
+    pub shape_mismatches: Vec<ShapeMismatch>,
+    #[serde(default)]
+    pub added_rows: Vec<AddedRows>,
+    pub elapsed_s: f64,
+}
+
+/// `analyses.weights` of results.json.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WeightsReport {
+    /// Sorted by rel_fro, most changed first.
+    pub tensors: Vec<TensorMetrics>,
+    /// Blocks in order, then the non-layer aggregate.
+    pub layers: Vec<LayerMetrics>,
+    pub modules: Vec<ModuleMetrics>,
+    pub only_in_base: Vec<String>,
+    pub only_in_finetuned: Vec<String>,
+    pub shape_mismatches: Vec<ShapeMismatch>,
+    pub added_rows: Vec<AddedRows>,
+}
+
+/// One side of the comparison, pinned by content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelRecord {
+    /// As given by the user (path or hub id).
+    pub reference: String,
+    /// The local directory it resolved to.
+    pub resolved: String,
+    /// `sha256:` of the sorted (file name, file sha256) list of its weight files.
+    pub content_hash: String,
+    pub files: Vec<FileHash>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileHash {
+    pub name: String,
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Analyses {
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub weights: Option<WeightsReport>,
+}
+
+/// results.json.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditResults {
+    pub schema_version: u32,
+    pub tool_version: String,
+    /// Seconds since the Unix epoch.
+    pub created_unix: u64,
+    pub base: ModelRecord,
+    pub finetuned: ModelRecord,
+    pub target: Target,
+    pub analyses: Analyses,
+}
+
+struct Sums {
+    fro2: f64,
+    base2: f64,
+    n: usize,
+}
+
+impl WeightsReport {
+    /// The fan-in: merges shard results in any order into one report.
+    pub fn from_shards(shards: Vec<ShardResult>) -> WeightsReport {
+        let mut report = WeightsReport {
+            tensors: Vec::new(),
+            layers: Vec::new(),
+            modules: Vec::new(),
+            only_in_base: Vec::new(),
+            only_in_finetuned: Vec::new(),
+            shape_mismatches: Vec::new(),
+            added_rows: Vec::new(),
+        };
+        for s in shards {
+            report.tensors.extend(s.tensors);
+            report.only_in_base.extend(s.only_in_base);
+            report.only_in_finetuned.extend(s.only_in_finetuned);
+            report.shape_mismatches.extend(s.shape_mismatches);
+            report.added_rows.extend(s.added_rows);
+        }
+        report.tensors.sort_by(|a, b| {
+            b.rel_fro
+                .total_cmp(&a.rel_fro)
+                .then_with(|| a.name.cmp(&b.name))
+        });
+        report.only_in_base.sort();
+        report.only_in_finetuned.sort();
+        report.shape_mismatches.sort_by(|a, b| a.name.cmp(&b.name));
+        report.added_rows.sort_by(|a, b| a.name.cmp(&b.name));
+
+        let mut layers: BTreeMap<ShardKey, (Sums, &TensorMetrics)> = BTreeMap::new();
+        let mut modules: BTreeMap<&str, Sums> = BTreeMap::new();
+        for t in &report.tensors {
+            let key = t.layer.map_or(ShardKey::NonLayer, ShardKey::Layer);
+            // Tensors arrive most-changed first, so the first one seen per layer is its top.
+            let (sums, _) = layers.entry(key).or_insert((
+                Sums {
+                    fro2: 0.0,
+                    base2: 0.0,
+                    n: 0,
+                },
+                t,
+            ));
+            sums.add(t);
+            modules
+                .entry(&t.module)
+                .or_insert(Sums {
+                    fro2: 0.0,
+                    base2: 0.0,
+                    n: 0,
+                })
+                .add(t);
+        }
+        report.layers = layers
+            .into_iter()
+            .map(|(key, (s, top))| LayerMetrics {
+                layer: match key {
+                    ShardKey::Layer(i) => Some(i),
+                    ShardKey::NonLayer => None,
+                },
+                fro: s.fro2.sqrt(),
+                base_fro: s.base2.sqrt(),
+                rel_fro: s.rel(),
+                n_tensors: s.n,
+                most_changed: top.name.clone(),
+                most_changed_rel_fro: top.rel_fro,
+            })
+            .collect();
+        report.modules = modules
+            .into_iter()
+            .map(|(module, s)| ModuleMetrics {
+                module: module.to_string(),
+                fro: s.fro2.sqrt(),
+                base_fro: s.base2.sqrt(),
+                rel_fro: s.rel(),
+                n_tensors: s.n,
+            })
+            .collect();
+        report
+    }
+}
+
+impl Sums {
+    fn add(&mut self, t: &TensorMetrics) {
+        self.fro2 += t.fro * t.fro;
+        self.base2 += t.base_fro * t.base_fro;
+        self.n += 1;
+    }
+
+    fn rel(&self) -> f64 {
+        if self.base2 > 0.0 {
+            (self.fro2 / self.base2).sqrt()
+        } else {
+            0.0
+        }
+    }
+}
