@@ -280,7 +280,15 @@ impl Adapter {
             rows_compared: None,
             method: "lora-factored".into(),
         };
-        fill_spectral(&mut m, &svdvals(&core)?, fro2, opts.top_k);
+        // dW has rank <= r: its other min(m, n) - r singular values are exactly zero.
+        let mut sigma = svdvals(&core)?;
+        sigma.resize(
+            sigma
+                .len()
+                .max(shape.iter().copied().min().unwrap_or(0) as usize),
+            0.0,
+        );
+        fill_spectral(&mut m, &sigma, fro2, opts.top_k);
         Ok(m)
     }
 
