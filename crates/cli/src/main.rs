@@ -16,6 +16,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Audit what fine-tuning changed: BASE vs FT, or BASE plus a LoRA adapter. No servers.
+    Audit(commands::audit::Args),
     /// Run one prompt through a model: top next-token predictions, or logits and hidden states to a file.
     Inspect(commands::inspect::Args),
 }
@@ -29,6 +31,7 @@ fn main() -> std::process::ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Audit(args) => commands::audit::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
     };
     match result {

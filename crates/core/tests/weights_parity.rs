@@ -29,7 +29,10 @@ fn audit(base: &Checkpoint, target: Target<'_>, opts: &WeightOptions) -> Weights
     let n = weights::n_layers(base).expect("layers");
     let shards = (0..n).map(ShardKey::Layer).chain([ShardKey::NonLayer]);
     let results = shards
-        .map(|s| weights::analyze_shard(base, target, s, opts, &mut |_| {}).expect("shard"))
+        .map(|s| {
+            weights::analyze_shard(base, target, s, opts, tch::Device::Cpu, &mut |_| {})
+                .expect("shard")
+        })
         .collect();
     WeightsReport::from_shards(results)
 }
@@ -165,7 +168,9 @@ fn adapter_equals_the_dense_computation_on_the_merged_delta() {
     let base = Checkpoint::open(fixture("weights/base")).unwrap();
     let adapter = Adapter::open(&fixture("weights/adapter")).unwrap();
     for pair in adapter.pairs.values() {
-        let factored = adapter.metrics(&base, pair, &options(4)).unwrap();
+        let factored = adapter
+            .metrics(&base, pair, &options(4), tch::Device::Cpu)
+            .unwrap();
         let delta = adapter.dense_delta(&base, pair).unwrap();
         let sigma = weights::spectrum::svdvals(&delta).unwrap();
         close(

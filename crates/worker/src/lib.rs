@@ -1,1 +1,105 @@
-//! Pulls layer shards from the queue and runs the core analyses. Filled by the service issue.
+//! The shard executor: opens what a shard names and runs the core analyses on its tensors.
+//! The embedded `neurodiff audit` and the service's workers run the same code.
+pub mod record;
+
+use std::path::PathBuf;
+
+use neurodiff_core::reference::{self, HubOptions};
+use neurodiff_core::weights::{self, lora::Adapter, Target as CoreTarget};
+use neurodiff_core::{Checkpoint, CoreError};
+use neurodiff_protocol::{ShardResult, ShardSpec, Target};
+use tch::Device;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    #[error("{0}")]
+    Io(String),
+}
+
+pub type Result<T, E = WorkerError> = std::result::Result<T, E>;
+
+/// The opened fine-tuned side.
+#[derive(Debug)]
+pub enum OpenTarget {
+    Checkpoint(Checkpoint),
+    Adapter(Adapter),
+}
+
+/// Both sides of an audit, opened once (headers only) and shared by all its shards.
+#[derive(Debug)]
+pub struct Sources {
+    pub base_dir: PathBuf,
+    pub target_dir: PathBuf,
+    pub base: Checkpoint,
+    pub target: OpenTarget,
+}
+
+impl Sources {
+    /// Resolves and opens `base` and `target`, refusing pairs that cannot be compared.
+    pub fn open(base: &str, target: &Target, hub: &HubOptions) -> Result<Sources> {
+        let base_dir = reference::resolve(base, hub)?;
+        let base_ckpt = Checkpoint::open(&base_dir)?;
+        let target_dir = reference::resolve(target.reference(), hub)?;
+        let opened = match target {
+            Target::Checkpoint { .. } => {
+                let ft = Checkpoint::open(&target_dir)?;
+                weights::check_compatible(&base_ckpt, &ft)?;
+                OpenTarget::Checkpoint(ft)
+            }
+            Target::Adapter { .. } => {
+                let adapter = Adapter::open(&target_dir)?;
+                adapter.check_targets(&base_ckpt)?;
+                OpenTarget::Adapter(adapter)
+            }
+        };
+        Ok(Sources {
+            base_dir,
+            target_dir,
+            base: base_ckpt,
+            target: opened,
+        })
+    }
+
+    pub fn core_target(&self) -> CoreTarget<'_> {
+        match &self.target {
+            OpenTarget::Checkpoint(c) => CoreTarget::Checkpoint(c),
+            OpenTarget::Adapter(a) => CoreTarget::Adapter(a),
+        }
+    }
+
+    pub fn n_layers(&self) -> Result<usize> {
+        Ok(weights::n_layers(&self.base)?)
+    }
+
+    /// How many tensors a shard will analyse (for progress totals).
+    pub fn shard_size(&self, shard: &ShardSpec) -> usize {
+        weights::shard_tensors(&self.base, self.core_target(), shard.shard).len()
+    }
+
+    /// Runs one shard of a weight audit.
+    pub fn execute(
+        &self,
+        shard: &ShardSpec,
+        device: Device,
+        on_tensor: &mut dyn FnMut(&str),
+    ) -> Result<ShardResult> {
+        let span = tracing::info_span!("shard", shard = %shard.shard);
+        let _entered = span.enter();
+        let result = weights::analyze_shard(
+            &self.base,
+            self.core_target(),
+            shard.shard,
+            &shard.weights,
+            device,
+            on_tensor,
+        )?;
+        tracing::info!(
+            tensors = result.tensors.len(),
+            elapsed_s = result.elapsed_s,
+            "shard done"
+        );
+        Ok(result)
+    }
+}

@@ -58,7 +58,10 @@ pub fn relative(fro: f64, base_fro: f64) -> f64 {
     }
 }
 
-fn decoder(dtype: Dtype) -> Option<(usize, fn(&[u8]) -> f64)> {
+/// Bytes per element, and how to read one element as f64.
+type Decoder = (usize, fn(&[u8]) -> f64);
+
+fn decoder(dtype: Dtype) -> Option<Decoder> {
     fn f32le(b: &[u8]) -> f64 {
         f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64
     }
@@ -81,7 +84,7 @@ fn decoder(dtype: Dtype) -> Option<(usize, fn(&[u8]) -> f64)> {
 }
 
 /// The decoder of a floating-point tensor, or an error naming it.
-fn float_decoder(ckpt: &Checkpoint, name: &str, dtype: Dtype) -> Result<(usize, fn(&[u8]) -> f64)> {
+fn float_decoder(ckpt: &Checkpoint, name: &str, dtype: Dtype) -> Result<Decoder> {
     decoder(dtype).ok_or_else(|| CoreError::Dtype {
         path: ckpt.file_of(name),
         tensor: name.to_string(),
@@ -141,6 +144,7 @@ pub fn compare(
     ft: &Checkpoint,
     name: &str,
     opts: &WeightOptions,
+    device: Device,
 ) -> Result<Compared> {
     let (mb, _) = base.bytes(name)?;
     let (mf, _) = ft.bytes(name)?;
@@ -194,7 +198,7 @@ pub fn compare(
     if bshape.len() == 2 && opts.spectrum == Spectrum::Full {
         let sigma = if fro > 0.0 {
             let rows = bshape[0] as i64;
-            let b = base.weight(name, Kind::Double, Device::Cpu)?;
+            let b = base.weight(name, Kind::Double, device)?;
             let f = ft
                 .weight(name, Kind::Double, Device::Cpu)?
                 .f_narrow(0, 0, rows)?;

@@ -173,7 +173,12 @@ impl Adapter {
     }
 
     /// `A` [r, in] and `B` [out, r] in float64, checked against the base weight's shape.
-    fn factors(&self, base: &Checkpoint, pair: &LoraPair) -> Result<(Tensor, Tensor, Vec<i64>)> {
+    fn factors(
+        &self,
+        base: &Checkpoint,
+        pair: &LoraPair,
+        device: Device,
+    ) -> Result<(Tensor, Tensor, Vec<i64>)> {
         let meta = base
             .meta(&pair.base_name)
             .ok_or_else(|| CoreError::MissingTensor {
@@ -192,12 +197,8 @@ impl Adapter {
                 )))
             }
         };
-        let a = self
-            .weights
-            .weight(&pair.a_key, Kind::Double, Device::Cpu)?;
-        let b = self
-            .weights
-            .weight(&pair.b_key, Kind::Double, Device::Cpu)?;
+        let a = self.weights.weight(&pair.a_key, Kind::Double, device)?;
+        let b = self.weights.weight(&pair.b_key, Kind::Double, device)?;
         let path = self.dir.join(ADAPTER_WEIGHTS);
         let (r, a_in) = a.size2()?;
         let (b_out, b_r) = b.size2()?;
@@ -232,15 +233,16 @@ impl Adapter {
         base: &Checkpoint,
         pair: &LoraPair,
         opts: &WeightOptions,
+        device: Device,
     ) -> Result<TensorMetrics> {
-        let (a, b, shape) = self.factors(base, pair)?;
+        let (a, b, shape) = self.factors(base, pair, device)?;
         let (_, r_b) = Tensor::f_linalg_qr(&b, "reduced")?;
         let (_, r_a) = Tensor::f_linalg_qr(&a.f_transpose(0, 1)?, "reduced")?;
         let core = r_b
             .f_matmul(&r_a.f_transpose(0, 1)?)?
             .f_mul_scalar(pair.scale)?;
         let fro2 = core.f_square()?.f_sum(Kind::Double)?.f_double_value(&[])?;
-        let mut w = base.weight(&pair.base_name, Kind::Double, Device::Cpu)?;
+        let mut w = base.weight(&pair.base_name, Kind::Double, device)?;
         if self.config.fan_in_fan_out {
             w = w.f_transpose(0, 1)?;
         }
@@ -294,7 +296,7 @@ impl Adapter {
 
     /// The dense delta (only for tests and for merging; analysis never calls this).
     pub fn dense_delta(&self, base: &Checkpoint, pair: &LoraPair) -> Result<Tensor> {
-        let (a, b, _) = self.factors(base, pair)?;
+        let (a, b, _) = self.factors(base, pair, Device::Cpu)?;
         let delta = b.f_matmul(&a)?.f_mul_scalar(pair.scale)?;
         Ok(if self.config.fan_in_fan_out {
             delta.f_transpose(0, 1)?.f_contiguous()?

@@ -9,6 +9,7 @@ pub mod spectrum;
 use std::time::Instant;
 
 use neurodiff_protocol::{ShardKey, ShardResult, WeightOptions};
+use tch::Device;
 
 use crate::checkpoint::{Checkpoint, CONFIG_FILE};
 use crate::error::{CoreError, Result};
@@ -39,12 +40,13 @@ pub fn shard_tensors(base: &Checkpoint, target: Target<'_>, shard: ShardKey) -> 
     }
 }
 
-/// Runs one shard; `on_tensor` is called after each tensor (progress).
+/// Runs one shard, its linear algebra on `device`; `on_tensor` is called after each tensor.
 pub fn analyze_shard(
     base: &Checkpoint,
     target: Target<'_>,
     shard: ShardKey,
     opts: &WeightOptions,
+    device: Device,
     on_tensor: &mut dyn FnMut(&str),
 ) -> Result<ShardResult> {
     let _guard = tch::no_grad_guard();
@@ -66,7 +68,7 @@ pub fn analyze_shard(
                     result.only_in_base.push(name.to_string());
                     continue;
                 }
-                match dense::compare(base, ft, name, opts)? {
+                match dense::compare(base, ft, name, opts, device)? {
                     Compared::Metrics(m, added) => {
                         result.tensors.push(*m);
                         result.added_rows.extend(added);
@@ -88,7 +90,9 @@ pub fn analyze_shard(
                 .values()
                 .filter(|p| ShardKey::of_tensor(&p.base_name) == shard)
             {
-                result.tensors.push(adapter.metrics(base, pair, opts)?);
+                result
+                    .tensors
+                    .push(adapter.metrics(base, pair, opts, device)?);
                 on_tensor(&pair.base_name);
             }
         }

@@ -1,0 +1,272 @@
+//! `neurodiff audit BASE [FT] [--adapter PATH]`: the embedded audit, no servers. Plans layer
+//! shards, runs them with the worker's executor, fans in, writes results.json, plots and
+//! report.html into a directory that appears only when complete.
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use indicatif::{ProgressBar, ProgressStyle};
+use neurodiff_core::checkpoint::CONFIG_FILE;
+use neurodiff_core::device;
+use neurodiff_core::reference::HubOptions;
+use neurodiff_core::weights::lora::{ADAPTER_CONFIG, ADAPTER_WEIGHTS};
+use neurodiff_protocol::{
+    parse_layers, plan_shards, Analyses, AnalysisKind, AuditResults, AuditSpec, Spectrum, Target,
+    WeightOptions, WeightsReport, RESULTS_SCHEMA_VERSION,
+};
+use neurodiff_worker::{record::model_record, OpenTarget, Sources};
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum SpectrumArg {
+    /// Every singular value: spectral, nuclear, stable and effective rank, top-k.
+    Full,
+    /// Norms only (Frobenius, relative, cosine, max): one pass over the bytes.
+    None,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The base model: a checkpoint directory or a hub id `org/name[@revision]`.
+    pub base: String,
+    /// The fine-tuned checkpoint (omit when auditing an adapter with --adapter).
+    pub finetuned: Option<String>,
+    /// A PEFT LoRA adapter directory, analysed exactly in factored form against BASE.
+    #[arg(long, conflicts_with = "finetuned")]
+    pub adapter: Option<String>,
+    /// Analyses to run (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "weights")]
+    pub analyses: Vec<String>,
+    /// Blocks to audit: `all`, or indices and ranges like `0,3,10-12`.
+    #[arg(long, default_value = "all")]
+    pub layers: String,
+    /// Spectral metrics: `full` or `none` (norms only).
+    #[arg(long, value_enum, default_value = "full")]
+    pub spectrum: SpectrumArg,
+    /// Leading singular values to report per tensor.
+    #[arg(long, default_value_t = 16)]
+    pub top_k: usize,
+    /// cpu, cuda or cuda:N: where the spectra are computed.
+    #[arg(long, default_value = "cpu", env = "NEURODIFF_DEVICE")]
+    pub device: String,
+    /// The report directory; replaced if it holds an earlier NeuroDiff report.
+    #[arg(long, default_value = "neurodiff-report")]
+    pub out: PathBuf,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+fn spec_from(args: &Args) -> anyhow::Result<AuditSpec> {
+    let target = match (&args.finetuned, &args.adapter) {
+        (Some(ft), None) => Target::Checkpoint {
+            reference: ft.clone(),
+        },
+        (None, Some(adapter)) => Target::Adapter {
+            reference: adapter.clone(),
+        },
+        _ => bail!("give a fine-tuned checkpoint (FT) or an adapter (--adapter PATH)"),
+    };
+    let analyses = args
+        .analyses
+        .iter()
+        .map(|a| match a.as_str() {
+            "weights" => Ok(AnalysisKind::Weights),
+            other => bail!("--analyses: unknown analysis `{other}`; available: weights"),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(AuditSpec {
+        base: args.base.clone(),
+        target,
+        analyses,
+        layers: parse_layers(&args.layers).context("--layers")?,
+        weights: WeightOptions {
+            spectrum: match args.spectrum {
+                SpectrumArg::Full => Spectrum::Full,
+                SpectrumArg::None => Spectrum::None,
+            },
+            top_k: args.top_k,
+        },
+    })
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let spec = spec_from(&args)?;
+    let device = device::parse_device(&args.device)?;
+    let staging = Staging::new(&args.out)?;
+    let sources = Sources::open(&spec.base, &spec.target, &HubOptions::from_env())?;
+    let shards = plan_shards(&spec, sources.n_layers()?)?;
+
+    // Hashing every weight file runs beside the analysis, on its own thread.
+    let hashing = {
+        let (base_ref, base_dir) = (spec.base.clone(), sources.base_dir.clone());
+        let (target_ref, target_dir) = (
+            spec.target.reference().to_string(),
+            sources.target_dir.clone(),
+        );
+        let mut base_files: Vec<PathBuf> = sources
+            .base
+            .files()
+            .iter()
+            .map(|p| p.to_path_buf())
+            .collect();
+        base_files.push(base_dir.join(CONFIG_FILE));
+        let target_files: Vec<PathBuf> = match &sources.target {
+            OpenTarget::Checkpoint(c) => c
+                .files()
+                .iter()
+                .map(|p| p.to_path_buf())
+                .chain([target_dir.join(CONFIG_FILE)])
+                .collect(),
+            OpenTarget::Adapter(_) => vec![
+                target_dir.join(ADAPTER_WEIGHTS),
+                target_dir.join(ADAPTER_CONFIG),
+            ],
+        };
+        std::thread::spawn(move || {
+            Ok::<_, neurodiff_worker::WorkerError>((
+                model_record(&base_ref, &base_dir, &base_files)?,
+                model_record(&target_ref, &target_dir, &target_files)?,
+            ))
+        })
+    };
+
+    let total: usize = shards.iter().map(|s| sources.shard_size(s)).sum();
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(total as u64)
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} tensors  {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let started = Instant::now();
+    let mut results = Vec::with_capacity(shards.len());
+    for shard in &shards {
+        bar.set_message(shard.shard.to_string());
+        results.push(sources.execute(shard, device, &mut |_| bar.inc(1))?);
+    }
+    bar.finish_and_clear();
+    let analysis_s = started.elapsed().as_secs_f64();
+
+    let (base, finetuned) = hashing
+        .join()
+        .map_err(|_| anyhow::anyhow!("the hashing thread panicked"))??;
+    let report = WeightsReport::from_shards(results);
+    let audit = AuditResults {
+        schema_version: RESULTS_SCHEMA_VERSION,
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        created_unix: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        base,
+        finetuned,
+        target: spec.target.clone(),
+        analyses: Analyses {
+            weights: Some(report),
+        },
+    };
+    neurodiff_scheduler::write_report(&audit, staging.path())?;
+    let out = staging.commit()?;
+    let w = audit.analyses.weights.as_ref();
+    eprintln!(
+        "audited {} tensors in {} shards in {analysis_s:.2}s; most changed: {}",
+        w.map_or(0, |w| w.tensors.len()),
+        shards.len(),
+        w.and_then(|w| w.tensors.first())
+            .map_or("-".to_string(), |t| format!(
+                "{} (rel_fro {:.3e})",
+                t.name, t.rel_fro
+            )),
+    );
+    writeln!(std::io::stdout(), "{}", out.join("report.html").display())?;
+    Ok(())
+}
+
+/// A sibling directory the report is written into, renamed over `out` only when complete.
+struct Staging {
+    tmp: PathBuf,
+    out: PathBuf,
+}
+
+impl Staging {
+    fn new(out: &Path) -> anyhow::Result<Staging> {
+        if out.exists()
+            && !out.join("results.json").is_file()
+            && out
+                .read_dir()
+                .map(|mut d| d.next().is_some())
+                .unwrap_or(true)
+        {
+            bail!(
+                "--out {}: exists and is not a NeuroDiff report; refusing to replace it",
+                out.display()
+            );
+        }
+        let parent = match out.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&parent).with_context(|| {
+            format!(
+                "--out {}: cannot create {}",
+                out.display(),
+                parent.display()
+            )
+        })?;
+        let name = out
+            .file_name()
+            .with_context(|| format!("--out {}: not a directory name", out.display()))?;
+        let tmp = parent.join(format!(
+            ".{}.partial-{}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        std::fs::create_dir(&tmp).with_context(|| {
+            format!(
+                "--out {}: cannot write in {}",
+                out.display(),
+                parent.display()
+            )
+        })?;
+        Ok(Staging {
+            tmp,
+            out: out.to_path_buf(),
+        })
+    }
+
+    fn path(&self) -> &Path {
+        &self.tmp
+    }
+
+    fn commit(self) -> anyhow::Result<PathBuf> {
+        if self.out.exists() {
+            std::fs::remove_dir_all(&self.out).with_context(|| {
+                format!(
+                    "--out {}: cannot replace the earlier report",
+                    self.out.display()
+                )
+            })?;
+        }
+        std::fs::rename(&self.tmp, &self.out).with_context(|| {
+            format!(
+                "--out {}: cannot move the report into place",
+                self.out.display()
+            )
+        })?;
+        let out = self.out.clone();
+        std::mem::forget(self);
+        Ok(out)
+    }
+}
+
+impl Drop for Staging {
+    /// A failed audit leaves nothing that looks like a result.
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.tmp);
+    }
+}
