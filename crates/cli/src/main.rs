@@ -18,6 +18,11 @@ struct Cli {
 enum Command {
     /// Audit what fine-tuning changed: BASE vs FT, or BASE plus a LoRA adapter. No servers.
     Audit(commands::audit::Args),
+    /// Write model organisms: pairs with planted changes of known place and rank, with ground truth.
+    Organisms(commands::organisms::Args),
+    /// Task vectors: extract tau = FT - BASE, apply scaled sums of them to a base.
+    #[command(subcommand)]
+    TaskVector(commands::task_vector::Command),
     /// Run one prompt through a model: top next-token predictions, or logits and hidden states to a file.
     Inspect(commands::inspect::Args),
 }
@@ -33,6 +38,8 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Audit(args) => commands::audit::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
+        Command::Organisms(args) => commands::organisms::run(args),
+        Command::TaskVector(command) => commands::task_vector::run(command),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

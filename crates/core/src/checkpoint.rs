@@ -37,6 +37,11 @@ impl TensorMeta {
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
+
+    /// The libtorch dtype of the stored bytes, if libtorch has one.
+    pub fn kind(&self) -> Option<Kind> {
+        kind_of(self.dtype)
+    }
 }
 
 #[derive(Debug)]

@@ -6,7 +6,10 @@ pub mod hooks;
 pub mod inspect;
 pub mod models;
 pub mod nn;
+pub mod organisms;
 pub mod reference;
+pub mod safetensors_out;
+pub mod task_vector;
 pub mod tokenizer;
 pub mod weights;
 

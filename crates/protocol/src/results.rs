@@ -44,6 +44,9 @@ pub struct TensorMetrics {
     /// Fewest directions capturing 90% / 99% of ||dW||_F^2: "of what rank is the change?"
     pub rank_90: Option<usize>,
     pub rank_99: Option<usize>,
+    /// Singular values above sigma_1 * max(m, n) * eps_f32 (numpy's matrix_rank tolerance at the
+    /// precision checkpoints are stored in): the rank of the change, rounding noise aside.
+    pub numerical_rank: Option<usize>,
     /// When the vocabulary grew: rows compared (the shared ones); see `WeightsReport::added_rows`.
     pub rows_compared: Option<usize>,
     /// How the spectrum was computed: `gram-eigh-f64`, `svd-f64`, `lora-factored`, or `none`.

@@ -73,7 +73,7 @@ fn sci(v: f64) -> String {
 
 fn tensor_row(t: &TensorMetrics) -> String {
     format!(
-        "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{:?}</td><td>{}</td><td>{}</td><td>{:.6}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+        "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{:?}</td><td>{}</td><td>{}</td><td>{:.6}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
         escape(&t.name),
         t.layer.map_or("–".into(), |l| l.to_string()),
         escape(&t.module),
@@ -86,6 +86,7 @@ fn tensor_row(t: &TensorMetrics) -> String {
         opt(t.effective_rank),
         t.rank_90.map_or("–".into(), |r| r.to_string()),
         t.rank_99.map_or("–".into(), |r| r.to_string()),
+        t.numerical_rank.map_or("–".into(), |r| r.to_string()),
     )
 }
 
@@ -113,7 +114,7 @@ fn html(results: &AuditResults, plots: &[PathBuf]) -> Result<String, ReportError
     }
     if let Some(w) = &results.analyses.weights {
         let _ = write!(out, "<h2>Most changed tensors</h2><p>{} tensors compared; ranked by relative Frobenius change.</p>", w.tensors.len());
-        out.push_str("<table><tr><th>tensor</th><th>layer</th><th>module</th><th>shape</th><th>rel_fro</th><th>fro</th><th>cosine</th><th>spectral</th><th>stable rank</th><th>effective rank</th><th>rank 90%</th><th>rank 99%</th></tr>");
+        out.push_str("<table><tr><th>tensor</th><th>layer</th><th>module</th><th>shape</th><th>rel_fro</th><th>fro</th><th>cosine</th><th>spectral</th><th>stable rank</th><th>effective rank</th><th>rank 90%</th><th>rank 99%</th><th>numerical rank</th></tr>");
         for t in w.tensors.iter().take(100) {
             out.push_str(&tensor_row(t));
         }

@@ -1,3 +1,5 @@
 //! One module per subcommand.
 pub mod audit;
 pub mod inspect;
+pub mod organisms;
+pub mod task_vector;

@@ -192,6 +192,7 @@ pub fn compare(
         energy_top_k: Vec::new(),
         rank_90: None,
         rank_99: None,
+        numerical_rank: None,
         rows_compared: grown.then_some(bshape[0]),
         method: "none".into(),
     };
@@ -225,4 +226,7 @@ pub fn fill_spectral(m: &mut TensorMetrics, sigma: &[f64], fro2: f64, top_k: usi
     m.energy_top_k = s.energy_top_k;
     m.rank_90 = s.rank_90;
     m.rank_99 = s.rank_99;
+    let tol =
+        s.spectral * m.shape.iter().copied().max().unwrap_or(0) as f64 * f64::from(f32::EPSILON);
+    m.numerical_rank = Some(sigma.iter().filter(|&&x| x > tol).count());
 }

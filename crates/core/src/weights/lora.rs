@@ -279,6 +279,7 @@ impl Adapter {
             energy_top_k: Vec::new(),
             rank_90: None,
             rank_99: None,
+            numerical_rank: None,
             rows_compared: None,
             method: "lora-factored".into(),
         };

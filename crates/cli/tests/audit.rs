@@ -1,0 +1,362 @@
+//! `neurodiff organisms`, `audit` and `task-vector` end to end: planted changes are found,
+//! bad input is refused by name and leaves nothing behind, task arithmetic round-trips exactly.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+use tch::Tensor;
+
+fn neurodiff(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_neurodiff"))
+        .args(args)
+        .env_remove("LD_LIBRARY_PATH")
+        .output()
+        .expect("run neurodiff")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = neurodiff(args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn fails(args: &[&str]) -> String {
+    let out = neurodiff(args);
+    assert!(!out.status.success(), "{args:?} should have failed");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf8 path")
+}
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../core/tests/fixtures")
+        .join(name)
+}
+
+fn organisms(dir: &Path) -> PathBuf {
+    let out = dir.join("organisms");
+    ok(&["organisms", "--out", s(&out)]);
+    out
+}
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).expect("read")).expect("json")
+}
+
+fn audit(dir: &Path, args: &[&str]) -> Value {
+    let out = dir.join(format!(
+        "report-{}",
+        args.len() + args.iter().map(|a| a.len()).sum::<usize>()
+    ));
+    let mut all = vec!["audit"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--out", s(&out), "--quiet"]);
+    let stdout = ok(&all);
+    assert_eq!(
+        stdout.trim(),
+        out.join("report.html").display().to_string(),
+        "prints the report path"
+    );
+    for plot in ["heatmap.svg", "layers.svg", "spectra.svg"] {
+        let svg = std::fs::read_to_string(out.join("plots").join(plot)).expect("plot");
+        assert!(svg.starts_with("<svg") && svg.contains("<rect"), "{plot}");
+    }
+    let html = std::fs::read_to_string(out.join("report.html")).expect("html");
+    assert!(html.contains("<svg") && html.contains("Most changed tensors"));
+    read_json(&out.join("results.json"))
+}
+
+#[test]
+fn audits_find_every_planted_change_and_its_rank() {
+    let tmp = tempfile::tempdir().unwrap();
+    let org = organisms(tmp.path());
+    let base = org.join("base");
+    for (organism, args) in [
+        (
+            "rank-update",
+            vec![
+                s(&base).to_string(),
+                s(&org.join("rank-update")).to_string(),
+            ],
+        ),
+        (
+            "attn-scaled",
+            vec![
+                s(&base).to_string(),
+                s(&org.join("attn-scaled")).to_string(),
+            ],
+        ),
+        (
+            "lora",
+            vec![
+                s(&base).to_string(),
+                "--adapter".into(),
+                s(&org.join("lora")).to_string(),
+            ],
+        ),
+    ] {
+        let truth = read_json(&org.join(organism).join("ground_truth.json"));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let results = audit(tmp.path(), &args);
+        assert_eq!(results["schema_version"], 1);
+        assert!(results["base"]["content_hash"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:"));
+        let tensors = results["analyses"]["weights"]["tensors"]
+            .as_array()
+            .unwrap();
+        let changed = truth["changed"].as_array().unwrap();
+        for want in changed {
+            // The planted tensors are the most changed ones, ahead of everything untouched.
+            let got = tensors
+                .iter()
+                .position(|t| t["name"] == want["tensor"])
+                .expect("planted tensor reported");
+            assert!(
+                got < changed.len(),
+                "{organism}: {} ranked {got}",
+                want["tensor"]
+            );
+            let t = &tensors[got];
+            assert_eq!(
+                t["numerical_rank"], want["rank"],
+                "{organism}: rank of {}",
+                want["tensor"]
+            );
+            if let Some(rel) = want["rel_fro"].as_f64() {
+                assert!(
+                    (t["rel_fro"].as_f64().unwrap() - rel).abs() < 1e-4,
+                    "{organism}: rel_fro {}",
+                    t["rel_fro"]
+                );
+            }
+        }
+        for t in &tensors[changed.len()..] {
+            assert_eq!(
+                t["fro"], 0.0,
+                "{organism}: {} should be untouched",
+                t["name"]
+            );
+        }
+    }
+}
+
+#[test]
+fn layer_selection_audits_only_those_layers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let org = organisms(tmp.path());
+    let results = audit(
+        tmp.path(),
+        &[
+            s(&org.join("base")),
+            s(&org.join("rank-update")),
+            "--layers",
+            "3-4",
+            "--spectrum",
+            "none",
+        ],
+    );
+    let tensors = results["analyses"]["weights"]["tensors"]
+        .as_array()
+        .unwrap();
+    assert_eq!(tensors.len(), 2 * 9);
+    assert!(tensors
+        .iter()
+        .all(|t| matches!(t["layer"].as_u64(), Some(3 | 4)) && t["spectral"].is_null()));
+    let err = fails(&[
+        "audit",
+        s(&org.join("base")),
+        s(&org.join("rank-update")),
+        "--layers",
+        "9",
+        "--out",
+        s(&tmp.path().join("r")),
+    ]);
+    assert!(
+        err.contains("field `layers`") && err.contains("layer 9"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_input_is_named_and_leaves_nothing_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let org = organisms(tmp.path());
+    let base = s(&org.join("base")).to_string();
+    let out = tmp.path().join("report");
+    let cases: Vec<(Vec<String>, Vec<&str>)> = vec![
+        (
+            vec![base.clone(), s(&fixture("gpt2")).into()],
+            vec!["model_type"],
+        ),
+        (
+            vec![base.clone(), s(&fixture("weights/ft")).into()],
+            vec!["hidden_size", "not the same architecture"],
+        ),
+        (
+            vec![
+                base.clone(),
+                "--adapter".into(),
+                s(&fixture("weights/adapter-gpt2")).into(),
+            ],
+            vec![
+                "transformer.h.0.attn.c_attn.weight",
+                "adapter_model.safetensors",
+            ],
+        ),
+        (
+            vec![
+                base.clone(),
+                "--adapter".into(),
+                s(&fixture("weights/adapter")).into(),
+            ],
+            vec!["lora_A.weight", "expected", "adapter_model.safetensors"],
+        ),
+        (
+            vec![
+                s(&fixture("weights/base")).into(),
+                "--adapter".into(),
+                s(&org.join("lora")).into(),
+            ],
+            vec!["model.layers.3.self_attn.q_proj.weight", "not found"],
+        ),
+        (
+            vec![base.clone(), "/no/such/checkpoint".into()],
+            vec!["/no/such/checkpoint"],
+        ),
+    ];
+    for (args, needles) in cases {
+        let mut all: Vec<&str> = vec!["audit"];
+        all.extend(args.iter().map(String::as_str));
+        all.extend(["--out", s(&out)]);
+        let err = fails(&all);
+        for n in needles {
+            assert!(err.contains(n), "{args:?}: `{err}` lacks `{n}`");
+        }
+        assert!(!out.exists(), "a failed audit left {out:?}");
+    }
+    // An output directory that cannot be created.
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let err = fails(&[
+        "audit",
+        &base,
+        s(&org.join("rank-update")),
+        "--out",
+        s(&file.join("report")),
+    ]);
+    assert!(err.contains("a-file"), "{err}");
+    // A directory that is not a report is never replaced.
+    let precious = tmp.path().join("precious");
+    std::fs::create_dir(&precious).unwrap();
+    std::fs::write(precious.join("notes.txt"), "keep me").unwrap();
+    let err = fails(&[
+        "audit",
+        &base,
+        s(&org.join("rank-update")),
+        "--out",
+        s(&precious),
+    ]);
+    assert!(err.contains("not a NeuroDiff report"), "{err}");
+    assert!(precious.join("notes.txt").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+fn tensors(dir: &Path) -> Vec<(String, Tensor)> {
+    let mut t = Tensor::read_safetensors(dir.join("model.safetensors")).expect("weights");
+    t.sort_by(|a, b| a.0.cmp(&b.0));
+    t
+}
+
+#[test]
+fn task_vectors_round_trip_exactly_and_combine() {
+    let tmp = tempfile::tempdir().unwrap();
+    let org = organisms(tmp.path());
+    let (base, ft) = (org.join("base"), org.join("rank-update"));
+    let tau = tmp.path().join("tau.safetensors");
+    ok(&["task-vector", "extract", s(&base), s(&ft), "--out", s(&tau)]);
+
+    let applied = tmp.path().join("applied");
+    ok(&[
+        "task-vector",
+        "apply",
+        s(&base),
+        s(&tau),
+        "--out",
+        s(&applied),
+    ]);
+    for ((name, want), (_, got)) in tensors(&ft).iter().zip(tensors(&applied)) {
+        assert!(
+            want.equal(&got),
+            "{name} differs after apply(base, extract(base, ft))"
+        );
+    }
+    assert!(applied.join("config.json").exists() && applied.join("tokenizer.json").exists());
+    ok(&[
+        "inspect",
+        s(&applied),
+        "--prompt",
+        "loads like any checkpoint",
+    ]);
+
+    // tau - tau = 0: the base comes back; -1 * tau moves the other way by the same amount.
+    let cancelled = tmp.path().join("cancelled");
+    ok(&[
+        "task-vector",
+        "apply",
+        s(&base),
+        s(&tau),
+        s(&tau),
+        "--weights",
+        "1,-1",
+        "--out",
+        s(&cancelled),
+    ]);
+    for ((name, want), (_, got)) in tensors(&base).iter().zip(tensors(&cancelled)) {
+        assert!(want.equal(&got), "{name}");
+    }
+    let negated = tmp.path().join("negated");
+    ok(&[
+        "task-vector",
+        "apply",
+        s(&base),
+        s(&tau),
+        "--scale",
+        "-1",
+        "--out",
+        s(&negated),
+    ]);
+    let results = audit(tmp.path(), &[s(&base), s(&negated)]);
+    let top = &results["analyses"]["weights"]["tensors"][0];
+    assert_eq!(top["name"], "model.layers.4.mlp.down_proj.weight");
+    assert!((top["rel_fro"].as_f64().unwrap() - 0.3).abs() < 1e-4);
+
+    let err = fails(&[
+        "task-vector",
+        "apply",
+        s(&fixture("weights/base")),
+        s(&tau),
+        "--out",
+        s(&tmp.path().join("x")),
+    ]);
+    assert!(
+        err.contains("model.layers.2") && err.contains("not found"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("x").exists());
+}
