@@ -83,7 +83,7 @@ impl Sources {
         &self,
         shard: &ShardSpec,
         device: Device,
-        on_tensor: &mut dyn FnMut(&str),
+        on_tensor: &mut (dyn FnMut(&str) + Send),
     ) -> Result<ShardResult> {
         let span = tracing::info_span!("shard", shard = %shard.shard);
         let _entered = span.enter();

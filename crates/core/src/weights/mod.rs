@@ -6,7 +6,10 @@ pub mod dense;
 pub mod lora;
 pub mod spectrum;
 
+use std::sync::Mutex;
 use std::time::Instant;
+
+use rayon::prelude::*;
 
 use neurodiff_protocol::{ShardKey, ShardResult, WeightOptions};
 use tch::Device;
@@ -47,7 +50,7 @@ pub fn analyze_shard(
     shard: ShardKey,
     opts: &WeightOptions,
     device: Device,
-    on_tensor: &mut dyn FnMut(&str),
+    on_tensor: &mut (dyn FnMut(&str) + Send),
 ) -> Result<ShardResult> {
     let _guard = tch::no_grad_guard();
     let start = Instant::now();
@@ -63,19 +66,30 @@ pub fn analyze_shard(
     let in_shard = |n: &&str| ShardKey::of_tensor(n) == shard;
     match target {
         Target::Checkpoint(ft) => {
-            for name in base.names().filter(in_shard) {
-                if !ft.contains(name) {
-                    result.only_in_base.push(name.to_string());
-                    continue;
-                }
-                match dense::compare(base, ft, name, opts, device)? {
+            let (shared, only_base): (Vec<&str>, Vec<&str>) =
+                base.names().filter(in_shard).partition(|n| ft.contains(n));
+            result.only_in_base = only_base.into_iter().map(str::to_string).collect();
+            // Tensors of a shard run concurrently: the Gram GEMMs use libtorch's threads, but
+            // the eigensolver is sequential, so two tensors at once keep both cores busy.
+            let progress = Mutex::new(on_tensor);
+            let compared = shared
+                .par_iter()
+                .map(|name| {
+                    let c = dense::compare(base, ft, name, opts, device);
+                    if let Ok(mut tick) = progress.lock() {
+                        tick(name);
+                    }
+                    c
+                })
+                .collect::<Result<Vec<_>>>()?;
+            for c in compared {
+                match c {
                     Compared::Metrics(m, added) => {
                         result.tensors.push(*m);
                         result.added_rows.extend(added);
                     }
                     Compared::ShapeMismatch(s) => result.shape_mismatches.push(s),
                 }
-                on_tensor(name);
             }
             result.only_in_finetuned = ft
                 .names()
