@@ -278,7 +278,7 @@ pub fn compare(
             let rows = bshape[0] as i64;
             let b = base.weight(name, Kind::Double, device)?;
             let f = ft
-                .weight(name, Kind::Double, Device::Cpu)?
+                .weight(name, Kind::Double, device)?
                 .f_narrow(0, 0, rows)?;
             let (sigma, method) = singular_values(&f.f_sub(&b)?)?;
             metrics.method = method.into();

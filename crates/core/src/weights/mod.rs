@@ -69,19 +69,23 @@ pub fn analyze_shard(
             let (shared, only_base): (Vec<&str>, Vec<&str>) =
                 base.names().filter(in_shard).partition(|n| ft.contains(n));
             result.only_in_base = only_base.into_iter().map(str::to_string).collect();
-            // Tensors of a shard run concurrently: the Gram GEMMs use libtorch's threads, but
-            // the eigensolver is sequential, so two tensors at once keep both cores busy.
+            // On the CPU the tensors of a shard run concurrently: the Gram GEMMs use libtorch's
+            // threads but the eigensolver is sequential, so two at once keep both cores busy.
+            // On a GPU they run in turn (and libtorch's lazy loading of its CUDA linear-algebra
+            // library is not safe to race).
             let progress = Mutex::new(on_tensor);
-            let compared = shared
-                .par_iter()
-                .map(|name| {
-                    let c = dense::compare(base, ft, name, opts, device);
-                    if let Ok(mut tick) = progress.lock() {
-                        tick(name);
-                    }
-                    c
-                })
-                .collect::<Result<Vec<_>>>()?;
+            let one = |name: &&str| {
+                let c = dense::compare(base, ft, name, opts, device);
+                if let Ok(mut tick) = progress.lock() {
+                    tick(name);
+                }
+                c
+            };
+            let compared = if device.is_cuda() {
+                shared.iter().map(one).collect::<Result<Vec<_>>>()?
+            } else {
+                shared.par_iter().map(one).collect::<Result<Vec<_>>>()?
+            };
             for c in compared {
                 match c {
                     Compared::Metrics(m, added) => {

@@ -5,7 +5,7 @@
 //! singular values: sigma_i has relative error about n * eps64 * (sigma_1 / sigma_i)^2, so the
 //! Gram route is used only when every sigma_i >= GRAM_MIN_RATIO * sigma_1 (error <= ~1e-7 for
 //! n <= 10^4); otherwise (low-rank deltas) a float64 SVD gives the spectrum.
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::error::Result;
 
@@ -20,7 +20,10 @@ pub fn singular_values(dw: &Tensor) -> Result<(Vec<f64>, &'static str)> {
     } else {
         dw.f_matmul(&dw.f_transpose(0, 1)?)?
     };
-    let eig = gram.f_linalg_eigvalsh("L")?.f_to_kind(Kind::Double)?;
+    let eig = gram
+        .f_linalg_eigvalsh("L")?
+        .f_to_kind(Kind::Double)?
+        .f_to_device(Device::Cpu)?;
     let mut lambda = Vec::<f64>::try_from(&eig)?;
     lambda.reverse();
     let top = lambda.first().copied().unwrap_or(0.0);
@@ -36,7 +39,9 @@ pub fn svdvals(t: &Tensor) -> Result<Vec<f64>> {
     // `linalg_svdvals` with tch's empty driver string is refused on CPU; svd without U and V
     // is the same LAPACK call.
     let (_, s, _) = t.f_svd(true, false)?;
-    Ok(Vec::<f64>::try_from(&s.f_to_kind(Kind::Double)?)?)
+    Ok(Vec::<f64>::try_from(
+        &s.f_to_kind(Kind::Double)?.f_to_device(Device::Cpu)?,
+    )?)
 }
 
 /// The spectral metrics of one delta, from its singular values and its squared Frobenius norm.
