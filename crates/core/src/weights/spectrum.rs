@@ -120,7 +120,7 @@ mod tests {
     #[test]
     fn gram_and_svd_routes_agree_with_a_full_svd() {
         tch::manual_seed(0);
-        let opts = (Kind::Double, tch::Device::Cpu);
+        let opts = (Kind::Double, Device::Cpu);
         let dense = Tensor::randn([60, 25], opts);
         let low_rank = Tensor::randn([40, 3], opts).matmul(&Tensor::randn([3, 70], opts));
         for (t, route) in [
