@@ -265,3 +265,90 @@ impl Sums {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tensor(name: &str, layer: Option<usize>, fro: f64, base_fro: f64) -> TensorMetrics {
+        TensorMetrics {
+            name: name.into(),
+            layer,
+            module: crate::naming::module_of(name),
+            shape: vec![2, 2],
+            fro,
+            base_fro,
+            rel_fro: fro / base_fro,
+            cosine: 1.0,
+            max_abs: None,
+            spectral: None,
+            nuclear: None,
+            stable_rank: None,
+            effective_rank: None,
+            top_singular_values: vec![],
+            energy_top_k: vec![],
+            rank_90: None,
+            rank_99: None,
+            numerical_rank: None,
+            rows_compared: None,
+            method: "none".into(),
+        }
+    }
+
+    fn shard(shard: ShardKey, tensors: Vec<TensorMetrics>) -> ShardResult {
+        ShardResult {
+            shard,
+            tensors,
+            only_in_base: vec![],
+            only_in_finetuned: vec![],
+            shape_mismatches: vec![],
+            added_rows: vec![],
+            elapsed_s: 0.0,
+        }
+    }
+
+    #[test]
+    fn fan_in_sorts_and_aggregates_in_any_order() {
+        let shards = vec![
+            shard(
+                ShardKey::NonLayer,
+                vec![tensor("model.embed_tokens.weight", None, 1.0, 10.0)],
+            ),
+            shard(
+                ShardKey::Layer(1),
+                vec![tensor(
+                    "model.layers.1.mlp.up_proj.weight",
+                    Some(1),
+                    3.0,
+                    4.0,
+                )],
+            ),
+            shard(
+                ShardKey::Layer(0),
+                vec![
+                    tensor("model.layers.0.mlp.up_proj.weight", Some(0), 3.0, 12.0),
+                    tensor("model.layers.0.self_attn.q_proj.weight", Some(0), 4.0, 5.0),
+                ],
+            ),
+        ];
+        let r = WeightsReport::from_shards(shards);
+        let names: Vec<&str> = r.tensors.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names[0], "model.layers.0.self_attn.q_proj.weight");
+        assert_eq!(
+            r.layers.iter().map(|l| l.layer).collect::<Vec<_>>(),
+            [Some(0), Some(1), None]
+        );
+        let l0 = &r.layers[0];
+        assert_eq!((l0.fro, l0.base_fro, l0.n_tensors), (5.0, 13.0, 2));
+        assert_eq!(l0.most_changed, "model.layers.0.self_attn.q_proj.weight");
+        let up = r
+            .modules
+            .iter()
+            .find(|m| m.module == "mlp.up_proj")
+            .unwrap();
+        assert_eq!(
+            (up.fro * up.fro, up.base_fro * up.base_fro, up.n_tensors),
+            (18.0, 160.0, 2)
+        );
+    }
+}
