@@ -1,5 +1,6 @@
 //! `neurodiff`: audit what fine-tuning changed in a language model.
 mod commands;
+mod staging;
 
 use clap::{Parser, Subcommand};
 

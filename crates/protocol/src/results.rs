@@ -53,6 +53,50 @@ pub struct TensorMetrics {
     pub method: String,
 }
 
+impl TensorMetrics {
+    /// The norm metrics of one tensor's delta; the spectral fields stay empty until filled.
+    pub fn from_norms(
+        name: &str,
+        shape: Vec<usize>,
+        fro: f64,
+        base_fro: f64,
+        cosine: f64,
+        method: &str,
+    ) -> Self {
+        TensorMetrics {
+            name: name.to_string(),
+            layer: crate::naming::layer_of(name),
+            module: crate::naming::module_of(name),
+            shape,
+            fro,
+            base_fro,
+            rel_fro: relative(fro, base_fro),
+            cosine,
+            max_abs: None,
+            spectral: None,
+            nuclear: None,
+            stable_rank: None,
+            effective_rank: None,
+            top_singular_values: Vec::new(),
+            energy_top_k: Vec::new(),
+            rank_90: None,
+            rank_99: None,
+            numerical_rank: None,
+            rows_compared: None,
+            method: method.to_string(),
+        }
+    }
+}
+
+/// ||dW|| / ||W_base||; a tensor that was all zeros and moved ranks first (huge, finite, JSON-safe).
+pub fn relative(fro: f64, base_fro: f64) -> f64 {
+    if fro == 0.0 {
+        0.0
+    } else {
+        fro / base_fro.max(f64::MIN_POSITIVE)
+    }
+}
+
 /// Aggregate over one block (or everything outside the blocks when `layer` is absent).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LayerMetrics {
@@ -271,28 +315,9 @@ mod tests {
     use super::*;
 
     fn tensor(name: &str, layer: Option<usize>, fro: f64, base_fro: f64) -> TensorMetrics {
-        TensorMetrics {
-            name: name.into(),
-            layer,
-            module: crate::naming::module_of(name),
-            shape: vec![2, 2],
-            fro,
-            base_fro,
-            rel_fro: fro / base_fro,
-            cosine: 1.0,
-            max_abs: None,
-            spectral: None,
-            nuclear: None,
-            stable_rank: None,
-            effective_rank: None,
-            top_singular_values: vec![],
-            energy_top_k: vec![],
-            rank_90: None,
-            rank_99: None,
-            numerical_rank: None,
-            rows_compared: None,
-            method: "none".into(),
-        }
+        let t = TensorMetrics::from_norms(name, vec![2, 2], fro, base_fro, 1.0, "none");
+        assert_eq!(t.layer, layer);
+        t
     }
 
     fn shard(shard: ShardKey, tensors: Vec<TensorMetrics>) -> ShardResult {

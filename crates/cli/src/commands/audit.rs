@@ -2,7 +2,7 @@
 //! shards, runs them with the worker's executor, fans in, writes results.json, plots and
 //! report.html into a directory that appears only when complete.
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
@@ -16,6 +16,8 @@ use neurodiff_protocol::{
     WeightOptions, WeightsReport, RESULTS_SCHEMA_VERSION,
 };
 use neurodiff_worker::{record::model_record, OpenTarget, Sources};
+
+use crate::staging::Staging;
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum SpectrumArg {
@@ -93,7 +95,21 @@ fn spec_from(args: &Args) -> anyhow::Result<AuditSpec> {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let spec = spec_from(&args)?;
     let device = device::parse_device(&args.device)?;
+    if args.out.exists()
+        && !args.out.join("results.json").is_file()
+        && args
+            .out
+            .read_dir()
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
+        bail!(
+            "--out {}: exists and is not a NeuroDiff report; refusing to replace it",
+            args.out.display()
+        );
+    }
     let staging = Staging::new(&args.out)?;
+    std::fs::create_dir(staging.path()).with_context(|| format!("--out {}", args.out.display()))?;
     let sources = Sources::open(&spec.base, &spec.target, &HubOptions::from_env())?;
     let shards = plan_shards(&spec, sources.n_layers()?)?;
 
@@ -185,88 +201,4 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     writeln!(std::io::stdout(), "{}", out.join("report.html").display())?;
     Ok(())
-}
-
-/// A sibling directory the report is written into, renamed over `out` only when complete.
-struct Staging {
-    tmp: PathBuf,
-    out: PathBuf,
-}
-
-impl Staging {
-    fn new(out: &Path) -> anyhow::Result<Staging> {
-        if out.exists()
-            && !out.join("results.json").is_file()
-            && out
-                .read_dir()
-                .map(|mut d| d.next().is_some())
-                .unwrap_or(true)
-        {
-            bail!(
-                "--out {}: exists and is not a NeuroDiff report; refusing to replace it",
-                out.display()
-            );
-        }
-        let parent = match out.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        std::fs::create_dir_all(&parent).with_context(|| {
-            format!(
-                "--out {}: cannot create {}",
-                out.display(),
-                parent.display()
-            )
-        })?;
-        let name = out
-            .file_name()
-            .with_context(|| format!("--out {}: not a directory name", out.display()))?;
-        let tmp = parent.join(format!(
-            ".{}.partial-{}",
-            name.to_string_lossy(),
-            std::process::id()
-        ));
-        std::fs::create_dir(&tmp).with_context(|| {
-            format!(
-                "--out {}: cannot write in {}",
-                out.display(),
-                parent.display()
-            )
-        })?;
-        Ok(Staging {
-            tmp,
-            out: out.to_path_buf(),
-        })
-    }
-
-    fn path(&self) -> &Path {
-        &self.tmp
-    }
-
-    fn commit(self) -> anyhow::Result<PathBuf> {
-        if self.out.exists() {
-            std::fs::remove_dir_all(&self.out).with_context(|| {
-                format!(
-                    "--out {}: cannot replace the earlier report",
-                    self.out.display()
-                )
-            })?;
-        }
-        std::fs::rename(&self.tmp, &self.out).with_context(|| {
-            format!(
-                "--out {}: cannot move the report into place",
-                self.out.display()
-            )
-        })?;
-        let out = self.out.clone();
-        std::mem::forget(self);
-        Ok(out)
-    }
-}
-
-impl Drop for Staging {
-    /// A failed audit leaves nothing that looks like a result.
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.tmp);
-    }
 }

@@ -7,6 +7,8 @@ use neurodiff_core::reference::{self, HubOptions};
 use neurodiff_core::task_vector::{self, Scaled};
 use neurodiff_core::Checkpoint;
 
+use crate::staging::Staging;
+
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
     /// tau = FT - BASE for every tensor, written as safetensors (one dtype wider, so exact).
@@ -38,31 +40,12 @@ fn open(reference: &str) -> anyhow::Result<Checkpoint> {
     Ok(Checkpoint::open(dir)?)
 }
 
-/// Runs `write` into a sibling temporary path, then renames it over `out`.
+/// Runs `write` on a hidden sibling of `out`, then moves the result into place.
 fn atomically(out: &Path, write: impl FnOnce(&Path) -> anyhow::Result<()>) -> anyhow::Result<()> {
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = out
-        .file_name()
-        .with_context(|| format!("--out {}: not a path", out.display()))?;
-    let tmp = parent.join(format!(
-        ".{}.partial-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = write(&tmp).and_then(|()| {
-        if out.is_dir() {
-            std::fs::remove_dir_all(out)?;
-        }
-        std::fs::rename(&tmp, out).with_context(|| format!("--out {}", out.display()))
-    });
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    let staging = Staging::new(out)?;
+    write(staging.path())?;
+    staging.commit()?;
+    Ok(())
 }
 
 pub fn run(command: Command) -> anyhow::Result<()> {

@@ -6,9 +6,7 @@ use rayon::prelude::*;
 use safetensors::Dtype;
 use tch::{Device, Kind};
 
-use neurodiff_protocol::{
-    naming, AddedRows, ShapeMismatch, Spectrum, TensorMetrics, WeightOptions,
-};
+use neurodiff_protocol::{AddedRows, ShapeMismatch, Spectrum, TensorMetrics, WeightOptions};
 
 use super::spectrum::{singular_values, spectral_metrics};
 use crate::checkpoint::Checkpoint;
@@ -46,15 +44,6 @@ impl NormSums {
             (false, false) => 1.0,
             _ => 0.0,
         }
-    }
-}
-
-/// ||dW|| / ||W_base||; a tensor that was all zeros and moved ranks first (huge, finite, JSON-safe).
-pub fn relative(fro: f64, base_fro: f64) -> f64 {
-    if fro == 0.0 {
-        0.0
-    } else {
-        fro / base_fro.max(f64::MIN_POSITIVE)
     }
 }
 
@@ -251,36 +240,22 @@ pub fn compare(
     };
     let fro = sums.d2.sqrt();
     let base_fro = sums.b2.sqrt();
-    let mut metrics = TensorMetrics {
-        name: name.to_string(),
-        layer: naming::layer_of(name),
-        module: naming::module_of(name),
-        shape: bshape.clone(),
-        fro,
-        base_fro,
-        rel_fro: relative(fro, base_fro),
-        cosine: sums.cosine(),
-        max_abs: Some(sums.max_abs),
-        spectral: None,
-        nuclear: None,
-        stable_rank: None,
-        effective_rank: None,
-        top_singular_values: Vec::new(),
-        energy_top_k: Vec::new(),
-        rank_90: None,
-        rank_99: None,
-        numerical_rank: None,
-        rows_compared: grown.then_some(bshape[0]),
-        method: "none".into(),
-    };
+    let mut metrics =
+        TensorMetrics::from_norms(name, bshape.clone(), fro, base_fro, sums.cosine(), "none");
+    metrics.max_abs = Some(sums.max_abs);
+    metrics.rows_compared = grown.then_some(bshape[0]);
     if bshape.len() == 2 && opts.spectrum == Spectrum::Full {
         let sigma = if fro > 0.0 {
             let rows = bshape[0] as i64;
-            let b = base.weight(name, Kind::Double, device)?;
-            let f = ft
-                .weight(name, Kind::Double, device)?
-                .f_narrow(0, 0, rows)?;
-            let (sigma, method) = singular_values(&f.f_sub(&b)?)?;
+            // Only the delta outlives this block: one tensor's worth of float64 at a time.
+            let delta = {
+                let b = base.weight(name, Kind::Double, device)?;
+                let f = ft
+                    .weight(name, Kind::Double, device)?
+                    .f_narrow(0, 0, rows)?;
+                f.f_sub(&b)?
+            };
+            let (sigma, method) = singular_values(&delta)?;
             metrics.method = method.into();
             sigma
         } else {

@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use tch::{Device, Kind, Tensor};
 
-use neurodiff_protocol::{naming, TensorMetrics, WeightOptions};
+use neurodiff_protocol::{TensorMetrics, WeightOptions};
 
-use super::dense::{fill_spectral, relative};
+use super::dense::fill_spectral;
 use super::spectrum::svdvals;
 use crate::checkpoint::{read_json, Checkpoint};
 use crate::error::{CoreError, Result};
@@ -261,28 +261,15 @@ impl Adapter {
         } else {
             0.0
         };
-        let mut m = TensorMetrics {
-            name: pair.base_name.clone(),
-            layer: naming::layer_of(&pair.base_name),
-            module: naming::module_of(&pair.base_name),
-            shape: shape.iter().map(|&d| d as usize).collect(),
+        let shape_usize = shape.iter().map(|&d| d as usize).collect();
+        let mut m = TensorMetrics::from_norms(
+            &pair.base_name,
+            shape_usize,
             fro,
             base_fro,
-            rel_fro: relative(fro, base_fro),
             cosine,
-            max_abs: None,
-            spectral: None,
-            nuclear: None,
-            stable_rank: None,
-            effective_rank: None,
-            top_singular_values: Vec::new(),
-            energy_top_k: Vec::new(),
-            rank_90: None,
-            rank_99: None,
-            numerical_rank: None,
-            rows_compared: None,
-            method: "lora-factored".into(),
-        };
+            "lora-factored",
+        );
         // dW has rank <= r: its other min(m, n) - r singular values are exactly zero.
         let mut sigma = svdvals(&core)?;
         sigma.resize(
