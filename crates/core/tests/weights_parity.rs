@@ -64,7 +64,7 @@ fn check(got: &[TensorMetrics], want: &Value) -> usize {
         for (metric, value) in [
             ("fro", Some(g.fro)),
             ("base_fro", Some(g.base_fro)),
-            ("rel_fro", Some(g.rel_fro)),
+            ("rel_fro", g.rel_fro),
             ("cosine", Some(g.cosine)),
             ("max_abs", g.max_abs),
             ("spectral", g.spectral),

@@ -21,8 +21,8 @@ pub struct TensorMetrics {
     pub fro: f64,
     /// ||W_base||_F
     pub base_fro: f64,
-    /// ||dW||_F / ||W_base||_F
-    pub rel_fro: f64,
+    /// ||dW||_F / ||W_base||_F; null when the base tensor is all zeros (undefined)
+    pub rel_fro: Option<f64>,
     /// cosine(W_base, W_ft), both flattened
     pub cosine: f64,
     /// max |dW_ij| (absent for LoRA deltas, which are never materialised)
@@ -88,13 +88,20 @@ impl TensorMetrics {
     }
 }
 
-/// ||dW|| / ||W_base||; a tensor that was all zeros and moved ranks first (huge, finite, JSON-safe).
-pub fn relative(fro: f64, base_fro: f64) -> f64 {
-    if fro == 0.0 {
-        0.0
-    } else {
-        fro / base_fro.max(f64::MIN_POSITIVE)
+/// ||dW|| / ||W_base||, undefined (None) for a base tensor of zeros, such as a zero-initialised bias.
+pub fn relative(fro: f64, base_fro: f64) -> Option<f64> {
+    (base_fro > 0.0).then(|| fro / base_fro)
+}
+
+/// Most changed first: by rel_fro where it is defined, then the zero-based tensors by fro.
+fn most_changed_first(a: &TensorMetrics, b: &TensorMetrics) -> std::cmp::Ordering {
+    match (a.rel_fro, b.rel_fro) {
+        (Some(x), Some(y)) => y.total_cmp(&x),
+        (Some(_), None) => std::cmp::Ordering::Less,
+        (None, Some(_)) => std::cmp::Ordering::Greater,
+        (None, None) => b.fro.total_cmp(&a.fro),
     }
+    .then_with(|| a.name.cmp(&b.name))
 }
 
 /// Aggregate over one block (or everything outside the blocks when `layer` is absent).
@@ -106,9 +113,9 @@ pub struct LayerMetrics {
     pub base_fro: f64,
     pub rel_fro: f64,
     pub n_tensors: usize,
-    /// The tensor of this layer with the largest rel_fro.
+    /// The tensor of this layer that changed most (see the ordering of `WeightsReport::tensors`).
     pub most_changed: String,
-    pub most_changed_rel_fro: f64,
+    pub most_changed_rel_fro: Option<f64>,
 }
 
 /// Aggregate over one module kind across layers (`mlp.down_proj`, `attn.c_attn`, ...).
@@ -232,11 +239,7 @@ impl WeightsReport {
             report.shape_mismatches.extend(s.shape_mismatches);
             report.added_rows.extend(s.added_rows);
         }
-        report.tensors.sort_by(|a, b| {
-            b.rel_fro
-                .total_cmp(&a.rel_fro)
-                .then_with(|| a.name.cmp(&b.name))
-        });
+        report.tensors.sort_by(most_changed_first);
         report.only_in_base.sort();
         report.only_in_finetuned.sort();
         report.shape_mismatches.sort_by(|a, b| a.name.cmp(&b.name));

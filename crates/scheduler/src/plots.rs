@@ -29,7 +29,7 @@ pub fn heatmap(report: &WeightsReport, path: &Path) -> Result<(), ReportError> {
     for t in &report.tensors {
         if let Some(layer) = t.layer {
             let v = cells.entry((t.module.clone(), layer)).or_insert(0.0);
-            *v = v.max(t.rel_fro);
+            *v = v.max(t.rel_fro.unwrap_or(0.0));
         }
     }
     let modules: Vec<String> = {

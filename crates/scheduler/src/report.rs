@@ -78,7 +78,7 @@ fn tensor_row(t: &TensorMetrics) -> String {
         t.layer.map_or("–".into(), |l| l.to_string()),
         escape(&t.module),
         t.shape,
-        sci(t.rel_fro),
+        t.rel_fro.map_or("– (base is 0)".into(), sci),
         sci(t.fro),
         t.cosine,
         t.spectral.map_or("–".into(), sci),

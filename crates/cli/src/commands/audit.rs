@@ -195,8 +195,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         shards.len(),
         w.and_then(|w| w.tensors.first())
             .map_or("-".to_string(), |t| format!(
-                "{} (rel_fro {:.3e})",
-                t.name, t.rel_fro
+                "{} (rel_fro {})",
+                t.name,
+                t.rel_fro
+                    .map_or("undefined: the base is zero".into(), |r| format!("{r:.3e}"))
             )),
     );
     writeln!(std::io::stdout(), "{}", out.join("report.html").display())?;
