@@ -24,6 +24,11 @@ enum Command {
     /// Task vectors: extract tau = FT - BASE, apply scaled sums of them to a base.
     #[command(subcommand)]
     TaskVector(commands::task_vector::Command),
+    /// Apply the database migrations (DATABASE_URL).
+    Migrate(commands::admin::DbArgs),
+    /// API tokens: `token create --team NAME`.
+    #[command(subcommand)]
+    Token(commands::admin::TokenCommand),
     /// Run one prompt through a model: top next-token predictions, or logits and hidden states to a file.
     Inspect(commands::inspect::Args),
 }
@@ -39,6 +44,8 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Audit(args) => commands::audit::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
+        Command::Migrate(args) => commands::admin::migrate(args),
+        Command::Token(command) => commands::admin::token(command),
         Command::Organisms(args) => commands::organisms::run(args),
         Command::TaskVector(command) => commands::task_vector::run(command),
     };

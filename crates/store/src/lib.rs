@@ -1,1 +1,28 @@
-//! I/O adapters: PostgreSQL (sqlx), the Redis queue and object storage. Filled by the service issue.
+//! I/O adapters. PostgreSQL is the record of truth (teams, tokens, audits, shards fenced by
+//! attempt, per-tensor results); the Redis queue and object storage arrive with the service.
+pub mod pg;
+
+pub use pg::{Db, MIGRATOR};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed; the message is for logs, never for API clients.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{what} not found")]
+    NotFound { what: String },
+    /// A write carried an attempt that is no longer the shard's current one.
+    #[error("shard {shard} of audit {audit}: attempt {attempt} is stale (current {current})")]
+    StaleAttempt {
+        audit: uuid::Uuid,
+        shard: String,
+        attempt: i32,
+        current: i32,
+    },
+    #[error("invalid: {0}")]
+    Invalid(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -1,4 +1,5 @@
 //! One module per subcommand.
+pub mod admin;
 pub mod audit;
 pub mod inspect;
 pub mod organisms;

@@ -1,0 +1,372 @@
+//! PostgreSQL: teams and hashed tokens, audits with idempotency keys, layer shards fenced by
+//! their attempt number, and per-tensor results that the whole team can query.
+use chrono::{DateTime, Utc};
+use neurodiff_protocol::{AuditSpec, ShardKey, ShardResult, TensorMetrics};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::Row;
+use uuid::Uuid;
+
+use crate::{Result, StoreError};
+
+pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
+
+/// Tokens look like `nd_` + 64 hex characters; only their SHA-256 is stored.
+pub const TOKEN_PREFIX: &str = "nd_";
+
+fn token_hash(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Team {
+    pub id: Uuid,
+    pub name: String,
+}
+
+/// An audit row as the API shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditRow {
+    pub id: Uuid,
+    pub team_id: Uuid,
+    pub spec: AuditSpec,
+    pub status: String,
+    pub shards_total: i32,
+    pub shards_done: i32,
+    pub error: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// What recording a shard's result did to its audit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FanIn {
+    pub shards_done: i32,
+    pub shards_total: i32,
+}
+
+impl FanIn {
+    pub fn complete(&self) -> bool {
+        self.shards_done == self.shards_total
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Db {
+    pub pool: PgPool,
+}
+
+fn audit_from_row(row: &sqlx::postgres::PgRow) -> Result<AuditRow> {
+    let spec: serde_json::Value = row.try_get("spec")?;
+    Ok(AuditRow {
+        id: row.try_get("id")?,
+        team_id: row.try_get("team_id")?,
+        spec: serde_json::from_value(spec)
+            .map_err(|e| StoreError::Invalid(format!("stored spec: {e}")))?,
+        status: row.try_get("status")?,
+        shards_total: row.try_get("shards_total")?,
+        shards_done: row.try_get("shards_done")?,
+        error: row.try_get("error")?,
+        idempotency_key: row.try_get("idempotency_key")?,
+        created_at: row.try_get("created_at")?,
+        finished_at: row.try_get("finished_at")?,
+    })
+}
+
+const AUDIT_COLUMNS: &str = "id, team_id, spec, status, shards_total, shards_done, error, idempotency_key, created_at, finished_at";
+
+impl Db {
+    pub async fn connect(url: &str) -> Result<Db> {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .connect(url)
+            .await?;
+        Ok(Db { pool })
+    }
+
+    pub async fn migrate(&self) -> Result<()> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// The team called `name`, created if new.
+    pub async fn ensure_team(&self, name: &str) -> Result<Team> {
+        let row = sqlx::query(
+            "INSERT INTO teams (name) VALUES ($1) ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING id, name",
+        )
+        .bind(name)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Team {
+            id: row.try_get("id")?,
+            name: row.try_get("name")?,
+        })
+    }
+
+    /// A new API token for `team`: returned once, stored only as its hash.
+    pub async fn create_token(&self, team: &Team, label: &str) -> Result<String> {
+        let mut secret = [0u8; 32];
+        rand::rng().fill_bytes(&mut secret);
+        let token = format!(
+            "{TOKEN_PREFIX}{}",
+            secret
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        );
+        sqlx::query("INSERT INTO api_tokens (team_id, token_sha256, label) VALUES ($1, $2, $3)")
+            .bind(team.id)
+            .bind(token_hash(&token))
+            .bind(label)
+            .execute(&self.pool)
+            .await?;
+        Ok(token)
+    }
+
+    /// The team a bearer token belongs to, if it is valid and not revoked.
+    pub async fn authenticate(&self, token: &str) -> Result<Option<Team>> {
+        let row = sqlx::query(
+            "UPDATE api_tokens t SET last_used_at = now() FROM teams WHERE t.token_sha256 = $1 \
+             AND t.revoked_at IS NULL AND teams.id = t.team_id RETURNING teams.id, teams.name",
+        )
+        .bind(token_hash(token))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(Team {
+                id: r.try_get("id")?,
+                name: r.try_get("name")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Inserts an audit; with an idempotency key already used by the team, returns that audit
+    /// instead (and `false`).
+    pub async fn insert_audit(
+        &self,
+        team: &Team,
+        spec: &AuditSpec,
+        idempotency_key: Option<&str>,
+    ) -> Result<(AuditRow, bool)> {
+        let spec_json =
+            serde_json::to_value(spec).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let inserted = sqlx::query(&format!(
+            "INSERT INTO audits (team_id, spec, base_ref, target_ref, idempotency_key) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (team_id, idempotency_key) DO NOTHING RETURNING {AUDIT_COLUMNS}"
+        ))
+        .bind(team.id)
+        .bind(&spec_json)
+        .bind(&spec.base)
+        .bind(spec.target.reference())
+        .bind(idempotency_key)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(row) = inserted {
+            return Ok((audit_from_row(&row)?, true));
+        }
+        let row = sqlx::query(&format!(
+            "SELECT {AUDIT_COLUMNS} FROM audits WHERE team_id = $1 AND idempotency_key = $2"
+        ))
+        .bind(team.id)
+        .bind(idempotency_key)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((audit_from_row(&row)?, false))
+    }
+
+    /// An audit of `team`; another team's audit is indistinguishable from a missing one.
+    pub async fn get_audit(&self, team: &Team, id: Uuid) -> Result<AuditRow> {
+        let row = sqlx::query(&format!(
+            "SELECT {AUDIT_COLUMNS} FROM audits WHERE id = $1 AND team_id = $2"
+        ))
+        .bind(id)
+        .bind(team.id)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(row) => audit_from_row(&row),
+            None => Err(StoreError::NotFound {
+                what: format!("audit {id}"),
+            }),
+        }
+    }
+
+    /// Records the audit's shard plan (idempotent) and marks it running.
+    pub async fn plan_shards(&self, audit: Uuid, keys: &[ShardKey]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for key in keys {
+            sqlx::query(
+                "INSERT INTO shards (audit_id, shard_key) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            )
+            .bind(audit)
+            .bind(key.to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query("UPDATE audits SET shards_total = $2, status = 'running', started_at = COALESCE(started_at, now()) WHERE id = $1 AND status = 'queued'")
+            .bind(audit)
+            .bind(keys.len() as i32)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A worker takes a shard: the attempt number it must present when writing back.
+    pub async fn start_attempt(&self, audit: Uuid, shard: ShardKey, worker: &str) -> Result<i32> {
+        let row = sqlx::query(
+            "UPDATE shards SET attempt = attempt + 1, status = 'running', worker = $3, started_at = now() \
+             WHERE audit_id = $1 AND shard_key = $2 AND status IN ('queued', 'running') RETURNING attempt",
+        )
+        .bind(audit)
+        .bind(shard.to_string())
+        .bind(worker)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(r) => Ok(r.try_get("attempt")?),
+            None => Err(StoreError::NotFound {
+                what: format!("runnable shard {shard} of audit {audit}"),
+            }),
+        }
+    }
+
+    /// Writes a shard's results if `attempt` is still current (fencing), in one transaction:
+    /// the tensor rows (upserted, so a retry never duplicates), the shard's status, and the
+    /// audit's count of finished shards.
+    pub async fn record_shard(
+        &self,
+        audit: Uuid,
+        attempt: i32,
+        result: &ShardResult,
+    ) -> Result<FanIn> {
+        let key = result.shard.to_string();
+        let mut tx = self.pool.begin().await?;
+        let fenced = sqlx::query(
+            "UPDATE shards SET status = 'succeeded', finished_at = now(), elapsed_s = $4 \
+             WHERE audit_id = $1 AND shard_key = $2 AND attempt = $3 AND status = 'running' RETURNING attempt",
+        )
+        .bind(audit)
+        .bind(&key)
+        .bind(attempt)
+        .bind(result.elapsed_s)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if fenced.is_none() {
+            let current: Option<i32> = sqlx::query_scalar(
+                "SELECT attempt FROM shards WHERE audit_id = $1 AND shard_key = $2",
+            )
+            .bind(audit)
+            .bind(&key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            return Err(StoreError::StaleAttempt {
+                audit,
+                shard: key,
+                attempt,
+                current: current.unwrap_or(-1),
+            });
+        }
+        for t in &result.tensors {
+            insert_tensor(&mut tx, audit, &key, t).await?;
+        }
+        let row = sqlx::query("UPDATE audits SET shards_done = shards_done + 1 WHERE id = $1 RETURNING shards_done, shards_total")
+            .bind(audit)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(FanIn {
+            shards_done: row.try_get("shards_done")?,
+            shards_total: row.try_get("shards_total")?,
+        })
+    }
+
+    /// The stored tensor metrics of an audit, most changed first.
+    pub async fn tensor_results(&self, team: &Team, audit: Uuid) -> Result<Vec<TensorMetrics>> {
+        self.get_audit(team, audit).await?;
+        let rows = sqlx::query(
+            "SELECT * FROM tensor_results WHERE audit_id = $1 ORDER BY rel_fro DESC NULLS LAST, fro DESC, name",
+        )
+        .bind(audit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(tensor_from_row).collect()
+    }
+}
+
+async fn insert_tensor(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    audit: Uuid,
+    shard: &str,
+    t: &TensorMetrics,
+) -> Result<()> {
+    let opt_i32 = |v: Option<usize>| v.map(|x| x as i32);
+    sqlx::query(
+        "INSERT INTO tensor_results (audit_id, shard_key, name, layer, module, shape, fro, base_fro, rel_fro, cosine, \
+         max_abs, spectral, nuclear, stable_rank, effective_rank, rank_90, rank_99, numerical_rank, top_singular_values, \
+         energy_top_k, rows_compared, method) \
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22) \
+         ON CONFLICT (audit_id, name) DO UPDATE SET shard_key = EXCLUDED.shard_key, fro = EXCLUDED.fro, \
+         base_fro = EXCLUDED.base_fro, rel_fro = EXCLUDED.rel_fro, cosine = EXCLUDED.cosine, max_abs = EXCLUDED.max_abs, \
+         spectral = EXCLUDED.spectral, nuclear = EXCLUDED.nuclear, stable_rank = EXCLUDED.stable_rank, \
+         effective_rank = EXCLUDED.effective_rank, rank_90 = EXCLUDED.rank_90, rank_99 = EXCLUDED.rank_99, \
+         numerical_rank = EXCLUDED.numerical_rank, top_singular_values = EXCLUDED.top_singular_values, \
+         energy_top_k = EXCLUDED.energy_top_k, rows_compared = EXCLUDED.rows_compared, method = EXCLUDED.method",
+    )
+    .bind(audit)
+    .bind(shard)
+    .bind(&t.name)
+    .bind(opt_i32(t.layer))
+    .bind(&t.module)
+    .bind(t.shape.iter().map(|&d| d as i64).collect::<Vec<_>>())
+    .bind(t.fro)
+    .bind(t.base_fro)
+    .bind(t.rel_fro)
+    .bind(t.cosine)
+    .bind(t.max_abs)
+    .bind(t.spectral)
+    .bind(t.nuclear)
+    .bind(t.stable_rank)
+    .bind(t.effective_rank)
+    .bind(opt_i32(t.rank_90))
+    .bind(opt_i32(t.rank_99))
+    .bind(opt_i32(t.numerical_rank))
+    .bind(&t.top_singular_values)
+    .bind(&t.energy_top_k)
+    .bind(opt_i32(t.rows_compared))
+    .bind(&t.method)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn tensor_from_row(r: &sqlx::postgres::PgRow) -> Result<TensorMetrics> {
+    let usize_opt = |v: Option<i32>| v.map(|x| x as usize);
+    let shape: Vec<i64> = r.try_get("shape")?;
+    Ok(TensorMetrics {
+        name: r.try_get("name")?,
+        layer: usize_opt(r.try_get("layer")?),
+        module: r.try_get("module")?,
+        shape: shape.into_iter().map(|d| d as usize).collect(),
+        fro: r.try_get("fro")?,
+        base_fro: r.try_get("base_fro")?,
+        rel_fro: r.try_get("rel_fro")?,
+        cosine: r.try_get("cosine")?,
+        max_abs: r.try_get("max_abs")?,
+        spectral: r.try_get("spectral")?,
+        nuclear: r.try_get("nuclear")?,
+        stable_rank: r.try_get("stable_rank")?,
+        effective_rank: r.try_get("effective_rank")?,
+        top_singular_values: r.try_get("top_singular_values")?,
+        energy_top_k: r.try_get("energy_top_k")?,
+        rank_90: usize_opt(r.try_get("rank_90")?),
+        rank_99: usize_opt(r.try_get("rank_99")?),
+        numerical_rank: usize_opt(r.try_get("numerical_rank")?),
+        rows_compared: usize_opt(r.try_get("rows_compared")?),
+        method: r.try_get("method")?,
+    })
+}

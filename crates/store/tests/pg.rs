@@ -1,0 +1,202 @@
+//! PostgreSQL store against a real server: each test gets its own database (sqlx::test).
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use neurodiff_protocol::{
+    AnalysisKind, AuditSpec, ShardKey, ShardResult, Target, TensorMetrics, WeightOptions,
+};
+use neurodiff_store::{Db, StoreError};
+use sqlx::PgPool;
+
+fn spec(base: &str) -> AuditSpec {
+    AuditSpec {
+        base: base.into(),
+        target: Target::Checkpoint {
+            reference: "org/ft".into(),
+        },
+        analyses: vec![AnalysisKind::Weights],
+        layers: None,
+        weights: WeightOptions::default(),
+    }
+}
+
+fn metrics(name: &str, fro: f64) -> TensorMetrics {
+    let mut t = TensorMetrics::from_norms(name, vec![4, 3], fro, 2.0, 0.9, "gram-eigh-f64");
+    t.spectral = Some(fro * 0.8);
+    t.top_singular_values = vec![fro * 0.8, fro * 0.1];
+    t.numerical_rank = Some(2);
+    t
+}
+
+fn shard(key: ShardKey, tensors: Vec<TensorMetrics>) -> ShardResult {
+    ShardResult {
+        shard: key,
+        tensors,
+        only_in_base: vec![],
+        only_in_finetuned: vec![],
+        shape_mismatches: vec![],
+        added_rows: vec![],
+        elapsed_s: 0.5,
+    }
+}
+
+#[sqlx::test(migrator = "neurodiff_store::MIGRATOR")]
+async fn tokens_are_stored_hashed_and_authenticate_their_team(pool: PgPool) {
+    let db = Db { pool };
+    let team = db.ensure_team("safety").await.unwrap();
+    assert_eq!(
+        db.ensure_team("safety").await.unwrap(),
+        team,
+        "ensure_team is idempotent"
+    );
+    let token = db.create_token(&team, "ci").await.unwrap();
+    assert!(token.starts_with("nd_") && token.len() == 67);
+    assert_eq!(db.authenticate(&token).await.unwrap(), Some(team));
+    assert_eq!(db.authenticate("nd_wrong").await.unwrap(), None);
+    let stored: Vec<u8> = sqlx::query_scalar("SELECT token_sha256 FROM api_tokens")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 32);
+    assert!(!String::from_utf8_lossy(&stored).contains(&token[3..]));
+}
+
+#[sqlx::test(migrator = "neurodiff_store::MIGRATOR")]
+async fn idempotency_keys_and_team_scoping(pool: PgPool) {
+    let db = Db { pool };
+    let (a, b) = (
+        db.ensure_team("a").await.unwrap(),
+        db.ensure_team("b").await.unwrap(),
+    );
+    let (first, created) = db
+        .insert_audit(&a, &spec("org/base"), Some("key-1"))
+        .await
+        .unwrap();
+    assert!(created);
+    let (again, created) = db
+        .insert_audit(&a, &spec("org/other"), Some("key-1"))
+        .await
+        .unwrap();
+    assert!(!created);
+    assert_eq!(again.id, first.id);
+    assert_eq!(again.spec.base, "org/base", "the first submission wins");
+    let (other_team, created) = db
+        .insert_audit(&b, &spec("org/base"), Some("key-1"))
+        .await
+        .unwrap();
+    assert!(created && other_team.id != first.id);
+    let (no_key_1, _) = db.insert_audit(&a, &spec("x/y"), None).await.unwrap();
+    let (no_key_2, _) = db.insert_audit(&a, &spec("x/y"), None).await.unwrap();
+    assert_ne!(
+        no_key_1.id, no_key_2.id,
+        "without a key every submission is new"
+    );
+
+    assert_eq!(db.get_audit(&a, first.id).await.unwrap().status, "queued");
+    assert!(matches!(
+        db.get_audit(&b, first.id).await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+#[sqlx::test(migrator = "neurodiff_store::MIGRATOR")]
+async fn stale_attempts_are_fenced_and_retries_never_duplicate(pool: PgPool) {
+    let db = Db { pool };
+    let team = db.ensure_team("t").await.unwrap();
+    let (audit, _) = db
+        .insert_audit(&team, &spec("org/base"), None)
+        .await
+        .unwrap();
+    let keys = [ShardKey::Layer(0), ShardKey::NonLayer];
+    db.plan_shards(audit.id, &keys).await.unwrap();
+    db.plan_shards(audit.id, &keys).await.unwrap();
+    let row = db.get_audit(&team, audit.id).await.unwrap();
+    assert_eq!((row.status.as_str(), row.shards_total), ("running", 2));
+
+    let stale = db
+        .start_attempt(audit.id, ShardKey::Layer(0), "worker-a")
+        .await
+        .unwrap();
+    let current = db
+        .start_attempt(audit.id, ShardKey::Layer(0), "worker-b")
+        .await
+        .unwrap();
+    assert_eq!((stale, current), (1, 2));
+    let result = shard(
+        ShardKey::Layer(0),
+        vec![metrics("model.layers.0.mlp.up_proj.weight", 1.0)],
+    );
+    let err = db.record_shard(audit.id, stale, &result).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::StaleAttempt {
+                attempt: 1,
+                current: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let fan_in = db.record_shard(audit.id, current, &result).await.unwrap();
+    assert_eq!((fan_in.shards_done, fan_in.complete()), (1, false));
+    // A duplicate delivery of the same finished shard is refused, and nothing is counted twice.
+    assert!(db.record_shard(audit.id, current, &result).await.is_err());
+    assert!(db
+        .start_attempt(audit.id, ShardKey::Layer(0), "worker-c")
+        .await
+        .is_err());
+
+    let last = db
+        .start_attempt(audit.id, ShardKey::NonLayer, "worker-a")
+        .await
+        .unwrap();
+    let other = shard(
+        ShardKey::NonLayer,
+        vec![metrics("model.embed_tokens.weight", 3.0)],
+    );
+    assert!(db
+        .record_shard(audit.id, last, &other)
+        .await
+        .unwrap()
+        .complete());
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM tensor_results")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 2);
+}
+
+#[sqlx::test(migrator = "neurodiff_store::MIGRATOR")]
+async fn tensor_metrics_round_trip(pool: PgPool) {
+    let db = Db { pool };
+    let team = db.ensure_team("t").await.unwrap();
+    let (audit, _) = db
+        .insert_audit(&team, &spec("org/base"), None)
+        .await
+        .unwrap();
+    db.plan_shards(audit.id, &[ShardKey::Layer(3)])
+        .await
+        .unwrap();
+    let attempt = db
+        .start_attempt(audit.id, ShardKey::Layer(3), "w")
+        .await
+        .unwrap();
+    let mut zero_base = metrics("model.layers.3.mlp.up_proj.bias", 0.5);
+    zero_base.base_fro = 0.0;
+    zero_base.rel_fro = None;
+    let written = vec![
+        metrics("model.layers.3.self_attn.q_proj.weight", 2.0),
+        zero_base,
+    ];
+    db.record_shard(
+        audit.id,
+        attempt,
+        &shard(ShardKey::Layer(3), written.clone()),
+    )
+    .await
+    .unwrap();
+    let read = db.tensor_results(&team, audit.id).await.unwrap();
+    assert_eq!(read, written, "same values, most changed first");
+    let other = db.ensure_team("other").await.unwrap();
+    assert!(db.tensor_results(&other, audit.id).await.is_err());
+}
