@@ -1,8 +1,10 @@
 //! I/O adapters. PostgreSQL is the record of truth (teams, tokens, audits, shards fenced by
-//! attempt, per-tensor results); the Redis queue and object storage arrive with the service.
+//! attempt, per-tensor results); Redis Streams carry the shards; object storage comes next.
 pub mod pg;
+pub mod queue;
 
 pub use pg::{Db, MIGRATOR};
+pub use queue::{Delivery, Queue, Reclaimed};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -21,6 +23,8 @@ pub enum StoreError {
         attempt: i32,
         current: i32,
     },
+    #[error("queue (Redis): {0}")]
+    Queue(String),
     #[error("invalid: {0}")]
     Invalid(String),
 }

@@ -1,0 +1,268 @@
+//! The shard queue on a Redis Stream, at-least-once: workers read with XREADGROUP and keep
+//! their lease by XCLAIM ... JUSTID (which resets the idle time without counting a delivery);
+//! the scheduler takes back shards idle past several lease periods with XAUTOCLAIM, and moves a
+//! shard delivered too often to a dead-letter stream. PostgreSQL, not Redis, decides what is
+//! done: a redelivered shard is fenced there by its attempt number.
+use std::collections::HashMap;
+
+use redis::aio::ConnectionManager;
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::{Result, StoreError};
+
+const FIELD: &str = "task";
+
+/// One message taken from the stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery<T> {
+    pub id: String,
+    pub task: T,
+    /// How many times the stream has handed this message out, this time included.
+    pub deliveries: u64,
+}
+
+/// What a reclaim pass found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reclaimed<T> {
+    /// Taken over by the reclaiming consumer, to be run again.
+    pub retry: Vec<Delivery<T>>,
+    /// Delivered more than the limit: moved to the dead-letter stream.
+    pub dead: Vec<Delivery<T>>,
+}
+
+#[derive(Clone)]
+pub struct Queue {
+    conn: ConnectionManager,
+    stream: String,
+    group: String,
+    dead_stream: String,
+    max_deliveries: u64,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("stream", &self.stream)
+            .field("group", &self.group)
+            .finish()
+    }
+}
+
+fn redis_err(e: redis::RedisError) -> StoreError {
+    StoreError::Queue(e.to_string())
+}
+
+impl Queue {
+    /// Connects (reconnecting by itself after a Redis restart) and creates the consumer group.
+    pub async fn connect(url: &str, stream: &str, max_deliveries: u64) -> Result<Queue> {
+        let client = redis::Client::open(url).map_err(redis_err)?;
+        let conn = client.get_connection_manager().await.map_err(redis_err)?;
+        let queue = Queue {
+            conn,
+            stream: stream.to_string(),
+            group: format!("{stream}:workers"),
+            dead_stream: format!("{stream}:dead"),
+            max_deliveries,
+        };
+        queue.ensure_group().await?;
+        Ok(queue)
+    }
+
+    /// Creates the stream and group if missing (again after a Redis restart that lost them).
+    pub async fn ensure_group(&self) -> Result<()> {
+        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&self.stream)
+            .arg(&self.group)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut self.conn.clone())
+            .await;
+        match created {
+            Ok(()) => Ok(()),
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            Err(e) => Err(redis_err(e)),
+        }
+    }
+
+    pub async fn enqueue<T: Serialize>(&self, task: &T) -> Result<String> {
+        let json = serde_json::to_string(task).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        redis::cmd("XADD")
+            .arg(&self.stream)
+            .arg("*")
+            .arg(FIELD)
+            .arg(json)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(redis_err)
+    }
+
+    /// The next new message for `consumer`, waiting up to `block_ms`.
+    pub async fn read<T: DeserializeOwned>(
+        &self,
+        consumer: &str,
+        block_ms: u64,
+    ) -> Result<Option<Delivery<T>>> {
+        type Reply = Option<Vec<(String, Vec<(String, HashMap<String, String>)>)>>;
+        let reply: Reply = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(&self.group)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(1)
+            .arg("BLOCK")
+            .arg(block_ms)
+            .arg("STREAMS")
+            .arg(&self.stream)
+            .arg(">")
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(redis_err)?;
+        let Some((id, fields)) = reply
+            .into_iter()
+            .flatten()
+            .flat_map(|(_, entries)| entries)
+            .next()
+        else {
+            return Ok(None);
+        };
+        let task = decode(&id, &fields)?;
+        let deliveries = self.deliveries(&id).await?;
+        Ok(Some(Delivery {
+            id,
+            task,
+            deliveries,
+        }))
+    }
+
+    async fn deliveries(&self, id: &str) -> Result<u64> {
+        let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+            .arg(&self.stream)
+            .arg(&self.group)
+            .arg(id)
+            .arg(id)
+            .arg(1)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(redis_err)?;
+        Ok(pending.first().map_or(0, |p| p.3))
+    }
+
+    /// Keeps `consumer`'s lease on message `id`: resets its idle time, counts no delivery.
+    pub async fn extend(&self, consumer: &str, id: &str) -> Result<bool> {
+        let ids: Vec<String> = redis::cmd("XCLAIM")
+            .arg(&self.stream)
+            .arg(&self.group)
+            .arg(consumer)
+            .arg(0)
+            .arg(id)
+            .arg("JUSTID")
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(redis_err)?;
+        Ok(!ids.is_empty())
+    }
+
+    /// Done with `id`: acknowledged and removed from the stream.
+    pub async fn ack(&self, id: &str) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let (_, _): (i64, i64) = redis::pipe()
+            .cmd("XACK")
+            .arg(&self.stream)
+            .arg(&self.group)
+            .arg(id)
+            .cmd("XDEL")
+            .arg(&self.stream)
+            .arg(id)
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_err)?;
+        Ok(())
+    }
+
+    /// Takes over messages idle longer than `min_idle_ms` for `consumer`; those delivered more
+    /// than the limit go to the dead-letter stream instead, with `reason`.
+    pub async fn reclaim<T: DeserializeOwned>(
+        &self,
+        consumer: &str,
+        min_idle_ms: u64,
+        count: usize,
+    ) -> Result<Reclaimed<T>> {
+        type Reply = (String, Vec<(String, HashMap<String, String>)>, Vec<String>);
+        let (_, entries, _): Reply = redis::cmd("XAUTOCLAIM")
+            .arg(&self.stream)
+            .arg(&self.group)
+            .arg(consumer)
+            .arg(min_idle_ms)
+            .arg("0-0")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(redis_err)?;
+        let mut out = Reclaimed {
+            retry: Vec::new(),
+            dead: Vec::new(),
+        };
+        for (id, fields) in entries {
+            let deliveries = self.deliveries(&id).await?;
+            let task = decode(&id, &fields)?;
+            if deliveries > self.max_deliveries {
+                let reason = format!(
+                    "delivered {deliveries} times (limit {})",
+                    self.max_deliveries
+                );
+                let _: String = redis::cmd("XADD")
+                    .arg(&self.dead_stream)
+                    .arg("*")
+                    .arg(FIELD)
+                    .arg(fields.get(FIELD).cloned().unwrap_or_default())
+                    .arg("reason")
+                    .arg(reason)
+                    .query_async(&mut self.conn.clone())
+                    .await
+                    .map_err(redis_err)?;
+                self.ack(&id).await?;
+                out.dead.push(Delivery {
+                    id,
+                    task,
+                    deliveries,
+                });
+            } else {
+                out.retry.push(Delivery {
+                    id,
+                    task,
+                    deliveries,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes the stream and its dead letters (tests, and tearing down a deployment).
+    pub async fn delete(&self) -> Result<()> {
+        redis::cmd("DEL")
+            .arg(&self.stream)
+            .arg(&self.dead_stream)
+            .query_async::<i64>(&mut self.conn.clone())
+            .await
+            .map_err(redis_err)?;
+        Ok(())
+    }
+
+    /// How many messages the dead-letter stream holds.
+    pub async fn dead_letters(&self) -> Result<u64> {
+        redis::cmd("XLEN")
+            .arg(&self.dead_stream)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(redis_err)
+    }
+}
+
+fn decode<T: DeserializeOwned>(id: &str, fields: &HashMap<String, String>) -> Result<T> {
+    let json = fields
+        .get(FIELD)
+        .ok_or_else(|| StoreError::Invalid(format!("stream entry {id} has no `{FIELD}` field")))?;
+    serde_json::from_str(json).map_err(|e| StoreError::Invalid(format!("stream entry {id}: {e}")))
+}
