@@ -3,7 +3,7 @@
 pub mod pg;
 pub mod queue;
 
-pub use pg::{Db, MIGRATOR};
+pub use pg::{AuditFilter, AuditRow, Db, FanIn, Team, MIGRATOR};
 pub use queue::{Delivery, Queue, Reclaimed};
 
 #[derive(Debug, thiserror::Error)]

@@ -54,6 +54,19 @@ impl FanIn {
     }
 }
 
+/// Filters of `GET /v1/audits`.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub status: Option<String>,
+    /// Matches the base or the fine-tuned reference exactly.
+    pub model: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    /// The (created_at, id) of the last audit of the previous page.
+    pub cursor: Option<(DateTime<Utc>, Uuid)>,
+    pub limit: i64,
+}
+
 #[derive(Debug, Clone)]
 pub struct Db {
     pub pool: PgPool,
@@ -85,6 +98,12 @@ impl Db {
             .connect(url)
             .await?;
         Ok(Db { pool })
+    }
+
+    /// One round trip to the database (readiness).
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
     }
 
     pub async fn migrate(&self) -> Result<()> {
@@ -193,6 +212,62 @@ impl Db {
                 what: format!("audit {id}"),
             }),
         }
+    }
+
+    /// Audits of `team`, newest first, after `filter.cursor` (keyset pagination).
+    pub async fn list_audits(&self, team: &Team, filter: &AuditFilter) -> Result<Vec<AuditRow>> {
+        let (cursor_at, cursor_id) = filter.cursor.unzip();
+        let rows = sqlx::query(&format!(
+            "SELECT {AUDIT_COLUMNS} FROM audits WHERE team_id = $1 \
+             AND ($2::text IS NULL OR status = $2) \
+             AND ($3::text IS NULL OR base_ref = $3 OR target_ref = $3) \
+             AND ($4::timestamptz IS NULL OR created_at >= $4) \
+             AND ($5::timestamptz IS NULL OR created_at < $5) \
+             AND ($6::timestamptz IS NULL OR (created_at, id) < ($6, $7)) \
+             ORDER BY created_at DESC, id DESC LIMIT $8"
+        ))
+        .bind(team.id)
+        .bind(&filter.status)
+        .bind(&filter.model)
+        .bind(filter.since)
+        .bind(filter.until)
+        .bind(cursor_at)
+        .bind(cursor_id)
+        .bind(filter.limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(audit_from_row).collect()
+    }
+
+    /// Cancels a queued or running audit of `team` (and its unfinished shards); a finished
+    /// audit is returned unchanged.
+    pub async fn cancel_audit(&self, team: &Team, id: Uuid) -> Result<AuditRow> {
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE audits SET status = 'cancelled', finished_at = now() \
+             WHERE id = $1 AND team_id = $2 AND status IN ('queued', 'running') RETURNING id",
+        )
+        .bind(id)
+        .bind(team.id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if updated.is_some() {
+            sqlx::query("UPDATE shards SET status = 'cancelled', finished_at = now() WHERE audit_id = $1 AND status IN ('queued', 'running')")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        self.get_audit(team, id).await
+    }
+
+    /// Notes that the audit reached the queue (the reconciler enqueues those that did not).
+    pub async fn mark_enqueued(&self, id: Uuid) -> Result<()> {
+        sqlx::query("UPDATE audits SET enqueued_at = now() WHERE id = $1 AND enqueued_at IS NULL")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// Records the audit's shard plan (idempotent) and marks it running.

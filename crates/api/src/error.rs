@@ -1,0 +1,71 @@
+//! The API's errors: each maps to a status and a JSON body `{"error": ...}`; storage details
+//! (SQL, connection strings) go to the log, never to the client.
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use neurodiff_store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, message) = match &self {
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, self.to_string()),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, self.to_string()),
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, self.to_string()),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, self.to_string()),
+            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, self.to_string()),
+            ApiError::Store(e) => match e {
+                StoreError::NotFound { what } => {
+                    (StatusCode::NOT_FOUND, format!("{what} not found"))
+                }
+                StoreError::StaleAttempt { .. } => {
+                    (StatusCode::CONFLICT, "stale shard attempt".to_string())
+                }
+                StoreError::Queue(detail) => {
+                    tracing::error!(%detail, "queue unavailable");
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the queue is unavailable; retry later".to_string(),
+                    )
+                }
+                StoreError::Database(detail) => {
+                    tracing::error!(%detail, "database error");
+                    (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal error".to_string(),
+                    )
+                }
+                StoreError::Migrate(detail) => {
+                    tracing::error!(%detail, "migration error");
+                    (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal error".to_string(),
+                    )
+                }
+                StoreError::Invalid(detail) => {
+                    tracing::error!(%detail, "invalid stored data");
+                    (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal error".to_string(),
+                    )
+                }
+            },
+        };
+        (status, Json(serde_json::json!({ "error": message }))).into_response()
+    }
+}

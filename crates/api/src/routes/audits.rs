@@ -1,0 +1,241 @@
+//! `/v1/audits`: submit (idempotently), follow, list and cancel audits of the caller's team.
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use neurodiff_protocol::{AnalysisKind, AuditSpec, Target, WeightOptions};
+use neurodiff_store::{AuditFilter, AuditRow};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::auth::AuthTeam;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The body of `POST /v1/audits`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditRequest {
+    pub base: String,
+    /// The fine-tuned checkpoint; give this or `adapter`.
+    #[serde(default)]
+    pub finetuned: Option<String>,
+    /// A PEFT LoRA adapter on `base`; give this or `finetuned`.
+    #[serde(default)]
+    pub adapter: Option<String>,
+    #[serde(default)]
+    pub analyses: Option<Vec<AnalysisKind>>,
+    #[serde(default)]
+    pub layers: Option<Vec<usize>>,
+    #[serde(default)]
+    pub weights: Option<WeightOptions>,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct Progress {
+    pub shards_done: i32,
+    pub shards_total: i32,
+}
+
+/// An audit as the API shows it.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct AuditView {
+    pub id: Uuid,
+    pub status: String,
+    pub progress: Progress,
+    pub error: Option<String>,
+    pub spec: AuditSpec,
+    pub idempotency_key: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl From<AuditRow> for AuditView {
+    fn from(a: AuditRow) -> Self {
+        AuditView {
+            id: a.id,
+            status: a.status,
+            progress: Progress {
+                shards_done: a.shards_done,
+                shards_total: a.shards_total,
+            },
+            error: a.error,
+            spec: a.spec,
+            idempotency_key: a.idempotency_key,
+            created_at: a.created_at,
+            finished_at: a.finished_at,
+        }
+    }
+}
+
+const MAX_KEY: usize = 200;
+
+fn validate(req: AuditRequest) -> Result<AuditSpec, ApiError> {
+    let bad = |m: &str| Err(ApiError::BadRequest(m.to_string()));
+    if req.base.trim().is_empty() {
+        return bad("field `base`: must name a model");
+    }
+    let target = match (req.finetuned, req.adapter) {
+        (Some(f), None) if !f.trim().is_empty() => Target::Checkpoint { reference: f },
+        (None, Some(a)) if !a.trim().is_empty() => Target::Adapter { reference: a },
+        (Some(_), Some(_)) => return bad("fields `finetuned` and `adapter`: give one, not both"),
+        _ => return bad("field `finetuned` (or `adapter`): must name a model"),
+    };
+    let analyses = req.analyses.unwrap_or_else(|| vec![AnalysisKind::Weights]);
+    if analyses.is_empty() {
+        return bad("field `analyses`: must not be empty");
+    }
+    let weights = req.weights.unwrap_or_default();
+    if weights.top_k == 0 || weights.top_k > 4096 {
+        return bad("field `weights.top_k`: must be between 1 and 4096");
+    }
+    if req.layers.as_ref().is_some_and(|l| l.is_empty()) {
+        return bad("field `layers`: must not be empty (omit it to audit every layer)");
+    }
+    Ok(AuditSpec {
+        base: req.base,
+        target,
+        analyses,
+        layers: req.layers,
+        weights,
+    })
+}
+
+fn parse_id(id: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(id)
+        .map_err(|_| ApiError::BadRequest(format!("path `id`: `{id}` is not an audit id (a UUID)")))
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    AuthTeam(team): AuthTeam,
+    headers: HeaderMap,
+    body: Result<Json<AuditRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<AuditView>), ApiError> {
+    let Json(req) = body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(crate::MAX_BODY_BYTES),
+        _ => ApiError::BadRequest(rejection.body_text()),
+    })?;
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => match v.to_str() {
+            Ok(k) if !k.is_empty() && k.len() <= MAX_KEY => Some(k.to_string()),
+            _ => {
+                return Err(ApiError::BadRequest(format!(
+                    "header `Idempotency-Key`: 1 to {MAX_KEY} visible ASCII characters"
+                )))
+            }
+        },
+    };
+    let spec = validate(req)?;
+    let (audit, created) = state.db.insert_audit(&team, &spec, key.as_deref()).await?;
+    if created {
+        if let Some(queue) = &state.queue {
+            // A failure here loses nothing: the audit is stored, and the scheduler's reconciler
+            // enqueues audits that never reached the queue.
+            match queue.enqueue(&audit.id).await {
+                Ok(_) => state.db.mark_enqueued(audit.id).await?,
+                Err(e) => {
+                    tracing::warn!(audit = %audit.id, error = %e, "audit stored but not enqueued")
+                }
+            }
+        }
+    }
+    Ok((StatusCode::ACCEPTED, Json(audit.into())))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    AuthTeam(team): AuthTeam,
+    Path(id): Path<String>,
+) -> Result<Json<AuditView>, ApiError> {
+    Ok(Json(
+        state.db.get_audit(&team, parse_id(&id)?).await?.into(),
+    ))
+}
+
+pub async fn cancel(
+    State(state): State<AppState>,
+    AuthTeam(team): AuthTeam,
+    Path(id): Path<String>,
+) -> Result<Json<AuditView>, ApiError> {
+    Ok(Json(
+        state.db.cancel_audit(&team, parse_id(&id)?).await?.into(),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    pub status: Option<String>,
+    pub model: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    pub limit: Option<i64>,
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AuditPage {
+    pub audits: Vec<AuditView>,
+    /// Pass as `cursor` for the next page; absent on the last one.
+    pub next_cursor: Option<String>,
+}
+
+const STATUSES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
+
+fn encode_cursor(a: &AuditView) -> String {
+    format!("{}_{}", a.created_at.timestamp_micros(), a.id)
+}
+
+fn decode_cursor(s: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
+    let bad = || ApiError::BadRequest("query `cursor`: not a cursor returned by this API".into());
+    let (micros, id) = s.split_once('_').ok_or_else(bad)?;
+    let at = DateTime::from_timestamp_micros(micros.parse().map_err(|_| bad())?).ok_or_else(bad)?;
+    Ok((at, Uuid::parse_str(id).map_err(|_| bad())?))
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    AuthTeam(team): AuthTeam,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<AuditPage>, ApiError> {
+    let Query(q) = query.map_err(|r| ApiError::BadRequest(r.body_text()))?;
+    if let Some(s) = &q.status {
+        if !STATUSES.contains(&s.as_str()) {
+            return Err(ApiError::BadRequest(format!(
+                "query `status`: `{s}` is not one of {}",
+                STATUSES.join(", ")
+            )));
+        }
+    }
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::BadRequest(
+            "query `limit`: between 1 and 500".into(),
+        ));
+    }
+    let filter = AuditFilter {
+        status: q.status,
+        model: q.model,
+        since: q.since,
+        until: q.until,
+        cursor: q.cursor.as_deref().map(decode_cursor).transpose()?,
+        limit,
+    };
+    let audits: Vec<AuditView> = state
+        .db
+        .list_audits(&team, &filter)
+        .await?
+        .into_iter()
+        .map(AuditView::from)
+        .collect();
+    let next_cursor = (audits.len() as i64 == limit)
+        .then(|| audits.last().map(encode_cursor))
+        .flatten();
+    Ok(Json(AuditPage {
+        audits,
+        next_cursor,
+    }))
+}

@@ -1,0 +1,3 @@
+//! One module per resource.
+pub mod audits;
+pub mod health;

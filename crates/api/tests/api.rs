@@ -1,0 +1,312 @@
+//! The API through `tower::ServiceExt::oneshot`, on a real PostgreSQL (a database per test) and
+//! a real Redis (a stream per test).
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use neurodiff_api::{app, AppState};
+use neurodiff_store::{Db, Queue};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use tower::ServiceExt;
+
+struct Harness {
+    state: AppState,
+    token_a: String,
+    token_b: String,
+}
+
+async fn harness(pool: PgPool) -> Harness {
+    let db = Db { pool };
+    let (a, b) = (
+        db.ensure_team("team-a").await.unwrap(),
+        db.ensure_team("team-b").await.unwrap(),
+    );
+    let token_a = db.create_token(&a, "test").await.unwrap();
+    let token_b = db.create_token(&b, "test").await.unwrap();
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let queue = Queue::connect(&url, &format!("neurodiff-test:{}", uuid::Uuid::new_v4()), 3)
+        .await
+        .unwrap();
+    Harness {
+        state: AppState {
+            db,
+            queue: Some(queue),
+        },
+        token_a,
+        token_b,
+    }
+}
+
+async fn call(
+    h: &Harness,
+    method: &str,
+    uri: &str,
+    token: Option<&str>,
+    body: Option<String>,
+    key: Option<&str>,
+) -> (StatusCode, Value) {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json");
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    if let Some(k) = key {
+        req = req.header("idempotency-key", k);
+    }
+    let resp = app(h.state.clone())
+        .oneshot(
+            req.body(body.map(Body::from).unwrap_or_else(Body::empty))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+fn audit_body(base: &str) -> String {
+    json!({"base": base, "finetuned": "org/ft", "layers": [0, 1]}).to_string()
+}
+
+#[sqlx::test(migrator = "neurodiff_store::MIGRATOR")]
+async fn tokens_are_required(pool: PgPool) {
+    let h = harness(pool).await;
+    for token in [None, Some("nd_not-a-token")] {
+        let (status, body) = call(&h, "GET", "/v1/audits", token, None, None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(body["error"].as_str().unwrap().contains("bearer token"));
+    }
+    let (status, _) = call(&h, "GET", "/healthz", None, None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = call(&h, "GET", "/readyz", None, None, None).await;
+    assert_eq!(
+        (status, body["database"].as_bool()),
+        (StatusCode::OK, Some(true))
+    );
+}
+
+#[sqlx::test(migrator = "neurodiff_store::MIGRATOR")]
+async fn submit_is_idempotent_enqueued_and_team_scoped(pool: PgPool) {
+    let h = harness(pool).await;
+    let (status, first) = call(
+        &h,
+        "POST",
+        "/v1/audits",
+        Some(&h.token_a),
+        Some(audit_body("org/base")),
+        Some("release-42"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(first["status"], "queued");
+    assert_eq!(
+        first["spec"]["target"],
+        json!({"kind": "checkpoint", "reference": "org/ft"})
+    );
+    let (status, again) = call(
+        &h,
+        "POST",
+        "/v1/audits",
+        Some(&h.token_a),
+        Some(audit_body("org/base")),
+        Some("release-42"),
+    )
+    .await;
+    assert_eq!((status, &again["id"]), (StatusCode::ACCEPTED, &first["id"]));
+
+    // Announced once on the queue, and recorded as enqueued.
+    let queue = h.state.queue.as_ref().unwrap();
+    let msg = queue
+        .read::<uuid::Uuid>("test", 100)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(msg.task.to_string(), first["id"].as_str().unwrap());
+    assert!(queue
+        .read::<uuid::Uuid>("test", 50)
+        .await
+        .unwrap()
+        .is_none());
+    let enqueued: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT enqueued_at FROM audits")
+            .fetch_one(&h.state.db.pool)
+            .await
+            .unwrap();
+    assert!(enqueued.is_some());
+
+    let path = format!("/v1/audits/{}", first["id"].as_str().unwrap());
+    let (status, got) = call(&h, "GET", &path, Some(&h.token_a), None, None).await;
+    assert_eq!((status, &got["id"]), (StatusCode::OK, &first["id"]));
+    assert_eq!(
+        got["progress"],
+        json!({"shards_done": 0, "shards_total": 0})
+    );
+    let (status, _) = call(&h, "GET", &path, Some(&h.token_b), None, None).await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "another team's audit does not exist for you"
+    );
+    let (status, _) = call(&h, "DELETE", &path, Some(&h.token_b), None, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, cancelled) = call(&h, "DELETE", &path, Some(&h.token_a), None, None).await;
+    assert_eq!(
+        (status, cancelled["status"].as_str()),
+        (StatusCode::OK, Some("cancelled"))
+    );
+    queue.delete().await.unwrap();
+}
+
+#[sqlx::test(migrator = "neurodiff_store::MIGRATOR")]
+async fn bad_requests_name_the_field(pool: PgPool) {
+    let h = harness(pool).await;
+    let cases = [
+        (json!({"finetuned": "org/ft"}).to_string(), "base"),
+        (
+            json!({"base": "", "finetuned": "org/ft"}).to_string(),
+            "field `base`",
+        ),
+        (json!({"base": "org/b"}).to_string(), "field `finetuned`"),
+        (
+            json!({"base": "org/b", "finetuned": "x/y", "adapter": "x/z"}).to_string(),
+            "`adapter`",
+        ),
+        (
+            json!({"base": "org/b", "finetuned": "x/y", "analyses": ["vibes"]}).to_string(),
+            "analyses",
+        ),
+        (
+            json!({"base": "org/b", "finetuned": "x/y", "layerz": [1]}).to_string(),
+            "layerz",
+        ),
+        (
+            json!({"base": "org/b", "finetuned": "x/y", "weights": {"top_k": 0}}).to_string(),
+            "weights.top_k",
+        ),
+        ("{not json".to_string(), "JSON"),
+    ];
+    for (body, needle) in cases {
+        let (status, resp) = call(
+            &h,
+            "POST",
+            "/v1/audits",
+            Some(&h.token_a),
+            Some(body.clone()),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        let message = resp["error"].as_str().unwrap();
+        assert!(
+            message.contains(needle),
+            "{body}: `{message}` lacks `{needle}`"
+        );
+    }
+    let (status, resp) = call(
+        &h,
+        "GET",
+        "/v1/audits/not-a-uuid",
+        Some(&h.token_a),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(resp["error"].as_str().unwrap().contains("path `id`"));
+    let (status, resp) = call(
+        &h,
+        "GET",
+        "/v1/audits?status=done",
+        Some(&h.token_a),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(resp["error"].as_str().unwrap().contains("query `status`"));
+
+    let huge = json!({"base": "x".repeat(100_000), "finetuned": "org/ft"}).to_string();
+    let (status, _) = call(&h, "POST", "/v1/audits", Some(&h.token_a), Some(huge), None).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM audits")
+        .fetch_one(&h.state.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 0, "nothing stored from a bad request");
+    h.state.queue.as_ref().unwrap().delete().await.unwrap();
+}
+
+#[sqlx::test(migrator = "neurodiff_store::MIGRATOR")]
+async fn listing_filters_and_pages(pool: PgPool) {
+    let h = harness(pool).await;
+    for base in ["org/a", "org/b", "org/a"] {
+        let (status, _) = call(
+            &h,
+            "POST",
+            "/v1/audits",
+            Some(&h.token_a),
+            Some(audit_body(base)),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+    }
+    call(
+        &h,
+        "POST",
+        "/v1/audits",
+        Some(&h.token_b),
+        Some(audit_body("org/a")),
+        None,
+    )
+    .await;
+    let (_, page1) = call(
+        &h,
+        "GET",
+        "/v1/audits?limit=2",
+        Some(&h.token_a),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(page1["audits"].as_array().unwrap().len(), 2);
+    let cursor = page1["next_cursor"].as_str().unwrap().to_string();
+    let (_, page2) = call(
+        &h,
+        "GET",
+        &format!("/v1/audits?limit=2&cursor={cursor}"),
+        Some(&h.token_a),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(page2["audits"].as_array().unwrap().len(), 1);
+    assert!(page2["next_cursor"].is_null());
+    let ids: std::collections::HashSet<_> = page1["audits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(page2["audits"].as_array().unwrap())
+        .map(|a| a["id"].clone())
+        .collect();
+    assert_eq!(ids.len(), 3, "pages neither overlap nor skip");
+    let (_, only_a) = call(
+        &h,
+        "GET",
+        "/v1/audits?model=org/a&status=queued",
+        Some(&h.token_a),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(only_a["audits"].as_array().unwrap().len(), 2);
+    h.state.queue.as_ref().unwrap().delete().await.unwrap();
+}
