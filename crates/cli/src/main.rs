@@ -24,6 +24,8 @@ enum Command {
     /// Task vectors: extract tau = FT - BASE, apply scaled sums of them to a base.
     #[command(subcommand)]
     TaskVector(commands::task_vector::Command),
+    /// Serve the HTTP API (DATABASE_URL, REDIS_URL).
+    Api(commands::serve::Args),
     /// Apply the database migrations (DATABASE_URL).
     Migrate(commands::admin::DbArgs),
     /// API tokens: `token create --team NAME`.
@@ -45,6 +47,7 @@ fn main() -> std::process::ExitCode {
         Command::Audit(args) => commands::audit::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Migrate(args) => commands::admin::migrate(args),
+        Command::Api(args) => commands::serve::run(args),
         Command::Token(command) => commands::admin::token(command),
         Command::Organisms(args) => commands::organisms::run(args),
         Command::TaskVector(command) => commands::task_vector::run(command),
