@@ -43,29 +43,20 @@ impl IntoResponse for ApiError {
                         "the queue is unavailable; retry later".to_string(),
                     )
                 }
-                StoreError::Database(detail) => {
-                    tracing::error!(%detail, "database error");
-                    (
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "internal error".to_string(),
-                    )
-                }
-                StoreError::Migrate(detail) => {
-                    tracing::error!(%detail, "migration error");
-                    (
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "internal error".to_string(),
-                    )
-                }
-                StoreError::Invalid(detail) => {
-                    tracing::error!(%detail, "invalid stored data");
-                    (
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "internal error".to_string(),
-                    )
-                }
+                StoreError::Database(detail) => internal("database", detail),
+                StoreError::Migrate(detail) => internal("migrations", detail),
+                StoreError::Invalid(detail) => internal("stored data", detail),
             },
         };
         (status, Json(serde_json::json!({ "error": message }))).into_response()
     }
+}
+
+/// A server-side failure: the detail goes to the log, the client gets a plain 500.
+fn internal(what: &str, detail: &dyn std::fmt::Display) -> (StatusCode, String) {
+    tracing::error!(%detail, "{what} error");
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal error".to_string(),
+    )
 }
