@@ -46,6 +46,7 @@ impl IntoResponse for ApiError {
                 StoreError::Database(detail) => internal("database", detail),
                 StoreError::Migrate(detail) => internal("migrations", detail),
                 StoreError::Invalid(detail) => internal("stored data", detail),
+                StoreError::Blob(detail) => internal("object storage", detail),
             },
         };
         (status, Json(serde_json::json!({ "error": message }))).into_response()

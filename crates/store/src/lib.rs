@@ -1,8 +1,10 @@
 //! I/O adapters. PostgreSQL is the record of truth (teams, tokens, audits, shards fenced by
-//! attempt, per-tensor results); Redis Streams carry the shards; object storage comes next.
+//! attempt, per-tensor results); Redis Streams carry the shards; object storage keeps artifacts.
+pub mod blobs;
 pub mod pg;
 pub mod queue;
 
+pub use blobs::{artifact_key, Blobs, StoredObject};
 pub use pg::{AuditFilter, AuditRow, Db, FanIn, Team, MIGRATOR};
 pub use queue::{Delivery, Queue, Reclaimed};
 
@@ -25,6 +27,8 @@ pub enum StoreError {
     },
     #[error("queue (Redis): {0}")]
     Queue(String),
+    #[error("object storage: {0}")]
+    Blob(String),
     #[error("invalid: {0}")]
     Invalid(String),
 }

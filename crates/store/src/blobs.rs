@@ -1,0 +1,133 @@
+//! Artifacts in object storage, through `object_store`: S3 (configured by the standard AWS_*
+//! variables; Garage here), a local directory, or memory (tests). Keys are deterministic
+//! (audit/shard/name), so a retried shard overwrites its artifact instead of adding one.
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use sha2::{Digest, Sha256};
+
+use crate::{Result, StoreError};
+
+/// The object key of an artifact: `audits/{audit}/{shard}/{name}`.
+pub fn artifact_key(audit: &str, shard: &str, name: &str) -> String {
+    format!("audits/{audit}/{shard}/{name}")
+}
+
+/// What was stored, as the artifacts table records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredObject {
+    pub key: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Blobs {
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+}
+
+fn blob_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Blob(e.to_string())
+}
+
+impl Blobs {
+    /// `s3://bucket[/prefix]`, `file:///directory` or `memory://`.
+    pub fn from_url(url: &str) -> Result<Blobs> {
+        let (store, prefix): (Arc<dyn ObjectStore>, &str) = if let Some(rest) =
+            url.strip_prefix("s3://")
+        {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            let s3 = object_store::aws::AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .build()
+                .map_err(blob_err)?;
+            (Arc::new(s3), prefix)
+        } else if let Some(dir) = url.strip_prefix("file://") {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Blob(format!("{dir}: {e}")))?;
+            (
+                Arc::new(
+                    object_store::local::LocalFileSystem::new_with_prefix(dir).map_err(blob_err)?,
+                ),
+                "",
+            )
+        } else if url == "memory://" {
+            (Arc::new(InMemory::new()), "")
+        } else {
+            return Err(StoreError::Invalid(format!(
+                "object store URL `{url}`: expected s3://bucket[/prefix], file:///dir or memory://"
+            )));
+        };
+        Ok(Blobs {
+            store,
+            prefix: Path::from(prefix),
+        })
+    }
+
+    fn path(&self, key: &str) -> Path {
+        let mut path = self.prefix.clone();
+        for part in key.split('/').filter(|p| !p.is_empty()) {
+            path = path.join(part);
+        }
+        path
+    }
+
+    pub async fn put(&self, key: &str, bytes: Bytes) -> Result<StoredObject> {
+        let sha256 = Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let size = bytes.len() as u64;
+        self.store
+            .put(&self.path(key), PutPayload::from(bytes))
+            .await
+            .map_err(blob_err)?;
+        Ok(StoredObject {
+            key: key.to_string(),
+            size,
+            sha256,
+        })
+    }
+
+    /// The object's bytes; a missing key is `NotFound`.
+    pub async fn get(&self, key: &str) -> Result<Bytes> {
+        match self.store.get(&self.path(key)).await {
+            Ok(r) => r.bytes().await.map_err(blob_err),
+            Err(object_store::Error::NotFound { .. }) => Err(StoreError::NotFound {
+                what: format!("object {key}"),
+            }),
+            Err(e) => Err(blob_err(e)),
+        }
+    }
+
+    /// Keys under `prefix`, sorted.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        let base = self.path(prefix);
+        let metas: Vec<_> = self
+            .store
+            .list(Some(&base))
+            .try_collect()
+            .await
+            .map_err(blob_err)?;
+        let strip = if self.prefix.as_ref().is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        };
+        let mut keys: Vec<String> = metas
+            .into_iter()
+            .map(|m| {
+                m.location
+                    .to_string()
+                    .trim_start_matches(&strip)
+                    .to_string()
+            })
+            .collect();
+        keys.sort();
+        Ok(keys)
+    }
+}
