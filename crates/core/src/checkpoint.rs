@@ -188,14 +188,25 @@ impl Checkpoint {
         self.files.iter().map(|f| f.path.as_path()).collect()
     }
 
+    /// The error for tensor `name` stored as a `dtype` the caller cannot use.
+    pub fn dtype_error(&self, name: &str, dtype: Dtype) -> CoreError {
+        CoreError::Dtype {
+            path: self.file_of(name),
+            tensor: name.to_string(),
+            dtype: format!("{dtype:?}"),
+        }
+    }
+
+    /// The libtorch dtype `name` is stored in.
+    pub fn stored_kind(&self, name: &str) -> Result<Kind> {
+        let meta = self.require(name)?;
+        meta.kind()
+            .ok_or_else(|| self.dtype_error(name, meta.dtype))
+    }
+
     /// The tensor as stored (its own dtype), on the CPU.
     pub fn raw(&self, name: &str) -> Result<Tensor> {
-        let meta = self.require(name)?;
-        let kind = kind_of(meta.dtype).ok_or_else(|| CoreError::Dtype {
-            path: self.files[meta.file].path.clone(),
-            tensor: name.to_string(),
-            dtype: format!("{:?}", meta.dtype),
-        })?;
+        let kind = self.stored_kind(name)?;
         let (meta, bytes) = self.bytes(name)?;
         Ok(Tensor::f_from_data_size(bytes, &meta.shape_i64(), kind)?)
     }
@@ -207,11 +218,7 @@ impl Checkpoint {
             meta.dtype,
             Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64
         ) {
-            return Err(CoreError::Dtype {
-                path: self.files[meta.file].path.clone(),
-                tensor: name.to_string(),
-                dtype: format!("{:?}", meta.dtype),
-            });
+            return Err(self.dtype_error(name, meta.dtype));
         }
         Ok(self.raw(name)?.f_to_device(device)?.f_to_kind(kind)?)
     }

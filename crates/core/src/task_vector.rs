@@ -24,18 +24,6 @@ const SIDE_FILES: [&str; 5] = [
     "generation_config.json",
 ];
 
-fn stored_kind(ckpt: &Checkpoint, name: &str) -> Result<Kind> {
-    ckpt.meta(name)
-        .and_then(|m| m.kind())
-        .ok_or_else(|| CoreError::Dtype {
-            path: ckpt.file_of(name),
-            tensor: name.to_string(),
-            dtype: ckpt
-                .meta(name)
-                .map_or("unknown".into(), |m| format!("{:?}", m.dtype)),
-        })
-}
-
 fn wider(kind: Kind) -> Kind {
     match kind {
         Kind::Half | Kind::BFloat16 => Kind::Float,
@@ -72,7 +60,7 @@ pub fn extract(
         }
         planned.push(Planned {
             name: name.to_string(),
-            kind: wider(stored_kind(base, name)?),
+            kind: wider(base.stored_kind(name)?),
             shape: mb.shape_i64(),
         });
     }
@@ -145,7 +133,7 @@ pub fn apply(base: &Checkpoint, taus: &[Scaled], out: &Path) -> Result<usize> {
         .map(|name| {
             Ok(Planned {
                 name: name.to_string(),
-                kind: stored_kind(base, name)?,
+                kind: base.stored_kind(name)?,
                 shape: base.meta(name).map(|m| m.shape_i64()).unwrap_or_default(),
             })
         })

@@ -10,7 +10,7 @@ use neurodiff_protocol::{AddedRows, ShapeMismatch, Spectrum, TensorMetrics, Weig
 
 use super::spectrum::{singular_values, spectral_metrics};
 use crate::checkpoint::Checkpoint;
-use crate::error::{CoreError, Result};
+use crate::error::Result;
 
 /// Sums over the elements of two equally shaped tensors.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -143,14 +143,6 @@ fn elems<T: Elem>(bytes: &[u8]) -> std::borrow::Cow<'_, [T]> {
     }
 }
 
-fn dtype_error(ckpt: &Checkpoint, name: &str, dtype: Dtype) -> CoreError {
-    CoreError::Dtype {
-        path: ckpt.file_of(name),
-        tensor: name.to_string(),
-        dtype: format!("{dtype:?}"),
-    }
-}
-
 fn with_ft<B: Elem>(
     base: &[B],
     ft: &Checkpoint,
@@ -164,7 +156,7 @@ fn with_ft<B: Elem>(
         Dtype::F64 => sums_of(base, &elems::<f64>(bytes)[..n]),
         Dtype::F16 => sums_of(base, &elems::<half::f16>(bytes)[..n]),
         Dtype::BF16 => sums_of(base, &elems::<half::bf16>(bytes)[..n]),
-        other => return Err(dtype_error(ft, name, other)),
+        other => return Err(ft.dtype_error(name, other)),
     })
 }
 
@@ -178,7 +170,7 @@ pub fn norm_sums(base: &Checkpoint, ft: &Checkpoint, name: &str, count: usize) -
         Dtype::F64 => with_ft(&elems::<f64>(bb)[..count], ft, name, fd, fb),
         Dtype::F16 => with_ft(&elems::<half::f16>(bb)[..count], ft, name, fd, fb),
         Dtype::BF16 => with_ft(&elems::<half::bf16>(bb)[..count], ft, name, fd, fb),
-        other => Err(dtype_error(base, name, other)),
+        other => Err(base.dtype_error(name, other)),
     }
 }
 
@@ -193,7 +185,7 @@ fn tail_sum_squares(ckpt: &Checkpoint, name: &str, from: usize) -> Result<f64> {
         Dtype::F64 => sq(&elems::<f64>(bytes)[from..]),
         Dtype::F16 => sq(&elems::<half::f16>(bytes)[from..]),
         Dtype::BF16 => sq(&elems::<half::bf16>(bytes)[from..]),
-        other => return Err(dtype_error(ckpt, name, other)),
+        other => return Err(ckpt.dtype_error(name, other)),
     })
 }
 
