@@ -6,7 +6,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use neurodiff_api::{app, AppState};
-use neurodiff_store::{Db, Queue};
+use neurodiff_store::{Blobs, Db, Queue};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use tower::ServiceExt;
@@ -30,10 +30,13 @@ async fn harness(pool: PgPool) -> Harness {
         .await
         .unwrap();
     Harness {
-        state: AppState {
+        state: AppState::new(
             db,
-            queue: Some(queue),
-        },
+            Some(queue.clone()),
+            Some(queue),
+            Blobs::from_url("memory://").unwrap(),
+        )
+        .unwrap(),
         token_a,
         token_b,
     }
@@ -122,25 +125,21 @@ async fn submit_is_idempotent_enqueued_and_team_scoped(pool: PgPool) {
     .await;
     assert_eq!((status, &again["id"]), (StatusCode::ACCEPTED, &first["id"]));
 
-    // Announced once on the queue, and recorded as enqueued.
-    let queue = h.state.queue.as_ref().unwrap();
-    let msg = queue
-        .read::<uuid::Uuid>("test", 100)
+    // The scheduler is woken once; the audit waits in the database for it to be enqueued.
+    let events = h.state.events.as_ref().unwrap();
+    let msg = events
+        .read::<neurodiff_protocol::Event>("test", 100)
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(msg.task.to_string(), first["id"].as_str().unwrap());
-    assert!(queue
-        .read::<uuid::Uuid>("test", 50)
+    let id: uuid::Uuid = first["id"].as_str().unwrap().parse().unwrap();
+    assert_eq!(msg.task, neurodiff_protocol::Event::Submitted { audit: id });
+    assert!(events
+        .read::<neurodiff_protocol::Event>("test", 50)
         .await
         .unwrap()
         .is_none());
-    let enqueued: Option<chrono::DateTime<chrono::Utc>> =
-        sqlx::query_scalar("SELECT enqueued_at FROM audits")
-            .fetch_one(&h.state.db.pool)
-            .await
-            .unwrap();
-    assert!(enqueued.is_some());
+    assert_eq!(h.state.db.audits_to_plan(10).await.unwrap(), vec![id]);
 
     let path = format!("/v1/audits/{}", first["id"].as_str().unwrap());
     let (status, got) = call(&h, "GET", &path, Some(&h.token_a), None, None).await;
@@ -162,7 +161,7 @@ async fn submit_is_idempotent_enqueued_and_team_scoped(pool: PgPool) {
         (status, cancelled["status"].as_str()),
         (StatusCode::OK, Some("cancelled"))
     );
-    queue.delete().await.unwrap();
+    events.delete().await.unwrap();
 }
 
 #[sqlx::test(migrator = "neurodiff_store::MIGRATOR")]
@@ -241,7 +240,7 @@ async fn bad_requests_name_the_field(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(count, 0, "nothing stored from a bad request");
-    h.state.queue.as_ref().unwrap().delete().await.unwrap();
+    h.state.events.as_ref().unwrap().delete().await.unwrap();
 }
 
 #[sqlx::test(migrator = "neurodiff_store::MIGRATOR")]
@@ -308,5 +307,5 @@ async fn listing_filters_and_pages(pool: PgPool) {
     )
     .await;
     assert_eq!(only_a["audits"].as_array().unwrap().len(), 2);
-    h.state.queue.as_ref().unwrap().delete().await.unwrap();
+    h.state.events.as_ref().unwrap().delete().await.unwrap();
 }

@@ -26,6 +26,18 @@ enum Command {
     TaskVector(commands::task_vector::Command),
     /// Serve the HTTP API (DATABASE_URL, REDIS_URL).
     Api(commands::serve::Args),
+    /// Run the scheduler: plans, enqueues, reclaims, retries and fans in audits.
+    Scheduler(commands::services::SchedulerArgs),
+    /// Run a worker: pulls layer shards from Redis and runs the analyses.
+    Worker(commands::services::WorkerArgs),
+    /// Submit an audit to a NeuroDiff server; prints its id.
+    Submit(commands::client::SubmitArgs),
+    /// Show an audit's status and progress.
+    Status(commands::client::IdArgs),
+    /// Print an audit's results.json, or download all its artifacts with --out DIR.
+    Results(commands::client::ResultsArgs),
+    /// Wait for an audit to finish, with a progress bar; fails if the audit fails.
+    Wait(commands::client::WaitArgs),
     /// Apply the database migrations (DATABASE_URL).
     Migrate(commands::admin::DbArgs),
     /// API tokens: `token create --team NAME`.
@@ -49,6 +61,12 @@ fn main() -> std::process::ExitCode {
         Command::Migrate(args) => commands::admin::migrate(args),
         Command::Api(args) => commands::serve::run(args),
         Command::Token(command) => commands::admin::token(command),
+        Command::Scheduler(args) => commands::services::scheduler(args),
+        Command::Worker(args) => commands::services::worker(args),
+        Command::Submit(args) => commands::client::submit(args),
+        Command::Status(args) => commands::client::status(args),
+        Command::Results(args) => commands::client::results(args),
+        Command::Wait(args) => commands::client::wait(args),
         Command::Organisms(args) => commands::organisms::run(args),
         Command::TaskVector(command) => commands::task_vector::run(command),
     };

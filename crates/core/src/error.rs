@@ -53,6 +53,9 @@ pub enum CoreError {
     Hook { hook: String, message: String },
     #[error("input: {0}")]
     Input(String),
+    /// The caller asked to stop (a cancelled audit, a worker shutting down).
+    #[error("interrupted")]
+    Interrupted,
     #[error("libtorch: {}", first_line(.0))]
     Torch(#[from] tch::TchError),
 }

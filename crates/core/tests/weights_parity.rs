@@ -30,7 +30,7 @@ fn audit(base: &Checkpoint, target: Target<'_>, opts: &WeightOptions) -> Weights
     let shards = (0..n).map(ShardKey::Layer).chain([ShardKey::NonLayer]);
     let results = shards
         .map(|s| {
-            weights::analyze_shard(base, target, s, opts, tch::Device::Cpu, &mut |_| {})
+            weights::analyze_shard(base, target, s, opts, tch::Device::Cpu, &mut |_| true)
                 .expect("shard")
         })
         .collect();

@@ -1,8 +1,10 @@
 //! Serde types shared by every NeuroDiff process (audit specs, shard specs, the results schema).
 //! No libtorch here: the API and scheduler link this crate without linking torch.
+pub mod jobs;
 pub mod naming;
 pub mod results;
 pub mod spec;
 
+pub use jobs::{Envelope, Event, PlanRecord, Task, EVENTS_STREAM, TASKS_STREAM};
 pub use results::*;
 pub use spec::*;

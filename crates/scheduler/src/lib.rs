@@ -1,7 +1,9 @@
-//! Plans audits into shards, fans shard results in, and renders the report.
-//! (Queue reclaiming and scheduled scans arrive with the service issue.)
+//! The scheduler: reconciles the database with the queue (plans, enqueues, reclaims, retries,
+//! dead-letters), fans finished audits in, and renders reports (also for the embedded audit).
+pub mod fanin;
 pub mod plots;
 pub mod report;
+pub mod service;
 
 use std::path::PathBuf;
 

@@ -17,6 +17,15 @@ pub fn artifact_key(audit: &str, shard: &str, name: &str) -> String {
     format!("audits/{audit}/{shard}/{name}")
 }
 
+/// The object key of a shard's raw result, written by the attempt that ran it.
+pub fn shard_result_key(audit: uuid::Uuid, shard: &str, attempt: i32) -> String {
+    artifact_key(
+        &audit.to_string(),
+        shard,
+        &format!("attempt-{attempt}.json"),
+    )
+}
+
 /// What was stored, as the artifacts table records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredObject {
@@ -97,6 +106,20 @@ impl Blobs {
     pub async fn get(&self, key: &str) -> Result<Bytes> {
         match self.store.get(&self.path(key)).await {
             Ok(r) => r.bytes().await.map_err(blob_err),
+            Err(object_store::Error::NotFound { .. }) => Err(StoreError::NotFound {
+                what: format!("object {key}"),
+            }),
+            Err(e) => Err(blob_err(e)),
+        }
+    }
+
+    /// The object's bytes as a stream of chunks, for serving without holding it in memory.
+    pub async fn stream(
+        &self,
+        key: &str,
+    ) -> Result<futures::stream::BoxStream<'static, Result<Bytes>>> {
+        match self.store.get(&self.path(key)).await {
+            Ok(r) => Ok(Box::pin(r.into_stream().map_err(blob_err))),
             Err(object_store::Error::NotFound { .. }) => Err(StoreError::NotFound {
                 what: format!("object {key}"),
             }),

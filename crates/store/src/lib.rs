@@ -2,11 +2,15 @@
 //! attempt, per-tensor results); Redis Streams carry the shards; object storage keeps artifacts.
 pub mod blobs;
 pub mod pg;
+pub mod query;
 pub mod queue;
+pub mod sched;
 
-pub use blobs::{artifact_key, Blobs, StoredObject};
+pub use blobs::{artifact_key, shard_result_key, Blobs, StoredObject};
 pub use pg::{AuditFilter, AuditRow, Db, FanIn, Team, MIGRATOR};
-pub use queue::{Delivery, Queue, Reclaimed};
+pub use query::{ResultHit, ResultQuery, QUERY_METRICS};
+pub use queue::{now_ms, Delivery, Queue, QueueStats, Reclaimed};
+pub use sched::{parse_shard_key, ArtifactRow, Finishing, PendingShard};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

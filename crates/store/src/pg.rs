@@ -72,7 +72,7 @@ pub struct Db {
     pub pool: PgPool,
 }
 
-fn audit_from_row(row: &sqlx::postgres::PgRow) -> Result<AuditRow> {
+pub(crate) fn audit_from_row(row: &sqlx::postgres::PgRow) -> Result<AuditRow> {
     let spec: serde_json::Value = row.try_get("spec")?;
     Ok(AuditRow {
         id: row.try_get("id")?,
@@ -89,7 +89,7 @@ fn audit_from_row(row: &sqlx::postgres::PgRow) -> Result<AuditRow> {
     })
 }
 
-const AUDIT_COLUMNS: &str = "id, team_id, spec, status, shards_total, shards_done, error, idempotency_key, created_at, finished_at";
+pub(crate) const AUDIT_COLUMNS: &str = "id, team_id, spec, status, shards_total, shards_done, error, idempotency_key, created_at, finished_at";
 
 impl Db {
     pub async fn connect(url: &str) -> Result<Db> {
@@ -270,8 +270,14 @@ impl Db {
         Ok(())
     }
 
-    /// Records the audit's shard plan (idempotent) and marks it running.
-    pub async fn plan_shards(&self, audit: Uuid, keys: &[ShardKey]) -> Result<()> {
+    /// Records the audit's shard plan (idempotent) and the model records planning found, and
+    /// marks it running. A cancelled audit stays cancelled.
+    pub async fn plan_shards(
+        &self,
+        audit: Uuid,
+        keys: &[ShardKey],
+        models: Option<&serde_json::Value>,
+    ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         for key in keys {
             sqlx::query(
@@ -282,9 +288,10 @@ impl Db {
             .execute(&mut *tx)
             .await?;
         }
-        sqlx::query("UPDATE audits SET shards_total = $2, status = 'running', started_at = COALESCE(started_at, now()) WHERE id = $1 AND status = 'queued'")
+        sqlx::query("UPDATE audits SET shards_total = $2, models = COALESCE($3, models), status = 'running', started_at = COALESCE(started_at, now()) WHERE id = $1 AND status = 'queued'")
             .bind(audit)
             .bind(keys.len() as i32)
+            .bind(models)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -419,7 +426,7 @@ async fn insert_tensor(
     Ok(())
 }
 
-fn tensor_from_row(r: &sqlx::postgres::PgRow) -> Result<TensorMetrics> {
+pub(crate) fn tensor_from_row(r: &sqlx::postgres::PgRow) -> Result<TensorMetrics> {
     let usize_opt = |v: Option<i32>| v.map(|x| x as usize);
     let shape: Vec<i64> = r.try_get("shape")?;
     Ok(TensorMetrics {

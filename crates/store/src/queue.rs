@@ -36,6 +36,8 @@ pub struct Queue {
     stream: String,
     group: String,
     dead_stream: String,
+    delayed: String,
+    epoch: String,
     max_deliveries: u64,
 }
 
@@ -62,6 +64,8 @@ impl Queue {
             stream: stream.to_string(),
             group: format!("{stream}:workers"),
             dead_stream: format!("{stream}:dead"),
+            delayed: format!("{stream}:delayed"),
+            epoch: format!("{stream}:epoch"),
             max_deliveries,
         };
         queue.ensure_group().await?;
@@ -117,7 +121,17 @@ impl Queue {
             .arg(">")
             .query_async(&mut self.conn.clone())
             .await
-            .map_err(redis_err)?;
+            .or_else(|e| {
+                // Redis restarted and lost the group: the scheduler re-enqueues what was on it.
+                if e.code() == Some("NOGROUP") {
+                    Ok(None)
+                } else {
+                    Err(redis_err(e))
+                }
+            })?;
+        if reply.is_none() {
+            self.ensure_group().await?;
+        }
         let Some((id, fields)) = reply
             .into_iter()
             .flatten()
@@ -244,6 +258,8 @@ impl Queue {
         redis::cmd("DEL")
             .arg(&self.stream)
             .arg(&self.dead_stream)
+            .arg(&self.delayed)
+            .arg(&self.epoch)
             .query_async::<i64>(&mut self.conn.clone())
             .await
             .map_err(redis_err)?;
@@ -265,4 +281,176 @@ fn decode<T: DeserializeOwned>(id: &str, fields: &HashMap<String, String>) -> Re
         .get(FIELD)
         .ok_or_else(|| StoreError::Invalid(format!("stream entry {id} has no `{FIELD}` field")))?;
     serde_json::from_str(json).map_err(|e| StoreError::Invalid(format!("stream entry {id}: {e}")))
+}
+
+/// Sizes of the queue, for /metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueStats {
+    /// Entries in the stream (read or not, not yet acknowledged).
+    pub length: u64,
+    /// Entries handed to a consumer and not acknowledged.
+    pub pending: u64,
+    /// Retries waiting for their backoff to pass.
+    pub delayed: u64,
+    pub dead: u64,
+}
+
+impl Queue {
+    /// True when this Redis has not seen this queue before: a first start, or a restart that
+    /// lost every stream (Redis here keeps nothing on disk). The caller then re-enqueues from
+    /// the database, which is the record of truth.
+    pub async fn is_new_epoch(&self) -> Result<bool> {
+        let set: Option<String> = redis::cmd("SET")
+            .arg(&self.epoch)
+            .arg(now_ms())
+            .arg("NX")
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(redis_err)?;
+        Ok(set.is_some())
+    }
+
+    /// Acknowledges `id` and schedules `task` to be enqueued again at `due_ms` (Unix ms), in one
+    /// transaction.
+    pub async fn retry_later<T: Serialize>(&self, id: &str, task: &T, due_ms: u64) -> Result<()> {
+        let json = serde_json::to_string(task).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        redis::pipe()
+            .atomic()
+            .cmd("ZADD")
+            .arg(&self.delayed)
+            .arg(due_ms)
+            .arg(json)
+            .ignore()
+            .cmd("XACK")
+            .arg(&self.stream)
+            .arg(&self.group)
+            .arg(id)
+            .ignore()
+            .cmd("XDEL")
+            .arg(&self.stream)
+            .arg(id)
+            .ignore()
+            .query_async::<()>(&mut self.conn.clone())
+            .await
+            .map_err(redis_err)
+    }
+
+    /// Moves retries whose time has come (`now_ms`) back onto the stream; returns how many.
+    pub async fn promote_due(&self, now_ms: u64) -> Result<usize> {
+        let due: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(&self.delayed)
+            .arg("-inf")
+            .arg(now_ms)
+            .arg("LIMIT")
+            .arg(0)
+            .arg(100)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(redis_err)?;
+        for json in &due {
+            // Removed first: if two schedulers race, only the one whose ZREM counted re-adds.
+            let removed: i64 = redis::cmd("ZREM")
+                .arg(&self.delayed)
+                .arg(json)
+                .query_async(&mut self.conn.clone())
+                .await
+                .map_err(redis_err)?;
+            if removed == 1 {
+                redis::cmd("XADD")
+                    .arg(&self.stream)
+                    .arg("*")
+                    .arg(FIELD)
+                    .arg(json)
+                    .query_async::<String>(&mut self.conn.clone())
+                    .await
+                    .map_err(redis_err)?;
+            }
+        }
+        Ok(due.len())
+    }
+
+    /// Acknowledges `id` and puts `task` back at the end of the stream at once (a worker
+    /// shutting down hands its shard back instead of letting its lease run out).
+    pub async fn hand_back<T: Serialize>(&self, id: &str, task: &T) -> Result<()> {
+        let json = serde_json::to_string(task).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        redis::pipe()
+            .atomic()
+            .cmd("XADD")
+            .arg(&self.stream)
+            .arg("*")
+            .arg(FIELD)
+            .arg(json)
+            .ignore()
+            .cmd("XACK")
+            .arg(&self.stream)
+            .arg(&self.group)
+            .arg(id)
+            .ignore()
+            .cmd("XDEL")
+            .arg(&self.stream)
+            .arg(id)
+            .ignore()
+            .query_async::<()>(&mut self.conn.clone())
+            .await
+            .map_err(redis_err)
+    }
+
+    /// Acknowledges `id` and records `task` on the dead-letter stream with `reason`.
+    pub async fn dead_letter<T: Serialize>(&self, id: &str, task: &T, reason: &str) -> Result<()> {
+        let json = serde_json::to_string(task).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        redis::pipe()
+            .atomic()
+            .cmd("XADD")
+            .arg(&self.dead_stream)
+            .arg("*")
+            .arg(FIELD)
+            .arg(json)
+            .arg("reason")
+            .arg(reason)
+            .ignore()
+            .cmd("XACK")
+            .arg(&self.stream)
+            .arg(&self.group)
+            .arg(id)
+            .ignore()
+            .cmd("XDEL")
+            .arg(&self.stream)
+            .arg(id)
+            .ignore()
+            .query_async::<()>(&mut self.conn.clone())
+            .await
+            .map_err(redis_err)
+    }
+
+    pub async fn stats(&self) -> Result<QueueStats> {
+        let (length, delayed, dead): (u64, u64, u64) = redis::pipe()
+            .cmd("XLEN")
+            .arg(&self.stream)
+            .cmd("ZCARD")
+            .arg(&self.delayed)
+            .cmd("XLEN")
+            .arg(&self.dead_stream)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(redis_err)?;
+        let pending: redis::RedisResult<(u64, redis::Value, redis::Value, redis::Value)> =
+            redis::cmd("XPENDING")
+                .arg(&self.stream)
+                .arg(&self.group)
+                .query_async(&mut self.conn.clone())
+                .await;
+        Ok(QueueStats {
+            length,
+            pending: pending.map_or(0, |p| p.0),
+            delayed,
+            dead,
+        })
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

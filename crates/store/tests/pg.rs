@@ -107,8 +107,8 @@ async fn stale_attempts_are_fenced_and_retries_never_duplicate(pool: PgPool) {
         .await
         .unwrap();
     let keys = [ShardKey::Layer(0), ShardKey::NonLayer];
-    db.plan_shards(audit.id, &keys).await.unwrap();
-    db.plan_shards(audit.id, &keys).await.unwrap();
+    db.plan_shards(audit.id, &keys, None).await.unwrap();
+    db.plan_shards(audit.id, &keys, None).await.unwrap();
     let row = db.get_audit(&team, audit.id).await.unwrap();
     assert_eq!((row.status.as_str(), row.shards_total), ("running", 2));
 
@@ -174,7 +174,7 @@ async fn tensor_metrics_round_trip(pool: PgPool) {
         .insert_audit(&team, &spec("org/base"), None)
         .await
         .unwrap();
-    db.plan_shards(audit.id, &[ShardKey::Layer(3)])
+    db.plan_shards(audit.id, &[ShardKey::Layer(3)], None)
         .await
         .unwrap();
     let attempt = db

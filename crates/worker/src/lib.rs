@@ -1,10 +1,14 @@
 //! The shard executor: opens what a shard names and runs the core analyses on its tensors.
 //! The embedded `neurodiff audit` and the service's workers run the same code.
+mod materialize;
 pub mod record;
+pub mod service;
 
 use std::path::PathBuf;
 
+use neurodiff_core::checkpoint::CONFIG_FILE;
 use neurodiff_core::reference::{self, HubOptions};
+use neurodiff_core::weights::lora::{ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 use neurodiff_core::weights::{self, lora::Adapter, Target as CoreTarget};
 use neurodiff_core::{Checkpoint, CoreError};
 use neurodiff_protocol::{ShardResult, ShardSpec, Target};
@@ -73,6 +77,25 @@ impl Sources {
         Ok(weights::n_layers(&self.base)?)
     }
 
+    /// The files that make up each side: weight files and config (adapter files for adapters).
+    pub fn record_files(&self) -> (Vec<PathBuf>, Vec<PathBuf>) {
+        let mut base: Vec<PathBuf> = self.base.files().iter().map(|p| p.to_path_buf()).collect();
+        base.push(self.base_dir.join(CONFIG_FILE));
+        let target = match &self.target {
+            OpenTarget::Checkpoint(c) => c
+                .files()
+                .iter()
+                .map(|p| p.to_path_buf())
+                .chain([self.target_dir.join(CONFIG_FILE)])
+                .collect(),
+            OpenTarget::Adapter(_) => vec![
+                self.target_dir.join(ADAPTER_WEIGHTS),
+                self.target_dir.join(ADAPTER_CONFIG),
+            ],
+        };
+        (base, target)
+    }
+
     /// How many tensors a shard will analyse (for progress totals).
     pub fn shard_size(&self, shard: &ShardSpec) -> usize {
         weights::shard_tensors(&self.base, self.core_target(), shard.shard).len()
@@ -83,7 +106,7 @@ impl Sources {
         &self,
         shard: &ShardSpec,
         device: Device,
-        on_tensor: &mut (dyn FnMut(&str) + Send),
+        on_tensor: &mut (dyn FnMut(&str) -> bool + Send),
     ) -> Result<ShardResult> {
         let span = tracing::info_span!("shard", shard = %shard.shard);
         let _entered = span.enter();

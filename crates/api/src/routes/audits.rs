@@ -4,7 +4,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use neurodiff_protocol::{AnalysisKind, AuditSpec, Target, WeightOptions};
+use neurodiff_protocol::{AnalysisKind, AuditSpec, Event, Target, WeightOptions};
 use neurodiff_store::{AuditFilter, AuditRow};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -14,7 +14,7 @@ use crate::error::ApiError;
 use crate::state::AppState;
 
 /// The body of `POST /v1/audits`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuditRequest {
     pub base: String,
@@ -24,27 +24,32 @@ pub struct AuditRequest {
     /// A PEFT LoRA adapter on `base`; give this or `finetuned`.
     #[serde(default)]
     pub adapter: Option<String>,
+    /// Analyses to run; default `["weights"]`.
     #[serde(default)]
+    #[schema(value_type = Option<Vec<String>>)]
     pub analyses: Option<Vec<AnalysisKind>>,
     #[serde(default)]
     pub layers: Option<Vec<usize>>,
+    /// `{"spectrum": "full" | "none", "top_k": 16}`
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub weights: Option<WeightOptions>,
 }
 
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Progress {
     pub shards_done: i32,
     pub shards_total: i32,
 }
 
 /// An audit as the API shows it.
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct AuditView {
     pub id: Uuid,
     pub status: String,
     pub progress: Progress,
     pub error: Option<String>,
+    #[schema(value_type = Object)]
     pub spec: AuditSpec,
     pub idempotency_key: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -102,11 +107,17 @@ fn validate(req: AuditRequest) -> Result<AuditSpec, ApiError> {
     })
 }
 
-fn parse_id(id: &str) -> Result<Uuid, ApiError> {
+pub(crate) fn parse_id(id: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(id)
         .map_err(|_| ApiError::BadRequest(format!("path `id`: `{id}` is not an audit id (a UUID)")))
 }
 
+/// Submit an audit; 202 with its id. The same `Idempotency-Key` returns the same audit.
+#[utoipa::path(post, path = "/v1/audits", tag = "audits", request_body = AuditRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "returns the same audit for the same key")),
+    responses((status = 202, body = AuditView), (status = 400, description = "a bad field, named"),
+        (status = 401), (status = 413)),
+    security(("bearer" = [])))]
 pub async fn create(
     State(state): State<AppState>,
     AuthTeam(team): AuthTeam,
@@ -131,20 +142,21 @@ pub async fn create(
     let spec = validate(req)?;
     let (audit, created) = state.db.insert_audit(&team, &spec, key.as_deref()).await?;
     if created {
-        if let Some(queue) = &state.queue {
-            // A failure here loses nothing: the audit is stored, and the scheduler's reconciler
-            // enqueues audits that never reached the queue.
-            match queue.enqueue(&audit.id).await {
-                Ok(_) => state.db.mark_enqueued(audit.id).await?,
-                Err(e) => {
-                    tracing::warn!(audit = %audit.id, error = %e, "audit stored but not enqueued")
-                }
+        if let Some(events) = &state.events {
+            // Only a wake-up: the audit is stored, and the scheduler enqueues every stored audit
+            // that is not on the queue, so a failure here loses nothing.
+            if let Err(e) = events.enqueue(&Event::Submitted { audit: audit.id }).await {
+                tracing::warn!(audit = %audit.id, error = %e, "audit stored; scheduler not woken");
             }
         }
     }
     Ok((StatusCode::ACCEPTED, Json(audit.into())))
 }
 
+#[utoipa::path(get, path = "/v1/audits/{id}", tag = "audits",
+    params(("id" = String, Path, description = "audit id")),
+    responses((status = 200, body = AuditView), (status = 404, description = "no such audit for this team")),
+    security(("bearer" = [])))]
 pub async fn get(
     State(state): State<AppState>,
     AuthTeam(team): AuthTeam,
@@ -155,6 +167,11 @@ pub async fn get(
     ))
 }
 
+/// Cancel a queued or running audit (a finished one is returned unchanged).
+#[utoipa::path(delete, path = "/v1/audits/{id}", tag = "audits",
+    params(("id" = String, Path, description = "audit id")),
+    responses((status = 200, body = AuditView), (status = 404)),
+    security(("bearer" = [])))]
 pub async fn cancel(
     State(state): State<AppState>,
     AuthTeam(team): AuthTeam,
@@ -165,7 +182,7 @@ pub async fn cancel(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     pub status: Option<String>,
@@ -176,7 +193,7 @@ pub struct ListQuery {
     pub cursor: Option<String>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditPage {
     pub audits: Vec<AuditView>,
     /// Pass as `cursor` for the next page; absent on the last one.
@@ -196,6 +213,10 @@ fn decode_cursor(s: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
     Ok((at, Uuid::parse_str(id).map_err(|_| bad())?))
 }
 
+/// The team's audits, newest first; filters by status, model and creation time; cursor pages.
+#[utoipa::path(get, path = "/v1/audits", tag = "audits", params(ListQuery),
+    responses((status = 200, body = AuditPage), (status = 400)),
+    security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
     AuthTeam(team): AuthTeam,

@@ -6,13 +6,16 @@ use serde_json::{json, Value};
 
 use crate::state::AppState;
 
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, description = "the process answers")))]
 pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses((status = 200, description = "database and queue answer"), (status = 503, description = "a store does not answer")))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let database = sqlx_ping(&state).await;
-    let queue = match &state.queue {
+    let queue = match &state.tasks {
         Some(q) => q.ensure_group().await.is_ok(),
         None => true,
     };

@@ -7,15 +7,13 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
-use neurodiff_core::checkpoint::CONFIG_FILE;
 use neurodiff_core::device;
 use neurodiff_core::reference::HubOptions;
-use neurodiff_core::weights::lora::{ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 use neurodiff_protocol::{
     parse_layers, plan_shards, Analyses, AnalysisKind, AuditResults, AuditSpec, Spectrum, Target,
     WeightOptions, WeightsReport, RESULTS_SCHEMA_VERSION,
 };
-use neurodiff_worker::{record::model_record, OpenTarget, Sources};
+use neurodiff_worker::{record::model_record, Sources};
 
 use crate::staging::Staging;
 
@@ -120,25 +118,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             spec.target.reference().to_string(),
             sources.target_dir.clone(),
         );
-        let mut base_files: Vec<PathBuf> = sources
-            .base
-            .files()
-            .iter()
-            .map(|p| p.to_path_buf())
-            .collect();
-        base_files.push(base_dir.join(CONFIG_FILE));
-        let target_files: Vec<PathBuf> = match &sources.target {
-            OpenTarget::Checkpoint(c) => c
-                .files()
-                .iter()
-                .map(|p| p.to_path_buf())
-                .chain([target_dir.join(CONFIG_FILE)])
-                .collect(),
-            OpenTarget::Adapter(_) => vec![
-                target_dir.join(ADAPTER_WEIGHTS),
-                target_dir.join(ADAPTER_CONFIG),
-            ],
-        };
+        let (base_files, target_files) = sources.record_files();
         std::thread::spawn(move || {
             Ok::<_, neurodiff_worker::WorkerError>((
                 model_record(&base_ref, &base_dir, &base_files)?,
@@ -163,7 +143,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut results = Vec::with_capacity(shards.len());
     for shard in &shards {
         bar.set_message(shard.shard.to_string());
-        results.push(sources.execute(shard, device, &mut |_| bar.inc(1))?);
+        results.push(sources.execute(shard, device, &mut |_| {
+            bar.inc(1);
+            true
+        })?);
     }
     bar.finish_and_clear();
     let analysis_s = started.elapsed().as_secs_f64();

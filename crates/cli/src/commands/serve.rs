@@ -2,27 +2,17 @@
 use std::net::SocketAddr;
 
 use anyhow::Context;
-use neurodiff_api::{app, AppState, AUDITS_STREAM};
-use neurodiff_store::{Db, Queue};
+use neurodiff_api::{app, AppState};
 
-/// Settings of the API process, from flags or the environment. URLs may carry passwords and
-/// are never printed.
+use crate::commands::services::Backends;
+
+/// Settings of the API process, from flags or the environment.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[arg(long, env = "NEURODIFF_BIND", default_value = "127.0.0.1:8080")]
     pub bind: SocketAddr,
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: String,
-    #[arg(
-        long,
-        env = "REDIS_URL",
-        hide_env_values = true,
-        default_value = "redis://127.0.0.1:6379"
-    )]
-    pub redis_url: String,
-    /// Shards delivered more often than this go to the dead-letter stream.
-    #[arg(long, env = "NEURODIFF_MAX_DELIVERIES", default_value_t = 5)]
-    pub max_deliveries: u64,
+    #[command(flatten)]
+    pub backends: Backends,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -30,32 +20,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let db = Db::connect(&args.database_url)
-            .await
-            .context("cannot connect to the database (DATABASE_URL)")?;
-        db.migrate().await?;
-        let queue = Queue::connect(&args.redis_url, AUDITS_STREAM, args.max_deliveries)
-            .await
-            .context("cannot connect to Redis (REDIS_URL)")?;
+        let c = args.backends.connect(u64::MAX).await?;
+        let state = AppState::new(c.db, Some(c.events), Some(c.tasks), c.blobs)?;
         let listener = tokio::net::TcpListener::bind(args.bind)
             .await
             .with_context(|| format!("--bind {}", args.bind))?;
         tracing::info!(addr = %args.bind, "neurodiff api listening");
         eprintln!("neurodiff api listening on http://{}", args.bind);
-        axum::serve(
-            listener,
-            app(AppState {
-                db,
-                queue: Some(queue),
-            }),
-        )
-        .with_graceful_shutdown(shutdown())
-        .await?;
+        axum::serve(listener, app(state))
+            .with_graceful_shutdown(shutdown())
+            .await?;
         Ok(())
     })
 }
 
-async fn shutdown() {
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     let terminate = async {

@@ -43,14 +43,15 @@ pub fn shard_tensors(base: &Checkpoint, target: Target<'_>, shard: ShardKey) -> 
     }
 }
 
-/// Runs one shard, its linear algebra on `device`; `on_tensor` is called after each tensor.
+/// Runs one shard, its linear algebra on `device`. `on_tensor` is called after each tensor;
+/// returning `false` stops the shard with [`CoreError::Interrupted`] (between tensors).
 pub fn analyze_shard(
     base: &Checkpoint,
     target: Target<'_>,
     shard: ShardKey,
     opts: &WeightOptions,
     device: Device,
-    on_tensor: &mut (dyn FnMut(&str) + Send),
+    on_tensor: &mut (dyn FnMut(&str) -> bool + Send),
 ) -> Result<ShardResult> {
     let _guard = tch::no_grad_guard();
     let start = Instant::now();
@@ -75,11 +76,16 @@ pub fn analyze_shard(
             // library is not safe to race).
             let progress = Mutex::new(on_tensor);
             let one = |name: &&str| {
-                let c = dense::compare(base, ft, name, opts, device);
-                if let Ok(mut tick) = progress.lock() {
-                    tick(name);
+                let c = dense::compare(base, ft, name, opts, device)?;
+                let go_on = match progress.lock() {
+                    Ok(mut tick) => tick(name),
+                    Err(_) => true,
+                };
+                if go_on {
+                    Ok(c)
+                } else {
+                    Err(CoreError::Interrupted)
                 }
-                c
             };
             let compared = if device.is_cuda() {
                 shared.iter().map(one).collect::<Result<Vec<_>>>()?
@@ -111,7 +117,9 @@ pub fn analyze_shard(
                 result
                     .tensors
                     .push(adapter.metrics(base, pair, opts, device)?);
-                on_tensor(&pair.base_name);
+                if !on_tensor(&pair.base_name) {
+                    return Err(CoreError::Interrupted);
+                }
             }
         }
     }

@@ -1,0 +1,38 @@
+//! The OpenAPI document served at `/openapi.json`, generated from the handlers' annotations.
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::routes::{audits, health, results};
+
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(title = "NeuroDiff", description = "Model diffing audits: submit, follow, and query what fine-tuning changed."),
+    paths(
+        audits::create, audits::list, audits::get, audits::cancel,
+        results::results, results::artifacts, results::artifact, results::query,
+        health::healthz, health::readyz,
+    ),
+    components(schemas(
+        audits::AuditRequest, audits::AuditView, audits::Progress, audits::AuditPage,
+        results::ArtifactView, results::ArtifactList, results::ResultHitView, results::ResultPage,
+    )),
+    modifiers(&Bearer),
+)]
+pub struct ApiDoc;
+
+#[derive(Debug)]
+struct Bearer;
+
+impl Modify for Bearer {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+pub async fn document() -> axum::Json<utoipa::openapi::OpenApi> {
+    axum::Json(ApiDoc::openapi())
+}

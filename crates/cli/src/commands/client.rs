@@ -1,0 +1,279 @@
+//! Client commands against a running API: `submit`, `status`, `results`, `wait`. The token comes
+//! from --token or NEURODIFF_TOKEN and is never printed.
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Value};
+
+use crate::commands::audit::SpectrumArg;
+
+#[derive(Debug, clap::Args)]
+pub struct Server {
+    /// The API's base URL.
+    #[arg(
+        long,
+        env = "NEURODIFF_SERVER",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub server: String,
+    /// A bearer token from `neurodiff token create`.
+    #[arg(long, env = "NEURODIFF_TOKEN", hide_env_values = true)]
+    pub token: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    pub server: Server,
+    /// The base model (as the workers see it: a path, a hub id or s3://bucket/prefix).
+    pub base: String,
+    /// The fine-tuned checkpoint (or give --adapter).
+    pub finetuned: Option<String>,
+    #[arg(long, conflicts_with = "finetuned")]
+    pub adapter: Option<String>,
+    /// Blocks to audit: `all`, or indices and ranges like `0,3,10-12`.
+    #[arg(long, default_value = "all")]
+    pub layers: String,
+    #[arg(long, value_enum, default_value = "full")]
+    pub spectrum: SpectrumArg,
+    #[arg(long, default_value_t = 16)]
+    pub top_k: usize,
+    /// Submitting again with the same key returns the same audit.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// Wait for the audit to finish (as `neurodiff wait`).
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct IdArgs {
+    #[command(flatten)]
+    pub server: Server,
+    pub id: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ResultsArgs {
+    #[command(flatten)]
+    pub server: Server,
+    pub id: String,
+    /// Download every artifact (results.json, report.html, plots) into this directory instead
+    /// of printing results.json.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct WaitArgs {
+    #[command(flatten)]
+    pub server: Server,
+    pub id: String,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub timeout_s: u64,
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+struct Client {
+    agent: ureq::Agent,
+    base: String,
+    auth: String,
+}
+
+impl Client {
+    fn new(s: &Server) -> Client {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        Client {
+            agent,
+            base: s.server.trim_end_matches('/').to_string(),
+            auth: format!("Bearer {}", s.token),
+        }
+    }
+
+    fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        key: Option<&str>,
+    ) -> anyhow::Result<(u16, Vec<u8>)> {
+        let url = format!("{}{path}", self.base);
+        let request = ureq::http::Request::builder()
+            .method(method)
+            .uri(&url)
+            .header("authorization", &self.auth)
+            .header("content-type", "application/json");
+        let request = match key {
+            Some(k) => request.header("idempotency-key", k),
+            None => request,
+        };
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let mut response = self
+            .agent
+            .run(request.body(body)?)
+            .with_context(|| format!("{method} {url}"))?;
+        let mut bytes = Vec::new();
+        response
+            .body_mut()
+            .as_reader()
+            .read_to_end(&mut bytes)
+            .with_context(|| format!("{method} {url}: reading the response"))?;
+        Ok((response.status().as_u16(), bytes))
+    }
+
+    /// A JSON response; non-2xx answers become errors carrying the server's message.
+    fn json(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        key: Option<&str>,
+    ) -> anyhow::Result<Value> {
+        let (status, bytes) = self.send(method, path, body, key)?;
+        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if !(200..300).contains(&status) {
+            let message = value["error"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+            bail!("{method} {path}: HTTP {status}: {message}");
+        }
+        Ok(value)
+    }
+}
+
+fn print_json(v: &Value) -> anyhow::Result<()> {
+    writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(v)?)?;
+    Ok(())
+}
+
+pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
+    let client = Client::new(&args.server);
+    let mut body = json!({
+        "base": args.base,
+        "weights": {
+            "spectrum": match args.spectrum { SpectrumArg::Full => "full", SpectrumArg::None => "none" },
+            "top_k": args.top_k,
+        },
+    });
+    match (&args.finetuned, &args.adapter) {
+        (Some(ft), None) => body["finetuned"] = json!(ft),
+        (None, Some(a)) => body["adapter"] = json!(a),
+        _ => bail!("give a fine-tuned checkpoint (FT) or an adapter (--adapter PATH)"),
+    }
+    if let Some(layers) = neurodiff_protocol::parse_layers(&args.layers).context("--layers")? {
+        body["layers"] = json!(layers);
+    }
+    let audit = client.json(
+        "POST",
+        "/v1/audits",
+        Some(&body),
+        args.idempotency_key.as_deref(),
+    )?;
+    let id = audit["id"].as_str().unwrap_or_default().to_string();
+    if args.wait {
+        eprintln!("submitted {id}");
+        return wait_for(&client, &id, 3600, false);
+    }
+    writeln!(std::io::stdout(), "{id}")?;
+    Ok(())
+}
+
+pub fn status(args: IdArgs) -> anyhow::Result<()> {
+    let client = Client::new(&args.server);
+    print_json(&client.json("GET", &format!("/v1/audits/{}", args.id), None, None)?)
+}
+
+pub fn results(args: ResultsArgs) -> anyhow::Result<()> {
+    let client = Client::new(&args.server);
+    let Some(out) = args.out else {
+        return print_json(&client.json(
+            "GET",
+            &format!("/v1/audits/{}/results", args.id),
+            None,
+            None,
+        )?);
+    };
+    let listing = client.json(
+        "GET",
+        &format!("/v1/audits/{}/artifacts", args.id),
+        None,
+        None,
+    )?;
+    std::fs::create_dir_all(&out).with_context(|| format!("--out {}", out.display()))?;
+    for a in listing["artifacts"].as_array().into_iter().flatten() {
+        let name = a["name"].as_str().unwrap_or_default();
+        if name.is_empty() || name.contains('/') || name.starts_with('.') {
+            bail!("the server listed an artifact with an unsafe name `{name}`");
+        }
+        let (status, bytes) = client.send(
+            "GET",
+            &format!("/v1/audits/{}/artifacts/{name}", args.id),
+            None,
+            None,
+        )?;
+        if status != 200 {
+            bail!("artifact {name}: HTTP {status}");
+        }
+        let path = out.join(name);
+        std::fs::write(&path, bytes).with_context(|| path.display().to_string())?;
+        writeln!(std::io::stdout(), "{}", path.display())?;
+    }
+    Ok(())
+}
+
+pub fn wait(args: WaitArgs) -> anyhow::Result<()> {
+    let client = Client::new(&args.server);
+    wait_for(&client, &args.id, args.timeout_s, args.quiet)
+}
+
+fn wait_for(client: &Client, id: &str, timeout_s: u64, quiet: bool) -> anyhow::Result<()> {
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0)
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} shards  {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let started = Instant::now();
+    loop {
+        let audit = client.json("GET", &format!("/v1/audits/{id}"), None, None)?;
+        let status = audit["status"].as_str().unwrap_or("unknown").to_string();
+        bar.set_length(audit["progress"]["shards_total"].as_u64().unwrap_or(0));
+        bar.set_position(audit["progress"]["shards_done"].as_u64().unwrap_or(0));
+        bar.set_message(status.clone());
+        match status.as_str() {
+            "succeeded" => {
+                bar.finish_and_clear();
+                print_json(&audit)?;
+                return Ok(());
+            }
+            "failed" | "cancelled" => {
+                bar.finish_and_clear();
+                print_json(&audit)?;
+                bail!(
+                    "audit {id} {status}: {}",
+                    audit["error"].as_str().unwrap_or("no reason given")
+                );
+            }
+            _ => {}
+        }
+        if started.elapsed() > Duration::from_secs(timeout_s) {
+            bail!("audit {id} still {status} after {timeout_s}s");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}

@@ -1,0 +1,175 @@
+//! `neurodiff scheduler` and `neurodiff worker`: the service's two background processes. Each
+//! runs until SIGINT or SIGTERM; a worker then finishes its shard in flight, or hands it back
+//! when that takes longer than `--grace-s`.
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use neurodiff_protocol::{EVENTS_STREAM, TASKS_STREAM};
+use neurodiff_scheduler::service::{SchedulerContext, SchedulerSettings};
+use neurodiff_store::{Blobs, Db, Queue};
+use neurodiff_worker::service::{WorkerContext, WorkerSettings};
+use tokio::sync::watch;
+
+/// The stores every service process uses. URLs may carry passwords and are never printed.
+#[derive(Debug, clap::Args)]
+pub struct Backends {
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        hide_env_values = true,
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub redis_url: String,
+    /// Where artifacts go: s3://bucket[/prefix] (AWS_* variables configure S3), file:///dir.
+    #[arg(long, env = "NEURODIFF_OBJECT_STORE")]
+    pub object_store: String,
+}
+
+pub struct Connected {
+    pub db: Db,
+    pub tasks: Queue,
+    pub events: Queue,
+    pub blobs: Blobs,
+}
+
+impl Backends {
+    pub async fn connect(&self, max_deliveries: u64) -> anyhow::Result<Connected> {
+        let db = Db::connect(&self.database_url)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot connect to the database (DATABASE_URL): {e}"))?;
+        db.migrate().await?;
+        let tasks = Queue::connect(&self.redis_url, TASKS_STREAM, max_deliveries)
+            .await
+            .context("cannot connect to Redis (REDIS_URL)")?;
+        let events = Queue::connect(&self.redis_url, EVENTS_STREAM, u64::MAX)
+            .await
+            .context("cannot connect to Redis (REDIS_URL)")?;
+        let blobs = Blobs::from_url(&self.object_store).context("--object-store")?;
+        Ok(Connected {
+            db,
+            tasks,
+            events,
+            blobs,
+        })
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SchedulerArgs {
+    #[command(flatten)]
+    pub backends: Backends,
+    #[arg(long, env = "NEURODIFF_SCHEDULER_NAME", default_value = "scheduler")]
+    pub name: String,
+    /// Longest wait between reconciliation passes, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub poll_ms: u64,
+    /// A task whose worker has not renewed its lease for this long is taken back.
+    #[arg(long, env = "NEURODIFF_LEASE_TIMEOUT_MS", default_value_t = 30_000)]
+    pub lease_timeout_ms: u64,
+    /// A task handed to workers this many times is dead-lettered and its audit fails.
+    #[arg(long, env = "NEURODIFF_MAX_DELIVERIES", default_value_t = 5)]
+    pub max_deliveries: u32,
+    #[arg(long, default_value_t = 1000)]
+    pub backoff_base_ms: u64,
+    #[arg(long, default_value_t = 60_000)]
+    pub backoff_max_ms: u64,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub backends: Backends,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, env = "NEURODIFF_DEVICE", default_value = "cpu")]
+    pub device: String,
+    /// Tasks run at once.
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: usize,
+    /// This worker's name on the stream (default: host and process id).
+    #[arg(long, env = "NEURODIFF_WORKER_NAME")]
+    pub name: Option<String>,
+    /// How often the lease on the task in flight is renewed (keep well under the scheduler's
+    /// --lease-timeout-ms).
+    #[arg(long, env = "NEURODIFF_RENEW_MS", default_value_t = 5_000)]
+    pub renew_ms: u64,
+    /// On SIGTERM, how long the shard in flight may run before it is handed back.
+    #[arg(long, default_value_t = 30)]
+    pub grace_s: u64,
+    /// Where s3:// checkpoints are copied before they are read.
+    #[arg(long, env = "NEURODIFF_CACHE_DIR", default_value = "neurodiff-cache")]
+    pub cache_dir: PathBuf,
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// A channel that turns true on SIGINT or SIGTERM.
+fn shutdown_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        crate::commands::serve::shutdown().await;
+        tracing::info!("shutdown requested");
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let c = args
+            .backends
+            .connect(u64::from(args.max_deliveries) + 1)
+            .await?;
+        let ctx = SchedulerContext {
+            db: c.db,
+            tasks: c.tasks,
+            events: c.events,
+            blobs: c.blobs,
+            settings: SchedulerSettings {
+                name: args.name,
+                poll: Duration::from_millis(args.poll_ms),
+                lease_timeout: Duration::from_millis(args.lease_timeout_ms),
+                max_deliveries: args.max_deliveries.max(1),
+                backoff_base: Duration::from_millis(args.backoff_base_ms),
+                backoff_max: Duration::from_millis(args.backoff_max_ms),
+            },
+        };
+        eprintln!("neurodiff scheduler running");
+        neurodiff_scheduler::service::run(ctx, shutdown_signal()).await;
+        Ok(())
+    })
+}
+
+pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let device = neurodiff_core::device::parse_device(&args.device)?;
+    let name = args.name.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    runtime()?.block_on(async {
+        let c = args.backends.connect(u64::MAX).await?;
+        let ctx = WorkerContext {
+            db: c.db,
+            tasks: c.tasks,
+            events: c.events,
+            blobs: c.blobs,
+            settings: WorkerSettings {
+                name: name.clone(),
+                device,
+                concurrency: args.concurrency,
+                renew_every: Duration::from_millis(args.renew_ms.max(10)),
+                grace: Duration::from_secs(args.grace_s),
+                cache_dir: args.cache_dir,
+            },
+        };
+        eprintln!("neurodiff worker {name} running on {}", args.device);
+        neurodiff_worker::service::run(ctx, shutdown_signal()).await;
+        Ok(())
+    })
+}

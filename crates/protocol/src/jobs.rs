@@ -1,0 +1,64 @@
+//! The messages of the service: tasks on the work stream (read by workers) and wake-up events
+//! on the scheduler's stream. PostgreSQL holds the state; these messages only move work.
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::spec::ShardSpec;
+
+/// The stream the scheduler listens on (wake-ups: an audit was submitted, planned or finished).
+pub const EVENTS_STREAM: &str = "neurodiff:events";
+/// The stream workers read tasks from.
+pub const TASKS_STREAM: &str = "neurodiff:tasks";
+
+/// Work for a worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Task {
+    /// Resolve both models, check they can be compared, count their blocks, hash their files,
+    /// and record the shard plan. Only a process that can open the models can do this.
+    Plan { audit: Uuid },
+    /// Analyse one layer shard.
+    Shard { audit: Uuid, spec: ShardSpec },
+}
+
+impl Task {
+    pub fn audit(&self) -> Uuid {
+        match self {
+            Task::Plan { audit } | Task::Shard { audit, .. } => *audit,
+        }
+    }
+
+    /// `plan` or the shard key, for logs and error messages.
+    pub fn label(&self) -> String {
+        match self {
+            Task::Plan { .. } => "plan".to_string(),
+            Task::Shard { spec, .. } => spec.shard.to_string(),
+        }
+    }
+}
+
+/// A task with the number of times it was handed to a worker before (retries are new stream
+/// entries, so Redis's own delivery counter restarts with each).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub task: Task,
+    #[serde(default)]
+    pub retries: u32,
+}
+
+/// Why the scheduler is woken; it re-reads the database either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    Submitted { audit: Uuid },
+    Planned { audit: Uuid },
+    ShardsDone { audit: Uuid },
+}
+
+/// What planning found, stored with the audit for the fan-in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanRecord {
+    pub n_layers: usize,
+    pub base: crate::results::ModelRecord,
+    pub finetuned: crate::results::ModelRecord,
+}

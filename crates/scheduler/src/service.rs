@@ -1,0 +1,191 @@
+//! The scheduler process. PostgreSQL is the record of truth and Redis only carries work, so each
+//! pass reconciles the two: it enqueues audits and shards that are stored but not on the queue
+//! (new ones, or all unfinished work after Redis lost its streams), moves due retries back onto
+//! the stream, reclaims tasks whose worker stopped renewing its lease (retry with exponential
+//! backoff, or dead-letter after the limit, failing the audit with the reason), and fans in
+//! audits whose shards are all done. Wake-up events make a pass start at once; without them it
+//! runs every `poll` anyway.
+use std::time::Duration;
+
+use neurodiff_protocol::{Envelope, ShardSpec, Task};
+use neurodiff_store::{now_ms, Blobs, Db, Queue};
+use tokio::sync::watch;
+
+use crate::fanin::{finish, FanInError};
+
+/// A fan-in that did not finish (its scheduler died, or storage failed) is retried after this.
+const FAN_IN_RETRY_S: f64 = 60.0;
+
+#[derive(Debug, Clone)]
+pub struct SchedulerSettings {
+    /// This scheduler's consumer name.
+    pub name: String,
+    /// Longest wait between passes.
+    pub poll: Duration,
+    /// A task idle this long (its worker renews far more often) is taken back.
+    pub lease_timeout: Duration,
+    /// A task handed out this many times is dead-lettered and its audit fails.
+    pub max_deliveries: u32,
+    /// Retry n waits backoff_base * 2^(n-1), at most backoff_max.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct SchedulerContext {
+    pub db: Db,
+    pub tasks: Queue,
+    pub events: Queue,
+    pub blobs: Blobs,
+    pub settings: SchedulerSettings,
+}
+
+/// What one pass did (tests and logs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pass {
+    pub requeued_after_loss: u64,
+    pub planned: usize,
+    pub enqueued: usize,
+    pub promoted: usize,
+    pub retried: usize,
+    pub dead: usize,
+    pub finished: usize,
+}
+
+pub async fn run(ctx: SchedulerContext, mut shutdown: watch::Receiver<bool>) {
+    while !*shutdown.borrow() {
+        match pass(&ctx).await {
+            Ok(p) if p != Pass::default() => tracing::info!(?p, "scheduler pass"),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "scheduler pass failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+        let wait_ms = ctx.settings.poll.as_millis() as u64;
+        tokio::select! {
+            event = ctx.events.read::<serde_json::Value>(&ctx.settings.name, wait_ms) => {
+                if let Ok(Some(e)) = event {
+                    if let Err(err) = ctx.events.ack(&e.id).await {
+                        tracing::debug!(error = %err, "cannot ack a wake-up event");
+                    }
+                }
+            }
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+fn backoff(settings: &SchedulerSettings, retries: u32) -> Duration {
+    let factor = 1u32 << retries.saturating_sub(1).min(16);
+    (settings.backoff_base * factor).min(settings.backoff_max)
+}
+
+/// One reconciliation pass.
+pub async fn pass(ctx: &SchedulerContext) -> Result<Pass, neurodiff_store::StoreError> {
+    let mut p = Pass::default();
+    if ctx.tasks.is_new_epoch().await? {
+        p.requeued_after_loss = ctx.db.requeue_unfinished().await?;
+        if p.requeued_after_loss > 0 {
+            tracing::warn!(
+                rows = p.requeued_after_loss,
+                "the queue is new or lost its contents; unfinished work enqueued again"
+            );
+        }
+    }
+    for audit in ctx.db.audits_to_plan(100).await? {
+        ctx.tasks
+            .enqueue(&Envelope {
+                task: Task::Plan { audit },
+                retries: 0,
+            })
+            .await?;
+        ctx.db.mark_enqueued(audit).await?;
+        p.planned += 1;
+    }
+    for s in ctx.db.shards_to_enqueue(1000).await? {
+        let shard = neurodiff_store::parse_shard_key(&s.shard_key)?;
+        let task = Task::Shard {
+            audit: s.audit,
+            spec: ShardSpec {
+                base: s.spec.base,
+                target: s.spec.target,
+                shard,
+                weights: s.spec.weights,
+            },
+        };
+        ctx.tasks.enqueue(&Envelope { task, retries: 0 }).await?;
+        ctx.db.mark_shard_enqueued(s.audit, &s.shard_key).await?;
+        p.enqueued += 1;
+    }
+    p.promoted = ctx.tasks.promote_due(now_ms()).await?;
+    let lease_ms = ctx.settings.lease_timeout.as_millis() as u64;
+    let reclaimed = ctx
+        .tasks
+        .reclaim::<Envelope>(&ctx.settings.name, lease_ms, 100)
+        .await?;
+    for d in reclaimed.retry {
+        let env = &d.task;
+        let handed_out = env.retries + 1;
+        if handed_out >= ctx.settings.max_deliveries {
+            let reason = format!(
+                "{} was handed to workers {handed_out} times and never finished (each time its worker stopped renewing its lease); dead-lettered",
+                env.task.label()
+            );
+            ctx.tasks.dead_letter(&d.id, env, &reason).await?;
+            ctx.db
+                .fail_audit(env.task.audit(), shard_of(&env.task).as_deref(), &reason)
+                .await?;
+            tracing::warn!(audit = %env.task.audit(), task = %env.task.label(), "dead-lettered");
+            p.dead += 1;
+        } else {
+            let wait = backoff(&ctx.settings, handed_out);
+            let retry = Envelope {
+                task: env.task.clone(),
+                retries: handed_out,
+            };
+            ctx.tasks
+                .retry_later(&d.id, &retry, now_ms() + wait.as_millis() as u64)
+                .await?;
+            tracing::info!(audit = %env.task.audit(), task = %env.task.label(), retry = handed_out, wait_ms = wait.as_millis() as u64, "lease expired; retry scheduled");
+            p.retried += 1;
+        }
+    }
+    for d in reclaimed.dead {
+        let reason = format!(
+            "{}: delivered {} times; dead-lettered",
+            d.task.task.label(),
+            d.deliveries
+        );
+        ctx.db
+            .fail_audit(
+                d.task.task.audit(),
+                shard_of(&d.task.task).as_deref(),
+                &reason,
+            )
+            .await?;
+        p.dead += 1;
+    }
+    for f in ctx.db.claim_finishing(FAN_IN_RETRY_S).await? {
+        let id = f.audit.id;
+        match finish(ctx, f).await {
+            Ok(true) => p.finished += 1,
+            Ok(false) => {}
+            Err(FanInError::Invalid(e)) => {
+                tracing::error!(audit = %id, error = %e, "fan-in failed");
+                ctx.db.fail_audit(id, None, &format!("fan-in: {e}")).await?;
+            }
+            Err(FanInError::Store(e)) => {
+                tracing::warn!(audit = %id, error = %e, "fan-in will be retried");
+            }
+        }
+    }
+    Ok(p)
+}
+
+fn shard_of(task: &Task) -> Option<String> {
+    match task {
+        Task::Plan { .. } => None,
+        Task::Shard { spec, .. } => Some(spec.shard.to_string()),
+    }
+}

@@ -1,0 +1,88 @@
+//! The team-wide result query: tensors across every audit of a team, filtered by model, layer
+//! and a lower bound on one metric, largest first.
+use chrono::{DateTime, Utc};
+use neurodiff_protocol::TensorMetrics;
+use sqlx::Row;
+use uuid::Uuid;
+
+use crate::pg::{tensor_from_row, Db};
+use crate::{Result, StoreError, Team};
+
+/// The metrics `GET /v1/results?metric=` accepts: the numeric columns of tensor_results.
+pub const QUERY_METRICS: [&str; 12] = [
+    "rel_fro",
+    "fro",
+    "cosine",
+    "max_abs",
+    "spectral",
+    "nuclear",
+    "stable_rank",
+    "effective_rank",
+    "rank_90",
+    "rank_99",
+    "numerical_rank",
+    "base_fro",
+];
+
+#[derive(Debug, Clone)]
+pub struct ResultQuery {
+    /// One of [`QUERY_METRICS`].
+    pub metric: String,
+    /// Matches the base or the fine-tuned reference exactly.
+    pub model: Option<String>,
+    pub layer: Option<i32>,
+    pub module: Option<String>,
+    pub min: Option<f64>,
+    pub limit: i64,
+}
+
+/// One tensor of one audit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResultHit {
+    pub audit: Uuid,
+    pub base: String,
+    pub target: String,
+    pub audit_created_at: DateTime<Utc>,
+    pub value: Option<f64>,
+    pub tensor: TensorMetrics,
+}
+
+impl Db {
+    pub async fn query_results(&self, team: &Team, q: &ResultQuery) -> Result<Vec<ResultHit>> {
+        // The column name is interpolated, so it must be one of a fixed list.
+        let metric = QUERY_METRICS
+            .iter()
+            .find(|m| **m == q.metric)
+            .ok_or_else(|| StoreError::Invalid(format!("metric `{}`", q.metric)))?;
+        let rows = sqlx::query(&format!(
+            "SELECT t.*, t.{metric}::double precision AS metric_value, a.base_ref, a.target_ref, \
+             a.created_at AS audit_created_at FROM tensor_results t JOIN audits a ON a.id = t.audit_id \
+             WHERE a.team_id = $1 AND a.status = 'succeeded' \
+             AND ($2::text IS NULL OR a.base_ref = $2 OR a.target_ref = $2) \
+             AND ($3::int IS NULL OR t.layer = $3) \
+             AND ($4::text IS NULL OR t.module = $4) \
+             AND ($5::double precision IS NULL OR t.{metric} >= $5) \
+             ORDER BY t.{metric} DESC NULLS LAST, a.created_at DESC, t.name LIMIT $6"
+        ))
+        .bind(team.id)
+        .bind(&q.model)
+        .bind(q.layer)
+        .bind(&q.module)
+        .bind(q.min)
+        .bind(q.limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ResultHit {
+                    audit: r.try_get("audit_id")?,
+                    base: r.try_get("base_ref")?,
+                    target: r.try_get("target_ref")?,
+                    audit_created_at: r.try_get("audit_created_at")?,
+                    value: r.try_get("metric_value")?,
+                    tensor: tensor_from_row(r)?,
+                })
+            })
+            .collect()
+    }
+}

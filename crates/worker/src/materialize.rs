@@ -1,0 +1,54 @@
+//! `s3://bucket/prefix` model references: the checkpoint's objects are copied once into a local
+//! cache directory (each file written under a temporary name and renamed, so a file that exists
+//! is complete), and the audit reads the copy through the same loader as any directory.
+use std::path::{Path, PathBuf};
+
+use neurodiff_store::Blobs;
+
+use crate::{Result, WorkerError};
+
+/// The local directory to audit for `reference`: itself unless it is an `s3://` reference.
+pub async fn materialize(reference: &str, cache_dir: &Path) -> Result<String> {
+    let Some(rest) = reference.strip_prefix("s3://") else {
+        return Ok(reference.to_string());
+    };
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let prefix = prefix.trim_matches('/');
+    let blobs = Blobs::from_url(&format!("s3://{bucket}"))
+        .map_err(|e| WorkerError::Io(format!("model reference `{reference}`: {e}")))?;
+    let keys = blobs
+        .list(prefix)
+        .await
+        .map_err(|e| WorkerError::Io(format!("model reference `{reference}`: {e}")))?;
+    if keys.is_empty() {
+        return Err(WorkerError::Io(format!(
+            "model reference `{reference}`: no objects under this prefix"
+        )));
+    }
+    let local: PathBuf = cache_dir.join("s3").join(bucket).join(prefix);
+    for key in keys {
+        let relative = key
+            .strip_prefix(prefix)
+            .unwrap_or(&key)
+            .trim_start_matches('/');
+        if relative.is_empty() || relative.split('/').any(|p| p == "..") {
+            continue;
+        }
+        let dest = local.join(relative);
+        if dest.is_file() {
+            continue;
+        }
+        let bytes = blobs
+            .get(&key)
+            .await
+            .map_err(|e| WorkerError::Io(format!("model reference `{reference}`: {e}")))?;
+        let io = |e: std::io::Error| WorkerError::Io(format!("{}: {e}", dest.display()));
+        if let Some(parent) = dest.parent() {
+            tokio::fs::create_dir_all(parent).await.map_err(io)?;
+        }
+        let tmp = dest.with_extension(format!("part-{}", std::process::id()));
+        tokio::fs::write(&tmp, &bytes).await.map_err(io)?;
+        tokio::fs::rename(&tmp, &dest).await.map_err(io)?;
+    }
+    Ok(local.display().to_string())
+}

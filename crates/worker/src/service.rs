@@ -1,0 +1,332 @@
+//! The worker process: reads tasks from the work stream, renews its lease while it runs them,
+//! writes shard results fenced by their attempt number, uploads each shard's result under a
+//! deterministic key, then acknowledges. Analysis errors fail the audit with the message;
+//! infrastructure errors leave the task unacknowledged, so the scheduler retries it.
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use neurodiff_core::reference::HubOptions;
+use neurodiff_core::CoreError;
+use neurodiff_protocol::{plan_shards, Envelope, Event, PlanRecord, ShardKey, ShardSpec, Task};
+use neurodiff_store::{shard_result_key, Blobs, Db, Delivery, Queue, StoreError};
+use tch::Device;
+use tokio::sync::watch;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::materialize::materialize;
+use crate::record::model_record;
+use crate::{Sources, WorkerError};
+
+/// The worker's settings (the binary fills them from flags and the environment).
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// This process's consumer name on the stream; slots append `-{i}`.
+    pub name: String,
+    pub device: Device,
+    pub concurrency: usize,
+    /// How often the lease is renewed; the scheduler reclaims after several missed renewals.
+    pub renew_every: Duration,
+    /// How long a shutting-down worker lets its shard finish before handing it back.
+    pub grace: Duration,
+    /// Where `s3://` checkpoints are copied.
+    pub cache_dir: PathBuf,
+}
+
+/// What a worker talks to.
+#[derive(Debug, Clone)]
+pub struct WorkerContext {
+    pub db: Db,
+    pub tasks: Queue,
+    pub events: Queue,
+    pub blobs: Blobs,
+    pub settings: WorkerSettings,
+}
+
+/// What happens to the stream entry after a task ran.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    /// Done (or nothing left to do): acknowledge.
+    Ack,
+    /// Interrupted by shutdown: put it back for another worker now.
+    HandBack,
+}
+
+/// An error worth retrying elsewhere: the entry stays unacknowledged and is reclaimed.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Transient(String);
+
+impl From<StoreError> for Transient {
+    fn from(e: StoreError) -> Self {
+        Transient(e.to_string())
+    }
+}
+
+/// Runs `settings.concurrency` slots until `shutdown` turns true, then lets each slot finish
+/// (or hand back) its task.
+pub async fn run(ctx: WorkerContext, shutdown: watch::Receiver<bool>) {
+    let mut slots = Vec::new();
+    for slot in 0..ctx.settings.concurrency.max(1) {
+        let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
+        let consumer = format!("{}-{slot}", ctx.settings.name);
+        slots.push(tokio::spawn(
+            async move { slot_loop(ctx, consumer, shutdown).await }
+                .instrument(tracing::info_span!("slot", slot)),
+        ));
+    }
+    for s in slots {
+        if let Err(e) = s.await {
+            tracing::error!(error = %e, "worker slot panicked");
+        }
+    }
+}
+
+async fn slot_loop(ctx: WorkerContext, consumer: String, shutdown: watch::Receiver<bool>) {
+    while !*shutdown.borrow() {
+        let delivery = match ctx.tasks.read::<Envelope>(&consumer, 1000).await {
+            Ok(Some(d)) => d,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the work stream; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        let task = delivery.task.task.clone();
+        let span = tracing::info_span!("task", audit = %task.audit(), task = %task.label(), delivery = %delivery.id);
+        let outcome = handle(&ctx, &consumer, &delivery, shutdown.clone())
+            .instrument(span.clone())
+            .await;
+        let _entered = span.enter();
+        let settled = match outcome {
+            Ok(Outcome::Ack) => ctx.tasks.ack(&delivery.id).await,
+            Ok(Outcome::HandBack) => {
+                tracing::info!("shutting down: handing the task back");
+                ctx.tasks.hand_back(&delivery.id, &delivery.task).await
+            }
+            Err(Transient(e)) => {
+                tracing::warn!(error = %e, "task left for retry");
+                Ok(())
+            }
+        };
+        if let Err(e) = settled {
+            tracing::warn!(error = %e, "cannot settle the stream entry; it will be reclaimed");
+        }
+    }
+}
+
+async fn handle(
+    ctx: &WorkerContext,
+    consumer: &str,
+    delivery: &Delivery<Envelope>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Outcome, Transient> {
+    match &delivery.task.task {
+        Task::Plan { audit } => plan(ctx, *audit).await,
+        Task::Shard { audit, spec } => {
+            shard(ctx, consumer, &delivery.id, *audit, spec, shutdown).await
+        }
+    }
+}
+
+/// Runs blocking libtorch work off the async threads, inside the caller's tracing span.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Transient> {
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(f))
+        .await
+        .map_err(|e| Transient(format!("analysis thread: {e}")))
+}
+
+async fn plan(ctx: &WorkerContext, audit: Uuid) -> Result<Outcome, Transient> {
+    let row = ctx.db.audit_by_id(audit).await?;
+    if row.status != "queued" {
+        return Ok(Outcome::Ack);
+    }
+    let spec = row.spec;
+    let cache = &ctx.settings.cache_dir;
+    let opened = async {
+        let base = materialize(&spec.base, cache).await?;
+        let target = materialize(spec.target.reference(), cache).await?;
+        Ok::<_, WorkerError>((base, target))
+    }
+    .await;
+    let (base_local, target_local) = match opened {
+        Ok(paths) => paths,
+        Err(e) => return fail(ctx, audit, None, &format!("planning: {e}")).await,
+    };
+    let spec_b = spec.clone();
+    let planned = blocking(move || {
+        let target = with_reference(&spec_b.target, &target_local);
+        let sources = Sources::open(&base_local, &target, &HubOptions::from_env())?;
+        let n_layers = sources.n_layers()?;
+        let shards = plan_shards(&spec_b, n_layers).map_err(|e| WorkerError::Io(e.to_string()))?;
+        let (base_files, target_files) = sources.record_files();
+        let record = PlanRecord {
+            n_layers,
+            base: model_record(&spec_b.base, &sources.base_dir, &base_files)?,
+            finetuned: model_record(
+                spec_b.target.reference(),
+                &sources.target_dir,
+                &target_files,
+            )?,
+        };
+        Ok::<_, WorkerError>((shards, record))
+    })
+    .await?;
+    let (shards, record) = match planned {
+        Ok(p) => p,
+        Err(e) => return fail(ctx, audit, None, &format!("planning: {e}")).await,
+    };
+    let keys: Vec<ShardKey> = shards.iter().map(|s| s.shard).collect();
+    let record = serde_json::to_value(&record).map_err(|e| Transient(e.to_string()))?;
+    ctx.db.plan_shards(audit, &keys, Some(&record)).await?;
+    tracing::info!(shards = keys.len(), "planned");
+    wake(ctx, Event::Planned { audit }).await;
+    Ok(Outcome::Ack)
+}
+
+/// The same target with its reference replaced by a local directory.
+fn with_reference(target: &neurodiff_protocol::Target, local: &str) -> neurodiff_protocol::Target {
+    use neurodiff_protocol::Target;
+    match target {
+        Target::Checkpoint { .. } => Target::Checkpoint {
+            reference: local.to_string(),
+        },
+        Target::Adapter { .. } => Target::Adapter {
+            reference: local.to_string(),
+        },
+    }
+}
+
+async fn fail(
+    ctx: &WorkerContext,
+    audit: Uuid,
+    shard: Option<&str>,
+    reason: &str,
+) -> Result<Outcome, Transient> {
+    tracing::warn!(reason, "audit failed");
+    ctx.db.fail_audit(audit, shard, reason).await?;
+    Ok(Outcome::Ack)
+}
+
+async fn wake(ctx: &WorkerContext, event: Event) {
+    // Only a hint: the scheduler finds the same work in the database on its next pass.
+    if let Err(e) = ctx.events.enqueue(&event).await {
+        tracing::debug!(error = %e, "cannot wake the scheduler");
+    }
+}
+
+async fn shard(
+    ctx: &WorkerContext,
+    consumer: &str,
+    entry: &str,
+    audit: Uuid,
+    spec: &ShardSpec,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<Outcome, Transient> {
+    let key = spec.shard.to_string();
+    let attempt = match ctx.db.start_attempt(audit, spec.shard, consumer).await {
+        Ok(a) => a,
+        // Cancelled, failed or already done: nothing to run.
+        Err(StoreError::NotFound { .. }) => return Ok(Outcome::Ack),
+        Err(e) => return Err(e.into()),
+    };
+    tracing::info!(attempt, "shard started");
+    let stop = Arc::new(AtomicBool::new(false));
+    let handing_back = Arc::new(AtomicBool::new(false));
+    let lease = {
+        let (ctx, consumer, entry) = (ctx.clone(), consumer.to_string(), entry.to_string());
+        let (stop, handing_back) = (stop.clone(), handing_back.clone());
+        let grace = ctx.settings.grace;
+        tokio::spawn(async move {
+            let mut shutdown_at: Option<Instant> = None;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(ctx.settings.renew_every) => {},
+                    _ = shutdown.changed(), if shutdown_at.is_none() => {},
+                }
+                if *shutdown.borrow() && shutdown_at.is_none() {
+                    shutdown_at = Some(Instant::now());
+                }
+                if shutdown_at.is_some_and(|t| t.elapsed() >= grace) {
+                    handing_back.store(true, Ordering::SeqCst);
+                    stop.store(true, Ordering::SeqCst);
+                }
+                match ctx.tasks.extend(&consumer, &entry).await {
+                    Ok(true) => {}
+                    Ok(false) => tracing::warn!("lease lost; the result will be fenced if stale"),
+                    Err(e) => tracing::warn!(error = %e, "cannot renew the lease"),
+                }
+                match ctx.db.audit_status(audit).await {
+                    Ok(s) if s == "cancelled" || s == "failed" => {
+                        stop.store(true, Ordering::SeqCst);
+                    }
+                    _ => {}
+                }
+            }
+        })
+    };
+    let cache = ctx.settings.cache_dir.clone();
+    let resolved = async {
+        let base = materialize(&spec.base, &cache).await?;
+        let target = materialize(spec.target.reference(), &cache).await?;
+        Ok::<_, WorkerError>((base, target))
+    }
+    .await;
+    let result = match resolved {
+        Err(e) => Err(e),
+        Ok((base, target)) => {
+            let (spec_b, stop_b, device) = (spec.clone(), stop.clone(), ctx.settings.device);
+            blocking(move || {
+                let target = with_reference(&spec_b.target, &target);
+                let sources = Sources::open(&base, &target, &HubOptions::from_env())?;
+                sources.execute(&spec_b, device, &mut |_| !stop_b.load(Ordering::SeqCst))
+            })
+            .await
+            .inspect_err(|_| lease.abort())?
+        }
+    };
+    lease.abort();
+    let result = match result {
+        Ok(r) => r,
+        Err(WorkerError::Core(CoreError::Interrupted)) => {
+            return Ok(if handing_back.load(Ordering::SeqCst) {
+                Outcome::HandBack
+            } else {
+                tracing::info!("audit cancelled; shard dropped");
+                Outcome::Ack
+            });
+        }
+        Err(e) => return fail(ctx, audit, Some(&key), &format!("shard {key}: {e}")).await,
+    };
+    // Keyed by attempt, so a stale worker's upload never replaces the result the fan-in reads.
+    let json = serde_json::to_vec(&result).map_err(|e| Transient(e.to_string()))?;
+    ctx.blobs
+        .put(&shard_result_key(audit, &key, attempt), Bytes::from(json))
+        .await?;
+    match ctx.db.record_shard(audit, attempt, &result).await {
+        Ok(fan_in) => {
+            tracing::info!(
+                done = fan_in.shards_done,
+                total = fan_in.shards_total,
+                elapsed_s = result.elapsed_s,
+                "shard recorded"
+            );
+            if fan_in.complete() {
+                wake(ctx, Event::ShardsDone { audit }).await;
+            }
+            Ok(Outcome::Ack)
+        }
+        Err(e @ StoreError::StaleAttempt { .. }) => {
+            tracing::warn!(error = %e, "late write refused");
+            Ok(Outcome::Ack)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
