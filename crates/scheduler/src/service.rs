@@ -53,6 +53,13 @@ pub struct Pass {
 }
 
 pub async fn run(ctx: SchedulerContext, mut shutdown: watch::Receiver<bool>) {
+    let events = match ctx.events.reader().await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "no event reader; passes run every poll interval");
+            ctx.events.clone()
+        }
+    };
     while !*shutdown.borrow() {
         match pass(&ctx).await {
             Ok(p) if p != Pass::default() => tracing::info!(?p, "scheduler pass"),
@@ -64,9 +71,9 @@ pub async fn run(ctx: SchedulerContext, mut shutdown: watch::Receiver<bool>) {
         }
         let wait_ms = ctx.settings.poll.as_millis() as u64;
         tokio::select! {
-            event = ctx.events.read::<serde_json::Value>(&ctx.settings.name, wait_ms) => {
+            event = events.read::<serde_json::Value>(&ctx.settings.name, wait_ms) => {
                 if let Ok(Some(e)) = event {
-                    if let Err(err) = ctx.events.ack(&e.id).await {
+                    if let Err(err) = events.ack(&e.id).await {
                         tracing::debug!(error = %err, "cannot ack a wake-up event");
                     }
                 }

@@ -32,6 +32,7 @@ pub struct Reclaimed<T> {
 
 #[derive(Clone)]
 pub struct Queue {
+    client: redis::Client,
     conn: ConnectionManager,
     stream: String,
     group: String,
@@ -54,12 +55,26 @@ fn redis_err(e: redis::RedisError) -> StoreError {
     StoreError::Queue(e.to_string())
 }
 
+/// Longer than any blocking read (`read`'s `block_ms` must stay under it).
+const RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+async fn manager(client: &redis::Client) -> Result<ConnectionManager> {
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+        .set_connection_timeout(Some(std::time::Duration::from_secs(5)));
+    client
+        .get_connection_manager_with_config(config)
+        .await
+        .map_err(redis_err)
+}
+
 impl Queue {
     /// Connects (reconnecting by itself after a Redis restart) and creates the consumer group.
     pub async fn connect(url: &str, stream: &str, max_deliveries: u64) -> Result<Queue> {
         let client = redis::Client::open(url).map_err(redis_err)?;
-        let conn = client.get_connection_manager().await.map_err(redis_err)?;
+        let conn = manager(&client).await?;
         let queue = Queue {
+            client,
             conn,
             stream: stream.to_string(),
             group: format!("{stream}:workers"),
@@ -70,6 +85,15 @@ impl Queue {
         };
         queue.ensure_group().await?;
         Ok(queue)
+    }
+
+    /// The same queue on a connection of its own. Blocking reads hold their connection until
+    /// they return, so each reader needs one, or it would stall every other command (lease
+    /// renewals, acks) multiplexed on a shared connection.
+    pub async fn reader(&self) -> Result<Queue> {
+        let mut q = self.clone();
+        q.conn = manager(&self.client).await?;
+        Ok(q)
     }
 
     /// Creates the stream and group if missing (again after a Redis restart that lost them).
@@ -101,7 +125,7 @@ impl Queue {
             .map_err(redis_err)
     }
 
-    /// The next new message for `consumer`, waiting up to `block_ms`.
+    /// The next new message for `consumer`, waiting up to `block_ms` (use a [`Queue::reader`]).
     pub async fn read<T: DeserializeOwned>(
         &self,
         consumer: &str,

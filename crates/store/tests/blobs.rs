@@ -1,4 +1,5 @@
-//! Object storage on memory and on a local directory (S3/Garage arrives with the service tests).
+//! Object storage on memory, on a local directory, and on a real S3 server (Garage, which
+//! scripts/test.sh starts and configures through the AWS_* variables).
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use bytes::Bytes;
@@ -68,4 +69,37 @@ async fn local_directory_store() {
 fn unknown_urls_are_refused_by_name() {
     let err = Blobs::from_url("ftp://x").unwrap_err().to_string();
     assert!(err.contains("ftp://x") && err.contains("s3://"), "{err}");
+}
+
+/// The S3 test needs the server scripts/garage.sh starts; under CI its absence is a failure.
+fn s3_configured() -> bool {
+    let configured = std::env::var("AWS_ENDPOINT_URL").is_ok();
+    assert!(
+        configured || std::env::var("CI").is_err(),
+        "CI: AWS_ENDPOINT_URL is not set; source scripts/garage.sh"
+    );
+    configured
+}
+
+#[tokio::test]
+async fn s3_store_on_garage() {
+    if !s3_configured() {
+        eprintln!("skipped: no S3 server configured (source scripts/garage.sh)");
+        return;
+    }
+    let bucket = std::env::var("NEURODIFF_TEST_BUCKET").unwrap_or_else(|_| "neurodiff".into());
+    let prefix = format!("tests/{}", uuid::Uuid::new_v4());
+    let blobs = Blobs::from_url(&format!("s3://{bucket}/{prefix}")).unwrap();
+    exercise(&blobs).await;
+    // Streaming returns the same bytes as a whole read.
+    use futures::TryStreamExt;
+    let key = artifact_key("a1", "layer-0003", "spectra.json");
+    let chunks: Vec<Bytes> = blobs
+        .stream(&key)
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(chunks.concat(), b"second");
 }

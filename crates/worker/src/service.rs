@@ -86,8 +86,17 @@ pub async fn run(ctx: WorkerContext, shutdown: watch::Receiver<bool>) {
 }
 
 async fn slot_loop(ctx: WorkerContext, consumer: String, shutdown: watch::Receiver<bool>) {
+    let reader = loop {
+        match ctx.tasks.reader().await {
+            Ok(r) => break r,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot connect a reader; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
     while !*shutdown.borrow() {
-        let delivery = match ctx.tasks.read::<Envelope>(&consumer, 1000).await {
+        let delivery = match reader.read::<Envelope>(&consumer, 1000).await {
             Ok(Some(d)) => d,
             Ok(None) => continue,
             Err(e) => {
