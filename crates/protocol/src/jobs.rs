@@ -5,10 +5,11 @@ use uuid::Uuid;
 
 use crate::spec::ShardSpec;
 
-/// The stream the scheduler listens on (wake-ups: an audit was submitted, planned or finished).
-pub const EVENTS_STREAM: &str = "neurodiff:events";
-/// The stream workers read tasks from.
-pub const TASKS_STREAM: &str = "neurodiff:tasks";
+/// The stream the scheduler listens on (wake-ups: an audit was submitted, planned or finished),
+/// after the deployment's prefix: `neurodiff:events`.
+pub const EVENTS_STREAM: &str = "events";
+/// The stream workers read tasks from, after the deployment's prefix: `neurodiff:tasks`.
+pub const TASKS_STREAM: &str = "tasks";
 
 /// Work for a worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -34,6 +34,8 @@ pub struct WorkerSettings {
     pub grace: Duration,
     /// Where `s3://` checkpoints are copied.
     pub cache_dir: PathBuf,
+    /// Fault injection: a pause after each tensor (zero in production).
+    pub slow_tensor: Duration,
 }
 
 /// What a worker talks to.
@@ -292,10 +294,17 @@ async fn shard(
         Err(e) => Err(e),
         Ok((base, target)) => {
             let (spec_b, stop_b, device) = (spec.clone(), stop.clone(), ctx.settings.device);
+            let slow_tensor = ctx.settings.slow_tensor;
             blocking(move || {
                 let target = with_reference(&spec_b.target, &target);
                 let sources = Sources::open(&base, &target, &HubOptions::from_env())?;
-                sources.execute(&spec_b, device, &mut |_| !stop_b.load(Ordering::SeqCst))
+                let slow = slow_tensor;
+                sources.execute(&spec_b, device, &mut |_| {
+                    if !slow.is_zero() {
+                        std::thread::sleep(slow);
+                    }
+                    !stop_b.load(Ordering::SeqCst)
+                })
             })
             .await
             .inspect_err(|_| lease.abort())?

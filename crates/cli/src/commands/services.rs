@@ -26,6 +26,10 @@ pub struct Backends {
     /// Where artifacts go: s3://bucket[/prefix] (AWS_* variables configure S3), file:///dir.
     #[arg(long, env = "NEURODIFF_OBJECT_STORE")]
     pub object_store: String,
+    /// Names the Redis streams (`{prefix}:tasks`, `{prefix}:events`): deployments sharing one
+    /// Redis use different prefixes.
+    #[arg(long, env = "NEURODIFF_QUEUE_PREFIX", default_value = "neurodiff")]
+    pub queue_prefix: String,
 }
 
 pub struct Connected {
@@ -41,10 +45,12 @@ impl Backends {
             .await
             .map_err(|e| anyhow::anyhow!("cannot connect to the database (DATABASE_URL): {e}"))?;
         db.migrate().await?;
-        let tasks = Queue::connect(&self.redis_url, TASKS_STREAM, max_deliveries)
+        let tasks_stream = format!("{}:{TASKS_STREAM}", self.queue_prefix);
+        let events_stream = format!("{}:{EVENTS_STREAM}", self.queue_prefix);
+        let tasks = Queue::connect(&self.redis_url, &tasks_stream, max_deliveries)
             .await
             .context("cannot connect to Redis (REDIS_URL)")?;
-        let events = Queue::connect(&self.redis_url, EVENTS_STREAM, u64::MAX)
+        let events = Queue::connect(&self.redis_url, &events_stream, u64::MAX)
             .await
             .context("cannot connect to Redis (REDIS_URL)")?;
         let blobs = Blobs::from_url(&self.object_store).context("--object-store")?;
@@ -101,6 +107,10 @@ pub struct WorkerArgs {
     /// Where s3:// checkpoints are copied before they are read.
     #[arg(long, env = "NEURODIFF_CACHE_DIR", default_value = "neurodiff-cache")]
     pub cache_dir: PathBuf,
+    /// Fault injection for drills and tests: wait this long after each tensor, so a shard is
+    /// reliably in flight when a worker is killed, Redis restarted or an audit cancelled.
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub slow_tensor_ms: u64,
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -166,6 +176,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
                 renew_every: Duration::from_millis(args.renew_ms.max(10)),
                 grace: Duration::from_secs(args.grace_s),
                 cache_dir: args.cache_dir,
+                slow_tensor: Duration::from_millis(args.slow_tensor_ms),
             },
         };
         eprintln!("neurodiff worker {name} running on {}", args.device);

@@ -1,0 +1,383 @@
+//! The whole service against the real PostgreSQL, Redis and Garage: audits submitted over HTTP,
+//! planned by the scheduler, run by worker processes, fanned in to object storage; then the
+//! failures it must survive: a worker killed with SIGKILL mid-shard, a cancel mid-run, and a
+//! Redis restart mid-run. (A stale attempt's late write being refused is tested on the store,
+//! crates/store/tests/pg.rs, where the race can be staged exactly.)
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stdout)]
+
+mod harness;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use harness::{assert_close, embedded, organisms, wait_for, Env};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+const SLOW: &[&str] = &["--slow-tensor-ms", "250"];
+
+fn audit_id(id: &str) -> uuid::Uuid {
+    id.parse().unwrap()
+}
+
+/// Uploads a checkpoint directory to the object store; returns its s3:// reference.
+fn upload_model(env: &Env, dir: &std::path::Path, name: &str) -> Option<String> {
+    let prefix = env.object_store.strip_prefix("s3://")?;
+    let blobs = env.blobs();
+    env.rt.block_on(async {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let file = path.file_name().unwrap().to_string_lossy().into_owned();
+            let bytes = Bytes::from(std::fs::read(&path).unwrap());
+            blobs
+                .put(&format!("models/{name}/{file}"), bytes)
+                .await
+                .unwrap();
+        }
+    });
+    Some(format!("s3://{prefix}/models/{name}"))
+}
+
+#[test]
+fn a_service_audit_equals_the_embedded_audit() {
+    let mut env = Env::new(None);
+    let org = organisms(env.dir.path());
+    let (base, ft) = (org.join("base"), org.join("rank-update"));
+    let (base_s, ft_s) = (base.display().to_string(), ft.display().to_string());
+    env.start(&[("w1", &[]), ("w2", &[])]);
+    let token = env.token("safety");
+    // The base comes from object storage (an s3:// checkpoint) when an S3 server is configured.
+    let base_ref = upload_model(&env, &base, "base").unwrap_or_else(|| base_s.clone());
+    let id = env.submit(&token, json!({"base": base_ref, "finetuned": ft_s}));
+    let audit = env.wait_done(&token, &id, Duration::from_secs(120));
+    assert_eq!(audit["status"], "succeeded", "{audit}\n{}", env.logs());
+    assert_eq!(
+        audit["progress"]["shards_done"],
+        audit["progress"]["shards_total"]
+    );
+
+    let reference = embedded(env.dir.path(), &[&base_s, &ft_s]);
+    // results.json over HTTP equals the embedded audit's (paths and times aside).
+    let (status, body) = env.http(
+        "GET",
+        &format!("/v1/audits/{id}/results"),
+        Some(&token),
+        None,
+    );
+    assert_eq!(status, 200);
+    let served: Value = serde_json::from_slice(&body).unwrap();
+    assert_close(&served["analyses"], &reference["analyses"], "analyses", &[]);
+    for side in ["base", "finetuned"] {
+        assert_eq!(
+            served[side]["content_hash"], reference[side]["content_hash"],
+            "{side}"
+        );
+    }
+    // The rows in PostgreSQL equal the embedded audit's tensors, one row each.
+    let team = env.rt.block_on(env.db.ensure_team("safety")).unwrap();
+    let rows = env
+        .rt
+        .block_on(env.db.tensor_results(&team, audit_id(&id)))
+        .unwrap();
+    let expected = reference["analyses"]["weights"]["tensors"]
+        .as_array()
+        .unwrap();
+    assert_eq!(rows.len(), expected.len());
+    for t in expected {
+        let row = rows
+            .iter()
+            .find(|r| r.name == t["name"].as_str().unwrap())
+            .expect("row");
+        assert_close(
+            &serde_json::to_value(row).unwrap(),
+            t,
+            row.name.as_str(),
+            &[],
+        );
+    }
+    // Every artifact is in object storage with the recorded size and sha256, and downloads.
+    let artifacts = env
+        .rt
+        .block_on(env.db.artifacts(&team, audit_id(&id)))
+        .unwrap();
+    let names: Vec<_> = artifacts.iter().map(|a| a.name.as_str()).collect();
+    for want in [
+        "results.json",
+        "report.html",
+        "heatmap.svg",
+        "layers.svg",
+        "spectra.svg",
+    ] {
+        assert!(names.contains(&want), "{names:?}");
+    }
+    let blobs = env.blobs();
+    for a in &artifacts {
+        let stored = env.rt.block_on(blobs.get(&a.object_key)).unwrap();
+        assert_eq!(
+            format!("{:x}", Sha256::digest(&stored)),
+            a.sha256,
+            "{}",
+            a.name
+        );
+        let (status, got) = env.http(
+            "GET",
+            &format!("/v1/audits/{id}/artifacts/{}", a.name),
+            Some(&token),
+            None,
+        );
+        assert_eq!(
+            (status, got.len() as i64),
+            (200, a.size_bytes),
+            "{}",
+            a.name
+        );
+    }
+    // The team-wide query finds the planted rank-4 change first.
+    let (status, hits) = env.json(
+        "GET",
+        "/v1/results?metric=rel_fro&min=0.01&limit=5",
+        &token,
+        None,
+    );
+    assert_eq!(status, 200, "{hits}");
+    let truth: Value =
+        serde_json::from_slice(&std::fs::read(ft.join("ground_truth.json")).unwrap()).unwrap();
+    let top = hits["results"][0]["tensor"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        truth.to_string().contains(&top),
+        "{top} not planted: {truth}"
+    );
+
+    // Errors over real HTTP: 401, 404 across teams, 400 naming the field, 413.
+    assert_eq!(
+        env.http("GET", &format!("/v1/audits/{id}"), None, None).0,
+        401
+    );
+    let other = env.token("other-team");
+    assert_eq!(
+        env.http("GET", &format!("/v1/audits/{id}"), Some(&other), None)
+            .0,
+        404
+    );
+    assert_eq!(
+        env.http(
+            "GET",
+            &format!("/v1/audits/{id}/results"),
+            Some(&other),
+            None
+        )
+        .0,
+        404
+    );
+    let (status, err) = env.json(
+        "POST",
+        "/v1/audits",
+        &token,
+        Some(json!({"base": "", "finetuned": "x"})),
+    );
+    assert_eq!(status, 400);
+    assert!(err["error"].as_str().unwrap().contains("`base`"), "{err}");
+    let huge = json!({"base": "x".repeat(100_000), "finetuned": "y"}).to_string();
+    assert_eq!(
+        env.http("POST", "/v1/audits", Some(&token), Some(huge)).0,
+        413
+    );
+    // /metrics counts what happened.
+    let (status, metrics) = env.http("GET", "/metrics", None, None);
+    let metrics = String::from_utf8(metrics).unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("neurodiff_audits{status=\"succeeded\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_worker_killed_mid_shard_loses_nothing_and_duplicates_nothing() {
+    let mut env = Env::new(None);
+    let org = organisms(env.dir.path());
+    let (base, ft) = (
+        org.join("base").display().to_string(),
+        org.join("attn-scaled").display().to_string(),
+    );
+    env.start(&[("victim", SLOW)]);
+    let token = env.token("safety");
+    let id = env.submit(&token, json!({"base": base, "finetuned": ft}));
+    let audit = audit_id(&id);
+    // Wait until the victim is inside a shard, then SIGKILL it.
+    wait_for(
+        "a shard in flight on the victim",
+        Duration::from_secs(60),
+        || {
+            env.rt
+            .block_on(
+                sqlx::query_scalar::<_, i64>(
+                    "SELECT count(*) FROM shards WHERE audit_id = $1 AND status = 'running' AND worker LIKE 'victim%'",
+                )
+                .bind(audit)
+                .fetch_one(&env.db.pool),
+            )
+            .ok()
+            .filter(|n| *n > 0)
+        },
+    );
+    std::thread::sleep(Duration::from_millis(400));
+    env.kill("victim");
+    env.start_worker("rescuer", &[]);
+    let done = env.wait_done(&token, &id, Duration::from_secs(120));
+    assert_eq!(done["status"], "succeeded", "{done}\n{}", env.logs());
+    let reference = embedded(env.dir.path(), &[&base, &ft]);
+    let expected = reference["analyses"]["weights"]["tensors"]
+        .as_array()
+        .unwrap()
+        .len() as i64;
+    let (rows, distinct, retried): (i64, i64, i64) = env
+        .rt
+        .block_on(
+            sqlx::query_as(
+                "SELECT (SELECT count(*) FROM tensor_results WHERE audit_id = $1), \
+                 (SELECT count(DISTINCT name) FROM tensor_results WHERE audit_id = $1), \
+                 (SELECT count(*) FROM shards WHERE audit_id = $1 AND attempt > 1)",
+            )
+            .bind(audit)
+            .fetch_one(&env.db.pool),
+        )
+        .unwrap();
+    assert_eq!((rows, distinct), (expected, expected));
+    assert!(retried >= 1, "the killed shard ran again");
+    let (_, body) = env.http(
+        "GET",
+        &format!("/v1/audits/{id}/results"),
+        Some(&token),
+        None,
+    );
+    let served: Value = serde_json::from_slice(&body).unwrap();
+    assert_close(&served["analyses"], &reference["analyses"], "analyses", &[]);
+}
+
+#[test]
+fn cancelling_mid_run_stops_the_audit_and_frees_the_worker() {
+    let mut env = Env::new(None);
+    let org = organisms(env.dir.path());
+    let (base, ft) = (
+        org.join("base").display().to_string(),
+        org.join("rank-update").display().to_string(),
+    );
+    env.start(&[("w1", SLOW)]);
+    let token = env.token("safety");
+    let id = env.submit(&token, json!({"base": base, "finetuned": ft}));
+    wait_for("one shard done", Duration::from_secs(60), || {
+        let (_, a) = env.json("GET", &format!("/v1/audits/{id}"), &token, None);
+        (a["progress"]["shards_done"].as_i64().unwrap_or(0) >= 1).then_some(())
+    });
+    let (status, cancelled) = env.json("DELETE", &format!("/v1/audits/{id}"), &token, None);
+    assert_eq!(
+        (status, cancelled["status"].as_str()),
+        (200, Some("cancelled"))
+    );
+    // The worker notices at its next lease renewal and drops the shard; nothing finishes it.
+    let (_, next) = (
+        0,
+        env.submit(
+            &token,
+            json!({"base": base, "finetuned": ft, "layers": [0]}),
+        ),
+    );
+    let done = env.wait_done(&token, &next, Duration::from_secs(60));
+    assert_eq!(
+        done["status"],
+        "succeeded",
+        "the worker is free again\n{}",
+        env.logs()
+    );
+    let (_, a) = env.json("GET", &format!("/v1/audits/{id}"), &token, None);
+    assert_eq!(a["status"], "cancelled");
+    assert!(
+        a["progress"]["shards_done"].as_i64() < a["progress"]["shards_total"].as_i64(),
+        "{a}"
+    );
+    assert_eq!(
+        env.http(
+            "GET",
+            &format!("/v1/audits/{id}/results"),
+            Some(&token),
+            None
+        )
+        .0,
+        409
+    );
+    let team = env.rt.block_on(env.db.ensure_team("safety")).unwrap();
+    assert!(env
+        .rt
+        .block_on(env.db.artifacts(&team, audit_id(&id)))
+        .unwrap()
+        .is_empty());
+}
+
+fn redis_server(port: u16) -> Child {
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server (Debian's redis-server package)");
+    wait_for("redis-server", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port))
+            .ok()
+            .map(|_| ())
+    });
+    child
+}
+
+#[test]
+fn an_audit_survives_a_redis_restart_mid_run() {
+    let port = harness::free_port();
+    let mut redis = redis_server(port);
+    let mut env = Env::new(Some(format!("redis://127.0.0.1:{port}")));
+    let org = organisms(env.dir.path());
+    let (base, ft) = (
+        org.join("base").display().to_string(),
+        org.join("rank-update").display().to_string(),
+    );
+    env.start(&[("w1", SLOW)]);
+    let token = env.token("safety");
+    let id = env.submit(&token, json!({"base": base, "finetuned": ft}));
+    wait_for("one shard done", Duration::from_secs(60), || {
+        let (_, a) = env.json("GET", &format!("/v1/audits/{id}"), &token, None);
+        (a["progress"]["shards_done"].as_i64().unwrap_or(0) >= 1).then_some(())
+    });
+    // Redis here keeps nothing on disk: the restart loses every stream and group.
+    redis.kill().unwrap();
+    redis.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut redis = redis_server(port);
+    let done = env.wait_done(&token, &id, Duration::from_secs(120));
+    assert_eq!(done["status"], "succeeded", "{done}\n{}", env.logs());
+    let reference = embedded(env.dir.path(), &[&base, &ft]);
+    let expected = reference["analyses"]["weights"]["tensors"]
+        .as_array()
+        .unwrap()
+        .len() as i64;
+    let rows: i64 = env
+        .rt
+        .block_on(
+            sqlx::query_scalar("SELECT count(*) FROM tensor_results WHERE audit_id = $1")
+                .bind(audit_id(&id))
+                .fetch_one(&env.db.pool),
+        )
+        .unwrap();
+    assert_eq!(rows, expected);
+    drop(env);
+    let _ = redis.kill();
+    let _ = redis.wait();
+}
