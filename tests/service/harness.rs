@@ -144,6 +144,22 @@ impl Env {
         self.children.retain(|(n, _)| n != name);
     }
 
+    /// SIGTERM, then waits for the process to exit; its exit status.
+    pub fn terminate(&mut self, name: &str) -> std::process::ExitStatus {
+        let i = self
+            .children
+            .iter()
+            .position(|(n, _)| n == name)
+            .expect("a child of that name");
+        let (_, mut child) = self.children.remove(i);
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(sent.success());
+        child.wait().expect("wait")
+    }
+
     /// API, scheduler (short lease and backoff, so recovery is quick) and the given workers:
     /// (name, extra args).
     pub fn start(&mut self, workers: &[(&str, &[&str])]) {

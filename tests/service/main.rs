@@ -260,6 +260,43 @@ fn a_worker_killed_mid_shard_loses_nothing_and_duplicates_nothing() {
 }
 
 #[test]
+fn sigterm_hands_the_shard_in_flight_back() {
+    let mut env = Env::new(None);
+    let org = organisms(env.dir.path());
+    let (base, ft) = (
+        org.join("base").display().to_string(),
+        org.join("rank-update").display().to_string(),
+    );
+    // A zero grace period: the shard in flight is handed back at once, not finished.
+    env.start(&[("leaving", &["--slow-tensor-ms", "250", "--grace-s", "0"])]);
+    let token = env.token("safety");
+    let id = env.submit(&token, json!({"base": base, "finetuned": ft}));
+    wait_for("a shard in flight", Duration::from_secs(60), || {
+        env.rt
+            .block_on(
+                sqlx::query_scalar::<_, i64>(
+                    "SELECT count(*) FROM shards WHERE audit_id = $1 AND status = 'running'",
+                )
+                .bind(audit_id(&id))
+                .fetch_one(&env.db.pool),
+            )
+            .ok()
+            .filter(|n| *n > 0)
+    });
+    let log = env.log("leaving");
+    let status = env.terminate("leaving");
+    assert!(status.success(), "a clean exit on SIGTERM: {status}");
+    let text = std::fs::read_to_string(log).unwrap();
+    assert!(text.contains("handing the task back"), "{text}");
+    env.start_worker("staying", &[]);
+    let done = env.wait_done(&token, &id, Duration::from_secs(60));
+    assert_eq!(done["status"], "succeeded", "{done}\n{}", env.logs());
+    // Handed back, not reclaimed: the scheduler never saw an expired lease.
+    let sched = std::fs::read_to_string(env.log("scheduler")).unwrap();
+    assert!(!sched.contains("lease expired"), "{sched}");
+}
+
+#[test]
 fn cancelling_mid_run_stops_the_audit_and_frees_the_worker() {
     let mut env = Env::new(None);
     let org = organisms(env.dir.path());

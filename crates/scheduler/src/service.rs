@@ -92,6 +92,7 @@ fn backoff(settings: &SchedulerSettings, retries: u32) -> Duration {
 pub async fn pass(ctx: &SchedulerContext) -> Result<Pass, neurodiff_store::StoreError> {
     let mut p = Pass::default();
     if ctx.tasks.is_new_epoch().await? {
+        ctx.tasks.ensure_group().await?;
         p.requeued_after_loss = ctx.db.requeue_unfinished().await?;
         if p.requeued_after_loss > 0 {
             tracing::warn!(
