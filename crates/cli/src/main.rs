@@ -25,11 +25,11 @@ enum Command {
     #[command(subcommand)]
     TaskVector(commands::task_vector::Command),
     /// Serve the HTTP API (DATABASE_URL, REDIS_URL).
-    Api(commands::serve::Args),
+    Api(neurodiff_server::api::Args),
     /// Run the scheduler: plans, enqueues, reclaims, retries and fans in audits.
-    Scheduler(commands::services::SchedulerArgs),
+    Scheduler(neurodiff_server::services::SchedulerArgs),
     /// Run a worker: pulls layer shards from Redis and runs the analyses.
-    Worker(commands::services::WorkerArgs),
+    Worker(commands::worker::WorkerArgs),
     /// Submit an audit to a NeuroDiff server; prints its id.
     Submit(commands::client::SubmitArgs),
     /// Show an audit's status and progress.
@@ -39,10 +39,10 @@ enum Command {
     /// Wait for an audit to finish, with a progress bar; fails if the audit fails.
     Wait(commands::client::WaitArgs),
     /// Apply the database migrations (DATABASE_URL).
-    Migrate(commands::admin::DbArgs),
+    Migrate(neurodiff_server::admin::DbArgs),
     /// API tokens: `token create --team NAME`.
     #[command(subcommand)]
-    Token(commands::admin::TokenCommand),
+    Token(neurodiff_server::admin::TokenCommand),
     /// Run one prompt through a model: top next-token predictions, or logits and hidden states to a file.
     Inspect(commands::inspect::Args),
 }
@@ -58,11 +58,11 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Audit(args) => commands::audit::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
-        Command::Migrate(args) => commands::admin::migrate(args),
-        Command::Api(args) => commands::serve::run(args),
-        Command::Token(command) => commands::admin::token(command),
-        Command::Scheduler(args) => commands::services::scheduler(args),
-        Command::Worker(args) => commands::services::worker(args),
+        Command::Migrate(args) => neurodiff_server::admin::migrate(args),
+        Command::Api(args) => neurodiff_server::api::run(args),
+        Command::Token(command) => neurodiff_server::admin::token(command),
+        Command::Scheduler(args) => neurodiff_server::services::scheduler(args),
+        Command::Worker(args) => commands::worker::worker(args),
         Command::Submit(args) => commands::client::submit(args),
         Command::Status(args) => commands::client::status(args),
         Command::Results(args) => commands::client::results(args),

@@ -3,6 +3,8 @@ use std::io::Write;
 
 use neurodiff_store::Db;
 
+use crate::services::runtime;
+
 /// Where the record of truth lives. The URL may hold a password: it is never printed or logged.
 #[derive(Debug, clap::Args)]
 pub struct DbArgs {
@@ -22,12 +24,6 @@ pub enum TokenCommand {
         #[command(flatten)]
         db: DbArgs,
     },
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
 }
 
 async fn connect(db: &DbArgs) -> anyhow::Result<Db> {

@@ -1,14 +1,11 @@
-//! `neurodiff scheduler` and `neurodiff worker`: the service's two background processes. Each
-//! runs until SIGINT or SIGTERM; a worker then finishes its shard in flight, or hands it back
-//! when that takes longer than `--grace-s`.
-use std::path::PathBuf;
+//! The stores every service process connects to, and `scheduler`, which runs until SIGINT or
+//! SIGTERM.
 use std::time::Duration;
 
 use anyhow::Context;
 use neurodiff_protocol::{EVENTS_STREAM, TASKS_STREAM};
 use neurodiff_scheduler::service::{SchedulerContext, SchedulerSettings};
 use neurodiff_store::{Blobs, Db, Queue};
-use neurodiff_worker::service::{WorkerContext, WorkerSettings};
 use tokio::sync::watch;
 
 /// The stores every service process uses. URLs may carry passwords and are never printed.
@@ -32,6 +29,7 @@ pub struct Backends {
     pub queue_prefix: String,
 }
 
+#[derive(Debug)]
 pub struct Connected {
     pub db: Db,
     pub tasks: Queue,
@@ -84,46 +82,17 @@ pub struct SchedulerArgs {
     pub backoff_max_ms: u64,
 }
 
-#[derive(Debug, clap::Args)]
-pub struct WorkerArgs {
-    #[command(flatten)]
-    pub backends: Backends,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, env = "NEURODIFF_DEVICE", default_value = "cpu")]
-    pub device: String,
-    /// Tasks run at once.
-    #[arg(long, default_value_t = 1)]
-    pub concurrency: usize,
-    /// This worker's name on the stream (default: host and process id).
-    #[arg(long, env = "NEURODIFF_WORKER_NAME")]
-    pub name: Option<String>,
-    /// How often the lease on the task in flight is renewed (keep well under the scheduler's
-    /// --lease-timeout-ms).
-    #[arg(long, env = "NEURODIFF_RENEW_MS", default_value_t = 5_000)]
-    pub renew_ms: u64,
-    /// On SIGTERM, how long the shard in flight may run before it is handed back.
-    #[arg(long, default_value_t = 30)]
-    pub grace_s: u64,
-    /// Where s3:// checkpoints are copied before they are read.
-    #[arg(long, env = "NEURODIFF_CACHE_DIR", default_value = "neurodiff-cache")]
-    pub cache_dir: PathBuf,
-    /// Fault injection for drills and tests: wait this long after each tensor, so a shard is
-    /// reliably in flight when a worker is killed, Redis restarted or an audit cancelled.
-    #[arg(long, hide = true, default_value_t = 0)]
-    pub slow_tensor_ms: u64,
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?)
 }
 
 /// A channel that turns true on SIGINT or SIGTERM.
-fn shutdown_signal() -> watch::Receiver<bool> {
+pub fn shutdown_signal() -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
-        crate::commands::serve::shutdown().await;
+        crate::api::shutdown().await;
         tracing::info!("shutdown requested");
         let _ = tx.send(true);
     });
@@ -152,35 +121,6 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
         };
         eprintln!("neurodiff scheduler running");
         neurodiff_scheduler::service::run(ctx, shutdown_signal()).await;
-        Ok(())
-    })
-}
-
-pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
-    let device = neurodiff_core::device::parse_device(&args.device)?;
-    let name = args.name.clone().unwrap_or_else(|| {
-        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
-        format!("{}-{}", host.trim(), std::process::id())
-    });
-    runtime()?.block_on(async {
-        let c = args.backends.connect(u64::MAX).await?;
-        let ctx = WorkerContext {
-            db: c.db,
-            tasks: c.tasks,
-            events: c.events,
-            blobs: c.blobs,
-            settings: WorkerSettings {
-                name: name.clone(),
-                device,
-                concurrency: args.concurrency,
-                renew_every: Duration::from_millis(args.renew_ms.max(10)),
-                grace: Duration::from_secs(args.grace_s),
-                cache_dir: args.cache_dir,
-                slow_tensor: Duration::from_millis(args.slow_tensor_ms),
-            },
-        };
-        eprintln!("neurodiff worker {name} running on {}", args.device);
-        neurodiff_worker::service::run(ctx, shutdown_signal()).await;
         Ok(())
     })
 }

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use anyhow::Context;
 use neurodiff_api::{app, AppState};
 
-use crate::commands::services::Backends;
+use crate::services::Backends;
 
 /// Settings of the API process, from flags or the environment.
 #[derive(Debug, clap::Args)]
