@@ -309,3 +309,111 @@ async fn listing_filters_and_pages(pool: PgPool) {
     assert_eq!(only_a["audits"].as_array().unwrap().len(), 2);
     h.state.events.as_ref().unwrap().delete().await.unwrap();
 }
+
+#[sqlx::test(migrator = "neurodiff_store::MIGRATOR")]
+async fn results_wait_for_success_and_queries_are_validated(pool: PgPool) {
+    let h = harness(pool).await;
+    let (_, audit) = call(
+        &h,
+        "POST",
+        "/v1/audits",
+        Some(&h.token_a),
+        Some(audit_body("org/base")),
+        None,
+    )
+    .await;
+    let id = audit["id"].as_str().unwrap();
+    for path in [
+        format!("/v1/audits/{id}/results"),
+        format!("/v1/audits/{id}/artifacts"),
+    ] {
+        let (status, body) = call(&h, "GET", &path, Some(&h.token_a), None, None).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{path}");
+        assert!(body["error"].as_str().unwrap().contains("queued"), "{body}");
+        let (status, _) = call(&h, "GET", &path, Some(&h.token_b), None, None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path} across teams");
+    }
+    for (query, needle) in [
+        ("metric=vibes", "query `metric`"),
+        ("limit=0", "query `limit`"),
+        ("layer=-1", "query `layer`"),
+        ("min=abc", "min"),
+        ("colour=red", "colour"),
+    ] {
+        let (status, body) = call(
+            &h,
+            "GET",
+            &format!("/v1/results?{query}"),
+            Some(&h.token_a),
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}");
+        assert!(
+            body["error"].as_str().unwrap().contains(needle),
+            "{query}: {body}"
+        );
+    }
+    let (status, body) = call(
+        &h,
+        "GET",
+        "/v1/results?metric=numerical_rank&min=1",
+        Some(&h.token_a),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, body["results"].as_array().map(Vec::len)),
+        (StatusCode::OK, Some(0))
+    );
+    assert_eq!(
+        call(&h, "GET", "/v1/results", None, None, None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    h.state.events.as_ref().unwrap().delete().await.unwrap();
+}
+
+#[sqlx::test(migrator = "neurodiff_store::MIGRATOR")]
+async fn openapi_and_metrics_are_served(pool: PgPool) {
+    let h = harness(pool).await;
+    let (status, doc) = call(&h, "GET", "/openapi.json", None, None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    for path in [
+        "/v1/audits",
+        "/v1/audits/{id}",
+        "/v1/audits/{id}/results",
+        "/v1/audits/{id}/artifacts/{name}",
+        "/v1/results",
+    ] {
+        assert!(
+            doc["paths"][path].is_object(),
+            "{path} missing from the OpenAPI document"
+        );
+    }
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    call(&h, "GET", "/v1/audits", Some(&h.token_a), None, None).await;
+    let resp = app(h.state.clone())
+        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let text = String::from_utf8(
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(
+        text.contains(
+            r#"neurodiff_http_requests_total{method="GET",route="/v1/audits",status="200"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(text.contains("neurodiff_queue_tasks"), "{text}");
+    h.state.events.as_ref().unwrap().delete().await.unwrap();
+}
