@@ -21,6 +21,46 @@ fn audit_id(id: &str) -> uuid::Uuid {
     id.parse().unwrap()
 }
 
+/// Model organisms and the service with `workers`: (env, base path, fine-tuned path, token).
+fn service(
+    redis: Option<String>,
+    finetuned: &str,
+    workers: &[(&str, &[&str])],
+) -> (Env, String, String, String) {
+    let mut env = Env::new(redis);
+    let org = organisms(env.dir.path());
+    let base = org.join("base").display().to_string();
+    let ft = org.join(finetuned).display().to_string();
+    env.start(workers);
+    let token = env.token("safety");
+    (env, base, ft, token)
+}
+
+/// Waits until at least one shard of `id` is done.
+fn wait_one_shard_done(env: &Env, token: &str, id: &str) {
+    wait_for("one shard done", Duration::from_secs(60), || {
+        let (_, a) = env.json("GET", &format!("/v1/audits/{id}"), token, None);
+        (a["progress"]["shards_done"].as_i64().unwrap_or(0) >= 1).then_some(())
+    });
+}
+
+/// Waits until a shard of `id` is running on a worker whose name matches `worker` (SQL LIKE).
+fn wait_shard_running(env: &Env, id: &str, worker: &str) {
+    wait_for("a shard in flight", Duration::from_secs(60), || {
+        env.rt
+            .block_on(
+                sqlx::query_scalar::<_, i64>(
+                    "SELECT count(*) FROM shards WHERE audit_id = $1 AND status = 'running' AND worker LIKE $2",
+                )
+                .bind(audit_id(id))
+                .bind(worker)
+                .fetch_one(&env.db.pool),
+            )
+            .ok()
+            .filter(|n| *n > 0)
+    });
+}
+
 /// Uploads a checkpoint directory to the object store; returns its s3:// reference.
 fn upload_model(env: &Env, dir: &std::path::Path, name: &str) -> Option<String> {
     let prefix = env.object_store.strip_prefix("s3://")?;
@@ -198,33 +238,11 @@ fn a_service_audit_equals_the_embedded_audit() {
 
 #[test]
 fn a_worker_killed_mid_shard_loses_nothing_and_duplicates_nothing() {
-    let mut env = Env::new(None);
-    let org = organisms(env.dir.path());
-    let (base, ft) = (
-        org.join("base").display().to_string(),
-        org.join("attn-scaled").display().to_string(),
-    );
-    env.start(&[("victim", SLOW)]);
-    let token = env.token("safety");
+    let (mut env, base, ft, token) = service(None, "attn-scaled", &[("victim", SLOW)]);
     let id = env.submit(&token, json!({"base": base, "finetuned": ft}));
     let audit = audit_id(&id);
     // Wait until the victim is inside a shard, then SIGKILL it.
-    wait_for(
-        "a shard in flight on the victim",
-        Duration::from_secs(60),
-        || {
-            env.rt
-            .block_on(
-                sqlx::query_scalar::<_, i64>(
-                    "SELECT count(*) FROM shards WHERE audit_id = $1 AND status = 'running' AND worker LIKE 'victim%'",
-                )
-                .bind(audit)
-                .fetch_one(&env.db.pool),
-            )
-            .ok()
-            .filter(|n| *n > 0)
-        },
-    );
+    wait_shard_running(&env, &id, "victim%");
     std::thread::sleep(Duration::from_millis(400));
     env.kill("victim");
     env.start_worker("rescuer", &[]);
@@ -261,28 +279,11 @@ fn a_worker_killed_mid_shard_loses_nothing_and_duplicates_nothing() {
 
 #[test]
 fn sigterm_hands_the_shard_in_flight_back() {
-    let mut env = Env::new(None);
-    let org = organisms(env.dir.path());
-    let (base, ft) = (
-        org.join("base").display().to_string(),
-        org.join("rank-update").display().to_string(),
-    );
     // A zero grace period: the shard in flight is handed back at once, not finished.
-    env.start(&[("leaving", &["--slow-tensor-ms", "250", "--grace-s", "0"])]);
-    let token = env.token("safety");
+    let leaving: &[&str] = &["--slow-tensor-ms", "250", "--grace-s", "0"];
+    let (mut env, base, ft, token) = service(None, "rank-update", &[("leaving", leaving)]);
     let id = env.submit(&token, json!({"base": base, "finetuned": ft}));
-    wait_for("a shard in flight", Duration::from_secs(60), || {
-        env.rt
-            .block_on(
-                sqlx::query_scalar::<_, i64>(
-                    "SELECT count(*) FROM shards WHERE audit_id = $1 AND status = 'running'",
-                )
-                .bind(audit_id(&id))
-                .fetch_one(&env.db.pool),
-            )
-            .ok()
-            .filter(|n| *n > 0)
-    });
+    wait_shard_running(&env, &id, "%");
     let log = env.log("leaving");
     let status = env.terminate("leaving");
     assert!(status.success(), "a clean exit on SIGTERM: {status}");
@@ -298,19 +299,9 @@ fn sigterm_hands_the_shard_in_flight_back() {
 
 #[test]
 fn cancelling_mid_run_stops_the_audit_and_frees_the_worker() {
-    let mut env = Env::new(None);
-    let org = organisms(env.dir.path());
-    let (base, ft) = (
-        org.join("base").display().to_string(),
-        org.join("rank-update").display().to_string(),
-    );
-    env.start(&[("w1", SLOW)]);
-    let token = env.token("safety");
+    let (env, base, ft, token) = service(None, "rank-update", &[("w1", SLOW)]);
     let id = env.submit(&token, json!({"base": base, "finetuned": ft}));
-    wait_for("one shard done", Duration::from_secs(60), || {
-        let (_, a) = env.json("GET", &format!("/v1/audits/{id}"), &token, None);
-        (a["progress"]["shards_done"].as_i64().unwrap_or(0) >= 1).then_some(())
-    });
+    wait_one_shard_done(&env, &token, &id);
     let (status, cancelled) = env.json("DELETE", &format!("/v1/audits/{id}"), &token, None);
     assert_eq!(
         (status, cancelled["status"].as_str()),
@@ -380,19 +371,13 @@ fn redis_server(port: u16) -> Child {
 fn an_audit_survives_a_redis_restart_mid_run() {
     let port = harness::free_port();
     let mut redis = redis_server(port);
-    let mut env = Env::new(Some(format!("redis://127.0.0.1:{port}")));
-    let org = organisms(env.dir.path());
-    let (base, ft) = (
-        org.join("base").display().to_string(),
-        org.join("rank-update").display().to_string(),
+    let (env, base, ft, token) = service(
+        Some(format!("redis://127.0.0.1:{port}")),
+        "rank-update",
+        &[("w1", SLOW)],
     );
-    env.start(&[("w1", SLOW)]);
-    let token = env.token("safety");
     let id = env.submit(&token, json!({"base": base, "finetuned": ft}));
-    wait_for("one shard done", Duration::from_secs(60), || {
-        let (_, a) = env.json("GET", &format!("/v1/audits/{id}"), &token, None);
-        (a["progress"]["shards_done"].as_i64().unwrap_or(0) >= 1).then_some(())
-    });
+    wait_one_shard_done(&env, &token, &id);
     // Redis here keeps nothing on disk: the restart loses every stream and group.
     redis.kill().unwrap();
     redis.wait().unwrap();

@@ -70,7 +70,7 @@ async fn a_task_whose_worker_goes_silent_is_retried_then_dead_lettered(pool: PgP
     let first = ctx.tasks.read::<Envelope>("w", 100).await.unwrap().unwrap();
     assert_eq!(first.task.retries, 0);
     ctx.db
-        .start_attempt(audit, ShardKey::Layer(3), "w")
+        .start_attempt(audit, ShardKey::Layer(3), "w", None)
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -299,14 +299,23 @@ impl Db {
     }
 
     /// A worker takes a shard: the attempt number it must present when writing back.
-    pub async fn start_attempt(&self, audit: Uuid, shard: ShardKey, worker: &str) -> Result<i32> {
+    /// `queue_wait_ms` is how long its task waited on the stream, when known.
+    pub async fn start_attempt(
+        &self,
+        audit: Uuid,
+        shard: ShardKey,
+        worker: &str,
+        queue_wait_ms: Option<f64>,
+    ) -> Result<i32> {
         let row = sqlx::query(
-            "UPDATE shards SET attempt = attempt + 1, status = 'running', worker = $3, started_at = now() \
+            "UPDATE shards SET attempt = attempt + 1, status = 'running', worker = $3, started_at = now(), \
+             queue_wait_ms = $4 \
              WHERE audit_id = $1 AND shard_key = $2 AND status IN ('queued', 'running') RETURNING attempt",
         )
         .bind(audit)
         .bind(shard.to_string())
         .bind(worker)
+        .bind(queue_wait_ms)
         .fetch_optional(&self.pool)
         .await?;
         match row {

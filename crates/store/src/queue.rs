@@ -338,25 +338,9 @@ impl Queue {
     /// transaction.
     pub async fn retry_later<T: Serialize>(&self, id: &str, task: &T, due_ms: u64) -> Result<()> {
         let json = serde_json::to_string(task).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        redis::pipe()
-            .atomic()
-            .cmd("ZADD")
-            .arg(&self.delayed)
-            .arg(due_ms)
-            .arg(json)
-            .ignore()
-            .cmd("XACK")
-            .arg(&self.stream)
-            .arg(&self.group)
-            .arg(id)
-            .ignore()
-            .cmd("XDEL")
-            .arg(&self.stream)
-            .arg(id)
-            .ignore()
-            .query_async::<()>(&mut self.conn.clone())
-            .await
-            .map_err(redis_err)
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZADD").arg(&self.delayed).arg(due_ms).arg(json);
+        self.ack_with(id, pipe).await
     }
 
     /// Moves retries whose time has come (`now_ms`) back onto the stream; returns how many.
@@ -397,40 +381,33 @@ impl Queue {
     /// shutting down hands its shard back instead of letting its lease run out).
     pub async fn hand_back<T: Serialize>(&self, id: &str, task: &T) -> Result<()> {
         let json = serde_json::to_string(task).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        redis::pipe()
-            .atomic()
-            .cmd("XADD")
+        let mut pipe = redis::pipe();
+        pipe.cmd("XADD")
             .arg(&self.stream)
             .arg("*")
             .arg(FIELD)
-            .arg(json)
-            .ignore()
-            .cmd("XACK")
-            .arg(&self.stream)
-            .arg(&self.group)
-            .arg(id)
-            .ignore()
-            .cmd("XDEL")
-            .arg(&self.stream)
-            .arg(id)
-            .ignore()
-            .query_async::<()>(&mut self.conn.clone())
-            .await
-            .map_err(redis_err)
+            .arg(json);
+        self.ack_with(id, pipe).await
     }
 
     /// Acknowledges `id` and records `task` on the dead-letter stream with `reason`.
     pub async fn dead_letter<T: Serialize>(&self, id: &str, task: &T, reason: &str) -> Result<()> {
         let json = serde_json::to_string(task).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        redis::pipe()
-            .atomic()
-            .cmd("XADD")
+        let mut pipe = redis::pipe();
+        pipe.cmd("XADD")
             .arg(&self.dead_stream)
             .arg("*")
             .arg(FIELD)
             .arg(json)
             .arg("reason")
-            .arg(reason)
+            .arg(reason);
+        self.ack_with(id, pipe).await
+    }
+
+    /// Runs `pipe` and acknowledges and deletes `id` in one transaction, so the entry is never
+    /// both gone and not yet re-recorded.
+    async fn ack_with(&self, id: &str, mut pipe: redis::Pipeline) -> Result<()> {
+        pipe.atomic()
             .ignore()
             .cmd("XACK")
             .arg(&self.stream)

@@ -113,11 +113,11 @@ async fn stale_attempts_are_fenced_and_retries_never_duplicate(pool: PgPool) {
     assert_eq!((row.status.as_str(), row.shards_total), ("running", 2));
 
     let stale = db
-        .start_attempt(audit.id, ShardKey::Layer(0), "worker-a")
+        .start_attempt(audit.id, ShardKey::Layer(0), "worker-a", None)
         .await
         .unwrap();
     let current = db
-        .start_attempt(audit.id, ShardKey::Layer(0), "worker-b")
+        .start_attempt(audit.id, ShardKey::Layer(0), "worker-b", None)
         .await
         .unwrap();
     assert_eq!((stale, current), (1, 2));
@@ -142,12 +142,12 @@ async fn stale_attempts_are_fenced_and_retries_never_duplicate(pool: PgPool) {
     // A duplicate delivery of the same finished shard is refused, and nothing is counted twice.
     assert!(db.record_shard(audit.id, current, &result).await.is_err());
     assert!(db
-        .start_attempt(audit.id, ShardKey::Layer(0), "worker-c")
+        .start_attempt(audit.id, ShardKey::Layer(0), "worker-c", None)
         .await
         .is_err());
 
     let last = db
-        .start_attempt(audit.id, ShardKey::NonLayer, "worker-a")
+        .start_attempt(audit.id, ShardKey::NonLayer, "worker-a", None)
         .await
         .unwrap();
     let other = shard(
@@ -178,7 +178,7 @@ async fn tensor_metrics_round_trip(pool: PgPool) {
         .await
         .unwrap();
     let attempt = db
-        .start_attempt(audit.id, ShardKey::Layer(3), "w")
+        .start_attempt(audit.id, ShardKey::Layer(3), "w", None)
         .await
         .unwrap();
     let mut zero_base = metrics("model.layers.3.mlp.up_proj.bias", 0.5);

@@ -242,7 +242,16 @@ async fn shard(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<Outcome, Transient> {
     let key = spec.shard.to_string();
-    let attempt = match ctx.db.start_attempt(audit, spec.shard, consumer).await {
+    // Stream entry ids start with the millisecond they were added at.
+    let waited = entry
+        .split_once('-')
+        .and_then(|(ms, _)| ms.parse::<u64>().ok())
+        .map(|added| neurodiff_store::now_ms().saturating_sub(added) as f64);
+    let attempt = match ctx
+        .db
+        .start_attempt(audit, spec.shard, consumer, waited)
+        .await
+    {
         Ok(a) => a,
         // Cancelled, failed or already done: nothing to run.
         Err(StoreError::NotFound { .. }) => return Ok(Outcome::Ack),
