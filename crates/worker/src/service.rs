@@ -154,8 +154,21 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| Transient(format!("analysis thread: {e}")))
 }
 
+/// A task for an audit this database does not hold belongs to another deployment sharing the
+/// Redis stream: left unacknowledged for its own workers, never dropped.
+fn foreign(audit: Uuid) -> Transient {
+    Transient(format!(
+        "audit {audit} is not in this worker's database: another deployment shares this Redis \
+         stream (give each its own NEURODIFF_QUEUE_PREFIX)"
+    ))
+}
+
 async fn plan(ctx: &WorkerContext, audit: Uuid) -> Result<Outcome, Transient> {
-    let row = ctx.db.audit_by_id(audit).await?;
+    let row = match ctx.db.audit_by_id(audit).await {
+        Ok(row) => row,
+        Err(StoreError::NotFound { .. }) => return Err(foreign(audit)),
+        Err(e) => return Err(e.into()),
+    };
     if row.status != "queued" {
         return Ok(Outcome::Ack);
     }
@@ -254,7 +267,13 @@ async fn shard(
     {
         Ok(a) => a,
         // Cancelled, failed or already done: nothing to run.
-        Err(StoreError::NotFound { .. }) => return Ok(Outcome::Ack),
+        Err(StoreError::NotFound { .. }) => {
+            return match ctx.db.audit_status(audit).await {
+                Ok(_) => Ok(Outcome::Ack),
+                Err(StoreError::NotFound { .. }) => Err(foreign(audit)),
+                Err(e) => Err(e.into()),
+            };
+        }
         Err(e) => return Err(e.into()),
     };
     tracing::info!(attempt, "shard started");
