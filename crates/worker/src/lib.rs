@@ -1,5 +1,6 @@
 //! The shard executor: opens what a shard names and runs the core analyses on its tensors.
 //! The embedded `neurodiff audit` and the service's workers run the same code.
+pub mod lease;
 mod materialize;
 pub mod record;
 pub mod service;

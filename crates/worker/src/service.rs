@@ -3,9 +3,8 @@
 //! deterministic key, then acknowledges. Analysis errors fail the audit with the message;
 //! infrastructure errors leave the task unacknowledged, so the scheduler retries it.
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use bytes::Bytes;
 use neurodiff_core::reference::HubOptions;
@@ -17,6 +16,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::lease::Lease;
 use crate::materialize::materialize;
 use crate::record::model_record;
 use crate::{Sources, WorkerError};
@@ -136,10 +136,14 @@ async fn handle(
     delivery: &Delivery<Envelope>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Outcome, Transient> {
-    match &delivery.task.task {
+    let task = &delivery.task.task;
+    // Held while the task runs (hashing a large checkpoint while planning takes a while too);
+    // dropping it stops the renewals.
+    let lease = Lease::start(ctx, consumer, &delivery.id, task.audit(), shutdown);
+    match task {
         Task::Plan { audit } => plan(ctx, *audit).await,
         Task::Shard { audit, spec } => {
-            shard(ctx, consumer, &delivery.id, *audit, spec, shutdown).await
+            shard(ctx, consumer, &delivery.id, *audit, spec, &lease).await
         }
     }
 }
@@ -252,7 +256,7 @@ async fn shard(
     entry: &str,
     audit: Uuid,
     spec: &ShardSpec,
-    mut shutdown: watch::Receiver<bool>,
+    lease: &Lease,
 ) -> Result<Outcome, Transient> {
     let key = spec.shard.to_string();
     // Stream entry ids start with the millisecond they were added at.
@@ -277,40 +281,6 @@ async fn shard(
         Err(e) => return Err(e.into()),
     };
     tracing::info!(attempt, "shard started");
-    let stop = Arc::new(AtomicBool::new(false));
-    let handing_back = Arc::new(AtomicBool::new(false));
-    let lease = {
-        let (ctx, consumer, entry) = (ctx.clone(), consumer.to_string(), entry.to_string());
-        let (stop, handing_back) = (stop.clone(), handing_back.clone());
-        let grace = ctx.settings.grace;
-        tokio::spawn(async move {
-            let mut shutdown_at: Option<Instant> = None;
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(ctx.settings.renew_every) => {},
-                    _ = shutdown.changed(), if shutdown_at.is_none() => {},
-                }
-                if *shutdown.borrow() && shutdown_at.is_none() {
-                    shutdown_at = Some(Instant::now());
-                }
-                if shutdown_at.is_some_and(|t| t.elapsed() >= grace) {
-                    handing_back.store(true, Ordering::SeqCst);
-                    stop.store(true, Ordering::SeqCst);
-                }
-                match ctx.tasks.extend(&consumer, &entry).await {
-                    Ok(true) => {}
-                    Ok(false) => tracing::warn!("lease lost; the result will be fenced if stale"),
-                    Err(e) => tracing::warn!(error = %e, "cannot renew the lease"),
-                }
-                match ctx.db.audit_status(audit).await {
-                    Ok(s) if s == "cancelled" || s == "failed" => {
-                        stop.store(true, Ordering::SeqCst);
-                    }
-                    _ => {}
-                }
-            }
-        })
-    };
     let cache = ctx.settings.cache_dir.clone();
     let resolved = async {
         let base = materialize(&spec.base, &cache).await?;
@@ -321,7 +291,7 @@ async fn shard(
     let result = match resolved {
         Err(e) => Err(e),
         Ok((base, target)) => {
-            let (spec_b, stop_b, device) = (spec.clone(), stop.clone(), ctx.settings.device);
+            let (spec_b, stop_b, device) = (spec.clone(), lease.stop.clone(), ctx.settings.device);
             let slow_tensor = ctx.settings.slow_tensor;
             blocking(move || {
                 let target = with_reference(&spec_b.target, &target);
@@ -334,15 +304,13 @@ async fn shard(
                     !stop_b.load(Ordering::SeqCst)
                 })
             })
-            .await
-            .inspect_err(|_| lease.abort())?
+            .await?
         }
     };
-    lease.abort();
     let result = match result {
         Ok(r) => r,
         Err(WorkerError::Core(CoreError::Interrupted)) => {
-            return Ok(if handing_back.load(Ordering::SeqCst) {
+            return Ok(if lease.handing_back() {
                 Outcome::HandBack
             } else {
                 tracing::info!("audit cancelled; shard dropped");
