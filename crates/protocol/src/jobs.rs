@@ -47,6 +47,9 @@ pub struct Envelope {
     pub retries: u32,
 }
 
+/// Wake-up events kept at most (about) this many; older ones are dropped unread.
+pub const EVENTS_MAX_LEN: u64 = 10_000;
+
 /// Why the scheduler is woken; it re-reads the database either way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]

@@ -5,6 +5,6 @@ pub mod naming;
 pub mod results;
 pub mod spec;
 
-pub use jobs::{Envelope, Event, PlanRecord, Task, EVENTS_STREAM, TASKS_STREAM};
+pub use jobs::{Envelope, Event, PlanRecord, Task, EVENTS_MAX_LEN, EVENTS_STREAM, TASKS_STREAM};
 pub use results::*;
 pub use spec::*;

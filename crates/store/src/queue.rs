@@ -125,6 +125,23 @@ impl Queue {
             .map_err(redis_err)
     }
 
+    /// Adds a hint that may be dropped: the stream is trimmed to about `max_len` entries, so
+    /// it cannot grow without bound while nobody reads it.
+    pub async fn notify<T: Serialize>(&self, event: &T, max_len: u64) -> Result<String> {
+        let json = serde_json::to_string(event).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        redis::cmd("XADD")
+            .arg(&self.stream)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(max_len)
+            .arg("*")
+            .arg(FIELD)
+            .arg(json)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(redis_err)
+    }
+
     /// The next new message for `consumer`, waiting up to `block_ms` (use a [`Queue::reader`]).
     pub async fn read<T: DeserializeOwned>(
         &self,

@@ -9,7 +9,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use neurodiff_core::reference::HubOptions;
 use neurodiff_core::CoreError;
-use neurodiff_protocol::{plan_shards, Envelope, Event, PlanRecord, ShardKey, ShardSpec, Task};
+use neurodiff_protocol::{
+    plan_shards, Envelope, Event, PlanRecord, ShardKey, ShardSpec, Task, EVENTS_MAX_LEN,
+};
 use neurodiff_store::{shard_result_key, Blobs, Db, Delivery, Queue, StoreError};
 use tch::Device;
 use tokio::sync::watch;
@@ -245,7 +247,7 @@ async fn fail(
 
 async fn wake(ctx: &WorkerContext, event: Event) {
     // Only a hint: the scheduler finds the same work in the database on its next pass.
-    if let Err(e) = ctx.events.enqueue(&event).await {
+    if let Err(e) = ctx.events.notify(&event, EVENTS_MAX_LEN).await {
         tracing::debug!(error = %e, "cannot wake the scheduler");
     }
 }

@@ -4,7 +4,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use neurodiff_protocol::{AnalysisKind, AuditSpec, Event, Target, WeightOptions};
+use neurodiff_protocol::{AnalysisKind, AuditSpec, Event, Target, WeightOptions, EVENTS_MAX_LEN};
 use neurodiff_store::{AuditFilter, AuditRow};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -145,7 +145,10 @@ pub async fn create(
         if let Some(events) = &state.events {
             // Only a wake-up: the audit is stored, and the scheduler enqueues every stored audit
             // that is not on the queue, so a failure here loses nothing.
-            if let Err(e) = events.enqueue(&Event::Submitted { audit: audit.id }).await {
+            if let Err(e) = events
+                .notify(&Event::Submitted { audit: audit.id }, EVENTS_MAX_LEN)
+                .await
+            {
                 tracing::warn!(audit = %audit.id, error = %e, "audit stored; scheduler not woken");
             }
         }
