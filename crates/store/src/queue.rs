@@ -261,7 +261,24 @@ impl Queue {
         };
         for (id, fields) in entries {
             let deliveries = self.deliveries(&id).await?;
-            let task = decode(&id, &fields)?;
+            let task = match decode(&id, &fields) {
+                Ok(t) => t,
+                Err(e) => {
+                    // A message no one can read would come back forever: it goes to the
+                    // dead letters as it is.
+                    let raw = fields.get(FIELD).cloned().unwrap_or_default();
+                    let mut pipe = redis::pipe();
+                    pipe.cmd("XADD")
+                        .arg(&self.dead_stream)
+                        .arg("*")
+                        .arg(FIELD)
+                        .arg(raw)
+                        .arg("reason")
+                        .arg(e.to_string());
+                    self.ack_with(&id, pipe).await?;
+                    continue;
+                }
+            };
             if deliveries > self.max_deliveries {
                 let reason = format!(
                     "delivered {deliveries} times (limit {})",

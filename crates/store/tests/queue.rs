@@ -90,3 +90,21 @@ async fn too_many_deliveries_go_to_the_dead_letter_stream() {
     );
     q.delete().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_unreadable_message_is_dead_lettered_not_retried_forever() {
+    let q = queue(3).await;
+    q.enqueue(&"not a shard key").await.unwrap();
+    assert!(
+        q.read::<ShardKey>("w", 100).await.is_err(),
+        "the reader names the bad entry"
+    );
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let r = q.reclaim::<ShardKey>("scheduler", 10, 10).await.unwrap();
+    assert!(r.retry.is_empty() && r.dead.is_empty(), "{r:?}");
+    assert_eq!(q.dead_letters().await.unwrap(), 1);
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let r = q.reclaim::<ShardKey>("scheduler", 10, 10).await.unwrap();
+    assert!(r.retry.is_empty(), "gone from the stream");
+    q.delete().await.unwrap();
+}

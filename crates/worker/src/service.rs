@@ -114,19 +114,23 @@ async fn slot_loop(ctx: WorkerContext, consumer: String, shutdown: watch::Receiv
         let outcome = handle(&ctx, &consumer, &delivery, shutdown.clone())
             .instrument(span.clone())
             .await;
-        let _entered = span.enter();
-        let settled = match outcome {
-            Ok(Outcome::Ack) => ctx.tasks.ack(&delivery.id).await,
-            Ok(Outcome::HandBack) => {
-                tracing::info!("shutting down: handing the task back");
-                ctx.tasks.hand_back(&delivery.id, &delivery.task).await
+        let settled = async {
+            match outcome {
+                Ok(Outcome::Ack) => ctx.tasks.ack(&delivery.id).await,
+                Ok(Outcome::HandBack) => {
+                    tracing::info!("shutting down: handing the task back");
+                    ctx.tasks.hand_back(&delivery.id, &delivery.task).await
+                }
+                Err(Transient(e)) => {
+                    tracing::warn!(error = %e, "task left for retry");
+                    Ok(())
+                }
             }
-            Err(Transient(e)) => {
-                tracing::warn!(error = %e, "task left for retry");
-                Ok(())
-            }
-        };
+        }
+        .instrument(span.clone())
+        .await;
         if let Err(e) = settled {
+            let _entered = span.enter();
             tracing::warn!(error = %e, "cannot settle the stream entry; it will be reclaimed");
         }
     }
