@@ -234,6 +234,54 @@ fn a_service_audit_equals_the_embedded_audit() {
         metrics.contains("neurodiff_audits{status=\"succeeded\"} 1"),
         "{metrics}"
     );
+
+    // The client commands: submit --wait, then download every artifact.
+    let client = |args: &[&str]| {
+        let out = Command::new(harness::BIN)
+            .args(args)
+            .env(
+                "NEURODIFF_SERVER",
+                format!("http://127.0.0.1:{}", env.api_port),
+            )
+            .env("NEURODIFF_TOKEN", &token)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let waited: Value = serde_json::from_str(&client(&[
+        "submit",
+        &base_s,
+        &ft_s,
+        "--layers",
+        "4",
+        "--spectrum",
+        "none",
+        "--wait",
+    ]))
+    .unwrap();
+    assert_eq!(waited["status"], "succeeded");
+    assert_eq!(waited["spec"]["layers"], json!([4]));
+    assert_eq!(waited["spec"]["weights"]["spectrum"], "none");
+    let second = waited["id"].as_str().unwrap();
+    let out_dir = env.dir.path().join("downloaded");
+    let listed = client(&["results", second, "--out", out_dir.to_str().unwrap()]);
+    assert!(
+        listed.contains("results.json") && listed.contains("report.html"),
+        "{listed}"
+    );
+    let downloaded: Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("results.json")).unwrap()).unwrap();
+    let tensors = downloaded["analyses"]["weights"]["tensors"]
+        .as_array()
+        .unwrap();
+    assert!(tensors
+        .iter()
+        .all(|t| t["layer"] == 4 && t["spectral"].is_null()));
 }
 
 #[test]

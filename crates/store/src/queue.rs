@@ -114,10 +114,18 @@ impl Queue {
     }
 
     pub async fn enqueue<T: Serialize>(&self, task: &T) -> Result<String> {
-        let json = serde_json::to_string(task).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        redis::cmd("XADD")
-            .arg(&self.stream)
-            .arg("*")
+        self.add(task, None).await
+    }
+
+    async fn add<T: Serialize>(&self, message: &T, max_len: Option<u64>) -> Result<String> {
+        let json =
+            serde_json::to_string(message).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&self.stream);
+        if let Some(n) = max_len {
+            cmd.arg("MAXLEN").arg("~").arg(n);
+        }
+        cmd.arg("*")
             .arg(FIELD)
             .arg(json)
             .query_async(&mut self.conn.clone())
@@ -128,18 +136,7 @@ impl Queue {
     /// Adds a hint that may be dropped: the stream is trimmed to about `max_len` entries, so
     /// it cannot grow without bound while nobody reads it.
     pub async fn notify<T: Serialize>(&self, event: &T, max_len: u64) -> Result<String> {
-        let json = serde_json::to_string(event).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        redis::cmd("XADD")
-            .arg(&self.stream)
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(max_len)
-            .arg("*")
-            .arg(FIELD)
-            .arg(json)
-            .query_async(&mut self.conn.clone())
-            .await
-            .map_err(redis_err)
+        self.add(event, Some(max_len)).await
     }
 
     /// The next new message for `consumer`, waiting up to `block_ms` (use a [`Queue::reader`]).

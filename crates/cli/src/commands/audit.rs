@@ -25,6 +25,32 @@ pub enum SpectrumArg {
     None,
 }
 
+/// What to audit and how deeply: shared by `audit` and `submit`.
+#[derive(Debug, clap::Args)]
+pub struct ScopeArgs {
+    /// Blocks to audit: `all`, or indices and ranges like `0,3,10-12`.
+    #[arg(long, default_value = "all")]
+    pub layers: String,
+    /// Spectral metrics: `full` or `none` (norms only).
+    #[arg(long, value_enum, default_value = "full")]
+    pub spectrum: SpectrumArg,
+    /// Leading singular values to report per tensor.
+    #[arg(long, default_value_t = 16)]
+    pub top_k: usize,
+}
+
+impl ScopeArgs {
+    pub fn weights(&self) -> WeightOptions {
+        WeightOptions {
+            spectrum: match self.spectrum {
+                SpectrumArg::Full => Spectrum::Full,
+                SpectrumArg::None => Spectrum::None,
+            },
+            top_k: self.top_k,
+        }
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The base model: a checkpoint directory or a hub id `org/name[@revision]`.
@@ -37,15 +63,8 @@ pub struct Args {
     /// Analyses to run (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "weights")]
     pub analyses: Vec<String>,
-    /// Blocks to audit: `all`, or indices and ranges like `0,3,10-12`.
-    #[arg(long, default_value = "all")]
-    pub layers: String,
-    /// Spectral metrics: `full` or `none` (norms only).
-    #[arg(long, value_enum, default_value = "full")]
-    pub spectrum: SpectrumArg,
-    /// Leading singular values to report per tensor.
-    #[arg(long, default_value_t = 16)]
-    pub top_k: usize,
+    #[command(flatten)]
+    pub scope: ScopeArgs,
     /// cpu, cuda or cuda:N: where the spectra are computed.
     #[arg(long, default_value = "cpu", env = "NEURODIFF_DEVICE")]
     pub device: String,
@@ -79,14 +98,8 @@ fn spec_from(args: &Args) -> anyhow::Result<AuditSpec> {
         base: args.base.clone(),
         target,
         analyses,
-        layers: parse_layers(&args.layers).context("--layers")?,
-        weights: WeightOptions {
-            spectrum: match args.spectrum {
-                SpectrumArg::Full => Spectrum::Full,
-                SpectrumArg::None => Spectrum::None,
-            },
-            top_k: args.top_k,
-        },
+        layers: parse_layers(&args.scope.layers).context("--layers")?,
+        weights: args.scope.weights(),
     })
 }
 

@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
-use crate::commands::audit::SpectrumArg;
+use crate::commands::audit::ScopeArgs;
 
 #[derive(Debug, clap::Args)]
 pub struct Server {
@@ -34,13 +34,8 @@ pub struct SubmitArgs {
     pub finetuned: Option<String>,
     #[arg(long, conflicts_with = "finetuned")]
     pub adapter: Option<String>,
-    /// Blocks to audit: `all`, or indices and ranges like `0,3,10-12`.
-    #[arg(long, default_value = "all")]
-    pub layers: String,
-    #[arg(long, value_enum, default_value = "full")]
-    pub spectrum: SpectrumArg,
-    #[arg(long, default_value_t = 16)]
-    pub top_k: usize,
+    #[command(flatten)]
+    pub scope: ScopeArgs,
     /// Submitting again with the same key returns the same audit.
     #[arg(long)]
     pub idempotency_key: Option<String>,
@@ -158,19 +153,15 @@ fn print_json(v: &Value) -> anyhow::Result<()> {
 
 pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     let client = Client::new(&args.server);
-    let mut body = json!({
-        "base": args.base,
-        "weights": {
-            "spectrum": match args.spectrum { SpectrumArg::Full => "full", SpectrumArg::None => "none" },
-            "top_k": args.top_k,
-        },
-    });
+    let mut body = json!({"base": args.base, "weights": args.scope.weights()});
     match (&args.finetuned, &args.adapter) {
         (Some(ft), None) => body["finetuned"] = json!(ft),
         (None, Some(a)) => body["adapter"] = json!(a),
         _ => bail!("give a fine-tuned checkpoint (FT) or an adapter (--adapter PATH)"),
     }
-    if let Some(layers) = neurodiff_protocol::parse_layers(&args.layers).context("--layers")? {
+    if let Some(layers) =
+        neurodiff_protocol::parse_layers(&args.scope.layers).context("--layers")?
+    {
         body["layers"] = json!(layers);
     }
     let audit = client.json(
