@@ -21,6 +21,9 @@ pub enum WorkerError {
     Core(#[from] CoreError),
     #[error("{0}")]
     Io(String),
+    /// Object storage failed in a way that may pass (unreachable, throttled): retried, not fatal.
+    #[error("{0}")]
+    Storage(String),
 }
 
 pub type Result<T, E = WorkerError> = std::result::Result<T, E>;

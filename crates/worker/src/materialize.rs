@@ -3,7 +3,7 @@
 //! is complete), and the audit reads the copy through the same loader as any directory.
 use std::path::{Path, PathBuf};
 
-use neurodiff_store::Blobs;
+use neurodiff_store::{Blobs, StoreError};
 
 use crate::{Result, WorkerError};
 
@@ -16,10 +16,14 @@ pub async fn materialize(reference: &str, cache_dir: &Path) -> Result<String> {
     let prefix = prefix.trim_matches('/');
     let blobs = Blobs::from_url(&format!("s3://{bucket}"))
         .map_err(|e| WorkerError::Io(format!("model reference `{reference}`: {e}")))?;
-    let keys = blobs
-        .list(prefix)
-        .await
-        .map_err(|e| WorkerError::Io(format!("model reference `{reference}`: {e}")))?;
+    let failed = |e: StoreError| {
+        let message = format!("model reference `{reference}`: {e}");
+        match e {
+            StoreError::NotFound { .. } | StoreError::Invalid(_) => WorkerError::Io(message),
+            _ => WorkerError::Storage(message),
+        }
+    };
+    let keys = blobs.list(prefix).await.map_err(failed)?;
     if keys.is_empty() {
         return Err(WorkerError::Io(format!(
             "model reference `{reference}`: no objects under this prefix"
@@ -38,10 +42,7 @@ pub async fn materialize(reference: &str, cache_dir: &Path) -> Result<String> {
         if dest.is_file() {
             continue;
         }
-        let bytes = blobs
-            .get(&key)
-            .await
-            .map_err(|e| WorkerError::Io(format!("model reference `{reference}`: {e}")))?;
+        let bytes = blobs.get(&key).await.map_err(failed)?;
         let io = |e: std::io::Error| WorkerError::Io(format!("{}: {e}", dest.display()));
         if let Some(parent) = dest.parent() {
             tokio::fs::create_dir_all(parent).await.map_err(io)?;

@@ -192,6 +192,7 @@ async fn plan(ctx: &WorkerContext, audit: Uuid) -> Result<Outcome, Transient> {
     .await;
     let (base_local, target_local) = match opened {
         Ok(paths) => paths,
+        Err(WorkerError::Storage(e)) => return Err(Transient(e)),
         Err(e) => return fail(ctx, audit, None, &format!("planning: {e}")).await,
     };
     let spec_b = spec.clone();
@@ -323,6 +324,7 @@ async fn shard(
                 Outcome::Ack
             });
         }
+        Err(WorkerError::Storage(e)) => return Err(Transient(e)),
         Err(e) => return fail(ctx, audit, Some(&key), &format!("shard {key}: {e}")).await,
     };
     // Keyed by attempt, so a stale worker's upload never replaces the result the fan-in reads.
