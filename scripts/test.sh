@@ -7,11 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
-# PostgreSQL as these machines run it; the store tests make their own databases on it.
-export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
-export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
-# Garage (S3): installed once into a fixed prefix, started if not running, AWS_* exported.
-source scripts/garage.sh
+# PostgreSQL and Redis as these machines run them (the tests make their own databases and
+# streams on them), and Garage (S3), started if needed.
+source scripts/services.sh
 cargo build --workspace --all-targets
 cargo test --workspace "$@"
 python scripts/parity.py check-inspect target/debug/neurodiff --seed 7

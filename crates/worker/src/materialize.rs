@@ -1,19 +1,27 @@
 //! `s3://bucket/prefix` model references: the checkpoint's objects are copied once into a local
 //! cache directory (each file written under a temporary name and renamed, so a file that exists
-//! is complete), and the audit reads the copy through the same loader as any directory.
+//! is complete; a marker written last says the whole checkpoint is, so later shards list
+//! nothing), and the audit reads the copy through the same loader as any directory. Checkpoints
+//! under a prefix are taken to be immutable, as the model records hashed at planning assume.
 use std::path::{Path, PathBuf};
 
+use neurodiff_protocol::Target;
 use neurodiff_store::{Blobs, StoreError};
 
 use crate::{Result, WorkerError};
 
 /// The local directory to audit for `reference`: itself unless it is an `s3://` reference.
-pub async fn materialize(reference: &str, cache_dir: &Path) -> Result<String> {
+async fn materialize(reference: &str, cache_dir: &Path) -> Result<String> {
     let Some(rest) = reference.strip_prefix("s3://") else {
         return Ok(reference.to_string());
     };
     let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
     let prefix = prefix.trim_matches('/');
+    let local: PathBuf = cache_dir.join("s3").join(bucket).join(prefix);
+    let complete = local.join(COMPLETE_MARKER);
+    if complete.is_file() {
+        return Ok(local.display().to_string());
+    }
     let blobs = Blobs::from_url(&format!("s3://{bucket}"))
         .map_err(|e| WorkerError::Io(format!("model reference `{reference}`: {e}")))?;
     let failed = |e: StoreError| {
@@ -29,7 +37,6 @@ pub async fn materialize(reference: &str, cache_dir: &Path) -> Result<String> {
             "model reference `{reference}`: no objects under this prefix"
         )));
     }
-    let local: PathBuf = cache_dir.join("s3").join(bucket).join(prefix);
     for key in keys {
         let relative = key
             .strip_prefix(prefix)
@@ -51,5 +58,26 @@ pub async fn materialize(reference: &str, cache_dir: &Path) -> Result<String> {
         tokio::fs::write(&tmp, &bytes).await.map_err(io)?;
         tokio::fs::rename(&tmp, &dest).await.map_err(io)?;
     }
+    tokio::fs::write(&complete, b"")
+        .await
+        .map_err(|e| WorkerError::Io(format!("{}: {e}", complete.display())))?;
     Ok(local.display().to_string())
+}
+
+/// Written into a cached copy once every object of the checkpoint is there.
+const COMPLETE_MARKER: &str = ".neurodiff-complete";
+
+/// Both sides of an audit as local references: the base, and the target pointing at its copy.
+pub async fn materialize_pair(
+    base: &str,
+    target: &Target,
+    cache_dir: &Path,
+) -> Result<(String, Target)> {
+    let base = materialize(base, cache_dir).await?;
+    let local = materialize(target.reference(), cache_dir).await?;
+    let target = match target {
+        Target::Checkpoint { .. } => Target::Checkpoint { reference: local },
+        Target::Adapter { .. } => Target::Adapter { reference: local },
+    };
+    Ok((base, target))
 }

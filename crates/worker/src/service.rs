@@ -19,7 +19,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::lease::Lease;
-use crate::materialize::materialize;
+use crate::materialize::materialize_pair;
 use crate::record::model_record;
 use crate::{Sources, WorkerError};
 
@@ -183,13 +183,7 @@ async fn plan(ctx: &WorkerContext, audit: Uuid) -> Result<Outcome, Transient> {
         return Ok(Outcome::Ack);
     }
     let spec = row.spec;
-    let cache = &ctx.settings.cache_dir;
-    let opened = async {
-        let base = materialize(&spec.base, cache).await?;
-        let target = materialize(spec.target.reference(), cache).await?;
-        Ok::<_, WorkerError>((base, target))
-    }
-    .await;
+    let opened = materialize_pair(&spec.base, &spec.target, &ctx.settings.cache_dir).await;
     let (base_local, target_local) = match opened {
         Ok(paths) => paths,
         Err(WorkerError::Storage(e)) => return Err(Transient(e)),
@@ -197,8 +191,7 @@ async fn plan(ctx: &WorkerContext, audit: Uuid) -> Result<Outcome, Transient> {
     };
     let spec_b = spec.clone();
     let planned = blocking(move || {
-        let target = with_reference(&spec_b.target, &target_local);
-        let sources = Sources::open(&base_local, &target, &HubOptions::from_env())?;
+        let sources = Sources::open(&base_local, &target_local, &HubOptions::from_env())?;
         let n_layers = sources.n_layers()?;
         let shards = plan_shards(&spec_b, n_layers).map_err(|e| WorkerError::Io(e.to_string()))?;
         let (base_files, target_files) = sources.record_files();
@@ -224,19 +217,6 @@ async fn plan(ctx: &WorkerContext, audit: Uuid) -> Result<Outcome, Transient> {
     tracing::info!(shards = keys.len(), "planned");
     wake(ctx, Event::Planned { audit }).await;
     Ok(Outcome::Ack)
-}
-
-/// The same target with its reference replaced by a local directory.
-fn with_reference(target: &neurodiff_protocol::Target, local: &str) -> neurodiff_protocol::Target {
-    use neurodiff_protocol::Target;
-    match target {
-        Target::Checkpoint { .. } => Target::Checkpoint {
-            reference: local.to_string(),
-        },
-        Target::Adapter { .. } => Target::Adapter {
-            reference: local.to_string(),
-        },
-    }
 }
 
 async fn fail(
@@ -288,20 +268,13 @@ async fn shard(
         Err(e) => return Err(e.into()),
     };
     tracing::info!(attempt, "shard started");
-    let cache = ctx.settings.cache_dir.clone();
-    let resolved = async {
-        let base = materialize(&spec.base, &cache).await?;
-        let target = materialize(spec.target.reference(), &cache).await?;
-        Ok::<_, WorkerError>((base, target))
-    }
-    .await;
+    let resolved = materialize_pair(&spec.base, &spec.target, &ctx.settings.cache_dir).await;
     let result = match resolved {
         Err(e) => Err(e),
         Ok((base, target)) => {
             let (spec_b, stop_b, device) = (spec.clone(), lease.stop.clone(), ctx.settings.device);
             let slow_tensor = ctx.settings.slow_tensor;
             blocking(move || {
-                let target = with_reference(&spec_b.target, &target);
                 let sources = Sources::open(&base, &target, &HubOptions::from_env())?;
                 let slow = slow_tensor;
                 sources.execute(&spec_b, device, &mut |_| {
