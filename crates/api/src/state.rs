@@ -1,7 +1,8 @@
 //! What every handler shares.
 use std::sync::Arc;
 
-use neurodiff_store::{Blobs, Db, Queue};
+use neurodiff_protocol::{Limits, ReferencePolicy};
+use neurodiff_store::{Blobs, Db, Queue, Quota};
 
 use crate::metrics::Metrics;
 
@@ -16,6 +17,11 @@ pub struct AppState {
     /// Where the scheduler stored the audits' reports.
     pub blobs: Blobs,
     pub metrics: Arc<Metrics>,
+    /// Which model references each team may name (checked at submission, lexically).
+    pub policy: Arc<ReferencePolicy>,
+    /// Bounds checked at submission (layer indices).
+    pub limits: Limits,
+    pub quota: Quota,
 }
 
 impl AppState {
@@ -31,6 +37,21 @@ impl AppState {
             tasks,
             blobs,
             metrics: Arc::new(Metrics::new()?),
+            policy: Arc::new(ReferencePolicy::default()),
+            limits: Limits::default(),
+            quota: Quota::default(),
         })
+    }
+
+    /// The deployment's reference policy (the default allows no model source at all).
+    pub fn with_policy(mut self, policy: ReferencePolicy) -> AppState {
+        self.policy = Arc::new(policy);
+        self
+    }
+
+    pub fn with_limits(mut self, limits: Limits, quota: Quota) -> AppState {
+        self.limits = limits;
+        self.quota = quota;
+        self
     }
 }

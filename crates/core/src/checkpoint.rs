@@ -64,6 +64,42 @@ struct ShardIndex {
 }
 
 impl Checkpoint {
+    /// The weight files `dir` holds, relative to it: `model.safetensors`, or the files a
+    /// sharded index maps tensors to (each a plain relative name that stays inside `dir`), and
+    /// the index's weight map. Reads only the index, so a caller can vet the files first.
+    #[allow(clippy::type_complexity)]
+    pub fn weight_files(dir: &Path) -> Result<(Vec<String>, Option<HashMap<String, String>>)> {
+        let single = dir.join(SINGLE_FILE);
+        let index = dir.join(SHARD_INDEX);
+        if single.is_file() {
+            return Ok((vec![SINGLE_FILE.to_string()], None));
+        }
+        if !index.is_file() {
+            return Err(CoreError::MissingFile {
+                path: single,
+                what: "weights: neither model.safetensors nor model.safetensors.index.json",
+            });
+        }
+        let text = read_bounded(&index, MAX_JSON_BYTES)?;
+        let parsed: ShardIndex =
+            serde_json::from_str(&text).map_err(|e| CoreError::ShardIndex {
+                path: index.clone(),
+                message: e.to_string(),
+            })?;
+        let mut files: Vec<String> = parsed.weight_map.values().cloned().collect();
+        files.sort();
+        files.dedup();
+        if let Some(bad) = files.iter().find(|f| !inside_name(f)) {
+            return Err(CoreError::ShardIndex {
+                path: index,
+                message: format!(
+                    "file `{bad}` is not a relative name inside the checkpoint directory"
+                ),
+            });
+        }
+        Ok((files, Some(parsed.weight_map)))
+    }
+
     /// Opens `dir`, preferring `model.safetensors` and falling back to a sharded index.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
@@ -73,28 +109,8 @@ impl Checkpoint {
                 what: "checkpoint directory",
             });
         }
-        let single = dir.join(SINGLE_FILE);
         let index = dir.join(SHARD_INDEX);
-        let (file_names, weight_map): (Vec<String>, _) = if single.is_file() {
-            (vec![SINGLE_FILE.to_string()], None)
-        } else if index.is_file() {
-            let text = std::fs::read_to_string(&index).map_err(|e| CoreError::io(&index, e))?;
-            let parsed: ShardIndex =
-                serde_json::from_str(&text).map_err(|e| CoreError::ShardIndex {
-                    path: index.clone(),
-                    message: e.to_string(),
-                })?;
-            let mut files: Vec<String> = parsed.weight_map.values().cloned().collect();
-            files.sort();
-            files.dedup();
-            (files, Some(parsed.weight_map))
-        } else {
-            return Err(CoreError::MissingFile {
-                path: single,
-                what: "weights: neither model.safetensors nor model.safetensors.index.json",
-            });
-        };
-
+        let (file_names, weight_map) = Self::weight_files(&dir)?;
         let ckpt = Self::open_files(&dir, &file_names)?;
         if let Some(weight_map) = weight_map {
             let (files, tensors) = (&ckpt.files, &ckpt.tensors);
@@ -246,6 +262,37 @@ impl Checkpoint {
     }
 }
 
+/// config.json, adapter configs and shard indexes are small; a bigger one is refused before
+/// it is read.
+pub const MAX_JSON_BYTES: u64 = 16 << 20;
+
+/// A safetensors header (JSON) bigger than this is refused before it is parsed.
+pub const MAX_HEADER_BYTES: u64 = 64 << 20;
+
+/// A name a shard index may map tensors to: relative, no `..`, no absolute path.
+fn inside_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('/')
+        && !name.contains('\\')
+        && name
+            .split('/')
+            .all(|p| !p.is_empty() && p != "." && p != "..")
+}
+
+/// Reads a text file of at most `max` bytes.
+pub(crate) fn read_bounded(path: &Path, max: u64) -> Result<String> {
+    let len = std::fs::metadata(path)
+        .map_err(|e| CoreError::io(path, e))?
+        .len();
+    if len > max {
+        return Err(CoreError::Config {
+            path: path.to_path_buf(),
+            message: format!("{len} bytes; files of this kind are at most {max}"),
+        });
+    }
+    std::fs::read_to_string(path).map_err(|e| CoreError::io(path, e))
+}
+
 pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value> {
     if !path.is_file() {
         return Err(CoreError::MissingFile {
@@ -253,7 +300,7 @@ pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value> {
             what: "model config",
         });
     }
-    let text = std::fs::read_to_string(path).map_err(|e| CoreError::io(path, e))?;
+    let text = read_bounded(path, MAX_JSON_BYTES)?;
     serde_json::from_str(&text).map_err(|e| CoreError::Config {
         path: path.to_path_buf(),
         message: format!("not valid JSON: {e}"),
@@ -283,6 +330,17 @@ fn read_header(
     file: usize,
     out: &mut BTreeMap<String, TensorMeta>,
 ) -> Result<()> {
+    let declared = mapped
+        .mmap
+        .get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_le_bytes);
+    if let Some(n) = declared.filter(|&n| n > MAX_HEADER_BYTES) {
+        return Err(CoreError::Safetensors {
+            path: mapped.path.clone(),
+            message: format!("header of {n} bytes; at most {MAX_HEADER_BYTES} are read"),
+        });
+    }
     // read_metadata checks the header and that the data section covers every tensor exactly,
     // so a truncated download is caught here, not as garbage weights later.
     let (header_len, metadata) =

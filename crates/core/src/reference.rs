@@ -54,7 +54,9 @@ impl HubId {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         };
-        (ok(org) && ok(name)).then(|| HubId {
+        // A revision is joined into cache paths (snapshots/{rev}, refs/{rev}): only branch,
+        // tag and commit names, never `..`.
+        (ok(org) && ok(name) && neurodiff_protocol::policy::revision_ok(revision)).then(|| HubId {
             repo: repo.to_string(),
             revision: revision.to_string(),
         })
@@ -91,6 +93,47 @@ pub fn resolve(reference: &str, hub: &HubOptions) -> Result<PathBuf> {
     })
 }
 
+/// A hub id resolved to fixed content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubSnapshot {
+    /// The snapshot directory (files in it are links into the repository's blob store).
+    pub dir: PathBuf,
+    /// The repository's folder in the cache: every file read must resolve inside it.
+    pub repo_dir: PathBuf,
+    /// The commit the revision pointed at (the snapshot directory's name).
+    pub commit: String,
+}
+
+/// Resolves a hub id (never a local directory, whatever exists under the same relative name)
+/// to its snapshot and the commit it pins.
+pub fn resolve_hub(reference: &str, hub: &HubOptions) -> Result<HubSnapshot> {
+    let bad = |message: String| CoreError::Reference {
+        reference: reference.to_string(),
+        message,
+    };
+    let id = HubId::parse(reference)
+        .ok_or_else(|| bad("not a hub id of the form org/name[@revision]".into()))?;
+    let dir = match cached_snapshot(&id, &hub.cache_dir) {
+        Some(dir) => dir,
+        None if hub.offline => {
+            return Err(bad(
+                "not in the hub cache (HF_HUB_OFFLINE is set, so nothing is downloaded)".into(),
+            ))
+        }
+        None => download(&id, hub).map_err(bad)?,
+    };
+    let repo = Repo::with_revision(id.repo.clone(), RepoType::Model, id.revision.clone());
+    let commit = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok(HubSnapshot {
+        repo_dir: hub.cache_dir.join(repo.folder_name()),
+        dir,
+        commit,
+    })
+}
+
 /// The cached snapshot directory of `id`, if config.json and complete weights are there.
 fn cached_snapshot(id: &HubId, cache_dir: &Path) -> Option<PathBuf> {
     let repo = Repo::with_revision(id.repo.clone(), RepoType::Model, id.revision.clone());
@@ -113,7 +156,10 @@ fn weights_complete(dir: &Path) -> bool {
     if dir.join(SINGLE_FILE).is_file() {
         return true;
     }
-    let Ok(text) = std::fs::read_to_string(dir.join(SHARD_INDEX)) else {
+    let Ok(text) = crate::checkpoint::read_bounded(
+        &dir.join(SHARD_INDEX),
+        crate::checkpoint::MAX_JSON_BYTES,
+    ) else {
         return false;
     };
     shard_files(&text)
@@ -190,5 +236,7 @@ mod tests {
         assert_eq!(HubId::parse("a/b/c"), None);
         assert_eq!(HubId::parse("org/name@"), None);
         assert_eq!(HubId::parse("../x"), None);
+        assert_eq!(HubId::parse("org/name@../../x"), None);
+        assert_eq!(HubId::parse("org/name@refs/../../x"), None);
     }
 }

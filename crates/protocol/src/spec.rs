@@ -24,6 +24,14 @@ impl Target {
             Target::Checkpoint { reference } | Target::Adapter { reference } => reference,
         }
     }
+
+    /// The same kind of target, at another reference (a local copy, a pinned revision).
+    pub fn with_reference(&self, reference: String) -> Target {
+        match self {
+            Target::Checkpoint { .. } => Target::Checkpoint { reference },
+            Target::Adapter { .. } => Target::Adapter { reference },
+        }
+    }
 }
 
 /// Which spectral metrics to compute.
@@ -132,6 +140,12 @@ pub fn parse_layers(s: &str) -> Result<Option<Vec<usize>>, SpecError> {
         match part.split_once('-') {
             Some((a, b)) => {
                 let (a, b) = (num(a)?, num(b)?);
+                if b >= MAX_LAYER_INDEX {
+                    return Err(SpecError::Layers(format!(
+                        "`{part}`: layer indices stop at {}",
+                        MAX_LAYER_INDEX - 1
+                    )));
+                }
                 if a > b {
                     return Err(SpecError::Layers(format!("range `{part}` is reversed")));
                 }
@@ -139,10 +153,33 @@ pub fn parse_layers(s: &str) -> Result<Option<Vec<usize>>, SpecError> {
             }
             None => out.push(num(part)?),
         }
+        if out.len() > MAX_LAYER_INDEX {
+            return Err(SpecError::Layers("too many layers listed".into()));
+        }
     }
+    Ok(Some(normalize_layers(&out, MAX_LAYER_INDEX)?))
+}
+
+/// No model this tool audits has more blocks; bounds what a layer list may allocate.
+pub const MAX_LAYER_INDEX: usize = 1 << 16;
+
+/// Sorts and deduplicates a layer list and checks every index is below `max_blocks`, so the
+/// shards planned from it are distinct and their count is the list's length.
+pub fn normalize_layers(layers: &[usize], max_blocks: usize) -> Result<Vec<usize>, SpecError> {
+    if layers.is_empty() {
+        return Err(SpecError::Layers(
+            "must not be empty (omit it to audit every layer)".into(),
+        ));
+    }
+    if let Some(bad) = layers.iter().find(|&&l| l >= max_blocks) {
+        return Err(SpecError::Layers(format!(
+            "layer {bad} is beyond the limit of {max_blocks} blocks per model"
+        )));
+    }
+    let mut out = layers.to_vec();
     out.sort_unstable();
     out.dedup();
-    Ok(Some(out))
+    Ok(out)
 }
 
 /// The shards of an audit of a model with `n_layers` blocks, in order.
@@ -159,7 +196,11 @@ pub fn plan_shards(spec: &AuditSpec, n_layers: usize) -> Result<Vec<ShardSpec>, 
                     n_layers.saturating_sub(1)
                 )));
             }
-            layers.iter().copied().map(ShardKey::Layer).collect()
+            let mut keys: Vec<ShardKey> = layers.iter().copied().map(ShardKey::Layer).collect();
+            // A repeated layer would be one shard row but two in the count.
+            keys.sort_unstable();
+            keys.dedup();
+            keys
         }
     };
     Ok(keys
@@ -182,6 +223,10 @@ mod tests {
         assert_eq!(parse_layers("all"), Ok(None));
         assert_eq!(parse_layers("3,0-2,2"), Ok(Some(vec![0, 1, 2, 3])));
         assert!(parse_layers("2-1").is_err());
+        assert!(parse_layers("0-99999999999").is_err());
+        assert_eq!(normalize_layers(&[3, 0, 3], 4), Ok(vec![0, 3]));
+        assert!(normalize_layers(&[4], 4).is_err());
+        assert!(normalize_layers(&[], 4).is_err());
         assert!(parse_layers("x")
             .unwrap_err()
             .to_string()
@@ -210,6 +255,8 @@ mod tests {
         );
         spec.layers = Some(vec![1]);
         assert_eq!(plan_shards(&spec, 2).unwrap().len(), 1);
+        spec.layers = Some(vec![1, 0, 1]);
+        assert_eq!(plan_shards(&spec, 2).unwrap().len(), 2);
         spec.layers = Some(vec![5]);
         assert!(plan_shards(&spec, 2).is_err());
         assert_eq!(ShardKey::Layer(7).to_string(), "layer-0007");

@@ -61,9 +61,16 @@ pub async fn finish(ctx: &SchedulerContext, f: Finishing) -> Result<bool, FanInE
     let results = AuditResults {
         schema_version: RESULTS_SCHEMA_VERSION,
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
-        created_unix: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
+        // Fixed by the data, not by when this fan-in ran: a fan-in that is taken over renders
+        // the same bytes, so the stored sha256 always matches the object.
+        created_unix: f
+            .shards_finished_at
+            .map(|t| t.timestamp().max(0) as u64)
+            .unwrap_or_else(|| {
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs())
+            }),
         base: record.base,
         finetuned: record.finetuned,
         target: f.audit.spec.target.clone(),
@@ -91,7 +98,7 @@ pub async fn finish(ctx: &SchedulerContext, f: Finishing) -> Result<bool, FanInE
             sha256: stored.sha256,
         });
     }
-    let finished = ctx.db.finish_audit(audit, &artifacts).await?;
+    let finished = ctx.db.finish_audit(audit, f.claim, &artifacts).await?;
     if finished {
         tracing::info!(%audit, artifacts = artifacts.len(), "audit succeeded");
     }

@@ -2,6 +2,7 @@
 //! dead-letters), fans finished audits in, and renders reports (also for the embedded audit).
 pub mod fanin;
 pub mod plots;
+pub mod reaper;
 pub mod report;
 pub mod service;
 

@@ -29,6 +29,8 @@ pub struct SchedulerSettings {
     /// Retry n waits backoff_base * 2^(n-1), at most backoff_max.
     pub backoff_base: Duration,
     pub backoff_max: Duration,
+    /// How often the reaper compares the database with the queue.
+    pub reap_every: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -60,7 +62,16 @@ pub async fn run(ctx: SchedulerContext, mut shutdown: watch::Receiver<bool>) {
             ctx.events.clone()
         }
     };
+    let mut last_reap = std::time::Instant::now();
     while !*shutdown.borrow() {
+        if last_reap.elapsed() >= ctx.settings.reap_every {
+            last_reap = std::time::Instant::now();
+            match crate::reaper::reap(&ctx).await {
+                Ok(0) => {}
+                Ok(lost) => tracing::warn!(lost, "reaper re-enqueued lost work"),
+                Err(e) => tracing::warn!(error = %e, "reaper pass failed"),
+            }
+        }
         match pass(&ctx).await {
             Ok(p) if p != Pass::default() => tracing::info!(?p, "scheduler pass"),
             Ok(_) => {}

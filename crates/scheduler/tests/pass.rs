@@ -1,7 +1,8 @@
 //! Scheduler passes against the real PostgreSQL (a database per test) and Redis (streams per
 //! test), with a stand-in worker that takes tasks and goes silent: retries with backoff, then
 //! the dead letter that fails the audit with its reason; and re-enqueueing after Redis lost
-//! its streams.
+//! its streams; the reaper finding work the queue lost while its epoch survived; one fan-in
+//! per audit when a second scheduler takes a slow one over.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::time::Duration;
@@ -9,8 +10,13 @@ use std::time::Duration;
 use neurodiff_protocol::{
     AnalysisKind, AuditSpec, Envelope, ShardKey, Target, Task, WeightOptions,
 };
+use neurodiff_protocol::{ModelRecord, PlanRecord, ShardResult};
+use neurodiff_scheduler::fanin::finish;
+use neurodiff_scheduler::reaper::reap;
 use neurodiff_scheduler::service::{pass, SchedulerContext, SchedulerSettings};
-use neurodiff_store::{Blobs, Db, Queue};
+use neurodiff_store::shard_result_key;
+use sha2::{Digest, Sha256};
+use neurodiff_store::{Admission, Blobs, Db, Queue, Quota};
 use sqlx::PgPool;
 
 async fn context(pool: PgPool, max_deliveries: u32) -> SchedulerContext {
@@ -32,6 +38,7 @@ async fn context(pool: PgPool, max_deliveries: u32) -> SchedulerContext {
             max_deliveries,
             backoff_base: Duration::from_millis(20),
             backoff_max: Duration::from_millis(40),
+            reap_every: Duration::from_millis(10),
         },
     }
 }
@@ -47,8 +54,28 @@ async fn planned_audit(ctx: &SchedulerContext) -> uuid::Uuid {
         layers: None,
         weights: WeightOptions::default(),
     };
-    let (audit, _) = ctx.db.insert_audit(&team, &spec, None).await.unwrap();
-    audit.id
+    match ctx
+        .db
+        .insert_audit(&team, &spec, None, &Quota::default())
+        .await
+        .unwrap()
+    {
+        Admission::Created(audit) => audit.id,
+        other => panic!("not admitted: {other:?}"),
+    }
+}
+
+/// Takes every task off the stream (acknowledged), as workers that finished would not: the
+/// shard keys it held.
+async fn drain(ctx: &SchedulerContext) -> Vec<ShardKey> {
+    let mut keys = Vec::new();
+    while let Some(d) = ctx.tasks.read::<Envelope>("w", 50).await.unwrap() {
+        if let Task::Shard { spec, .. } = d.task.task {
+            keys.push(spec.shard);
+        }
+    }
+    keys.sort();
+    keys
 }
 
 #[sqlx::test(migrator = "neurodiff_store::MIGRATOR")]
@@ -115,14 +142,185 @@ async fn unfinished_work_is_enqueued_again_when_redis_lost_it(pool: PgPool) {
     ctx.tasks.delete().await.unwrap();
     let p = pass(&ctx).await.unwrap();
     assert_eq!((p.requeued_after_loss, p.enqueued), (2, 2), "{p:?}");
-    let mut keys = Vec::new();
-    while let Some(d) = ctx.tasks.read::<Envelope>("w", 50).await.unwrap() {
-        if let Task::Shard { spec, .. } = d.task.task {
-            keys.push(spec.shard);
-        }
-    }
-    keys.sort();
-    assert_eq!(keys, [ShardKey::Layer(0), ShardKey::NonLayer]);
+    assert_eq!(drain(&ctx).await, [ShardKey::Layer(0), ShardKey::NonLayer]);
     ctx.tasks.delete().await.unwrap();
     ctx.events.delete().await.unwrap();
+}
+
+/// Backdates when work was enqueued, past the reaper's settling time.
+async fn backdate(ctx: &SchedulerContext) {
+    sqlx::query("UPDATE shards SET enqueued_at = enqueued_at - interval '1 minute'")
+        .execute(&ctx.db.pool)
+        .await
+        .unwrap();
+}
+
+#[sqlx::test(migrator = "neurodiff_store::MIGRATOR")]
+async fn the_reaper_re_enqueues_work_a_restored_snapshot_lost(pool: PgPool) {
+    let ctx = context(pool, 5).await;
+    let audit = planned_audit(&ctx).await;
+    pass(&ctx).await.unwrap();
+    let plan = ctx.tasks.read::<Envelope>("w", 100).await.unwrap().unwrap();
+    ctx.db
+        .plan_shards(audit, &[ShardKey::Layer(0), ShardKey::Layer(1)], None)
+        .await
+        .unwrap();
+    ctx.tasks.ack(&plan.id).await.unwrap();
+    assert_eq!(pass(&ctx).await.unwrap().enqueued, 2);
+    backdate(&ctx).await;
+    // Everything is held: nothing to reap.
+    assert_eq!(reap(&ctx).await.unwrap(), 0);
+    // Redis comes back from a snapshot taken before layer 1 was added: the epoch key is there,
+    // so the loss is invisible to the epoch check.
+    let entries: Vec<(String, Envelope)> = {
+        let mut out = Vec::new();
+        while let Some(d) = ctx.tasks.read::<Envelope>("w", 50).await.unwrap() {
+            out.push((d.id, d.task));
+        }
+        out
+    };
+    for (id, env) in &entries {
+        match &env.task {
+            Task::Shard { spec, .. } if spec.shard == ShardKey::Layer(1) => {
+                ctx.tasks.ack(id).await.unwrap()
+            }
+            _ => {}
+        }
+    }
+    let p = pass(&ctx).await.unwrap();
+    assert_eq!((p.requeued_after_loss, p.enqueued), (0, 0), "{p:?}");
+    assert_eq!(reap(&ctx).await.unwrap(), 1);
+    assert_eq!(pass(&ctx).await.unwrap().enqueued, 1);
+    assert_eq!(drain(&ctx).await, [ShardKey::Layer(1)]);
+    ctx.tasks.delete().await.unwrap();
+    ctx.events.delete().await.unwrap();
+}
+
+#[sqlx::test(migrator = "neurodiff_store::MIGRATOR")]
+async fn a_retry_lost_mid_promotion_is_found_by_the_reaper(pool: PgPool) {
+    let ctx = context(pool, 5).await;
+    let audit = planned_audit(&ctx).await;
+    pass(&ctx).await.unwrap();
+    let plan = ctx.tasks.read::<Envelope>("w", 100).await.unwrap().unwrap();
+    ctx.db
+        .plan_shards(audit, &[ShardKey::Layer(2)], None)
+        .await
+        .unwrap();
+    ctx.tasks.ack(&plan.id).await.unwrap();
+    pass(&ctx).await.unwrap();
+    let taken = ctx.tasks.read::<Envelope>("w", 100).await.unwrap().unwrap();
+    // The lease lapses; the retry waits in the delayed set, where the reaper sees it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(pass(&ctx).await.unwrap().retried, 1);
+    assert!(ctx.tasks.read::<Envelope>("w", 5).await.unwrap().is_none());
+    backdate(&ctx).await;
+    assert_eq!(reap(&ctx).await.unwrap(), 0, "a delayed retry is held");
+    // A scheduler dies after taking the retry out of the delayed set and before adding it to
+    // the stream (what two separate commands allowed).
+    let retry = Envelope {
+        task: taken.task.task.clone(),
+        retries: 1,
+    };
+    let mut conn = redis::Client::open(
+        std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+    )
+    .unwrap()
+    .get_multiplexed_async_connection()
+    .await
+    .unwrap();
+    let removed: i64 = redis::cmd("ZREM")
+        .arg(ctx.tasks.delayed_key())
+        .arg(serde_json::to_string(&retry).unwrap())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(removed, 1);
+    assert_eq!(reap(&ctx).await.unwrap(), 1);
+    assert_eq!(pass(&ctx).await.unwrap().enqueued, 1);
+    assert_eq!(drain(&ctx).await, [ShardKey::Layer(2)]);
+    ctx.tasks.delete().await.unwrap();
+    ctx.events.delete().await.unwrap();
+}
+
+#[sqlx::test(migrator = "neurodiff_store::MIGRATOR")]
+async fn a_fan_in_taken_over_records_its_audit_once(pool: PgPool) {
+    let ctx = context(pool, 5).await;
+    let audit = planned_audit(&ctx).await;
+    let record = PlanRecord {
+        n_layers: 1,
+        base: model_record("b"),
+        finetuned: model_record("f"),
+    };
+    ctx.db
+        .plan_shards(
+            audit,
+            &[ShardKey::Layer(0)],
+            Some(&serde_json::to_value(&record).unwrap()),
+        )
+        .await
+        .unwrap();
+    let attempt = ctx
+        .db
+        .start_attempt(audit, ShardKey::Layer(0), "w", None)
+        .await
+        .unwrap();
+    let result = ShardResult {
+        shard: ShardKey::Layer(0),
+        tensors: Vec::new(),
+        only_in_base: Vec::new(),
+        only_in_finetuned: Vec::new(),
+        shape_mismatches: Vec::new(),
+        added_rows: Vec::new(),
+        elapsed_s: 0.5,
+    };
+    ctx.blobs
+        .put(
+            &shard_result_key(audit, "layer-0000", attempt),
+            serde_json::to_vec(&result).unwrap().into(),
+        )
+        .await
+        .unwrap();
+    ctx.db.record_shard(audit, attempt, &result).await.unwrap();
+    // Scheduler A claims the fan-in and stalls; its claim goes stale; B takes over.
+    let mut a = ctx.db.claim_finishing(60.0).await.unwrap();
+    assert_eq!(a.len(), 1);
+    assert!(ctx.db.claim_finishing(60.0).await.unwrap().is_empty());
+    sqlx::query("UPDATE audits SET finalizing_at = now() - interval '1 hour'")
+        .execute(&ctx.db.pool)
+        .await
+        .unwrap();
+    let mut b = ctx.db.claim_finishing(60.0).await.unwrap();
+    assert_eq!(b.len(), 1);
+    assert!(finish(&ctx, b.remove(0)).await.unwrap());
+    let recorded = ctx.db.audit_by_id(audit).await.unwrap();
+    assert_eq!(recorded.status, "succeeded");
+    // A wakes up: it renders and uploads the same bytes, and records nothing.
+    assert!(!finish(&ctx, a.remove(0)).await.unwrap());
+    let team = ctx.db.ensure_team("t").await.unwrap();
+    let artifacts = ctx.db.artifacts(&team, audit).await.unwrap();
+    assert!(!artifacts.is_empty());
+    for art in artifacts {
+        let bytes = ctx.blobs.get(&art.object_key).await.unwrap();
+        let sha: String = Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(sha, art.sha256, "{}: the stored hash matches the object", art.name);
+    }
+    assert_eq!(
+        ctx.db.audit_by_id(audit).await.unwrap().finished_at,
+        recorded.finished_at,
+        "finished once"
+    );
+    ctx.tasks.delete().await.unwrap();
+    ctx.events.delete().await.unwrap();
+}
+
+fn model_record(reference: &str) -> ModelRecord {
+    ModelRecord {
+        reference: reference.into(),
+        resolved: reference.into(),
+        content_hash: "sha256:00".into(),
+        files: Vec::new(),
+    }
 }

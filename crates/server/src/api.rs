@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use anyhow::Context;
 use neurodiff_api::{app, AppState};
 
+use crate::policy::{LimitArgs, PolicyArgs};
 use crate::services::Backends;
 
 /// Settings of the API process, from flags or the environment.
@@ -13,6 +14,16 @@ pub struct Args {
     pub bind: SocketAddr,
     #[command(flatten)]
     pub backends: Backends,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    /// Audits a team may have queued or running at once; more answer 429.
+    #[arg(long, env = "NEURODIFF_QUOTA_ACTIVE", default_value_t = 50)]
+    pub quota_active: i64,
+    /// Audits a team may submit per minute; more answer 429 with Retry-After.
+    #[arg(long, env = "NEURODIFF_QUOTA_PER_MINUTE", default_value_t = 60)]
+    pub quota_per_minute: i64,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -20,8 +31,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
+        let policy = args.policy.load(&[&args.backends.object_store])?;
         let c = args.backends.connect(u64::MAX).await?;
-        let state = AppState::new(c.db, Some(c.events), Some(c.tasks), c.blobs)?;
+        let state = AppState::new(c.db, Some(c.events), Some(c.tasks), c.blobs)?
+            .with_policy(policy)
+            .with_limits(
+                args.limits.limits(),
+                neurodiff_store::Quota {
+                    max_active: args.quota_active,
+                    per_minute: args.quota_per_minute,
+                },
+            );
         let listener = tokio::net::TcpListener::bind(args.bind)
             .await
             .with_context(|| format!("--bind {}", args.bind))?;

@@ -2,4 +2,5 @@
 //! the `neurodiff-server` binary (the api and scheduler images) and the `neurodiff` CLI.
 pub mod admin;
 pub mod api;
+pub mod policy;
 pub mod services;

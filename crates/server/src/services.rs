@@ -80,6 +80,9 @@ pub struct SchedulerArgs {
     pub backoff_base_ms: u64,
     #[arg(long, default_value_t = 60_000)]
     pub backoff_max_ms: u64,
+    /// How often unfinished work that the queue does not hold is looked for and re-enqueued.
+    #[arg(long, default_value_t = 30_000)]
+    pub reap_ms: u64,
 }
 
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -117,6 +120,7 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
                 max_deliveries: args.max_deliveries.max(1),
                 backoff_base: Duration::from_millis(args.backoff_base_ms),
                 backoff_max: Duration::from_millis(args.backoff_max_ms),
+                reap_every: Duration::from_millis(args.reap_ms),
             },
         };
         eprintln!("neurodiff scheduler running");

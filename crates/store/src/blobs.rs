@@ -44,6 +44,26 @@ fn blob_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Blob(e.to_string())
 }
 
+/// Sorts object-store failures into what retrying can fix (an outage, throttling) and what it
+/// cannot (a missing object, refused credentials).
+fn classify(key: &str, e: object_store::Error) -> StoreError {
+    match e {
+        object_store::Error::NotFound { .. } => StoreError::NotFound {
+            what: format!("object {key}"),
+        },
+        object_store::Error::PermissionDenied { .. }
+        | object_store::Error::Unauthenticated { .. } => StoreError::Denied(format!("{key}: {e}")),
+        other => blob_err(other),
+    }
+}
+
+/// An object as a listing shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedObject {
+    pub key: String,
+    pub size: u64,
+}
+
 impl Blobs {
     /// `s3://bucket[/prefix]`, `file:///directory` or `memory://`.
     pub fn from_url(url: &str) -> Result<Blobs> {
@@ -105,12 +125,65 @@ impl Blobs {
     /// The object's bytes; a missing key is `NotFound`.
     pub async fn get(&self, key: &str) -> Result<Bytes> {
         match self.store.get(&self.path(key)).await {
-            Ok(r) => r.bytes().await.map_err(blob_err),
-            Err(object_store::Error::NotFound { .. }) => Err(StoreError::NotFound {
-                what: format!("object {key}"),
-            }),
-            Err(e) => Err(blob_err(e)),
+            Ok(r) => r.bytes().await.map_err(|e| classify(key, e)),
+            Err(e) => Err(classify(key, e)),
         }
+    }
+
+    /// Streams the object into `file` chunk by chunk (never whole in memory), refusing to
+    /// write more than `max_bytes`; the bytes written.
+    pub async fn download(
+        &self,
+        key: &str,
+        file: &mut tokio::fs::File,
+        max_bytes: u64,
+    ) -> Result<u64> {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = match self.store.get(&self.path(key)).await {
+            Ok(r) => r.into_stream(),
+            Err(e) => return Err(classify(key, e)),
+        };
+        let mut written = 0u64;
+        while let Some(chunk) = stream.try_next().await.map_err(|e| classify(key, e))? {
+            written += chunk.len() as u64;
+            if written > max_bytes {
+                return Err(StoreError::Invalid(format!(
+                    "object {key} is larger than the limit of {max_bytes} bytes"
+                )));
+            }
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| StoreError::Blob(format!("writing {key}: {e}")))?;
+        }
+        file.sync_all()
+            .await
+            .map_err(|e| StoreError::Blob(format!("writing {key}: {e}")))?;
+        Ok(written)
+    }
+
+    /// Objects directly under `prefix` (not in sub-folders), with their sizes, sorted by key.
+    pub async fn list_sized(&self, prefix: &str) -> Result<Vec<ListedObject>> {
+        let base = self.path(prefix);
+        let listed = self
+            .store
+            .list_with_delimiter(Some(&base))
+            .await
+            .map_err(|e| classify(prefix, e))?;
+        let strip = if self.prefix.as_ref().is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        };
+        let mut out: Vec<ListedObject> = listed
+            .objects
+            .into_iter()
+            .map(|m| ListedObject {
+                key: m.location.to_string().trim_start_matches(&strip).to_string(),
+                size: m.size,
+            })
+            .collect();
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
     }
 
     /// The object's bytes as a stream of chunks, for serving without holding it in memory.

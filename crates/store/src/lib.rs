@@ -5,9 +5,11 @@ pub mod pg;
 pub mod query;
 pub mod queue;
 pub mod sched;
+pub mod tokens;
 
-pub use blobs::{artifact_key, shard_result_key, Blobs, StoredObject};
-pub use pg::{AuditFilter, AuditRow, Db, FanIn, Team, MIGRATOR};
+pub use blobs::{artifact_key, shard_result_key, Blobs, ListedObject, StoredObject};
+pub use pg::{Admission, AuditFilter, AuditRow, Db, FanIn, Quota, Team, MIGRATOR};
+pub use tokens::{TokenRow, TOKEN_PREFIX};
 pub use query::{ResultHit, ResultQuery, QUERY_METRICS};
 pub use queue::{now_ms, Delivery, Queue, QueueStats, Reclaimed};
 pub use sched::{parse_shard_key, ArtifactRow, Finishing, PendingShard};
@@ -33,6 +35,9 @@ pub enum StoreError {
     Queue(String),
     #[error("object storage: {0}")]
     Blob(String),
+    /// The object store refused the credentials or the access: retrying will not help.
+    #[error("object storage: access denied: {0}")]
+    Denied(String),
     #[error("invalid: {0}")]
     Invalid(String),
 }

@@ -2,8 +2,6 @@
 //! their attempt number, and per-tensor results that the whole team can query.
 use chrono::{DateTime, Utc};
 use neurodiff_protocol::{AuditSpec, ShardKey, ShardResult, TensorMetrics};
-use rand::RngCore;
-use sha2::{Digest, Sha256};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::Row;
@@ -12,13 +10,6 @@ use uuid::Uuid;
 use crate::{Result, StoreError};
 
 pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
-
-/// Tokens look like `nd_` + 64 hex characters; only their SHA-256 is stored.
-pub const TOKEN_PREFIX: &str = "nd_";
-
-fn token_hash(token: &str) -> Vec<u8> {
-    Sha256::digest(token.as_bytes()).to_vec()
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Team {
@@ -52,6 +43,35 @@ impl FanIn {
     pub fn complete(&self) -> bool {
         self.shards_done == self.shards_total
     }
+}
+
+/// Per-team bounds on submissions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// Audits queued or running at once.
+    pub max_active: i64,
+    /// Audits submitted per minute.
+    pub per_minute: i64,
+}
+
+impl Default for Quota {
+    fn default() -> Self {
+        Quota {
+            max_active: 50,
+            per_minute: 60,
+        }
+    }
+}
+
+/// What submitting an audit did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Admission {
+    Created(AuditRow),
+    /// The idempotency key was used before for the same spec: that audit.
+    Existing(AuditRow),
+    /// The idempotency key was used before for a different spec.
+    KeyReused(AuditRow),
+    OverQuota { reason: String, retry_after_s: u64 },
 }
 
 /// Filters of `GET /v1/audits`.
@@ -125,76 +145,85 @@ impl Db {
         })
     }
 
-    /// A new API token for `team`: returned once, stored only as its hash.
-    pub async fn create_token(&self, team: &Team, label: &str) -> Result<String> {
-        let mut secret = [0u8; 32];
-        rand::rng().fill_bytes(&mut secret);
-        let token = format!(
-            "{TOKEN_PREFIX}{}",
-            secret
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        );
-        sqlx::query("INSERT INTO api_tokens (team_id, token_sha256, label) VALUES ($1, $2, $3)")
-            .bind(team.id)
-            .bind(token_hash(&token))
-            .bind(label)
-            .execute(&self.pool)
-            .await?;
-        Ok(token)
-    }
-
-    /// The team a bearer token belongs to, if it is valid and not revoked.
-    pub async fn authenticate(&self, token: &str) -> Result<Option<Team>> {
-        let row = sqlx::query(
-            "UPDATE api_tokens t SET last_used_at = now() FROM teams WHERE t.token_sha256 = $1 \
-             AND t.revoked_at IS NULL AND teams.id = t.team_id RETURNING teams.id, teams.name",
-        )
-        .bind(token_hash(token))
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| {
-            Ok(Team {
-                id: r.try_get("id")?,
-                name: r.try_get("name")?,
-            })
-        })
-        .transpose()
-    }
-
-    /// Inserts an audit; with an idempotency key already used by the team, returns that audit
-    /// instead (and `false`).
+    /// Admits an audit: with an idempotency key the team already used, returns that audit if
+    /// the spec is the same and refuses it otherwise; then applies the team's quotas; then
+    /// inserts. Serialised per team (an advisory lock), so concurrent submissions cannot all
+    /// pass a quota that only one of them fits.
     pub async fn insert_audit(
         &self,
         team: &Team,
         spec: &AuditSpec,
         idempotency_key: Option<&str>,
-    ) -> Result<(AuditRow, bool)> {
+        quota: &Quota,
+    ) -> Result<Admission> {
         let spec_json =
             serde_json::to_value(spec).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        let inserted = sqlx::query(&format!(
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('neurodiff-admission'), hashtext($1::text))")
+            .bind(team.id)
+            .execute(&mut *tx)
+            .await?;
+        if let Some(key) = idempotency_key {
+            let existing = sqlx::query(&format!(
+                "SELECT {AUDIT_COLUMNS} FROM audits WHERE team_id = $1 AND idempotency_key = $2"
+            ))
+            .bind(team.id)
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = existing {
+                let audit = audit_from_row(&row)?;
+                return Ok(if &audit.spec == spec {
+                    Admission::Existing(audit)
+                } else {
+                    Admission::KeyReused(audit)
+                });
+            }
+        }
+        let usage = sqlx::query(
+            "SELECT count(*) FILTER (WHERE status IN ('queued', 'running')) AS active, \
+             count(*) FILTER (WHERE created_at > now() - interval '60 seconds') AS recent, \
+             COALESCE(EXTRACT(EPOCH FROM (min(created_at) FILTER (WHERE created_at > now() - interval '60 seconds') \
+               + interval '60 seconds' - now())), 0)::float8 AS window_left_s \
+             FROM audits WHERE team_id = $1 AND (status IN ('queued', 'running') OR created_at > now() - interval '60 seconds')",
+        )
+        .bind(team.id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let (active, recent): (i64, i64) = (usage.try_get("active")?, usage.try_get("recent")?);
+        if active >= quota.max_active {
+            return Ok(Admission::OverQuota {
+                reason: format!(
+                    "team `{}` has {active} audits queued or running (quota {})",
+                    team.name, quota.max_active
+                ),
+                retry_after_s: 10,
+            });
+        }
+        if recent >= quota.per_minute {
+            let left: f64 = usage.try_get("window_left_s")?;
+            return Ok(Admission::OverQuota {
+                reason: format!(
+                    "team `{}` submitted {recent} audits in the last minute (quota {} per minute)",
+                    team.name, quota.per_minute
+                ),
+                retry_after_s: left.ceil().clamp(1.0, 60.0) as u64,
+            });
+        }
+        let row = sqlx::query(&format!(
             "INSERT INTO audits (team_id, spec, base_ref, target_ref, idempotency_key) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (team_id, idempotency_key) DO NOTHING RETURNING {AUDIT_COLUMNS}"
+             RETURNING {AUDIT_COLUMNS}"
         ))
         .bind(team.id)
         .bind(&spec_json)
         .bind(&spec.base)
         .bind(spec.target.reference())
         .bind(idempotency_key)
-        .fetch_optional(&self.pool)
+        .fetch_one(&mut *tx)
         .await?;
-        if let Some(row) = inserted {
-            return Ok((audit_from_row(&row)?, true));
-        }
-        let row = sqlx::query(&format!(
-            "SELECT {AUDIT_COLUMNS} FROM audits WHERE team_id = $1 AND idempotency_key = $2"
-        ))
-        .bind(team.id)
-        .bind(idempotency_key)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok((audit_from_row(&row)?, false))
+        let audit = audit_from_row(&row)?;
+        tx.commit().await?;
+        Ok(Admission::Created(audit))
     }
 
     /// An audit of `team`; another team's audit is indistinguishable from a missing one.
@@ -288,9 +317,12 @@ impl Db {
             .execute(&mut *tx)
             .await?;
         }
-        sqlx::query("UPDATE audits SET shards_total = $2, models = COALESCE($3, models), status = 'running', started_at = COALESCE(started_at, now()) WHERE id = $1 AND status = 'queued'")
+        // The total is the number of shard rows, whatever the list held (a repeated key is
+        // one row), so the fan-in's count can always be reached.
+        sqlx::query("UPDATE audits SET shards_total = (SELECT count(*) FROM shards WHERE audit_id = $1), \
+             models = COALESCE($2, models), status = 'running', started_at = COALESCE(started_at, now()) \
+             WHERE id = $1 AND status = 'queued'")
             .bind(audit)
-            .bind(keys.len() as i32)
             .bind(models)
             .execute(&mut *tx)
             .await?;

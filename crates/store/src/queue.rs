@@ -96,6 +96,11 @@ impl Queue {
         Ok(q)
     }
 
+    /// The sorted set where retries wait out their backoff.
+    pub fn delayed_key(&self) -> &str {
+        &self.delayed
+    }
+
     /// Creates the stream and group if missing (again after a Redis restart that lost them).
     pub async fn ensure_group(&self) -> Result<()> {
         let created: redis::RedisResult<()> = redis::cmd("XGROUP")
@@ -375,37 +380,50 @@ impl Queue {
     }
 
     /// Moves retries whose time has come (`now_ms`) back onto the stream; returns how many.
+    /// One script, so the move is atomic: a scheduler dying halfway loses no retry, and two
+    /// schedulers cannot both move one.
     pub async fn promote_due(&self, now_ms: u64) -> Result<usize> {
-        let due: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+        let moved: usize = redis::cmd("EVAL")
+            .arg(PROMOTE_SCRIPT)
+            .arg(2)
             .arg(&self.delayed)
-            .arg("-inf")
+            .arg(&self.stream)
             .arg(now_ms)
-            .arg("LIMIT")
-            .arg(0)
-            .arg(100)
+            .arg(FIELD)
             .query_async(&mut self.conn.clone())
             .await
             .map_err(redis_err)?;
-        for json in &due {
-            // Removed first: if two schedulers race, only the one whose ZREM counted re-adds.
-            let removed: i64 = redis::cmd("ZREM")
-                .arg(&self.delayed)
-                .arg(json)
-                .query_async(&mut self.conn.clone())
-                .await
-                .map_err(redis_err)?;
-            if removed == 1 {
-                redis::cmd("XADD")
-                    .arg(&self.stream)
-                    .arg("*")
-                    .arg(FIELD)
-                    .arg(json)
-                    .query_async::<String>(&mut self.conn.clone())
-                    .await
-                    .map_err(redis_err)?;
+        Ok(moved)
+    }
+
+    /// Every task the queue holds: on the stream (waiting or handed out and not yet
+    /// acknowledged) and in the delayed set, read in one transaction so that a task moving
+    /// between the two is seen in one of them. For the reaper, which re-enqueues unfinished
+    /// work the queue does not hold.
+    pub async fn outstanding<T: DeserializeOwned>(&self) -> Result<Vec<T>> {
+        type Entries = Vec<(String, HashMap<String, String>)>;
+        let (entries, delayed): (Entries, Vec<String>) = redis::pipe()
+            .atomic()
+            .cmd("XRANGE")
+            .arg(&self.stream)
+            .arg("-")
+            .arg("+")
+            .cmd("ZRANGE")
+            .arg(&self.delayed)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(redis_err)?;
+        let mut out = Vec::with_capacity(entries.len() + delayed.len());
+        for (id, fields) in &entries {
+            // An unreadable entry is the reclaimer's to dead-letter; it holds no known task.
+            if let Ok(task) = decode(id, fields) {
+                out.push(task);
             }
         }
-        Ok(due.len())
+        out.extend(delayed.iter().filter_map(|j| serde_json::from_str(j).ok()));
+        Ok(out)
     }
 
     /// Acknowledges `id` and puts `task` back at the end of the stream at once (a worker
@@ -479,6 +497,16 @@ impl Queue {
         })
     }
 }
+
+/// KEYS: delayed set, stream; ARGV: now (ms), field name. Moves up to 100 due entries.
+const PROMOTE_SCRIPT: &str = r"
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 100)
+for _, task in ipairs(due) do
+  redis.call('ZREM', KEYS[1], task)
+  redis.call('XADD', KEYS[2], '*', ARGV[2], task)
+end
+return #due
+";
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {

@@ -33,6 +33,11 @@ pub struct Finishing {
     pub models: Option<serde_json::Value>,
     /// The audit's shards and the attempt whose result was recorded.
     pub shards: Vec<(String, i32)>,
+    /// This fan-in's claim: only its holder may finish the audit.
+    pub claim: Uuid,
+    /// When the last shard finished: the report's timestamp, so that two fan-ins of one audit
+    /// render the same bytes.
+    pub shards_finished_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Parses a stored shard key (`layer-0007`, `non-layer`).
@@ -108,6 +113,66 @@ impl Db {
         Ok(audits + shards)
     }
 
+    /// Unfinished work marked as enqueued before `settled_s` seconds ago: (audit, shard key;
+    /// None for an audit still to be planned), and the database's clock when read. The reaper
+    /// compares it with what the queue holds.
+    pub async fn enqueued_unfinished(
+        &self,
+        settled_s: f64,
+    ) -> Result<(chrono::DateTime<chrono::Utc>, Vec<(Uuid, Option<String>)>)> {
+        let at: chrono::DateTime<chrono::Utc> =
+            sqlx::query_scalar("SELECT now() - make_interval(secs => $1)")
+                .bind(settled_s)
+                .fetch_one(&self.pool)
+                .await?;
+        let rows = sqlx::query(
+            "SELECT id AS audit_id, NULL::text AS shard_key FROM audits \
+             WHERE status = 'queued' AND enqueued_at IS NOT NULL AND enqueued_at < $1 \
+             UNION ALL \
+             SELECT s.audit_id, s.shard_key FROM shards s JOIN audits a ON a.id = s.audit_id \
+             WHERE a.status = 'running' AND s.status IN ('queued', 'running') \
+             AND s.enqueued_at IS NOT NULL AND s.enqueued_at < $1",
+        )
+        .bind(at)
+        .fetch_all(&self.pool)
+        .await?;
+        let work = rows
+            .iter()
+            .map(|r| Ok((r.try_get("audit_id")?, r.try_get("shard_key")?)))
+            .collect::<Result<_>>()?;
+        Ok((at, work))
+    }
+
+    /// Marks lost work (on no stream, delayed set or pending list) as not enqueued, so the
+    /// next pass enqueues it again; only if it is still unfinished and was enqueued before
+    /// `before` (work finished or re-enqueued meanwhile is left alone). `true` if it was.
+    pub async fn requeue_lost(
+        &self,
+        audit: Uuid,
+        shard_key: Option<&str>,
+        before: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool> {
+        let done = match shard_key {
+            None => sqlx::query(
+                "UPDATE audits SET enqueued_at = NULL WHERE id = $1 AND status = 'queued' AND enqueued_at < $2",
+            )
+            .bind(audit)
+            .bind(before)
+            .execute(&self.pool)
+            .await?,
+            Some(key) => sqlx::query(
+                "UPDATE shards SET enqueued_at = NULL, status = 'queued' WHERE audit_id = $1 AND shard_key = $2 \
+                 AND status IN ('queued', 'running') AND enqueued_at < $3",
+            )
+            .bind(audit)
+            .bind(key)
+            .bind(before)
+            .execute(&self.pool)
+            .await?,
+        };
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Fails an unfinished audit with `reason` (planning failed, or a shard could not be run).
     pub async fn fail_audit(
         &self,
@@ -146,6 +211,70 @@ impl Db {
         Ok(())
     }
 
+    /// Fails an audit because its shard failed, only if `attempt` is still the shard's
+    /// current, running attempt: a stale worker cannot fail an audit a newer attempt is
+    /// running. `false` when fenced out.
+    pub async fn fail_shard(
+        &self,
+        audit: Uuid,
+        shard_key: &str,
+        attempt: i32,
+        reason: &str,
+    ) -> Result<bool> {
+        let current = sqlx::query(
+            "UPDATE shards SET status = 'failed', error = $4, finished_at = now() \
+             WHERE audit_id = $1 AND shard_key = $2 AND attempt = $3 AND status = 'running' RETURNING attempt",
+        )
+        .bind(audit)
+        .bind(shard_key)
+        .bind(attempt)
+        .bind(reason)
+        .fetch_optional(&self.pool)
+        .await?;
+        if current.is_none() {
+            return Ok(false);
+        }
+        self.fail_audit(audit, None, reason).await?;
+        Ok(true)
+    }
+
+    /// Fails an audit still waiting for its plan (planning failed); an audit that another
+    /// worker planned meanwhile is left alone.
+    pub async fn fail_unplanned(&self, audit: Uuid, reason: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE audits SET status = 'failed', error = $2, finished_at = now() WHERE id = $1 AND status = 'queued'",
+        )
+        .bind(audit)
+        .bind(reason)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The name of the team an audit belongs to (workers apply its reference policy).
+    pub async fn team_of(&self, audit: Uuid) -> Result<String> {
+        sqlx::query_scalar(
+            "SELECT teams.name FROM audits JOIN teams ON teams.id = audits.team_id WHERE audits.id = $1",
+        )
+        .bind(audit)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::NotFound {
+            what: format!("audit {audit}"),
+        })
+    }
+
+    /// The model records planning stored (file hashes, pinned revisions), whoever owns it.
+    pub async fn audit_models(&self, audit: Uuid) -> Result<Option<serde_json::Value>> {
+        Ok(
+            sqlx::query_scalar("SELECT models FROM audits WHERE id = $1")
+                .bind(audit)
+                .fetch_optional(&self.pool)
+                .await?
+                .flatten(),
+        )
+    }
+
     /// The status of an audit, whoever owns it (workers check it for cancellation).
     pub async fn audit_status(&self, audit: Uuid) -> Result<String> {
         sqlx::query_scalar("SELECT status FROM audits WHERE id = $1")
@@ -173,12 +302,13 @@ impl Db {
     /// `stale_after_s` (its scheduler died) can be taken again.
     pub async fn claim_finishing(&self, stale_after_s: f64) -> Result<Vec<Finishing>> {
         let rows = sqlx::query(&format!(
-            "UPDATE audits SET finalizing_at = now() WHERE id IN (\
+            "UPDATE audits SET finalizing_at = now(), finalizer = gen_random_uuid() WHERE id IN (\
                SELECT id FROM audits WHERE status = 'running' AND shards_total > 0 \
                AND shards_done >= shards_total \
                AND (finalizing_at IS NULL OR finalizing_at < now() - make_interval(secs => $1)) \
                FOR UPDATE SKIP LOCKED) \
-             RETURNING {AUDIT_COLUMNS}, models"
+             RETURNING {AUDIT_COLUMNS}, models, finalizer, \
+               (SELECT max(finished_at) FROM shards WHERE audit_id = audits.id) AS shards_finished_at"
         ))
         .bind(stale_after_s)
         .fetch_all(&self.pool)
@@ -193,6 +323,8 @@ impl Db {
             .fetch_all(&self.pool)
             .await?;
             out.push(Finishing {
+                claim: row.try_get("finalizer")?,
+                shards_finished_at: row.try_get("shards_finished_at")?,
                 models: row.try_get("models")?,
                 audit,
                 shards,
@@ -203,12 +335,21 @@ impl Db {
 
     /// Records the fan-in's artifacts and marks the audit succeeded (unless it was cancelled
     /// meanwhile: then nothing changes and `false` is returned).
-    pub async fn finish_audit(&self, audit: Uuid, artifacts: &[ArtifactRow]) -> Result<bool> {
+    /// Only the holder of the latest claim can: a fan-in taken over by another scheduler
+    /// records nothing.
+    pub async fn finish_audit(
+        &self,
+        audit: Uuid,
+        claim: Uuid,
+        artifacts: &[ArtifactRow],
+    ) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
-            "UPDATE audits SET status = 'succeeded', finished_at = now() WHERE id = $1 AND status = 'running' RETURNING id",
+            "UPDATE audits SET status = 'succeeded', finished_at = now() WHERE id = $1 AND status = 'running' \
+             AND finalizer = $2 RETURNING id",
         )
         .bind(audit)
+        .bind(claim)
         .fetch_optional(&mut *tx)
         .await?;
         if done.is_none() {

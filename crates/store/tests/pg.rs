@@ -4,7 +4,7 @@
 use neurodiff_protocol::{
     AnalysisKind, AuditSpec, ShardKey, ShardResult, Target, TensorMetrics, WeightOptions,
 };
-use neurodiff_store::{Db, StoreError};
+use neurodiff_store::{Admission, AuditRow, Db, Quota, StoreError, Team};
 use sqlx::PgPool;
 
 fn spec(base: &str) -> AuditSpec {
@@ -60,6 +60,19 @@ async fn tokens_are_stored_hashed_and_authenticate_their_team(pool: PgPool) {
     assert!(!String::from_utf8_lossy(&stored).contains(&token[3..]));
 }
 
+/// Submits and expects the audit to be admitted: (audit, newly created).
+async fn admit(db: &Db, team: &Team, spec: &AuditSpec, key: Option<&str>) -> (AuditRow, bool) {
+    match db
+        .insert_audit(team, spec, key, &Quota::default())
+        .await
+        .unwrap()
+    {
+        Admission::Created(a) => (a, true),
+        Admission::Existing(a) => (a, false),
+        other => panic!("not admitted: {other:?}"),
+    }
+}
+
 #[sqlx::test(migrator = "neurodiff_store::MIGRATOR")]
 async fn idempotency_keys_and_team_scoping(pool: PgPool) {
     let db = Db { pool };
@@ -67,25 +80,24 @@ async fn idempotency_keys_and_team_scoping(pool: PgPool) {
         db.ensure_team("a").await.unwrap(),
         db.ensure_team("b").await.unwrap(),
     );
-    let (first, created) = db
-        .insert_audit(&a, &spec("org/base"), Some("key-1"))
-        .await
-        .unwrap();
+    let (first, created) = admit(&db, &a, &spec("org/base"), Some("key-1")).await;
     assert!(created);
-    let (again, created) = db
-        .insert_audit(&a, &spec("org/other"), Some("key-1"))
-        .await
-        .unwrap();
+    let (again, created) = admit(&db, &a, &spec("org/base"), Some("key-1")).await;
     assert!(!created);
     assert_eq!(again.id, first.id);
-    assert_eq!(again.spec.base, "org/base", "the first submission wins");
-    let (other_team, created) = db
-        .insert_audit(&b, &spec("org/base"), Some("key-1"))
+    // The same key with another request is refused, not silently answered with the first.
+    match db
+        .insert_audit(&a, &spec("org/other"), Some("key-1"), &Quota::default())
         .await
-        .unwrap();
+        .unwrap()
+    {
+        Admission::KeyReused(original) => assert_eq!(original.id, first.id),
+        other => panic!("expected a refused key, got {other:?}"),
+    }
+    let (other_team, created) = admit(&db, &b, &spec("org/base"), Some("key-1")).await;
     assert!(created && other_team.id != first.id);
-    let (no_key_1, _) = db.insert_audit(&a, &spec("x/y"), None).await.unwrap();
-    let (no_key_2, _) = db.insert_audit(&a, &spec("x/y"), None).await.unwrap();
+    let (no_key_1, _) = admit(&db, &a, &spec("x/y"), None).await;
+    let (no_key_2, _) = admit(&db, &a, &spec("x/y"), None).await;
     assert_ne!(
         no_key_1.id, no_key_2.id,
         "without a key every submission is new"
@@ -99,13 +111,128 @@ async fn idempotency_keys_and_team_scoping(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "neurodiff_store::MIGRATOR")]
+async fn quotas_bound_active_audits_and_submissions_per_minute(pool: PgPool) {
+    let db = Db { pool };
+    let (a, b) = (
+        db.ensure_team("a").await.unwrap(),
+        db.ensure_team("b").await.unwrap(),
+    );
+    let quota = Quota {
+        max_active: 2,
+        per_minute: 3,
+    };
+    let submit = |team: &Team| {
+        let (db, team) = (db.clone(), team.clone());
+        async move { db.insert_audit(&team, &spec("org/base"), None, &quota).await.unwrap() }
+    };
+    let first = submit(&a).await;
+    assert!(matches!(submit(&a).await, Admission::Created(_)));
+    match submit(&a).await {
+        Admission::OverQuota { reason, retry_after_s } => {
+            assert!(reason.contains("2 audits queued or running"), "{reason}");
+            assert!(retry_after_s >= 1);
+        }
+        other => panic!("expected the active quota, got {other:?}"),
+    }
+    // Another team is not affected.
+    assert!(matches!(submit(&b).await, Admission::Created(_)));
+    // A finished audit frees its place, but the per-minute count still holds it.
+    let Admission::Created(first) = first else { panic!() };
+    db.cancel_audit(&a, first.id).await.unwrap();
+    assert!(matches!(submit(&a).await, Admission::Created(_)));
+    sqlx::query("UPDATE audits SET status = 'cancelled'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    match submit(&a).await {
+        Admission::OverQuota { reason, retry_after_s } => {
+            assert!(reason.contains("per minute"), "{reason}");
+            assert!((1..=60).contains(&retry_after_s), "{retry_after_s}");
+        }
+        other => panic!("expected the rate quota, got {other:?}"),
+    }
+    // Concurrent submissions cannot all pass a quota only one fits.
+    let c = db.ensure_team("c").await.unwrap();
+    let one = Quota {
+        max_active: 1,
+        per_minute: 100,
+    };
+    let results = futures::future::join_all((0..8).map(|_| {
+        let (db, c) = (db.clone(), c.clone());
+        async move { db.insert_audit(&c, &spec("org/base"), None, &one).await.unwrap() }
+    }))
+    .await;
+    let created = results
+        .iter()
+        .filter(|r| matches!(r, Admission::Created(_)))
+        .count();
+    assert_eq!(created, 1);
+}
+
+#[sqlx::test(migrator = "neurodiff_store::MIGRATOR")]
+async fn revoked_and_expired_tokens_authenticate_nothing(pool: PgPool) {
+    let db = Db { pool };
+    let team = db.ensure_team("t").await.unwrap();
+    let (id, token) = db.create_token_expiring(&team, "ci", None).await.unwrap();
+    assert!(db.authenticate(&token).await.unwrap().is_some());
+    let revoked = db.revoke_token(id).await.unwrap();
+    assert!(revoked.revoked_at.is_some() && revoked.team == "t");
+    assert!(db.authenticate(&token).await.unwrap().is_none());
+    let past = chrono::Utc::now() - chrono::Duration::seconds(1);
+    let (_, expired) = db
+        .create_token_expiring(&team, "old", Some(past))
+        .await
+        .unwrap();
+    assert!(db.authenticate(&expired).await.unwrap().is_none());
+    let future = chrono::Utc::now() + chrono::Duration::days(1);
+    let (_, valid) = db
+        .create_token_expiring(&team, "new", Some(future))
+        .await
+        .unwrap();
+    assert!(db.authenticate(&valid).await.unwrap().is_some());
+    assert_eq!(db.list_tokens(Some("t")).await.unwrap().len(), 3);
+    assert!(matches!(
+        db.revoke_token(uuid::Uuid::new_v4()).await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+#[sqlx::test(migrator = "neurodiff_store::MIGRATOR")]
+async fn a_stale_attempt_cannot_fail_the_audit_and_totals_count_rows(pool: PgPool) {
+    let db = Db { pool };
+    let team = db.ensure_team("t").await.unwrap();
+    let (audit, _) = admit(&db, &team, &spec("org/base"), None).await;
+    // A repeated key is one row, and the total counts rows: the audit can finish.
+    db.plan_shards(audit.id, &[ShardKey::Layer(0), ShardKey::Layer(0)], None)
+        .await
+        .unwrap();
+    assert_eq!(db.get_audit(&team, audit.id).await.unwrap().shards_total, 1);
+    let stale = db
+        .start_attempt(audit.id, ShardKey::Layer(0), "w1", None)
+        .await
+        .unwrap();
+    let current = db
+        .start_attempt(audit.id, ShardKey::Layer(0), "w2", None)
+        .await
+        .unwrap();
+    assert!(!db
+        .fail_shard(audit.id, "layer-0000", stale, "stale worker's error")
+        .await
+        .unwrap());
+    assert_eq!(db.audit_status(audit.id).await.unwrap(), "running");
+    assert!(db
+        .fail_shard(audit.id, "layer-0000", current, "real error")
+        .await
+        .unwrap());
+    let row = db.get_audit(&team, audit.id).await.unwrap();
+    assert_eq!((row.status.as_str(), row.error.as_deref()), ("failed", Some("real error")));
+}
+
+#[sqlx::test(migrator = "neurodiff_store::MIGRATOR")]
 async fn stale_attempts_are_fenced_and_retries_never_duplicate(pool: PgPool) {
     let db = Db { pool };
     let team = db.ensure_team("t").await.unwrap();
-    let (audit, _) = db
-        .insert_audit(&team, &spec("org/base"), None)
-        .await
-        .unwrap();
+    let (audit, _) = admit(&db, &team, &spec("org/base"), None).await;
     let keys = [ShardKey::Layer(0), ShardKey::NonLayer];
     db.plan_shards(audit.id, &keys, None).await.unwrap();
     db.plan_shards(audit.id, &keys, None).await.unwrap();
@@ -170,10 +297,7 @@ async fn stale_attempts_are_fenced_and_retries_never_duplicate(pool: PgPool) {
 async fn tensor_metrics_round_trip(pool: PgPool) {
     let db = Db { pool };
     let team = db.ensure_team("t").await.unwrap();
-    let (audit, _) = db
-        .insert_audit(&team, &spec("org/base"), None)
-        .await
-        .unwrap();
+    let (audit, _) = admit(&db, &team, &spec("org/base"), None).await;
     db.plan_shards(audit.id, &[ShardKey::Layer(3)], None)
         .await
         .unwrap();

@@ -1,10 +1,11 @@
 //! The lease on the task in flight: renewed every `renew_every` while the task runs (planning
-//! and shards alike), and the signals that stop a shard between tensors: its audit was cancelled
-//! or failed, or the worker is shutting down and its grace period ran out (then the shard is
-//! handed back rather than dropped).
+//! and shards alike), and the signals that end it: its audit was cancelled or failed (stop
+//! between tensors), the worker is shutting down and its grace period ran out, or the task ran
+//! past its deadline. The last two also interrupt the task itself, whatever it is doing (a
+//! blocking hash or analysis is abandoned to its thread, its result never written).
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -12,13 +13,21 @@ use uuid::Uuid;
 
 use crate::service::WorkerContext;
 
+/// Why a task was interrupted from outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interrupt {
+    /// The worker is leaving and the grace period is over: hand the task back.
+    HandBack,
+    /// The task ran past its deadline.
+    Deadline,
+}
+
 #[derive(Debug)]
 pub struct Lease {
     renewer: JoinHandle<()>,
-    /// Set when the task should stop.
+    /// Set when the task should stop (checked between tensors and hashed chunks).
     pub stop: Arc<AtomicBool>,
-    /// Set when it stops because the worker is leaving (hand back, do not drop).
-    pub handing_back: Arc<AtomicBool>,
+    interrupted: watch::Receiver<Option<Interrupt>>,
 }
 
 impl Lease {
@@ -28,25 +37,42 @@ impl Lease {
         entry: &str,
         audit: Uuid,
         mut shutdown: watch::Receiver<bool>,
+        deadline: Duration,
     ) -> Lease {
         let stop = Arc::new(AtomicBool::new(false));
-        let handing_back = Arc::new(AtomicBool::new(false));
+        let (tx, interrupted) = watch::channel(None);
         let (ctx, consumer, entry) = (ctx.clone(), consumer.to_string(), entry.to_string());
-        let (stop_r, back_r) = (stop.clone(), handing_back.clone());
+        let stop_r = stop.clone();
+        let started = Instant::now();
         let renewer = tokio::spawn(async move {
             let grace = ctx.settings.grace;
             let mut shutdown_at: Option<Instant> = None;
             loop {
+                // Wake for the next renewal, or at once on shutdown, or when the grace period
+                // or the deadline ends, whichever is first.
+                let mut wait = ctx.settings.renew_every;
+                wait = wait.min(deadline.saturating_sub(started.elapsed()));
+                if let Some(t) = shutdown_at {
+                    wait = wait.min(grace.saturating_sub(t.elapsed()));
+                }
                 tokio::select! {
-                    _ = tokio::time::sleep(ctx.settings.renew_every) => {},
+                    _ = tokio::time::sleep(wait) => {},
                     _ = shutdown.changed(), if shutdown_at.is_none() => {},
                 }
                 if *shutdown.borrow() && shutdown_at.is_none() {
                     shutdown_at = Some(Instant::now());
                 }
-                if shutdown_at.is_some_and(|t| t.elapsed() >= grace) {
-                    back_r.store(true, Ordering::SeqCst);
+                let why = if shutdown_at.is_some_and(|t| t.elapsed() >= grace) {
+                    Some(Interrupt::HandBack)
+                } else if started.elapsed() >= deadline {
+                    Some(Interrupt::Deadline)
+                } else {
+                    None
+                };
+                if let Some(why) = why {
                     stop_r.store(true, Ordering::SeqCst);
+                    let _ = tx.send(Some(why));
+                    return;
                 }
                 match ctx.tasks.extend(&consumer, &entry).await {
                     Ok(true) => {}
@@ -64,12 +90,21 @@ impl Lease {
         Lease {
             renewer,
             stop,
-            handing_back,
+            interrupted,
         }
     }
 
-    pub fn handing_back(&self) -> bool {
-        self.handing_back.load(Ordering::SeqCst)
+    /// Resolves when the task is interrupted from outside (never, if it is not).
+    pub async fn interrupted(&self) -> Interrupt {
+        let mut rx = self.interrupted.clone();
+        loop {
+            if let Some(why) = *rx.borrow_and_update() {
+                return why;
+            }
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
     }
 }
 

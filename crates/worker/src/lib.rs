@@ -1,9 +1,13 @@
 //! The shard executor: opens what a shard names and runs the core analyses on its tensors.
 //! The embedded `neurodiff audit` and the service's workers run the same code.
+pub mod confine;
 pub mod lease;
-mod materialize;
+pub mod materialize;
+mod plan;
 pub mod record;
 pub mod service;
+
+pub use plan::check_limits;
 
 use std::path::PathBuf;
 
@@ -27,6 +31,27 @@ pub enum WorkerError {
 }
 
 pub type Result<T, E = WorkerError> = std::result::Result<T, E>;
+
+impl WorkerError {
+    /// Out of memory (host or GPU) or out of disk: the input may be fine and another worker,
+    /// or the same one later, may have room, so the task is retried (a bounded number of
+    /// times), not failed.
+    pub fn is_resource_exhaustion(&self) -> bool {
+        let message = match self {
+            WorkerError::Core(CoreError::Io { source, .. }) => {
+                if source.raw_os_error() == Some(28) || source.kind() == std::io::ErrorKind::StorageFull {
+                    return true;
+                }
+                source.to_string()
+            }
+            other => other.to_string(),
+        };
+        let m = message.to_ascii_lowercase();
+        ["out of memory", "can't allocate memory", "cannot allocate memory", "no space left on device"]
+            .iter()
+            .any(|s| m.contains(s))
+    }
+}
 
 /// The opened fine-tuned side.
 #[derive(Debug)]

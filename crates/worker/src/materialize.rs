@@ -1,83 +1,126 @@
-//! `s3://bucket/prefix` model references: the checkpoint's objects are copied once into a local
-//! cache directory (each file written under a temporary name and renamed, so a file that exists
-//! is complete; a marker written last says the whole checkpoint is, so later shards list
-//! nothing), and the audit reads the copy through the same loader as any directory. Checkpoints
-//! under a prefix are taken to be immutable, as the model records hashed at planning assume.
+//! `s3://bucket/prefix` model references: the checkpoint's objects are copied once into the
+//! worker's cache directory, under a name derived from the normalised location (so no key or
+//! prefix can name a path outside the cache), streamed to disk chunk by chunk, each file under a
+//! temporary name of its own and renamed (concurrent copies of one model never interleave, and
+//! a file that exists is complete), bounded by the model byte limit before anything is written.
+//! A marker written last says the copy is whole, so later shards list nothing. Whether the
+//! content is what planning hashed is checked by the caller against the plan's records.
 use std::path::{Path, PathBuf};
 
-use neurodiff_protocol::Target;
 use neurodiff_store::{Blobs, StoreError};
+use rand::Rng;
+use sha2::{Digest, Sha256};
 
 use crate::{Result, WorkerError};
-
-/// The local directory to audit for `reference`: itself unless it is an `s3://` reference.
-async fn materialize(reference: &str, cache_dir: &Path) -> Result<String> {
-    let Some(rest) = reference.strip_prefix("s3://") else {
-        return Ok(reference.to_string());
-    };
-    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-    let prefix = prefix.trim_matches('/');
-    let local: PathBuf = cache_dir.join("s3").join(bucket).join(prefix);
-    let complete = local.join(COMPLETE_MARKER);
-    if complete.is_file() {
-        return Ok(local.display().to_string());
-    }
-    let blobs = Blobs::from_url(&format!("s3://{bucket}"))
-        .map_err(|e| WorkerError::Io(format!("model reference `{reference}`: {e}")))?;
-    let failed = |e: StoreError| {
-        let message = format!("model reference `{reference}`: {e}");
-        match e {
-            StoreError::NotFound { .. } | StoreError::Invalid(_) => WorkerError::Io(message),
-            _ => WorkerError::Storage(message),
-        }
-    };
-    let keys = blobs.list(prefix).await.map_err(failed)?;
-    if keys.is_empty() {
-        return Err(WorkerError::Io(format!(
-            "model reference `{reference}`: no objects under this prefix"
-        )));
-    }
-    for key in keys {
-        let relative = key
-            .strip_prefix(prefix)
-            .unwrap_or(&key)
-            .trim_start_matches('/');
-        if relative.is_empty() || relative.split('/').any(|p| p == "..") {
-            continue;
-        }
-        let dest = local.join(relative);
-        if dest.is_file() {
-            continue;
-        }
-        let bytes = blobs.get(&key).await.map_err(failed)?;
-        let io = |e: std::io::Error| WorkerError::Io(format!("{}: {e}", dest.display()));
-        if let Some(parent) = dest.parent() {
-            tokio::fs::create_dir_all(parent).await.map_err(io)?;
-        }
-        let tmp = dest.with_extension(format!("part-{}", std::process::id()));
-        tokio::fs::write(&tmp, &bytes).await.map_err(io)?;
-        tokio::fs::rename(&tmp, &dest).await.map_err(io)?;
-    }
-    tokio::fs::write(&complete, b"")
-        .await
-        .map_err(|e| WorkerError::Io(format!("{}: {e}", complete.display())))?;
-    Ok(local.display().to_string())
-}
 
 /// Written into a cached copy once every object of the checkpoint is there.
 const COMPLETE_MARKER: &str = ".neurodiff-complete";
 
-/// Both sides of an audit as local references: the base, and the target pointing at its copy.
-pub async fn materialize_pair(
-    base: &str,
-    target: &Target,
+/// Object names copied: the files of a checkpoint or adapter (no sub-folders, no dot-files).
+fn copied_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && name.len() <= 255
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+}
+
+/// A temporary name no other copy (in this process or another) will use.
+fn temporary(dir: &Path, name: &str) -> PathBuf {
+    let nonce: u64 = rand::rng().random();
+    dir.join(format!(".{name}.part-{}-{nonce:016x}", std::process::id()))
+}
+
+/// The cache directory holding the copy of `bucket/prefix` (both already normalised).
+pub fn cache_path(cache_dir: &Path, bucket: &str, prefix: &str) -> PathBuf {
+    let digest = Sha256::digest(format!("{bucket}/{prefix}").as_bytes());
+    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    cache_dir.join("s3").join(hex)
+}
+
+/// Copies the objects directly under `bucket/prefix` into the cache (once); the directory.
+pub async fn materialize_s3(
+    reference: &str,
+    bucket: &str,
+    prefix: &str,
     cache_dir: &Path,
-) -> Result<(String, Target)> {
-    let base = materialize(base, cache_dir).await?;
-    let local = materialize(target.reference(), cache_dir).await?;
-    let target = match target {
-        Target::Checkpoint { .. } => Target::Checkpoint { reference: local },
-        Target::Adapter { .. } => Target::Adapter { reference: local },
+    max_bytes: u64,
+) -> Result<PathBuf> {
+    let local = cache_path(cache_dir, bucket, prefix);
+    if local.join(COMPLETE_MARKER).is_file() {
+        return Ok(local);
+    }
+    let failed = |e: StoreError| {
+        let message = format!("model reference `{reference}`: {e}");
+        match e {
+            // An outage or throttling may pass: retried. A missing object or refused access
+            // will not: the audit fails with the reason.
+            StoreError::Blob(_) | StoreError::Queue(_) | StoreError::Database(_) => {
+                WorkerError::Storage(message)
+            }
+            _ => WorkerError::Io(message),
+        }
     };
-    Ok((base, target))
+    let blobs = Blobs::from_url(&format!("s3://{bucket}")).map_err(failed)?;
+    let objects: Vec<_> = blobs
+        .list_sized(prefix)
+        .await
+        .map_err(failed)?
+        .into_iter()
+        .filter_map(|o| {
+            let name = o.key.rsplit('/').next().unwrap_or_default().to_string();
+            copied_name(&name).then_some((name, o))
+        })
+        .collect();
+    if objects.is_empty() {
+        return Err(WorkerError::Io(format!(
+            "model reference `{reference}`: no objects under this prefix"
+        )));
+    }
+    let total: u64 = objects.iter().map(|(_, o)| o.size).sum();
+    if total > max_bytes {
+        return Err(WorkerError::Io(format!(
+            "model reference `{reference}`: {total} bytes under this prefix, more than the limit of {max_bytes} bytes per model"
+        )));
+    }
+    let io = |path: &Path, e: std::io::Error| {
+        let message = format!("copying `{reference}` into the worker cache: {e}");
+        // A full disk or a quota may clear: retried like an outage.
+        if e.raw_os_error() == Some(28) || e.kind() == std::io::ErrorKind::StorageFull {
+            WorkerError::Storage(message)
+        } else {
+            WorkerError::Io(format!("{message} ({})", path.display()))
+        }
+    };
+    tokio::fs::create_dir_all(&local)
+        .await
+        .map_err(|e| io(&local, e))?;
+    for (name, object) in objects {
+        let dest = local.join(&name);
+        if dest.is_file() {
+            continue;
+        }
+        let tmp = temporary(&local, &name);
+        let mut file = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(|e| io(&tmp, e))?;
+        let copied = blobs.download(&object.key, &mut file, object.size).await;
+        drop(file);
+        if let Err(e) = copied {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(failed(e));
+        }
+        tokio::fs::rename(&tmp, &dest)
+            .await
+            .map_err(|e| io(&dest, e))?;
+    }
+    let marker = temporary(&local, COMPLETE_MARKER);
+    tokio::fs::write(&marker, b"")
+        .await
+        .map_err(|e| io(&marker, e))?;
+    tokio::fs::rename(&marker, local.join(COMPLETE_MARKER))
+        .await
+        .map_err(|e| io(&marker, e))?;
+    Ok(local)
 }

@@ -1,26 +1,28 @@
 //! The worker process: reads tasks from the work stream, renews its lease while it runs them,
 //! writes shard results fenced by their attempt number, uploads each shard's result under a
-//! deterministic key, then acknowledges. Analysis errors fail the audit with the message;
-//! infrastructure errors leave the task unacknowledged, so the scheduler retries it.
-use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+//! deterministic key, then acknowledges. Every model is opened under the reference policy and
+//! checked against the content planning recorded. Bad input fails the audit with the reason
+//! (naming references as submitted, never worker-local paths); infrastructure and resource
+//! errors leave the task unacknowledged, so the scheduler retries it. A task that runs past its
+//! deadline fails its audit; on shutdown a task is handed back after the grace period, whatever
+//! it is doing.
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use neurodiff_core::reference::HubOptions;
 use neurodiff_core::CoreError;
-use neurodiff_protocol::{
-    plan_shards, Envelope, Event, PlanRecord, ShardKey, ShardSpec, Task, EVENTS_MAX_LEN,
-};
+use neurodiff_protocol::{Envelope, Event, PlanRecord, ShardSpec, Target, Task, EVENTS_MAX_LEN};
 use neurodiff_store::{shard_result_key, Blobs, Db, Delivery, Queue, StoreError};
 use tch::Device;
 use tokio::sync::watch;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::lease::Lease;
-use crate::materialize::materialize_pair;
-use crate::record::model_record;
+use crate::confine::{redact, Confined, Enforcer};
+use crate::lease::{Interrupt, Lease};
+use crate::record::{verify, HashCache};
 use crate::{Sources, WorkerError};
 
 /// The worker's settings (the binary fills them from flags and the environment).
@@ -32,10 +34,10 @@ pub struct WorkerSettings {
     pub concurrency: usize,
     /// How often the lease is renewed; the scheduler reclaims after several missed renewals.
     pub renew_every: Duration,
-    /// How long a shutting-down worker lets its shard finish before handing it back.
+    /// How long a shutting-down worker lets its task run before handing it back.
     pub grace: Duration,
-    /// Where `s3://` checkpoints are copied.
-    pub cache_dir: PathBuf,
+    /// The reference policy, the limits, the hub cache and where `s3://` checkpoints are copied.
+    pub enforcer: Arc<Enforcer>,
     /// Fault injection: a pause after each tensor (zero in production).
     pub slow_tensor: Duration,
 }
@@ -48,11 +50,26 @@ pub struct WorkerContext {
     pub events: Queue,
     pub blobs: Blobs,
     pub settings: WorkerSettings,
+    /// File hashes this process computed, so shards verify content without rehashing.
+    pub hashes: Arc<HashCache>,
+}
+
+impl WorkerContext {
+    pub fn new(db: Db, tasks: Queue, events: Queue, blobs: Blobs, settings: WorkerSettings) -> Self {
+        WorkerContext {
+            db,
+            tasks,
+            events,
+            blobs,
+            settings,
+            hashes: Arc::new(HashCache::default()),
+        }
+    }
 }
 
 /// What happens to the stream entry after a task ran.
 #[derive(Debug, PartialEq, Eq)]
-enum Outcome {
+pub(crate) enum Outcome {
     /// Done (or nothing left to do): acknowledge.
     Ack,
     /// Interrupted by shutdown: put it back for another worker now.
@@ -62,7 +79,7 @@ enum Outcome {
 /// An error worth retrying elsewhere: the entry stays unacknowledged and is reclaimed.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-struct Transient(String);
+pub(crate) struct Transient(pub(crate) String);
 
 impl From<StoreError> for Transient {
     fn from(e: StoreError) -> Self {
@@ -143,19 +160,54 @@ async fn handle(
     shutdown: watch::Receiver<bool>,
 ) -> Result<Outcome, Transient> {
     let task = &delivery.task.task;
+    let limits = &ctx.settings.enforcer.limits;
+    let deadline = Duration::from_secs(match task {
+        Task::Plan { .. } => limits.planning_timeout_s,
+        Task::Shard { .. } => limits.task_deadline_s,
+    });
     // Held while the task runs (hashing a large checkpoint while planning takes a while too);
     // dropping it stops the renewals.
-    let lease = Lease::start(ctx, consumer, &delivery.id, task.audit(), shutdown);
-    match task {
-        Task::Plan { audit } => plan(ctx, *audit).await,
-        Task::Shard { audit, spec } => {
-            shard(ctx, consumer, &delivery.id, *audit, spec, &lease).await
+    let lease = Lease::start(ctx, consumer, &delivery.id, task.audit(), shutdown, deadline);
+    // The attempt a shard runs as, once it has one (a deadline fails only that attempt).
+    let attempt = AtomicI32::new(0);
+    let work = async {
+        match task {
+            Task::Plan { audit } => crate::plan::plan(ctx, *audit, &lease).await,
+            Task::Shard { audit, spec } => {
+                shard(ctx, consumer, &delivery.id, *audit, spec, &lease, &attempt).await
+            }
         }
+    };
+    tokio::select! {
+        out = work => out,
+        why = lease.interrupted() => match why {
+            Interrupt::HandBack => Ok(Outcome::HandBack),
+            Interrupt::Deadline => {
+                let reason = match task {
+                    Task::Plan { .. } => format!(
+                        "planning: took longer than the limit of {} s (--planning-timeout-s)",
+                        deadline.as_secs()
+                    ),
+                    Task::Shard { spec, .. } => format!(
+                        "shard {}: took longer than the limit of {} s (--task-deadline-s)",
+                        spec.shard,
+                        deadline.as_secs()
+                    ),
+                };
+                match task {
+                    Task::Plan { audit } => fail_planning(ctx, *audit, &reason).await,
+                    Task::Shard { audit, spec } => {
+                        let n = attempt.load(Ordering::SeqCst);
+                        fail_shard(ctx, *audit, &spec.shard.to_string(), n, &reason).await
+                    }
+                }
+            }
+        },
     }
 }
 
 /// Runs blocking libtorch work off the async threads, inside the caller's tracing span.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, Transient> {
     let span = tracing::Span::current();
@@ -166,77 +218,48 @@ async fn blocking<T: Send + 'static>(
 
 /// A task for an audit this database does not hold belongs to another deployment sharing the
 /// Redis stream: left unacknowledged for its own workers, never dropped.
-fn foreign(audit: Uuid) -> Transient {
+pub(crate) fn foreign(audit: Uuid) -> Transient {
     Transient(format!(
         "audit {audit} is not in this worker's database: another deployment shares this Redis \
          stream (give each its own NEURODIFF_QUEUE_PREFIX)"
     ))
 }
 
-async fn plan(ctx: &WorkerContext, audit: Uuid) -> Result<Outcome, Transient> {
-    let row = match ctx.db.audit_by_id(audit).await {
-        Ok(row) => row,
-        Err(StoreError::NotFound { .. }) => return Err(foreign(audit)),
-        Err(e) => return Err(e.into()),
-    };
-    if row.status != "queued" {
-        return Ok(Outcome::Ack);
-    }
-    let spec = row.spec;
-    let opened = materialize_pair(&spec.base, &spec.target, &ctx.settings.cache_dir).await;
-    let (base_local, target_local) = match opened {
-        Ok(paths) => paths,
-        Err(WorkerError::Storage(e)) => return Err(Transient(e)),
-        Err(e) => return fail(ctx, audit, None, &format!("planning: {e}")).await,
-    };
-    let spec_b = spec.clone();
-    let planned = blocking(move || {
-        let sources = Sources::open(&base_local, &target_local, &HubOptions::from_env())?;
-        let n_layers = sources.n_layers()?;
-        let shards = plan_shards(&spec_b, n_layers).map_err(|e| WorkerError::Io(e.to_string()))?;
-        let (base_files, target_files) = sources.record_files();
-        let record = PlanRecord {
-            n_layers,
-            base: model_record(&spec_b.base, &sources.base_dir, &base_files)?,
-            finetuned: model_record(
-                spec_b.target.reference(),
-                &sources.target_dir,
-                &target_files,
-            )?,
-        };
-        Ok::<_, WorkerError>((shards, record))
-    })
-    .await?;
-    let (shards, record) = match planned {
-        Ok(p) => p,
-        Err(e) => return fail(ctx, audit, None, &format!("planning: {e}")).await,
-    };
-    let keys: Vec<ShardKey> = shards.iter().map(|s| s.shard).collect();
-    let record = serde_json::to_value(&record).map_err(|e| Transient(e.to_string()))?;
-    ctx.db.plan_shards(audit, &keys, Some(&record)).await?;
-    tracing::info!(shards = keys.len(), "planned");
-    wake(ctx, Event::Planned { audit }).await;
-    Ok(Outcome::Ack)
-}
-
-async fn fail(
+/// Fails an audit that is still waiting for its plan (a stale planner fails nothing).
+pub(crate) async fn fail_planning(
     ctx: &WorkerContext,
     audit: Uuid,
-    shard: Option<&str>,
     reason: &str,
 ) -> Result<Outcome, Transient> {
-    tracing::warn!(reason, "audit failed");
-    ctx.db.fail_audit(audit, shard, reason).await?;
+    tracing::warn!(reason, "planning failed");
+    ctx.db.fail_unplanned(audit, reason).await?;
     Ok(Outcome::Ack)
 }
 
-async fn wake(ctx: &WorkerContext, event: Event) {
+/// Fails the audit because of its shard, if `attempt` is still the shard's current one.
+async fn fail_shard(
+    ctx: &WorkerContext,
+    audit: Uuid,
+    shard: &str,
+    attempt: i32,
+    reason: &str,
+) -> Result<Outcome, Transient> {
+    if ctx.db.fail_shard(audit, shard, attempt, reason).await? {
+        tracing::warn!(reason, "audit failed");
+    } else {
+        tracing::warn!(reason, attempt, "a newer attempt owns this shard; not failing the audit");
+    }
+    Ok(Outcome::Ack)
+}
+
+pub(crate) async fn wake(ctx: &WorkerContext, event: Event) {
     // Only a hint: the scheduler finds the same work in the database on its next pass.
     if let Err(e) = ctx.events.notify(&event, EVENTS_MAX_LEN).await {
         tracing::debug!(error = %e, "cannot wake the scheduler");
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn shard(
     ctx: &WorkerContext,
     consumer: &str,
@@ -244,6 +267,7 @@ async fn shard(
     audit: Uuid,
     spec: &ShardSpec,
     lease: &Lease,
+    attempt_slot: &AtomicI32,
 ) -> Result<Outcome, Transient> {
     let key = spec.shard.to_string();
     // Stream entry ids start with the millisecond they were added at.
@@ -267,38 +291,73 @@ async fn shard(
         }
         Err(e) => return Err(e.into()),
     };
+    attempt_slot.store(attempt, Ordering::SeqCst);
     tracing::info!(attempt, "shard started");
-    let resolved = materialize_pair(&spec.base, &spec.target, &ctx.settings.cache_dir).await;
-    let result = match resolved {
-        Err(e) => Err(e),
-        Ok((base, target)) => {
-            let (spec_b, stop_b, device) = (spec.clone(), lease.stop.clone(), ctx.settings.device);
-            let slow_tensor = ctx.settings.slow_tensor;
-            blocking(move || {
-                let sources = Sources::open(&base, &target, &HubOptions::from_env())?;
-                let slow = slow_tensor;
-                sources.execute(&spec_b, device, &mut |_| {
-                    if !slow.is_zero() {
-                        std::thread::sleep(slow);
-                    }
-                    !stop_b.load(Ordering::SeqCst)
-                })
-            })
-            .await?
+    let team = ctx.db.team_of(audit).await?;
+    let planned: Option<PlanRecord> = ctx
+        .db
+        .audit_models(audit)
+        .await?
+        .and_then(|m| serde_json::from_value(m).ok());
+    let failed = |e: WorkerError, pair: &[&Confined]| {
+        redact(&e.to_string(), pair, &ctx.settings.enforcer.cache_dir)
+    };
+    // Hub ids are opened at the commit planning pinned, whatever the branch says now.
+    let base_ref = planned
+        .as_ref()
+        .filter(|p| p.base.resolved != p.base.reference)
+        .map_or(spec.base.clone(), |p| p.base.resolved.clone());
+    let target_ref = planned
+        .as_ref()
+        .filter(|p| p.finetuned.resolved != p.finetuned.reference)
+        .map_or(spec.target.reference().to_string(), |p| p.finetuned.resolved.clone());
+    let pair = match open_pair(ctx, &team, (&spec.base, &base_ref), &spec.target, &target_ref).await {
+        Ok(p) => p,
+        Err(WorkerError::Storage(e)) => return Err(Transient(e)),
+        Err(e) => {
+            let reason = format!("shard {key}: {}", failed(e, &[]));
+            return fail_shard(ctx, audit, &key, attempt, &reason).await;
         }
     };
+    let (base, target) = (pair.0.clone(), pair.1.clone());
+    let (spec_b, stop_b, device) = (spec.clone(), lease.stop.clone(), ctx.settings.device);
+    let slow_tensor = ctx.settings.slow_tensor;
+    let hashes = ctx.hashes.clone();
+    let result = blocking(move || {
+        let sources = Sources::open(
+            &base.dir.display().to_string(),
+            &spec_b.target.with_reference(target.dir.display().to_string()),
+            &HubOptions::from_env(),
+        )?;
+        if let Some(p) = &planned {
+            let (base_files, target_files) = sources.record_files();
+            verify(&p.base, &base_files, &hashes, &stop_b)?;
+            verify(&p.finetuned, &target_files, &hashes, &stop_b)?;
+        }
+        let slow = slow_tensor;
+        sources.execute(&spec_b, device, &mut |_| {
+            if !slow.is_zero() {
+                std::thread::sleep(slow);
+            }
+            !stop_b.load(Ordering::SeqCst)
+        })
+    })
+    .await?;
     let result = match result {
         Ok(r) => r,
+        // Cancelled (a hand-back or deadline is answered by `handle` before this is reached).
         Err(WorkerError::Core(CoreError::Interrupted)) => {
-            return Ok(if lease.handing_back() {
-                Outcome::HandBack
-            } else {
-                tracing::info!("audit cancelled; shard dropped");
-                Outcome::Ack
-            });
+            tracing::info!("audit cancelled; shard dropped");
+            return Ok(Outcome::Ack);
+        }
+        Err(e) if e.is_resource_exhaustion() => {
+            return Err(Transient(format!("shard {key}: {e} (resources; retried)")))
         }
         Err(WorkerError::Storage(e)) => return Err(Transient(e)),
-        Err(e) => return fail(ctx, audit, Some(&key), &format!("shard {key}: {e}")).await,
+        Err(e) => {
+            let reason = format!("shard {key}: {}", failed(e, &[&pair.0, &pair.1]));
+            return fail_shard(ctx, audit, &key, attempt, &reason).await;
+        }
     };
     // Keyed by attempt, so a stale worker's upload never replaces the result the fan-in reads.
     let json = serde_json::to_vec(&result).map_err(|e| Transient(e.to_string()))?;
@@ -324,4 +383,35 @@ async fn shard(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Opens one side of an audit under the policy: `to_open` (the submitted reference, or the
+/// form planning pinned), with messages naming `submitted`.
+pub(crate) async fn open_one(
+    ctx: &WorkerContext,
+    team: &str,
+    field: &str,
+    submitted: &str,
+    to_open: &str,
+) -> crate::Result<Confined> {
+    let mut c = ctx.settings.enforcer.open(team, field, to_open).await?;
+    c.reference = submitted.to_string();
+    Ok(c)
+}
+
+/// Both sides of an audit, opened under the policy.
+pub(crate) async fn open_pair(
+    ctx: &WorkerContext,
+    team: &str,
+    (base, base_open): (&str, &str),
+    target: &Target,
+    target_open: &str,
+) -> crate::Result<(Confined, Confined)> {
+    let field = match target {
+        Target::Checkpoint { .. } => "finetuned",
+        Target::Adapter { .. } => "adapter",
+    };
+    let b = open_one(ctx, team, "base", base, base_open).await?;
+    let t = open_one(ctx, team, field, target.reference(), target_open).await?;
+    Ok((b, t))
 }

@@ -4,8 +4,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use neurodiff_protocol::{AnalysisKind, AuditSpec, Event, Target, WeightOptions, EVENTS_MAX_LEN};
-use neurodiff_store::{AuditFilter, AuditRow};
+use neurodiff_protocol::{
+    normalize_layers, AnalysisKind, AuditSpec, Event, Limits, ReferencePolicy, Target,
+    WeightOptions, EVENTS_MAX_LEN,
+};
+use neurodiff_store::{Admission, AuditFilter, AuditRow};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -76,7 +79,15 @@ impl From<AuditRow> for AuditView {
 
 const MAX_KEY: usize = 200;
 
-fn validate(req: AuditRequest) -> Result<AuditSpec, ApiError> {
+/// Checks a request against the deployment's policy and limits, for `team`; the spec to store.
+/// Model references are checked lexically: nothing is opened, so the answer says nothing about
+/// what exists where.
+pub fn validate(
+    req: AuditRequest,
+    team: &str,
+    policy: &ReferencePolicy,
+    limits: &Limits,
+) -> Result<AuditSpec, ApiError> {
     let bad = |m: &str| Err(ApiError::BadRequest(m.to_string()));
     if req.base.trim().is_empty() {
         return bad("field `base`: must name a model");
@@ -87,6 +98,15 @@ fn validate(req: AuditRequest) -> Result<AuditSpec, ApiError> {
         (Some(_), Some(_)) => return bad("fields `finetuned` and `adapter`: give one, not both"),
         _ => return bad("field `finetuned` (or `adapter`): must name a model"),
     };
+    let target_field = match target {
+        Target::Checkpoint { .. } => "finetuned",
+        Target::Adapter { .. } => "adapter",
+    };
+    for (field, reference) in [("base", req.base.as_str()), (target_field, target.reference())] {
+        policy
+            .check(team, field, reference)
+            .map_err(|e| ApiError::BadRequest(e.0))?;
+    }
     let analyses = req.analyses.unwrap_or_else(|| vec![AnalysisKind::Weights]);
     if analyses.is_empty() {
         return bad("field `analyses`: must not be empty");
@@ -95,14 +115,18 @@ fn validate(req: AuditRequest) -> Result<AuditSpec, ApiError> {
     if weights.top_k == 0 || weights.top_k > 4096 {
         return bad("field `weights.top_k`: must be between 1 and 4096");
     }
-    if req.layers.as_ref().is_some_and(|l| l.is_empty()) {
-        return bad("field `layers`: must not be empty (omit it to audit every layer)");
-    }
+    let layers = match req.layers {
+        None => None,
+        Some(l) => Some(
+            normalize_layers(&l, limits.max_blocks)
+                .map_err(|e| ApiError::BadRequest(e.to_string()))?,
+        ),
+    };
     Ok(AuditSpec {
         base: req.base,
         target,
         analyses,
-        layers: req.layers,
+        layers,
         weights,
     })
 }
@@ -115,8 +139,9 @@ pub(crate) fn parse_id(id: &str) -> Result<Uuid, ApiError> {
 /// Submit an audit; 202 with its id. The same `Idempotency-Key` returns the same audit.
 #[utoipa::path(post, path = "/v1/audits", tag = "audits", request_body = AuditRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "returns the same audit for the same key")),
-    responses((status = 202, body = AuditView), (status = 400, description = "a bad field, named"),
-        (status = 401), (status = 413)),
+    responses((status = 202, body = AuditView), (status = 400, description = "a bad field, named, or a model reference the policy refuses"),
+        (status = 401), (status = 409, description = "the Idempotency-Key was used for a different request"),
+        (status = 413), (status = 429, description = "over the team's quota; see Retry-After")),
     security(("bearer" = [])))]
 pub async fn create(
     State(state): State<AppState>,
@@ -139,8 +164,30 @@ pub async fn create(
             }
         },
     };
-    let spec = validate(req)?;
-    let (audit, created) = state.db.insert_audit(&team, &spec, key.as_deref()).await?;
+    let spec = validate(req, &team.name, &state.policy, &state.limits)?;
+    let (audit, created) = match state
+        .db
+        .insert_audit(&team, &spec, key.as_deref(), &state.quota)
+        .await?
+    {
+        Admission::Created(a) => (a, true),
+        Admission::Existing(a) => (a, false),
+        Admission::KeyReused(a) => {
+            return Err(ApiError::Conflict(format!(
+                "header `Idempotency-Key`: already used for audit {} with a different request; use a new key",
+                a.id
+            )))
+        }
+        Admission::OverQuota {
+            reason,
+            retry_after_s,
+        } => {
+            return Err(ApiError::TooManyRequests {
+                message: reason,
+                retry_after_s,
+            })
+        }
+    };
     if created {
         if let Some(events) = &state.events {
             // Only a wake-up: the audit is stored, and the scheduler enqueues every stored audit

@@ -4,13 +4,22 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use neurodiff_core::reference::HubOptions;
+use neurodiff_server::policy::{LimitArgs, PolicyArgs};
 use neurodiff_server::services::{runtime, shutdown_signal, Backends};
+use neurodiff_worker::confine::Enforcer;
 use neurodiff_worker::service::{WorkerContext, WorkerSettings};
 
 #[derive(Debug, clap::Args)]
 pub struct WorkerArgs {
     #[command(flatten)]
     pub backends: Backends,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
     /// cpu, cuda or cuda:N.
     #[arg(long, env = "NEURODIFF_DEVICE", default_value = "cpu")]
     pub device: String,
@@ -24,7 +33,7 @@ pub struct WorkerArgs {
     /// --lease-timeout-ms).
     #[arg(long, env = "NEURODIFF_RENEW_MS", default_value_t = 5_000)]
     pub renew_ms: u64,
-    /// On SIGTERM, how long the shard in flight may run before it is handed back.
+    /// On SIGTERM, how long the task in flight may run before it is handed back.
     #[arg(long, default_value_t = 30)]
     pub grace_s: u64,
     /// Where s3:// checkpoints are copied before they are read.
@@ -42,25 +51,44 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())
     });
-    runtime()?.block_on(async {
+    // Absolute and existing, so the policy can keep it out of every team's reach.
+    std::fs::create_dir_all(&args.cache_dir)
+        .map_err(|e| anyhow::anyhow!("--cache-dir {}: {e}", args.cache_dir.display()))?;
+    let cache_dir = std::fs::canonicalize(&args.cache_dir)?;
+    let cache = cache_dir.to_string_lossy().into_owned();
+    let policy = args
+        .policy
+        .load(&[&args.backends.object_store, &cache])?;
+    let enforcer = Arc::new(Enforcer {
+        policy,
+        limits: args.limits.limits(),
+        hub: HubOptions::from_env(),
+        cache_dir,
+    });
+    let rt = runtime()?;
+    let result = rt.block_on(async {
         let c = args.backends.connect(u64::MAX).await?;
-        let ctx = WorkerContext {
-            db: c.db,
-            tasks: c.tasks,
-            events: c.events,
-            blobs: c.blobs,
-            settings: WorkerSettings {
+        let ctx = WorkerContext::new(
+            c.db,
+            c.tasks,
+            c.events,
+            c.blobs,
+            WorkerSettings {
                 name: name.clone(),
                 device,
                 concurrency: args.concurrency,
                 renew_every: Duration::from_millis(args.renew_ms.max(10)),
                 grace: Duration::from_secs(args.grace_s),
-                cache_dir: args.cache_dir,
+                enforcer,
                 slow_tensor: Duration::from_millis(args.slow_tensor_ms),
             },
-        };
+        );
         eprintln!("neurodiff worker {name} running on {}", args.device);
         neurodiff_worker::service::run(ctx, shutdown_signal()).await;
         Ok(())
-    })
+    });
+    // A task abandoned at the end of the grace period may still hold a blocking thread
+    // (hashing, an analysis): the process does not wait for it. Its task was handed back.
+    rt.shutdown_background();
+    result
 }

@@ -1,0 +1,201 @@
+//! The worker's half of the reference policy: a reference the API accepted is checked again
+//! when its files are opened. Local paths are canonicalised (symbolic links resolved) and must
+//! stay inside the canonical roots the team may read, and so must every file the checkpoint
+//! would open (config, weights, the files a shard index names, adapter files); hub ids resolve
+//! only through the hub cache, to a commit, inside the repository's folder; `s3://` prefixes
+//! are copied into the cache under a name derived from the normalised location.
+use std::path::{Path, PathBuf};
+
+use neurodiff_core::checkpoint::{CONFIG_FILE, SHARD_INDEX, SINGLE_FILE, TOKENIZER_FILE};
+use neurodiff_core::reference::{resolve_hub, HubOptions};
+use neurodiff_core::weights::lora::{ADAPTER_CONFIG, ADAPTER_WEIGHTS};
+use neurodiff_core::Checkpoint;
+use neurodiff_protocol::{Limits, ModelRef, ReferencePolicy};
+
+use crate::materialize::materialize_s3;
+use crate::{Result, WorkerError};
+
+/// A reference opened under the policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Confined {
+    /// As the team submitted it: what every message shows.
+    pub reference: String,
+    /// The local directory to read.
+    pub dir: PathBuf,
+    /// Fixed content: `org/name@commit` for a hub id, else the reference itself.
+    pub pinned: String,
+}
+
+/// Everything a worker needs to enforce the policy.
+#[derive(Debug, Clone)]
+pub struct Enforcer {
+    pub policy: ReferencePolicy,
+    pub limits: Limits,
+    pub hub: HubOptions,
+    pub cache_dir: PathBuf,
+}
+
+fn refused(reference: &str, why: impl std::fmt::Display) -> WorkerError {
+    WorkerError::Io(format!("model reference `{reference}`: {why}"))
+}
+
+fn canonical(path: &Path) -> Option<PathBuf> {
+    std::fs::canonicalize(path).ok()
+}
+
+impl Enforcer {
+    /// Checks `reference` (request field `field`) for `team`, resolves it to a local directory
+    /// and vets every file in it the audit may open.
+    pub async fn open(&self, team: &str, field: &str, reference: &str) -> Result<Confined> {
+        let parsed = self
+            .policy
+            .check(team, field, reference)
+            .map_err(|e| WorkerError::Io(e.0))?;
+        match &parsed {
+            ModelRef::Local { path } => {
+                let roots = self.local_roots(team, &parsed, reference)?;
+                let dir = canonical(Path::new(path))
+                    .filter(|d| d.is_dir())
+                    .ok_or_else(|| refused(reference, "no checkpoint directory there"))?;
+                self.vet(reference, &dir, &roots, false)?;
+                Ok(Confined {
+                    reference: reference.to_string(),
+                    dir,
+                    pinned: reference.to_string(),
+                })
+            }
+            ModelRef::S3 { bucket, prefix } => {
+                let dir = materialize_s3(
+                    reference,
+                    bucket,
+                    prefix,
+                    &self.cache_dir,
+                    self.limits.max_model_bytes,
+                )
+                .await?;
+                let root = canonical(&dir).ok_or_else(|| refused(reference, "cache copy vanished"))?;
+                self.vet(reference, &root, std::slice::from_ref(&root), true)?;
+                Ok(Confined {
+                    reference: reference.to_string(),
+                    dir: root,
+                    pinned: reference.to_string(),
+                })
+            }
+            ModelRef::Hub { .. } => {
+                let (hub, r) = (self.hub.clone(), reference.to_string());
+                let snap = tokio::task::spawn_blocking(move || resolve_hub(&r, &hub))
+                    .await
+                    .map_err(|e| WorkerError::Io(format!("hub resolver: {e}")))?
+                    .map_err(|e| WorkerError::Io(e.to_string()))?;
+                let root = canonical(&snap.repo_dir)
+                    .ok_or_else(|| refused(reference, "not in the hub cache"))?;
+                self.vet(reference, &snap.dir, std::slice::from_ref(&root), false)?;
+                let pinned = parsed
+                    .hub_id()
+                    .and_then(|id| id.split_once('@').map(|(repo, _)| repo.to_string()))
+                    .map_or_else(|| reference.to_string(), |repo| format!("{repo}@{}", snap.commit));
+                Ok(Confined {
+                    reference: reference.to_string(),
+                    dir: snap.dir,
+                    pinned,
+                })
+            }
+        }
+    }
+
+    /// The canonical roots a local path must stay inside: every allowed root (deployment's and
+    /// the team's own) it lies under lexically. None of them may be missing.
+    fn local_roots(&self, team: &str, parsed: &ModelRef, reference: &str) -> Result<Vec<PathBuf>> {
+        let roots: Vec<PathBuf> = self
+            .policy
+            .roots_under(team, parsed)
+            .iter()
+            .map(|r| canonical(Path::new(r)))
+            .collect::<Option<_>>()
+            .ok_or_else(|| refused(reference, "an allowed root does not exist on this worker"))?;
+        if roots.is_empty() {
+            return Err(refused(reference, "not under an allowed root"));
+        }
+        Ok(roots)
+    }
+
+    /// Every file the audit may open in `dir` must resolve inside all `roots`, and outside the
+    /// locations the service reserves (artifacts; this worker's cache, unless `dir` is the
+    /// worker's own copy of an s3:// model).
+    fn vet(&self, reference: &str, dir: &Path, roots: &[PathBuf], own_copy: bool) -> Result<()> {
+        let reserved: Vec<PathBuf> = self
+            .policy
+            .denied
+            .iter()
+            .filter(|d| d.starts_with('/'))
+            .map(PathBuf::from)
+            .chain((!own_copy).then(|| self.cache_dir.clone()))
+            .filter_map(|d| canonical(&d))
+            .collect();
+        let inside = |p: &Path| {
+            roots.iter().all(|r| p.starts_with(r)) && !reserved.iter().any(|d| p.starts_with(d))
+        };
+        if !inside(dir) {
+            return Err(refused(
+                reference,
+                "resolves outside the locations this team may read (a symbolic link?)",
+            ));
+        }
+        let mut names: Vec<String> = [
+            CONFIG_FILE,
+            TOKENIZER_FILE,
+            SINGLE_FILE,
+            SHARD_INDEX,
+            ADAPTER_CONFIG,
+            ADAPTER_WEIGHTS,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if !dir.join(SINGLE_FILE).exists() && dir.join(SHARD_INDEX).exists() {
+            let (files, _) = Checkpoint::weight_files(dir)
+                .map_err(|e| refused(reference, redact_path(&e.to_string(), dir, reference)))?;
+            names.extend(files);
+        }
+        for name in names {
+            let path = dir.join(&name);
+            if std::fs::symlink_metadata(&path).is_err() {
+                continue;
+            }
+            match canonical(&path) {
+                Some(p) if inside(&p) => {}
+                _ => {
+                    return Err(refused(
+                        reference,
+                        format!("`{name}` resolves outside the locations this team may read"),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `message` with the worker-local `dir` replaced by the reference as submitted.
+pub fn redact_path(message: &str, dir: &Path, reference: &str) -> String {
+    message.replace(&dir.display().to_string(), reference)
+}
+
+/// `message` with every confined directory replaced by its reference, and the worker's cache
+/// directory hidden: errors go to the team that submitted the audit.
+pub fn redact(message: &str, confined: &[&Confined], cache_dir: &Path) -> String {
+    let mut out = message.to_string();
+    let mut pairs: Vec<(&Path, &str)> = confined
+        .iter()
+        .map(|c| (c.dir.as_path(), c.reference.as_str()))
+        .collect();
+    // Longest first, so a directory inside another is replaced by its own reference.
+    pairs.sort_by_key(|(d, _)| std::cmp::Reverse(d.as_os_str().len()));
+    for (dir, reference) in pairs {
+        out = redact_path(&out, dir, reference);
+    }
+    for cache in [Some(cache_dir.to_path_buf()), canonical(cache_dir)].into_iter().flatten() {
+        out = out.replace(&cache.display().to_string(), "<worker cache>");
+    }
+    out
+}

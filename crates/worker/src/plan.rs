@@ -1,0 +1,164 @@
+//! Planning an audit on a worker: both models opened under the reference policy, their sizes
+//! checked against the limits before anything is allocated from what a config claims, the
+//! shard plan made, and every file hashed (hub ids pinned to their commit), in one record.
+use std::sync::atomic::Ordering;
+
+use neurodiff_core::reference::HubOptions;
+use neurodiff_core::CoreError;
+use neurodiff_protocol::{plan_shards, Event, Limits, PlanRecord, ShardKey, Spectrum, WeightOptions};
+use neurodiff_store::StoreError;
+use uuid::Uuid;
+
+use crate::confine::redact;
+use crate::lease::Lease;
+use crate::record::record_with;
+use crate::service::{blocking, fail_planning, foreign, open_pair, wake, Outcome, Transient, WorkerContext};
+use crate::{OpenTarget, Sources, WorkerError};
+
+pub(crate) async fn plan(
+    ctx: &WorkerContext,
+    audit: Uuid,
+    lease: &Lease,
+) -> Result<Outcome, Transient> {
+    let row = match ctx.db.audit_by_id(audit).await {
+        Ok(row) => row,
+        Err(StoreError::NotFound { .. }) => return Err(foreign(audit)),
+        Err(e) => return Err(e.into()),
+    };
+    if row.status != "queued" {
+        return Ok(Outcome::Ack);
+    }
+    let team = ctx.db.team_of(audit).await?;
+    let spec = row.spec;
+    let cache_dir = ctx.settings.enforcer.cache_dir.clone();
+    let target_ref = spec.target.reference().to_string();
+    let (base, target) = match open_pair(
+        ctx,
+        &team,
+        (&spec.base, &spec.base),
+        &spec.target,
+        &target_ref,
+    )
+    .await
+    {
+        Ok(pair) => pair,
+        Err(WorkerError::Storage(e)) => return Err(Transient(e)),
+        Err(e) => {
+            let reason = format!("planning: {}", redact(&e.to_string(), &[], &cache_dir));
+            return fail_planning(ctx, audit, &reason).await;
+        }
+    };
+    let (spec_b, base_b, target_b) = (spec.clone(), base.clone(), target.clone());
+    let limits = ctx.settings.enforcer.limits;
+    let (hashes, stop) = (ctx.hashes.clone(), lease.stop.clone());
+    let planned = blocking(move || {
+        let sources = Sources::open(
+            &base_b.dir.display().to_string(),
+            &spec_b.target.with_reference(target_b.dir.display().to_string()),
+            &HubOptions::from_env(),
+        )?;
+        let n_layers = sources.n_layers()?;
+        check_limits(&sources, n_layers, &spec_b.weights, &limits)?;
+        let shards = plan_shards(&spec_b, n_layers).map_err(|e| WorkerError::Io(e.to_string()))?;
+        let (base_files, target_files) = sources.record_files();
+        let record = PlanRecord {
+            n_layers,
+            base: record_with(&base_b.reference, &base_b.pinned, &base_files, &hashes, &stop)?,
+            finetuned: record_with(
+                &target_b.reference,
+                &target_b.pinned,
+                &target_files,
+                &hashes,
+                &stop,
+            )?,
+        };
+        Ok::<_, WorkerError>((shards, record))
+    })
+    .await?;
+    let (shards, record) = match planned {
+        Ok(p) => p,
+        // Stopped: the audit was cancelled (a hand-back or deadline is answered by the caller).
+        Err(WorkerError::Core(CoreError::Interrupted)) if lease.stop.load(Ordering::SeqCst) => {
+            return Ok(Outcome::Ack)
+        }
+        Err(e) if e.is_resource_exhaustion() => {
+            return Err(Transient(format!("planning: {e} (resources; retried)")))
+        }
+        Err(e) => {
+            let reason = format!(
+                "planning: {}",
+                redact(&e.to_string(), &[&base, &target], &cache_dir)
+            );
+            return fail_planning(ctx, audit, &reason).await;
+        }
+    };
+    let keys: Vec<ShardKey> = shards.iter().map(|s| s.shard).collect();
+    let record = serde_json::to_value(&record).map_err(|e| Transient(e.to_string()))?;
+    ctx.db.plan_shards(audit, &keys, Some(&record)).await?;
+    tracing::info!(shards = keys.len(), "planned");
+    wake(ctx, Event::Planned { audit }).await;
+    Ok(Outcome::Ack)
+}
+
+/// Refuses models larger than the limits allow, naming the limit and its flag. Runs before
+/// the shard plan is made, so a config claiming a billion blocks allocates nothing.
+pub fn check_limits(
+    sources: &Sources,
+    n_layers: usize,
+    weights: &WeightOptions,
+    limits: &Limits,
+) -> crate::Result<()> {
+    let over = |what: String| Err(WorkerError::Io(what));
+    if n_layers > limits.max_blocks {
+        return over(format!(
+            "config.json claims {n_layers} blocks; the limit is {} (--max-blocks)",
+            limits.max_blocks
+        ));
+    }
+    let base_tensors = sources.base.names().count();
+    let target_tensors = match &sources.target {
+        OpenTarget::Checkpoint(c) => c.names().count(),
+        OpenTarget::Adapter(a) => a.pairs.len(),
+    };
+    for (side, n) in [("base", base_tensors), ("fine-tuned", target_tensors)] {
+        if n > limits.max_tensors {
+            return over(format!(
+                "the {side} checkpoint holds {n} tensors; the limit is {} (--max-tensors)",
+                limits.max_tensors
+            ));
+        }
+    }
+    let (base_files, target_files) = sources.record_files();
+    for (side, files) in [("base", &base_files), ("fine-tuned", &target_files)] {
+        let bytes: u64 = files
+            .iter()
+            .filter_map(|f| std::fs::metadata(f).ok())
+            .map(|m| m.len())
+            .sum();
+        if bytes > limits.max_model_bytes {
+            return over(format!(
+                "the {side} model's files hold {bytes} bytes; the limit is {} (--max-model-bytes)",
+                limits.max_model_bytes
+            ));
+        }
+    }
+    if weights.spectrum == Spectrum::Full {
+        if let OpenTarget::Checkpoint(ft) = &sources.target {
+            let big = sources.base.names().find(|n| {
+                sources.base.meta(n).is_some_and(|m| {
+                    m.shape.len() == 2
+                        && ft.contains(n)
+                        && m.numel() as u64 > limits.max_spectrum_elements
+                })
+            });
+            if let Some(name) = big {
+                return over(format!(
+                    "tensor `{name}` has more than {} elements, the limit for a full spectrum \
+                     (--max-spectrum-elements); audit with spectrum `none`",
+                    limits.max_spectrum_elements
+                ));
+            }
+        }
+    }
+    Ok(())
+}
