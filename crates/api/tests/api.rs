@@ -2,82 +2,12 @@
 //! a real Redis (a stream per test).
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use http_body_util::BodyExt;
-use neurodiff_api::{app, AppState};
-use neurodiff_store::{Blobs, Db, Queue};
-use serde_json::{json, Value};
+mod common;
+
+use axum::http::StatusCode;
+use common::{audit_body, call, harness};
+use serde_json::json;
 use sqlx::PgPool;
-use tower::ServiceExt;
-
-struct Harness {
-    state: AppState,
-    token_a: String,
-    token_b: String,
-}
-
-async fn harness(pool: PgPool) -> Harness {
-    let db = Db { pool };
-    let (a, b) = (
-        db.ensure_team("team-a").await.unwrap(),
-        db.ensure_team("team-b").await.unwrap(),
-    );
-    let token_a = db.create_token(&a, "test").await.unwrap();
-    let token_b = db.create_token(&b, "test").await.unwrap();
-    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let queue = Queue::connect(&url, &format!("neurodiff-test:{}", uuid::Uuid::new_v4()), 3)
-        .await
-        .unwrap();
-    Harness {
-        state: AppState::new(
-            db,
-            Some(queue.clone()),
-            Some(queue),
-            Blobs::from_url("memory://").unwrap(),
-        )
-        .unwrap(),
-        token_a,
-        token_b,
-    }
-}
-
-async fn call(
-    h: &Harness,
-    method: &str,
-    uri: &str,
-    token: Option<&str>,
-    body: Option<String>,
-    key: Option<&str>,
-) -> (StatusCode, Value) {
-    let mut req = Request::builder()
-        .method(method)
-        .uri(uri)
-        .header("content-type", "application/json");
-    if let Some(t) = token {
-        req = req.header("authorization", format!("Bearer {t}"));
-    }
-    if let Some(k) = key {
-        req = req.header("idempotency-key", k);
-    }
-    let resp = app(h.state.clone())
-        .oneshot(
-            req.body(body.map(Body::from).unwrap_or_else(Body::empty))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
-}
-
-fn audit_body(base: &str) -> String {
-    json!({"base": base, "finetuned": "org/ft", "layers": [0, 1]}).to_string()
-}
 
 #[sqlx::test(migrator = "neurodiff_store::MIGRATOR")]
 async fn tokens_are_required(pool: PgPool) {
@@ -394,20 +324,13 @@ async fn openapi_and_metrics_are_served(pool: PgPool) {
     }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
     call(&h, "GET", "/v1/audits", Some(&h.token_a), None, None).await;
-    let resp = app(h.state.clone())
-        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    let text = String::from_utf8(
-        resp.into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec(),
-    )
-    .unwrap();
+    // Any token is a valid HTTP method; it must not become a label value.
+    call(&h, "BREW", "/healthz", None, None, None).await;
+    let (status, metrics) = call(&h, "GET", "/metrics", None, None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let text = metrics.as_str().unwrap();
+    assert!(!text.contains("BREW"), "{text}");
+    assert!(text.contains(r#"method="other""#), "{text}");
     assert!(
         text.contains(
             r#"neurodiff_http_requests_total{method="GET",route="/v1/audits",status="200"} 1"#

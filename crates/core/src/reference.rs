@@ -156,10 +156,9 @@ fn weights_complete(dir: &Path) -> bool {
     if dir.join(SINGLE_FILE).is_file() {
         return true;
     }
-    let Ok(text) = crate::checkpoint::read_bounded(
-        &dir.join(SHARD_INDEX),
-        crate::checkpoint::MAX_JSON_BYTES,
-    ) else {
+    let Ok(text) =
+        crate::checkpoint::read_bounded(&dir.join(SHARD_INDEX), crate::checkpoint::MAX_JSON_BYTES)
+    else {
         return false;
     };
     shard_files(&text)

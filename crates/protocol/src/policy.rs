@@ -154,7 +154,9 @@ pub fn classify(reference: &str) -> Result<ModelRef, PolicyError> {
         let decoded = percent_decode(raw_prefix)?;
         let trimmed = decoded.strip_suffix('/').unwrap_or(&decoded);
         if !trimmed.is_empty() && !trimmed.split('/').all(safe_segment) {
-            return err("the S3 prefix has an empty, `.` or `..` segment (percent-encoded ones count)");
+            return err(
+                "the S3 prefix has an empty, `.` or `..` segment (percent-encoded ones count)",
+            );
         }
         return Ok(ModelRef::S3 {
             bucket: bucket.to_string(),
@@ -177,9 +179,7 @@ pub fn classify(reference: &str) -> Result<ModelRef, PolicyError> {
     match repo.split_once('/') {
         Some((org, name)) if hub_name_ok(org) && hub_name_ok(name) => {
             if !revision_ok(revision) {
-                return err(format!(
-                    "`{revision}` is not a branch, tag or commit hash"
-                ));
+                return err(format!("`{revision}` is not a branch, tag or commit hash"));
             }
             Ok(ModelRef::Hub {
                 org: org.to_string(),
@@ -267,12 +267,10 @@ impl ReferencePolicy {
 
     /// Every configured root must itself be a valid reference of its kind.
     pub fn check_roots(&self) -> Result<(), PolicyError> {
-        let team_roots = self.teams.values().flat_map(|t| {
-            t.local_roots
-                .iter()
-                .flatten()
-                .chain(t.s3.iter().flatten())
-        });
+        let team_roots = self
+            .teams
+            .values()
+            .flat_map(|t| t.local_roots.iter().flatten().chain(t.s3.iter().flatten()));
         for root in self
             .local_roots
             .iter()
@@ -304,9 +302,8 @@ impl ReferencePolicy {
 
     /// Checks `reference` (from request field `field`) for `team`; the normalised reference.
     pub fn check(&self, team: &str, field: &str, reference: &str) -> Result<ModelRef, PolicyError> {
-        let parsed = classify(reference).map_err(|e| {
-            PolicyError(format!("field `{field}`: `{reference}`: {}", e.0))
-        })?;
+        let parsed = classify(reference)
+            .map_err(|e| PolicyError(format!("field `{field}`: `{reference}`: {}", e.0)))?;
         let refuse = |why: &str| Err(violation(field, reference, why));
         let roots = |list: &[String]| -> Vec<ModelRef> {
             list.iter()
@@ -326,14 +323,21 @@ impl ReferencePolicy {
                         narrowed.and_then(|t| t.local_roots.as_ref()),
                         "local paths",
                     ),
-                    _ => (&self.s3, narrowed.and_then(|t| t.s3.as_ref()), "s3:// prefixes"),
+                    _ => (
+                        &self.s3,
+                        narrowed.and_then(|t| t.s3.as_ref()),
+                        "s3:// prefixes",
+                    ),
                 };
                 let allowed = roots(deployment).iter().any(|r| parsed.is_under(r))
                     && team_list.is_none_or(|l| roots(l).iter().any(|r| parsed.is_under(r)));
                 if !allowed {
                     let mut visible: Vec<String> = match team_list {
                         Some(l) => l.iter().filter_map(|r| with_team(r, team)).collect(),
-                        None => deployment.iter().filter_map(|r| with_team(r, team)).collect(),
+                        None => deployment
+                            .iter()
+                            .filter_map(|r| with_team(r, team))
+                            .collect(),
                     };
                     visible.sort();
                     return refuse(&if visible.is_empty() {
@@ -412,7 +416,9 @@ mod tests {
     fn classifies_and_normalises() {
         assert_eq!(
             classify("/a//b/").unwrap(),
-            ModelRef::Local { path: "/a/b".into() }
+            ModelRef::Local {
+                path: "/a/b".into()
+            }
         );
         assert_eq!(
             classify("s3://bkt/x/y/").unwrap(),
@@ -450,7 +456,9 @@ mod tests {
         assert!(p.check("red", "base", "/models/blue").is_err());
         assert!(p.check("red", "base", "/teams/red/x").is_err());
         assert!(p.check("blue", "base", "s3://models/shared/llama").is_ok());
-        assert!(p.check("blue", "base", "s3://models/shared/artifacts/x").is_err());
+        assert!(p
+            .check("blue", "base", "s3://models/shared/artifacts/x")
+            .is_err());
         assert!(p.check("blue", "base", "s3://models/teams/blue/m").is_ok());
         assert!(p.check("blue", "base", "s3://models/teams/red/m").is_err());
         assert!(p.check("blue", "base", "meta-llama/Llama-3@main").is_ok());
@@ -459,7 +467,10 @@ mod tests {
         // A team name that is not a plain segment matches no {team} root.
         assert!(p.check("..", "base", "/teams/x").is_err());
         let e = p.check("blue", "finetuned", "/etc").unwrap_err().0;
-        assert!(e.contains("field `finetuned`") && e.contains("/models"), "{e}");
+        assert!(
+            e.contains("field `finetuned`") && e.contains("/models"),
+            "{e}"
+        );
         assert!(ReferencePolicy::default()
             .check("t", "base", "/models/x")
             .is_err());

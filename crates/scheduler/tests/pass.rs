@@ -15,8 +15,8 @@ use neurodiff_scheduler::fanin::finish;
 use neurodiff_scheduler::reaper::reap;
 use neurodiff_scheduler::service::{pass, SchedulerContext, SchedulerSettings};
 use neurodiff_store::shard_result_key;
-use sha2::{Digest, Sha256};
 use neurodiff_store::{Admission, Blobs, Db, Queue, Quota};
+use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
 async fn context(pool: PgPool, max_deliveries: u32) -> SchedulerContext {
@@ -305,7 +305,11 @@ async fn a_fan_in_taken_over_records_its_audit_once(pool: PgPool) {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        assert_eq!(sha, art.sha256, "{}: the stored hash matches the object", art.name);
+        assert_eq!(
+            sha, art.sha256,
+            "{}: the stored hash matches the object",
+            art.name
+        );
     }
     assert_eq!(
         ctx.db.audit_by_id(audit).await.unwrap().finished_at,

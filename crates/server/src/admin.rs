@@ -69,8 +69,8 @@ pub fn token(command: TokenCommand) -> anyhow::Result<()> {
                 let db = connect(&db).await?;
                 db.migrate().await?;
                 let team = db.ensure_team(&team).await?;
-                let expires = ttl_days
-                    .map(|d| chrono::Utc::now() + chrono::Duration::days(i64::from(d)));
+                let expires =
+                    ttl_days.map(|d| chrono::Utc::now() + chrono::Duration::days(i64::from(d)));
                 let (id, token) = db.create_token_expiring(&team, &label, expires).await?;
                 writeln!(std::io::stdout(), "{token}")?;
                 eprintln!(

@@ -15,13 +15,21 @@ pub struct PolicyArgs {
     pub policy: Option<PathBuf>,
     /// Allows local checkpoints under these absolute directories (`{team}` stands for the
     /// submitting team's name).
-    #[arg(long = "allow-local", env = "NEURODIFF_ALLOW_LOCAL", value_delimiter = ',')]
+    #[arg(
+        long = "allow-local",
+        env = "NEURODIFF_ALLOW_LOCAL",
+        value_delimiter = ','
+    )]
     pub allow_local: Vec<String>,
     /// Allows `s3://bucket[/prefix]` locations (`{team}` as above).
     #[arg(long = "allow-s3", env = "NEURODIFF_ALLOW_S3", value_delimiter = ',')]
     pub allow_s3: Vec<String>,
     /// Allows hub repositories of these organisations (`*`: any).
-    #[arg(long = "allow-hub-org", env = "NEURODIFF_ALLOW_HUB_ORGS", value_delimiter = ',')]
+    #[arg(
+        long = "allow-hub-org",
+        env = "NEURODIFF_ALLOW_HUB_ORGS",
+        value_delimiter = ','
+    )]
     pub allow_hub_orgs: Vec<String>,
 }
 

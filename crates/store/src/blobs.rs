@@ -178,7 +178,11 @@ impl Blobs {
             .objects
             .into_iter()
             .map(|m| ListedObject {
-                key: m.location.to_string().trim_start_matches(&strip).to_string(),
+                key: m
+                    .location
+                    .to_string()
+                    .trim_start_matches(&strip)
+                    .to_string(),
                 size: m.size,
             })
             .collect();

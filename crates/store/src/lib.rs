@@ -9,10 +9,10 @@ pub mod tokens;
 
 pub use blobs::{artifact_key, shard_result_key, Blobs, ListedObject, StoredObject};
 pub use pg::{Admission, AuditFilter, AuditRow, Db, FanIn, Quota, Team, MIGRATOR};
-pub use tokens::{TokenRow, TOKEN_PREFIX};
 pub use query::{ResultHit, ResultQuery, QUERY_METRICS};
 pub use queue::{now_ms, Delivery, Queue, QueueStats, Reclaimed};
 pub use sched::{parse_shard_key, ArtifactRow, Finishing, PendingShard};
+pub use tokens::{TokenRow, TOKEN_PREFIX};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -71,7 +71,10 @@ pub enum Admission {
     Existing(AuditRow),
     /// The idempotency key was used before for a different spec.
     KeyReused(AuditRow),
-    OverQuota { reason: String, retry_after_s: u64 },
+    OverQuota {
+        reason: String,
+        retry_after_s: u64,
+    },
 }
 
 /// Filters of `GET /v1/audits`.
@@ -159,10 +162,12 @@ impl Db {
         let spec_json =
             serde_json::to_value(spec).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('neurodiff-admission'), hashtext($1::text))")
-            .bind(team.id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock(hashtext('neurodiff-admission'), hashtext($1::text))",
+        )
+        .bind(team.id)
+        .execute(&mut *tx)
+        .await?;
         if let Some(key) = idempotency_key {
             let existing = sqlx::query(&format!(
                 "SELECT {AUDIT_COLUMNS} FROM audits WHERE team_id = $1 AND idempotency_key = $2"

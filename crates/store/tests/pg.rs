@@ -123,12 +123,19 @@ async fn quotas_bound_active_audits_and_submissions_per_minute(pool: PgPool) {
     };
     let submit = |team: &Team| {
         let (db, team) = (db.clone(), team.clone());
-        async move { db.insert_audit(&team, &spec("org/base"), None, &quota).await.unwrap() }
+        async move {
+            db.insert_audit(&team, &spec("org/base"), None, &quota)
+                .await
+                .unwrap()
+        }
     };
     let first = submit(&a).await;
     assert!(matches!(submit(&a).await, Admission::Created(_)));
     match submit(&a).await {
-        Admission::OverQuota { reason, retry_after_s } => {
+        Admission::OverQuota {
+            reason,
+            retry_after_s,
+        } => {
             assert!(reason.contains("2 audits queued or running"), "{reason}");
             assert!(retry_after_s >= 1);
         }
@@ -137,7 +144,9 @@ async fn quotas_bound_active_audits_and_submissions_per_minute(pool: PgPool) {
     // Another team is not affected.
     assert!(matches!(submit(&b).await, Admission::Created(_)));
     // A finished audit frees its place, but the per-minute count still holds it.
-    let Admission::Created(first) = first else { panic!() };
+    let Admission::Created(first) = first else {
+        panic!()
+    };
     db.cancel_audit(&a, first.id).await.unwrap();
     assert!(matches!(submit(&a).await, Admission::Created(_)));
     sqlx::query("UPDATE audits SET status = 'cancelled'")
@@ -145,7 +154,10 @@ async fn quotas_bound_active_audits_and_submissions_per_minute(pool: PgPool) {
         .await
         .unwrap();
     match submit(&a).await {
-        Admission::OverQuota { reason, retry_after_s } => {
+        Admission::OverQuota {
+            reason,
+            retry_after_s,
+        } => {
             assert!(reason.contains("per minute"), "{reason}");
             assert!((1..=60).contains(&retry_after_s), "{retry_after_s}");
         }
@@ -159,7 +171,11 @@ async fn quotas_bound_active_audits_and_submissions_per_minute(pool: PgPool) {
     };
     let results = futures::future::join_all((0..8).map(|_| {
         let (db, c) = (db.clone(), c.clone());
-        async move { db.insert_audit(&c, &spec("org/base"), None, &one).await.unwrap() }
+        async move {
+            db.insert_audit(&c, &spec("org/base"), None, &one)
+                .await
+                .unwrap()
+        }
     }))
     .await;
     let created = results
@@ -225,7 +241,10 @@ async fn a_stale_attempt_cannot_fail_the_audit_and_totals_count_rows(pool: PgPoo
         .await
         .unwrap());
     let row = db.get_audit(&team, audit.id).await.unwrap();
-    assert_eq!((row.status.as_str(), row.error.as_deref()), ("failed", Some("real error")));
+    assert_eq!(
+        (row.status.as_str(), row.error.as_deref()),
+        ("failed", Some("real error"))
+    );
 }
 
 #[sqlx::test(migrator = "neurodiff_store::MIGRATOR")]

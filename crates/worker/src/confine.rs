@@ -73,7 +73,8 @@ impl Enforcer {
                     self.limits.max_model_bytes,
                 )
                 .await?;
-                let root = canonical(&dir).ok_or_else(|| refused(reference, "cache copy vanished"))?;
+                let root =
+                    canonical(&dir).ok_or_else(|| refused(reference, "cache copy vanished"))?;
                 self.vet(reference, &root, std::slice::from_ref(&root), true)?;
                 Ok(Confined {
                     reference: reference.to_string(),
@@ -93,7 +94,10 @@ impl Enforcer {
                 let pinned = parsed
                     .hub_id()
                     .and_then(|id| id.split_once('@').map(|(repo, _)| repo.to_string()))
-                    .map_or_else(|| reference.to_string(), |repo| format!("{repo}@{}", snap.commit));
+                    .map_or_else(
+                        || reference.to_string(),
+                        |repo| format!("{repo}@{}", snap.commit),
+                    );
                 Ok(Confined {
                     reference: reference.to_string(),
                     dir: snap.dir,
@@ -194,7 +198,10 @@ pub fn redact(message: &str, confined: &[&Confined], cache_dir: &Path) -> String
     for (dir, reference) in pairs {
         out = redact_path(&out, dir, reference);
     }
-    for cache in [Some(cache_dir.to_path_buf()), canonical(cache_dir)].into_iter().flatten() {
+    for cache in [Some(cache_dir.to_path_buf()), canonical(cache_dir)]
+        .into_iter()
+        .flatten()
+    {
         out = out.replace(&cache.display().to_string(), "<worker cache>");
     }
     out

@@ -39,7 +39,9 @@ impl WorkerError {
     pub fn is_resource_exhaustion(&self) -> bool {
         let message = match self {
             WorkerError::Core(CoreError::Io { source, .. }) => {
-                if source.raw_os_error() == Some(28) || source.kind() == std::io::ErrorKind::StorageFull {
+                if source.raw_os_error() == Some(28)
+                    || source.kind() == std::io::ErrorKind::StorageFull
+                {
                     return true;
                 }
                 source.to_string()
@@ -47,9 +49,14 @@ impl WorkerError {
             other => other.to_string(),
         };
         let m = message.to_ascii_lowercase();
-        ["out of memory", "can't allocate memory", "cannot allocate memory", "no space left on device"]
-            .iter()
-            .any(|s| m.contains(s))
+        [
+            "out of memory",
+            "can't allocate memory",
+            "cannot allocate memory",
+            "no space left on device",
+        ]
+        .iter()
+        .any(|s| m.contains(s))
     }
 }
 

@@ -5,14 +5,18 @@ use std::sync::atomic::Ordering;
 
 use neurodiff_core::reference::HubOptions;
 use neurodiff_core::CoreError;
-use neurodiff_protocol::{plan_shards, Event, Limits, PlanRecord, ShardKey, Spectrum, WeightOptions};
+use neurodiff_protocol::{
+    plan_shards, Event, Limits, PlanRecord, ShardKey, Spectrum, WeightOptions,
+};
 use neurodiff_store::StoreError;
 use uuid::Uuid;
 
 use crate::confine::redact;
 use crate::lease::Lease;
 use crate::record::record_with;
-use crate::service::{blocking, fail_planning, foreign, open_pair, wake, Outcome, Transient, WorkerContext};
+use crate::service::{
+    blocking, fail_planning, foreign, open_pair, wake, Outcome, Transient, WorkerContext,
+};
 use crate::{OpenTarget, Sources, WorkerError};
 
 pub(crate) async fn plan(
@@ -54,7 +58,9 @@ pub(crate) async fn plan(
     let planned = blocking(move || {
         let sources = Sources::open(
             &base_b.dir.display().to_string(),
-            &spec_b.target.with_reference(target_b.dir.display().to_string()),
+            &spec_b
+                .target
+                .with_reference(target_b.dir.display().to_string()),
             &HubOptions::from_env(),
         )?;
         let n_layers = sources.n_layers()?;
@@ -63,7 +69,13 @@ pub(crate) async fn plan(
         let (base_files, target_files) = sources.record_files();
         let record = PlanRecord {
             n_layers,
-            base: record_with(&base_b.reference, &base_b.pinned, &base_files, &hashes, &stop)?,
+            base: record_with(
+                &base_b.reference,
+                &base_b.pinned,
+                &base_files,
+                &hashes,
+                &stop,
+            )?,
             finetuned: record_with(
                 &target_b.reference,
                 &target_b.pinned,

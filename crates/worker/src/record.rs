@@ -164,11 +164,27 @@ pub fn verify(
         .map(|f| (f.name.as_str(), Some(f.sha256.as_str())))
         .chain(now.files.iter().map(|f| (f.name.as_str(), None)))
         .find_map(|(name, was)| {
-            let is = now.files.iter().find(|f| f.name == name).map(|f| f.sha256.as_str());
-            let was = was.or_else(|| planned.files.iter().find(|f| f.name == name).map(|f| f.sha256.as_str()));
+            let is = now
+                .files
+                .iter()
+                .find(|f| f.name == name)
+                .map(|f| f.sha256.as_str());
+            let was = was.or_else(|| {
+                planned
+                    .files
+                    .iter()
+                    .find(|f| f.name == name)
+                    .map(|f| f.sha256.as_str())
+            });
             (was != is).then(|| {
-                let short = |h: Option<&str>| h.map_or("absent".to_string(), |h| h.chars().take(12).collect());
-                format!("`{name}` (sha256 {} at planning, {} now)", short(was), short(is))
+                let short = |h: Option<&str>| {
+                    h.map_or("absent".to_string(), |h| h.chars().take(12).collect())
+                };
+                format!(
+                    "`{name}` (sha256 {} at planning, {} now)",
+                    short(was),
+                    short(is)
+                )
             })
         })
         .unwrap_or_else(|| "its file list".to_string());

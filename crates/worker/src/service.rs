@@ -55,7 +55,13 @@ pub struct WorkerContext {
 }
 
 impl WorkerContext {
-    pub fn new(db: Db, tasks: Queue, events: Queue, blobs: Blobs, settings: WorkerSettings) -> Self {
+    pub fn new(
+        db: Db,
+        tasks: Queue,
+        events: Queue,
+        blobs: Blobs,
+        settings: WorkerSettings,
+    ) -> Self {
         WorkerContext {
             db,
             tasks,
@@ -167,7 +173,14 @@ async fn handle(
     });
     // Held while the task runs (hashing a large checkpoint while planning takes a while too);
     // dropping it stops the renewals.
-    let lease = Lease::start(ctx, consumer, &delivery.id, task.audit(), shutdown, deadline);
+    let lease = Lease::start(
+        ctx,
+        consumer,
+        &delivery.id,
+        task.audit(),
+        shutdown,
+        deadline,
+    );
     // The attempt a shard runs as, once it has one (a deadline fails only that attempt).
     let attempt = AtomicI32::new(0);
     let work = async {
@@ -247,7 +260,11 @@ async fn fail_shard(
     if ctx.db.fail_shard(audit, shard, attempt, reason).await? {
         tracing::warn!(reason, "audit failed");
     } else {
-        tracing::warn!(reason, attempt, "a newer attempt owns this shard; not failing the audit");
+        tracing::warn!(
+            reason,
+            attempt,
+            "a newer attempt owns this shard; not failing the audit"
+        );
     }
     Ok(Outcome::Ack)
 }
@@ -310,8 +327,18 @@ async fn shard(
     let target_ref = planned
         .as_ref()
         .filter(|p| p.finetuned.resolved != p.finetuned.reference)
-        .map_or(spec.target.reference().to_string(), |p| p.finetuned.resolved.clone());
-    let pair = match open_pair(ctx, &team, (&spec.base, &base_ref), &spec.target, &target_ref).await {
+        .map_or(spec.target.reference().to_string(), |p| {
+            p.finetuned.resolved.clone()
+        });
+    let pair = match open_pair(
+        ctx,
+        &team,
+        (&spec.base, &base_ref),
+        &spec.target,
+        &target_ref,
+    )
+    .await
+    {
         Ok(p) => p,
         Err(WorkerError::Storage(e)) => return Err(Transient(e)),
         Err(e) => {
@@ -326,7 +353,9 @@ async fn shard(
     let result = blocking(move || {
         let sources = Sources::open(
             &base.dir.display().to_string(),
-            &spec_b.target.with_reference(target.dir.display().to_string()),
+            &spec_b
+                .target
+                .with_reference(target.dir.display().to_string()),
             &HubOptions::from_env(),
         )?;
         if let Some(p) = &planned {

@@ -102,7 +102,10 @@ pub fn validate(
         Target::Checkpoint { .. } => "finetuned",
         Target::Adapter { .. } => "adapter",
     };
-    for (field, reference) in [("base", req.base.as_str()), (target_field, target.reference())] {
+    for (field, reference) in [
+        ("base", req.base.as_str()),
+        (target_field, target.reference()),
+    ] {
         policy
             .check(team, field, reference)
             .map_err(|e| ApiError::BadRequest(e.0))?;

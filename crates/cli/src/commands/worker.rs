@@ -56,9 +56,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("--cache-dir {}: {e}", args.cache_dir.display()))?;
     let cache_dir = std::fs::canonicalize(&args.cache_dir)?;
     let cache = cache_dir.to_string_lossy().into_owned();
-    let policy = args
-        .policy
-        .load(&[&args.backends.object_store, &cache])?;
+    let policy = args.policy.load(&[&args.backends.object_store, &cache])?;
     let enforcer = Arc::new(Enforcer {
         policy,
         limits: args.limits.limits(),
