@@ -11,5 +11,7 @@ source scripts/env.sh
 # streams on them), and Garage (S3), started if needed.
 source scripts/services.sh
 cargo build --workspace --all-targets
+# The fuzz targets (tests/fuzz/common.rs) run this many mutated cases each: seconds, bounded.
+export ND_FUZZ_CASES="${ND_FUZZ_CASES:-2048}"
 cargo test --workspace "$@"
 python scripts/parity.py check-inspect target/debug/neurodiff --seed 7

@@ -43,6 +43,9 @@ pub struct Env {
     pub redis_url: String,
     pub prefix: String,
     pub object_store: String,
+    /// Where tests upload models (`s3://` checkpoints): allowed by the policy, apart from
+    /// the artifact store, which is never readable as a model.
+    pub models_store: Option<String>,
     pub dir: tempfile::TempDir,
     children: Vec<(String, Child)>,
     pub api_port: u16,
@@ -84,7 +87,9 @@ impl Env {
         } else {
             format!("file://{}/objects", dir.path().display())
         };
+        let models_store = s3.then(|| format!("s3://neurodiff/models-{id}"));
         Env {
+            models_store,
             rt,
             db,
             admin_url,
@@ -112,7 +117,13 @@ impl Env {
             .env("NEURODIFF_QUEUE_PREFIX", &self.prefix)
             .env("NEURODIFF_OBJECT_STORE", &self.object_store)
             .env("NEURODIFF_CACHE_DIR", self.dir.path().join("cache"))
+            // The reference policy: this test's directory (the worker's cache inside it stays
+            // closed) and its model prefix in the bucket.
+            .env("NEURODIFF_ALLOW_LOCAL", self.dir.path())
             .env("RUST_LOG", "info");
+        if let Some(models) = &self.models_store {
+            c.env("NEURODIFF_ALLOW_S3", models);
+        }
         c
     }
 
@@ -142,6 +153,15 @@ impl Env {
             }
         }
         self.children.retain(|(n, _)| n != name);
+    }
+
+    /// The process id of a child.
+    pub fn pid(&self, name: &str) -> u32 {
+        self.children
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, c)| c.id())
+            .expect("a child of that name")
     }
 
     /// SIGTERM, then waits for the process to exit; its exit status.

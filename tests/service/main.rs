@@ -1,10 +1,12 @@
 //! The whole service against the real PostgreSQL, Redis and Garage: audits submitted over HTTP,
 //! planned by the scheduler, run by worker processes, fanned in to object storage; then the
 //! failures it must survive: a worker killed with SIGKILL mid-shard, a cancel mid-run, and a
-//! Redis restart mid-run. (A stale attempt's late write being refused is tested on the store,
-//! crates/store/tests/pg.rs, where the race can be staged exactly.)
+//! Redis restart mid-run; and (hardening.rs) what a hostile team can try. (A stale attempt's
+//! late write being refused is tested on the store, crates/store/tests/pg.rs, where the race
+//! can be staged exactly.)
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stdout)]
 
+mod hardening;
 mod harness;
 
 use std::process::{Child, Command, Stdio};
@@ -68,10 +70,10 @@ fn tensor_count(results: &Value) -> i64 {
         .map_or(0, |t| t.len() as i64)
 }
 
-/// Uploads a checkpoint directory to the object store; returns its s3:// reference.
+/// Uploads a checkpoint directory to the test's model prefix; returns its s3:// reference.
 fn upload_model(env: &Env, dir: &std::path::Path, name: &str) -> Option<String> {
-    let prefix = env.object_store.strip_prefix("s3://")?;
-    let blobs = env.blobs();
+    let store = env.models_store.clone()?;
+    let blobs = neurodiff_store::Blobs::from_url(&store).unwrap();
     env.rt.block_on(async {
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
@@ -83,7 +85,7 @@ fn upload_model(env: &Env, dir: &std::path::Path, name: &str) -> Option<String> 
                 .unwrap();
         }
     });
-    Some(format!("s3://{prefix}/models/{name}"))
+    Some(format!("{store}/models/{name}"))
 }
 
 #[test]

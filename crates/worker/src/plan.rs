@@ -32,6 +32,7 @@ pub(crate) async fn plan(
     if row.status != "queued" {
         return Ok(Outcome::Ack);
     }
+    tracing::info!("planning");
     let team = ctx.db.team_of(audit).await?;
     let spec = row.spec;
     let cache_dir = ctx.settings.enforcer.cache_dir.clone();
@@ -55,7 +56,11 @@ pub(crate) async fn plan(
     let (spec_b, base_b, target_b) = (spec.clone(), base.clone(), target.clone());
     let limits = ctx.settings.enforcer.limits;
     let (hashes, stop) = (ctx.hashes.clone(), lease.stop.clone());
+    let slow_plan = ctx.settings.slow_plan;
     let planned = blocking(move || {
+        if !slow_plan.is_zero() {
+            std::thread::sleep(slow_plan);
+        }
         let sources = Sources::open(
             &base_b.dir.display().to_string(),
             &spec_b

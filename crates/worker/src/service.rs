@@ -40,6 +40,9 @@ pub struct WorkerSettings {
     pub enforcer: Arc<Enforcer>,
     /// Fault injection: a pause after each tensor (zero in production).
     pub slow_tensor: Duration,
+    /// Fault injection: a pause inside planning that nothing interrupts, as a long hash of a
+    /// slow disk would be (zero in production).
+    pub slow_plan: Duration,
 }
 
 /// What a worker talks to.

@@ -43,6 +43,10 @@ pub struct WorkerArgs {
     /// reliably in flight when a worker is killed, Redis restarted or an audit cancelled.
     #[arg(long, hide = true, default_value_t = 0)]
     pub slow_tensor_ms: u64,
+    /// Fault injection: planning pauses this long, deaf to stop requests, so a drill can send
+    /// SIGTERM to a worker stuck in planning.
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub slow_plan_ms: u64,
 }
 
 pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
@@ -79,6 +83,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
                 grace: Duration::from_secs(args.grace_s),
                 enforcer,
                 slow_tensor: Duration::from_millis(args.slow_tensor_ms),
+                slow_plan: Duration::from_millis(args.slow_plan_ms),
             },
         );
         eprintln!("neurodiff worker {name} running on {}", args.device);

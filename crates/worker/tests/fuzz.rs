@@ -1,0 +1,172 @@
+//! Fuzzes what planning opens, the way a worker opens it: a checkpoint's safetensors header,
+//! its config.json, a shard index and a PEFT adapter config, each mutated from the committed
+//! seeds (tests/fuzz/corpus) and run through `Sources::open`, the limits check, the shard plan
+//! and (when all pass) one shard. Every case must end in Ok or a named error, never a panic,
+//! and hold at most 16 MiB at once: a header or config claiming huge sizes must be refused,
+//! not allocated. ND_FUZZ_CASES sets the cases per target (default 256).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../../../tests/fuzz/common.rs"]
+mod common;
+
+use std::path::Path;
+
+use neurodiff_core::reference::HubOptions;
+use neurodiff_protocol::{plan_shards, AnalysisKind, AuditSpec, Limits, Target, WeightOptions};
+use neurodiff_worker::{check_limits, Sources};
+
+#[global_allocator]
+static ALLOC: common::Counting = common::Counting;
+
+const BOUND: usize = 16 << 20;
+
+fn seed(target: &str, name: &str) -> Vec<u8> {
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fuzz/corpus")
+            .join(target)
+            .join(name),
+    )
+    .unwrap()
+}
+
+fn write_checkpoint(dir: &Path, config: &[u8], weights: &[u8]) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("config.json"), config).unwrap();
+    std::fs::write(dir.join("model.safetensors"), weights).unwrap();
+}
+
+/// The planning path of a worker, then one shard if planning passes.
+fn plan_and_run(base: &Path, target: Target) {
+    let Ok(sources) = Sources::open(&base.display().to_string(), &target, &HubOptions::from_env())
+    else {
+        return;
+    };
+    let Ok(n) = sources.n_layers() else { return };
+    let weights = WeightOptions::default();
+    if check_limits(&sources, n, &weights, &Limits::default()).is_err() {
+        return;
+    }
+    let spec = AuditSpec {
+        base: base.display().to_string(),
+        target,
+        analyses: vec![AnalysisKind::Weights],
+        layers: None,
+        weights,
+    };
+    let Ok(shards) = plan_shards(&spec, n) else { return };
+    if let Some(first) = shards.first() {
+        let _ = sources.execute(first, tch::Device::Cpu, &mut |_| true);
+    }
+}
+
+#[test]
+fn safetensors_headers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = seed("config", "llama.json");
+    let base = tmp.path().join("base");
+    write_checkpoint(&base, &config, &seed("safetensors", "llama-two-tensors.safetensors"));
+    common::fuzz("safetensors", BOUND, |bytes| {
+        let ft = tmp.path().join("ft");
+        write_checkpoint(&ft, &config, bytes);
+        plan_and_run(
+            &base,
+            Target::Checkpoint {
+                reference: ft.display().to_string(),
+            },
+        );
+    });
+}
+
+#[test]
+fn config_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let weights = seed("safetensors", "llama-two-tensors.safetensors");
+    common::fuzz("config", BOUND, |bytes| {
+        let (base, ft) = (tmp.path().join("base"), tmp.path().join("ft"));
+        write_checkpoint(&base, bytes, &weights);
+        write_checkpoint(&ft, bytes, &weights);
+        plan_and_run(
+            &base,
+            Target::Checkpoint {
+                reference: ft.display().to_string(),
+            },
+        );
+    });
+}
+
+#[test]
+fn shard_index() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = seed("config", "llama.json");
+    let base = tmp.path().join("base");
+    let whole = seed("safetensors", "llama-two-tensors.safetensors");
+    write_checkpoint(&base, &config, &whole);
+    // The two shards the seed index names, each holding one of the base's tensors.
+    let ft = tmp.path().join("ft");
+    std::fs::create_dir_all(&ft).unwrap();
+    std::fs::write(ft.join("config.json"), &config).unwrap();
+    let base_ckpt = neurodiff_core::Checkpoint::open(&base).unwrap();
+    for (file, tensor) in [
+        ("model-00001-of-00002.safetensors", "model.layers.0.mlp.down_proj.weight"),
+        ("model-00002-of-00002.safetensors", "model.embed_tokens.weight"),
+    ] {
+        let (meta, data) = base_ckpt.bytes(tensor).unwrap();
+        let view =
+            safetensors::tensor::TensorView::new(meta.dtype, meta.shape.clone(), data).unwrap();
+        std::fs::write(ft.join(file), safetensors::serialize([(tensor, view)], None).unwrap())
+            .unwrap();
+    }
+    common::fuzz("index", BOUND, |bytes| {
+        std::fs::write(ft.join("model.safetensors.index.json"), bytes).unwrap();
+        plan_and_run(
+            &base,
+            Target::Checkpoint {
+                reference: ft.display().to_string(),
+            },
+        );
+    });
+}
+
+#[test]
+fn adapter_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = seed("config", "llama.json");
+    let base = tmp.path().join("base");
+    let q = "model.layers.0.self_attn.q_proj.weight";
+    let f32s =
+        |n: usize| -> Vec<u8> { (0..n).flat_map(|i| (i as f32 * 0.5).to_le_bytes()).collect() };
+    let q_data = f32s(4);
+    fn view(shape: Vec<usize>, data: &[u8]) -> safetensors::tensor::TensorView<'_> {
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, data).unwrap()
+    }
+    let base_bytes = safetensors::serialize([(q, view(vec![2, 2], &q_data))], None).unwrap();
+    write_checkpoint(&base, &config, &base_bytes);
+    let adapter = tmp.path().join("adapter");
+    std::fs::create_dir_all(&adapter).unwrap();
+    let (a, b) = (f32s(4), f32s(4));
+    let weights = safetensors::serialize(
+        [
+            (
+                "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight",
+                view(vec![2, 2], &a),
+            ),
+            (
+                "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight",
+                view(vec![2, 2], &b),
+            ),
+        ],
+        None,
+    )
+    .unwrap();
+    std::fs::write(adapter.join("adapter_model.safetensors"), weights).unwrap();
+    common::fuzz("adapter_config", BOUND, |bytes| {
+        std::fs::write(adapter.join("adapter_config.json"), bytes).unwrap();
+        plan_and_run(
+            &base,
+            Target::Adapter {
+                reference: adapter.display().to_string(),
+            },
+        );
+    });
+}
