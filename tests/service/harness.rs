@@ -185,20 +185,7 @@ impl Env {
     pub fn start(&mut self, workers: &[(&str, &[&str])]) {
         let bind = format!("127.0.0.1:{}", self.api_port);
         self.spawn("api", &["api", "--bind", &bind]);
-        self.spawn(
-            "scheduler",
-            &[
-                "scheduler",
-                "--poll-ms",
-                "200",
-                "--lease-timeout-ms",
-                "2000",
-                "--backoff-base-ms",
-                "200",
-                "--max-deliveries",
-                "5",
-            ],
-        );
+        self.start_scheduler("scheduler");
         for (name, extra) in workers {
             self.start_worker(name, extra);
         }
@@ -206,6 +193,28 @@ impl Env {
         wait_for("the API", Duration::from_secs(30), || {
             ureq::get(&url).call().ok().map(|_| ())
         });
+    }
+
+    /// A scheduler with a short lease, backoff and reaping period, so recovery is quick.
+    pub fn start_scheduler(&mut self, name: &str) {
+        self.spawn(
+            name,
+            &[
+                "scheduler",
+                "--name",
+                name,
+                "--poll-ms",
+                "200",
+                "--lease-timeout-ms",
+                "2000",
+                "--backoff-base-ms",
+                "200",
+                "--max-deliveries",
+                "8",
+                "--reap-ms",
+                "1000",
+            ],
+        );
     }
 
     pub fn start_worker(&mut self, name: &str, extra: &[&str]) {
