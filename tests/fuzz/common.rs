@@ -78,14 +78,32 @@ pub fn corpus(target: &str) -> Vec<Vec<u8>> {
 /// One edit of a seed.
 #[derive(Debug, Clone)]
 pub enum Mutation {
-    Flip { at: usize, byte: u8 },
-    Insert { at: usize, bytes: Vec<u8> },
-    Delete { at: usize, len: usize },
-    Truncate { at: usize },
+    Flip {
+        at: usize,
+        byte: u8,
+    },
+    Insert {
+        at: usize,
+        bytes: Vec<u8>,
+    },
+    Delete {
+        at: usize,
+        len: usize,
+    },
+    Truncate {
+        at: usize,
+    },
     /// Replaces a run of ASCII digits with a huge or negative number (sizes, counts, offsets).
-    Number { at: usize, text: String },
+    Number {
+        at: usize,
+        text: String,
+    },
     /// Duplicates a slice (repeated keys, nested structures).
-    Repeat { at: usize, len: usize, times: usize },
+    Repeat {
+        at: usize,
+        len: usize,
+        times: usize,
+    },
 }
 
 fn mutation() -> impl Strategy<Value = Mutation> {
@@ -101,13 +119,19 @@ fn mutation() -> impl Strategy<Value = Mutation> {
     ];
     prop_oneof![
         (any::<usize>(), any::<u8>()).prop_map(|(at, byte)| Mutation::Flip { at, byte }),
-        (any::<usize>(), proptest::collection::vec(any::<u8>(), 1..16))
+        (
+            any::<usize>(),
+            proptest::collection::vec(any::<u8>(), 1..16)
+        )
             .prop_map(|(at, bytes)| Mutation::Insert { at, bytes }),
         (any::<usize>(), 1usize..64).prop_map(|(at, len)| Mutation::Delete { at, len }),
         any::<usize>().prop_map(|at| Mutation::Truncate { at }),
         (any::<usize>(), numbers).prop_map(|(at, text)| Mutation::Number { at, text }),
-        (any::<usize>(), 1usize..32, 2usize..64)
-            .prop_map(|(at, len, times)| Mutation::Repeat { at, len, times }),
+        (any::<usize>(), 1usize..32, 2usize..64).prop_map(|(at, len, times)| Mutation::Repeat {
+            at,
+            len,
+            times
+        }),
     ]
 }
 
@@ -138,7 +162,9 @@ pub fn apply(seed: &[u8], mutations: &[Mutation]) -> Vec<u8> {
                 let digits: Vec<usize> = (0..b.len()).filter(|&i| b[i].is_ascii_digit()).collect();
                 if !digits.is_empty() {
                     let start = digits[at % digits.len()];
-                    let end = (start..b.len()).find(|&i| !b[i].is_ascii_digit()).unwrap_or(b.len());
+                    let end = (start..b.len())
+                        .find(|&i| !b[i].is_ascii_digit())
+                        .unwrap_or(b.len());
                     b.splice(start..end, text.bytes());
                 }
             }
@@ -185,7 +211,11 @@ pub fn fuzz(target: &str, max_bytes: usize, run: impl Fn(&[u8])) {
     let result = runner.run(&inputs(target), |input| {
         let (outcome, peak) =
             peak_of(|| std::panic::catch_unwind(AssertUnwindSafe(|| run(&input))));
-        prop_assert!(outcome.is_ok(), "{target}: panicked on {} bytes", input.len());
+        prop_assert!(
+            outcome.is_ok(),
+            "{target}: panicked on {} bytes",
+            input.len()
+        );
         prop_assert!(
             peak <= max_bytes,
             "{target}: held {peak} bytes at once (bound {max_bytes}) on {} input bytes",

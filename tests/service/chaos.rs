@@ -18,7 +18,14 @@ const AUDITS: usize = 24;
 /// A private redis-server that keeps its snapshot (`SAVE`) in `dir` and loads it at start.
 fn redis_with_snapshots(port: u16, dir: &Path) -> Child {
     let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
         .arg("--dir")
         .arg(dir)
         .args(["--dbfilename", "dump.rdb"])
@@ -50,9 +57,11 @@ fn progress(env: &Env) -> (i64, i64) {
 }
 
 fn wait_shards(env: &Env, at_least: i64) {
-    wait_for(&format!("{at_least} shards done"), Duration::from_secs(120), || {
-        (progress(env).1 >= at_least).then_some(())
-    });
+    wait_for(
+        &format!("{at_least} shards done"),
+        Duration::from_secs(120),
+        || (progress(env).1 >= at_least).then_some(()),
+    );
 }
 
 /// Drops every connection the service holds to its database.
@@ -176,7 +185,12 @@ fn two_dozen_audits_survive_kills_a_redis_snapshot_restore_and_dropped_connectio
         let blobs = env.blobs();
         for a in artifacts {
             let stored = env.rt.block_on(blobs.get(&a.object_key)).unwrap();
-            assert_eq!(format!("{:x}", Sha256::digest(&stored)), a.sha256, "{id} {}", a.name);
+            assert_eq!(
+                format!("{:x}", Sha256::digest(&stored)),
+                a.sha256,
+                "{id} {}",
+                a.name
+            );
         }
     }
     let schedulers = ["scheduler", "scheduler-2"];

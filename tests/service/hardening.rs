@@ -55,7 +55,11 @@ fn references_that_escape_the_policy_are_refused_and_leak_nothing() {
             Some(json!({"base": b, "finetuned": f})),
         );
         assert_eq!(status, 400, "{b} {f}: {resp}");
-        assert!(resp["error"].as_str().unwrap().contains("reference policy") || resp["error"].as_str().unwrap().contains("branch, tag"), "{resp}");
+        assert!(
+            resp["error"].as_str().unwrap().contains("reference policy")
+                || resp["error"].as_str().unwrap().contains("branch, tag"),
+            "{resp}"
+        );
     }
     if let Some(models) = &env.models_store {
         let sneaky = format!("{models}/x/%2E%2E/%2E%2E/etc");
@@ -83,7 +87,11 @@ fn references_that_escape_the_policy_are_refused_and_leak_nothing() {
     .unwrap();
     let indexed = dir.join("absolute-index");
     std::fs::create_dir_all(&indexed).unwrap();
-    std::fs::copy(Path::new(&ft).join("config.json"), indexed.join("config.json")).unwrap();
+    std::fs::copy(
+        Path::new(&ft).join("config.json"),
+        indexed.join("config.json"),
+    )
+    .unwrap();
     std::fs::write(
         indexed.join("model.safetensors.index.json"),
         json!({"metadata": {}, "weight_map": {
@@ -99,7 +107,13 @@ fn references_that_escape_the_policy_are_refused_and_leak_nothing() {
         (&indexed, "not a relative name inside the checkpoint"),
     ] {
         let (status, error) = run(&env, &token, &base, &target.display().to_string());
-        assert_eq!(status, "failed", "{}: {error}\n{}", target.display(), env.logs());
+        assert_eq!(
+            status,
+            "failed",
+            "{}: {error}\n{}",
+            target.display(),
+            env.logs()
+        );
         assert!(error.contains(needle), "{}: {error}", target.display());
         // The index case may quote its own entry (the team wrote it); a link's target is
         // what the worker found, and is never shown.
@@ -125,7 +139,12 @@ fn a_model_changed_between_planning_and_a_shard_fails_naming_the_file() {
     });
     // Same shapes, other content: without the check, the report would carry one model's hash
     // and the other's metrics.
-    let other = env.dir.path().join("org").join("attn-scaled").join("model.safetensors");
+    let other = env
+        .dir
+        .path()
+        .join("org")
+        .join("attn-scaled")
+        .join("model.safetensors");
     let tmp = mutable.join("model.safetensors.new");
     std::fs::copy(other, &tmp).unwrap();
     std::fs::rename(&tmp, mutable.join("model.safetensors")).unwrap();
@@ -211,7 +230,10 @@ fn sigterm_during_a_long_planning_ends_the_worker_within_its_grace() {
     let status = env.terminate("stuck");
     let took = sent.elapsed();
     assert!(status.success(), "{status:?}");
-    assert!(took < Duration::from_secs(10), "exited {took:?} after SIGTERM");
+    assert!(
+        took < Duration::from_secs(10),
+        "exited {took:?} after SIGTERM"
+    );
     // The plan task was handed back: another worker plans and runs the audit.
     env.start_worker("w2", &[]);
     let done = env.wait_done(&token, &id, Duration::from_secs(120));
@@ -253,8 +275,13 @@ fn two_concurrent_copies_of_one_s3_model_agree() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
     // The copy is bounded: a limit below the model's size refuses it before writing.
     let small_cache = env.dir.path().join("small");
-    let small =
-        neurodiff_worker::materialize::materialize_s3(&reference, &bucket, &prefix, &small_cache, 1024);
+    let small = neurodiff_worker::materialize::materialize_s3(
+        &reference,
+        &bucket,
+        &prefix,
+        &small_cache,
+        1024,
+    );
     let err = env.rt.block_on(small).unwrap_err().to_string();
     assert!(err.contains("limit of 1024 bytes"), "{err}");
 }

@@ -19,7 +19,10 @@ fn layer_lists() {
     common::fuzz("layers", BOUND, |bytes| {
         let text = String::from_utf8_lossy(bytes);
         if let Ok(Some(layers)) = parse_layers(&text) {
-            assert!(layers.windows(2).all(|w| w[0] < w[1]), "sorted and distinct");
+            assert!(
+                layers.windows(2).all(|w| w[0] < w[1]),
+                "sorted and distinct"
+            );
         }
     });
 }
@@ -36,7 +39,10 @@ fn model_references() {
         if let Ok(parsed) = classify(&text) {
             // Whatever was accepted is normalised: no segment climbs out of its prefix.
             let shown = format!("{parsed:?}");
-            assert!(!shown.contains("/../") && !shown.contains("\"..\""), "{shown}");
+            assert!(
+                !shown.contains("/../") && !shown.contains("\"..\""),
+                "{shown}"
+            );
         }
         let _ = policy.check("blue", "base", &text);
     });

@@ -127,14 +127,17 @@ impl Enforcer {
     /// locations the service reserves (artifacts; this worker's cache, unless `dir` is the
     /// worker's own copy of an s3:// model).
     fn vet(&self, reference: &str, dir: &Path, roots: &[PathBuf], own_copy: bool) -> Result<()> {
+        let cache = canonical(&self.cache_dir);
         let reserved: Vec<PathBuf> = self
             .policy
             .denied
             .iter()
             .filter(|d| d.starts_with('/'))
             .map(PathBuf::from)
-            .chain((!own_copy).then(|| self.cache_dir.clone()))
+            .chain([self.cache_dir.clone()])
             .filter_map(|d| canonical(&d))
+            // The worker's own copy of an s3:// model is read from its cache on purpose.
+            .filter(|d| !(own_copy && Some(d) == cache.as_ref()))
             .collect();
         let inside = |p: &Path| {
             roots.iter().all(|r| p.starts_with(r)) && !reserved.iter().any(|d| p.starts_with(d))
@@ -205,4 +208,31 @@ pub fn redact(message: &str, confined: &[&Confined], cache_dir: &Path) -> String
         out = out.replace(&cache.display().to_string(), "<worker cache>");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_references_not_worker_paths() {
+        let copy = Confined {
+            reference: "s3://models/shared/llama".into(),
+            dir: PathBuf::from("/var/cache/nd/s3/0123abcd"),
+            pinned: "s3://models/shared/llama".into(),
+        };
+        let local = Confined {
+            reference: "/models/ft".into(),
+            dir: PathBuf::from("/mnt/real/models/ft"),
+            pinned: "/models/ft".into(),
+        };
+        let message = "/var/cache/nd/s3/0123abcd/model.safetensors: not a valid safetensors file; \
+                       /mnt/real/models/ft/config.json: missing; /var/cache/nd/other";
+        let shown = redact(message, &[&copy, &local], Path::new("/var/cache/nd"));
+        assert_eq!(
+            shown,
+            "s3://models/shared/llama/model.safetensors: not a valid safetensors file; \
+             /models/ft/config.json: missing; <worker cache>/other"
+        );
+    }
 }

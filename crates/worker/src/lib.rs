@@ -162,3 +162,26 @@ impl Sources {
         Ok(result)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resource_exhaustion_is_retried_and_bad_input_is_not() {
+        let enospc = WorkerError::Core(CoreError::Io {
+            path: "/cache/x".into(),
+            source: std::io::Error::from_raw_os_error(28),
+        });
+        assert!(enospc.is_resource_exhaustion());
+        for message in [
+            "libtorch: CUDA out of memory. Tried to allocate 2.00 GiB",
+            "libtorch: [enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory",
+        ] {
+            assert!(WorkerError::Io(message.into()).is_resource_exhaustion(), "{message}");
+        }
+        let bad =
+            WorkerError::Io("config.json: field `hidden_size` is 4 here but 8 in the base".into());
+        assert!(!bad.is_resource_exhaustion());
+    }
+}

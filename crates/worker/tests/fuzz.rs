@@ -38,8 +38,11 @@ fn write_checkpoint(dir: &Path, config: &[u8], weights: &[u8]) {
 
 /// The planning path of a worker, then one shard if planning passes.
 fn plan_and_run(base: &Path, target: Target) {
-    let Ok(sources) = Sources::open(&base.display().to_string(), &target, &HubOptions::from_env())
-    else {
+    let Ok(sources) = Sources::open(
+        &base.display().to_string(),
+        &target,
+        &HubOptions::from_env(),
+    ) else {
         return;
     };
     let Ok(n) = sources.n_layers() else { return };
@@ -54,7 +57,9 @@ fn plan_and_run(base: &Path, target: Target) {
         layers: None,
         weights,
     };
-    let Ok(shards) = plan_shards(&spec, n) else { return };
+    let Ok(shards) = plan_shards(&spec, n) else {
+        return;
+    };
     if let Some(first) = shards.first() {
         let _ = sources.execute(first, tch::Device::Cpu, &mut |_| true);
     }
@@ -65,7 +70,11 @@ fn safetensors_headers() {
     let tmp = tempfile::tempdir().unwrap();
     let config = seed("config", "llama.json");
     let base = tmp.path().join("base");
-    write_checkpoint(&base, &config, &seed("safetensors", "llama-two-tensors.safetensors"));
+    write_checkpoint(
+        &base,
+        &config,
+        &seed("safetensors", "llama-two-tensors.safetensors"),
+    );
     common::fuzz("safetensors", BOUND, |bytes| {
         let ft = tmp.path().join("ft");
         write_checkpoint(&ft, &config, bytes);
@@ -108,14 +117,23 @@ fn shard_index() {
     std::fs::write(ft.join("config.json"), &config).unwrap();
     let base_ckpt = neurodiff_core::Checkpoint::open(&base).unwrap();
     for (file, tensor) in [
-        ("model-00001-of-00002.safetensors", "model.layers.0.mlp.down_proj.weight"),
-        ("model-00002-of-00002.safetensors", "model.embed_tokens.weight"),
+        (
+            "model-00001-of-00002.safetensors",
+            "model.layers.0.mlp.down_proj.weight",
+        ),
+        (
+            "model-00002-of-00002.safetensors",
+            "model.embed_tokens.weight",
+        ),
     ] {
         let (meta, data) = base_ckpt.bytes(tensor).unwrap();
         let view =
             safetensors::tensor::TensorView::new(meta.dtype, meta.shape.clone(), data).unwrap();
-        std::fs::write(ft.join(file), safetensors::serialize([(tensor, view)], None).unwrap())
-            .unwrap();
+        std::fs::write(
+            ft.join(file),
+            safetensors::serialize([(tensor, view)], None).unwrap(),
+        )
+        .unwrap();
     }
     common::fuzz("index", BOUND, |bytes| {
         std::fs::write(ft.join("model.safetensors.index.json"), bytes).unwrap();
@@ -134,8 +152,11 @@ fn adapter_config() {
     let config = seed("config", "llama.json");
     let base = tmp.path().join("base");
     let q = "model.layers.0.self_attn.q_proj.weight";
-    let f32s =
-        |n: usize| -> Vec<u8> { (0..n).flat_map(|i| (i as f32 * 0.5).to_le_bytes()).collect() };
+    let f32s = |n: usize| -> Vec<u8> {
+        (0..n)
+            .flat_map(|i| (i as f32 * 0.5).to_le_bytes())
+            .collect()
+    };
     let q_data = f32s(4);
     fn view(shape: Vec<usize>, data: &[u8]) -> safetensors::tensor::TensorView<'_> {
         safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, data).unwrap()
