@@ -151,12 +151,24 @@ fn print_json(v: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A relative path to a directory that exists here is sent absolute (the service refuses
+/// relative paths: what they name depends on the process); anything else is sent as given.
+fn absolute_if_local(reference: &str) -> String {
+    let path = std::path::Path::new(reference);
+    if path.is_relative() && path.is_dir() {
+        if let Ok(abs) = std::path::absolute(path) {
+            return abs.display().to_string();
+        }
+    }
+    reference.to_string()
+}
+
 pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     let client = Client::new(&args.server);
-    let mut body = json!({"base": args.base, "weights": args.scope.weights()});
+    let mut body = json!({"base": absolute_if_local(&args.base), "weights": args.scope.weights()});
     match (&args.finetuned, &args.adapter) {
-        (Some(ft), None) => body["finetuned"] = json!(ft),
-        (None, Some(a)) => body["adapter"] = json!(a),
+        (Some(ft), None) => body["finetuned"] = json!(absolute_if_local(ft)),
+        (None, Some(a)) => body["adapter"] = json!(absolute_if_local(a)),
         _ => bail!("give a fine-tuned checkpoint (FT) or an adapter (--adapter PATH)"),
     }
     if let Some(layers) =
