@@ -48,6 +48,9 @@ impl TensorMeta {
 struct MappedFile {
     path: PathBuf,
     mmap: Mmap,
+    /// (device, inode) of the file actually opened, from the open descriptor: a caller that
+    /// vetted a path can check this is the file it vetted, whatever the name points at now.
+    identity: (u64, u64),
 }
 
 /// A checkpoint directory in Hugging Face layout.
@@ -199,6 +202,14 @@ impl Checkpoint {
         Ok((meta, &self.files[meta.file].mmap[meta.start..meta.end]))
     }
 
+    /// Each mapped file and the (device, inode) of what was actually opened.
+    pub fn file_identities(&self) -> Vec<(&Path, (u64, u64))> {
+        self.files
+            .iter()
+            .map(|f| (f.path.as_path(), f.identity))
+            .collect()
+    }
+
     /// The weight files (for content hashing), in name order.
     pub fn files(&self) -> Vec<&Path> {
         self.files.iter().map(|f| f.path.as_path()).collect()
@@ -315,6 +326,11 @@ fn map_file(path: &Path) -> Result<MappedFile> {
         },
         _ => CoreError::io(path, e),
     })?;
+    let identity = {
+        use std::os::unix::fs::MetadataExt;
+        let m = file.metadata().map_err(|e| CoreError::io(path, e))?;
+        (m.dev(), m.ino())
+    };
     // SAFETY: the map is read-only and checkpoints are not modified while being audited; a
     // concurrent writer could change the bytes we read but cannot make the map unsound to hold.
     #[allow(unsafe_code)]
@@ -322,6 +338,7 @@ fn map_file(path: &Path) -> Result<MappedFile> {
     Ok(MappedFile {
         path: path.to_path_buf(),
         mmap,
+        identity,
     })
 }
 

@@ -4,6 +4,8 @@
 //! would open (config, weights, the files a shard index names, adapter files); hub ids resolve
 //! only through the hub cache, to a commit, inside the repository's folder; `s3://` prefixes
 //! are copied into the cache under a name derived from the normalised location.
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use neurodiff_core::checkpoint::{CONFIG_FILE, SHARD_INDEX, SINGLE_FILE, TOKENIZER_FILE};
@@ -24,6 +26,29 @@ pub struct Confined {
     pub dir: PathBuf,
     /// Fixed content: `org/name@commit` for a hub id, else the reference itself.
     pub pinned: String,
+    /// (device, inode) of each file vetted, by its name in `dir`: what is opened must be these
+    /// files, even if a name was re-pointed after the check.
+    pub vetted: BTreeMap<String, (u64, u64)>,
+}
+
+impl Confined {
+    /// Checks that the files `ckpt` opened are the ones vetted (same device and inode).
+    pub fn confirm_opened(&self, ckpt: &Checkpoint) -> Result<()> {
+        for (path, identity) in ckpt.file_identities() {
+            let name = path
+                .strip_prefix(&self.dir)
+                .unwrap_or(path)
+                .display()
+                .to_string();
+            if self.vetted.get(&name) != Some(&identity) {
+                return Err(refused(
+                    &self.reference,
+                    format!("`{name}` is not the file that was checked (replaced or re-linked meanwhile)"),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Everything a worker needs to enforce the policy.
@@ -57,11 +82,12 @@ impl Enforcer {
                 let dir = canonical(Path::new(path))
                     .filter(|d| d.is_dir())
                     .ok_or_else(|| refused(reference, "no checkpoint directory there"))?;
-                self.vet(reference, &dir, &roots, false)?;
+                let vetted = self.vet(reference, &dir, &roots, false)?;
                 Ok(Confined {
                     reference: reference.to_string(),
                     dir,
                     pinned: reference.to_string(),
+                    vetted,
                 })
             }
             ModelRef::S3 { bucket, prefix } => {
@@ -75,11 +101,12 @@ impl Enforcer {
                 .await?;
                 let root =
                     canonical(&dir).ok_or_else(|| refused(reference, "cache copy vanished"))?;
-                self.vet(reference, &root, std::slice::from_ref(&root), true)?;
+                let vetted = self.vet(reference, &root, std::slice::from_ref(&root), true)?;
                 Ok(Confined {
                     reference: reference.to_string(),
                     dir: root,
                     pinned: reference.to_string(),
+                    vetted,
                 })
             }
             ModelRef::Hub { .. } => {
@@ -90,7 +117,7 @@ impl Enforcer {
                     .map_err(|e| WorkerError::Io(e.to_string()))?;
                 let root = canonical(&snap.repo_dir)
                     .ok_or_else(|| refused(reference, "not in the hub cache"))?;
-                self.vet(reference, &snap.dir, std::slice::from_ref(&root), false)?;
+                let vetted = self.vet(reference, &snap.dir, std::slice::from_ref(&root), false)?;
                 let pinned = parsed
                     .hub_id()
                     .and_then(|id| id.split_once('@').map(|(repo, _)| repo.to_string()))
@@ -102,6 +129,7 @@ impl Enforcer {
                     reference: reference.to_string(),
                     dir: snap.dir,
                     pinned,
+                    vetted,
                 })
             }
         }
@@ -126,7 +154,13 @@ impl Enforcer {
     /// Every file the audit may open in `dir` must resolve inside all `roots`, and outside the
     /// locations the service reserves (artifacts; this worker's cache, unless `dir` is the
     /// worker's own copy of an s3:// model).
-    fn vet(&self, reference: &str, dir: &Path, roots: &[PathBuf], own_copy: bool) -> Result<()> {
+    fn vet(
+        &self,
+        reference: &str,
+        dir: &Path,
+        roots: &[PathBuf],
+        own_copy: bool,
+    ) -> Result<BTreeMap<String, (u64, u64)>> {
         let cache = canonical(&self.cache_dir);
         let reserved: Vec<PathBuf> = self
             .policy
@@ -164,13 +198,18 @@ impl Enforcer {
                 .map_err(|e| refused(reference, redact_path(&e.to_string(), dir, reference)))?;
             names.extend(files);
         }
+        let mut vetted = BTreeMap::new();
         for name in names {
             let path = dir.join(&name);
             if std::fs::symlink_metadata(&path).is_err() {
                 continue;
             }
             match canonical(&path) {
-                Some(p) if inside(&p) => {}
+                Some(p) if inside(&p) => {
+                    if let Ok(m) = std::fs::metadata(&p) {
+                        vetted.insert(name, (m.dev(), m.ino()));
+                    }
+                }
                 _ => {
                     return Err(refused(
                         reference,
@@ -179,7 +218,7 @@ impl Enforcer {
                 }
             }
         }
-        Ok(())
+        Ok(vetted)
     }
 }
 
@@ -220,11 +259,13 @@ mod tests {
             reference: "s3://models/shared/llama".into(),
             dir: PathBuf::from("/var/cache/nd/s3/0123abcd"),
             pinned: "s3://models/shared/llama".into(),
+            vetted: BTreeMap::new(),
         };
         let local = Confined {
             reference: "/models/ft".into(),
             dir: PathBuf::from("/mnt/real/models/ft"),
             pinned: "/models/ft".into(),
+            vetted: BTreeMap::new(),
         };
         let message = "/var/cache/nd/s3/0123abcd/model.safetensors: not a valid safetensors file; \
                        /mnt/real/models/ft/config.json: missing; /var/cache/nd/other";

@@ -102,6 +102,19 @@ impl Sources {
         })
     }
 
+    /// Checks that what was opened is what the policy vetted, on both sides.
+    pub fn confirm_opened(
+        &self,
+        base: &confine::Confined,
+        target: &confine::Confined,
+    ) -> Result<()> {
+        base.confirm_opened(&self.base)?;
+        match &self.target {
+            OpenTarget::Checkpoint(c) => target.confirm_opened(c),
+            OpenTarget::Adapter(a) => target.confirm_opened(&a.weights),
+        }
+    }
+
     pub fn core_target(&self) -> CoreTarget<'_> {
         match &self.target {
             OpenTarget::Checkpoint(c) => CoreTarget::Checkpoint(c),

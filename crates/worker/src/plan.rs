@@ -68,6 +68,7 @@ pub(crate) async fn plan(
                 .with_reference(target_b.dir.display().to_string()),
             &HubOptions::from_env(),
         )?;
+        sources.confirm_opened(&base_b, &target_b)?;
         let n_layers = sources.n_layers()?;
         check_limits(&sources, n_layers, &spec_b.weights, &limits)?;
         let shards = plan_shards(&spec_b, n_layers).map_err(|e| WorkerError::Io(e.to_string()))?;

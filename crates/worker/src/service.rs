@@ -361,6 +361,7 @@ async fn shard(
                 .with_reference(target.dir.display().to_string()),
             &HubOptions::from_env(),
         )?;
+        sources.confirm_opened(&base, &target)?;
         if let Some(p) = &planned {
             let (base_files, target_files) = sources.record_files();
             verify(&p.base, &base_files, &hashes, &stop_b)?;

@@ -1,0 +1,92 @@
+//! The worker's half of the reference policy on real files: a checkpoint vetted and then
+//! re-pointed before it is opened is refused (the opened file's inode must be the vetted one),
+//! and the worker's cache is closed to local references even under an allowed root.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+
+use neurodiff_core::reference::HubOptions;
+use neurodiff_core::Checkpoint;
+use neurodiff_protocol::{Limits, ReferencePolicy};
+use neurodiff_worker::confine::Enforcer;
+
+fn checkpoint(dir: &Path) {
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fuzz/corpus");
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::copy(corpus.join("config/llama.json"), dir.join("config.json")).unwrap();
+    std::fs::copy(
+        corpus.join("safetensors/llama-two-tensors.safetensors"),
+        dir.join("model.safetensors"),
+    )
+    .unwrap();
+}
+
+fn enforcer(root: &Path, cache: &Path) -> Enforcer {
+    std::fs::create_dir_all(cache).unwrap();
+    let mut policy = ReferencePolicy {
+        local_roots: vec![root.display().to_string()],
+        ..ReferencePolicy::default()
+    };
+    policy.deny(&cache.display().to_string());
+    Enforcer {
+        policy,
+        limits: Limits::default(),
+        hub: HubOptions::from_env(),
+        cache_dir: cache.to_path_buf(),
+    }
+}
+
+#[test]
+fn a_file_re_pointed_after_the_check_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmp.path().canonicalize().unwrap();
+    let (root, outside) = (tmp.join("models"), tmp.join("outside"));
+    checkpoint(&root.join("ft"));
+    checkpoint(&outside.join("private"));
+    let e = enforcer(&root, &tmp.join("models").join("cache"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let reference = root.join("ft").display().to_string();
+    let confined = rt.block_on(e.open("t", "finetuned", &reference)).unwrap();
+    // Unchanged: what is opened is what was checked.
+    let ckpt = Checkpoint::open(&confined.dir).unwrap();
+    confined.confirm_opened(&ckpt).unwrap();
+    // Re-pointed between the check and the open.
+    let weights = root.join("ft").join("model.safetensors");
+    std::fs::remove_file(&weights).unwrap();
+    std::os::unix::fs::symlink(outside.join("private").join("model.safetensors"), &weights)
+        .unwrap();
+    let ckpt = Checkpoint::open(&confined.dir).unwrap();
+    let err = confined.confirm_opened(&ckpt).unwrap_err().to_string();
+    assert!(err.contains("not the file that was checked"), "{err}");
+    assert!(!err.contains("outside"), "{err}");
+    // Opened afresh, the link is refused outright.
+    let err = rt
+        .block_on(e.open("t", "finetuned", &reference))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("`model.safetensors` resolves outside"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_workers_cache_is_closed_to_local_references() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmp.path().canonicalize().unwrap();
+    let cache = tmp.join("cache");
+    // Another team's s3:// model, as copied into this worker's cache.
+    checkpoint(&cache.join("s3").join("0123abcd"));
+    let e = enforcer(&tmp, &cache);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let reference = cache.join("s3").join("0123abcd").display().to_string();
+    let err = rt
+        .block_on(e.open("t", "base", &reference))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("refused") || err.contains("outside"), "{err}");
+}
