@@ -90,3 +90,61 @@ fn the_workers_cache_is_closed_to_local_references() {
         .to_string();
     assert!(err.contains("refused") || err.contains("outside"), "{err}");
 }
+
+/// A hub cache as huggingface_hub writes it: `models--org--name/{blobs,refs/main,snapshots/C}`,
+/// snapshot files linking into blobs/.
+fn snapshot(hub: &Path, repo: &str, commit: &str, src: &Path) -> std::path::PathBuf {
+    let root = hub.join(format!("models--{}", repo.replace('/', "--")));
+    let snap = root.join("snapshots").join(commit);
+    for d in [root.join("blobs"), root.join("refs"), snap.clone()] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::write(root.join("refs/main"), commit).unwrap();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let blob = root.join("blobs").join(format!("{commit}-{name}"));
+        std::fs::copy(&path, &blob).unwrap();
+        std::os::unix::fs::symlink(&blob, snap.join(&name)).unwrap();
+    }
+    snap
+}
+
+#[test]
+fn hub_ids_are_pinned_to_their_commit_and_confined_to_their_repository() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmp.path().canonicalize().unwrap();
+    let (hub, src) = (tmp.join("hub"), tmp.join("src"));
+    checkpoint(&src);
+    let (a, b) = ("a".repeat(40), "b".repeat(40));
+    let snap_a = snapshot(&hub, "tiny-org/m", &a, &src);
+    let mut e = enforcer(&tmp.join("nothing-local"), &tmp.join("cache"));
+    e.policy.hub.enabled = true;
+    e.policy.hub.orgs = vec!["tiny-org".into()];
+    e.hub = HubOptions {
+        cache_dir: hub.clone(),
+        offline: true,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let opened = rt.block_on(e.open("t", "base", "tiny-org/m")).unwrap();
+    assert_eq!(opened.pinned, format!("tiny-org/m@{a}"));
+    assert_eq!(opened.dir, snap_a);
+    // The branch moves on; the pinned form still opens what planning saw.
+    snapshot(&hub, "tiny-org/m", &b, &src);
+    let pinned = rt.block_on(e.open("t", "base", &opened.pinned)).unwrap();
+    assert_eq!(pinned.dir, snap_a);
+    let now = rt.block_on(e.open("t", "base", "tiny-org/m@main")).unwrap();
+    assert_eq!(now.pinned, format!("tiny-org/m@{b}"));
+    // Another organisation is refused; so is a snapshot file linked out of the repository.
+    assert!(rt.block_on(e.open("t", "base", "evil-org/m")).is_err());
+    let weights = snap_a.join("model.safetensors");
+    std::fs::remove_file(&weights).unwrap();
+    std::os::unix::fs::symlink(src.join("model.safetensors"), &weights).unwrap();
+    let err = rt
+        .block_on(e.open("t", "base", &opened.pinned))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("resolves outside"), "{err}");
+}
