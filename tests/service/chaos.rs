@@ -3,46 +3,16 @@
 //! entries added after the snapshot do not) and every PostgreSQL connection is dropped; two
 //! schedulers run side by side. Every audit must end `succeeded`, with exactly the rows of
 //! the embedded audit of its pair and one fan-in. The figures are printed for the issue note.
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use super::audit_id;
-use crate::harness::{assert_close, embedded, free_port, organisms, wait_for, Env};
+use crate::harness::{assert_close, embedded, free_port, organisms, redis_server, wait_for, Env};
 
 const AUDITS: usize = 24;
-
-/// A private redis-server that keeps its snapshot (`SAVE`) in `dir` and loads it at start.
-fn redis_with_snapshots(port: u16, dir: &Path) -> Child {
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .arg("--dir")
-        .arg(dir)
-        .args(["--dbfilename", "dump.rdb"])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server (Debian's redis-server package)");
-    wait_for("redis-server", Duration::from_secs(10), || {
-        let out = Command::new("redis-cli")
-            .args(["-p", &port.to_string(), "PING"])
-            .output()
-            .ok()?;
-        String::from_utf8_lossy(&out.stdout)
-            .contains("PONG")
-            .then_some(())
-    });
-    child
-}
 
 /// Audits whose shards are all done so far, and shards done in all.
 fn progress(env: &Env) -> (i64, i64) {
@@ -97,7 +67,7 @@ fn count_in_logs(env: &Env, names: &[&str], needle: &str) -> usize {
 fn two_dozen_audits_survive_kills_a_redis_snapshot_restore_and_dropped_connections() {
     let port = free_port();
     let snapshots = tempfile::tempdir().unwrap();
-    let mut redis = redis_with_snapshots(port, snapshots.path());
+    let mut redis = redis_server(port, Some(snapshots.path()));
     let mut env = Env::new(Some(format!("redis://127.0.0.1:{port}")));
     let org = organisms(env.dir.path());
     let base = org.join("base").display().to_string();
@@ -132,7 +102,7 @@ fn two_dozen_audits_survive_kills_a_redis_snapshot_restore_and_dropped_connectio
     // 3. Redis dies and comes back from that older snapshot.
     redis.kill().unwrap();
     redis.wait().unwrap();
-    redis = redis_with_snapshots(port, snapshots.path());
+    redis = redis_server(port, Some(snapshots.path()));
     redis_restarts += 1;
     // 4. Every PostgreSQL connection is dropped, and another worker dies.
     wait_shards(&env, progress(&env).1 + total_shards / 16);

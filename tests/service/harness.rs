@@ -378,3 +378,34 @@ pub fn assert_close(a: &Value, b: &Value, path: &str, skip: &[&str]) {
         _ => assert_eq!(a, b, "{path}"),
     }
 }
+
+/// A private redis-server on `port`. With `snapshots`, it keeps its snapshot (`SAVE`) there and
+/// loads it when started again; without, it keeps nothing on disk.
+pub fn redis_server(port: u16, snapshots: Option<&Path>) -> Child {
+    let mut cmd = Command::new("redis-server");
+    cmd.args([
+        "--port",
+        &port.to_string(),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]);
+    if let Some(dir) = snapshots {
+        cmd.arg("--dir").arg(dir).args(["--dbfilename", "dump.rdb"]);
+    }
+    let child = cmd
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server (Debian's redis-server package)");
+    wait_for("redis-server", Duration::from_secs(10), || {
+        let out = Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "PING"])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .contains("PONG")
+            .then_some(())
+    });
+    child
+}

@@ -10,7 +10,7 @@ mod chaos;
 mod hardening;
 mod harness;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -401,31 +401,10 @@ fn cancelling_mid_run_stops_the_audit_and_frees_the_worker() {
         .is_empty());
 }
 
-fn redis_server(port: u16) -> Child {
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server (Debian's redis-server package)");
-    wait_for("redis-server", Duration::from_secs(10), || {
-        std::net::TcpStream::connect(("127.0.0.1", port))
-            .ok()
-            .map(|_| ())
-    });
-    child
-}
-
 #[test]
 fn an_audit_survives_a_redis_restart_mid_run() {
     let port = harness::free_port();
-    let mut redis = redis_server(port);
+    let mut redis = harness::redis_server(port, None);
     let (env, base, ft, token) = service(
         Some(format!("redis://127.0.0.1:{port}")),
         "rank-update",
@@ -437,7 +416,7 @@ fn an_audit_survives_a_redis_restart_mid_run() {
     redis.kill().unwrap();
     redis.wait().unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    let mut redis = redis_server(port);
+    let mut redis = harness::redis_server(port, None);
     let done = env.wait_done(&token, &id, Duration::from_secs(120));
     assert_eq!(done["status"], "succeeded", "{done}\n{}", env.logs());
     let reference = embedded(env.dir.path(), &[&base, &ft]);

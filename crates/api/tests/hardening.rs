@@ -7,7 +7,7 @@
 mod common;
 
 use axum::http::StatusCode;
-use common::{call, call_with_headers, harness};
+use common::{call, harness, submit};
 use neurodiff_protocol::Limits;
 use neurodiff_store::Quota;
 use serde_json::json;
@@ -45,15 +45,7 @@ async fn references_outside_the_policy_are_refused_without_revealing_anything(po
         ("/models/x\n", "/models/x", "control characters"),
     ];
     for (base, ft, needle) in refused {
-        let (status, resp) = call(
-            &h,
-            "POST",
-            "/v1/audits",
-            Some(&h.token_a),
-            Some(body(base, ft)),
-            None,
-        )
-        .await;
+        let (status, _, resp) = submit(&h, &h.token_a, body(base, ft), None).await;
         let error = resp["error"].as_str().unwrap_or_default();
         assert_eq!(status, StatusCode::BAD_REQUEST, "{base} {ft}: {resp}");
         assert!(
@@ -73,15 +65,7 @@ async fn references_outside_the_policy_are_refused_without_revealing_anything(po
             "org/ft@0123456789abcdef0123456789abcdef01234567",
         ),
     ] {
-        let (status, resp) = call(
-            &h,
-            "POST",
-            "/v1/audits",
-            Some(&h.token_a),
-            Some(body(base, ft)),
-            None,
-        )
-        .await;
+        let (status, _, resp) = submit(&h, &h.token_a, body(base, ft), None).await;
         assert_eq!(status, StatusCode::ACCEPTED, "{base} {ft}: {resp}");
     }
     let (_, page) = call(&h, "GET", "/v1/audits", Some(&h.token_a), None, None).await;
@@ -92,18 +76,11 @@ async fn references_outside_the_policy_are_refused_without_revealing_anything(po
 #[sqlx::test(migrator = "neurodiff_store::MIGRATOR")]
 async fn layer_lists_are_deduplicated_and_range_checked(pool: PgPool) {
     let h = harness(pool).await;
-    let submit = |layers: serde_json::Value| {
+    let with_layers = |layers: serde_json::Value| {
         json!({"base": "org/b", "finetuned": "org/f", "layers": layers}).to_string()
     };
-    let (status, audit) = call(
-        &h,
-        "POST",
-        "/v1/audits",
-        Some(&h.token_a),
-        Some(submit(json!([0, 0, 3, 1, 3]))),
-        None,
-    )
-    .await;
+    let (status, _, audit) =
+        submit(&h, &h.token_a, with_layers(json!([0, 0, 3, 1, 3])), None).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{audit}");
     assert_eq!(audit["spec"]["layers"], json!([0, 1, 3]));
     let max = Limits::default().max_blocks;
@@ -112,15 +89,7 @@ async fn layer_lists_are_deduplicated_and_range_checked(pool: PgPool) {
         (json!([]), "must not be empty"),
         (json!([-1]), "layers"),
     ] {
-        let (status, resp) = call(
-            &h,
-            "POST",
-            "/v1/audits",
-            Some(&h.token_a),
-            Some(submit(layers.clone())),
-            None,
-        )
-        .await;
+        let (status, _, resp) = submit(&h, &h.token_a, with_layers(layers.clone()), None).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{layers}: {resp}");
         let error = resp["error"].as_str().unwrap();
         assert!(
@@ -135,35 +104,11 @@ async fn layer_lists_are_deduplicated_and_range_checked(pool: PgPool) {
 async fn an_idempotency_key_reused_for_another_request_is_a_conflict(pool: PgPool) {
     let h = harness(pool).await;
     let key = Some("release-7");
-    let (status, first) = call(
-        &h,
-        "POST",
-        "/v1/audits",
-        Some(&h.token_a),
-        Some(body("org/b", "org/f")),
-        key,
-    )
-    .await;
+    let (status, _, first) = submit(&h, &h.token_a, body("org/b", "org/f"), key).await;
     assert_eq!(status, StatusCode::ACCEPTED);
-    let (status, again) = call(
-        &h,
-        "POST",
-        "/v1/audits",
-        Some(&h.token_a),
-        Some(body("org/b", "org/f")),
-        key,
-    )
-    .await;
+    let (status, _, again) = submit(&h, &h.token_a, body("org/b", "org/f"), key).await;
     assert_eq!((status, &again["id"]), (StatusCode::ACCEPTED, &first["id"]));
-    let (status, resp) = call(
-        &h,
-        "POST",
-        "/v1/audits",
-        Some(&h.token_a),
-        Some(body("org/b", "org/other")),
-        key,
-    )
-    .await;
+    let (status, _, resp) = submit(&h, &h.token_a, body("org/b", "org/other"), key).await;
     assert_eq!(status, StatusCode::CONFLICT, "{resp}");
     let error = resp["error"].as_str().unwrap();
     assert!(
@@ -184,40 +129,16 @@ async fn a_team_over_its_quota_gets_429_with_retry_after(pool: PgPool) {
         },
     );
     for _ in 0..2 {
-        let (status, _) = call(
-            &h,
-            "POST",
-            "/v1/audits",
-            Some(&h.token_a),
-            Some(body("org/b", "org/f")),
-            None,
-        )
-        .await;
+        let (status, _, _) = submit(&h, &h.token_a, body("org/b", "org/f"), None).await;
         assert_eq!(status, StatusCode::ACCEPTED);
     }
-    let (status, headers, resp) = call_with_headers(
-        &h,
-        "POST",
-        "/v1/audits",
-        Some(&h.token_a),
-        Some(body("org/b", "org/f")),
-        None,
-    )
-    .await;
+    let (status, headers, resp) = submit(&h, &h.token_a, body("org/b", "org/f"), None).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{resp}");
     let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
     assert!(retry >= 1);
     assert!(resp["error"].as_str().unwrap().contains("quota"));
     // Another team still submits.
-    let (status, _) = call(
-        &h,
-        "POST",
-        "/v1/audits",
-        Some(&h.token_b),
-        Some(body("org/b", "org/f")),
-        None,
-    )
-    .await;
+    let (status, _, _) = submit(&h, &h.token_b, body("org/b", "org/f"), None).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     h.state.events.as_ref().unwrap().delete().await.unwrap();
 }

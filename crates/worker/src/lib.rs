@@ -102,6 +102,22 @@ impl Sources {
         })
     }
 
+    /// Opens both sides from the directories the policy confined them to, and checks that
+    /// what was opened is what was vetted.
+    pub fn open_confined(
+        base: &confine::Confined,
+        target: &Target,
+        target_dir: &confine::Confined,
+    ) -> Result<Sources> {
+        let sources = Sources::open(
+            &base.dir.display().to_string(),
+            &target.with_reference(target_dir.dir.display().to_string()),
+            &HubOptions::from_env(),
+        )?;
+        sources.confirm_opened(base, target_dir)?;
+        Ok(sources)
+    }
+
     /// Checks that what was opened is what the policy vetted, on both sides.
     pub fn confirm_opened(
         &self,

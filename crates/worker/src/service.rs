@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use neurodiff_core::reference::HubOptions;
 use neurodiff_core::CoreError;
 use neurodiff_protocol::{Envelope, Event, PlanRecord, ShardSpec, Target, Task, EVENTS_MAX_LEN};
 use neurodiff_store::{shard_result_key, Blobs, Db, Delivery, Queue, StoreError};
@@ -354,14 +353,7 @@ async fn shard(
     let slow_tensor = ctx.settings.slow_tensor;
     let hashes = ctx.hashes.clone();
     let result = blocking(move || {
-        let sources = Sources::open(
-            &base.dir.display().to_string(),
-            &spec_b
-                .target
-                .with_reference(target.dir.display().to_string()),
-            &HubOptions::from_env(),
-        )?;
-        sources.confirm_opened(&base, &target)?;
+        let sources = Sources::open_confined(&base, &spec_b.target, &target)?;
         if let Some(p) = &planned {
             let (base_files, target_files) = sources.record_files();
             verify(&p.base, &base_files, &hashes, &stop_b)?;

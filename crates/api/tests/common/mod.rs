@@ -56,6 +56,16 @@ pub async fn call(
     (status, json)
 }
 
+/// `POST /v1/audits` with `body` as team `token`: (status, headers, JSON).
+pub async fn submit(
+    h: &Harness,
+    token: &str,
+    body: String,
+    key: Option<&str>,
+) -> (StatusCode, HeaderMap, Value) {
+    call_with_headers(h, "POST", "/v1/audits", Some(token), Some(body), key).await
+}
+
 /// Like [`call`], with the response's headers.
 pub async fn call_with_headers(
     h: &Harness,
