@@ -120,6 +120,10 @@ impl Env {
             // The reference policy: this test's directory (the worker's cache inside it stays
             // closed) and its model prefix in the bucket.
             .env("NEURODIFF_ALLOW_LOCAL", self.dir.path())
+            // Quotas are tested on the API itself; here (and in the load benchmark) they must
+            // not be what limits a run.
+            .env("NEURODIFF_QUOTA_ACTIVE", "100000")
+            .env("NEURODIFF_QUOTA_PER_MINUTE", "100000")
             .env("RUST_LOG", "info");
         if let Some(models) = &self.models_store {
             c.env("NEURODIFF_ALLOW_S3", models);
