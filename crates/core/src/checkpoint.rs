@@ -3,7 +3,6 @@
 //! Opening a checkpoint reads only the safetensors headers; a tensor's bytes are touched when
 //! it is asked for, so a caller that needs one layer pays for one layer.
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
@@ -12,6 +11,7 @@ use serde::Deserialize;
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{CoreError, Result};
+use crate::guard::{open_checked, read_checked, Guard};
 
 pub const SINGLE_FILE: &str = "model.safetensors";
 pub const SHARD_INDEX: &str = "model.safetensors.index.json";
@@ -48,17 +48,36 @@ impl TensorMeta {
 struct MappedFile {
     path: PathBuf,
     mmap: Mmap,
-    /// (device, inode) of the file actually opened, from the open descriptor: a caller that
-    /// vetted a path can check this is the file it vetted, whatever the name points at now.
-    identity: (u64, u64),
+    /// The open descriptor's metadata (identity, size, times): what was actually mapped.
+    meta: std::fs::Metadata,
 }
 
 /// A checkpoint directory in Hugging Face layout.
-#[derive(Debug)]
 pub struct Checkpoint {
     dir: PathBuf,
     files: Vec<MappedFile>,
     tensors: BTreeMap<String, TensorMeta>,
+    /// Shown every file this checkpoint opens, config.json included.
+    guard: Option<Guard>,
+}
+
+impl std::fmt::Debug for Checkpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkpoint")
+            .field("dir", &self.dir)
+            .field("files", &self.files.len())
+            .field("tensors", &self.tensors.len())
+            .field("guarded", &self.guard.is_some())
+            .finish()
+    }
+}
+
+/// One mapped weight file: its path, its bytes and its open descriptor's metadata.
+#[derive(Debug, Clone, Copy)]
+pub struct MappedView<'a> {
+    pub path: &'a Path,
+    pub bytes: &'a [u8],
+    pub meta: &'a std::fs::Metadata,
 }
 
 #[derive(Deserialize)]
@@ -71,27 +90,41 @@ impl Checkpoint {
     /// sharded index maps tensors to (each a plain relative name that stays inside `dir`), and
     /// the index's weight map. Reads only the index, so a caller can vet the files first.
     #[allow(clippy::type_complexity)]
-    pub fn weight_files(dir: &Path) -> Result<(Vec<String>, Option<HashMap<String, String>>)> {
+    pub fn weight_files(
+        dir: &Path,
+        guard: Option<&Guard>,
+    ) -> Result<(Vec<String>, Option<HashMap<String, String>>)> {
         let single = dir.join(SINGLE_FILE);
         let index = dir.join(SHARD_INDEX);
-        if single.is_file() {
+        // exists(), not is_file(): something that is there but not a regular file is refused
+        // by name when it is opened, not reported missing.
+        if single.exists() {
             return Ok((vec![SINGLE_FILE.to_string()], None));
         }
-        if !index.is_file() {
+        if !index.exists() {
             return Err(CoreError::MissingFile {
                 path: single,
                 what: "weights: neither model.safetensors nor model.safetensors.index.json",
             });
         }
-        let text = read_bounded(&index, MAX_JSON_BYTES)?;
+        let (text, _) = read_checked(&index, "shard index", MAX_JSON_BYTES, guard)?;
         let parsed: ShardIndex =
-            serde_json::from_str(&text).map_err(|e| CoreError::ShardIndex {
+            serde_json::from_slice(&text).map_err(|e| CoreError::ShardIndex {
                 path: index.clone(),
                 message: e.to_string(),
             })?;
         let mut files: Vec<String> = parsed.weight_map.values().cloned().collect();
         files.sort();
         files.dedup();
+        if files.len() > MAX_SHARD_FILES {
+            return Err(CoreError::ShardIndex {
+                path: index,
+                message: format!(
+                    "{} weight files; at most {MAX_SHARD_FILES} are opened",
+                    files.len()
+                ),
+            });
+        }
         if let Some(bad) = files.iter().find(|f| !inside_name(f)) {
             return Err(CoreError::ShardIndex {
                 path: index,
@@ -105,6 +138,11 @@ impl Checkpoint {
 
     /// Opens `dir`, preferring `model.safetensors` and falling back to a sharded index.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        Self::open_guarded(dir, None)
+    }
+
+    /// Like [`Checkpoint::open`], every file (index, weights, config) shown to `guard` first.
+    pub fn open_guarded(dir: impl AsRef<Path>, guard: Option<Guard>) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
         if !dir.is_dir() {
             return Err(CoreError::MissingFile {
@@ -113,8 +151,8 @@ impl Checkpoint {
             });
         }
         let index = dir.join(SHARD_INDEX);
-        let (file_names, weight_map) = Self::weight_files(&dir)?;
-        let ckpt = Self::open_files(&dir, &file_names)?;
+        let (file_names, weight_map) = Self::weight_files(&dir, guard.as_ref())?;
+        let ckpt = Self::open_files_guarded(&dir, &file_names, guard)?;
         if let Some(weight_map) = weight_map {
             let (files, tensors) = (&ckpt.files, &ckpt.tensors);
             for (tensor, file) in &weight_map {
@@ -134,10 +172,19 @@ impl Checkpoint {
 
     /// Opens the named safetensors files of `dir` (a PEFT adapter's, say) as one checkpoint.
     pub fn open_files(dir: &Path, file_names: &[String]) -> Result<Self> {
+        Self::open_files_guarded(dir, file_names, None)
+    }
+
+    /// Like [`Checkpoint::open_files`], every file shown to `guard` first.
+    pub fn open_files_guarded(
+        dir: &Path,
+        file_names: &[String],
+        guard: Option<Guard>,
+    ) -> Result<Self> {
         let mut files = Vec::with_capacity(file_names.len());
         let mut tensors = BTreeMap::new();
         for (i, name) in file_names.iter().enumerate() {
-            let mapped = map_file(&dir.join(name))?;
+            let mapped = map_file(&dir.join(name), guard.as_ref())?;
             read_header(&mapped, i, &mut tensors)?;
             files.push(mapped);
         }
@@ -145,7 +192,13 @@ impl Checkpoint {
             dir: dir.to_path_buf(),
             files,
             tensors,
+            guard,
         })
+    }
+
+    /// The guard this checkpoint's files are shown to, if any.
+    pub fn guard(&self) -> Option<&Guard> {
+        self.guard.as_ref()
     }
 
     pub fn dir(&self) -> &Path {
@@ -154,7 +207,7 @@ impl Checkpoint {
 
     /// The config.json next to the weights, parsed as JSON.
     pub fn config_json(&self) -> Result<serde_json::Value> {
-        read_json(&self.dir.join(CONFIG_FILE))
+        read_json(&self.dir.join(CONFIG_FILE), self.guard.as_ref())
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
@@ -202,11 +255,15 @@ impl Checkpoint {
         Ok((meta, &self.files[meta.file].mmap[meta.start..meta.end]))
     }
 
-    /// Each mapped file and the (device, inode) of what was actually opened.
-    pub fn file_identities(&self) -> Vec<(&Path, (u64, u64))> {
+    /// Each mapped weight file, with its bytes and what its descriptor says of it.
+    pub fn mapped(&self) -> Vec<MappedView<'_>> {
         self.files
             .iter()
-            .map(|f| (f.path.as_path(), f.identity))
+            .map(|f| MappedView {
+                path: &f.path,
+                bytes: &f.mmap,
+                meta: &f.meta,
+            })
             .collect()
     }
 
@@ -281,7 +338,7 @@ pub const MAX_JSON_BYTES: u64 = 16 << 20;
 pub const MAX_HEADER_BYTES: u64 = 64 << 20;
 
 /// A name a shard index may map tensors to: relative, no `..`, no absolute path.
-fn inside_name(name: &str) -> bool {
+pub(crate) fn inside_name(name: &str) -> bool {
     !name.is_empty()
         && !name.starts_with('/')
         && !name.contains('\\')
@@ -290,55 +347,37 @@ fn inside_name(name: &str) -> bool {
             .all(|p| !p.is_empty() && p != "." && p != "..")
 }
 
-/// Reads a text file of at most `max` bytes.
+/// At most this many weight files are opened for one checkpoint (each has a header to parse).
+pub const MAX_SHARD_FILES: usize = 4096;
+
+/// Reads a text file of at most `max` bytes (unguarded: for the hub cache's own files).
 pub(crate) fn read_bounded(path: &Path, max: u64) -> Result<String> {
-    let len = std::fs::metadata(path)
-        .map_err(|e| CoreError::io(path, e))?
-        .len();
-    if len > max {
-        return Err(CoreError::Config {
-            path: path.to_path_buf(),
-            message: format!("{len} bytes; files of this kind are at most {max}"),
-        });
-    }
-    std::fs::read_to_string(path).map_err(|e| CoreError::io(path, e))
+    let (bytes, _) = read_checked(path, "file", max, None)?;
+    String::from_utf8(bytes).map_err(|_| CoreError::Config {
+        path: path.to_path_buf(),
+        message: "not UTF-8 text".into(),
+    })
 }
 
-pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value> {
-    if !path.is_file() {
-        return Err(CoreError::MissingFile {
-            path: path.to_path_buf(),
-            what: "model config",
-        });
-    }
-    let text = read_bounded(path, MAX_JSON_BYTES)?;
-    serde_json::from_str(&text).map_err(|e| CoreError::Config {
+pub(crate) fn read_json(path: &Path, guard: Option<&Guard>) -> Result<serde_json::Value> {
+    let (bytes, _) = read_checked(path, "model config", MAX_JSON_BYTES, guard)?;
+    serde_json::from_slice(&bytes).map_err(|e| CoreError::Config {
         path: path.to_path_buf(),
         message: format!("not valid JSON: {e}"),
     })
 }
 
-fn map_file(path: &Path) -> Result<MappedFile> {
-    let file = File::open(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => CoreError::MissingFile {
-            path: path.to_path_buf(),
-            what: "safetensors file",
-        },
-        _ => CoreError::io(path, e),
-    })?;
-    let identity = {
-        use std::os::unix::fs::MetadataExt;
-        let m = file.metadata().map_err(|e| CoreError::io(path, e))?;
-        (m.dev(), m.ino())
-    };
-    // SAFETY: the map is read-only and checkpoints are not modified while being audited; a
-    // concurrent writer could change the bytes we read but cannot make the map unsound to hold.
+fn map_file(path: &Path, guard: Option<&Guard>) -> Result<MappedFile> {
+    let (file, meta) = open_checked(path, "safetensors file", guard)?;
+    // SAFETY: the map is read-only. A process that truncates the file while it is mapped makes
+    // reads past the new end raise SIGBUS (the process dies; the task is retried elsewhere):
+    // workers should read model roots that teams cannot modify in place (docs/security.md).
     #[allow(unsafe_code)]
     let mmap = unsafe { Mmap::map(&file) }.map_err(|e| CoreError::io(path, e))?;
     Ok(MappedFile {
         path: path.to_path_buf(),
         mmap,
-        identity,
+        meta,
     })
 }
 

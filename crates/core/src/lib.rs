@@ -2,6 +2,7 @@
 pub mod checkpoint;
 pub mod device;
 pub mod error;
+pub mod guard;
 pub mod hooks;
 pub mod inspect;
 pub mod models;

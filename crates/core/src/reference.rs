@@ -178,6 +178,12 @@ fn shard_files(index_json: &str) -> std::result::Result<Vec<String>, String> {
         .collect();
     files.sort();
     files.dedup();
+    // The names are joined into cache paths and URLs: plain relative names only.
+    if let Some(bad) = files.iter().find(|f| !crate::checkpoint::inside_name(f)) {
+        return Err(format!(
+            "file `{bad}` is not a relative name inside the repository"
+        ));
+    }
     Ok(files)
 }
 
@@ -200,7 +206,8 @@ fn download(id: &HubId, hub: &HubOptions) -> std::result::Result<PathBuf, String
             let index = repo
                 .get(SHARD_INDEX)
                 .map_err(|e| format!("{SINGLE_FILE}: {single_err}; {SHARD_INDEX}: {e}"))?;
-            let text = std::fs::read_to_string(&index).map_err(|e| e.to_string())?;
+            let text = crate::checkpoint::read_bounded(&index, crate::checkpoint::MAX_JSON_BYTES)
+                .map_err(|e| e.to_string())?;
             for file in shard_files(&text).map_err(|e| format!("{SHARD_INDEX}: {e}"))? {
                 repo.get(&file).map_err(|e| format!("{file}: {e}"))?;
             }

@@ -86,8 +86,10 @@ fn percent_decode(s: &str) -> Result<String, PolicyError> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
+            // Exactly two hex digits (from_str_radix alone would take a sign, `%+5`).
             let hex = bytes
                 .get(i + 1..i + 3)
+                .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
                 .and_then(|h| std::str::from_utf8(h).ok())
                 .and_then(|h| u8::from_str_radix(h, 16).ok());
             match hex {
@@ -199,6 +201,10 @@ pub struct HubPolicy {
     pub enabled: bool,
     #[serde(default)]
     pub orgs: Vec<String>,
+    /// Pull-request revisions (`refs/pr/N`) hold content anyone on the hub can propose, not the
+    /// organisation's: refused unless this is set.
+    #[serde(default)]
+    pub allow_pull_requests: bool,
 }
 
 /// A team's narrowing of the deployment's policy: where it is set, a reference must also be
@@ -243,20 +249,6 @@ pub fn violation(field: &str, reference: &str, why: &str) -> PolicyError {
 }
 
 impl ReferencePolicy {
-    /// A policy that allows everything local and every hub organisation (the embedded CLI, and
-    /// tests that do not test the policy). Never the default of a service.
-    pub fn open() -> ReferencePolicy {
-        ReferencePolicy {
-            local_roots: vec!["/".into()],
-            s3: Vec::new(),
-            hub: HubPolicy {
-                enabled: true,
-                orgs: vec!["*".into()],
-            },
-            ..ReferencePolicy::default()
-        }
-    }
-
     /// Parses the JSON policy file and checks every root in it.
     pub fn from_json(text: &str) -> Result<ReferencePolicy, PolicyError> {
         let p: ReferencePolicy = serde_json::from_str(text)
@@ -278,6 +270,16 @@ impl ReferencePolicy {
             .chain(&self.denied)
             .chain(team_roots)
         {
+            // `{team}` must be a whole segment: inside one (`/teams/{team}-private`), team
+            // `x-private` would be given team `x`'s private directory.
+            let whole = root
+                .split('/')
+                .all(|seg| !seg.contains("{team}") || seg == "{team}");
+            if !whole {
+                return err(format!(
+                    "reference policy: root `{root}`: `{{team}}` must be a whole path segment"
+                ));
+            }
             let example = root.replace("{team}", "team");
             match classify(&example) {
                 Ok(ModelRef::Hub { .. }) | Err(_) => {
@@ -292,11 +294,22 @@ impl ReferencePolicy {
     }
 
     /// Adds a location that is never readable (the artifact store, a cache directory). Object
-    /// store URLs (`file:///dir`, `s3://bucket/prefix`) and paths are accepted.
-    pub fn deny(&mut self, location: &str) {
-        let location = location.strip_prefix("file://").unwrap_or(location);
-        if classify(location).is_ok() {
-            self.denied.push(location.to_string());
+    /// store URLs (`file:///dir`, `s3://bucket/prefix`, `memory://`) and absolute paths are
+    /// accepted; anything else is an error, so a process never starts with a reserved location
+    /// it cannot protect.
+    pub fn deny(&mut self, location: &str) -> Result<(), PolicyError> {
+        if location == "memory://" {
+            return Ok(());
+        }
+        let path = location.strip_prefix("file://").unwrap_or(location);
+        match classify(path) {
+            Ok(ModelRef::Local { .. } | ModelRef::S3 { .. }) => {
+                self.denied.push(path.to_string());
+                Ok(())
+            }
+            _ => err(format!(
+                "`{location}` cannot be reserved: give an absolute path, file:///dir or s3://bucket/prefix"
+            )),
         }
     }
 
@@ -347,7 +360,13 @@ impl ReferencePolicy {
                     });
                 }
             }
-            ModelRef::Hub { org, .. } => {
+            ModelRef::Hub { org, revision, .. } => {
+                if revision.starts_with("refs/pr/") && !self.hub.allow_pull_requests {
+                    return refuse(
+                        "pull-request revisions hold content anyone can propose; \
+                         the deployment must set hub.allow_pull_requests",
+                    );
+                }
                 let org_in = |l: &[String]| l.iter().any(|o| o == "*" || o == org);
                 let allowed = self.hub.enabled
                     && org_in(&self.hub.orgs)
@@ -408,7 +427,7 @@ mod tests {
                 "teams": {"red": {"local_roots": ["/models/red"], "hub_orgs": ["Qwen"]}}}"#,
         )
         .unwrap();
-        p.deny("s3://models/shared/artifacts");
+        p.deny("s3://models/shared/artifacts").unwrap();
         p
     }
 
@@ -462,6 +481,9 @@ mod tests {
         assert!(p.check("blue", "base", "s3://models/teams/blue/m").is_ok());
         assert!(p.check("blue", "base", "s3://models/teams/red/m").is_err());
         assert!(p.check("blue", "base", "meta-llama/Llama-3@main").is_ok());
+        assert!(p
+            .check("blue", "base", "meta-llama/Llama-3@refs/pr/7")
+            .is_err());
         assert!(p.check("red", "base", "meta-llama/Llama-3").is_err());
         assert!(p.check("blue", "base", "evil/model").is_err());
         // A team name that is not a plain segment matches no {team} root.
@@ -475,5 +497,12 @@ mod tests {
             .check("t", "base", "/models/x")
             .is_err());
         assert!(ReferencePolicy::from_json(r#"{"local_roots": ["rel"]}"#).is_err());
+        assert!(
+            ReferencePolicy::from_json(r#"{"local_roots": ["/teams/{team}-private"]}"#).is_err()
+        );
+        assert!(ReferencePolicy::default()
+            .deny("file://./artifacts")
+            .is_err());
+        assert!(classify("s3://bkt/x/%+5").is_err());
     }
 }

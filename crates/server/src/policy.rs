@@ -52,7 +52,7 @@ impl PolicyArgs {
             policy.hub.orgs.extend(self.allow_hub_orgs.iter().cloned());
         }
         for r in reserved {
-            policy.deny(r);
+            policy.deny(r)?;
         }
         policy.check_roots()?;
         Ok(policy)

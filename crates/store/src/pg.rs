@@ -313,6 +313,19 @@ impl Db {
         models: Option<&serde_json::Value>,
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
+        // Only a queued audit is planned: a second planner (a redelivered plan task) adds no
+        // shard rows to an audit another one planned.
+        let planned = sqlx::query(
+            "UPDATE audits SET models = COALESCE($2, models), status = 'running', \
+             started_at = COALESCE(started_at, now()) WHERE id = $1 AND status = 'queued' RETURNING id",
+        )
+        .bind(audit)
+        .bind(models)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if planned.is_none() {
+            return Ok(());
+        }
         for key in keys {
             sqlx::query(
                 "INSERT INTO shards (audit_id, shard_key) VALUES ($1, $2) ON CONFLICT DO NOTHING",
@@ -324,13 +337,12 @@ impl Db {
         }
         // The total is the number of shard rows, whatever the list held (a repeated key is
         // one row), so the fan-in's count can always be reached.
-        sqlx::query("UPDATE audits SET shards_total = (SELECT count(*) FROM shards WHERE audit_id = $1), \
-             models = COALESCE($2, models), status = 'running', started_at = COALESCE(started_at, now()) \
-             WHERE id = $1 AND status = 'queued'")
-            .bind(audit)
-            .bind(models)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE audits SET shards_total = (SELECT count(*) FROM shards WHERE audit_id = $1) WHERE id = $1",
+        )
+        .bind(audit)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
     }

@@ -286,17 +286,15 @@ impl Queue {
                     "delivered {deliveries} times (limit {})",
                     self.max_deliveries
                 );
-                let _: String = redis::cmd("XADD")
+                let mut pipe = redis::pipe();
+                pipe.cmd("XADD")
                     .arg(&self.dead_stream)
                     .arg("*")
                     .arg(FIELD)
                     .arg(fields.get(FIELD).cloned().unwrap_or_default())
                     .arg("reason")
-                    .arg(reason)
-                    .query_async(&mut self.conn.clone())
-                    .await
-                    .map_err(redis_err)?;
-                self.ack(&id).await?;
+                    .arg(reason);
+                self.ack_with(&id, pipe).await?;
                 out.dead.push(Delivery {
                     id,
                     task,

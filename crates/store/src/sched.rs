@@ -192,21 +192,7 @@ impl Db {
             .execute(&mut *tx)
             .await?;
         }
-        sqlx::query(
-            "UPDATE audits SET status = 'failed', error = $2, finished_at = now() \
-             WHERE id = $1 AND status IN ('queued', 'running')",
-        )
-        .bind(audit)
-        .bind(reason)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE shards SET status = 'cancelled', finished_at = now() \
-             WHERE audit_id = $1 AND status IN ('queued', 'running')",
-        )
-        .bind(audit)
-        .execute(&mut *tx)
-        .await?;
+        fail_in(&mut tx, audit, reason).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -221,6 +207,9 @@ impl Db {
         attempt: i32,
         reason: &str,
     ) -> Result<bool> {
+        // One transaction: a shard marked failed with its audit still running would never be
+        // run again nor let the audit end.
+        let mut tx = self.pool.begin().await?;
         let current = sqlx::query(
             "UPDATE shards SET status = 'failed', error = $4, finished_at = now() \
              WHERE audit_id = $1 AND shard_key = $2 AND attempt = $3 AND status = 'running' RETURNING attempt",
@@ -229,12 +218,13 @@ impl Db {
         .bind(shard_key)
         .bind(attempt)
         .bind(reason)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
         if current.is_none() {
             return Ok(false);
         }
-        self.fail_audit(audit, None, reason).await?;
+        fail_in(&mut tx, audit, reason).await?;
+        tx.commit().await?;
         Ok(true)
     }
 
@@ -406,4 +396,28 @@ impl Db {
             .map(|r| Ok((r.try_get("status")?, r.try_get("n")?)))
             .collect()
     }
+}
+
+/// Fails an unfinished audit and cancels its unfinished shards, inside `tx`.
+async fn fail_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    audit: Uuid,
+    reason: &str,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE audits SET status = 'failed', error = $2, finished_at = now() \
+         WHERE id = $1 AND status IN ('queued', 'running')",
+    )
+    .bind(audit)
+    .bind(reason)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "UPDATE shards SET status = 'cancelled', finished_at = now() \
+         WHERE audit_id = $1 AND status IN ('queued', 'running')",
+    )
+    .bind(audit)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }

@@ -7,11 +7,13 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use neurodiff_core::checkpoint::{CONFIG_FILE, SHARD_INDEX, SINGLE_FILE, TOKENIZER_FILE};
+use neurodiff_core::guard::Guard;
 use neurodiff_core::reference::{resolve_hub, HubOptions};
 use neurodiff_core::weights::lora::{ADAPTER_CONFIG, ADAPTER_WEIGHTS};
-use neurodiff_core::Checkpoint;
+use neurodiff_core::{Checkpoint, CoreError};
 use neurodiff_protocol::{Limits, ModelRef, ReferencePolicy};
 
 use crate::materialize::materialize_s3;
@@ -32,22 +34,35 @@ pub struct Confined {
 }
 
 impl Confined {
-    /// Checks that the files `ckpt` opened are the ones vetted (same device and inode).
-    pub fn confirm_opened(&self, ckpt: &Checkpoint) -> Result<()> {
-        for (path, identity) in ckpt.file_identities() {
+    /// A guard for opening this model's files: each must be the very file the policy vetted
+    /// (same device and inode), so a name re-pointed after the check is refused before a byte
+    /// of it is read. Names only, in the error: not where the name points now.
+    pub fn guard(&self) -> Guard {
+        let (dir, vetted, reference) = (
+            self.dir.clone(),
+            self.vetted.clone(),
+            self.reference.clone(),
+        );
+        Arc::new(move |path: &Path, meta: &std::fs::Metadata| {
             let name = path
-                .strip_prefix(&self.dir)
-                .unwrap_or(path)
-                .display()
-                .to_string();
-            if self.vetted.get(&name) != Some(&identity) {
-                return Err(refused(
-                    &self.reference,
-                    format!("`{name}` is not the file that was checked (replaced or re-linked meanwhile)"),
-                ));
+                .strip_prefix(&dir)
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|_| {
+                    path.file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default()
+                });
+            if vetted.get(&name) == Some(&(meta.dev(), meta.ino())) {
+                Ok(())
+            } else {
+                Err(CoreError::Reference {
+                    reference: reference.clone(),
+                    message: format!(
+                        "`{name}` is not the file that was checked (replaced or re-linked meanwhile)"
+                    ),
+                })
             }
-        }
-        Ok(())
+        })
     }
 }
 
@@ -115,9 +130,10 @@ impl Enforcer {
                     .await
                     .map_err(|e| WorkerError::Io(format!("hub resolver: {e}")))?
                     .map_err(|e| WorkerError::Io(e.to_string()))?;
-                let root = canonical(&snap.repo_dir)
+                let (root, dir) = canonical(&snap.repo_dir)
+                    .zip(canonical(&snap.dir))
                     .ok_or_else(|| refused(reference, "not in the hub cache"))?;
-                let vetted = self.vet(reference, &snap.dir, std::slice::from_ref(&root), false)?;
+                let vetted = self.vet(reference, &dir, std::slice::from_ref(&root), false)?;
                 let pinned = parsed
                     .hub_id()
                     .and_then(|id| id.split_once('@').map(|(repo, _)| repo.to_string()))
@@ -127,7 +143,7 @@ impl Enforcer {
                     );
                 Ok(Confined {
                     reference: reference.to_string(),
-                    dir: snap.dir,
+                    dir,
                     pinned,
                     vetted,
                 })
@@ -194,7 +210,7 @@ impl Enforcer {
         .map(|s| s.to_string())
         .collect();
         if !dir.join(SINGLE_FILE).exists() && dir.join(SHARD_INDEX).exists() {
-            let (files, _) = Checkpoint::weight_files(dir)
+            let (files, _) = Checkpoint::weight_files(dir, None)
                 .map_err(|e| refused(reference, redact_path(&e.to_string(), dir, reference)))?;
             names.extend(files);
         }
@@ -205,11 +221,18 @@ impl Enforcer {
                 continue;
             }
             match canonical(&path) {
-                Some(p) if inside(&p) => {
-                    if let Ok(m) = std::fs::metadata(&p) {
+                Some(p) if inside(&p) => match std::fs::metadata(&p) {
+                    // Regular files only: a FIFO or a device would block or never end.
+                    Ok(m) if m.is_file() => {
                         vetted.insert(name, (m.dev(), m.ino()));
                     }
-                }
+                    _ => {
+                        return Err(refused(
+                            reference,
+                            format!("`{name}` is not a regular file"),
+                        ))
+                    }
+                },
                 _ => {
                     return Err(refused(
                         reference,

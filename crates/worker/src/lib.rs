@@ -8,12 +8,14 @@ pub mod record;
 pub mod service;
 
 pub use plan::check_limits;
+pub use record::Content;
 
 use std::path::PathBuf;
 
-use neurodiff_core::checkpoint::CONFIG_FILE;
+use neurodiff_core::checkpoint::{CONFIG_FILE, MAX_JSON_BYTES};
+use neurodiff_core::guard::{read_checked, Guard};
 use neurodiff_core::reference::{self, HubOptions};
-use neurodiff_core::weights::lora::{ADAPTER_CONFIG, ADAPTER_WEIGHTS};
+use neurodiff_core::weights::lora::ADAPTER_CONFIG;
 use neurodiff_core::weights::{self, lora::Adapter, Target as CoreTarget};
 use neurodiff_core::{Checkpoint, CoreError};
 use neurodiff_protocol::{ShardResult, ShardSpec, Target};
@@ -32,31 +34,56 @@ pub enum WorkerError {
 
 pub type Result<T, E = WorkerError> = std::result::Result<T, E>;
 
+/// The mapped weight files of `ckpt` and its config file, read through `ckpt`'s guard.
+fn side<'a>(ckpt: &'a Checkpoint, config: &std::path::Path) -> Result<Vec<Content<'a>>> {
+    let mut out: Vec<Content<'a>> = ckpt
+        .mapped()
+        .into_iter()
+        .map(|v| Content {
+            name: file_name(v.path),
+            bytes: std::borrow::Cow::Borrowed(v.bytes),
+            meta: v.meta.clone(),
+        })
+        .collect();
+    let (bytes, meta) = read_checked(config, "model config", MAX_JSON_BYTES, ckpt.guard())?;
+    out.push(Content {
+        name: file_name(config),
+        bytes: std::borrow::Cow::Owned(bytes),
+        meta,
+    });
+    Ok(out)
+}
+
+fn file_name(path: &std::path::Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
 impl WorkerError {
     /// Out of memory (host or GPU) or out of disk: the input may be fine and another worker,
     /// or the same one later, may have room, so the task is retried (a bounded number of
     /// times), not failed.
     pub fn is_resource_exhaustion(&self) -> bool {
-        let message = match self {
+        // By the kind of error, never by text that may come from the input (a config value
+        // reading "out of memory" must not turn bad input into retries).
+        match self {
             WorkerError::Core(CoreError::Io { source, .. }) => {
-                if source.raw_os_error() == Some(28)
+                source.raw_os_error() == Some(28)
                     || source.kind() == std::io::ErrorKind::StorageFull
-                {
-                    return true;
-                }
-                source.to_string()
             }
-            other => other.to_string(),
-        };
-        let m = message.to_ascii_lowercase();
-        [
-            "out of memory",
-            "can't allocate memory",
-            "cannot allocate memory",
-            "no space left on device",
-        ]
-        .iter()
-        .any(|s| m.contains(s))
+            WorkerError::Core(CoreError::Torch(e)) => {
+                let m = e.to_string().to_ascii_lowercase();
+                [
+                    "out of memory",
+                    "can't allocate memory",
+                    "cannot allocate memory",
+                ]
+                .iter()
+                .any(|s| m.contains(s))
+            }
+            _ => false,
+        }
     }
 }
 
@@ -79,17 +106,28 @@ pub struct Sources {
 impl Sources {
     /// Resolves and opens `base` and `target`, refusing pairs that cannot be compared.
     pub fn open(base: &str, target: &Target, hub: &HubOptions) -> Result<Sources> {
+        Self::open_guarded(base, target, hub, None, None)
+    }
+
+    /// Like [`Sources::open`], every file of each side shown to its guard before it is read.
+    pub fn open_guarded(
+        base: &str,
+        target: &Target,
+        hub: &HubOptions,
+        base_guard: Option<Guard>,
+        target_guard: Option<Guard>,
+    ) -> Result<Sources> {
         let base_dir = reference::resolve(base, hub)?;
-        let base_ckpt = Checkpoint::open(&base_dir)?;
+        let base_ckpt = Checkpoint::open_guarded(&base_dir, base_guard)?;
         let target_dir = reference::resolve(target.reference(), hub)?;
         let opened = match target {
             Target::Checkpoint { .. } => {
-                let ft = Checkpoint::open(&target_dir)?;
+                let ft = Checkpoint::open_guarded(&target_dir, target_guard)?;
                 weights::check_compatible(&base_ckpt, &ft)?;
                 OpenTarget::Checkpoint(ft)
             }
             Target::Adapter { .. } => {
-                let adapter = Adapter::open(&target_dir)?;
+                let adapter = Adapter::open_guarded(&target_dir, target_guard)?;
                 adapter.check_targets(&base_ckpt)?;
                 OpenTarget::Adapter(adapter)
             }
@@ -102,33 +140,20 @@ impl Sources {
         })
     }
 
-    /// Opens both sides from the directories the policy confined them to, and checks that
-    /// what was opened is what was vetted.
+    /// Opens both sides from the directories the policy confined them to; every file must be
+    /// the one the policy vetted (a name re-pointed since is refused before it is read).
     pub fn open_confined(
         base: &confine::Confined,
         target: &Target,
         target_dir: &confine::Confined,
     ) -> Result<Sources> {
-        let sources = Sources::open(
+        Sources::open_guarded(
             &base.dir.display().to_string(),
             &target.with_reference(target_dir.dir.display().to_string()),
             &HubOptions::from_env(),
-        )?;
-        sources.confirm_opened(base, target_dir)?;
-        Ok(sources)
-    }
-
-    /// Checks that what was opened is what the policy vetted, on both sides.
-    pub fn confirm_opened(
-        &self,
-        base: &confine::Confined,
-        target: &confine::Confined,
-    ) -> Result<()> {
-        base.confirm_opened(&self.base)?;
-        match &self.target {
-            OpenTarget::Checkpoint(c) => target.confirm_opened(c),
-            OpenTarget::Adapter(a) => target.confirm_opened(&a.weights),
-        }
+            Some(base.guard()),
+            Some(target_dir.guard()),
+        )
     }
 
     pub fn core_target(&self) -> CoreTarget<'_> {
@@ -142,23 +167,15 @@ impl Sources {
         Ok(weights::n_layers(&self.base)?)
     }
 
-    /// The files that make up each side: weight files and config (adapter files for adapters).
-    pub fn record_files(&self) -> (Vec<PathBuf>, Vec<PathBuf>) {
-        let mut base: Vec<PathBuf> = self.base.files().iter().map(|p| p.to_path_buf()).collect();
-        base.push(self.base_dir.join(CONFIG_FILE));
+    /// What each side is made of (weight files and config, or the adapter's two files), read
+    /// through the files that were opened and mapped, never reopened by name.
+    pub fn contents(&self) -> Result<(Vec<Content<'_>>, Vec<Content<'_>>)> {
+        let base = side(&self.base, &self.base_dir.join(CONFIG_FILE))?;
         let target = match &self.target {
-            OpenTarget::Checkpoint(c) => c
-                .files()
-                .iter()
-                .map(|p| p.to_path_buf())
-                .chain([self.target_dir.join(CONFIG_FILE)])
-                .collect(),
-            OpenTarget::Adapter(_) => vec![
-                self.target_dir.join(ADAPTER_WEIGHTS),
-                self.target_dir.join(ADAPTER_CONFIG),
-            ],
+            OpenTarget::Checkpoint(c) => side(c, &self.target_dir.join(CONFIG_FILE))?,
+            OpenTarget::Adapter(a) => side(&a.weights, &self.target_dir.join(ADAPTER_CONFIG))?,
         };
-        (base, target)
+        Ok((base, target))
     }
 
     /// How many tensors a shard will analyse (for progress totals).
@@ -204,13 +221,17 @@ mod tests {
         });
         assert!(enospc.is_resource_exhaustion());
         for message in [
-            "libtorch: CUDA out of memory. Tried to allocate 2.00 GiB",
-            "libtorch: [enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory",
+            "CUDA out of memory. Tried to allocate 2.00 GiB",
+            "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory",
         ] {
-            assert!(WorkerError::Io(message.into()).is_resource_exhaustion(), "{message}");
+            let e = WorkerError::Core(CoreError::Torch(tch::TchError::Torch(message.into())));
+            assert!(e.is_resource_exhaustion(), "{message}");
         }
-        let bad =
-            WorkerError::Io("config.json: field `hidden_size` is 4 here but 8 in the base".into());
+        // Text from the input never counts, whatever it says.
+        let bad = WorkerError::Core(CoreError::Config {
+            path: "/m/config.json".into(),
+            message: "field `model_type` is \"out of memory\" here".into(),
+        });
         assert!(!bad.is_resource_exhaustion());
     }
 }

@@ -3,7 +3,6 @@
 //! shard plan made, and every file hashed (hub ids pinned to their commit), in one record.
 use std::sync::atomic::Ordering;
 
-use neurodiff_core::reference::HubOptions;
 use neurodiff_core::CoreError;
 use neurodiff_protocol::{
     plan_shards, Event, Limits, PlanRecord, ShardKey, Spectrum, WeightOptions,
@@ -61,18 +60,11 @@ pub(crate) async fn plan(
         if !slow_plan.is_zero() {
             std::thread::sleep(slow_plan);
         }
-        let sources = Sources::open(
-            &base_b.dir.display().to_string(),
-            &spec_b
-                .target
-                .with_reference(target_b.dir.display().to_string()),
-            &HubOptions::from_env(),
-        )?;
-        sources.confirm_opened(&base_b, &target_b)?;
+        let sources = Sources::open_confined(&base_b, &spec_b.target, &target_b)?;
         let n_layers = sources.n_layers()?;
         check_limits(&sources, n_layers, &spec_b.weights, &limits)?;
         let shards = plan_shards(&spec_b, n_layers).map_err(|e| WorkerError::Io(e.to_string()))?;
-        let (base_files, target_files) = sources.record_files();
+        let (base_files, target_files) = sources.contents()?;
         let record = PlanRecord {
             n_layers,
             base: record_with(
@@ -146,13 +138,9 @@ pub fn check_limits(
             ));
         }
     }
-    let (base_files, target_files) = sources.record_files();
+    let (base_files, target_files) = sources.contents()?;
     for (side, files) in [("base", &base_files), ("fine-tuned", &target_files)] {
-        let bytes: u64 = files
-            .iter()
-            .filter_map(|f| std::fs::metadata(f).ok())
-            .map(|m| m.len())
-            .sum();
+        let bytes: u64 = files.iter().map(|f| f.bytes.len() as u64).sum();
         if bytes > limits.max_model_bytes {
             return over(format!(
                 "the {side} model's files hold {bytes} bytes; the limit is {} (--max-model-bytes)",

@@ -1,11 +1,12 @@
-//! Content records of the compared models: sha256 of every weight file, hashed in parallel,
-//! stoppable between chunks (a worker told to stop must not finish hashing a large checkpoint
-//! first), and remembered per file identity so that every shard can verify it reads the
-//! content planning recorded without hashing the whole model again.
+//! Content records of the compared models: sha256 of every weight file, hashed in parallel
+//! from the bytes that were opened (never by reopening a name), stoppable between chunks (a
+//! worker told to stop must not finish hashing a large checkpoint first), and remembered per
+//! file identity so that every shard can verify it reads the content planning recorded
+//! without hashing the whole model again.
+use std::borrow::Cow;
 use std::collections::HashMap;
-use std::io::Read;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
@@ -20,36 +21,29 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn hash_file(path: &Path, stop: &AtomicBool) -> Result<FileHash> {
-    let io = |e: std::io::Error| WorkerError::Io(format!("{}: {e}", path.display()));
-    let mut file = std::fs::File::open(path).map_err(io)?;
+/// A file of a model as it was opened: its name, its bytes (mapped, or read through the
+/// guard) and its descriptor's metadata.
+#[derive(Debug)]
+pub struct Content<'a> {
+    pub name: String,
+    pub bytes: Cow<'a, [u8]>,
+    pub meta: std::fs::Metadata,
+}
+
+fn hash_bytes(bytes: &[u8], stop: &AtomicBool) -> Result<String> {
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut bytes = 0u64;
-    loop {
+    for chunk in bytes.chunks(1 << 20) {
         if stop.load(Ordering::Relaxed) {
             return Err(WorkerError::Core(CoreError::Interrupted));
         }
-        let n = file.read(&mut buf).map_err(io)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        bytes += n as u64;
+        hasher.update(chunk);
     }
-    Ok(FileHash {
-        name: path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        sha256: hex(&hasher.finalize()),
-        bytes,
-    })
+    Ok(hex(&hasher.finalize()))
 }
 
 /// What identifies a file's content without reading it: if any of these changed, so may have
 /// the bytes, and the file is hashed again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Stamp {
     dev: u64,
     ino: u64,
@@ -58,57 +52,52 @@ struct Stamp {
     ctime_ns: i128,
 }
 
-fn stamp(path: &Path) -> Option<Stamp> {
-    let m = std::fs::metadata(path).ok()?;
-    Some(Stamp {
+fn stamp(m: &std::fs::Metadata) -> Stamp {
+    Stamp {
         dev: m.dev(),
         ino: m.ino(),
         len: m.len(),
         mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
         ctime_ns: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
-    })
-}
-
-/// Hashes already computed by this process, by canonical path and file identity.
-#[derive(Debug, Default)]
-pub struct HashCache {
-    known: Mutex<HashMap<PathBuf, (Stamp, FileHash)>>,
-}
-
-impl HashCache {
-    /// The file's hash: remembered if the file is unchanged since, else computed.
-    pub fn hash(&self, path: &Path, stop: &AtomicBool) -> Result<FileHash> {
-        let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-        let before = stamp(&key);
-        if let (Some(s), Ok(known)) = (before, self.known.lock()) {
-            if let Some((st, h)) = known.get(&key) {
-                if *st == s {
-                    let mut h = h.clone();
-                    h.name = file_name(path);
-                    return Ok(h);
-                }
-            }
-        }
-        let mut h = hash_file(&key, stop)?;
-        h.name = file_name(path);
-        // Remembered only if the file did not change while it was read.
-        if let (Some(s), true) = (before, before == stamp(&key)) {
-            if let Ok(mut known) = self.known.lock() {
-                known.insert(key, (s, h.clone()));
-            }
-        }
-        Ok(h)
     }
 }
 
-fn file_name(path: &Path) -> String {
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
+/// Hashes already computed by this process, by file identity (device, inode, size, times).
+#[derive(Debug, Default)]
+pub struct HashCache {
+    known: Mutex<HashMap<Stamp, String>>,
 }
 
-/// The record of a model: `files` are its weight files (and adapter or config files).
-pub fn model_record(reference: &str, resolved: &Path, files: &[PathBuf]) -> Result<ModelRecord> {
+impl HashCache {
+    /// The file's hash: remembered if this very file is unchanged since, else computed from
+    /// the bytes that were opened.
+    pub fn hash(&self, content: &Content<'_>, stop: &AtomicBool) -> Result<FileHash> {
+        let key = stamp(&content.meta);
+        let known = self.known.lock().ok().and_then(|k| k.get(&key).cloned());
+        let sha256 = match known {
+            Some(h) => h,
+            None => {
+                let h = hash_bytes(&content.bytes, stop)?;
+                if let Ok(mut k) = self.known.lock() {
+                    k.insert(key, h.clone());
+                }
+                h
+            }
+        };
+        Ok(FileHash {
+            name: content.name.clone(),
+            sha256,
+            bytes: content.bytes.len() as u64,
+        })
+    }
+}
+
+/// The record of a model from its files as opened (no hashes remembered, nothing to stop it).
+pub fn model_record(
+    reference: &str,
+    resolved: &Path,
+    files: &[Content<'_>],
+) -> Result<ModelRecord> {
     record_with(
         reference,
         &resolved.display().to_string(),
@@ -123,7 +112,7 @@ pub fn model_record(reference: &str, resolved: &Path, files: &[PathBuf]) -> Resu
 pub fn record_with(
     reference: &str,
     resolved: &str,
-    files: &[PathBuf],
+    files: &[Content<'_>],
     cache: &HashCache,
     stop: &AtomicBool,
 ) -> Result<ModelRecord> {
@@ -150,7 +139,7 @@ pub fn record_with(
 /// Checks that `files` hold what `planned` recorded: the first file that differs, named.
 pub fn verify(
     planned: &ModelRecord,
-    files: &[PathBuf],
+    files: &[Content<'_>],
     cache: &HashCache,
     stop: &AtomicBool,
 ) -> Result<()> {
@@ -176,15 +165,12 @@ pub fn verify(
                     .find(|f| f.name == name)
                     .map(|f| f.sha256.as_str())
             });
+            // Only the planned hash is shown: the new content's is not the team's to learn.
             (was != is).then(|| {
                 let short = |h: Option<&str>| {
                     h.map_or("absent".to_string(), |h| h.chars().take(12).collect())
                 };
-                format!(
-                    "`{name}` (sha256 {} at planning, {} now)",
-                    short(was),
-                    short(is)
-                )
+                format!("`{name}` (sha256 {} at planning)", short(was))
             })
         })
         .unwrap_or_else(|| "its file list".to_string());

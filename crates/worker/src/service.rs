@@ -355,7 +355,7 @@ async fn shard(
     let result = blocking(move || {
         let sources = Sources::open_confined(&base, &spec_b.target, &target)?;
         if let Some(p) = &planned {
-            let (base_files, target_files) = sources.record_files();
+            let (base_files, target_files) = sources.contents()?;
             verify(&p.base, &base_files, &hashes, &stop_b)?;
             verify(&p.finetuned, &target_files, &hashes, &stop_b)?;
         }

@@ -1,6 +1,7 @@
 //! The worker's half of the reference policy on real files: a checkpoint vetted and then
 //! re-pointed before it is opened is refused (the opened file's inode must be the vetted one),
-//! and the worker's cache is closed to local references even under an allowed root.
+//! and so is a FIFO in place of a weight file; the worker's cache is closed to local
+//! references even under an allowed root; hub ids are pinned and confined.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
@@ -27,7 +28,7 @@ fn enforcer(root: &Path, cache: &Path) -> Enforcer {
         local_roots: vec![root.display().to_string()],
         ..ReferencePolicy::default()
     };
-    policy.deny(&cache.display().to_string());
+    policy.deny(&cache.display().to_string()).unwrap();
     Enforcer {
         policy,
         limits: Limits::default(),
@@ -50,15 +51,15 @@ fn a_file_re_pointed_after_the_check_is_refused() {
     let reference = root.join("ft").display().to_string();
     let confined = rt.block_on(e.open("t", "finetuned", &reference)).unwrap();
     // Unchanged: what is opened is what was checked.
-    let ckpt = Checkpoint::open(&confined.dir).unwrap();
-    confined.confirm_opened(&ckpt).unwrap();
+    Checkpoint::open_guarded(&confined.dir, Some(confined.guard())).unwrap();
     // Re-pointed between the check and the open.
     let weights = root.join("ft").join("model.safetensors");
     std::fs::remove_file(&weights).unwrap();
     std::os::unix::fs::symlink(outside.join("private").join("model.safetensors"), &weights)
         .unwrap();
-    let ckpt = Checkpoint::open(&confined.dir).unwrap();
-    let err = confined.confirm_opened(&ckpt).unwrap_err().to_string();
+    let err = Checkpoint::open_guarded(&confined.dir, Some(confined.guard()))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("not the file that was checked"), "{err}");
     assert!(!err.contains("outside"), "{err}");
     // Opened afresh, the link is refused outright.
@@ -147,4 +148,31 @@ fn hub_ids_are_pinned_to_their_commit_and_confined_to_their_repository() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("resolves outside"), "{err}");
+}
+
+#[test]
+fn a_fifo_in_place_of_a_weight_file_is_refused_without_blocking() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmp.path().canonicalize().unwrap();
+    let root = tmp.join("models");
+    let ft = root.join("ft");
+    checkpoint(&ft);
+    std::fs::remove_file(ft.join("model.safetensors")).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(ft.join("model.safetensors"))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let e = enforcer(&root, &tmp.join("cache"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let err = rt
+        .block_on(e.open("t", "finetuned", &ft.display().to_string()))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not a regular file"), "{err}");
+    // Opened directly (no policy), the reader does not block on it either.
+    let err = Checkpoint::open(&ft).unwrap_err().to_string();
+    assert!(err.contains("not a regular file"), "{err}");
 }

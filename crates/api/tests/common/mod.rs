@@ -115,6 +115,6 @@ pub fn policy() -> ReferencePolicy {
             "hub": {"enabled": true, "orgs": ["*"]}}"#,
     )
     .unwrap();
-    p.deny("s3://models/shared/artifacts");
+    p.deny("s3://models/shared/artifacts").unwrap();
     p
 }

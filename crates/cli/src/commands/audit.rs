@@ -124,22 +124,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let sources = Sources::open(&spec.base, &spec.target, &HubOptions::from_env())?;
     let shards = plan_shards(&spec, sources.n_layers()?)?;
 
-    // Hashing every weight file runs beside the analysis, on its own thread.
-    let hashing = {
-        let (base_ref, base_dir) = (spec.base.clone(), sources.base_dir.clone());
-        let (target_ref, target_dir) = (
-            spec.target.reference().to_string(),
-            sources.target_dir.clone(),
-        );
-        let (base_files, target_files) = sources.record_files();
-        std::thread::spawn(move || {
-            Ok::<_, neurodiff_worker::WorkerError>((
-                model_record(&base_ref, &base_dir, &base_files)?,
-                model_record(&target_ref, &target_dir, &target_files)?,
-            ))
-        })
-    };
-
     let total: usize = shards.iter().map(|s| sources.shard_size(s)).sum();
     let bar = if args.quiet {
         ProgressBar::hidden()
@@ -153,20 +137,33 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let started = Instant::now();
-    let mut results = Vec::with_capacity(shards.len());
-    for shard in &shards {
-        bar.set_message(shard.shard.to_string());
-        results.push(sources.execute(shard, device, &mut |_| {
-            bar.inc(1);
-            true
-        })?);
-    }
+    let (results, (base, finetuned)) = std::thread::scope(|scope| -> anyhow::Result<_> {
+        // Hashing every weight file (the mapped bytes) runs beside the analysis.
+        let (base_files, target_files) = sources.contents()?;
+        let (base_dir, target_dir) = (&sources.base_dir, &sources.target_dir);
+        let spec = &spec;
+        let hashing = scope.spawn(move || {
+            Ok::<_, neurodiff_worker::WorkerError>((
+                model_record(&spec.base, base_dir, &base_files)?,
+                model_record(spec.target.reference(), target_dir, &target_files)?,
+            ))
+        });
+        let mut results = Vec::with_capacity(shards.len());
+        for shard in &shards {
+            bar.set_message(shard.shard.to_string());
+            results.push(sources.execute(shard, device, &mut |_| {
+                bar.inc(1);
+                true
+            })?);
+        }
+        let hashed = hashing
+            .join()
+            .map_err(|_| anyhow::anyhow!("the hashing thread panicked"))??;
+        Ok((results, hashed))
+    })?;
     bar.finish_and_clear();
     let analysis_s = started.elapsed().as_secs_f64();
 
-    let (base, finetuned) = hashing
-        .join()
-        .map_err(|_| anyhow::anyhow!("the hashing thread panicked"))??;
     let report = WeightsReport::from_shards(results);
     let audit = AuditResults {
         schema_version: RESULTS_SCHEMA_VERSION,

@@ -60,11 +60,17 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("--cache-dir {}: {e}", args.cache_dir.display()))?;
     let cache_dir = std::fs::canonicalize(&args.cache_dir)?;
     let cache = cache_dir.to_string_lossy().into_owned();
-    let policy = args.policy.load(&[&args.backends.object_store, &cache])?;
+    // The hub cache holds repositories of every organisation: never readable as a local path.
+    let mut hub = HubOptions::from_env();
+    hub.cache_dir = std::path::absolute(&hub.cache_dir)?;
+    let hub_cache = hub.cache_dir.to_string_lossy().into_owned();
+    let policy = args
+        .policy
+        .load(&[&args.backends.object_store, &cache, &hub_cache])?;
     let enforcer = Arc::new(Enforcer {
         policy,
         limits: args.limits.limits(),
-        hub: HubOptions::from_env(),
+        hub,
         cache_dir,
     });
     let rt = runtime()?;

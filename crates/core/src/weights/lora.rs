@@ -15,6 +15,7 @@ use super::dense::fill_spectral;
 use super::spectrum::svdvals;
 use crate::checkpoint::{read_json, Checkpoint};
 use crate::error::{CoreError, Result};
+use crate::guard::Guard;
 
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";
 pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
@@ -61,11 +62,18 @@ pub struct Adapter {
 
 impl Adapter {
     pub fn open(dir: &Path) -> Result<Adapter> {
+        Self::open_guarded(dir, None)
+    }
+
+    /// Like [`Adapter::open`], both files shown to `guard` first.
+    pub fn open_guarded(dir: &Path, guard: Option<Guard>) -> Result<Adapter> {
         let config_path = dir.join(ADAPTER_CONFIG);
         let config: AdapterConfig =
-            serde_json::from_value(read_json(&config_path)?).map_err(|e| CoreError::Config {
-                path: config_path.clone(),
-                message: e.to_string(),
+            serde_json::from_value(read_json(&config_path, guard.as_ref())?).map_err(|e| {
+                CoreError::Config {
+                    path: config_path.clone(),
+                    message: e.to_string(),
+                }
             })?;
         let bad = |message: String| CoreError::Config {
             path: config_path.clone(),
@@ -86,7 +94,7 @@ impl Adapter {
         if config.r == 0 {
             return Err(bad("field `r` must be positive".into()));
         }
-        let weights = Checkpoint::open_files(dir, &[ADAPTER_WEIGHTS.to_string()])?;
+        let weights = Checkpoint::open_files_guarded(dir, &[ADAPTER_WEIGHTS.to_string()], guard)?;
         let weights_path = dir.join(ADAPTER_WEIGHTS);
         let mut pairs = BTreeMap::new();
         for key in weights.names() {
