@@ -273,6 +273,24 @@ fn two_concurrent_copies_of_one_s3_model_agree() {
         .filter(|n| n.contains(".part-"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+    // The copy that lost the race removed its own scratch directory.
+    let scratch: Vec<_> = std::fs::read_dir(a.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".copy-"))
+        .collect();
+    assert!(scratch.is_empty(), "{scratch:?}");
+    // A prefix whose objects change is copied afresh, never mixed with the older copy.
+    let blobs = neurodiff_store::Blobs::from_url(&format!("s3://{bucket}")).unwrap();
+    let config = format!("{prefix}/config.json");
+    let mut changed = std::fs::read(org.join("base").join("config.json")).unwrap();
+    changed.extend_from_slice(b"\n");
+    env.rt
+        .block_on(blobs.put(&config, bytes::Bytes::from(changed.clone())))
+        .unwrap();
+    let c = env.rt.block_on(copy()).unwrap();
+    assert_ne!(c, a);
+    assert_eq!(std::fs::read(c.join("config.json")).unwrap(), changed);
     // The copy is bounded: a limit below the model's size refuses it before writing.
     let small_cache = env.dir.path().join("small");
     let small = neurodiff_worker::materialize::materialize_s3(

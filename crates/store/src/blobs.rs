@@ -62,6 +62,8 @@ fn classify(key: &str, e: object_store::Error) -> StoreError {
 pub struct ListedObject {
     pub key: String,
     pub size: u64,
+    /// What identifies this version of the object: its ETag, else its modification time.
+    pub version: String,
 }
 
 impl Blobs {
@@ -184,6 +186,10 @@ impl Blobs {
                     .trim_start_matches(&strip)
                     .to_string(),
                 size: m.size,
+                version: m
+                    .e_tag
+                    .clone()
+                    .unwrap_or_else(|| m.last_modified.to_rfc3339()),
             })
             .collect();
         out.sort_by(|a, b| a.key.cmp(&b.key));

@@ -1,10 +1,11 @@
-//! `s3://bucket/prefix` model references: the checkpoint's objects are copied once into the
-//! worker's cache directory, under a name derived from the normalised location (so no key or
-//! prefix can name a path outside the cache), streamed to disk chunk by chunk, each file under a
-//! temporary name of its own and renamed (concurrent copies of one model never interleave, and
-//! a file that exists is complete), bounded by the model byte limit before anything is written.
-//! A marker written last says the copy is whole, so later shards list nothing. Whether the
-//! content is what planning hashed is checked by the caller against the plan's records.
+//! `s3://bucket/prefix` model references: the checkpoint's objects are copied into the
+//! worker's cache directory, under a name derived from the normalised location and the version
+//! of every object listed (so no key or prefix can name a path outside the cache, and a prefix
+//! whose objects changed is copied afresh, never mixed with an older copy), streamed to disk
+//! chunk by chunk into a temporary directory of its own, bounded by the model byte limit before
+//! anything is written, and renamed into place whole (concurrent copies never interleave; a
+//! directory that exists is complete). Whether the content is what planning hashed is checked
+//! by the caller against the plan's records.
 use std::path::{Path, PathBuf};
 
 use neurodiff_store::{Blobs, StoreError};
@@ -12,9 +13,6 @@ use rand::Rng;
 use sha2::{Digest, Sha256};
 
 use crate::{Result, WorkerError};
-
-/// Written into a cached copy once every object of the checkpoint is there.
-const COMPLETE_MARKER: &str = ".neurodiff-complete";
 
 /// Object names copied: the files of a checkpoint or adapter (no sub-folders, no dot-files).
 fn copied_name(name: &str) -> bool {
@@ -26,17 +24,31 @@ fn copied_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
 }
 
-/// A temporary name no other copy (in this process or another) will use.
-fn temporary(dir: &Path, name: &str) -> PathBuf {
-    let nonce: u64 = rand::rng().random();
-    dir.join(format!(".{name}.part-{}-{nonce:016x}", std::process::id()))
+fn hex16(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
-/// The cache directory holding the copy of `bucket/prefix` (both already normalised).
+/// The cache directory holding copies of `bucket/prefix` (both already normalised), one
+/// sub-directory per version of its contents.
 pub fn cache_path(cache_dir: &Path, bucket: &str, prefix: &str) -> PathBuf {
-    let digest = Sha256::digest(format!("{bucket}/{prefix}").as_bytes());
-    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
-    cache_dir.join("s3").join(hex)
+    cache_dir
+        .join("s3")
+        .join(hex16(format!("{bucket}/{prefix}").as_bytes()))
+}
+
+/// Removes a temporary copy that did not make it into place.
+struct Scratch(Option<PathBuf>);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 /// Copies the objects directly under `bucket/prefix` into the cache (once); the directory.
@@ -47,10 +59,6 @@ pub async fn materialize_s3(
     cache_dir: &Path,
     max_bytes: u64,
 ) -> Result<PathBuf> {
-    let local = cache_path(cache_dir, bucket, prefix);
-    if local.join(COMPLETE_MARKER).is_file() {
-        return Ok(local);
-    }
     let failed = |e: StoreError| {
         let message = format!("model reference `{reference}`: {e}");
         match e {
@@ -84,6 +92,15 @@ pub async fn materialize_s3(
             "model reference `{reference}`: {total} bytes under this prefix, more than the limit of {max_bytes} bytes per model"
         )));
     }
+    let listing: String = objects
+        .iter()
+        .map(|(name, o)| format!("{name}\0{}\0{}\n", o.size, o.version))
+        .collect();
+    let home = cache_path(cache_dir, bucket, prefix);
+    let local = home.join(hex16(listing.as_bytes()));
+    if local.is_dir() {
+        return Ok(local);
+    }
     let io = |path: &Path, e: std::io::Error| {
         let message = format!("copying `{reference}` into the worker cache: {e}");
         // A full disk or a quota may clear: retried like an outage.
@@ -93,34 +110,29 @@ pub async fn materialize_s3(
             WorkerError::Io(format!("{message} ({})", path.display()))
         }
     };
-    tokio::fs::create_dir_all(&local)
+    let nonce: u64 = rand::rng().random();
+    let tmp = home.join(format!(".copy-{}-{nonce:016x}", std::process::id()));
+    tokio::fs::create_dir_all(&tmp)
         .await
-        .map_err(|e| io(&local, e))?;
-    for (name, object) in objects {
-        let dest = local.join(&name);
-        if dest.is_file() {
-            continue;
-        }
-        let tmp = temporary(&local, &name);
-        let mut file = tokio::fs::File::create(&tmp)
-            .await
-            .map_err(|e| io(&tmp, e))?;
-        let copied = blobs.download(&object.key, &mut file, object.size).await;
-        drop(file);
-        if let Err(e) = copied {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(failed(e));
-        }
-        tokio::fs::rename(&tmp, &dest)
+        .map_err(|e| io(&tmp, e))?;
+    let mut scratch = Scratch(Some(tmp.clone()));
+    for (name, object) in &objects {
+        let dest = tmp.join(name);
+        let mut file = tokio::fs::File::create(&dest)
             .await
             .map_err(|e| io(&dest, e))?;
+        blobs
+            .download(&object.key, &mut file, object.size)
+            .await
+            .map_err(failed)?;
     }
-    let marker = temporary(&local, COMPLETE_MARKER);
-    tokio::fs::write(&marker, b"")
-        .await
-        .map_err(|e| io(&marker, e))?;
-    tokio::fs::rename(&marker, local.join(COMPLETE_MARKER))
-        .await
-        .map_err(|e| io(&marker, e))?;
-    Ok(local)
+    match tokio::fs::rename(&tmp, &local).await {
+        Ok(()) => {
+            scratch.0 = None;
+            Ok(local)
+        }
+        // Another copy of the same version got there first: it is complete, use it.
+        Err(_) if local.is_dir() => Ok(local),
+        Err(e) => Err(io(&local, e)),
+    }
 }
