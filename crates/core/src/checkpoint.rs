@@ -183,9 +183,20 @@ impl Checkpoint {
     ) -> Result<Self> {
         let mut files = Vec::with_capacity(file_names.len());
         let mut tensors = BTreeMap::new();
+        let mut header_bytes = 0u64;
         for (i, name) in file_names.iter().enumerate() {
             let mapped = map_file(&dir.join(name), guard.as_ref())?;
-            read_header(&mapped, i, &mut tensors)?;
+            header_bytes += read_header(&mapped, i, &mut tensors)?;
+            // Many files of large headers add up: the headers of one checkpoint are bounded
+            // together, not only one by one.
+            if header_bytes > MAX_HEADER_BYTES {
+                return Err(CoreError::Safetensors {
+                    path: mapped.path.clone(),
+                    message: format!(
+                        "the checkpoint's headers reach {header_bytes} bytes; at most {MAX_HEADER_BYTES} are read"
+                    ),
+                });
+            }
             files.push(mapped);
         }
         Ok(Checkpoint {
@@ -334,7 +345,8 @@ impl Checkpoint {
 /// it is read.
 pub const MAX_JSON_BYTES: u64 = 16 << 20;
 
-/// A safetensors header (JSON) bigger than this is refused before it is parsed.
+/// A safetensors header (JSON) bigger than this is refused before it is parsed; so are the
+/// headers of one checkpoint's files together.
 pub const MAX_HEADER_BYTES: u64 = 64 << 20;
 
 /// A name a shard index may map tensors to: relative, no `..`, no absolute path.
@@ -381,11 +393,12 @@ fn map_file(path: &Path, guard: Option<&Guard>) -> Result<MappedFile> {
     })
 }
 
+/// Reads one file's header into `out`; the header's length in bytes.
 fn read_header(
     mapped: &MappedFile,
     file: usize,
     out: &mut BTreeMap<String, TensorMeta>,
-) -> Result<()> {
+) -> Result<u64> {
     let declared = mapped
         .mmap
         .get(..8)
@@ -420,7 +433,7 @@ fn read_header(
             },
         );
     }
-    Ok(())
+    Ok(header_len as u64)
 }
 
 fn kind_of(dtype: Dtype) -> Option<Kind> {

@@ -117,7 +117,7 @@ fn render(results: &AuditResults) -> Result<Vec<(String, Vec<u8>)>, FanInError> 
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let bytes = std::fs::read(&path)
-            .map_err(|e| FanInError::Invalid(format!("{}: {e}", path.display())))?;
+            .map_err(|e| FanInError::Invalid(format!("report file {name}: {e}")))?;
         out.push((name, bytes));
     }
     Ok(out)

@@ -250,9 +250,9 @@ pub fn redact_path(message: &str, dir: &Path, reference: &str) -> String {
     message.replace(&dir.display().to_string(), reference)
 }
 
-/// `message` with every confined directory replaced by its reference, and the worker's cache
-/// directory hidden: errors go to the team that submitted the audit.
-pub fn redact(message: &str, confined: &[&Confined], cache_dir: &Path) -> String {
+/// `message` with every confined directory replaced by its reference, and the worker's own
+/// directories (its cache, the hub cache) hidden: errors go to the team that submitted.
+pub fn redact(message: &str, confined: &[&Confined], hidden: &[&Path]) -> String {
     let mut out = message.to_string();
     let mut pairs: Vec<(&Path, &str)> = confined
         .iter()
@@ -263,13 +263,22 @@ pub fn redact(message: &str, confined: &[&Confined], cache_dir: &Path) -> String
     for (dir, reference) in pairs {
         out = redact_path(&out, dir, reference);
     }
-    for cache in [Some(cache_dir.to_path_buf()), canonical(cache_dir)]
-        .into_iter()
-        .flatten()
-    {
-        out = out.replace(&cache.display().to_string(), "<worker cache>");
+    for dir in hidden {
+        for shown in [Some(dir.to_path_buf()), canonical(dir)]
+            .into_iter()
+            .flatten()
+        {
+            out = out.replace(&shown.display().to_string(), "<worker cache>");
+        }
     }
     out
+}
+
+impl Enforcer {
+    /// The worker's own directories, never shown in a team's errors.
+    pub fn hidden(&self) -> [&Path; 2] {
+        [self.cache_dir.as_path(), self.hub.cache_dir.as_path()]
+    }
 }
 
 #[cfg(test)]
@@ -292,7 +301,7 @@ mod tests {
         };
         let message = "/var/cache/nd/s3/0123abcd/model.safetensors: not a valid safetensors file; \
                        /mnt/real/models/ft/config.json: missing; /var/cache/nd/other";
-        let shown = redact(message, &[&copy, &local], Path::new("/var/cache/nd"));
+        let shown = redact(message, &[&copy, &local], &[Path::new("/var/cache/nd")]);
         assert_eq!(
             shown,
             "s3://models/shared/llama/model.safetensors: not a valid safetensors file; \

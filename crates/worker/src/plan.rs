@@ -34,7 +34,7 @@ pub(crate) async fn plan(
     tracing::info!("planning");
     let team = ctx.db.team_of(audit).await?;
     let spec = row.spec;
-    let cache_dir = ctx.settings.enforcer.cache_dir.clone();
+    let enforcer = ctx.settings.enforcer.clone();
     let target_ref = spec.target.reference().to_string();
     let (base, target) = match open_pair(
         ctx,
@@ -48,7 +48,10 @@ pub(crate) async fn plan(
         Ok(pair) => pair,
         Err(WorkerError::Storage(e)) => return Err(Transient(e)),
         Err(e) => {
-            let reason = format!("planning: {}", redact(&e.to_string(), &[], &cache_dir));
+            let reason = format!(
+                "planning: {}",
+                redact(&e.to_string(), &[], &enforcer.hidden())
+            );
             return fail_planning(ctx, audit, &reason).await;
         }
     };
@@ -97,7 +100,7 @@ pub(crate) async fn plan(
         Err(e) => {
             let reason = format!(
                 "planning: {}",
-                redact(&e.to_string(), &[&base, &target], &cache_dir)
+                redact(&e.to_string(), &[&base, &target], &enforcer.hidden())
             );
             return fail_planning(ctx, audit, &reason).await;
         }

@@ -319,7 +319,7 @@ async fn shard(
         .await?
         .and_then(|m| serde_json::from_value(m).ok());
     let failed = |e: WorkerError, pair: &[&Confined]| {
-        redact(&e.to_string(), pair, &ctx.settings.enforcer.cache_dir)
+        redact(&e.to_string(), pair, &ctx.settings.enforcer.hidden())
     };
     // Hub ids are opened at the commit planning pinned, whatever the branch says now.
     let base_ref = planned
