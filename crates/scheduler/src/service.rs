@@ -147,10 +147,20 @@ pub async fn pass(ctx: &SchedulerContext) -> Result<Pass, neurodiff_store::Store
         let env = &d.task;
         let handed_out = env.retries + 1;
         if handed_out >= ctx.settings.max_deliveries {
-            let reason = format!(
-                "{} was handed to workers {handed_out} times and never finished (each time its worker stopped renewing its lease); dead-lettered",
-                env.task.label()
-            );
+            let last = match shard_of(&env.task) {
+                Some(key) => ctx.db.shard_error(env.task.audit(), &key).await?,
+                None => None,
+            };
+            let reason = match last {
+                Some(e) => format!(
+                    "{} was handed to workers {handed_out} times and never finished; the last error: {e}; dead-lettered",
+                    env.task.label()
+                ),
+                None => format!(
+                    "{} was handed to workers {handed_out} times and never finished (each time its worker stopped renewing its lease); dead-lettered",
+                    env.task.label()
+                ),
+            };
             ctx.tasks.dead_letter(&d.id, env, &reason).await?;
             ctx.db
                 .fail_audit(env.task.audit(), shard_of(&env.task).as_deref(), &reason)

@@ -110,7 +110,16 @@ async fn a_task_whose_worker_goes_silent_is_retried_then_dead_lettered(pool: PgP
     let second = ctx.tasks.read::<Envelope>("w", 100).await.unwrap().unwrap();
     assert_eq!(second.task.retries, 1);
 
-    // Second silence: the limit is reached, the task is dead-lettered and the audit fails.
+    // Second silence (its worker ran out of memory, say): the limit is reached, the task is
+    // dead-lettered and the audit fails, saying why.
+    ctx.db
+        .note_shard_error(
+            audit,
+            "layer-0003",
+            "shard layer-0003: libtorch: CUDA out of memory",
+        )
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(pass(&ctx).await.unwrap().dead, 1);
     assert_eq!(ctx.tasks.dead_letters().await.unwrap(), 1);
@@ -119,7 +128,9 @@ async fn a_task_whose_worker_goes_silent_is_retried_then_dead_lettered(pool: PgP
     assert_eq!(status, "failed");
     let reason = row.error.unwrap();
     assert!(
-        reason.contains("layer-0003") && reason.contains("dead-lettered"),
+        reason.contains("layer-0003")
+            && reason.contains("dead-lettered")
+            && reason.contains("CUDA out of memory"),
         "{reason}"
     );
     ctx.tasks.delete().await.unwrap();

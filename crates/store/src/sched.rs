@@ -228,6 +228,32 @@ impl Db {
         Ok(true)
     }
 
+    /// Notes why a shard's attempt will be retried (out of memory, out of disk), for the
+    /// reason its audit gives if it is dead-lettered.
+    pub async fn note_shard_error(&self, audit: Uuid, shard_key: &str, error: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE shards SET error = $3 WHERE audit_id = $1 AND shard_key = $2 AND status IN ('queued', 'running')",
+        )
+        .bind(audit)
+        .bind(shard_key)
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The last error noted on a shard, if any.
+    pub async fn shard_error(&self, audit: Uuid, shard_key: &str) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT error FROM shards WHERE audit_id = $1 AND shard_key = $2")
+                .bind(audit)
+                .bind(shard_key)
+                .fetch_optional(&self.pool)
+                .await?
+                .flatten(),
+        )
+    }
+
     /// Fails an audit still waiting for its plan (planning failed); an audit that another
     /// worker planned meanwhile is left alone.
     pub async fn fail_unplanned(&self, audit: Uuid, reason: &str) -> Result<()> {

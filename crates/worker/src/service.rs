@@ -376,7 +376,13 @@ async fn shard(
             return Ok(Outcome::Ack);
         }
         Err(e) if e.is_resource_exhaustion() => {
-            return Err(Transient(format!("shard {key}: {e} (resources; retried)")))
+            let reason = format!("shard {key}: {}", failed(e, &[&pair.0, &pair.1]));
+            // Kept on the shard, so that an audit dead-lettered after many such retries says
+            // why (best effort: the retry does not depend on it).
+            if let Err(note) = ctx.db.note_shard_error(audit, &key, &reason).await {
+                tracing::debug!(error = %note, "cannot note the shard's error");
+            }
+            return Err(Transient(format!("{reason} (resources; retried)")));
         }
         Err(WorkerError::Storage(e)) => return Err(Transient(e)),
         Err(e) => {
