@@ -62,6 +62,8 @@ fn classify(key: &str, e: object_store::Error) -> StoreError {
 pub struct ListedObject {
     pub key: String,
     pub size: u64,
+    /// The object's ETag, when the store gives one: a download can insist on this version.
+    pub e_tag: Option<String>,
     /// What identifies this version of the object: its ETag, else its modification time.
     pub version: String,
 }
@@ -132,30 +134,45 @@ impl Blobs {
         }
     }
 
-    /// Streams the object into `file` chunk by chunk (never whole in memory), refusing to
-    /// write more than `max_bytes`; the bytes written.
+    /// Streams the object into `file` chunk by chunk (never whole in memory): exactly `size`
+    /// bytes of the version `e_tag` names (when given), or an error: an object replaced since
+    /// it was listed is not copied under the old version's name.
     pub async fn download(
         &self,
         key: &str,
         file: &mut tokio::fs::File,
-        max_bytes: u64,
+        size: u64,
+        e_tag: Option<&str>,
     ) -> Result<u64> {
         use tokio::io::AsyncWriteExt;
-        let mut stream = match self.store.get(&self.path(key)).await {
+        let options = object_store::GetOptions {
+            if_match: e_tag.map(str::to_string),
+            ..Default::default()
+        };
+        let mut stream = match self.store.get_opts(&self.path(key), options).await {
             Ok(r) => r.into_stream(),
+            // The object changed between the listing and now: a transient condition.
+            Err(object_store::Error::Precondition { .. }) => {
+                return Err(StoreError::Blob(format!(
+                    "object {key} changed while it was copied"
+                )))
+            }
             Err(e) => return Err(classify(key, e)),
         };
         let mut written = 0u64;
         while let Some(chunk) = stream.try_next().await.map_err(|e| classify(key, e))? {
             written += chunk.len() as u64;
-            if written > max_bytes {
-                return Err(StoreError::Invalid(format!(
-                    "object {key} is larger than the limit of {max_bytes} bytes"
-                )));
+            if written > size {
+                break;
             }
             file.write_all(&chunk)
                 .await
                 .map_err(|e| StoreError::Blob(format!("writing {key}: {e}")))?;
+        }
+        if written != size {
+            return Err(StoreError::Blob(format!(
+                "object {key} changed while it was copied ({written} bytes, {size} listed)"
+            )));
         }
         file.sync_all()
             .await
@@ -186,6 +203,7 @@ impl Blobs {
                     .trim_start_matches(&strip)
                     .to_string(),
                 size: m.size,
+                e_tag: m.e_tag.clone(),
                 version: m
                     .e_tag
                     .clone()

@@ -386,6 +386,7 @@ impl Db {
     ) -> Result<FanIn> {
         let key = result.shard.to_string();
         let mut tx = self.pool.begin().await?;
+        crate::sched::lock_audit(&mut tx, audit).await?;
         let fenced = sqlx::query(
             "UPDATE shards SET status = 'succeeded', finished_at = now(), elapsed_s = $4 \
              WHERE audit_id = $1 AND shard_key = $2 AND attempt = $3 AND status = 'running' RETURNING attempt",

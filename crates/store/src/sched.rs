@@ -181,6 +181,7 @@ impl Db {
         reason: &str,
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
+        lock_audit(&mut tx, audit).await?;
         if let Some(key) = shard_key {
             sqlx::query(
                 "UPDATE shards SET status = 'failed', error = $3, finished_at = now() \
@@ -210,6 +211,7 @@ impl Db {
         // One transaction: a shard marked failed with its audit still running would never be
         // run again nor let the audit end.
         let mut tx = self.pool.begin().await?;
+        lock_audit(&mut tx, audit).await?;
         let current = sqlx::query(
             "UPDATE shards SET status = 'failed', error = $4, finished_at = now() \
              WHERE audit_id = $1 AND shard_key = $2 AND attempt = $3 AND status = 'running' RETURNING attempt",
@@ -445,5 +447,19 @@ async fn fail_in(
     .bind(audit)
     .execute(&mut **tx)
     .await?;
+    Ok(())
+}
+
+/// Locks the audit's row first: every transaction that changes an audit and its shards takes
+/// the audit before any shard, so two of them (two shards failing, one failing and one
+/// finishing) queue instead of deadlocking.
+pub(crate) async fn lock_audit(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    audit: Uuid,
+) -> Result<()> {
+    sqlx::query("SELECT 1 FROM audits WHERE id = $1 FOR UPDATE")
+        .bind(audit)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }

@@ -97,7 +97,7 @@ impl Enforcer {
                 let dir = canonical(Path::new(path))
                     .filter(|d| d.is_dir())
                     .ok_or_else(|| refused(reference, "no checkpoint directory there"))?;
-                let vetted = self.vet(reference, &dir, &roots, false)?;
+                let vetted = self.vet(reference, &dir, &roots, None)?;
                 Ok(Confined {
                     reference: reference.to_string(),
                     dir,
@@ -116,7 +116,12 @@ impl Enforcer {
                 .await?;
                 let root =
                     canonical(&dir).ok_or_else(|| refused(reference, "cache copy vanished"))?;
-                let vetted = self.vet(reference, &root, std::slice::from_ref(&root), true)?;
+                let vetted = self.vet(
+                    reference,
+                    &root,
+                    std::slice::from_ref(&root),
+                    Some(&self.cache_dir),
+                )?;
                 Ok(Confined {
                     reference: reference.to_string(),
                     dir: root,
@@ -133,7 +138,12 @@ impl Enforcer {
                 let (root, dir) = canonical(&snap.repo_dir)
                     .zip(canonical(&snap.dir))
                     .ok_or_else(|| refused(reference, "not in the hub cache"))?;
-                let vetted = self.vet(reference, &dir, std::slice::from_ref(&root), false)?;
+                let vetted = self.vet(
+                    reference,
+                    &dir,
+                    std::slice::from_ref(&root),
+                    Some(&self.hub.cache_dir),
+                )?;
                 let pinned = parsed
                     .hub_id()
                     .and_then(|id| id.split_once('@').map(|(repo, _)| repo.to_string()))
@@ -175,19 +185,20 @@ impl Enforcer {
         reference: &str,
         dir: &Path,
         roots: &[PathBuf],
-        own_copy: bool,
+        home: Option<&Path>,
     ) -> Result<BTreeMap<String, (u64, u64)>> {
-        let cache = canonical(&self.cache_dir);
+        let home = home.and_then(canonical);
         let reserved: Vec<PathBuf> = self
             .policy
             .denied
             .iter()
             .filter(|d| d.starts_with('/'))
             .map(PathBuf::from)
-            .chain([self.cache_dir.clone()])
+            .chain([self.cache_dir.clone(), self.hub.cache_dir.clone()])
             .filter_map(|d| canonical(&d))
-            // The worker's own copy of an s3:// model is read from its cache on purpose.
-            .filter(|d| !(own_copy && Some(d) == cache.as_ref()))
+            // The reserved location this model is read from on purpose: the worker's cache for
+            // its own copy of an s3:// model, the hub cache for a hub snapshot.
+            .filter(|d| Some(d) != home.as_ref())
             .collect();
         let inside = |p: &Path| {
             roots.iter().all(|r| p.starts_with(r)) && !reserved.iter().any(|d| p.starts_with(d))
@@ -198,47 +209,53 @@ impl Enforcer {
                 "resolves outside the locations this team may read (a symbolic link?)",
             ));
         }
-        let mut names: Vec<String> = [
+        let mut vetted = BTreeMap::new();
+        let vet_one = |name: &str, vetted: &mut BTreeMap<String, (u64, u64)>| {
+            let path = dir.join(name);
+            if std::fs::symlink_metadata(&path).is_err() {
+                return Ok(());
+            }
+            match canonical(&path) {
+                Some(p) if inside(&p) => match std::fs::metadata(&p) {
+                    // Regular files only: a FIFO or a device would block or never end.
+                    Ok(m) if m.is_file() => {
+                        vetted.insert(name.to_string(), (m.dev(), m.ino()));
+                        Ok(())
+                    }
+                    _ => Err(refused(
+                        reference,
+                        format!("`{name}` is not a regular file"),
+                    )),
+                },
+                _ => Err(refused(
+                    reference,
+                    format!("`{name}` resolves outside the locations this team may read"),
+                )),
+            }
+        };
+        for name in [
             CONFIG_FILE,
             TOKENIZER_FILE,
             SINGLE_FILE,
             SHARD_INDEX,
             ADAPTER_CONFIG,
             ADAPTER_WEIGHTS,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        if !dir.join(SINGLE_FILE).exists() && dir.join(SHARD_INDEX).exists() {
-            let (files, _) = Checkpoint::weight_files(dir, None)
-                .map_err(|e| refused(reference, redact_path(&e.to_string(), dir, reference)))?;
-            names.extend(files);
+        ] {
+            vet_one(name, &mut vetted)?;
         }
-        let mut vetted = BTreeMap::new();
-        for name in names {
-            let path = dir.join(&name);
-            if std::fs::symlink_metadata(&path).is_err() {
-                continue;
-            }
-            match canonical(&path) {
-                Some(p) if inside(&p) => match std::fs::metadata(&p) {
-                    // Regular files only: a FIFO or a device would block or never end.
-                    Ok(m) if m.is_file() => {
-                        vetted.insert(name, (m.dev(), m.ino()));
-                    }
-                    _ => {
-                        return Err(refused(
-                            reference,
-                            format!("`{name}` is not a regular file"),
-                        ))
-                    }
-                },
-                _ => {
-                    return Err(refused(
-                        reference,
-                        format!("`{name}` resolves outside the locations this team may read"),
-                    ))
-                }
+        // The index is parsed only once it is vetted, and read through a guard pinned to the
+        // vetted file; then the files it names are vetted in turn.
+        if !vetted.contains_key(SINGLE_FILE) && vetted.contains_key(SHARD_INDEX) {
+            let pinned = Confined {
+                reference: reference.to_string(),
+                dir: dir.to_path_buf(),
+                pinned: reference.to_string(),
+                vetted: vetted.clone(),
+            };
+            let (files, _) = Checkpoint::weight_files(dir, Some(&pinned.guard()))
+                .map_err(|e| refused(reference, redact_path(&e.to_string(), dir, reference)))?;
+            for name in files {
+                vet_one(&name, &mut vetted)?;
             }
         }
         Ok(vetted)

@@ -122,7 +122,7 @@ pub async fn materialize_s3(
             .await
             .map_err(|e| io(&dest, e))?;
         blobs
-            .download(&object.key, &mut file, object.size)
+            .download(&object.key, &mut file, object.size, object.e_tag.as_deref())
             .await
             .map_err(failed)?;
     }

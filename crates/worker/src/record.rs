@@ -6,7 +6,6 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
@@ -92,23 +91,8 @@ impl HashCache {
     }
 }
 
-/// The record of a model from its files as opened (no hashes remembered, nothing to stop it).
-pub fn model_record(
-    reference: &str,
-    resolved: &Path,
-    files: &[Content<'_>],
-) -> Result<ModelRecord> {
-    record_with(
-        reference,
-        &resolved.display().to_string(),
-        files,
-        &HashCache::default(),
-        &AtomicBool::new(false),
-    )
-}
-
-/// Like [`model_record`], with `resolved` as given (a pinned hub commit, say), hashes
-/// remembered in `cache`, and hashing stopped when `stop` turns true.
+/// The record of a model from its files as opened: `resolved` as given (a directory, a pinned
+/// hub commit), hashes remembered in `cache`, hashing stopped when `stop` turns true.
 pub fn record_with(
     reference: &str,
     resolved: &str,

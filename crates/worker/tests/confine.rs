@@ -126,6 +126,15 @@ fn hub_ids_are_pinned_to_their_commit_and_confined_to_their_repository() {
         cache_dir: hub.clone(),
         offline: true,
     };
+    // As a worker does: the hub cache is never readable as a local path, yet hub ids read it.
+    e.policy.deny(&hub.display().to_string()).unwrap();
+    let err = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(e.open("t", "base", &snap_a.display().to_string()))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("refused"), "{err}");
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
@@ -175,4 +184,35 @@ fn a_fifo_in_place_of_a_weight_file_is_refused_without_blocking() {
     // Opened directly (no policy), the reader does not block on it either.
     let err = Checkpoint::open(&ft).unwrap_err().to_string();
     assert!(err.contains("not a regular file"), "{err}");
+}
+
+#[test]
+fn a_shard_index_linked_out_of_the_root_is_refused_before_it_is_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmp.path().canonicalize().unwrap();
+    let (root, outside) = (tmp.join("models"), tmp.join("outside"));
+    let ft = root.join("ft");
+    checkpoint(&ft);
+    std::fs::remove_file(ft.join("model.safetensors")).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    // Not an index at all: were it parsed, the error would quote it.
+    std::fs::write(outside.join("secret.json"), "\"a secret string\"").unwrap();
+    std::os::unix::fs::symlink(
+        outside.join("secret.json"),
+        ft.join("model.safetensors.index.json"),
+    )
+    .unwrap();
+    let e = enforcer(&root, &tmp.join("cache"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let err = rt
+        .block_on(e.open("t", "finetuned", &ft.display().to_string()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("`model.safetensors.index.json` resolves outside"),
+        "{err}"
+    );
+    assert!(!err.contains("secret"), "{err}");
 }

@@ -3,6 +3,7 @@
 //! report.html into a directory that appears only when complete.
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
@@ -13,7 +14,8 @@ use neurodiff_protocol::{
     parse_layers, plan_shards, Analyses, AnalysisKind, AuditResults, AuditSpec, Spectrum, Target,
     WeightOptions, WeightsReport, RESULTS_SCHEMA_VERSION,
 };
-use neurodiff_worker::{record::model_record, Sources};
+use neurodiff_worker::record::{record_with, HashCache};
+use neurodiff_worker::Sources;
 
 use crate::staging::Staging;
 
@@ -137,29 +139,46 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let started = Instant::now();
+    // Set when the analysis fails, so the scope does not wait for hashing to finish.
+    let stop = AtomicBool::new(false);
     let (results, (base, finetuned)) = std::thread::scope(|scope| -> anyhow::Result<_> {
         // Hashing every weight file (the mapped bytes) runs beside the analysis.
         let (base_files, target_files) = sources.contents()?;
         let (base_dir, target_dir) = (&sources.base_dir, &sources.target_dir);
-        let spec = &spec;
+        let (spec, stop) = (&spec, &stop);
         let hashing = scope.spawn(move || {
+            let record = |reference: &str, dir: &std::path::Path, files| {
+                record_with(
+                    reference,
+                    &dir.display().to_string(),
+                    files,
+                    &HashCache::default(),
+                    stop,
+                )
+            };
             Ok::<_, neurodiff_worker::WorkerError>((
-                model_record(&spec.base, base_dir, &base_files)?,
-                model_record(spec.target.reference(), target_dir, &target_files)?,
+                record(&spec.base, base_dir, &base_files)?,
+                record(spec.target.reference(), target_dir, &target_files)?,
             ))
         });
-        let mut results = Vec::with_capacity(shards.len());
-        for shard in &shards {
-            bar.set_message(shard.shard.to_string());
-            results.push(sources.execute(shard, device, &mut |_| {
-                bar.inc(1);
-                true
-            })?);
+        let analysed = shards
+            .iter()
+            .map(|shard| {
+                bar.set_message(shard.shard.to_string());
+                sources.execute(shard, device, &mut |_| {
+                    bar.inc(1);
+                    true
+                })
+            })
+            .collect::<Result<Vec<_>, _>>();
+        if analysed.is_err() {
+            stop.store(true, Ordering::Relaxed);
         }
         let hashed = hashing
             .join()
-            .map_err(|_| anyhow::anyhow!("the hashing thread panicked"))??;
-        Ok((results, hashed))
+            .map_err(|_| anyhow::anyhow!("the hashing thread panicked"));
+        let results = analysed?;
+        Ok((results, hashed??))
     })?;
     bar.finish_and_clear();
     let analysis_s = started.elapsed().as_secs_f64();

@@ -62,7 +62,9 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let cache = cache_dir.to_string_lossy().into_owned();
     // The hub cache holds repositories of every organisation: never readable as a local path.
     let mut hub = HubOptions::from_env();
-    hub.cache_dir = std::path::absolute(&hub.cache_dir)?;
+    std::fs::create_dir_all(&hub.cache_dir)
+        .map_err(|e| anyhow::anyhow!("hub cache {}: {e}", hub.cache_dir.display()))?;
+    hub.cache_dir = std::fs::canonicalize(&hub.cache_dir)?;
     let hub_cache = hub.cache_dir.to_string_lossy().into_owned();
     let policy = args
         .policy
