@@ -22,6 +22,16 @@ fn checkpoint(dir: &Path) {
     .unwrap();
 }
 
+/// Opens `reference` for team `t` and returns the refusal's message.
+fn refusal(e: &Enforcer, field: &str, reference: &str) -> String {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(e.open("t", field, reference))
+        .unwrap_err()
+        .to_string()
+}
+
 fn enforcer(root: &Path, cache: &Path) -> Enforcer {
     std::fs::create_dir_all(cache).unwrap();
     let mut policy = ReferencePolicy {
@@ -63,10 +73,7 @@ fn a_file_re_pointed_after_the_check_is_refused() {
     assert!(err.contains("not the file that was checked"), "{err}");
     assert!(!err.contains("outside"), "{err}");
     // Opened afresh, the link is refused outright.
-    let err = rt
-        .block_on(e.open("t", "finetuned", &reference))
-        .unwrap_err()
-        .to_string();
+    let err = refusal(&e, "finetuned", &reference);
     assert!(
         err.contains("`model.safetensors` resolves outside"),
         "{err}"
@@ -81,14 +88,8 @@ fn the_workers_cache_is_closed_to_local_references() {
     // Another team's s3:// model, as copied into this worker's cache.
     checkpoint(&cache.join("s3").join("0123abcd"));
     let e = enforcer(&tmp, &cache);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
     let reference = cache.join("s3").join("0123abcd").display().to_string();
-    let err = rt
-        .block_on(e.open("t", "base", &reference))
-        .unwrap_err()
-        .to_string();
+    let err = refusal(&e, "base", &reference);
     assert!(err.contains("refused") || err.contains("outside"), "{err}");
 }
 
@@ -128,12 +129,7 @@ fn hub_ids_are_pinned_to_their_commit_and_confined_to_their_repository() {
     };
     // As a worker does: the hub cache is never readable as a local path, yet hub ids read it.
     e.policy.deny(&hub.display().to_string()).unwrap();
-    let err = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap()
-        .block_on(e.open("t", "base", &snap_a.display().to_string()))
-        .unwrap_err()
-        .to_string();
+    let err = refusal(&e, "base", &snap_a.display().to_string());
     assert!(err.contains("refused"), "{err}");
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -152,10 +148,7 @@ fn hub_ids_are_pinned_to_their_commit_and_confined_to_their_repository() {
     let weights = snap_a.join("model.safetensors");
     std::fs::remove_file(&weights).unwrap();
     std::os::unix::fs::symlink(src.join("model.safetensors"), &weights).unwrap();
-    let err = rt
-        .block_on(e.open("t", "base", &opened.pinned))
-        .unwrap_err()
-        .to_string();
+    let err = refusal(&e, "base", &opened.pinned);
     assert!(err.contains("resolves outside"), "{err}");
 }
 
@@ -173,13 +166,7 @@ fn a_fifo_in_place_of_a_weight_file_is_refused_without_blocking() {
         .unwrap();
     assert!(made.success());
     let e = enforcer(&root, &tmp.join("cache"));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    let err = rt
-        .block_on(e.open("t", "finetuned", &ft.display().to_string()))
-        .unwrap_err()
-        .to_string();
+    let err = refusal(&e, "finetuned", &ft.display().to_string());
     assert!(err.contains("not a regular file"), "{err}");
     // Opened directly (no policy), the reader does not block on it either.
     let err = Checkpoint::open(&ft).unwrap_err().to_string();
@@ -203,13 +190,7 @@ fn a_shard_index_linked_out_of_the_root_is_refused_before_it_is_read() {
     )
     .unwrap();
     let e = enforcer(&root, &tmp.join("cache"));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    let err = rt
-        .block_on(e.open("t", "finetuned", &ft.display().to_string()))
-        .unwrap_err()
-        .to_string();
+    let err = refusal(&e, "finetuned", &ft.display().to_string());
     assert!(
         err.contains("`model.safetensors.index.json` resolves outside"),
         "{err}"
