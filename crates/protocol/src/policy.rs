@@ -330,17 +330,10 @@ impl ReferencePolicy {
         let narrowed = self.teams.get(team);
         match &parsed {
             ModelRef::Local { .. } | ModelRef::S3 { .. } => {
-                let (deployment, team_list, kind) = match parsed {
-                    ModelRef::Local { .. } => (
-                        &self.local_roots,
-                        narrowed.and_then(|t| t.local_roots.as_ref()),
-                        "local paths",
-                    ),
-                    _ => (
-                        &self.s3,
-                        narrowed.and_then(|t| t.s3.as_ref()),
-                        "s3:// prefixes",
-                    ),
+                let (deployment, team_list) = self.root_lists(team, &parsed);
+                let kind = match parsed {
+                    ModelRef::Local { .. } => "local paths",
+                    _ => "s3:// prefixes",
                 };
                 let allowed = roots(deployment).iter().any(|r| parsed.is_under(r))
                     && team_list.is_none_or(|l| roots(l).iter().any(|r| parsed.is_under(r)));
@@ -386,20 +379,25 @@ impl ReferencePolicy {
     /// The allowed roots (the deployment's and the team's own, `{team}` replaced) that
     /// `parsed` lies under lexically: a worker checks the canonical path against each.
     pub fn roots_under(&self, team: &str, parsed: &ModelRef) -> Vec<String> {
-        let team_lists = self.teams.get(team).map(|t| match parsed {
-            ModelRef::Local { .. } => t.local_roots.clone().unwrap_or_default(),
-            _ => t.s3.clone().unwrap_or_default(),
-        });
-        let deployment = match parsed {
-            ModelRef::Local { .. } => &self.local_roots,
-            _ => &self.s3,
-        };
+        let (deployment, team_list) = self.root_lists(team, parsed);
         deployment
             .iter()
-            .chain(team_lists.iter().flatten())
+            .chain(team_list.into_iter().flatten())
             .filter_map(|r| with_team(r, team))
             .filter(|r| classify(r).is_ok_and(|root| parsed.is_under(&root)))
             .collect()
+    }
+
+    /// The deployment's roots of `parsed`'s kind, and the team's narrowing of them if it has one.
+    fn root_lists(&self, team: &str, parsed: &ModelRef) -> (&[String], Option<&[String]>) {
+        let narrowed = self.teams.get(team);
+        match parsed {
+            ModelRef::Local { .. } => (
+                &self.local_roots,
+                narrowed.and_then(|t| t.local_roots.as_deref()),
+            ),
+            _ => (&self.s3, narrowed.and_then(|t| t.s3.as_deref())),
+        }
     }
 }
 

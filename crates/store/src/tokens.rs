@@ -83,12 +83,18 @@ impl Db {
 
     /// Tokens, of one team or all, oldest first.
     pub async fn list_tokens(&self, team: Option<&str>) -> Result<Vec<TokenRow>> {
+        self.tokens_where(team, None).await
+    }
+
+    async fn tokens_where(&self, team: Option<&str>, id: Option<Uuid>) -> Result<Vec<TokenRow>> {
         let rows = sqlx::query(
             "SELECT t.id, teams.name AS team, t.label, t.created_at, t.last_used_at, t.expires_at, t.revoked_at \
              FROM api_tokens t JOIN teams ON teams.id = t.team_id \
-             WHERE ($1::text IS NULL OR teams.name = $1) ORDER BY t.created_at, t.id",
+             WHERE ($1::text IS NULL OR teams.name = $1) AND ($2::uuid IS NULL OR t.id = $2) \
+             ORDER BY t.created_at, t.id",
         )
         .bind(team)
+        .bind(id)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -119,10 +125,10 @@ impl Db {
                 what: format!("token {id}"),
             });
         }
-        self.list_tokens(None)
+        self.tokens_where(None, Some(id))
             .await?
             .into_iter()
-            .find(|t| t.id == id)
+            .next()
             .ok_or_else(|| StoreError::NotFound {
                 what: format!("token {id}"),
             })

@@ -16,7 +16,7 @@ use crate::record::record_with;
 use crate::service::{
     blocking, fail_planning, foreign, open_pair, wake, Outcome, Transient, WorkerContext,
 };
-use crate::{OpenTarget, Sources, WorkerError};
+use crate::{Content, OpenTarget, Sources, WorkerError};
 
 pub(crate) async fn plan(
     ctx: &WorkerContext,
@@ -65,9 +65,15 @@ pub(crate) async fn plan(
         }
         let sources = Sources::open_confined(&base_b, &spec_b.target, &target_b)?;
         let n_layers = sources.n_layers()?;
-        check_limits(&sources, n_layers, &spec_b.weights, &limits)?;
-        let shards = plan_shards(&spec_b, n_layers).map_err(|e| WorkerError::Io(e.to_string()))?;
         let (base_files, target_files) = sources.contents()?;
+        check_limits(
+            &sources,
+            [&base_files, &target_files],
+            n_layers,
+            &spec_b.weights,
+            &limits,
+        )?;
+        let shards = plan_shards(&spec_b, n_layers).map_err(|e| WorkerError::Io(e.to_string()))?;
         let record = PlanRecord {
             n_layers,
             base: record_with(
@@ -113,10 +119,12 @@ pub(crate) async fn plan(
     Ok(Outcome::Ack)
 }
 
-/// Refuses models larger than the limits allow, naming the limit and its flag. Runs before
+/// Refuses models larger than the limits allow, naming the limit and its flag (`contents`: the
+/// files of the base and of the target, as `Sources::contents` read them). Runs before
 /// the shard plan is made, so a config claiming a billion blocks allocates nothing.
 pub fn check_limits(
     sources: &Sources,
+    contents: [&[Content<'_>]; 2],
     n_layers: usize,
     weights: &WeightOptions,
     limits: &Limits,
@@ -141,8 +149,7 @@ pub fn check_limits(
             ));
         }
     }
-    let (base_files, target_files) = sources.contents()?;
-    for (side, files) in [("base", &base_files), ("fine-tuned", &target_files)] {
+    for (side, files) in ["base", "fine-tuned"].into_iter().zip(contents) {
         let bytes: u64 = files.iter().map(|f| f.bytes.len() as u64).sum();
         if bytes > limits.max_model_bytes {
             return over(format!(

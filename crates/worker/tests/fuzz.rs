@@ -47,7 +47,11 @@ fn plan_and_run(base: &Path, target: Target) {
     };
     let Ok(n) = sources.n_layers() else { return };
     let weights = WeightOptions::default();
-    if check_limits(&sources, n, &weights, &Limits::default()).is_err() {
+    let Ok((base_files, target_files)) = sources.contents() else {
+        return;
+    };
+    let contents = [base_files.as_slice(), target_files.as_slice()];
+    if check_limits(&sources, contents, n, &weights, &Limits::default()).is_err() {
         return;
     }
     let spec = AuditSpec {
