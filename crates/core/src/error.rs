@@ -53,6 +53,8 @@ pub enum CoreError {
     Hook { hook: String, message: String },
     #[error("input: {0}")]
     Input(String),
+    #[error("corpus `{corpus}`: {message}")]
+    Corpus { corpus: String, message: String },
     /// The caller asked to stop (a cancelled audit, a worker shutting down).
     #[error("interrupted")]
     Interrupted,

@@ -1,5 +1,6 @@
 //! NeuroDiff's core: checkpoints, model forward passes with hooks, and diffing analyses on libtorch.
 pub mod checkpoint;
+pub mod corpus;
 pub mod device;
 pub mod error;
 pub mod guard;

@@ -21,6 +21,25 @@ pub fn load(dir: &Path) -> Result<Tokenizer> {
     })
 }
 
+/// The largest tokenizer.json read (Llama 3's is about 9 MB).
+pub const MAX_TOKENIZER_BYTES: u64 = 64 << 20;
+
+/// Loads `dir/tokenizer.json`, shown to `guard` first and bounded in size.
+pub fn load_guarded(dir: &Path, guard: Option<&crate::guard::Guard>) -> Result<Tokenizer> {
+    let path = dir.join(TOKENIZER_FILE);
+    if !path.is_file() {
+        return Err(CoreError::MissingFile {
+            path,
+            what: "tokenizer (tokenizer.json), which the activation analyses need",
+        });
+    }
+    let (bytes, _) = crate::guard::read_checked(&path, "tokenizer", MAX_TOKENIZER_BYTES, guard)?;
+    Tokenizer::from_bytes(&bytes).map_err(|e| CoreError::Tokenizer {
+        path,
+        message: e.to_string(),
+    })
+}
+
 /// Token ids for `text` with the tokenizer's special tokens added, as `tokenizer(text)` does.
 pub fn encode(tokenizer: &Tokenizer, text: &str) -> Result<Vec<u32>> {
     let encoding = tokenizer

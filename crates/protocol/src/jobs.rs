@@ -65,4 +65,7 @@ pub struct PlanRecord {
     pub n_layers: usize,
     pub base: crate::results::ModelRecord,
     pub finetuned: crate::results::ModelRecord,
+    /// The corpus, when an analysis runs the models; shards check they read the same bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corpus: Option<crate::forward::CorpusRecord>,
 }

@@ -17,6 +17,20 @@ pub struct Limits {
     pub planning_timeout_s: u64,
     /// Seconds one shard may take.
     pub task_deadline_s: u64,
+    /// Bytes of a corpus file, as stored and once decompressed.
+    #[serde(default = "default_corpus_bytes")]
+    pub max_corpus_bytes: u64,
+    /// Tokens an audit may run each model on (`max_samples` × `seq_len`), checked at submission.
+    #[serde(default = "default_corpus_tokens")]
+    pub max_corpus_tokens: u64,
+}
+
+fn default_corpus_bytes() -> u64 {
+    1 << 30
+}
+
+fn default_corpus_tokens() -> u64 {
+    1 << 26
 }
 
 impl Default for Limits {
@@ -28,6 +42,8 @@ impl Default for Limits {
             max_model_bytes: 1 << 40,
             planning_timeout_s: 1800,
             task_deadline_s: 7200,
+            max_corpus_bytes: default_corpus_bytes(),
+            max_corpus_tokens: default_corpus_tokens(),
         }
     }
 }

@@ -195,10 +195,33 @@ pub struct FileHash {
     pub bytes: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Analyses {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub weights: Option<WeightsReport>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub activations: Option<crate::forward::ActivationsReport>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub logit_lens: Option<crate::forward::LensReport>,
+}
+
+/// What one shard returns, by analysis.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "analysis", rename_all = "kebab-case")]
+pub enum ShardOutput {
+    Weights(ShardResult),
+    Activations(crate::forward::ActivationsShard),
+    LogitLens(crate::forward::LensShard),
+}
+
+impl ShardOutput {
+    pub fn elapsed_s(&self) -> f64 {
+        match self {
+            ShardOutput::Weights(r) => r.elapsed_s,
+            ShardOutput::Activations(r) => r.elapsed_s,
+            ShardOutput::LogitLens(r) => r.elapsed_s,
+        }
+    }
 }
 
 /// results.json.
@@ -211,6 +234,9 @@ pub struct AuditResults {
     pub base: ModelRecord,
     pub finetuned: ModelRecord,
     pub target: Target,
+    /// The corpus the activation analyses ran on (absent when none ran).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub corpus: Option<crate::forward::CorpusRecord>,
     pub analyses: Analyses,
 }
 
@@ -245,10 +271,11 @@ impl WeightsReport {
         report.shape_mismatches.sort_by(|a, b| a.name.cmp(&b.name));
         report.added_rows.sort_by(|a, b| a.name.cmp(&b.name));
 
-        let mut layers: BTreeMap<ShardKey, (Sums, &TensorMetrics)> = BTreeMap::new();
+        // Blocks in order, then everything outside them.
+        let mut layers: BTreeMap<(bool, Option<usize>), (Sums, &TensorMetrics)> = BTreeMap::new();
         let mut modules: BTreeMap<&str, Sums> = BTreeMap::new();
         for t in &report.tensors {
-            let key = t.layer.map_or(ShardKey::NonLayer, ShardKey::Layer);
+            let key = (t.layer.is_none(), t.layer);
             // Tensors arrive most-changed first, so the first one seen per layer is its top.
             let (sums, _) = layers.entry(key).or_insert((
                 Sums {
@@ -270,11 +297,8 @@ impl WeightsReport {
         }
         report.layers = layers
             .into_iter()
-            .map(|(key, (s, top))| LayerMetrics {
-                layer: match key {
-                    ShardKey::Layer(i) => Some(i),
-                    ShardKey::NonLayer => None,
-                },
+            .map(|((_, layer), (s, top))| LayerMetrics {
+                layer,
                 fro: s.fro2.sqrt(),
                 base_fro: s.base2.sqrt(),
                 rel_fro: s.rel(),

@@ -3,11 +3,64 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+pub use crate::forward::{ActivationOptions, CorpusOptions, LensOptions};
+
+/// The analyses an audit can run, by the name users give them (`--analyses`, `"analyses"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum AnalysisKind {
     /// Tier I: per-tensor weight-delta metrics and spectra.
     Weights,
+    /// Tier II: differences of both models' activations on a corpus, per block and hook.
+    Activations,
+    /// Tier II: the differential logit lens, KL(ft || base) per block and at the output.
+    LogitLens,
+}
+
+impl AnalysisKind {
+    pub const ALL: [AnalysisKind; 3] = [
+        AnalysisKind::Weights,
+        AnalysisKind::Activations,
+        AnalysisKind::LogitLens,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AnalysisKind::Weights => "weights",
+            AnalysisKind::Activations => "activations",
+            AnalysisKind::LogitLens => "logit-lens",
+        }
+    }
+
+    /// Whether the analysis runs both models on a corpus (and so needs one).
+    pub fn needs_corpus(self) -> bool {
+        match self {
+            AnalysisKind::Weights => false,
+            AnalysisKind::Activations | AnalysisKind::LogitLens => true,
+        }
+    }
+}
+
+impl fmt::Display for AnalysisKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for AnalysisKind {
+    type Err = SpecError;
+
+    fn from_str(s: &str) -> Result<Self, SpecError> {
+        AnalysisKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s || k.as_str().replace('-', "_") == s)
+            .ok_or_else(|| {
+                SpecError::Analyses(format!(
+                    "unknown analysis `{s}`; available: {}",
+                    AnalysisKind::ALL.map(AnalysisKind::as_str).join(", ")
+                ))
+            })
+    }
 }
 
 /// What is compared with the base: a full checkpoint, or a PEFT LoRA adapter on the base.
@@ -78,15 +131,102 @@ pub struct AuditSpec {
     pub layers: Option<Vec<usize>>,
     #[serde(default)]
     pub weights: WeightOptions,
+    /// The text the activation analyses run both models on.
+    #[serde(default)]
+    pub corpus: CorpusOptions,
+    #[serde(default)]
+    pub activations: ActivationOptions,
+    #[serde(default)]
+    pub logit_lens: LensOptions,
 }
 
-/// The unit of work: one transformer block, or everything outside the blocks (embeddings,
-/// final norm, unembedding).
+impl AuditSpec {
+    /// A spec with the default options of every analysis.
+    pub fn new(base: String, target: Target, analyses: Vec<AnalysisKind>) -> AuditSpec {
+        AuditSpec {
+            base,
+            target,
+            analyses,
+            layers: None,
+            weights: WeightOptions::default(),
+            corpus: CorpusOptions::default(),
+            activations: ActivationOptions::default(),
+            logit_lens: LensOptions::default(),
+        }
+    }
+
+    /// The one check of a spec's own fields, for the API and the embedded audit alike (what
+    /// the spec names is checked against the reference policy separately).
+    pub fn validate(&mut self) -> Result<(), SpecError> {
+        if self.analyses.is_empty() {
+            return Err(SpecError::Analyses(
+                "must name at least one analysis".into(),
+            ));
+        }
+        self.analyses.sort_unstable();
+        self.analyses.dedup();
+        if let Some(layers) = &self.layers {
+            self.layers = Some(normalize_layers(layers, MAX_LAYER_INDEX)?);
+        }
+        if self.weights.top_k == 0 || self.weights.top_k > MAX_TOP_K {
+            return Err(SpecError::Field(
+                "weights.top_k".into(),
+                format!("must be between 1 and {MAX_TOP_K}"),
+            ));
+        }
+        self.corpus.validate()?;
+        self.activations.validate()?;
+        self.logit_lens.validate()
+    }
+
+    /// Checks the work the spec asks for against `limits` (after [`AuditSpec::validate`]).
+    pub fn check_limits(&self, limits: &crate::Limits) -> Result<(), SpecError> {
+        if let Some(layers) = &self.layers {
+            normalize_layers(layers, limits.max_blocks)?;
+        }
+        if self.needs_corpus() {
+            let tokens = self.corpus.max_samples as u64 * self.corpus.seq_len as u64;
+            if tokens > limits.max_corpus_tokens {
+                return Err(SpecError::Field(
+                    "corpus".into(),
+                    format!(
+                        "max_samples × seq_len = {tokens} tokens; the limit is {} \
+                         (--max-corpus-tokens)",
+                        limits.max_corpus_tokens
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether an analysis of the spec runs the models on a corpus.
+    pub fn needs_corpus(&self) -> bool {
+        self.analyses.iter().any(|a| a.needs_corpus())
+    }
+
+    pub fn runs(&self, kind: AnalysisKind) -> bool {
+        self.analyses.contains(&kind)
+    }
+}
+
+/// The most singular values a tensor's report may list.
+pub const MAX_TOP_K: usize = 4096;
+
+/// The unit of work: for the weight audit one transformer block, or everything outside the
+/// blocks (embeddings, final norm, unembedding); for an analysis that runs the models, a slice
+/// of the corpus's samples.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ShardKey {
     Layer(usize),
     NonLayer,
+    /// Samples `start..end` of the corpus, for `analysis`.
+    Samples {
+        analysis: AnalysisKind,
+        start: usize,
+        end: usize,
+    },
 }
 
 impl ShardKey {
@@ -99,29 +239,102 @@ impl ShardKey {
     }
 }
 
-impl fmt::Display for ShardKey {
-    /// A stable, sortable key for object names and database rows: `layer-0007`, `non-layer`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl ShardKey {
+    /// The analysis the shard belongs to.
+    pub fn analysis(&self) -> AnalysisKind {
         match self {
-            ShardKey::Layer(i) => write!(f, "layer-{i:04}"),
-            ShardKey::NonLayer => f.write_str("non-layer"),
+            ShardKey::Layer(_) | ShardKey::NonLayer => AnalysisKind::Weights,
+            ShardKey::Samples { analysis, .. } => *analysis,
         }
     }
 }
 
-/// Everything a worker needs to run one shard of a weight audit.
+impl fmt::Display for ShardKey {
+    /// A stable, sortable key for object names and database rows: `layer-0007`, `non-layer`,
+    /// `logit-lens/samples-000064-000128`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ShardKey::Layer(i) => write!(f, "layer-{i:04}"),
+            ShardKey::NonLayer => f.write_str("non-layer"),
+            ShardKey::Samples {
+                analysis,
+                start,
+                end,
+            } => write!(f, "{analysis}/samples-{start:06}-{end:06}"),
+        }
+    }
+}
+
+impl std::str::FromStr for ShardKey {
+    type Err = SpecError;
+
+    /// Reads back what `Display` wrote.
+    fn from_str(s: &str) -> Result<Self, SpecError> {
+        let bad = || SpecError::ShardKey(s.to_string());
+        if s == "non-layer" {
+            return Ok(ShardKey::NonLayer);
+        }
+        if let Some(i) = s.strip_prefix("layer-") {
+            return i.parse().map(ShardKey::Layer).map_err(|_| bad());
+        }
+        let (analysis, range) = s.split_once("/samples-").ok_or_else(bad)?;
+        let (start, end) = range.split_once('-').ok_or_else(bad)?;
+        let (start, end) = (
+            start.parse().map_err(|_| bad())?,
+            end.parse().map_err(|_| bad())?,
+        );
+        let analysis: AnalysisKind = analysis.parse().map_err(|_| bad())?;
+        if start >= end || !analysis.needs_corpus() {
+            return Err(bad());
+        }
+        Ok(ShardKey::Samples {
+            analysis,
+            start,
+            end,
+        })
+    }
+}
+
+/// Everything a worker needs to run one shard.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardSpec {
     pub base: String,
     pub target: Target,
     pub shard: ShardKey,
     pub weights: WeightOptions,
+    #[serde(default)]
+    pub corpus: CorpusOptions,
+    #[serde(default)]
+    pub activations: ActivationOptions,
+    #[serde(default)]
+    pub logit_lens: LensOptions,
+}
+
+impl ShardSpec {
+    /// The shard `shard` of the audit `spec`.
+    pub fn of(spec: &AuditSpec, shard: ShardKey) -> ShardSpec {
+        ShardSpec {
+            base: spec.base.clone(),
+            target: spec.target.clone(),
+            shard,
+            weights: spec.weights.clone(),
+            corpus: spec.corpus.clone(),
+            activations: spec.activations.clone(),
+            logit_lens: spec.logit_lens.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpecError {
     #[error("field `layers`: {0}")]
     Layers(String),
+    #[error("field `analyses`: {0}")]
+    Analyses(String),
+    #[error("field `{0}`: {1}")]
+    Field(String, String),
+    #[error("`{0}` is not a shard key")]
+    ShardKey(String),
 }
 
 /// Parses `--layers` syntax: `all`, or comma-separated indices and ranges (`0,3,5-7`).
@@ -182,9 +395,13 @@ pub fn normalize_layers(layers: &[usize], max_blocks: usize) -> Result<Vec<usize
     Ok(out)
 }
 
-/// The shards of an audit of a model with `n_layers` blocks, in order.
-pub fn plan_shards(spec: &AuditSpec, n_layers: usize) -> Result<Vec<ShardSpec>, SpecError> {
-    let keys: Vec<ShardKey> = match &spec.layers {
+/// The weight audit's shards for a model with `n_layers` blocks, in order: one per block
+/// (those `layers` names, or all of them and the tensors outside the blocks).
+pub fn weight_shards(
+    layers: Option<&[usize]>,
+    n_layers: usize,
+) -> Result<Vec<ShardKey>, SpecError> {
+    Ok(match layers {
         None => (0..n_layers)
             .map(ShardKey::Layer)
             .chain([ShardKey::NonLayer])
@@ -202,16 +419,21 @@ pub fn plan_shards(spec: &AuditSpec, n_layers: usize) -> Result<Vec<ShardSpec>, 
             keys.dedup();
             keys
         }
-    };
-    Ok(keys
-        .into_iter()
-        .map(|shard| ShardSpec {
-            base: spec.base.clone(),
-            target: spec.target.clone(),
-            shard,
-            weights: spec.weights.clone(),
+    })
+}
+
+/// The shards of an analysis that runs the models: consecutive slices of `per_shard` samples
+/// covering `0..n_samples`.
+pub fn sample_shards(analysis: AnalysisKind, n_samples: usize, per_shard: usize) -> Vec<ShardKey> {
+    let per_shard = per_shard.max(1);
+    (0..n_samples)
+        .step_by(per_shard)
+        .map(|start| ShardKey::Samples {
+            analysis,
+            start,
+            end: (start + per_shard).min(n_samples),
         })
-        .collect())
+        .collect()
 }
 
 #[cfg(test)]
@@ -235,30 +457,46 @@ mod tests {
 
     #[test]
     fn plans_one_shard_per_layer_plus_the_rest() {
-        let mut spec = AuditSpec {
-            base: "b".into(),
-            target: Target::Checkpoint {
-                reference: "f".into(),
-            },
-            analyses: vec![AnalysisKind::Weights],
-            layers: None,
-            weights: WeightOptions::default(),
-        };
-        let keys: Vec<_> = plan_shards(&spec, 2)
-            .unwrap()
-            .into_iter()
-            .map(|s| s.shard)
-            .collect();
         assert_eq!(
-            keys,
+            weight_shards(None, 2).unwrap(),
             [ShardKey::Layer(0), ShardKey::Layer(1), ShardKey::NonLayer]
         );
-        spec.layers = Some(vec![1]);
-        assert_eq!(plan_shards(&spec, 2).unwrap().len(), 1);
-        spec.layers = Some(vec![1, 0, 1]);
-        assert_eq!(plan_shards(&spec, 2).unwrap().len(), 2);
-        spec.layers = Some(vec![5]);
-        assert!(plan_shards(&spec, 2).is_err());
+        assert_eq!(weight_shards(Some(&[1]), 2).unwrap().len(), 1);
+        assert_eq!(weight_shards(Some(&[1, 0, 1]), 2).unwrap().len(), 2);
+        assert!(weight_shards(Some(&[5]), 2).is_err());
         assert_eq!(ShardKey::Layer(7).to_string(), "layer-0007");
+    }
+
+    #[test]
+    fn sample_shards_cover_the_corpus_and_keys_read_back() {
+        let keys = sample_shards(AnalysisKind::LogitLens, 130, 64);
+        assert_eq!(keys.len(), 3);
+        assert_eq!(keys[2].to_string(), "logit-lens/samples-000128-000130");
+        for key in keys
+            .into_iter()
+            .chain([ShardKey::Layer(3), ShardKey::NonLayer])
+        {
+            assert_eq!(key.to_string().parse::<ShardKey>(), Ok(key));
+        }
+        for bad in [
+            "layer-x",
+            "weights/samples-000000-000001",
+            "activations/samples-000002-000001",
+            "",
+        ] {
+            assert!(bad.parse::<ShardKey>().is_err(), "{bad}");
+        }
+        assert!(sample_shards(AnalysisKind::Activations, 0, 8).is_empty());
+    }
+
+    #[test]
+    fn analysis_names() {
+        assert_eq!("logit-lens".parse(), Ok(AnalysisKind::LogitLens));
+        assert_eq!("logit_lens".parse(), Ok(AnalysisKind::LogitLens));
+        assert!("lens".parse::<AnalysisKind>().is_err());
+        assert_eq!(
+            serde_json::to_string(&AnalysisKind::LogitLens).unwrap(),
+            "\"logit-lens\""
+        );
     }
 }

@@ -1,12 +1,13 @@
-//! The fan-in of a finished audit: the shard results its workers stored are merged into one
-//! results.json (the embedded audit's schema), plots and report.html are rendered, everything
-//! is uploaded under `audits/{id}/report/`, recorded as artifacts, and the audit succeeds.
+//! The fan-in of a finished audit: the shard outputs its workers stored are merged into one
+//! results.json by the same assembly as the embedded audit's, the report is rendered by the
+//! same renderer, everything is uploaded under `audits/{id}/report/`, recorded as artifacts
+//! (with the per-block metrics of the corpus analyses, for the team-wide query), and the audit
+//! succeeds.
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use neurodiff_protocol::{
-    Analyses, AuditResults, PlanRecord, ShardResult, WeightsReport, RESULTS_SCHEMA_VERSION,
-};
+use neurodiff_protocol::{AuditResults, PlanRecord, ShardOutput};
+use neurodiff_report::ReportFile;
 use neurodiff_store::{artifact_key, shard_result_key, ArtifactRow, Finishing, StoreError};
 
 use crate::service::SchedulerContext;
@@ -19,16 +20,6 @@ pub enum FanInError {
     /// Storage failed: the fan-in is tried again later.
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-/// The content type of a report file, by extension.
-pub fn content_type(name: &str) -> &'static str {
-    match name.rsplit('.').next() {
-        Some("json") => "application/json",
-        Some("html") => "text/html; charset=utf-8",
-        Some("svg") => "image/svg+xml",
-        _ => "application/octet-stream",
-    }
 }
 
 /// Returns false when the audit was cancelled meanwhile.
@@ -44,7 +35,7 @@ pub async fn finish(ctx: &SchedulerContext, f: Finishing) -> Result<bool, FanInE
         })?;
     let mut shards = Vec::with_capacity(f.shards.len());
     for (key, attempt) in &f.shards {
-        let object = shard_result_key(audit, key, *attempt);
+        let object = shard_result_key(audit, &key.to_string(), *attempt);
         let bytes = match ctx.blobs.get(&object).await {
             Ok(b) => b,
             Err(StoreError::NotFound { what }) => {
@@ -54,35 +45,35 @@ pub async fn finish(ctx: &SchedulerContext, f: Finishing) -> Result<bool, FanInE
             }
             Err(e) => return Err(e.into()),
         };
-        let shard: ShardResult = serde_json::from_slice(&bytes)
+        let shard: ShardOutput = serde_json::from_slice(&bytes)
             .map_err(|e| FanInError::Invalid(format!("shard {key} ({object}): {e}")))?;
         shards.push(shard);
     }
-    let results = AuditResults {
-        schema_version: RESULTS_SCHEMA_VERSION,
-        tool_version: env!("CARGO_PKG_VERSION").to_string(),
-        // Fixed by the data, not by when this fan-in ran: a fan-in that is taken over renders
-        // the same bytes, so the stored sha256 always matches the object.
-        created_unix: f
-            .shards_finished_at
-            .map(|t| t.timestamp().max(0) as u64)
-            .unwrap_or_else(|| {
-                SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs())
-            }),
-        base: record.base,
-        finetuned: record.finetuned,
-        target: f.audit.spec.target.clone(),
-        analyses: Analyses {
-            weights: Some(WeightsReport::from_shards(shards)),
-        },
-    };
-    let rendered = tokio::task::spawn_blocking(move || render(&results))
-        .await
-        .map_err(|e| FanInError::Invalid(format!("rendering thread: {e}")))??;
+    // Fixed by the data, not by when this fan-in ran: a fan-in that is taken over renders
+    // the same bytes, so the stored sha256 always matches the object.
+    let created = f
+        .shards_finished_at
+        .map(|t| t.timestamp().max(0) as u64)
+        .unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        });
+    let spec = f.audit.spec.clone();
+    let rendered = tokio::task::spawn_blocking(move || {
+        let results = neurodiff_analyses::assemble(&spec, record, shards, created)
+            .map_err(|e| FanInError::Invalid(e.to_string()))?;
+        let files =
+            neurodiff_report::render(&results).map_err(|e| FanInError::Invalid(e.to_string()))?;
+        Ok::<_, FanInError>((results, files))
+    })
+    .await
+    .map_err(|e| FanInError::Invalid(format!("rendering thread: {e}")))??;
+    let (results, rendered) = rendered;
     let mut artifacts = Vec::with_capacity(rendered.len());
-    for (name, bytes) in rendered {
+    for ReportFile { name, bytes } in rendered {
+        // Artifacts are named flat (`heatmap.svg`, not `plots/heatmap.svg`).
+        let name = name.rsplit('/').next().unwrap_or_default().to_string();
         let stored = ctx
             .blobs
             .put(
@@ -91,34 +82,55 @@ pub async fn finish(ctx: &SchedulerContext, f: Finishing) -> Result<bool, FanInE
             )
             .await?;
         artifacts.push(ArtifactRow {
-            content_type: content_type(&name).to_string(),
+            content_type: neurodiff_report::content_type(&name).to_string(),
             name,
             object_key: stored.key,
             size_bytes: stored.size as i64,
             sha256: stored.sha256,
         });
     }
-    let finished = ctx.db.finish_audit(audit, f.claim, &artifacts).await?;
+    let finished = ctx
+        .db
+        .finish_audit(audit, f.claim, &artifacts, &block_rows(&results))
+        .await?;
     if finished {
         tracing::info!(%audit, artifacts = artifacts.len(), "audit succeeded");
     }
     Ok(finished)
 }
 
-/// The report files by artifact name: results.json, report.html and the plots.
-fn render(results: &AuditResults) -> Result<Vec<(String, Vec<u8>)>, FanInError> {
-    let dir = tempfile::tempdir().map_err(|e| FanInError::Invalid(format!("temp dir: {e}")))?;
-    let files =
-        crate::write_report(results, dir.path()).map_err(|e| FanInError::Invalid(e.to_string()))?;
-    let mut out = Vec::new();
-    for path in [files.results, files.html].into_iter().chain(files.plots) {
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let bytes = std::fs::read(&path)
-            .map_err(|e| FanInError::Invalid(format!("report file {name}: {e}")))?;
-        out.push((name, bytes));
+/// The per-block metrics of the corpus analyses, as the team-wide query stores them.
+pub fn block_rows(results: &AuditResults) -> Vec<neurodiff_store::BlockRow> {
+    let mut rows = Vec::new();
+    if let Some(a) = &results.analyses.activations {
+        for l in &a.layers {
+            rows.push(neurodiff_store::BlockRow {
+                analysis: "activations".into(),
+                layer: Some(l.layer as i32),
+                hook: l.hook.clone(),
+                mean_diff_norm: Some(l.mean_diff_norm),
+                mean_rel_diff: Some(l.mean_rel_diff),
+                mean_cosine: Some(l.mean_cosine),
+                kl_mean: None,
+            });
+        }
     }
-    Ok(out)
+    if let Some(lens) = &results.analyses.logit_lens {
+        for l in lens.layers.iter().chain([&lens.output]) {
+            rows.push(neurodiff_store::BlockRow {
+                analysis: "logit-lens".into(),
+                layer: l.layer.map(|i| i as i32),
+                hook: if l.layer.is_some() {
+                    "hook_resid_post".into()
+                } else {
+                    "output".into()
+                },
+                mean_diff_norm: None,
+                mean_rel_diff: None,
+                mean_cosine: None,
+                kl_mean: Some(l.kl_mean),
+            });
+        }
+    }
+    rows
 }

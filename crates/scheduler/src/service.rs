@@ -123,18 +123,12 @@ pub async fn pass(ctx: &SchedulerContext) -> Result<Pass, neurodiff_store::Store
         p.planned += 1;
     }
     for s in ctx.db.shards_to_enqueue(1000).await? {
-        let shard = neurodiff_store::parse_shard_key(&s.shard_key)?;
         let task = Task::Shard {
             audit: s.audit,
-            spec: ShardSpec {
-                base: s.spec.base,
-                target: s.spec.target,
-                shard,
-                weights: s.spec.weights,
-            },
+            spec: ShardSpec::of(&s.spec, s.shard_key),
         };
         ctx.tasks.enqueue(&Envelope { task, retries: 0 }).await?;
-        ctx.db.mark_shard_enqueued(s.audit, &s.shard_key).await?;
+        ctx.db.mark_shard_enqueued(s.audit, s.shard_key).await?;
         p.enqueued += 1;
     }
     p.promoted = ctx.tasks.promote_due(now_ms()).await?;

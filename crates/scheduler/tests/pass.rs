@@ -10,7 +10,7 @@ use std::time::Duration;
 use neurodiff_protocol::{
     AnalysisKind, AuditSpec, Envelope, ShardKey, Target, Task, WeightOptions,
 };
-use neurodiff_protocol::{ModelRecord, PlanRecord, ShardResult};
+use neurodiff_protocol::{AuditStatus, ModelRecord, PlanRecord, ShardOutput, ShardResult};
 use neurodiff_scheduler::fanin::finish;
 use neurodiff_scheduler::reaper::reap;
 use neurodiff_scheduler::service::{pass, SchedulerContext, SchedulerSettings};
@@ -46,13 +46,15 @@ async fn context(pool: PgPool, max_deliveries: u32) -> SchedulerContext {
 async fn planned_audit(ctx: &SchedulerContext) -> uuid::Uuid {
     let team = ctx.db.ensure_team("t").await.unwrap();
     let spec = AuditSpec {
-        base: "b".into(),
-        target: Target::Checkpoint {
-            reference: "f".into(),
-        },
-        analyses: vec![AnalysisKind::Weights],
         layers: None,
         weights: WeightOptions::default(),
+        ..AuditSpec::new(
+            "b".into(),
+            Target::Checkpoint {
+                reference: "f".into(),
+            },
+            vec![AnalysisKind::Weights],
+        )
     };
     match ctx
         .db
@@ -125,7 +127,7 @@ async fn a_task_whose_worker_goes_silent_is_retried_then_dead_lettered(pool: PgP
     assert_eq!(ctx.tasks.dead_letters().await.unwrap(), 1);
     let status = ctx.db.audit_status(audit).await.unwrap();
     let row = ctx.db.audit_by_id(audit).await.unwrap();
-    assert_eq!(status, "failed");
+    assert_eq!(status, AuditStatus::Failed);
     let reason = row.error.unwrap();
     assert!(
         reason.contains("layer-0003")
@@ -258,6 +260,7 @@ async fn a_fan_in_taken_over_records_its_audit_once(pool: PgPool) {
     let ctx = context(pool, 5).await;
     let audit = planned_audit(&ctx).await;
     let record = PlanRecord {
+        corpus: None,
         n_layers: 1,
         base: model_record("b"),
         finetuned: model_record("f"),
@@ -275,7 +278,7 @@ async fn a_fan_in_taken_over_records_its_audit_once(pool: PgPool) {
         .start_attempt(audit, ShardKey::Layer(0), "w", None)
         .await
         .unwrap();
-    let result = ShardResult {
+    let result = ShardOutput::Weights(ShardResult {
         shard: ShardKey::Layer(0),
         tensors: Vec::new(),
         only_in_base: Vec::new(),
@@ -283,7 +286,7 @@ async fn a_fan_in_taken_over_records_its_audit_once(pool: PgPool) {
         shape_mismatches: Vec::new(),
         added_rows: Vec::new(),
         elapsed_s: 0.5,
-    };
+    });
     ctx.blobs
         .put(
             &shard_result_key(audit, "layer-0000", attempt),
@@ -291,7 +294,10 @@ async fn a_fan_in_taken_over_records_its_audit_once(pool: PgPool) {
         )
         .await
         .unwrap();
-    ctx.db.record_shard(audit, attempt, &result).await.unwrap();
+    ctx.db
+        .record_shard(audit, attempt, ShardKey::Layer(0), &result)
+        .await
+        .unwrap();
     // Scheduler A claims the fan-in and stalls; its claim goes stale; B takes over.
     let mut a = ctx.db.claim_finishing(60.0).await.unwrap();
     assert_eq!(a.len(), 1);
@@ -304,7 +310,7 @@ async fn a_fan_in_taken_over_records_its_audit_once(pool: PgPool) {
     assert_eq!(b.len(), 1);
     assert!(finish(&ctx, b.remove(0)).await.unwrap());
     let recorded = ctx.db.audit_by_id(audit).await.unwrap();
-    assert_eq!(recorded.status, "succeeded");
+    assert_eq!(recorded.status, AuditStatus::Succeeded);
     // A wakes up: it renders and uploads the same bytes, and records nothing.
     assert!(!finish(&ctx, a.remove(0)).await.unwrap());
     let team = ctx.db.ensure_team("t").await.unwrap();

@@ -79,6 +79,12 @@ pub struct LimitArgs {
     /// Seconds one shard may take.
     #[arg(long, env = "NEURODIFF_TASK_DEADLINE_S", default_value_t = Limits::default().task_deadline_s)]
     pub task_deadline_s: u64,
+    /// Bytes of a corpus file (as stored, and once decompressed).
+    #[arg(long, env = "NEURODIFF_MAX_CORPUS_BYTES", default_value_t = Limits::default().max_corpus_bytes)]
+    pub max_corpus_bytes: u64,
+    /// Tokens an audit may run each model on (max_samples × seq_len).
+    #[arg(long, env = "NEURODIFF_MAX_CORPUS_TOKENS", default_value_t = Limits::default().max_corpus_tokens)]
+    pub max_corpus_tokens: u64,
 }
 
 impl LimitArgs {
@@ -90,6 +96,8 @@ impl LimitArgs {
             max_model_bytes: self.max_model_bytes,
             planning_timeout_s: self.planning_timeout_s,
             task_deadline_s: self.task_deadline_s,
+            max_corpus_bytes: self.max_corpus_bytes,
+            max_corpus_tokens: self.max_corpus_tokens,
         }
     }
 }

@@ -11,7 +11,7 @@ pub use blobs::{artifact_key, shard_result_key, Blobs, ListedObject, StoredObjec
 pub use pg::{Admission, AuditFilter, AuditRow, Db, FanIn, Quota, Team, MIGRATOR};
 pub use query::{ResultHit, ResultQuery, QUERY_METRICS};
 pub use queue::{now_ms, Delivery, Queue, QueueStats, Reclaimed};
-pub use sched::{parse_shard_key, ArtifactRow, Finishing, PendingShard};
+pub use sched::{parse_shard_key, ArtifactRow, BlockRow, Finishing, PendingShard};
 pub use tokens::{TokenRow, TOKEN_PREFIX};
 
 #[derive(Debug, thiserror::Error)]

@@ -1,7 +1,9 @@
 //! PostgreSQL: teams and hashed tokens, audits with idempotency keys, layer shards fenced by
 //! their attempt number, and per-tensor results that the whole team can query.
 use chrono::{DateTime, Utc};
-use neurodiff_protocol::{AuditSpec, ShardKey, ShardResult, TensorMetrics};
+use neurodiff_protocol::{
+    AuditSpec, AuditStatus, AuditView, Progress, ShardKey, ShardOutput, TensorMetrics,
+};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::Row;
@@ -23,7 +25,7 @@ pub struct AuditRow {
     pub id: Uuid,
     pub team_id: Uuid,
     pub spec: AuditSpec,
-    pub status: String,
+    pub status: AuditStatus,
     pub shards_total: i32,
     pub shards_done: i32,
     pub error: Option<String>,
@@ -80,7 +82,7 @@ pub enum Admission {
 /// Filters of `GET /v1/audits`.
 #[derive(Debug, Clone, Default)]
 pub struct AuditFilter {
-    pub status: Option<String>,
+    pub status: Option<AuditStatus>,
     /// Matches the base or the fine-tuned reference exactly.
     pub model: Option<String>,
     pub since: Option<DateTime<Utc>>,
@@ -95,6 +97,29 @@ pub struct Db {
     pub pool: PgPool,
 }
 
+pub(crate) fn parse_status(s: &str) -> Result<AuditStatus> {
+    s.parse()
+        .map_err(|_| StoreError::Invalid(format!("stored status `{s}`")))
+}
+
+impl From<AuditRow> for AuditView {
+    fn from(a: AuditRow) -> Self {
+        AuditView {
+            id: a.id,
+            status: a.status,
+            progress: Progress {
+                shards_done: a.shards_done,
+                shards_total: a.shards_total,
+            },
+            error: a.error,
+            spec: a.spec,
+            idempotency_key: a.idempotency_key,
+            created_at: a.created_at,
+            finished_at: a.finished_at,
+        }
+    }
+}
+
 pub(crate) fn audit_from_row(row: &sqlx::postgres::PgRow) -> Result<AuditRow> {
     let spec: serde_json::Value = row.try_get("spec")?;
     Ok(AuditRow {
@@ -102,7 +127,7 @@ pub(crate) fn audit_from_row(row: &sqlx::postgres::PgRow) -> Result<AuditRow> {
         team_id: row.try_get("team_id")?,
         spec: serde_json::from_value(spec)
             .map_err(|e| StoreError::Invalid(format!("stored spec: {e}")))?,
-        status: row.try_get("status")?,
+        status: parse_status(row.try_get("status")?)?,
         shards_total: row.try_get("shards_total")?,
         shards_done: row.try_get("shards_done")?,
         error: row.try_get("error")?,
@@ -261,7 +286,7 @@ impl Db {
              ORDER BY created_at DESC, id DESC LIMIT $8"
         ))
         .bind(team.id)
-        .bind(&filter.status)
+        .bind(filter.status.map(AuditStatus::as_str))
         .bind(&filter.model)
         .bind(filter.since)
         .bind(filter.until)
@@ -382,9 +407,10 @@ impl Db {
         &self,
         audit: Uuid,
         attempt: i32,
-        result: &ShardResult,
+        shard: ShardKey,
+        result: &ShardOutput,
     ) -> Result<FanIn> {
-        let key = result.shard.to_string();
+        let key = shard.to_string();
         let mut tx = self.pool.begin().await?;
         crate::sched::lock_audit(&mut tx, audit).await?;
         let fenced = sqlx::query(
@@ -394,7 +420,7 @@ impl Db {
         .bind(audit)
         .bind(&key)
         .bind(attempt)
-        .bind(result.elapsed_s)
+        .bind(result.elapsed_s())
         .fetch_optional(&mut *tx)
         .await?;
         if fenced.is_none() {
@@ -412,8 +438,12 @@ impl Db {
                 current: current.unwrap_or(-1),
             });
         }
-        for t in &result.tensors {
-            insert_tensor(&mut tx, audit, &key, t).await?;
+        // Per-tensor rows are final per shard; the per-block metrics of the corpus analyses
+        // exist only once their shards are merged, and are stored by the fan-in.
+        if let ShardOutput::Weights(w) = result {
+            for t in &w.tensors {
+                insert_tensor(&mut tx, audit, &key, t).await?;
+            }
         }
         let row = sqlx::query("UPDATE audits SET shards_done = shards_done + 1 WHERE id = $1 RETURNING shards_done, shards_total")
             .bind(audit)

@@ -5,6 +5,8 @@ use neurodiff_protocol::{AuditSpec, ShardKey};
 use sqlx::Row;
 use uuid::Uuid;
 
+use neurodiff_protocol::AuditStatus;
+
 use crate::pg::{audit_from_row, AuditRow, Db, AUDIT_COLUMNS};
 use crate::{Result, StoreError};
 
@@ -12,8 +14,23 @@ use crate::{Result, StoreError};
 #[derive(Debug, Clone, PartialEq)]
 pub struct PendingShard {
     pub audit: Uuid,
-    pub shard_key: String,
+    pub shard_key: ShardKey,
     pub spec: AuditSpec,
+}
+
+/// One block's metrics of a corpus analysis, as the block_results table records them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlockRow {
+    /// `activations` or `logit-lens`.
+    pub analysis: String,
+    /// The block; absent for the logit lens's output row.
+    pub layer: Option<i32>,
+    /// The hook (`hook_resid_post`, ...), or `output`.
+    pub hook: String,
+    pub mean_diff_norm: Option<f64>,
+    pub mean_rel_diff: Option<f64>,
+    pub mean_cosine: Option<f64>,
+    pub kl_mean: Option<f64>,
 }
 
 /// An artifact as the artifacts table records it.
@@ -32,7 +49,7 @@ pub struct Finishing {
     pub audit: AuditRow,
     pub models: Option<serde_json::Value>,
     /// The audit's shards and the attempt whose result was recorded.
-    pub shards: Vec<(String, i32)>,
+    pub shards: Vec<(ShardKey, i32)>,
     /// This fan-in's claim: only its holder may finish the audit.
     pub claim: Uuid,
     /// When the last shard finished: the report's timestamp, so that two fan-ins of one audit
@@ -40,15 +57,10 @@ pub struct Finishing {
     pub shards_finished_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-/// Parses a stored shard key (`layer-0007`, `non-layer`).
+/// Parses a stored shard key (`layer-0007`, `non-layer`, `activations/samples-000000-000128`).
 pub fn parse_shard_key(key: &str) -> Result<ShardKey> {
-    if key == "non-layer" {
-        return Ok(ShardKey::NonLayer);
-    }
-    key.strip_prefix("layer-")
-        .and_then(|n| n.parse().ok())
-        .map(ShardKey::Layer)
-        .ok_or_else(|| StoreError::Invalid(format!("shard key `{key}`")))
+    key.parse()
+        .map_err(|_| StoreError::Invalid(format!("shard key `{key}`")))
 }
 
 impl Db {
@@ -77,7 +89,7 @@ impl Db {
                 let spec: serde_json::Value = r.try_get("spec")?;
                 Ok(PendingShard {
                     audit: r.try_get("audit_id")?,
-                    shard_key: r.try_get("shard_key")?,
+                    shard_key: parse_shard_key(r.try_get("shard_key")?)?,
                     spec: serde_json::from_value(spec)
                         .map_err(|e| StoreError::Invalid(format!("stored spec: {e}")))?,
                 })
@@ -85,10 +97,10 @@ impl Db {
             .collect()
     }
 
-    pub async fn mark_shard_enqueued(&self, audit: Uuid, shard_key: &str) -> Result<()> {
+    pub async fn mark_shard_enqueued(&self, audit: Uuid, shard_key: ShardKey) -> Result<()> {
         sqlx::query("UPDATE shards SET enqueued_at = now() WHERE audit_id = $1 AND shard_key = $2")
             .bind(audit)
-            .bind(shard_key)
+            .bind(shard_key.to_string())
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -294,14 +306,15 @@ impl Db {
     }
 
     /// The status of an audit, whoever owns it (workers check it for cancellation).
-    pub async fn audit_status(&self, audit: Uuid) -> Result<String> {
-        sqlx::query_scalar("SELECT status FROM audits WHERE id = $1")
+    pub async fn audit_status(&self, audit: Uuid) -> Result<AuditStatus> {
+        let status: String = sqlx::query_scalar("SELECT status FROM audits WHERE id = $1")
             .bind(audit)
             .fetch_optional(&self.pool)
             .await?
             .ok_or_else(|| StoreError::NotFound {
                 what: format!("audit {audit}"),
-            })
+            })?;
+        crate::pg::parse_status(&status)
     }
 
     /// An audit and its spec, whoever owns it (for workers planning it).
@@ -334,12 +347,16 @@ impl Db {
         let mut out = Vec::with_capacity(rows.len());
         for row in &rows {
             let audit = audit_from_row(row)?;
-            let shards = sqlx::query_as(
+            let stored: Vec<(String, i32)> = sqlx::query_as(
                 "SELECT shard_key, attempt FROM shards WHERE audit_id = $1 AND status = 'succeeded' ORDER BY shard_key",
             )
             .bind(audit.id)
             .fetch_all(&self.pool)
             .await?;
+            let shards = stored
+                .into_iter()
+                .map(|(key, attempt)| Ok((parse_shard_key(&key)?, attempt)))
+                .collect::<Result<Vec<_>>>()?;
             out.push(Finishing {
                 claim: row.try_get("finalizer")?,
                 shards_finished_at: row.try_get("shards_finished_at")?,
@@ -360,6 +377,7 @@ impl Db {
         audit: Uuid,
         claim: Uuid,
         artifacts: &[ArtifactRow],
+        blocks: &[BlockRow],
     ) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
@@ -386,6 +404,22 @@ impl Db {
             .bind(a.size_bytes)
             .bind(&a.sha256)
             .bind(&a.content_type)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for b in blocks {
+            sqlx::query(
+                "INSERT INTO block_results (audit_id, analysis, layer, hook, mean_diff_norm, mean_rel_diff, \
+                 mean_cosine, kl_mean) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+            )
+            .bind(audit)
+            .bind(&b.analysis)
+            .bind(b.layer)
+            .bind(&b.hook)
+            .bind(b.mean_diff_norm)
+            .bind(b.mean_rel_diff)
+            .bind(b.mean_cosine)
+            .bind(b.kl_mean)
             .execute(&mut *tx)
             .await?;
         }

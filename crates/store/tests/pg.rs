@@ -2,20 +2,23 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use neurodiff_protocol::{
-    AnalysisKind, AuditSpec, ShardKey, ShardResult, Target, TensorMetrics, WeightOptions,
+    AnalysisKind, AuditSpec, AuditStatus, ShardKey, ShardOutput, ShardResult, Target,
+    TensorMetrics, WeightOptions,
 };
 use neurodiff_store::{Admission, AuditRow, Db, Quota, StoreError, Team};
 use sqlx::PgPool;
 
 fn spec(base: &str) -> AuditSpec {
     AuditSpec {
-        base: base.into(),
-        target: Target::Checkpoint {
-            reference: "org/ft".into(),
-        },
-        analyses: vec![AnalysisKind::Weights],
         layers: None,
         weights: WeightOptions::default(),
+        ..AuditSpec::new(
+            base.into(),
+            Target::Checkpoint {
+                reference: "org/ft".into(),
+            },
+            vec![AnalysisKind::Weights],
+        )
     }
 }
 
@@ -27,8 +30,8 @@ fn metrics(name: &str, fro: f64) -> TensorMetrics {
     t
 }
 
-fn shard(key: ShardKey, tensors: Vec<TensorMetrics>) -> ShardResult {
-    ShardResult {
+fn shard(key: ShardKey, tensors: Vec<TensorMetrics>) -> ShardOutput {
+    ShardOutput::Weights(ShardResult {
         shard: key,
         tensors,
         only_in_base: vec![],
@@ -36,7 +39,7 @@ fn shard(key: ShardKey, tensors: Vec<TensorMetrics>) -> ShardResult {
         shape_mismatches: vec![],
         added_rows: vec![],
         elapsed_s: 0.5,
-    }
+    })
 }
 
 #[sqlx::test(migrator = "neurodiff_store::MIGRATOR")]
@@ -103,7 +106,10 @@ async fn idempotency_keys_and_team_scoping(pool: PgPool) {
         "without a key every submission is new"
     );
 
-    assert_eq!(db.get_audit(&a, first.id).await.unwrap().status, "queued");
+    assert_eq!(
+        db.get_audit(&a, first.id).await.unwrap().status,
+        AuditStatus::Queued
+    );
     assert!(matches!(
         db.get_audit(&b, first.id).await,
         Err(StoreError::NotFound { .. })
@@ -235,7 +241,10 @@ async fn a_stale_attempt_cannot_fail_the_audit_and_totals_count_rows(pool: PgPoo
         .fail_shard(audit.id, "layer-0000", stale, "stale worker's error")
         .await
         .unwrap());
-    assert_eq!(db.audit_status(audit.id).await.unwrap(), "running");
+    assert_eq!(
+        db.audit_status(audit.id).await.unwrap(),
+        AuditStatus::Running
+    );
     assert!(db
         .fail_shard(audit.id, "layer-0000", current, "real error")
         .await
@@ -271,7 +280,10 @@ async fn stale_attempts_are_fenced_and_retries_never_duplicate(pool: PgPool) {
         ShardKey::Layer(0),
         vec![metrics("model.layers.0.mlp.up_proj.weight", 1.0)],
     );
-    let err = db.record_shard(audit.id, stale, &result).await.unwrap_err();
+    let err = db
+        .record_shard(audit.id, stale, ShardKey::Layer(0), &result)
+        .await
+        .unwrap_err();
     assert!(
         matches!(
             err,
@@ -283,10 +295,16 @@ async fn stale_attempts_are_fenced_and_retries_never_duplicate(pool: PgPool) {
         ),
         "{err}"
     );
-    let fan_in = db.record_shard(audit.id, current, &result).await.unwrap();
+    let fan_in = db
+        .record_shard(audit.id, current, ShardKey::Layer(0), &result)
+        .await
+        .unwrap();
     assert_eq!((fan_in.shards_done, fan_in.complete()), (1, false));
     // A duplicate delivery of the same finished shard is refused, and nothing is counted twice.
-    assert!(db.record_shard(audit.id, current, &result).await.is_err());
+    assert!(db
+        .record_shard(audit.id, current, ShardKey::Layer(0), &result)
+        .await
+        .is_err());
     assert!(db
         .start_attempt(audit.id, ShardKey::Layer(0), "worker-c", None)
         .await
@@ -301,7 +319,7 @@ async fn stale_attempts_are_fenced_and_retries_never_duplicate(pool: PgPool) {
         vec![metrics("model.embed_tokens.weight", 3.0)],
     );
     assert!(db
-        .record_shard(audit.id, last, &other)
+        .record_shard(audit.id, last, ShardKey::NonLayer, &other)
         .await
         .unwrap()
         .complete());
@@ -334,6 +352,7 @@ async fn tensor_metrics_round_trip(pool: PgPool) {
     db.record_shard(
         audit.id,
         attempt,
+        ShardKey::Layer(3),
         &shard(ShardKey::Layer(3), written.clone()),
     )
     .await

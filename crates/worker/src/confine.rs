@@ -163,7 +163,12 @@ impl Enforcer {
 
     /// The canonical roots a local path must stay inside: every allowed root (deployment's and
     /// the team's own) it lies under lexically. None of them may be missing.
-    fn local_roots(&self, team: &str, parsed: &ModelRef, reference: &str) -> Result<Vec<PathBuf>> {
+    pub(crate) fn local_roots(
+        &self,
+        team: &str,
+        parsed: &ModelRef,
+        reference: &str,
+    ) -> Result<Vec<PathBuf>> {
         let roots: Vec<PathBuf> = self
             .policy
             .roots_under(team, parsed)
@@ -175,6 +180,38 @@ impl Enforcer {
             return Err(refused(reference, "not under an allowed root"));
         }
         Ok(roots)
+    }
+
+    /// A single file (a corpus) named by `reference`: it must resolve inside all `roots` and
+    /// outside the reserved locations, and be a regular file; its canonical path.
+    pub(crate) fn vet_file(
+        &self,
+        reference: &str,
+        path: &Path,
+        roots: &[PathBuf],
+    ) -> Result<PathBuf> {
+        let refuse = |why: &str| WorkerError::Io(format!("corpus `{reference}`: {why}"));
+        let file = canonical(path).ok_or_else(|| refuse("no file there"))?;
+        let reserved: Vec<PathBuf> = self
+            .policy
+            .denied
+            .iter()
+            .filter(|d| d.starts_with('/'))
+            .map(PathBuf::from)
+            .chain([self.cache_dir.clone(), self.hub.cache_dir.clone()])
+            .filter_map(|d| canonical(&d))
+            .collect();
+        if !roots.iter().all(|r| file.starts_with(r))
+            || reserved.iter().any(|d| file.starts_with(d))
+        {
+            return Err(refuse(
+                "resolves outside the locations this team may read (a symbolic link?)",
+            ));
+        }
+        if !std::fs::metadata(&file).is_ok_and(|m| m.is_file()) {
+            return Err(refuse("not a regular file"));
+        }
+        Ok(file)
     }
 
     /// Every file the audit may open in `dir` must resolve inside all `roots`, and outside the

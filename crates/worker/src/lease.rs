@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use neurodiff_protocol::AuditStatus;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
@@ -80,7 +81,7 @@ impl Lease {
                     Err(e) => tracing::warn!(error = %e, "cannot renew the lease"),
                 }
                 match ctx.db.audit_status(audit).await {
-                    Ok(s) if s == "cancelled" || s == "failed" => {
+                    Ok(AuditStatus::Cancelled | AuditStatus::Failed) => {
                         stop_r.store(true, Ordering::SeqCst);
                     }
                     _ => {}

@@ -1,13 +1,15 @@
 //! The shard executor: opens what a shard names and runs the core analyses on its tensors.
 //! The embedded `neurodiff audit` and the service's workers run the same code.
 pub mod confine;
+pub mod corpus;
+pub mod exec;
 pub mod lease;
 pub mod materialize;
 mod plan;
 pub mod record;
 pub mod service;
 
-pub use plan::check_limits;
+pub use plan::{check_limits, plan_audit};
 pub use record::Content;
 
 use std::path::PathBuf;
@@ -33,6 +35,12 @@ pub enum WorkerError {
 }
 
 pub type Result<T, E = WorkerError> = std::result::Result<T, E>;
+
+impl From<tch::TchError> for WorkerError {
+    fn from(e: tch::TchError) -> Self {
+        WorkerError::Core(CoreError::Torch(e))
+    }
+}
 
 /// The mapped weight files of `ckpt` and its config file, read through `ckpt`'s guard.
 fn side<'a>(ckpt: &'a Checkpoint, config: &std::path::Path) -> Result<Vec<Content<'a>>> {

@@ -3,14 +3,17 @@
 //! shard plan made, and every file hashed (hub ids pinned to their commit), in one record.
 use std::sync::atomic::Ordering;
 
+use neurodiff_analyses::PlanFacts;
 use neurodiff_core::CoreError;
 use neurodiff_protocol::{
-    plan_shards, Event, Limits, PlanRecord, ShardKey, Spectrum, WeightOptions,
+    AnalysisKind, AuditSpec, AuditStatus, Event, Limits, PlanRecord, ShardKey, ShardSpec, Spectrum,
+    WeightOptions,
 };
 use neurodiff_store::StoreError;
 use uuid::Uuid;
 
 use crate::confine::redact;
+use crate::exec::CorpusText;
 use crate::lease::Lease;
 use crate::record::record_with;
 use crate::service::{
@@ -28,7 +31,7 @@ pub(crate) async fn plan(
         Err(StoreError::NotFound { .. }) => return Err(foreign(audit)),
         Err(e) => return Err(e.into()),
     };
-    if row.status != "queued" {
+    if row.status != AuditStatus::Queued {
         return Ok(Outcome::Ack);
     }
     tracing::info!("planning");
@@ -55,6 +58,21 @@ pub(crate) async fn plan(
             return fail_planning(ctx, audit, &reason).await;
         }
     };
+    let corpus = if spec.needs_corpus() {
+        match enforcer.read_corpus(&team, &spec.corpus).await {
+            Ok(c) => Some(c),
+            Err(WorkerError::Storage(e)) => return Err(Transient(e)),
+            Err(e) => {
+                let reason = format!(
+                    "planning: {}",
+                    redact(&e.to_string(), &[], &enforcer.hidden())
+                );
+                return fail_planning(ctx, audit, &reason).await;
+            }
+        }
+    } else {
+        None
+    };
     let (spec_b, base_b, target_b) = (spec.clone(), base.clone(), target.clone());
     let limits = ctx.settings.enforcer.limits;
     let (hashes, stop) = (ctx.hashes.clone(), lease.stop.clone());
@@ -66,16 +84,16 @@ pub(crate) async fn plan(
         let sources = Sources::open_confined(&base_b, &spec_b.target, &target_b)?;
         let n_layers = sources.n_layers()?;
         let (base_files, target_files) = sources.contents()?;
-        check_limits(
+        let shards = plan_audit(
             &sources,
+            &spec_b,
             [&base_files, &target_files],
-            n_layers,
-            &spec_b.weights,
+            corpus.as_ref(),
             &limits,
         )?;
-        let shards = plan_shards(&spec_b, n_layers).map_err(|e| WorkerError::Io(e.to_string()))?;
         let record = PlanRecord {
             n_layers,
+            corpus: corpus.map(|c| c.record),
             base: record_with(
                 &base_b.reference,
                 &base_b.pinned,
@@ -119,6 +137,51 @@ pub(crate) async fn plan(
     Ok(Outcome::Ack)
 }
 
+/// The shard plan of `spec` on the opened `sources` (and `corpus`, when an analysis runs the
+/// models): the limits checked first, then each analysis's shards. The embedded audit and the
+/// service's planning task both call this.
+pub fn plan_audit(
+    sources: &Sources,
+    spec: &AuditSpec,
+    contents: [&[Content<'_>]; 2],
+    corpus: Option<&CorpusText>,
+    limits: &Limits,
+) -> crate::Result<Vec<ShardSpec>> {
+    let n_layers = sources.n_layers()?;
+    let weights = spec.runs(AnalysisKind::Weights).then_some(&spec.weights);
+    check_limits(sources, contents, n_layers, weights, limits)?;
+    if spec.needs_corpus() {
+        if matches!(sources.target, OpenTarget::Adapter(_)) {
+            return Err(WorkerError::Io(
+                "the activation analyses (activations, logit-lens) need a fine-tuned checkpoint; \
+                 an adapter gets the weight audit (merge it with `neurodiff task-vector apply` \
+                 to run them)"
+                    .into(),
+            ));
+        }
+        let tokenizer = sources
+            .base_dir
+            .join(neurodiff_core::checkpoint::TOKENIZER_FILE);
+        if !tokenizer.is_file() {
+            return Err(WorkerError::Io(
+                "the base model has no tokenizer.json, which the activation analyses need to \
+                 tokenize the corpus"
+                    .into(),
+            ));
+        }
+        if corpus.is_none() {
+            return Err(WorkerError::Io(
+                "no corpus was read for the activation analyses".into(),
+            ));
+        }
+    }
+    let facts = PlanFacts {
+        n_layers,
+        n_samples: corpus.map(|c| c.samples.len()),
+    };
+    neurodiff_analyses::plan(spec, &facts).map_err(|e| WorkerError::Io(e.to_string()))
+}
+
 /// Refuses models larger than the limits allow, naming the limit and its flag (`contents`: the
 /// files of the base and of the target, as `Sources::contents` read them). Runs before
 /// the shard plan is made, so a config claiming a billion blocks allocates nothing.
@@ -126,7 +189,7 @@ pub fn check_limits(
     sources: &Sources,
     contents: [&[Content<'_>]; 2],
     n_layers: usize,
-    weights: &WeightOptions,
+    weights: Option<&WeightOptions>,
     limits: &Limits,
 ) -> crate::Result<()> {
     let over = |what: String| Err(WorkerError::Io(what));
@@ -158,7 +221,7 @@ pub fn check_limits(
             ));
         }
     }
-    if weights.spectrum == Spectrum::Full {
+    if weights.is_some_and(|w| w.spectrum == Spectrum::Full) {
         if let OpenTarget::Checkpoint(ft) = &sources.target {
             let big = sources.base.names().find(|n| {
                 sources.base.meta(n).is_some_and(|m| {

@@ -348,6 +348,23 @@ async fn shard(
             return fail_shard(ctx, audit, &key, attempt, &reason).await;
         }
     };
+    let corpus = if spec.shard.analysis().needs_corpus() {
+        let read = ctx.settings.enforcer.read_corpus(&team, &spec.corpus).await;
+        let checked = read.and_then(|c| match planned.as_ref().and_then(|p| p.corpus.as_ref()) {
+            Some(p) => crate::corpus::verify(p, &c.record).map(|()| c),
+            None => Ok(c),
+        });
+        match checked {
+            Ok(c) => Some(c),
+            Err(WorkerError::Storage(e)) => return Err(Transient(e)),
+            Err(e) => {
+                let reason = format!("shard {key}: {}", failed(e, &[&pair.0, &pair.1]));
+                return fail_shard(ctx, audit, &key, attempt, &reason).await;
+            }
+        }
+    } else {
+        None
+    };
     let (base, target) = (pair.0.clone(), pair.1.clone());
     let (spec_b, stop_b, device) = (spec.clone(), lease.stop.clone(), ctx.settings.device);
     let slow_tensor = ctx.settings.slow_tensor;
@@ -360,7 +377,7 @@ async fn shard(
             verify(&p.finetuned, &target_files, &hashes, &stop_b)?;
         }
         let slow = slow_tensor;
-        sources.execute(&spec_b, device, &mut |_| {
+        crate::exec::run_shard(&sources, &spec_b, corpus.as_ref(), device, &mut |_| {
             if !slow.is_zero() {
                 std::thread::sleep(slow);
             }
@@ -395,12 +412,16 @@ async fn shard(
     ctx.blobs
         .put(&shard_result_key(audit, &key, attempt), Bytes::from(json))
         .await?;
-    match ctx.db.record_shard(audit, attempt, &result).await {
+    match ctx
+        .db
+        .record_shard(audit, attempt, spec.shard, &result)
+        .await
+    {
         Ok(fan_in) => {
             tracing::info!(
                 done = fan_in.shards_done,
                 total = fan_in.shards_total,
-                elapsed_s = result.elapsed_s,
+                elapsed_s = result.elapsed_s(),
                 "shard recorded"
             );
             if fan_in.complete() {

@@ -12,8 +12,9 @@ mod common;
 use std::path::Path;
 
 use neurodiff_core::reference::HubOptions;
-use neurodiff_protocol::{plan_shards, AnalysisKind, AuditSpec, Limits, Target, WeightOptions};
-use neurodiff_worker::{check_limits, Sources};
+use neurodiff_protocol::{AnalysisKind, AuditSpec, Limits, Target};
+use neurodiff_worker::exec::run_shard;
+use neurodiff_worker::{plan_audit, Sources};
 
 #[global_allocator]
 static ALLOC: common::Counting = common::Counting;
@@ -45,27 +46,20 @@ fn plan_and_run(base: &Path, target: Target) {
     ) else {
         return;
     };
-    let Ok(n) = sources.n_layers() else { return };
-    let weights = WeightOptions::default();
     let Ok((base_files, target_files)) = sources.contents() else {
         return;
     };
     let contents = [base_files.as_slice(), target_files.as_slice()];
-    if check_limits(&sources, contents, n, &weights, &Limits::default()).is_err() {
-        return;
-    }
-    let spec = AuditSpec {
-        base: base.display().to_string(),
+    let spec = AuditSpec::new(
+        base.display().to_string(),
         target,
-        analyses: vec![AnalysisKind::Weights],
-        layers: None,
-        weights,
-    };
-    let Ok(shards) = plan_shards(&spec, n) else {
+        vec![AnalysisKind::Weights],
+    );
+    let Ok(shards) = plan_audit(&sources, &spec, contents, None, &Limits::default()) else {
         return;
     };
     if let Some(first) = shards.first() {
-        let _ = sources.execute(first, tch::Device::Cpu, &mut |_| true);
+        let _ = run_shard(&sources, first, None, tch::Device::Cpu, &mut |_| true);
     }
 }
 

@@ -4,78 +4,17 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use chrono::{DateTime, Utc};
+pub use neurodiff_protocol::{AuditRequest, AuditView, Progress};
 use neurodiff_protocol::{
-    normalize_layers, AnalysisKind, AuditSpec, Event, Limits, ReferencePolicy, Target,
-    WeightOptions, EVENTS_MAX_LEN,
+    AuditSpec, AuditStatus, Event, Limits, ReferencePolicy, Target, EVENTS_MAX_LEN,
 };
-use neurodiff_store::{Admission, AuditFilter, AuditRow};
+use neurodiff_store::{Admission, AuditFilter};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::auth::AuthTeam;
 use crate::error::ApiError;
 use crate::state::AppState;
-
-/// The body of `POST /v1/audits`.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct AuditRequest {
-    pub base: String,
-    /// The fine-tuned checkpoint; give this or `adapter`.
-    #[serde(default)]
-    pub finetuned: Option<String>,
-    /// A PEFT LoRA adapter on `base`; give this or `finetuned`.
-    #[serde(default)]
-    pub adapter: Option<String>,
-    /// Analyses to run; default `["weights"]`.
-    #[serde(default)]
-    #[schema(value_type = Option<Vec<String>>)]
-    pub analyses: Option<Vec<AnalysisKind>>,
-    #[serde(default)]
-    pub layers: Option<Vec<usize>>,
-    /// `{"spectrum": "full" | "none", "top_k": 16}`
-    #[serde(default)]
-    #[schema(value_type = Option<Object>)]
-    pub weights: Option<WeightOptions>,
-}
-
-#[derive(Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
-pub struct Progress {
-    pub shards_done: i32,
-    pub shards_total: i32,
-}
-
-/// An audit as the API shows it.
-#[derive(Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
-pub struct AuditView {
-    pub id: Uuid,
-    pub status: String,
-    pub progress: Progress,
-    pub error: Option<String>,
-    #[schema(value_type = Object)]
-    pub spec: AuditSpec,
-    pub idempotency_key: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub finished_at: Option<DateTime<Utc>>,
-}
-
-impl From<AuditRow> for AuditView {
-    fn from(a: AuditRow) -> Self {
-        AuditView {
-            id: a.id,
-            status: a.status,
-            progress: Progress {
-                shards_done: a.shards_done,
-                shards_total: a.shards_total,
-            },
-            error: a.error,
-            spec: a.spec,
-            idempotency_key: a.idempotency_key,
-            created_at: a.created_at,
-            finished_at: a.finished_at,
-        }
-    }
-}
 
 const MAX_KEY: usize = 200;
 
@@ -88,50 +27,32 @@ pub fn validate(
     policy: &ReferencePolicy,
     limits: &Limits,
 ) -> Result<AuditSpec, ApiError> {
-    let bad = |m: &str| Err(ApiError::BadRequest(m.to_string()));
-    if req.base.trim().is_empty() {
-        return bad("field `base`: must name a model");
-    }
-    let target = match (req.finetuned, req.adapter) {
-        (Some(f), None) if !f.trim().is_empty() => Target::Checkpoint { reference: f },
-        (None, Some(a)) if !a.trim().is_empty() => Target::Adapter { reference: a },
-        (Some(_), Some(_)) => return bad("fields `finetuned` and `adapter`: give one, not both"),
-        _ => return bad("field `finetuned` (or `adapter`): must name a model"),
-    };
-    let target_field = match target {
+    let spec = req
+        .into_spec()
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let target_field = match spec.target {
         Target::Checkpoint { .. } => "finetuned",
         Target::Adapter { .. } => "adapter",
     };
+    let corpus = spec
+        .corpus
+        .source
+        .as_deref()
+        .filter(|_| spec.needs_corpus());
     for (field, reference) in [
-        ("base", req.base.as_str()),
-        (target_field, target.reference()),
+        ("base", Some(spec.base.as_str())),
+        (target_field, Some(spec.target.reference())),
+        ("corpus.source", corpus),
     ] {
-        policy
-            .check(team, field, reference)
-            .map_err(|e| ApiError::BadRequest(e.0))?;
+        if let Some(reference) = reference {
+            policy
+                .check(team, field, reference)
+                .map_err(|e| ApiError::BadRequest(e.0))?;
+        }
     }
-    let analyses = req.analyses.unwrap_or_else(|| vec![AnalysisKind::Weights]);
-    if analyses.is_empty() {
-        return bad("field `analyses`: must not be empty");
-    }
-    let weights = req.weights.unwrap_or_default();
-    if weights.top_k == 0 || weights.top_k > 4096 {
-        return bad("field `weights.top_k`: must be between 1 and 4096");
-    }
-    let layers = match req.layers {
-        None => None,
-        Some(l) => Some(
-            normalize_layers(&l, limits.max_blocks)
-                .map_err(|e| ApiError::BadRequest(e.to_string()))?,
-        ),
-    };
-    Ok(AuditSpec {
-        base: req.base,
-        target,
-        analyses,
-        layers,
-        weights,
-    })
+    spec.check_limits(limits)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    Ok(spec)
 }
 
 pub(crate) fn parse_id(id: &str) -> Result<Uuid, ApiError> {
@@ -253,8 +174,6 @@ pub struct AuditPage {
     pub next_cursor: Option<String>,
 }
 
-const STATUSES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
-
 fn encode_cursor(a: &AuditView) -> String {
     format!("{}_{}", a.created_at.timestamp_micros(), a.id)
 }
@@ -276,14 +195,12 @@ pub async fn list(
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<AuditPage>, ApiError> {
     let Query(q) = query.map_err(|r| ApiError::BadRequest(r.body_text()))?;
-    if let Some(s) = &q.status {
-        if !STATUSES.contains(&s.as_str()) {
-            return Err(ApiError::BadRequest(format!(
-                "query `status`: `{s}` is not one of {}",
-                STATUSES.join(", ")
-            )));
-        }
-    }
+    let status = q
+        .status
+        .as_deref()
+        .map(str::parse::<AuditStatus>)
+        .transpose()
+        .map_err(|e| ApiError::BadRequest(format!("query {e}")))?;
     let limit = q.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
         return Err(ApiError::BadRequest(
@@ -291,7 +208,7 @@ pub async fn list(
         ));
     }
     let filter = AuditFilter {
-        status: q.status,
+        status,
         model: q.model,
         since: q.since,
         until: q.until,

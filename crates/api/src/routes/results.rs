@@ -40,7 +40,7 @@ async fn finished_artifacts(
     id: Uuid,
 ) -> Result<Vec<ArtifactRow>, ApiError> {
     let audit = state.db.get_audit(team, id).await?;
-    if audit.status != "succeeded" {
+    if audit.status != neurodiff_protocol::AuditStatus::Succeeded {
         return Err(ApiError::Conflict(format!(
             "audit {id} is {}; results exist once it has succeeded{}",
             audit.status,

@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::commands::audit::ScopeArgs;
+use crate::commands::scope::ScopeArgs;
 
 #[derive(Debug, clap::Args)]
 pub struct Server {
@@ -151,11 +151,11 @@ fn print_json(v: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A relative path to a directory that exists here is sent absolute (the service refuses
+/// A relative path to a directory or file that exists here is sent absolute (the service refuses
 /// relative paths: what they name depends on the process); anything else is sent as given.
 fn absolute_if_local(reference: &str) -> String {
     let path = std::path::Path::new(reference);
-    if path.is_relative() && path.is_dir() {
+    if path.is_relative() && path.exists() {
         if let Ok(abs) = std::path::absolute(path) {
             return abs.display().to_string();
         }
@@ -165,17 +165,18 @@ fn absolute_if_local(reference: &str) -> String {
 
 pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     let client = Client::new(&args.server);
-    let mut body = json!({"base": absolute_if_local(&args.base), "weights": args.scope.weights()});
-    match (&args.finetuned, &args.adapter) {
-        (Some(ft), None) => body["finetuned"] = json!(absolute_if_local(ft)),
-        (None, Some(a)) => body["adapter"] = json!(absolute_if_local(a)),
-        _ => bail!("give a fine-tuned checkpoint (FT) or an adapter (--adapter PATH)"),
+    if args.finetuned.is_none() && args.adapter.is_none() {
+        bail!("give a fine-tuned checkpoint (FT) or an adapter (--adapter PATH)");
     }
-    if let Some(layers) =
-        neurodiff_protocol::parse_layers(&args.scope.layers).context("--layers")?
-    {
-        body["layers"] = json!(layers);
-    }
+    let request = args.scope.request(
+        &args.base,
+        args.finetuned.as_deref(),
+        args.adapter.as_deref(),
+        absolute_if_local,
+    )?;
+    // Checked here as the API will check it, so a bad flag fails before the network.
+    request.clone().into_spec()?;
+    let body = serde_json::to_value(&request)?;
     let audit = client.json(
         "POST",
         "/v1/audits",

@@ -240,6 +240,14 @@ impl Gpt2 {
         (self.blocks.len(), s[1], s[0])
     }
 
+    /// The logits of a residual state: the final norm, then the unembedding.
+    pub fn read_out(&self, h: &Tensor) -> Result<Tensor> {
+        Ok(self
+            .ln_f
+            .forward(h)?
+            .f_linear(&self.lm_head, None::<&Tensor>)?)
+    }
+
     pub fn forward(&self, ids: &Tensor, hooks: &mut Hooks) -> Result<ForwardOutput> {
         let seq = ids.size()[1];
         if seq > self.n_positions {

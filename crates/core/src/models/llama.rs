@@ -487,6 +487,14 @@ impl Llama {
         (self.layers.len(), s[1], s[0])
     }
 
+    /// The logits of a residual state: the final norm, then the unembedding.
+    pub fn read_out(&self, h: &Tensor) -> Result<Tensor> {
+        Ok(self
+            .norm
+            .forward(h)?
+            .f_linear(&self.lm_head, None::<&Tensor>)?)
+    }
+
     pub fn forward(&self, ids: &Tensor, hooks: &mut Hooks) -> Result<ForwardOutput> {
         let seq = ids.size()[1];
         let device = ids.device();

@@ -118,6 +118,16 @@ impl Model {
         self.device
     }
 
+    /// The logit lens: a residual state `[..., d_model]` read through this model's own final
+    /// norm and unembedding.
+    pub fn read_out(&self, h: &Tensor) -> Result<Tensor> {
+        let _guard = tch::no_grad_guard();
+        match &self.arch {
+            Arch::Gpt2(m) => m.read_out(h),
+            Arch::Llama(m) => m.read_out(h),
+        }
+    }
+
     /// Runs `input_ids` (`[seq]` or `[batch, seq]`, int64) through the model, applying `hooks`.
     pub fn forward(&self, input_ids: &Tensor, hooks: &mut Hooks) -> Result<ForwardOutput> {
         let _guard = tch::no_grad_guard();

@@ -1,0 +1,402 @@
+//! Tier II, activation differences: both models run on the same corpus batches; per block and
+//! hook the distribution of ||h_ft - h_base||, relative to the base, the cosine and the profile
+//! by position; the tokens that differ most; the mean difference vectors (an artifact, for
+//! steering). Shards are slices of the corpus; their sums merge exactly.
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use neurodiff_protocol::{
+    sample_shards, ActivationLayer, ActivationsReport, ActivationsShard, Analyses, AnalysisKind,
+    AuditResults, AuditSpec, DiffSums, Example, Histogram, MeanDiff, PositionSums, ShardKey,
+    ShardOutput,
+};
+
+use crate::charts::{lines, Series};
+use crate::{check_cover, escape, Analysis, AnalysisError, Figure, PlanFacts};
+
+/// The hooks of a block, in forward order (TransformerLens names).
+pub const HOOKS: [&str; 5] = [
+    "hook_resid_pre",
+    "hook_attn_out",
+    "hook_resid_mid",
+    "hook_mlp_out",
+    "hook_resid_post",
+];
+
+/// The artifact holding the mean difference vectors.
+pub const MEAN_DIFF_FILE: &str = "mean_diff.safetensors";
+
+#[derive(Debug)]
+pub struct Activations;
+
+fn hook_rank(hook: &str) -> usize {
+    HOOKS.iter().position(|h| *h == hook).unwrap_or(HOOKS.len())
+}
+
+fn merge_err(message: String) -> AnalysisError {
+    AnalysisError::Merge {
+        analysis: AnalysisKind::Activations,
+        message,
+    }
+}
+
+impl Analysis for Activations {
+    fn kind(&self) -> AnalysisKind {
+        AnalysisKind::Activations
+    }
+
+    fn plan(&self, spec: &AuditSpec, facts: &PlanFacts) -> Result<Vec<ShardKey>, AnalysisError> {
+        let n = facts
+            .n_samples
+            .ok_or_else(|| merge_err("planned without a corpus".into()))?;
+        Ok(sample_shards(self.kind(), n, spec.corpus.shard_samples))
+    }
+
+    fn merge(
+        &self,
+        spec: &AuditSpec,
+        outputs: Vec<ShardOutput>,
+        into: &mut Analyses,
+    ) -> Result<(), AnalysisError> {
+        let mut shards = outputs
+            .into_iter()
+            .map(|o| match o {
+                ShardOutput::Activations(s) => Ok(s),
+                other => Err(merge_err(format!(
+                    "a shard of {} among its shards",
+                    crate::kind_of(&other)
+                ))),
+            })
+            .collect::<Result<Vec<ActivationsShard>, _>>()?;
+        let mut ranges: Vec<(usize, usize)> = shards.iter().map(|s| (s.start, s.end)).collect();
+        let n_samples = check_cover(self.kind(), &mut ranges)?;
+        // Summed in sample order, so the embedded audit and the service add the same numbers
+        // in the same order.
+        shards.sort_by_key(|s| s.start);
+        let mut sums: BTreeMap<(usize, usize), DiffSums> = BTreeMap::new();
+        let mut examples: Vec<Example> = Vec::new();
+        let mut n_tokens = 0;
+        let mut mean: Option<neurodiff_protocol::MeanDiffSums> = None;
+        for s in shards {
+            n_tokens += s.n_tokens;
+            for d in s.stats {
+                match sums.entry((d.layer, hook_rank(&d.hook))) {
+                    std::collections::btree_map::Entry::Vacant(v) => {
+                        v.insert(d);
+                    }
+                    std::collections::btree_map::Entry::Occupied(mut o) => add(o.get_mut(), &d),
+                }
+            }
+            examples.extend(s.examples);
+            match &mut mean {
+                None => mean = Some(s.mean_diff),
+                Some(m) => {
+                    let same = m.d_model == s.mean_diff.d_model
+                        && m.n_layers == s.mean_diff.n_layers
+                        && m.positions == s.mean_diff.positions
+                        && m.by_position.len() == s.mean_diff.by_position.len()
+                        && m.all.len() == s.mean_diff.all.len();
+                    if !same {
+                        return Err(merge_err("shards disagree on the model's size".into()));
+                    }
+                    for (a, b) in m.by_position.iter_mut().zip(&s.mean_diff.by_position) {
+                        *a += b;
+                    }
+                    for (a, b) in m
+                        .position_counts
+                        .iter_mut()
+                        .zip(&s.mean_diff.position_counts)
+                    {
+                        *a += b;
+                    }
+                    for (a, b) in m.all.iter_mut().zip(&s.mean_diff.all) {
+                        *a += b;
+                    }
+                    m.all_count += s.mean_diff.all_count;
+                }
+            }
+        }
+        let layers = sums.into_values().map(layer_of).collect();
+        into.activations = Some(ActivationsReport {
+            n_samples,
+            n_tokens,
+            layers,
+            top_examples: top_examples(examples, spec.activations.top_examples),
+            mean_diff_artifact: MEAN_DIFF_FILE.into(),
+            mean_diff: mean.map(mean_of),
+        });
+        Ok(())
+    }
+
+    fn figures(&self, results: &AuditResults) -> Result<Vec<Figure>, AnalysisError> {
+        let Some(a) = &results.analyses.activations else {
+            return Ok(Vec::new());
+        };
+        let by_hook: Vec<Series> = HOOKS
+            .iter()
+            .map(|hook| Series {
+                label: hook.to_string(),
+                points: a
+                    .layers
+                    .iter()
+                    .filter(|l| l.hook == *hook)
+                    .map(|l| (l.layer as f64, l.mean_rel_diff))
+                    .collect(),
+            })
+            .collect();
+        let n_layers = a.layers.iter().map(|l| l.layer + 1).max().unwrap_or(0);
+        // At most eight blocks in the profile, spread over the depth.
+        let step = n_layers.div_ceil(8).max(1);
+        let profile: Vec<Series> = a
+            .layers
+            .iter()
+            .filter(|l| {
+                l.hook == "hook_resid_post" && (l.layer % step == 0 || l.layer + 1 == n_layers)
+            })
+            .map(|l| Series {
+                label: format!("block {}", l.layer),
+                points: l
+                    .position_rel_diff
+                    .iter()
+                    .enumerate()
+                    .map(|(p, v)| (p as f64, *v))
+                    .collect(),
+            })
+            .collect();
+        Ok(vec![
+            Figure {
+                name: "activation_trajectory.svg".into(),
+                svg: lines(
+                    "activation_trajectory.svg",
+                    "Activation difference by block: mean ||h_ft - h_base|| / ||h_base||",
+                    ("block", "mean relative difference"),
+                    &by_hook,
+                    false,
+                )?,
+            },
+            Figure {
+                name: "activation_positions.svg".into(),
+                svg: lines(
+                    "activation_positions.svg",
+                    "Relative difference by position (hook_resid_post)",
+                    ("position", "mean relative difference"),
+                    &profile,
+                    false,
+                )?,
+            },
+        ])
+    }
+
+    fn html(&self, results: &AuditResults) -> String {
+        results
+            .analyses
+            .activations
+            .as_ref()
+            .map_or_else(String::new, html)
+    }
+
+    fn files(&self, results: &AuditResults) -> Result<Vec<(String, Vec<u8>)>, AnalysisError> {
+        let Some(m) = results
+            .analyses
+            .activations
+            .as_ref()
+            .and_then(|a| a.mean_diff.as_ref())
+        else {
+            return Ok(Vec::new());
+        };
+        Ok(vec![(
+            MEAN_DIFF_FILE.to_string(),
+            mean_diff_safetensors(m)?,
+        )])
+    }
+}
+
+fn add(a: &mut DiffSums, b: &DiffSums) {
+    a.n += b.n;
+    a.diff_norm += b.diff_norm;
+    a.rel_diff += b.rel_diff;
+    a.cosine += b.cosine;
+    a.base_norm += b.base_norm;
+    a.ft_norm += b.ft_norm;
+    a.diff_hist.merge(&b.diff_hist);
+    a.rel_hist.merge(&b.rel_hist);
+    add_positions(&mut a.positions, &b.positions);
+}
+
+fn add_positions(a: &mut PositionSums, b: &PositionSums) {
+    let n = a.n.len().max(b.n.len());
+    a.n.resize(n, 0);
+    a.diff_norm.resize(n, 0.0);
+    a.rel_diff.resize(n, 0.0);
+    for i in 0..b.n.len() {
+        a.n[i] += b.n[i];
+        a.diff_norm[i] += b.diff_norm[i];
+        a.rel_diff[i] += b.rel_diff[i];
+    }
+}
+
+fn mean(sum: f64, n: u64) -> f64 {
+    if n == 0 {
+        0.0
+    } else {
+        sum / n as f64
+    }
+}
+
+fn layer_of(d: DiffSums) -> ActivationLayer {
+    let by_pos = |sums: &[f64]| -> Vec<f64> {
+        sums.iter()
+            .zip(&d.positions.n)
+            .map(|(s, n)| mean(*s, *n))
+            .collect()
+    };
+    ActivationLayer {
+        layer: d.layer,
+        hook: d.hook.clone(),
+        n_tokens: d.n,
+        mean_diff_norm: mean(d.diff_norm, d.n),
+        p50_diff_norm: d.diff_hist.quantile(0.5),
+        p95_diff_norm: d.diff_hist.quantile(0.95),
+        mean_rel_diff: mean(d.rel_diff, d.n),
+        p50_rel_diff: d.rel_hist.quantile(0.5),
+        p95_rel_diff: d.rel_hist.quantile(0.95),
+        mean_cosine: mean(d.cosine, d.n),
+        mean_base_norm: mean(d.base_norm, d.n),
+        mean_ft_norm: mean(d.ft_norm, d.n),
+        position_diff_norm: by_pos(&d.positions.diff_norm),
+        position_rel_diff: by_pos(&d.positions.rel_diff),
+    }
+}
+
+/// Per block, the `k` tokens with the largest difference (ties: earlier sample, position).
+fn top_examples(mut examples: Vec<Example>, k: usize) -> Vec<Example> {
+    examples.sort_by(|a, b| {
+        a.layer
+            .cmp(&b.layer)
+            .then(b.diff_norm.total_cmp(&a.diff_norm))
+            .then(a.sample.cmp(&b.sample))
+            .then(a.position.cmp(&b.position))
+    });
+    let mut kept: BTreeMap<usize, usize> = BTreeMap::new();
+    examples.retain(|e| {
+        let n = kept.entry(e.layer).or_insert(0);
+        *n += 1;
+        *n <= k
+    });
+    examples
+}
+
+fn mean_of(m: neurodiff_protocol::MeanDiffSums) -> MeanDiff {
+    let d = m.d_model.max(1);
+    let by_position = m
+        .by_position
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let position = (i / d) % m.positions.max(1);
+            mean(*s, m.position_counts.get(position).copied().unwrap_or(0)) as f32
+        })
+        .collect();
+    let all = m.all.iter().map(|s| mean(*s, m.all_count) as f32).collect();
+    MeanDiff {
+        d_model: m.d_model,
+        n_layers: m.n_layers,
+        positions: m.positions,
+        by_position,
+        all,
+    }
+}
+
+fn mean_diff_safetensors(m: &MeanDiff) -> Result<Vec<u8>, AnalysisError> {
+    let bytes = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+    let (by_position, all) = (bytes(&m.by_position), bytes(&m.all));
+    fn view(
+        shape: Vec<usize>,
+        data: &[u8],
+    ) -> Result<safetensors::tensor::TensorView<'_>, AnalysisError> {
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, data)
+            .map_err(|e| merge_err(format!("{MEAN_DIFF_FILE}: {e}")))
+    }
+    let tensors = vec![
+        (
+            "mean_diff.by_position".to_string(),
+            view(vec![m.n_layers, m.positions, m.d_model], &by_position)?,
+        ),
+        (
+            "mean_diff.all".to_string(),
+            view(vec![m.n_layers, m.d_model], &all)?,
+        ),
+    ];
+    let meta = std::collections::HashMap::from([(
+        "about".to_string(),
+        "mean over non-pad tokens of h_ft - h_base at hook_resid_post (transformers' \
+         hidden_states[layer + 1]), by block and position, and over all positions"
+            .to_string(),
+    )]);
+    safetensors::tensor::serialize(tensors, Some(meta))
+        .map_err(|e| merge_err(format!("{MEAN_DIFF_FILE}: {e}")))
+}
+
+fn html(a: &ActivationsReport) -> String {
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "<h2>Activation differences</h2><p>{} samples, {} tokens; per block and hook, over \
+         every non-pad token. Mean difference vectors: <code>{}</code>.</p>\
+         <table><tr><th>block</th><th>hook</th><th>mean ||Δh||</th><th>p50</th><th>p95</th>\
+         <th>mean ||Δh||/||h||</th><th>p50</th><th>p95</th><th>mean cosine</th></tr>",
+        a.n_samples, a.n_tokens, a.mean_diff_artifact
+    );
+    for l in &a.layers {
+        let _ = write!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td>{:.4e}</td><td>{:.3e}</td><td>{:.3e}</td><td>{:.4e}</td>\
+             <td>{:.3e}</td><td>{:.3e}</td><td>{:.6}</td></tr>",
+            l.layer,
+            l.hook,
+            l.mean_diff_norm,
+            l.p50_diff_norm,
+            l.p95_diff_norm,
+            l.mean_rel_diff,
+            l.p50_rel_diff,
+            l.p95_rel_diff,
+            l.mean_cosine
+        );
+    }
+    out.push_str("</table><h3>Tokens that differ most (hook_resid_post)</h3><table><tr><th>block</th><th>sample</th><th>position</th><th>||Δh||</th><th>relative</th><th>context</th></tr>");
+    for e in &a.top_examples {
+        let _ = write!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.4e}</td><td>{:.4e}</td><td style=\"text-align:left\"><code>{}</code></td></tr>",
+            e.layer,
+            e.sample,
+            e.position,
+            e.diff_norm,
+            e.rel_diff,
+            escape(&e.context)
+        );
+    }
+    out.push_str("</table>");
+    out
+}
+
+/// Per-token statistics for one block and hook, as a shard accumulates them.
+pub fn diff_sums(layer: usize, hook: &str, positions: usize) -> DiffSums {
+    DiffSums {
+        layer,
+        hook: hook.to_string(),
+        n: 0,
+        diff_norm: 0.0,
+        rel_diff: 0.0,
+        cosine: 0.0,
+        base_norm: 0.0,
+        ft_norm: 0.0,
+        diff_hist: Histogram::default(),
+        rel_hist: Histogram::default(),
+        positions: PositionSums {
+            n: vec![0; positions],
+            diff_norm: vec![0.0; positions],
+            rel_diff: vec![0.0; positions],
+        },
+    }
+}

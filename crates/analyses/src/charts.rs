@@ -1,0 +1,134 @@
+//! Plot helpers shared by the analyses: errors that name the plot, and a line chart.
+use plotters::coord::types::RangedCoordf64;
+use plotters::prelude::*;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{plot}: cannot draw the plot: {message}")]
+pub struct ChartError {
+    pub plot: String,
+    pub message: String,
+}
+
+pub(crate) fn plot_err(plot: &str) -> impl Fn(String) -> ChartError + '_ {
+    move |message| ChartError {
+        plot: plot.to_string(),
+        message,
+    }
+}
+
+/// One line of a line chart.
+#[derive(Debug, Clone)]
+pub struct Series {
+    pub label: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// A line chart of `series` as SVG; `log_y` plots y on a log scale (values at or below zero
+/// are drawn at the lowest positive value shown).
+pub fn lines(
+    name: &str,
+    title: &str,
+    (x_desc, y_desc): (&str, &str),
+    series: &[Series],
+    log_y: bool,
+) -> Result<String, ChartError> {
+    let err = plot_err(name);
+    let xs = series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
+    let (x_lo, x_hi) = xs.fold((f64::MAX, f64::MIN), |(lo, hi), x| (lo.min(x), hi.max(x)));
+    let (x_lo, x_hi) = if x_lo > x_hi {
+        (0.0, 1.0)
+    } else if x_lo == x_hi {
+        (x_lo - 0.5, x_hi + 0.5)
+    } else {
+        (x_lo, x_hi)
+    };
+    let ys: Vec<f64> = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.1))
+        .filter(|y| y.is_finite())
+        .collect();
+    let y_hi = ys.iter().copied().fold(f64::MIN, f64::max);
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (960, 400)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+        let mut builder = ChartBuilder::on(&root);
+        builder
+            .caption(title, ("sans-serif", 18))
+            .margin(10)
+            .x_label_area_size(36)
+            .y_label_area_size(80);
+        if log_y {
+            let positive = ys.iter().copied().filter(|y| *y > 0.0);
+            let lo = positive.fold(f64::MAX, f64::min);
+            let (lo, hi) = if lo > y_hi || lo == f64::MAX {
+                (1e-6, 1.0)
+            } else {
+                ((lo / 2.0).max(y_hi * 1e-9), y_hi * 2.0)
+            };
+            let mut chart = builder
+                .build_cartesian_2d(x_lo..x_hi, (lo..hi).log_scale())
+                .map_err(|e| err(e.to_string()))?;
+            chart
+                .configure_mesh()
+                .x_desc(x_desc)
+                .y_desc(y_desc)
+                .y_label_formatter(&|v| format!("{v:.0e}"))
+                .draw()
+                .map_err(|e| err(e.to_string()))?;
+            draw(&mut chart, series, lo, &err)?;
+        } else {
+            let hi = if y_hi > 0.0 { y_hi * 1.1 } else { 1.0 };
+            let lo = ys.iter().copied().fold(0.0, f64::min);
+            let mut chart = builder
+                .build_cartesian_2d(x_lo..x_hi, lo..hi)
+                .map_err(|e| err(e.to_string()))?;
+            chart
+                .configure_mesh()
+                .x_desc(x_desc)
+                .y_desc(y_desc)
+                .draw()
+                .map_err(|e| err(e.to_string()))?;
+            draw(&mut chart, series, f64::MIN, &err)?;
+        }
+        root.present().map_err(|e| err(e.to_string()))?;
+    }
+    Ok(svg)
+}
+
+fn draw<'a, 'b: 'a, Y: Ranged<ValueType = f64>>(
+    chart: &mut ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, Y>>,
+    series: &[Series],
+    floor: f64,
+    err: &impl Fn(String) -> ChartError,
+) -> Result<(), ChartError> {
+    for (n, s) in series.iter().enumerate() {
+        let color = Palette99::pick(n).to_rgba();
+        let points: Vec<(f64, f64)> = s
+            .points
+            .iter()
+            .map(|&(x, y)| (x, if y.is_finite() { y.max(floor) } else { floor }))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+            .map_err(|e| err(e.to_string()))?
+            .label(s.label.clone())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+            });
+        chart
+            .draw_series(
+                points
+                    .into_iter()
+                    .map(|p| Circle::new(p, 3, color.filled())),
+            )
+            .map_err(|e| err(e.to_string()))?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .map_err(|e| err(e.to_string()))
+}

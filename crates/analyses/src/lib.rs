@@ -1,0 +1,171 @@
+//! The analyses NeuroDiff runs, each one module behind [`Analysis`]: how it splits into shards,
+//! how its shard outputs merge into its section of results.json, and what its report shows.
+//! Planning ([`plan`]) and assembly ([`assemble`]) are written once here and called by the
+//! embedded audit and by the service alike. No libtorch: the API and scheduler link this crate;
+//! running a shard is the worker's (`neurodiff_worker::exec`, one module per analysis too).
+pub mod activations;
+pub mod charts;
+pub mod logit_lens;
+pub mod weights;
+
+use neurodiff_protocol::{
+    Analyses, AnalysisKind, AuditResults, AuditSpec, PlanRecord, ShardKey, ShardOutput, ShardSpec,
+    SpecError, RESULTS_SCHEMA_VERSION,
+};
+
+pub use charts::ChartError;
+
+/// What planning learnt from the models and the corpus, that shard plans depend on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlanFacts {
+    pub n_layers: usize,
+    /// Samples of the corpus the audit uses (`max_samples` applied); absent without a corpus.
+    pub n_samples: Option<usize>,
+}
+
+/// A plot of a report: its file name under `plots/`, and the SVG.
+#[derive(Debug, Clone)]
+pub struct Figure {
+    pub name: String,
+    pub svg: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AnalysisError {
+    /// The shard outputs cannot be merged (one missing, of another analysis, inconsistent).
+    #[error("{analysis}: {message}")]
+    Merge {
+        analysis: AnalysisKind,
+        message: String,
+    },
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    Chart(#[from] ChartError),
+}
+
+/// One analysis.
+pub trait Analysis: Sync {
+    fn kind(&self) -> AnalysisKind;
+
+    /// The shards it splits into.
+    fn plan(&self, spec: &AuditSpec, facts: &PlanFacts) -> Result<Vec<ShardKey>, AnalysisError>;
+
+    /// Merges its shards' outputs (in any order) into its section of `into`.
+    fn merge(
+        &self,
+        spec: &AuditSpec,
+        outputs: Vec<ShardOutput>,
+        into: &mut Analyses,
+    ) -> Result<(), AnalysisError>;
+
+    /// Its plots, when its section is present.
+    fn figures(&self, results: &AuditResults) -> Result<Vec<Figure>, AnalysisError>;
+
+    /// Its section of report.html (empty when its section is absent).
+    fn html(&self, results: &AuditResults) -> String;
+
+    /// Artifacts besides results.json and the plots (name, bytes).
+    fn files(&self, _results: &AuditResults) -> Result<Vec<(String, Vec<u8>)>, AnalysisError> {
+        Ok(Vec::new())
+    }
+}
+
+/// Every analysis, in the order reports show them.
+pub static REGISTRY: [&dyn Analysis; 3] = [
+    &weights::Weights,
+    &activations::Activations,
+    &logit_lens::LogitLens,
+];
+
+/// The analysis of `kind`.
+pub fn analysis(kind: AnalysisKind) -> &'static dyn Analysis {
+    match kind {
+        AnalysisKind::Weights => &weights::Weights,
+        AnalysisKind::Activations => &activations::Activations,
+        AnalysisKind::LogitLens => &logit_lens::LogitLens,
+    }
+}
+
+/// The shards of an audit: each analysis it names, in the registry's order.
+pub fn plan(spec: &AuditSpec, facts: &PlanFacts) -> Result<Vec<ShardSpec>, AnalysisError> {
+    let mut shards = Vec::new();
+    for a in REGISTRY.iter().filter(|a| spec.runs(a.kind())) {
+        for key in a.plan(spec, facts)? {
+            shards.push(ShardSpec::of(spec, key));
+        }
+    }
+    Ok(shards)
+}
+
+/// results.json from the plan's records and every shard's output (in any order).
+pub fn assemble(
+    spec: &AuditSpec,
+    record: PlanRecord,
+    outputs: Vec<ShardOutput>,
+    created_unix: u64,
+) -> Result<AuditResults, AnalysisError> {
+    let mut analyses = Analyses::default();
+    let mut by_kind: std::collections::BTreeMap<AnalysisKind, Vec<ShardOutput>> =
+        Default::default();
+    for o in outputs {
+        by_kind.entry(kind_of(&o)).or_default().push(o);
+    }
+    for a in REGISTRY.iter().filter(|a| spec.runs(a.kind())) {
+        let outputs = by_kind.remove(&a.kind()).unwrap_or_default();
+        a.merge(spec, outputs, &mut analyses)?;
+    }
+    if let Some((kind, _)) = by_kind.into_iter().next() {
+        return Err(AnalysisError::Merge {
+            analysis: kind,
+            message: "a shard of an analysis the audit does not run".into(),
+        });
+    }
+    Ok(AuditResults {
+        schema_version: RESULTS_SCHEMA_VERSION,
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        created_unix,
+        base: record.base,
+        finetuned: record.finetuned,
+        target: spec.target.clone(),
+        corpus: record.corpus,
+        analyses,
+    })
+}
+
+pub fn kind_of(output: &ShardOutput) -> AnalysisKind {
+    match output {
+        ShardOutput::Weights(_) => AnalysisKind::Weights,
+        ShardOutput::Activations(_) => AnalysisKind::Activations,
+        ShardOutput::LogitLens(_) => AnalysisKind::LogitLens,
+    }
+}
+
+/// Checks that sample shards cover `0..n` exactly once, sorted by start.
+pub(crate) fn check_cover(
+    analysis: AnalysisKind,
+    ranges: &mut [(usize, usize)],
+) -> Result<usize, AnalysisError> {
+    ranges.sort_unstable();
+    let mut next = 0;
+    for &(start, end) in ranges.iter() {
+        if start != next || end <= start {
+            return Err(AnalysisError::Merge {
+                analysis,
+                message: format!(
+                    "the shards do not cover the samples once (a shard starts at {start}, \
+                     expected {next})"
+                ),
+            });
+        }
+        next = end;
+    }
+    Ok(next)
+}
+
+pub(crate) fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}

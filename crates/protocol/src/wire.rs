@@ -1,0 +1,206 @@
+//! The HTTP API's request and response bodies, shared by the API (which serves them) and the
+//! CLI (which sends and reads them), and the one conversion of a request into a checked spec
+//! that the API and the embedded audit both use.
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::forward::{ActivationOptions, CorpusOptions, LensOptions};
+use crate::spec::{AnalysisKind, AuditSpec, SpecError, Target, WeightOptions};
+
+/// The body of `POST /v1/audits` (and what `neurodiff audit` builds from its flags).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuditRequest {
+    pub base: String,
+    /// The fine-tuned checkpoint; give this or `adapter`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finetuned: Option<String>,
+    /// A PEFT LoRA adapter on `base`; give this or `finetuned`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<String>,
+    /// Analyses to run: `weights`, `activations`, `logit-lens`; default `["weights"]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub analyses: Option<Vec<AnalysisKind>>,
+    /// Blocks of the weight audit; default all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers: Option<Vec<usize>>,
+    /// `{"spectrum": "full" | "none", "top_k": 16}`
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub weights: Option<WeightOptions>,
+    /// `{"source": "s3://bucket/text.jsonl", "seq_len": 128, "max_samples": 256,
+    /// "batch_size": 16, "shard_samples": 128}`; no source: the built-in corpus.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub corpus: Option<CorpusOptions>,
+    /// `{"positions": 32, "top_examples": 16, "context": 8}`
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub activations: Option<ActivationOptions>,
+    /// `{"top_tokens": 20, "top_samples": 16}`
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub logit_lens: Option<LensOptions>,
+}
+
+impl AuditRequest {
+    /// The spec this request asks for, its fields checked (`AuditSpec::validate`); what it
+    /// names is checked against the reference policy by the caller.
+    pub fn into_spec(self) -> Result<AuditSpec, SpecError> {
+        let field = |f: &str, m: &str| Err(SpecError::Field(f.into(), m.into()));
+        if self.base.trim().is_empty() {
+            return field("base", "must name a model");
+        }
+        let target = match (self.finetuned, self.adapter) {
+            (Some(f), None) if !f.trim().is_empty() => Target::Checkpoint { reference: f },
+            (None, Some(a)) if !a.trim().is_empty() => Target::Adapter { reference: a },
+            (Some(_), Some(_)) => return field("finetuned` and `adapter", "give one, not both"),
+            _ => return field("finetuned` (or `adapter`", "must name a model"),
+        };
+        let analyses = self.analyses.unwrap_or_else(|| vec![AnalysisKind::Weights]);
+        let mut spec = AuditSpec::new(self.base, target, analyses);
+        spec.layers = self.layers;
+        spec.weights = self.weights.unwrap_or_default();
+        spec.corpus = self.corpus.unwrap_or_default();
+        spec.activations = self.activations.unwrap_or_default();
+        spec.logit_lens = self.logit_lens.unwrap_or_default();
+        spec.validate()?;
+        Ok(spec)
+    }
+}
+
+/// Where an audit (or one of its shards) stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl AuditStatus {
+    pub const ALL: [AuditStatus; 5] = [
+        AuditStatus::Queued,
+        AuditStatus::Running,
+        AuditStatus::Succeeded,
+        AuditStatus::Failed,
+        AuditStatus::Cancelled,
+    ];
+
+    /// As stored in the database and shown by the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditStatus::Queued => "queued",
+            AuditStatus::Running => "running",
+            AuditStatus::Succeeded => "succeeded",
+            AuditStatus::Failed => "failed",
+            AuditStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether nothing will change it any more.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            AuditStatus::Succeeded | AuditStatus::Failed | AuditStatus::Cancelled
+        )
+    }
+}
+
+impl std::fmt::Display for AuditStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for AuditStatus {
+    type Err = SpecError;
+
+    fn from_str(s: &str) -> Result<Self, SpecError> {
+        AuditStatus::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| {
+                SpecError::Field(
+                    "status".into(),
+                    format!("`{s}` is not one of queued, running, succeeded, failed, cancelled"),
+                )
+            })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+pub struct Progress {
+    pub shards_done: i32,
+    pub shards_total: i32,
+}
+
+/// An audit as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+pub struct AuditView {
+    pub id: Uuid,
+    pub status: AuditStatus,
+    pub progress: Progress,
+    pub error: Option<String>,
+    #[schema(value_type = Object)]
+    pub spec: AuditSpec,
+    pub idempotency_key: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_become_checked_specs() {
+        let req: AuditRequest = serde_json::from_str(
+            r#"{"base": "b", "finetuned": "f", "analyses": ["logit-lens", "weights", "weights"],
+                "corpus": {"seq_len": 64}}"#,
+        )
+        .unwrap();
+        let spec = req.clone().into_spec().unwrap();
+        assert_eq!(
+            spec.analyses,
+            [AnalysisKind::Weights, AnalysisKind::LogitLens]
+        );
+        assert_eq!((spec.corpus.seq_len, spec.corpus.max_samples), (64, 256));
+        // What the CLI sends reads back as the same request.
+        let again: AuditRequest =
+            serde_json::from_str(&serde_json::to_string(&req).unwrap()).unwrap();
+        assert_eq!(again, req);
+        for (body, field) in [
+            (r#"{"base": "b"}"#, "finetuned"),
+            (
+                r#"{"base": "b", "finetuned": "f", "adapter": "a"}"#,
+                "adapter",
+            ),
+            (r#"{"base": " ", "finetuned": "f"}"#, "base"),
+            (
+                r#"{"base": "b", "finetuned": "f", "analyses": []}"#,
+                "analyses",
+            ),
+            (
+                r#"{"base": "b", "finetuned": "f", "corpus": {"seq_len": 0}}"#,
+                "corpus.seq_len",
+            ),
+            (
+                r#"{"base": "b", "finetuned": "f", "weights": {"top_k": 0}}"#,
+                "weights.top_k",
+            ),
+            (r#"{"base": "b", "finetuned": "f", "layers": []}"#, "layers"),
+        ] {
+            let req: AuditRequest = serde_json::from_str(body).unwrap();
+            let e = req.into_spec().unwrap_err().to_string();
+            assert!(e.contains(field), "{body}: {e}");
+        }
+        assert!(serde_json::from_str::<AuditRequest>(r#"{"base": "b", "extra": 1}"#).is_err());
+        assert_eq!("failed".parse(), Ok(AuditStatus::Failed));
+        assert!("done".parse::<AuditStatus>().is_err());
+    }
+}

@@ -1,0 +1,190 @@
+//! Reading an audit's corpus: the built-in one, a local file, or (in the service, under the
+//! reference policy) a file under an allowed root or an `s3://` object, bounded in size before
+//! it is read, pinned by its sha256.
+use std::io::Read;
+use std::path::Path;
+
+use neurodiff_core::corpus;
+use neurodiff_protocol::{CorpusOptions, CorpusRecord, Limits, ModelRef, BUILTIN_CORPUS};
+use neurodiff_store::{Blobs, StoreError};
+use sha2::{Digest, Sha256};
+
+use crate::confine::Enforcer;
+use crate::exec::CorpusText;
+use crate::{Result, WorkerError};
+
+fn refused(source: &str, why: impl std::fmt::Display) -> WorkerError {
+    WorkerError::Io(format!("corpus `{source}`: {why}"))
+}
+
+/// The samples of a corpus file's `bytes` (named `file_name`, which says its format) that an
+/// audit with `opts` uses.
+pub fn from_bytes(
+    source: &str,
+    file_name: &str,
+    bytes: &[u8],
+    opts: &CorpusOptions,
+    limits: &Limits,
+) -> Result<CorpusText> {
+    let mut samples = corpus::parse(file_name, bytes, limits.max_corpus_bytes).map_err(|e| {
+        // Name the corpus as given, not the file it was read from.
+        match e {
+            neurodiff_core::CoreError::Corpus { message, .. } => refused(source, message),
+            other => other.into(),
+        }
+    })?;
+    let total = samples.len();
+    samples.truncate(opts.max_samples);
+    let digest: String = Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok(CorpusText {
+        record: CorpusRecord {
+            source: source.to_string(),
+            sha256: format!("sha256:{digest}"),
+            samples_total: total,
+            samples_used: samples.len(),
+            seq_len: opts.seq_len,
+        },
+        samples,
+    })
+}
+
+/// The corpus of an embedded audit: the built-in one, or a local file (no policy applies).
+pub fn load_local(opts: &CorpusOptions, limits: &Limits) -> Result<CorpusText> {
+    let Some(source) = &opts.source else {
+        return from_bytes(
+            BUILTIN_CORPUS,
+            corpus::BUILTIN_FILE,
+            corpus::BUILTIN,
+            opts,
+            limits,
+        );
+    };
+    if source.starts_with("s3://") {
+        return Err(refused(
+            source,
+            "s3:// corpora are read by the service's workers; give a local file here",
+        ));
+    }
+    let bytes = read_bounded(source, Path::new(source), limits.max_corpus_bytes)?;
+    from_bytes(source, &file_name(source), &bytes, opts, limits)
+}
+
+fn file_name(source: &str) -> String {
+    source.rsplit('/').next().unwrap_or(source).to_string()
+}
+
+fn read_bounded(source: &str, path: &Path, max: u64) -> Result<Vec<u8>> {
+    let file = std::fs::File::open(path).map_err(|e| refused(source, e))?;
+    let meta = file.metadata().map_err(|e| refused(source, e))?;
+    if !meta.is_file() {
+        return Err(refused(source, "not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    file.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| refused(source, e))?;
+    if bytes.len() as u64 > max {
+        return Err(refused(
+            source,
+            format!("larger than {max} bytes (--max-corpus-bytes)"),
+        ));
+    }
+    Ok(bytes)
+}
+
+impl Enforcer {
+    /// The corpus of a service audit for `team`: `corpus.source` checked against the policy
+    /// like a model reference (local roots, s3 prefixes, reserved locations), then read.
+    pub async fn read_corpus(&self, team: &str, opts: &CorpusOptions) -> Result<CorpusText> {
+        let limits = self.limits;
+        let Some(source) = opts.source.clone() else {
+            return load_local(opts, &limits);
+        };
+        let parsed = self
+            .policy
+            .check(team, "corpus.source", &source)
+            .map_err(|e| WorkerError::Io(e.0))?;
+        let bytes = match &parsed {
+            ModelRef::Local { path } => {
+                let roots = self.local_roots(team, &parsed, &source)?;
+                let file = self.vet_file(&source, Path::new(path), &roots)?;
+                read_bounded(&source, &file, limits.max_corpus_bytes)?
+            }
+            ModelRef::S3 { bucket, prefix } => {
+                fetch_s3(
+                    &source,
+                    bucket,
+                    prefix,
+                    &self.cache_dir,
+                    limits.max_corpus_bytes,
+                )
+                .await?
+            }
+            ModelRef::Hub { .. } => {
+                return Err(refused(
+                    &source,
+                    "hub datasets are not read; give a file or an s3:// object",
+                ))
+            }
+        };
+        from_bytes(&source, &file_name(&source), &bytes, opts, &limits)
+    }
+}
+
+/// One object, its size checked against the listing before it is copied, read back whole.
+async fn fetch_s3(
+    source: &str,
+    bucket: &str,
+    key: &str,
+    scratch: &Path,
+    max: u64,
+) -> Result<Vec<u8>> {
+    let failed = |e: StoreError| match e {
+        StoreError::Blob(_) | StoreError::Queue(_) | StoreError::Database(_) => {
+            WorkerError::Storage(format!("corpus `{source}`: {e}"))
+        }
+        _ => refused(source, e),
+    };
+    let blobs = Blobs::from_url(&format!("s3://{bucket}")).map_err(failed)?;
+    let object = blobs
+        .list_sized(key)
+        .await
+        .map_err(failed)?
+        .into_iter()
+        .find(|o| o.key == key)
+        .ok_or_else(|| refused(source, "no such object"))?;
+    if object.size > max {
+        return Err(refused(
+            source,
+            format!(
+                "{} bytes, more than {max} (--max-corpus-bytes)",
+                object.size
+            ),
+        ));
+    }
+    tokio::fs::create_dir_all(scratch)
+        .await
+        .map_err(|e| refused(source, e))?;
+    let tmp = tempfile::NamedTempFile::new_in(scratch).map_err(|e| refused(source, e))?;
+    let mut file = tokio::fs::File::from_std(tmp.reopen().map_err(|e| refused(source, e))?);
+    blobs
+        .download(&object.key, &mut file, object.size, object.e_tag.as_deref())
+        .await
+        .map_err(failed)?;
+    drop(file);
+    read_bounded(source, tmp.path(), max)
+}
+
+/// Whether the corpus a shard read is the one planning recorded.
+pub fn verify(planned: &CorpusRecord, read: &CorpusRecord) -> Result<()> {
+    if planned.sha256 != read.sha256 || planned.samples_used != read.samples_used {
+        return Err(WorkerError::Io(format!(
+            "corpus `{}` changed since the audit was planned ({} then, {} now)",
+            planned.source, planned.sha256, read.sha256
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,228 @@
+//! One shard of the activation analysis: both models on the shard's batches, every hook of
+//! every block cached, and per token ||h_ft - h_base||, the relative difference and the cosine
+//! accumulated (in f64, in sample order) with the mean difference vectors and the tokens that
+//! differ most.
+use std::time::Instant;
+
+use neurodiff_analyses::activations::{diff_sums, HOOKS};
+use neurodiff_core::corpus::Batch;
+use neurodiff_core::{HookKind, HookPoint, Hooks};
+use neurodiff_protocol::{
+    ActivationOptions, ActivationsShard, DiffSums, Example, Histogram, MeanDiffSums,
+};
+use tch::{Kind, Tensor};
+
+use super::forward::{to_f64, Pair, ShardInput, Tokens};
+use super::{check, Progress};
+use crate::Result;
+
+/// A candidate top example before its context is decoded.
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    diff_norm: f64,
+    rel_diff: f64,
+    sample: usize,
+    position: usize,
+}
+
+fn kind_of(hook: &str) -> HookKind {
+    match hook {
+        "hook_resid_pre" => HookKind::ResidPre,
+        "hook_attn_out" => HookKind::AttnOut,
+        "hook_resid_mid" => HookKind::ResidMid,
+        "hook_mlp_out" => HookKind::MlpOut,
+        _ => HookKind::ResidPost,
+    }
+}
+
+/// Values below this norm count as zero when dividing (a zero base state).
+const TINY: f64 = 1e-30;
+
+pub fn run(
+    pair: &Pair,
+    input: &ShardInput<'_>,
+    opts: &ActivationOptions,
+    progress: Progress<'_>,
+) -> Result<ActivationsShard> {
+    let _guard = tch::no_grad_guard();
+    let started = Instant::now();
+    let info = pair.info().clone();
+    let (n_layers, d) = (info.n_layers, info.d_model as usize);
+    let p_max = opts.positions;
+    let mut stats: Vec<DiffSums> = (0..n_layers)
+        .flat_map(|l| HOOKS.iter().map(move |h| diff_sums(l, h, p_max)))
+        .collect();
+    let mut diff_values: Vec<Vec<f64>> = vec![Vec::new(); stats.len()];
+    let mut rel_values: Vec<Vec<f64>> = vec![Vec::new(); stats.len()];
+    let mut candidates: Vec<Vec<Candidate>> = vec![Vec::new(); n_layers];
+    let mut mean = MeanDiffSums {
+        d_model: d,
+        n_layers,
+        positions: p_max,
+        by_position: vec![0.0; n_layers * p_max * d],
+        position_counts: vec![0; p_max],
+        all: vec![0.0; n_layers * d],
+        all_count: 0,
+    };
+    let mut n_tokens = 0u64;
+    let batch_size = input.batch_size.max(1);
+    for (b, chunk) in input.tokens.chunks(batch_size).enumerate() {
+        check(progress, "batch")?;
+        let first = input.start + b * batch_size;
+        let batch = Batch::new(chunk, pair.device())?;
+        let tokens = Tokens::of(&batch, first)?;
+        n_tokens += tokens.sample.len() as u64;
+        for (p, c) in mean.position_counts.iter_mut().enumerate() {
+            *c += tokens.position.iter().filter(|&&q| q == p).count() as u64;
+        }
+        mean.all_count += tokens.sample.len() as u64;
+        let mut hb = Hooks::new().cache_all();
+        let out_b = pair.base.forward(&batch.ids, &mut hb)?;
+        let mut hf = Hooks::new().cache_all();
+        let out_f = pair.ft.forward(&batch.ids, &mut hf)?;
+        let (cache_b, cache_f) = (hb.take_cache(), hf.take_cache());
+        let positions = Tensor::from_slice(
+            &tokens
+                .position
+                .iter()
+                .map(|&p| p as i64)
+                .collect::<Vec<_>>(),
+        )
+        .f_to_device(pair.device())?;
+        let early = positions.f_lt(p_max as i64)?;
+        for layer in 0..n_layers {
+            for (h, hook) in HOOKS.iter().enumerate() {
+                // The contract: at hook_resid_post a block's state is transformers'
+                // hidden_states[layer + 1] (the final norm's output after the last block).
+                let (xb, xf) = if *hook == "hook_resid_post" {
+                    (
+                        &out_b.hidden_states[layer + 1],
+                        &out_f.hidden_states[layer + 1],
+                    )
+                } else {
+                    let point = HookPoint::new(layer, kind_of(hook));
+                    match (cache_b.get(&point), cache_f.get(&point)) {
+                        (Some(b), Some(f)) => (b, f),
+                        _ => {
+                            return Err(crate::WorkerError::Io(format!(
+                                "the model did not expose {point}"
+                            )))
+                        }
+                    }
+                };
+                let xb = tokens.select(xb)?.f_to_kind(Kind::Double)?;
+                let xf = tokens.select(xf)?.f_to_kind(Kind::Double)?;
+                let diff = xf.f_sub(&xb)?;
+                let norm = |t: &Tensor| -> Result<Vec<f64>> {
+                    to_f64(
+                        &t.f_square()?
+                            .f_sum_dim_intlist(1, false, Kind::Double)?
+                            .f_sqrt()?,
+                    )
+                };
+                let (dn, bn, fnm) = (norm(&diff)?, norm(&xb)?, norm(&xf)?);
+                let dot = to_f64(&xf.f_mul(&xb)?.f_sum_dim_intlist(1, false, Kind::Double)?)?;
+                let i = layer * HOOKS.len() + h;
+                let s = &mut stats[i];
+                for t in 0..dn.len() {
+                    let rel = dn[t] / bn[t].max(TINY);
+                    let cos = dot[t] / (bn[t] * fnm[t]).max(TINY);
+                    s.n += 1;
+                    s.diff_norm += dn[t];
+                    s.rel_diff += rel;
+                    s.cosine += cos;
+                    s.base_norm += bn[t];
+                    s.ft_norm += fnm[t];
+                    diff_values[i].push(dn[t]);
+                    rel_values[i].push(rel);
+                    let p = tokens.position[t];
+                    if p < p_max {
+                        s.positions.n[p] += 1;
+                        s.positions.diff_norm[p] += dn[t];
+                        s.positions.rel_diff[p] += rel;
+                    }
+                    if *hook == "hook_resid_post" && opts.top_examples > 0 {
+                        candidates[layer].push(Candidate {
+                            diff_norm: dn[t],
+                            rel_diff: rel,
+                            sample: tokens.sample[t],
+                            position: p,
+                        });
+                    }
+                }
+                if *hook == "hook_resid_post" {
+                    let by_pos =
+                        Tensor::f_zeros([p_max as i64, d as i64], (Kind::Double, diff.device()))?
+                            .f_index_add(
+                            0,
+                            &positions.f_masked_select(&early)?,
+                            &diff.f_index_select(0, &early.f_nonzero()?.f_squeeze_dim(1)?)?,
+                        )?;
+                    let by_pos = to_f64(&by_pos)?;
+                    let at = layer * p_max * d;
+                    for (a, v) in mean.by_position[at..at + p_max * d].iter_mut().zip(by_pos) {
+                        *a += v;
+                    }
+                    let all = to_f64(&diff.f_sum_dim_intlist(0, false, Kind::Double)?)?;
+                    for (a, v) in mean.all[layer * d..(layer + 1) * d].iter_mut().zip(all) {
+                        *a += v;
+                    }
+                    keep_top(&mut candidates[layer], opts.top_examples);
+                }
+            }
+        }
+    }
+    for (i, s) in stats.iter_mut().enumerate() {
+        s.diff_hist = Histogram::from_values(diff_values[i].iter().copied());
+        s.rel_hist = Histogram::from_values(rel_values[i].iter().copied());
+    }
+    let examples = candidates
+        .into_iter()
+        .enumerate()
+        .flat_map(|(layer, c)| c.into_iter().map(move |c| (layer, c)))
+        .map(|(layer, c)| example(pair, input, layer, c, opts.context))
+        .collect();
+    Ok(ActivationsShard {
+        start: input.start,
+        end: input.start + input.samples.len(),
+        n_tokens,
+        stats,
+        examples,
+        mean_diff: mean,
+        elapsed_s: started.elapsed().as_secs_f64(),
+    })
+}
+
+fn keep_top(c: &mut Vec<Candidate>, k: usize) {
+    c.sort_by(|a, b| {
+        b.diff_norm
+            .total_cmp(&a.diff_norm)
+            .then(a.sample.cmp(&b.sample))
+            .then(a.position.cmp(&b.position))
+    });
+    c.truncate(k);
+}
+
+fn example(
+    pair: &Pair,
+    input: &ShardInput<'_>,
+    layer: usize,
+    c: Candidate,
+    context: usize,
+) -> Example {
+    let ids = &input.tokens[c.sample - input.start];
+    let p = c.position;
+    let before = pair.decode(&ids[p.saturating_sub(context)..p]);
+    let token = pair.decode(&ids[p..=p]);
+    let after = pair.decode(&ids[p + 1..(p + 1 + context).min(ids.len())]);
+    Example {
+        layer,
+        hook: "hook_resid_post".into(),
+        sample: c.sample,
+        position: p,
+        diff_norm: c.diff_norm,
+        rel_diff: c.rel_diff,
+        context: format!("{before}[[{token}]]{after}"),
+        token,
+    }
+}

@@ -1,0 +1,111 @@
+//! The paired forward pass the activation analyses share: both models loaded once, the
+//! shard's samples run through each in the same right-padded batches.
+use neurodiff_core::corpus::Batch;
+use neurodiff_core::tokenizer::{self, Tokenizer};
+use neurodiff_core::{Model, ModelInfo};
+use tch::{Device, Kind, Tensor};
+
+use crate::{OpenTarget, Result, Sources, WorkerError};
+
+/// Both models of an audit, and the base's tokenizer (which tokenizes the corpus for both).
+#[derive(Debug)]
+pub struct Pair {
+    pub base: Model,
+    pub ft: Model,
+    pub tokenizer: Tokenizer,
+    /// The fine-tuned model's own tokenizer, when it has one (names the tokens it added).
+    pub ft_tokenizer: Option<Tokenizer>,
+}
+
+impl Pair {
+    pub fn load(sources: &Sources, device: Device) -> Result<Pair> {
+        let OpenTarget::Checkpoint(ft) = &sources.target else {
+            return Err(WorkerError::Io(
+                "the activation analyses need a fine-tuned checkpoint; for an adapter, merge it \
+                 first (neurodiff task-vector apply) or run the weight audit"
+                    .into(),
+            ));
+        };
+        let base = Model::load(&sources.base, device)?;
+        let ft_model = Model::load(ft, device)?;
+        let (b, f) = (base.info(), ft_model.info());
+        if b.n_layers != f.n_layers || b.d_model != f.d_model {
+            return Err(WorkerError::Io(format!(
+                "the models differ in shape: base {} blocks of width {}, fine-tuned {} of {}",
+                b.n_layers, b.d_model, f.n_layers, f.d_model
+            )));
+        }
+        let tok = tokenizer::load_guarded(&sources.base_dir, sources.base.guard())?;
+        let ft_tokenizer = tokenizer::load_guarded(&sources.target_dir, ft.guard()).ok();
+        Ok(Pair {
+            base,
+            ft: ft_model,
+            tokenizer: tok,
+            ft_tokenizer,
+        })
+    }
+
+    pub fn info(&self) -> &ModelInfo {
+        self.base.info()
+    }
+
+    pub fn device(&self) -> Device {
+        self.base.device()
+    }
+
+    /// The text of `ids`, as the base's tokenizer decodes it.
+    pub fn decode(&self, ids: &[i64]) -> String {
+        let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
+        self.tokenizer.decode(&ids, false).unwrap_or_default()
+    }
+}
+
+/// One shard's samples.
+#[derive(Debug)]
+pub struct ShardInput<'a> {
+    /// The index of the first sample in the corpus.
+    pub start: usize,
+    pub samples: &'a [String],
+    pub tokens: &'a [Vec<i64>],
+    pub batch_size: usize,
+}
+
+/// The real tokens of a batch: flat index into `[batch * seq]`, the sample (its index in the
+/// corpus) and the position of each, in sample order.
+#[derive(Debug)]
+pub struct Tokens {
+    pub index: Tensor,
+    pub sample: Vec<usize>,
+    pub position: Vec<usize>,
+}
+
+impl Tokens {
+    pub fn of(batch: &Batch, first_sample: usize) -> Result<Tokens> {
+        let index = batch.token_index()?;
+        let seq = batch.ids.size()[1] as usize;
+        let flat = Vec::<i64>::try_from(&index).map_err(neurodiff_core::CoreError::from)?;
+        Ok(Tokens {
+            sample: flat
+                .iter()
+                .map(|&i| first_sample + i as usize / seq)
+                .collect(),
+            position: flat.iter().map(|&i| i as usize % seq).collect(),
+            index,
+        })
+    }
+
+    /// The rows of `x` (`[batch, seq, d]`) at the real tokens: `[n, d]`.
+    pub fn select(&self, x: &Tensor) -> Result<Tensor> {
+        let d = *x.size().last().unwrap_or(&1);
+        Ok(x.f_reshape([-1, d])?.f_index_select(0, &self.index)?)
+    }
+}
+
+/// A float tensor's values as f64.
+pub fn to_f64(t: &Tensor) -> Result<Vec<f64>> {
+    let t = t
+        .f_to_kind(Kind::Double)?
+        .f_to_device(Device::Cpu)?
+        .f_flatten(0, -1)?;
+    Ok(Vec::<f64>::try_from(&t).map_err(neurodiff_core::CoreError::from)?)
+}

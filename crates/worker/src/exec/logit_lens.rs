@@ -1,0 +1,171 @@
+//! One shard of the differential logit lens: at every block each model's
+//! `hidden_states[layer + 1]` read through its own final norm and unembedding, and at the
+//! output the logits; per token KL(p_ft || p_base) in f64 over the shared ids, and the summed
+//! probability shifts of each id.
+use std::time::Instant;
+
+use neurodiff_analyses::logit_lens::{keep_top, kl_sums};
+use neurodiff_core::corpus::Batch;
+use neurodiff_core::Hooks;
+use neurodiff_protocol::{
+    Histogram, KlSums, LensOptions, LensShard, SampleKl, TokenShift, VocabCompare,
+};
+use tch::{Kind, Tensor};
+
+use super::forward::{to_f64, Pair, ShardInput, Tokens};
+use super::{check, Progress};
+use crate::Result;
+
+/// Rows × vocabulary of one f64 chunk (bounds the memory the softmaxes take).
+const CHUNK_ELEMENTS: i64 = 1 << 23;
+
+/// Per-token KL and the summed probability shift over the shared ids, chunk by chunk.
+struct Kl {
+    per_token: Vec<f64>,
+    delta: Vec<f64>,
+}
+
+fn kl(logits_b: &Tensor, logits_f: &Tensor, shared: i64) -> Result<Kl> {
+    let n = logits_b.size()[0];
+    let rows = (CHUNK_ELEMENTS / shared.max(1)).max(1);
+    let mut per_token = Vec::with_capacity(n as usize);
+    let mut delta = vec![0.0; shared as usize];
+    let mut start = 0;
+    while start < n {
+        let len = rows.min(n - start);
+        let lb = logits_b
+            .f_narrow(0, start, len)?
+            .f_narrow(1, 0, shared)?
+            .f_to_kind(Kind::Double)?
+            .f_log_softmax(-1, Kind::Double)?;
+        let lf = logits_f
+            .f_narrow(0, start, len)?
+            .f_narrow(1, 0, shared)?
+            .f_to_kind(Kind::Double)?
+            .f_log_softmax(-1, Kind::Double)?;
+        let pf = lf.f_exp()?;
+        let k = pf
+            .f_mul(&lf.f_sub(&lb)?)?
+            .f_sum_dim_intlist(-1, false, Kind::Double)?;
+        per_token.extend(to_f64(&k)?);
+        let d = to_f64(
+            &pf.f_sub(&lb.f_exp()?)?
+                .f_sum_dim_intlist(0, false, Kind::Double)?,
+        )?;
+        for (a, v) in delta.iter_mut().zip(d) {
+            *a += v;
+        }
+        start += len;
+    }
+    Ok(Kl { per_token, delta })
+}
+
+fn add(s: &mut KlSums, values: &mut Vec<f64>, k: Kl) {
+    s.n += k.per_token.len() as u64;
+    s.kl += k.per_token.iter().sum::<f64>();
+    values.extend(&k.per_token);
+    for (a, v) in s.prob_delta.iter_mut().zip(k.delta) {
+        *a += v;
+    }
+}
+
+pub fn run(
+    pair: &Pair,
+    input: &ShardInput<'_>,
+    opts: &LensOptions,
+    progress: Progress<'_>,
+) -> Result<LensShard> {
+    let _guard = tch::no_grad_guard();
+    let started = Instant::now();
+    let n_layers = pair.info().n_layers;
+    let (vb, vf) = (pair.base.info().vocab_size, pair.ft.info().vocab_size);
+    let shared = vb.min(vf);
+    let mut layers: Vec<KlSums> = (0..n_layers)
+        .map(|l| kl_sums(Some(l), shared as usize))
+        .collect();
+    let mut output = kl_sums(None, shared as usize);
+    let mut values: Vec<Vec<f64>> = vec![Vec::new(); n_layers + 1];
+    let mut added_mass = vec![0.0; (vf - shared).max(0) as usize];
+    let mut sample_kl = vec![(0.0f64, 0u64); input.samples.len()];
+    let batch_size = input.batch_size.max(1);
+    for (b, chunk) in input.tokens.chunks(batch_size).enumerate() {
+        check(progress, "batch")?;
+        let batch = Batch::new(chunk, pair.device())?;
+        let tokens = Tokens::of(&batch, input.start + b * batch_size)?;
+        let out_b = pair.base.forward(&batch.ids, &mut Hooks::new())?;
+        let out_f = pair.ft.forward(&batch.ids, &mut Hooks::new())?;
+        for layer in 0..n_layers {
+            let hb = tokens.select(&out_b.hidden_states[layer + 1])?;
+            let hf = tokens.select(&out_f.hidden_states[layer + 1])?;
+            let k = kl(&pair.base.read_out(&hb)?, &pair.ft.read_out(&hf)?, shared)?;
+            add(&mut layers[layer], &mut values[layer], k);
+        }
+        let (lb, lf) = (tokens.select(&out_b.logits)?, tokens.select(&out_f.logits)?);
+        let k = kl(&lb, &lf, shared)?;
+        for (t, v) in k.per_token.iter().enumerate() {
+            let s = &mut sample_kl[tokens.sample[t] - input.start];
+            s.0 += v;
+            s.1 += 1;
+        }
+        add(&mut output, &mut values[n_layers], k);
+        if vf > shared {
+            let p = lf.f_to_kind(Kind::Double)?.f_softmax(-1, Kind::Double)?;
+            let mass = to_f64(&p.f_narrow(1, shared, vf - shared)?.f_sum_dim_intlist(
+                0,
+                false,
+                Kind::Double,
+            )?)?;
+            for (a, v) in added_mass.iter_mut().zip(mass) {
+                *a += v;
+            }
+        }
+    }
+    for (s, v) in layers.iter_mut().chain([&mut output]).zip(&values) {
+        s.hist = Histogram::from_values(v.iter().copied());
+    }
+    let mut top_samples: Vec<SampleKl> = sample_kl
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, n))| *n > 0)
+        .map(|(i, (kl, n))| SampleKl {
+            sample: input.start + i,
+            n_tokens: *n,
+            kl_mean: kl / *n as f64,
+            text: input.samples[i].chars().take(240).collect(),
+        })
+        .collect();
+    keep_top(&mut top_samples, opts.top_samples);
+    let added = (shared..vf)
+        .map(|id| TokenShift {
+            id: id as usize,
+            token: pair
+                .ft_tokenizer
+                .as_ref()
+                .and_then(|t| t.decode(&[id as u32], false).ok())
+                .unwrap_or_else(|| format!("<{id}>")),
+            mean_prob_delta: 0.0,
+        })
+        .collect();
+    // The text of every shared id, once per audit (the merge has no tokenizer).
+    let token_text = if input.start == 0 {
+        (0..shared).map(|id| pair.decode(&[id])).collect()
+    } else {
+        Vec::new()
+    };
+    Ok(LensShard {
+        start: input.start,
+        end: input.start + input.samples.len(),
+        layers,
+        output,
+        top_samples,
+        added_mass,
+        vocab: VocabCompare {
+            base_size: vb as usize,
+            finetuned_size: vf as usize,
+            shared: shared as usize,
+            added,
+        },
+        token_text,
+        elapsed_s: started.elapsed().as_secs_f64(),
+    })
+}
