@@ -3,7 +3,8 @@
 # if needed, builds, runs the Rust tests (parity with transformers on the committed fixtures,
 # hooks, malformed input, hub cache, the CLI, the store on PostgreSQL, Redis and S3, the API, and
 # the whole service with a scheduler and workers), then checks `neurodiff inspect` against
-# transformers on freshly made checkpoints that are not among the fixtures.
+# transformers on freshly made checkpoints that are not among the fixtures, and the activation
+# analyses' statistics against transformers on the fixtures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -15,3 +16,5 @@ cargo build --workspace --all-targets
 export ND_FUZZ_CASES="${ND_FUZZ_CASES:-2048}"
 cargo test --workspace "$@"
 python scripts/parity.py check-inspect target/debug/neurodiff --seed 7
+# The activation analyses' contract statistics against transformers in float64.
+python scripts/activations_reference.py check target/debug/neurodiff

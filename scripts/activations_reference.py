@@ -1,0 +1,198 @@
+"""Independent reference for NeuroDiff's activation analyses (docs/results-schema.md, contract).
+
+  python scripts/activations_reference.py check NEURODIFF_BIN
+
+For each committed parity fixture (crates/core/tests/fixtures: llama, gpt2, qwen2) as the base, a
+fine-tuned copy is made here with block 1 perturbed (seeded noise, stored in fp32), and a small
+JSONL corpus of samples of varied length is written. `neurodiff audit BASE FT --analyses
+activations,logit-lens` runs on it with a batch size and shard size that split the samples
+unevenly; this script computes the contract's statistics with transformers in float64, one
+sample at a time with no padding, and compares:
+
+  activations.layers[]: mean_diff_norm, mean_rel_diff, mean_cosine for every block and hook
+  logit_lens.layers[].kl_mean and logit_lens.output.kl_mean
+
+to 1e-4 relative. The blocks before the perturbed one must be exactly zero (cosine exactly 1).
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import torch
+import transformers
+from safetensors.torch import load_file, save_file
+
+transformers.utils.logging.disable_progress_bar()
+FIXTURES = os.path.join(os.path.dirname(__file__), "..", "crates", "core", "tests", "fixtures")
+ARCHS = ["llama", "gpt2", "qwen2"]
+PERTURBED = 1
+SEQ_LEN = 24
+TOLERANCE = 1e-4
+SAMPLES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Which layers moved?",
+    "Is the change low-rank, and did a narrow fine-tune leave readable traces in the model?",
+    "the of and to in is that for it as was with be by on not he I this are or his " * 3,
+    "NeuroDiff compares a base model with its fine-tuned checkpoint.",
+    "Safety teams audit adapters.",
+    "model diffing audits what fine-tuning changed, layer by layer, before every release",
+]
+HOOKS = ["hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post"]
+
+
+def make_finetune(base, out):
+    shutil.copytree(base, out)
+    for f in os.listdir(out):
+        if f.endswith(".safetensors") and f != "reference.safetensors":
+            tensors = load_file(os.path.join(out, f))
+            g = torch.Generator().manual_seed(11)
+            for k, v in tensors.items():
+                if f".{PERTURBED}." in k and v.dim() == 2:
+                    noise = 0.05 * torch.randn(v.shape, generator=g)
+                    tensors[k] = (v.float() + noise * v.float().std()).to(v.dtype)
+            save_file(tensors, os.path.join(out, f), metadata={"format": "pt"})
+    os.remove(os.path.join(out, "reference.safetensors"))
+
+
+def parts(model):
+    """Blocks, each block's attention and MLP modules, the final norm and the unembedding."""
+    if hasattr(model, "transformer"):
+        blocks = model.transformer.h
+        return blocks, [(b.attn, b.mlp) for b in blocks], model.transformer.ln_f
+    blocks = model.model.layers
+    return blocks, [(b.self_attn, b.mlp) for b in blocks], model.model.norm
+
+
+def run(model, ids):
+    """hidden_states, and per block the attention and MLP outputs."""
+    blocks, mods, _ = parts(model)
+    caught = {}
+    handles = []
+    for i, (attn, mlp) in enumerate(mods):
+        handles.append(attn.register_forward_hook(
+            lambda m, a, o, i=i: caught.__setitem__(("attn", i), o[0] if isinstance(o, tuple) else o)))
+        handles.append(mlp.register_forward_hook(
+            lambda m, a, o, i=i: caught.__setitem__(("mlp", i), o)))
+    with torch.no_grad():
+        out = model(ids, output_hidden_states=True)
+    for h in handles:
+        h.remove()
+    return out, caught
+
+
+def states(out, caught, layer, hook):
+    hs = out.hidden_states
+    if hook == "hook_resid_pre":
+        return hs[layer][0]
+    if hook == "hook_attn_out":
+        return caught[("attn", layer)][0]
+    if hook == "hook_resid_mid":
+        return hs[layer][0] + caught[("attn", layer)][0]
+    if hook == "hook_mlp_out":
+        return caught[("mlp", layer)][0]
+    return hs[layer + 1][0]
+
+
+def reference(base_dir, ft_dir):
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_file=os.path.join(base_dir, "tokenizer.json"))
+    load = lambda d: transformers.AutoModelForCausalLM.from_pretrained(
+        d, dtype=torch.float64, attn_implementation="eager").eval()
+    base, ft = load(base_dir), load(ft_dir)
+    n = base.config.num_hidden_layers
+    sums = {(l, h): [0.0, 0.0, 0.0] for l in range(n) for h in HOOKS}
+    kl = {l: 0.0 for l in list(range(n)) + ["output"]}
+    tokens = 0
+    for text in SAMPLES:
+        ids = torch.tensor([tok(text)["input_ids"][:SEQ_LEN]])
+        ob, cb = run(base, ids)
+        of, cf = run(ft, ids)
+        tokens += ids.shape[1]
+        for l in range(n):
+            for h in HOOKS:
+                xb, xf = states(ob, cb, l, h), states(of, cf, l, h)
+                d = (xf - xb).norm(dim=-1)
+                bn, fn = xb.norm(dim=-1), xf.norm(dim=-1)
+                s = sums[(l, h)]
+                s[0] += d.sum().item()
+                s[1] += (d / bn.clamp_min(1e-30)).sum().item()
+                s[2] += ((xf * xb).sum(-1) / (bn * fn).clamp_min(1e-30)).sum().item()
+        for l in list(range(n)) + ["output"]:
+            if l == "output":
+                lb, lf = ob.logits[0], of.logits[0]
+            else:
+                lb = base.get_output_embeddings()(parts(base)[2](ob.hidden_states[l + 1][0]))
+                lf = ft.get_output_embeddings()(parts(ft)[2](of.hidden_states[l + 1][0]))
+            v = min(lb.shape[-1], lf.shape[-1])
+            pb, pf = lb[:, :v].log_softmax(-1), lf[:, :v].log_softmax(-1)
+            kl[l] += (pf.exp() * (pf - pb)).sum(-1).sum().item()
+    act = {k: [x / tokens for x in v] for k, v in sums.items()}
+    return act, {k: v / tokens for k, v in kl.items()}, tokens
+
+
+def close(got, ref):
+    return abs(got - ref) <= TOLERANCE * abs(ref) + 1e-12
+
+
+def cmd_check(args):
+    failures = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = os.path.join(tmp, "corpus.jsonl")
+        with open(corpus, "w") as f:
+            for s in SAMPLES:
+                f.write(json.dumps({"text": s}) + "\n")
+        for arch in ARCHS:
+            base = os.path.abspath(os.path.join(FIXTURES, arch))
+            ft = os.path.join(tmp, arch + "-ft")
+            make_finetune(base, ft)
+            out = os.path.join(tmp, arch + "-report")
+            subprocess.run([args.bin, "audit", base, ft, "--analyses", "activations,logit-lens",
+                            "--corpus", corpus, "--seq-len", str(SEQ_LEN), "--batch-size", "3",
+                            "--shard-samples", "4", "--quiet", "--out", out],
+                           check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            results = json.load(open(os.path.join(out, "results.json")))["analyses"]
+            act, kl, tokens = reference(base, ft)
+            worst, bad = 0.0, []
+            got_tokens = results["activations"]["n_tokens"]
+            if got_tokens != tokens:
+                bad.append(f"n_tokens {got_tokens} vs {tokens}")
+            for row in results["activations"]["layers"]:
+                ref = act[(row["layer"], row["hook"])]
+                for name, r in zip(["mean_diff_norm", "mean_rel_diff", "mean_cosine"], ref):
+                    g = row[name]
+                    worst = max(worst, abs(g - r) / max(abs(r), 1e-30) if r else abs(g - r))
+                    if not close(g, r):
+                        bad.append(f"block {row['layer']} {row['hook']} {name}: {g!r} vs {r!r}")
+                    if row["layer"] < PERTURBED and g != (1.0 if name == "mean_cosine" else 0.0):
+                        bad.append(f"block {row['layer']} {row['hook']} {name}: {g!r}, expected exactly unchanged")
+            lens = results["logit_lens"]
+            for row in lens["layers"] + [lens["output"]]:
+                key = "output" if row["layer"] is None else row["layer"]
+                g, r = row["kl_mean"], kl[key]
+                worst = max(worst, abs(g - r) / max(abs(r), 1e-30) if r else abs(g - r))
+                if not close(g, r):
+                    bad.append(f"logit lens {key} kl_mean: {g!r} vs {r!r}")
+                if key != "output" and key < PERTURBED and g != 0.0:
+                    bad.append(f"logit lens {key}: {g!r}, expected exactly 0")
+            failures += bool(bad)
+            print(f"{arch:6s} {tokens} tokens, worst relative error {worst:.2e} {'FAIL' if bad else 'ok'}")
+            for b in bad[:20]:
+                print("    " + b)
+    sys.exit(1 if failures else 0)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("check")
+    c.add_argument("bin")
+    args = p.parse_args()
+    cmd_check(args)
+
+
+if __name__ == "__main__":
+    main()
