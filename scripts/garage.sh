@@ -54,7 +54,8 @@ TOML
         $g bucket create "$GARAGE_BUCKET" > /dev/null
     fi
     local keyfile=$GARAGE_DATA/key.env
-    if [ ! -s "$keyfile" ]; then
+    # A key file without an id (a setup that failed half-way) is made again.
+    if ! grep -q '^AWS_ACCESS_KEY_ID=.' "$keyfile" 2>/dev/null; then
         local out
         out=$($g key create neurodiff-key)
         {

@@ -71,7 +71,7 @@ fn audit(dir: &Path, args: &[&str]) -> Value {
         assert!(svg.starts_with("<svg") && svg.contains("<rect"), "{plot}");
     }
     let html = std::fs::read_to_string(out.join("report.html")).expect("html");
-    assert!(html.contains("<svg") && html.contains("Most changed tensors"));
+    assert!(html.contains("<svg") && html.contains("most changed tensors"));
     read_json(&out.join("results.json"))
 }
 

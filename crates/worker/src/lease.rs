@@ -80,11 +80,10 @@ impl Lease {
                     Ok(false) => tracing::warn!("lease lost; the result will be fenced if stale"),
                     Err(e) => tracing::warn!(error = %e, "cannot renew the lease"),
                 }
-                match ctx.db.audit_status(audit).await {
-                    Ok(AuditStatus::Cancelled | AuditStatus::Failed) => {
-                        stop_r.store(true, Ordering::SeqCst);
-                    }
-                    _ => {}
+                if let Ok(AuditStatus::Cancelled | AuditStatus::Failed) =
+                    ctx.db.audit_status(audit).await
+                {
+                    stop_r.store(true, Ordering::SeqCst);
                 }
             }
         });

@@ -200,7 +200,13 @@ pub async fn list(
         .as_deref()
         .map(str::parse::<AuditStatus>)
         .transpose()
-        .map_err(|e| ApiError::BadRequest(format!("query {e}")))?;
+        .map_err(|_| {
+            ApiError::BadRequest(format!(
+                "query `status`: `{}` is not one of {}",
+                q.status.as_deref().unwrap_or_default(),
+                AuditStatus::ALL.map(AuditStatus::as_str).join(", ")
+            ))
+        })?;
     let limit = q.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
         return Err(ApiError::BadRequest(

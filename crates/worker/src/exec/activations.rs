@@ -90,7 +90,7 @@ pub fn run(
         )
         .f_to_device(pair.device())?;
         let early = positions.f_lt(p_max as i64)?;
-        for layer in 0..n_layers {
+        for (layer, candidates) in candidates.iter_mut().enumerate() {
             for (h, hook) in HOOKS.iter().enumerate() {
                 // The contract: at hook_resid_post a block's state is transformers'
                 // hidden_states[layer + 1] (the final norm's output after the last block).
@@ -142,7 +142,7 @@ pub fn run(
                         s.positions.rel_diff[p] += rel;
                     }
                     if *hook == "hook_resid_post" && opts.top_examples > 0 {
-                        candidates[layer].push(Candidate {
+                        candidates.push(Candidate {
                             diff_norm: dn[t],
                             rel_diff: rel,
                             sample: tokens.sample[t],
@@ -167,7 +167,7 @@ pub fn run(
                     for (a, v) in mean.all[layer * d..(layer + 1) * d].iter_mut().zip(all) {
                         *a += v;
                     }
-                    keep_top(&mut candidates[layer], opts.top_examples);
+                    keep_top(candidates, opts.top_examples);
                 }
             }
         }
