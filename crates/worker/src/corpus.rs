@@ -149,8 +149,10 @@ async fn fetch_s3(
         _ => refused(source, e),
     };
     let blobs = Blobs::from_url(&format!("s3://{bucket}")).map_err(failed)?;
+    // Listed with its siblings (a listing is of a directory), to learn its size and version.
+    let parent = key.rsplit_once('/').map_or("", |(dir, _)| dir);
     let object = blobs
-        .list_sized(key)
+        .list_sized(parent)
         .await
         .map_err(failed)?
         .into_iter()

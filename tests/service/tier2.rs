@@ -1,0 +1,200 @@
+//! The activation analyses over REST: split into corpus shards that two workers run, with the
+//! corpus read from object storage under the policy, the result equal to the embedded audit's,
+//! the per-block metrics stored for the team-wide query; a corpus outside what the team may
+//! read is refused before anything runs.
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+use crate::harness::{assert_close, organisms, Env, BIN};
+
+const SAMPLES: usize = 20;
+
+fn corpus_text() -> String {
+    (0..SAMPLES)
+        .map(|i| {
+            json!({"text": format!("Sample {i}: which layers moved, and did the fine-tune leave traces? {}", "x ".repeat(i))})
+                .to_string()
+                + "\n"
+        })
+        .collect()
+}
+
+#[test]
+fn activation_analyses_over_rest_equal_the_embedded_ones() {
+    let mut env = Env::new(None);
+    let org = organisms(env.dir.path());
+    let (base, ft) = (org.join("base"), org.join("rank-update"));
+    let (base_s, ft_s) = (base.display().to_string(), ft.display().to_string());
+    let local = env.dir.path().join("corpus.jsonl");
+    std::fs::write(&local, corpus_text()).unwrap();
+    env.start(&[("w1", &[]), ("w2", &[])]);
+    let token = env.token("safety");
+    // The service reads the corpus from object storage when an S3 server is configured.
+    let corpus_ref = match env.models_store.clone() {
+        Some(store) => {
+            let blobs = neurodiff_store::Blobs::from_url(&store).unwrap();
+            env.rt
+                .block_on(blobs.put("corpora/corpus.jsonl", Bytes::from(corpus_text())))
+                .unwrap();
+            format!("{store}/corpora/corpus.jsonl")
+        }
+        None => local.display().to_string(),
+    };
+    let options =
+        json!({"seq_len": 32, "max_samples": SAMPLES, "batch_size": 3, "shard_samples": 6});
+    let mut corpus = options.clone();
+    corpus["source"] = json!(corpus_ref);
+    let id = env.submit(
+        &token,
+        json!({"base": base_s, "finetuned": ft_s, "analyses": ["activations", "logit-lens"],
+               "corpus": corpus}),
+    );
+    let audit = env.wait_done(&token, &id, Duration::from_secs(180));
+    assert_eq!(audit["status"], "succeeded", "{audit}\n{}", env.logs());
+    // Four corpus shards per analysis (20 samples, 6 per shard).
+    assert_eq!(audit["progress"]["shards_total"], 8);
+    let out = env.dir.path().join("embedded-tier2");
+    let status = std::process::Command::new(BIN)
+        .args([
+            "audit",
+            &base_s,
+            &ft_s,
+            "--analyses",
+            "activations,logit-lens",
+            "--corpus",
+        ])
+        .arg(&local)
+        .args([
+            "--seq-len",
+            "32",
+            "--max-samples",
+            "20",
+            "--batch-size",
+            "3",
+            "--shard-samples",
+            "6",
+            "--quiet",
+            "--out",
+        ])
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let reference: Value =
+        serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    let (code, body) = env.http(
+        "GET",
+        &format!("/v1/audits/{id}/results"),
+        Some(&token),
+        None,
+    );
+    assert_eq!(code, 200);
+    let served: Value = serde_json::from_slice(&body).unwrap();
+    assert_close(&served["analyses"], &reference["analyses"], "analyses", &[]);
+    assert_eq!(served["corpus"]["sha256"], reference["corpus"]["sha256"]);
+    assert_eq!(served["corpus"]["samples_used"], SAMPLES);
+    // The mean difference vectors are an artifact, byte for byte the embedded one.
+    let (code, served_mean) = env.http(
+        "GET",
+        &format!("/v1/audits/{id}/artifacts/mean_diff.safetensors"),
+        Some(&token),
+        None,
+    );
+    assert_eq!(code, 200);
+    let local_mean = std::fs::read(out.join("mean_diff.safetensors")).unwrap();
+    // Same header; the same f32 values to 1e-6 (libtorch's reductions may round differently
+    // with another thread count).
+    let header = |b: &[u8]| 8 + u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+    let h = header(&local_mean);
+    assert_eq!(served_mean.len(), local_mean.len());
+    assert_eq!(served_mean[..h], local_mean[..h]);
+    for (a, b) in served_mean[h..].chunks(4).zip(local_mean[h..].chunks(4)) {
+        let (a, b) = (
+            f32::from_le_bytes(a.try_into().unwrap()),
+            f32::from_le_bytes(b.try_into().unwrap()),
+        );
+        assert!(
+            (a - b).abs() <= 1e-6 * a.abs().max(b.abs()) + 1e-9,
+            "{a} vs {b}"
+        );
+    }
+    // The per-block metrics are rows the team can query.
+    let rows: Vec<(String, Option<i32>, String, Option<f64>, Option<f64>)> = env
+        .rt
+        .block_on(
+            sqlx::query_as(
+                "SELECT analysis, layer, hook, mean_rel_diff, kl_mean FROM block_results \
+                 WHERE audit_id = $1 ORDER BY analysis, layer NULLS LAST, hook",
+            )
+            .bind(id.parse::<uuid::Uuid>().unwrap())
+            .fetch_all(&env.db.pool),
+        )
+        .unwrap();
+    assert_eq!(rows.len(), 6 * 5 + 6 + 1);
+    for (analysis, layer, hook, rel, kl) in &rows {
+        let before = layer.is_some_and(|l| l < 4);
+        let value = if analysis == "activations" {
+            rel.unwrap()
+        } else {
+            kl.unwrap()
+        };
+        assert_eq!(
+            value == 0.0,
+            before
+                || (*layer == Some(4)
+                    && ["hook_resid_pre", "hook_attn_out", "hook_resid_mid"]
+                        .contains(&hook.as_str())),
+            "{analysis} {layer:?} {hook}: {value}"
+        );
+    }
+}
+
+#[test]
+fn a_corpus_the_team_may_not_read_is_refused_at_submission() {
+    let mut env = Env::new(None);
+    let org = organisms(env.dir.path());
+    env.start(&[]);
+    let token = env.token("safety");
+    let base = org.join("base").display().to_string();
+    let ft = org.join("rank-update").display().to_string();
+    for (source, expected) in [
+        ("/etc/passwd", "corpus.source"),
+        ("s3://elsewhere/corpus.txt", "corpus.source"),
+        ("org/dataset", "corpus.source"),
+    ] {
+        let (code, body) = env.json(
+            "POST",
+            "/v1/audits",
+            &token,
+            Some(
+                json!({"base": base, "finetuned": ft, "analyses": ["activations"],
+                        "corpus": {"source": source}}),
+            ),
+        );
+        assert_eq!(code, 400, "{source}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains(expected),
+            "{source}: {body}"
+        );
+    }
+    let (code, body) = env.json(
+        "POST",
+        "/v1/audits",
+        &token,
+        Some(
+            json!({"base": base, "finetuned": ft, "analyses": ["activations"],
+                    "corpus": {"max_samples": 1_000_000, "seq_len": 8192}}),
+        ),
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("--max-corpus-tokens"),
+        "{body}"
+    );
+}
