@@ -134,6 +134,29 @@ fn activation_analyses_over_rest_equal_the_embedded_ones() {
         )
         .unwrap();
     assert_eq!(rows.len(), 6 * 5 + 6 + 1);
+    // And the team-wide query finds them: the largest output KL, and a filter by block.
+    let (code, found) = env.json(
+        "GET",
+        "/v1/results/blocks?metric=kl_mean&hook=output",
+        &token,
+        None,
+    );
+    assert_eq!(code, 200, "{found}");
+    assert_eq!(found["results"][0]["audit_id"], json!(id));
+    let kl = served["analyses"]["logit_lens"]["output"]["kl_mean"]
+        .as_f64()
+        .unwrap();
+    assert!((found["results"][0]["value"].as_f64().unwrap() - kl).abs() <= 1e-12 * kl);
+    let (_, early) = env.json(
+        "GET",
+        "/v1/results/blocks?analysis=activations&layer=2&min=0.000001",
+        &token,
+        None,
+    );
+    assert_eq!(early["results"], json!([]), "nothing moved before block 4");
+    let (code, bad) = env.json("GET", "/v1/results/blocks?metric=fro", &token, None);
+    assert_eq!(code, 400);
+    assert!(bad["error"].as_str().unwrap().contains("query `metric`"));
     for (analysis, layer, hook, rel, kl) in &rows {
         let before = layer.is_some_and(|l| l < 4);
         let value = if analysis == "activations" {

@@ -34,7 +34,8 @@ pub fn app(state: AppState) -> Router {
             "/audits/{id}/artifacts/{name}",
             get(routes::results::artifact),
         )
-        .route("/results", get(routes::results::query));
+        .route("/results", get(routes::results::query))
+        .route("/results/blocks", get(routes::blocks::query));
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(routes::health::healthz))

@@ -2,19 +2,20 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{audits, health, results};
+use crate::routes::{audits, blocks, health, results};
 
 #[derive(Debug, OpenApi)]
 #[openapi(
     info(title = "NeuroDiff", description = "Model diffing audits: submit, follow, and query what fine-tuning changed."),
     paths(
         audits::create, audits::list, audits::get, audits::cancel,
-        results::results, results::artifacts, results::artifact, results::query,
+        results::results, results::artifacts, results::artifact, results::query, blocks::query,
         health::healthz, health::readyz,
     ),
     components(schemas(
         audits::AuditRequest, audits::AuditView, audits::Progress, audits::AuditPage,
         results::ArtifactView, results::ArtifactList, results::ResultHitView, results::ResultPage,
+        blocks::BlockHitView, blocks::BlockPage,
     )),
     modifiers(&Bearer),
 )]

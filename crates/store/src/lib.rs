@@ -9,7 +9,7 @@ pub mod tokens;
 
 pub use blobs::{artifact_key, shard_result_key, Blobs, ListedObject, StoredObject};
 pub use pg::{Admission, AuditFilter, AuditRow, Db, FanIn, Quota, Team, MIGRATOR};
-pub use query::{ResultHit, ResultQuery, QUERY_METRICS};
+pub use query::{BlockHit, BlockQuery, ResultHit, ResultQuery, BLOCK_METRICS, QUERY_METRICS};
 pub use queue::{now_ms, Delivery, Queue, QueueStats, Reclaimed};
 pub use sched::{parse_shard_key, ArtifactRow, BlockRow, Finishing, PendingShard};
 pub use tokens::{TokenRow, TOKEN_PREFIX};

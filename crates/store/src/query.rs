@@ -86,3 +86,82 @@ impl Db {
             .collect()
     }
 }
+
+/// The metrics `GET /v1/results/blocks?metric=` accepts: the numeric columns of block_results.
+pub const BLOCK_METRICS: [&str; 4] = ["mean_rel_diff", "mean_diff_norm", "mean_cosine", "kl_mean"];
+
+#[derive(Debug, Clone)]
+pub struct BlockQuery {
+    /// One of [`BLOCK_METRICS`].
+    pub metric: String,
+    pub model: Option<String>,
+    /// `activations` or `logit-lens`.
+    pub analysis: Option<String>,
+    pub layer: Option<i32>,
+    /// A hook name, or `output` (the logit lens at the logits).
+    pub hook: Option<String>,
+    pub min: Option<f64>,
+    pub limit: i64,
+}
+
+/// One block of one audit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlockHit {
+    pub audit: Uuid,
+    pub base: String,
+    pub target: String,
+    pub audit_created_at: DateTime<Utc>,
+    pub value: f64,
+    pub block: crate::BlockRow,
+}
+
+impl Db {
+    /// Per-block metrics of the corpus analyses across the team's succeeded audits, largest
+    /// first (rows without the metric, such as KL on an activation row, are left out).
+    pub async fn query_blocks(&self, team: &Team, q: &BlockQuery) -> Result<Vec<BlockHit>> {
+        let metric = BLOCK_METRICS
+            .iter()
+            .find(|m| **m == q.metric)
+            .ok_or_else(|| StoreError::Invalid(format!("metric `{}`", q.metric)))?;
+        let rows = sqlx::query(&format!(
+            "SELECT b.*, b.{metric} AS metric_value, a.base_ref, a.target_ref, \
+             a.created_at AS audit_created_at FROM block_results b JOIN audits a ON a.id = b.audit_id \
+             WHERE a.team_id = $1 AND a.status = 'succeeded' AND b.{metric} IS NOT NULL \
+             AND ($2::text IS NULL OR a.base_ref = $2 OR a.target_ref = $2) \
+             AND ($3::text IS NULL OR b.analysis = $3) \
+             AND ($4::int IS NULL OR b.layer = $4) \
+             AND ($5::text IS NULL OR b.hook = $5) \
+             AND ($6::double precision IS NULL OR b.{metric} >= $6) \
+             ORDER BY b.{metric} DESC, a.created_at DESC, b.layer NULLS LAST, b.hook LIMIT $7"
+        ))
+        .bind(team.id)
+        .bind(&q.model)
+        .bind(&q.analysis)
+        .bind(q.layer)
+        .bind(&q.hook)
+        .bind(q.min)
+        .bind(q.limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(BlockHit {
+                    audit: r.try_get("audit_id")?,
+                    base: r.try_get("base_ref")?,
+                    target: r.try_get("target_ref")?,
+                    audit_created_at: r.try_get("audit_created_at")?,
+                    value: r.try_get("metric_value")?,
+                    block: crate::BlockRow {
+                        analysis: r.try_get("analysis")?,
+                        layer: r.try_get("layer")?,
+                        hook: r.try_get("hook")?,
+                        mean_diff_norm: r.try_get("mean_diff_norm")?,
+                        mean_rel_diff: r.try_get("mean_rel_diff")?,
+                        mean_cosine: r.try_get("mean_cosine")?,
+                        kl_mean: r.try_get("kl_mean")?,
+                    },
+                })
+            })
+            .collect()
+    }
+}

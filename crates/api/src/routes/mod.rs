@@ -1,4 +1,5 @@
 //! One module per resource.
 pub mod audits;
+pub mod blocks;
 pub mod health;
 pub mod results;
