@@ -73,6 +73,7 @@ pub fn lines(
                 .configure_mesh()
                 .x_desc(x_desc)
                 .y_desc(y_desc)
+                .x_label_formatter(&integral)
                 .y_label_formatter(&|v| format!("{v:.0e}"))
                 .draw()
                 .map_err(|e| err(e.to_string()))?;
@@ -87,6 +88,7 @@ pub fn lines(
                 .configure_mesh()
                 .x_desc(x_desc)
                 .y_desc(y_desc)
+                .x_label_formatter(&integral)
                 .draw()
                 .map_err(|e| err(e.to_string()))?;
             draw(&mut chart, series, f64::MIN, &err)?;
@@ -94,6 +96,15 @@ pub fn lines(
         root.present().map_err(|e| err(e.to_string()))?;
     }
     Ok(svg)
+}
+
+/// Blocks and positions are whole numbers: ticks between them are left blank.
+fn integral(v: &f64) -> String {
+    if v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else {
+        String::new()
+    }
 }
 
 fn draw<'a, 'b: 'a, Y: Ranged<ValueType = f64>>(
