@@ -103,6 +103,7 @@ pub enum Edit {
 #[derive(Debug, Default)]
 pub struct Hooks {
     cache_all: bool,
+    skip_logits: bool,
     to_cache: BTreeSet<HookPoint>,
     edits: BTreeMap<HookPoint, Vec<Edit>>,
     cached: BTreeMap<HookPoint, Tensor>,
@@ -121,6 +122,17 @@ impl Hooks {
     pub fn cache_all(mut self) -> Self {
         self.cache_all = true;
         self
+    }
+
+    /// The forward pass stops at the final norm: `logits` comes back empty, saving the
+    /// unembedding (a third of GPT-2 small's compute) when only hidden states are wanted.
+    pub fn without_logits(mut self) -> Self {
+        self.skip_logits = true;
+        self
+    }
+
+    pub fn wants_logits(&self) -> bool {
+        !self.skip_logits
     }
 
     pub fn replace(mut self, point: HookPoint, value: Tensor) -> Self {

@@ -270,7 +270,11 @@ impl Gpt2 {
             x = block.forward(x, &mask, hooks)?;
         }
         let x = self.ln_f.forward(&x)?;
-        let logits = x.f_linear(&self.lm_head, None::<&Tensor>)?;
+        let logits = if hooks.wants_logits() {
+            x.f_linear(&self.lm_head, None::<&Tensor>)?
+        } else {
+            Tensor::f_zeros([0], (x.kind(), x.device()))?
+        };
         hidden_states.push(x);
         Ok(ForwardOutput {
             logits,

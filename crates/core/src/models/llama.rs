@@ -512,7 +512,11 @@ impl Llama {
             x = block.forward(x, &cos, &sin, &mask, hooks)?;
         }
         let x = self.norm.forward(&x)?;
-        let logits = x.f_linear(&self.lm_head, None::<&Tensor>)?;
+        let logits = if hooks.wants_logits() {
+            x.f_linear(&self.lm_head, None::<&Tensor>)?
+        } else {
+            Tensor::f_zeros([0], (x.kind(), x.device()))?
+        };
         hidden_states.push(x);
         Ok(ForwardOutput {
             logits,

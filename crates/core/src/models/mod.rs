@@ -22,7 +22,7 @@ pub const SUPPORTED_MODEL_TYPES: [&str; 4] = ["gpt2", "llama", "mistral", "qwen2
 /// last entry (index n_layers) the final norm's output.
 #[derive(Debug)]
 pub struct ForwardOutput {
-    /// `[batch, seq, vocab]`
+    /// `[batch, seq, vocab]`; empty when the hooks asked for none (`Hooks::without_logits`)
     pub logits: Tensor,
     /// n_layers + 1 tensors of `[batch, seq, d_model]`
     pub hidden_states: Vec<Tensor>,

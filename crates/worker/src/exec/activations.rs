@@ -76,9 +76,16 @@ pub fn run(
             *c += tokens.position.iter().filter(|&&q| q == p).count() as u64;
         }
         mean.all_count += tokens.sample.len() as u64;
-        let mut hb = Hooks::new().cache_all();
+        // Only the block outputs that are not residual states are cached: the residual ones
+        // are the hidden states, and resid_mid is resid_pre + attn_out (the same addition).
+        let hooks = || {
+            (0..n_layers).fold(Hooks::new().without_logits(), |h, l| {
+                h.cache(HookPoint::new(l, HookKind::AttnOut))
+                    .cache(HookPoint::new(l, HookKind::MlpOut))
+            })
+        };
+        let (mut hb, mut hf) = (hooks(), hooks());
         let out_b = pair.base.forward(&batch.ids, &mut hb)?;
-        let mut hf = Hooks::new().cache_all();
         let out_f = pair.ft.forward(&batch.ids, &mut hf)?;
         let (cache_b, cache_f) = (hb.take_cache(), hf.take_cache());
         let positions = Tensor::from_slice(
@@ -94,22 +101,28 @@ pub fn run(
             for (h, hook) in HOOKS.iter().enumerate() {
                 // The contract: at hook_resid_post a block's state is transformers'
                 // hidden_states[layer + 1] (the final norm's output after the last block).
-                let (xb, xf) = if *hook == "hook_resid_post" {
-                    (
-                        &out_b.hidden_states[layer + 1],
-                        &out_f.hidden_states[layer + 1],
-                    )
-                } else {
-                    let point = HookPoint::new(layer, kind_of(hook));
-                    match (cache_b.get(&point), cache_f.get(&point)) {
-                        (Some(b), Some(f)) => (b, f),
-                        _ => {
-                            return Err(crate::WorkerError::Io(format!(
-                                "the model did not expose {point}"
-                            )))
-                        }
-                    }
+                let state = |out: &neurodiff_core::ForwardOutput,
+                             cache: &std::collections::BTreeMap<HookPoint, Tensor>|
+                 -> Result<Tensor> {
+                    let cached = |kind| {
+                        cache.get(&HookPoint::new(layer, kind)).ok_or_else(|| {
+                            crate::WorkerError::Io(format!(
+                                "the model did not expose {}",
+                                HookPoint::new(layer, kind)
+                            ))
+                        })
+                    };
+                    // The contract: at hook_resid_post a block's state is transformers'
+                    // hidden_states[layer + 1] (the final norm's output after the last block).
+                    Ok(match *hook {
+                        "hook_resid_pre" => out.hidden_states[layer].shallow_clone(),
+                        "hook_resid_post" => out.hidden_states[layer + 1].shallow_clone(),
+                        "hook_resid_mid" => out.hidden_states[layer].f_add(cached(HookKind::AttnOut)?)?,
+                        other => cached(kind_of(other))?.shallow_clone(),
+                    })
                 };
+                let (xb, xf) = (state(&out_b, &cache_b)?, state(&out_f, &cache_f)?);
+                let (xb, xf) = (&xb, &xf);
                 let xb = tokens.select(xb)?.f_to_kind(Kind::Double)?;
                 let xf = tokens.select(xf)?.f_to_kind(Kind::Double)?;
                 let diff = xf.f_sub(&xb)?;
