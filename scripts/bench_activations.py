@@ -10,8 +10,9 @@ its own at the same thread count (all cores), it times:
 
   1. `neurodiff audit --analyses activations`: both models on the same right-padded batches,
      every hook of every block cached, and the per-token statistics accumulated;
-  2. transformers doing less: both models with `output_hidden_states=True` on the same batches
-     (no statistics), in fp32 under `torch.no_grad()`;
+  2. transformers doing less: both models' bodies (no unembedding, which neither side needs)
+     with `output_hidden_states=True` on the same batches (no statistics), in fp32 under
+     `torch.no_grad()`;
 
 and prints tokens/s and peak RSS of each, and the ratios. Each side's time includes loading
 the two models (the audit's also planning, the corpus and writing the report).
@@ -83,7 +84,9 @@ def transformers_side(d, n, seq_len, batch):
                 mask[r, :len(s)] = 1
             tokens += int(mask.sum())
             for m in (base, ft):
-                out = m(x, attention_mask=mask, output_hidden_states=True)
+                # The body only (GPT2Model): hidden states without the unembedding, as the
+                # activation analysis computes them.
+                out = m.transformer(x, attention_mask=mask, output_hidden_states=True)
                 assert len(out.hidden_states) == 13
     print(json.dumps({"seconds": time.perf_counter() - started, "tokens": tokens}))
 
