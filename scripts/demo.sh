@@ -4,7 +4,7 @@
 # known place and rank) and audits the rank-update organism against its base: the weights, and
 # both models run on the built-in generic corpus (activation differences per block and hook, the
 # differential logit lens). Ends with the path of report.html. Pass another organism name
-# (attn-scaled, lora) to audit that one instead (an adapter gets the weight audit).
+# (attn-scaled, lora) to audit that one instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -14,10 +14,8 @@ organism="${1:-rank-update}"
 $bin organisms --out out/organisms
 if [ "$organism" = lora ]; then
   target=(--adapter out/organisms/lora)
-  analyses=weights
 else
   target=(out/organisms/"$organism")
-  analyses=weights,activations,logit-lens
 fi
 echo "ground truth: $(cat out/organisms/$organism/ground_truth.json | tr -d '\n ' )" >&2
-exec $bin audit out/organisms/base "${target[@]}" --analyses "$analyses" --out "out/audit-$organism"
+exec $bin audit out/organisms/base "${target[@]}" --analyses weights,activations,logit-lens --out "out/audit-$organism"

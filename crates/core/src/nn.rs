@@ -17,11 +17,26 @@ impl LoadOpts {
     }
 }
 
-/// y = x W^T + b with W stored as `[out, in]` (torch.nn.Linear).
+/// y = x W^T + b with W stored as `[out, in]` (torch.nn.Linear), plus a LoRA delta
+/// scale · x Aᵀ Bᵀ while its switch is on.
 #[derive(Debug)]
 pub struct Linear {
+    /// The weight's checkpoint name, which an adapter's targets are matched against.
+    pub name: String,
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    pub lora: Option<LoraDelta>,
+}
+
+/// A LoRA adapter's factors on one linear layer, applied in factored form (never merged).
+#[derive(Debug)]
+pub struct LoraDelta {
+    /// `[r, in]`
+    pub a: Tensor,
+    /// `[out, r]`
+    pub b: Tensor,
+    pub scale: f64,
+    pub on: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Linear {
@@ -40,7 +55,12 @@ impl Linear {
         } else {
             None
         };
-        Ok(Linear { weight, bias })
+        Ok(Linear {
+            name: format!("{prefix}.weight"),
+            weight,
+            bias,
+            lora: None,
+        })
     }
 
     /// GPT-2's Conv1D stores `[in, out]`; transposed once here so forward is the same matmul.
@@ -54,13 +74,25 @@ impl Linear {
         let weight = o.get(ckpt, &format!("{prefix}.weight"), &[d_in, d_out])?;
         let bias = o.get(ckpt, &format!("{prefix}.bias"), &[d_out])?;
         Ok(Linear {
+            name: format!("{prefix}.weight"),
             weight: weight.f_transpose(0, 1)?.f_contiguous()?,
             bias: Some(bias),
+            lora: None,
         })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.f_linear(&self.weight, self.bias.as_ref())?)
+        let y = x.f_linear(&self.weight, self.bias.as_ref())?;
+        match &self.lora {
+            Some(l) if l.on.load(std::sync::atomic::Ordering::Relaxed) => {
+                let delta = x
+                    .f_linear(&l.a, None::<&Tensor>)?
+                    .f_linear(&l.b, None::<&Tensor>)?
+                    .f_mul_scalar(l.scale)?;
+                Ok(y.f_add(&delta)?)
+            }
+            _ => Ok(y),
+        }
     }
 }
 

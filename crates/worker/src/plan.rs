@@ -151,14 +151,6 @@ pub fn plan_audit(
     let weights = spec.runs(AnalysisKind::Weights).then_some(&spec.weights);
     check_limits(sources, contents, n_layers, weights, limits)?;
     if spec.needs_corpus() {
-        if matches!(sources.target, OpenTarget::Adapter(_)) {
-            return Err(WorkerError::Io(
-                "the activation analyses (activations, logit-lens) need a fine-tuned checkpoint; \
-                 an adapter gets the weight audit (merge it with `neurodiff task-vector apply` \
-                 to run them)"
-                    .into(),
-            ));
-        }
         let tokenizer = sources
             .base_dir
             .join(neurodiff_core::checkpoint::TOKENIZER_FILE);

@@ -168,16 +168,94 @@ fn results_do_not_depend_on_batch_size_or_shards() {
     );
 }
 
+/// `base` with every pair of the adapter at `adapter` merged in (W + scale · B A), in f32.
+fn merge(base: &Path, adapter: &Path, out: &Path) {
+    use neurodiff_core::weights::lora::Adapter;
+    use neurodiff_core::Checkpoint;
+    let ckpt = Checkpoint::open(base).unwrap();
+    let adapter = Adapter::open(adapter).unwrap();
+    std::fs::create_dir_all(out).unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(base.join(f), out.join(f)).unwrap();
+    }
+    let tensors: Vec<(String, tch::Tensor)> = ckpt
+        .names()
+        .map(|n| {
+            let w = ckpt.weight(n, tch::Kind::Double, tch::Device::Cpu).unwrap();
+            let w = match adapter.pairs.get(n) {
+                Some(pair) => w + adapter.dense_delta(&ckpt, pair).unwrap(),
+                None => w,
+            };
+            (n.to_string(), w.to_kind(tch::Kind::Float))
+        })
+        .collect();
+    tch::Tensor::write_safetensors(&tensors, out.join("model.safetensors")).unwrap();
+}
+
 #[test]
-fn an_adapter_or_a_missing_tokenizer_is_refused_at_planning() {
+fn an_adapter_as_a_switchable_hook_equals_the_merged_model() {
     let tmp = tempfile::tempdir().unwrap();
     write_organisms(tmp.path(), &OrganismSpec::default()).unwrap();
-    let mut s = spec(tmp.path(), "lora");
-    s.target = Target::Adapter {
+    merge(
+        &tmp.path().join("base"),
+        &tmp.path().join("lora"),
+        &tmp.path().join("merged"),
+    );
+    let mut hooked = spec(tmp.path(), "lora");
+    hooked.target = Target::Adapter {
         reference: tmp.path().join("lora").display().to_string(),
     };
-    let e = audit(&s).unwrap_err();
-    assert!(e.contains("need a fine-tuned checkpoint"), "{e}");
+    let (a, m) = (
+        audit(&hooked).unwrap(),
+        audit(&spec(tmp.path(), "merged")).unwrap(),
+    );
+    let close = |x: f64, y: f64| (x - y).abs() <= 1e-4 * x.abs().max(y.abs()) + 1e-9;
+    let (aa, ma) = (
+        a.analyses.activations.unwrap(),
+        m.analyses.activations.unwrap(),
+    );
+    let mut moved = 0;
+    for (x, y) in aa.layers.iter().zip(&ma.layers) {
+        assert_eq!((x.layer, &x.hook), (y.layer, &y.hook));
+        for (p, q) in [
+            (x.mean_diff_norm, y.mean_diff_norm),
+            (x.mean_rel_diff, y.mean_rel_diff),
+            (x.mean_cosine, y.mean_cosine),
+        ] {
+            assert!(close(p, q), "block {} {}: {p} vs {q}", x.layer, x.hook);
+        }
+        // The adapter (block 3's q_proj and v_proj) leaves every block before it unchanged.
+        if x.layer < 3 {
+            assert_eq!(x.mean_diff_norm, 0.0);
+        }
+        moved += usize::from(x.mean_diff_norm > 0.0);
+    }
+    assert!(moved > 0);
+    let (al, ml) = (
+        a.analyses.logit_lens.unwrap(),
+        m.analyses.logit_lens.unwrap(),
+    );
+    for (x, y) in al
+        .layers
+        .iter()
+        .chain([&al.output])
+        .zip(ml.layers.iter().chain([&ml.output]))
+    {
+        assert!(
+            close(x.kl_mean, y.kl_mean),
+            "{:?}: {} vs {}",
+            x.layer,
+            x.kl_mean,
+            y.kl_mean
+        );
+    }
+    assert!(al.output.kl_mean > 0.0);
+}
+
+#[test]
+fn a_missing_tokenizer_is_refused_at_planning() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_organisms(tmp.path(), &OrganismSpec::default()).unwrap();
     std::fs::remove_file(tmp.path().join("base/tokenizer.json")).unwrap();
     let e = audit(&spec(tmp.path(), "rank-update")).unwrap_err();
     assert!(e.contains("no tokenizer.json"), "{e}");

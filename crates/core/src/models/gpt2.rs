@@ -240,6 +240,21 @@ impl Gpt2 {
         (self.blocks.len(), s[1], s[0])
     }
 
+    /// Every linear layer of the blocks, for attaching an adapter.
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        self.blocks
+            .iter_mut()
+            .flat_map(|b| {
+                [
+                    &mut b.attn.c_attn,
+                    &mut b.attn.c_proj,
+                    &mut b.mlp.c_fc,
+                    &mut b.mlp.c_proj,
+                ]
+            })
+            .collect()
+    }
+
     /// The logits of a residual state: the final norm, then the unembedding.
     pub fn read_out(&self, h: &Tensor) -> Result<Tensor> {
         Ok(self

@@ -487,6 +487,26 @@ impl Llama {
         (self.layers.len(), s[1], s[0])
     }
 
+    /// Every linear layer of the blocks, for attaching an adapter.
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        self.layers
+            .iter_mut()
+            .flat_map(|b| {
+                let a = &mut b.self_attn;
+                let m = &mut b.mlp;
+                [
+                    &mut a.q_proj,
+                    &mut a.k_proj,
+                    &mut a.v_proj,
+                    &mut a.o_proj,
+                    &mut m.gate_proj,
+                    &mut m.up_proj,
+                    &mut m.down_proj,
+                ]
+            })
+            .collect()
+    }
+
     /// The logits of a residual state: the final norm, then the unembedding.
     pub fn read_out(&self, h: &Tensor) -> Result<Tensor> {
         Ok(self

@@ -43,6 +43,16 @@ enum Arch {
     Llama(llama::Llama),
 }
 
+/// Turns an attached adapter on (the adapted model) and off (the base).
+#[derive(Debug, Clone)]
+pub struct AdapterSwitch(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl AdapterSwitch {
+    pub fn set(&self, on: bool) {
+        self.0.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// A loaded causal LM.
 #[derive(Debug)]
 pub struct Model {
@@ -116,6 +126,43 @@ impl Model {
 
     pub fn device(&self) -> Device {
         self.device
+    }
+
+    /// Applies `adapter`'s LoRA pairs to this model (loaded from `base`) as deltas in factored
+    /// form behind one switch, off at first: one model serves as the base (off) and as the
+    /// adapted model (on), never two in memory. Every pair must adapt a linear layer of a block.
+    pub fn attach_adapter(
+        &mut self,
+        adapter: &crate::weights::lora::Adapter,
+        base: &Checkpoint,
+    ) -> Result<AdapterSwitch> {
+        let on = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let device = self.device;
+        let mut linears = match &mut self.arch {
+            Arch::Gpt2(m) => m.linears_mut(),
+            Arch::Llama(m) => m.linears_mut(),
+        };
+        for pair in adapter.pairs.values() {
+            let linear = linears
+                .iter_mut()
+                .find(|l| l.name == pair.base_name)
+                .ok_or_else(|| {
+                    CoreError::Input(format!(
+                        "adapter {}: `{}` is not a linear layer of a block; the activation \
+                         analyses apply adapters on the blocks' linear layers only",
+                        adapter.dir.display(),
+                        pair.base_name
+                    ))
+                })?;
+            let (a, b) = adapter.factors_for(base, pair, device)?;
+            linear.lora = Some(crate::nn::LoraDelta {
+                a: a.f_to_kind(Kind::Float)?,
+                b: b.f_to_kind(Kind::Float)?,
+                scale: pair.scale,
+                on: on.clone(),
+            });
+        }
+        Ok(AdapterSwitch(on))
     }
 
     /// The logit lens: a residual state `[..., d_model]` read through this model's own final

@@ -290,6 +290,18 @@ impl Adapter {
         Ok(m)
     }
 
+    /// The factors of `pair` (A `[r, in]`, B `[out, r]`, float64 on `device`), checked
+    /// against the base tensor's shape.
+    pub fn factors_for(
+        &self,
+        base: &Checkpoint,
+        pair: &LoraPair,
+        device: Device,
+    ) -> Result<(Tensor, Tensor)> {
+        let (a, b, _) = self.factors(base, pair, device)?;
+        Ok((a, b))
+    }
+
     /// The dense delta (only for tests and for merging; analysis never calls this).
     pub fn dense_delta(&self, base: &Checkpoint, pair: &LoraPair) -> Result<Tensor> {
         let (a, b, _) = self.factors(base, pair, Device::Cpu)?;

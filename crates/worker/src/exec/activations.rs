@@ -12,7 +12,7 @@ use neurodiff_protocol::{
 };
 use tch::{Kind, Tensor};
 
-use super::forward::{to_f64, Pair, ShardInput, Tokens};
+use super::forward::{to_f64, Pair, ShardInput, Side, Tokens};
 use super::{check, Progress};
 use crate::Result;
 
@@ -85,8 +85,8 @@ pub fn run(
             })
         };
         let (mut hb, mut hf) = (hooks(), hooks());
-        let out_b = pair.base.forward(&batch.ids, &mut hb)?;
-        let out_f = pair.ft.forward(&batch.ids, &mut hf)?;
+        let out_b = pair.model(Side::Base).forward(&batch.ids, &mut hb)?;
+        let out_f = pair.model(Side::Finetuned).forward(&batch.ids, &mut hf)?;
         let (cache_b, cache_f) = (hb.take_cache(), hf.take_cache());
         let positions = Tensor::from_slice(
             &tokens
@@ -117,7 +117,9 @@ pub fn run(
                     Ok(match *hook {
                         "hook_resid_pre" => out.hidden_states[layer].shallow_clone(),
                         "hook_resid_post" => out.hidden_states[layer + 1].shallow_clone(),
-                        "hook_resid_mid" => out.hidden_states[layer].f_add(cached(HookKind::AttnOut)?)?,
+                        "hook_resid_mid" => {
+                            out.hidden_states[layer].f_add(cached(HookKind::AttnOut)?)?
+                        }
                         other => cached(kind_of(other))?.shallow_clone(),
                     })
                 };

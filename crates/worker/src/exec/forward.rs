@@ -2,47 +2,75 @@
 //! shard's samples run through each in the same right-padded batches.
 use neurodiff_core::corpus::Batch;
 use neurodiff_core::tokenizer::{self, Tokenizer};
-use neurodiff_core::{Model, ModelInfo};
+use neurodiff_core::{AdapterSwitch, Model, ModelInfo};
 use tch::{Device, Kind, Tensor};
 
 use crate::{OpenTarget, Result, Sources, WorkerError};
 
 /// Both models of an audit, and the base's tokenizer (which tokenizes the corpus for both).
+/// For an adapter, one model: the base with the adapter attached behind a switch.
 #[derive(Debug)]
 pub struct Pair {
-    pub base: Model,
-    pub ft: Model,
+    base: Model,
+    /// The fine-tuned checkpoint, absent for an adapter.
+    ft: Option<Model>,
+    switch: Option<AdapterSwitch>,
     pub tokenizer: Tokenizer,
     /// The fine-tuned model's own tokenizer, when it has one (names the tokens it added).
     pub ft_tokenizer: Option<Tokenizer>,
 }
 
+/// Which model of the pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Base,
+    Finetuned,
+}
+
 impl Pair {
     pub fn load(sources: &Sources, device: Device) -> Result<Pair> {
-        let OpenTarget::Checkpoint(ft) = &sources.target else {
-            return Err(WorkerError::Io(
-                "the activation analyses need a fine-tuned checkpoint; for an adapter, merge it \
-                 first (neurodiff task-vector apply) or run the weight audit"
-                    .into(),
-            ));
-        };
-        let base = Model::load(&sources.base, device)?;
-        let ft_model = Model::load(ft, device)?;
-        let (b, f) = (base.info(), ft_model.info());
-        if b.n_layers != f.n_layers || b.d_model != f.d_model {
-            return Err(WorkerError::Io(format!(
-                "the models differ in shape: base {} blocks of width {}, fine-tuned {} of {}",
-                b.n_layers, b.d_model, f.n_layers, f.d_model
-            )));
-        }
         let tok = tokenizer::load_guarded(&sources.base_dir, sources.base.guard())?;
-        let ft_tokenizer = tokenizer::load_guarded(&sources.target_dir, ft.guard()).ok();
-        Ok(Pair {
-            base,
-            ft: ft_model,
-            tokenizer: tok,
-            ft_tokenizer,
-        })
+        let mut base = Model::load(&sources.base, device)?;
+        match &sources.target {
+            OpenTarget::Checkpoint(ft) => {
+                let ft_model = Model::load(ft, device)?;
+                let (b, f) = (base.info(), ft_model.info());
+                if b.n_layers != f.n_layers || b.d_model != f.d_model {
+                    return Err(WorkerError::Io(format!(
+                        "the models differ in shape: base {} blocks of width {}, fine-tuned {} of {}",
+                        b.n_layers, b.d_model, f.n_layers, f.d_model
+                    )));
+                }
+                Ok(Pair {
+                    base,
+                    ft: Some(ft_model),
+                    switch: None,
+                    tokenizer: tok,
+                    ft_tokenizer: tokenizer::load_guarded(&sources.target_dir, ft.guard()).ok(),
+                })
+            }
+            OpenTarget::Adapter(adapter) => {
+                let switch = base.attach_adapter(adapter, &sources.base)?;
+                Ok(Pair {
+                    base,
+                    ft: None,
+                    switch: Some(switch),
+                    tokenizer: tok,
+                    ft_tokenizer: None,
+                })
+            }
+        }
+    }
+
+    /// The model of `side`, an attached adapter switched to match.
+    pub fn model(&self, side: Side) -> &Model {
+        if let Some(switch) = &self.switch {
+            switch.set(side == Side::Finetuned);
+        }
+        match (side, &self.ft) {
+            (Side::Finetuned, Some(ft)) => ft,
+            _ => &self.base,
+        }
     }
 
     pub fn info(&self) -> &ModelInfo {

@@ -12,7 +12,7 @@ use neurodiff_protocol::{
 };
 use tch::{Kind, Tensor};
 
-use super::forward::{to_f64, Pair, ShardInput, Tokens};
+use super::forward::{to_f64, Pair, ShardInput, Side, Tokens};
 use super::{check, Progress};
 use crate::Result;
 
@@ -78,7 +78,10 @@ pub fn run(
     let _guard = tch::no_grad_guard();
     let started = Instant::now();
     let n_layers = pair.info().n_layers;
-    let (vb, vf) = (pair.base.info().vocab_size, pair.ft.info().vocab_size);
+    let (vb, vf) = (
+        pair.model(Side::Base).info().vocab_size,
+        pair.model(Side::Finetuned).info().vocab_size,
+    );
     let shared = vb.min(vf);
     let mut layers: Vec<KlSums> = (0..n_layers)
         .map(|l| kl_sums(Some(l), shared as usize))
@@ -92,12 +95,20 @@ pub fn run(
         check(progress, "batch")?;
         let batch = Batch::new(chunk, pair.device())?;
         let tokens = Tokens::of(&batch, input.start + b * batch_size)?;
-        let out_b = pair.base.forward(&batch.ids, &mut Hooks::new())?;
-        let out_f = pair.ft.forward(&batch.ids, &mut Hooks::new())?;
+        let out_b = pair
+            .model(Side::Base)
+            .forward(&batch.ids, &mut Hooks::new())?;
+        let out_f = pair
+            .model(Side::Finetuned)
+            .forward(&batch.ids, &mut Hooks::new())?;
         for layer in 0..n_layers {
             let hb = tokens.select(&out_b.hidden_states[layer + 1])?;
             let hf = tokens.select(&out_f.hidden_states[layer + 1])?;
-            let k = kl(&pair.base.read_out(&hb)?, &pair.ft.read_out(&hf)?, shared)?;
+            let k = kl(
+                &pair.model(Side::Base).read_out(&hb)?,
+                &pair.model(Side::Finetuned).read_out(&hf)?,
+                shared,
+            )?;
             add(&mut layers[layer], &mut values[layer], k);
         }
         let (lb, lf) = (tokens.select(&out_b.logits)?, tokens.select(&out_f.logits)?);
