@@ -6,13 +6,14 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use neurodiff_protocol::{
-    sample_shards, ActivationLayer, ActivationsReport, ActivationsShard, Analyses, AnalysisKind,
-    AuditResults, AuditSpec, DiffSums, Example, Histogram, MeanDiff, PositionSums, ShardKey,
-    ShardOutput,
+    ActivationLayer, ActivationsReport, Analyses, AnalysisKind, AuditResults, AuditSpec, DiffSums,
+    Example, Histogram, MeanDiff, PositionSums, ShardKey, ShardOutput,
 };
 
 use crate::charts::{lines, Series};
-use crate::{check_cover, escape, Analysis, AnalysisError, Figure, PlanFacts};
+use crate::{
+    check_cover, corpus_shards, escape, outputs_of, Analysis, AnalysisError, Figure, PlanFacts,
+};
 
 /// The hooks of a block, in forward order (TransformerLens names).
 pub const HOOKS: [&str; 5] = [
@@ -46,10 +47,7 @@ impl Analysis for Activations {
     }
 
     fn plan(&self, spec: &AuditSpec, facts: &PlanFacts) -> Result<Vec<ShardKey>, AnalysisError> {
-        let n = facts
-            .n_samples
-            .ok_or_else(|| merge_err("planned without a corpus".into()))?;
-        Ok(sample_shards(self.kind(), n, spec.corpus.shard_samples))
+        corpus_shards(self.kind(), spec, facts)
     }
 
     fn merge(
@@ -58,16 +56,10 @@ impl Analysis for Activations {
         outputs: Vec<ShardOutput>,
         into: &mut Analyses,
     ) -> Result<(), AnalysisError> {
-        let mut shards = outputs
-            .into_iter()
-            .map(|o| match o {
-                ShardOutput::Activations(s) => Ok(s),
-                other => Err(merge_err(format!(
-                    "a shard of {} among its shards",
-                    crate::kind_of(&other)
-                ))),
-            })
-            .collect::<Result<Vec<ActivationsShard>, _>>()?;
+        let mut shards = outputs_of(self.kind(), outputs, |o| match o {
+            ShardOutput::Activations(s) => Ok(s),
+            other => Err(other),
+        })?;
         let mut ranges: Vec<(usize, usize)> = shards.iter().map(|s| (s.start, s.end)).collect();
         let n_samples = check_cover(self.kind(), &mut ranges)?;
         // Summed in sample order, so the embedded audit and the service add the same numbers

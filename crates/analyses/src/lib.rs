@@ -141,6 +141,41 @@ pub fn kind_of(output: &ShardOutput) -> AnalysisKind {
     }
 }
 
+/// The shards of an analysis that runs the models: slices of the corpus.
+pub(crate) fn corpus_shards(
+    kind: AnalysisKind,
+    spec: &AuditSpec,
+    facts: &PlanFacts,
+) -> Result<Vec<ShardKey>, AnalysisError> {
+    let n = facts.n_samples.ok_or_else(|| AnalysisError::Merge {
+        analysis: kind,
+        message: "planned without a corpus".into(),
+    })?;
+    Ok(neurodiff_protocol::sample_shards(
+        kind,
+        n,
+        spec.corpus.shard_samples,
+    ))
+}
+
+/// The outputs of `kind`'s shards, unwrapped by `take` (which returns the output back when it
+/// belongs to another analysis).
+pub(crate) fn outputs_of<T>(
+    kind: AnalysisKind,
+    outputs: Vec<ShardOutput>,
+    take: fn(ShardOutput) -> Result<T, ShardOutput>,
+) -> Result<Vec<T>, AnalysisError> {
+    outputs
+        .into_iter()
+        .map(|o| {
+            take(o).map_err(|other| AnalysisError::Merge {
+                analysis: kind,
+                message: format!("a shard of {} among its shards", kind_of(&other)),
+            })
+        })
+        .collect()
+}
+
 /// Checks that sample shards cover `0..n` exactly once, sorted by start.
 pub(crate) fn check_cover(
     analysis: AnalysisKind,

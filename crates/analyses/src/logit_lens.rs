@@ -5,12 +5,14 @@
 use std::fmt::Write as _;
 
 use neurodiff_protocol::{
-    sample_shards, Analyses, AnalysisKind, AuditResults, AuditSpec, KlSums, LensLayer, LensReport,
-    LensShard, SampleKl, ShardKey, ShardOutput, TokenShift,
+    Analyses, AnalysisKind, AuditResults, AuditSpec, KlSums, LensLayer, LensReport, SampleKl,
+    ShardKey, ShardOutput, TokenShift,
 };
 
 use crate::charts::{lines, Series};
-use crate::{check_cover, escape, Analysis, AnalysisError, Figure, PlanFacts};
+use crate::{
+    check_cover, corpus_shards, escape, outputs_of, Analysis, AnalysisError, Figure, PlanFacts,
+};
 
 #[derive(Debug)]
 pub struct LogitLens;
@@ -28,10 +30,7 @@ impl Analysis for LogitLens {
     }
 
     fn plan(&self, spec: &AuditSpec, facts: &PlanFacts) -> Result<Vec<ShardKey>, AnalysisError> {
-        let n = facts
-            .n_samples
-            .ok_or_else(|| merge_err("planned without a corpus".into()))?;
-        Ok(sample_shards(self.kind(), n, spec.corpus.shard_samples))
+        corpus_shards(self.kind(), spec, facts)
     }
 
     fn merge(
@@ -40,16 +39,10 @@ impl Analysis for LogitLens {
         outputs: Vec<ShardOutput>,
         into: &mut Analyses,
     ) -> Result<(), AnalysisError> {
-        let mut shards = outputs
-            .into_iter()
-            .map(|o| match o {
-                ShardOutput::LogitLens(s) => Ok(s),
-                other => Err(merge_err(format!(
-                    "a shard of {} among its shards",
-                    crate::kind_of(&other)
-                ))),
-            })
-            .collect::<Result<Vec<LensShard>, _>>()?;
+        let mut shards = outputs_of(self.kind(), outputs, |o| match o {
+            ShardOutput::LogitLens(s) => Ok(s),
+            other => Err(other),
+        })?;
         let mut ranges: Vec<(usize, usize)> = shards.iter().map(|s| (s.start, s.end)).collect();
         let n_samples = check_cover(self.kind(), &mut ranges)?;
         shards.sort_by_key(|s| s.start);

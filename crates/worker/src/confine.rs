@@ -182,6 +182,23 @@ impl Enforcer {
         Ok(roots)
     }
 
+    /// The locations the service reserves, canonical: the denied local paths, this worker's
+    /// cache and the hub cache, except `home`, the reserved location a model is read from on
+    /// purpose (the worker's cache for its own copy of an s3:// model, the hub cache for a hub
+    /// snapshot).
+    fn reserved(&self, home: Option<&Path>) -> Vec<PathBuf> {
+        let home = home.and_then(canonical);
+        self.policy
+            .denied
+            .iter()
+            .filter(|d| d.starts_with('/'))
+            .map(PathBuf::from)
+            .chain([self.cache_dir.clone(), self.hub.cache_dir.clone()])
+            .filter_map(|d| canonical(&d))
+            .filter(|d| Some(d) != home.as_ref())
+            .collect()
+    }
+
     /// A single file (a corpus) named by `reference`: it must resolve inside all `roots` and
     /// outside the reserved locations, and be a regular file; its canonical path.
     pub(crate) fn vet_file(
@@ -192,15 +209,7 @@ impl Enforcer {
     ) -> Result<PathBuf> {
         let refuse = |why: &str| WorkerError::Io(format!("corpus `{reference}`: {why}"));
         let file = canonical(path).ok_or_else(|| refuse("no file there"))?;
-        let reserved: Vec<PathBuf> = self
-            .policy
-            .denied
-            .iter()
-            .filter(|d| d.starts_with('/'))
-            .map(PathBuf::from)
-            .chain([self.cache_dir.clone(), self.hub.cache_dir.clone()])
-            .filter_map(|d| canonical(&d))
-            .collect();
+        let reserved = self.reserved(None);
         if !roots.iter().all(|r| file.starts_with(r))
             || reserved.iter().any(|d| file.starts_with(d))
         {
@@ -224,19 +233,7 @@ impl Enforcer {
         roots: &[PathBuf],
         home: Option<&Path>,
     ) -> Result<BTreeMap<String, (u64, u64)>> {
-        let home = home.and_then(canonical);
-        let reserved: Vec<PathBuf> = self
-            .policy
-            .denied
-            .iter()
-            .filter(|d| d.starts_with('/'))
-            .map(PathBuf::from)
-            .chain([self.cache_dir.clone(), self.hub.cache_dir.clone()])
-            .filter_map(|d| canonical(&d))
-            // The reserved location this model is read from on purpose: the worker's cache for
-            // its own copy of an s3:// model, the hub cache for a hub snapshot.
-            .filter(|d| Some(d) != home.as_ref())
-            .collect();
+        let reserved = self.reserved(home);
         let inside = |p: &Path| {
             roots.iter().all(|r| p.starts_with(r)) && !reserved.iter().any(|d| p.starts_with(d))
         };
