@@ -11,6 +11,9 @@ use crate::harness::{assert_close, organisms, Env, BIN};
 
 const SAMPLES: usize = 20;
 
+/// A block_results row: analysis, layer, hook, mean_rel_diff, kl_mean.
+type StoredBlock = (String, Option<i32>, String, Option<f64>, Option<f64>);
+
 fn corpus_text() -> String {
     (0..SAMPLES)
         .map(|i| {
@@ -122,7 +125,7 @@ fn activation_analyses_over_rest_equal_the_embedded_ones() {
         );
     }
     // The per-block metrics are rows the team can query.
-    let rows: Vec<(String, Option<i32>, String, Option<f64>, Option<f64>)> = env
+    let rows: Vec<StoredBlock> = env
         .rt
         .block_on(
             sqlx::query_as(

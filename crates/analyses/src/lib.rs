@@ -158,19 +158,19 @@ pub(crate) fn corpus_shards(
     ))
 }
 
-/// The outputs of `kind`'s shards, unwrapped by `take` (which returns the output back when it
-/// belongs to another analysis).
+/// The outputs of `kind`'s shards, unwrapped by `take` (none for another analysis's output).
 pub(crate) fn outputs_of<T>(
     kind: AnalysisKind,
     outputs: Vec<ShardOutput>,
-    take: fn(ShardOutput) -> Result<T, ShardOutput>,
+    take: fn(ShardOutput) -> Option<T>,
 ) -> Result<Vec<T>, AnalysisError> {
     outputs
         .into_iter()
         .map(|o| {
-            take(o).map_err(|other| AnalysisError::Merge {
+            let other = kind_of(&o);
+            take(o).ok_or_else(|| AnalysisError::Merge {
                 analysis: kind,
-                message: format!("a shard of {} among its shards", kind_of(&other)),
+                message: format!("a shard of {other} among its shards"),
             })
         })
         .collect()

@@ -40,8 +40,8 @@ impl Analysis for LogitLens {
         into: &mut Analyses,
     ) -> Result<(), AnalysisError> {
         let mut shards = outputs_of(self.kind(), outputs, |o| match o {
-            ShardOutput::LogitLens(s) => Ok(s),
-            other => Err(other),
+            ShardOutput::LogitLens(s) => Some(s),
+            _ => None,
         })?;
         let mut ranges: Vec<(usize, usize)> = shards.iter().map(|s| (s.start, s.end)).collect();
         let n_samples = check_cover(self.kind(), &mut ranges)?;
