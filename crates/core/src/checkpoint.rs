@@ -208,6 +208,24 @@ impl Checkpoint {
     }
 
     /// The guard this checkpoint's files are shown to, if any.
+    /// Drops this process's resident pages of the mapped weight files (the page cache keeps
+    /// them; a later read faults them back in from the file). Called once the weights are
+    /// loaded into tensors or hashed, so a long analysis does not hold both copies.
+    pub fn release_pages(&self) {
+        for f in &self.files {
+            // SAFETY: the mapping is read-only and backed by the file (memmap2's `Mmap::map`:
+            // PROT_READ, MAP_SHARED). MADV_DONTNEED on such a mapping only discards resident
+            // pages, which are read again from the file on the next access: every slice into
+            // the map stays valid and sees the same bytes (the file not changing while mapped
+            // is the assumption the map itself rests on, see `map_file`).
+            #[allow(unsafe_code)]
+            let released = unsafe { f.mmap.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+            if let Err(e) = released {
+                tracing::debug!(file = %f.path.display(), error = %e, "cannot release mapped pages");
+            }
+        }
+    }
+
     pub fn guard(&self) -> Option<&Guard> {
         self.guard.as_ref()
     }

@@ -186,6 +186,16 @@ impl Sources {
         Ok((base, target))
     }
 
+    /// Releases the resident pages of both sides' mapped files (see
+    /// `Checkpoint::release_pages`).
+    pub fn release_pages(&self) {
+        self.base.release_pages();
+        match &self.target {
+            OpenTarget::Checkpoint(c) => c.release_pages(),
+            OpenTarget::Adapter(a) => a.weights.release_pages(),
+        }
+    }
+
     /// How many tensors a shard will analyse (for progress totals).
     pub fn shard_size(&self, shard: &ShardSpec) -> usize {
         weights::shard_tensors(&self.base, self.core_target(), shard.shard).len()

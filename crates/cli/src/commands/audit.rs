@@ -113,7 +113,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         bar.set_length(total as u64);
         // Hashing every weight file (the mapped bytes) runs beside the analysis.
         let (base_dir, target_dir) = (&sources.base_dir, &sources.target_dir);
-        let (spec, stop) = (&spec, &stop);
+        let (spec, stop, src) = (&spec, &stop, &sources);
         let (base_files, target_files) = (&base_files, &target_files);
         let hashing = scope.spawn(move || {
             let record = |reference: &str, dir: &std::path::Path, files| {
@@ -125,10 +125,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     stop,
                 )
             };
-            Ok::<_, neurodiff_worker::WorkerError>((
+            let records = (
                 record(&spec.base, base_dir, base_files)?,
                 record(spec.target.reference(), target_dir, target_files)?,
-            ))
+            );
+            // Hashing touched every page of both sides; the analyses have their own copies.
+            src.release_pages();
+            Ok::<_, neurodiff_worker::WorkerError>(records)
         });
         let analysed = shards
             .iter()

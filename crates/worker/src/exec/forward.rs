@@ -28,7 +28,15 @@ pub enum Side {
 }
 
 impl Pair {
+    /// Loads the models of `sources`; their mapped pages are released once loaded (the
+    /// tensors hold the weights for the rest of the shard).
     pub fn load(sources: &Sources, device: Device) -> Result<Pair> {
+        let pair = Self::load_models(sources, device);
+        sources.release_pages();
+        pair
+    }
+
+    fn load_models(sources: &Sources, device: Device) -> Result<Pair> {
         let tok = tokenizer::load_guarded(&sources.base_dir, sources.base.guard())?;
         let mut base = Model::load(&sources.base, device)?;
         match &sources.target {
