@@ -196,6 +196,23 @@ impl AuditSpec {
                     ),
                 ));
             }
+            let per_shard = self.corpus.shard_samples as u64 * self.corpus.seq_len as u64;
+            if per_shard > MAX_SHARD_TOKENS {
+                return Err(SpecError::Field(
+                    "corpus.shard_samples".into(),
+                    format!(
+                        "shard_samples × seq_len = {per_shard} tokens per shard; at most \
+                         {MAX_SHARD_TOKENS} (a shard keeps per-token values for its quantiles)"
+                    ),
+                ));
+            }
+            let shards = self.corpus.max_samples.div_ceil(self.corpus.shard_samples);
+            if shards > MAX_CORPUS_SHARDS {
+                return Err(SpecError::Field(
+                    "corpus.shard_samples".into(),
+                    format!("{shards} shards per analysis; at most {MAX_CORPUS_SHARDS}"),
+                ));
+            }
         }
         Ok(())
     }
@@ -209,6 +226,11 @@ impl AuditSpec {
         self.analyses.contains(&kind)
     }
 }
+
+/// Tokens one corpus shard may run (`shard_samples` × `seq_len`).
+pub const MAX_SHARD_TOKENS: u64 = 1 << 20;
+/// Corpus shards one analysis may have.
+pub const MAX_CORPUS_SHARDS: usize = 4096;
 
 /// The most singular values a tensor's report may list.
 pub const MAX_TOP_K: usize = 4096;
@@ -275,7 +297,12 @@ impl std::str::FromStr for ShardKey {
             return Ok(ShardKey::NonLayer);
         }
         if let Some(i) = s.strip_prefix("layer-") {
-            return i.parse().map(ShardKey::Layer).map_err(|_| bad());
+            let key = i.parse().map(ShardKey::Layer).map_err(|_| bad())?;
+            return if key.to_string() == s {
+                Ok(key)
+            } else {
+                Err(bad())
+            };
         }
         let (analysis, range) = s.split_once("/samples-").ok_or_else(bad)?;
         let (start, end) = range.split_once('-').ok_or_else(bad)?;
@@ -287,11 +314,16 @@ impl std::str::FromStr for ShardKey {
         if start >= end || !analysis.needs_corpus() {
             return Err(bad());
         }
-        Ok(ShardKey::Samples {
+        let key = ShardKey::Samples {
             analysis,
             start,
             end,
-        })
+        };
+        // Only the one spelling `Display` writes (no `layer-7`, no `logit_lens/...`).
+        if key.to_string() != s {
+            return Err(bad());
+        }
+        Ok(key)
     }
 }
 

@@ -5,6 +5,7 @@
 //! only through the hub cache, to a commit, inside the repository's folder; `s3://` prefixes
 //! are copied into the cache under a name derived from the normalised location.
 use std::collections::BTreeMap;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -199,26 +200,31 @@ impl Enforcer {
             .collect()
     }
 
-    /// A single file (a corpus) named by `reference`: it must resolve inside all `roots` and
-    /// outside the reserved locations, and be a regular file; its canonical path.
-    pub(crate) fn vet_file(
+    /// A single file (a corpus) named by `reference`, opened: what the open descriptor
+    /// refers to (not the name, which may be re-pointed meanwhile) must lie inside all `roots`
+    /// and outside the reserved locations, and be a regular file.
+    pub(crate) fn open_vetted_file(
         &self,
         reference: &str,
         path: &Path,
         roots: &[PathBuf],
-    ) -> Result<PathBuf> {
+    ) -> Result<std::fs::File> {
         let refuse = |why: &str| WorkerError::Io(format!("corpus `{reference}`: {why}"));
-        let file = canonical(path).ok_or_else(|| refuse("no file there"))?;
+        let file = std::fs::File::open(path).map_err(|_| refuse("no file there"))?;
+        let meta = file.metadata().map_err(|_| refuse("no file there"))?;
+        if !meta.is_file() {
+            return Err(refuse("not a regular file"));
+        }
+        // The path the kernel has for the open descriptor.
+        let opened = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+            .map_err(|_| refuse("cannot tell where the open file lies"))?;
         let reserved = self.reserved(None);
-        if !roots.iter().all(|r| file.starts_with(r))
-            || reserved.iter().any(|d| file.starts_with(d))
+        if !roots.iter().all(|r| opened.starts_with(r))
+            || reserved.iter().any(|d| opened.starts_with(d))
         {
             return Err(refuse(
                 "resolves outside the locations this team may read (a symbolic link?)",
             ));
-        }
-        if !std::fs::metadata(&file).is_ok_and(|m| m.is_file()) {
-            return Err(refuse("not a regular file"));
         }
         Ok(file)
     }

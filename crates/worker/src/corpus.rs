@@ -78,6 +78,10 @@ fn file_name(source: &str) -> String {
 
 fn read_bounded(source: &str, path: &Path, max: u64) -> Result<Vec<u8>> {
     let file = std::fs::File::open(path).map_err(|e| refused(source, e))?;
+    read_file_bounded(source, file, max)
+}
+
+fn read_file_bounded(source: &str, file: std::fs::File, max: u64) -> Result<Vec<u8>> {
     let meta = file.metadata().map_err(|e| refused(source, e))?;
     if !meta.is_file() {
         return Err(refused(source, "not a regular file"));
@@ -101,7 +105,10 @@ impl Enforcer {
     pub async fn read_corpus(&self, team: &str, opts: &CorpusOptions) -> Result<CorpusText> {
         let limits = self.limits;
         let Some(source) = opts.source.clone() else {
-            return load_local(opts, &limits);
+            let opts = opts.clone();
+            return tokio::task::spawn_blocking(move || load_local(&opts, &limits))
+                .await
+                .map_err(|e| WorkerError::Io(format!("corpus reader: {e}")))?;
         };
         let parsed = self
             .policy
@@ -110,8 +117,8 @@ impl Enforcer {
         let bytes = match &parsed {
             ModelRef::Local { path } => {
                 let roots = self.local_roots(team, &parsed, &source)?;
-                let file = self.vet_file(&source, Path::new(path), &roots)?;
-                read_bounded(&source, &file, limits.max_corpus_bytes)?
+                let file = self.open_vetted_file(&source, Path::new(path), &roots)?;
+                read_file_bounded(&source, file, limits.max_corpus_bytes)?
             }
             ModelRef::S3 { bucket, prefix } => {
                 fetch_s3(
@@ -130,7 +137,13 @@ impl Enforcer {
                 ))
             }
         };
-        from_bytes(&source, &file_name(&source), &bytes, opts, &limits)
+        // Decompressing and splitting up to --max-corpus-bytes is blocking work.
+        let opts = opts.clone();
+        tokio::task::spawn_blocking(move || {
+            from_bytes(&source, &file_name(&source), &bytes, &opts, &limits)
+        })
+        .await
+        .map_err(|e| WorkerError::Io(format!("corpus reader: {e}")))?
     }
 }
 

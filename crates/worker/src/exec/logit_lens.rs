@@ -25,21 +25,23 @@ struct Kl {
     delta: Vec<f64>,
 }
 
-fn kl(logits_b: &Tensor, logits_f: &Tensor, shared: i64) -> Result<Kl> {
-    let n = logits_b.size()[0];
+/// The logits of rows `start..start + len` of both sides.
+type Rows<'a> = &'a dyn Fn(i64, i64) -> Result<(Tensor, Tensor)>;
+
+fn kl(n: i64, logits: Rows<'_>, shared: i64) -> Result<Kl> {
     let rows = (CHUNK_ELEMENTS / shared.max(1)).max(1);
     let mut per_token = Vec::with_capacity(n as usize);
     let mut delta = vec![0.0; shared as usize];
     let mut start = 0;
     while start < n {
         let len = rows.min(n - start);
+        // Unembedded chunk by chunk, so the bound holds for the logits too.
+        let (logits_b, logits_f) = logits(start, len)?;
         let lb = logits_b
-            .f_narrow(0, start, len)?
             .f_narrow(1, 0, shared)?
             .f_to_kind(Kind::Double)?
             .f_log_softmax(-1, Kind::Double)?;
         let lf = logits_f
-            .f_narrow(0, start, len)?
             .f_narrow(1, 0, shared)?
             .f_to_kind(Kind::Double)?
             .f_log_softmax(-1, Kind::Double)?;
@@ -104,15 +106,22 @@ pub fn run(
         for layer in 0..n_layers {
             let hb = tokens.select(&out_b.hidden_states[layer + 1])?;
             let hf = tokens.select(&out_f.hidden_states[layer + 1])?;
-            let k = kl(
-                &pair.model(Side::Base).read_out(&hb)?,
-                &pair.model(Side::Finetuned).read_out(&hf)?,
-                shared,
-            )?;
+            let rows = |start: i64, len: i64| -> Result<(Tensor, Tensor)> {
+                Ok((
+                    pair.model(Side::Base)
+                        .read_out(&hb.f_narrow(0, start, len)?)?,
+                    pair.model(Side::Finetuned)
+                        .read_out(&hf.f_narrow(0, start, len)?)?,
+                ))
+            };
+            let k = kl(hb.size()[0], &rows, shared)?;
             add(&mut layers[layer], &mut values[layer], k);
         }
         let (lb, lf) = (tokens.select(&out_b.logits)?, tokens.select(&out_f.logits)?);
-        let k = kl(&lb, &lf, shared)?;
+        let rows = |start: i64, len: i64| -> Result<(Tensor, Tensor)> {
+            Ok((lb.f_narrow(0, start, len)?, lf.f_narrow(0, start, len)?))
+        };
+        let k = kl(lb.size()[0], &rows, shared)?;
         for (t, v) in k.per_token.iter().enumerate() {
             let s = &mut sample_kl[tokens.sample[t] - input.start];
             s.0 += v;
