@@ -7,6 +7,7 @@ use crate::spec::SpecError;
 
 /// Which text to run the models on, and how much of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CorpusOptions {
     /// A local file or `s3://bucket/key`; absent: the built-in generic corpus. A name ending in
     /// `.jsonl` (or `.jsonl.gz`) is JSON Lines with a `text` field, anything else plain text
@@ -97,6 +98,7 @@ impl CorpusOptions {
 pub const BUILTIN_CORPUS: &str = "builtin:generic";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ActivationOptions {
     /// Leading positions of the position profile and of the mean difference vectors.
     #[serde(default = "default_positions")]
@@ -141,6 +143,7 @@ impl ActivationOptions {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LensOptions {
     /// Tokens listed per block whose probability rises (and falls) most.
     #[serde(default = "default_top_tokens")]
@@ -452,6 +455,16 @@ pub struct LensReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn misspelt_options_are_refused_by_name() {
+        let e = serde_json::from_str::<CorpusOptions>(r#"{"seq_length": 64}"#).unwrap_err();
+        assert!(e.to_string().contains("seq_length"), "{e}");
+        assert!(serde_json::from_str::<ActivationOptions>(r#"{"position": 8}"#).is_err());
+        assert!(serde_json::from_str::<LensOptions>(r#"{"top_token": 8}"#).is_err());
+        let ok: CorpusOptions = serde_json::from_str(r#"{"seq_len": 64}"#).unwrap();
+        assert_eq!(ok.seq_len, 64);
+    }
 
     #[test]
     fn histogram_quantiles_merge_and_stay_close() {

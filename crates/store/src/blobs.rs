@@ -180,6 +180,24 @@ impl Blobs {
         Ok(written)
     }
 
+    /// One object's size and version, without listing its folder (which may hold thousands).
+    pub async fn head(&self, key: &str) -> Result<ListedObject> {
+        let meta = self
+            .store
+            .head(&self.path(key))
+            .await
+            .map_err(|e| classify(key, e))?;
+        Ok(ListedObject {
+            key: key.to_string(),
+            size: meta.size,
+            version: meta
+                .e_tag
+                .clone()
+                .unwrap_or_else(|| meta.last_modified.to_rfc3339()),
+            e_tag: meta.e_tag,
+        })
+    }
+
     /// Objects directly under `prefix` (not in sub-folders), with their sizes, sorted by key.
     pub async fn list_sized(&self, prefix: &str) -> Result<Vec<ListedObject>> {
         let base = self.path(prefix);

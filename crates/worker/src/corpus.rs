@@ -147,7 +147,7 @@ impl Enforcer {
     }
 }
 
-/// One object, its size checked against the listing before it is copied, read back whole.
+/// One object, its size checked (HEAD) before it is copied, read back whole.
 async fn fetch_s3(
     source: &str,
     bucket: &str,
@@ -162,15 +162,10 @@ async fn fetch_s3(
         _ => refused(source, e),
     };
     let blobs = Blobs::from_url(&format!("s3://{bucket}")).map_err(failed)?;
-    // Listed with its siblings (a listing is of a directory), to learn its size and version.
-    let parent = key.rsplit_once('/').map_or("", |(dir, _)| dir);
-    let object = blobs
-        .list_sized(parent)
-        .await
-        .map_err(failed)?
-        .into_iter()
-        .find(|o| o.key == key)
-        .ok_or_else(|| refused(source, "no such object"))?;
+    let object = blobs.head(key).await.map_err(|e| match e {
+        StoreError::NotFound { .. } => refused(source, "no such object"),
+        e => failed(e),
+    })?;
     if object.size > max {
         return Err(refused(
             source,

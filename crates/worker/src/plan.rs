@@ -166,12 +166,36 @@ pub fn plan_audit(
                 "no corpus was read for the activation analyses".into(),
             ));
         }
+        check_positions(sources, spec.corpus.seq_len)?;
     }
     let facts = PlanFacts {
         n_layers,
         n_samples: corpus.map(|c| c.samples.len()),
     };
     neurodiff_analyses::plan(spec, &facts).map_err(|e| WorkerError::Io(e.to_string()))
+}
+
+/// Refuses a `seq_len` beyond what a model with learned positions can embed (GPT-2's
+/// `n_positions`), here rather than in the first shard.
+fn check_positions(sources: &Sources, seq_len: usize) -> crate::Result<()> {
+    let mut checkpoints = vec![("base", &sources.base)];
+    if let OpenTarget::Checkpoint(c) = &sources.target {
+        checkpoints.push(("fine-tuned", c));
+    }
+    for (side, ckpt) in checkpoints {
+        let config = ckpt.config_json()?;
+        if let Some(n) = config
+            .get("n_positions")
+            .and_then(serde_json::Value::as_u64)
+        {
+            if seq_len as u64 > n {
+                return Err(WorkerError::Io(format!(
+                    "--seq-len {seq_len} exceeds the {side} model's n_positions = {n} (config.json)"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Refuses models larger than the limits allow, naming the limit and its flag (`contents`: the

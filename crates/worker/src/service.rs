@@ -313,11 +313,18 @@ async fn shard(
     attempt_slot.store(attempt, Ordering::SeqCst);
     tracing::info!(attempt, "shard started");
     let team = ctx.db.team_of(audit).await?;
-    let planned: Option<PlanRecord> = ctx
-        .db
-        .audit_models(audit)
-        .await?
-        .and_then(|m| serde_json::from_value(m).ok());
+    // A plan record that does not parse must stop the shard: without it the pinned commits
+    // and content hashes would go unchecked.
+    let planned: Option<PlanRecord> = match ctx.db.audit_models(audit).await? {
+        None => None,
+        Some(m) => match serde_json::from_value(m) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                let reason = format!("shard {key}: the audit's plan record is unreadable: {e}");
+                return fail_shard(ctx, audit, &key, attempt, &reason).await;
+            }
+        },
+    };
     let failed = |e: WorkerError, pair: &[&Confined]| {
         redact(&e.to_string(), pair, &ctx.settings.enforcer.hidden())
     };
