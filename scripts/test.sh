@@ -4,7 +4,8 @@
 # hooks, malformed input, hub cache, the CLI, the store on PostgreSQL, Redis and S3, the API, and
 # the whole service with a scheduler and workers), then checks `neurodiff inspect` against
 # transformers on freshly made checkpoints that are not among the fixtures, and the activation
-# analyses' statistics against transformers on the fixtures.
+# analyses' statistics against transformers on the fixtures, and that the trained organisms load
+# in transformers and peft with the losses they record.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -18,3 +19,6 @@ cargo test --workspace "$@"
 python scripts/parity.py check-inspect target/debug/neurodiff --seed 7
 # The activation analyses' contract statistics against transformers in float64.
 python scripts/activations_reference.py check target/debug/neurodiff
+# The trained organisms (trained by the tests on first use, cached by seed and version).
+target/debug/neurodiff organisms --trained --quiet --out target/organisms-trained
+python scripts/organisms_check.py target/organisms-trained

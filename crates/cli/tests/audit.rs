@@ -360,3 +360,78 @@ fn task_vectors_round_trip_exactly_and_combine() {
     );
     assert!(!tmp.path().join("x").exists());
 }
+
+#[test]
+fn trained_organisms_audit_with_every_analysis_on_the_builtin_corpus() {
+    let tmp = tempfile::tempdir().unwrap();
+    let org = tmp.path().join("trained");
+    // Copies the cached organisms (trained on first use, once per seed and version).
+    ok(&["organisms", "--trained", "--quiet", "--out", s(&org)]);
+    let base = org.join("base");
+    let blocks = org.join("cooking-blocks");
+    let truth = read_json(&blocks.join("ground_truth.json"));
+    let trained: Vec<String> = truth["trained_blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| format!("model.layers.{b}."))
+        .collect();
+    let analyses = "weights,activations,logit-lens";
+    let r = audit(
+        tmp.path(),
+        &[
+            s(&base),
+            s(&blocks),
+            "--analyses",
+            analyses,
+            "--max-samples",
+            "24",
+        ],
+    );
+    assert_eq!(r["corpus"]["source"], "builtin:generic");
+    // The weights that moved are exactly those of the trained blocks.
+    for t in r["analyses"]["weights"]["tensors"].as_array().unwrap() {
+        let name = t["name"].as_str().unwrap();
+        let in_trained = trained.iter().any(|p| name.starts_with(p));
+        assert_eq!(t["fro"].as_f64().unwrap() > 0.0, in_trained, "{name}");
+    }
+    let first: usize = truth["trained_blocks"][0].as_u64().unwrap() as usize;
+    for l in r["analyses"]["activations"]["layers"].as_array().unwrap() {
+        let moved = l["mean_diff_norm"].as_f64().unwrap() > 0.0;
+        let layer = l["layer"].as_u64().unwrap() as usize;
+        assert!(moved || layer <= first, "block {layer} {}", l["hook"]);
+        assert!(!moved || layer >= first, "block {layer} {}", l["hook"]);
+    }
+    assert!(
+        r["analyses"]["logit_lens"]["output"]["kl_mean"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+
+    let lora = org.join("cooking-lora");
+    let r = audit(
+        tmp.path(),
+        &[
+            s(&base),
+            "--adapter",
+            s(&lora),
+            "--analyses",
+            analyses,
+            "--max-samples",
+            "16",
+        ],
+    );
+    let tensors = r["analyses"]["weights"]["tensors"].as_array().unwrap();
+    assert_eq!(tensors.len(), 6 * 7, "a LoRA pair on every linear layer");
+    assert!(tensors
+        .iter()
+        .all(|t| t["numerical_rank"].as_u64().unwrap() <= 8));
+    assert!(
+        r["analyses"]["activations"]["layers"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 6 * 5
+    );
+}

@@ -3,45 +3,13 @@
 //! do not depend on the batch size or on how the corpus is split into shards.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+mod common;
+
 use std::path::Path;
 
+use common::{assert_changed_from, assert_same_statistics, audit, merge};
 use neurodiff_core::organisms::{write_organisms, OrganismSpec};
-use neurodiff_core::reference::HubOptions;
-use neurodiff_protocol::{AnalysisKind, AuditResults, AuditSpec, Limits, PlanRecord, Target};
-use neurodiff_worker::exec::run_shard;
-use neurodiff_worker::{corpus, plan_audit, Sources};
-
-fn record() -> neurodiff_protocol::ModelRecord {
-    neurodiff_protocol::ModelRecord {
-        reference: "x".into(),
-        resolved: "x".into(),
-        content_hash: "sha256:0".into(),
-        files: Vec::new(),
-    }
-}
-
-/// Runs `spec` as the embedded audit does (plan, every shard, assemble).
-fn audit(spec: &AuditSpec) -> Result<AuditResults, String> {
-    let limits = Limits::default();
-    let sources = Sources::open(&spec.base, &spec.target, &HubOptions::from_env())
-        .map_err(|e| e.to_string())?;
-    let corpus = corpus::load_local(&spec.corpus, &limits).map_err(|e| e.to_string())?;
-    let (b, t) = sources.contents().map_err(|e| e.to_string())?;
-    let shards =
-        plan_audit(&sources, spec, [&b, &t], Some(&corpus), &limits).map_err(|e| e.to_string())?;
-    let outputs = shards
-        .iter()
-        .map(|s| run_shard(&sources, s, Some(&corpus), tch::Device::Cpu, &mut |_| true))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())?;
-    let record = PlanRecord {
-        n_layers: sources.n_layers().unwrap(),
-        base: record(),
-        finetuned: record(),
-        corpus: Some(corpus.record),
-    };
-    neurodiff_analyses::assemble(spec, record, outputs, 0).map_err(|e| e.to_string())
-}
+use neurodiff_protocol::{AnalysisKind, AuditSpec, Target};
 
 fn spec(dir: &Path, ft: &str) -> AuditSpec {
     let mut spec = AuditSpec::new(
@@ -67,54 +35,10 @@ fn a_planted_change_shows_from_its_block_on_and_nowhere_before() {
         ("attn-scaled", 1, "hook_attn_out"),
     ] {
         let r = audit(&spec(tmp.path(), ft)).unwrap();
-        let a = r.analyses.activations.as_ref().unwrap();
-        let hooks = neurodiff_analyses::activations::HOOKS;
-        let first = hooks.iter().position(|h| *h == first_hook).unwrap();
-        assert_eq!(a.layers.len(), 6 * hooks.len());
-        for l in &a.layers {
-            let changed = l.layer > block
-                || (l.layer == block && hooks.iter().position(|h| *h == l.hook).unwrap() >= first);
-            let stats = [
-                l.mean_diff_norm,
-                l.mean_rel_diff,
-                l.p50_diff_norm,
-                l.p95_rel_diff,
-            ];
-            if changed {
-                assert!(
-                    stats.iter().all(|s| *s > 0.0),
-                    "{ft} {} {}: {stats:?}",
-                    l.layer,
-                    l.hook
-                );
-                assert!(l.mean_cosine < 1.0);
-            } else {
-                assert_eq!(stats, [0.0; 4], "{ft} {} {}", l.layer, l.hook);
-                assert_eq!(l.mean_cosine, 1.0);
-                assert!(l.position_diff_norm.iter().all(|v| *v == 0.0));
-            }
-        }
-        assert!(a
-            .top_examples
-            .iter()
-            .all(|e| e.layer < block || e.diff_norm > 0.0));
+        assert_eq!(r.analyses.activations.as_ref().unwrap().layers.len(), 6 * 5);
+        assert_changed_from(&r, block, first_hook, ft);
         let lens = r.analyses.logit_lens.as_ref().unwrap();
-        for l in &lens.layers {
-            let layer = l.layer.unwrap();
-            if layer < block {
-                assert_eq!((l.kl_mean, l.kl_p95), (0.0, 0.0), "{ft} lens {layer}");
-                assert!(l.rising.is_empty() && l.falling.is_empty());
-            } else {
-                assert!(l.kl_mean > 0.0, "{ft} lens {layer}");
-                assert!(!l.rising.is_empty() && !l.falling.is_empty());
-            }
-        }
-        assert!(lens.output.kl_mean > 0.0);
         assert_eq!(lens.vocab.base_size, lens.vocab.shared);
-        let mean = a.mean_diff.as_ref().unwrap();
-        let d = mean.d_model;
-        assert!(mean.all[..block * d].iter().all(|v| *v == 0.0));
-        assert!(mean.all[block * d..].iter().any(|v| *v != 0.0));
     }
 }
 
@@ -129,67 +53,15 @@ fn results_do_not_depend_on_batch_size_or_shards() {
     many.corpus.batch_size = 7;
     many.corpus.shard_samples = 5;
     let (a, b) = (audit(&one).unwrap(), audit(&many).unwrap());
-    let close = |x: f64, y: f64| (x - y).abs() <= 1e-6 * x.abs().max(y.abs()) + 1e-12;
-    let (aa, ba) = (
-        a.analyses.activations.unwrap(),
-        b.analyses.activations.unwrap(),
-    );
-    assert_eq!(aa.n_tokens, ba.n_tokens);
-    for (x, y) in aa.layers.iter().zip(&ba.layers) {
-        for (p, q) in [
-            (x.mean_diff_norm, y.mean_diff_norm),
-            (x.mean_rel_diff, y.mean_rel_diff),
-            (x.mean_cosine, y.mean_cosine),
-        ] {
-            assert!(close(p, q), "block {} {}: {p} vs {q}", x.layer, x.hook);
-        }
-    }
+    assert_same_statistics(&a, &b, 1e-6);
     let (al, bl) = (
         a.analyses.logit_lens.unwrap(),
         b.analyses.logit_lens.unwrap(),
     );
-    for (x, y) in al
-        .layers
-        .iter()
-        .chain([&al.output])
-        .zip(bl.layers.iter().chain([&bl.output]))
-    {
-        assert!(
-            close(x.kl_mean, y.kl_mean),
-            "{:?}: {} vs {}",
-            x.layer,
-            x.kl_mean,
-            y.kl_mean
-        );
-    }
     assert_eq!(
         al.top_samples.iter().map(|s| s.sample).collect::<Vec<_>>(),
         bl.top_samples.iter().map(|s| s.sample).collect::<Vec<_>>()
     );
-}
-
-/// `base` with every pair of the adapter at `adapter` merged in (W + scale · B A), in f32.
-fn merge(base: &Path, adapter: &Path, out: &Path) {
-    use neurodiff_core::weights::lora::Adapter;
-    use neurodiff_core::Checkpoint;
-    let ckpt = Checkpoint::open(base).unwrap();
-    let adapter = Adapter::open(adapter).unwrap();
-    std::fs::create_dir_all(out).unwrap();
-    for f in ["config.json", "tokenizer.json"] {
-        std::fs::copy(base.join(f), out.join(f)).unwrap();
-    }
-    let tensors: Vec<(String, tch::Tensor)> = ckpt
-        .names()
-        .map(|n| {
-            let w = ckpt.weight(n, tch::Kind::Double, tch::Device::Cpu).unwrap();
-            let w = match adapter.pairs.get(n) {
-                Some(pair) => w + adapter.dense_delta(&ckpt, pair).unwrap(),
-                None => w,
-            };
-            (n.to_string(), w.to_kind(tch::Kind::Float))
-        })
-        .collect();
-    tch::Tensor::write_safetensors(&tensors, out.join("model.safetensors")).unwrap();
 }
 
 #[test]
@@ -209,47 +81,15 @@ fn an_adapter_as_a_switchable_hook_equals_the_merged_model() {
         audit(&hooked).unwrap(),
         audit(&spec(tmp.path(), "merged")).unwrap(),
     );
-    let close = |x: f64, y: f64| (x - y).abs() <= 1e-4 * x.abs().max(y.abs()) + 1e-9;
-    let (aa, ma) = (
-        a.analyses.activations.unwrap(),
-        m.analyses.activations.unwrap(),
-    );
-    let mut moved = 0;
-    for (x, y) in aa.layers.iter().zip(&ma.layers) {
-        assert_eq!((x.layer, &x.hook), (y.layer, &y.hook));
-        for (p, q) in [
-            (x.mean_diff_norm, y.mean_diff_norm),
-            (x.mean_rel_diff, y.mean_rel_diff),
-            (x.mean_cosine, y.mean_cosine),
-        ] {
-            assert!(close(p, q), "block {} {}: {p} vs {q}", x.layer, x.hook);
-        }
-        // The adapter (block 3's q_proj and v_proj) leaves every block before it unchanged.
-        if x.layer < 3 {
-            assert_eq!(x.mean_diff_norm, 0.0);
-        }
-        moved += usize::from(x.mean_diff_norm > 0.0);
-    }
-    assert!(moved > 0);
-    let (al, ml) = (
-        a.analyses.logit_lens.unwrap(),
-        m.analyses.logit_lens.unwrap(),
-    );
-    for (x, y) in al
+    assert_same_statistics(&a, &m, 1e-4);
+    let aa = a.analyses.activations.as_ref().unwrap();
+    // The adapter (block 3's q_proj and v_proj) leaves every block before it unchanged.
+    assert!(aa
         .layers
         .iter()
-        .chain([&al.output])
-        .zip(ml.layers.iter().chain([&ml.output]))
-    {
-        assert!(
-            close(x.kl_mean, y.kl_mean),
-            "{:?}: {} vs {}",
-            x.layer,
-            x.kl_mean,
-            y.kl_mean
-        );
-    }
-    assert!(al.output.kl_mean > 0.0);
+        .all(|x| x.layer >= 3 || x.mean_diff_norm == 0.0));
+    assert!(aa.layers.iter().any(|x| x.mean_diff_norm > 0.0));
+    assert!(a.analyses.logit_lens.as_ref().unwrap().output.kl_mean > 0.0);
 }
 
 #[test]
@@ -259,4 +99,23 @@ fn a_missing_tokenizer_is_refused_at_planning() {
     std::fs::remove_file(tmp.path().join("base/tokenizer.json")).unwrap();
     let e = audit(&spec(tmp.path(), "rank-update")).unwrap_err();
     assert!(e.contains("no tokenizer.json"), "{e}");
+}
+
+#[test]
+fn a_seq_len_beyond_learned_positions_is_refused_at_planning() {
+    let gpt2 = Path::new(env!("CARGO_MANIFEST_DIR")).join("../core/tests/fixtures/gpt2");
+    let mut spec = AuditSpec::new(
+        gpt2.display().to_string(),
+        Target::Checkpoint {
+            reference: gpt2.display().to_string(),
+        },
+        vec![AnalysisKind::Activations],
+    );
+    spec.corpus.seq_len = 129;
+    spec.corpus.max_samples = 2;
+    let e = audit(&spec).unwrap_err();
+    assert!(
+        e.contains("--seq-len 129") && e.contains("n_positions = 128"),
+        "{e}"
+    );
 }

@@ -269,7 +269,7 @@ fn rotate_half(x: &Tensor) -> Result<Tensor> {
     Ok(Tensor::f_cat(&[&x2.f_neg()?, &x1], -1)?)
 }
 
-fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+pub(crate) fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     Ok(x.f_mul(cos)?.f_add(&rotate_half(x)?.f_mul(sin)?)?)
 }
 

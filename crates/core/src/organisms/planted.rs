@@ -1,5 +1,5 @@
-//! Weight organisms: model pairs with changes planted at a known place and of a known rank,
-//! each with a ground-truth file, so an audit can be checked against the truth.
+//! Planted weight organisms: model pairs with changes planted at a known place and of a known
+//! rank, each with a ground-truth file, so an audit can be checked against the truth.
 //!
 //! `base/` is a small random Llama-family checkpoint (with a byte-level tokenizer, so it also
 //! runs through `inspect`); each organism changes it in one way:
@@ -13,9 +13,9 @@ use std::path::Path;
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
+use super::{write_json, write_tensors};
 use crate::checkpoint::{Checkpoint, CONFIG_FILE, SINGLE_FILE, TOKENIZER_FILE};
 use crate::error::{CoreError, Result};
-use crate::safetensors_out::{write_streaming, Planned};
 
 /// The shape of the base model and where the changes go.
 #[derive(Debug, Clone)]
@@ -56,28 +56,6 @@ impl Default for OrganismSpec {
             lora_rank: 8,
         }
     }
-}
-
-fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
-    let text = serde_json::to_string_pretty(value).map_err(|e| CoreError::Input(e.to_string()))?;
-    std::fs::write(path, text).map_err(|e| CoreError::io(path, e))
-}
-
-fn write_tensors(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
-    let planned: Vec<Planned> = tensors
-        .iter()
-        .map(|(n, t)| Planned {
-            name: n.clone(),
-            kind: Kind::Float,
-            shape: t.size(),
-        })
-        .collect();
-    write_streaming(
-        path,
-        &planned,
-        &BTreeMap::from([("format".into(), "pt".into())]),
-        |p| Ok(tensors[&p.name].shallow_clone()),
-    )
 }
 
 /// A byte-level BPE tokenizer with no merges: every byte is a token (ids 0..256), plus <s>.
