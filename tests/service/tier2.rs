@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::{json, Value};
 
-use crate::harness::{assert_close, organisms, Env, BIN};
+use crate::harness::{assert_close, embedded, organisms, Env, BIN};
 
 const SAMPLES: usize = 20;
 
@@ -175,6 +175,65 @@ fn activation_analyses_over_rest_equal_the_embedded_ones() {
                         .contains(&hook.as_str())),
             "{analysis} {layer:?} {hook}: {value}"
         );
+    }
+}
+
+#[test]
+fn a_trained_organism_over_rest_on_the_builtin_corpus_equals_the_embedded_audit() {
+    let mut env = Env::new(None);
+    // A copy of the cached trained organisms inside what the policy lets the team read.
+    let org = env.dir.path().join("trained");
+    let status = std::process::Command::new(BIN)
+        .args(["organisms", "--trained", "--quiet", "--out"])
+        .arg(&org)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let base = org.join("base").display().to_string();
+    let ft = org.join("cooking-blocks").display().to_string();
+    env.start(&[("w1", &[]), ("w2", &[])]);
+    let token = env.token("safety");
+    let id = env.submit(
+        &token,
+        json!({"base": base, "finetuned": ft,
+               "analyses": ["weights", "activations", "logit-lens"],
+               "corpus": {"max_samples": 24, "shard_samples": 8}}),
+    );
+    let audit = env.wait_done(&token, &id, Duration::from_secs(180));
+    assert_eq!(audit["status"], "succeeded", "{audit}\n{}", env.logs());
+    let reference = embedded(
+        env.dir.path(),
+        &[
+            &base,
+            &ft,
+            "--analyses",
+            "weights,activations,logit-lens",
+            "--max-samples",
+            "24",
+            "--shard-samples",
+            "8",
+        ],
+    );
+    let (code, body) = env.http(
+        "GET",
+        &format!("/v1/audits/{id}/results"),
+        Some(&token),
+        None,
+    );
+    assert_eq!(code, 200);
+    let served: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(served["corpus"]["source"], "builtin:generic");
+    assert_close(&served["analyses"], &reference["analyses"], "analyses", &[]);
+    // The chosen-blocks fine-tune (blocks 3 and 4) moved nothing before block 3.
+    for l in served["analyses"]["activations"]["layers"]
+        .as_array()
+        .unwrap()
+    {
+        let rel = l["mean_rel_diff"].as_f64().unwrap();
+        let layer = l["layer"].as_u64().unwrap();
+        let before = layer < 3 || (layer == 3 && l["hook"] == "hook_resid_pre");
+        assert_eq!(rel == 0.0, before, "{l}");
     }
 }
 

@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
-use indicatif::{ProgressBar, ProgressStyle};
 use neurodiff_core::device;
 use neurodiff_core::reference::HubOptions;
 use neurodiff_protocol::{AuditResults, Limits, PlanRecord, ShardKey};
@@ -80,16 +79,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let n_layers = sources.n_layers()?;
 
-    let bar = if args.quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(0)
-    };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} steps (tensors, batches)  {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    let bar = super::progress_bar(
+        args.quiet,
+        "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} steps (tensors, batches)  {msg}",
     );
     let started = Instant::now();
     // Set when the analysis fails, so the scope does not wait for hashing to finish.

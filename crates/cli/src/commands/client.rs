@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 
 use crate::commands::scope::ScopeArgs;
@@ -241,16 +240,9 @@ pub fn wait(args: WaitArgs) -> anyhow::Result<()> {
 }
 
 fn wait_for(client: &Client, id: &str, timeout_s: u64, quiet: bool) -> anyhow::Result<()> {
-    let bar = if quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(0)
-    };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} shards  {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    let bar = super::progress_bar(
+        quiet,
+        "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} shards  {msg}",
     );
     let started = Instant::now();
     loop {

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use neurodiff_core::organisms::trained::{self, Observer, TrainedSpec};
 use neurodiff_core::organisms::{write_organisms, OrganismSpec};
 
@@ -70,16 +70,9 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
 }
 
 fn run_trained(args: &Args) -> anyhow::Result<Vec<String>> {
-    let bar = if args.quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(0)
-    };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} {msg} {prefix}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    let bar = super::progress_bar(
+        args.quiet,
+        "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} {msg} {prefix}",
     );
     let mut spec = TrainedSpec {
         seed: args.seed,
