@@ -159,15 +159,20 @@ impl LayerNorm {
     }
 }
 
-/// Scaled dot-product attention over `[batch, heads, seq, head_dim]` with an additive mask;
-/// softmax in fp32 as transformers' eager path does.
+/// Scaled dot-product attention over `[batch, heads, seq, head_dim]` with an additive mask,
+/// through libtorch's fused kernel: the `[seq, seq]` scores are never held for every head at
+/// once, and the softmax accumulates in fp32 as transformers' eager path does.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
-    let scores = q
-        .f_matmul(&k.f_transpose(-2, -1)?)?
-        .f_mul_scalar(scale)?
-        .f_add(mask)?;
-    let probs = scores.f_softmax(-1, Kind::Float)?.f_to_kind(q.kind())?;
-    Ok(probs.f_matmul(v)?)
+    Ok(Tensor::f_scaled_dot_product_attention(
+        q,
+        k,
+        v,
+        Some(mask),
+        0.0,
+        false,
+        scale,
+        false,
+    )?)
 }
 
 /// Additive causal mask `[seq, seq]`: 0 where key j may be seen from query i (j <= i and, with
