@@ -88,14 +88,8 @@ fn activation_analyses_over_rest_equal_the_embedded_ones() {
     assert!(status.success());
     let reference: Value =
         serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
-    let (code, body) = env.http(
-        "GET",
-        &format!("/v1/audits/{id}/results"),
-        Some(&token),
-        None,
-    );
-    assert_eq!(code, 200);
-    let served: Value = serde_json::from_slice(&body).unwrap();
+    let (code, served) = env.json("GET", &format!("/v1/audits/{id}/results"), &token, None);
+    assert_eq!(code, 200, "{served}");
     assert_close(&served["analyses"], &reference["analyses"], "analyses", &[]);
     assert_eq!(served["corpus"]["sha256"], reference["corpus"]["sha256"]);
     assert_eq!(served["corpus"]["samples_used"], SAMPLES);
@@ -215,14 +209,8 @@ fn a_trained_organism_over_rest_on_the_builtin_corpus_equals_the_embedded_audit(
             "8",
         ],
     );
-    let (code, body) = env.http(
-        "GET",
-        &format!("/v1/audits/{id}/results"),
-        Some(&token),
-        None,
-    );
-    assert_eq!(code, 200);
-    let served: Value = serde_json::from_slice(&body).unwrap();
+    let (code, served) = env.json("GET", &format!("/v1/audits/{id}/results"), &token, None);
+    assert_eq!(code, 200, "{served}");
     assert_eq!(served["corpus"]["source"], "builtin:generic");
     assert_close(&served["analyses"], &reference["analyses"], "analyses", &[]);
     // The chosen-blocks fine-tune (blocks 3 and 4) moved nothing before block 3.
