@@ -143,3 +143,77 @@ fn draw<'a, 'b: 'a, Y: Ranged<ValueType = f64>>(
         .draw()
         .map_err(|e| err(e.to_string()))
 }
+
+/// A grid of values (`values[row][col]`, NaN for an empty cell) coloured white to dark red
+/// linearly over `lo..=hi`, each cell labelled with its value.
+pub fn grid(
+    name: &str,
+    title: &str,
+    (x_desc, y_desc): (&str, &str),
+    (cols, rows): (&[String], &[String]),
+    values: &[Vec<f64>],
+    (lo, hi): (f64, f64),
+) -> Result<String, ChartError> {
+    let err = plot_err(name);
+    let (nc, nr) = (cols.len().max(1), rows.len().max(1));
+    let heat = |v: f64| {
+        let t = if hi > lo { (v - lo) / (hi - lo) } else { 1.0 };
+        let t = t.clamp(0.0, 1.0);
+        let lerp = |a: f64, b: f64| (a + (b - a) * t).round() as u8;
+        RGBColor(lerp(255.0, 140.0), lerp(250.0, 10.0), lerp(235.0, 20.0))
+    };
+    let mut svg = String::new();
+    {
+        let height = 110 + 30 * nr as u32;
+        let root = SVGBackend::with_string(&mut svg, (960, height)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 18))
+            .margin(10)
+            .x_label_area_size(40)
+            .y_label_area_size(90)
+            .build_cartesian_2d(
+                (0..nc - 1).into_segmented(),
+                (0..nr - 1).into_segmented(),
+            )
+            .map_err(|e| err(e.to_string()))?;
+        let centre = |v: &SegmentValue<usize>| match v {
+            SegmentValue::CenterOf(i) => Some(*i),
+            _ => None,
+        };
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_desc(x_desc)
+            .y_desc(y_desc)
+            .x_labels(nc)
+            .y_labels(nr)
+            .x_label_formatter(&|v| centre(v).and_then(|i| cols.get(i).cloned()).unwrap_or_default())
+            .y_label_formatter(&|v| centre(v).and_then(|i| rows.get(i).cloned()).unwrap_or_default())
+            .draw()
+            .map_err(|e| err(e.to_string()))?;
+        let corner = |c: usize, r: usize| (SegmentValue::Exact(c), SegmentValue::Exact(r));
+        let cells: Vec<(usize, usize, f64)> = values
+            .iter()
+            .enumerate()
+            .flat_map(|(r, row)| row.iter().enumerate().map(move |(c, v)| (c, r, *v)))
+            .filter(|(_, _, v)| v.is_finite())
+            .collect();
+        chart
+            .draw_series(cells.iter().map(|&(c, r, v)| {
+                Rectangle::new([corner(c, r), corner(c + 1, r + 1)], heat(v).filled())
+            }))
+            .map_err(|e| err(e.to_string()))?;
+        chart
+            .draw_series(cells.iter().map(|&(c, r, v)| {
+                Text::new(
+                    format!("{v:.2}"),
+                    (SegmentValue::CenterOf(c), SegmentValue::CenterOf(r)),
+                    ("sans-serif", 12),
+                )
+            }))
+            .map_err(|e| err(e.to_string()))?;
+        root.present().map_err(|e| err(e.to_string()))?;
+    }
+    Ok(svg)
+}

@@ -5,7 +5,12 @@
 //! running a shard is the worker's (`neurodiff_worker::exec`, one module per analysis too).
 pub mod activations;
 pub mod charts;
+pub mod cmap;
+pub mod grade;
 pub mod logit_lens;
+pub mod steering;
+pub mod stitching;
+pub mod traces;
 pub mod weights;
 
 use neurodiff_protocol::{
@@ -72,10 +77,14 @@ pub trait Analysis: Sync {
 }
 
 /// Every analysis, in the order reports show them.
-pub static REGISTRY: [&dyn Analysis; 3] = [
+pub static REGISTRY: [&dyn Analysis; 7] = [
     &weights::Weights,
     &activations::Activations,
     &logit_lens::LogitLens,
+    &traces::Traces,
+    &cmap::Cmap,
+    &stitching::Stitching,
+    &steering::Steering,
 ];
 
 /// The analysis of `kind`.
@@ -84,6 +93,10 @@ pub fn analysis(kind: AnalysisKind) -> &'static dyn Analysis {
         AnalysisKind::Weights => &weights::Weights,
         AnalysisKind::Activations => &activations::Activations,
         AnalysisKind::LogitLens => &logit_lens::LogitLens,
+        AnalysisKind::Traces => &traces::Traces,
+        AnalysisKind::Cmap => &cmap::Cmap,
+        AnalysisKind::Stitching => &stitching::Stitching,
+        AnalysisKind::Steering => &steering::Steering,
     }
 }
 
@@ -106,6 +119,8 @@ pub fn assemble(
     created_unix: u64,
 ) -> Result<AuditResults, AnalysisError> {
     let mut analyses = Analyses::default();
+    let ground_truth = outputs.iter().find_map(ground_truth_of).cloned();
+    let n_layers = record.n_layers;
     let mut by_kind: std::collections::BTreeMap<AnalysisKind, Vec<ShardOutput>> =
         Default::default();
     for o in outputs {
@@ -129,6 +144,7 @@ pub fn assemble(
         finetuned: record.finetuned,
         target: spec.target.clone(),
         corpus: record.corpus,
+        grades: ground_truth.map(|g| grade::grade(&analyses, &g, Some(n_layers))),
         analyses,
     })
 }
@@ -138,6 +154,21 @@ pub fn kind_of(output: &ShardOutput) -> AnalysisKind {
         ShardOutput::Weights(_) => AnalysisKind::Weights,
         ShardOutput::Activations(_) => AnalysisKind::Activations,
         ShardOutput::LogitLens(_) => AnalysisKind::LogitLens,
+        ShardOutput::Traces(_) => AnalysisKind::Traces,
+        ShardOutput::Cmap(_) => AnalysisKind::Cmap,
+        ShardOutput::Stitching(_) => AnalysisKind::Stitching,
+        ShardOutput::Steering(_) => AnalysisKind::Steering,
+    }
+}
+
+/// The organism ground truth a shard read from the fine-tune's directory, if any.
+pub fn ground_truth_of(output: &ShardOutput) -> Option<&neurodiff_protocol::GroundTruth> {
+    match output {
+        ShardOutput::Traces(s) => s.ground_truth.as_ref(),
+        ShardOutput::Cmap(s) => s.ground_truth.as_ref(),
+        ShardOutput::Stitching(s) => s.ground_truth.as_ref(),
+        ShardOutput::Steering(s) => s.ground_truth.as_ref(),
+        ShardOutput::Weights(_) | ShardOutput::Activations(_) | ShardOutput::LogitLens(_) => None,
     }
 }
 

@@ -12,7 +12,7 @@ pub const EVENTS_STREAM: &str = "events";
 pub const TASKS_STREAM: &str = "tasks";
 
 /// Work for a worker.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Task {
     /// Resolve both models, check they can be compared, count their blocks, hash their files,
@@ -40,7 +40,7 @@ impl Task {
 
 /// A task with the number of times it was handed to a worker before (retries are new stream
 /// entries, so Redis's own delivery counter restarts with each).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Envelope {
     pub task: Task,
     #[serde(default)]

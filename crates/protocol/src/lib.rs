@@ -8,6 +8,7 @@ pub mod naming;
 pub mod policy;
 pub mod results;
 pub mod spec;
+pub mod tier2;
 pub mod wire;
 
 pub use forward::*;
@@ -16,4 +17,5 @@ pub use limits::Limits;
 pub use policy::{classify, ModelRef, PolicyError, ReferencePolicy};
 pub use results::*;
 pub use spec::*;
+pub use tier2::*;
 pub use wire::{AuditRequest, AuditStatus, AuditView, Progress};

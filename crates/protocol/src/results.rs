@@ -203,6 +203,14 @@ pub struct Analyses {
     pub activations: Option<crate::forward::ActivationsReport>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub logit_lens: Option<crate::forward::LensReport>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub traces: Option<crate::tier2::TracesReport>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub cmap: Option<crate::tier2::CmapReport>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub stitching: Option<crate::tier2::StitchingReport>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub steering: Option<crate::tier2::SteeringReport>,
 }
 
 /// What one shard returns, by analysis.
@@ -212,6 +220,10 @@ pub enum ShardOutput {
     Weights(ShardResult),
     Activations(crate::forward::ActivationsShard),
     LogitLens(crate::forward::LensShard),
+    Traces(crate::tier2::TraceShard),
+    Cmap(crate::tier2::CmapShard),
+    Stitching(crate::tier2::StitchShard),
+    Steering(crate::tier2::SteeringShard),
 }
 
 impl ShardOutput {
@@ -220,6 +232,10 @@ impl ShardOutput {
             ShardOutput::Weights(r) => r.elapsed_s,
             ShardOutput::Activations(r) => r.elapsed_s,
             ShardOutput::LogitLens(r) => r.elapsed_s,
+            ShardOutput::Traces(r) => r.elapsed_s,
+            ShardOutput::Cmap(r) => r.elapsed_s,
+            ShardOutput::Stitching(r) => r.elapsed_s,
+            ShardOutput::Steering(r) => r.elapsed_s,
         }
     }
 }
@@ -238,6 +254,9 @@ pub struct AuditResults {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub corpus: Option<crate::forward::CorpusRecord>,
     pub analyses: Analyses,
+    /// The audit measured against the organism's ground truth, when the fine-tune has one.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub grades: Option<crate::tier2::Grades>,
 }
 
 struct Sums {

@@ -4,6 +4,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub use crate::forward::{ActivationOptions, CorpusOptions, LensOptions};
+pub use crate::tier2::{CmapOptions, SteeringOptions, TraceOptions};
 
 /// The analyses an audit can run, by the name users give them (`--analyses`, `"analyses"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -15,13 +16,25 @@ pub enum AnalysisKind {
     Activations,
     /// Tier II: the differential logit lens, KL(ft || base) per block and at the output.
     LogitLens,
+    /// Tier II: readable traces of the fine-tune (ADL's logit lens and Patchscope of δ_j).
+    Traces,
+    /// Tier II: cross-model activation patching, per block and component, both directions.
+    Cmap,
+    /// Tier II: model stitching, blocks [0, k) of one model and the rest of the other.
+    Stitching,
+    /// Tier II: steering with difference vectors over a grid of strengths, with generations.
+    Steering,
 }
 
 impl AnalysisKind {
-    pub const ALL: [AnalysisKind; 3] = [
+    pub const ALL: [AnalysisKind; 7] = [
         AnalysisKind::Weights,
         AnalysisKind::Activations,
         AnalysisKind::LogitLens,
+        AnalysisKind::Traces,
+        AnalysisKind::Cmap,
+        AnalysisKind::Stitching,
+        AnalysisKind::Steering,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -29,6 +42,10 @@ impl AnalysisKind {
             AnalysisKind::Weights => "weights",
             AnalysisKind::Activations => "activations",
             AnalysisKind::LogitLens => "logit-lens",
+            AnalysisKind::Traces => "traces",
+            AnalysisKind::Cmap => "cmap",
+            AnalysisKind::Stitching => "stitching",
+            AnalysisKind::Steering => "steering",
         }
     }
 
@@ -36,7 +53,24 @@ impl AnalysisKind {
     pub fn needs_corpus(self) -> bool {
         match self {
             AnalysisKind::Weights => false,
-            AnalysisKind::Activations | AnalysisKind::LogitLens => true,
+            AnalysisKind::Activations
+            | AnalysisKind::LogitLens
+            | AnalysisKind::Traces
+            | AnalysisKind::Cmap
+            | AnalysisKind::Stitching
+            | AnalysisKind::Steering => true,
+        }
+    }
+
+    /// The shape of its shards: slices of the corpus, blocks, or positions.
+    pub fn shard_unit(self) -> ShardUnit {
+        match self {
+            AnalysisKind::Weights => ShardUnit::Tensors,
+            AnalysisKind::Activations | AnalysisKind::LogitLens | AnalysisKind::Stitching => {
+                ShardUnit::Samples
+            }
+            AnalysisKind::Cmap | AnalysisKind::Steering => ShardUnit::Block,
+            AnalysisKind::Traces => ShardUnit::Position,
         }
     }
 }
@@ -61,6 +95,19 @@ impl std::str::FromStr for AnalysisKind {
                 ))
             })
     }
+}
+
+/// How an analysis splits into shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardUnit {
+    /// The weight audit's blocks and the tensors outside them.
+    Tensors,
+    /// Slices of the corpus.
+    Samples,
+    /// One block each.
+    Block,
+    /// One sequence position each.
+    Position,
 }
 
 /// What is compared with the base: a full checkpoint, or a PEFT LoRA adapter on the base.
@@ -121,7 +168,7 @@ impl Default for WeightOptions {
 }
 
 /// One audit as submitted.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditSpec {
     pub base: String,
     pub target: Target,
@@ -138,6 +185,12 @@ pub struct AuditSpec {
     pub activations: ActivationOptions,
     #[serde(default)]
     pub logit_lens: LensOptions,
+    #[serde(default)]
+    pub traces: TraceOptions,
+    #[serde(default)]
+    pub cmap: CmapOptions,
+    #[serde(default)]
+    pub steering: SteeringOptions,
 }
 
 impl AuditSpec {
@@ -152,6 +205,9 @@ impl AuditSpec {
             corpus: CorpusOptions::default(),
             activations: ActivationOptions::default(),
             logit_lens: LensOptions::default(),
+            traces: TraceOptions::default(),
+            cmap: CmapOptions::default(),
+            steering: SteeringOptions::default(),
         }
     }
 
@@ -176,7 +232,10 @@ impl AuditSpec {
         }
         self.corpus.validate()?;
         self.activations.validate()?;
-        self.logit_lens.validate()
+        self.logit_lens.validate()?;
+        self.traces.validate()?;
+        self.cmap.validate()?;
+        self.steering.validate()
     }
 
     /// Checks the work the spec asks for against `limits` (after [`AuditSpec::validate`]).
@@ -249,6 +308,13 @@ pub enum ShardKey {
         start: usize,
         end: usize,
     },
+    /// One block, for an analysis that runs the models block by block (CMAP, steering).
+    Block { analysis: AnalysisKind, layer: usize },
+    /// One sequence position, for the readable traces.
+    Position {
+        analysis: AnalysisKind,
+        position: usize,
+    },
 }
 
 impl ShardKey {
@@ -266,7 +332,9 @@ impl ShardKey {
     pub fn analysis(&self) -> AnalysisKind {
         match self {
             ShardKey::Layer(_) | ShardKey::NonLayer => AnalysisKind::Weights,
-            ShardKey::Samples { analysis, .. } => *analysis,
+            ShardKey::Samples { analysis, .. }
+            | ShardKey::Block { analysis, .. }
+            | ShardKey::Position { analysis, .. } => *analysis,
         }
     }
 }
@@ -283,6 +351,10 @@ impl fmt::Display for ShardKey {
                 start,
                 end,
             } => write!(f, "{analysis}/samples-{start:06}-{end:06}"),
+            ShardKey::Block { analysis, layer } => write!(f, "{analysis}/block-{layer:04}"),
+            ShardKey::Position { analysis, position } => {
+                write!(f, "{analysis}/position-{position:04}")
+            }
         }
     }
 }
@@ -304,20 +376,40 @@ impl std::str::FromStr for ShardKey {
                 Err(bad())
             };
         }
-        let (analysis, range) = s.split_once("/samples-").ok_or_else(bad)?;
-        let (start, end) = range.split_once('-').ok_or_else(bad)?;
-        let (start, end) = (
-            start.parse().map_err(|_| bad())?,
-            end.parse().map_err(|_| bad())?,
-        );
+        let (analysis, rest) = s.split_once('/').ok_or_else(bad)?;
         let analysis: AnalysisKind = analysis.parse().map_err(|_| bad())?;
-        if start >= end || !analysis.needs_corpus() {
+        let key = if let Some(range) = rest.strip_prefix("samples-") {
+            let (start, end) = range.split_once('-').ok_or_else(bad)?;
+            let (start, end) = (
+                start.parse().map_err(|_| bad())?,
+                end.parse().map_err(|_| bad())?,
+            );
+            if start >= end || analysis.shard_unit() != ShardUnit::Samples {
+                return Err(bad());
+            }
+            ShardKey::Samples {
+                analysis,
+                start,
+                end,
+            }
+        } else if let Some(layer) = rest.strip_prefix("block-") {
+            if analysis.shard_unit() != ShardUnit::Block {
+                return Err(bad());
+            }
+            ShardKey::Block {
+                analysis,
+                layer: layer.parse().map_err(|_| bad())?,
+            }
+        } else if let Some(position) = rest.strip_prefix("position-") {
+            if analysis.shard_unit() != ShardUnit::Position {
+                return Err(bad());
+            }
+            ShardKey::Position {
+                analysis,
+                position: position.parse().map_err(|_| bad())?,
+            }
+        } else {
             return Err(bad());
-        }
-        let key = ShardKey::Samples {
-            analysis,
-            start,
-            end,
         };
         // Only the one spelling `Display` writes (no `layer-7`, no `logit_lens/...`).
         if key.to_string() != s {
@@ -328,7 +420,7 @@ impl std::str::FromStr for ShardKey {
 }
 
 /// Everything a worker needs to run one shard.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ShardSpec {
     pub base: String,
     pub target: Target,
@@ -340,6 +432,12 @@ pub struct ShardSpec {
     pub activations: ActivationOptions,
     #[serde(default)]
     pub logit_lens: LensOptions,
+    #[serde(default)]
+    pub traces: TraceOptions,
+    #[serde(default)]
+    pub cmap: CmapOptions,
+    #[serde(default)]
+    pub steering: SteeringOptions,
 }
 
 impl ShardSpec {
@@ -353,6 +451,9 @@ impl ShardSpec {
             corpus: spec.corpus.clone(),
             activations: spec.activations.clone(),
             logit_lens: spec.logit_lens.clone(),
+            traces: spec.traces.clone(),
+            cmap: spec.cmap.clone(),
+            steering: spec.steering.clone(),
         }
     }
 }
@@ -504,9 +605,18 @@ mod tests {
         let keys = sample_shards(AnalysisKind::LogitLens, 130, 64);
         assert_eq!(keys.len(), 3);
         assert_eq!(keys[2].to_string(), "logit-lens/samples-000128-000130");
-        for key in keys
-            .into_iter()
-            .chain([ShardKey::Layer(3), ShardKey::NonLayer])
+        for key in keys.into_iter().chain([
+            ShardKey::Layer(3),
+            ShardKey::NonLayer,
+            ShardKey::Block {
+                analysis: AnalysisKind::Cmap,
+                layer: 2,
+            },
+            ShardKey::Position {
+                analysis: AnalysisKind::Traces,
+                position: 4,
+            },
+        ])
         {
             assert_eq!(key.to_string().parse::<ShardKey>(), Ok(key));
         }
@@ -514,6 +624,9 @@ mod tests {
             "layer-x",
             "weights/samples-000000-000001",
             "activations/samples-000002-000001",
+            "cmap/samples-000000-000001",
+            "traces/block-0001",
+            "cmap/block-1",
             "",
         ] {
             assert!(bad.parse::<ShardKey>().is_err(), "{bad}");

@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use crate::forward::{ActivationOptions, CorpusOptions, LensOptions};
 use crate::spec::{AnalysisKind, AuditSpec, SpecError, Target, WeightOptions};
+use crate::tier2::{CmapOptions, SteeringOptions, TraceOptions};
 
 /// The body of `POST /v1/audits` (and what `neurodiff audit` builds from its flags).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -19,7 +20,8 @@ pub struct AuditRequest {
     /// A PEFT LoRA adapter on `base`; give this or `finetuned`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adapter: Option<String>,
-    /// Analyses to run: `weights`, `activations`, `logit-lens`; default `["weights"]`.
+    /// Analyses to run: `weights`, `activations`, `logit-lens`, `traces`, `cmap`,
+    /// `stitching`, `steering`; default `["weights"]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Vec<String>>)]
     pub analyses: Option<Vec<AnalysisKind>>,
@@ -43,6 +45,21 @@ pub struct AuditRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub logit_lens: Option<LensOptions>,
+    /// `{"samples": 10000, "positions": 5, "layer": null, "top_k": 100, "scales": 30,
+    /// "min_scale": 0.5, "max_scale": 200, "steer_alpha": 1, "generation": {...}}`
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub traces: Option<TraceOptions>,
+    /// `{"samples": 64}`
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub cmap: Option<CmapOptions>,
+    /// `{"layers": null, "vector": {"kind": "mean"}, "alphas": [0, 0.5, 1, 2],
+    /// "samples": 32, "ppl_factor": 2, "generation": {"prompts": [...], "max_new_tokens": 24,
+    /// "temperature": 0.8, "top_p": 0.9, "seed": 0}}`
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub steering: Option<SteeringOptions>,
 }
 
 impl AuditRequest {
@@ -66,6 +83,9 @@ impl AuditRequest {
         spec.corpus = self.corpus.unwrap_or_default();
         spec.activations = self.activations.unwrap_or_default();
         spec.logit_lens = self.logit_lens.unwrap_or_default();
+        spec.traces = self.traces.unwrap_or_default();
+        spec.cmap = self.cmap.unwrap_or_default();
+        spec.steering = self.steering.unwrap_or_default();
         spec.validate()?;
         Ok(spec)
     }

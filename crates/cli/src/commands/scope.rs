@@ -2,8 +2,9 @@
 //! become the API's `AuditRequest`, checked by the same `into_spec` on both paths.
 use anyhow::Context;
 use neurodiff_protocol::{
-    parse_layers, ActivationOptions, AnalysisKind, AuditRequest, CorpusOptions, LensOptions,
-    Spectrum, WeightOptions,
+    parse_layers, ActivationOptions, AnalysisKind, AuditRequest, CmapOptions, CorpusOptions,
+    GenerationOptions, LensOptions, Spectrum, SteeringOptions, SteeringVector, TraceOptions,
+    WeightOptions,
 };
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -16,7 +17,8 @@ pub enum SpectrumArg {
 
 #[derive(Debug, clap::Args)]
 pub struct ScopeArgs {
-    /// Analyses to run (comma-separated): weights, activations, logit-lens.
+    /// Analyses to run (comma-separated): weights, activations, logit-lens, traces, cmap,
+    /// stitching, steering.
     #[arg(long, value_delimiter = ',', default_value = "weights")]
     pub analyses: Vec<String>,
     /// Blocks of the weight audit: `all`, or indices and ranges like `0,3,10-12`.
@@ -51,6 +53,44 @@ pub struct ScopeArgs {
     /// Tokens listed per block whose logit-lens probability rises (and falls) most.
     #[arg(long, default_value_t = LensOptions::default().top_tokens)]
     pub top_tokens: usize,
+    /// Readable traces: samples averaged into δ_j (the whole corpus when it has fewer).
+    #[arg(long, default_value_t = TraceOptions::default().samples)]
+    pub trace_samples: usize,
+    /// Readable traces: the block read (default: the middle one, int(0.5 · (n − 1))).
+    #[arg(long)]
+    pub trace_layer: Option<usize>,
+    /// CMAP: samples of the corpus patched per block.
+    #[arg(long, default_value_t = CmapOptions::default().samples)]
+    pub cmap_samples: usize,
+    /// Steering: blocks steered (default: the middle one), like `--layers`.
+    #[arg(long)]
+    pub steer_layers: Option<String>,
+    /// Steering: the difference vector, `mean` (every token) or `position-J` (δ_J).
+    #[arg(long, default_value = "mean")]
+    pub steer_vector: String,
+    /// Steering: strengths α (comma-separated), in units of the fine-tuned model's mean norm.
+    #[arg(long, value_delimiter = ',')]
+    pub steer_alphas: Option<Vec<f64>>,
+    /// Steering: samples of the corpus the curves are measured on.
+    #[arg(long, default_value_t = SteeringOptions::default().samples)]
+    pub steer_samples: usize,
+    /// Steering: the chosen α is the largest whose perplexity stays within this factor.
+    #[arg(long, default_value_t = SteeringOptions::default().ppl_factor)]
+    pub ppl_factor: f64,
+    /// Generation: a prompt to continue (repeat the flag for several; default three generic ones).
+    #[arg(long = "prompt")]
+    pub prompts: Vec<String>,
+    /// Generation: tokens generated per prompt.
+    #[arg(long, default_value_t = GenerationOptions::default().max_new_tokens)]
+    pub max_new_tokens: usize,
+    /// Generation: sampling temperature and nucleus (top-p) of the sampled continuations.
+    #[arg(long, default_value_t = GenerationOptions::default().temperature)]
+    pub temperature: f64,
+    #[arg(long, default_value_t = GenerationOptions::default().top_p)]
+    pub top_p: f64,
+    /// Generation: the sampler's seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
 }
 
 impl ScopeArgs {
@@ -95,6 +135,54 @@ impl ScopeArgs {
                 top_tokens: self.top_tokens,
                 ..LensOptions::default()
             }),
+            traces: Some(TraceOptions {
+                samples: self.trace_samples,
+                layer: self.trace_layer,
+                generation: self.generation(),
+                ..TraceOptions::default()
+            }),
+            cmap: Some(CmapOptions {
+                samples: self.cmap_samples,
+            }),
+            steering: Some(SteeringOptions {
+                layers: match &self.steer_layers {
+                    Some(l) => parse_layers(l).context("--steer-layers")?,
+                    None => None,
+                },
+                vector: self.steer_vector()?,
+                alphas: self
+                    .steer_alphas
+                    .clone()
+                    .unwrap_or_else(|| SteeringOptions::default().alphas),
+                samples: self.steer_samples,
+                ppl_factor: self.ppl_factor,
+                generation: self.generation(),
+            }),
         })
+    }
+
+    fn generation(&self) -> GenerationOptions {
+        let default = GenerationOptions::default();
+        GenerationOptions {
+            prompts: if self.prompts.is_empty() {
+                default.prompts
+            } else {
+                self.prompts.clone()
+            },
+            max_new_tokens: self.max_new_tokens,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            seed: self.seed,
+        }
+    }
+
+    fn steer_vector(&self) -> anyhow::Result<SteeringVector> {
+        match self.steer_vector.trim() {
+            "mean" => Ok(SteeringVector::Mean),
+            v => match v.strip_prefix("position-").map(str::parse::<usize>) {
+                Some(Ok(position)) => Ok(SteeringVector::Position { position }),
+                _ => anyhow::bail!("--steer-vector: `{v}`: expected `mean` or `position-J`"),
+            },
+        }
     }
 }

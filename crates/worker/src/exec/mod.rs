@@ -33,6 +33,12 @@ pub fn run_shard(
     let span = tracing::info_span!("shard", shard = %spec.shard);
     let _entered = span.enter();
     let output = match spec.shard.analysis() {
+        kind @ (AnalysisKind::Traces
+        | AnalysisKind::Cmap
+        | AnalysisKind::Stitching
+        | AnalysisKind::Steering) => {
+            return Err(WorkerError::Io(format!("{kind}: not built yet")))
+        }
         AnalysisKind::Weights => ShardOutput::Weights(sources.execute(spec, device, progress)?),
         kind @ (AnalysisKind::Activations | AnalysisKind::LogitLens) => {
             let ShardKey::Samples { start, end, .. } = spec.shard else {

@@ -1,0 +1,199 @@
+//! Tier II, cross-model activation patching (CMAP): one model run with the other's activation
+//! patched in at one block and component; the share of the output gap to the donor it closes,
+//! `recovery` = 1 − mean KL(p_donor ‖ p_patched) / mean KL(p_donor ‖ p_recipient). One shard
+//! per block.
+use std::fmt::Write as _;
+
+use neurodiff_protocol::{
+    Analyses, AnalysisKind, AuditResults, AuditSpec, CmapCell, CmapReport, ShardKey, ShardOutput,
+    SpecError,
+};
+
+use crate::charts::grid;
+use crate::{outputs_of, Analysis, AnalysisError, Figure, PlanFacts};
+
+#[derive(Debug)]
+pub struct Cmap;
+
+/// The components patched, in forward order.
+pub const COMPONENTS: [&str; 3] = ["attn_out", "mlp_out", "resid_post"];
+/// `ft_into_base`: the base run with the fine-tune's activation; `base_into_ft` the reverse.
+pub const DIRECTIONS: [&str; 2] = ["ft_into_base", "base_into_ft"];
+
+fn merge_err(message: String) -> AnalysisError {
+    AnalysisError::Merge {
+        analysis: AnalysisKind::Cmap,
+        message,
+    }
+}
+
+/// The blocks an analysis that runs block by block covers: `layers`, or all of them.
+pub(crate) fn blocks(
+    field: &str,
+    layers: Option<&[usize]>,
+    n_layers: usize,
+) -> Result<Vec<usize>, AnalysisError> {
+    match layers {
+        None => Ok((0..n_layers).collect()),
+        Some(l) => match l.iter().find(|&&b| b >= n_layers) {
+            Some(b) => Err(AnalysisError::Spec(SpecError::Field(
+                field.into(),
+                format!("block {b} does not exist; the model has {n_layers}"),
+            ))),
+            None => Ok(l.to_vec()),
+        },
+    }
+}
+
+/// 1 − kl / gap; 0 when the models do not differ (nothing to recover).
+pub fn recovery(kl: f64, gap: f64) -> f64 {
+    if gap > 0.0 {
+        1.0 - kl / gap
+    } else {
+        0.0
+    }
+}
+
+impl Analysis for Cmap {
+    fn kind(&self) -> AnalysisKind {
+        AnalysisKind::Cmap
+    }
+
+    fn plan(&self, spec: &AuditSpec, facts: &PlanFacts) -> Result<Vec<ShardKey>, AnalysisError> {
+        if facts.n_samples.is_none() {
+            return Err(merge_err("planned without a corpus".into()));
+        }
+        Ok(blocks("layers", spec.layers.as_deref(), facts.n_layers)?
+            .into_iter()
+            .map(|layer| ShardKey::Block {
+                analysis: AnalysisKind::Cmap,
+                layer,
+            })
+            .collect())
+    }
+
+    fn merge(
+        &self,
+        _spec: &AuditSpec,
+        outputs: Vec<ShardOutput>,
+        into: &mut Analyses,
+    ) -> Result<(), AnalysisError> {
+        let mut shards = outputs_of(self.kind(), outputs, |o| match o {
+            ShardOutput::Cmap(s) => Some(s),
+            _ => None,
+        })?;
+        shards.sort_by_key(|s| s.layer);
+        if shards.windows(2).any(|w| w[0].layer == w[1].layer) {
+            return Err(merge_err("two shards of one block".into()));
+        }
+        let first = shards
+            .first()
+            .ok_or_else(|| merge_err("no shard ran".into()))?;
+        let (n_tokens, n_samples) = (first.n_tokens, first.n_samples);
+        let (gap_fb, gap_bf) = (first.kl_ft_base, first.kl_base_ft);
+        let n = n_tokens.max(1) as f64;
+        let mut cells = Vec::new();
+        for s in &shards {
+            if s.n_tokens != n_tokens {
+                return Err(merge_err("shards ran on different tokens".into()));
+            }
+            for c in &s.cells {
+                let gap = if c.direction == DIRECTIONS[0] {
+                    gap_fb
+                } else {
+                    gap_bf
+                };
+                cells.push(CmapCell {
+                    layer: s.layer,
+                    component: c.component.clone(),
+                    direction: c.direction.clone(),
+                    recovery: recovery(c.kl, gap),
+                    kl: c.kl / n,
+                });
+            }
+        }
+        into.cmap = Some(CmapReport {
+            n_samples,
+            n_tokens,
+            kl_ft_base: gap_fb / n,
+            kl_base_ft: gap_bf / n,
+            cells,
+        });
+        Ok(())
+    }
+
+    fn figures(&self, results: &AuditResults) -> Result<Vec<Figure>, AnalysisError> {
+        let Some(c) = &results.analyses.cmap else {
+            return Ok(Vec::new());
+        };
+        let layers: Vec<usize> = {
+            let mut l: Vec<usize> = c.cells.iter().map(|x| x.layer).collect();
+            l.dedup();
+            l
+        };
+        let cols: Vec<String> = DIRECTIONS
+            .iter()
+            .flat_map(|d| COMPONENTS.iter().map(move |k| format!("{d}: {k}")))
+            .collect();
+        let values: Vec<Vec<f64>> = layers
+            .iter()
+            .map(|&l| {
+                DIRECTIONS
+                    .iter()
+                    .flat_map(|d| COMPONENTS.iter().map(move |k| (d, k)))
+                    .map(|(d, k)| {
+                        c.cells
+                            .iter()
+                            .find(|x| x.layer == l && x.direction == *d && x.component == *k)
+                            .map_or(f64::NAN, |x| x.recovery)
+                    })
+                    .collect()
+            })
+            .collect();
+        let rows: Vec<String> = layers.iter().map(|l| l.to_string()).collect();
+        Ok(vec![Figure {
+            name: "cmap.svg".into(),
+            svg: grid(
+                "cmap.svg",
+                "CMAP: recovery of the output gap by block and patched component",
+                ("direction: component", "block"),
+                (&cols, &rows),
+                &values,
+                (0.0, 1.0),
+            )?,
+        }])
+    }
+
+    fn html(&self, results: &AuditResults) -> String {
+        let Some(c) = &results.analyses.cmap else {
+            return String::new();
+        };
+        let mut out = String::new();
+        let _ = write!(
+            out,
+            "<h2>Cross-model activation patching</h2><p>{} samples ({} tokens). Unpatched gap: \
+             mean KL(p_ft ‖ p_base) = {:.4e}, KL(p_base ‖ p_ft) = {:.4e}. Recovery = 1 − mean \
+             KL(p_donor ‖ p_patched) / the gap: 1 when patching that one site makes the recipient \
+             behave as the donor.</p><img src=\"plots/cmap.svg\" alt=\"CMAP map\">",
+            c.n_samples, c.n_tokens, c.kl_ft_base, c.kl_base_ft
+        );
+        if let Some(g) = &results.grades {
+            if let Some(top) = &g.cmap_top {
+                let _ = write!(
+                    out,
+                    "<p>Largest recovery: block {} {} ({}), {:.3}{}.</p>",
+                    top.layer,
+                    top.component,
+                    top.direction,
+                    top.recovery,
+                    match g.cmap_in_trained_blocks {
+                        Some(true) => ", in a trained block",
+                        Some(false) => ", <b>outside</b> the trained blocks",
+                        None => "",
+                    }
+                );
+            }
+        }
+        out
+    }
+}

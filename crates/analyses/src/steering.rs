@@ -1,0 +1,233 @@
+//! Tier II, steering with difference vectors: h ← h + α · n̄_ft · δ/‖δ‖ at every position of a
+//! block's output, over a grid of α, in the base (toward the fine-tune) and in the fine-tune
+//! (amplifying); curves of KL to the fine-tune, perplexity (the coherence proxy) and domain
+//! mass, the largest α whose perplexity stays within a factor of the unsteered one, and
+//! generations with and without it. One shard per block.
+use std::fmt::Write as _;
+
+use neurodiff_protocol::{
+    Analyses, AnalysisKind, AuditResults, AuditSpec, ShardKey, ShardOutput, SteeringBlock,
+    SteeringChoice, SteeringPoint, SteeringReport,
+};
+
+use crate::charts::{lines, Series};
+use crate::{escape, outputs_of, Analysis, AnalysisError, Figure, PlanFacts};
+
+#[derive(Debug)]
+pub struct Steering;
+
+fn merge_err(message: String) -> AnalysisError {
+    AnalysisError::Merge {
+        analysis: AnalysisKind::Steering,
+        message,
+    }
+}
+
+/// The blocks steered: the option's, or the middle block.
+pub fn steered_blocks(spec: &AuditSpec, n_layers: usize) -> Result<Vec<usize>, AnalysisError> {
+    match &spec.steering.layers {
+        Some(l) => crate::cmap::blocks("steering.layers", Some(l), n_layers),
+        None => Ok(vec![crate::traces::default_layer(n_layers)]),
+    }
+}
+
+/// The largest α whose perplexity is within `factor` of α = 0's (0 when none is).
+pub fn choose(curve: &[&SteeringPoint], factor: f64) -> Option<SteeringChoice> {
+    let reference = curve.iter().find(|p| p.alpha == 0.0)?.perplexity;
+    let best = curve
+        .iter()
+        .filter(|p| p.alpha >= 0.0 && p.perplexity.is_finite())
+        .filter(|p| p.perplexity <= factor * reference)
+        .max_by(|a, b| a.alpha.total_cmp(&b.alpha))?;
+    Some(SteeringChoice {
+        target: best.target.clone(),
+        layer: best.layer,
+        alpha: best.alpha,
+        perplexity: best.perplexity,
+    })
+}
+
+impl Analysis for Steering {
+    fn kind(&self) -> AnalysisKind {
+        AnalysisKind::Steering
+    }
+
+    fn plan(&self, spec: &AuditSpec, facts: &PlanFacts) -> Result<Vec<ShardKey>, AnalysisError> {
+        if facts.n_samples.is_none() {
+            return Err(merge_err("planned without a corpus".into()));
+        }
+        Ok(steered_blocks(spec, facts.n_layers)?
+            .into_iter()
+            .map(|layer| ShardKey::Block {
+                analysis: AnalysisKind::Steering,
+                layer,
+            })
+            .collect())
+    }
+
+    fn merge(
+        &self,
+        spec: &AuditSpec,
+        outputs: Vec<ShardOutput>,
+        into: &mut Analyses,
+    ) -> Result<(), AnalysisError> {
+        let mut shards = outputs_of(self.kind(), outputs, |o| match o {
+            ShardOutput::Steering(s) => Some(s),
+            _ => None,
+        })?;
+        shards.sort_by_key(|s| s.layer);
+        if shards.windows(2).any(|w| w[0].layer == w[1].layer) {
+            return Err(merge_err("two shards of one block".into()));
+        }
+        let n_samples = shards
+            .first()
+            .ok_or_else(|| merge_err("no shard ran".into()))?
+            .n_samples;
+        let mut report = SteeringReport {
+            vector: spec.steering.vector,
+            ppl_factor: spec.steering.ppl_factor,
+            n_samples,
+            blocks: Vec::new(),
+            curves: Vec::new(),
+            chosen: Vec::new(),
+            generations: Vec::new(),
+        };
+        for s in shards {
+            report.blocks.push(SteeringBlock {
+                layer: s.layer,
+                delta_norm: s.delta_norm,
+                nbar_ft: s.nbar_ft,
+            });
+            report.curves.extend(s.curves);
+            report.chosen.extend(s.chosen);
+            report.generations.extend(s.generations);
+        }
+        into.steering = Some(report);
+        Ok(())
+    }
+
+    fn figures(&self, results: &AuditResults) -> Result<Vec<Figure>, AnalysisError> {
+        let Some(s) = &results.analyses.steering else {
+            return Ok(Vec::new());
+        };
+        let series = |f: fn(&SteeringPoint) -> Option<f64>| -> Vec<Series> {
+            let mut out = Vec::new();
+            for b in &s.blocks {
+                for target in ["base", "finetuned"] {
+                    let points: Vec<(f64, f64)> = s
+                        .curves
+                        .iter()
+                        .filter(|p| p.layer == b.layer && p.target == target)
+                        .filter_map(|p| f(p).map(|v| (p.alpha, v)))
+                        .collect();
+                    if !points.is_empty() {
+                        out.push(Series {
+                            label: format!("{target} steered at block {}", b.layer),
+                            points,
+                        });
+                    }
+                }
+            }
+            out
+        };
+        let mut figures = vec![
+            Figure {
+                name: "steering_kl.svg".into(),
+                svg: lines(
+                    "steering_kl.svg",
+                    "Steering: KL(p_ft ‖ p_steered) against α",
+                    ("α (× n̄_ft along δ/‖δ‖)", "KL (nats)"),
+                    &series(|p| Some(p.kl_to_ft)),
+                    true,
+                )?,
+            },
+            Figure {
+                name: "steering_perplexity.svg".into(),
+                svg: lines(
+                    "steering_perplexity.svg",
+                    &format!(
+                        "Steering: perplexity on the corpus against α (chosen α: within {}× of α = 0)",
+                        s.ppl_factor
+                    ),
+                    ("α", "perplexity"),
+                    &series(|p| Some(p.perplexity)),
+                    true,
+                )?,
+            },
+        ];
+        let mass = series(|p| p.domain_mass);
+        if !mass.is_empty() {
+            figures.push(Figure {
+                name: "steering_domain_mass.svg".into(),
+                svg: lines(
+                    "steering_domain_mass.svg",
+                    "Steering: probability mass of the ground truth's domain tokens against α",
+                    ("α", "mean domain mass"),
+                    &mass,
+                    false,
+                )?,
+            });
+        }
+        Ok(figures)
+    }
+
+    fn html(&self, results: &AuditResults) -> String {
+        let Some(s) = &results.analyses.steering else {
+            return String::new();
+        };
+        let mut out = String::new();
+        let _ = write!(
+            out,
+            "<h2>Steering</h2><p>The vector: {:?}, as a unit direction times the fine-tuned \
+             model's mean norm n̄_ft at the block (positions ≥ 5), added with strength α at every \
+             position of the block's output; curves on {} samples of the corpus. The chosen α is \
+             the largest whose perplexity stays within {}× the unsteered one.</p><table><tr>\
+             <th>block</th><th>‖δ‖</th><th>n̄_ft</th><th>chosen α (base)</th>\
+             <th>chosen α (fine-tune)</th></tr>",
+            s.vector, s.n_samples, s.ppl_factor
+        );
+        for b in &s.blocks {
+            let chosen = |t: &str| {
+                s.chosen
+                    .iter()
+                    .find(|c| c.layer == b.layer && c.target == t)
+                    .map_or("–".into(), |c| format!("{} (ppl {:.2})", c.alpha, c.perplexity))
+            };
+            let _ = write!(
+                out,
+                "<tr><td>{}</td><td>{:.3}</td><td>{:.3}</td><td>{}</td><td>{}</td></tr>",
+                b.layer,
+                b.delta_norm,
+                b.nbar_ft,
+                chosen("base"),
+                chosen("finetuned")
+            );
+        }
+        out.push_str(
+            "</table><img src=\"plots/steering_kl.svg\" alt=\"steering KL\">\
+             <img src=\"plots/steering_perplexity.svg\" alt=\"steering perplexity\">",
+        );
+        if s.curves.iter().any(|p| p.domain_mass.is_some()) {
+            out.push_str("<img src=\"plots/steering_domain_mass.svg\" alt=\"domain mass\">");
+        }
+        out.push_str(
+            "<h3>Generations</h3><table><tr><th>model</th><th>block</th><th>α</th><th>mode</th>\
+             <th style=\"text-align:left\">prompt → continuation</th></tr>",
+        );
+        for g in &s.generations {
+            let _ = write!(
+                out,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td style=\"text-align:left\">\
+                 <i>{}</i>{}</td></tr>",
+                g.model,
+                g.layer,
+                g.alpha,
+                g.mode,
+                escape(&g.prompt),
+                escape(&g.text)
+            );
+        }
+        out.push_str("</table>");
+        out
+    }
+}

@@ -1,0 +1,181 @@
+//! Tier II, model stitching: blocks [0, k) of one model (with its embeddings) followed by
+//! blocks [k, n) of the other (with its final norm and unembedding), for every split k and
+//! both orders; KL to each parent and the language-model loss. Shards are slices of the
+//! corpus; their sums merge exactly.
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use neurodiff_protocol::{
+    Analyses, AnalysisKind, AuditResults, AuditSpec, ShardKey, ShardOutput, StitchPoint,
+    StitchingReport,
+};
+
+use crate::charts::{lines, Series};
+use crate::{check_cover, corpus_shards, outputs_of, Analysis, AnalysisError, Figure, PlanFacts};
+
+#[derive(Debug)]
+pub struct Stitching;
+
+/// `base_then_ft`: blocks [0, k) from the base; `ft_then_base`: from the fine-tune.
+pub const DIRECTIONS: [&str; 2] = ["base_then_ft", "ft_then_base"];
+
+fn merge_err(message: String) -> AnalysisError {
+    AnalysisError::Merge {
+        analysis: AnalysisKind::Stitching,
+        message,
+    }
+}
+
+impl Analysis for Stitching {
+    fn kind(&self) -> AnalysisKind {
+        AnalysisKind::Stitching
+    }
+
+    fn plan(&self, spec: &AuditSpec, facts: &PlanFacts) -> Result<Vec<ShardKey>, AnalysisError> {
+        corpus_shards(self.kind(), spec, facts)
+    }
+
+    fn merge(
+        &self,
+        _spec: &AuditSpec,
+        outputs: Vec<ShardOutput>,
+        into: &mut Analyses,
+    ) -> Result<(), AnalysisError> {
+        let shards = outputs_of(self.kind(), outputs, |o| match o {
+            ShardOutput::Stitching(s) => Some(s),
+            _ => None,
+        })?;
+        let mut ranges: Vec<(usize, usize)> = shards.iter().map(|s| (s.start, s.end)).collect();
+        let n_samples = check_cover(self.kind(), &mut ranges)?;
+        let (mut n_tokens, mut n_targets, mut nll_b, mut nll_f) = (0u64, 0u64, 0.0, 0.0);
+        let mut sums: BTreeMap<(String, usize), [f64; 3]> = BTreeMap::new();
+        let mut keys: Option<Vec<(String, usize)>> = None;
+        let mut shards = shards;
+        shards.sort_by_key(|s| s.start);
+        for s in &shards {
+            n_tokens += s.n_tokens;
+            n_targets += s.n_targets;
+            nll_b += s.nll_base;
+            nll_f += s.nll_ft;
+            let these: Vec<(String, usize)> =
+                s.points.iter().map(|p| (p.direction.clone(), p.k)).collect();
+            match &keys {
+                Some(k) if *k != these => {
+                    return Err(merge_err("shards disagree on the splits".into()))
+                }
+                _ => keys = Some(these),
+            }
+            for p in &s.points {
+                let e = sums.entry((p.direction.clone(), p.k)).or_default();
+                e[0] += p.kl_to_base;
+                e[1] += p.kl_to_ft;
+                e[2] += p.nll;
+            }
+        }
+        let (n, t) = (n_tokens.max(1) as f64, n_targets.max(1) as f64);
+        let mut points: Vec<StitchPoint> = sums
+            .into_iter()
+            .map(|((direction, k), [b, f, l])| StitchPoint {
+                k,
+                direction,
+                kl_to_base: b / n,
+                kl_to_ft: f / n,
+                loss: l / t,
+            })
+            .collect();
+        points.sort_by(|a, b| {
+            let d = |p: &StitchPoint| DIRECTIONS.iter().position(|x| *x == p.direction);
+            d(a).cmp(&d(b)).then(a.k.cmp(&b.k))
+        });
+        into.stitching = Some(StitchingReport {
+            n_samples,
+            n_tokens,
+            loss_base: nll_b / t,
+            loss_ft: nll_f / t,
+            points,
+        });
+        Ok(())
+    }
+
+    fn figures(&self, results: &AuditResults) -> Result<Vec<Figure>, AnalysisError> {
+        let Some(s) = &results.analyses.stitching else {
+            return Ok(Vec::new());
+        };
+        let series = |dir: &str, label: &str, f: fn(&StitchPoint) -> f64| Series {
+            label: format!("{dir}: {label}"),
+            points: s
+                .points
+                .iter()
+                .filter(|p| p.direction == dir)
+                .map(|p| (p.k as f64, f(p)))
+                .collect(),
+        };
+        let kl: Vec<Series> = DIRECTIONS
+            .iter()
+            .flat_map(|d| {
+                [
+                    series(d, "KL to base", |p| p.kl_to_base),
+                    series(d, "KL to fine-tune", |p| p.kl_to_ft),
+                ]
+            })
+            .collect();
+        let loss: Vec<Series> = DIRECTIONS
+            .iter()
+            .map(|d| series(d, "loss", |p| p.loss))
+            .collect();
+        Ok(vec![
+            Figure {
+                name: "stitching_kl.svg".into(),
+                svg: lines(
+                    "stitching_kl.svg",
+                    "Stitching landscape: KL of the stitched model to each parent, by split k",
+                    ("split k (blocks [0, k) from the first model)", "KL (nats)"),
+                    &kl,
+                    true,
+                )?,
+            },
+            Figure {
+                name: "stitching_loss.svg".into(),
+                svg: lines(
+                    "stitching_loss.svg",
+                    &format!(
+                        "Stitching: language-model loss by split (base {:.3}, fine-tune {:.3})",
+                        s.loss_base, s.loss_ft
+                    ),
+                    ("split k", "loss (nats)"),
+                    &loss,
+                    false,
+                )?,
+            },
+        ])
+    }
+
+    fn html(&self, results: &AuditResults) -> String {
+        let Some(s) = &results.analyses.stitching else {
+            return String::new();
+        };
+        let mut out = String::new();
+        let _ = write!(
+            out,
+            "<h2>Model stitching</h2><p>{} samples ({} tokens). <code>base_then_ft</code> at k: \
+             blocks [0, k) of the base with its embeddings, then blocks [k, n) of the fine-tune \
+             with its final norm and unembedding; <code>ft_then_base</code> the other way round. \
+             Where the KL to the fine-tune is zero, every block that changed came from it.</p>\
+             <img src=\"plots/stitching_kl.svg\" alt=\"stitching KL\">\
+             <img src=\"plots/stitching_loss.svg\" alt=\"stitching loss\">",
+            s.n_samples, s.n_tokens
+        );
+        if let Some(g) = &results.grades {
+            if let Some(m) = g.stitching_matches {
+                let _ = write!(
+                    out,
+                    "<p>Zero KL to the fine-tune at {:?}: {} the trained blocks {:?}.</p>",
+                    g.stitching_zero_kl,
+                    if m { "exactly the splits that take" } else { "<b>not</b> the splits that take" },
+                    g.trained_blocks.clone().unwrap_or_default()
+                );
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,310 @@
+//! Tier II, readable traces (ADL, "Narrow finetuning leaves clearly readable traces"): the mean
+//! difference δ_j of the two models' block outputs at the first positions of unrelated text,
+//! read through the fine-tuned model's logit lens and its Patchscope. One shard per position;
+//! the merge adds how consistent the traces are across positions.
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+
+use neurodiff_protocol::{
+    Analyses, AnalysisKind, AuditResults, AuditSpec, ShardKey, ShardOutput, TracePosition,
+    TracesReport,
+};
+
+use crate::charts::{grid, lines, Series};
+use crate::{escape, outputs_of, Analysis, AnalysisError, Figure, PlanFacts};
+
+#[derive(Debug)]
+pub struct Traces;
+
+fn merge_err(message: String) -> AnalysisError {
+    AnalysisError::Merge {
+        analysis: AnalysisKind::Traces,
+        message,
+    }
+}
+
+/// The block the traces read by default: int(0.5 · (n_blocks − 1)).
+pub fn default_layer(n_layers: usize) -> usize {
+    n_layers.saturating_sub(1) / 2
+}
+
+/// |a ∩ b| / 20 of two top-20 lists.
+pub fn overlap20(a: &[usize], b: &[usize]) -> f64 {
+    let a: BTreeSet<_> = a.iter().take(20).collect();
+    b.iter().take(20).filter(|x| a.contains(x)).count() as f64 / 20.0
+}
+
+impl Analysis for Traces {
+    fn kind(&self) -> AnalysisKind {
+        AnalysisKind::Traces
+    }
+
+    fn plan(&self, spec: &AuditSpec, facts: &PlanFacts) -> Result<Vec<ShardKey>, AnalysisError> {
+        if facts.n_samples.is_none() {
+            return Err(merge_err("planned without a corpus".into()));
+        }
+        if let Some(layer) = spec.traces.layer {
+            if layer >= facts.n_layers {
+                return Err(AnalysisError::Spec(neurodiff_protocol::SpecError::Field(
+                    "traces.layer".into(),
+                    format!("the model has {} blocks", facts.n_layers),
+                )));
+            }
+        }
+        Ok((0..spec.traces.positions)
+            .map(|position| ShardKey::Position {
+                analysis: AnalysisKind::Traces,
+                position,
+            })
+            .collect())
+    }
+
+    fn merge(
+        &self,
+        spec: &AuditSpec,
+        outputs: Vec<ShardOutput>,
+        into: &mut Analyses,
+    ) -> Result<(), AnalysisError> {
+        let mut shards = outputs_of(self.kind(), outputs, |o| match o {
+            ShardOutput::Traces(s) => Some(s),
+            _ => None,
+        })?;
+        shards.sort_by_key(|s| s.trace.position);
+        let got: Vec<usize> = shards.iter().map(|s| s.trace.position).collect();
+        if got != (0..spec.traces.positions).collect::<Vec<_>>() {
+            return Err(merge_err(format!(
+                "expected one shard per position 0..{}, got positions {got:?}",
+                spec.traces.positions
+            )));
+        }
+        let first = &shards[0];
+        let (layer, nbar_ft) = (first.layer, first.nbar_ft);
+        if shards.iter().any(|s| s.layer != layer) {
+            return Err(merge_err("shards read different blocks".into()));
+        }
+        let ground_truth = shards.iter().find_map(|s| s.ground_truth.clone());
+        let positions: Vec<TracePosition> = shards.into_iter().map(|s| s.trace).collect();
+        let ids: Vec<Vec<usize>> = positions
+            .iter()
+            .map(|p| p.logit_lens.top_tokens.iter().map(|t| t.id).collect())
+            .collect();
+        let position_overlap = ids
+            .iter()
+            .map(|a| ids.iter().map(|b| overlap20(a, b)).collect())
+            .collect();
+        into.traces = Some(TracesReport {
+            layer,
+            nbar_ft,
+            positions,
+            position_overlap,
+            ground_truth,
+        });
+        Ok(())
+    }
+
+    fn figures(&self, results: &AuditResults) -> Result<Vec<Figure>, AnalysisError> {
+        let Some(t) = &results.analyses.traces else {
+            return Ok(Vec::new());
+        };
+        let mut figures = Vec::new();
+        let mean_cross: Vec<(f64, f64)> = t
+            .position_overlap
+            .iter()
+            .enumerate()
+            .map(|(i, row)| {
+                let others: Vec<f64> = row
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, v)| *v)
+                    .collect();
+                let mean = others.iter().sum::<f64>() / others.len().max(1) as f64;
+                (i as f64, mean)
+            })
+            .collect();
+        let mut series = vec![
+            Series {
+                label: "top-20 overlap, even vs odd samples".into(),
+                points: t
+                    .positions
+                    .iter()
+                    .map(|p| (p.position as f64, p.half_overlap))
+                    .collect(),
+            },
+            Series {
+                label: "mean top-20 overlap with the other positions".into(),
+                points: mean_cross,
+            },
+        ];
+        if let Some(g) = &results.grades {
+            series.push(Series {
+                label: "precision at 20 (logit lens)".into(),
+                points: g
+                    .traces
+                    .iter()
+                    .map(|x| (x.position as f64, x.logit_lens_p20))
+                    .collect(),
+            });
+        }
+        figures.push(Figure {
+            name: "traces_consistency.svg".into(),
+            svg: lines(
+                "traces_consistency.svg",
+                &format!(
+                    "Readable traces at block {}: consistency of the top-20 tokens by position",
+                    t.layer
+                ),
+                ("position j", "share of 20"),
+                &series,
+                false,
+            )?,
+        });
+        let labels: Vec<String> = t.positions.iter().map(|p| p.position.to_string()).collect();
+        figures.push(Figure {
+            name: "traces_overlap.svg".into(),
+            svg: grid(
+                "traces_overlap.svg",
+                "Top-20 logit-lens overlap of δ_i and δ_j",
+                ("position", "position"),
+                (&labels, &labels),
+                &t.position_overlap,
+                (0.0, 1.0),
+            )?,
+        });
+        figures.push(Figure {
+            name: "patchscope_scales.svg".into(),
+            svg: lines(
+                "patchscope_scales.svg",
+                "Patchscope: tokens in the top 20 of all three prompts, not in the unpatched top 20",
+                ("log10 scale", "novel agreed tokens"),
+                &t.positions
+                    .iter()
+                    .map(|p| Series {
+                        label: format!("δ_{}", p.position),
+                        points: p
+                            .patchscope
+                            .scales
+                            .iter()
+                            .map(|s| (s.scale.log10(), s.novel as f64))
+                            .collect(),
+                    })
+                    .collect::<Vec<_>>(),
+                false,
+            )?,
+        });
+        Ok(figures)
+    }
+
+    fn html(&self, results: &AuditResults) -> String {
+        results
+            .analyses
+            .traces
+            .as_ref()
+            .map_or_else(String::new, |t| html(t, results))
+    }
+}
+
+fn tokens(list: &[neurodiff_protocol::TokenProb], n: usize, hit: &dyn Fn(usize) -> bool) -> String {
+    list.iter()
+        .take(n)
+        .map(|t| {
+            let s = escape(&format!("{:?}", t.token));
+            if hit(t.id) {
+                format!("<b>{s}</b>")
+            } else {
+                s
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn html(t: &TracesReport, results: &AuditResults) -> String {
+    let mut out = String::new();
+    let gt = t.ground_truth.as_ref();
+    let hit = |id: usize| {
+        gt.is_some_and(|g| {
+            crate::grade::is_domain_token(g, id, &token_text(t, id).unwrap_or_default())
+        })
+    };
+    let _ = write!(
+        out,
+        "<h2>Readable traces (ADL, Patchscope)</h2><p>Block {}; δ_j = mean over samples of \
+         h_ft − h_base at position j; the fine-tuned model's mean norm n̄_ft = {:.3}. Logit lens: \
+         δ_j through the fine-tuned model's final norm and unembedding. Patchscope: s · δ_j/‖δ_j‖ \
+         at the last token of three identity prompts.{}</p>",
+        t.layer,
+        t.nbar_ft,
+        if gt.is_some() {
+            " Domain words of the organism's ground truth in bold."
+        } else {
+            ""
+        }
+    );
+    let grade = |p: usize| {
+        results
+            .grades
+            .as_ref()
+            .and_then(|g| g.traces.iter().find(|x| x.position == p))
+    };
+    out.push_str(
+        "<table><tr><th>j</th><th>‖δ_j‖</th><th style=\"text-align:left\">logit lens, top 20</th>\
+         <th style=\"text-align:left\">−δ_j, top 10</th><th>scale</th>\
+         <th style=\"text-align:left\">Patchscope</th><th>halves</th><th>P@20 lens / Patchscope</th></tr>",
+    );
+    for p in &t.positions {
+        let g = grade(p.position).map_or("–".into(), |g| {
+            format!("{:.2} / {:.2}", g.logit_lens_p20, g.patchscope_p20)
+        });
+        let _ = write!(
+            out,
+            "<tr><td>{}</td><td>{:.3}</td><td style=\"text-align:left\">{}</td>\
+             <td style=\"text-align:left\">{}</td><td>{:.2}</td><td style=\"text-align:left\">{}</td>\
+             <td>{:.2}</td><td>{g}</td></tr>",
+            p.position,
+            p.delta_norm,
+            tokens(&p.logit_lens.top_tokens, 20, &hit),
+            tokens(&p.negative.top_tokens, 10, &hit),
+            p.patchscope.scale,
+            tokens(&p.patchscope.top_tokens, 20, &hit),
+            p.half_overlap,
+        );
+    }
+    out.push_str("</table><img src=\"plots/traces_consistency.svg\" alt=\"trace consistency\">");
+    out.push_str("<img src=\"plots/traces_overlap.svg\" alt=\"trace overlap\">");
+    out.push_str("<img src=\"plots/patchscope_scales.svg\" alt=\"patchscope scales\">");
+    if let Some(p) = t.positions.iter().find(|p| !p.steered.is_empty()) {
+        let _ = write!(
+            out,
+            "<h3>The fine-tuned model steered with δ_{}</h3><table><tr><th>α</th><th>mode</th>\
+             <th style=\"text-align:left\">prompt → continuation</th></tr>",
+            p.position
+        );
+        for g in &p.steered {
+            let _ = write!(
+                out,
+                "<tr><td>{}</td><td>{}</td><td style=\"text-align:left\"><i>{}</i>{}</td></tr>",
+                g.alpha,
+                g.mode,
+                escape(&g.prompt),
+                escape(&g.text)
+            );
+        }
+        out.push_str("</table>");
+    }
+    out
+}
+
+fn token_text(t: &TracesReport, id: usize) -> Option<String> {
+    t.positions
+        .iter()
+        .flat_map(|p| {
+            p.logit_lens
+                .top_tokens
+                .iter()
+                .chain(&p.patchscope.top_tokens)
+                .chain(&p.negative.top_tokens)
+        })
+        .find(|x| x.id == id)
+        .map(|x| x.token.clone())
+}
