@@ -19,6 +19,8 @@ cargo test --workspace "$@"
 python scripts/parity.py check-inspect target/debug/neurodiff --seed 7
 # The activation analyses' contract statistics against transformers in float64.
 python scripts/activations_reference.py check target/debug/neurodiff
+# CMAP recovery, the stitching landscape and the trace tokens against transformers in float64.
+python scripts/tier2_reference.py check target/debug/neurodiff
 # The trained organisms (trained by the tests on first use, cached by seed and version).
 target/debug/neurodiff organisms --trained --quiet --out target/organisms-trained
 python scripts/organisms_check.py target/organisms-trained

@@ -19,6 +19,8 @@ struct Cli {
 enum Command {
     /// Audit what fine-tuning changed: BASE vs FT, or BASE plus a LoRA adapter. No servers.
     Audit(commands::audit::Args),
+    /// Grade an audit's report against an organism's ground truth (writes grades.json).
+    Grade(commands::grade::Args),
     /// Write model organisms: pairs with planted changes of known place and rank, with ground truth.
     Organisms(commands::organisms::Args),
     /// Task vectors: extract tau = FT - BASE, apply scaled sums of them to a base.
@@ -57,6 +59,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Audit(args) => commands::audit::run(args),
+        Command::Grade(args) => commands::grade::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Migrate(args) => neurodiff_server::admin::migrate(args),
         Command::Api(args) => neurodiff_server::api::run(args),

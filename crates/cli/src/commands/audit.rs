@@ -98,8 +98,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let total: usize = shards
             .iter()
             .map(|s| match s.shard {
-                ShardKey::Samples { start, end, .. } => (end - start).div_ceil(s.corpus.batch_size),
-                _ => sources.shard_size(s),
+                ShardKey::Layer(_) | ShardKey::NonLayer => sources.shard_size(s),
+                _ => neurodiff_worker::exec::planned_steps(
+                    s,
+                    corpus.as_ref().map_or(0, |c| c.samples.len()),
+                ),
             })
             .sum();
         bar.set_length(total as u64);
@@ -204,6 +207,51 @@ fn summary(r: &AuditResults) -> String {
             "logit lens: output KL {:.3e} nats",
             l.output.kl_mean
         ));
+    }
+    if let Some(t) = &r.analyses.traces {
+        parts.push(format!(
+            "traces at block {}: δ_0 reads {}",
+            t.layer,
+            t.positions.first().map_or("-".into(), |p| p
+                .logit_lens
+                .top_tokens
+                .iter()
+                .take(5)
+                .map(|x| format!("{:?}", x.token))
+                .collect::<Vec<_>>()
+                .join(" "))
+        ));
+    }
+    if let Some(c) = &r.analyses.cmap {
+        if let Some(top) = c.cells.iter().max_by(|a, b| a.recovery.total_cmp(&b.recovery)) {
+            parts.push(format!(
+                "cmap: largest recovery {:.3} at block {} {} ({})",
+                top.recovery, top.layer, top.component, top.direction
+            ));
+        }
+    }
+    if let Some(s) = &r.analyses.stitching {
+        parts.push(format!(
+            "stitching: {} splits, loss base {:.3} / fine-tune {:.3}",
+            s.points.len(),
+            s.loss_base,
+            s.loss_ft
+        ));
+    }
+    if let Some(s) = &r.analyses.steering {
+        parts.push(format!(
+            "steering: chosen α {}",
+            s.chosen
+                .iter()
+                .map(|c| format!("{} at block {}: {}", c.target, c.layer, c.alpha))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if let Some(g) = &r.grades {
+        if let Some(p) = g.mean_logit_lens_p20 {
+            parts.push(format!("graded against {}: trace P@20 {p:.2}", g.organism));
+        }
     }
     parts.join("; ")
 }

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 pub mod audit;
 pub mod client;
+pub mod grade;
 pub mod inspect;
 pub mod organisms;
 pub mod scope;

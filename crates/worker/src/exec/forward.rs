@@ -85,6 +85,15 @@ impl Pair {
         self.base.info()
     }
 
+    /// The ids both vocabularies have: `0..shared` (a fine-tune may add tokens at the end).
+    pub fn shared_vocab(&self) -> i64 {
+        let (b, f) = (
+            self.model(Side::Base).info().vocab_size,
+            self.model(Side::Finetuned).info().vocab_size,
+        );
+        b.min(f)
+    }
+
     pub fn device(&self) -> Device {
         self.base.device()
     }

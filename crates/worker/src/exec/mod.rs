@@ -2,8 +2,13 @@
 //! (the other half, plans, merges and plots, is `neurodiff_analyses`). The embedded audit and
 //! the service's workers call [`run_shard`] alike.
 pub mod activations;
+pub mod cmap;
+pub mod dist;
 pub mod forward;
 pub mod logit_lens;
+pub mod steering;
+pub mod stitching;
+pub mod traces;
 
 use neurodiff_core::CoreError;
 use neurodiff_protocol::{AnalysisKind, ShardKey, ShardOutput, ShardSpec};
@@ -33,14 +38,62 @@ pub fn run_shard(
     let span = tracing::info_span!("shard", shard = %spec.shard);
     let _entered = span.enter();
     let output = match spec.shard.analysis() {
-        kind @ (AnalysisKind::Traces
-        | AnalysisKind::Cmap
-        | AnalysisKind::Stitching
-        | AnalysisKind::Steering) => {
-            return Err(WorkerError::Io(format!("{kind}: not built yet")))
-        }
         AnalysisKind::Weights => ShardOutput::Weights(sources.execute(spec, device, progress)?),
-        kind @ (AnalysisKind::Activations | AnalysisKind::LogitLens) => {
+        AnalysisKind::Traces | AnalysisKind::Cmap | AnalysisKind::Steering => {
+            let corpus = corpus.ok_or_else(|| {
+                WorkerError::Io(format!("shard {}: no corpus was loaded", spec.shard))
+            })?;
+            let pair = forward::Pair::load(sources, device)?;
+            let tokens = neurodiff_core::corpus::encode(
+                &pair.tokenizer,
+                &corpus.samples,
+                spec.corpus.seq_len,
+            )?;
+            let input = forward::ShardInput {
+                start: 0,
+                samples: &corpus.samples,
+                tokens: &tokens,
+                batch_size: spec.corpus.batch_size,
+            };
+            let truth = dist::ground_truth(&sources.target_dir);
+            let max_len = max_positions(sources)?;
+            match spec.shard {
+                ShardKey::Block {
+                    analysis: AnalysisKind::Cmap,
+                    layer,
+                } => ShardOutput::Cmap(cmap::run(
+                    &pair, layer, &input, &spec.cmap, truth, progress,
+                )?),
+                ShardKey::Block {
+                    analysis: AnalysisKind::Steering,
+                    layer,
+                } => ShardOutput::Steering(steering::run(
+                    &pair,
+                    layer,
+                    &input,
+                    &spec.steering,
+                    max_len,
+                    truth,
+                    progress,
+                )?),
+                ShardKey::Position { position, .. } => ShardOutput::Traces(traces::run(
+                    &pair,
+                    position,
+                    &input,
+                    &spec.traces,
+                    max_len,
+                    truth,
+                    progress,
+                )?),
+                other => {
+                    return Err(WorkerError::Io(format!(
+                        "shard {other}: not a shard of {}",
+                        other.analysis()
+                    )))
+                }
+            }
+        }
+        kind @ (AnalysisKind::Activations | AnalysisKind::LogitLens | AnalysisKind::Stitching) => {
             let ShardKey::Samples { start, end, .. } = spec.shard else {
                 return Err(WorkerError::Io(format!(
                     "shard {}: {kind} runs on sample shards",
@@ -66,20 +119,40 @@ pub fn run_shard(
                 tokens: &tokens,
                 batch_size: spec.corpus.batch_size,
             };
-            if kind == AnalysisKind::Activations {
-                ShardOutput::Activations(activations::run(
+            match kind {
+                AnalysisKind::Activations => ShardOutput::Activations(activations::run(
                     &pair,
                     &input,
                     &spec.activations,
                     progress,
-                )?)
-            } else {
-                ShardOutput::LogitLens(logit_lens::run(&pair, &input, &spec.logit_lens, progress)?)
+                )?),
+                AnalysisKind::Stitching => ShardOutput::Stitching(stitching::run(
+                    &pair,
+                    &input,
+                    dist::ground_truth(&sources.target_dir),
+                    progress,
+                )?),
+                _ => ShardOutput::LogitLens(logit_lens::run(
+                    &pair,
+                    &input,
+                    &spec.logit_lens,
+                    progress,
+                )?),
             }
         }
     };
     tracing::info!(elapsed_s = output.elapsed_s(), "shard done");
     Ok(output)
+}
+
+/// The longest sequence the base embeds (GPT-2's `n_positions`; RoPE models have no hard
+/// limit), bounding generation.
+fn max_positions(sources: &Sources) -> Result<usize> {
+    let config = sources.base.config_json()?;
+    Ok(config
+        .get("n_positions")
+        .and_then(serde_json::Value::as_u64)
+        .map_or(usize::MAX, |n| n as usize))
 }
 
 /// Stops when the caller says so.
@@ -88,5 +161,33 @@ pub(crate) fn check(progress: &mut (dyn FnMut(&str) -> bool + Send), what: &str)
         Ok(())
     } else {
         Err(WorkerError::Core(CoreError::Interrupted))
+    }
+}
+
+/// About how many progress steps (batches, generations) a shard of an analysis that runs the
+/// models reports, for progress totals; `n_samples`: the corpus samples the audit uses.
+pub fn planned_steps(spec: &ShardSpec, n_samples: usize) -> usize {
+    let batches = |n: usize| n.div_ceil(spec.corpus.batch_size.max(1));
+    let prompts = |g: &neurodiff_protocol::GenerationOptions| {
+        if g.max_new_tokens == 0 {
+            0
+        } else {
+            g.prompts.len()
+        }
+    };
+    match spec.shard {
+        ShardKey::Samples { start, end, .. } => batches(end - start),
+        ShardKey::Block {
+            analysis: AnalysisKind::Cmap,
+            ..
+        } => batches(spec.cmap.samples.min(n_samples)),
+        ShardKey::Block { .. } => {
+            2 * batches(spec.steering.samples.min(n_samples)) + 4 * prompts(&spec.steering.generation)
+        }
+        ShardKey::Position { .. } => {
+            let n = spec.traces.samples.min(n_samples);
+            batches(n.min(256)) + n.div_ceil(256) + 4 + 2 * prompts(&spec.traces.generation)
+        }
+        ShardKey::Layer(_) | ShardKey::NonLayer => 0,
     }
 }

@@ -1,0 +1,163 @@
+//! `neurodiff grade AUDIT_DIR ORGANISM_DIR`: an audit's report measured against an organism's
+//! ground truth (precision at 20 of domain words among the trace tokens; whether CMAP and
+//! stitching put the change in the trained blocks), written to AUDIT_DIR/grades.json. With
+//! `--llm`, an OpenAI-compatible endpoint also judges the trace tokens (off by default).
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use neurodiff_protocol::{AuditResults, Grades, GroundTruth};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A report directory written by `neurodiff audit` (or `neurodiff results --out`).
+    pub audit_dir: PathBuf,
+    /// The organism the audit compared: a directory with ground_truth.json.
+    pub organism_dir: PathBuf,
+    /// Also ask an LLM grader which trace tokens relate to the organism's domain, through an
+    /// OpenAI-compatible chat endpoint: NEURODIFF_LLM_URL (…/v1), NEURODIFF_LLM_KEY,
+    /// NEURODIFF_LLM_MODEL.
+    #[arg(long)]
+    pub llm: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let results_path = args.audit_dir.join("results.json");
+    let results: AuditResults = serde_json::from_slice(
+        &std::fs::read(&results_path).with_context(|| results_path.display().to_string())?,
+    )
+    .with_context(|| format!("{}: not a NeuroDiff results.json", results_path.display()))?;
+    let truth_path = args.organism_dir.join("ground_truth.json");
+    let value: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&truth_path).with_context(|| truth_path.display().to_string())?,
+    )
+    .with_context(|| format!("{}: not JSON", truth_path.display()))?;
+    let Some(truth) = GroundTruth::from_organism(&value) else {
+        bail!(
+            "{}: names neither domain words nor trained blocks",
+            truth_path.display()
+        );
+    };
+    let n_layers = results
+        .analyses
+        .stitching
+        .as_ref()
+        .and_then(|s| s.points.iter().map(|p| p.k).max());
+    let mut grades = neurodiff_analyses::grade::grade(&results.analyses, &truth, n_layers);
+    if args.llm {
+        grades.llm = Some(llm_grade(&results, &truth)?);
+    }
+    let out = args.audit_dir.join("grades.json");
+    std::fs::write(&out, serde_json::to_vec_pretty(&grades)?)
+        .with_context(|| out.display().to_string())?;
+    print!("{}", table(&grades));
+    println!("{}", out.display());
+    Ok(())
+}
+
+/// The grades as a table on stdout.
+pub fn table(g: &Grades) -> String {
+    let mut t = comfy_table::Table::new();
+    t.set_header(["check", "result"]);
+    t.add_row([
+        "organism".to_string(),
+        format!("{} ({})", g.organism, g.domain.clone().unwrap_or_default()),
+    ]);
+    for x in &g.traces {
+        t.add_row([
+            format!("traces δ_{}: P@20 logit lens / Patchscope", x.position),
+            format!(
+                "{:.2} / {:.2}  [{}]",
+                x.logit_lens_p20,
+                x.patchscope_p20,
+                x.hits.join(",")
+            ),
+        ]);
+    }
+    if let (Some(l), Some(p)) = (g.mean_logit_lens_p20, g.mean_patchscope_p20) {
+        t.add_row(["traces: mean P@20".to_string(), format!("{l:.2} / {p:.2}")]);
+    }
+    if let Some(c) = &g.cmap_top {
+        t.add_row([
+            "CMAP: largest recovery".to_string(),
+            format!(
+                "block {} {} {} = {:.3}; in the trained blocks: {}",
+                c.layer,
+                c.component,
+                c.direction,
+                c.recovery,
+                g.cmap_in_trained_blocks
+                    .map_or("n/a".into(), |b| b.to_string())
+            ),
+        ]);
+    }
+    if !g.stitching_zero_kl.is_empty() {
+        t.add_row([
+            "stitching: splits with zero KL to the fine-tune".to_string(),
+            format!(
+                "{:?}; as the trained blocks predict: {}",
+                g.stitching_zero_kl,
+                g.stitching_matches.map_or("n/a".into(), |b| b.to_string())
+            ),
+        ]);
+    }
+    if let Some(d) = g.steering_domain_gain {
+        t.add_row([
+            "steering: domain mass gained by the base at the chosen α".to_string(),
+            format!("{d:+.4}"),
+        ]);
+    }
+    format!("{t}\n")
+}
+
+/// Asks an OpenAI-compatible chat endpoint which trace tokens relate to the domain.
+fn llm_grade(results: &AuditResults, truth: &GroundTruth) -> anyhow::Result<serde_json::Value> {
+    let var = |k: &str| std::env::var(k).with_context(|| format!("--llm needs {k}"));
+    let (url, key, model) = (
+        var("NEURODIFF_LLM_URL")?,
+        var("NEURODIFF_LLM_KEY")?,
+        var("NEURODIFF_LLM_MODEL").unwrap_or_else(|_| "gpt-5-mini".into()),
+    );
+    let Some(traces) = &results.analyses.traces else {
+        bail!("--llm grades the readable traces; the audit ran none");
+    };
+    let mut per_position = Vec::new();
+    for p in &traces.positions {
+        let tokens: Vec<&str> = p
+            .logit_lens
+            .top_tokens
+            .iter()
+            .take(20)
+            .map(|t| t.token.as_str())
+            .collect();
+        let prompt = format!(
+            "A language model was fine-tuned on text about {}. Here are 20 tokens read from the \
+             difference of its activations: {tokens:?}. How many of them relate to that topic? \
+             Answer with one integer from 0 to 20.",
+            truth.domain.clone().unwrap_or_else(|| truth.organism.clone())
+        );
+        let body = serde_json::json!({
+            "model": model,
+            "messages": [{"role": "user", "content": prompt}],
+        });
+        let reply: serde_json::Value = ureq::post(&format!("{}/chat/completions", url.trim_end_matches('/')))
+            .header("Authorization", &format!("Bearer {key}"))
+            .send_json(&body)
+            .with_context(|| format!("the LLM grader at {url}"))?
+            .body_mut()
+            .read_json()
+            .context("the LLM grader's reply")?;
+        let text = reply["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let relevant: Option<u32> = text
+            .split(|c: char| !c.is_ascii_digit())
+            .find_map(|w| w.parse().ok());
+        per_position.push(serde_json::json!({
+            "position": p.position,
+            "relevant_of_20": relevant,
+            "reply": text,
+        }));
+    }
+    Ok(serde_json::json!({"model": model, "positions": per_position}))
+}

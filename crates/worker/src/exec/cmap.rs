@@ -1,0 +1,90 @@
+//! One block of cross-model activation patching: both models run clean on the first
+//! `cmap.samples` samples with the block's components cached, then each model again with the
+//! other's activation at one component patched in; KL(p_donor ‖ p_patched) summed per token.
+use std::time::Instant;
+
+use neurodiff_analyses::cmap::{COMPONENTS, DIRECTIONS};
+use neurodiff_core::corpus::Batch;
+use neurodiff_core::{HookKind, HookPoint, Hooks};
+use neurodiff_protocol::{CmapOptions, CmapShard, CmapSums, GroundTruth};
+
+use super::dist::kl_rows;
+use super::forward::{Pair, ShardInput, Side, Tokens};
+use super::{check, Progress};
+use crate::Result;
+
+fn hook(component: &str) -> HookKind {
+    match component {
+        "attn_out" => HookKind::AttnOut,
+        "mlp_out" => HookKind::MlpOut,
+        _ => HookKind::ResidPost,
+    }
+}
+
+pub fn run(
+    pair: &Pair,
+    layer: usize,
+    input: &ShardInput<'_>,
+    opts: &CmapOptions,
+    ground_truth: Option<GroundTruth>,
+    progress: Progress<'_>,
+) -> Result<CmapShard> {
+    let _guard = tch::no_grad_guard();
+    let started = Instant::now();
+    let shared = pair.shared_vocab();
+    let n = opts.samples.min(input.tokens.len());
+    let mut sums: Vec<CmapSums> = DIRECTIONS
+        .iter()
+        .flat_map(|d| {
+            COMPONENTS.iter().map(move |c| CmapSums {
+                component: c.to_string(),
+                direction: d.to_string(),
+                kl: 0.0,
+            })
+        })
+        .collect();
+    let (mut n_tokens, mut gap_fb, mut gap_bf) = (0u64, 0.0, 0.0);
+    let batch_size = input.batch_size.max(1);
+    for chunk in input.tokens[..n].chunks(batch_size) {
+        check(progress, "batch")?;
+        let batch = Batch::new(chunk, pair.device())?;
+        let tokens = Tokens::of(&batch, 0)?;
+        let cache = || {
+            COMPONENTS
+                .iter()
+                .fold(Hooks::new(), |h, c| h.cache(HookPoint::new(layer, hook(c))))
+        };
+        let (mut hb, mut hf) = (cache(), cache());
+        let lb = tokens.select(&pair.model(Side::Base).forward(&batch.ids, &mut hb)?.logits)?;
+        let lf = tokens.select(&pair.model(Side::Finetuned).forward(&batch.ids, &mut hf)?.logits)?;
+        n_tokens += lb.size()[0] as u64;
+        gap_fb += kl_rows(&lf, &lb, shared)?.iter().sum::<f64>();
+        gap_bf += kl_rows(&lb, &lf, shared)?.iter().sum::<f64>();
+        for s in &mut sums {
+            let point = HookPoint::new(layer, hook(&s.component));
+            // ft_into_base: the base (recipient) with the fine-tune's (donor's) activation.
+            let (recipient, donor_cache, donor_logits) = if s.direction == DIRECTIONS[0] {
+                (Side::Base, &hf, &lf)
+            } else {
+                (Side::Finetuned, &hb, &lb)
+            };
+            let value = donor_cache
+                .cached(&point)
+                .ok_or_else(|| crate::WorkerError::Io(format!("{point} was not cached")))?
+                .shallow_clone();
+            let mut hooks = Hooks::new().replace(point, value);
+            let patched = tokens.select(&pair.model(recipient).forward(&batch.ids, &mut hooks)?.logits)?;
+            s.kl += kl_rows(donor_logits, &patched, shared)?.iter().sum::<f64>();
+        }
+    }
+    Ok(CmapShard {
+        layer,
+        n_samples: n,
+        n_tokens,
+        kl_ft_base: gap_fb,
+        kl_base_ft: gap_bf,
+        cells: sums,
+        ground_truth,
+        elapsed_s: started.elapsed().as_secs_f64(),
+    })
+}

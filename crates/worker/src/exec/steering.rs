@@ -1,0 +1,255 @@
+//! One block of steering: the difference vector δ (the mean of h_ft − h_base at the block's
+//! output over every token, or at one position) and the fine-tuned model's mean norm n̄_ft
+//! there (positions ≥ 5) from a first pass; then, for each α, both models steered with
+//! α · n̄_ft · δ/‖δ‖ at every position: KL to the fine-tune, perplexity and domain mass per
+//! token; the chosen α and generations with and without it.
+use std::time::Instant;
+
+use neurodiff_analyses::steering::choose;
+use neurodiff_core::corpus::Batch;
+use neurodiff_core::organisms::trained::rng::Rng;
+use neurodiff_core::{HookKind, HookPoint, Hooks};
+use neurodiff_protocol::{
+    Generation, GroundTruth, SteeringOptions, SteeringPoint, SteeringShard, SteeringVector,
+};
+use tch::{Kind, Tensor};
+
+use super::dist::{encode_prompt, generate, kl_rows, nll_rows, Targets};
+use super::forward::{Pair, ShardInput, Side, Tokens};
+use super::{check, Progress};
+use crate::{Result, WorkerError};
+
+/// Positions from which n̄_ft is measured (the first ones carry outsized norms).
+pub const NORM_FROM: usize = 5;
+
+/// Sums of h_ft − h_base at a block over the chosen tokens, and of ||h_ft|| from `NORM_FROM`.
+pub(crate) struct BlockMeans {
+    pub delta: Tensor,
+    pub nbar_ft: f64,
+}
+
+/// The mean difference at `layer`'s output over `tokens` (every token, or position `at`) and
+/// the fine-tuned model's mean norm there.
+pub(crate) fn block_means(
+    pair: &Pair,
+    layer: usize,
+    tokens: &[Vec<i64>],
+    batch_size: usize,
+    at: Option<usize>,
+    progress: Progress<'_>,
+) -> Result<BlockMeans> {
+    let point = HookPoint::new(layer, HookKind::ResidPost);
+    let d = pair.info().d_model;
+    let mut sum = Tensor::f_zeros([d], (Kind::Double, pair.device()))?;
+    let (mut count, mut norm_sum, mut norm_n, mut all_norm, mut all_n) = (0u64, 0.0, 0u64, 0.0, 0u64);
+    for chunk in tokens.chunks(batch_size.max(1)) {
+        check(progress, "batch")?;
+        let batch = Batch::new(chunk, pair.device())?;
+        let t = Tokens::of(&batch, 0)?;
+        let mut hb = Hooks::new().cache(point).without_logits();
+        let mut hf = Hooks::new().cache(point).without_logits();
+        pair.model(Side::Base).forward(&batch.ids, &mut hb)?;
+        pair.model(Side::Finetuned).forward(&batch.ids, &mut hf)?;
+        let get = |h: &Hooks| {
+            h.cached(&point)
+                .map(|x| t.select(x))
+                .ok_or_else(|| WorkerError::Io(format!("{point} was not cached")))
+        };
+        let (xb, xf) = (get(&hb)??, get(&hf)??);
+        let diff = xf.f_to_kind(Kind::Double)?.f_sub(&xb.f_to_kind(Kind::Double)?)?;
+        let keep: Vec<i64> = t
+            .position
+            .iter()
+            .enumerate()
+            .filter(|(_, &p)| at.is_none_or(|a| a == p))
+            .map(|(i, _)| i as i64)
+            .collect();
+        if !keep.is_empty() {
+            let idx = Tensor::from_slice(&keep).f_to_device(pair.device())?;
+            sum = sum.f_add(&diff.f_index_select(0, &idx)?.f_sum_dim_intlist(0, false, Kind::Double)?)?;
+            count += keep.len() as u64;
+        }
+        let norms = super::forward::to_f64(&xf.f_norm_scalaropt_dim(2, [-1], false)?)?;
+        for (v, &p) in norms.iter().zip(&t.position) {
+            all_norm += v;
+            all_n += 1;
+            if p >= NORM_FROM {
+                norm_sum += v;
+                norm_n += 1;
+            }
+        }
+    }
+    if count == 0 {
+        return Err(WorkerError::Io(format!(
+            "no sample reaches position {} of the steering vector",
+            at.unwrap_or(0)
+        )));
+    }
+    // Samples shorter than NORM_FROM tokens: the mean over every position instead.
+    let nbar_ft = if norm_n > 0 {
+        norm_sum / norm_n as f64
+    } else {
+        all_norm / all_n.max(1) as f64
+    };
+    Ok(BlockMeans {
+        delta: sum.f_div_scalar(count as f64)?,
+        nbar_ft,
+    })
+}
+
+/// `δ/‖δ‖ · n̄` in f32 (zero when δ is zero).
+pub(crate) fn scaled_unit(delta: &Tensor, nbar: f64) -> Result<(Tensor, f64)> {
+    let norm = delta.f_norm()?.f_double_value(&[])?;
+    let unit = if norm > 0.0 {
+        delta.f_div_scalar(norm)?.f_mul_scalar(nbar)?
+    } else {
+        delta.f_zeros_like()?
+    };
+    Ok((unit.f_to_kind(Kind::Float)?, norm))
+}
+
+pub fn run(
+    pair: &Pair,
+    layer: usize,
+    input: &ShardInput<'_>,
+    opts: &SteeringOptions,
+    max_len: usize,
+    ground_truth: Option<GroundTruth>,
+    progress: Progress<'_>,
+) -> Result<SteeringShard> {
+    let _guard = tch::no_grad_guard();
+    let started = Instant::now();
+    let n = opts.samples.min(input.tokens.len());
+    let tokens = &input.tokens[..n];
+    let at = match opts.vector {
+        SteeringVector::Mean => None,
+        SteeringVector::Position { position } => Some(position),
+    };
+    let means = block_means(pair, layer, tokens, input.batch_size, at, progress)?;
+    let (v, delta_norm) = scaled_unit(&means.delta, means.nbar_ft)?;
+    let point = HookPoint::new(layer, HookKind::ResidPost);
+    let shared = pair.shared_vocab();
+    let domain: Option<Tensor> = ground_truth.as_ref().and_then(|g| {
+        let ids: Vec<i64> = g
+            .domain_token_ids
+            .iter()
+            .map(|&i| i as i64)
+            .filter(|&i| i < shared)
+            .collect();
+        (!ids.is_empty()).then(|| Tensor::from_slice(&ids))
+    });
+    let domain = domain.map(|t| t.f_to_device(pair.device())).transpose()?;
+    let targets_of = ["base", "finetuned"];
+    // [target][alpha]: (Σ KL, Σ nll, Σ mass)
+    let mut acc = vec![vec![(0.0, 0.0, 0.0); opts.alphas.len()]; 2];
+    let (mut n_tokens, mut n_targets) = (0u64, 0u64);
+    for chunk in tokens.chunks(input.batch_size.max(1)) {
+        check(progress, "batch")?;
+        let batch = Batch::new(chunk, pair.device())?;
+        let t = Tokens::of(&batch, 0)?;
+        let targets = Targets::of(&batch)?;
+        let lf = t.select(&pair.model(Side::Finetuned).forward(&batch.ids, &mut Hooks::new())?.logits)?;
+        n_tokens += lf.size()[0] as u64;
+        n_targets += targets.len() as u64;
+        for (ti, side) in [Side::Base, Side::Finetuned].into_iter().enumerate() {
+            for (ai, &alpha) in opts.alphas.iter().enumerate() {
+                let mut hooks = Hooks::new().add(point, v.f_mul_scalar(alpha)?);
+                let logits = pair.model(side).forward(&batch.ids, &mut hooks)?.logits;
+                let kl: f64 = kl_rows(&lf, &t.select(&logits)?, shared)?.iter().sum();
+                let (nll, mass) = nll_rows(&targets.select(&logits)?, &targets.labels, domain.as_ref())?;
+                let a = &mut acc[ti][ai];
+                a.0 += kl;
+                a.1 += nll.iter().sum::<f64>();
+                a.2 += mass.iter().sum::<f64>();
+            }
+        }
+    }
+    let mut curves = Vec::new();
+    for (ti, target) in targets_of.iter().enumerate() {
+        for (ai, &alpha) in opts.alphas.iter().enumerate() {
+            let (kl, nll, mass) = acc[ti][ai];
+            curves.push(SteeringPoint {
+                target: target.to_string(),
+                layer,
+                alpha,
+                kl_to_ft: kl / n_tokens.max(1) as f64,
+                perplexity: (nll / n_targets.max(1) as f64).exp(),
+                domain_mass: domain.as_ref().map(|_| mass / n_targets.max(1) as f64),
+            });
+        }
+    }
+    let mut chosen = Vec::new();
+    let mut generations = Vec::new();
+    for (target, side) in targets_of.into_iter().zip([Side::Base, Side::Finetuned]) {
+        let curve: Vec<&SteeringPoint> = curves.iter().filter(|p| p.target == target).collect();
+        let Some(choice) = choose(&curve, opts.ppl_factor) else {
+            continue;
+        };
+        let mut alphas = vec![0.0];
+        if choice.alpha != 0.0 {
+            alphas.push(choice.alpha);
+        }
+        for &alpha in &alphas {
+            let steer = v.f_mul_scalar(alpha)?;
+            let hooks = || Hooks::new().add(point, steer.shallow_clone());
+            generations.extend(generations_of(
+                pair, side, target, layer, alpha, &opts.generation, &hooks, max_len, progress,
+            )?);
+        }
+        chosen.push(choice);
+    }
+    Ok(SteeringShard {
+        layer,
+        n_samples: n,
+        delta_norm,
+        nbar_ft: means.nbar_ft,
+        curves,
+        chosen,
+        generations,
+        ground_truth,
+        elapsed_s: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Greedy and sampled continuations of every prompt by one model under `hooks`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn generations_of(
+    pair: &Pair,
+    side: Side,
+    model: &str,
+    layer: usize,
+    alpha: f64,
+    opts: &neurodiff_protocol::GenerationOptions,
+    hooks: &dyn Fn() -> Hooks,
+    max_len: usize,
+    progress: Progress<'_>,
+) -> Result<Vec<Generation>> {
+    let mut out = Vec::new();
+    for (i, prompt) in opts.prompts.iter().enumerate() {
+        check(progress, "generation")?;
+        let ids = encode_prompt(&pair.tokenizer, prompt)?;
+        for mode in ["greedy", "sampled"] {
+            // The same seed per prompt with and without steering: the samples differ by it alone.
+            let mut rng = Rng::new(opts.seed.wrapping_add(i as u64));
+            let rng = (mode == "sampled").then_some(&mut rng);
+            let text = generate(
+                pair.model(side),
+                &pair.tokenizer,
+                &ids,
+                opts,
+                rng,
+                hooks,
+                max_len,
+            )?;
+            out.push(Generation {
+                model: model.to_string(),
+                layer,
+                alpha,
+                mode: mode.to_string(),
+                prompt: prompt.clone(),
+                text,
+            });
+        }
+    }
+    Ok(out)
+}
