@@ -191,10 +191,14 @@ fn a_trained_organism_over_rest_on_the_builtin_corpus_equals_the_embedded_audit(
     let id = env.submit(
         &token,
         json!({"base": base, "finetuned": ft,
-               "analyses": ["weights", "activations", "logit-lens"],
-               "corpus": {"max_samples": 24, "shard_samples": 8}}),
+               "analyses": ["weights", "activations", "logit-lens", "traces", "cmap",
+                            "stitching", "steering"],
+               "corpus": {"max_samples": 24, "shard_samples": 8},
+               "cmap": {"samples": 8},
+               "traces": {"generation": {"max_new_tokens": 4}},
+               "steering": {"samples": 8, "generation": {"max_new_tokens": 4}}}),
     );
-    let audit = env.wait_done(&token, &id, Duration::from_secs(180));
+    let audit = env.wait_done(&token, &id, Duration::from_secs(300));
     assert_eq!(audit["status"], "succeeded", "{audit}\n{}", env.logs());
     let reference = embedded(
         env.dir.path(),
@@ -202,17 +206,42 @@ fn a_trained_organism_over_rest_on_the_builtin_corpus_equals_the_embedded_audit(
             &base,
             &ft,
             "--analyses",
-            "weights,activations,logit-lens",
+            "weights,activations,logit-lens,traces,cmap,stitching,steering",
             "--max-samples",
             "24",
             "--shard-samples",
             "8",
+            "--cmap-samples",
+            "8",
+            "--steer-samples",
+            "8",
+            "--max-new-tokens",
+            "4",
         ],
     );
     let (code, served) = env.json("GET", &format!("/v1/audits/{id}/results"), &token, None);
     assert_eq!(code, 200, "{served}");
     assert_eq!(served["corpus"]["source"], "builtin:generic");
     assert_close(&served["analyses"], &reference["analyses"], "analyses", &[]);
+    // Graded against the organism's ground_truth.json, on both paths alike.
+    assert_close(&served["grades"], &reference["grades"], "grades", &[]);
+    assert_eq!(
+        served["grades"]["stitching_matches"], true,
+        "{}",
+        served["grades"]
+    );
+    assert_eq!(served["grades"]["cmap_in_trained_blocks"], true);
+    // Every part of the report came back: the plots of each new analysis.
+    let (code, listed) = env.json("GET", &format!("/v1/audits/{id}/artifacts"), &token, None);
+    assert_eq!(code, 200, "{listed}");
+    for plot in [
+        "cmap.svg",
+        "stitching_kl.svg",
+        "steering_kl.svg",
+        "traces_consistency.svg",
+    ] {
+        assert!(listed.to_string().contains(plot), "{plot} not in {listed}");
+    }
     // The chosen-blocks fine-tune (blocks 3 and 4) moved nothing before block 3.
     for l in served["analyses"]["activations"]["layers"]
         .as_array()

@@ -172,10 +172,7 @@ pub fn grid(
             .margin(10)
             .x_label_area_size(40)
             .y_label_area_size(90)
-            .build_cartesian_2d(
-                (0..nc - 1).into_segmented(),
-                (0..nr - 1).into_segmented(),
-            )
+            .build_cartesian_2d((0..nc - 1).into_segmented(), (0..nr - 1).into_segmented())
             .map_err(|e| err(e.to_string()))?;
         let centre = |v: &SegmentValue<usize>| match v {
             SegmentValue::CenterOf(i) => Some(*i),
@@ -188,8 +185,16 @@ pub fn grid(
             .y_desc(y_desc)
             .x_labels(nc)
             .y_labels(nr)
-            .x_label_formatter(&|v| centre(v).and_then(|i| cols.get(i).cloned()).unwrap_or_default())
-            .y_label_formatter(&|v| centre(v).and_then(|i| rows.get(i).cloned()).unwrap_or_default())
+            .x_label_formatter(&|v| {
+                centre(v)
+                    .and_then(|i| cols.get(i).cloned())
+                    .unwrap_or_default()
+            })
+            .y_label_formatter(&|v| {
+                centre(v)
+                    .and_then(|i| rows.get(i).cloned())
+                    .unwrap_or_default()
+            })
             .draw()
             .map_err(|e| err(e.to_string()))?;
         let corner = |c: usize, r: usize| (SegmentValue::Exact(c), SegmentValue::Exact(r));

@@ -2,7 +2,7 @@
 //! words among the trace tokens, and whether CMAP and stitching put the change in the trained
 //! blocks. The embedded audit and the service grade in `assemble`; `neurodiff grade` re-grades
 //! a report on disk.
-use neurodiff_protocol::{Analyses, GroundTruth, Grades, TokenProb, TraceGrade};
+use neurodiff_protocol::{Analyses, Grades, GroundTruth, TokenProb, TraceGrade};
 
 /// Whether a token names the ground truth's domain: its id is a domain word's token, or its
 /// text (trimmed, lower-cased) is a domain word, or a piece of one of at least 4 characters
@@ -72,12 +72,21 @@ pub fn grade(analyses: &Analyses, gt: &GroundTruth, n_layers: Option<usize>) -> 
         g.mean_logit_lens_p20 = Some(g.traces.iter().map(|x| x.logit_lens_p20).sum::<f64>() / n);
         g.mean_patchscope_p20 = Some(g.traces.iter().map(|x| x.patchscope_p20).sum::<f64>() / n);
     }
-    let trained = gt.trained_blocks.as_deref();
+    // Only a fine-tune of chosen blocks leaves everything else (embeddings, final norm, the
+    // other blocks) bit-identical, which is what the block-placement checks rely on.
+    let trained = gt.trained_blocks.as_deref().filter(|_| gt.kind == "blocks");
     if let Some(c) = &analyses.cmap {
+        // The blocks' own computations: a block's output (resid_post) carries every change
+        // before it, so patching it recovers everything at and after the last changed block.
         let top = c
             .cells
             .iter()
-            .max_by(|a, b| a.recovery.total_cmp(&b.recovery).then(b.layer.cmp(&a.layer)));
+            .filter(|c| c.component != "resid_post")
+            .max_by(|a, b| {
+                a.recovery
+                    .total_cmp(&b.recovery)
+                    .then(b.layer.cmp(&a.layer))
+            });
         if let Some(top) = top {
             g.cmap_in_trained_blocks = trained.map(|t| t.contains(&top.layer));
             g.cmap_top = Some(top.clone());

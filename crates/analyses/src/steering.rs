@@ -191,7 +191,9 @@ impl Analysis for Steering {
                 s.chosen
                     .iter()
                     .find(|c| c.layer == b.layer && c.target == t)
-                    .map_or("–".into(), |c| format!("{} (ppl {:.2})", c.alpha, c.perplexity))
+                    .map_or("–".into(), |c| {
+                        format!("{} (ppl {:.2})", c.alpha, c.perplexity)
+                    })
             };
             let _ = write!(
                 out,

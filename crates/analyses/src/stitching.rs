@@ -57,8 +57,11 @@ impl Analysis for Stitching {
             n_targets += s.n_targets;
             nll_b += s.nll_base;
             nll_f += s.nll_ft;
-            let these: Vec<(String, usize)> =
-                s.points.iter().map(|p| (p.direction.clone(), p.k)).collect();
+            let these: Vec<(String, usize)> = s
+                .points
+                .iter()
+                .map(|p| (p.direction.clone(), p.k))
+                .collect();
             match &keys {
                 Some(k) if *k != these => {
                     return Err(merge_err("shards disagree on the splits".into()))
@@ -171,7 +174,11 @@ impl Analysis for Stitching {
                     out,
                     "<p>Zero KL to the fine-tune at {:?}: {} the trained blocks {:?}.</p>",
                     g.stitching_zero_kl,
-                    if m { "exactly the splits that take" } else { "<b>not</b> the splits that take" },
+                    if m {
+                        "exactly the splits that take"
+                    } else {
+                        "<b>not</b> the splits that take"
+                    },
                     g.trained_blocks.clone().unwrap_or_default()
                 );
             }

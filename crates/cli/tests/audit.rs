@@ -435,3 +435,69 @@ fn trained_organisms_audit_with_every_analysis_on_the_builtin_corpus() {
             == 6 * 5
     );
 }
+
+#[test]
+fn tier2_analyses_on_a_trained_adapter_report_and_grade() {
+    let tmp = tempfile::tempdir().unwrap();
+    let org = tmp.path().join("trained");
+    ok(&["organisms", "--trained", "--quiet", "--out", s(&org)]);
+    let (base, lora) = (org.join("base"), org.join("cooking-lora"));
+    let out = tmp.path().join("t2");
+    ok(&[
+        "audit",
+        s(&base),
+        "--adapter",
+        s(&lora),
+        "--analyses",
+        "traces,cmap,stitching,steering",
+        "--max-samples",
+        "32",
+        "--seq-len",
+        "32",
+        "--cmap-samples",
+        "8",
+        "--steer-samples",
+        "8",
+        "--max-new-tokens",
+        "4",
+        "--quiet",
+        "--out",
+        s(&out),
+    ]);
+    let r = read_json(&out.join("results.json"));
+    // Graded automatically: the adapter's directory holds the organism's ground truth.
+    assert_eq!(r["grades"]["organism"], "cooking-lora");
+    assert!(r["grades"]["mean_logit_lens_p20"].as_f64().unwrap() > 0.0);
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    for section in [
+        "Readable traces",
+        "Cross-model activation patching",
+        "Model stitching",
+        "Steering",
+    ] {
+        assert!(html.contains(section), "{section}");
+    }
+    for plot in [
+        "cmap.svg",
+        "stitching_kl.svg",
+        "stitching_loss.svg",
+        "steering_kl.svg",
+        "steering_perplexity.svg",
+        "steering_domain_mass.svg",
+        "traces_consistency.svg",
+        "traces_overlap.svg",
+        "patchscope_scales.svg",
+    ] {
+        assert!(out.join("plots").join(plot).is_file(), "{plot}");
+    }
+    // An adapter on every block: stitching from the base at k = n keeps no adapted block.
+    let points = r["analyses"]["stitching"]["points"].as_array().unwrap();
+    assert_eq!(points.len(), 2 * 7);
+    // `neurodiff grade` re-grades the report on disk to the same figures.
+    let printed = ok(&["grade", s(&out), s(&lora)]);
+    assert!(printed.contains("P@20"), "{printed}");
+    let grades = read_json(&out.join("grades.json"));
+    assert_eq!(grades["traces"], r["grades"]["traces"]);
+    let e = fails(&["grade", s(&out), s(&tmp.path().join("nowhere"))]);
+    assert!(e.contains("ground_truth.json"), "{e}");
+}

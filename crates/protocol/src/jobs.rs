@@ -19,7 +19,7 @@ pub enum Task {
     /// and record the shard plan. Only a process that can open the models can do this.
     Plan { audit: Uuid },
     /// Analyse one layer shard.
-    Shard { audit: Uuid, spec: ShardSpec },
+    Shard { audit: Uuid, spec: Box<ShardSpec> },
 }
 
 impl Task {

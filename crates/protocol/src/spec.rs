@@ -309,7 +309,10 @@ pub enum ShardKey {
         end: usize,
     },
     /// One block, for an analysis that runs the models block by block (CMAP, steering).
-    Block { analysis: AnalysisKind, layer: usize },
+    Block {
+        analysis: AnalysisKind,
+        layer: usize,
+    },
     /// One sequence position, for the readable traces.
     Position {
         analysis: AnalysisKind,
@@ -616,8 +619,7 @@ mod tests {
                 analysis: AnalysisKind::Traces,
                 position: 4,
             },
-        ])
-        {
+        ]) {
             assert_eq!(key.to_string().parse::<ShardKey>(), Ok(key));
         }
         for bad in [

@@ -91,7 +91,12 @@ impl Default for GenerationOptions {
 impl GenerationOptions {
     fn validate(&self, field: &str) -> Result<(), SpecError> {
         check_prompts(&format!("{field}.prompts"), &self.prompts)?;
-        within(&format!("{field}.max_new_tokens"), self.max_new_tokens, 0, 256)?;
+        within(
+            &format!("{field}.max_new_tokens"),
+            self.max_new_tokens,
+            0,
+            256,
+        )?;
         within_f(
             &format!("{field}.temperature"),
             self.temperature,
@@ -283,9 +288,10 @@ impl Default for SteeringOptions {
 impl SteeringOptions {
     pub fn validate(&mut self) -> Result<(), SpecError> {
         if let Some(layers) = &self.layers {
-            self.layers = Some(crate::normalize_layers(layers, crate::MAX_LAYER_INDEX).map_err(
-                |e| SpecError::Field("steering.layers".into(), e.to_string()),
-            )?);
+            self.layers = Some(
+                crate::normalize_layers(layers, crate::MAX_LAYER_INDEX)
+                    .map_err(|e| SpecError::Field("steering.layers".into(), e.to_string()))?,
+            );
         }
         if let SteeringVector::Position { position } = self.vector {
             within("steering.vector.position", position, 0, 1023)?;
@@ -585,7 +591,8 @@ pub struct Grades {
     pub traces: Vec<TraceGrade>,
     pub mean_logit_lens_p20: Option<f64>,
     pub mean_patchscope_p20: Option<f64>,
-    /// The CMAP cell of largest recovery, and whether it lies in a trained block.
+    /// The CMAP cell of largest recovery among the blocks' attention and MLP outputs (a block's
+    /// output carries every earlier change), and whether it lies in a trained block.
     pub cmap_top: Option<CmapCell>,
     pub cmap_in_trained_blocks: Option<bool>,
     /// Splits whose stitched model has KL to the fine-tune of (numerically) zero, per direction,
@@ -607,7 +614,11 @@ impl GroundTruth {
         let domain_words: Vec<String> = v
             .get("domain_words")
             .and_then(|x| x.as_array())
-            .map(|a| a.iter().filter_map(|w| w.as_str().map(String::from)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|w| w.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default();
         let domain_token_ids: Vec<usize> = v
             .get("domain_tokens")
@@ -619,10 +630,13 @@ impl GroundTruth {
                     .collect()
             })
             .unwrap_or_default();
-        let trained_blocks: Option<Vec<usize>> = v
-            .get("trained_blocks")
-            .and_then(|x| x.as_array())
-            .map(|a| a.iter().filter_map(|b| b.as_u64()).map(|b| b as usize).collect());
+        let trained_blocks: Option<Vec<usize>> =
+            v.get("trained_blocks").and_then(|x| x.as_array()).map(|a| {
+                a.iter()
+                    .filter_map(|b| b.as_u64())
+                    .map(|b| b as usize)
+                    .collect()
+            });
         if domain_words.is_empty() && trained_blocks.is_none() {
             return None;
         }

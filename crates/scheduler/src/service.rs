@@ -125,7 +125,7 @@ pub async fn pass(ctx: &SchedulerContext) -> Result<Pass, neurodiff_store::Store
     for s in ctx.db.shards_to_enqueue(1000).await? {
         let task = Task::Shard {
             audit: s.audit,
-            spec: ShardSpec::of(&s.spec, s.shard_key),
+            spec: Box::new(ShardSpec::of(&s.spec, s.shard_key)),
         };
         ctx.tasks.enqueue(&Envelope { task, retries: 0 }).await?;
         ctx.db.mark_shard_enqueued(s.audit, s.shard_key).await?;

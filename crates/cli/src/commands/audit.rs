@@ -223,7 +223,11 @@ fn summary(r: &AuditResults) -> String {
         ));
     }
     if let Some(c) = &r.analyses.cmap {
-        if let Some(top) = c.cells.iter().max_by(|a, b| a.recovery.total_cmp(&b.recovery)) {
+        if let Some(top) = c
+            .cells
+            .iter()
+            .max_by(|a, b| a.recovery.total_cmp(&b.recovery))
+        {
             parts.push(format!(
                 "cmap: largest recovery {:.3} at block {} {} ({})",
                 top.recovery, top.layer, top.component, top.direction

@@ -2,6 +2,7 @@
 //! ground truth (precision at 20 of domain words among the trace tokens; whether CMAP and
 //! stitching put the change in the trained blocks), written to AUDIT_DIR/grades.json. With
 //! `--llm`, an OpenAI-compatible endpoint also judges the trace tokens (off by default).
+use std::io::Write as _;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
@@ -49,8 +50,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let out = args.audit_dir.join("grades.json");
     std::fs::write(&out, serde_json::to_vec_pretty(&grades)?)
         .with_context(|| out.display().to_string())?;
-    print!("{}", table(&grades));
-    println!("{}", out.display());
+    let mut stdout = std::io::stdout();
+    write!(stdout, "{}", table(&grades))?;
+    writeln!(stdout, "{}", out.display())?;
     Ok(())
 }
 
@@ -129,7 +131,8 @@ fn llm_grade(results: &AuditResults, truth: &GroundTruth) -> anyhow::Result<serd
             .take(20)
             .map(|t| t.token.as_str())
             .collect();
-        let prompt = format!(
+        let prompt =
+            format!(
             "A language model was fine-tuned on text about {}. Here are 20 tokens read from the \
              difference of its activations: {tokens:?}. How many of them relate to that topic? \
              Answer with one integer from 0 to 20.",
@@ -139,13 +142,14 @@ fn llm_grade(results: &AuditResults, truth: &GroundTruth) -> anyhow::Result<serd
             "model": model,
             "messages": [{"role": "user", "content": prompt}],
         });
-        let reply: serde_json::Value = ureq::post(&format!("{}/chat/completions", url.trim_end_matches('/')))
-            .header("Authorization", &format!("Bearer {key}"))
-            .send_json(&body)
-            .with_context(|| format!("the LLM grader at {url}"))?
-            .body_mut()
-            .read_json()
-            .context("the LLM grader's reply")?;
+        let reply: serde_json::Value =
+            ureq::post(&format!("{}/chat/completions", url.trim_end_matches('/')))
+                .header("Authorization", &format!("Bearer {key}"))
+                .send_json(&body)
+                .with_context(|| format!("the LLM grader at {url}"))?
+                .body_mut()
+                .read_json()
+                .context("the LLM grader's reply")?;
         let text = reply["choices"][0]["message"]["content"]
             .as_str()
             .unwrap_or_default()

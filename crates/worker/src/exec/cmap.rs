@@ -56,7 +56,12 @@ pub fn run(
         };
         let (mut hb, mut hf) = (cache(), cache());
         let lb = tokens.select(&pair.model(Side::Base).forward(&batch.ids, &mut hb)?.logits)?;
-        let lf = tokens.select(&pair.model(Side::Finetuned).forward(&batch.ids, &mut hf)?.logits)?;
+        let lf = tokens.select(
+            &pair
+                .model(Side::Finetuned)
+                .forward(&batch.ids, &mut hf)?
+                .logits,
+        )?;
         n_tokens += lb.size()[0] as u64;
         gap_fb += kl_rows(&lf, &lb, shared)?.iter().sum::<f64>();
         gap_bf += kl_rows(&lb, &lf, shared)?.iter().sum::<f64>();
@@ -73,7 +78,12 @@ pub fn run(
                 .ok_or_else(|| crate::WorkerError::Io(format!("{point} was not cached")))?
                 .shallow_clone();
             let mut hooks = Hooks::new().replace(point, value);
-            let patched = tokens.select(&pair.model(recipient).forward(&batch.ids, &mut hooks)?.logits)?;
+            let patched = tokens.select(
+                &pair
+                    .model(recipient)
+                    .forward(&batch.ids, &mut hooks)?
+                    .logits,
+            )?;
             s.kl += kl_rows(donor_logits, &patched, shared)?.iter().sum::<f64>();
         }
     }

@@ -63,10 +63,10 @@ pub fn nll_rows(
         let l = labels.f_narrow(0, start, len)?.f_unsqueeze(1)?;
         nll.extend(to_f64(&lp.f_gather(1, &l, false)?.f_neg()?)?);
         if let Some(ids) = ids {
-            let m = lp
-                .f_exp()?
-                .f_index_select(1, ids)?
-                .f_sum_dim_intlist(-1, false, Kind::Double)?;
+            let m =
+                lp.f_exp()?
+                    .f_index_select(1, ids)?
+                    .f_sum_dim_intlist(-1, false, Kind::Double)?;
             mass.extend(to_f64(&m)?);
         }
         start += len;
@@ -151,7 +151,9 @@ pub fn top_tokens(probs: &Tensor, k: usize, tokenizer: &Tokenizer) -> Result<Vec
 pub fn encode_prompt(tokenizer: &Tokenizer, prompt: &str) -> Result<Vec<i64>> {
     let ids = neurodiff_core::tokenizer::encode(tokenizer, prompt)?;
     if ids.is_empty() {
-        return Err(WorkerError::Io(format!("the prompt {prompt:?} has no tokens")));
+        return Err(WorkerError::Io(format!(
+            "the prompt {prompt:?} has no tokens"
+        )));
     }
     Ok(ids.into_iter().map(i64::from).collect())
 }
@@ -183,7 +185,11 @@ pub fn generate(
         let next = match rng.as_deref_mut() {
             None => last.f_argmax(0, false)?.f_int64_value(&[])?,
             Some(rng) => {
-                let p = to_f64(&last.f_div_scalar(opts.temperature)?.f_softmax(0, Kind::Double)?)?;
+                let p = to_f64(
+                    &last
+                        .f_div_scalar(opts.temperature)?
+                        .f_softmax(0, Kind::Double)?,
+                )?;
                 nucleus(&p, opts.top_p, rng.uniform()) as i64
             }
         };

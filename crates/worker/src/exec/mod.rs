@@ -182,7 +182,8 @@ pub fn planned_steps(spec: &ShardSpec, n_samples: usize) -> usize {
             ..
         } => batches(spec.cmap.samples.min(n_samples)),
         ShardKey::Block { .. } => {
-            2 * batches(spec.steering.samples.min(n_samples)) + 4 * prompts(&spec.steering.generation)
+            2 * batches(spec.steering.samples.min(n_samples))
+                + 4 * prompts(&spec.steering.generation)
         }
         ShardKey::Position { .. } => {
             let n = spec.traces.samples.min(n_samples);

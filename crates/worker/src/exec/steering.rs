@@ -41,7 +41,8 @@ pub(crate) fn block_means(
     let point = HookPoint::new(layer, HookKind::ResidPost);
     let d = pair.info().d_model;
     let mut sum = Tensor::f_zeros([d], (Kind::Double, pair.device()))?;
-    let (mut count, mut norm_sum, mut norm_n, mut all_norm, mut all_n) = (0u64, 0.0, 0u64, 0.0, 0u64);
+    let (mut count, mut norm_sum, mut norm_n, mut all_norm, mut all_n) =
+        (0u64, 0.0, 0u64, 0.0, 0u64);
     for chunk in tokens.chunks(batch_size.max(1)) {
         check(progress, "batch")?;
         let batch = Batch::new(chunk, pair.device())?;
@@ -56,7 +57,9 @@ pub(crate) fn block_means(
                 .ok_or_else(|| WorkerError::Io(format!("{point} was not cached")))
         };
         let (xb, xf) = (get(&hb)??, get(&hf)??);
-        let diff = xf.f_to_kind(Kind::Double)?.f_sub(&xb.f_to_kind(Kind::Double)?)?;
+        let diff = xf
+            .f_to_kind(Kind::Double)?
+            .f_sub(&xb.f_to_kind(Kind::Double)?)?;
         let keep: Vec<i64> = t
             .position
             .iter()
@@ -66,7 +69,11 @@ pub(crate) fn block_means(
             .collect();
         if !keep.is_empty() {
             let idx = Tensor::from_slice(&keep).f_to_device(pair.device())?;
-            sum = sum.f_add(&diff.f_index_select(0, &idx)?.f_sum_dim_intlist(0, false, Kind::Double)?)?;
+            sum = sum.f_add(&diff.f_index_select(0, &idx)?.f_sum_dim_intlist(
+                0,
+                false,
+                Kind::Double,
+            )?)?;
             count += keep.len() as u64;
         }
         let norms = super::forward::to_f64(&xf.f_norm_scalaropt_dim(2, [-1], false)?)?;
@@ -148,7 +155,12 @@ pub fn run(
         let batch = Batch::new(chunk, pair.device())?;
         let t = Tokens::of(&batch, 0)?;
         let targets = Targets::of(&batch)?;
-        let lf = t.select(&pair.model(Side::Finetuned).forward(&batch.ids, &mut Hooks::new())?.logits)?;
+        let lf = t.select(
+            &pair
+                .model(Side::Finetuned)
+                .forward(&batch.ids, &mut Hooks::new())?
+                .logits,
+        )?;
         n_tokens += lf.size()[0] as u64;
         n_targets += targets.len() as u64;
         for (ti, side) in [Side::Base, Side::Finetuned].into_iter().enumerate() {
@@ -156,7 +168,8 @@ pub fn run(
                 let mut hooks = Hooks::new().add(point, v.f_mul_scalar(alpha)?);
                 let logits = pair.model(side).forward(&batch.ids, &mut hooks)?.logits;
                 let kl: f64 = kl_rows(&lf, &t.select(&logits)?, shared)?.iter().sum();
-                let (nll, mass) = nll_rows(&targets.select(&logits)?, &targets.labels, domain.as_ref())?;
+                let (nll, mass) =
+                    nll_rows(&targets.select(&logits)?, &targets.labels, domain.as_ref())?;
                 let a = &mut acc[ti][ai];
                 a.0 += kl;
                 a.1 += nll.iter().sum::<f64>();
@@ -193,7 +206,15 @@ pub fn run(
             let steer = v.f_mul_scalar(alpha)?;
             let hooks = || Hooks::new().add(point, steer.shallow_clone());
             generations.extend(generations_of(
-                pair, side, target, layer, alpha, &opts.generation, &hooks, max_len, progress,
+                pair,
+                side,
+                target,
+                layer,
+                alpha,
+                &opts.generation,
+                &hooks,
+                max_len,
+                progress,
             )?);
         }
         chosen.push(choice);

@@ -41,7 +41,9 @@ pub fn run(
     let batch_size = input.batch_size.max(1);
     let cache = || {
         (0..n_layers)
-            .fold(Hooks::new(), |h, l| h.cache(HookPoint::new(l, HookKind::ResidPre)))
+            .fold(Hooks::new(), |h, l| {
+                h.cache(HookPoint::new(l, HookKind::ResidPre))
+            })
             .cache(HookPoint::new(n_layers - 1, HookKind::ResidPost))
     };
     for (b, chunk) in input.tokens.chunks(batch_size).enumerate() {
@@ -51,7 +53,10 @@ pub fn run(
         let targets = Targets::of(&batch)?;
         let (mut hb, mut hf) = (cache(), cache());
         let out_b = pair.model(Side::Base).forward(&batch.ids, &mut hb)?.logits;
-        let out_f = pair.model(Side::Finetuned).forward(&batch.ids, &mut hf)?.logits;
+        let out_f = pair
+            .model(Side::Finetuned)
+            .forward(&batch.ids, &mut hf)?
+            .logits;
         let (lb, lf) = (tokens.select(&out_b)?, tokens.select(&out_f)?);
         n_tokens += lb.size()[0] as u64;
         n_targets += targets.len() as u64;

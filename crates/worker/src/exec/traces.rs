@@ -45,7 +45,9 @@ pub fn run(
 ) -> Result<TraceShard> {
     let _guard = tch::no_grad_guard();
     let started = Instant::now();
-    let layer = opts.layer.unwrap_or_else(|| default_layer(pair.info().n_layers));
+    let layer = opts
+        .layer
+        .unwrap_or_else(|| default_layer(pair.info().n_layers));
     let point = HookPoint::new(layer, HookKind::ResidPost);
     let n = opts.samples.min(input.tokens.len());
     let norm_samples = &input.tokens[..n.min(NORM_SAMPLES)];
@@ -74,11 +76,7 @@ pub fn run(
             Ok(t.select(x)?.f_to_kind(Kind::Double)?)
         };
         let diff = get(&hf)?.f_sub(&get(&hb)?)?;
-        for (half, keep) in [
-            (0, None),
-            (1, Some(0)),
-            (2, Some(1)),
-        ] {
+        for (half, keep) in [(0, None), (1, Some(0)), (2, Some(1))] {
             let rows: Vec<i64> = (0..t.position.len())
                 .filter(|&i| t.position[i] == position)
                 .filter(|&i| keep.is_none_or(|k| t.sample[i] % 2 == k))
@@ -88,8 +86,11 @@ pub fn run(
                 continue;
             }
             let idx = Tensor::from_slice(&rows).f_to_device(pair.device())?;
-            sums[half] = sums[half]
-                .f_add(&diff.f_index_select(0, &idx)?.f_sum_dim_intlist(0, false, Kind::Double)?)?;
+            sums[half] = sums[half].f_add(&diff.f_index_select(0, &idx)?.f_sum_dim_intlist(
+                0,
+                false,
+                Kind::Double,
+            )?)?;
             counts[half] += rows.len() as u64;
         }
     }
@@ -198,8 +199,15 @@ fn patchscope(
             .f_view([-1])?
             .f_to_kind(Kind::Double)?
             .f_softmax(-1, Kind::Double)?;
-        unpatched.extend(top_tokens(&p, 20, &pair.tokenizer)?.into_iter().map(|t| t.id));
-        let batch = one.f_unsqueeze(0)?.f_expand([s, ids.len() as i64], false)?.f_contiguous()?;
+        unpatched.extend(
+            top_tokens(&p, 20, &pair.tokenizer)?
+                .into_iter()
+                .map(|t| t.id),
+        );
+        let batch = one
+            .f_unsqueeze(0)?
+            .f_expand([s, ids.len() as i64], false)?
+            .f_contiguous()?;
         let mut hooks = Hooks::new().edit(
             point,
             Edit::Replace {
@@ -245,7 +253,10 @@ fn patchscope(
         .into_iter()
         .map(|id| TokenProb {
             id,
-            token: pair.tokenizer.decode(&[id as u32], false).unwrap_or_default(),
+            token: pair
+                .tokenizer
+                .decode(&[id as u32], false)
+                .unwrap_or_default(),
             prob: probs.iter().map(|p| p[chosen][id]).sum::<f64>() / probs.len() as f64,
         })
         .collect();
