@@ -160,3 +160,19 @@ fn steering_the_base_along_the_difference_raises_the_domain() {
     assert_eq!(g.len(), 2 * 3 * if chosen.alpha == 0.0 { 1 } else { 2 });
     assert!(g.iter().all(|g| !g.text.is_empty()));
 }
+
+#[test]
+fn a_pair_of_different_widths_is_refused_before_any_shard_saying_so() {
+    let dir = organisms();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../core/tests/fixtures/llama");
+    let mut spec = spec(&dir, "cooking-full", vec![AnalysisKind::Stitching]);
+    spec.target = Target::Checkpoint {
+        reference: fixture.display().to_string(),
+    };
+    let e = audit(&spec).unwrap_err();
+    assert!(
+        e.contains("`hidden_size` is 64 here but 128 in the base")
+            && e.contains("not the same architecture"),
+        "{e}"
+    );
+}
