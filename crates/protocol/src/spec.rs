@@ -265,6 +265,31 @@ impl AuditSpec {
                     ),
                 ));
             }
+            // CMAP and steering run a slice of the corpus per block; bound it like a shard.
+            for (field, samples, on) in [
+                (
+                    "cmap.samples",
+                    self.cmap.samples,
+                    self.runs(AnalysisKind::Cmap),
+                ),
+                (
+                    "steering.samples",
+                    self.steering.samples,
+                    self.runs(AnalysisKind::Steering),
+                ),
+            ] {
+                let tokens =
+                    samples.min(self.corpus.max_samples) as u64 * self.corpus.seq_len as u64;
+                if on && tokens > MAX_SHARD_TOKENS {
+                    return Err(SpecError::Field(
+                        field.into(),
+                        format!(
+                            "{field} × corpus.seq_len = {tokens} tokens per block; at most \
+                             {MAX_SHARD_TOKENS}"
+                        ),
+                    ));
+                }
+            }
             let shards = self.corpus.max_samples.div_ceil(self.corpus.shard_samples);
             if shards > MAX_CORPUS_SHARDS {
                 return Err(SpecError::Field(

@@ -650,3 +650,68 @@ impl GroundTruth {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_are_checked_and_named() {
+        let mut s = SteeringOptions {
+            alphas: vec![2.0, 0.5, 2.0],
+            ..SteeringOptions::default()
+        };
+        s.validate().unwrap();
+        assert_eq!(
+            s.alphas,
+            [0.0, 0.5, 2.0],
+            "α = 0 is the criterion's reference"
+        );
+        s.alphas = Vec::new();
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("steering.alphas"));
+        s.alphas = vec![f64::NAN];
+        assert!(s.validate().is_err());
+        let mut s = SteeringOptions::default();
+        s.generation.prompts.clear();
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("steering.generation.prompts"));
+        let t = TraceOptions {
+            max_scale: 0.1,
+            ..TraceOptions::default()
+        };
+        assert!(t
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("traces.max_scale"));
+        let grid = TraceOptions::default().scale_grid();
+        assert_eq!(grid.len(), 30);
+        assert!((grid[0] - 0.5).abs() < 1e-12 && (grid[29] - 200.0).abs() < 1e-9);
+        assert!(serde_json::from_str::<SteeringOptions>(r#"{"alpha": [1]}"#).is_err());
+        assert!(serde_json::from_str::<TraceOptions>(r#"{"sample": 5}"#).is_err());
+        let v: SteeringOptions =
+            serde_json::from_str(r#"{"vector": {"kind": "position", "position": 2}}"#).unwrap();
+        assert_eq!(v.vector, SteeringVector::Position { position: 2 });
+    }
+
+    #[test]
+    fn ground_truth_reads_an_organism() {
+        let v = serde_json::json!({
+            "organism": "cooking-blocks", "kind": "blocks", "domain": "cooking",
+            "domain_words": ["oven", "simmer"],
+            "domain_tokens": [{"word": "oven", "token": " oven", "id": 812}],
+            "trained_blocks": [3, 4]
+        });
+        let g = GroundTruth::from_organism(&v).unwrap();
+        assert_eq!(g.domain_token_ids, [812]);
+        assert_eq!(g.trained_blocks, Some(vec![3, 4]));
+        assert!(GroundTruth::from_organism(&serde_json::json!({"organism": "x"})).is_none());
+    }
+}
