@@ -174,7 +174,7 @@ impl Analysis for Cmap {
             "<h2>Cross-model activation patching</h2><p>{} samples ({} tokens). Unpatched gap: \
              mean KL(p_ft ‖ p_base) = {:.4e}, KL(p_base ‖ p_ft) = {:.4e}. Recovery = 1 − mean \
              KL(p_donor ‖ p_patched) / the gap: 1 when patching that one site makes the recipient \
-             behave as the donor.</p><img src=\"plots/cmap.svg\" alt=\"CMAP map\">",
+             behave as the donor.</p>",
             c.n_samples, c.n_tokens, c.kl_ft_base, c.kl_base_ft
         );
         if let Some(g) = &results.grades {

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use neurodiff_protocol::{
     Analyses, AnalysisKind, AuditResults, AuditSpec, ShardKey, ShardOutput, SteeringBlock,
-    SteeringChoice, SteeringPoint, SteeringReport,
+    SteeringChoice, SteeringPoint, SteeringReport, SteeringVector,
 };
 
 use crate::charts::{lines, Series};
@@ -178,13 +178,19 @@ impl Analysis for Steering {
         let mut out = String::new();
         let _ = write!(
             out,
-            "<h2>Steering</h2><p>The vector: {:?}, as a unit direction times the fine-tuned \
+            "<h2>Steering</h2><p>The vector: {}, as a unit direction times the fine-tuned \
              model's mean norm n̄_ft at the block (positions ≥ 5), added with strength α at every \
              position of the block's output; curves on {} samples of the corpus. The chosen α is \
              the largest whose perplexity stays within {}× the unsteered one.</p><table><tr>\
              <th>block</th><th>‖δ‖</th><th>n̄_ft</th><th>chosen α (base)</th>\
              <th>chosen α (fine-tune)</th></tr>",
-            s.vector, s.n_samples, s.ppl_factor
+            match s.vector {
+                SteeringVector::Mean => "the block's mean difference over every token".to_string(),
+                SteeringVector::Position { position } =>
+                    format!("δ_{position}, the mean difference at position {position}"),
+            },
+            s.n_samples,
+            s.ppl_factor
         );
         for b in &s.blocks {
             let chosen = |t: &str| {
@@ -205,13 +211,7 @@ impl Analysis for Steering {
                 chosen("finetuned")
             );
         }
-        out.push_str(
-            "</table><img src=\"plots/steering_kl.svg\" alt=\"steering KL\">\
-             <img src=\"plots/steering_perplexity.svg\" alt=\"steering perplexity\">",
-        );
-        if s.curves.iter().any(|p| p.domain_mass.is_some()) {
-            out.push_str("<img src=\"plots/steering_domain_mass.svg\" alt=\"domain mass\">");
-        }
+        out.push_str("</table>");
         out.push_str(
             "<h3>Generations</h3><table><tr><th>model</th><th>block</th><th>α</th><th>mode</th>\
              <th style=\"text-align:left\">prompt → continuation</th></tr>",

@@ -163,9 +163,7 @@ impl Analysis for Stitching {
             "<h2>Model stitching</h2><p>{} samples ({} tokens). <code>base_then_ft</code> at k: \
              blocks [0, k) of the base with its embeddings, then blocks [k, n) of the fine-tune \
              with its final norm and unembedding; <code>ft_then_base</code> the other way round. \
-             Where the KL to the fine-tune is zero, every block that changed came from it.</p>\
-             <img src=\"plots/stitching_kl.svg\" alt=\"stitching KL\">\
-             <img src=\"plots/stitching_loss.svg\" alt=\"stitching loss\">",
+             Where the KL to the fine-tune is zero, every block that changed came from it.</p>",
             s.n_samples, s.n_tokens
         );
         if let Some(g) = &results.grades {

@@ -252,6 +252,15 @@ fn html(t: &TracesReport, results: &AuditResults) -> String {
          <th style=\"text-align:left\">−δ_j, top 10</th><th>scale</th>\
          <th style=\"text-align:left\">Patchscope</th><th>halves</th><th>P@20 lens / Patchscope</th></tr>",
     );
+    if t.positions.iter().all(|p| p.delta_norm == 0.0) {
+        let _ = write!(
+            out,
+            "<p><b>Every δ_j is zero: the two models compute the same states at block {}</b> \
+             (the fine-tune changed nothing before it); the token lists below carry no trace. \
+             Read a later block with <code>--trace-layer</code>.</p>",
+            t.layer
+        );
+    }
     for p in &t.positions {
         let g = grade(p.position).map_or("–".into(), |g| {
             format!("{:.2} / {:.2}", g.logit_lens_p20, g.patchscope_p20)
@@ -270,9 +279,7 @@ fn html(t: &TracesReport, results: &AuditResults) -> String {
             p.half_overlap,
         );
     }
-    out.push_str("</table><img src=\"plots/traces_consistency.svg\" alt=\"trace consistency\">");
-    out.push_str("<img src=\"plots/traces_overlap.svg\" alt=\"trace overlap\">");
-    out.push_str("<img src=\"plots/patchscope_scales.svg\" alt=\"patchscope scales\">");
+    out.push_str("</table>");
     if let Some(p) = t.positions.iter().find(|p| !p.steered.is_empty()) {
         let _ = write!(
             out,

@@ -55,6 +55,8 @@ pub fn render(results: &AuditResults) -> Result<Vec<ReportFile>, ReportError> {
     let mut plots = Vec::new();
     let mut extra = Vec::new();
     for a in REGISTRY {
+        // Each analysis's section (its heading, text and tables), then its plots under it.
+        body.push_str(&a.html(results));
         for f in a.figures(results)? {
             let _ = write!(body, "<div>{}</div>", f.svg);
             plots.push(ReportFile {
@@ -62,7 +64,6 @@ pub fn render(results: &AuditResults) -> Result<Vec<ReportFile>, ReportError> {
                 bytes: f.svg.into_bytes(),
             });
         }
-        body.push_str(&a.html(results));
         for (name, bytes) in a.files(results)? {
             extra.push(ReportFile { name, bytes });
         }

@@ -223,13 +223,10 @@ fn summary(r: &AuditResults) -> String {
         ));
     }
     if let Some(c) = &r.analyses.cmap {
-        if let Some(top) = c
-            .cells
-            .iter()
-            .max_by(|a, b| a.recovery.total_cmp(&b.recovery))
-        {
+        let components = c.cells.iter().filter(|x| x.component != "resid_post");
+        if let Some(top) = components.max_by(|a, b| a.recovery.total_cmp(&b.recovery)) {
             parts.push(format!(
-                "cmap: largest recovery {:.3} at block {} {} ({})",
+                "cmap: largest attention/MLP recovery {:.3} at block {} {} ({})",
                 top.recovery, top.layer, top.component, top.direction
             ));
         }
