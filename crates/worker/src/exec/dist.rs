@@ -230,8 +230,8 @@ mod tests {
     fn nucleus_keeps_the_smallest_set_reaching_top_p() {
         let p = [0.1, 0.6, 0.3];
         assert_eq!(nucleus(&p, 0.5, 0.99), 1);
-        assert_eq!(nucleus(&p, 0.9, 0.0), 1);
-        assert_eq!(nucleus(&p, 0.9, 0.99), 2);
+        assert_eq!(nucleus(&p, 0.85, 0.0), 1);
+        assert_eq!(nucleus(&p, 0.85, 0.99), 2);
         assert_eq!(nucleus(&p, 1.0, 0.999), 0);
     }
 }
