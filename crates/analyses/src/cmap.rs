@@ -94,7 +94,10 @@ impl Analysis for Cmap {
         let n = n_tokens.max(1) as f64;
         let mut cells = Vec::new();
         for s in &shards {
-            if s.n_tokens != n_tokens {
+            // Every block's shard runs the same samples unpatched: the gaps agree bit for bit.
+            if (s.n_tokens, s.n_samples, s.kl_ft_base, s.kl_base_ft)
+                != (n_tokens, n_samples, gap_fb, gap_bf)
+            {
                 return Err(merge_err("shards ran on different tokens".into()));
             }
             for c in &s.cells {

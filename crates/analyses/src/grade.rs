@@ -6,7 +6,8 @@ use neurodiff_protocol::{Analyses, Grades, GroundTruth, TokenProb, TraceGrade};
 
 /// Whether a token names the ground truth's domain: its id is a domain word's token, or its
 /// text (trimmed, lower-cased) is a domain word, or a piece of one of at least 4 characters
-/// (BPE splits rarer forms: ' stronomers' of 'astronomers').
+/// and half the word's length (BPE splits rarer forms: ' stronomers' of 'astronomers'; a
+/// common piece such as 'tion' of 'navigation' does not count).
 pub fn is_domain_token(gt: &GroundTruth, id: usize, text: &str) -> bool {
     if gt.domain_token_ids.contains(&id) {
         return true;
@@ -17,12 +18,13 @@ pub fn is_domain_token(gt: &GroundTruth, id: usize, text: &str) -> bool {
     }
     gt.domain_words.iter().any(|w| {
         let w = w.trim().to_lowercase();
-        w == t || (t.chars().count() >= 4 && w.contains(&t))
+        let n = t.chars().count();
+        w == t || (n >= 4 && 2 * n >= w.chars().count() && w.contains(&t))
     })
 }
 
-/// Share of domain tokens among the first 20 of `list` (over its length when shorter; 0 when
-/// empty).
+/// Share of domain tokens among the first 20 of `list`; a shorter list (Patchscope keeps only
+/// the tokens all three prompts agree on) counts its missing places as misses.
 pub fn precision_at_20(gt: &GroundTruth, list: &[TokenProb]) -> (f64, Vec<String>) {
     let top: Vec<&TokenProb> = list.iter().take(20).collect();
     let hits: Vec<String> = top
@@ -30,12 +32,7 @@ pub fn precision_at_20(gt: &GroundTruth, list: &[TokenProb]) -> (f64, Vec<String
         .filter(|t| is_domain_token(gt, t.id, &t.token))
         .map(|t| t.token.clone())
         .collect();
-    let p = if top.is_empty() {
-        0.0
-    } else {
-        hits.len() as f64 / top.len() as f64
-    };
-    (p, hits)
+    (hits.len() as f64 / 20.0, hits)
 }
 
 /// KL below which a stitched model counts as the fine-tune itself (rounding of f32 forwards).
@@ -163,7 +160,11 @@ mod tests {
                 prob: 0.1,
             })
             .collect();
-        assert_eq!(precision_at_20(&g, &list).0, 0.5);
+        assert_eq!(precision_at_20(&g, &list).0, 2.0 / 20.0);
+        assert!(
+            !is_domain_token(&g, 1, "tele"),
+            "too small a piece of telescope"
+        );
         assert_eq!(precision_at_20(&g, &[]).0, 0.0);
     }
 }

@@ -83,6 +83,17 @@ impl Analysis for Steering {
             .first()
             .ok_or_else(|| merge_err("no shard ran".into()))?
             .n_samples;
+        if shards.iter().any(|s| s.n_samples != n_samples) {
+            return Err(merge_err("shards ran on different samples".into()));
+        }
+        if let Some(layers) = &spec.steering.layers {
+            let got: Vec<usize> = shards.iter().map(|s| s.layer).collect();
+            if &got != layers {
+                return Err(merge_err(format!(
+                    "expected the blocks {layers:?}, got shards of {got:?}"
+                )));
+            }
+        }
         let mut report = SteeringReport {
             vector: spec.steering.vector,
             ppl_factor: spec.steering.ppl_factor,

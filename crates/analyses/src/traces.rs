@@ -79,8 +79,12 @@ impl Analysis for Traces {
         }
         let first = &shards[0];
         let (layer, nbar_ft) = (first.layer, first.nbar_ft);
-        if shards.iter().any(|s| s.layer != layer) {
-            return Err(merge_err("shards read different blocks".into()));
+        // Each shard measures n̄_ft on the same samples: they agree bit for bit.
+        if shards
+            .iter()
+            .any(|s| s.layer != layer || s.nbar_ft != nbar_ft)
+        {
+            return Err(merge_err("shards read different blocks or samples".into()));
         }
         let ground_truth = shards.iter().find_map(|s| s.ground_truth.clone());
         let positions: Vec<TracePosition> = shards.into_iter().map(|s| s.trace).collect();

@@ -19,6 +19,8 @@ use harness::Env;
 use serde_json::json;
 
 const ANALYSES: [&str; 4] = ["traces", "cmap", "stitching", "steering"];
+/// The repository (benches run in their package's directory).
+const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 
 fn make_pair(out: &Path) {
     if out.join("ft").join("model.safetensors").is_file() {
@@ -31,7 +33,7 @@ fn make_pair(out: &Path) {
              b.make_pair(sys.argv[1])",
         ])
         .arg(out)
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+        .current_dir(ROOT)
         .status()
         .expect("python");
     assert!(status.success(), "making the GPT-2-small-sized pair");
@@ -84,11 +86,13 @@ fn main() {
     for (w, workers) in [1usize, 2].into_iter().enumerate() {
         let mut env = Env::new(None);
         let pair = env.dir.path().join("pair");
-        make_pair(Path::new("out/bench-act"));
+        let made = Path::new(ROOT).join("out/bench-act");
+        make_pair(&made);
         std::fs::create_dir_all(&pair).unwrap();
         for side in ["base", "ft"] {
             let status = std::process::Command::new("cp")
-                .args(["-r", &format!("out/bench-act/{side}")])
+                .arg("-r")
+                .arg(made.join(side))
                 .arg(&pair)
                 .status()
                 .unwrap();

@@ -235,7 +235,29 @@ impl AuditSpec {
         self.logit_lens.validate()?;
         self.traces.validate()?;
         self.cmap.validate()?;
-        self.steering.validate()
+        self.steering.validate()?;
+        // A position no sample can reach would fail the audit after its forward passes.
+        if self.runs(AnalysisKind::Traces) && self.traces.positions > self.corpus.seq_len {
+            return Err(SpecError::Field(
+                "traces.positions".into(),
+                format!(
+                    "{} positions but samples are cut to corpus.seq_len = {}",
+                    self.traces.positions, self.corpus.seq_len
+                ),
+            ));
+        }
+        if let crate::SteeringVector::Position { position } = self.steering.vector {
+            if self.runs(AnalysisKind::Steering) && position >= self.corpus.seq_len {
+                return Err(SpecError::Field(
+                    "steering.vector.position".into(),
+                    format!(
+                        "position {position} is beyond corpus.seq_len = {}",
+                        self.corpus.seq_len
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Checks the work the spec asks for against `limits` (after [`AuditSpec::validate`]).

@@ -41,6 +41,9 @@ fn check_prompts(field: &str, prompts: &[String]) -> Result<(), SpecError> {
     Ok(())
 }
 
+/// Tokens one shard may generate per mode and strength (prompts × max_new_tokens).
+pub const MAX_GENERATED_TOKENS: usize = 1024;
+
 /// How text is generated, with and without steering.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -97,6 +100,18 @@ impl GenerationOptions {
             0,
             256,
         )?;
+        // Generation re-runs the sequence at every step: bound the steps of one shard.
+        let steps = self.prompts.len() * self.max_new_tokens;
+        if steps > MAX_GENERATED_TOKENS {
+            return Err(SpecError::Field(
+                format!("{field}.max_new_tokens"),
+                format!(
+                    "{} prompts × {} tokens = {steps}; at most {MAX_GENERATED_TOKENS} per shard",
+                    self.prompts.len(),
+                    self.max_new_tokens
+                ),
+            ));
+        }
         within_f(
             &format!("{field}.temperature"),
             self.temperature,
@@ -398,7 +413,7 @@ pub struct TracePosition {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TraceShard {
     pub layer: usize,
-    /// The fine-tuned model's mean norm at the block over positions ≥ `positions`.
+    /// The fine-tuned model's mean norm at the block over positions ≥ 5 (the first 256 samples).
     pub nbar_ft: f64,
     pub trace: TracePosition,
     pub ground_truth: Option<GroundTruth>,

@@ -54,7 +54,7 @@ pub struct AuditRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub cmap: Option<CmapOptions>,
-    /// `{"layers": null, "vector": {"kind": "mean"}, "alphas": [0, 0.5, 1, 2],
+    /// `{"layers": null, "vector": {"kind": "mean"}, "alphas": [0, 0.125, 0.25, 0.5, 1, 2, 4],
     /// "samples": 32, "ppl_factor": 2, "generation": {"prompts": [...], "max_new_tokens": 24,
     /// "temperature": 0.8, "top_p": 0.9, "seed": 0}}`
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -154,9 +154,11 @@ fn llm_grade(results: &AuditResults, truth: &GroundTruth) -> anyhow::Result<serd
             .as_str()
             .unwrap_or_default()
             .to_string();
+        // The answer is the last number of the reply ("… so 3", not the "20" of the question).
         let relevant: Option<u32> = text
             .split(|c: char| !c.is_ascii_digit())
-            .find_map(|w| w.parse().ok());
+            .filter_map(|w| w.parse().ok())
+            .next_back();
         per_position.push(serde_json::json!({
             "position": p.position,
             "relevant_of_20": relevant,

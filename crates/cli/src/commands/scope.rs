@@ -21,7 +21,7 @@ pub struct ScopeArgs {
     /// stitching, steering.
     #[arg(long, value_delimiter = ',', default_value = "weights")]
     pub analyses: Vec<String>,
-    /// Blocks of the weight audit: `all`, or indices and ranges like `0,3,10-12`.
+    /// Blocks of the weight audit and of CMAP: `all`, or indices and ranges like `0,3,10-12`.
     #[arg(long, default_value = "all")]
     pub layers: String,
     /// Spectral metrics: `full` or `none` (norms only).

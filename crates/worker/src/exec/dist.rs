@@ -118,15 +118,27 @@ impl Targets {
 /// The largest ground_truth.json read.
 const MAX_GROUND_TRUTH_BYTES: u64 = 1 << 20;
 
-/// The organism's ground truth, when the fine-tune's directory holds a ground_truth.json (a
-/// plain file, not a link, of at most 1 MiB).
+/// The organism's ground truth, when the fine-tune's directory holds a ground_truth.json: a
+/// regular file (opened without following a link, and without blocking on a FIFO), of at most
+/// 1 MiB. It grades the audit and decides nothing else: a fine-tune that ships a false one only
+/// mislabels its own grades.
 pub fn ground_truth(target_dir: &Path) -> Option<GroundTruth> {
-    let path = target_dir.join("ground_truth.json");
-    let meta = std::fs::symlink_metadata(&path).ok()?;
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(target_dir.join("ground_truth.json"))
+        .ok()?;
+    let meta = file.metadata().ok()?;
     if !meta.is_file() || meta.len() > MAX_GROUND_TRUTH_BYTES {
         return None;
     }
-    let value: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
+    let mut bytes = Vec::new();
+    file.take(MAX_GROUND_TRUTH_BYTES)
+        .read_to_end(&mut bytes)
+        .ok()?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     GroundTruth::from_organism(&value)
 }
 

@@ -44,14 +44,24 @@ pub fn run_shard(
                 WorkerError::Io(format!("shard {}: no corpus was loaded", spec.shard))
             })?;
             let pair = forward::Pair::load(sources, device)?;
-            let tokens = neurodiff_core::corpus::encode(
-                &pair.tokenizer,
-                &corpus.samples,
-                spec.corpus.seq_len,
-            )?;
+            if pair.info().n_layers == 0 {
+                return Err(WorkerError::Io(format!(
+                    "shard {}: the model has no blocks",
+                    spec.shard
+                )));
+            }
+            // Only the samples the analysis reads are tokenized.
+            let needed = match spec.shard.analysis() {
+                AnalysisKind::Cmap => spec.cmap.samples,
+                AnalysisKind::Steering => spec.steering.samples,
+                _ => spec.traces.samples,
+            };
+            let samples = &corpus.samples[..needed.min(corpus.samples.len())];
+            let tokens =
+                neurodiff_core::corpus::encode(&pair.tokenizer, samples, spec.corpus.seq_len)?;
             let input = forward::ShardInput {
                 start: 0,
-                samples: &corpus.samples,
+                samples,
                 tokens: &tokens,
                 batch_size: spec.corpus.batch_size,
             };
@@ -126,6 +136,12 @@ pub fn run_shard(
                     &spec.activations,
                     progress,
                 )?),
+                AnalysisKind::Stitching if pair.info().n_layers == 0 => {
+                    return Err(WorkerError::Io(format!(
+                        "shard {}: the model has no blocks to stitch",
+                        spec.shard
+                    )))
+                }
                 AnalysisKind::Stitching => ShardOutput::Stitching(stitching::run(
                     &pair,
                     &input,

@@ -137,11 +137,12 @@ pub fn run(
     let point = HookPoint::new(layer, HookKind::ResidPost);
     let shared = pair.shared_vocab();
     let domain: Option<Tensor> = ground_truth.as_ref().and_then(|g| {
+        // Compared before the cast: a huge id in the file must not wrap to a negative index.
         let ids: Vec<i64> = g
             .domain_token_ids
             .iter()
+            .filter(|&&i| (i as u64) < shared as u64)
             .map(|&i| i as i64)
-            .filter(|&i| i < shared)
             .collect();
         (!ids.is_empty()).then(|| Tensor::from_slice(&ids))
     });
@@ -186,7 +187,8 @@ pub fn run(
                 layer,
                 alpha,
                 kl_to_ft: kl / n_tokens.max(1) as f64,
-                perplexity: (nll / n_targets.max(1) as f64).exp(),
+                // Finite, so results.json reads back (JSON has no infinity).
+                perplexity: (nll / n_targets.max(1) as f64).exp().min(f64::MAX),
                 domain_mass: domain.as_ref().map(|_| mass / n_targets.max(1) as f64),
             });
         }

@@ -128,7 +128,12 @@ pub fn run(
     check(progress, "generation")?;
     let steer = unit.f_mul_scalar(nbar_ft * opts.steer_alpha)?;
     let mut steered = Vec::new();
-    for alpha in [0.0, opts.steer_alpha] {
+    let alphas: &[f64] = if opts.steer_alpha == 0.0 {
+        &[0.0]
+    } else {
+        &[0.0, opts.steer_alpha]
+    };
+    for &alpha in alphas {
         let v = steer.f_mul_scalar(if alpha == 0.0 { 0.0 } else { 1.0 })?;
         let hooks = || Hooks::new().add(point, v.shallow_clone());
         steered.extend(generations_of(
@@ -186,8 +191,9 @@ fn patchscope(
         .f_view([s, 1, 1])?;
     let value = scale_t.f_mul(&unit.f_view([1, 1, d])?)?;
     let mut unpatched: BTreeSet<usize> = BTreeSet::new();
-    // [prompt] → [scale] → probabilities at the last token
-    let mut probs: Vec<Vec<Vec<f64>>> = Vec::new();
+    // [prompt] → [scale] → the top 20 (id, probability) at the last token.
+    let mut tops: Vec<Vec<Vec<(usize, f64)>>> = Vec::new();
+    let last_block = HookPoint::new(pair.info().n_layers - 1, HookKind::ResidPost);
     for prompt in IDENTITY_PROMPTS {
         check(progress, "patchscope")?;
         let ids = encode_prompt(&pair.tokenizer, prompt)?;
@@ -208,31 +214,52 @@ fn patchscope(
             .f_unsqueeze(0)?
             .f_expand([s, ids.len() as i64], false)?
             .f_contiguous()?;
-        let mut hooks = Hooks::new().edit(
-            point,
-            Edit::Replace {
-                value: value.shallow_clone(),
-                positions: Some(vec![last]),
-            },
-        );
-        let logits = ft.forward(&batch, &mut hooks)?.logits;
-        let p = logits
-            .f_select(1, last)?
+        // Only the last token is read out: logits at every position of every scale would be
+        // scales × length × vocabulary floats.
+        let mut hooks = Hooks::new()
+            .edit(
+                point,
+                Edit::Replace {
+                    value: value.shallow_clone(),
+                    positions: Some(vec![last]),
+                },
+            )
+            .cache(last_block)
+            .without_logits();
+        ft.forward(&batch, &mut hooks)?;
+        let h = hooks
+            .cached(&last_block)
+            .ok_or_else(|| WorkerError::Io(format!("{last_block} was not cached")))?
+            .f_select(1, last)?;
+        let p = ft
+            .read_out(&h)?
             .f_to_kind(Kind::Double)?
             .f_softmax(-1, Kind::Double)?;
-        let vocab = p.size()[1];
-        let flat = to_f64(&p)?;
-        probs.push(flat.chunks(vocab as usize).map(<[f64]>::to_vec).collect());
+        let k = 20.min(p.size()[1]);
+        let (values, idx) = p.f_topk(k, -1, true, true)?;
+        let values = to_f64(&values)?;
+        let idx = Vec::<i64>::try_from(&idx.f_flatten(0, -1)?)
+            .map_err(neurodiff_core::CoreError::from)?;
+        tops.push(
+            values
+                .chunks(k as usize)
+                .zip(idx.chunks(k as usize))
+                .map(|(v, i)| {
+                    i.iter()
+                        .map(|&i| i as usize)
+                        .zip(v.iter().copied())
+                        .collect()
+                })
+                .collect(),
+        );
     }
-    let top20 = |p: &[f64]| -> BTreeSet<usize> {
-        let mut order: Vec<usize> = (0..p.len()).collect();
-        order.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
-        order.into_iter().take(20).collect()
-    };
     let mut points = Vec::new();
     let mut best: Option<(usize, Vec<usize>)> = None;
     for (si, &scale) in scales.iter().enumerate() {
-        let sets: Vec<BTreeSet<usize>> = probs.iter().map(|p| top20(&p[si])).collect();
+        let sets: Vec<BTreeSet<usize>> = tops
+            .iter()
+            .map(|t| t[si].iter().map(|(id, _)| *id).collect())
+            .collect();
         let agreed: Vec<usize> = sets[0]
             .iter()
             .copied()
@@ -257,7 +284,12 @@ fn patchscope(
                 .tokenizer
                 .decode(&[id as u32], false)
                 .unwrap_or_default(),
-            prob: probs.iter().map(|p| p[chosen][id]).sum::<f64>() / probs.len() as f64,
+            // Every agreed id is in each prompt's top 20 at this scale.
+            prob: tops
+                .iter()
+                .filter_map(|t| t[chosen].iter().find(|(i, _)| *i == id).map(|(_, p)| *p))
+                .sum::<f64>()
+                / tops.len() as f64,
         })
         .collect();
     tokens.sort_by(|a, b| b.prob.total_cmp(&a.prob).then(a.id.cmp(&b.id)));
