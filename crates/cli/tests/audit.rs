@@ -500,4 +500,82 @@ fn tier2_analyses_on_a_trained_adapter_report_and_grade() {
     assert_eq!(grades["traces"], r["grades"]["traces"]);
     let e = fails(&["grade", s(&out), s(&tmp.path().join("nowhere"))]);
     assert!(e.contains("ground_truth.json"), "{e}");
+
+    // The optional LLM grader speaks the OpenAI chat protocol: a receiver on loopback answers
+    // each position's question, and the last number of its reply is the count kept.
+    let positions = r["analyses"]["traces"]["positions"]
+        .as_array()
+        .unwrap()
+        .len();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let receiver = std::thread::spawn(move || {
+        let mut questions = Vec::new();
+        for _ in 0..positions {
+            let (mut stream, _) = listener.accept().unwrap();
+            questions.push(read_request(&mut stream));
+            let body = r#"{"choices":[{"message":{"content":"Of the 20 tokens, 7"}}]}"#;
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+                 Connection: close\r\n\r\n{body}",
+                body.len()
+            );
+            std::io::Write::write_all(&mut stream, reply.as_bytes()).unwrap();
+        }
+        questions
+    });
+    let graded = Command::new(env!("CARGO_BIN_EXE_neurodiff"))
+        .args(["grade", s(&out), s(&lora), "--llm"])
+        .env("NEURODIFF_LLM_URL", &url)
+        .env("NEURODIFF_LLM_KEY", "sk-test")
+        .env("NEURODIFF_LLM_MODEL", "grader")
+        .env_remove("LD_LIBRARY_PATH")
+        .output()
+        .unwrap();
+    assert!(
+        graded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&graded.stderr)
+    );
+    let questions = receiver.join().unwrap();
+    for (head, body) in &questions {
+        assert!(head.starts_with("POST /v1/chat/completions "), "{head}");
+        assert!(
+            head.to_lowercase()
+                .contains("authorization: bearer sk-test"),
+            "{head}"
+        );
+        let body: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(body["model"], "grader");
+        assert!(body["messages"][0]["content"]
+            .as_str()
+            .unwrap()
+            .contains("cooking"));
+    }
+    let llm = &read_json(&out.join("grades.json"))["llm"];
+    assert_eq!(llm["positions"].as_array().unwrap().len(), positions);
+    assert_eq!(llm["positions"][0]["relevant_of_20"], 7);
+}
+
+/// One HTTP request from `stream`: its head and its body (by Content-Length).
+fn read_request(stream: &mut std::net::TcpStream) -> (String, String) {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).unwrap();
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8(buf).unwrap();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).unwrap();
+    (head, String::from_utf8(body).unwrap())
 }
