@@ -60,9 +60,7 @@ impl Analysis for Cmap {
     }
 
     fn plan(&self, spec: &AuditSpec, facts: &PlanFacts) -> Result<Vec<ShardKey>, AnalysisError> {
-        if facts.n_samples.is_none() {
-            return Err(merge_err("planned without a corpus".into()));
-        }
+        crate::require_corpus(self.kind(), facts)?;
         Ok(blocks("layers", spec.layers.as_deref(), facts.n_layers)?
             .into_iter()
             .map(|layer| ShardKey::Block {

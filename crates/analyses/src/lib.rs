@@ -178,15 +178,23 @@ pub(crate) fn corpus_shards(
     spec: &AuditSpec,
     facts: &PlanFacts,
 ) -> Result<Vec<ShardKey>, AnalysisError> {
-    let n = facts.n_samples.ok_or_else(|| AnalysisError::Merge {
-        analysis: kind,
-        message: "planned without a corpus".into(),
-    })?;
+    let n = require_corpus(kind, facts)?;
     Ok(neurodiff_protocol::sample_shards(
         kind,
         n,
         spec.corpus.shard_samples,
     ))
+}
+
+/// The corpus's sample count, which an analysis that runs the models is planned with.
+pub(crate) fn require_corpus(
+    kind: AnalysisKind,
+    facts: &PlanFacts,
+) -> Result<usize, AnalysisError> {
+    facts.n_samples.ok_or_else(|| AnalysisError::Merge {
+        analysis: kind,
+        message: "planned without a corpus".into(),
+    })
 }
 
 /// The outputs of `kind`'s shards, unwrapped by `take` (none for another analysis's output).

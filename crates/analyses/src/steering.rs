@@ -53,9 +53,7 @@ impl Analysis for Steering {
     }
 
     fn plan(&self, spec: &AuditSpec, facts: &PlanFacts) -> Result<Vec<ShardKey>, AnalysisError> {
-        if facts.n_samples.is_none() {
-            return Err(merge_err("planned without a corpus".into()));
-        }
+        crate::require_corpus(self.kind(), facts)?;
         Ok(steered_blocks(spec, facts.n_layers)?
             .into_iter()
             .map(|layer| ShardKey::Block {

@@ -40,9 +40,7 @@ impl Analysis for Traces {
     }
 
     fn plan(&self, spec: &AuditSpec, facts: &PlanFacts) -> Result<Vec<ShardKey>, AnalysisError> {
-        if facts.n_samples.is_none() {
-            return Err(merge_err("planned without a corpus".into()));
-        }
+        crate::require_corpus(self.kind(), facts)?;
         if let Some(layer) = spec.traces.layer {
             if layer >= facts.n_layers {
                 return Err(AnalysisError::Spec(neurodiff_protocol::SpecError::Field(

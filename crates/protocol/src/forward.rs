@@ -60,7 +60,7 @@ pub const MAX_SAMPLES: usize = 1_000_000;
 /// The largest batch.
 pub const MAX_BATCH: usize = 1024;
 
-fn within(field: &str, v: usize, lo: usize, hi: usize) -> Result<(), SpecError> {
+pub(crate) fn within(field: &str, v: usize, lo: usize, hi: usize) -> Result<(), SpecError> {
     if (lo..=hi).contains(&v) {
         Ok(())
     } else {

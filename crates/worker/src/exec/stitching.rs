@@ -64,12 +64,11 @@ pub fn run(
         nll_ft += sum(&nll_rows(&targets.select(&out_f)?, &targets.labels, None)?.0);
         for p in &mut points {
             // base_then_ft: the base's state enters the fine-tune at block k.
-            let (first, second, first_cache) = if p.direction == DIRECTIONS[0] {
-                (Side::Base, Side::Finetuned, &hb)
+            let (second, first_cache) = if p.direction == DIRECTIONS[0] {
+                (Side::Finetuned, &hb)
             } else {
-                (Side::Finetuned, Side::Base, &hf)
+                (Side::Base, &hf)
             };
-            let _ = first;
             let cached = |point: HookPoint| -> Result<Tensor> {
                 first_cache
                     .cached(&point)
