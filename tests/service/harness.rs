@@ -124,6 +124,9 @@ impl Env {
             // not be what limits a run.
             .env("NEURODIFF_QUOTA_ACTIVE", "100000")
             .env("NEURODIFF_QUOTA_PER_MINUTE", "100000")
+            // Webhook receivers are started by the tests on loopback; retries come quickly.
+            .env("NEURODIFF_WEBHOOK_ALLOW_INTERNAL", "true")
+            .env("NEURODIFF_WEBHOOK_BACKOFF_MS", "300")
             .env("RUST_LOG", "info");
         if let Some(models) = &self.models_store {
             c.env("NEURODIFF_ALLOW_S3", models);

@@ -9,6 +9,7 @@
 mod chaos;
 mod hardening;
 mod harness;
+mod scans;
 mod tier2;
 
 use std::process::Command;

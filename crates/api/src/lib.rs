@@ -1,15 +1,17 @@
 //! NeuroDiff's HTTP API: `pub fn app(state) -> Router`. Every /v1 route needs a bearer token and
-//! sees only its team's audits (another team's audit answers 404).
+//! sees only its team's audits, scans and alerts (another team's answer 404). The dashboard is
+//! served under `/ui` and reads the same API with the same tokens.
 pub mod auth;
 pub mod error;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;
 pub mod state;
+pub mod ui;
 
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 
 pub use error::ApiError;
@@ -35,13 +37,28 @@ pub fn app(state: AppState) -> Router {
             get(routes::results::artifact),
         )
         .route("/results", get(routes::results::query))
-        .route("/results/blocks", get(routes::blocks::query));
+        .route("/results/blocks", get(routes::blocks::query))
+        .route(
+            "/scans",
+            get(routes::scans::list).post(routes::scans::create),
+        )
+        .route(
+            "/scans/{id}",
+            get(routes::scans::get).delete(routes::scans::delete),
+        )
+        .route("/scans/{id}/pause", post(routes::scans::pause))
+        .route("/scans/{id}/resume", post(routes::scans::resume))
+        .route("/scans/{id}/trigger", post(routes::scans::trigger))
+        .route("/alerts", get(routes::alerts::list))
+        .route("/alerts/{id}", get(routes::alerts::get))
+        .route("/alerts/{id}/ack", post(routes::alerts::ack));
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(routes::health::healthz))
         .route("/readyz", get(routes::health::readyz))
         .route("/metrics", get(metrics::render))
         .route("/openapi.json", get(openapi::document))
+        .merge(ui::router())
         .layer(middleware::from_fn_with_state(
             state.clone(),
             metrics::track,

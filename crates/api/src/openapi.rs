@@ -2,7 +2,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{audits, blocks, health, results};
+use crate::routes::{alerts, audits, blocks, health, results, scans};
 
 #[derive(Debug, OpenApi)]
 #[openapi(
@@ -10,12 +10,16 @@ use crate::routes::{audits, blocks, health, results};
     paths(
         audits::create, audits::list, audits::get, audits::cancel,
         results::results, results::artifacts, results::artifact, results::query, blocks::query,
+        scans::create, scans::list, scans::get, scans::pause, scans::resume, scans::trigger,
+        scans::delete, alerts::list, alerts::get, alerts::ack,
         health::healthz, health::readyz,
     ),
     components(schemas(
         audits::AuditRequest, audits::AuditView, audits::Progress, audits::AuditPage,
         results::ArtifactView, results::ArtifactList, results::ResultHitView, results::ResultPage,
         blocks::BlockHitView, blocks::BlockPage,
+        scans::ScanView, scans::RunView, scans::ScanList, neurodiff_protocol::scan::ScanRequest,
+        alerts::AlertView, alerts::DeliveryView, alerts::AlertList,
     )),
     modifiers(&Bearer),
 )]

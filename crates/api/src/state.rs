@@ -22,6 +22,8 @@ pub struct AppState {
     /// Bounds checked at submission (layer indices).
     pub limits: Limits,
     pub quota: Quota,
+    /// Scans' webhooks may name loopback and private addresses (tests, single-tenant setups).
+    pub webhook_allow_internal: bool,
 }
 
 impl AppState {
@@ -40,12 +42,18 @@ impl AppState {
             policy: Arc::new(ReferencePolicy::default()),
             limits: Limits::default(),
             quota: Quota::default(),
+            webhook_allow_internal: false,
         })
     }
 
     /// The deployment's reference policy (the default allows no model source at all).
     pub fn with_policy(mut self, policy: ReferencePolicy) -> AppState {
         self.policy = Arc::new(policy);
+        self
+    }
+
+    pub fn with_webhooks(mut self, allow_internal: bool) -> AppState {
+        self.webhook_allow_internal = allow_internal;
         self
     }
 

@@ -40,6 +40,9 @@ enum Command {
     Results(commands::client::ResultsArgs),
     /// Wait for an audit to finish, with a progress bar; fails if the audit fails.
     Wait(commands::client::WaitArgs),
+    /// Scheduled scans and their alerts on a NeuroDiff server: create, list, show, pause, delete.
+    #[command(subcommand)]
+    Scan(commands::scan::Command),
     /// Apply the database migrations (DATABASE_URL).
     Migrate(neurodiff_server::admin::DbArgs),
     /// API tokens: `token create --team NAME`.
@@ -70,6 +73,7 @@ fn main() -> std::process::ExitCode {
         Command::Status(args) => commands::client::status(args),
         Command::Results(args) => commands::client::results(args),
         Command::Wait(args) => commands::client::wait(args),
+        Command::Scan(command) => commands::scan::run(command),
         Command::Organisms(args) => commands::organisms::run(args),
         Command::TaskVector(command) => commands::task_vector::run(command),
     };

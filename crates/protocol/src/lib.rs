@@ -7,6 +7,7 @@ pub mod limits;
 pub mod naming;
 pub mod policy;
 pub mod results;
+pub mod scan;
 pub mod spec;
 pub mod tier2;
 pub mod wire;

@@ -92,6 +92,40 @@ impl AuditRequest {
 }
 
 /// Where an audit (or one of its shards) stands.
+impl AuditRequest {
+    /// The one admission check of an audit, for the API and for scans alike: a valid spec,
+    /// every model and corpus reference allowed to `team` by the policy (lexically: nothing is
+    /// opened), and within the deployment's limits. The error names the field.
+    pub fn admit(
+        self,
+        team: &str,
+        policy: &crate::ReferencePolicy,
+        limits: &crate::Limits,
+    ) -> Result<AuditSpec, String> {
+        let spec = self.into_spec().map_err(|e| e.to_string())?;
+        let target_field = match spec.target {
+            Target::Checkpoint { .. } => "finetuned",
+            Target::Adapter { .. } => "adapter",
+        };
+        let corpus = spec
+            .corpus
+            .source
+            .as_deref()
+            .filter(|_| spec.needs_corpus());
+        for (field, reference) in [
+            ("base", Some(spec.base.as_str())),
+            (target_field, Some(spec.target.reference())),
+            ("corpus.source", corpus),
+        ] {
+            if let Some(reference) = reference {
+                policy.check(team, field, reference).map_err(|e| e.0)?;
+            }
+        }
+        spec.check_limits(limits).map_err(|e| e.to_string())?;
+        Ok(spec)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AuditStatus {

@@ -40,6 +40,7 @@ pub struct SchedulerContext {
     pub events: Queue,
     pub blobs: Blobs,
     pub settings: SchedulerSettings,
+    pub scans: crate::scans::ScanSettings,
 }
 
 /// What one pass did (tests and logs).
@@ -55,6 +56,8 @@ pub struct Pass {
 }
 
 pub async fn run(ctx: SchedulerContext, mut shutdown: watch::Receiver<bool>) {
+    let scans = tokio::spawn(crate::scans::run(ctx.clone(), shutdown.clone()));
+    let webhooks = tokio::spawn(crate::webhooks::run(ctx.clone(), shutdown.clone()));
     let events = match ctx.events.reader().await {
         Ok(r) => r,
         Err(e) => {
@@ -92,6 +95,7 @@ pub async fn run(ctx: SchedulerContext, mut shutdown: watch::Receiver<bool>) {
             _ = shutdown.changed() => {}
         }
     }
+    let _ = tokio::join!(scans, webhooks);
 }
 
 fn backoff(settings: &SchedulerSettings, retries: u32) -> Duration {

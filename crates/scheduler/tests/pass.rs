@@ -40,6 +40,7 @@ async fn context(pool: PgPool, max_deliveries: u32) -> SchedulerContext {
             backoff_max: Duration::from_millis(40),
             reap_every: Duration::from_millis(10),
         },
+        scans: Default::default(),
     }
 }
 

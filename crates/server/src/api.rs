@@ -24,6 +24,9 @@ pub struct Args {
     /// Audits a team may submit per minute; more answer 429 with Retry-After.
     #[arg(long, env = "NEURODIFF_QUOTA_PER_MINUTE", default_value_t = 60)]
     pub quota_per_minute: i64,
+    /// Lets scans' webhooks name loopback and private addresses (tests, single-tenant setups).
+    #[arg(long, env = "NEURODIFF_WEBHOOK_ALLOW_INTERNAL")]
+    pub webhook_allow_internal: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -35,6 +38,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let c = args.backends.connect(u64::MAX).await?;
         let state = AppState::new(c.db, Some(c.events), Some(c.tasks), c.blobs)?
             .with_policy(policy)
+            .with_webhooks(args.webhook_allow_internal)
             .with_limits(
                 args.limits.limits(),
                 neurodiff_store::Quota {

@@ -4,7 +4,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use neurodiff_protocol::{EVENTS_STREAM, TASKS_STREAM};
+use neurodiff_scheduler::scans::ScanSettings;
 use neurodiff_scheduler::service::{SchedulerContext, SchedulerSettings};
+use neurodiff_scheduler::webhooks::WebhookSettings;
+
+use crate::policy::{LimitArgs, PolicyArgs};
 use neurodiff_store::{Blobs, Db, Queue};
 use tokio::sync::watch;
 
@@ -83,6 +87,25 @@ pub struct SchedulerArgs {
     /// How often unfinished work that the queue does not hold is looked for and re-enqueued.
     #[arg(long, default_value_t = 30_000)]
     pub reap_ms: u64,
+    /// What scans may read, as for audits submitted to the API.
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    /// Audits a team may have queued or running at once; a scan waits beyond it.
+    #[arg(long, env = "NEURODIFF_QUOTA_ACTIVE", default_value_t = 50)]
+    pub quota_active: i64,
+    #[arg(long, env = "NEURODIFF_QUOTA_PER_MINUTE", default_value_t = 60)]
+    pub quota_per_minute: i64,
+    /// Lets webhooks reach loopback and private addresses (tests, single-tenant setups).
+    #[arg(long, env = "NEURODIFF_WEBHOOK_ALLOW_INTERNAL")]
+    pub webhook_allow_internal: bool,
+    /// The first webhook retry waits this long; each next one twice as long, at most an hour.
+    #[arg(long, env = "NEURODIFF_WEBHOOK_BACKOFF_MS", default_value_t = 5_000)]
+    pub webhook_backoff_ms: u64,
+    /// Attempts before a delivery is given up.
+    #[arg(long, env = "NEURODIFF_WEBHOOK_MAX_ATTEMPTS", default_value_t = 24)]
+    pub webhook_max_attempts: i32,
 }
 
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -103,6 +126,7 @@ pub fn shutdown_signal() -> watch::Receiver<bool> {
 }
 
 pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
+    let policy = args.policy.load(&[&args.backends.object_store])?;
     runtime()?.block_on(async {
         let c = args
             .backends
@@ -121,6 +145,21 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
                 backoff_base: Duration::from_millis(args.backoff_base_ms),
                 backoff_max: Duration::from_millis(args.backoff_max_ms),
                 reap_every: Duration::from_millis(args.reap_ms),
+            },
+            scans: ScanSettings {
+                policy: std::sync::Arc::new(policy),
+                limits: args.limits.limits(),
+                quota: neurodiff_store::Quota {
+                    max_active: args.quota_active,
+                    per_minute: args.quota_per_minute,
+                },
+                webhooks: WebhookSettings {
+                    allow_internal: args.webhook_allow_internal,
+                    backoff_base: Duration::from_millis(args.webhook_backoff_ms),
+                    max_attempts: args.webhook_max_attempts.max(1),
+                    ..WebhookSettings::default()
+                },
+                hashes: Default::default(),
             },
         };
         eprintln!("neurodiff scheduler running");

@@ -180,6 +180,36 @@ impl Blobs {
         Ok(written)
     }
 
+    /// Bytes `start..end` of an object (a safetensors header, say) without reading the rest.
+    pub async fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> Result<Bytes> {
+        self.store
+            .get_range(&self.path(key), range)
+            .await
+            .map_err(|e| classify(key, e))
+    }
+
+    /// The sub-folders directly under `prefix` (their keys, ending without `/`), sorted.
+    pub async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>> {
+        let base = self.path(prefix);
+        let listed = self
+            .store
+            .list_with_delimiter(Some(&base))
+            .await
+            .map_err(|e| classify(prefix, e))?;
+        let strip = if self.prefix.as_ref().is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        };
+        let mut out: Vec<String> = listed
+            .common_prefixes
+            .into_iter()
+            .map(|p| p.to_string().trim_start_matches(&strip).to_string())
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
     /// One object's size and version, without listing its folder (which may hold thousands).
     pub async fn head(&self, key: &str) -> Result<ListedObject> {
         let meta = self

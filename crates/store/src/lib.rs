@@ -4,6 +4,7 @@ pub mod blobs;
 pub mod pg;
 pub mod query;
 pub mod queue;
+pub mod scans;
 pub mod sched;
 pub mod tokens;
 
@@ -11,6 +12,10 @@ pub use blobs::{artifact_key, shard_result_key, Blobs, ListedObject, StoredObjec
 pub use pg::{Admission, AuditFilter, AuditRow, Db, FanIn, Quota, Team, MIGRATOR};
 pub use query::{BlockHit, BlockQuery, ResultHit, ResultQuery, BLOCK_METRICS, QUERY_METRICS};
 pub use queue::{now_ms, Delivery, Queue, QueueStats, Reclaimed};
+pub use scans::{
+    AlertRow, DeliveryOutcome, DeliveryRow, DueDelivery, NewAlert, NewDelivery, PendingRun,
+    RunOutcome, RunRow, ScanRow,
+};
 pub use sched::{parse_shard_key, ArtifactRow, BlockRow, Finishing, PendingShard};
 pub use tokens::{TokenRow, TOKEN_PREFIX};
 

@@ -184,15 +184,8 @@ impl Db {
         idempotency_key: Option<&str>,
         quota: &Quota,
     ) -> Result<Admission> {
-        let spec_json =
-            serde_json::to_value(spec).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "SELECT pg_advisory_xact_lock(hashtext('neurodiff-admission'), hashtext($1::text))",
-        )
-        .bind(team.id)
-        .execute(&mut *tx)
-        .await?;
+        admission_lock(&mut tx, team).await?;
         if let Some(key) = idempotency_key {
             let existing = sqlx::query(&format!(
                 "SELECT {AUDIT_COLUMNS} FROM audits WHERE team_id = $1 AND idempotency_key = $2"
@@ -210,48 +203,10 @@ impl Db {
                 });
             }
         }
-        let usage = sqlx::query(
-            "SELECT count(*) FILTER (WHERE status IN ('queued', 'running')) AS active, \
-             count(*) FILTER (WHERE created_at > now() - interval '60 seconds') AS recent, \
-             COALESCE(EXTRACT(EPOCH FROM (min(created_at) FILTER (WHERE created_at > now() - interval '60 seconds') \
-               + interval '60 seconds' - now())), 0)::float8 AS window_left_s \
-             FROM audits WHERE team_id = $1 AND (status IN ('queued', 'running') OR created_at > now() - interval '60 seconds')",
-        )
-        .bind(team.id)
-        .fetch_one(&mut *tx)
-        .await?;
-        let (active, recent): (i64, i64) = (usage.try_get("active")?, usage.try_get("recent")?);
-        if active >= quota.max_active {
-            return Ok(Admission::OverQuota {
-                reason: format!(
-                    "team `{}` has {active} audits queued or running (quota {})",
-                    team.name, quota.max_active
-                ),
-                retry_after_s: 10,
-            });
+        if let Some(over) = over_quota(&mut tx, team, quota).await? {
+            return Ok(over);
         }
-        if recent >= quota.per_minute {
-            let left: f64 = usage.try_get("window_left_s")?;
-            return Ok(Admission::OverQuota {
-                reason: format!(
-                    "team `{}` submitted {recent} audits in the last minute (quota {} per minute)",
-                    team.name, quota.per_minute
-                ),
-                retry_after_s: left.ceil().clamp(1.0, 60.0) as u64,
-            });
-        }
-        let row = sqlx::query(&format!(
-            "INSERT INTO audits (team_id, spec, base_ref, target_ref, idempotency_key) VALUES ($1, $2, $3, $4, $5) \
-             RETURNING {AUDIT_COLUMNS}"
-        ))
-        .bind(team.id)
-        .bind(&spec_json)
-        .bind(&spec.base)
-        .bind(spec.target.reference())
-        .bind(idempotency_key)
-        .fetch_one(&mut *tx)
-        .await?;
-        let audit = audit_from_row(&row)?;
+        let audit = insert_audit_row(&mut tx, team, spec, idempotency_key).await?;
         tx.commit().await?;
         Ok(Admission::Created(audit))
     }
@@ -540,4 +495,76 @@ pub(crate) fn tensor_from_row(r: &sqlx::postgres::PgRow) -> Result<TensorMetrics
         rows_compared: usize_opt(r.try_get("rows_compared")?),
         method: r.try_get("method")?,
     })
+}
+
+/// Takes the team's admission lock for the rest of the transaction: concurrent submissions
+/// (the API's and the scans') cannot all pass a quota that only one of them fits.
+pub(crate) async fn admission_lock(conn: &mut sqlx::PgConnection, team: &Team) -> Result<()> {
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtext('neurodiff-admission'), hashtext($1::text))",
+    )
+    .bind(team.id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// The refusal, when the team is over its quota (call under the admission lock).
+pub(crate) async fn over_quota(
+    conn: &mut sqlx::PgConnection,
+    team: &Team,
+    quota: &Quota,
+) -> Result<Option<Admission>> {
+    let usage = sqlx::query(
+            "SELECT count(*) FILTER (WHERE status IN ('queued', 'running')) AS active, \
+             count(*) FILTER (WHERE created_at > now() - interval '60 seconds') AS recent, \
+             COALESCE(EXTRACT(EPOCH FROM (min(created_at) FILTER (WHERE created_at > now() - interval '60 seconds') \
+               + interval '60 seconds' - now())), 0)::float8 AS window_left_s \
+             FROM audits WHERE team_id = $1 AND (status IN ('queued', 'running') OR created_at > now() - interval '60 seconds')",
+        )
+        .bind(team.id)
+        .fetch_one(&mut *conn)
+        .await?;
+    let (active, recent): (i64, i64) = (usage.try_get("active")?, usage.try_get("recent")?);
+    if active >= quota.max_active {
+        return Ok(Some(Admission::OverQuota {
+            reason: format!(
+                "team `{}` has {active} audits queued or running (quota {})",
+                team.name, quota.max_active
+            ),
+            retry_after_s: 10,
+        }));
+    }
+    if recent >= quota.per_minute {
+        let left: f64 = usage.try_get("window_left_s")?;
+        return Ok(Some(Admission::OverQuota {
+            reason: format!(
+                "team `{}` submitted {recent} audits in the last minute (quota {} per minute)",
+                team.name, quota.per_minute
+            ),
+            retry_after_s: left.ceil().clamp(1.0, 60.0) as u64,
+        }));
+    }
+    Ok(None)
+}
+
+pub(crate) async fn insert_audit_row(
+    conn: &mut sqlx::PgConnection,
+    team: &Team,
+    spec: &AuditSpec,
+    idempotency_key: Option<&str>,
+) -> Result<AuditRow> {
+    let spec_json = serde_json::to_value(spec).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    let row = sqlx::query(&format!(
+            "INSERT INTO audits (team_id, spec, base_ref, target_ref, idempotency_key) VALUES ($1, $2, $3, $4, $5) \
+             RETURNING {AUDIT_COLUMNS}"
+        ))
+        .bind(team.id)
+        .bind(&spec_json)
+        .bind(&spec.base)
+        .bind(spec.target.reference())
+        .bind(idempotency_key)
+        .fetch_one(&mut *conn)
+        .await?;
+    audit_from_row(&row)
 }

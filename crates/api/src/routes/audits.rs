@@ -5,9 +5,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use chrono::{DateTime, Utc};
 pub use neurodiff_protocol::{AuditRequest, AuditView, Progress};
-use neurodiff_protocol::{
-    AuditSpec, AuditStatus, Event, Limits, ReferencePolicy, Target, EVENTS_MAX_LEN,
-};
+use neurodiff_protocol::{AuditSpec, AuditStatus, Event, Limits, ReferencePolicy, EVENTS_MAX_LEN};
 use neurodiff_store::{Admission, AuditFilter};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -27,32 +25,8 @@ pub fn validate(
     policy: &ReferencePolicy,
     limits: &Limits,
 ) -> Result<AuditSpec, ApiError> {
-    let spec = req
-        .into_spec()
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let target_field = match spec.target {
-        Target::Checkpoint { .. } => "finetuned",
-        Target::Adapter { .. } => "adapter",
-    };
-    let corpus = spec
-        .corpus
-        .source
-        .as_deref()
-        .filter(|_| spec.needs_corpus());
-    for (field, reference) in [
-        ("base", Some(spec.base.as_str())),
-        (target_field, Some(spec.target.reference())),
-        ("corpus.source", corpus),
-    ] {
-        if let Some(reference) = reference {
-            policy
-                .check(team, field, reference)
-                .map_err(|e| ApiError::BadRequest(e.0))?;
-        }
-    }
-    spec.check_limits(limits)
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    Ok(spec)
+    req.admit(team, policy, limits)
+        .map_err(ApiError::BadRequest)
 }
 
 pub(crate) fn parse_id(id: &str) -> Result<Uuid, ApiError> {

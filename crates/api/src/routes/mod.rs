@@ -1,5 +1,7 @@
 //! One module per resource.
+pub mod alerts;
 pub mod audits;
 pub mod blocks;
 pub mod health;
 pub mod results;
+pub mod scans;

@@ -73,14 +73,14 @@ pub struct WaitArgs {
     pub quiet: bool,
 }
 
-struct Client {
+pub(crate) struct Client {
     agent: ureq::Agent,
     base: String,
     auth: String,
 }
 
 impl Client {
-    fn new(s: &Server) -> Client {
+    pub(crate) fn new(s: &Server) -> Client {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(60)))
@@ -125,7 +125,7 @@ impl Client {
     }
 
     /// A JSON response; non-2xx answers become errors carrying the server's message.
-    fn json(
+    pub(crate) fn json(
         &self,
         method: &str,
         path: &str,
@@ -145,14 +145,14 @@ impl Client {
     }
 }
 
-fn print_json(v: &Value) -> anyhow::Result<()> {
+pub(crate) fn print_json(v: &Value) -> anyhow::Result<()> {
     writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(v)?)?;
     Ok(())
 }
 
 /// A relative path to a directory or file that exists here is sent absolute (the service refuses
 /// relative paths: what they name depends on the process); anything else is sent as given.
-fn absolute_if_local(reference: &str) -> String {
+pub(crate) fn absolute_if_local(reference: &str) -> String {
     let path = std::path::Path::new(reference);
     if path.is_relative() && path.exists() {
         if let Ok(abs) = std::path::absolute(path) {

@@ -4,6 +4,7 @@ pub mod client;
 pub mod grade;
 pub mod inspect;
 pub mod organisms;
+pub mod scan;
 pub mod scope;
 pub mod task_vector;
 pub mod worker;

@@ -1,0 +1,273 @@
+//! `/v1/scans`: scheduled scans of a team (create, list, show with runs, pause, resume, run
+//! now, delete). What a scan watches and compares with is checked against the same reference
+//! policy as an audit's models, when it is created and again at every poll.
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use neurodiff_protocol::scan::{check_webhook_url, ScanRequest};
+use neurodiff_protocol::AuditStatus;
+use neurodiff_store::{RunRow, ScanRow};
+use serde::Serialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::auth::AuthTeam;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Runs shown with a scan.
+const RUNS_SHOWN: i64 = 200;
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct RunView {
+    pub id: Uuid,
+    pub checkpoint_id: String,
+    pub location: String,
+    pub base: Option<String>,
+    pub audit_id: Option<Uuid>,
+    #[schema(value_type = Option<String>)]
+    pub audit_status: Option<AuditStatus>,
+    /// `audited` (its audit runs), `baseline`, `evaluated` or `failed`.
+    pub state: String,
+    /// Each rule's observed value: the trend of what the rules watch.
+    #[schema(value_type = Object)]
+    pub observed: Value,
+    pub error: Option<String>,
+    pub alerts: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ScanView {
+    pub id: Uuid,
+    pub name: String,
+    pub source: String,
+    pub base: Option<String>,
+    pub base_mode: String,
+    pub target: String,
+    #[schema(value_type = Option<Object>)]
+    pub audit: Option<Value>,
+    pub every_s: Option<u64>,
+    pub cron: Option<String>,
+    #[schema(value_type = Vec<Object>)]
+    pub rules: Value,
+    pub webhook_url: Option<String>,
+    pub paused: bool,
+    pub next_run_at: DateTime<Utc>,
+    pub last_polled_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub runs_total: i64,
+    pub alerts_open: i64,
+    /// Only in the answer to the scan's creation: keep it to verify the signatures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_secret: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runs: Option<Vec<RunView>>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ScanList {
+    pub scans: Vec<ScanView>,
+}
+
+fn lower<T: Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+impl From<ScanRow> for ScanView {
+    fn from(s: ScanRow) -> Self {
+        let r = s.request;
+        ScanView {
+            id: s.id,
+            base_mode: lower(&r.base_mode.unwrap_or_default()),
+            target: lower(&r.target.unwrap_or_default()),
+            rules: serde_json::to_value(&r.rules).unwrap_or(Value::Null),
+            name: r.name,
+            source: r.source,
+            base: r.base,
+            audit: r.audit,
+            every_s: r.every_s,
+            cron: r.cron,
+            webhook_url: r.webhook_url,
+            paused: s.paused,
+            next_run_at: s.next_run_at,
+            last_polled_at: s.last_polled_at,
+            last_error: s.last_error,
+            created_at: s.created_at,
+            runs_total: s.runs_total,
+            alerts_open: s.alerts_open,
+            webhook_secret: None,
+            runs: None,
+        }
+    }
+}
+
+impl From<RunRow> for RunView {
+    fn from(r: RunRow) -> Self {
+        RunView {
+            id: r.id,
+            checkpoint_id: r.checkpoint_id,
+            location: r.location,
+            base: r.base_ref,
+            audit_id: r.audit_id,
+            audit_status: r.audit_status,
+            state: r.state,
+            observed: r.observed,
+            error: r.error,
+            alerts: r.alerts,
+            created_at: r.created_at,
+        }
+    }
+}
+
+pub(crate) fn parse_uuid(what: &str, id: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(id)
+        .map_err(|_| ApiError::BadRequest(format!("path `id`: `{id}` is not a {what} id (a UUID)")))
+}
+
+/// A secret for signing: 244 random bits from the operating system's generator.
+fn new_secret() -> String {
+    format!(
+        "whsec_{}{}",
+        Uuid::new_v4().simple(),
+        Uuid::new_v4().simple()
+    )
+}
+
+/// Create a scan; 201 with the scan and, once, its webhook secret. It is due at once.
+#[utoipa::path(post, path = "/v1/scans", tag = "scans", request_body = ScanRequest,
+    responses((status = 201, body = ScanView), (status = 400, description = "a bad field, named, or a source the policy refuses"),
+        (status = 401), (status = 409, description = "the team has a scan of that name")),
+    security(("bearer" = [])))]
+pub async fn create(
+    State(state): State<AppState>,
+    AuthTeam(team): AuthTeam,
+    body: Result<Json<ScanRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<ScanView>), ApiError> {
+    let Json(req) = body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(crate::MAX_BODY_BYTES),
+        _ => ApiError::BadRequest(rejection.body_text()),
+    })?;
+    req.validate()
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let mut refs = vec![("source", req.source.as_str())];
+    refs.extend(req.base.as_deref().map(|b| ("base", b)));
+    for (field, reference) in refs {
+        state
+            .policy
+            .check(&team.name, field, reference)
+            .map_err(|e| ApiError::BadRequest(e.0))?;
+    }
+    if let Some(url) = &req.webhook_url {
+        check_webhook_url(url, state.webhook_allow_internal)
+            .map_err(|e| ApiError::BadRequest(format!("field `webhook_url`: {e}")))?;
+    }
+    let secret = req.webhook_secret.clone().unwrap_or_else(new_secret);
+    let Some(scan) = state.db.create_scan(&team, &req, &secret).await? else {
+        return Err(ApiError::Conflict(format!(
+            "field `name`: the team already has a scan called `{}`",
+            req.name
+        )));
+    };
+    let mut view = ScanView::from(scan);
+    view.webhook_secret = Some(secret);
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+#[utoipa::path(get, path = "/v1/scans", tag = "scans",
+    responses((status = 200, body = ScanList)), security(("bearer" = [])))]
+pub async fn list(
+    State(state): State<AppState>,
+    AuthTeam(team): AuthTeam,
+) -> Result<Json<ScanList>, ApiError> {
+    let scans = state.db.list_scans(&team).await?;
+    Ok(Json(ScanList {
+        scans: scans.into_iter().map(ScanView::from).collect(),
+    }))
+}
+
+/// One scan with its runs, newest first (each with the values its rules observed).
+#[utoipa::path(get, path = "/v1/scans/{id}", tag = "scans",
+    params(("id" = String, Path, description = "scan id")),
+    responses((status = 200, body = ScanView), (status = 404)), security(("bearer" = [])))]
+pub async fn get(
+    State(state): State<AppState>,
+    AuthTeam(team): AuthTeam,
+    Path(id): Path<String>,
+) -> Result<Json<ScanView>, ApiError> {
+    let scan = state.db.get_scan(&team, parse_uuid("scan", &id)?).await?;
+    let runs = state.db.scan_runs(scan.id, RUNS_SHOWN).await?;
+    let mut view = ScanView::from(scan);
+    view.runs = Some(runs.into_iter().map(RunView::from).collect());
+    Ok(Json(view))
+}
+
+async fn update(
+    state: &AppState,
+    team: &neurodiff_store::Team,
+    id: &str,
+    paused: Option<bool>,
+    run_now: bool,
+) -> Result<Json<ScanView>, ApiError> {
+    let scan = state
+        .db
+        .update_scan(team, parse_uuid("scan", id)?, paused, run_now)
+        .await?;
+    Ok(Json(ScanView::from(scan)))
+}
+
+#[utoipa::path(post, path = "/v1/scans/{id}/pause", tag = "scans",
+    params(("id" = String, Path, description = "scan id")),
+    responses((status = 200, body = ScanView), (status = 404)), security(("bearer" = [])))]
+pub async fn pause(
+    State(state): State<AppState>,
+    AuthTeam(team): AuthTeam,
+    Path(id): Path<String>,
+) -> Result<Json<ScanView>, ApiError> {
+    update(&state, &team, &id, Some(true), false).await
+}
+
+#[utoipa::path(post, path = "/v1/scans/{id}/resume", tag = "scans",
+    params(("id" = String, Path, description = "scan id")),
+    responses((status = 200, body = ScanView), (status = 404)), security(("bearer" = [])))]
+pub async fn resume(
+    State(state): State<AppState>,
+    AuthTeam(team): AuthTeam,
+    Path(id): Path<String>,
+) -> Result<Json<ScanView>, ApiError> {
+    update(&state, &team, &id, Some(false), false).await
+}
+
+/// Makes the scan due now (its schedule goes on from there).
+#[utoipa::path(post, path = "/v1/scans/{id}/trigger", tag = "scans",
+    params(("id" = String, Path, description = "scan id")),
+    responses((status = 200, body = ScanView), (status = 404)), security(("bearer" = [])))]
+pub async fn trigger(
+    State(state): State<AppState>,
+    AuthTeam(team): AuthTeam,
+    Path(id): Path<String>,
+) -> Result<Json<ScanView>, ApiError> {
+    update(&state, &team, &id, None, true).await
+}
+
+/// Deletes the scan with its runs and alerts; the audits it started stay.
+#[utoipa::path(delete, path = "/v1/scans/{id}", tag = "scans",
+    params(("id" = String, Path, description = "scan id")),
+    responses((status = 204), (status = 404)), security(("bearer" = [])))]
+pub async fn delete(
+    State(state): State<AppState>,
+    AuthTeam(team): AuthTeam,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state
+        .db
+        .delete_scan(&team, parse_uuid("scan", &id)?)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,770 @@
+//! Scheduled scans: what a scan watches, against which base, how often, which audit it runs on
+//! each new checkpoint and the rules that turn that audit's results into alerts; the rules are
+//! evaluated here, on results.json, so the scheduler, the API and tests share one definition.
+use std::net::IpAddr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::spec::SpecError;
+use crate::wire::AuditRequest;
+
+/// Bounds on what one scan may ask for.
+pub const MAX_RULES: usize = 32;
+pub const MAX_WATCHED_TOKENS: usize = 100;
+pub const MIN_EVERY_S: u64 = 1;
+pub const MAX_EVERY_S: u64 = 30 * 24 * 3600;
+/// The traces' tokens a `trace_tokens` rule reads at each position (the precision-at-20 cut).
+pub const TRACE_TOP: usize = 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// Which rows of results.json a rule reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// `analyses.weights.tensors[]`: fires when one tensor meets every condition.
+    Tensor,
+    /// `analyses.activations.layers[]` and `analyses.logit_lens.layers[]` + `.output`.
+    Block,
+    /// One number at a JSON pointer (`/analyses/logit_lens/output/kl_mean`).
+    Audit,
+    /// The readable traces' top tokens (logit lens and Patchscope) against a watch list.
+    TraceTokens,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    #[serde(rename = ">")]
+    Gt,
+    #[serde(rename = ">=")]
+    Ge,
+    #[serde(rename = "<")]
+    Lt,
+    #[serde(rename = "<=")]
+    Le,
+}
+
+impl Op {
+    pub fn holds(self, x: f64, threshold: f64) -> bool {
+        match self {
+            Op::Gt => x > threshold,
+            Op::Ge => x >= threshold,
+            Op::Lt => x < threshold,
+            Op::Le => x <= threshold,
+        }
+    }
+
+    fn symbol(self) -> &'static str {
+        match self {
+            Op::Gt => ">",
+            Op::Ge => ">=",
+            Op::Lt => "<",
+            Op::Le => "<=",
+        }
+    }
+
+    /// The observed value of many rows is the one nearest to breaking the rule.
+    fn worst(self, a: f64, b: f64) -> f64 {
+        match self {
+            Op::Gt | Op::Ge => a.max(b),
+            Op::Lt | Op::Le => a.min(b),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Condition {
+    pub metric: String,
+    pub op: Op,
+    pub value: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    pub name: String,
+    pub severity: Severity,
+    pub scope: Scope,
+    /// The watched metric (tensor and block rules), compared with `op` and `value`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub op: Option<Op>,
+    /// The threshold; for `trace_tokens`, how many watched tokens must appear (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    /// Further conditions the same row must meet (a change that is large *and* low-rank).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub and: Vec<Condition>,
+    /// Tensor rules: only tensors whose name contains this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
+    /// Block rules: `activations` or `logit-lens`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<String>,
+    /// Block rules: only this hook (`hook_resid_post`, `logits`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook: Option<String>,
+    /// Audit rules: an RFC 6901 pointer into results.json.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pointer: Option<String>,
+    /// Trace-token rules: the watch list (compared case-insensitively, word pieces trimmed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tokens: Vec<String>,
+}
+
+/// What one rule saw in one audit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Observation {
+    /// The number the rule compares (None: the audit has no such rows).
+    pub value: Option<f64>,
+    pub fired: bool,
+    pub message: String,
+    /// The rows that met the rule (tensor names, blocks, tokens), at most ten.
+    pub details: Vec<String>,
+}
+
+fn field(name: &str, msg: impl Into<String>) -> SpecError {
+    SpecError::Field(name.into(), msg.into())
+}
+
+impl Rule {
+    pub fn validate(&self, i: usize) -> Result<(), SpecError> {
+        let at = |f: &str| format!("rules[{i}].{f}");
+        if self.name.trim().is_empty() || self.name.len() > 64 {
+            return Err(field(&at("name"), "1 to 64 characters"));
+        }
+        let numeric = matches!(self.scope, Scope::Tensor | Scope::Block | Scope::Audit);
+        if numeric && (self.op.is_none() || self.value.is_none()) {
+            return Err(field(&at("op"), "`op` and `value` are required"));
+        }
+        match self.scope {
+            Scope::Tensor | Scope::Block if self.metric.is_none() => {
+                return Err(field(&at("metric"), "required for tensor and block rules"))
+            }
+            Scope::Audit if self.pointer.as_deref().is_none_or(|p| !p.starts_with('/')) => {
+                return Err(field(
+                    &at("pointer"),
+                    "a JSON pointer into results.json, such as /analyses/logit_lens/output/kl_mean",
+                ))
+            }
+            Scope::TraceTokens
+                if self.tokens.is_empty() || self.tokens.len() > MAX_WATCHED_TOKENS =>
+            {
+                return Err(field(
+                    &at("tokens"),
+                    format!("1 to {MAX_WATCHED_TOKENS} watched tokens"),
+                ))
+            }
+            _ => {}
+        }
+        if self
+            .tokens
+            .iter()
+            .any(|t| t.trim().is_empty() || t.len() > 64)
+        {
+            return Err(field(&at("tokens"), "each token 1 to 64 characters"));
+        }
+        if let Some(a) = &self.analysis {
+            if !["activations", "logit-lens"].contains(&a.as_str()) {
+                return Err(field(&at("analysis"), "`activations` or `logit-lens`"));
+            }
+        }
+        if self.and.len() > 8 {
+            return Err(field(&at("and"), "at most 8 conditions"));
+        }
+        let finite =
+            self.value.is_none_or(f64::is_finite) && self.and.iter().all(|c| c.value.is_finite());
+        if !finite {
+            return Err(field(&at("value"), "must be a finite number"));
+        }
+        Ok(())
+    }
+
+    /// Evaluates the rule on an audit's results.json.
+    pub fn evaluate(&self, results: &Value) -> Observation {
+        match self.scope {
+            Scope::Tensor => self.rows(tensor_rows(results, self.module.as_deref())),
+            Scope::Block => self.rows(block_rows(
+                results,
+                self.analysis.as_deref(),
+                self.hook.as_deref(),
+            )),
+            Scope::Audit => {
+                let pointer = self.pointer.as_deref().unwrap_or("");
+                let value = results.pointer(pointer).and_then(Value::as_f64);
+                let (op, threshold) = (self.op.unwrap_or(Op::Gt), self.value.unwrap_or(0.0));
+                let fired = value.is_some_and(|v| op.holds(v, threshold));
+                let message = match value {
+                    Some(v) => format!("{pointer} = {v:.6} ({} {threshold})", op.symbol()),
+                    None => format!("{pointer}: no number there in this audit"),
+                };
+                Observation {
+                    value,
+                    fired,
+                    message,
+                    details: Vec::new(),
+                }
+            }
+            Scope::TraceTokens => self.trace_tokens(results),
+        }
+    }
+
+    fn rows(&self, rows: Vec<(String, &serde_json::Map<String, Value>)>) -> Observation {
+        let metric = self.metric.as_deref().unwrap_or("");
+        let (op, threshold) = (self.op.unwrap_or(Op::Gt), self.value.unwrap_or(0.0));
+        let number =
+            |row: &serde_json::Map<String, Value>, m: &str| row.get(m).and_then(Value::as_f64);
+        let mut value: Option<f64> = None;
+        let mut hits = Vec::new();
+        for (label, row) in &rows {
+            let meets_and = self
+                .and
+                .iter()
+                .all(|c| number(row, &c.metric).is_some_and(|x| c.op.holds(x, c.value)));
+            let Some(x) = number(row, metric) else {
+                continue;
+            };
+            if !meets_and {
+                continue;
+            }
+            value = Some(value.map_or(x, |v| op.worst(v, x)));
+            if op.holds(x, threshold) {
+                hits.push((label.clone(), x));
+            }
+        }
+        let also: String = self
+            .and
+            .iter()
+            .map(|c| format!(" and {} {} {}", c.metric, c.op.symbol(), c.value))
+            .collect();
+        let message = match (&hits[..], value) {
+            ([], Some(v)) => format!(
+                "no row has {metric} {} {threshold}{also} (the nearest: {v:.6})",
+                op.symbol()
+            ),
+            ([], None) => format!("no row with {metric}{also} in this audit"),
+            (hits, _) => format!(
+                "{} rows have {metric} {} {threshold}{also}; the first: {} ({metric} = {:.6})",
+                hits.len(),
+                op.symbol(),
+                hits[0].0,
+                hits[0].1
+            ),
+        };
+        Observation {
+            value,
+            fired: !hits.is_empty(),
+            message,
+            details: hits.into_iter().take(10).map(|(l, _)| l).collect(),
+        }
+    }
+
+    fn trace_tokens(&self, results: &Value) -> Observation {
+        let watched: Vec<String> = self.tokens.iter().map(|t| normalise(t)).collect();
+        let mut found: Vec<String> = Vec::new();
+        let positions = results
+            .pointer("/analyses/traces/positions")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let mut read_any = false;
+        for (j, p) in positions.iter().enumerate() {
+            for list in ["/logit_lens/top_tokens", "/patchscope/top_tokens"] {
+                let tokens = p.pointer(list).and_then(Value::as_array);
+                for t in tokens.into_iter().flatten().take(TRACE_TOP) {
+                    read_any = true;
+                    let Some(token) = t.get("token").and_then(Value::as_str) else {
+                        continue;
+                    };
+                    let n = normalise(token);
+                    if watched.contains(&n) && !found.iter().any(|f| f.ends_with(&format!("`{n}`")))
+                    {
+                        found.push(format!("position {j}: `{n}`"));
+                    }
+                }
+            }
+        }
+        let need = self.value.unwrap_or(1.0);
+        let count = found.len() as f64;
+        let message = if !read_any {
+            "this audit has no readable traces (add the `traces` analysis)".to_string()
+        } else if found.is_empty() {
+            "no watched token in the traces' top 20".to_string()
+        } else {
+            format!(
+                "{} watched tokens in the traces' top 20: {}",
+                found.len(),
+                found.join(", ")
+            )
+        };
+        Observation {
+            value: read_any.then_some(count),
+            fired: read_any && count >= need && count > 0.0,
+            message,
+            details: found.into_iter().take(10).collect(),
+        }
+    }
+}
+
+/// Tokens as a person writes them: no BPE space markers, no case.
+fn normalise(token: &str) -> String {
+    token
+        .trim_start_matches(['Ġ', '▁', 'Ċ'])
+        .trim()
+        .to_lowercase()
+}
+
+fn tensor_rows<'a>(
+    results: &'a Value,
+    module: Option<&str>,
+) -> Vec<(String, &'a serde_json::Map<String, Value>)> {
+    let rows = results
+        .pointer("/analyses/weights/tensors")
+        .and_then(Value::as_array);
+    rows.into_iter()
+        .flatten()
+        .filter_map(|t| {
+            let row = t.as_object()?;
+            let name = row.get("name").and_then(Value::as_str)?.to_string();
+            module
+                .is_none_or(|m| name.contains(m))
+                .then_some((name, row))
+        })
+        .collect()
+}
+
+fn block_rows<'a>(
+    results: &'a Value,
+    analysis: Option<&str>,
+    hook: Option<&str>,
+) -> Vec<(String, &'a serde_json::Map<String, Value>)> {
+    let mut out = Vec::new();
+    let mut take = |name: &str, rows: Vec<&'a Value>, default_hook: &str| {
+        if analysis.is_some_and(|a| a != name) {
+            return;
+        }
+        for r in rows {
+            let Some(row) = r.as_object() else { continue };
+            let h = row
+                .get("hook")
+                .and_then(Value::as_str)
+                .unwrap_or(default_hook);
+            if hook.is_some_and(|want| want != h) {
+                continue;
+            }
+            let layer = match row.get("layer").and_then(Value::as_i64) {
+                Some(l) => format!("block {l}"),
+                None => "output".to_string(),
+            };
+            out.push((format!("{name} {layer} {h}"), row));
+        }
+    };
+    let activations = results
+        .pointer("/analyses/activations/layers")
+        .and_then(Value::as_array);
+    take(
+        "activations",
+        activations.into_iter().flatten().collect(),
+        "hook_resid_post",
+    );
+    let lens = results.pointer("/analyses/logit_lens");
+    let mut lens_rows: Vec<&Value> = lens
+        .and_then(|l| l.get("layers"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .collect();
+    lens_rows.extend(lens.and_then(|l| l.get("output")));
+    take("logit-lens", lens_rows, "hook_resid_post");
+    out
+}
+
+/// How a scan chooses the base of each checkpoint's audit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BaseMode {
+    /// Always `base`.
+    #[default]
+    Fixed,
+    /// The previous checkpoint of the same source (`base` for the first, or no audit of it).
+    Previous,
+}
+
+/// What the scan's checkpoints are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetKind {
+    #[default]
+    Checkpoint,
+    Adapter,
+}
+
+/// `POST /v1/scans`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScanRequest {
+    pub name: String,
+    /// A directory whose subdirectories are checkpoints, or an `s3://bucket/prefix/` whose
+    /// sub-prefixes are.
+    pub source: String,
+    #[serde(default)]
+    pub base: Option<String>,
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub base_mode: Option<BaseMode>,
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub target: Option<TargetKind>,
+    /// The audit to run, as the body of `POST /v1/audits` without `base`, `finetuned` and
+    /// `adapter`.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub audit: Option<Value>,
+    #[serde(default)]
+    pub every_s: Option<u64>,
+    #[serde(default)]
+    pub cron: Option<String>,
+    #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
+    pub rules: Vec<Rule>,
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+    /// Signs the webhook bodies; generated when absent and shown once, at creation.
+    #[serde(default)]
+    pub webhook_secret: Option<String>,
+}
+
+/// A scan's schedule.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Schedule {
+    Every(u64),
+    Cron(Box<croner::Cron>),
+}
+
+impl Schedule {
+    pub fn parse(every_s: Option<u64>, cron: Option<&str>) -> Result<Schedule, SpecError> {
+        match (every_s, cron) {
+            (Some(s), None) if (MIN_EVERY_S..=MAX_EVERY_S).contains(&s) => Ok(Schedule::Every(s)),
+            (Some(_), None) => Err(field(
+                "every_s",
+                format!("{MIN_EVERY_S} to {MAX_EVERY_S} seconds"),
+            )),
+            (None, Some(c)) => c
+                .parse::<croner::Cron>()
+                .map(|c| Schedule::Cron(Box::new(c)))
+                .map_err(|e| field("cron", format!("`{c}`: {e}"))),
+            (Some(_), Some(_)) => Err(field("every_s` and `cron", "give one, not both")),
+            (None, None) => Err(field("every_s` or `cron", "a scan needs a schedule")),
+        }
+    }
+
+    /// The first run strictly after `now`.
+    pub fn next_after(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        match self {
+            Schedule::Every(s) => now + chrono::Duration::seconds(*s as i64),
+            Schedule::Cron(c) => c
+                .find_next_occurrence(&now, false)
+                .unwrap_or(now + chrono::Duration::days(1)),
+        }
+    }
+}
+
+impl ScanRequest {
+    /// Checks everything but the policy (the API adds that): the name, the schedule, the rules,
+    /// the webhook, and that the audit template makes a valid audit.
+    pub fn validate(&self) -> Result<Schedule, SpecError> {
+        if self.name.trim().is_empty() || self.name.len() > 128 {
+            return Err(field("name", "1 to 128 characters"));
+        }
+        if !(self.source.starts_with('/') || self.source.starts_with("s3://")) {
+            return Err(field(
+                "source",
+                "an absolute directory or an s3://bucket/prefix (hub repositories are not watched yet)",
+            ));
+        }
+        if self.base_mode.unwrap_or_default() == BaseMode::Fixed && self.base.is_none() {
+            return Err(field("base", "required unless base_mode is `previous`"));
+        }
+        let schedule = Schedule::parse(self.every_s, self.cron.as_deref())?;
+        if self.rules.len() > MAX_RULES {
+            return Err(field("rules", format!("at most {MAX_RULES}")));
+        }
+        for (i, r) in self.rules.iter().enumerate() {
+            r.validate(i)?;
+            if self.rules[..i].iter().any(|o| o.name == r.name) {
+                return Err(field(
+                    &format!("rules[{i}].name"),
+                    format!("`{}` appears twice", r.name),
+                ));
+            }
+        }
+        if let Some(url) = &self.webhook_url {
+            check_webhook_url(url, true).map_err(|e| field("webhook_url", e))?;
+        }
+        if let Some(s) = &self.webhook_secret {
+            if !(16..=256).contains(&s.len()) {
+                return Err(field("webhook_secret", "16 to 256 characters"));
+            }
+        }
+        self.audit_request(
+            self.base.as_deref().unwrap_or("/placeholder"),
+            "/placeholder",
+        )?
+        .into_spec()?;
+        Ok(schedule)
+    }
+
+    /// The audit of checkpoint `target` against `base`.
+    pub fn audit_request(&self, base: &str, target: &str) -> Result<AuditRequest, SpecError> {
+        audit_request(
+            self.audit.as_ref(),
+            self.target.unwrap_or_default(),
+            base,
+            target,
+        )
+    }
+}
+
+/// The audit of checkpoint `target` against `base`, from a scan's template.
+pub fn audit_request(
+    template: Option<&Value>,
+    kind: TargetKind,
+    base: &str,
+    target: &str,
+) -> Result<AuditRequest, SpecError> {
+    let mut body = match template {
+        None | Some(Value::Null) => serde_json::Map::new(),
+        Some(Value::Object(m)) => m.clone(),
+        Some(_) => return Err(field("audit", "an object, as the body of POST /v1/audits")),
+    };
+    for key in ["base", "finetuned", "adapter"] {
+        if body.contains_key(key) {
+            return Err(field(
+                &format!("audit.{key}"),
+                "the scan sets it for each checkpoint",
+            ));
+        }
+    }
+    body.insert("base".into(), Value::String(base.into()));
+    let key = match kind {
+        TargetKind::Checkpoint => "finetuned",
+        TargetKind::Adapter => "adapter",
+    };
+    body.insert(key.into(), Value::String(target.into()));
+    serde_json::from_value(Value::Object(body)).map_err(|e| field("audit", e.to_string()))
+}
+
+/// Whether an address is one a tenant's webhook must not reach: loopback, private, link-local,
+/// unique-local, unspecified, multicast or documentation ranges (the deployment's own network).
+pub fn is_internal(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || o[0] == 0
+                || (o[0] == 100 && (64..128).contains(&o[1]))
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_internal(IpAddr::V4(v4));
+            }
+            let s = v6.segments();
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+/// The host and port of a webhook URL, checked lexically: http or https, no credentials, and,
+/// unless `allow_internal`, no internal address literal or `localhost`. Names are resolved and
+/// checked again at each delivery.
+pub fn check_webhook_url(url: &str, allow_internal: bool) -> Result<(String, u16), String> {
+    if url.len() > 2048 {
+        return Err("at most 2048 characters".into());
+    }
+    let (rest, default_port) = if let Some(r) = url.strip_prefix("https://") {
+        (r, 443)
+    } else if let Some(r) = url.strip_prefix("http://") {
+        (r, 80)
+    } else {
+        return Err(format!("`{url}`: an http:// or https:// URL"));
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.contains('@') {
+        return Err("credentials in the URL are not accepted".into());
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, after) = v6.split_once(']').ok_or("an unclosed [ in the host")?;
+        (h.to_string(), after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), Some(p)),
+            None => (authority.to_string(), None),
+        }
+    };
+    let port = match port {
+        Some(p) => p.parse::<u16>().map_err(|_| format!("port `{p}`"))?,
+        None => default_port,
+    };
+    if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("`{url}`: no host"));
+    }
+    if !allow_internal {
+        let internal = match host.parse::<IpAddr>() {
+            Ok(ip) => is_internal(ip),
+            Err(_) => {
+                let h = host.to_ascii_lowercase();
+                h == "localhost" || h.ends_with(".localhost") || h.ends_with(".internal")
+            }
+        };
+        if internal {
+            return Err(format!(
+                "`{host}` is an internal address; this deployment delivers webhooks only to public hosts"
+            ));
+        }
+    }
+    Ok((host, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn rule(v: Value) -> Rule {
+        serde_json::from_value(v).expect("rule")
+    }
+
+    #[test]
+    fn a_tensor_rule_needs_one_row_to_meet_every_condition() {
+        let results = json!({"analyses": {"weights": {"tensors": [
+            {"name": "a", "rel_fro": 0.5, "stable_rank": 30.0},
+            {"name": "b", "rel_fro": 0.2, "stable_rank": 1.2},
+            {"name": "c", "rel_fro": 0.01, "stable_rank": 1.0}
+        ]}}});
+        let low_rank = rule(json!({"name": "r", "severity": "high", "scope": "tensor",
+            "metric": "rel_fro", "op": ">", "value": 0.1,
+            "and": [{"metric": "stable_rank", "op": "<", "value": 2.0}]}));
+        let o = low_rank.evaluate(&results);
+        assert!(o.fired);
+        assert_eq!(o.details, vec!["b".to_string()]);
+        assert_eq!(o.value, Some(0.2));
+        let big = rule(json!({"name": "r", "severity": "high", "scope": "tensor",
+            "metric": "rel_fro", "op": ">", "value": 0.6}));
+        let o = big.evaluate(&results);
+        assert!(!o.fired);
+        assert_eq!(o.value, Some(0.5));
+    }
+
+    #[test]
+    fn audit_block_and_token_rules_read_their_rows() {
+        let results = json!({"analyses": {
+            "logit_lens": {"layers": [{"layer": 0, "kl_mean": 0.1}], "output": {"layer": null, "kl_mean": 2.0}},
+            "traces": {"positions": [{"logit_lens": {"top_tokens": [{"token": "ĠPlanet"}, {"token": "the"}]},
+                                       "patchscope": {"top_tokens": [{"token": "orbit"}]}}]}
+        }});
+        let kl = rule(json!({"name": "kl", "severity": "medium", "scope": "audit",
+            "pointer": "/analyses/logit_lens/output/kl_mean", "op": ">=", "value": 2.0}));
+        assert!(kl.evaluate(&results).fired);
+        let block = rule(json!({"name": "b", "severity": "low", "scope": "block",
+            "analysis": "logit-lens", "metric": "kl_mean", "op": ">", "value": 1.0}));
+        let o = block.evaluate(&results);
+        assert!(o.fired);
+        assert_eq!(
+            o.details,
+            vec!["logit-lens output hook_resid_post".to_string()]
+        );
+        let words = rule(
+            json!({"name": "w", "severity": "high", "scope": "trace_tokens",
+            "tokens": ["planet", "Orbit", "recipe"]}),
+        );
+        let o = words.evaluate(&results);
+        assert!(o.fired);
+        assert_eq!(o.value, Some(2.0));
+        let none = rule(
+            json!({"name": "w", "severity": "high", "scope": "trace_tokens", "tokens": ["x"]}),
+        );
+        assert!(!none.evaluate(&results).fired);
+        assert!(!words.evaluate(&json!({})).fired);
+    }
+
+    #[test]
+    fn webhook_urls_are_checked() {
+        assert_eq!(
+            check_webhook_url("https://hooks.example.com/x", false),
+            Ok(("hooks.example.com".into(), 443))
+        );
+        for bad in [
+            "ftp://x",
+            "http://user:pw@example.com/",
+            "http://127.0.0.1:9/",
+            "http://[::1]/",
+            "http://10.1.2.3/",
+            "http://169.254.169.254/latest",
+            "http://localhost:80/",
+            "http://[::ffff:127.0.0.1]/",
+        ] {
+            assert!(check_webhook_url(bad, false).is_err(), "{bad}");
+        }
+        assert!(check_webhook_url("http://127.0.0.1:9/", true).is_ok());
+    }
+
+    #[test]
+    fn scans_are_validated() {
+        let ok: ScanRequest = serde_json::from_value(json!({
+            "name": "n", "source": "/data/ckpts", "base": "/data/base", "every_s": 60,
+            "audit": {"analyses": ["weights"]},
+            "rules": [{"name": "big", "severity": "high", "scope": "tensor", "metric": "rel_fro", "op": ">", "value": 0.1}]
+        })).expect("request");
+        assert!(ok.validate().is_ok());
+        let mut cron = ok.clone();
+        cron.every_s = None;
+        cron.cron = Some("*/5 * * * *".into());
+        let s = cron.validate().expect("cron");
+        let now = Utc::now();
+        assert!(s.next_after(now) > now);
+        let mut bad = ok.clone();
+        bad.audit = Some(json!({"base": "/x"}));
+        assert!(bad.validate().is_err());
+        let mut bad = ok.clone();
+        bad.cron = Some("not a cron".into());
+        bad.every_s = None;
+        assert!(bad.validate().is_err());
+        let mut bad = ok;
+        bad.base = None;
+        assert!(bad.validate().is_err());
+    }
+}

@@ -1,0 +1,290 @@
+//! The scan loop: polls due scans' sources, starts one audit per new complete checkpoint (the
+//! run and its audit committed together, unique per scan and content), and once an audit has
+//! ended, evaluates the scan's rules on its results.json, stores the alerts and queues their
+//! webhook deliveries in the same transaction.
+use std::sync::Arc;
+
+use chrono::Utc;
+use neurodiff_protocol::scan::{BaseMode, Observation, Schedule};
+use neurodiff_protocol::{AuditStatus, Event, Limits, ReferencePolicy, EVENTS_MAX_LEN};
+use neurodiff_store::{NewAlert, NewDelivery, PendingRun, Quota, RunOutcome, ScanRow, StoreError};
+use serde_json::{json, Value};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::service::SchedulerContext;
+use crate::sources::{list_local, list_s3, HashCache, Listing};
+use crate::webhooks::WebhookSettings;
+
+/// What scans may do: the same policy, limits and quota as audits submitted to the API.
+#[derive(Debug, Clone, Default)]
+pub struct ScanSettings {
+    pub policy: Arc<ReferencePolicy>,
+    pub limits: Limits,
+    pub quota: Quota,
+    pub webhooks: WebhookSettings,
+    pub hashes: Arc<HashCache>,
+}
+
+/// What one scan pass did (tests and logs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScanPass {
+    pub polled: usize,
+    pub audits: usize,
+    pub evaluated: usize,
+    pub alerts: usize,
+}
+
+fn schedule_of(scan: &ScanRow) -> Schedule {
+    Schedule::parse(scan.request.every_s, scan.request.cron.as_deref())
+        .unwrap_or(Schedule::Every(3600))
+}
+
+async fn list(ctx: &SchedulerContext, scan: &ScanRow) -> Result<Listing, String> {
+    let source = scan.request.source.clone();
+    let kind = scan.request.target.unwrap_or_default();
+    // The source may have been allowed when the scan was made and not since.
+    ctx.scans
+        .policy
+        .check(&scan.team.name, "source", &source)
+        .map_err(|e| e.0)?;
+    if source.starts_with("s3://") {
+        list_s3(&source, kind).await
+    } else {
+        let hashes = ctx.scans.hashes.clone();
+        tokio::task::spawn_blocking(move || list_local(&source, kind, &hashes))
+            .await
+            .map_err(|e| format!("listing: {e}"))?
+    }
+}
+
+/// Polls one scan: starts the audits of its new checkpoints, in order.
+async fn poll(ctx: &SchedulerContext, scan: &ScanRow) -> Result<usize, StoreError> {
+    let listing = match list(ctx, scan).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(scan = %scan.id, error = %e, "scan source unreadable");
+            ctx.db.scan_polled(scan.id, Some(&e)).await?;
+            return Ok(0);
+        }
+    };
+    for (location, why) in &listing.incomplete {
+        tracing::debug!(scan = %scan.id, %location, %why, "checkpoint not complete yet");
+    }
+    let (known, mut previous) = ctx.db.scan_known(scan.id).await?;
+    let mut started = 0;
+    let mut problem = None;
+    for found in listing.complete.iter().filter(|f| !known.contains(&f.id)) {
+        let base = match scan.request.base_mode.unwrap_or_default() {
+            BaseMode::Fixed => scan.request.base.clone(),
+            BaseMode::Previous => previous.clone().or_else(|| scan.request.base.clone()),
+        };
+        let spec = match &base {
+            None => None,
+            Some(b) => {
+                let admitted = scan
+                    .request
+                    .audit_request(b, &found.location)
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.admit(&scan.team.name, &ctx.scans.policy, &ctx.scans.limits));
+                match admitted {
+                    Ok(spec) => Some(spec),
+                    Err(e) => {
+                        problem = Some(format!("{}: {e}", found.location));
+                        break;
+                    }
+                }
+            }
+        };
+        let outcome = ctx
+            .db
+            .record_run(
+                scan,
+                &found.id,
+                &found.location,
+                base.as_deref(),
+                spec.as_ref(),
+                &ctx.scans.quota,
+            )
+            .await?;
+        match outcome {
+            RunOutcome::Audited(audit) => {
+                tracing::info!(scan = %scan.id, %audit, location = %found.location, "scan started an audit");
+                started += 1;
+                if let Err(e) = ctx
+                    .events
+                    .notify(&Event::Submitted { audit }, EVENTS_MAX_LEN)
+                    .await
+                {
+                    tracing::debug!(error = %e, "scheduler not woken; the next pass finds the audit");
+                }
+            }
+            RunOutcome::Baseline | RunOutcome::Known => {}
+            RunOutcome::Deferred(reason) => {
+                problem = Some(format!("deferred: {reason}"));
+                break;
+            }
+        }
+        previous = Some(found.location.clone());
+    }
+    ctx.db.scan_polled(scan.id, problem.as_deref()).await?;
+    Ok(started)
+}
+
+fn threshold(scan: &ScanRow, rule: &str) -> Option<f64> {
+    scan.request
+        .rules
+        .iter()
+        .find(|r| r.name == rule)
+        .and_then(|r| r.value)
+}
+
+/// The webhook body of an alert: everything a receiver needs without calling back.
+fn webhook_body(run: &PendingRun, alert: &NewAlert, delivery: Uuid) -> String {
+    json!({
+        "type": "alert.raised",
+        "delivery_id": delivery,
+        "team": run.scan.team.name,
+        "alert": {
+            "id": alert.id,
+            "scan_id": run.scan.id,
+            "scan_name": run.scan.request.name,
+            "audit_id": run.audit_id,
+            "checkpoint_id": run.checkpoint_id,
+            "location": run.location,
+            "rule": alert.rule,
+            "severity": alert.severity,
+            "observed": alert.observed,
+            "threshold": alert.threshold,
+            "message": alert.message,
+            "details": alert.details,
+            "created_at": Utc::now(),
+        }
+    })
+    .to_string()
+}
+
+fn new_alert(run: &PendingRun, rule: &str, severity: &str, o: &Observation) -> NewAlert {
+    let mut alert = NewAlert {
+        id: Uuid::new_v4(),
+        rule: rule.to_string(),
+        severity: severity.to_string(),
+        observed: o.value,
+        threshold: threshold(&run.scan, rule),
+        message: o.message.clone(),
+        details: o.details.clone(),
+        delivery: None,
+    };
+    if let Some(url) = &run.scan.request.webhook_url {
+        let id = Uuid::new_v4();
+        alert.delivery = Some(NewDelivery {
+            id,
+            url: url.clone(),
+            body: webhook_body(run, &alert, id),
+        });
+    }
+    alert
+}
+
+/// results.json of a finished audit, from object storage.
+async fn results_of(
+    ctx: &SchedulerContext,
+    run: &PendingRun,
+    audit: Uuid,
+) -> Result<Value, String> {
+    let artifacts = ctx
+        .db
+        .artifacts(&run.scan.team, audit)
+        .await
+        .map_err(|e| e.to_string())?;
+    let row = artifacts
+        .iter()
+        .find(|a| a.name == "results.json")
+        .ok_or("the audit stored no results.json")?;
+    let bytes = ctx
+        .blobs
+        .get(&row.object_key)
+        .await
+        .map_err(|e| e.to_string())?;
+    serde_json::from_slice(&bytes).map_err(|e| format!("results.json: {e}"))
+}
+
+/// Evaluates one run whose audit ended; the alerts it raised.
+async fn evaluate(ctx: &SchedulerContext, run: &PendingRun) -> Result<usize, StoreError> {
+    let failed = match (run.audit_id, run.audit_status) {
+        (Some(audit), Some(AuditStatus::Succeeded)) => match results_of(ctx, run, audit).await {
+            Ok(results) => {
+                let mut observed = serde_json::Map::new();
+                let mut alerts = Vec::new();
+                for rule in &run.scan.request.rules {
+                    let o = rule.evaluate(&results);
+                    observed.insert(rule.name.clone(), json!(o.value));
+                    if o.fired {
+                        alerts.push(new_alert(run, &rule.name, rule.severity.as_str(), &o));
+                    }
+                }
+                let stored = ctx
+                    .db
+                    .record_evaluation(run, &Value::Object(observed), None, &alerts)
+                    .await?;
+                return Ok(if stored { alerts.len() } else { 0 });
+            }
+            Err(e) => e,
+        },
+        (Some(_), status) => format!(
+            "the audit {}: {}",
+            status.map_or("ended", AuditStatus::as_str),
+            run.audit_error.as_deref().unwrap_or("no reason recorded")
+        ),
+        (None, _) => "the audit was deleted".to_string(),
+    };
+    // A checkpoint that cannot be audited is itself news to a safety team: it might have been
+    // made to break the audit.
+    let o = Observation {
+        value: None,
+        fired: true,
+        message: format!("{}: not audited ({failed})", run.location),
+        details: Vec::new(),
+    };
+    let alert = new_alert(run, "audit_failed", "high", &o);
+    let stored = ctx
+        .db
+        .record_evaluation(run, &json!({}), Some(&failed), std::slice::from_ref(&alert))
+        .await?;
+    Ok(usize::from(stored))
+}
+
+/// One pass over due scans and ended runs.
+pub async fn pass(ctx: &SchedulerContext) -> Result<ScanPass, StoreError> {
+    let mut p = ScanPass::default();
+    let now = Utc::now();
+    let due = ctx
+        .db
+        .claim_due_scans(16, |s| schedule_of(s).next_after(now))
+        .await?;
+    for scan in &due {
+        p.polled += 1;
+        p.audits += poll(ctx, scan).await?;
+    }
+    for run in ctx.db.pending_runs(64).await? {
+        p.evaluated += 1;
+        p.alerts += evaluate(ctx, &run).await?;
+    }
+    Ok(p)
+}
+
+/// The scan loop, beside the scheduler's passes: hashing a large new checkpoint holds up no
+/// shard.
+pub async fn run(ctx: SchedulerContext, mut shutdown: watch::Receiver<bool>) {
+    while !*shutdown.borrow() {
+        match pass(&ctx).await {
+            Ok(p) if p != ScanPass::default() => tracing::info!(?p, "scan pass"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "scan pass failed; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(ctx.settings.poll) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}

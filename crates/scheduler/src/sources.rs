@@ -1,0 +1,391 @@
+//! Finds a scan's complete checkpoints and names each by its content. A checkpoint is a
+//! sub-directory of the watched directory (or a sub-prefix of the watched `s3://` prefix) whose
+//! name does not start with `.` or `_` (where trainers write before they rename). It is
+//! complete when it holds `config.json` (`adapter_config.json` for adapters) and its weights:
+//! every shard that `*.safetensors.index.json` names, or else at least one `*.safetensors`, and
+//! every safetensors file is exactly as long as its header says (a file still being written is
+//! shorter). A directory whose files change while they are hashed is not complete either. The
+//! id is the sha256 of every file's name, size and sha256 (objects: name, size and ETag), so a
+//! checkpoint is the same checkpoint whatever its path, mtime or the clock say.
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use neurodiff_protocol::scan::TargetKind;
+use neurodiff_store::Blobs;
+use sha2::{Digest, Sha256};
+
+/// Files a checkpoint directory may hold; more and it is refused, not hashed.
+pub const MAX_FILES: usize = 4096;
+/// A safetensors header larger than this is not a checkpoint's.
+const MAX_HEADER: u64 = 100 << 20;
+
+/// A complete checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub id: String,
+    pub location: String,
+}
+
+/// What a poll saw: complete checkpoints in the order they are audited (natural order of their
+/// names: `step-2` before `step-10`), and why the others are not complete yet.
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub complete: Vec<Found>,
+    pub incomplete: Vec<(String, String)>,
+}
+
+/// File hashes by (path, size, mtime): a checkpoint is read whole once per process, not on
+/// every poll.
+#[derive(Debug, Default)]
+pub struct HashCache(Mutex<HashMap<(PathBuf, u64, SystemTime), String>>);
+
+/// Orders names as people number checkpoints.
+pub fn natural_key(name: &str) -> Vec<(u8, u128, String)> {
+    let mut out = Vec::new();
+    let mut chars = name.chars().peekable();
+    while let Some(&c) = chars.peek() {
+        let digit = c.is_ascii_digit();
+        let mut run = String::new();
+        while let Some(&d) = chars.peek() {
+            if d.is_ascii_digit() != digit {
+                break;
+            }
+            run.push(d);
+            chars.next();
+        }
+        match run.parse::<u128>() {
+            Ok(n) if digit => out.push((0, n, run)),
+            _ => out.push((1, 0, run)),
+        }
+    }
+    out
+}
+
+fn candidate(name: &str) -> bool {
+    !(name.is_empty() || name.starts_with('.') || name.starts_with('_'))
+}
+
+fn marker(kind: TargetKind) -> &'static str {
+    match kind {
+        TargetKind::Checkpoint => "config.json",
+        TargetKind::Adapter => "adapter_config.json",
+    }
+}
+
+/// The length a safetensors file must have, from its first bytes; None when they are not a
+/// safetensors header.
+fn expected_len(header_len: u64, header: &[u8]) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_slice(header).ok()?;
+    let mut end = 0u64;
+    for (name, t) in v.as_object()? {
+        if name == "__metadata__" {
+            continue;
+        }
+        let offsets = t.get("data_offsets")?.as_array()?;
+        end = end.max(offsets.get(1)?.as_u64()?);
+    }
+    Some(8 + header_len + end)
+}
+
+/// The shards an index names, when `files` has an index.
+fn indexed_shards(index: &[u8]) -> Result<Vec<String>, String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(index).map_err(|e| format!("index: not JSON ({e})"))?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or("index: no weight_map")?;
+    let mut shards: Vec<String> = map
+        .values()
+        .filter_map(|s| s.as_str().map(str::to_string))
+        .collect();
+    shards.sort();
+    shards.dedup();
+    Ok(shards)
+}
+
+/// The checkpoint's weight files, or why it is incomplete: `names` are the files present.
+fn weight_files(names: &[String], index: Option<&[u8]>) -> Result<Vec<String>, String> {
+    let wanted = match index {
+        Some(bytes) => indexed_shards(bytes)?,
+        None => names
+            .iter()
+            .filter(|n| n.ends_with(".safetensors"))
+            .cloned()
+            .collect(),
+    };
+    if wanted.is_empty() {
+        return Err("no *.safetensors yet".into());
+    }
+    if let Some(missing) = wanted.iter().find(|w| !names.contains(w)) {
+        return Err(format!("`{missing}` is not there yet"));
+    }
+    Ok(wanted)
+}
+
+fn hash_file(path: &Path) -> std::io::Result<String> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+fn safetensors_complete(path: &Path, size: u64) -> Result<(), String> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let mut f = std::fs::File::open(path).map_err(|e| format!("{name}: {e}"))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)
+        .map_err(|_| format!("{name}: shorter than a safetensors header"))?;
+    let n = u64::from_le_bytes(len);
+    if n > MAX_HEADER || 8 + n > size {
+        return Err(format!("{name}: its header is not all there"));
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header)
+        .map_err(|e| format!("{name}: {e}"))?;
+    match expected_len(n, &header) {
+        Some(want) if want == size => Ok(()),
+        Some(want) => Err(format!("{name}: {size} of {want} bytes written")),
+        None => Err(format!("{name}: not a safetensors header")),
+    }
+}
+
+/// One local checkpoint directory: its id, or why it is not complete.
+fn local_checkpoint(dir: &Path, kind: TargetKind, cache: &HashCache) -> Result<String, String> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| e.to_string())? {
+        let entry = entry.map_err(|e| e.to_string())?;
+        // Links are not followed: what a checkpoint is must be in the directory itself.
+        let meta = entry.path().symlink_metadata().map_err(|e| e.to_string())?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        if meta.is_file() && !name.starts_with('.') {
+            files.push((
+                name,
+                meta.len(),
+                meta.modified().map_err(|e| e.to_string())?,
+            ));
+        }
+        if files.len() > MAX_FILES {
+            return Err(format!("more than {MAX_FILES} files"));
+        }
+    }
+    files.sort();
+    let names: Vec<String> = files.iter().map(|f| f.0.clone()).collect();
+    if !names.iter().any(|n| n == marker(kind)) {
+        return Err(format!("no {} yet", marker(kind)));
+    }
+    let index = names
+        .iter()
+        .find(|n| n.ends_with(".safetensors.index.json"))
+        .map(|n| std::fs::read(dir.join(n)).map_err(|e| format!("{n}: {e}")))
+        .transpose()?;
+    for w in weight_files(&names, index.as_deref())? {
+        let size = files.iter().find(|f| f.0 == w).map_or(0, |f| f.1);
+        safetensors_complete(&dir.join(&w), size)?;
+    }
+    let mut id = Sha256::new();
+    for (name, size, mtime) in &files {
+        let path = dir.join(name);
+        let key = (path.clone(), *size, *mtime);
+        let cached = cache.0.lock().ok().and_then(|c| c.get(&key).cloned());
+        let digest = match cached {
+            Some(d) => d,
+            None => {
+                let d = hash_file(&path).map_err(|e| format!("{name}: {e}"))?;
+                let after = path.symlink_metadata().map_err(|e| e.to_string())?;
+                if after.len() != *size || after.modified().ok() != Some(*mtime) {
+                    return Err(format!("{name} changed while it was read"));
+                }
+                if let Ok(mut c) = cache.0.lock() {
+                    c.insert(key, d.clone());
+                }
+                d
+            }
+        };
+        id.update(format!("{name}\0{size}\0{digest}\n"));
+    }
+    Ok(hex::encode(id.finalize()))
+}
+
+/// The checkpoints of a watched local directory (blocking: call it off the async threads).
+pub fn list_local(source: &str, kind: TargetKind, cache: &HashCache) -> Result<Listing, String> {
+    let root = Path::new(source);
+    let entries = std::fs::read_dir(root).map_err(|e| format!("source `{source}`: {e}"))?;
+    let mut dirs = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("source `{source}`: {e}"))?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        let is_dir = entry.path().symlink_metadata().is_ok_and(|m| m.is_dir());
+        if is_dir && candidate(&name) {
+            dirs.push(name);
+        }
+        if dirs.len() > MAX_FILES {
+            return Err(format!(
+                "source `{source}`: more than {MAX_FILES} checkpoints"
+            ));
+        }
+    }
+    dirs.sort_by_key(|d| natural_key(d));
+    let mut out = Listing::default();
+    for name in dirs {
+        let dir = root.join(&name);
+        let location = dir.to_string_lossy().to_string();
+        match local_checkpoint(&dir, kind, cache) {
+            Ok(id) => out.complete.push(Found { id, location }),
+            Err(why) => out.incomplete.push((location, why)),
+        }
+    }
+    Ok(out)
+}
+
+/// The checkpoints under a watched `s3://bucket/prefix`.
+pub async fn list_s3(source: &str, kind: TargetKind) -> Result<Listing, String> {
+    let blobs = Blobs::from_url(source).map_err(|e| format!("source `{source}`: {e}"))?;
+    let mut dirs = blobs
+        .list_dirs("")
+        .await
+        .map_err(|e| format!("source `{source}`: {e}"))?;
+    dirs.retain(|d| candidate(d.rsplit('/').next().unwrap_or(d)));
+    if dirs.len() > MAX_FILES {
+        return Err(format!(
+            "source `{source}`: more than {MAX_FILES} checkpoints"
+        ));
+    }
+    dirs.sort_by_key(|d| natural_key(d));
+    let mut out = Listing::default();
+    for dir in dirs {
+        let location = format!("{}/{dir}", source.trim_end_matches('/'));
+        match s3_checkpoint(&blobs, &dir, kind).await {
+            Ok(id) => out.complete.push(Found { id, location }),
+            Err(why) => out.incomplete.push((location, why)),
+        }
+    }
+    Ok(out)
+}
+
+async fn s3_checkpoint(blobs: &Blobs, dir: &str, kind: TargetKind) -> Result<String, String> {
+    let objects = blobs.list_sized(dir).await.map_err(|e| e.to_string())?;
+    if objects.len() > MAX_FILES {
+        return Err(format!("more than {MAX_FILES} objects"));
+    }
+    let name_of = |key: &str| key.rsplit('/').next().unwrap_or(key).to_string();
+    let names: Vec<String> = objects.iter().map(|o| name_of(&o.key)).collect();
+    if !names.iter().any(|n| n == marker(kind)) {
+        return Err(format!("no {} yet", marker(kind)));
+    }
+    let index = match objects
+        .iter()
+        .find(|o| o.key.ends_with(".safetensors.index.json"))
+    {
+        Some(o) if o.size <= MAX_HEADER => {
+            Some(blobs.get(&o.key).await.map_err(|e| e.to_string())?.to_vec())
+        }
+        Some(o) => return Err(format!("{}: too large for an index", o.key)),
+        None => None,
+    };
+    for w in weight_files(&names, index.as_deref())? {
+        let Some(o) = objects.iter().find(|o| name_of(&o.key) == w) else {
+            continue;
+        };
+        if o.size < 8 {
+            return Err(format!("{w}: shorter than a safetensors header"));
+        }
+        let len = blobs
+            .get_range(&o.key, 0..8)
+            .await
+            .map_err(|e| e.to_string())?;
+        let n = u64::from_le_bytes(len[..8].try_into().map_err(|_| "short read")?);
+        if n > MAX_HEADER || 8 + n > o.size {
+            return Err(format!("{w}: its header is not all there"));
+        }
+        let header = blobs
+            .get_range(&o.key, 8..8 + n)
+            .await
+            .map_err(|e| e.to_string())?;
+        match expected_len(n, &header) {
+            Some(want) if want == o.size => {}
+            _ => return Err(format!("{w}: not the length its header says")),
+        }
+    }
+    let mut id = Sha256::new();
+    for o in &objects {
+        id.update(format!("{}\0{}\0{}\n", name_of(&o.key), o.size, o.version));
+    }
+    Ok(hex::encode(id.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn safetensors(data_len: usize) -> Vec<u8> {
+        let header = format!(
+            r#"{{"w":{{"dtype":"F32","shape":[{}],"data_offsets":[0,{}]}}}}"#,
+            data_len / 4,
+            data_len
+        );
+        let mut out = (header.len() as u64).to_le_bytes().to_vec();
+        out.extend_from_slice(header.as_bytes());
+        out.extend(std::iter::repeat_n(1u8, data_len));
+        out
+    }
+
+    #[test]
+    fn only_complete_checkpoints_are_listed_in_natural_order() {
+        let root = tempfile::tempdir().expect("dir");
+        let full = safetensors(64);
+        for name in ["step-10", "step-2"] {
+            let d = root.path().join(name);
+            std::fs::create_dir(&d).expect("dir");
+            std::fs::write(d.join("config.json"), "{}").expect("write");
+            std::fs::write(d.join("model.safetensors"), &full).expect("write");
+        }
+        let half = root.path().join("step-30");
+        std::fs::create_dir(&half).expect("dir");
+        std::fs::write(half.join("config.json"), "{}").expect("write");
+        std::fs::write(half.join("model.safetensors"), &full[..full.len() - 10]).expect("write");
+        std::fs::create_dir(root.path().join(".tmp-step-40")).expect("dir");
+        let source = root.path().to_string_lossy().to_string();
+        let cache = HashCache::default();
+        let l = list_local(&source, TargetKind::Checkpoint, &cache).expect("listing");
+        let names: Vec<&str> = l
+            .complete
+            .iter()
+            .map(|f| f.location.rsplit('/').next().unwrap_or(""))
+            .collect();
+        assert_eq!(names, ["step-2", "step-10"]);
+        // The same content has the same id wherever it lies.
+        assert_eq!(l.complete[0].id, l.complete[1].id);
+        assert_eq!(l.incomplete.len(), 1);
+        assert!(
+            l.incomplete[0].1.contains("bytes written"),
+            "{:?}",
+            l.incomplete
+        );
+        std::fs::write(half.join("model.safetensors"), &full).expect("write");
+        let l = list_local(&source, TargetKind::Checkpoint, &cache).expect("listing");
+        assert_eq!(l.complete.len(), 3);
+    }
+
+    #[test]
+    fn an_index_names_the_shards_that_must_be_there() {
+        let names = vec!["a.safetensors".to_string()];
+        let index = br#"{"weight_map": {"x": "a.safetensors", "y": "b.safetensors"}}"#;
+        assert!(weight_files(&names, Some(index)).is_err());
+        assert_eq!(weight_files(&names, None), Ok(names.clone()));
+        assert!(weight_files(&[], None).is_err());
+    }
+}

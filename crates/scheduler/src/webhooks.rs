@@ -1,0 +1,209 @@
+//! Delivers alerts to the scans' webhooks from the outbox in PostgreSQL: at least once, each
+//! with a delivery id that stays the same on every retry (receivers deduplicate on it), signed
+//! with HMAC-SHA256 over the scan's secret, retried with exponential backoff until a 2xx.
+//!
+//! Headers, as the large webhook senders do it:
+//! - `NeuroDiff-Delivery: <uuid>` and `NeuroDiff-Event: alert.raised`;
+//! - `NeuroDiff-Signature: t=<unix seconds>,v1=<hex>`, where v1 = HMAC-SHA256(secret,
+//!   "<t>.<body>"). A receiver recomputes it over the raw body and refuses a `t` far from its
+//!   clock (a replay).
+//!
+//! Hosts are resolved at each attempt and, unless the deployment allows internal targets,
+//! refused when any address is internal (loopback, private, link-local): the request then goes
+//! to the address that was checked, so a DNS answer cannot change between check and use.
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use neurodiff_protocol::scan::{check_webhook_url, is_internal};
+use neurodiff_store::{DeliveryOutcome, DueDelivery};
+use sha2::Sha256;
+use tokio::sync::watch;
+
+use crate::service::SchedulerContext;
+
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    /// Loopback and private addresses may be targets (tests, single-tenant deployments).
+    pub allow_internal: bool,
+    /// Retry n waits backoff_base * 2^(n-1), at most backoff_max.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// A delivery failing this many times is given up (and shown so in the alert).
+    pub max_attempts: i32,
+    /// Per request.
+    pub timeout: Duration,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        WebhookSettings {
+            allow_internal: false,
+            backoff_base: Duration::from_secs(5),
+            backoff_max: Duration::from_secs(3600),
+            max_attempts: 24,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `t=<t>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
+pub fn signature(secret: &str, t: i64, body: &str) -> String {
+    // HMAC takes keys of any length.
+    let mut mac = match Hmac::<Sha256>::new_from_slice(secret.as_bytes()) {
+        Ok(m) => m,
+        Err(_) => return String::new(),
+    };
+    mac.update(format!("{t}.{body}").as_bytes());
+    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+fn backoff(s: &WebhookSettings, attempts: i32) -> Duration {
+    let factor = 1u32 << (attempts.max(1) - 1).min(16);
+    (s.backoff_base * factor).min(s.backoff_max)
+}
+
+/// Where to connect, checked against the policy; Err: a permanent refusal.
+async fn target(url: &str, allow_internal: bool) -> Result<(String, Vec<SocketAddr>), String> {
+    let (host, port) = check_webhook_url(url, allow_internal)?;
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .map_err(|e| format!("cannot resolve `{host}`: {e}"))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(format!("`{host}` has no address"));
+    }
+    if !allow_internal {
+        if let Some(a) = addrs.iter().find(|a| is_internal(a.ip())) {
+            return Err(format!(
+                "`{host}` resolves to an internal address ({}); refused",
+                a.ip()
+            ));
+        }
+    }
+    Ok((host, addrs))
+}
+
+/// One attempt: (status, error, outcome).
+async fn attempt(
+    s: &WebhookSettings,
+    d: &DueDelivery,
+) -> (Option<i32>, Option<String>, DeliveryOutcome) {
+    let retry = |attempts| {
+        if attempts >= s.max_attempts {
+            DeliveryOutcome::GiveUp
+        } else {
+            DeliveryOutcome::RetryIn(backoff(s, attempts).as_secs_f64())
+        }
+    };
+    let (host, addrs) = match target(&d.url, s.allow_internal).await {
+        Ok(t) => t,
+        Err(e) if e.starts_with("cannot resolve") => return (None, Some(e), retry(d.attempts)),
+        Err(e) => return (None, Some(e), DeliveryOutcome::GiveUp),
+    };
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(s.timeout)
+        .resolve_to_addrs(&host, &addrs)
+        .user_agent(concat!("NeuroDiff-Webhooks/", env!("CARGO_PKG_VERSION")))
+        .build();
+    let client = match client {
+        Ok(c) => c,
+        Err(e) => return (None, Some(format!("client: {e}")), retry(d.attempts)),
+    };
+    let t = chrono::Utc::now().timestamp();
+    let sent = client
+        .post(&d.url)
+        .header("content-type", "application/json")
+        .header("NeuroDiff-Delivery", d.id.to_string())
+        .header("NeuroDiff-Event", "alert.raised")
+        .header("NeuroDiff-Signature", signature(&d.secret, t, &d.body))
+        .body(d.body.clone())
+        .send()
+        .await;
+    match sent {
+        Ok(r) if r.status().is_success() => (
+            Some(i32::from(r.status().as_u16())),
+            None,
+            DeliveryOutcome::Delivered,
+        ),
+        Ok(r) => (
+            Some(i32::from(r.status().as_u16())),
+            Some(format!("the receiver answered {}", r.status())),
+            retry(d.attempts),
+        ),
+        Err(e) => (
+            None,
+            Some(format!("request failed: {e}")),
+            retry(d.attempts),
+        ),
+    }
+}
+
+/// Sends what is due; the number delivered.
+pub async fn deliver_due(ctx: &SchedulerContext) -> Result<usize, neurodiff_store::StoreError> {
+    let s = &ctx.scans.webhooks;
+    let lease = s.timeout.as_secs_f64() + 30.0;
+    let due = ctx.db.claim_deliveries(16, lease).await?;
+    let results = futures::future::join_all(due.iter().map(|d| attempt(s, d))).await;
+    let mut delivered = 0;
+    for (d, (status, error, outcome)) in due.iter().zip(results) {
+        if outcome == DeliveryOutcome::Delivered {
+            delivered += 1;
+        } else {
+            tracing::warn!(delivery = %d.id, attempts = d.attempts, error = error.as_deref().unwrap_or(""), "webhook delivery failed");
+        }
+        ctx.db
+            .delivery_attempted(d.id, status, error.as_deref(), outcome)
+            .await?;
+    }
+    Ok(delivered)
+}
+
+/// The delivery loop, apart from the scheduler's passes so that a slow receiver holds up
+/// nothing else.
+pub async fn run(ctx: SchedulerContext, mut shutdown: watch::Receiver<bool>) {
+    while !*shutdown.borrow() {
+        match deliver_due(&ctx).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(delivered = n, "webhooks delivered"),
+            Err(e) => tracing::warn!(error = %e, "webhook pass failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(ctx.settings.poll) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_signature_is_hmac_sha256_over_time_and_body() {
+        // RFC 4231 test case 2: key "Jefe", data "what do ya want for nothing?".
+        let sig = signature("Jefe", 0, "");
+        assert!(sig.starts_with("t=0,v1="));
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"Jefe").expect("key");
+        mac.update(b"what do ya want for nothing?");
+        assert_eq!(
+            hex::encode(mac.finalize().into_bytes()),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        assert_ne!(signature("k", 1, "a"), signature("k", 2, "a"));
+        assert_ne!(signature("k", 1, "a"), signature("j", 1, "a"));
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let s = WebhookSettings {
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(5),
+            ..WebhookSettings::default()
+        };
+        assert_eq!(backoff(&s, 1), Duration::from_secs(1));
+        assert_eq!(backoff(&s, 3), Duration::from_secs(4));
+        assert_eq!(backoff(&s, 9), Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,649 @@
+//! Scans, their runs, alerts and the webhook outbox in PostgreSQL. Exactly-once auditing rests
+//! on one transaction: a run row unique per (scan, checkpoint content) and the audit it starts
+//! are committed together, or neither is.
+use chrono::{DateTime, Utc};
+use neurodiff_protocol::scan::ScanRequest;
+use neurodiff_protocol::{AuditSpec, AuditStatus};
+use serde_json::Value;
+use sqlx::Row;
+use uuid::Uuid;
+
+use crate::pg::{admission_lock, insert_audit_row, over_quota, parse_status};
+use crate::{Admission, Db, Quota, Result, StoreError, Team};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScanRow {
+    pub id: Uuid,
+    pub team: Team,
+    pub request: ScanRequest,
+    pub paused: bool,
+    pub next_run_at: DateTime<Utc>,
+    pub last_polled_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub runs_total: i64,
+    pub alerts_open: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRow {
+    pub id: Uuid,
+    pub checkpoint_id: String,
+    pub location: String,
+    pub base_ref: Option<String>,
+    pub audit_id: Option<Uuid>,
+    pub audit_status: Option<AuditStatus>,
+    pub state: String,
+    pub observed: Value,
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub alerts: i64,
+}
+
+/// What recording a checkpoint did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunOutcome {
+    Audited(Uuid),
+    Baseline,
+    /// This scan has seen this checkpoint's content before.
+    Known,
+    /// The team is over its quota: nothing was recorded; the next poll tries again.
+    Deferred(String),
+}
+
+/// A run whose audit has ended and whose rules are not evaluated yet.
+#[derive(Debug, Clone)]
+pub struct PendingRun {
+    pub run_id: Uuid,
+    pub scan: ScanRow,
+    pub checkpoint_id: String,
+    pub location: String,
+    pub audit_id: Option<Uuid>,
+    pub audit_status: Option<AuditStatus>,
+    pub audit_error: Option<String>,
+}
+
+/// An alert to store, with its webhook delivery when the scan has a webhook.
+#[derive(Debug, Clone)]
+pub struct NewAlert {
+    pub id: Uuid,
+    pub rule: String,
+    pub severity: String,
+    pub observed: Option<f64>,
+    pub threshold: Option<f64>,
+    pub message: String,
+    pub details: Vec<String>,
+    pub delivery: Option<NewDelivery>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub id: Uuid,
+    pub url: String,
+    pub body: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeliveryRow {
+    pub id: Uuid,
+    pub attempts: i32,
+    pub next_attempt_at: DateTime<Utc>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub gave_up_at: Option<DateTime<Utc>>,
+    pub last_status: Option<i32>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertRow {
+    pub id: Uuid,
+    pub scan_id: Uuid,
+    pub scan_name: String,
+    pub audit_id: Option<Uuid>,
+    pub checkpoint_id: String,
+    pub location: String,
+    pub rule: String,
+    pub severity: String,
+    pub observed: Option<f64>,
+    pub threshold: Option<f64>,
+    pub message: String,
+    pub details: Value,
+    pub created_at: DateTime<Utc>,
+    pub acknowledged_at: Option<DateTime<Utc>>,
+    pub deliveries: Vec<DeliveryRow>,
+}
+
+/// A delivery handed to a sender: the body to sign, the secret to sign it with.
+#[derive(Debug, Clone)]
+pub struct DueDelivery {
+    pub id: Uuid,
+    pub url: String,
+    pub body: String,
+    pub secret: String,
+    pub attempts: i32,
+}
+
+const SCAN_COLUMNS: &str = "s.id, s.team_id, t.name AS team_name, s.request, s.paused, s.next_run_at, \
+    s.last_polled_at, s.last_error, s.created_at, \
+    (SELECT count(*) FROM scan_runs r WHERE r.scan_id = s.id) AS runs_total, \
+    (SELECT count(*) FROM alerts a WHERE a.scan_id = s.id AND a.acknowledged_at IS NULL) AS alerts_open";
+
+fn scan_from_row(row: &sqlx::postgres::PgRow) -> Result<ScanRow> {
+    let request: Value = row.try_get("request")?;
+    Ok(ScanRow {
+        id: row.try_get("id")?,
+        team: Team {
+            id: row.try_get("team_id")?,
+            name: row.try_get("team_name")?,
+        },
+        request: serde_json::from_value(request)
+            .map_err(|e| StoreError::Invalid(format!("stored scan: {e}")))?,
+        paused: row.try_get("paused")?,
+        next_run_at: row.try_get("next_run_at")?,
+        last_polled_at: row.try_get("last_polled_at")?,
+        last_error: row.try_get("last_error")?,
+        created_at: row.try_get("created_at")?,
+        runs_total: row.try_get("runs_total")?,
+        alerts_open: row.try_get("alerts_open")?,
+    })
+}
+
+fn not_found(what: &str, id: Uuid) -> StoreError {
+    StoreError::NotFound {
+        what: format!("{what} {id}"),
+    }
+}
+
+impl Db {
+    /// Stores a scan (its secret kept for signing, not in the request); due at once. None: the
+    /// team already has a scan of that name.
+    pub async fn create_scan(
+        &self,
+        team: &Team,
+        request: &ScanRequest,
+        secret: &str,
+    ) -> Result<Option<ScanRow>> {
+        let mut stored = request.clone();
+        stored.webhook_secret = None;
+        let json = serde_json::to_value(&stored).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let id: Option<Uuid> = sqlx::query_scalar(
+            "INSERT INTO scans (team_id, name, request, source, webhook_url, webhook_secret) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (team_id, name) DO NOTHING RETURNING id",
+        )
+        .bind(team.id)
+        .bind(&request.name)
+        .bind(&json)
+        .bind(&request.source)
+        .bind(&request.webhook_url)
+        .bind(secret)
+        .fetch_optional(&self.pool)
+        .await?;
+        match id {
+            Some(id) => Ok(Some(self.get_scan(team, id).await?)),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn list_scans(&self, team: &Team) -> Result<Vec<ScanRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {SCAN_COLUMNS} FROM scans s JOIN teams t ON t.id = s.team_id \
+             WHERE s.team_id = $1 ORDER BY s.created_at DESC LIMIT 500"
+        ))
+        .bind(team.id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(scan_from_row).collect()
+    }
+
+    /// A scan of `team`; another team's is indistinguishable from a missing one.
+    pub async fn get_scan(&self, team: &Team, id: Uuid) -> Result<ScanRow> {
+        let row = sqlx::query(&format!(
+            "SELECT {SCAN_COLUMNS} FROM scans s JOIN teams t ON t.id = s.team_id \
+             WHERE s.team_id = $1 AND s.id = $2"
+        ))
+        .bind(team.id)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        scan_from_row(&row.ok_or_else(|| not_found("scan", id))?)
+    }
+
+    /// Pauses or resumes; `run_now` makes the scan due at once.
+    pub async fn update_scan(
+        &self,
+        team: &Team,
+        id: Uuid,
+        paused: Option<bool>,
+        run_now: bool,
+    ) -> Result<ScanRow> {
+        let done = sqlx::query(
+            "UPDATE scans SET paused = COALESCE($3, paused), \
+             next_run_at = CASE WHEN $4 THEN now() ELSE next_run_at END \
+             WHERE team_id = $1 AND id = $2",
+        )
+        .bind(team.id)
+        .bind(id)
+        .bind(paused)
+        .bind(run_now)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(not_found("scan", id));
+        }
+        self.get_scan(team, id).await
+    }
+
+    /// Deletes the scan, its runs and alerts; the audits it started stay the team's audits.
+    pub async fn delete_scan(&self, team: &Team, id: Uuid) -> Result<()> {
+        let done = sqlx::query("DELETE FROM scans WHERE team_id = $1 AND id = $2")
+            .bind(team.id)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(not_found("scan", id));
+        }
+        Ok(())
+    }
+
+    /// The scan's runs, newest first.
+    pub async fn scan_runs(&self, scan: Uuid, limit: i64) -> Result<Vec<RunRow>> {
+        let rows = sqlx::query(
+            "SELECT r.id, r.checkpoint_id, r.location, r.base_ref, r.audit_id, a.status AS audit_status, \
+             r.state, r.observed, r.error, r.created_at, \
+             (SELECT count(*) FROM alerts x WHERE x.run_id = r.id) AS alerts \
+             FROM scan_runs r LEFT JOIN audits a ON a.id = r.audit_id \
+             WHERE r.scan_id = $1 ORDER BY r.created_at DESC, r.id LIMIT $2",
+        )
+        .bind(scan)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let status: Option<String> = row.try_get("audit_status")?;
+                Ok(RunRow {
+                    id: row.try_get("id")?,
+                    checkpoint_id: row.try_get("checkpoint_id")?,
+                    location: row.try_get("location")?,
+                    base_ref: row.try_get("base_ref")?,
+                    audit_id: row.try_get("audit_id")?,
+                    audit_status: status.as_deref().map(parse_status).transpose()?,
+                    state: row.try_get("state")?,
+                    observed: row.try_get("observed")?,
+                    error: row.try_get("error")?,
+                    created_at: row.try_get("created_at")?,
+                    alerts: row.try_get("alerts")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Claims up to `limit` due scans: each one's next run is set by `next` before the claim
+    /// commits, so two schedulers never poll the same scan at once.
+    pub async fn claim_due_scans(
+        &self,
+        limit: i64,
+        next: impl Fn(&ScanRow) -> DateTime<Utc>,
+    ) -> Result<Vec<ScanRow>> {
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {SCAN_COLUMNS} FROM scans s JOIN teams t ON t.id = s.team_id \
+             WHERE NOT s.paused AND s.next_run_at <= now() ORDER BY s.next_run_at LIMIT $1 \
+             FOR UPDATE OF s SKIP LOCKED"
+        ))
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        let scans: Vec<ScanRow> = rows.iter().map(scan_from_row).collect::<Result<_>>()?;
+        for s in &scans {
+            sqlx::query("UPDATE scans SET next_run_at = $2, last_polled_at = now() WHERE id = $1")
+                .bind(s.id)
+                .bind(next(s))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(scans)
+    }
+
+    /// Records what the last poll of a scan found wrong (None: it went well).
+    pub async fn scan_polled(&self, scan: Uuid, error: Option<&str>) -> Result<()> {
+        sqlx::query("UPDATE scans SET last_error = $2 WHERE id = $1")
+            .bind(scan)
+            .bind(error)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The checkpoint ids this scan has recorded, and the location of its latest run.
+    pub async fn scan_known(&self, scan: Uuid) -> Result<(Vec<String>, Option<String>)> {
+        let rows = sqlx::query(
+            "SELECT checkpoint_id, location FROM scan_runs WHERE scan_id = $1 ORDER BY created_at, id",
+        )
+        .bind(scan)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut ids = Vec::with_capacity(rows.len());
+        let mut last = None;
+        for r in rows {
+            ids.push(r.try_get("checkpoint_id")?);
+            last = Some(r.try_get("location")?);
+        }
+        Ok((ids, last))
+    }
+
+    /// Records a checkpoint of a scan and, with a spec, starts its audit, in one transaction:
+    /// a content this scan has seen is `Known` and starts nothing.
+    pub async fn record_run(
+        &self,
+        scan: &ScanRow,
+        checkpoint_id: &str,
+        location: &str,
+        base: Option<&str>,
+        spec: Option<&AuditSpec>,
+        quota: &Quota,
+    ) -> Result<RunOutcome> {
+        let mut tx = self.pool.begin().await?;
+        admission_lock(&mut tx, &scan.team).await?;
+        let run: Option<Uuid> = sqlx::query_scalar(
+            "INSERT INTO scan_runs (scan_id, checkpoint_id, location, base_ref, state) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (scan_id, checkpoint_id) DO NOTHING RETURNING id",
+        )
+        .bind(scan.id)
+        .bind(checkpoint_id)
+        .bind(location)
+        .bind(base)
+        .bind(if spec.is_some() { "audited" } else { "baseline" })
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(run) = run else {
+            return Ok(RunOutcome::Known);
+        };
+        let Some(spec) = spec else {
+            tx.commit().await?;
+            return Ok(RunOutcome::Baseline);
+        };
+        if let Some(Admission::OverQuota { reason, .. }) =
+            over_quota(&mut tx, &scan.team, quota).await?
+        {
+            return Ok(RunOutcome::Deferred(reason));
+        }
+        let key = format!("scan-{}-{}", scan.id.simple(), checkpoint_id);
+        let audit = insert_audit_row(&mut tx, &scan.team, spec, Some(&key)).await?;
+        sqlx::query("UPDATE scan_runs SET audit_id = $2 WHERE id = $1")
+            .bind(run)
+            .bind(audit.id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(RunOutcome::Audited(audit.id))
+    }
+
+    /// Runs whose audit has ended (or was deleted) and whose rules wait for evaluation.
+    pub async fn pending_runs(&self, limit: i64) -> Result<Vec<PendingRun>> {
+        let rows = sqlx::query(
+            "SELECT r.id AS run_id, r.scan_id, r.checkpoint_id, r.location, r.audit_id, \
+             a.status AS audit_status, a.error AS audit_error \
+             FROM scan_runs r LEFT JOIN audits a ON a.id = r.audit_id \
+             WHERE r.state = 'audited' \
+               AND (a.id IS NULL OR a.status IN ('succeeded', 'failed', 'cancelled')) \
+             ORDER BY r.created_at LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let scan_id: Uuid = row.try_get("scan_id")?;
+            let srow = sqlx::query(&format!(
+                "SELECT {SCAN_COLUMNS} FROM scans s JOIN teams t ON t.id = s.team_id WHERE s.id = $1"
+            ))
+            .bind(scan_id)
+            .fetch_one(&self.pool)
+            .await?;
+            let status: Option<String> = row.try_get("audit_status")?;
+            out.push(PendingRun {
+                run_id: row.try_get("run_id")?,
+                scan: scan_from_row(&srow)?,
+                checkpoint_id: row.try_get("checkpoint_id")?,
+                location: row.try_get("location")?,
+                audit_id: row.try_get("audit_id")?,
+                audit_status: status.as_deref().map(parse_status).transpose()?,
+                audit_error: row.try_get("audit_error")?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Stores a run's evaluation, its alerts and their deliveries at once. False when another
+    /// scheduler evaluated the run first (then nothing is written).
+    pub async fn record_evaluation(
+        &self,
+        run: &PendingRun,
+        observed: &Value,
+        error: Option<&str>,
+        alerts: &[NewAlert],
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE scan_runs SET state = $2, observed = $3, error = $4, evaluated_at = now() \
+             WHERE id = $1 AND state = 'audited'",
+        )
+        .bind(run.run_id)
+        .bind(if error.is_some() {
+            "failed"
+        } else {
+            "evaluated"
+        })
+        .bind(observed)
+        .bind(error)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        for a in alerts {
+            sqlx::query(
+                "INSERT INTO alerts (id, team_id, scan_id, run_id, audit_id, rule, severity, observed, threshold, message, details) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            )
+            .bind(a.id)
+            .bind(run.scan.team.id)
+            .bind(run.scan.id)
+            .bind(run.run_id)
+            .bind(run.audit_id)
+            .bind(&a.rule)
+            .bind(&a.severity)
+            .bind(a.observed)
+            .bind(a.threshold)
+            .bind(&a.message)
+            .bind(serde_json::json!(a.details))
+            .execute(&mut *tx)
+            .await?;
+            if let Some(d) = &a.delivery {
+                sqlx::query(
+                    "INSERT INTO webhook_deliveries (id, alert_id, url, body) VALUES ($1, $2, $3, $4)",
+                )
+                .bind(d.id)
+                .bind(a.id)
+                .bind(&d.url)
+                .bind(&d.body)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Claims due deliveries: each claimed one counts an attempt and is not due again for
+    /// `lease_s`, so a sender that dies mid-request has it retried, by itself or another.
+    pub async fn claim_deliveries(&self, limit: i64, lease_s: f64) -> Result<Vec<DueDelivery>> {
+        let rows = sqlx::query(
+            "WITH due AS (SELECT id FROM webhook_deliveries \
+               WHERE delivered_at IS NULL AND gave_up_at IS NULL AND next_attempt_at <= now() \
+               ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
+             UPDATE webhook_deliveries d SET attempts = d.attempts + 1, \
+               next_attempt_at = now() + make_interval(secs => $2) \
+             FROM due, alerts a, scans s WHERE d.id = due.id AND a.id = d.alert_id AND s.id = a.scan_id \
+             RETURNING d.id, d.url, d.body, d.attempts, s.webhook_secret",
+        )
+        .bind(limit)
+        .bind(lease_s)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(DueDelivery {
+                    id: r.try_get("id")?,
+                    url: r.try_get("url")?,
+                    body: r.try_get("body")?,
+                    secret: r.try_get("webhook_secret")?,
+                    attempts: r.try_get("attempts")?,
+                })
+            })
+            .collect()
+    }
+
+    /// What an attempt got: delivered (a 2xx), retried after `retry_in_s`, or given up.
+    pub async fn delivery_attempted(
+        &self,
+        id: Uuid,
+        status: Option<i32>,
+        error: Option<&str>,
+        outcome: DeliveryOutcome,
+    ) -> Result<()> {
+        let (delivered, gave_up, retry_s) = match outcome {
+            DeliveryOutcome::Delivered => (true, false, 0.0),
+            DeliveryOutcome::RetryIn(s) => (false, false, s),
+            DeliveryOutcome::GiveUp => (false, true, 0.0),
+        };
+        sqlx::query(
+            "UPDATE webhook_deliveries SET last_status = $2, last_error = $3, \
+             delivered_at = CASE WHEN $4 THEN now() END, gave_up_at = CASE WHEN $5 THEN now() END, \
+             next_attempt_at = now() + make_interval(secs => $6) WHERE id = $1",
+        )
+        .bind(id)
+        .bind(status)
+        .bind(error)
+        .bind(delivered)
+        .bind(gave_up)
+        .bind(retry_s)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn list_alerts(
+        &self,
+        team: &Team,
+        scan: Option<Uuid>,
+        acknowledged: Option<bool>,
+        limit: i64,
+    ) -> Result<Vec<AlertRow>> {
+        self.alerts_where(team, scan, acknowledged, None, limit)
+            .await
+    }
+
+    async fn alerts_where(
+        &self,
+        team: &Team,
+        scan: Option<Uuid>,
+        acknowledged: Option<bool>,
+        id: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Vec<AlertRow>> {
+        let rows = sqlx::query(
+            "SELECT a.id, a.scan_id, s.name AS scan_name, a.audit_id, r.checkpoint_id, r.location, a.rule, \
+             a.severity, a.observed, a.threshold, a.message, a.details, a.created_at, a.acknowledged_at \
+             FROM alerts a JOIN scans s ON s.id = a.scan_id JOIN scan_runs r ON r.id = a.run_id \
+             WHERE a.team_id = $1 AND ($2::uuid IS NULL OR a.scan_id = $2) \
+               AND ($3::bool IS NULL OR (a.acknowledged_at IS NOT NULL) = $3) \
+               AND ($5::uuid IS NULL OR a.id = $5) \
+             ORDER BY a.created_at DESC, a.id LIMIT $4",
+        )
+        .bind(team.id)
+        .bind(scan)
+        .bind(acknowledged)
+        .bind(limit)
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let id: Uuid = r.try_get("id")?;
+            out.push(AlertRow {
+                id,
+                scan_id: r.try_get("scan_id")?,
+                scan_name: r.try_get("scan_name")?,
+                audit_id: r.try_get("audit_id")?,
+                checkpoint_id: r.try_get("checkpoint_id")?,
+                location: r.try_get("location")?,
+                rule: r.try_get("rule")?,
+                severity: r.try_get("severity")?,
+                observed: r.try_get("observed")?,
+                threshold: r.try_get("threshold")?,
+                message: r.try_get("message")?,
+                details: r.try_get("details")?,
+                created_at: r.try_get("created_at")?,
+                acknowledged_at: r.try_get("acknowledged_at")?,
+                deliveries: self.deliveries(id).await?,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn deliveries(&self, alert: Uuid) -> Result<Vec<DeliveryRow>> {
+        let rows = sqlx::query(
+            "SELECT id, attempts, next_attempt_at, delivered_at, gave_up_at, last_status, last_error \
+             FROM webhook_deliveries WHERE alert_id = $1 ORDER BY id",
+        )
+        .bind(alert)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(DeliveryRow {
+                    id: r.try_get("id")?,
+                    attempts: r.try_get("attempts")?,
+                    next_attempt_at: r.try_get("next_attempt_at")?,
+                    delivered_at: r.try_get("delivered_at")?,
+                    gave_up_at: r.try_get("gave_up_at")?,
+                    last_status: r.try_get("last_status")?,
+                    last_error: r.try_get("last_error")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn get_alert(&self, team: &Team, id: Uuid) -> Result<AlertRow> {
+        let mut rows = self.alerts_where(team, None, None, Some(id), 1).await?;
+        rows.pop().ok_or_else(|| not_found("alert", id))
+    }
+
+    /// Acknowledges an alert (once; a second time changes nothing). Deliveries not yet made
+    /// still go out: the receiver may be how the acknowledgement is tracked elsewhere.
+    pub async fn ack_alert(&self, team: &Team, id: Uuid) -> Result<AlertRow> {
+        let done = sqlx::query(
+            "UPDATE alerts SET acknowledged_at = COALESCE(acknowledged_at, now()) WHERE team_id = $1 AND id = $2",
+        )
+        .bind(team.id)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(not_found("alert", id));
+        }
+        self.get_alert(team, id).await
+    }
+}
+
+/// What one delivery attempt decided.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum DeliveryOutcome {
+    Delivered,
+    RetryIn(f64),
+    GiveUp,
+}
