@@ -12,6 +12,11 @@ source scripts/env.sh
 # PostgreSQL and Redis as these machines run them (the tests make their own databases and
 # streams on them), and Garage (S3), started if needed.
 source scripts/services.sh
+# The dashboard's browser test drives Debian's Chromium through ChromeDriver.
+if ! command -v chromedriver >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  echo "neurodiff: installing chromium and chromium-driver for the dashboard's browser test" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
 cargo build --workspace --all-targets
 # The fuzz targets (tests/fuzz/common.rs) run this many mutated cases each: seconds, bounded.
 export ND_FUZZ_CASES="${ND_FUZZ_CASES:-2048}"

@@ -11,6 +11,7 @@ mod hardening;
 mod harness;
 mod scans;
 mod tier2;
+mod ui;
 
 use std::process::Command;
 use std::time::Duration;
