@@ -195,6 +195,48 @@ fn a_watched_directory_is_audited_once_per_checkpoint_and_alerts_are_delivered_s
         404
     );
 
+    // The same through the command line: create, list, show, delete.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(crate::harness::BIN)
+            .args(args)
+            .args(["--server", &format!("http://127.0.0.1:{}", env.api_port)])
+            .env("NEURODIFF_TOKEN", &token)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let elsewhere = env.dir.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let rule = low_rank_rule().to_string();
+    let made: Value = serde_json::from_str(&cli(&[
+        "scan",
+        "create",
+        "from-cli",
+        elsewhere.to_str().unwrap(),
+        "--base",
+        org.join("base").to_str().unwrap(),
+        "--cron",
+        "*/5 * * * *",
+        "--rule",
+        &rule,
+    ]))
+    .unwrap();
+    assert_eq!(made["cron"], "*/5 * * * *");
+    assert_eq!(made["rules"][0]["name"], "low-rank-large");
+    assert!(made["webhook_secret"].is_string());
+    assert!(cli(&["scan", "list"]).contains("from-cli"));
+    let made_id = made["id"].as_str().unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(&cli(&["scan", "show", made_id])).unwrap()["name"],
+        "from-cli"
+    );
+    cli(&["scan", "delete", made_id]);
+
     // A half-written checkpoint: its weights shorter than their header says. Not audited.
     let half = watch.join("step-1");
     copy_dir(&org.join("rank-update"), &half);
