@@ -684,9 +684,13 @@ function renderWeights(s, w) {
   s.append(el('p', { class: 'muted' }, `${w.tensors.length} tensors compared; ${w.only_in_base.length} only in the base, `
     + `${w.only_in_finetuned.length} only in the fine-tune, ${w.shape_mismatches.length} shape mismatches, ${w.added_rows.length} grown.`));
   // Heatmap of the largest rel_fro per (block, module); log colour, as changes span decades.
+  // Unchanged tensors are drawn at a floor below the smallest change, so the changed cells stand
+  // out against the whole block × module grid instead of filling it alone.
+  const positive = w.tensors.map((t) => t.rel_fro).filter((v) => v > 0);
+  const floor = positive.length ? Math.min(...positive) / 100 : 1e-6;
   const best = new Map();
   for (const t of w.tensors) {
-    if (!(t.rel_fro > 0)) continue;
+    if (t.rel_fro === null || t.rel_fro === undefined || !(t.rel_fro >= 0)) continue;
     const k = `${t.layer ?? 'outside'}\u0000${t.module}`;
     if (!best.has(k) || best.get(k).rel_fro < t.rel_fro) best.set(k, t);
   }
@@ -695,7 +699,7 @@ function renderWeights(s, w) {
     const ys = uniq(ts.map((t) => t.layer)).sort((a, b) => (a ?? 1e9) - (b ?? 1e9)).map((l) => (l === null ? 'outside' : String(l)));
     const xs = uniq(ts.map((t) => t.module)).sort();
     const cells = ts.map((t) => [xs.indexOf(t.module), ys.indexOf(t.layer === null ? 'outside' : String(t.layer)),
-      Math.log10(t.rel_fro), t.rel_fro, t.name]);
+      Math.log10(Math.max(t.rel_fro, floor)), t.rel_fro, t.name]);
     const [min, max] = span(cells.map((c) => c[2]));
     s.append(el('h3', {}, 'rel_fro by block × module (largest tensor per cell)'));
     heatmap(s, {
