@@ -230,6 +230,14 @@ fn the_dashboard_logs_in_submits_follows_refuses_and_shows_alerts() {
         assert!(!charts.is_empty(), "no ECharts plot on the audit page");
         c.find(Locator::Css("#report-frame")).await.unwrap();
         shot(&c, "03-audit.png").await;
+        c.execute(
+            "document.querySelector('[_echarts_instance_]').scrollIntoView()",
+            vec![],
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        shot(&c, "03b-audit-plots.png").await;
 
         // The audit list shows it, with its status.
         c.goto(&format!("{ui}#/audits")).await.unwrap();
