@@ -49,6 +49,8 @@ pub struct Env {
     pub dir: tempfile::TempDir,
     children: Vec<(String, Child)>,
     pub api_port: u16,
+    /// More environment for every process this test starts.
+    pub extra_env: Vec<(String, String)>,
 }
 
 fn with_database(url: &str, name: &str) -> String {
@@ -103,6 +105,7 @@ impl Env {
             dir,
             children: Vec::new(),
             api_port: free_port(),
+            extra_env: Vec::new(),
         }
     }
 
@@ -131,6 +134,7 @@ impl Env {
         if let Some(models) = &self.models_store {
             c.env("NEURODIFF_ALLOW_S3", models);
         }
+        c.envs(self.extra_env.iter().map(|(k, v)| (k, v)));
         c
     }
 

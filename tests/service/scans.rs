@@ -445,3 +445,59 @@ fn a_watched_garage_prefix_is_audited_once_complete() {
     next_poll(&env, &token, &id);
     assert_eq!(scan(&env, &token, &id)["runs"].as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn a_watched_hub_repository_is_audited_once_per_commit() {
+    // Offline: the deployment keeps a shared hub cache (a sync job downloads into it); the scan
+    // reads the branch's commit from it and the workers resolve `org/name@commit` from it.
+    let mut env = Env::new(None);
+    let cache = env.dir.path().join("hub");
+    let repo = cache.join("models--testorg--tiny");
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    env.extra_env = vec![
+        ("HF_HUB_OFFLINE".into(), "1".into()),
+        ("HF_HUB_CACHE".into(), cache.display().to_string()),
+        ("NEURODIFF_ALLOW_HUB_ORGS".into(), "testorg".into()),
+    ];
+    let org = organisms(env.dir.path());
+    env.start(&[("w1", &[])]);
+    let token = env.token("hub-scanners");
+    let commit = |n: u8, from: &str| {
+        let sha = format!("{:040x}", u128::from(n) * 0x1111_1111);
+        copy_dir(&org.join(from), &repo.join("snapshots").join(&sha));
+        std::fs::write(repo.join("refs/main"), &sha).unwrap();
+        sha
+    };
+    let first = commit(1, "rank-update");
+    let (status, created) = env.json(
+        "POST",
+        "/v1/scans",
+        &token,
+        Some(json!({
+            "name": "hub", "source": "testorg/tiny", "base": org.join("base"), "every_s": 1,
+            "audit": {"analyses": ["weights"]}, "rules": [low_rank_rule()],
+        })),
+    );
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    let runs = settled(&env, &token, &id, 1);
+    assert_eq!(runs[0]["state"], "evaluated", "{runs:?}\n{}", env.logs());
+    assert_eq!(runs[0]["checkpoint_id"], first.as_str());
+    assert_eq!(runs[0]["location"], format!("testorg/tiny@{first}"));
+    assert_eq!(alerts(&env, &token, &id).len(), 1);
+    // The branch does not move: nothing new. Then a new commit, full-rank: audited, no alert.
+    next_poll(&env, &token, &id);
+    assert_eq!(scan(&env, &token, &id)["runs"].as_array().unwrap().len(), 1);
+    commit(2, "attn-scaled");
+    let runs = settled(&env, &token, &id, 2);
+    assert!(runs.iter().all(|r| r["state"] == "evaluated"), "{runs:?}");
+    assert_eq!(alerts(&env, &token, &id).len(), 1);
+    // Another organisation's repository is refused by the policy at creation.
+    let (status, refused) = env.json(
+        "POST",
+        "/v1/scans",
+        &token,
+        Some(json!({"name": "other", "source": "otherorg/tiny", "base": org.join("base"), "every_s": 60})),
+    );
+    assert_eq!(status, 400, "{refused}");
+}

@@ -428,8 +428,8 @@ pub enum TargetKind {
 #[serde(deny_unknown_fields)]
 pub struct ScanRequest {
     pub name: String,
-    /// A directory whose subdirectories are checkpoints, or an `s3://bucket/prefix/` whose
-    /// sub-prefixes are.
+    /// A directory whose subdirectories are checkpoints, an `s3://bucket/prefix/` whose
+    /// sub-prefixes are, or a hub repository `org/name[@branch]` whose commits are.
     pub source: String,
     #[serde(default)]
     pub base: Option<String>,
@@ -500,12 +500,15 @@ impl ScanRequest {
         if self.name.trim().is_empty() || self.name.len() > 128 {
             return Err(field("name", "1 to 128 characters"));
         }
-        if !(self.source.starts_with('/') || self.source.starts_with("s3://")) {
-            return Err(field(
+        crate::policy::classify(&self.source).map_err(|e| {
+            field(
                 "source",
-                "an absolute directory or an s3://bucket/prefix (hub repositories are not watched yet)",
-            ));
-        }
+                format!(
+                    "`{}`: {} (an absolute directory, an s3://bucket/prefix or a hub repository org/name[@branch])",
+                    self.source, e.0
+                ),
+            )
+        })?;
         if self.base_mode.unwrap_or_default() == BaseMode::Fixed && self.base.is_none() {
             return Err(field("base", "required unless base_mode is `previous`"));
         }

@@ -6,14 +6,14 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use neurodiff_protocol::scan::{BaseMode, Observation, Schedule};
-use neurodiff_protocol::{AuditStatus, Event, Limits, ReferencePolicy, EVENTS_MAX_LEN};
+use neurodiff_protocol::{AuditStatus, Event, Limits, ModelRef, ReferencePolicy, EVENTS_MAX_LEN};
 use neurodiff_store::{NewAlert, NewDelivery, PendingRun, Quota, RunOutcome, ScanRow, StoreError};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::service::SchedulerContext;
-use crate::sources::{list_local, list_s3, HashCache, Listing};
+use crate::sources::{list_hub, list_local, list_s3, HashCache, HubSource, Listing};
 use crate::webhooks::WebhookSettings;
 
 /// What scans may do: the same policy, limits and quota as audits submitted to the API.
@@ -24,6 +24,8 @@ pub struct ScanSettings {
     pub quota: Quota,
     pub webhooks: WebhookSettings,
     pub hashes: Arc<HashCache>,
+    /// How hub repositories are read (the workers read them the same way).
+    pub hub: HubSource,
 }
 
 /// What one scan pass did (tests and logs).
@@ -48,13 +50,24 @@ async fn list(ctx: &SchedulerContext, scan: &ScanRow) -> Result<Listing, String>
         .policy
         .check(&scan.team.name, "source", &source)
         .map_err(|e| e.0)?;
-    if source.starts_with("s3://") {
-        list_s3(&source, kind).await
-    } else {
-        let hashes = ctx.scans.hashes.clone();
-        tokio::task::spawn_blocking(move || list_local(&source, kind, &hashes))
-            .await
-            .map_err(|e| format!("listing: {e}"))?
+    match neurodiff_protocol::classify(&source).map_err(|e| e.0)? {
+        ModelRef::S3 { .. } => list_s3(&source, kind).await,
+        ModelRef::Local { .. } => {
+            let hashes = ctx.scans.hashes.clone();
+            tokio::task::spawn_blocking(move || list_local(&source, kind, &hashes))
+                .await
+                .map_err(|e| format!("listing: {e}"))?
+        }
+        ModelRef::Hub {
+            org,
+            name,
+            revision,
+        } => {
+            let hub = ctx.scans.hub.clone();
+            tokio::task::spawn_blocking(move || list_hub(&org, &name, &revision, kind, &hub))
+                .await
+                .map_err(|e| format!("listing: {e}"))?
+        }
     }
 }
 

@@ -7,6 +7,11 @@
 //! shorter). A directory whose files change while they are hashed is not complete either. The
 //! id is the sha256 of every file's name, size and sha256 (objects: name, size and ETag), so a
 //! checkpoint is the same checkpoint whatever its path, mtime or the clock say.
+//!
+//! A hub repository (`org/name[@branch]`) is one checkpoint per commit: each poll reads the
+//! commit its branch points at (from the hub, or from the shared hub cache when the deployment
+//! is offline, as the workers' resolver reads it) and the checkpoint is `org/name@<commit>`,
+//! complete when the commit has the config and the weights named above.
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -251,6 +256,137 @@ pub fn list_local(source: &str, kind: TargetKind, cache: &HashCache) -> Result<L
     Ok(out)
 }
 
+/// Where hub repositories are read: the hub (HF_ENDPOINT, default huggingface.co), or only the
+/// hub cache when offline (HF_HUB_OFFLINE), which the workers' resolver reads too.
+#[derive(Debug, Clone, Default)]
+pub struct HubSource {
+    pub cache_dir: PathBuf,
+    pub offline: bool,
+    pub endpoint: Option<String>,
+}
+
+impl HubSource {
+    /// As `huggingface_hub` reads its environment.
+    pub fn from_env() -> HubSource {
+        let cache_dir = match std::env::var_os("HF_HUB_CACHE") {
+            Some(dir) => PathBuf::from(dir),
+            None => hf_hub::Cache::from_env().path().clone(),
+        };
+        let offline = std::env::var("HF_HUB_OFFLINE")
+            .map(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+            .unwrap_or(false);
+        HubSource {
+            cache_dir,
+            offline,
+            endpoint: std::env::var("HF_ENDPOINT").ok(),
+        }
+    }
+}
+
+fn is_commit(s: &str) -> bool {
+    s.len() == 40 && s.chars().all(|c| c.is_ascii_hexdigit())
+}
+
+/// The head commit of a watched hub repository (blocking: it may ask the hub).
+pub fn list_hub(
+    org: &str,
+    name: &str,
+    revision: &str,
+    kind: TargetKind,
+    hub: &HubSource,
+) -> Result<Listing, String> {
+    let repo = format!("{org}/{name}");
+    let (commit, names, snapshot) = if hub.offline {
+        let repo_dir = hub.cache_dir.join(format!("models--{org}--{name}"));
+        let commit = if is_commit(revision) {
+            revision.to_string()
+        } else {
+            let refs = repo_dir.join("refs").join(revision);
+            let text = std::fs::read_to_string(&refs)
+                .map_err(|e| format!("source `{repo}@{revision}`: not in the hub cache ({e})"))?;
+            text.trim().to_string()
+        };
+        if !is_commit(&commit) {
+            return Err(format!(
+                "source `{repo}@{revision}`: the cache's ref is not a commit"
+            ));
+        }
+        let snapshot = repo_dir.join("snapshots").join(&commit);
+        let mut names = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(&snapshot) {
+            for e in entries.flatten().take(MAX_FILES) {
+                names.push(e.file_name().to_string_lossy().to_string());
+            }
+        }
+        (commit, names, Some(snapshot))
+    } else {
+        let mut builder =
+            hf_hub::api::sync::ApiBuilder::from_cache(hf_hub::Cache::new(hub.cache_dir.clone()))
+                .with_progress(false);
+        if let Some(endpoint) = &hub.endpoint {
+            builder = builder.with_endpoint(endpoint.clone());
+        }
+        let api = builder.build().map_err(|e| format!("hub: {e}"))?;
+        let info = api
+            .repo(hf_hub::Repo::with_revision(
+                repo.clone(),
+                hf_hub::RepoType::Model,
+                revision.to_string(),
+            ))
+            .info()
+            .map_err(|e| format!("source `{repo}@{revision}`: {e}"))?;
+        let names = info
+            .siblings
+            .into_iter()
+            .take(MAX_FILES)
+            .map(|s| s.rfilename)
+            .collect();
+        (info.sha, names, None)
+    };
+    if !is_commit(&commit) {
+        return Err(format!(
+            "source `{repo}@{revision}`: `{commit}` is not a commit"
+        ));
+    }
+    let location = format!("{repo}@{commit}");
+    let mut out = Listing::default();
+    let complete = (|| -> Result<(), String> {
+        if !names.iter().any(|n| n == marker(kind)) {
+            return Err(format!("no {} in this commit", marker(kind)));
+        }
+        let index = match (
+            &snapshot,
+            names
+                .iter()
+                .find(|n| n.ends_with(".safetensors.index.json")),
+        ) {
+            (Some(dir), Some(n)) => {
+                Some(std::fs::read(dir.join(n)).map_err(|e| format!("{n}: {e}"))?)
+            }
+            _ => None,
+        };
+        let weights = weight_files(&names, index.as_deref())?;
+        if let Some(dir) = &snapshot {
+            for w in weights {
+                let path = dir.join(&w);
+                let size = std::fs::metadata(&path)
+                    .map_err(|e| format!("{w}: {e}"))?
+                    .len();
+                safetensors_complete(&path, size)?;
+            }
+        }
+        Ok(())
+    })();
+    match complete {
+        Ok(()) => out.complete.push(Found {
+            id: commit,
+            location,
+        }),
+        Err(why) => out.incomplete.push((location, why)),
+    }
+    Ok(out)
+}
+
 /// The checkpoints under a watched `s3://bucket/prefix`.
 pub async fn list_s3(source: &str, kind: TargetKind) -> Result<Listing, String> {
     let blobs = Blobs::from_url(source).map_err(|e| format!("source `{source}`: {e}"))?;
@@ -378,6 +514,79 @@ mod tests {
         std::fs::write(half.join("model.safetensors"), &full).expect("write");
         let l = list_local(&source, TargetKind::Checkpoint, &cache).expect("listing");
         assert_eq!(l.complete.len(), 3);
+    }
+
+    fn write_checkpoint(dir: &Path, weights: &[u8]) {
+        std::fs::create_dir_all(dir).expect("dir");
+        std::fs::write(dir.join("config.json"), "{}").expect("write");
+        std::fs::write(dir.join("model.safetensors"), weights).expect("write");
+    }
+
+    #[test]
+    fn an_offline_hub_cache_gives_the_branch_head_as_the_checkpoint() {
+        let cache = tempfile::tempdir().expect("dir");
+        let repo = cache.path().join("models--org--tiny");
+        let sha = "0123456789abcdef0123456789abcdef01234567";
+        std::fs::create_dir_all(repo.join("refs")).expect("dir");
+        std::fs::write(repo.join("refs/main"), sha).expect("write");
+        let full = safetensors(64);
+        write_checkpoint(&repo.join("snapshots").join(sha), &full[..40]);
+        let hub = HubSource {
+            cache_dir: cache.path().to_path_buf(),
+            offline: true,
+            endpoint: None,
+        };
+        let l = list_hub("org", "tiny", "main", TargetKind::Checkpoint, &hub).expect("listing");
+        assert!(
+            l.complete.is_empty(),
+            "a half-downloaded commit is not complete"
+        );
+        write_checkpoint(&repo.join("snapshots").join(sha), &full);
+        let l = list_hub("org", "tiny", "main", TargetKind::Checkpoint, &hub).expect("listing");
+        assert_eq!(
+            l.complete,
+            vec![Found {
+                id: sha.to_string(),
+                location: format!("org/tiny@{sha}")
+            }]
+        );
+        assert!(list_hub("org", "absent", "main", TargetKind::Checkpoint, &hub).is_err());
+    }
+
+    #[test]
+    fn the_hub_api_names_the_branch_head_and_its_files() {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+        let sha = "89abcdef0123456789abcdef0123456789abcdef";
+        let server = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().expect("accept");
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut request = String::new();
+            reader.read_line(&mut request).expect("request line");
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok() && line.trim() != "" {
+                line.clear();
+            }
+            let body = format!(
+                r#"{{"sha": "{sha}", "siblings": [{{"rfilename": "config.json"}}, {{"rfilename": "model.safetensors"}}]}}"#
+            );
+            let mut stream = stream;
+            write!(stream, "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len()).expect("write");
+            request
+        });
+        let hub = HubSource {
+            cache_dir: tempfile::tempdir().expect("dir").path().to_path_buf(),
+            offline: false,
+            endpoint: Some(endpoint),
+        };
+        let l = list_hub("org", "tiny", "main", TargetKind::Checkpoint, &hub).expect("listing");
+        assert_eq!(l.complete[0].location, format!("org/tiny@{sha}"));
+        let request = server.join().expect("server");
+        assert!(
+            request.starts_with("GET /api/models/org/tiny/revision/main "),
+            "{request}"
+        );
     }
 
     #[test]

@@ -160,6 +160,7 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
                     ..WebhookSettings::default()
                 },
                 hashes: Default::default(),
+                hub: neurodiff_scheduler::sources::HubSource::from_env(),
             },
         };
         eprintln!("neurodiff scheduler running");
