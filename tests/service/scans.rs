@@ -108,6 +108,14 @@ fn drop_checkpoint(from: &Path, watch: &Path, name: &str) {
     std::fs::rename(&tmp, watch.join(name)).unwrap();
 }
 
+/// Makes a checkpoint another one with the same weights: its config says so.
+fn mark(dir: &Path, note: &str) {
+    let path = dir.join("config.json");
+    let mut config: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    config["_scan_test_note"] = json!(note);
+    std::fs::write(&path, config.to_string()).unwrap();
+}
+
 fn scan(env: &Env, token: &str, id: &str) -> Value {
     let (status, s) = env.json("GET", &format!("/v1/scans/{id}"), token, None);
     assert_eq!(status, 200, "{s}");
@@ -297,6 +305,12 @@ fn a_watched_directory_is_audited_once_per_checkpoint_and_alerts_are_delivered_s
         404
     );
 
+    // The trainer writes its optimizer state after the weights: the same checkpoint still.
+    std::fs::write(half.join("optimizer.pt"), vec![7u8; 4096]).unwrap();
+    next_poll(&env, &token, &id);
+    next_poll(&env, &token, &id);
+    assert_eq!(scan(&env, &token, &id)["runs"].as_array().unwrap().len(), 1);
+
     // A large but full-rank change and an unchanged copy of the base break no rule; a copy of
     // step-1 under another name is the same checkpoint and is not audited again.
     drop_checkpoint(&org.join("attn-scaled"), &watch, "step-2");
@@ -318,15 +332,11 @@ fn a_watched_directory_is_audited_once_per_checkpoint_and_alerts_are_delivered_s
     env.kill("scheduler");
     let mut marked = org.join("rank-update-marked");
     copy_dir(&org.join("rank-update"), &marked);
-    std::fs::write(
-        marked.join("NOTES.md"),
-        "the same weights, another checkpoint",
-    )
-    .unwrap();
+    mark(&marked, "the same weights, another checkpoint");
     drop_checkpoint(&marked, &watch, "step-4");
     marked = org.join("attn-scaled-marked");
     copy_dir(&org.join("attn-scaled"), &marked);
-    std::fs::write(marked.join("NOTES.md"), "another").unwrap();
+    mark(&marked, "another");
     drop_checkpoint(&marked, &watch, "step-5");
     env.start_scheduler("s2");
     wait_for("s2 to start a scan's audit", LONG, || {

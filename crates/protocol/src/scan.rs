@@ -596,13 +596,36 @@ pub fn is_internal(ip: IpAddr) -> bool {
                 || v4.is_documentation()
                 || o[0] == 0
                 || (o[0] == 100 && (64..128).contains(&o[1]))
+                || (o[0] == 198 && (18..20).contains(&o[1]))
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0)
+                || o[0] >= 240
         }
         IpAddr::V6(v6) => {
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_internal(IpAddr::V4(v4));
             }
             let s = v6.segments();
+            let embedded = |hi: u16, lo: u16| {
+                IpAddr::V4(std::net::Ipv4Addr::new(
+                    (hi >> 8) as u8,
+                    hi as u8,
+                    (lo >> 8) as u8,
+                    lo as u8,
+                ))
+            };
+            // Addresses that carry an IPv4 one: NAT64 (64:ff9b::/96), IPv4-compatible (::/96),
+            // 6to4 (2002::/16) reach that IPv4 address.
+            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
+                || (s[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified())
+            {
+                return is_internal(embedded(s[6], s[7]));
+            }
+            if s[0] == 0x2002 {
+                return is_internal(embedded(s[1], s[2]));
+            }
             v6.is_loopback()
+                || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1)
+                || (s[0] & 0xffc0) == 0xfec0
                 || v6.is_unspecified()
                 || v6.is_multicast()
                 || (s[0] & 0xfe00) == 0xfc00
@@ -642,8 +665,18 @@ pub fn check_webhook_url(url: &str, allow_internal: bool) -> Result<(String, u16
         Some(p) => p.parse::<u16>().map_err(|_| format!("port `{p}`"))?,
         None => default_port,
     };
-    if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if host.is_empty() {
         return Err(format!("`{url}`: no host"));
+    }
+    // Plain names and address literals only: a backslash, a percent escape or a non-ASCII name
+    // is read differently by different URL parsers, and the host checked must be the host used.
+    if !host
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'))
+    {
+        return Err(format!(
+            "`{host}`: a host name of letters, digits, dots and dashes"
+        ));
     }
     if !allow_internal {
         let internal = match host.parse::<IpAddr>() {
@@ -739,10 +772,18 @@ mod tests {
             "http://169.254.169.254/latest",
             "http://localhost:80/",
             "http://[::ffff:127.0.0.1]/",
+            "http://[64:ff9b::a00:1]/",
+            "http://[2002:a00:1::]/",
+            "http://[::10.0.0.1]/",
+            "http://198.18.0.1/",
+            "http://169.254.169.254\\x.example.com/",
+            "http://%61.example.com/",
         ] {
             assert!(check_webhook_url(bad, false).is_err(), "{bad}");
         }
         assert!(check_webhook_url("http://127.0.0.1:9/", true).is_ok());
+        assert!(!is_internal("2606:4700::1111".parse().expect("ip")));
+        assert!(!is_internal("8.8.8.8".parse().expect("ip")));
     }
 
     #[test]

@@ -53,6 +53,16 @@ async fn list(ctx: &SchedulerContext, scan: &ScanRow) -> Result<Listing, String>
     match neurodiff_protocol::classify(&source).map_err(|e| e.0)? {
         ModelRef::S3 { .. } => list_s3(&source, kind).await,
         ModelRef::Local { .. } => {
+            // The policy is lexical; a watched directory that is (or passes through) a link
+            // must still lie inside what the team may read once the link is resolved.
+            let canonical =
+                std::fs::canonicalize(&source).map_err(|e| format!("source `{source}`: {e}"))?;
+            let canonical = canonical.to_string_lossy().to_string();
+            ctx.scans
+                .policy
+                .check(&scan.team.name, "source", &canonical)
+                .map_err(|e| e.0)?;
+            let source = canonical;
             let hashes = ctx.scans.hashes.clone();
             tokio::task::spawn_blocking(move || list_local(&source, kind, &hashes))
                 .await
@@ -103,8 +113,27 @@ async fn poll(ctx: &SchedulerContext, scan: &ScanRow) -> Result<usize, StoreErro
                 match admitted {
                     Ok(spec) => Some(spec),
                     Err(e) => {
+                        // Recorded and alerted, not skipped: a checkpoint made to be refused
+                        // must not stop the scan or pass silently.
+                        let why = format!("refused: {e}");
+                        let subject = Subject {
+                            scan,
+                            checkpoint_id: &found.id,
+                            location: &found.location,
+                            audit_id: None,
+                        };
+                        let o = Observation {
+                            value: None,
+                            fired: true,
+                            message: format!("{}: not audited ({why})", found.location),
+                            details: Vec::new(),
+                        };
+                        let alert = new_alert(&subject, "audit_failed", "high", &o);
+                        ctx.db
+                            .record_refused(scan, &found.id, &found.location, &why, &alert)
+                            .await?;
                         problem = Some(format!("{}: {e}", found.location));
-                        break;
+                        continue;
                     }
                 }
             }
@@ -135,6 +164,8 @@ async fn poll(ctx: &SchedulerContext, scan: &ScanRow) -> Result<usize, StoreErro
             RunOutcome::Baseline | RunOutcome::Known => {}
             RunOutcome::Deferred(reason) => {
                 problem = Some(format!("deferred: {reason}"));
+                // Not the whole interval: the quota frees up as the team's audits finish.
+                ctx.db.scan_due_within(scan.id, 30.0).await?;
                 break;
             }
         }
@@ -142,6 +173,25 @@ async fn poll(ctx: &SchedulerContext, scan: &ScanRow) -> Result<usize, StoreErro
     }
     ctx.db.scan_polled(scan.id, problem.as_deref()).await?;
     Ok(started)
+}
+
+/// What an alert is about: a scan's checkpoint and, when it was audited, its audit.
+struct Subject<'a> {
+    scan: &'a ScanRow,
+    checkpoint_id: &'a str,
+    location: &'a str,
+    audit_id: Option<Uuid>,
+}
+
+impl<'a> Subject<'a> {
+    fn of(run: &'a PendingRun) -> Subject<'a> {
+        Subject {
+            scan: &run.scan,
+            checkpoint_id: &run.checkpoint_id,
+            location: &run.location,
+            audit_id: run.audit_id,
+        }
+    }
 }
 
 fn threshold(scan: &ScanRow, rule: &str) -> Option<f64> {
@@ -153,7 +203,7 @@ fn threshold(scan: &ScanRow, rule: &str) -> Option<f64> {
 }
 
 /// The webhook body of an alert: everything a receiver needs without calling back.
-fn webhook_body(run: &PendingRun, alert: &NewAlert, delivery: Uuid) -> String {
+fn webhook_body(run: &Subject, alert: &NewAlert, delivery: Uuid) -> String {
     json!({
         "type": "alert.raised",
         "delivery_id": delivery,
@@ -177,13 +227,13 @@ fn webhook_body(run: &PendingRun, alert: &NewAlert, delivery: Uuid) -> String {
     .to_string()
 }
 
-fn new_alert(run: &PendingRun, rule: &str, severity: &str, o: &Observation) -> NewAlert {
+fn new_alert(run: &Subject, rule: &str, severity: &str, o: &Observation) -> NewAlert {
     let mut alert = NewAlert {
         id: Uuid::new_v4(),
         rule: rule.to_string(),
         severity: severity.to_string(),
         observed: o.value,
-        threshold: threshold(&run.scan, rule),
+        threshold: threshold(run.scan, rule),
         message: o.message.clone(),
         details: o.details.clone(),
         delivery: None,
@@ -199,27 +249,37 @@ fn new_alert(run: &PendingRun, rule: &str, severity: &str, o: &Observation) -> N
     alert
 }
 
+/// Why a finished audit's results.json could not be read.
+enum Unreadable {
+    /// It is not there or not JSON: it never will be.
+    Final(String),
+    /// The database or the object store failed: the next pass tries again.
+    Transient(String),
+}
+
 /// results.json of a finished audit, from object storage.
 async fn results_of(
     ctx: &SchedulerContext,
     run: &PendingRun,
     audit: Uuid,
-) -> Result<Value, String> {
+) -> Result<Value, Unreadable> {
+    let store = |e: StoreError| match e {
+        StoreError::NotFound { .. } | StoreError::Invalid(_) | StoreError::Denied(_) => {
+            Unreadable::Final(e.to_string())
+        }
+        other => Unreadable::Transient(other.to_string()),
+    };
     let artifacts = ctx
         .db
         .artifacts(&run.scan.team, audit)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(store)?;
     let row = artifacts
         .iter()
         .find(|a| a.name == "results.json")
-        .ok_or("the audit stored no results.json")?;
-    let bytes = ctx
-        .blobs
-        .get(&row.object_key)
-        .await
-        .map_err(|e| e.to_string())?;
-    serde_json::from_slice(&bytes).map_err(|e| format!("results.json: {e}"))
+        .ok_or_else(|| Unreadable::Final("the audit stored no results.json".into()))?;
+    let bytes = ctx.blobs.get(&row.object_key).await.map_err(store)?;
+    serde_json::from_slice(&bytes).map_err(|e| Unreadable::Final(format!("results.json: {e}")))
 }
 
 /// Evaluates one run whose audit ended; the alerts it raised.
@@ -233,7 +293,12 @@ async fn evaluate(ctx: &SchedulerContext, run: &PendingRun) -> Result<usize, Sto
                     let o = rule.evaluate(&results);
                     observed.insert(rule.name.clone(), json!(o.value));
                     if o.fired {
-                        alerts.push(new_alert(run, &rule.name, rule.severity.as_str(), &o));
+                        alerts.push(new_alert(
+                            &Subject::of(run),
+                            &rule.name,
+                            rule.severity.as_str(),
+                            &o,
+                        ));
                     }
                 }
                 let stored = ctx
@@ -242,7 +307,11 @@ async fn evaluate(ctx: &SchedulerContext, run: &PendingRun) -> Result<usize, Sto
                     .await?;
                 return Ok(if stored { alerts.len() } else { 0 });
             }
-            Err(e) => e,
+            Err(Unreadable::Final(e)) => e,
+            Err(Unreadable::Transient(e)) => {
+                tracing::warn!(run = %run.run_id, error = %e, "results not readable now; evaluated later");
+                return Ok(0);
+            }
         },
         (Some(_), status) => format!(
             "the audit {}: {}",
@@ -259,7 +328,7 @@ async fn evaluate(ctx: &SchedulerContext, run: &PendingRun) -> Result<usize, Sto
         message: format!("{}: not audited ({failed})", run.location),
         details: Vec::new(),
     };
-    let alert = new_alert(run, "audit_failed", "high", &o);
+    let alert = new_alert(&Subject::of(run), "audit_failed", "high", &o);
     let stored = ctx
         .db
         .record_evaluation(run, &json!({}), Some(&failed), std::slice::from_ref(&alert))
@@ -275,22 +344,54 @@ pub async fn pass(ctx: &SchedulerContext) -> Result<ScanPass, StoreError> {
         .db
         .claim_due_scans(16, |s| schedule_of(s).next_after(now))
         .await?;
+    // One scan's or run's failure is logged and recorded; it holds up no other (another
+    // team's evaluations least of all).
     for scan in &due {
         p.polled += 1;
-        p.audits += poll(ctx, scan).await?;
-    }
-    for run in ctx.db.pending_runs(64).await? {
-        p.evaluated += 1;
-        p.alerts += evaluate(ctx, &run).await?;
+        match poll(ctx, scan).await {
+            Ok(n) => p.audits += n,
+            Err(e) => {
+                tracing::warn!(scan = %scan.id, error = %e, "scan poll failed");
+                let _ = ctx
+                    .db
+                    .scan_polled(
+                        scan.id,
+                        Some("the poll failed; it is retried at the next one"),
+                    )
+                    .await;
+            }
+        }
     }
     Ok(p)
+}
+
+/// Evaluates the runs whose audits have ended.
+pub async fn evaluate_pending(ctx: &SchedulerContext, p: &mut ScanPass) -> Result<(), StoreError> {
+    for run in ctx.db.pending_runs(64).await? {
+        p.evaluated += 1;
+        match evaluate(ctx, &run).await {
+            Ok(n) => p.alerts += n,
+            Err(e) => {
+                tracing::warn!(run = %run.run_id, error = %e, "run evaluation failed; retried")
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The scan loop, beside the scheduler's passes: hashing a large new checkpoint holds up no
 /// shard.
 pub async fn run(ctx: SchedulerContext, mut shutdown: watch::Receiver<bool>) {
     while !*shutdown.borrow() {
-        match pass(&ctx).await {
+        let result = match pass(&ctx).await {
+            Ok(mut p) => evaluate_pending(&ctx, &mut p).await.map(|()| p),
+            Err(e) => {
+                tracing::warn!(error = %e, "claiming due scans failed");
+                let mut p = ScanPass::default();
+                evaluate_pending(&ctx, &mut p).await.map(|()| p)
+            }
+        };
+        match result {
             Ok(p) if p != ScanPass::default() => tracing::info!(?p, "scan pass"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "scan pass failed; retrying"),

@@ -92,7 +92,35 @@ fn expected_len(header_len: u64, header: &[u8]) -> Option<u64> {
         let offsets = t.get("data_offsets")?.as_array()?;
         end = end.max(offsets.get(1)?.as_u64()?);
     }
-    Some(8 + header_len + end)
+    8u64.checked_add(header_len)?.checked_add(end)
+}
+
+/// Whether a file is part of what the model is (its id covers these only): the config, the
+/// weights and their index, the tokenizer. A trainer's later files (optimizer state, RNG state,
+/// logs) do not make a checkpoint another one.
+fn defines_model(name: &str) -> bool {
+    name.ends_with(".safetensors")
+        || name.ends_with(".safetensors.index.json")
+        || matches!(
+            name,
+            "config.json"
+                | "adapter_config.json"
+                | "generation_config.json"
+                | "tokenizer.json"
+                | "tokenizer_config.json"
+                | "special_tokens_map.json"
+        )
+}
+
+/// `model-00001-of-00003.safetensors`: a shard of a checkpoint that has an index.
+fn is_numbered_shard(name: &str) -> bool {
+    let Some(stem) = name.strip_suffix(".safetensors") else {
+        return false;
+    };
+    let parts: Vec<&str> = stem.rsplitn(3, '-').collect();
+    matches!(parts.as_slice(), [total, "of", rest]
+        if total.chars().all(|c| c.is_ascii_digit()) && !total.is_empty()
+            && rest.rsplit('-').next().is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit())))
 }
 
 /// The shards an index names, when `files` has an index.
@@ -125,10 +153,33 @@ fn weight_files(names: &[String], index: Option<&[u8]>) -> Result<Vec<String>, S
     if wanted.is_empty() {
         return Err("no *.safetensors yet".into());
     }
+    // Shards are written before their index: numbered shards without one are not all there.
+    if index.is_none() {
+        if let Some(shard) = wanted.iter().find(|w| is_numbered_shard(w)) {
+            return Err(format!(
+                "`{shard}` is a shard, and the index is not there yet"
+            ));
+        }
+    }
     if let Some(missing) = wanted.iter().find(|w| !names.contains(w)) {
         return Err(format!("`{missing}` is not there yet"));
     }
     Ok(wanted)
+}
+
+/// An index file, refused when larger than any real one.
+fn read_index(path: &Path) -> Result<Vec<u8>, String> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let size = std::fs::metadata(path)
+        .map_err(|e| format!("{name}: {e}"))?
+        .len();
+    if size > MAX_HEADER {
+        return Err(format!("{name}: {size} bytes, too large for an index"));
+    }
+    std::fs::read(path).map_err(|e| format!("{name}: {e}"))
 }
 
 fn hash_file(path: &Path) -> std::io::Result<String> {
@@ -195,14 +246,14 @@ fn local_checkpoint(dir: &Path, kind: TargetKind, cache: &HashCache) -> Result<S
     let index = names
         .iter()
         .find(|n| n.ends_with(".safetensors.index.json"))
-        .map(|n| std::fs::read(dir.join(n)).map_err(|e| format!("{n}: {e}")))
+        .map(|n| read_index(&dir.join(n)))
         .transpose()?;
     for w in weight_files(&names, index.as_deref())? {
         let size = files.iter().find(|f| f.0 == w).map_or(0, |f| f.1);
         safetensors_complete(&dir.join(&w), size)?;
     }
     let mut id = Sha256::new();
-    for (name, size, mtime) in &files {
+    for (name, size, mtime) in files.iter().filter(|f| defines_model(&f.0)) {
         let path = dir.join(name);
         let key = (path.clone(), *size, *mtime);
         let cached = cache.0.lock().ok().and_then(|c| c.get(&key).cloned());
@@ -443,7 +494,11 @@ async fn s3_checkpoint(blobs: &Blobs, dir: &str, kind: TargetKind) -> Result<Str
             .get_range(&o.key, 0..8)
             .await
             .map_err(|e| e.to_string())?;
-        let n = u64::from_le_bytes(len[..8].try_into().map_err(|_| "short read")?);
+        let first: [u8; 8] = len
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| format!("{w}: shorter than a safetensors header"))?;
+        let n = u64::from_le_bytes(first);
         if n > MAX_HEADER || 8 + n > o.size {
             return Err(format!("{w}: its header is not all there"));
         }
@@ -457,7 +512,7 @@ async fn s3_checkpoint(blobs: &Blobs, dir: &str, kind: TargetKind) -> Result<Str
         }
     }
     let mut id = Sha256::new();
-    for o in &objects {
+    for o in objects.iter().filter(|o| defines_model(&name_of(&o.key))) {
         id.update(format!("{}\0{}\0{}\n", name_of(&o.key), o.size, o.version));
     }
     Ok(hex::encode(id.finalize()))
@@ -596,5 +651,10 @@ mod tests {
         assert!(weight_files(&names, Some(index)).is_err());
         assert_eq!(weight_files(&names, None), Ok(names.clone()));
         assert!(weight_files(&[], None).is_err());
+        let shard = vec!["model-00001-of-00002.safetensors".to_string()];
+        assert!(weight_files(&shard, None).is_err());
+        assert!(is_numbered_shard("model-00002-of-00010.safetensors"));
+        assert!(!is_numbered_shard("model.safetensors"));
+        assert!(defines_model("config.json") && !defines_model("optimizer.pt"));
     }
 }

@@ -63,25 +63,45 @@ fn backoff(s: &WebhookSettings, attempts: i32) -> Duration {
     (s.backoff_base * factor).min(s.backoff_max)
 }
 
-/// Where to connect, checked against the policy; Err: a permanent refusal.
-async fn target(url: &str, allow_internal: bool) -> Result<(String, Vec<SocketAddr>), String> {
-    let (host, port) = check_webhook_url(url, allow_internal)?;
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
-        .await
-        .map_err(|e| format!("cannot resolve `{host}`: {e}"))?
-        .collect();
+/// Where to connect, checked against the policy; Err: a permanent refusal. The URL is parsed
+/// as the client parses it, so the host checked is the host connected to.
+async fn target(
+    url: &str,
+    allow_internal: bool,
+) -> Result<(Option<String>, Vec<SocketAddr>), String> {
+    check_webhook_url(url, allow_internal)?;
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("`{url}`: {e}"))?;
+    if !matches!(parsed.scheme(), "http" | "https")
+        || !parsed.username().is_empty()
+        || parsed.password().is_some()
+    {
+        return Err("an http(s) URL without credentials".into());
+    }
+    let port = parsed.port_or_known_default().ok_or("no port")?;
+    let (name, addrs): (Option<String>, Vec<SocketAddr>) = match parsed.host() {
+        Some(url::Host::Ipv4(ip)) => (None, vec![SocketAddr::new(ip.into(), port)]),
+        Some(url::Host::Ipv6(ip)) => (None, vec![SocketAddr::new(ip.into(), port)]),
+        Some(url::Host::Domain(d)) => {
+            let addrs = tokio::net::lookup_host((d, port))
+                .await
+                .map_err(|e| format!("cannot resolve `{d}`: {e}"))?
+                .collect();
+            (Some(d.to_string()), addrs)
+        }
+        None => return Err("no host".into()),
+    };
     if addrs.is_empty() {
-        return Err(format!("`{host}` has no address"));
+        return Err("cannot resolve the host: no address".into());
     }
     if !allow_internal {
         if let Some(a) = addrs.iter().find(|a| is_internal(a.ip())) {
             return Err(format!(
-                "`{host}` resolves to an internal address ({}); refused",
+                "the host resolves to an internal address ({}); refused",
                 a.ip()
             ));
         }
     }
-    Ok((host, addrs))
+    Ok((name, addrs))
 }
 
 /// One attempt: (status, error, outcome).
@@ -96,17 +116,30 @@ async fn attempt(
             DeliveryOutcome::RetryIn(backoff(s, attempts).as_secs_f64())
         }
     };
-    let (host, addrs) = match target(&d.url, s.allow_internal).await {
-        Ok(t) => t,
-        Err(e) if e.starts_with("cannot resolve") => return (None, Some(e), retry(d.attempts)),
-        Err(e) => return (None, Some(e), DeliveryOutcome::GiveUp),
+    let (host, addrs) = match tokio::time::timeout(s.timeout, target(&d.url, s.allow_internal))
+        .await
+    {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) if e.starts_with("cannot resolve") => return (None, Some(e), retry(d.attempts)),
+        Ok(Err(e)) => return (None, Some(e), DeliveryOutcome::GiveUp),
+        Err(_) => {
+            return (
+                None,
+                Some("resolving the host timed out".into()),
+                retry(d.attempts),
+            )
+        }
     };
-    let client = reqwest::Client::builder()
+    // No proxy from the environment: it would resolve and connect where it likes.
+    let mut builder = reqwest::Client::builder()
+        .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(s.timeout)
-        .resolve_to_addrs(&host, &addrs)
-        .user_agent(concat!("NeuroDiff-Webhooks/", env!("CARGO_PKG_VERSION")))
-        .build();
+        .user_agent(concat!("NeuroDiff-Webhooks/", env!("CARGO_PKG_VERSION")));
+    if let Some(host) = &host {
+        builder = builder.resolve_to_addrs(host, &addrs);
+    }
+    let client = builder.build();
     let client = match client {
         Ok(c) => c,
         Err(e) => return (None, Some(format!("client: {e}")), retry(d.attempts)),
@@ -154,7 +187,7 @@ pub async fn deliver_due(ctx: &SchedulerContext) -> Result<usize, neurodiff_stor
             tracing::warn!(delivery = %d.id, attempts = d.attempts, error = error.as_deref().unwrap_or(""), "webhook delivery failed");
         }
         ctx.db
-            .delivery_attempted(d.id, status, error.as_deref(), outcome)
+            .delivery_attempted(d.id, d.attempts, status, error.as_deref(), outcome)
             .await?;
     }
     Ok(delivered)

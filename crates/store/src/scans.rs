@@ -381,6 +381,45 @@ impl Db {
         Ok(RunOutcome::Audited(audit.id))
     }
 
+    /// Records a checkpoint whose audit the admission refused, as a failed run with its alert,
+    /// once per content like any run.
+    pub async fn record_refused(
+        &self,
+        scan: &ScanRow,
+        checkpoint_id: &str,
+        location: &str,
+        error: &str,
+        alert: &NewAlert,
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let run: Option<Uuid> = sqlx::query_scalar(
+            "INSERT INTO scan_runs (scan_id, checkpoint_id, location, state, error, evaluated_at) \
+             VALUES ($1, $2, $3, 'failed', $4, now()) ON CONFLICT (scan_id, checkpoint_id) DO NOTHING RETURNING id",
+        )
+        .bind(scan.id)
+        .bind(checkpoint_id)
+        .bind(location)
+        .bind(error)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(run) = run else { return Ok(false) };
+        insert_alerts(&mut tx, scan, run, None, std::slice::from_ref(alert)).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Makes a scan due again within `seconds` (sooner than its schedule, never later).
+    pub async fn scan_due_within(&self, scan: Uuid, seconds: f64) -> Result<()> {
+        sqlx::query(
+            "UPDATE scans SET next_run_at = least(next_run_at, now() + make_interval(secs => $2)) WHERE id = $1",
+        )
+        .bind(scan)
+        .bind(seconds)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Runs whose audit has ended (or was deleted) and whose rules wait for evaluation.
     pub async fn pending_runs(&self, limit: i64) -> Result<Vec<PendingRun>> {
         let rows = sqlx::query(
@@ -401,8 +440,10 @@ impl Db {
                 "SELECT {SCAN_COLUMNS} FROM scans s JOIN teams t ON t.id = s.team_id WHERE s.id = $1"
             ))
             .bind(scan_id)
-            .fetch_one(&self.pool)
+            .fetch_optional(&self.pool)
             .await?;
+            // The scan was deleted since: its runs go with it.
+            let Some(srow) = srow else { continue };
             let status: Option<String> = row.try_get("audit_status")?;
             out.push(PendingRun {
                 run_id: row.try_get("run_id")?,
@@ -444,36 +485,7 @@ impl Db {
         if done.rows_affected() == 0 {
             return Ok(false);
         }
-        for a in alerts {
-            sqlx::query(
-                "INSERT INTO alerts (id, team_id, scan_id, run_id, audit_id, rule, severity, observed, threshold, message, details) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-            )
-            .bind(a.id)
-            .bind(run.scan.team.id)
-            .bind(run.scan.id)
-            .bind(run.run_id)
-            .bind(run.audit_id)
-            .bind(&a.rule)
-            .bind(&a.severity)
-            .bind(a.observed)
-            .bind(a.threshold)
-            .bind(&a.message)
-            .bind(serde_json::json!(a.details))
-            .execute(&mut *tx)
-            .await?;
-            if let Some(d) = &a.delivery {
-                sqlx::query(
-                    "INSERT INTO webhook_deliveries (id, alert_id, url, body) VALUES ($1, $2, $3, $4)",
-                )
-                .bind(d.id)
-                .bind(a.id)
-                .bind(&d.url)
-                .bind(&d.body)
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
+        insert_alerts(&mut tx, &run.scan, run.run_id, run.audit_id, alerts).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -507,10 +519,12 @@ impl Db {
             .collect()
     }
 
-    /// What an attempt got: delivered (a 2xx), retried after `retry_in_s`, or given up.
+    /// What attempt number `attempt` got: delivered (a 2xx), retried after `retry_in_s`, or
+    /// given up. A sender whose claim lapsed (a later attempt was claimed) writes nothing.
     pub async fn delivery_attempted(
         &self,
         id: Uuid,
+        attempt: i32,
         status: Option<i32>,
         error: Option<&str>,
         outcome: DeliveryOutcome,
@@ -523,7 +537,8 @@ impl Db {
         sqlx::query(
             "UPDATE webhook_deliveries SET last_status = $2, last_error = $3, \
              delivered_at = CASE WHEN $4 THEN now() END, gave_up_at = CASE WHEN $5 THEN now() END, \
-             next_attempt_at = now() + make_interval(secs => $6) WHERE id = $1",
+             next_attempt_at = now() + make_interval(secs => $6) \
+             WHERE id = $1 AND attempts = $7 AND delivered_at IS NULL AND gave_up_at IS NULL",
         )
         .bind(id)
         .bind(status)
@@ -531,6 +546,7 @@ impl Db {
         .bind(delivered)
         .bind(gave_up)
         .bind(retry_s)
+        .bind(attempt)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -646,4 +662,44 @@ pub enum DeliveryOutcome {
     Delivered,
     RetryIn(f64),
     GiveUp,
+}
+
+async fn insert_alerts(
+    conn: &mut sqlx::PgConnection,
+    scan: &ScanRow,
+    run: Uuid,
+    audit: Option<Uuid>,
+    alerts: &[NewAlert],
+) -> Result<()> {
+    for a in alerts {
+        sqlx::query(
+                "INSERT INTO alerts (id, team_id, scan_id, run_id, audit_id, rule, severity, observed, threshold, message, details) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            )
+            .bind(a.id)
+            .bind(scan.team.id)
+            .bind(scan.id)
+            .bind(run)
+            .bind(audit)
+            .bind(&a.rule)
+            .bind(&a.severity)
+            .bind(a.observed)
+            .bind(a.threshold)
+            .bind(&a.message)
+            .bind(serde_json::json!(a.details))
+            .execute(&mut *conn)
+            .await?;
+        if let Some(d) = &a.delivery {
+            sqlx::query(
+                "INSERT INTO webhook_deliveries (id, alert_id, url, body) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(d.id)
+            .bind(a.id)
+            .bind(&d.url)
+            .bind(&d.body)
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
+    Ok(())
 }

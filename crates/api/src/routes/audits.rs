@@ -51,17 +51,23 @@ pub async fn create(
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(crate::MAX_BODY_BYTES),
         _ => ApiError::BadRequest(rejection.body_text()),
     })?;
-    let key = match headers.get("idempotency-key") {
-        None => None,
-        Some(v) => match v.to_str() {
-            Ok(k) if !k.is_empty() && k.len() <= MAX_KEY => Some(k.to_string()),
-            _ => {
-                return Err(ApiError::BadRequest(format!(
-                    "header `Idempotency-Key`: 1 to {MAX_KEY} visible ASCII characters"
-                )))
-            }
-        },
-    };
+    let key =
+        match headers.get("idempotency-key") {
+            None => None,
+            Some(v) => match v.to_str() {
+                // `scan-…` keys are the scans' own: a team must not be able to take one first.
+                Ok(k) if k.starts_with("scan-") => return Err(ApiError::BadRequest(
+                    "header `Idempotency-Key`: keys starting with `scan-` are reserved for scans"
+                        .into(),
+                )),
+                Ok(k) if !k.is_empty() && k.len() <= MAX_KEY => Some(k.to_string()),
+                _ => {
+                    return Err(ApiError::BadRequest(format!(
+                        "header `Idempotency-Key`: 1 to {MAX_KEY} visible ASCII characters"
+                    )))
+                }
+            },
+        };
     let spec = validate(req, &team.name, &state.policy, &state.limits)?;
     let (audit, created) = match state
         .db
