@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use anyhow::Context;
 use neurodiff_api::{app, AppState};
 
-use crate::policy::{LimitArgs, PolicyArgs};
+use crate::policy::{LimitArgs, PolicyArgs, QuotaArgs};
 use crate::services::Backends;
 
 /// Settings of the API process, from flags or the environment.
@@ -18,12 +18,8 @@ pub struct Args {
     pub policy: PolicyArgs,
     #[command(flatten)]
     pub limits: LimitArgs,
-    /// Audits a team may have queued or running at once; more answer 429.
-    #[arg(long, env = "NEURODIFF_QUOTA_ACTIVE", default_value_t = 50)]
-    pub quota_active: i64,
-    /// Audits a team may submit per minute; more answer 429 with Retry-After.
-    #[arg(long, env = "NEURODIFF_QUOTA_PER_MINUTE", default_value_t = 60)]
-    pub quota_per_minute: i64,
+    #[command(flatten)]
+    pub quota: QuotaArgs,
     /// Lets scans' webhooks name loopback and private addresses (tests, single-tenant setups).
     #[arg(long, env = "NEURODIFF_WEBHOOK_ALLOW_INTERNAL")]
     pub webhook_allow_internal: bool,
@@ -39,13 +35,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let state = AppState::new(c.db, Some(c.events), Some(c.tasks), c.blobs)?
             .with_policy(policy)
             .with_webhooks(args.webhook_allow_internal)
-            .with_limits(
-                args.limits.limits(),
-                neurodiff_store::Quota {
-                    max_active: args.quota_active,
-                    per_minute: args.quota_per_minute,
-                },
-            );
+            .with_limits(args.limits.limits(), args.quota.quota());
         let listener = tokio::net::TcpListener::bind(args.bind)
             .await
             .with_context(|| format!("--bind {}", args.bind))?;

@@ -101,3 +101,23 @@ impl LimitArgs {
         }
     }
 }
+
+/// Per-team bounds on submissions, for the API and for the scans the scheduler starts.
+#[derive(Debug, Clone, clap::Args)]
+pub struct QuotaArgs {
+    /// Audits a team may have queued or running at once; more answer 429 (a scan waits).
+    #[arg(long, env = "NEURODIFF_QUOTA_ACTIVE", default_value_t = 50)]
+    pub quota_active: i64,
+    /// Audits a team may submit per minute; more answer 429 with Retry-After.
+    #[arg(long, env = "NEURODIFF_QUOTA_PER_MINUTE", default_value_t = 60)]
+    pub quota_per_minute: i64,
+}
+
+impl QuotaArgs {
+    pub fn quota(&self) -> neurodiff_store::Quota {
+        neurodiff_store::Quota {
+            max_active: self.quota_active,
+            per_minute: self.quota_per_minute,
+        }
+    }
+}

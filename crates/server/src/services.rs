@@ -8,7 +8,7 @@ use neurodiff_scheduler::scans::ScanSettings;
 use neurodiff_scheduler::service::{SchedulerContext, SchedulerSettings};
 use neurodiff_scheduler::webhooks::WebhookSettings;
 
-use crate::policy::{LimitArgs, PolicyArgs};
+use crate::policy::{LimitArgs, PolicyArgs, QuotaArgs};
 use neurodiff_store::{Blobs, Db, Queue};
 use tokio::sync::watch;
 
@@ -92,11 +92,8 @@ pub struct SchedulerArgs {
     pub policy: PolicyArgs,
     #[command(flatten)]
     pub limits: LimitArgs,
-    /// Audits a team may have queued or running at once; a scan waits beyond it.
-    #[arg(long, env = "NEURODIFF_QUOTA_ACTIVE", default_value_t = 50)]
-    pub quota_active: i64,
-    #[arg(long, env = "NEURODIFF_QUOTA_PER_MINUTE", default_value_t = 60)]
-    pub quota_per_minute: i64,
+    #[command(flatten)]
+    pub quota: QuotaArgs,
     /// Lets webhooks reach loopback and private addresses (tests, single-tenant setups).
     #[arg(long, env = "NEURODIFF_WEBHOOK_ALLOW_INTERNAL")]
     pub webhook_allow_internal: bool,
@@ -149,10 +146,7 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
             scans: ScanSettings {
                 policy: std::sync::Arc::new(policy),
                 limits: args.limits.limits(),
-                quota: neurodiff_store::Quota {
-                    max_active: args.quota_active,
-                    per_minute: args.quota_per_minute,
-                },
+                quota: args.quota.quota(),
                 webhooks: WebhookSettings {
                     allow_internal: args.webhook_allow_internal,
                     backoff_base: Duration::from_millis(args.webhook_backoff_ms),

@@ -188,19 +188,28 @@ impl Blobs {
             .map_err(|e| classify(key, e))
     }
 
-    /// The sub-folders directly under `prefix` (their keys, ending without `/`), sorted.
-    pub async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>> {
-        let base = self.path(prefix);
-        let listed = self
-            .store
-            .list_with_delimiter(Some(&base))
-            .await
-            .map_err(|e| classify(prefix, e))?;
-        let strip = if self.prefix.as_ref().is_empty() {
+    /// What keys start with under this store's prefix (removed from what listings return).
+    fn strip(&self) -> String {
+        if self.prefix.as_ref().is_empty() {
             String::new()
         } else {
             format!("{}/", self.prefix)
-        };
+        }
+    }
+
+    /// One level of listing under `prefix`, and the store's prefix to strip from its keys.
+    async fn one_level(&self, prefix: &str) -> Result<(object_store::ListResult, String)> {
+        let listed = self
+            .store
+            .list_with_delimiter(Some(&self.path(prefix)))
+            .await
+            .map_err(|e| classify(prefix, e))?;
+        Ok((listed, self.strip()))
+    }
+
+    /// The sub-folders directly under `prefix` (their keys, ending without `/`), sorted.
+    pub async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>> {
+        let (listed, strip) = self.one_level(prefix).await?;
         let mut out: Vec<String> = listed
             .common_prefixes
             .into_iter()
@@ -230,17 +239,7 @@ impl Blobs {
 
     /// Objects directly under `prefix` (not in sub-folders), with their sizes, sorted by key.
     pub async fn list_sized(&self, prefix: &str) -> Result<Vec<ListedObject>> {
-        let base = self.path(prefix);
-        let listed = self
-            .store
-            .list_with_delimiter(Some(&base))
-            .await
-            .map_err(|e| classify(prefix, e))?;
-        let strip = if self.prefix.as_ref().is_empty() {
-            String::new()
-        } else {
-            format!("{}/", self.prefix)
-        };
+        let (listed, strip) = self.one_level(prefix).await?;
         let mut out: Vec<ListedObject> = listed
             .objects
             .into_iter()
@@ -285,11 +284,7 @@ impl Blobs {
             .try_collect()
             .await
             .map_err(blob_err)?;
-        let strip = if self.prefix.as_ref().is_empty() {
-            String::new()
-        } else {
-            format!("{}/", self.prefix)
-        };
+        let strip = self.strip();
         let mut keys: Vec<String> = metas
             .into_iter()
             .map(|m| {
