@@ -401,6 +401,51 @@ fn a_watched_directory_is_audited_once_per_checkpoint_and_alerts_are_delivered_s
 }
 
 #[test]
+fn a_scan_against_the_previous_checkpoint_chains_its_audits() {
+    // No base: the first checkpoint is the baseline, each next one is compared with the one
+    // before it. base -> rank-update changes one tensor (the alert); rank-update -> rank-update
+    // with another config changes nothing.
+    let mut env = Env::new(None);
+    let org = organisms(env.dir.path());
+    env.start(&[("w1", &[])]);
+    let token = env.token("chain");
+    let watch = env.dir.path().join("chain");
+    std::fs::create_dir_all(&watch).unwrap();
+    let (status, created) = env.json(
+        "POST",
+        "/v1/scans",
+        &token,
+        Some(
+            json!({"name": "chain", "source": watch, "base_mode": "previous", "every_s": 1,
+                    "audit": {"analyses": ["weights"]}, "rules": [low_rank_rule()]}),
+        ),
+    );
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    drop_checkpoint(&org.join("base"), &watch, "step-1");
+    let runs = settled(&env, &token, &id, 1);
+    assert_eq!(runs[0]["state"], "baseline");
+    assert!(runs[0]["audit_id"].is_null());
+    drop_checkpoint(&org.join("rank-update"), &watch, "step-2");
+    let runs = settled(&env, &token, &id, 2);
+    let step2 = &runs[0];
+    assert_eq!(step2["state"], "evaluated", "{runs:?}");
+    assert!(step2["base"].as_str().unwrap().ends_with("step-1"));
+    let marked = org.join("rank-update-again");
+    copy_dir(&org.join("rank-update"), &marked);
+    mark(&marked, "the same weights");
+    drop_checkpoint(&marked, &watch, "step-3");
+    let runs = settled(&env, &token, &id, 3);
+    assert!(
+        runs[0]["base"].as_str().unwrap().ends_with("step-2"),
+        "{runs:?}"
+    );
+    let raised = alerts(&env, &token, &id);
+    assert_eq!(raised.len(), 1, "only step-2 changed anything: {raised:?}");
+    assert!(raised[0]["location"].as_str().unwrap().ends_with("step-2"));
+}
+
+#[test]
 fn a_watched_garage_prefix_is_audited_once_complete() {
     let mut env = Env::new(None);
     let Some(models) = env.models_store.clone() else {
