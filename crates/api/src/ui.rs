@@ -123,7 +123,7 @@ mod tests {
     use http_body_util::BodyExt;
     use tower::ServiceExt;
 
-    async fn fetch(uri: &str) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+    async fn fetch(uri: &str) -> (StatusCode, HeaderMap, Vec<u8>) {
         let response = router::<()>()
             .oneshot(Request::builder().uri(uri).body(Body::empty()).unwrap())
             .await
