@@ -298,6 +298,25 @@ impl Env {
         })
     }
 
+    /// `neurodiff ARGS` as a client of this service with `token`; its stdout (it must succeed).
+    pub fn client(&self, token: &str, args: &[&str]) -> String {
+        let out = Command::new(BIN)
+            .args(args)
+            .env(
+                "NEURODIFF_SERVER",
+                format!("http://127.0.0.1:{}", self.api_port),
+            )
+            .env("NEURODIFF_TOKEN", token)
+            .output()
+            .expect("neurodiff");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8")
+    }
+
     pub fn logs(&self) -> String {
         let mut out = String::new();
         for (name, _) in &self.children {

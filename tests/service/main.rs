@@ -13,7 +13,6 @@ mod scans;
 mod tier2;
 mod ui;
 
-use std::process::Command;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -249,23 +248,7 @@ fn a_service_audit_equals_the_embedded_audit() {
     );
 
     // The client commands: submit --wait, then download every artifact.
-    let client = |args: &[&str]| {
-        let out = Command::new(harness::BIN)
-            .args(args)
-            .env(
-                "NEURODIFF_SERVER",
-                format!("http://127.0.0.1:{}", env.api_port),
-            )
-            .env("NEURODIFF_TOKEN", &token)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let client = |args: &[&str]| env.client(&token, args);
     let waited: Value = serde_json::from_str(&client(&[
         "submit",
         &base_s,

@@ -204,20 +204,7 @@ fn a_watched_directory_is_audited_once_per_checkpoint_and_alerts_are_delivered_s
     );
 
     // The same through the command line: create, list, show, delete.
-    let cli = |args: &[&str]| {
-        let out = std::process::Command::new(crate::harness::BIN)
-            .args(args)
-            .args(["--server", &format!("http://127.0.0.1:{}", env.api_port)])
-            .env("NEURODIFF_TOKEN", &token)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let cli = |args: &[&str]| env.client(&token, args);
     let elsewhere = env.dir.path().join("elsewhere");
     std::fs::create_dir_all(&elsewhere).unwrap();
     let rule = low_rank_rule().to_string();

@@ -80,7 +80,14 @@ fn etag(bytes: &[u8]) -> String {
 }
 
 fn file(request: &HeaderMap, a: &Asset) -> Response {
-    let tag = etag(a.bytes);
+    // Hashed once per process, not per request (the charting library is 1 MB).
+    static TAGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let tags = TAGS.get_or_init(|| ASSETS.iter().map(|a| etag(a.bytes)).collect());
+    let tag = ASSETS
+        .iter()
+        .position(|x| x.path == a.path)
+        .and_then(|i| tags.get(i).cloned())
+        .unwrap_or_else(|| etag(a.bytes));
     let fresh = request
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())

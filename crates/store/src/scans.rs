@@ -422,40 +422,32 @@ impl Db {
 
     /// Runs whose audit has ended (or was deleted) and whose rules wait for evaluation.
     pub async fn pending_runs(&self, limit: i64) -> Result<Vec<PendingRun>> {
-        let rows = sqlx::query(
-            "SELECT r.id AS run_id, r.scan_id, r.checkpoint_id, r.location, r.audit_id, \
+        let rows = sqlx::query(&format!(
+            "SELECT {SCAN_COLUMNS}, r.id AS run_id, r.checkpoint_id, r.location, r.audit_id, \
              a.status AS audit_status, a.error AS audit_error \
-             FROM scan_runs r LEFT JOIN audits a ON a.id = r.audit_id \
+             FROM scan_runs r JOIN scans s ON s.id = r.scan_id JOIN teams t ON t.id = s.team_id \
+             LEFT JOIN audits a ON a.id = r.audit_id \
              WHERE r.state = 'audited' \
                AND (a.id IS NULL OR a.status IN ('succeeded', 'failed', 'cancelled')) \
-             ORDER BY r.created_at LIMIT $1",
-        )
+             ORDER BY r.created_at LIMIT $1"
+        ))
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let scan_id: Uuid = row.try_get("scan_id")?;
-            let srow = sqlx::query(&format!(
-                "SELECT {SCAN_COLUMNS} FROM scans s JOIN teams t ON t.id = s.team_id WHERE s.id = $1"
-            ))
-            .bind(scan_id)
-            .fetch_optional(&self.pool)
-            .await?;
-            // The scan was deleted since: its runs go with it.
-            let Some(srow) = srow else { continue };
-            let status: Option<String> = row.try_get("audit_status")?;
-            out.push(PendingRun {
-                run_id: row.try_get("run_id")?,
-                scan: scan_from_row(&srow)?,
-                checkpoint_id: row.try_get("checkpoint_id")?,
-                location: row.try_get("location")?,
-                audit_id: row.try_get("audit_id")?,
-                audit_status: status.as_deref().map(parse_status).transpose()?,
-                audit_error: row.try_get("audit_error")?,
-            });
-        }
-        Ok(out)
+        rows.iter()
+            .map(|row| {
+                let status: Option<String> = row.try_get("audit_status")?;
+                Ok(PendingRun {
+                    run_id: row.try_get("run_id")?,
+                    scan: scan_from_row(row)?,
+                    checkpoint_id: row.try_get("checkpoint_id")?,
+                    location: row.try_get("location")?,
+                    audit_id: row.try_get("audit_id")?,
+                    audit_status: status.as_deref().map(parse_status).transpose()?,
+                    audit_error: row.try_get("audit_error")?,
+                })
+            })
+            .collect()
     }
 
     /// Stores a run's evaluation, its alerts and their deliveries at once. False when another
@@ -605,23 +597,22 @@ impl Db {
                 details: r.try_get("details")?,
                 created_at: r.try_get("created_at")?,
                 acknowledged_at: r.try_get("acknowledged_at")?,
-                deliveries: self.deliveries(id).await?,
+                deliveries: Vec::new(),
             });
         }
-        Ok(out)
-    }
-
-    async fn deliveries(&self, alert: Uuid) -> Result<Vec<DeliveryRow>> {
+        // Every listed alert's deliveries in one query.
+        let ids: Vec<Uuid> = out.iter().map(|a| a.id).collect();
         let rows = sqlx::query(
-            "SELECT id, attempts, next_attempt_at, delivered_at, gave_up_at, last_status, last_error \
-             FROM webhook_deliveries WHERE alert_id = $1 ORDER BY id",
+            "SELECT alert_id, id, attempts, next_attempt_at, delivered_at, gave_up_at, last_status, last_error \
+             FROM webhook_deliveries WHERE alert_id = ANY($1) ORDER BY id",
         )
-        .bind(alert)
+        .bind(&ids)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(DeliveryRow {
+        for r in rows {
+            let alert: Uuid = r.try_get("alert_id")?;
+            if let Some(a) = out.iter_mut().find(|a| a.id == alert) {
+                a.deliveries.push(DeliveryRow {
                     id: r.try_get("id")?,
                     attempts: r.try_get("attempts")?,
                     next_attempt_at: r.try_get("next_attempt_at")?,
@@ -629,9 +620,10 @@ impl Db {
                     gave_up_at: r.try_get("gave_up_at")?,
                     last_status: r.try_get("last_status")?,
                     last_error: r.try_get("last_error")?,
-                })
-            })
-            .collect()
+                });
+            }
+        }
+        Ok(out)
     }
 
     pub async fn get_alert(&self, team: &Team, id: Uuid) -> Result<AlertRow> {

@@ -8,7 +8,7 @@ use comfy_table::Table;
 use neurodiff_protocol::scan::{Rule, ScanRequest};
 use serde_json::Value;
 
-use crate::commands::client::{absolute_if_local, print_json, Client, Server};
+use crate::commands::client::{absolute_if_local, print_json, Client, IdArgs, Server};
 use crate::commands::scope::ScopeArgs;
 
 #[derive(Debug, clap::Subcommand)]
@@ -36,13 +36,6 @@ pub enum Command {
 pub struct ServerArgs {
     #[command(flatten)]
     pub server: Server,
-}
-
-#[derive(Debug, clap::Args)]
-pub struct IdArgs {
-    #[command(flatten)]
-    pub server: Server,
-    pub id: String,
 }
 
 #[derive(Debug, clap::Args)]
