@@ -2,6 +2,7 @@
 pub mod checkpoint;
 pub mod corpus;
 pub mod device;
+pub mod dictionary;
 pub mod error;
 pub mod guard;
 pub mod hooks;
