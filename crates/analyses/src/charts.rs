@@ -222,3 +222,119 @@ pub fn grid(
     }
     Ok(svg)
 }
+
+/// Points of `series` as SVG (no lines), both axes linear over the points' range; points
+/// outside `clip` (when given) are drawn at its edge.
+pub fn scatter(
+    name: &str,
+    title: &str,
+    (x_desc, y_desc): (&str, &str),
+    series: &[Series],
+    clip: Option<(f64, f64)>,
+) -> Result<String, ChartError> {
+    let err = plot_err(name);
+    let clamp = |v: f64| match clip {
+        Some((lo, hi)) => v.clamp(lo, hi),
+        None => v,
+    };
+    let pts: Vec<(f64, f64)> = series
+        .iter()
+        .flat_map(|s| s.points.iter().copied())
+        .filter(|(x, y)| x.is_finite() && y.is_finite())
+        .map(|(x, y)| (clamp(x), clamp(y)))
+        .collect();
+    let range = |vals: &mut dyn Iterator<Item = f64>| {
+        let (lo, hi) = vals.fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
+        if lo > hi {
+            (0.0, 1.0)
+        } else if lo == hi {
+            (lo - 0.5, hi + 0.5)
+        } else {
+            let pad = (hi - lo) * 0.05;
+            (lo - pad, hi + pad)
+        }
+    };
+    let (x_lo, x_hi) = range(&mut pts.iter().map(|p| p.0));
+    let (y_lo, y_hi) = range(&mut pts.iter().map(|p| p.1));
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (960, 400)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 18))
+            .margin(10)
+            .x_label_area_size(36)
+            .y_label_area_size(80)
+            .build_cartesian_2d(x_lo..x_hi, y_lo..y_hi)
+            .map_err(|e| err(e.to_string()))?;
+        chart
+            .configure_mesh()
+            .x_desc(x_desc)
+            .y_desc(y_desc)
+            .draw()
+            .map_err(|e| err(e.to_string()))?;
+        for (n, s) in series.iter().enumerate() {
+            let color = Palette99::pick(n).to_rgba();
+            let points: Vec<(f64, f64)> = s
+                .points
+                .iter()
+                .filter(|(x, y)| x.is_finite() && y.is_finite())
+                .map(|&(x, y)| (clamp(x), clamp(y)))
+                .collect();
+            chart
+                .draw_series(points.into_iter().map(|p| Circle::new(p, 4, color.filled())))
+                .map_err(|e| err(e.to_string()))?
+                .label(s.label.clone())
+                .legend(move |(x, y)| Circle::new((x + 8, y), 4, color.filled()));
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()
+            .map_err(|e| err(e.to_string()))?;
+        root.present().map_err(|e| err(e.to_string()))?;
+    }
+    Ok(svg)
+}
+
+/// A histogram of `counts` over equal bins of `lo..hi`, as SVG.
+pub fn histogram(
+    name: &str,
+    title: &str,
+    (x_desc, y_desc): (&str, &str),
+    counts: &[u64],
+    (lo, hi): (f64, f64),
+) -> Result<String, ChartError> {
+    let err = plot_err(name);
+    let top = counts.iter().copied().max().unwrap_or(0).max(1) as f64 * 1.1;
+    let width = (hi - lo) / counts.len().max(1) as f64;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (960, 400)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 18))
+            .margin(10)
+            .x_label_area_size(36)
+            .y_label_area_size(80)
+            .build_cartesian_2d(lo..hi, 0.0..top)
+            .map_err(|e| err(e.to_string()))?;
+        chart
+            .configure_mesh()
+            .x_desc(x_desc)
+            .y_desc(y_desc)
+            .draw()
+            .map_err(|e| err(e.to_string()))?;
+        let color = Palette99::pick(0).to_rgba();
+        chart
+            .draw_series(counts.iter().enumerate().map(|(i, &c)| {
+                let x0 = lo + i as f64 * width;
+                Rectangle::new([(x0, 0.0), (x0 + width * 0.95, c as f64)], color.filled())
+            }))
+            .map_err(|e| err(e.to_string()))?;
+        root.present().map_err(|e| err(e.to_string()))?;
+    }
+    Ok(svg)
+}

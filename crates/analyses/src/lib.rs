@@ -6,6 +6,7 @@
 pub mod activations;
 pub mod charts;
 pub mod cmap;
+pub mod dictionary;
 pub mod grade;
 pub mod logit_lens;
 pub mod steering;
@@ -77,7 +78,7 @@ pub trait Analysis: Sync {
 }
 
 /// Every analysis, in the order reports show them.
-pub static REGISTRY: [&dyn Analysis; 7] = [
+pub static REGISTRY: [&dyn Analysis; 9] = [
     &weights::Weights,
     &activations::Activations,
     &logit_lens::LogitLens,
@@ -85,6 +86,8 @@ pub static REGISTRY: [&dyn Analysis; 7] = [
     &cmap::Cmap,
     &stitching::Stitching,
     &steering::Steering,
+    &dictionary::CROSSCODER,
+    &dictionary::SAE_DIFF,
 ];
 
 /// The analysis of `kind`.
@@ -97,6 +100,8 @@ pub fn analysis(kind: AnalysisKind) -> &'static dyn Analysis {
         AnalysisKind::Cmap => &cmap::Cmap,
         AnalysisKind::Stitching => &stitching::Stitching,
         AnalysisKind::Steering => &steering::Steering,
+        AnalysisKind::Crosscoder => &dictionary::CROSSCODER,
+        AnalysisKind::SaeDiff => &dictionary::SAE_DIFF,
     }
 }
 
@@ -158,6 +163,9 @@ pub fn kind_of(output: &ShardOutput) -> AnalysisKind {
         ShardOutput::Cmap(_) => AnalysisKind::Cmap,
         ShardOutput::Stitching(_) => AnalysisKind::Stitching,
         ShardOutput::Steering(_) => AnalysisKind::Steering,
+        ShardOutput::Crosscoder(_) => AnalysisKind::Crosscoder,
+        ShardOutput::SaeDiff(_) => AnalysisKind::SaeDiff,
+        ShardOutput::Collect(c) => c.analysis,
     }
 }
 
@@ -168,7 +176,11 @@ pub fn ground_truth_of(output: &ShardOutput) -> Option<&neurodiff_protocol::Grou
         ShardOutput::Cmap(s) => s.ground_truth.as_ref(),
         ShardOutput::Stitching(s) => s.ground_truth.as_ref(),
         ShardOutput::Steering(s) => s.ground_truth.as_ref(),
-        ShardOutput::Weights(_) | ShardOutput::Activations(_) | ShardOutput::LogitLens(_) => None,
+        ShardOutput::Crosscoder(s) | ShardOutput::SaeDiff(s) => s.ground_truth.as_ref(),
+        ShardOutput::Weights(_)
+        | ShardOutput::Activations(_)
+        | ShardOutput::LogitLens(_)
+        | ShardOutput::Collect(_) => None,
     }
 }
 

@@ -38,6 +38,7 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/results", get(routes::results::query))
         .route("/results/blocks", get(routes::blocks::query))
+        .route("/results/latents", get(routes::latents::query))
         .route(
             "/scans",
             get(routes::scans::list).post(routes::scans::create),

@@ -2,14 +2,14 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{alerts, audits, blocks, health, results, scans};
+use crate::routes::{alerts, audits, blocks, health, latents, results, scans};
 
 #[derive(Debug, OpenApi)]
 #[openapi(
     info(title = "NeuroDiff", description = "Model diffing audits: submit, follow, and query what fine-tuning changed."),
     paths(
         audits::create, audits::list, audits::get, audits::cancel,
-        results::results, results::artifacts, results::artifact, results::query, blocks::query,
+        results::results, results::artifacts, results::artifact, results::query, blocks::query, latents::query,
         scans::create, scans::list, scans::get, scans::pause, scans::resume, scans::trigger,
         scans::delete, alerts::list, alerts::get, alerts::ack,
         health::healthz, health::readyz,
@@ -17,7 +17,7 @@ use crate::routes::{alerts, audits, blocks, health, results, scans};
     components(schemas(
         audits::AuditRequest, audits::AuditView, audits::Progress, audits::AuditPage,
         results::ArtifactView, results::ArtifactList, results::ResultHitView, results::ResultPage,
-        blocks::BlockHitView, blocks::BlockPage,
+        blocks::BlockHitView, blocks::BlockPage, latents::LatentHitView, latents::LatentPage,
         scans::ScanView, scans::RunView, scans::ScanList, neurodiff_protocol::scan::ScanRequest,
         alerts::AlertView, alerts::DeliveryView, alerts::AlertList,
     )),

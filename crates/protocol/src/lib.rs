@@ -10,6 +10,7 @@ pub mod results;
 pub mod scan;
 pub mod spec;
 pub mod tier2;
+pub mod tier3;
 pub mod wire;
 
 pub use forward::*;
@@ -19,4 +20,5 @@ pub use policy::{classify, ModelRef, PolicyError, ReferencePolicy};
 pub use results::*;
 pub use spec::*;
 pub use tier2::*;
+pub use tier3::*;
 pub use wire::{AuditRequest, AuditStatus, AuditView, Progress};

@@ -211,6 +211,10 @@ pub struct Analyses {
     pub stitching: Option<crate::tier2::StitchingReport>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub steering: Option<crate::tier2::SteeringReport>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub crosscoder: Option<crate::tier3::DictionaryReport>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub sae_diff: Option<crate::tier3::DictionaryReport>,
 }
 
 /// What one shard returns, by analysis.
@@ -224,6 +228,10 @@ pub enum ShardOutput {
     Cmap(crate::tier2::CmapShard),
     Stitching(crate::tier2::StitchShard),
     Steering(crate::tier2::SteeringShard),
+    Crosscoder(crate::tier3::DictionaryReport),
+    SaeDiff(crate::tier3::DictionaryReport),
+    /// A slice of a dictionary's activation store (its analysis says which dictionary).
+    Collect(crate::tier3::CollectShard),
 }
 
 impl ShardOutput {
@@ -236,6 +244,8 @@ impl ShardOutput {
             ShardOutput::Cmap(r) => r.elapsed_s,
             ShardOutput::Stitching(r) => r.elapsed_s,
             ShardOutput::Steering(r) => r.elapsed_s,
+            ShardOutput::Crosscoder(r) | ShardOutput::SaeDiff(r) => r.elapsed_s,
+            ShardOutput::Collect(r) => r.elapsed_s,
         }
     }
 }

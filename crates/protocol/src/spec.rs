@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::forward::{ActivationOptions, CorpusOptions, LensOptions};
 pub use crate::tier2::{CmapOptions, SteeringOptions, TraceOptions};
+pub use crate::tier3::DictionaryOptions;
 
 /// The analyses an audit can run, by the name users give them (`--analyses`, `"analyses"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -24,10 +25,15 @@ pub enum AnalysisKind {
     Stitching,
     /// Tier II: steering with difference vectors over a grid of strengths, with generations.
     Steering,
+    /// Tier III: a BatchTopK crosscoder over both models' activations at one block, with
+    /// latent scaling and feature attribution.
+    Crosscoder,
+    /// Tier III: a BatchTopK SAE on the activation differences h_ft − h_base at one block.
+    SaeDiff,
 }
 
 impl AnalysisKind {
-    pub const ALL: [AnalysisKind; 7] = [
+    pub const ALL: [AnalysisKind; 9] = [
         AnalysisKind::Weights,
         AnalysisKind::Activations,
         AnalysisKind::LogitLens,
@@ -35,6 +41,8 @@ impl AnalysisKind {
         AnalysisKind::Cmap,
         AnalysisKind::Stitching,
         AnalysisKind::Steering,
+        AnalysisKind::Crosscoder,
+        AnalysisKind::SaeDiff,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -46,6 +54,8 @@ impl AnalysisKind {
             AnalysisKind::Cmap => "cmap",
             AnalysisKind::Stitching => "stitching",
             AnalysisKind::Steering => "steering",
+            AnalysisKind::Crosscoder => "crosscoder",
+            AnalysisKind::SaeDiff => "sae-diff",
         }
     }
 
@@ -58,7 +68,9 @@ impl AnalysisKind {
             | AnalysisKind::Traces
             | AnalysisKind::Cmap
             | AnalysisKind::Stitching
-            | AnalysisKind::Steering => true,
+            | AnalysisKind::Steering
+            | AnalysisKind::Crosscoder
+            | AnalysisKind::SaeDiff => true,
         }
     }
 
@@ -69,7 +81,10 @@ impl AnalysisKind {
             AnalysisKind::Activations | AnalysisKind::LogitLens | AnalysisKind::Stitching => {
                 ShardUnit::Samples
             }
-            AnalysisKind::Cmap | AnalysisKind::Steering => ShardUnit::Block,
+            AnalysisKind::Cmap
+            | AnalysisKind::Steering
+            | AnalysisKind::Crosscoder
+            | AnalysisKind::SaeDiff => ShardUnit::Block,
             AnalysisKind::Traces => ShardUnit::Position,
         }
     }
@@ -191,6 +206,10 @@ pub struct AuditSpec {
     pub cmap: CmapOptions,
     #[serde(default)]
     pub steering: SteeringOptions,
+    #[serde(default)]
+    pub crosscoder: DictionaryOptions,
+    #[serde(default)]
+    pub sae_diff: DictionaryOptions,
 }
 
 impl AuditSpec {
@@ -208,6 +227,8 @@ impl AuditSpec {
             traces: TraceOptions::default(),
             cmap: CmapOptions::default(),
             steering: SteeringOptions::default(),
+            crosscoder: DictionaryOptions::default(),
+            sae_diff: DictionaryOptions::default(),
         }
     }
 
@@ -236,6 +257,8 @@ impl AuditSpec {
         self.traces.validate()?;
         self.cmap.validate()?;
         self.steering.validate()?;
+        self.crosscoder.validate("crosscoder")?;
+        self.sae_diff.validate("sae_diff")?;
         // A position no sample can reach would fail the audit after its forward passes.
         if self.runs(AnalysisKind::Traces) && self.traces.positions > self.corpus.seq_len {
             return Err(SpecError::Field(
@@ -312,6 +335,34 @@ impl AuditSpec {
                     ));
                 }
             }
+            // A dictionary holds its block's activations of both models for the samples it
+            // collects (and trains for as many steps as it is asked to).
+            for (field, o, on) in [
+                ("crosscoder", &self.crosscoder, self.runs(AnalysisKind::Crosscoder)),
+                ("sae_diff", &self.sae_diff, self.runs(AnalysisKind::SaeDiff)),
+            ] {
+                let tokens =
+                    o.samples.min(self.corpus.max_samples) as u64 * self.corpus.seq_len as u64;
+                if on && tokens > MAX_DICTIONARY_TOKENS {
+                    return Err(SpecError::Field(
+                        format!("{field}.samples"),
+                        format!(
+                            "{field}.samples × corpus.seq_len = {tokens} tokens collected; at \
+                             most {MAX_DICTIONARY_TOKENS}"
+                        ),
+                    ));
+                }
+                let trained = o.steps as u64 * o.batch as u64;
+                if on && trained > MAX_DICTIONARY_TRAIN_TOKENS {
+                    return Err(SpecError::Field(
+                        format!("{field}.steps"),
+                        format!(
+                            "steps × batch = {trained} training tokens; at most \
+                             {MAX_DICTIONARY_TRAIN_TOKENS}"
+                        ),
+                    ));
+                }
+            }
             let shards = self.corpus.max_samples.div_ceil(self.corpus.shard_samples);
             if shards > MAX_CORPUS_SHARDS {
                 return Err(SpecError::Field(
@@ -337,6 +388,10 @@ impl AuditSpec {
 pub const MAX_SHARD_TOKENS: u64 = 1 << 20;
 /// Corpus shards one analysis may have.
 pub const MAX_CORPUS_SHARDS: usize = 4096;
+/// Tokens whose activations one dictionary analysis collects (held in memory while it trains).
+pub const MAX_DICTIONARY_TOKENS: u64 = 1 << 22;
+/// Tokens one dictionary analysis trains on (steps × batch).
+pub const MAX_DICTIONARY_TRAIN_TOKENS: u64 = 1 << 32;
 
 /// The most singular values a tensor's report may list.
 pub const MAX_TOP_K: usize = 4096;
@@ -488,6 +543,10 @@ pub struct ShardSpec {
     pub cmap: CmapOptions,
     #[serde(default)]
     pub steering: SteeringOptions,
+    #[serde(default)]
+    pub crosscoder: DictionaryOptions,
+    #[serde(default)]
+    pub sae_diff: DictionaryOptions,
 }
 
 impl ShardSpec {
@@ -504,6 +563,8 @@ impl ShardSpec {
             traces: spec.traces.clone(),
             cmap: spec.cmap.clone(),
             steering: spec.steering.clone(),
+            crosscoder: spec.crosscoder.clone(),
+            sae_diff: spec.sae_diff.clone(),
         }
     }
 }

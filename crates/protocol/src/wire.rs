@@ -21,7 +21,7 @@ pub struct AuditRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adapter: Option<String>,
     /// Analyses to run: `weights`, `activations`, `logit-lens`, `traces`, `cmap`,
-    /// `stitching`, `steering`; default `["weights"]`.
+    /// `stitching`, `steering`, `crosscoder`, `sae-diff`; default `["weights"]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Vec<String>>)]
     pub analyses: Option<Vec<AnalysisKind>>,
@@ -60,6 +60,16 @@ pub struct AuditRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub steering: Option<SteeringOptions>,
+    /// `{"layer": null, "expansion": 32, "k": 100, "batch": 2048, "steps": 2000, "lr": null,
+    /// "warmup_steps": 1000, "samples": 1024, "holdout_percent": 10, ...}`
+    /// (docs/crosscoder.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub crosscoder: Option<crate::DictionaryOptions>,
+    /// The same options, for the SAE on activation differences.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub sae_diff: Option<crate::DictionaryOptions>,
 }
 
 impl AuditRequest {
@@ -86,6 +96,8 @@ impl AuditRequest {
         spec.traces = self.traces.unwrap_or_default();
         spec.cmap = self.cmap.unwrap_or_default();
         spec.steering = self.steering.unwrap_or_default();
+        spec.crosscoder = self.crosscoder.unwrap_or_default();
+        spec.sae_diff = self.sae_diff.unwrap_or_default();
         spec.validate()?;
         Ok(spec)
     }

@@ -89,9 +89,36 @@ pub async fn finish(ctx: &SchedulerContext, f: Finishing) -> Result<bool, FanInE
             sha256: stored.sha256,
         });
     }
+    // The dictionaries the training shards left in the team's space are artifacts too.
+    let dictionaries = [
+        ("crosscoder", &results.analyses.crosscoder),
+        ("sae_diff", &results.analyses.sae_diff),
+    ];
+    if dictionaries.iter().any(|(_, s)| s.is_some()) {
+        let team = ctx.db.team_of(audit).await?;
+        for (name, section) in dictionaries {
+            let Some(file) = section.as_ref().and_then(|s| s.dictionary.as_ref()) else {
+                continue;
+            };
+            let key = format!("teams/{team}/{}", file.key);
+            if !file.key.starts_with("dictionaries/") || file.key.contains("..") || file.location != key {
+                return Err(FanInError::Invalid(format!(
+                    "the {name} dictionary is not in the team's space: {}",
+                    file.location
+                )));
+            }
+            artifacts.push(ArtifactRow {
+                name: format!("{name}.safetensors"),
+                object_key: key,
+                size_bytes: file.bytes as i64,
+                sha256: file.sha256.clone(),
+                content_type: "application/octet-stream".into(),
+            });
+        }
+    }
     let finished = ctx
         .db
-        .finish_audit(audit, f.claim, &artifacts, &block_rows(&results))
+        .finish_audit(audit, f.claim, &artifacts, &block_rows(&results), &latent_rows(&results))
         .await?;
     if finished {
         tracing::info!(%audit, artifacts = artifacts.len(), "audit succeeded");
@@ -100,6 +127,34 @@ pub async fn finish(ctx: &SchedulerContext, f: Finishing) -> Result<bool, FanInE
 }
 
 /// The per-block metrics of the corpus analyses, as the team-wide query stores them.
+/// The per-latent rows of the dictionary analyses (every latent results.json lists).
+pub fn latent_rows(results: &AuditResults) -> Vec<neurodiff_store::LatentRow> {
+    let mut rows = Vec::new();
+    for (analysis, section) in [
+        ("crosscoder", &results.analyses.crosscoder),
+        ("sae-diff", &results.analyses.sae_diff),
+    ] {
+        let Some(d) = section else { continue };
+        for l in &d.latents {
+            rows.push(neurodiff_store::LatentRow {
+                analysis: analysis.into(),
+                layer: d.layer as i32,
+                latent: l.id as i32,
+                class: l.class.clone(),
+                delta_norm: l.delta_norm,
+                nu_eps: l.nu_eps,
+                nu_r: l.nu_r,
+                frequency: l.frequency,
+                max_activation: l.max_activation,
+                top_tokens: l.top_tokens.iter().map(|t| t.token.clone()).collect(),
+                example_tokens: l.examples.iter().map(|e| e.token.clone()).collect(),
+                domain_hit: l.domain_hit,
+            });
+        }
+    }
+    rows
+}
+
 pub fn block_rows(results: &AuditResults) -> Vec<neurodiff_store::BlockRow> {
     let mut rows = Vec::new();
     if let Some(a) = &results.analyses.activations {

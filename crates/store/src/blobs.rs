@@ -219,6 +219,14 @@ impl Blobs {
         Ok(out)
     }
 
+    /// Removes the object (a missing one is not an error).
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        match self.store.delete(&self.path(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(classify(key, e)),
+        }
+    }
+
     /// One object's size and version, without listing its folder (which may hold thousands).
     pub async fn head(&self, key: &str) -> Result<ListedObject> {
         let meta = self

@@ -1,6 +1,7 @@
 //! I/O adapters. PostgreSQL is the record of truth (teams, tokens, audits, shards fenced by
 //! attempt, per-tensor results); Redis Streams carry the shards; object storage keeps artifacts.
 pub mod blobs;
+pub mod latents;
 pub mod pg;
 pub mod query;
 pub mod queue;
@@ -9,6 +10,7 @@ pub mod sched;
 pub mod tokens;
 
 pub use blobs::{artifact_key, shard_result_key, Blobs, ListedObject, StoredObject};
+pub use latents::{LatentHit, LatentQuery, LatentRow};
 pub use pg::{Admission, AuditFilter, AuditRow, Db, FanIn, Quota, Team, MIGRATOR};
 pub use query::{BlockHit, BlockQuery, ResultHit, ResultQuery, BLOCK_METRICS, QUERY_METRICS};
 pub use queue::{now_ms, Delivery, Queue, QueueStats, Reclaimed};

@@ -378,6 +378,7 @@ impl Db {
         claim: Uuid,
         artifacts: &[ArtifactRow],
         blocks: &[BlockRow],
+        latents: &[crate::LatentRow],
     ) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
@@ -423,6 +424,7 @@ impl Db {
             .execute(&mut *tx)
             .await?;
         }
+        crate::latents::insert(&mut tx, audit, latents).await?;
         tx.commit().await?;
         Ok(true)
     }

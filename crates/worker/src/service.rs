@@ -376,6 +376,11 @@ async fn shard(
     let (spec_b, stop_b, device) = (spec.clone(), lease.stop.clone(), ctx.settings.device);
     let slow_tensor = ctx.settings.slow_tensor;
     let hashes = ctx.hashes.clone();
+    let store = crate::exec::store::BlobStore::new(
+        ctx.blobs.clone(),
+        &team,
+        tokio::runtime::Handle::current(),
+    );
     let result = blocking(move || {
         let sources = Sources::open_confined(&base, &spec_b.target, &target)?;
         if let Some(p) = &planned {
@@ -384,7 +389,7 @@ async fn shard(
             verify(&p.finetuned, &target_files, &hashes, &stop_b)?;
         }
         let slow = slow_tensor;
-        crate::exec::run_shard(&sources, &spec_b, corpus.as_ref(), device, &mut |_| {
+        crate::exec::run_shard(&sources, &spec_b, corpus.as_ref(), &store, device, &mut |_| {
             if !slow.is_zero() {
                 std::thread::sleep(slow);
             }

@@ -59,7 +59,9 @@ fn plan_and_run(base: &Path, target: Target) {
         return;
     };
     if let Some(first) = shards.first() {
-        let _ = run_shard(&sources, first, None, tch::Device::Cpu, &mut |_| true);
+        let Ok(dir) = tempfile::tempdir() else { return };
+        let store = neurodiff_worker::exec::store::DirStore::new(dir.path());
+        let _ = run_shard(&sources, first, None, &store, tch::Device::Cpu, &mut |_| true);
     }
 }
 

@@ -3,5 +3,6 @@ pub mod alerts;
 pub mod audits;
 pub mod blocks;
 pub mod health;
+pub mod latents;
 pub mod results;
 pub mod scans;

@@ -12,6 +12,7 @@ use neurodiff_core::device;
 use neurodiff_core::reference::HubOptions;
 use neurodiff_protocol::{AuditResults, Limits, PlanRecord, ShardKey};
 use neurodiff_worker::exec::run_shard;
+use neurodiff_worker::exec::store::ShardStore;
 use neurodiff_worker::record::{record_with, HashCache};
 use neurodiff_worker::{corpus, plan_audit, Sources};
 
@@ -38,6 +39,11 @@ pub struct Args {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Where shards keep what outlives them (activation stores, training checkpoints,
+    /// dictionaries): reused by later audits of the same models and corpus, and where an
+    /// interrupted training resumes from. Default: $NEURODIFF_CACHE/store.
+    #[arg(long, env = "NEURODIFF_STORE")]
+    pub store: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -56,6 +62,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let limits = Limits::default();
     spec.check_limits(&limits)?;
     let device = device::parse_device(&args.device)?;
+    let store = neurodiff_worker::exec::store::DirStore::new(
+        args.store
+            .clone()
+            .unwrap_or_else(neurodiff_worker::exec::store::DirStore::default_root),
+    );
     if args.out.exists()
         && !args.out.join("results.json").is_file()
         && args
@@ -132,7 +143,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .iter()
             .map(|shard| {
                 bar.set_message(shard.shard.to_string());
-                run_shard(&sources, shard, corpus.as_ref(), device, &mut |_| {
+                run_shard(&sources, shard, corpus.as_ref(), &store, device, &mut |_| {
                     bar.inc(1);
                     true
                 })
@@ -162,6 +173,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let results = neurodiff_analyses::assemble(&spec, record, outputs, created)?;
     let files = neurodiff_report::render(&results)?;
     neurodiff_report::write_dir(&files, staging.path())?;
+    // The trained dictionaries beside the report.
+    for (name, section) in [
+        ("crosscoder", &results.analyses.crosscoder),
+        ("sae_diff", &results.analyses.sae_diff),
+    ] {
+        if let Some(file) = section.as_ref().and_then(|s| s.dictionary.as_ref()) {
+            let to = staging.path().join(format!("{name}.safetensors"));
+            std::fs::copy(store.locate(&file.key), &to)
+                .with_context(|| format!("copying the {name} dictionary to {}", to.display()))?;
+        }
+    }
     let out = staging.commit()?;
     eprintln!(
         "ran {} shards in {analysis_s:.2}s; {}",
@@ -248,6 +270,27 @@ fn summary(r: &AuditResults) -> String {
                 .collect::<Vec<_>>()
                 .join(", ")
         ));
+    }
+    for (name, d) in [
+        ("crosscoder", &r.analyses.crosscoder),
+        ("sae-diff", &r.analyses.sae_diff),
+    ] {
+        if let Some(d) = d {
+            parts.push(format!(
+                "{name}: {} latents at block {}, FVE {}, L0 {:.1}, {} fine-tune-only ({} with low ν)",
+                d.dict_size,
+                d.layer,
+                [d.fve_base, d.fve_ft]
+                    .iter()
+                    .flatten()
+                    .map(|v| format!("{v:.3}"))
+                    .collect::<Vec<_>>()
+                    .join("/"),
+                d.l0,
+                d.classes.ft_only,
+                d.ft_only_low_nu
+            ));
+        }
     }
     if let Some(g) = &r.grades {
         if let Some(p) = g.mean_logit_lens_p20 {

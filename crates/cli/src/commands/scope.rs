@@ -3,7 +3,7 @@
 use anyhow::Context;
 use neurodiff_protocol::{
     parse_layers, ActivationOptions, AnalysisKind, AuditRequest, CmapOptions, CorpusOptions,
-    GenerationOptions, LensOptions, Spectrum, SteeringOptions, SteeringVector, TraceOptions,
+    DictionaryOptions, GenerationOptions, LensOptions, Spectrum, SteeringOptions, SteeringVector, TraceOptions,
     WeightOptions,
 };
 
@@ -18,7 +18,7 @@ pub enum SpectrumArg {
 #[derive(Debug, clap::Args)]
 pub struct ScopeArgs {
     /// Analyses to run (comma-separated): weights, activations, logit-lens, traces, cmap,
-    /// stitching, steering.
+    /// stitching, steering, crosscoder, sae-diff.
     #[arg(long, value_delimiter = ',', default_value = "weights")]
     pub analyses: Vec<String>,
     /// Blocks of the weight audit and of CMAP: `all`, or indices and ranges like `0,3,10-12`.
@@ -91,9 +91,42 @@ pub struct ScopeArgs {
     /// Generation: the sampler's seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Crosscoder and SAE on differences: the block encoded (default: the middle one).
+    #[arg(long)]
+    pub dict_layer: Option<usize>,
+    /// Crosscoder and SAE: dictionary size as a multiple of the model width.
+    #[arg(long, default_value_t = DictionaryOptions::default().expansion)]
+    pub dict_expansion: usize,
+    /// Crosscoder and SAE: latents kept per token on average (BatchTopK).
+    #[arg(long, default_value_t = DictionaryOptions::default().k)]
+    pub dict_k: usize,
+    /// Crosscoder and SAE: training steps and tokens per batch.
+    #[arg(long, default_value_t = DictionaryOptions::default().steps)]
+    pub dict_steps: usize,
+    #[arg(long, default_value_t = DictionaryOptions::default().batch)]
+    pub dict_batch: usize,
+    /// Crosscoder and SAE: Adam's learning rate (default: 2e-4 / sqrt(size / 2^14)).
+    #[arg(long)]
+    pub dict_lr: Option<f64>,
+    /// Crosscoder and SAE: corpus samples whose activations are collected (10% held back).
+    #[arg(long, default_value_t = DictionaryOptions::default().samples)]
+    pub dict_samples: usize,
 }
 
 impl ScopeArgs {
+    fn dictionary(&self) -> DictionaryOptions {
+        DictionaryOptions {
+            layer: self.dict_layer,
+            expansion: self.dict_expansion,
+            k: self.dict_k,
+            steps: self.dict_steps,
+            batch: self.dict_batch,
+            lr: self.dict_lr,
+            samples: self.dict_samples,
+            ..DictionaryOptions::default()
+        }
+    }
+
     /// The request these flags make; `reference` maps each model or corpus reference as sent.
     pub fn request(
         &self,
@@ -144,6 +177,8 @@ impl ScopeArgs {
             cmap: Some(CmapOptions {
                 samples: self.cmap_samples,
             }),
+            crosscoder: Some(self.dictionary()),
+            sae_diff: Some(self.dictionary()),
             steering: Some(SteeringOptions {
                 layers: match &self.steer_layers {
                     Some(l) => parse_layers(l).context("--steer-layers")?,

@@ -3,10 +3,12 @@
 //! the service's workers call [`run_shard`] alike.
 pub mod activations;
 pub mod cmap;
+pub mod dictionary;
 pub mod dist;
 pub mod forward;
 pub mod logit_lens;
 pub mod steering;
+pub mod store;
 pub mod stitching;
 pub mod traces;
 
@@ -32,6 +34,7 @@ pub fn run_shard(
     sources: &Sources,
     spec: &ShardSpec,
     corpus: Option<&CorpusText>,
+    store: &dyn store::ShardStore,
     device: Device,
     progress: Progress<'_>,
 ) -> Result<ShardOutput> {
@@ -39,7 +42,11 @@ pub fn run_shard(
     let _entered = span.enter();
     let output = match spec.shard.analysis() {
         AnalysisKind::Weights => ShardOutput::Weights(sources.execute(spec, device, progress)?),
-        AnalysisKind::Traces | AnalysisKind::Cmap | AnalysisKind::Steering => {
+        AnalysisKind::Traces
+        | AnalysisKind::Cmap
+        | AnalysisKind::Steering
+        | AnalysisKind::Crosscoder
+        | AnalysisKind::SaeDiff => {
             let corpus = corpus.ok_or_else(|| {
                 WorkerError::Io(format!("shard {}: no corpus was loaded", spec.shard))
             })?;
@@ -54,6 +61,8 @@ pub fn run_shard(
             let needed = match spec.shard.analysis() {
                 AnalysisKind::Cmap => spec.cmap.samples,
                 AnalysisKind::Steering => spec.steering.samples,
+                AnalysisKind::Crosscoder => spec.crosscoder.samples,
+                AnalysisKind::SaeDiff => spec.sae_diff.samples,
                 _ => spec.traces.samples,
             };
             let samples = &corpus.samples[..needed.min(corpus.samples.len())];
@@ -73,6 +82,24 @@ pub fn run_shard(
                     layer,
                 } => ShardOutput::Cmap(cmap::run(
                     &pair, layer, &input, &spec.cmap, truth, progress,
+                )?),
+                ShardKey::Block {
+                    analysis: kind @ (AnalysisKind::Crosscoder | AnalysisKind::SaeDiff),
+                    ..
+                } => {
+                    let report =
+                        dictionary::train(&pair, spec, corpus, &tokens, store, truth, progress)?;
+                    if kind == AnalysisKind::Crosscoder {
+                        ShardOutput::Crosscoder(report)
+                    } else {
+                        ShardOutput::SaeDiff(report)
+                    }
+                }
+                ShardKey::Samples {
+                    analysis: AnalysisKind::Crosscoder | AnalysisKind::SaeDiff,
+                    ..
+                } => ShardOutput::Collect(dictionary::collect(
+                    &pair, spec, corpus, &tokens, store, progress,
                 )?),
                 ShardKey::Block {
                     analysis: AnalysisKind::Steering,
@@ -197,6 +224,18 @@ pub fn planned_steps(spec: &ShardSpec, n_samples: usize) -> usize {
             analysis: AnalysisKind::Cmap,
             ..
         } => batches(spec.cmap.samples.min(n_samples)),
+        ShardKey::Block {
+            analysis: kind @ (AnalysisKind::Crosscoder | AnalysisKind::SaeDiff),
+            ..
+        } => {
+            let o = if kind == AnalysisKind::SaeDiff {
+                &spec.sae_diff
+            } else {
+                &spec.crosscoder
+            };
+            // Collection batches, training steps, evaluation chunks and reported latents.
+            batches(o.samples.min(n_samples)) + o.steps + 1 + o.sample_latents
+        }
         ShardKey::Block { .. } => {
             2 * batches(spec.steering.samples.min(n_samples))
                 + 4 * prompts(&spec.steering.generation)

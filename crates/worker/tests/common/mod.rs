@@ -27,9 +27,12 @@ pub fn audit(spec: &AuditSpec) -> Result<AuditResults, String> {
     let (b, t) = sources.contents().map_err(|e| e.to_string())?;
     let shards =
         plan_audit(&sources, spec, [&b, &t], Some(&corpus), &limits).map_err(|e| e.to_string())?;
+    // Each audit its own store: what one test leaves never feeds another.
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let store = neurodiff_worker::exec::store::DirStore::new(dir.path());
     let outputs = shards
         .iter()
-        .map(|s| run_shard(&sources, s, Some(&corpus), tch::Device::Cpu, &mut |_| true))
+        .map(|s| run_shard(&sources, s, Some(&corpus), &store, tch::Device::Cpu, &mut |_| true))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
     let record = PlanRecord {

@@ -1,0 +1,299 @@
+//! Tier III, dictionaries: the BatchTopK crosscoder over both models' activations at one block
+//! and the BatchTopK SAE on their difference. One shard each (training runs on one worker);
+//! its output is the analysis's section of results.json. Plots: training curves, the Δ-norm
+//! histogram, the ν scatter of fine-tune-only latents; latent cards in the report.
+use std::fmt::Write as _;
+
+use neurodiff_protocol::{
+    Analyses, AnalysisKind, AuditResults, AuditSpec, DictionaryOptions, DictionaryReport,
+    ShardKey, ShardOutput,
+};
+
+use crate::charts::{histogram, lines, scatter, Series};
+use crate::{escape, outputs_of, Analysis, AnalysisError, Figure, PlanFacts};
+
+/// The crosscoder (`kind` Crosscoder) or the SAE on differences (`kind` SaeDiff).
+#[derive(Debug)]
+pub struct Dictionaries {
+    pub kind: AnalysisKind,
+}
+
+pub static CROSSCODER: Dictionaries = Dictionaries {
+    kind: AnalysisKind::Crosscoder,
+};
+pub static SAE_DIFF: Dictionaries = Dictionaries {
+    kind: AnalysisKind::SaeDiff,
+};
+
+impl Dictionaries {
+    /// Its options in a spec.
+    pub fn options<'a>(&self, spec: &'a AuditSpec) -> &'a DictionaryOptions {
+        match self.kind {
+            AnalysisKind::SaeDiff => &spec.sae_diff,
+            _ => &spec.crosscoder,
+        }
+    }
+
+    fn section<'a>(&self, results: &'a AuditResults) -> Option<&'a DictionaryReport> {
+        match self.kind {
+            AnalysisKind::SaeDiff => results.analyses.sae_diff.as_ref(),
+            _ => results.analyses.crosscoder.as_ref(),
+        }
+    }
+
+    fn slug(&self) -> &'static str {
+        match self.kind {
+            AnalysisKind::SaeDiff => "sae_diff",
+            _ => "crosscoder",
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        match self.kind {
+            AnalysisKind::SaeDiff => "SAE on activation differences",
+            _ => "Crosscoder",
+        }
+    }
+}
+
+/// The corpus slices of a dictionary's activation store: its first `samples` samples (of the
+/// `n` the audit uses) in slices of `per_slice`.
+pub fn slices(kind: AnalysisKind, o: &DictionaryOptions, n: usize, per_slice: usize) -> Vec<ShardKey> {
+    neurodiff_protocol::sample_shards(kind, o.samples.min(n), per_slice)
+}
+
+/// The block a dictionary encodes: the option's, or the middle block.
+pub fn block_of(options: &DictionaryOptions, n_layers: usize) -> Result<usize, AnalysisError> {
+    match options.layer {
+        Some(l) => crate::cmap::blocks("layer", Some(&[l]), n_layers).map(|b| b[0]),
+        None => Ok(crate::traces::default_layer(n_layers)),
+    }
+}
+
+impl Analysis for Dictionaries {
+    fn kind(&self) -> AnalysisKind {
+        self.kind
+    }
+
+    /// Collect shards, one per corpus slice (any worker fills the activation store), then the
+    /// training shard (which collects any slice still missing itself, so it never waits).
+    fn plan(&self, spec: &AuditSpec, facts: &PlanFacts) -> Result<Vec<ShardKey>, AnalysisError> {
+        let n = crate::require_corpus(self.kind, facts)?;
+        let o = self.options(spec);
+        let mut keys = slices(self.kind, o, n, spec.corpus.shard_samples);
+        if keys.len() < 2 {
+            return Err(AnalysisError::Merge {
+                analysis: self.kind,
+                message: format!(
+                    "{} samples in slices of {} (corpus.shard_samples) make {} slice(s); at \
+                     least 2 are needed, one of them held back",
+                    o.samples.min(n),
+                    spec.corpus.shard_samples,
+                    keys.len()
+                ),
+            });
+        }
+        keys.push(ShardKey::Block {
+            analysis: self.kind,
+            layer: block_of(o, facts.n_layers)?,
+        });
+        Ok(keys)
+    }
+
+    fn merge(
+        &self,
+        _spec: &AuditSpec,
+        outputs: Vec<ShardOutput>,
+        into: &mut Analyses,
+    ) -> Result<(), AnalysisError> {
+        let kind = self.kind;
+        let (collected, trained): (Vec<ShardOutput>, Vec<ShardOutput>) = outputs
+            .into_iter()
+            .partition(|o| matches!(o, ShardOutput::Collect(_)));
+        let mut ranges: Vec<(usize, usize)> = outputs_of(kind, collected, |o| match o {
+            ShardOutput::Collect(c) => Some((c.start, c.end)),
+            _ => None,
+        })?;
+        crate::check_cover(kind, &mut ranges)?;
+        let mut shards = outputs_of(kind, trained, |o| match o {
+            ShardOutput::Crosscoder(r) | ShardOutput::SaeDiff(r) => Some(r),
+            _ => None,
+        })?;
+        if shards.len() != 1 {
+            return Err(AnalysisError::Merge {
+                analysis: kind,
+                message: format!("expected one shard, got {}", shards.len()),
+            });
+        }
+        let report = shards.pop();
+        match kind {
+            AnalysisKind::SaeDiff => into.sae_diff = report,
+            _ => into.crosscoder = report,
+        }
+        Ok(())
+    }
+
+    fn figures(&self, results: &AuditResults) -> Result<Vec<Figure>, AnalysisError> {
+        let Some(r) = self.section(results) else {
+            return Ok(Vec::new());
+        };
+        let slug = self.slug();
+        let curve = |f: fn(&neurodiff_protocol::TrainPoint) -> f64, label: &str| Series {
+            label: label.to_string(),
+            points: r.training.iter().map(|p| (p.step as f64, f(p))).collect(),
+        };
+        let name = format!("{slug}_training.svg");
+        let mut figures = vec![Figure {
+            svg: lines(
+                &name,
+                &format!("{}: training (block {})", self.title(), r.layer),
+                ("step", "value"),
+                &[
+                    curve(|p| p.loss, "loss"),
+                    curve(|p| p.fve, "FVE (batch)"),
+                    curve(|p| p.dead_fraction, "dead fraction"),
+                ],
+                false,
+            )?,
+            name,
+        }];
+        if self.kind == AnalysisKind::Crosscoder {
+            let name = format!("{slug}_delta_norm.svg");
+            figures.push(Figure {
+                svg: histogram(
+                    &name,
+                    "Decoder-norm ratio Δ of every latent (0: fine-tune only, 1: base only)",
+                    ("Δ", "latents"),
+                    &r.delta_histogram,
+                    (0.0, 1.0),
+                )?,
+                name,
+            });
+            let nu = |low: bool| -> Vec<(f64, f64)> {
+                r.latents
+                    .iter()
+                    .filter(|l| l.class == "ft_only")
+                    .filter_map(|l| Some((l.nu_eps?, l.nu_r?)))
+                    .filter(|&(e, rr)| (e < 0.2 && rr < 0.5) == low)
+                    .collect()
+            };
+            let name = format!("{slug}_nu.svg");
+            figures.push(Figure {
+                svg: scatter(
+                    &name,
+                    "Latent scaling of fine-tune-only latents (ν_ε < 0.2 and ν_r < 0.5: real)",
+                    ("ν_ε", "ν_r"),
+                    &[
+                        Series {
+                            label: "real (low ν)".into(),
+                            points: nu(true),
+                        },
+                        Series {
+                            label: "sparsity artifact (high ν)".into(),
+                            points: nu(false),
+                        },
+                    ],
+                    Some((-0.5, 1.5)),
+                )?,
+                name,
+            });
+        }
+        Ok(figures)
+    }
+
+    fn html(&self, results: &AuditResults) -> String {
+        let Some(r) = self.section(results) else {
+            return String::new();
+        };
+        let mut out = String::new();
+        let fve = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.3}"));
+        let _ = write!(
+            out,
+            "<h2>{}</h2><p>Block {} ({}), width {}: {} latents, k = {}, {} steps of {} tokens \
+             (lr {:.2e}) on {} tokens; metrics on {} held-back tokens.{}</p><table><tr>\
+             <th>FVE base</th><th>FVE fine-tune</th><th>L0</th><th>dead</th>",
+            self.title(),
+            r.layer,
+            escape(&r.hook),
+            r.d_model,
+            r.dict_size,
+            r.k,
+            r.steps,
+            r.batch,
+            r.lr,
+            r.train_tokens,
+            r.eval_tokens,
+            if r.resumed_at > 0 {
+                format!(" Resumed from the checkpoint of step {}.", r.resumed_at)
+            } else {
+                String::new()
+            }
+        );
+        if self.kind == AnalysisKind::Crosscoder {
+            out.push_str(
+                "<th>fine-tune only</th><th>of which low ν</th><th>base only</th><th>shared</th>\
+                 <th>other</th>",
+            );
+        }
+        let _ = write!(
+            out,
+            "</tr><tr><td>{}</td><td>{}</td><td>{:.1}</td><td>{:.1}%</td>",
+            fve(r.fve_base),
+            fve(r.fve_ft),
+            r.l0,
+            100.0 * r.dead_fraction
+        );
+        if self.kind == AnalysisKind::Crosscoder {
+            let c = &r.classes;
+            let _ = write!(
+                out,
+                "<td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>",
+                c.ft_only, r.ft_only_low_nu, c.base_only, c.shared, c.other
+            );
+        }
+        out.push_str("</tr></table>");
+        if let Some(share) = r.domain_share {
+            let _ = write!(
+                out,
+                "<p>Of the low-ν fine-tune-only latents, {:.0}% carry a word of the organism's \
+                 domain in their decoder lens or top examples.</p>",
+                100.0 * share
+            );
+        }
+        out.push_str(
+            "<h3>Latents</h3><table><tr><th>id</th><th>class</th><th>Δ</th><th>ν_ε</th>\
+             <th>ν_r</th><th>freq</th><th style=\"text-align:left\">decoder lens (top tokens)</th>\
+             <th style=\"text-align:left\">top examples</th></tr>",
+        );
+        let num = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.2}"));
+        for l in &r.latents {
+            let tokens: Vec<String> = l
+                .top_tokens
+                .iter()
+                .take(8)
+                .map(|t| escape(&format!("{:?}", t.token)))
+                .collect();
+            let examples: Vec<String> = l
+                .examples
+                .iter()
+                .take(3)
+                .map(|e| format!("…{} <b>[{}]</b> ({:.2})", escape(&e.context), escape(&e.token), e.activation))
+                .collect();
+            let _ = write!(
+                out,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.4}</td>\
+                 <td style=\"text-align:left\">{}</td><td style=\"text-align:left\">{}</td></tr>",
+                l.id,
+                escape(&l.class),
+                num(l.delta_norm),
+                num(l.nu_eps),
+                num(l.nu_r),
+                l.frequency,
+                tokens.join(" "),
+                examples.join("<br>")
+            );
+        }
+        out.push_str("</table>");
+        out
+    }
+}

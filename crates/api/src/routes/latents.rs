@@ -1,0 +1,130 @@
+//! `GET /v1/results/latents`: the latents of the dictionary analyses (crosscoder, SAE on
+//! differences) across every succeeded audit of the team, such as every fine-tune-only latent
+//! whose decoder lens or top examples include a token.
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use neurodiff_store::LatentQuery;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::auth::AuthTeam;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct LatentsQuery {
+    /// `crosscoder` or `sae-diff`
+    pub analysis: Option<String>,
+    /// `ft_only`, `base_only`, `shared`, `other` (crosscoders) or `diff` (an SAE's)
+    pub class: Option<String>,
+    /// A token among the latent's decoder-lens or top-example tokens (case and surrounding
+    /// spaces ignored).
+    pub token: Option<String>,
+    /// The base or fine-tuned reference, exactly as submitted.
+    pub model: Option<String>,
+    /// Only latents whose ν_ε (and ν_r) are at most this: 0.2 and 0.5 keep the real
+    /// fine-tune-only latents, not the sparsity artifacts.
+    pub max_nu_eps: Option<f64>,
+    pub max_nu_r: Option<f64>,
+    pub limit: Option<i64>,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LatentHitView {
+    pub audit_id: Uuid,
+    pub base: String,
+    pub target: String,
+    pub audit_created_at: DateTime<Utc>,
+    pub analysis: String,
+    pub layer: i32,
+    pub latent: i32,
+    pub class: String,
+    pub delta_norm: Option<f64>,
+    pub nu_eps: Option<f64>,
+    pub nu_r: Option<f64>,
+    pub frequency: f64,
+    pub max_activation: f64,
+    pub top_tokens: Vec<String>,
+    pub example_tokens: Vec<String>,
+    pub domain_hit: Option<bool>,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LatentPage {
+    pub results: Vec<LatentHitView>,
+}
+
+const ANALYSES: [&str; 2] = ["crosscoder", "sae-diff"];
+const CLASSES: [&str; 5] = ["ft_only", "base_only", "shared", "other", "diff"];
+
+/// `GET /v1/results/latents`: latents across the team's succeeded audits, most frequent first.
+#[utoipa::path(get, path = "/v1/results/latents", tag = "results", params(LatentsQuery),
+    responses((status = 200, body = LatentPage), (status = 400, description = "a bad filter, named")),
+    security(("bearer" = [])))]
+pub async fn query(
+    State(state): State<AppState>,
+    AuthTeam(team): AuthTeam,
+    query: Result<Query<LatentsQuery>, QueryRejection>,
+) -> Result<Json<LatentPage>, ApiError> {
+    let Query(q) = query.map_err(|r| ApiError::BadRequest(r.body_text()))?;
+    let bad = |m: String| Err(ApiError::BadRequest(m));
+    if let Some(a) = q.analysis.as_deref().filter(|a| !ANALYSES.contains(a)) {
+        return bad(format!("query `analysis`: `{a}` is not one of {}", ANALYSES.join(", ")));
+    }
+    if let Some(c) = q.class.as_deref().filter(|c| !CLASSES.contains(c)) {
+        return bad(format!("query `class`: `{c}` is not one of {}", CLASSES.join(", ")));
+    }
+    if q.token.as_deref().is_some_and(|t| t.trim().is_empty() || t.len() > 256) {
+        return bad("query `token`: between 1 and 256 characters".into());
+    }
+    for (name, v) in [("max_nu_eps", q.max_nu_eps), ("max_nu_r", q.max_nu_r)] {
+        if v.is_some_and(|v| !v.is_finite()) {
+            return bad(format!("query `{name}`: must be a finite number"));
+        }
+    }
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return bad("query `limit`: between 1 and 1000".into());
+    }
+    let hits = state
+        .db
+        .query_latents(
+            &team,
+            &LatentQuery {
+                analysis: q.analysis,
+                class: q.class,
+                token: q.token,
+                model: q.model,
+                max_nu_eps: q.max_nu_eps,
+                max_nu_r: q.max_nu_r,
+                limit,
+            },
+        )
+        .await?;
+    Ok(Json(LatentPage {
+        results: hits
+            .into_iter()
+            .map(|h| LatentHitView {
+                audit_id: h.audit,
+                base: h.base,
+                target: h.target,
+                audit_created_at: h.audit_created_at,
+                analysis: h.latent.analysis,
+                layer: h.latent.layer,
+                latent: h.latent.latent,
+                class: h.latent.class,
+                delta_norm: h.latent.delta_norm,
+                nu_eps: h.latent.nu_eps,
+                nu_r: h.latent.nu_r,
+                frequency: h.latent.frequency,
+                max_activation: h.latent.max_activation,
+                top_tokens: h.latent.top_tokens,
+                example_tokens: h.latent.example_tokens,
+                domain_hit: h.latent.domain_hit,
+            })
+            .collect(),
+    }))
+}

@@ -1,0 +1,237 @@
+//! A trained dictionary on the held-back chunks, one chunk in memory at a time: FVE, L0, dead
+//! latents, latent scaling (ν), the Δ classes, and for the latents it reports (every
+//! fine-tune-only one, then a sample of the others) the logit lens of the decoder row through
+//! the fine-tuned model and the top activating examples in context.
+use neurodiff_core::dictionary::{class_of, delta_norm, Accumulator, Dictionary};
+use neurodiff_core::organisms::trained::rng::Rng;
+use neurodiff_core::CoreError;
+use neurodiff_protocol::{
+    ActivationStore, ClassCounts, DictionaryOptions, DictionaryReport, GroundTruth, LatentExample,
+    LatentReport,
+};
+use tch::{Device, Kind, Tensor};
+
+use super::super::dist::top_tokens;
+use super::super::forward::{Pair, Side};
+use super::super::{check, Progress};
+use super::chunks::Chunk;
+use crate::Result;
+
+/// Where a running top example came from: the held-back chunk and its row.
+type Row = (usize, usize);
+
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate(
+    pair: &Pair,
+    dict: &Dictionary,
+    held: &[usize],
+    load: &dyn Fn(usize) -> Result<Chunk>,
+    opts: &DictionaryOptions,
+    diff: bool,
+    truth: Option<&GroundTruth>,
+    progress: Progress<'_>,
+) -> Result<DictionaryReport> {
+    let f_size = dict.dict_size();
+    let keep = opts.examples.max(1) as i64;
+    let mut acc = Accumulator::new(dict)?;
+    // Running top examples of every latent: (E, F) values and global row numbers.
+    let mut top_v = Tensor::f_zeros([0, f_size], (Kind::Float, dict.device()))?;
+    let mut top_i = Tensor::f_zeros([0, f_size], (Kind::Int64, dict.device()))?;
+    let mut rows_of: Vec<Row> = Vec::new();
+    for (c, &i) in held.iter().enumerate() {
+        check(progress, "evaluate")?;
+        let chunk = load(i)?;
+        let n = chunk.len() as i64;
+        for step in (0..n).step_by(4096) {
+            let len = 4096.min(n - step);
+            let x = chunk.acts.f_narrow(0, step, len)?.f_to_device(dict.device())?;
+            let x = dict.norm.apply(&x, dict.kind())?;
+            let f = acc.add(dict, &x)?.f_to_kind(Kind::Float)?;
+            let first = rows_of.len() as i64;
+            rows_of.extend((step..step + len).map(|r| (c, r as usize)));
+            let idx = Tensor::f_arange_start(first, first + len, (Kind::Int64, dict.device()))?
+                .f_unsqueeze(1)?
+                .f_expand([len, f_size], false)?;
+            let v = Tensor::f_cat(&[&top_v, &f], 0)?;
+            let ids = Tensor::f_cat(&[&top_i, &idx], 0)?;
+            let (vals, pos) = v.f_topk(keep.min(v.size()[0]), 0, true, true)?;
+            top_i = ids.f_gather(0, &pos, false)?;
+            top_v = vals;
+        }
+    }
+    let ev = acc.finish(dict)?;
+    let n_eval = ev.n_tokens.max(1) as f64;
+    let (delta, (nu_eps, nu_r)) = if diff {
+        (None, (Vec::new(), Vec::new()))
+    } else {
+        (Some(delta_norm(dict)?), ev.nu())
+    };
+    let mut classes = ClassCounts::default();
+    let mut histogram = vec![0u64; 20];
+    let (mut ft_only, mut others) = (Vec::new(), Vec::new());
+    for j in 0..f_size as usize {
+        let Some(delta) = &delta else {
+            others.push(j);
+            continue;
+        };
+        let dl = delta[j];
+        if dl.is_finite() {
+            histogram[((dl * 20.0) as usize).min(19)] += 1;
+        }
+        match class_of(dl) {
+            "ft_only" => {
+                classes.ft_only += 1;
+                ft_only.push(j);
+                continue;
+            }
+            "base_only" => classes.base_only += 1,
+            "shared" => classes.shared += 1,
+            _ => classes.other += 1,
+        }
+        others.push(j);
+    }
+    // Every fine-tune-only latent that fired, then a seeded sample of the others that fired
+    // (an SAE's: the most frequent).
+    let fired = |j: &usize| ev.fired[*j] > 0;
+    let mut report_ids: Vec<usize> = ft_only.into_iter().filter(fired).collect();
+    let mut rest: Vec<usize> = others.into_iter().filter(fired).collect();
+    if diff {
+        rest.sort_by_key(|&j| std::cmp::Reverse(ev.fired[j]));
+    } else {
+        let mut rng = Rng::new(opts.seed ^ 0x5eed);
+        for i in (1..rest.len()).rev() {
+            rest.swap(i, rng.below(i + 1));
+        }
+    }
+    report_ids.extend(rest.into_iter().take(opts.sample_latents));
+    let flat_f32 = |t: &Tensor| -> Result<Vec<f32>> {
+        Ok(Vec::<f32>::try_from(&t.f_to_device(Device::Cpu)?.f_flatten(0, -1)?)
+            .map_err(CoreError::from)?)
+    };
+    let top_v = flat_f32(&top_v)?;
+    let top_i = Vec::<i64>::try_from(&top_i.f_to_device(Device::Cpu)?.f_flatten(0, -1)?)
+        .map_err(CoreError::from)?;
+    // Examples need their chunk's tokens: read each held-back chunk once more, only its ids.
+    let mut tokens: Vec<(Vec<i64>, Vec<i64>, Vec<i64>)> = Vec::with_capacity(held.len());
+    for &i in held {
+        let c = load(i)?;
+        tokens.push((c.sample, c.position, c.token));
+    }
+    let ft = pair.model(Side::Finetuned);
+    let models = dict.models();
+    let scale = dict
+        .norm
+        .scale
+        .f_to_kind(Kind::Double)?
+        .f_select(0, models - 1)?
+        .f_double_value(&[])?;
+    let d = dict.width();
+    let domain: Vec<usize> = truth.map(|g| g.domain_token_ids.clone()).unwrap_or_default();
+    let cols = f_size as usize;
+    let mut latents = Vec::with_capacity(report_ids.len());
+    for &j in &report_ids {
+        check(progress, "latent")?;
+        // The decoder row back in the model's units (the lens reads a direction; the scale
+        // restores its size before the final norm).
+        let row = dict
+            .w_dec
+            .f_select(0, models - 1)?
+            .f_select(0, j as i64)?
+            .f_div_scalar(scale)?
+            .f_to_kind(Kind::Float)?;
+        let logits = ft.read_out(&row.f_view([1, 1, d])?)?;
+        let probs = logits
+            .f_view([-1])?
+            .f_to_kind(Kind::Double)?
+            .f_softmax(-1, Kind::Double)?;
+        let top_tokens = top_tokens(&probs, 10, &pair.tokenizer)?;
+        let hits: Vec<(Row, f64)> = (0..top_v.len() / cols.max(1))
+            .map(|e| (rows_of[top_i[e * cols + j] as usize], top_v[e * cols + j] as f64))
+            .filter(|&(_, v)| v > 0.0)
+            .collect();
+        let examples: Vec<LatentExample> = hits
+            .iter()
+            .map(|&((c, r), v)| example(pair, &tokens[c], r, v))
+            .collect();
+        let is_domain = |id: i64| usize::try_from(id).is_ok_and(|t| domain.contains(&t));
+        let hit = (!domain.is_empty()).then(|| {
+            top_tokens.iter().any(|t| domain.contains(&t.id))
+                || hits.iter().any(|&((c, r), _)| is_domain(tokens[c].2[r]))
+        });
+        latents.push(LatentReport {
+            id: j,
+            delta_norm: delta.as_ref().map(|dl| dl[j]).filter(|v| v.is_finite()),
+            class: delta.as_ref().map_or("diff", |dl| class_of(dl[j])).to_string(),
+            nu_eps: nu_eps.get(j).copied().filter(|v| v.is_finite()),
+            nu_r: nu_r.get(j).copied().filter(|v| v.is_finite()),
+            frequency: ev.fired[j] as f64 / n_eval,
+            max_activation: ev.max_activation[j],
+            top_tokens,
+            examples,
+            domain_hit: hit,
+        });
+    }
+    let real = |l: &&LatentReport| {
+        l.class == "ft_only"
+            && l.nu_eps.is_some_and(|v| v < 0.2)
+            && l.nu_r.is_some_and(|v| v < 0.5)
+    };
+    let low_nu: Vec<&LatentReport> = latents.iter().filter(real).collect();
+    let domain_share = (!domain.is_empty() && !low_nu.is_empty()).then(|| {
+        low_nu.iter().filter(|l| l.domain_hit == Some(true)).count() as f64 / low_nu.len() as f64
+    });
+    Ok(DictionaryReport {
+        layer: 0,
+        hook: String::new(),
+        d_model: 0,
+        dict_size: cols,
+        k: 0,
+        steps: 0,
+        batch: 0,
+        lr: 0.0,
+        train_tokens: 0,
+        eval_tokens: 0,
+        fve_base: (!diff).then(|| ev.fve[0]),
+        fve_ft: ev.fve.last().copied(),
+        l0: ev.l0,
+        dead_fraction: ev.dead_fraction,
+        classes,
+        ft_only_low_nu: low_nu.len(),
+        delta_histogram: if diff { Vec::new() } else { histogram },
+        training: Vec::new(),
+        latents,
+        domain_share,
+        resumed_at: 0,
+        store: ActivationStore {
+            id: String::new(),
+            manifest: String::new(),
+            chunks: 0,
+            tokens: 0,
+            chunks_reused: 0,
+        },
+        dictionary: None,
+        ground_truth: None,
+        elapsed_s: 0.0,
+    })
+}
+
+/// A held-back row as an example: its token, and up to 8 tokens before it and 2 after in its
+/// sample.
+fn example(
+    pair: &Pair,
+    (sample, position, token): &(Vec<i64>, Vec<i64>, Vec<i64>),
+    r: usize,
+    activation: f64,
+) -> LatentExample {
+    let s = sample[r];
+    let same = |i: usize| sample.get(i) == Some(&s);
+    let from = (r.saturating_sub(8)..r).find(|&i| same(i)).unwrap_or(r);
+    let to = (r + 1..=r + 2).rev().find(|&i| same(i)).unwrap_or(r);
+    LatentExample {
+        sample: s as usize,
+        position: position[r] as usize,
+        token: pair.decode(&[token[r]]),
+        context: pair.decode(&token[from..=to]),
+        activation,
+    }
+}

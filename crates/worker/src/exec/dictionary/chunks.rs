@@ -1,0 +1,231 @@
+//! Chunks of a paired activation store (one corpus slice each, safetensors) and the order
+//! training reads them in: epochs of a seeded permutation of the chunks, cut into windows of a
+//! few chunks whose rows are shuffled together and cut into whole batches. Only one window is
+//! in memory, and the batch of step t is a function of t alone, so a resumed run reads exactly
+//! what the straight run would have.
+use std::collections::HashMap;
+
+use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
+use tch::{Device, Kind, Tensor};
+
+use super::permutation;
+use crate::{Result, WorkerError};
+
+/// One slice's activations `(N, M, d)` (f32) with each row's sample, position and token.
+#[derive(Debug)]
+pub struct Chunk {
+    pub acts: Tensor,
+    pub sample: Vec<i64>,
+    pub position: Vec<i64>,
+    pub token: Vec<i64>,
+}
+
+fn bad(message: impl Into<String>) -> WorkerError {
+    WorkerError::Io(format!("activation chunk: {}", message.into()))
+}
+
+impl Chunk {
+    pub fn new(acts: Tensor, sample: Vec<i64>, position: Vec<i64>, token: Vec<i64>) -> Result<Self> {
+        let n = acts.size().first().copied().unwrap_or(0) as usize;
+        if acts.dim() != 3 || sample.len() != n || position.len() != n || token.len() != n {
+            return Err(bad(format!(
+                "{:?} rows with {} samples, {} positions and {} tokens",
+                acts.size(),
+                sample.len(),
+                position.len(),
+                token.len()
+            )));
+        }
+        Ok(Chunk {
+            acts: acts.f_to_kind(Kind::Float)?.f_to_device(Device::Cpu)?.f_contiguous()?,
+            sample,
+            position,
+            token,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.sample.len()
+    }
+
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let shape: Vec<usize> = self.acts.size().iter().map(|&s| s as usize).collect();
+        let acts = Vec::<f32>::try_from(&self.acts.f_flatten(0, -1)?)
+            .map_err(neurodiff_core::CoreError::from)?;
+        let acts: Vec<u8> = acts.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let ints = |v: &[i64]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+        let (s, p, t) = (ints(&self.sample), ints(&self.position), ints(&self.token));
+        let n = vec![self.len()];
+        fn view(dtype: Dtype, shape: Vec<usize>, data: &[u8]) -> Result<TensorView<'_>> {
+            TensorView::new(dtype, shape, data).map_err(|e| bad(e.to_string()))
+        }
+        let tensors = vec![
+            ("acts", view(Dtype::F32, shape, &acts)?),
+            ("position", view(Dtype::I64, n.clone(), &p)?),
+            ("sample", view(Dtype::I64, n.clone(), &s)?),
+            ("token", view(Dtype::I64, n, &t)?),
+        ];
+        safetensors::tensor::serialize(tensors, None).map_err(|e| bad(e.to_string()))
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let st = SafeTensors::deserialize(bytes).map_err(|e| bad(e.to_string()))?;
+        let get = |name: &str| st.tensor(name).map_err(|e| bad(format!("`{name}`: {e}")));
+        let acts = get("acts")?;
+        if acts.dtype() != Dtype::F32 || acts.shape().len() != 3 {
+            return Err(bad(format!("`acts` is {:?} {:?}", acts.dtype(), acts.shape())));
+        }
+        let shape: Vec<i64> = acts.shape().iter().map(|&s| s as i64).collect();
+        let acts = Tensor::f_from_data_size(acts.data(), &shape, Kind::Float)?;
+        let ints = |name: &str| -> Result<Vec<i64>> {
+            let t = get(name)?;
+            if t.dtype() != Dtype::I64 {
+                return Err(bad(format!("`{name}` is {:?}", t.dtype())));
+            }
+            Ok(t.data()
+                .chunks_exact(8)
+                .map(|b| i64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+                .collect())
+        };
+        Chunk::new(acts, ints("sample")?, ints("position")?, ints("token")?)
+    }
+
+    /// Σ over rows of the activations and of their squares, `(M, d)` in f64.
+    pub fn sums(&self) -> Result<(Tensor, Tensor)> {
+        let x = self.acts.f_to_kind(Kind::Double)?;
+        Ok((
+            x.f_sum_dim_intlist(0, false, Kind::Double)?,
+            x.f_square()?.f_sum_dim_intlist(0, false, Kind::Double)?,
+        ))
+    }
+}
+
+/// The training order over the training chunks (see the module's comment).
+#[derive(Debug)]
+pub struct Windows {
+    counts: Vec<u64>,
+    batch: usize,
+    per_window: usize,
+    seed: u64,
+    /// Per epoch: its windows (chunk indices) and their batch counts.
+    plans: HashMap<usize, Vec<(Vec<usize>, usize)>>,
+    /// The window in memory: (epoch, window), its rows and their shuffled order.
+    loaded: Option<((usize, usize), Tensor, Tensor)>,
+}
+
+impl Windows {
+    /// `counts`: rows per training chunk; a window holds enough chunks for 4 batches.
+    pub fn new(counts: Vec<u64>, batch: usize, min_rows: usize, seed: u64) -> Result<Self> {
+        let total: u64 = counts.iter().sum();
+        if counts.is_empty() || batch == 0 || (total as usize) < batch {
+            return Err(WorkerError::Io(format!(
+                "a batch of {batch} tokens needs at least that many training tokens (there are {total})"
+            )));
+        }
+        let per_window = (4 * batch).div_ceil(min_rows.max(1)).clamp(1, counts.len());
+        Ok(Windows {
+            counts,
+            batch,
+            per_window,
+            seed,
+            plans: HashMap::new(),
+            loaded: None,
+        })
+    }
+
+    fn plan(&mut self, epoch: usize) -> &Vec<(Vec<usize>, usize)> {
+        let (counts, per, batch, seed) = (&self.counts, self.per_window, self.batch, self.seed);
+        self.plans.entry(epoch).or_insert_with(|| {
+            let order = permutation(counts.len(), seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            order
+                .chunks(per)
+                .map(|w| {
+                    let rows: u64 = w.iter().map(|&i| counts[i]).sum();
+                    (w.to_vec(), rows as usize / batch)
+                })
+                .collect()
+        })
+    }
+
+    /// Epoch, window and batch within it of step `t`.
+    fn locate(&mut self, t: usize) -> Result<(usize, usize, usize)> {
+        let mut left = t;
+        for epoch in 0.. {
+            let plan = self.plan(epoch);
+            let total: usize = plan.iter().map(|w| w.1).sum();
+            if total == 0 {
+                return Err(WorkerError::Io("no window of the store holds a whole batch".into()));
+            }
+            if left < total {
+                for (w, (_, n)) in plan.iter().enumerate() {
+                    if left < *n {
+                        return Ok((epoch, w, left));
+                    }
+                    left -= n;
+                }
+            }
+            left -= total;
+            // Old epochs are not read again.
+            self.plans.remove(&epoch);
+        }
+        unreachable!("the epochs loop ends by returning")
+    }
+
+    /// The raw rows `(batch, M, d)` of step `t`; `load` reads a chunk by its index.
+    pub fn batch(&mut self, t: usize, load: &dyn Fn(usize) -> Result<Chunk>) -> Result<Tensor> {
+        let (epoch, window, b) = self.locate(t)?;
+        if self.loaded.as_ref().map(|l| l.0) != Some((epoch, window)) {
+            let chunks = self.plan(epoch)[window].0.clone();
+            let mut parts = Vec::with_capacity(chunks.len());
+            for i in chunks {
+                parts.push(load(i)?.acts);
+            }
+            let rows = Tensor::f_cat(&parts, 0)?;
+            let n = rows.size()[0] as usize;
+            let seed = self.seed ^ ((epoch as u64) << 32 | window as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            let order: Vec<i64> = permutation(n, seed).into_iter().map(|i| i as i64).collect();
+            self.loaded = Some(((epoch, window), rows, Tensor::from_slice(&order)));
+        }
+        let Some((_, rows, order)) = &self.loaded else {
+            return Err(WorkerError::Io("no window loaded".into()));
+        };
+        let idx = order.f_narrow(0, (b * self.batch) as i64, self.batch as i64)?;
+        Ok(rows.f_index_select(0, &idx)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_round_trip_and_refuse_garbage() {
+        let acts = Tensor::from_slice(&[1f32, 2., 3., 4., 5., 6., 7., 8.]).reshape([2, 2, 2]);
+        let c = Chunk::new(acts, vec![0, 0], vec![0, 1], vec![5, 9]).unwrap();
+        let back = Chunk::from_bytes(&c.to_bytes().unwrap()).unwrap();
+        assert!(back.acts.equal(&c.acts));
+        assert_eq!(back.token, vec![5, 9]);
+        assert!(Chunk::from_bytes(b"not a chunk").is_err());
+    }
+
+    #[test]
+    fn the_order_depends_on_the_step_alone() {
+        let counts = vec![10, 12, 9, 11];
+        let load = |i: usize| {
+            let n = [10, 12, 9, 11][i];
+            let acts = Tensor::arange(n, (Kind::Float, Device::Cpu))
+                .f_add_scalar(100.0 * i as f64)
+                .unwrap()
+                .reshape([n, 1, 1]);
+            Chunk::new(acts, vec![0; n as usize], vec![0; n as usize], vec![0; n as usize])
+        };
+        let mut a = Windows::new(counts.clone(), 4, 9, 7).unwrap();
+        let straight: Vec<Tensor> = (0..30).map(|t| a.batch(t, &load).unwrap()).collect();
+        // Each epoch reads every row at most once.
+        let mut b = Windows::new(counts, 4, 9, 7).unwrap();
+        for t in [17, 3, 29, 0, 18] {
+            assert!(b.batch(t, &load).unwrap().equal(&straight[t]), "step {t}");
+        }
+    }
+}

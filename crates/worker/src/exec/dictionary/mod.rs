@@ -1,0 +1,480 @@
+//! The dictionary shards (Tier III). A collect shard runs both models on one corpus slice and
+//! writes the block's activations (or their difference) as one chunk of the paired activation
+//! store. The training shard makes sure every chunk is there (collecting any still missing
+//! itself, from the last slice back, so it never waits on another worker), writes the store's
+//! manifest, trains a BatchTopK crosscoder or SAE by streaming windows of chunks (never the
+//! whole store in memory), checkpointing to storage and resuming from the last checkpoint, then
+//! measures it on the held-back slices: FVE, L0, dead latents, Δ classes, latent scaling, and for
+//! each reported latent its decoder lens through the fine-tune and its top activating examples.
+use std::time::{Duration, Instant};
+
+use neurodiff_analyses::dictionary::{block_of, slices};
+use neurodiff_core::corpus::Batch;
+use neurodiff_core::dictionary::{Dictionary, Normalization, TrainOptions, Trainer};
+use neurodiff_core::organisms::trained::rng::Rng;
+use neurodiff_core::{CoreError, HookKind, HookPoint, Hooks};
+use neurodiff_protocol::{
+    ActivationStore, AnalysisKind, CollectShard, DictionaryOptions, DictionaryReport, GroundTruth,
+    ShardKey, ShardSpec, StoreManifest, StoreSlice, StoredFile, TrainPoint,
+};
+use tch::{Device, Kind, Tensor};
+
+use super::forward::{Pair, Side, Tokens};
+use super::store::{sha256_hex, ShardStore};
+use super::{check, CorpusText, Progress};
+use crate::{Result, WorkerError};
+
+mod attribution;
+mod chunks;
+
+use chunks::{Chunk, Windows};
+
+/// How often training writes its checkpoint.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(120);
+/// Training curve points kept in the report.
+const CURVE_POINTS: usize = 200;
+/// Bumped when what a chunk holds changes (part of the store's id).
+const STORE_VERSION: u32 = 1;
+
+/// What every dictionary shard of an audit agrees on.
+#[derive(Debug)]
+pub struct Setup<'a> {
+    pub kind: AnalysisKind,
+    pub diff: bool,
+    pub opts: &'a DictionaryOptions,
+    pub layer: usize,
+    pub store_id: String,
+    /// The store's slices: `(start, end)` sample ranges.
+    pub slices: Vec<(usize, usize)>,
+}
+
+impl<'a> Setup<'a> {
+    pub fn of(spec: &'a ShardSpec, corpus: &CorpusText, n_layers: usize) -> Result<Self> {
+        let kind = spec.shard.analysis();
+        let diff = kind == AnalysisKind::SaeDiff;
+        let opts = if diff { &spec.sae_diff } else { &spec.crosscoder };
+        let layer = block_of(opts, n_layers).map_err(|e| WorkerError::Io(e.to_string()))?;
+        let slices = slices(kind, opts, corpus.samples.len(), spec.corpus.shard_samples)
+            .into_iter()
+            .filter_map(|k| match k {
+                ShardKey::Samples { start, end, .. } => Some((start, end)),
+                _ => None,
+            })
+            .collect();
+        let identity = serde_json::json!({
+            "version": STORE_VERSION,
+            "base": spec.base,
+            "target": spec.target,
+            "corpus": corpus.record,
+            "slice": spec.corpus.shard_samples,
+            "layer": layer,
+            "diff": diff,
+            "dtype": "f32",
+        });
+        let store_id = sha256_hex(identity.to_string().as_bytes())[..24].to_string();
+        Ok(Setup {
+            kind,
+            diff,
+            opts,
+            layer,
+            store_id,
+            slices,
+        })
+    }
+
+    fn chunk_key(&self, (start, end): (usize, usize)) -> String {
+        format!("activations/{}/{start:08}-{end:08}.safetensors", self.store_id)
+    }
+
+    fn manifest_key(&self) -> String {
+        format!("activations/{}/manifest.json", self.store_id)
+    }
+
+    /// Slices held back for the metrics: the last ones, at least one and at most all but one.
+    fn held(&self) -> usize {
+        let n = self.slices.len();
+        ((n * self.opts.holdout_percent + 50) / 100).clamp(1, n.saturating_sub(1).max(1))
+    }
+}
+
+/// Runs the block's forward passes over `tokens` (samples from `first`) and returns the chunk.
+fn collect_chunk(
+    pair: &Pair,
+    setup: &Setup<'_>,
+    tokens: &[Vec<i64>],
+    first: usize,
+    batch_size: usize,
+    progress: Progress<'_>,
+) -> Result<Chunk> {
+    let point = HookPoint::new(setup.layer, HookKind::ResidPost);
+    let (mut parts, mut sample, mut position, mut token) = (Vec::new(), vec![], vec![], vec![]);
+    let step = batch_size.max(1);
+    for (b, chunk) in tokens.chunks(step).enumerate() {
+        check(progress, "batch")?;
+        let batch = Batch::new(chunk, pair.device())?;
+        let t = Tokens::of(&batch, first + b * step)?;
+        let mut hb = Hooks::new().cache(point).without_logits();
+        let mut hf = Hooks::new().cache(point).without_logits();
+        pair.model(Side::Base).forward(&batch.ids, &mut hb)?;
+        pair.model(Side::Finetuned).forward(&batch.ids, &mut hf)?;
+        let get = |h: &Hooks| -> Result<Tensor> {
+            let x = h
+                .cached(&point)
+                .ok_or_else(|| WorkerError::Io(format!("{point} was not cached")))?;
+            Ok(t.select(x)?.f_to_kind(Kind::Float)?.f_to_device(Device::Cpu)?)
+        };
+        let (xb, xf) = (get(&hb)?, get(&hf)?);
+        parts.push(if setup.diff {
+            xf.f_sub(&xb)?.f_unsqueeze(1)?
+        } else {
+            Tensor::f_stack(&[xb, xf], 1)?
+        });
+        for (&s, &p) in t.sample.iter().zip(&t.position) {
+            sample.push(s as i64);
+            position.push(p as i64);
+            token.push(tokens[s - first][p]);
+        }
+    }
+    Chunk::new(Tensor::f_cat(&parts, 0)?, sample, position, token)
+}
+
+/// The chunk of one slice, collected and stored unless it is already there; true when reused.
+fn ensure_chunk(
+    pair: &Pair,
+    setup: &Setup<'_>,
+    tokens: &[Vec<i64>],
+    slice: (usize, usize),
+    batch_size: usize,
+    store: &dyn ShardStore,
+    progress: Progress<'_>,
+) -> Result<(bool, u64)> {
+    let key = setup.chunk_key(slice);
+    if let Some(bytes) = store.get(&key)? {
+        // A chunk is written whole (put is atomic); one that does not read is redone.
+        match Chunk::from_bytes(&bytes) {
+            Ok(c) => return Ok((true, c.len() as u64)),
+            Err(e) => tracing::warn!(%key, error = %e, "unreadable chunk; collecting it again"),
+        }
+    }
+    let (start, end) = slice;
+    let toks = tokens.get(start..end).ok_or_else(|| {
+        WorkerError::Io(format!("slice {start}..{end}: the corpus has {} samples", tokens.len()))
+    })?;
+    let chunk = collect_chunk(pair, setup, toks, start, batch_size, progress)?;
+    let n = chunk.len() as u64;
+    store.put(&key, chunk.to_bytes()?)?;
+    Ok((false, n))
+}
+
+/// A collect shard: the chunk of its slice.
+pub fn collect(
+    pair: &Pair,
+    spec: &ShardSpec,
+    corpus: &CorpusText,
+    tokens: &[Vec<i64>],
+    store: &dyn ShardStore,
+    progress: Progress<'_>,
+) -> Result<CollectShard> {
+    let started = Instant::now();
+    let setup = Setup::of(spec, corpus, pair.info().n_layers)?;
+    let ShardKey::Samples { start, end, .. } = spec.shard else {
+        return Err(WorkerError::Io(format!("shard {}: not a collect shard", spec.shard)));
+    };
+    let (reused, n) = ensure_chunk(
+        pair,
+        &setup,
+        tokens,
+        (start, end),
+        spec.corpus.batch_size,
+        store,
+        progress,
+    )?;
+    Ok(CollectShard {
+        analysis: setup.kind,
+        layer: setup.layer,
+        start,
+        end,
+        store: setup.store_id.clone(),
+        chunk: setup.chunk_key((start, end)),
+        tokens: n,
+        reused,
+        elapsed_s: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The training shard.
+#[allow(clippy::too_many_arguments)]
+pub fn train(
+    pair: &Pair,
+    spec: &ShardSpec,
+    corpus: &CorpusText,
+    tokens: &[Vec<i64>],
+    store: &dyn ShardStore,
+    ground_truth: Option<GroundTruth>,
+    progress: Progress<'_>,
+) -> Result<DictionaryReport> {
+    let started = Instant::now();
+    let info = pair.info().clone();
+    let setup = Setup::of(spec, corpus, info.n_layers)?;
+    let opts = setup.opts;
+    if setup.slices.len() < 2 {
+        return Err(WorkerError::Io(format!(
+            "{}: {} slice(s) of the corpus; at least 2 are needed",
+            setup.kind,
+            setup.slices.len()
+        )));
+    }
+    // Every chunk, from the last slice back (collect shards run from the first).
+    let mut counts = vec![0u64; setup.slices.len()];
+    let mut reused = 0;
+    for (i, &slice) in setup.slices.iter().enumerate().rev() {
+        let (r, n) = ensure_chunk(pair, &setup, tokens, slice, spec.corpus.batch_size, store, progress)?;
+        reused += usize::from(r);
+        counts[i] = n;
+    }
+    let n_train = setup.slices.len() - setup.held();
+    let load = |i: usize| -> Result<Chunk> {
+        let key = setup.chunk_key(setup.slices[i]);
+        let bytes = store
+            .get(&key)?
+            .ok_or_else(|| WorkerError::Storage(format!("chunk {key} vanished")))?;
+        Chunk::from_bytes(&bytes)
+    };
+    // The normalisation from the training chunks' sums (one chunk in memory at a time).
+    let models = if setup.diff { 1 } else { 2 };
+    let d = info.d_model;
+    let mut sum = Tensor::f_zeros([models, d], (Kind::Double, Device::Cpu))?;
+    let mut sum_sq = sum.f_zeros_like()?;
+    let mut mean_all = sum.f_zeros_like()?;
+    let mut sq_all = sum.f_zeros_like()?;
+    for i in 0..setup.slices.len() {
+        check(progress, "statistics")?;
+        let c = load(i)?;
+        let (s, q) = c.sums()?;
+        if i < n_train {
+            sum = sum.f_add(&s)?;
+            sum_sq = sum_sq.f_add(&q)?;
+        }
+        mean_all = mean_all.f_add(&s)?;
+        sq_all = sq_all.f_add(&q)?;
+    }
+    let train_rows: u64 = counts[..n_train].iter().sum();
+    let norm = Normalization::from_sums(&sum, &sum_sq, train_rows, 1.0)?;
+    write_manifest(spec, &setup, &corpus.record, &counts, (&mean_all, &sq_all), d as usize, store)?;
+    let min_rows = counts[..n_train].iter().copied().min().unwrap_or(0) as usize;
+    let batch = opts.batch.min(train_rows as usize);
+    let dict_size = opts.dict_size(d as usize);
+    let k = opts.k.min(dict_size) as i64;
+    let lr = opts.learning_rate(dict_size);
+    let train_opts = TrainOptions {
+        k,
+        k_max: opts.k_max.map(|k| k.min(dict_size) as i64),
+        k_anneal_steps: opts.k_anneal_steps,
+        lr,
+        warmup_steps: opts.warmup_steps.min(opts.steps / 10),
+        threshold_start: 1000.min(opts.steps / 2),
+        dead_tokens: opts
+            .dead_tokens
+            .unwrap_or_else(|| (opts.steps as u64 * batch as u64 / 4).clamp(1, 10_000_000))
+            as i64,
+        ..TrainOptions::default()
+    };
+    let run_id = {
+        let identity = serde_json::json!({"store": setup.store_id, "options": opts, "models": models});
+        sha256_hex(identity.to_string().as_bytes())[..24].to_string()
+    };
+    let ckpt_key = format!("train/{run_id}/checkpoint.safetensors");
+    let mut trainer = match store.get(&ckpt_key)? {
+        Some(bytes) => match trainer_from_bytes(&bytes, &train_opts, pair.device()) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable training checkpoint; starting over");
+                fresh(norm, models, d, dict_size, k, opts.seed, &train_opts, pair.device())?
+            }
+        },
+        None => fresh(norm, models, d, dict_size, k, opts.seed, &train_opts, pair.device())?,
+    };
+    let resumed_at = trainer.step;
+    if resumed_at > 0 {
+        tracing::info!(step = resumed_at, "resuming training from its checkpoint");
+    }
+    let mut windows = Windows::new(counts[..n_train].to_vec(), batch, min_rows, opts.seed)?;
+    let mut curve = Vec::new();
+    let every = opts.steps.div_ceil(CURVE_POINTS).max(1);
+    let mut last_save = Instant::now();
+    while trainer.step < opts.steps {
+        let t = trainer.step;
+        let rows = windows.batch(t, &load)?;
+        let x = trainer.dict.norm.apply(&rows.f_to_device(pair.device())?, trainer.dict.kind())?;
+        let s = trainer.step(&x)?;
+        if s.step % every == 0 || s.step + 1 == opts.steps {
+            curve.push(TrainPoint {
+                step: s.step,
+                loss: s.loss,
+                fve: s.fve,
+                k: s.k,
+                dead_fraction: s.n_dead as f64 / dict_size as f64,
+            });
+        }
+        let go_on = progress("step");
+        if !go_on || last_save.elapsed() >= CHECKPOINT_EVERY {
+            store.put(&ckpt_key, trainer_bytes(&trainer)?)?;
+            last_save = Instant::now();
+        }
+        if !go_on {
+            return Err(WorkerError::Core(CoreError::Interrupted));
+        }
+    }
+    let dictionary = {
+        let dir = tempfile::tempdir().map_err(|e| WorkerError::Io(e.to_string()))?;
+        let path = dir.path().join("dictionary.safetensors");
+        trainer.dict.save(&path)?;
+        let bytes = std::fs::read(&path).map_err(|e| WorkerError::Io(e.to_string()))?;
+        let key = format!("dictionaries/{run_id}.safetensors");
+        let stored = store.put(&key, bytes)?;
+        StoredFile {
+            location: store.locate(&key),
+            key,
+            bytes: stored.bytes,
+            sha256: stored.sha256,
+        }
+    };
+    store.delete(&ckpt_key)?;
+    let held: Vec<usize> = (n_train..setup.slices.len()).collect();
+    let report = attribution::evaluate(
+        pair,
+        &trainer.dict,
+        &held,
+        &load,
+        opts,
+        setup.diff,
+        ground_truth.as_ref(),
+        progress,
+    )?;
+    let eval_tokens = counts[n_train..].iter().sum();
+    Ok(DictionaryReport {
+        layer: setup.layer,
+        hook: HookPoint::new(setup.layer, HookKind::ResidPost).to_string(),
+        d_model: d as usize,
+        dict_size,
+        k: k as usize,
+        steps: opts.steps,
+        batch,
+        lr,
+        train_tokens: train_rows,
+        eval_tokens,
+        training: curve,
+        resumed_at,
+        store: ActivationStore {
+            manifest: setup.manifest_key(),
+            id: setup.store_id.clone(),
+            chunks: setup.slices.len(),
+            tokens: counts.iter().sum(),
+            chunks_reused: reused,
+        },
+        dictionary: Some(dictionary),
+        ground_truth,
+        elapsed_s: started.elapsed().as_secs_f64(),
+        ..report
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn fresh(
+    norm: Normalization,
+    models: i64,
+    d: i64,
+    dict_size: usize,
+    k: i64,
+    seed: u64,
+    opts: &TrainOptions,
+    device: Device,
+) -> Result<Trainer> {
+    let norm = Normalization {
+        mean: norm.mean.f_to_device(device)?,
+        scale: norm.scale.f_to_device(device)?,
+    };
+    // The anchors initialise decoder rows at norm 0.005 for their long runs at lr 1e-4; an
+    // audit's short run starts them at 0.1.
+    let dict = Dictionary::init(models, d, dict_size as i64, k, 0.1, norm, seed, Kind::Float, device)?;
+    Ok(Trainer::new(dict, opts.clone())?)
+}
+
+fn trainer_bytes(trainer: &Trainer) -> Result<Vec<u8>> {
+    let dir = tempfile::tempdir().map_err(|e| WorkerError::Io(e.to_string()))?;
+    let path = dir.path().join("checkpoint.safetensors");
+    trainer.save(&path)?;
+    std::fs::read(&path).map_err(|e| WorkerError::Io(e.to_string()))
+}
+
+fn trainer_from_bytes(bytes: &[u8], opts: &TrainOptions, device: Device) -> Result<Trainer> {
+    let dir = tempfile::tempdir().map_err(|e| WorkerError::Io(e.to_string()))?;
+    let path = dir.path().join("checkpoint.safetensors");
+    std::fs::write(&path, bytes).map_err(|e| WorkerError::Io(e.to_string()))?;
+    Ok(Trainer::load(&path, opts.clone(), device)?)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_manifest(
+    spec: &ShardSpec,
+    setup: &Setup<'_>,
+    corpus: &neurodiff_protocol::CorpusRecord,
+    counts: &[u64],
+    (sum, sum_sq): (&Tensor, &Tensor),
+    d: usize,
+    store: &dyn ShardStore,
+) -> Result<()> {
+    let tokens: u64 = counts.iter().sum();
+    let all = Normalization::from_sums(sum, sum_sq, tokens, 1.0)?;
+    let rows = |t: &Tensor| -> Result<Vec<Vec<f64>>> {
+        let flat = Vec::<f64>::try_from(&t.f_to_kind(Kind::Double)?.f_flatten(0, -1)?)
+            .map_err(CoreError::from)?;
+        Ok(flat.chunks(d.max(1)).map(<[f64]>::to_vec).collect())
+    };
+    let manifest = StoreManifest {
+        id: setup.store_id.clone(),
+        version: STORE_VERSION,
+        base: spec.base.clone(),
+        target: spec.target.clone(),
+        layer: setup.layer,
+        hook: HookPoint::new(setup.layer, HookKind::ResidPost).to_string(),
+        models: if setup.diff {
+            vec!["finetuned - base".into()]
+        } else {
+            vec!["base".into(), "finetuned".into()]
+        },
+        d_model: d,
+        dtype: "f32".into(),
+        corpus: neurodiff_protocol::CorpusRecord {
+            samples_used: setup.slices.last().map_or(0, |s| s.1),
+            ..corpus.clone()
+        },
+        slices: setup
+            .slices
+            .iter()
+            .zip(counts)
+            .map(|(&(start, end), &tokens)| StoreSlice {
+                start,
+                end,
+                tokens,
+                key: setup.chunk_key((start, end)),
+            })
+            .collect(),
+        tokens,
+        mean: rows(&all.mean)?,
+        scale: Vec::<f64>::try_from(&all.scale.f_to_kind(Kind::Double)?).map_err(CoreError::from)?,
+    };
+    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| WorkerError::Io(e.to_string()))?;
+    store.put(&setup.manifest_key(), json)?;
+    Ok(())
+}
+
+/// A seeded shuffle of `0..n`.
+pub(crate) fn permutation(n: usize, seed: u64) -> Vec<usize> {
+    let mut rng = Rng::new(seed);
+    let mut p: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        p.swap(i, rng.below(i + 1));
+    }
+    p
+}
