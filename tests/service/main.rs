@@ -11,6 +11,7 @@ mod hardening;
 mod harness;
 mod scans;
 mod tier2;
+mod tier3;
 mod ui;
 
 use std::time::Duration;

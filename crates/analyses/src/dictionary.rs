@@ -252,6 +252,23 @@ impl Analysis for Dictionaries {
             );
         }
         out.push_str("</tr></table>");
+        if let Some(min) = r.min_delta {
+            let _ = write!(
+                out,
+                "<p>Smallest Δ of a latent that fired: {min:.3}. The fine-tune-leaning tail (the {} \
+                 lowest): {}{}.</p>",
+                r.tail.len(),
+                r.tail
+                    .iter()
+                    .map(|j| j.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                r.tail_domain_share.map_or(String::new(), |s| format!(
+                    "; {:.0}% of them carry a word of the organism's domain",
+                    100.0 * s
+                ))
+            );
+        }
         if let Some(share) = r.domain_share {
             let _ = write!(
                 out,

@@ -9,7 +9,7 @@
 const TOKEN_KEY = 'neurodiff.token';
 const NEXT_KEY = 'neurodiff.next';
 const POLL_MS = 2000;
-const ANALYSES = ['weights', 'activations', 'logit-lens', 'traces', 'cmap', 'stitching', 'steering'];
+const ANALYSES = ['weights', 'activations', 'logit-lens', 'traces', 'cmap', 'stitching', 'steering', 'crosscoder', 'sae-diff'];
 const STATUSES = ['queued', 'running', 'succeeded', 'failed', 'cancelled'];
 const TENSOR_METRICS = ['rel_fro', 'fro', 'cosine', 'max_abs', 'spectral', 'nuclear', 'stable_rank',
   'effective_rank', 'rank_90', 'rank_99', 'numerical_rank', 'base_fro'];
@@ -644,6 +644,7 @@ async function showResults(ctx, id, root) {
     ['Activations', an.activations, renderActivations], ['Logit lens', an.logit_lens, renderLens],
     ['Traces', an.traces, renderTraces], ['CMAP', an.cmap, renderCmap],
     ['Stitching', an.stitching, renderStitching], ['Steering', an.steering, renderSteering],
+    ['Crosscoder', an.crosscoder, renderDictionary], ['SAE on differences', an.sae_diff, renderDictionary],
   ].filter(([, data]) => data);
   const sid = (title) => 'sec-' + title.toLowerCase().replace(/\W+/g, '-');
   // Jump buttons rather than #anchors: the hash is the router's.
@@ -914,6 +915,72 @@ function renderSteering(s, st) {
   s.append(el('h3', {}, 'Chosen α'), table([{ label: 'target', key: 'target' }, { label: 'block', key: 'layer', num: true },
     { label: 'α', key: 'alpha', num: true }, { label: 'perplexity', key: 'perplexity', num: true }], st.chosen || []));
   if ((st.generations || []).length) s.append(el('h3', {}, 'Generations'), generationsTable(st.generations, false));
+}
+
+/** A crosscoder or an SAE on differences: metrics, training curves, the Δ histogram, the ν
+ *  scatter of fine-tune-only latents, and a card per reported latent. */
+function renderDictionary(s, d) {
+  const crosscoder = d.delta_histogram && d.delta_histogram.length > 0;
+  s.append(el('p', { class: 'muted' }, `Block ${d.layer} (${d.hook}), width ${d.d_model}: ${d.dict_size} latents, k = ${d.k}; `
+    + `${d.steps} steps of ${d.batch} tokens on ${d.train_tokens} tokens (store ${d.store.id}, ${d.store.chunks} chunks`
+    + `${d.store.chunks_reused ? ', ' + d.store.chunks_reused + ' reused' : ''}); metrics on ${d.eval_tokens} held-back tokens`
+    + `${d.resumed_at ? '; resumed at step ' + d.resumed_at : ''}.`));
+  s.append(kv([
+    crosscoder ? ['FVE base / fine-tune', `${fmt(d.fve_base)} / ${fmt(d.fve_ft)}`] : ['FVE (h_ft − h_base)', fmt(d.fve_ft)],
+    ['L0', fmt(d.l0)], ['dead', fmt(100 * d.dead_fraction) + '%'],
+    crosscoder ? ['classes', `${d.classes.ft_only} fine-tune only (${d.ft_only_low_nu} with low ν), ${d.classes.base_only} base only, `
+      + `${d.classes.shared} shared, ${d.classes.other} other`] : null,
+    typeof d.domain_share === 'number' ? ['domain share (low-ν fine-tune-only)', fmt(100 * d.domain_share) + '%'] : null,
+  ]));
+  const cols = el('div', { class: 'cols' });
+  s.append(cols);
+  const left = el('div');
+  const right = el('div');
+  cols.append(left, right);
+  lines(left, { title: 'Training', xName: 'step', series: [
+    { name: 'loss', data: d.training.map((p) => [p.step, p.loss]) },
+    { name: 'FVE (batch)', data: d.training.map((p) => [p.step, p.fve]) },
+    { name: 'dead fraction', data: d.training.map((p) => [p.step, p.dead_fraction]) }] });
+  if (crosscoder) {
+    chart(right, {
+      title: { text: 'Decoder-norm ratio Δ (0: fine-tune only, 1: base only)', textStyle: { fontSize: 13 } },
+      grid: { left: 20, right: 20, top: 40, bottom: 30, containLabel: true },
+      tooltip: { trigger: 'axis' },
+      xAxis: { type: 'category', name: 'Δ', data: d.delta_histogram.map((_, i) => (i / 20).toFixed(2)) },
+      yAxis: { type: 'value', name: 'latents' },
+      series: [{ type: 'bar', data: d.delta_histogram }],
+    });
+    const ft = d.latents.filter((l) => l.class === 'ft_only' && typeof l.nu_eps === 'number' && typeof l.nu_r === 'number');
+    if (ft.length) {
+      const real = (l) => l.nu_eps < 0.2 && l.nu_r < 0.5;
+      chart(s, {
+        title: { text: 'Latent scaling of fine-tune-only latents (ν_ε < 0.2 and ν_r < 0.5: real)', textStyle: { fontSize: 13 } },
+        grid: { left: 20, right: 20, top: 40, bottom: 30, containLabel: true },
+        tooltip: { trigger: 'item', formatter: (p) => esc(`latent ${p.data[2]}: ν_ε ${fmt(p.data[0])}, ν_r ${fmt(p.data[1])}`) },
+        legend: { top: 20 },
+        xAxis: { type: 'value', name: 'ν_ε' }, yAxis: { type: 'value', name: 'ν_r' },
+        dataZoom: [{ type: 'inside' }],
+        series: [
+          { name: 'real', type: 'scatter', data: ft.filter(real).map((l) => [l.nu_eps, l.nu_r, l.id]) },
+          { name: 'sparsity artifact', type: 'scatter', data: ft.filter((l) => !real(l)).map((l) => [l.nu_eps, l.nu_r, l.id]) },
+        ],
+      });
+    }
+  }
+  s.append(el('h3', {}, 'Latents'), table([
+    { label: 'id', key: 'id', num: true },
+    { label: 'class', key: 'class' },
+    { label: 'Δ', key: 'delta_norm', num: true, cell: (l) => fmt(l.delta_norm) },
+    { label: 'ν_ε', key: 'nu_eps', num: true, cell: (l) => fmt(l.nu_eps) },
+    { label: 'ν_r', key: 'nu_r', num: true, cell: (l) => fmt(l.nu_r) },
+    { label: 'freq', key: 'frequency', num: true, cell: (l) => fmt(l.frequency) },
+    { label: 'decoder lens', value: (l) => l.top_tokens.map((t) => t.token).join(' '), sort: false,
+      cell: (l) => el('code', {}, l.top_tokens.slice(0, 8).map((t) => JSON.stringify(t.token)).join(' ')) },
+    { label: 'top examples', value: (l) => l.examples.length, sort: false,
+      cell: (l) => el('div', {}, l.examples.slice(0, 3).map((e) => el('div', {}, `…${e.context}  [${e.token}] (${fmt(e.activation)})`))) },
+    { label: 'domain', value: (l) => (l.domain_hit === true ? 1 : l.domain_hit === false ? 0 : null), num: true,
+      cell: (l) => (l.domain_hit === true ? 'yes' : l.domain_hit === false ? 'no' : '—') },
+  ], d.latents, { limit: 40 }));
 }
 
 // ---------------------------------------------------------------- compare

@@ -48,6 +48,8 @@ enum Command {
     /// API tokens: `token create --team NAME`.
     #[command(subcommand)]
     Token(neurodiff_server::admin::TokenCommand),
+    /// Benchmark crosscoder training on activations in a file (tokens/s and peak memory, JSON).
+    BenchDictionary(commands::bench_dictionary::Args),
     /// Run one prompt through a model: top next-token predictions, or logits and hidden states to a file.
     Inspect(commands::inspect::Args),
 }
@@ -64,6 +66,7 @@ fn main() -> std::process::ExitCode {
         Command::Audit(args) => commands::audit::run(args),
         Command::Grade(args) => commands::grade::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
+        Command::BenchDictionary(args) => commands::bench_dictionary::run(args),
         Command::Migrate(args) => neurodiff_server::admin::migrate(args),
         Command::Api(args) => neurodiff_server::api::run(args),
         Command::Token(command) => neurodiff_server::admin::token(command),

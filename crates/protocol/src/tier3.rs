@@ -226,6 +226,16 @@ pub struct DictionaryReport {
     /// Of the low-ν fine-tune-only latents, the share with a domain word (with ground truth).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain_share: Option<f64>,
+    /// The fine-tune-leaning tail (crosscoders): the latents that fired with the lowest Δ, at
+    /// most `sample_latents / 2` of them, every one listed in `latents`.
+    #[serde(default)]
+    pub tail: Vec<usize>,
+    /// The smallest Δ among latents that fired (a base-vs-base control stays near 0.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_delta: Option<f64>,
+    /// Of the tail, the share with a domain word in its decoder lens or top examples.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tail_domain_share: Option<f64>,
     /// The steps a run resumed from a checkpoint skipped (0 when it ran straight through).
     pub resumed_at: usize,
     /// The paired activation store it trained on (reusable by any later training on the same

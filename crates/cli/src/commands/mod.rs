@@ -1,5 +1,6 @@
 //! One module per subcommand.
 pub mod audit;
+pub mod bench_dictionary;
 pub mod client;
 pub mod grade;
 pub mod inspect;

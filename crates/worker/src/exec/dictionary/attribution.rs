@@ -90,20 +90,34 @@ pub fn evaluate(
         }
         others.push(j);
     }
-    // Every fine-tune-only latent that fired, then a seeded sample of the others that fired
-    // (an SAE's: the most frequent).
+    // Every fine-tune-only latent that fired; then (crosscoders) the fine-tune-leaning tail,
+    // the fired latents with the lowest Δ, and a seeded sample of the rest (an SAE's: the most
+    // frequent latents).
     let fired = |j: &usize| ev.fired[*j] > 0;
     let mut report_ids: Vec<usize> = ft_only.into_iter().filter(fired).collect();
     let mut rest: Vec<usize> = others.into_iter().filter(fired).collect();
-    if diff {
-        rest.sort_by_key(|&j| std::cmp::Reverse(ev.fired[j]));
-    } else {
+    let mut tail = Vec::new();
+    let mut min_delta = None;
+    if let Some(delta) = &delta {
+        rest.sort_by(|&a, &b| delta[a].total_cmp(&delta[b]));
+        min_delta = report_ids
+            .iter()
+            .chain(&rest)
+            .map(|&j| delta[j])
+            .filter(|v| v.is_finite())
+            .min_by(f64::total_cmp);
+        let n_tail = (opts.sample_latents / 2).min(rest.len());
+        tail = rest.drain(..n_tail).collect();
+        report_ids.extend(&tail);
         let mut rng = Rng::new(opts.seed ^ 0x5eed);
         for i in (1..rest.len()).rev() {
             rest.swap(i, rng.below(i + 1));
         }
+        report_ids.extend(rest.into_iter().take(opts.sample_latents - n_tail));
+    } else {
+        rest.sort_by_key(|&j| std::cmp::Reverse(ev.fired[j]));
+        report_ids.extend(rest.into_iter().take(opts.sample_latents));
     }
-    report_ids.extend(rest.into_iter().take(opts.sample_latents));
     let flat_f32 = |t: &Tensor| -> Result<Vec<f32>> {
         Ok(Vec::<f32>::try_from(&t.f_to_device(Device::Cpu)?.f_flatten(0, -1)?)
             .map_err(CoreError::from)?)
@@ -180,7 +194,17 @@ pub fn evaluate(
     let domain_share = (!domain.is_empty() && !low_nu.is_empty()).then(|| {
         low_nu.iter().filter(|l| l.domain_hit == Some(true)).count() as f64 / low_nu.len() as f64
     });
+    let tail_domain_share = (!domain.is_empty() && !tail.is_empty()).then(|| {
+        let hits = latents
+            .iter()
+            .filter(|l| tail.contains(&l.id) && l.domain_hit == Some(true))
+            .count();
+        hits as f64 / tail.len() as f64
+    });
     Ok(DictionaryReport {
+        tail,
+        min_delta,
+        tail_domain_share,
         layer: 0,
         hook: String::new(),
         d_model: 0,

@@ -1,0 +1,120 @@
+//! Tier III over REST: a crosscoder audit of a trained organism is split into collect shards
+//! (one per corpus slice, run by either worker) and a training shard; its results, its latent
+//! rows (queried team-wide by token) and its dictionary (an artifact) come back, and another
+//! team sees none of it.
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+use crate::harness::{Env, BIN};
+
+#[test]
+fn a_crosscoder_over_rest_finds_the_fine_tunes_domain() {
+    let mut env = Env::new(None);
+    let org = env.dir.path().join("trained");
+    let status = std::process::Command::new(BIN)
+        .args(["organisms", "--trained", "--quiet", "--out"])
+        .arg(&org)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // Generic text interleaved with the fine-tune's held-out domain text.
+    let generic = neurodiff_core::corpus::parse(
+        neurodiff_core::corpus::BUILTIN_FILE,
+        neurodiff_core::corpus::BUILTIN,
+        u64::MAX,
+    )
+    .unwrap();
+    let heldout = std::fs::read_to_string(org.join("data/cooking-heldout.jsonl")).unwrap();
+    let mut text = String::new();
+    for (g, d) in generic.iter().zip(heldout.lines()) {
+        text.push_str(&json!({ "text": g }).to_string());
+        text.push('\n');
+        text.push_str(d);
+        text.push('\n');
+    }
+    let local = env.dir.path().join("mixed.jsonl");
+    std::fs::write(&local, &text).unwrap();
+    env.start(&[("w1", &[]), ("w2", &[])]);
+    let token = env.token("safety");
+    let corpus_ref = match env.models_store.clone() {
+        Some(store) => {
+            let blobs = neurodiff_store::Blobs::from_url(&store).unwrap();
+            env.rt
+                .block_on(blobs.put("corpora/mixed.jsonl", Bytes::from(text)))
+                .unwrap();
+            format!("{store}/corpora/mixed.jsonl")
+        }
+        None => local.display().to_string(),
+    };
+    let base = org.join("base").display().to_string();
+    let ft = org.join("cooking-full").display().to_string();
+    let id = env.submit(
+        &token,
+        json!({"base": base, "finetuned": ft, "analyses": ["crosscoder"],
+               "corpus": {"source": corpus_ref, "seq_len": 32, "max_samples": 512,
+                          "batch_size": 64, "shard_samples": 128},
+               "crosscoder": {"layer": 4, "expansion": 4, "k": 16, "batch": 512, "steps": 1500,
+                              "lr": 0.003, "samples": 512}}),
+    );
+    let audit = env.wait_done(&token, &id, Duration::from_secs(600));
+    assert_eq!(audit["status"], "succeeded", "{audit}\n{}", env.logs());
+    // Four collect shards (512 samples, 128 per slice) and the training shard.
+    assert_eq!(audit["progress"]["shards_total"], 5);
+    let (code, served) = env.json("GET", &format!("/v1/audits/{id}/results"), &token, None);
+    assert_eq!(code, 200, "{served}");
+    let cc = &served["analyses"]["crosscoder"];
+    assert_eq!(cc["dict_size"], 512);
+    assert_eq!(cc["store"]["chunks"], 4);
+    // The collect shards filled the store before (or while) the training shard ran.
+    assert!(cc["store"]["chunks_reused"].as_u64().unwrap() >= 1, "{}", cc["store"]);
+    let share = cc["tail_domain_share"].as_f64().unwrap();
+    assert!(share >= 0.5, "tail domain share {share}");
+    assert!(cc["min_delta"].as_f64().unwrap() < 0.3);
+    // The dictionary and the plots are artifacts.
+    let (code, listed) = env.json("GET", &format!("/v1/audits/{id}/artifacts"), &token, None);
+    assert_eq!(code, 200, "{listed}");
+    for name in ["crosscoder.safetensors", "crosscoder_training.svg", "crosscoder_delta_norm.svg"] {
+        assert!(listed.to_string().contains(name), "{name} not in {listed}");
+    }
+    let (code, dict) = env.http(
+        "GET",
+        &format!("/v1/audits/{id}/artifacts/crosscoder.safetensors"),
+        Some(&token),
+        None,
+    );
+    assert_eq!(code, 200);
+    assert_eq!(dict.len() as u64, cc["dictionary"]["bytes"].as_u64().unwrap());
+    // The latents are rows the team can query: by a token of a tail latent that names the
+    // domain, the latent is found.
+    let hit: &Value = cc["latents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["domain_hit"] == true && !l["examples"].as_array().unwrap().is_empty())
+        .expect("a latent with a domain word");
+    let word = hit["examples"][0]["token"].as_str().unwrap().trim().to_uppercase();
+    let (code, found) = env.json(
+        "GET",
+        &format!("/v1/results/latents?analysis=crosscoder&token={word}"),
+        &token,
+        None,
+    );
+    assert_eq!(code, 200, "{found}");
+    let rows = found["results"].as_array().unwrap();
+    assert!(
+        rows.iter().any(|r| r["audit_id"] == json!(id) && r["latent"] == hit["id"]),
+        "{word}: {found}"
+    );
+    let (code, bad) = env.json("GET", "/v1/results/latents?class=new", &token, None);
+    assert_eq!(code, 400);
+    assert!(bad["error"].as_str().unwrap().contains("query `class`"), "{bad}");
+    // Another team sees neither the audit nor its latents.
+    let other = env.token("other");
+    let (_, theirs) = env.json("GET", "/v1/results/latents", &other, None);
+    assert_eq!(theirs["results"], json!([]));
+    let (code, _) = env.json("GET", &format!("/v1/audits/{id}/results"), &other, None);
+    assert_eq!(code, 404);
+}
