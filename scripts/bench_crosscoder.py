@@ -2,13 +2,14 @@
 against the same loop in PyTorch, on the same synthetic activations, in one run.
 
   python scripts/bench_crosscoder.py NEURODIFF_BIN [--device cpu|cuda] [--d 256] [--expansion 16]
-                                     [--k 64] [--batch 2048] [--steps 30]
+                                     [--k 64] [--batch 2048] [--steps 30] [--tokens 65536]
 
 The loop is the one docs/crosscoder.md defines (BatchTopK over the batch, L2 loss plus the
 auxiliary loss over dead latents, global-norm clipping, Adam), in float32. Each side runs in its
 own process (so peak memory is its own): the PyTorch side is this script re-invoked with
-`--torch-side`. Prints tokens/s and peak memory of each and their ratio. On a GPU the peak
-memory is sampled from nvidia-smi while each side runs.
+`--torch-side`, which makes the same data from the same seed. Prints tokens/s and peak memory
+of each and their ratio. On a GPU the peak memory is also sampled from nvidia-smi while each
+side runs.
 """
 
 import argparse
@@ -22,22 +23,32 @@ import threading
 import time
 
 import torch
-from safetensors.torch import load_file, save_file
 
 
-def make_data(path, n, d, seed=0):
+def synthetic(n, d, seed=0):
+    """Paired activations: sparse combinations of random directions per model, plus noise."""
     g = torch.Generator().manual_seed(seed)
     feats = 8 * d
     dirs = torch.randn(2, feats, d, generator=g)
     dirs /= dirs.norm(dim=-1, keepdim=True)
     acts = (torch.rand(n, feats, generator=g) < 0.01).float() * torch.rand(n, feats, generator=g)
-    x = torch.einsum("nf,mfd->nmd", acts, dirs) + 0.01 * torch.randn(n, 2, d, generator=g)
-    save_file({"acts": x.contiguous()}, path)
+    return (torch.einsum("nf,mfd->nmd", acts, dirs) + 0.01 * torch.randn(n, 2, d, generator=g)).contiguous()
+
+
+def make_data(path, n, d):
+    """Writes `acts` as safetensors by hand (no dependency beyond torch)."""
+    x = synthetic(n, d).numpy()
+    header = json.dumps({"acts": {"dtype": "F32", "shape": list(x.shape), "data_offsets": [0, x.nbytes]}}).encode()
+    header += b" " * (-len(header) % 8)
+    with open(path, "wb") as f:
+        f.write(len(header).to_bytes(8, "little"))
+        f.write(header)
+        f.write(x.astype("<f4").tobytes())
 
 
 def torch_side(args):
     dev = torch.device(args.device)
-    x_all = load_file(args.data)["acts"].to(dev)
+    x_all = synthetic(args.tokens, args.d).to(dev)
     n, m, d = x_all.shape
     f = args.expansion * d
     mean = x_all.mean(0)
@@ -151,7 +162,6 @@ def main():
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--tokens", type=int, default=65536)
     p.add_argument("--torch-side", action="store_true")
-    p.add_argument("--data")
     args = p.parse_args()
     if args.torch_side:
         return torch_side(args)
@@ -161,7 +171,8 @@ def main():
         common = ["--expansion", str(args.expansion), "--k", str(args.k), "--batch", str(args.batch),
                   "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device]
         rust = run([args.neurodiff, "bench-dictionary", data] + common, args.device)
-        py = run([sys.executable, __file__, "--torch-side", "--data", data] + common, args.device)
+        py = run([sys.executable, __file__, "--torch-side", "--tokens", str(args.tokens), "--d", str(args.d)]
+                 + common, args.device)
     print(f"crosscoder training, d={args.d}, {rust['dict_size']} latents, k={args.k}, batch {args.batch}, "
           f"{args.steps} timed steps, {args.device} (threads: {torch.get_num_threads()})")
     for r in (rust, py):

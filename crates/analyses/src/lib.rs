@@ -165,7 +165,7 @@ pub fn kind_of(output: &ShardOutput) -> AnalysisKind {
         ShardOutput::Steering(_) => AnalysisKind::Steering,
         ShardOutput::Crosscoder(_) => AnalysisKind::Crosscoder,
         ShardOutput::SaeDiff(_) => AnalysisKind::SaeDiff,
-        ShardOutput::Collect(c) => c.analysis,
+        ShardOutput::Collect(c) => c.dictionary,
     }
 }
 

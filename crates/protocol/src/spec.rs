@@ -81,10 +81,8 @@ impl AnalysisKind {
             AnalysisKind::Activations | AnalysisKind::LogitLens | AnalysisKind::Stitching => {
                 ShardUnit::Samples
             }
-            AnalysisKind::Cmap
-            | AnalysisKind::Steering
-            | AnalysisKind::Crosscoder
-            | AnalysisKind::SaeDiff => ShardUnit::Block,
+            AnalysisKind::Cmap | AnalysisKind::Steering => ShardUnit::Block,
+            AnalysisKind::Crosscoder | AnalysisKind::SaeDiff => ShardUnit::SamplesThenBlock,
             AnalysisKind::Traces => ShardUnit::Position,
         }
     }
@@ -123,6 +121,8 @@ pub enum ShardUnit {
     Block,
     /// One sequence position each.
     Position,
+    /// Slices of the corpus (collecting activations), then one block (training on them).
+    SamplesThenBlock,
 }
 
 /// What is compared with the base: a full checkpoint, or a PEFT LoRA adapter on the base.
@@ -489,7 +489,8 @@ impl std::str::FromStr for ShardKey {
                 start.parse().map_err(|_| bad())?,
                 end.parse().map_err(|_| bad())?,
             );
-            if start >= end || analysis.shard_unit() != ShardUnit::Samples {
+            let unit = analysis.shard_unit();
+            if start >= end || !matches!(unit, ShardUnit::Samples | ShardUnit::SamplesThenBlock) {
                 return Err(bad());
             }
             ShardKey::Samples {
@@ -498,7 +499,10 @@ impl std::str::FromStr for ShardKey {
                 end,
             }
         } else if let Some(layer) = rest.strip_prefix("block-") {
-            if analysis.shard_unit() != ShardUnit::Block {
+            if !matches!(
+                analysis.shard_unit(),
+                ShardUnit::Block | ShardUnit::SamplesThenBlock
+            ) {
                 return Err(bad());
             }
             ShardKey::Block {
@@ -727,6 +731,16 @@ mod tests {
                 analysis: AnalysisKind::Traces,
                 position: 4,
             },
+            // A dictionary's collect slices and its training block.
+            ShardKey::Samples {
+                analysis: AnalysisKind::Crosscoder,
+                start: 0,
+                end: 128,
+            },
+            ShardKey::Block {
+                analysis: AnalysisKind::SaeDiff,
+                layer: 4,
+            },
         ]) {
             assert_eq!(key.to_string().parse::<ShardKey>(), Ok(key));
         }
@@ -736,6 +750,7 @@ mod tests {
             "activations/samples-000002-000001",
             "cmap/samples-000000-000001",
             "traces/block-0001",
+            "crosscoder/position-0001",
             "cmap/block-1",
             "",
         ] {

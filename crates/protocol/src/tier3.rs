@@ -273,7 +273,9 @@ pub struct ActivationStore {
 /// What a collect shard returns: the chunk of one corpus slice.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CollectShard {
-    pub analysis: crate::AnalysisKind,
+    /// The dictionary analysis whose store this fills (`crosscoder` or `sae-diff`); not named
+    /// `analysis`, which tags the shard output itself.
+    pub dictionary: crate::AnalysisKind,
     pub layer: usize,
     pub start: usize,
     pub end: usize,
@@ -339,5 +341,22 @@ mod tests {
         assert!(o.validate("sae_diff").unwrap_err().to_string().contains("sae_diff.lr"));
         let o = DictionaryOptions::default();
         assert!((o.learning_rate(16_384) - 2e-4).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_collect_shard_reads_back_as_a_shard_output() {
+        let out = crate::ShardOutput::Collect(CollectShard {
+            dictionary: crate::AnalysisKind::Crosscoder,
+            layer: 4,
+            start: 0,
+            end: 128,
+            store: "s".into(),
+            chunk: "c".into(),
+            tokens: 10,
+            reused: false,
+            elapsed_s: 0.5,
+        });
+        let json = serde_json::to_string(&out).unwrap();
+        assert_eq!(serde_json::from_str::<crate::ShardOutput>(&json).unwrap(), out);
     }
 }

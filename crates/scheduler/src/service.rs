@@ -126,7 +126,15 @@ pub async fn pass(ctx: &SchedulerContext) -> Result<Pass, neurodiff_store::Store
         ctx.db.mark_enqueued(audit).await?;
         p.planned += 1;
     }
-    for s in ctx.db.shards_to_enqueue(1000).await? {
+    let (pending, unreadable) = ctx.db.shards_to_enqueue(1000).await?;
+    for u in unreadable {
+        tracing::error!(audit = %u.audit, shard = %u.shard_key, reason = %u.reason, "unreadable shard");
+        let reason = format!("shard {}: {}", u.shard_key, u.reason);
+        ctx.db
+            .fail_audit(u.audit, Some(&u.shard_key), &reason)
+            .await?;
+    }
+    for s in pending {
         let task = Task::Shard {
             audit: s.audit,
             spec: Box::new(ShardSpec::of(&s.spec, s.shard_key)),

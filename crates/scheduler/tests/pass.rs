@@ -346,3 +346,34 @@ fn model_record(reference: &str) -> ModelRecord {
         files: Vec::new(),
     }
 }
+
+/// A shard row this build cannot read (planned by another version, say) fails its own audit
+/// with the reason and does not stop other audits' shards from being enqueued.
+#[sqlx::test(migrator = "neurodiff_store::MIGRATOR")]
+async fn an_unreadable_shard_fails_its_audit_and_blocks_no_other(pool: PgPool) {
+    let ctx = context(pool, 5).await;
+    let (bad, good) = (planned_audit(&ctx).await, planned_audit(&ctx).await);
+    pass(&ctx).await.unwrap();
+    ctx.db
+        .plan_shards(bad, &[ShardKey::Layer(0)], None)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE shards SET shard_key = 'future-kind/slice-0001' WHERE audit_id = $1")
+        .bind(bad)
+        .execute(&ctx.db.pool)
+        .await
+        .unwrap();
+    ctx.db
+        .plan_shards(good, &[ShardKey::Layer(0), ShardKey::NonLayer], None)
+        .await
+        .unwrap();
+    let p = pass(&ctx).await.unwrap();
+    assert_eq!(p.enqueued, 2, "the readable audit's shards are enqueued: {p:?}");
+    let failed = ctx.db.audit_by_id(bad).await.unwrap();
+    assert_eq!(failed.status, AuditStatus::Failed);
+    let error = failed.error.unwrap();
+    assert!(error.contains("future-kind/slice-0001"), "{error}");
+    assert_eq!(drain(&ctx).await, [ShardKey::Layer(0), ShardKey::NonLayer]);
+    ctx.tasks.delete().await.unwrap();
+    ctx.events.delete().await.unwrap();
+}

@@ -18,6 +18,14 @@ pub struct PendingShard {
     pub spec: AuditSpec,
 }
 
+/// A shard row this build cannot read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnreadableShard {
+    pub audit: Uuid,
+    pub shard_key: String,
+    pub reason: String,
+}
+
 /// One block's metrics of a corpus analysis, as the block_results table records them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BlockRow {
@@ -74,8 +82,13 @@ impl Db {
         .await?)
     }
 
-    /// Shards of running audits that are not on the queue.
-    pub async fn shards_to_enqueue(&self, limit: i64) -> Result<Vec<PendingShard>> {
+    /// Shards of running audits that are not on the queue, and those that cannot be read (a
+    /// key or spec this build does not know, such as one planned by a newer worker): the
+    /// caller fails their audits instead of letting one row stop every audit's enqueueing.
+    pub async fn shards_to_enqueue(
+        &self,
+        limit: i64,
+    ) -> Result<(Vec<PendingShard>, Vec<UnreadableShard>)> {
         let rows = sqlx::query(
             "SELECT s.audit_id, s.shard_key, a.spec FROM shards s JOIN audits a ON a.id = s.audit_id \
              WHERE s.enqueued_at IS NULL AND s.status = 'queued' AND a.status = 'running' \
@@ -84,17 +97,30 @@ impl Db {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                let spec: serde_json::Value = r.try_get("spec")?;
+        let (mut ok, mut bad) = (Vec::new(), Vec::new());
+        for r in &rows {
+            let audit: Uuid = r.try_get("audit_id")?;
+            let key: String = r.try_get("shard_key")?;
+            let spec: serde_json::Value = r.try_get("spec")?;
+            let parsed = parse_shard_key(&key).and_then(|shard_key| {
+                let spec = serde_json::from_value(spec)
+                    .map_err(|e| StoreError::Invalid(format!("stored spec: {e}")))?;
                 Ok(PendingShard {
-                    audit: r.try_get("audit_id")?,
-                    shard_key: parse_shard_key(r.try_get("shard_key")?)?,
-                    spec: serde_json::from_value(spec)
-                        .map_err(|e| StoreError::Invalid(format!("stored spec: {e}")))?,
+                    audit,
+                    shard_key,
+                    spec,
                 })
-            })
-            .collect()
+            });
+            match parsed {
+                Ok(p) => ok.push(p),
+                Err(e) => bad.push(UnreadableShard {
+                    audit,
+                    shard_key: key,
+                    reason: format!("{e} (planned by another version of NeuroDiff?)"),
+                }),
+            }
+        }
+        Ok((ok, bad))
     }
 
     pub async fn mark_shard_enqueued(&self, audit: Uuid, shard_key: ShardKey) -> Result<()> {

@@ -181,24 +181,31 @@ impl Trainer {
         let grads = Tensor::f_run_backward(&[&loss], &params, false, false)?;
         let grads = clip_global_norm(grads, self.opts.max_grad_norm)?;
         self.grads = Some(grads);
-        let value = |t: &Tensor| t.f_double_value(&[]);
-        let fve = {
-            let var = x
-                .f_sub(&x.f_mean_dim([0i64].as_slice(), true, self.dict.kind())?)?
-                .f_square()?
-                .f_sum(self.dict.kind())?;
-            1.0 - value(&e.f_square()?.f_sum(self.dict.kind())?)? / value(&var)?.max(1e-30)
+        // One transfer for every figure of the step (each would be a device sync).
+        let kind = self.dict.kind();
+        let var = x
+            .f_sub(&x.f_mean_dim([0i64].as_slice(), true, kind)?)?
+            .f_square()?
+            .f_sum(kind)?;
+        let sse = e.f_square()?.f_sum(kind)?;
+        let figures = Tensor::f_stack(&[&loss, &l2, &aux, &sse, &var], 0)?
+            .f_detach()?
+            .f_to_kind(Kind::Double)?
+            .f_to_device(Device::Cpu)?;
+        let figures = Vec::<f64>::try_from(&figures).map_err(CoreError::from)?;
+        let [loss_v, l2_v, aux_v, sse_v, var_v] = figures[..] else {
+            return Err(CoreError::Input("expected five step figures".into()));
         };
         Ok(StepStats {
             step: t,
-            loss: value(&loss)?,
-            l2: value(&l2)?,
-            aux: value(&aux)?,
+            loss: loss_v,
+            l2: l2_v,
+            aux: aux_v,
             k,
             n_dead,
             threshold: self.dict.threshold,
             lr: self.lr_at(t),
-            fve,
+            fve: 1.0 - sse_v / var_v.max(1e-30),
         })
     }
 
@@ -372,17 +379,19 @@ impl Trainer {
 }
 
 /// Scales the gradients so their global L2 norm is at most `max` (PyTorch's
-/// `clip_grad_norm_`: multiplied by `min(1, max / (norm + 1e-6))`).
+/// `clip_grad_norm_`: multiplied by `min(1, max / (norm + 1e-6))`), on the device, without a
+/// sync.
 fn clip_global_norm(grads: Vec<Tensor>, max: f64) -> Result<[Tensor; 4]> {
-    let mut total = 0.0;
-    for g in &grads {
-        let n = g.f_norm()?.f_double_value(&[])?;
-        total += n * n;
-    }
-    let coef = (max / (total.sqrt() + 1e-6)).min(1.0);
+    let norms = grads.iter().map(|g| g.f_norm()).collect::<Result<Vec<_>, _>>()?;
+    let total = Tensor::f_stack(&norms, 0)?.f_norm()?;
+    let coef = total
+        .f_add_scalar(1e-6)?
+        .f_reciprocal()?
+        .f_mul_scalar(max)?
+        .f_clamp_max(1.0)?;
     let mut out = Vec::with_capacity(4);
     for g in grads {
-        out.push(g.f_mul_scalar(coef)?);
+        out.push(g.f_mul(&coef)?);
     }
     out.try_into()
         .map_err(|_| CoreError::Input("expected four gradients".into()))

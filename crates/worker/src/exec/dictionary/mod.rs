@@ -190,7 +190,7 @@ pub fn collect(
         progress,
     )?;
     Ok(CollectShard {
-        analysis: setup.kind,
+        dictionary: setup.kind,
         layer: setup.layer,
         start,
         end,
