@@ -28,7 +28,7 @@ import torch
 def synthetic(n, d, seed=0):
     """Paired activations: sparse combinations of random directions per model, plus noise."""
     g = torch.Generator().manual_seed(seed)
-    feats = 8 * d
+    feats = min(8 * d, 4096)
     dirs = torch.randn(2, feats, d, generator=g)
     dirs /= dirs.norm(dim=-1, keepdim=True)
     acts = (torch.rand(n, feats, generator=g) < 0.01).float() * torch.rand(n, feats, generator=g)

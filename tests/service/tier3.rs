@@ -7,7 +7,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::{json, Value};
 
-use crate::harness::{Env, BIN};
+use crate::harness::{free_port, Env, BIN};
+use crate::ui::{browser, shot, wait_text, Driver, CHROMEDRIVER};
 
 #[test]
 fn a_crosscoder_over_rest_finds_the_fine_tunes_domain() {
@@ -69,14 +70,22 @@ fn a_crosscoder_over_rest_finds_the_fine_tunes_domain() {
     assert_eq!(cc["dict_size"], 512);
     assert_eq!(cc["store"]["chunks"], 4);
     // The collect shards filled the store before (or while) the training shard ran.
-    assert!(cc["store"]["chunks_reused"].as_u64().unwrap() >= 1, "{}", cc["store"]);
+    assert!(
+        cc["store"]["chunks_reused"].as_u64().unwrap() >= 1,
+        "{}",
+        cc["store"]
+    );
     let share = cc["tail_domain_share"].as_f64().unwrap();
     assert!(share >= 0.5, "tail domain share {share}");
     assert!(cc["min_delta"].as_f64().unwrap() < 0.3);
     // The dictionary and the plots are artifacts.
     let (code, listed) = env.json("GET", &format!("/v1/audits/{id}/artifacts"), &token, None);
     assert_eq!(code, 200, "{listed}");
-    for name in ["crosscoder.safetensors", "crosscoder_training.svg", "crosscoder_delta_norm.svg"] {
+    for name in [
+        "crosscoder.safetensors",
+        "crosscoder_training.svg",
+        "crosscoder_delta_norm.svg",
+    ] {
         assert!(listed.to_string().contains(name), "{name} not in {listed}");
     }
     let (code, dict) = env.http(
@@ -86,7 +95,10 @@ fn a_crosscoder_over_rest_finds_the_fine_tunes_domain() {
         None,
     );
     assert_eq!(code, 200);
-    assert_eq!(dict.len() as u64, cc["dictionary"]["bytes"].as_u64().unwrap());
+    assert_eq!(
+        dict.len() as u64,
+        cc["dictionary"]["bytes"].as_u64().unwrap()
+    );
     // The latents are rows the team can query: by a token of a tail latent that names the
     // domain, the latent is found.
     let hit: &Value = cc["latents"]
@@ -95,7 +107,11 @@ fn a_crosscoder_over_rest_finds_the_fine_tunes_domain() {
         .iter()
         .find(|l| l["domain_hit"] == true && !l["examples"].as_array().unwrap().is_empty())
         .expect("a latent with a domain word");
-    let word = hit["examples"][0]["token"].as_str().unwrap().trim().to_uppercase();
+    let word = hit["examples"][0]["token"]
+        .as_str()
+        .unwrap()
+        .trim()
+        .to_uppercase();
     let (code, found) = env.json(
         "GET",
         &format!("/v1/results/latents?analysis=crosscoder&token={word}"),
@@ -105,12 +121,73 @@ fn a_crosscoder_over_rest_finds_the_fine_tunes_domain() {
     assert_eq!(code, 200, "{found}");
     let rows = found["results"].as_array().unwrap();
     assert!(
-        rows.iter().any(|r| r["audit_id"] == json!(id) && r["latent"] == hit["id"]),
+        rows.iter()
+            .any(|r| r["audit_id"] == json!(id) && r["latent"] == hit["id"]),
         "{word}: {found}"
     );
     let (code, bad) = env.json("GET", "/v1/results/latents?class=new", &token, None);
     assert_eq!(code, 400);
-    assert!(bad["error"].as_str().unwrap().contains("query `class`"), "{bad}");
+    assert!(
+        bad["error"].as_str().unwrap().contains("query `class`"),
+        "{bad}"
+    );
+    // The dashboard shows the crosscoder's section (its plots and latent table).
+    if std::path::Path::new(CHROMEDRIVER).exists() {
+        let port = free_port();
+        let _driver = Driver(
+            std::process::Command::new(CHROMEDRIVER)
+                .arg(format!("--port={port}"))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("chromedriver"),
+        );
+        let profile = env.dir.path().join("chromium-profile");
+        let ui = format!("http://127.0.0.1:{}/ui/", env.api_port);
+        env.rt.block_on(async {
+            use fantoccini::Locator;
+            let c = browser(port, &profile).await;
+            c.goto(&format!("{ui}#/audits")).await.unwrap();
+            wait_text(&c, "#login", |_| true, Duration::from_secs(20)).await;
+            c.find(Locator::Css("#token"))
+                .await
+                .unwrap()
+                .send_keys(&token)
+                .await
+                .unwrap();
+            c.find(Locator::Css("#login"))
+                .await
+                .unwrap()
+                .click()
+                .await
+                .unwrap();
+            wait_text(&c, "#audits", |_| true, Duration::from_secs(20)).await;
+            c.goto(&format!("{ui}#/audit/{id}")).await.unwrap();
+            let text = wait_text(
+                &c,
+                "#sec-crosscoder",
+                |t| t.contains("fine-tune only") && t.contains("Latents"),
+                Duration::from_secs(30),
+            )
+            .await;
+            assert!(text.contains("FVE base / fine-tune"), "{text}");
+            let section = c.find(Locator::Css("#sec-crosscoder")).await.unwrap();
+            c.execute(
+                "arguments[0].scrollIntoView()",
+                vec![serde_json::to_value(&section).unwrap()],
+            )
+            .await
+            .unwrap();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            shot(&c, "09-crosscoder.png").await;
+            c.close().await.unwrap();
+        });
+    } else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI: chromium-driver is not installed"
+        );
+    }
     // Another team sees neither the audit nor its latents.
     let other = env.token("other");
     let (_, theirs) = env.json("GET", "/v1/results/latents", &other, None);

@@ -11,9 +11,9 @@ use serde_json::{json, Value};
 
 use crate::harness::{free_port, organisms, Env};
 
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+pub(crate) const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
-struct Driver(Child);
+pub(crate) struct Driver(pub(crate) Child);
 
 impl Drop for Driver {
     fn drop(&mut self) {
@@ -28,7 +28,7 @@ fn screenshots() -> PathBuf {
     dir
 }
 
-async fn browser(port: u16, profile: &Path) -> Client {
+pub(crate) async fn browser(port: u16, profile: &Path) -> Client {
     let caps = json!({
         "goog:chromeOptions": {
             "binary": "/usr/bin/chromium",
@@ -60,7 +60,7 @@ async fn browser(port: u16, profile: &Path) -> Client {
 }
 
 /// Polls the page until `selector` exists and `check` holds for its text.
-async fn wait_text(
+pub(crate) async fn wait_text(
     c: &Client,
     selector: &str,
     check: impl Fn(&str) -> bool,
@@ -91,7 +91,7 @@ async fn wait_text(
     }
 }
 
-async fn shot(c: &Client, name: &str) {
+pub(crate) async fn shot(c: &Client, name: &str) {
     let png = c.screenshot().await.unwrap();
     std::fs::write(screenshots().join(name), png).unwrap();
 }

@@ -282,7 +282,11 @@ pub fn scatter(
                 .map(|&(x, y)| (clamp(x), clamp(y)))
                 .collect();
             chart
-                .draw_series(points.into_iter().map(|p| Circle::new(p, 4, color.filled())))
+                .draw_series(
+                    points
+                        .into_iter()
+                        .map(|p| Circle::new(p, 4, color.filled())),
+                )
                 .map_err(|e| err(e.to_string()))?
                 .label(s.label.clone())
                 .legend(move |(x, y)| Circle::new((x + 8, y), 4, color.filled()));

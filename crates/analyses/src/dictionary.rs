@@ -5,8 +5,8 @@
 use std::fmt::Write as _;
 
 use neurodiff_protocol::{
-    Analyses, AnalysisKind, AuditResults, AuditSpec, DictionaryOptions, DictionaryReport,
-    ShardKey, ShardOutput,
+    Analyses, AnalysisKind, AuditResults, AuditSpec, DictionaryOptions, DictionaryReport, ShardKey,
+    ShardOutput,
 };
 
 use crate::charts::{histogram, lines, scatter, Series};
@@ -58,8 +58,77 @@ impl Dictionaries {
 
 /// The corpus slices of a dictionary's activation store: its first `samples` samples (of the
 /// `n` the audit uses) in slices of `per_slice`.
-pub fn slices(kind: AnalysisKind, o: &DictionaryOptions, n: usize, per_slice: usize) -> Vec<ShardKey> {
+pub fn slices(
+    kind: AnalysisKind,
+    o: &DictionaryOptions,
+    n: usize,
+    per_slice: usize,
+) -> Vec<ShardKey> {
     neurodiff_protocol::sample_shards(kind, o.samples.min(n), per_slice)
+}
+
+/// Parameters of one dictionary (W_enc and W_dec; Adam keeps two more copies): 2^28, 1 GiB
+/// in float32.
+pub const MAX_DICTIONARY_PARAMS: u64 = 1 << 28;
+/// Codes of one training batch (batch × latents).
+pub const MAX_BATCH_CODES: u64 = 1 << 27;
+/// Bytes of one chunk of the activation store (a worker holds one to a few at a time).
+pub const MAX_CHUNK_BYTES: u64 = 1 << 31;
+/// Bytes of one activation store.
+pub const MAX_STORE_BYTES: u64 = 1 << 36;
+
+/// Bounds what a dictionary of this model would hold, before any shard runs (the API cannot:
+/// it does not know the model's width).
+fn check_sizes(
+    kind: AnalysisKind,
+    o: &DictionaryOptions,
+    spec: &AuditSpec,
+    facts: &PlanFacts,
+) -> Result<(), AnalysisError> {
+    let Some(d) = facts.d_model else {
+        return Ok(());
+    };
+    let field = match kind {
+        AnalysisKind::SaeDiff => "sae_diff",
+        _ => "crosscoder",
+    };
+    let models: u64 = if kind == AnalysisKind::SaeDiff { 1 } else { 2 };
+    let refuse = |message: String| AnalysisError::Merge {
+        analysis: kind,
+        message,
+    };
+    let d = d as u64;
+    let params = 2 * models * d * (o.expansion as u64 * d);
+    if params > MAX_DICTIONARY_PARAMS {
+        return Err(refuse(format!(
+            "{field}.expansion: {} latents of width {d} make {params} parameters; at most \
+             {MAX_DICTIONARY_PARAMS}",
+            o.expansion as u64 * d
+        )));
+    }
+    let activations = o.batch as u64 * o.expansion as u64 * d;
+    if activations > MAX_BATCH_CODES {
+        return Err(refuse(format!(
+            "{field}.batch × latents = {activations} codes per step (each held several times \
+             for the backward pass); at most {MAX_BATCH_CODES}"
+        )));
+    }
+    let row = models * d * 4;
+    let chunk = spec.corpus.shard_samples as u64 * spec.corpus.seq_len as u64 * row;
+    if chunk > MAX_CHUNK_BYTES {
+        return Err(refuse(format!(
+            "corpus.shard_samples × corpus.seq_len: a chunk of {chunk} bytes of activations; at \
+             most {MAX_CHUNK_BYTES}"
+        )));
+    }
+    let n = o.samples.min(facts.n_samples.unwrap_or(0)) as u64;
+    let store = n * spec.corpus.seq_len as u64 * row;
+    if store > MAX_STORE_BYTES {
+        return Err(refuse(format!(
+            "{field}.samples: a store of {store} bytes of activations; at most {MAX_STORE_BYTES}"
+        )));
+    }
+    Ok(())
 }
 
 /// The block a dictionary encodes: the option's, or the middle block.
@@ -93,6 +162,7 @@ impl Analysis for Dictionaries {
                 ),
             });
         }
+        check_sizes(self.kind, o, spec, facts)?;
         keys.push(ShardKey::Block {
             analysis: self.kind,
             layer: block_of(o, facts.n_layers)?,
@@ -294,7 +364,14 @@ impl Analysis for Dictionaries {
                 .examples
                 .iter()
                 .take(3)
-                .map(|e| format!("…{} <b>[{}]</b> ({:.2})", escape(&e.context), escape(&e.token), e.activation))
+                .map(|e| {
+                    format!(
+                        "…{} <b>[{}]</b> ({:.2})",
+                        escape(&e.context),
+                        escape(&e.token),
+                        e.activation
+                    )
+                })
                 .collect();
             let _ = write!(
                 out,

@@ -27,6 +27,8 @@ pub struct PlanFacts {
     pub n_layers: usize,
     /// Samples of the corpus the audit uses (`max_samples` applied); absent without a corpus.
     pub n_samples: Option<usize>,
+    /// The base's residual width (`hidden_size` or `n_embd`), when its config says.
+    pub d_model: Option<usize>,
 }
 
 /// A plot of a report: its file name under `plots/`, and the SVG.

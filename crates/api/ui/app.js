@@ -930,6 +930,8 @@ function renderDictionary(s, d) {
     ['L0', fmt(d.l0)], ['dead', fmt(100 * d.dead_fraction) + '%'],
     crosscoder ? ['classes', `${d.classes.ft_only} fine-tune only (${d.ft_only_low_nu} with low ν), ${d.classes.base_only} base only, `
       + `${d.classes.shared} shared, ${d.classes.other} other`] : null,
+    typeof d.min_delta === 'number' ? ['fine-tune-leaning tail', `the ${(d.tail || []).length} lowest-Δ latents (smallest Δ ${fmt(d.min_delta)})`
+      + (typeof d.tail_domain_share === 'number' ? `; ${fmt(100 * d.tail_domain_share)}% name the domain` : '')] : null,
     typeof d.domain_share === 'number' ? ['domain share (low-ν fine-tune-only)', fmt(100 * d.domain_share) + '%'] : null,
   ]));
   const cols = el('div', { class: 'cols' });

@@ -3,6 +3,7 @@
 //! bit, and planted ground truth: a crosscoder on synthetic activations whose shared,
 //! fine-tune-only and base-only directions are known finds them, and finds no fine-tune-only
 //! latent when both "models" are the same.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -22,8 +23,16 @@ fn read(name: &str) -> (BTreeMap<String, Tensor>, BTreeMap<String, String>) {
     let path = fixture(name);
     let bytes = std::fs::read(&path).unwrap();
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-    let meta = meta.metadata().clone().unwrap_or_default().into_iter().collect();
-    let tensors = Tensor::read_safetensors(&path).unwrap().into_iter().collect();
+    let meta = meta
+        .metadata()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let tensors = Tensor::read_safetensors(&path)
+        .unwrap()
+        .into_iter()
+        .collect();
     (tensors, meta)
 }
 
@@ -61,8 +70,14 @@ fn check_training(file: &str) {
     };
     let all = x.reshape([steps * b, models, d]);
     let norm = dictionary::normalization_of(&all, m("target_rms")).unwrap();
-    assert!(max_rel(&norm.mean, &t["norm.mean"]) < TOL, "{file}: norm.mean");
-    assert!(max_rel(&norm.scale, &t["norm.scale"]) < TOL, "{file}: norm.scale");
+    assert!(
+        max_rel(&norm.mean, &t["norm.mean"]) < TOL,
+        "{file}: norm.mean"
+    );
+    assert!(
+        max_rel(&norm.scale, &t["norm.scale"]) < TOL,
+        "{file}: norm.scale"
+    );
     let dict = Dictionary {
         w_enc: t["init.W_enc"].copy(),
         b_enc: t["init.b_enc"].copy(),
@@ -89,7 +104,12 @@ fn check_training(file: &str) {
             }
         }
         let want = |k: &str| scalar(&t[&format!("step{step}.{k}")]);
-        for (got, name) in [(s.loss, "loss"), (s.l2, "l2"), (s.aux, "aux"), (s.threshold, "theta")] {
+        for (got, name) in [
+            (s.loss, "loss"),
+            (s.l2, "l2"),
+            (s.aux, "aux"),
+            (s.threshold, "theta"),
+        ] {
             let w = want(name);
             assert!(
                 (got - w).abs() <= TOL * w.abs().max(1e-3),
@@ -100,11 +120,19 @@ fn check_training(file: &str) {
         assert_eq!(s.n_dead, want("n_dead") as i64, "{file}: step {step} dead");
         trainer.update().unwrap();
     }
-    for (p, name) in trainer.dict.params().iter().zip(["W_enc", "b_enc", "W_dec", "b_dec"]) {
+    for (p, name) in trainer
+        .dict
+        .params()
+        .iter()
+        .zip(["W_enc", "b_enc", "W_dec", "b_dec"])
+    {
         let e = max_rel(p, &t[&format!("final.{name}")]);
         assert!(e < TOL, "{file}: {name} after {steps} steps: {e:e}");
     }
-    assert!(trainer.since_fired.equal(&t["final.since"]), "{file}: dead counters");
+    assert!(
+        trainer.since_fired.equal(&t["final.since"]),
+        "{file}: dead counters"
+    );
     let theta = scalar(&t["final.theta"]);
     assert!((trainer.dict.threshold - theta).abs() <= TOL * theta.abs().max(1e-3));
 }
@@ -148,7 +176,10 @@ fn latent_scaling_matches_the_pytorch_reference() {
             if w.is_nan() {
                 assert!(g.is_nan(), "{what}[{j}]: {g} vs NaN");
             } else {
-                assert!((g - w).abs() <= TOL * w.abs().max(1e-3), "{what}[{j}]: {g} vs {w}");
+                assert!(
+                    (g - w).abs() <= TOL * w.abs().max(1e-3),
+                    "{what}[{j}]: {g} vs {w}"
+                );
             }
         }
     };
@@ -167,13 +198,26 @@ fn latent_scaling_matches_the_pytorch_reference() {
 
 /// Synthetic paired activations: `shared` directions active in both models, `ft_only` in the
 /// fine-tune only, `base_only` in the base only; each fires with probability 0.08.
-fn planted(n: i64, d: i64, shared: i64, ft_only: i64, base_only: i64, seed: u64) -> (Tensor, Tensor) {
+fn planted(
+    n: i64,
+    d: i64,
+    shared: i64,
+    ft_only: i64,
+    base_only: i64,
+    seed: u64,
+) -> (Tensor, Tensor) {
     let mut rng = Rng::new(seed);
     let total = shared + ft_only + base_only;
     let dirs = rng.tensor(&[total, d], |r| r.normal()).unwrap();
     let dirs = &dirs / dirs.norm_scalaropt_dim(2, [1], true);
     let acts = rng
-        .tensor(&[n, total], |r| if r.uniform() < 0.08 { 0.5 + r.uniform() } else { 0.0 })
+        .tensor(&[n, total], |r| {
+            if r.uniform() < 0.08 {
+                0.5 + r.uniform()
+            } else {
+                0.0
+            }
+        })
         .unwrap();
     let mask = |from: i64, to: i64| {
         let mut v = vec![0f32; total as usize];
@@ -202,8 +246,18 @@ fn opts(steps: usize) -> TrainOptions {
 fn train(data: &Tensor, dict_size: i64, steps: usize, seed: u64) -> Trainer {
     let norm = dictionary::normalization_of(data, 1.0).unwrap();
     let s = data.size();
-    let dict = Dictionary::init(s[1], s[2], dict_size, 3, 0.1, norm, seed, Kind::Float, Device::Cpu)
-        .unwrap();
+    let dict = Dictionary::init(
+        s[1],
+        s[2],
+        dict_size,
+        3,
+        0.1,
+        norm,
+        seed,
+        Kind::Float,
+        Device::Cpu,
+    )
+    .unwrap();
     let mut trainer = Trainer::new(dict, opts(steps)).unwrap();
     dictionary::train(&mut trainer, data, 256, steps, seed, &mut |_, _| Ok(true)).unwrap();
     trainer
@@ -235,7 +289,10 @@ fn a_resumed_run_ends_bit_identical_to_a_straight_one() {
     for (a, b) in straight.dict.params().iter().zip(resumed.dict.params()) {
         assert!(a.equal(b), "a parameter differs after resuming");
     }
-    assert_eq!(straight.dict.threshold.to_bits(), resumed.dict.threshold.to_bits());
+    assert_eq!(
+        straight.dict.threshold.to_bits(),
+        resumed.dict.threshold.to_bits()
+    );
     assert!(straight.since_fired.equal(&resumed.since_fired));
     // The saved dictionary reads back whole.
     let path = dir.path().join("dict.safetensors");
@@ -271,10 +328,23 @@ fn a_crosscoder_finds_planted_fine_tune_only_directions_and_none_in_a_control() 
     let dec_ft = &dec_ft / dec_ft.norm_scalaropt_dim(2, [1], true).clamp_min(1e-12);
     for i in 8..11 {
         let cos = dec_ft.matmul(&dirs.get(i).unsqueeze(1)).squeeze_dim(1);
-        let (best, j) = (cos.max().double_value(&[]), cos.argmax(0, false).int64_value(&[]));
-        assert!(best > 0.9, "planted ft-only direction {i}: best cosine {best}");
-        eprintln!("planted ft-only direction {i}: latent {j}, cosine {best:.3}, Δ {:.3}", delta[j as usize]);
-        assert!(delta[j as usize] < 0.1, "its latent {j} has Δ = {}", delta[j as usize]);
+        let (best, j) = (
+            cos.max().double_value(&[]),
+            cos.argmax(0, false).int64_value(&[]),
+        );
+        assert!(
+            best > 0.9,
+            "planted ft-only direction {i}: best cosine {best}"
+        );
+        eprintln!(
+            "planted ft-only direction {i}: latent {j}, cosine {best:.3}, Δ {:.3}",
+            delta[j as usize]
+        );
+        assert!(
+            delta[j as usize] < 0.1,
+            "its latent {j} has Δ = {}",
+            delta[j as usize]
+        );
     }
     eprintln!("classes of latents that fire: {counts:?}");
     let ft_only = counts.get("ft_only").copied().unwrap_or(0);

@@ -338,7 +338,11 @@ impl AuditSpec {
             // A dictionary holds its block's activations of both models for the samples it
             // collects (and trains for as many steps as it is asked to).
             for (field, o, on) in [
-                ("crosscoder", &self.crosscoder, self.runs(AnalysisKind::Crosscoder)),
+                (
+                    "crosscoder",
+                    &self.crosscoder,
+                    self.runs(AnalysisKind::Crosscoder),
+                ),
                 ("sae_diff", &self.sae_diff, self.runs(AnalysisKind::SaeDiff)),
             ] {
                 let tokens =

@@ -133,7 +133,10 @@ impl DictionaryOptions {
         }
         if let Some(d) = self.dead_tokens {
             if d == 0 {
-                return Err(SpecError::Field(f("dead_tokens"), "must be positive".into()));
+                return Err(SpecError::Field(
+                    f("dead_tokens"),
+                    "must be positive".into(),
+                ));
             }
         }
         Ok(())
@@ -338,7 +341,11 @@ mod tests {
         assert!(e.to_string().contains("crosscoder.k_max"), "{e}");
         o.k_max = None;
         o.lr = Some(f64::NAN);
-        assert!(o.validate("sae_diff").unwrap_err().to_string().contains("sae_diff.lr"));
+        assert!(o
+            .validate("sae_diff")
+            .unwrap_err()
+            .to_string()
+            .contains("sae_diff.lr"));
         let o = DictionaryOptions::default();
         assert!((o.learning_rate(16_384) - 2e-4).abs() < 1e-12);
     }
@@ -357,6 +364,9 @@ mod tests {
             elapsed_s: 0.5,
         });
         let json = serde_json::to_string(&out).unwrap();
-        assert_eq!(serde_json::from_str::<crate::ShardOutput>(&json).unwrap(), out);
+        assert_eq!(
+            serde_json::from_str::<crate::ShardOutput>(&json).unwrap(),
+            out
+        );
     }
 }

@@ -101,7 +101,10 @@ pub async fn finish(ctx: &SchedulerContext, f: Finishing) -> Result<bool, FanInE
                 continue;
             };
             let key = format!("teams/{team}/{}", file.key);
-            if !file.key.starts_with("dictionaries/") || file.key.contains("..") || file.location != key {
+            if !file.key.starts_with("dictionaries/")
+                || file.key.contains("..")
+                || file.location != key
+            {
                 return Err(FanInError::Invalid(format!(
                     "the {name} dictionary is not in the team's space: {}",
                     file.location
@@ -118,7 +121,13 @@ pub async fn finish(ctx: &SchedulerContext, f: Finishing) -> Result<bool, FanInE
     }
     let finished = ctx
         .db
-        .finish_audit(audit, f.claim, &artifacts, &block_rows(&results), &latent_rows(&results))
+        .finish_audit(
+            audit,
+            f.claim,
+            &artifacts,
+            &block_rows(&results),
+            &latent_rows(&results),
+        )
         .await?;
     if finished {
         tracing::info!(%audit, artifacts = artifacts.len(), "audit succeeded");

@@ -368,7 +368,10 @@ async fn an_unreadable_shard_fails_its_audit_and_blocks_no_other(pool: PgPool) {
         .await
         .unwrap();
     let p = pass(&ctx).await.unwrap();
-    assert_eq!(p.enqueued, 2, "the readable audit's shards are enqueued: {p:?}");
+    assert_eq!(
+        p.enqueued, 2,
+        "the readable audit's shards are enqueued: {p:?}"
+    );
     let failed = ctx.db.audit_by_id(bad).await.unwrap();
     assert_eq!(failed.status, AuditStatus::Failed);
     let error = failed.error.unwrap();

@@ -18,9 +18,7 @@ pub use scans::{
     AlertRow, DeliveryOutcome, DeliveryRow, DueDelivery, NewAlert, NewDelivery, PendingRun,
     RunOutcome, RunRow, ScanRow,
 };
-pub use sched::{
-    parse_shard_key, ArtifactRow, BlockRow, Finishing, PendingShard, UnreadableShard,
-};
+pub use sched::{parse_shard_key, ArtifactRow, BlockRow, Finishing, PendingShard, UnreadableShard};
 pub use tokens::{TokenRow, TOKEN_PREFIX};
 
 #[derive(Debug, thiserror::Error)]

@@ -168,9 +168,15 @@ pub fn plan_audit(
         }
         check_positions(sources, spec.corpus.seq_len)?;
     }
+    let config = sources.base.config_json()?;
+    let d_model = ["hidden_size", "n_embd", "d_model"]
+        .iter()
+        .find_map(|k| config.get(*k).and_then(serde_json::Value::as_u64))
+        .map(|d| d as usize);
     let facts = PlanFacts {
         n_layers,
         n_samples: corpus.map(|c| c.samples.len()),
+        d_model,
     };
     neurodiff_analyses::plan(spec, &facts).map_err(|e| WorkerError::Io(e.to_string()))
 }

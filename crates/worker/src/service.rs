@@ -389,12 +389,19 @@ async fn shard(
             verify(&p.finetuned, &target_files, &hashes, &stop_b)?;
         }
         let slow = slow_tensor;
-        crate::exec::run_shard(&sources, &spec_b, corpus.as_ref(), &store, device, &mut |_| {
-            if !slow.is_zero() {
-                std::thread::sleep(slow);
-            }
-            !stop_b.load(Ordering::SeqCst)
-        })
+        crate::exec::run_shard(
+            &sources,
+            &spec_b,
+            corpus.as_ref(),
+            &store,
+            device,
+            &mut |_| {
+                if !slow.is_zero() {
+                    std::thread::sleep(slow);
+                }
+                !stop_b.load(Ordering::SeqCst)
+            },
+        )
     })
     .await?;
     let result = match result {

@@ -61,7 +61,9 @@ fn plan_and_run(base: &Path, target: Target) {
     if let Some(first) = shards.first() {
         let Ok(dir) = tempfile::tempdir() else { return };
         let store = neurodiff_worker::exec::store::DirStore::new(dir.path());
-        let _ = run_shard(&sources, first, None, &store, tch::Device::Cpu, &mut |_| true);
+        let _ = run_shard(&sources, first, None, &store, tch::Device::Cpu, &mut |_| {
+            true
+        });
     }
 }
 

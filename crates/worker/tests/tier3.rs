@@ -94,8 +94,18 @@ fn describe(name: &str, r: &DictionaryReport) {
         r.delta_histogram
     );
     for l in r.latents.iter().filter(|l| r.tail.contains(&l.id)).take(6) {
-        let lens: Vec<&str> = l.top_tokens.iter().take(6).map(|t| t.token.as_str()).collect();
-        let ex: Vec<&str> = l.examples.iter().take(4).map(|e| e.token.as_str()).collect();
+        let lens: Vec<&str> = l
+            .top_tokens
+            .iter()
+            .take(6)
+            .map(|t| t.token.as_str())
+            .collect();
+        let ex: Vec<&str> = l
+            .examples
+            .iter()
+            .take(4)
+            .map(|e| e.token.as_str())
+            .collect();
         eprintln!(
             "  latent {} Δ {:.3} ν_ε {:?} ν_r {:?} domain {:?}: lens {lens:?}, examples {ex:?}",
             l.id,
@@ -119,9 +129,15 @@ fn crosscoders_of_narrow_fine_tunes_lean_toward_their_domains_and_controls_do_no
         let cc = r.analyses.crosscoder.as_ref().unwrap();
         describe(&format!("{domain}-full"), cc);
         assert_eq!((cc.layer, cc.dict_size, cc.k), (4, 512, 16));
-        assert!(cc.fve_base.unwrap() > 0.8 && cc.fve_ft.unwrap() > 0.8, "FVE");
+        assert!(
+            cc.fve_base.unwrap() > 0.8 && cc.fve_ft.unwrap() > 0.8,
+            "FVE"
+        );
         assert_eq!(cc.tail.len(), 16);
-        assert!(cc.min_delta.unwrap() < 0.3, "{domain}: no fine-tune-leaning latent");
+        assert!(
+            cc.min_delta.unwrap() < 0.3,
+            "{domain}: no fine-tune-leaning latent"
+        );
         let share = cc.tail_domain_share.unwrap();
         assert!(share >= 0.5, "{domain}: tail domain share {share}");
         assert_eq!(cc.store.chunks, 4);
@@ -131,16 +147,29 @@ fn crosscoders_of_narrow_fine_tunes_lean_toward_their_domains_and_controls_do_no
         let control = audit(&spec(&base, &base, AnalysisKind::Crosscoder, &corpus)).unwrap();
         let c = control.analyses.crosscoder.as_ref().unwrap();
         describe(&format!("control on {domain}"), c);
-        assert_eq!(c.classes.ft_only + c.classes.base_only, 0, "{:?}", c.classes);
+        assert_eq!(
+            c.classes.ft_only + c.classes.base_only,
+            0,
+            "{:?}",
+            c.classes
+        );
         assert!(c.classes.other <= 2, "{:?}", c.classes);
-        assert!(c.min_delta.unwrap() > 0.4, "control min Δ {:?}", c.min_delta);
+        assert!(
+            c.min_delta.unwrap() > 0.4,
+            "control min Δ {:?}",
+            c.min_delta
+        );
         // The same model on both sides: each latent explains either side equally.
         let near_one = c
             .latents
             .iter()
             .filter(|l| l.nu_eps.is_some_and(|v| (v - 1.0).abs() < 0.25))
             .count();
-        assert!(near_one * 10 >= c.latents.len() * 8, "control ν: {near_one} of {}", c.latents.len());
+        assert!(
+            near_one * 10 >= c.latents.len() * 8,
+            "control ν: {near_one} of {}",
+            c.latents.len()
+        );
     }
 }
 
@@ -149,16 +178,36 @@ fn an_sae_on_differences_reads_the_fine_tune() {
     let dir = organisms();
     let tmp = tempfile::tempdir().unwrap();
     let corpus = mixed_corpus(&dir, "cooking", tmp.path());
-    let s = spec(&dir.join("base"), &dir.join("cooking-full"), AnalysisKind::SaeDiff, &corpus);
+    let s = spec(
+        &dir.join("base"),
+        &dir.join("cooking-full"),
+        AnalysisKind::SaeDiff,
+        &corpus,
+    );
     let r = audit(&s).unwrap();
     let sae = r.analyses.sae_diff.as_ref().unwrap();
     describe("sae-diff cooking-full", sae);
     assert!(sae.fve_base.is_none());
-    assert!(sae.fve_ft.unwrap() > 0.5, "FVE of the difference {:?}", sae.fve_ft);
+    assert!(
+        sae.fve_ft.unwrap() > 0.5,
+        "FVE of the difference {:?}",
+        sae.fve_ft
+    );
     assert!(sae.latents.iter().all(|l| l.class == "diff"));
-    let hits = sae.latents.iter().filter(|l| l.domain_hit == Some(true)).count();
-    eprintln!("sae-diff: {hits} of {} reported latents carry a domain word", sae.latents.len());
-    assert!(hits * 2 >= sae.latents.len(), "{hits} of {}", sae.latents.len());
+    let hits = sae
+        .latents
+        .iter()
+        .filter(|l| l.domain_hit == Some(true))
+        .count();
+    eprintln!(
+        "sae-diff: {hits} of {} reported latents carry a domain word",
+        sae.latents.len()
+    );
+    assert!(
+        hits * 2 >= sae.latents.len(),
+        "{hits} of {}",
+        sae.latents.len()
+    );
 }
 
 #[test]
@@ -184,17 +233,30 @@ fn a_stopped_training_resumes_to_the_same_dictionary() {
         .unwrap();
     let run = |store: &DirStore, stop_after: Option<usize>| {
         let mut steps = 0;
-        run_shard(&sources, train, Some(&corpus), store, tch::Device::Cpu, &mut |what| {
-            if what == "step" {
-                steps += 1;
-            }
-            stop_after.is_none_or(|n| steps < n)
-        })
+        run_shard(
+            &sources,
+            train,
+            Some(&corpus),
+            store,
+            tch::Device::Cpu,
+            &mut |what| {
+                if what == "step" {
+                    steps += 1;
+                }
+                stop_after.is_none_or(|n| steps < n)
+            },
+        )
     };
     let dictionary = |out: &ShardOutput, store: &DirStore| {
-        let ShardOutput::Crosscoder(r) = out else { panic!("{out:?}") };
+        let ShardOutput::Crosscoder(r) = out else {
+            panic!("{out:?}")
+        };
         let f = r.dictionary.as_ref().unwrap();
-        (r.resumed_at, r.store.chunks_reused, store.get(&f.key).unwrap().unwrap())
+        (
+            r.resumed_at,
+            r.store.chunks_reused,
+            store.get(&f.key).unwrap().unwrap(),
+        )
     };
     // Straight through, in a store of its own (the training shard collects every chunk).
     let one = DirStore::new(tmp.path().join("straight"));
@@ -208,9 +270,17 @@ fn a_stopped_training_resumes_to_the_same_dictionary() {
     let again = run(&two, None).unwrap();
     let (resumed_at, reused, resumed_bytes) = dictionary(&again, &two);
     assert_eq!(resumed_at, 137, "resumed from its checkpoint");
-    assert_eq!(reused, 4, "the store's chunks were reused, not collected again");
-    assert!(straight_bytes == resumed_bytes, "the resumed dictionary differs");
+    assert_eq!(
+        reused, 4,
+        "the store's chunks were reused, not collected again"
+    );
+    assert!(
+        straight_bytes == resumed_bytes,
+        "the resumed dictionary differs"
+    );
     // The checkpoint is gone once the dictionary is written.
-    let ShardOutput::Crosscoder(r) = &again else { unreachable!() };
+    let ShardOutput::Crosscoder(r) = &again else {
+        unreachable!()
+    };
     assert!(two.exists(&r.store.manifest).unwrap());
 }

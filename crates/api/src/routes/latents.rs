@@ -72,12 +72,21 @@ pub async fn query(
     let Query(q) = query.map_err(|r| ApiError::BadRequest(r.body_text()))?;
     let bad = |m: String| Err(ApiError::BadRequest(m));
     if let Some(a) = q.analysis.as_deref().filter(|a| !ANALYSES.contains(a)) {
-        return bad(format!("query `analysis`: `{a}` is not one of {}", ANALYSES.join(", ")));
+        return bad(format!(
+            "query `analysis`: `{a}` is not one of {}",
+            ANALYSES.join(", ")
+        ));
     }
     if let Some(c) = q.class.as_deref().filter(|c| !CLASSES.contains(c)) {
-        return bad(format!("query `class`: `{c}` is not one of {}", CLASSES.join(", ")));
+        return bad(format!(
+            "query `class`: `{c}` is not one of {}",
+            CLASSES.join(", ")
+        ));
     }
-    if q.token.as_deref().is_some_and(|t| t.trim().is_empty() || t.len() > 256) {
+    if q.token
+        .as_deref()
+        .is_some_and(|t| t.trim().is_empty() || t.len() > 256)
+    {
         return bad("query `token`: between 1 and 256 characters".into());
     }
     for (name, v) in [("max_nu_eps", q.max_nu_eps), ("max_nu_r", q.max_nu_r)] {

@@ -143,10 +143,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .iter()
             .map(|shard| {
                 bar.set_message(shard.shard.to_string());
-                run_shard(&sources, shard, corpus.as_ref(), &store, device, &mut |_| {
-                    bar.inc(1);
-                    true
-                })
+                run_shard(
+                    &sources,
+                    shard,
+                    corpus.as_ref(),
+                    &store,
+                    device,
+                    &mut |_| {
+                        bar.inc(1);
+                        true
+                    },
+                )
             })
             .collect::<Result<Vec<_>, _>>();
         if analysed.is_err() {
@@ -277,7 +284,7 @@ fn summary(r: &AuditResults) -> String {
     ] {
         if let Some(d) = d {
             parts.push(format!(
-                "{name}: {} latents at block {}, FVE {}, L0 {:.1}, {} fine-tune-only ({} with low ν)",
+                "{name}: {} latents at block {}, FVE {}, L0 {:.1}, {} fine-tune-only ({} with low ν){}",
                 d.dict_size,
                 d.layer,
                 [d.fve_base, d.fve_ft]
@@ -288,7 +295,16 @@ fn summary(r: &AuditResults) -> String {
                     .join("/"),
                 d.l0,
                 d.classes.ft_only,
-                d.ft_only_low_nu
+                d.ft_only_low_nu,
+                match (d.min_delta, d.tail_domain_share) {
+                    (Some(m), Some(s)) => format!(
+                        ", smallest Δ {m:.2}, {:.0}% of the {} lowest-Δ latents name the domain",
+                        100.0 * s,
+                        d.tail.len()
+                    ),
+                    (Some(m), None) => format!(", smallest Δ {m:.2}"),
+                    _ => String::new(),
+                }
             ));
         }
     }

@@ -46,7 +46,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         bail!("{}: no tensor `acts`", args.data.display());
     };
     if acts.dim() != 3 {
-        bail!("{}: `acts` must be (N, M, d), not {:?}", args.data.display(), acts.size());
+        bail!(
+            "{}: `acts` must be (N, M, d), not {:?}",
+            args.data.display(),
+            acts.size()
+        );
     }
     let data = acts.f_to_kind(Kind::Float)?.f_to_device(device)?;
     let (models, d) = (data.size()[1], data.size()[2]);
@@ -55,7 +59,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         mean: norm.mean.f_to_device(device)?,
         scale: norm.scale.f_to_device(device)?,
     };
-    let dict = Dictionary::init(models, d, args.expansion * d, args.k, 0.1, norm, 0, Kind::Float, device)?;
+    let dict = Dictionary::init(
+        models,
+        d,
+        args.expansion * d,
+        args.k,
+        0.1,
+        norm,
+        0,
+        Kind::Float,
+        device,
+    )?;
     let opts = TrainOptions {
         k: args.k,
         lr: 1e-4,

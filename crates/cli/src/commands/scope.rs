@@ -3,8 +3,8 @@
 use anyhow::Context;
 use neurodiff_protocol::{
     parse_layers, ActivationOptions, AnalysisKind, AuditRequest, CmapOptions, CorpusOptions,
-    DictionaryOptions, GenerationOptions, LensOptions, Spectrum, SteeringOptions, SteeringVector, TraceOptions,
-    WeightOptions,
+    DictionaryOptions, GenerationOptions, LensOptions, Spectrum, SteeringOptions, SteeringVector,
+    TraceOptions, WeightOptions,
 };
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]

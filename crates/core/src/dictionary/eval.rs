@@ -70,19 +70,33 @@ impl Accumulator {
             codes.f.f_to_kind(Kind::Double)?,
         );
         let e = x64.f_sub(&xh64)?;
-        let sse = to_vec(&e.f_square()?.f_sum_dim_intlist([0, 2].as_slice(), false, Kind::Double)?)?;
-        let ssq = to_vec(&x64.f_square()?.f_sum_dim_intlist([0, 2].as_slice(), false, Kind::Double)?)?;
+        let sse = to_vec(&e.f_square()?.f_sum_dim_intlist(
+            [0, 2].as_slice(),
+            false,
+            Kind::Double,
+        )?)?;
+        let ssq = to_vec(&x64.f_square()?.f_sum_dim_intlist(
+            [0, 2].as_slice(),
+            false,
+            Kind::Double,
+        )?)?;
         for m in 0..self.sse.len() {
             self.sse[m] += sse[m];
             self.ssq[m] += ssq[m];
         }
-        self.sum = self.sum.f_add(&x64.f_sum_dim_intlist(0, false, Kind::Double)?)?;
+        self.sum = self
+            .sum
+            .f_add(&x64.f_sum_dim_intlist(0, false, Kind::Double)?)?;
         // (M, d, B) × (B, F)
-        self.rec_f = self.rec_f.f_add(&xh64.f_permute([1, 2, 0])?.f_matmul(&f64_)?)?;
-        self.err_f = self.err_f.f_add(&e.f_permute([1, 2, 0])?.f_matmul(&f64_)?)?;
-        self.f_sq = self
-            .f_sq
-            .f_add(&f64_.f_square()?.f_sum_dim_intlist(0, false, Kind::Double)?)?;
+        self.rec_f = self
+            .rec_f
+            .f_add(&xh64.f_permute([1, 2, 0])?.f_matmul(&f64_)?)?;
+        self.err_f = self
+            .err_f
+            .f_add(&e.f_permute([1, 2, 0])?.f_matmul(&f64_)?)?;
+        self.f_sq =
+            self.f_sq
+                .f_add(&f64_.f_square()?.f_sum_dim_intlist(0, false, Kind::Double)?)?;
         let active = f64_.f_gt(0.0)?;
         self.fired = self
             .fired
@@ -103,13 +117,11 @@ impl Accumulator {
             ));
         }
         let n = self.n as f64;
-        let means = to_vec(
-            &self
-                .sum
-                .f_div_scalar(n)?
-                .f_square()?
-                .f_sum_dim_intlist(-1, false, Kind::Double)?,
-        )?;
+        let means = to_vec(&self.sum.f_div_scalar(n)?.f_square()?.f_sum_dim_intlist(
+            -1,
+            false,
+            Kind::Double,
+        )?)?;
         let fve = (0..self.sse.len())
             .map(|m| {
                 let total = self.ssq[m] - n * means[m];
@@ -137,8 +149,8 @@ impl Accumulator {
             beta_r.push(to_vec(&along(&self.rec_f)?.f_sub(&cross)?.f_div(&denom)?)?);
             beta_eps.push(to_vec(&along(&self.err_f)?.f_add(&cross)?.f_div(&denom)?)?);
         }
-        let fired = Vec::<i64>::try_from(&self.fired.f_to_device(Device::Cpu)?)
-            .map_err(CoreError::from)?;
+        let fired =
+            Vec::<i64>::try_from(&self.fired.f_to_device(Device::Cpu)?).map_err(CoreError::from)?;
         let dead = fired.iter().filter(|&&c| c == 0).count();
         Ok(Evaluation {
             n_tokens: self.n,
@@ -178,7 +190,10 @@ pub fn delta_norm(dict: &Dictionary) -> Result<Vec<f64>> {
             "the decoder-norm ratio needs a crosscoder of two models".into(),
         ));
     }
-    let (b, f) = (to_vec(&norms.f_select(0, 0)?)?, to_vec(&norms.f_select(0, 1)?)?);
+    let (b, f) = (
+        to_vec(&norms.f_select(0, 0)?)?,
+        to_vec(&norms.f_select(0, 1)?)?,
+    );
     Ok(b.iter()
         .zip(&f)
         .map(|(&b, &f)| ((b - f) / b.max(f) + 1.0) / 2.0)
@@ -203,5 +218,5 @@ fn to_vec(t: &Tensor) -> Result<Vec<f64>> {
         .f_to_kind(Kind::Double)?
         .f_to_device(Device::Cpu)?
         .f_flatten(0, -1)?;
-    Ok(Vec::<f64>::try_from(&t).map_err(CoreError::from)?)
+    Vec::<f64>::try_from(&t).map_err(CoreError::from)
 }

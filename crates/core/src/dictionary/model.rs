@@ -106,7 +106,10 @@ impl Dictionary {
             .tensor(&[models, d, dict_size], |r| r.normal())?
             .f_to_kind(kind)?;
         let norms = w.f_norm_scalaropt_dim(2, [1], true)?.f_clamp_min(1e-12)?;
-        let w_enc = w.f_div(&norms)?.f_mul_scalar(init_norm)?.f_to_device(device)?;
+        let w_enc = w
+            .f_div(&norms)?
+            .f_mul_scalar(init_norm)?
+            .f_to_device(device)?;
         let w_dec = w_enc.f_transpose(1, 2)?.f_contiguous()?;
         Ok(Dictionary {
             b_enc: Tensor::f_zeros([dict_size], (kind, device))?,
@@ -156,10 +159,7 @@ impl Dictionary {
     /// The decoder as one `(F, M·d)` matrix.
     fn dec_flat(&self) -> Result<Tensor> {
         let (m, f, d) = (self.models(), self.dict_size(), self.width());
-        Ok(self
-            .w_dec
-            .f_permute([1, 0, 2])?
-            .f_reshape([f, m * d])?)
+        Ok(self.w_dec.f_permute([1, 0, 2])?.f_reshape([f, m * d])?)
     }
 
     /// `c_j = Σ_m ||W_dec[m, j]||` `(F)`.
@@ -249,7 +249,12 @@ impl Dictionary {
                 })
                 .and_then(|t| Ok(t.f_to_device(device)?))
         };
-        let (w_enc, b_enc, w_dec, b_dec) = (take("W_enc")?, take("b_enc")?, take("W_dec")?, take("b_dec")?);
+        let (w_enc, b_enc, w_dec, b_dec) = (
+            take("W_enc")?,
+            take("b_enc")?,
+            take("W_dec")?,
+            take("b_dec")?,
+        );
         let norm = Normalization {
             mean: take("norm.mean")?,
             scale: take("norm.scale")?,
@@ -280,7 +285,11 @@ impl Dictionary {
             }
         }
         let [threshold, k] = scalars[..] else {
-            return Err(shape_err("threshold_k", vec![2], vec![scalars.len() as i64]));
+            return Err(shape_err(
+                "threshold_k",
+                vec![2],
+                vec![scalars.len() as i64],
+            ));
         };
         Ok(Dictionary {
             w_enc,

@@ -133,7 +133,9 @@ impl Trainer {
     /// the decoder bias at step 0 and updates the threshold and the dead counters.
     pub fn backward(&mut self, x: &Tensor) -> Result<StepStats> {
         let t = self.step;
-        let x = x.f_to_kind(self.dict.kind())?.f_to_device(self.dict.device())?;
+        let x = x
+            .f_to_kind(self.dict.kind())?
+            .f_to_device(self.dict.device())?;
         if t == 0 {
             let median = geometric_median(&x, 100, 1e-5)?;
             tch::no_grad(|| self.dict.b_dec.f_copy_(&median))?;
@@ -143,7 +145,10 @@ impl Trainer {
             *p = p.f_detach()?.f_set_requires_grad(true)?;
         }
         let codes = self.dict.encode(&x, Some(k))?;
-        let scaled_f = codes.f.f_detach()?.f_mul(&codes.code_norm.f_unsqueeze(0)?)?;
+        let scaled_f = codes
+            .f
+            .f_detach()?
+            .f_mul(&codes.code_norm.f_unsqueeze(0)?)?;
         if t > self.opts.threshold_start {
             let positive = scaled_f.f_masked_select(&scaled_f.f_gt(0.0)?)?;
             let smallest = if positive.numel() == 0 {
@@ -161,7 +166,11 @@ impl Trainer {
         let x_hat = self.dict.decode(&codes.f, true)?;
         let e = x.f_sub(&x_hat)?;
         let batch = x.size()[0];
-        let fired = codes.f.f_detach()?.f_sum_dim_intlist(0, false, None)?.f_gt(0.0)?;
+        let fired = codes
+            .f
+            .f_detach()?
+            .f_sum_dim_intlist(0, false, None)?
+            .f_gt(0.0)?;
         self.since_fired = self
             .since_fired
             .f_add_scalar(batch)?
@@ -226,7 +235,10 @@ impl Trainer {
             .f_detach()?
             .f_masked_fill(&dead.f_logical_not()?.f_unsqueeze(0)?, f64::NEG_INFINITY)?;
         let (_, idx) = masked.f_topk(k_aux, -1, true, false)?;
-        let select = post.f_zeros_like()?.f_detach()?.f_scatter_value(-1, &idx, 1.0)?;
+        let select = post
+            .f_zeros_like()?
+            .f_detach()?
+            .f_scatter_value(-1, &idx, 1.0)?;
         let f_aux = post.f_mul(&select)?;
         let r = residual.f_reshape([b, -1])?;
         let x_aux = self.dict.decode(&f_aux, false)?.f_reshape([b, -1])?;
@@ -382,7 +394,10 @@ impl Trainer {
 /// `clip_grad_norm_`: multiplied by `min(1, max / (norm + 1e-6))`), on the device, without a
 /// sync.
 fn clip_global_norm(grads: Vec<Tensor>, max: f64) -> Result<[Tensor; 4]> {
-    let norms = grads.iter().map(|g| g.f_norm()).collect::<Result<Vec<_>, _>>()?;
+    let norms = grads
+        .iter()
+        .map(|g| g.f_norm())
+        .collect::<Result<Vec<_>, _>>()?;
     let total = Tensor::f_stack(&norms, 0)?.f_norm()?;
     let coef = total
         .f_add_scalar(1e-6)?

@@ -8,8 +8,8 @@ pub mod dist;
 pub mod forward;
 pub mod logit_lens;
 pub mod steering;
-pub mod store;
 pub mod stitching;
+pub mod store;
 pub mod traces;
 
 use neurodiff_core::CoreError;

@@ -182,7 +182,9 @@ impl ShardStore for BlobStore {
 
     fn delete(&self, key: &str) -> Result<()> {
         let full = self.full(key)?;
-        self.handle.block_on(self.blobs.delete(&full)).map_err(storage)
+        self.handle
+            .block_on(self.blobs.delete(&full))
+            .map_err(storage)
     }
 
     fn locate(&self, key: &str) -> String {
@@ -196,7 +198,9 @@ mod tests {
 
     #[test]
     fn keys_are_plain_relative_paths() {
-        for bad in ["", "/a", "a//b", "../a", "a/../b", "a/./b", "a b", "a\\b", "a/"] {
+        for bad in [
+            "", "/a", "a//b", "../a", "a/../b", "a/./b", "a b", "a\\b", "a/",
+        ] {
             assert!(check_key(bad).is_err(), "{bad:?}");
         }
         check_key("activations/0a1b/00000000-00000128.safetensors").unwrap();

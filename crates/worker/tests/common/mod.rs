@@ -32,7 +32,16 @@ pub fn audit(spec: &AuditSpec) -> Result<AuditResults, String> {
     let store = neurodiff_worker::exec::store::DirStore::new(dir.path());
     let outputs = shards
         .iter()
-        .map(|s| run_shard(&sources, s, Some(&corpus), &store, tch::Device::Cpu, &mut |_| true))
+        .map(|s| {
+            run_shard(
+                &sources,
+                s,
+                Some(&corpus),
+                &store,
+                tch::Device::Cpu,
+                &mut |_| true,
+            )
+        })
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
     let record = PlanRecord {

@@ -38,13 +38,18 @@ pub fn evaluate(
     let mut top_v = Tensor::f_zeros([0, f_size], (Kind::Float, dict.device()))?;
     let mut top_i = Tensor::f_zeros([0, f_size], (Kind::Int64, dict.device()))?;
     let mut rows_of: Vec<Row> = Vec::new();
+    // Rows per evaluation step: its codes (rows × F) stay within 2^24 values.
+    let rows_per = ((1i64 << 24) / f_size.max(1)).clamp(1, 4096);
     for (c, &i) in held.iter().enumerate() {
         check(progress, "evaluate")?;
         let chunk = load(i)?;
         let n = chunk.len() as i64;
-        for step in (0..n).step_by(4096) {
-            let len = 4096.min(n - step);
-            let x = chunk.acts.f_narrow(0, step, len)?.f_to_device(dict.device())?;
+        for step in (0..n).step_by(rows_per as usize) {
+            let len = rows_per.min(n - step);
+            let x = chunk
+                .acts
+                .f_narrow(0, step, len)?
+                .f_to_device(dict.device())?;
             let x = dict.norm.apply(&x, dict.kind())?;
             let f = acc.add(dict, &x)?.f_to_kind(Kind::Float)?;
             let first = rows_of.len() as i64;
@@ -119,8 +124,10 @@ pub fn evaluate(
         report_ids.extend(rest.into_iter().take(opts.sample_latents));
     }
     let flat_f32 = |t: &Tensor| -> Result<Vec<f32>> {
-        Ok(Vec::<f32>::try_from(&t.f_to_device(Device::Cpu)?.f_flatten(0, -1)?)
-            .map_err(CoreError::from)?)
+        Ok(
+            Vec::<f32>::try_from(&t.f_to_device(Device::Cpu)?.f_flatten(0, -1)?)
+                .map_err(CoreError::from)?,
+        )
     };
     let top_v = flat_f32(&top_v)?;
     let top_i = Vec::<i64>::try_from(&top_i.f_to_device(Device::Cpu)?.f_flatten(0, -1)?)
@@ -140,7 +147,9 @@ pub fn evaluate(
         .f_select(0, models - 1)?
         .f_double_value(&[])?;
     let d = dict.width();
-    let domain: Vec<usize> = truth.map(|g| g.domain_token_ids.clone()).unwrap_or_default();
+    let domain: Vec<usize> = truth
+        .map(|g| g.domain_token_ids.clone())
+        .unwrap_or_default();
     let cols = f_size as usize;
     let mut latents = Vec::with_capacity(report_ids.len());
     for &j in &report_ids {
@@ -160,7 +169,12 @@ pub fn evaluate(
             .f_softmax(-1, Kind::Double)?;
         let top_tokens = top_tokens(&probs, 10, &pair.tokenizer)?;
         let hits: Vec<(Row, f64)> = (0..top_v.len() / cols.max(1))
-            .map(|e| (rows_of[top_i[e * cols + j] as usize], top_v[e * cols + j] as f64))
+            .map(|e| {
+                (
+                    rows_of[top_i[e * cols + j] as usize],
+                    top_v[e * cols + j] as f64,
+                )
+            })
             .filter(|&(_, v)| v > 0.0)
             .collect();
         let examples: Vec<LatentExample> = hits
@@ -175,7 +189,10 @@ pub fn evaluate(
         latents.push(LatentReport {
             id: j,
             delta_norm: delta.as_ref().map(|dl| dl[j]).filter(|v| v.is_finite()),
-            class: delta.as_ref().map_or("diff", |dl| class_of(dl[j])).to_string(),
+            class: delta
+                .as_ref()
+                .map_or("diff", |dl| class_of(dl[j]))
+                .to_string(),
             nu_eps: nu_eps.get(j).copied().filter(|v| v.is_finite()),
             nu_r: nu_r.get(j).copied().filter(|v| v.is_finite()),
             frequency: ev.fired[j] as f64 / n_eval,
@@ -186,9 +203,7 @@ pub fn evaluate(
         });
     }
     let real = |l: &&LatentReport| {
-        l.class == "ft_only"
-            && l.nu_eps.is_some_and(|v| v < 0.2)
-            && l.nu_r.is_some_and(|v| v < 0.5)
+        l.class == "ft_only" && l.nu_eps.is_some_and(|v| v < 0.2) && l.nu_r.is_some_and(|v| v < 0.5)
     };
     let low_nu: Vec<&LatentReport> = latents.iter().filter(real).collect();
     let domain_share = (!domain.is_empty() && !low_nu.is_empty()).then(|| {

@@ -26,7 +26,12 @@ fn bad(message: impl Into<String>) -> WorkerError {
 }
 
 impl Chunk {
-    pub fn new(acts: Tensor, sample: Vec<i64>, position: Vec<i64>, token: Vec<i64>) -> Result<Self> {
+    pub fn new(
+        acts: Tensor,
+        sample: Vec<i64>,
+        position: Vec<i64>,
+        token: Vec<i64>,
+    ) -> Result<Self> {
         let n = acts.size().first().copied().unwrap_or(0) as usize;
         if acts.dim() != 3 || sample.len() != n || position.len() != n || token.len() != n {
             return Err(bad(format!(
@@ -38,7 +43,10 @@ impl Chunk {
             )));
         }
         Ok(Chunk {
-            acts: acts.f_to_kind(Kind::Float)?.f_to_device(Device::Cpu)?.f_contiguous()?,
+            acts: acts
+                .f_to_kind(Kind::Float)?
+                .f_to_device(Device::Cpu)?
+                .f_contiguous()?,
             sample,
             position,
             token,
@@ -74,7 +82,11 @@ impl Chunk {
         let get = |name: &str| st.tensor(name).map_err(|e| bad(format!("`{name}`: {e}")));
         let acts = get("acts")?;
         if acts.dtype() != Dtype::F32 || acts.shape().len() != 3 {
-            return Err(bad(format!("`acts` is {:?} {:?}", acts.dtype(), acts.shape())));
+            return Err(bad(format!(
+                "`acts` is {:?} {:?}",
+                acts.dtype(),
+                acts.shape()
+            )));
         }
         let shape: Vec<i64> = acts.shape().iter().map(|&s| s as i64).collect();
         let acts = Tensor::f_from_data_size(acts.data(), &shape, Kind::Float)?;
@@ -137,7 +149,10 @@ impl Windows {
     fn plan(&mut self, epoch: usize) -> &Vec<(Vec<usize>, usize)> {
         let (counts, per, batch, seed) = (&self.counts, self.per_window, self.batch, self.seed);
         self.plans.entry(epoch).or_insert_with(|| {
-            let order = permutation(counts.len(), seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let order = permutation(
+                counts.len(),
+                seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            );
             order
                 .chunks(per)
                 .map(|w| {
@@ -155,7 +170,9 @@ impl Windows {
             let plan = self.plan(epoch);
             let total: usize = plan.iter().map(|w| w.1).sum();
             if total == 0 {
-                return Err(WorkerError::Io("no window of the store holds a whole batch".into()));
+                return Err(WorkerError::Io(
+                    "no window of the store holds a whole batch".into(),
+                ));
             }
             if left < total {
                 for (w, (_, n)) in plan.iter().enumerate() {
@@ -183,7 +200,8 @@ impl Windows {
             }
             let rows = Tensor::f_cat(&parts, 0)?;
             let n = rows.size()[0] as usize;
-            let seed = self.seed ^ ((epoch as u64) << 32 | window as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            let seed = self.seed
+                ^ ((epoch as u64) << 32 | window as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9);
             let order: Vec<i64> = permutation(n, seed).into_iter().map(|i| i as i64).collect();
             self.loaded = Some(((epoch, window), rows, Tensor::from_slice(&order)));
         }
@@ -218,7 +236,12 @@ mod tests {
                 .f_add_scalar(100.0 * i as f64)
                 .unwrap()
                 .reshape([n, 1, 1]);
-            Chunk::new(acts, vec![0; n as usize], vec![0; n as usize], vec![0; n as usize])
+            Chunk::new(
+                acts,
+                vec![0; n as usize],
+                vec![0; n as usize],
+                vec![0; n as usize],
+            )
         };
         let mut a = Windows::new(counts.clone(), 4, 9, 7).unwrap();
         let straight: Vec<Tensor> = (0..30).map(|t| a.batch(t, &load).unwrap()).collect();

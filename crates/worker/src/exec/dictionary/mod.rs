@@ -52,7 +52,11 @@ impl<'a> Setup<'a> {
     pub fn of(spec: &'a ShardSpec, corpus: &CorpusText, n_layers: usize) -> Result<Self> {
         let kind = spec.shard.analysis();
         let diff = kind == AnalysisKind::SaeDiff;
-        let opts = if diff { &spec.sae_diff } else { &spec.crosscoder };
+        let opts = if diff {
+            &spec.sae_diff
+        } else {
+            &spec.crosscoder
+        };
         let layer = block_of(opts, n_layers).map_err(|e| WorkerError::Io(e.to_string()))?;
         let slices = slices(kind, opts, corpus.samples.len(), spec.corpus.shard_samples)
             .into_iter()
@@ -83,7 +87,10 @@ impl<'a> Setup<'a> {
     }
 
     fn chunk_key(&self, (start, end): (usize, usize)) -> String {
-        format!("activations/{}/{start:08}-{end:08}.safetensors", self.store_id)
+        format!(
+            "activations/{}/{start:08}-{end:08}.safetensors",
+            self.store_id
+        )
     }
 
     fn manifest_key(&self) -> String {
@@ -121,7 +128,9 @@ fn collect_chunk(
             let x = h
                 .cached(&point)
                 .ok_or_else(|| WorkerError::Io(format!("{point} was not cached")))?;
-            Ok(t.select(x)?.f_to_kind(Kind::Float)?.f_to_device(Device::Cpu)?)
+            Ok(t.select(x)?
+                .f_to_kind(Kind::Float)?
+                .f_to_device(Device::Cpu)?)
         };
         let (xb, xf) = (get(&hb)?, get(&hf)?);
         parts.push(if setup.diff {
@@ -158,7 +167,10 @@ fn ensure_chunk(
     }
     let (start, end) = slice;
     let toks = tokens.get(start..end).ok_or_else(|| {
-        WorkerError::Io(format!("slice {start}..{end}: the corpus has {} samples", tokens.len()))
+        WorkerError::Io(format!(
+            "slice {start}..{end}: the corpus has {} samples",
+            tokens.len()
+        ))
     })?;
     let chunk = collect_chunk(pair, setup, toks, start, batch_size, progress)?;
     let n = chunk.len() as u64;
@@ -178,7 +190,10 @@ pub fn collect(
     let started = Instant::now();
     let setup = Setup::of(spec, corpus, pair.info().n_layers)?;
     let ShardKey::Samples { start, end, .. } = spec.shard else {
-        return Err(WorkerError::Io(format!("shard {}: not a collect shard", spec.shard)));
+        return Err(WorkerError::Io(format!(
+            "shard {}: not a collect shard",
+            spec.shard
+        )));
     };
     let (reused, n) = ensure_chunk(
         pair,
@@ -228,7 +243,15 @@ pub fn train(
     let mut counts = vec![0u64; setup.slices.len()];
     let mut reused = 0;
     for (i, &slice) in setup.slices.iter().enumerate().rev() {
-        let (r, n) = ensure_chunk(pair, &setup, tokens, slice, spec.corpus.batch_size, store, progress)?;
+        let (r, n) = ensure_chunk(
+            pair,
+            &setup,
+            tokens,
+            slice,
+            spec.corpus.batch_size,
+            store,
+            progress,
+        )?;
         reused += usize::from(r);
         counts[i] = n;
     }
@@ -260,7 +283,15 @@ pub fn train(
     }
     let train_rows: u64 = counts[..n_train].iter().sum();
     let norm = Normalization::from_sums(&sum, &sum_sq, train_rows, 1.0)?;
-    write_manifest(spec, &setup, &corpus.record, &counts, (&mean_all, &sq_all), d as usize, store)?;
+    write_manifest(
+        spec,
+        &setup,
+        &corpus.record,
+        &counts,
+        (&mean_all, &sq_all),
+        d as usize,
+        store,
+    )?;
     let min_rows = counts[..n_train].iter().copied().min().unwrap_or(0) as usize;
     let batch = opts.batch.min(train_rows as usize);
     let dict_size = opts.dict_size(d as usize);
@@ -280,7 +311,8 @@ pub fn train(
         ..TrainOptions::default()
     };
     let run_id = {
-        let identity = serde_json::json!({"store": setup.store_id, "options": opts, "models": models});
+        let identity =
+            serde_json::json!({"store": setup.store_id, "options": opts, "models": models});
         sha256_hex(identity.to_string().as_bytes())[..24].to_string()
     };
     let ckpt_key = format!("train/{run_id}/checkpoint.safetensors");
@@ -289,10 +321,28 @@ pub fn train(
             Ok(t) => t,
             Err(e) => {
                 tracing::warn!(error = %e, "unreadable training checkpoint; starting over");
-                fresh(norm, models, d, dict_size, k, opts.seed, &train_opts, pair.device())?
+                fresh(
+                    norm,
+                    models,
+                    d,
+                    dict_size,
+                    k,
+                    opts.seed,
+                    &train_opts,
+                    pair.device(),
+                )?
             }
         },
-        None => fresh(norm, models, d, dict_size, k, opts.seed, &train_opts, pair.device())?,
+        None => fresh(
+            norm,
+            models,
+            d,
+            dict_size,
+            k,
+            opts.seed,
+            &train_opts,
+            pair.device(),
+        )?,
     };
     let resumed_at = trainer.step;
     if resumed_at > 0 {
@@ -305,7 +355,10 @@ pub fn train(
     while trainer.step < opts.steps {
         let t = trainer.step;
         let rows = windows.batch(t, &load)?;
-        let x = trainer.dict.norm.apply(&rows.f_to_device(pair.device())?, trainer.dict.kind())?;
+        let x = trainer
+            .dict
+            .norm
+            .apply(&rows.f_to_device(pair.device())?, trainer.dict.kind())?;
         let s = trainer.step(&x)?;
         if s.step % every == 0 || s.step + 1 == opts.steps {
             curve.push(TrainPoint {
@@ -396,7 +449,17 @@ fn fresh(
     };
     // The anchors initialise decoder rows at norm 0.005 for their long runs at lr 1e-4; an
     // audit's short run starts them at 0.1.
-    let dict = Dictionary::init(models, d, dict_size as i64, k, 0.1, norm, seed, Kind::Float, device)?;
+    let dict = Dictionary::init(
+        models,
+        d,
+        dict_size as i64,
+        k,
+        0.1,
+        norm,
+        seed,
+        Kind::Float,
+        device,
+    )?;
     Ok(Trainer::new(dict, opts.clone())?)
 }
 
@@ -462,7 +525,8 @@ fn write_manifest(
             .collect(),
         tokens,
         mean: rows(&all.mean)?,
-        scale: Vec::<f64>::try_from(&all.scale.f_to_kind(Kind::Double)?).map_err(CoreError::from)?,
+        scale: Vec::<f64>::try_from(&all.scale.f_to_kind(Kind::Double)?)
+            .map_err(CoreError::from)?,
     };
     let json = serde_json::to_vec_pretty(&manifest).map_err(|e| WorkerError::Io(e.to_string()))?;
     store.put(&setup.manifest_key(), json)?;
