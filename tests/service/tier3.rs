@@ -195,3 +195,131 @@ fn a_crosscoder_over_rest_finds_the_fine_tunes_domain() {
     let (code, _) = env.json("GET", &format!("/v1/audits/{id}/results"), &other, None);
     assert_eq!(code, 404);
 }
+
+/// The worker training a crosscoder is killed with SIGKILL after its checkpoint reached the
+/// team's object storage; another worker takes the shard over, resumes from the checkpoint and
+/// ends with the dictionary an uninterrupted embedded run trains, byte for byte.
+#[test]
+fn a_training_killed_with_sigkill_resumes_from_its_checkpoint() {
+    let mut env = Env::new(None);
+    let org = env.dir.path().join("trained");
+    let status = std::process::Command::new(BIN)
+        .args(["organisms", "--trained", "--quiet", "--out"])
+        .arg(&org)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let corpus = org.join("data/sailing-heldout.jsonl");
+    let corpus_ref = match env.models_store.clone() {
+        Some(store) => {
+            let blobs = neurodiff_store::Blobs::from_url(&store).unwrap();
+            let text = std::fs::read(&corpus).unwrap();
+            env.rt
+                .block_on(blobs.put("corpora/sailing.jsonl", Bytes::from(text)))
+                .unwrap();
+            format!("{store}/corpora/sailing.jsonl")
+        }
+        None => corpus.display().to_string(),
+    };
+    env.start(&[("w1", &[])]);
+    let token = env.token("safety");
+    let base = org.join("base").display().to_string();
+    let ft = org.join("sailing-full").display().to_string();
+    let options = json!({"layer": 4, "expansion": 4, "k": 16, "batch": 256, "steps": 4000,
+                         "lr": 0.003, "samples": 128, "checkpoint_every_steps": 100});
+    let id = env.submit(
+        &token,
+        json!({"base": base, "finetuned": ft, "analyses": ["crosscoder"],
+               "corpus": {"source": corpus_ref, "seq_len": 32, "max_samples": 128,
+                          "batch_size": 64, "shard_samples": 32},
+               "crosscoder": options}),
+    );
+    // Wait for the training shard's checkpoint in the team's space, then kill its worker.
+    let blobs = neurodiff_store::Blobs::from_url(&env.object_store).unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let keys = env
+            .rt
+            .block_on(blobs.list("teams/safety/train/"))
+            .unwrap_or_default();
+        if keys.iter().any(|k| k.ends_with("checkpoint.safetensors")) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "no checkpoint\n{}",
+            env.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    env.kill("w1");
+    env.start_worker("w2", &[]);
+    let audit = env.wait_done(&token, &id, Duration::from_secs(600));
+    assert_eq!(audit["status"], "succeeded", "{audit}\n{}", env.logs());
+    let (_, served) = env.json("GET", &format!("/v1/audits/{id}/results"), &token, None);
+    let cc = &served["analyses"]["crosscoder"];
+    let resumed = cc["resumed_at"].as_u64().unwrap();
+    assert!(
+        resumed > 0 && resumed % 100 == 0 && resumed < 4000,
+        "resumed at {resumed}"
+    );
+    // The same options straight through, embedded.
+    let out = env.dir.path().join("embedded");
+    let status = std::process::Command::new(BIN)
+        .arg("audit")
+        .args([&base, &ft])
+        .args(["--analyses", "crosscoder", "--corpus"])
+        .arg(&corpus)
+        .args([
+            "--seq-len",
+            "32",
+            "--max-samples",
+            "128",
+            "--batch-size",
+            "64",
+        ])
+        .args([
+            "--shard-samples",
+            "32",
+            "--dict-layer",
+            "4",
+            "--dict-expansion",
+            "4",
+        ])
+        .args([
+            "--dict-k",
+            "16",
+            "--dict-batch",
+            "256",
+            "--dict-steps",
+            "4000",
+        ])
+        .args([
+            "--dict-lr",
+            "0.003",
+            "--dict-samples",
+            "128",
+            "--quiet",
+            "--store",
+        ])
+        .arg(env.dir.path().join("store"))
+        .arg("--out")
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let local = std::fs::read(out.join("crosscoder.safetensors")).unwrap();
+    let (code, served_dict) = env.http(
+        "GET",
+        &format!("/v1/audits/{id}/artifacts/crosscoder.safetensors"),
+        Some(&token),
+        None,
+    );
+    assert_eq!(code, 200);
+    assert!(
+        served_dict == local,
+        "the resumed dictionary differs from the straight run's"
+    );
+}

@@ -55,6 +55,10 @@ pub struct DictionaryOptions {
     /// Latents of other classes reported besides every fine-tune-only one.
     #[serde(default = "default_sample_latents")]
     pub sample_latents: usize,
+    /// Write the training checkpoint every this many steps too (it is written every two
+    /// minutes and when the shard is stopped in any case).
+    #[serde(default)]
+    pub checkpoint_every_steps: Option<usize>,
 }
 
 fn default_expansion() -> usize {
@@ -103,6 +107,7 @@ impl Default for DictionaryOptions {
             seed: 0,
             examples: default_examples(),
             sample_latents: default_sample_latents(),
+            checkpoint_every_steps: None,
         }
     }
 }
@@ -126,6 +131,9 @@ impl DictionaryOptions {
         within(&f("holdout_percent"), self.holdout_percent, 1, 50)?;
         within(&f("examples"), self.examples, 0, 64)?;
         within(&f("sample_latents"), self.sample_latents, 0, 1024)?;
+        if let Some(n) = self.checkpoint_every_steps {
+            within(&f("checkpoint_every_steps"), n, 1, 1_000_000)?;
+        }
         if let Some(lr) = self.lr {
             if !(lr.is_finite() && lr > 0.0 && lr <= 1.0) {
                 return Err(SpecError::Field(f("lr"), format!("{lr} is outside (0, 1]")));

@@ -370,7 +370,10 @@ pub fn train(
             });
         }
         let go_on = progress("step");
-        if !go_on || last_save.elapsed() >= CHECKPOINT_EVERY {
+        let due = opts
+            .checkpoint_every_steps
+            .is_some_and(|n| (s.step + 1) % n == 0);
+        if !go_on || due || last_save.elapsed() >= CHECKPOINT_EVERY {
             store.put(&ckpt_key, trainer_bytes(&trainer)?)?;
             last_save = Instant::now();
         }
