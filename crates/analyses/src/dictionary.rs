@@ -349,7 +349,7 @@ impl Analysis for Dictionaries {
         }
         out.push_str(
             "<h3>Latents</h3><table><tr><th>id</th><th>class</th><th>Δ</th><th>ν_ε</th>\
-             <th>ν_r</th><th>freq</th><th style=\"text-align:left\">decoder lens (top tokens)</th>\
+             <th>ν_r</th><th>freq</th><th>KL share</th><th style=\"text-align:left\">decoder lens (top tokens)</th>\
              <th style=\"text-align:left\">top examples</th></tr>",
         );
         let num = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.2}"));
@@ -375,7 +375,7 @@ impl Analysis for Dictionaries {
                 .collect();
             let _ = write!(
                 out,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.4}</td>\
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.4}</td><td>{}</td>\
                  <td style=\"text-align:left\">{}</td><td style=\"text-align:left\">{}</td></tr>",
                 l.id,
                 escape(&l.class),
@@ -383,6 +383,7 @@ impl Analysis for Dictionaries {
                 num(l.nu_eps),
                 num(l.nu_r),
                 l.frequency,
+                l.kl_share.map_or("–".into(), |v| format!("{:.1}%", 100.0 * v)),
                 tokens.join(" "),
                 examples.join("<br>")
             );

@@ -928,6 +928,7 @@ function renderDictionary(s, d) {
   s.append(kv([
     crosscoder ? ['FVE base / fine-tune', `${fmt(d.fve_base)} / ${fmt(d.fve_ft)}`] : ['FVE (h_ft − h_base)', fmt(d.fve_ft)],
     ['L0', fmt(d.l0)], ['dead', fmt(100 * d.dead_fraction) + '%'],
+    typeof d.output_kl === 'number' ? ['output KL(P_ft ‖ P_base)', fmt(d.output_kl) + ' nats per token (held-back samples)'] : null,
     crosscoder ? ['classes', `${d.classes.ft_only} fine-tune only (${d.ft_only_low_nu} with low ν), ${d.classes.base_only} base only, `
       + `${d.classes.shared} shared, ${d.classes.other} other`] : null,
     typeof d.min_delta === 'number' ? ['fine-tune-leaning tail', `the ${(d.tail || []).length} lowest-Δ latents (smallest Δ ${fmt(d.min_delta)})`
@@ -976,6 +977,7 @@ function renderDictionary(s, d) {
     { label: 'ν_ε', key: 'nu_eps', num: true, cell: (l) => fmt(l.nu_eps) },
     { label: 'ν_r', key: 'nu_r', num: true, cell: (l) => fmt(l.nu_r) },
     { label: 'freq', key: 'frequency', num: true, cell: (l) => fmt(l.frequency) },
+    { label: 'KL share', key: 'kl_share', num: true, cell: (l) => (typeof l.kl_share === 'number' ? fmt(100 * l.kl_share) + '%' : '—') },
     { label: 'decoder lens', value: (l) => l.top_tokens.map((t) => t.token).join(' '), sort: false,
       cell: (l) => el('code', {}, l.top_tokens.slice(0, 8).map((t) => JSON.stringify(t.token)).join(' ')) },
     { label: 'top examples', value: (l) => l.examples.length, sort: false,

@@ -205,6 +205,11 @@ pub struct LatentReport {
     /// Whether a word of the organism's domain is among its top tokens or example tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain_hit: Option<bool>,
+    /// Its share of the output KL(P_ft ‖ P_base) on held-back samples: 1 − KL with its part
+    /// taken out of the fine-tune's activations / KL without (measured for up to 16 latents:
+    /// the fine-tune-only ones and the tail first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kl_share: Option<f64>,
 }
 
 /// `analyses.crosscoder` and `analyses.sae_diff` (one shard each, so also the shard output).
@@ -247,6 +252,9 @@ pub struct DictionaryReport {
     /// Of the tail, the share with a domain word in its decoder lens or top examples.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tail_domain_share: Option<f64>,
+    /// The mean per-token KL(P_ft ‖ P_base) on the samples the KL shares were measured on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_kl: Option<f64>,
     /// The steps a run resumed from a checkpoint skipped (0 when it ran straight through).
     pub resumed_at: usize,
     /// The paired activation store it trained on (reusable by any later training on the same

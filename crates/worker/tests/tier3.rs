@@ -83,7 +83,7 @@ fn spec(base: &Path, target: &Path, kind: AnalysisKind, corpus: &str) -> AuditSp
 fn describe(name: &str, r: &DictionaryReport) {
     eprintln!(
         "{name}: FVE {:?}/{:?}, L0 {:.1}, dead {:.2}, classes {:?}, min Δ {:?}, tail domain share \
-         {:?}, Δ histogram {:?}",
+         {:?}, output KL {:?}, Δ histogram {:?}",
         r.fve_base,
         r.fve_ft,
         r.l0,
@@ -91,6 +91,7 @@ fn describe(name: &str, r: &DictionaryReport) {
         r.classes,
         r.min_delta,
         r.tail_domain_share,
+        r.output_kl,
         r.delta_histogram
     );
     for l in r.latents.iter().filter(|l| r.tail.contains(&l.id)).take(6) {
@@ -107,11 +108,13 @@ fn describe(name: &str, r: &DictionaryReport) {
             .map(|e| e.token.as_str())
             .collect();
         eprintln!(
-            "  latent {} Δ {:.3} ν_ε {:?} ν_r {:?} domain {:?}: lens {lens:?}, examples {ex:?}",
+            "  latent {} Δ {:.3} ν_ε {:?} ν_r {:?} KL share {:?} domain {:?}: lens {lens:?}, \
+             examples {ex:?}",
             l.id,
             l.delta_norm.unwrap_or(f64::NAN),
             l.nu_eps,
             l.nu_r,
+            l.kl_share,
             l.domain_hit
         );
     }

@@ -24,6 +24,7 @@ type Row = (usize, usize);
 pub fn evaluate(
     pair: &Pair,
     dict: &Dictionary,
+    layer: usize,
     held: &[usize],
     load: &dyn Fn(usize) -> Result<Chunk>,
     opts: &DictionaryOptions,
@@ -200,7 +201,33 @@ pub fn evaluate(
             top_tokens,
             examples,
             domain_hit: hit,
+            kl_share: None,
         });
+    }
+    // The KL shares of the first reported latents (fine-tune-only, then the tail; an SAE's
+    // most frequent), on the first held-back samples.
+    let mut held_chunks = Vec::new();
+    for &i in held {
+        held_chunks.push(load(i)?);
+        let samples: std::collections::BTreeSet<i64> = held_chunks
+            .iter()
+            .flat_map(|c| c.sample.iter().copied())
+            .collect();
+        if samples.len() >= super::kl_share::KL_SAMPLES {
+            break;
+        }
+    }
+    let measured: Vec<usize> = latents
+        .iter()
+        .take(super::kl_share::KL_LATENTS)
+        .map(|l| l.id)
+        .collect();
+    let held_samples = super::kl_share::Held::of(&held_chunks)?;
+    drop(held_chunks);
+    let (output_kl, shares) =
+        super::kl_share::shares(pair, dict, layer, &held_samples, &measured, progress)?;
+    for (l, share) in latents.iter_mut().zip(shares) {
+        l.kl_share = share.is_finite().then_some(share);
     }
     let real = |l: &&LatentReport| {
         l.class == "ft_only" && l.nu_eps.is_some_and(|v| v < 0.2) && l.nu_r.is_some_and(|v| v < 0.5)
@@ -217,6 +244,7 @@ pub fn evaluate(
         hits as f64 / tail.len() as f64
     });
     Ok(DictionaryReport {
+        output_kl: Some(output_kl),
         tail,
         min_delta,
         tail_domain_share,

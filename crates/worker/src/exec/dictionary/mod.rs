@@ -26,6 +26,7 @@ use crate::{Result, WorkerError};
 
 mod attribution;
 mod chunks;
+mod kl_share;
 
 use chunks::{Chunk, Windows};
 
@@ -400,6 +401,7 @@ pub fn train(
     let report = attribution::evaluate(
         pair,
         &trainer.dict,
+        setup.layer,
         &held,
         &load,
         opts,
