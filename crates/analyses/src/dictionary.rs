@@ -79,7 +79,7 @@ pub const MAX_STORE_BYTES: u64 = 1 << 36;
 
 /// Bounds what a dictionary of this model would hold, before any shard runs (the API cannot:
 /// it does not know the model's width).
-fn check_sizes(
+pub fn check_sizes(
     kind: AnalysisKind,
     o: &DictionaryOptions,
     spec: &AuditSpec,

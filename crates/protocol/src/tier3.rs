@@ -140,10 +140,10 @@ impl DictionaryOptions {
             }
         }
         if let Some(d) = self.dead_tokens {
-            if d == 0 {
+            if d == 0 || d > 1 << 40 {
                 return Err(SpecError::Field(
                     f("dead_tokens"),
-                    "must be positive".into(),
+                    format!("{d} is outside 1..=2^40"),
                 ));
             }
         }
@@ -270,7 +270,7 @@ pub struct DictionaryReport {
 /// A file a shard left in storage.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredFile {
-    /// Its key within the team's space (`dictionaries/{run}.safetensors`).
+    /// Its key within the team's space (`dictionaries/{run}-{sha256 prefix}.safetensors`).
     pub key: String,
     /// Where it is: the object key, or a path for the embedded audit.
     pub location: String,

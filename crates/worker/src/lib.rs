@@ -109,6 +109,9 @@ pub struct Sources {
     pub target_dir: PathBuf,
     pub base: Checkpoint,
     pub target: OpenTarget,
+    /// What the two sides' content is, when it was hashed (the plan's content hashes): keys
+    /// what shards keep in storage to the models' bytes, not to their names.
+    pub content_id: std::sync::OnceLock<String>,
 }
 
 impl Sources {
@@ -145,6 +148,7 @@ impl Sources {
             target_dir,
             base: base_ckpt,
             target: opened,
+            content_id: std::sync::OnceLock::new(),
         })
     }
 
@@ -169,6 +173,43 @@ impl Sources {
             OpenTarget::Checkpoint(c) => CoreTarget::Checkpoint(c),
             OpenTarget::Adapter(a) => CoreTarget::Adapter(a),
         }
+    }
+
+    /// The content id when the sides were hashed; otherwise their canonical directories and
+    /// every file's name, size and modification time (a model rewritten in place changes it).
+    pub fn identity(&self) -> String {
+        if let Some(id) = self.content_id.get() {
+            return format!("content:{id}");
+        }
+        let mut parts = Vec::new();
+        for dir in [&self.base_dir, &self.target_dir] {
+            let canonical = dir.canonicalize().unwrap_or_else(|_| dir.clone());
+            parts.push(canonical.display().to_string());
+            let mut files: Vec<String> = std::fs::read_dir(dir)
+                .map(|entries| {
+                    entries
+                        .flatten()
+                        .filter_map(|e| {
+                            let meta = e.metadata().ok()?;
+                            let modified = meta
+                                .modified()
+                                .ok()?
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .ok()?
+                                .as_nanos();
+                            Some(format!(
+                                "{}:{}:{modified}",
+                                e.file_name().to_string_lossy(),
+                                meta.len()
+                            ))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            files.sort();
+            parts.extend(files);
+        }
+        format!("files:{}", parts.join("|"))
     }
 
     pub fn n_layers(&self) -> Result<usize> {

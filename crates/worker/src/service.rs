@@ -387,6 +387,11 @@ async fn shard(
             let (base_files, target_files) = sources.contents()?;
             verify(&p.base, &base_files, &hashes, &stop_b)?;
             verify(&p.finetuned, &target_files, &hashes, &stop_b)?;
+            // Verified: what shards keep is keyed to these bytes.
+            let _ = sources.content_id.set(format!(
+                "{}+{}",
+                p.base.content_hash, p.finetuned.content_hash
+            ));
         }
         let slow = slow_tensor;
         crate::exec::run_shard(

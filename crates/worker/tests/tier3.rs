@@ -281,6 +281,28 @@ fn a_stopped_training_resumes_to_the_same_dictionary() {
         straight_bytes == resumed_bytes,
         "the resumed dictionary differs"
     );
+    // And the report of the resumed run is the straight run's: its curve kept across the stop.
+    let (ShardOutput::Crosscoder(a), ShardOutput::Crosscoder(b)) = (&straight, &again) else {
+        unreachable!()
+    };
+    // The points before the stop come back through JSON (serde_json parses floats to within
+    // an ulp), the rest are computed again: equal to 1e-12.
+    assert_eq!(a.training.len(), b.training.len());
+    for (p, q) in a.training.iter().zip(&b.training) {
+        assert_eq!((p.step, p.k), (q.step, q.k));
+        for (x, y) in [
+            (p.loss, q.loss),
+            (p.fve, q.fve),
+            (p.dead_fraction, q.dead_fraction),
+        ] {
+            assert!(
+                (x - y).abs() <= 1e-12 * x.abs().max(1.0),
+                "step {}: {x} vs {y}",
+                p.step
+            );
+        }
+    }
+    assert_eq!(a.latents, b.latents);
     // The checkpoint is gone once the dictionary is written.
     let ShardOutput::Crosscoder(r) = &again else {
         unreachable!()

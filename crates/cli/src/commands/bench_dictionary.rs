@@ -84,7 +84,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     let total = args.warmup + args.steps;
-    let mut started = None;
+    let mut started = (args.warmup == 0).then(Instant::now);
     dictionary::train(&mut trainer, &data, args.batch, total, 0, &mut |t, _| {
         if t.step == args.warmup {
             sync();

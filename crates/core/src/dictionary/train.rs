@@ -205,6 +205,12 @@ impl Trainer {
         let [loss_v, l2_v, aux_v, sse_v, var_v] = figures[..] else {
             return Err(CoreError::Input("expected five step figures".into()));
         };
+        if !loss_v.is_finite() {
+            return Err(CoreError::Input(format!(
+                "dictionary training diverged at step {t} (loss {loss_v}); a smaller learning \
+                 rate may help"
+            )));
+        }
         Ok(StepStats {
             step: t,
             loss: loss_v,
@@ -422,7 +428,8 @@ pub fn geometric_median(x: &Tensor, max_iter: usize, tol: f64) -> Result<Tensor>
         let dist = x
             .f_sub(&guess.f_unsqueeze(0)?)?
             .f_norm_scalaropt_dim(2, [-1], false)?;
-        let w = dist.f_reciprocal()?;
+        // A point at the guess would weigh infinitely (and make NaN): clamp its distance.
+        let w = dist.f_clamp_min(1e-12)?.f_reciprocal()?;
         let w = w.f_div(&w.f_sum_dim_intlist(0, true, kind)?)?;
         guess = w
             .f_unsqueeze(-1)?

@@ -87,8 +87,10 @@ pub fn run_shard(
                     analysis: kind @ (AnalysisKind::Crosscoder | AnalysisKind::SaeDiff),
                     ..
                 } => {
-                    let report =
-                        dictionary::train(&pair, spec, corpus, &tokens, store, truth, progress)?;
+                    let identity = sources.identity();
+                    let report = dictionary::train(
+                        &pair, spec, &identity, corpus, &tokens, store, truth, progress,
+                    )?;
                     if kind == AnalysisKind::Crosscoder {
                         ShardOutput::Crosscoder(report)
                     } else {
@@ -99,7 +101,13 @@ pub fn run_shard(
                     analysis: AnalysisKind::Crosscoder | AnalysisKind::SaeDiff,
                     ..
                 } => ShardOutput::Collect(dictionary::collect(
-                    &pair, spec, corpus, &tokens, store, progress,
+                    &pair,
+                    spec,
+                    &sources.identity(),
+                    corpus,
+                    &tokens,
+                    store,
+                    progress,
                 )?),
                 ShardKey::Block {
                     analysis: AnalysisKind::Steering,

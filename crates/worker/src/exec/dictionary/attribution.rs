@@ -17,6 +17,9 @@ use super::super::{check, Progress};
 use super::chunks::Chunk;
 use crate::Result;
 
+/// Fine-tune-only latents listed at most (the class count is in `classes` regardless).
+pub const MAX_FT_ONLY_LISTED: usize = 4096;
+
 /// Where a running top example came from: the held-back chunk and its row.
 type Row = (usize, usize);
 
@@ -33,6 +36,7 @@ pub fn evaluate(
     progress: Progress<'_>,
 ) -> Result<DictionaryReport> {
     let f_size = dict.dict_size();
+    // One running example is kept even when none is reported (the tensors need a row).
     let keep = opts.examples.max(1) as i64;
     let mut acc = Accumulator::new(dict)?;
     // Running top examples of every latent: (E, F) values and global row numbers.
@@ -101,6 +105,11 @@ pub fn evaluate(
     // frequent latents).
     let fired = |j: &usize| ev.fired[*j] > 0;
     let mut report_ids: Vec<usize> = ft_only.into_iter().filter(fired).collect();
+    if let Some(delta) = &delta {
+        // Bounded (each costs a lens pass and a row): the lowest Δ first.
+        report_ids.sort_by(|&a, &b| delta[a].total_cmp(&delta[b]));
+        report_ids.truncate(MAX_FT_ONLY_LISTED);
+    }
     let mut rest: Vec<usize> = others.into_iter().filter(fired).collect();
     let mut tail = Vec::new();
     let mut min_delta = None;
@@ -177,6 +186,7 @@ pub fn evaluate(
                 )
             })
             .filter(|&(_, v)| v > 0.0)
+            .take(opts.examples)
             .collect();
         let examples: Vec<LatentExample> = hits
             .iter()

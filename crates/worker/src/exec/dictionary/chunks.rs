@@ -3,8 +3,6 @@
 //! few chunks whose rows are shuffled together and cut into whole batches. Only one window is
 //! in memory, and the batch of step t is a function of t alone, so a resumed run reads exactly
 //! what the straight run would have.
-use std::collections::HashMap;
-
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 use tch::{Device, Kind, Tensor};
@@ -113,92 +111,118 @@ impl Chunk {
     }
 }
 
+/// An epoch's windows: chunk indices and whole batches in each.
+type Plan = Vec<(Vec<usize>, usize)>;
+
 /// The training order over the training chunks (see the module's comment).
 #[derive(Debug)]
 pub struct Windows {
     counts: Vec<u64>,
     batch: usize,
-    per_window: usize,
     seed: u64,
-    /// Per epoch: its windows (chunk indices) and their batch counts.
-    plans: HashMap<usize, Vec<(Vec<usize>, usize)>>,
+    /// The epoch the cursor is in, the step it starts at, and its windows (chunk indices) with
+    /// their batch counts: steps only move forward, so each epoch is planned once.
+    cursor: Option<(usize, usize, Plan)>,
     /// The window in memory: (epoch, window), its rows and their shuffled order.
     loaded: Option<((usize, usize), Tensor, Tensor)>,
 }
 
 impl Windows {
-    /// `counts`: rows per training chunk; a window holds enough chunks for 4 batches.
-    pub fn new(counts: Vec<u64>, batch: usize, min_rows: usize, seed: u64) -> Result<Self> {
+    /// `counts`: rows per training chunk; a window gathers chunks (in the epoch's order) until
+    /// it holds four batches.
+    pub fn new(counts: Vec<u64>, batch: usize, seed: u64) -> Result<Self> {
         let total: u64 = counts.iter().sum();
         if counts.is_empty() || batch == 0 || (total as usize) < batch {
             return Err(WorkerError::Io(format!(
                 "a batch of {batch} tokens needs at least that many training tokens (there are {total})"
             )));
         }
-        let per_window = (4 * batch).div_ceil(min_rows.max(1)).clamp(1, counts.len());
         Ok(Windows {
             counts,
             batch,
-            per_window,
             seed,
-            plans: HashMap::new(),
+            cursor: None,
             loaded: None,
         })
     }
 
-    fn plan(&mut self, epoch: usize) -> &Vec<(Vec<usize>, usize)> {
-        let (counts, per, batch, seed) = (&self.counts, self.per_window, self.batch, self.seed);
-        self.plans.entry(epoch).or_insert_with(|| {
-            let order = permutation(
-                counts.len(),
-                seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-            );
-            order
-                .chunks(per)
-                .map(|w| {
-                    let rows: u64 = w.iter().map(|&i| counts[i]).sum();
-                    (w.to_vec(), rows as usize / batch)
-                })
-                .collect()
-        })
+    fn plan(&self, epoch: usize) -> Plan {
+        let order = permutation(
+            self.counts.len(),
+            self.seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
+        let want = 4 * self.batch as u64;
+        let mut windows: Vec<(Vec<usize>, u64)> = Vec::new();
+        for i in order {
+            match windows.last_mut() {
+                Some((w, rows)) if *rows < want => {
+                    w.push(i);
+                    *rows += self.counts[i];
+                }
+                _ => windows.push((vec![i], self.counts[i])),
+            }
+        }
+        // A short last window joins the one before it, so no rows go unread for want of a
+        // whole batch.
+        if windows.len() > 1 && windows.last().is_some_and(|(_, rows)| *rows < want) {
+            if let Some((w, rows)) = windows.pop() {
+                if let Some(prev) = windows.last_mut() {
+                    prev.0.extend(w);
+                    prev.1 += rows;
+                }
+            }
+        }
+        windows
+            .into_iter()
+            .map(|(w, rows)| (w, rows as usize / self.batch))
+            .collect()
     }
 
     /// Epoch, window and batch within it of step `t`.
     fn locate(&mut self, t: usize) -> Result<(usize, usize, usize)> {
-        let mut left = t;
-        for epoch in 0.. {
-            let plan = self.plan(epoch);
+        if self.cursor.as_ref().is_none_or(|c| t < c.1) {
+            self.cursor = Some((0, 0, self.plan(0)));
+        }
+        loop {
+            let Some((epoch, first, plan)) = &self.cursor else {
+                return Err(WorkerError::Io("no training order".into()));
+            };
             let total: usize = plan.iter().map(|w| w.1).sum();
             if total == 0 {
                 return Err(WorkerError::Io(
                     "no window of the store holds a whole batch".into(),
                 ));
             }
-            if left < total {
+            if t < first + total {
+                let mut left = t - first;
                 for (w, (_, n)) in plan.iter().enumerate() {
                     if left < *n {
-                        return Ok((epoch, w, left));
+                        return Ok((*epoch, w, left));
                     }
                     left -= n;
                 }
             }
-            left -= total;
-            // Old epochs are not read again.
-            self.plans.remove(&epoch);
+            let (next, start) = (epoch + 1, first + total);
+            self.cursor = Some((next, start, self.plan(next)));
         }
-        unreachable!("the epochs loop ends by returning")
     }
 
     /// The raw rows `(batch, M, d)` of step `t`; `load` reads a chunk by its index.
     pub fn batch(&mut self, t: usize, load: &dyn Fn(usize) -> Result<Chunk>) -> Result<Tensor> {
         let (epoch, window, b) = self.locate(t)?;
         if self.loaded.as_ref().map(|l| l.0) != Some((epoch, window)) {
-            let chunks = self.plan(epoch)[window].0.clone();
+            let chunks = match &self.cursor {
+                Some((_, _, plan)) => plan[window].0.clone(),
+                None => return Err(WorkerError::Io("no training order".into())),
+            };
+            // Drop the previous window before reading the next.
+            self.loaded = None;
             let mut parts = Vec::with_capacity(chunks.len());
             for i in chunks {
                 parts.push(load(i)?.acts);
             }
             let rows = Tensor::f_cat(&parts, 0)?;
+            drop(parts);
             let n = rows.size()[0] as usize;
             let seed = self.seed
                 ^ ((epoch as u64) << 32 | window as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -243,11 +267,11 @@ mod tests {
                 vec![0; n as usize],
             )
         };
-        let mut a = Windows::new(counts.clone(), 4, 9, 7).unwrap();
+        let mut a = Windows::new(counts.clone(), 4, 7).unwrap();
         let straight: Vec<Tensor> = (0..30).map(|t| a.batch(t, &load).unwrap()).collect();
         // Each epoch reads every row at most once.
-        let mut b = Windows::new(counts, 4, 9, 7).unwrap();
-        for t in [17, 3, 29, 0, 18] {
+        let mut b = Windows::new(counts, 4, 7).unwrap();
+        for t in [17, 3, 29, 0, 18, 29, 5] {
             assert!(b.batch(t, &load).unwrap().equal(&straight[t]), "step {t}");
         }
     }

@@ -50,7 +50,12 @@ pub struct Setup<'a> {
 }
 
 impl<'a> Setup<'a> {
-    pub fn of(spec: &'a ShardSpec, corpus: &CorpusText, n_layers: usize) -> Result<Self> {
+    pub fn of(
+        spec: &'a ShardSpec,
+        corpus: &CorpusText,
+        n_layers: usize,
+        models: &str,
+    ) -> Result<Self> {
         let kind = spec.shard.analysis();
         let diff = kind == AnalysisKind::SaeDiff;
         let opts = if diff {
@@ -70,6 +75,7 @@ impl<'a> Setup<'a> {
             "version": STORE_VERSION,
             "base": spec.base,
             "target": spec.target,
+            "models": models,
             "corpus": corpus.record,
             "slice": spec.corpus.shard_samples,
             "layer": layer,
@@ -183,13 +189,14 @@ fn ensure_chunk(
 pub fn collect(
     pair: &Pair,
     spec: &ShardSpec,
+    identity: &str,
     corpus: &CorpusText,
     tokens: &[Vec<i64>],
     store: &dyn ShardStore,
     progress: Progress<'_>,
 ) -> Result<CollectShard> {
     let started = Instant::now();
-    let setup = Setup::of(spec, corpus, pair.info().n_layers)?;
+    let setup = Setup::of(spec, corpus, pair.info().n_layers, identity)?;
     let ShardKey::Samples { start, end, .. } = spec.shard else {
         return Err(WorkerError::Io(format!(
             "shard {}: not a collect shard",
@@ -223,6 +230,7 @@ pub fn collect(
 pub fn train(
     pair: &Pair,
     spec: &ShardSpec,
+    identity: &str,
     corpus: &CorpusText,
     tokens: &[Vec<i64>],
     store: &dyn ShardStore,
@@ -231,7 +239,7 @@ pub fn train(
 ) -> Result<DictionaryReport> {
     let started = Instant::now();
     let info = pair.info().clone();
-    let setup = Setup::of(spec, corpus, info.n_layers)?;
+    let setup = Setup::of(spec, corpus, info.n_layers, identity)?;
     let opts = setup.opts;
     if setup.slices.len() < 2 {
         return Err(WorkerError::Io(format!(
@@ -240,6 +248,16 @@ pub fn train(
             setup.slices.len()
         )));
     }
+    // The sizes planning checked, again with the width the model has (a config planning
+    // could not read would have skipped them).
+    let facts = neurodiff_analyses::PlanFacts {
+        n_layers: info.n_layers,
+        n_samples: Some(corpus.samples.len()),
+        d_model: Some(info.d_model as usize),
+    };
+    let audit_spec = spec_of(spec);
+    neurodiff_analyses::dictionary::check_sizes(setup.kind, opts, &audit_spec, &facts)
+        .map_err(|e| WorkerError::Io(e.to_string()))?;
     // Every chunk, from the last slice back (collect shards run from the first).
     let mut counts = vec![0u64; setup.slices.len()];
     let mut reused = 0;
@@ -284,6 +302,28 @@ pub fn train(
     }
     let train_rows: u64 = counts[..n_train].iter().sum();
     let norm = Normalization::from_sums(&sum, &sum_sq, train_rows, 1.0)?;
+    // Nothing varies (an SAE on the differences of two models that agree at this block):
+    // there is nothing to learn, and scaling to RMS 1 would divide by zero.
+    let spread = sum_sq
+        .f_div_scalar(train_rows.max(1) as f64)?
+        .f_sub(&sum.f_div_scalar(train_rows.max(1) as f64)?.f_square()?)?
+        .f_sum_dim_intlist(-1, false, Kind::Double)?;
+    let smallest = Vec::<f64>::try_from(&spread)
+        .map_err(CoreError::from)?
+        .into_iter()
+        .fold(f64::INFINITY, f64::min);
+    if smallest <= 1e-20 {
+        return Err(WorkerError::Io(format!(
+            "{}: the activations at block {} do not vary{}; there is nothing to learn",
+            setup.kind,
+            setup.layer,
+            if setup.diff {
+                " (the two models agree there)"
+            } else {
+                ""
+            }
+        )));
+    }
     write_manifest(
         spec,
         &setup,
@@ -293,7 +333,6 @@ pub fn train(
         d as usize,
         store,
     )?;
-    let min_rows = counts[..n_train].iter().copied().min().unwrap_or(0) as usize;
     let batch = opts.batch.min(train_rows as usize);
     let dict_size = opts.dict_size(d as usize);
     let k = opts.k.min(dict_size) as i64;
@@ -346,11 +385,21 @@ pub fn train(
         )?,
     };
     let resumed_at = trainer.step;
+    let curve_key = format!("train/{run_id}/curve.json");
+    // The curve so far, kept beside the checkpoint, so a resumed report shows all of it.
+    let mut curve: Vec<TrainPoint> = if resumed_at > 0 {
+        store
+            .get(&curve_key)?
+            .and_then(|b| serde_json::from_slice::<Vec<TrainPoint>>(&b).ok())
+            .map(|c| c.into_iter().filter(|p| p.step < resumed_at).collect())
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
     if resumed_at > 0 {
         tracing::info!(step = resumed_at, "resuming training from its checkpoint");
     }
-    let mut windows = Windows::new(counts[..n_train].to_vec(), batch, min_rows, opts.seed)?;
-    let mut curve = Vec::new();
+    let mut windows = Windows::new(counts[..n_train].to_vec(), batch, opts.seed)?;
     let every = opts.steps.div_ceil(CURVE_POINTS).max(1);
     let mut last_save = Instant::now();
     while trainer.step < opts.steps {
@@ -375,6 +424,8 @@ pub fn train(
             .checkpoint_every_steps
             .is_some_and(|n| (s.step + 1) % n == 0);
         if !go_on || due || last_save.elapsed() >= CHECKPOINT_EVERY {
+            let points = serde_json::to_vec(&curve).map_err(|e| WorkerError::Io(e.to_string()))?;
+            store.put(&curve_key, points)?;
             store.put(&ckpt_key, trainer_bytes(&trainer)?)?;
             last_save = Instant::now();
         }
@@ -387,7 +438,12 @@ pub fn train(
         let path = dir.path().join("dictionary.safetensors");
         trainer.dict.save(&path)?;
         let bytes = std::fs::read(&path).map_err(|e| WorkerError::Io(e.to_string()))?;
-        let key = format!("dictionaries/{run_id}.safetensors");
+        // Named by its content as well: a rerun elsewhere (another device's numerics) adds a
+        // file rather than replacing the one an earlier audit recorded.
+        let key = format!(
+            "dictionaries/{run_id}-{}.safetensors",
+            &sha256_hex(&bytes)[..16]
+        );
         let stored = store.put(&key, bytes)?;
         StoredFile {
             location: store.locate(&key),
@@ -397,6 +453,7 @@ pub fn train(
         }
     };
     store.delete(&ckpt_key)?;
+    store.delete(&curve_key)?;
     let held: Vec<usize> = (n_train..setup.slices.len()).collect();
     let report = attribution::evaluate(
         pair,
@@ -536,6 +593,19 @@ fn write_manifest(
     let json = serde_json::to_vec_pretty(&manifest).map_err(|e| WorkerError::Io(e.to_string()))?;
     store.put(&setup.manifest_key(), json)?;
     Ok(())
+}
+
+/// The audit spec fields a size check reads, from a shard's spec.
+fn spec_of(spec: &ShardSpec) -> neurodiff_protocol::AuditSpec {
+    let mut audit = neurodiff_protocol::AuditSpec::new(
+        spec.base.clone(),
+        spec.target.clone(),
+        vec![spec.shard.analysis()],
+    );
+    audit.corpus = spec.corpus.clone();
+    audit.crosscoder = spec.crosscoder.clone();
+    audit.sae_diff = spec.sae_diff.clone();
+    audit
 }
 
 /// A seeded shuffle of `0..n`.
