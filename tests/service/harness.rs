@@ -361,6 +361,41 @@ pub fn organisms(dir: &Path) -> PathBuf {
     out
 }
 
+/// A copy of the cached trained organisms in `dir/trained`, inside what the policy lets a
+/// team read.
+pub fn trained_organisms(dir: &Path) -> PathBuf {
+    let out = dir.join("trained");
+    let status = Command::new(BIN)
+        .args(["organisms", "--trained", "--quiet", "--out"])
+        .arg(&out)
+        .stdout(Stdio::null())
+        .status()
+        .expect("neurodiff organisms --trained");
+    assert!(status.success());
+    out
+}
+
+impl Env {
+    /// A corpus the service may read: in the models' object store when there is one (the
+    /// service reads corpora from there), else a local file beside the test's other files.
+    pub fn corpus(&self, name: &str, text: Vec<u8>) -> String {
+        match &self.models_store {
+            Some(store) => {
+                let blobs = Blobs::from_url(store).expect("models store");
+                self.rt
+                    .block_on(blobs.put(&format!("corpora/{name}"), bytes::Bytes::from(text)))
+                    .expect("corpus upload");
+                format!("{store}/corpora/{name}")
+            }
+            None => {
+                let local = self.dir.path().join(name);
+                std::fs::write(&local, text).expect("corpus file");
+                local.display().to_string()
+            }
+        }
+    }
+}
+
 /// The embedded audit of the same pair, for comparison.
 pub fn embedded(dir: &Path, args: &[&str]) -> Value {
     let out = dir.join("embedded");

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::{json, Value};
 
-use crate::harness::{assert_close, embedded, organisms, Env, BIN};
+use crate::harness::{assert_close, embedded, organisms, trained_organisms, Env, BIN};
 
 const SAMPLES: usize = 20;
 
@@ -175,15 +175,7 @@ fn activation_analyses_over_rest_equal_the_embedded_ones() {
 #[test]
 fn a_trained_organism_over_rest_on_the_builtin_corpus_equals_the_embedded_audit() {
     let mut env = Env::new(None);
-    // A copy of the cached trained organisms inside what the policy lets the team read.
-    let org = env.dir.path().join("trained");
-    let status = std::process::Command::new(BIN)
-        .args(["organisms", "--trained", "--quiet", "--out"])
-        .arg(&org)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let org = trained_organisms(env.dir.path());
     let base = org.join("base").display().to_string();
     let ft = org.join("cooking-blocks").display().to_string();
     env.start(&[("w1", &[]), ("w2", &[])]);

@@ -4,23 +4,15 @@
 //! team sees none of it.
 use std::time::Duration;
 
-use bytes::Bytes;
 use serde_json::{json, Value};
 
-use crate::harness::{free_port, Env, BIN};
-use crate::ui::{browser, shot, wait_text, Driver, CHROMEDRIVER};
+use crate::harness::{free_port, trained_organisms, Env, BIN};
+use crate::ui::{browser, log_in, shot, wait_text, Driver, CHROMEDRIVER};
 
 #[test]
 fn a_crosscoder_over_rest_finds_the_fine_tunes_domain() {
     let mut env = Env::new(None);
-    let org = env.dir.path().join("trained");
-    let status = std::process::Command::new(BIN)
-        .args(["organisms", "--trained", "--quiet", "--out"])
-        .arg(&org)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let org = trained_organisms(env.dir.path());
     // Generic text interleaved with the fine-tune's held-out domain text.
     let generic = neurodiff_core::corpus::parse(
         neurodiff_core::corpus::BUILTIN_FILE,
@@ -36,20 +28,9 @@ fn a_crosscoder_over_rest_finds_the_fine_tunes_domain() {
         text.push_str(d);
         text.push('\n');
     }
-    let local = env.dir.path().join("mixed.jsonl");
-    std::fs::write(&local, &text).unwrap();
+    let corpus_ref = env.corpus("mixed.jsonl", text.into_bytes());
     env.start(&[("w1", &[]), ("w2", &[])]);
     let token = env.token("safety");
-    let corpus_ref = match env.models_store.clone() {
-        Some(store) => {
-            let blobs = neurodiff_store::Blobs::from_url(&store).unwrap();
-            env.rt
-                .block_on(blobs.put("corpora/mixed.jsonl", Bytes::from(text)))
-                .unwrap();
-            format!("{store}/corpora/mixed.jsonl")
-        }
-        None => local.display().to_string(),
-    };
     let base = org.join("base").display().to_string();
     let ft = org.join("cooking-full").display().to_string();
     let id = env.submit(
@@ -147,21 +128,7 @@ fn a_crosscoder_over_rest_finds_the_fine_tunes_domain() {
         env.rt.block_on(async {
             use fantoccini::Locator;
             let c = browser(port, &profile).await;
-            c.goto(&format!("{ui}#/audits")).await.unwrap();
-            wait_text(&c, "#login", |_| true, Duration::from_secs(20)).await;
-            c.find(Locator::Css("#token"))
-                .await
-                .unwrap()
-                .send_keys(&token)
-                .await
-                .unwrap();
-            c.find(Locator::Css("#login"))
-                .await
-                .unwrap()
-                .click()
-                .await
-                .unwrap();
-            wait_text(&c, "#audits", |_| true, Duration::from_secs(20)).await;
+            log_in(&c, &ui, &token).await;
             c.goto(&format!("{ui}#/audit/{id}")).await.unwrap();
             let text = wait_text(
                 &c,
@@ -202,26 +169,9 @@ fn a_crosscoder_over_rest_finds_the_fine_tunes_domain() {
 #[test]
 fn a_training_killed_with_sigkill_resumes_from_its_checkpoint() {
     let mut env = Env::new(None);
-    let org = env.dir.path().join("trained");
-    let status = std::process::Command::new(BIN)
-        .args(["organisms", "--trained", "--quiet", "--out"])
-        .arg(&org)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let org = trained_organisms(env.dir.path());
     let corpus = org.join("data/sailing-heldout.jsonl");
-    let corpus_ref = match env.models_store.clone() {
-        Some(store) => {
-            let blobs = neurodiff_store::Blobs::from_url(&store).unwrap();
-            let text = std::fs::read(&corpus).unwrap();
-            env.rt
-                .block_on(blobs.put("corpora/sailing.jsonl", Bytes::from(text)))
-                .unwrap();
-            format!("{store}/corpora/sailing.jsonl")
-        }
-        None => corpus.display().to_string(),
-    };
+    let corpus_ref = env.corpus("sailing.jsonl", std::fs::read(&corpus).unwrap());
     env.start(&[("w1", &[])]);
     let token = env.token("safety");
     let base = org.join("base").display().to_string();

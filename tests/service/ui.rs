@@ -91,6 +91,25 @@ pub(crate) async fn wait_text(
     }
 }
 
+/// Logs in on the dashboard at `ui` with `token` and waits for the audit list.
+pub(crate) async fn log_in(c: &Client, ui: &str, token: &str) {
+    c.goto(&format!("{ui}#/audits")).await.unwrap();
+    wait_text(c, "#login", |_| true, Duration::from_secs(20)).await;
+    c.find(Locator::Css("#token"))
+        .await
+        .unwrap()
+        .send_keys(token)
+        .await
+        .unwrap();
+    c.find(Locator::Css("#login"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(c, "#audits", |_| true, Duration::from_secs(20)).await;
+}
+
 pub(crate) async fn shot(c: &Client, name: &str) {
     let png = c.screenshot().await.unwrap();
     std::fs::write(screenshots().join(name), png).unwrap();

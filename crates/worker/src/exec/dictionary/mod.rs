@@ -356,23 +356,16 @@ pub fn train(
         sha256_hex(identity.to_string().as_bytes())[..24].to_string()
     };
     let ckpt_key = format!("train/{run_id}/checkpoint.safetensors");
-    let mut trainer = match store.get(&ckpt_key)? {
-        Some(bytes) => match trainer_from_bytes(&bytes, &train_opts, pair.device()) {
-            Ok(t) => t,
-            Err(e) => {
+    let restored = match store.get(&ckpt_key)? {
+        Some(bytes) => trainer_from_bytes(&bytes, &train_opts, pair.device())
+            .inspect_err(|e| {
                 tracing::warn!(error = %e, "unreadable training checkpoint; starting over");
-                fresh(
-                    norm,
-                    models,
-                    d,
-                    dict_size,
-                    k,
-                    opts.seed,
-                    &train_opts,
-                    pair.device(),
-                )?
-            }
-        },
+            })
+            .ok(),
+        None => None,
+    };
+    let mut trainer = match restored {
+        Some(t) => t,
         None => fresh(
             norm,
             models,
