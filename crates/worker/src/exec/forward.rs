@@ -146,6 +146,32 @@ impl Tokens {
     }
 }
 
+/// Both models' activations at `point` on the real tokens of `batch`, `(base, finetuned)`,
+/// each `[n, d]` in the models' dtype (the paired forward the block analyses share).
+pub fn paired_at(
+    pair: &Pair,
+    batch: &Batch,
+    tokens: &Tokens,
+    point: neurodiff_core::HookPoint,
+) -> Result<(Tensor, Tensor)> {
+    let mut out = Vec::with_capacity(2);
+    for side in [Side::Base, Side::Finetuned] {
+        let mut hooks = neurodiff_core::Hooks::new().cache(point).without_logits();
+        pair.model(side).forward(&batch.ids, &mut hooks)?;
+        let x = hooks
+            .cached(&point)
+            .ok_or_else(|| WorkerError::Io(format!("{point} was not cached")))?;
+        out.push(tokens.select(x)?);
+    }
+    let finetuned = out
+        .pop()
+        .ok_or_else(|| WorkerError::Io("no activations".into()))?;
+    let base = out
+        .pop()
+        .ok_or_else(|| WorkerError::Io("no activations".into()))?;
+    Ok((base, finetuned))
+}
+
 /// A float tensor's values as f64.
 pub fn to_f64(t: &Tensor) -> Result<Vec<f64>> {
     let t = t

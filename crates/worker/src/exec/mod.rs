@@ -65,7 +65,15 @@ pub fn run_shard(
                 AnalysisKind::SaeDiff => spec.sae_diff.samples,
                 _ => spec.traces.samples,
             };
-            let samples = &corpus.samples[..needed.min(corpus.samples.len())];
+            // A dictionary's collect shard reads its slice alone.
+            let range = match spec.shard {
+                ShardKey::Samples { start, end, .. } => start..end,
+                _ => 0..needed,
+            };
+            let samples = corpus
+                .samples
+                .get(range.start.min(corpus.samples.len())..range.end.min(corpus.samples.len()))
+                .unwrap_or_default();
             let tokens =
                 neurodiff_core::corpus::encode(&pair.tokenizer, samples, spec.corpus.seq_len)?;
             let input = forward::ShardInput {

@@ -47,16 +47,7 @@ pub(crate) fn block_means(
         check(progress, "batch")?;
         let batch = Batch::new(chunk, pair.device())?;
         let t = Tokens::of(&batch, 0)?;
-        let mut hb = Hooks::new().cache(point).without_logits();
-        let mut hf = Hooks::new().cache(point).without_logits();
-        pair.model(Side::Base).forward(&batch.ids, &mut hb)?;
-        pair.model(Side::Finetuned).forward(&batch.ids, &mut hf)?;
-        let get = |h: &Hooks| {
-            h.cached(&point)
-                .map(|x| t.select(x))
-                .ok_or_else(|| WorkerError::Io(format!("{point} was not cached")))
-        };
-        let (xb, xf) = (get(&hb)??, get(&hf)??);
+        let (xb, xf) = super::forward::paired_at(pair, &batch, &t, point)?;
         let diff = xf
             .f_to_kind(Kind::Double)?
             .f_sub(&xb.f_to_kind(Kind::Double)?)?;

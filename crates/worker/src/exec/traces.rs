@@ -65,17 +65,10 @@ pub fn run(
         check(progress, "batch")?;
         let batch = Batch::new(chunk, pair.device())?;
         let t = Tokens::of(&batch, b * SHORT_BATCH)?;
-        let mut hb = Hooks::new().cache(point).without_logits();
-        let mut hf = Hooks::new().cache(point).without_logits();
-        pair.model(Side::Base).forward(&batch.ids, &mut hb)?;
-        pair.model(Side::Finetuned).forward(&batch.ids, &mut hf)?;
-        let get = |h: &Hooks| -> Result<Tensor> {
-            let x = h
-                .cached(&point)
-                .ok_or_else(|| WorkerError::Io(format!("{point} was not cached")))?;
-            Ok(t.select(x)?.f_to_kind(Kind::Double)?)
-        };
-        let diff = get(&hf)?.f_sub(&get(&hb)?)?;
+        let (xb, xf) = super::forward::paired_at(pair, &batch, &t, point)?;
+        let diff = xf
+            .f_to_kind(Kind::Double)?
+            .f_sub(&xb.f_to_kind(Kind::Double)?)?;
         for (half, keep) in [(0, None), (1, Some(0)), (2, Some(1))] {
             let rows: Vec<i64> = (0..t.position.len())
                 .filter(|&i| t.position[i] == position)

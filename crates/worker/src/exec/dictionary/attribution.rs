@@ -45,6 +45,11 @@ pub fn evaluate(
     let mut rows_of: Vec<Row> = Vec::new();
     // Rows per evaluation step: its codes (rows × F) stay within 2^24 values.
     let rows_per = ((1i64 << 24) / f_size.max(1)).clamp(1, 4096);
+    // Each held-back chunk is read once: its ids are kept for the examples, and the first
+    // chunks (enough for the KL samples) whole.
+    let mut tokens: Vec<(Vec<i64>, Vec<i64>, Vec<i64>)> = Vec::with_capacity(held.len());
+    let mut kl_chunks = Vec::new();
+    let mut kl_samples = std::collections::BTreeSet::new();
     for (c, &i) in held.iter().enumerate() {
         check(progress, "evaluate")?;
         let chunk = load(i)?;
@@ -67,6 +72,15 @@ pub fn evaluate(
             let (vals, pos) = v.f_topk(keep.min(v.size()[0]), 0, true, true)?;
             top_i = ids.f_gather(0, &pos, false)?;
             top_v = vals;
+        }
+        tokens.push((
+            chunk.sample.clone(),
+            chunk.position.clone(),
+            chunk.token.clone(),
+        ));
+        if kl_samples.len() < super::kl_share::KL_SAMPLES {
+            kl_samples.extend(chunk.sample.iter().copied());
+            kl_chunks.push(chunk);
         }
     }
     let ev = acc.finish(dict)?;
@@ -142,12 +156,6 @@ pub fn evaluate(
     let top_v = flat_f32(&top_v)?;
     let top_i = Vec::<i64>::try_from(&top_i.f_to_device(Device::Cpu)?.f_flatten(0, -1)?)
         .map_err(CoreError::from)?;
-    // Examples need their chunk's tokens: read each held-back chunk once more, only its ids.
-    let mut tokens: Vec<(Vec<i64>, Vec<i64>, Vec<i64>)> = Vec::with_capacity(held.len());
-    for &i in held {
-        let c = load(i)?;
-        tokens.push((c.sample, c.position, c.token));
-    }
     let ft = pair.model(Side::Finetuned);
     let models = dict.models();
     let scale = dict
@@ -216,24 +224,13 @@ pub fn evaluate(
     }
     // The KL shares of the first reported latents (fine-tune-only, then the tail; an SAE's
     // most frequent), on the first held-back samples.
-    let mut held_chunks = Vec::new();
-    for &i in held {
-        held_chunks.push(load(i)?);
-        let samples: std::collections::BTreeSet<i64> = held_chunks
-            .iter()
-            .flat_map(|c| c.sample.iter().copied())
-            .collect();
-        if samples.len() >= super::kl_share::KL_SAMPLES {
-            break;
-        }
-    }
     let measured: Vec<usize> = latents
         .iter()
         .take(super::kl_share::KL_LATENTS)
         .map(|l| l.id)
         .collect();
-    let held_samples = super::kl_share::Held::of(&held_chunks)?;
-    drop(held_chunks);
+    let held_samples = super::kl_share::Held::of(&kl_chunks)?;
+    drop(kl_chunks);
     let (output_kl, shares) =
         super::kl_share::shares(pair, dict, layer, &held_samples, &measured, progress)?;
     for (l, share) in latents.iter_mut().zip(shares) {

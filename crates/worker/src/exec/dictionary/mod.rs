@@ -12,14 +12,14 @@ use neurodiff_analyses::dictionary::{block_of, slices};
 use neurodiff_core::corpus::Batch;
 use neurodiff_core::dictionary::{Dictionary, Normalization, TrainOptions, Trainer};
 use neurodiff_core::organisms::trained::rng::Rng;
-use neurodiff_core::{CoreError, HookKind, HookPoint, Hooks};
+use neurodiff_core::{CoreError, HookKind, HookPoint};
 use neurodiff_protocol::{
     ActivationStore, AnalysisKind, CollectShard, DictionaryOptions, DictionaryReport, GroundTruth,
     ShardKey, ShardSpec, StoreManifest, StoreSlice, StoredFile, TrainPoint,
 };
 use tch::{Device, Kind, Tensor};
 
-use super::forward::{Pair, Side, Tokens};
+use super::forward::{paired_at, Pair, Tokens};
 use super::store::{sha256_hex, ShardStore};
 use super::{check, CorpusText, Progress};
 use crate::{Result, WorkerError};
@@ -127,19 +127,9 @@ fn collect_chunk(
         check(progress, "batch")?;
         let batch = Batch::new(chunk, pair.device())?;
         let t = Tokens::of(&batch, first + b * step)?;
-        let mut hb = Hooks::new().cache(point).without_logits();
-        let mut hf = Hooks::new().cache(point).without_logits();
-        pair.model(Side::Base).forward(&batch.ids, &mut hb)?;
-        pair.model(Side::Finetuned).forward(&batch.ids, &mut hf)?;
-        let get = |h: &Hooks| -> Result<Tensor> {
-            let x = h
-                .cached(&point)
-                .ok_or_else(|| WorkerError::Io(format!("{point} was not cached")))?;
-            Ok(t.select(x)?
-                .f_to_kind(Kind::Float)?
-                .f_to_device(Device::Cpu)?)
-        };
-        let (xb, xf) = (get(&hb)?, get(&hf)?);
+        let (xb, xf) = paired_at(pair, &batch, &t, point)?;
+        let cpu = |x: Tensor| x.f_to_kind(Kind::Float)?.f_to_device(Device::Cpu);
+        let (xb, xf) = (cpu(xb)?, cpu(xf)?);
         parts.push(if setup.diff {
             xf.f_sub(&xb)?.f_unsqueeze(1)?
         } else {
@@ -154,7 +144,17 @@ fn collect_chunk(
     Chunk::new(Tensor::f_cat(&parts, 0)?, sample, position, token)
 }
 
-/// The chunk of one slice, collected and stored unless it is already there; true when reused.
+/// What [`ensure_chunk`] found: whether the chunk was already there, its rows, and its sums
+/// of activations and of their squares (read while the chunk is in hand, for the
+/// normalisation).
+struct Ensured {
+    reused: bool,
+    rows: u64,
+    sums: (Tensor, Tensor),
+}
+
+/// The chunk of one slice, collected and stored unless it is already there. `tokens` are the
+/// slice's samples.
 fn ensure_chunk(
     pair: &Pair,
     setup: &Setup<'_>,
@@ -163,26 +163,36 @@ fn ensure_chunk(
     batch_size: usize,
     store: &dyn ShardStore,
     progress: Progress<'_>,
-) -> Result<(bool, u64)> {
+) -> Result<Ensured> {
     let key = setup.chunk_key(slice);
     if let Some(bytes) = store.get(&key)? {
         // A chunk is written whole (put is atomic); one that does not read is redone.
         match Chunk::from_bytes(&bytes) {
-            Ok(c) => return Ok((true, c.len() as u64)),
+            Ok(c) => {
+                return Ok(Ensured {
+                    reused: true,
+                    rows: c.len() as u64,
+                    sums: c.sums()?,
+                })
+            }
             Err(e) => tracing::warn!(%key, error = %e, "unreadable chunk; collecting it again"),
         }
     }
     let (start, end) = slice;
-    let toks = tokens.get(start..end).ok_or_else(|| {
-        WorkerError::Io(format!(
-            "slice {start}..{end}: the corpus has {} samples",
+    if tokens.len() != end - start {
+        return Err(WorkerError::Io(format!(
+            "slice {start}..{end}: {} samples were tokenized for it",
             tokens.len()
-        ))
-    })?;
-    let chunk = collect_chunk(pair, setup, toks, start, batch_size, progress)?;
-    let n = chunk.len() as u64;
+        )));
+    }
+    let chunk = collect_chunk(pair, setup, tokens, start, batch_size, progress)?;
+    let ensured = Ensured {
+        reused: false,
+        rows: chunk.len() as u64,
+        sums: chunk.sums()?,
+    };
     store.put(&key, chunk.to_bytes()?)?;
-    Ok((false, n))
+    Ok(ensured)
 }
 
 /// A collect shard: the chunk of its slice.
@@ -203,7 +213,9 @@ pub fn collect(
             spec.shard
         )));
     };
-    let (reused, n) = ensure_chunk(
+    let Ensured {
+        reused, rows: n, ..
+    } = ensure_chunk(
         pair,
         &setup,
         tokens,
@@ -260,20 +272,30 @@ pub fn train(
         .map_err(|e| WorkerError::Io(e.to_string()))?;
     // Every chunk, from the last slice back (collect shards run from the first).
     let mut counts = vec![0u64; setup.slices.len()];
+    let mut sums = Vec::with_capacity(setup.slices.len());
     let mut reused = 0;
-    for (i, &slice) in setup.slices.iter().enumerate().rev() {
-        let (r, n) = ensure_chunk(
+    for (i, &(start, end)) in setup.slices.iter().enumerate().rev() {
+        let toks = tokens.get(start..end).ok_or_else(|| {
+            WorkerError::Io(format!(
+                "slice {start}..{end}: the corpus has {} samples",
+                tokens.len()
+            ))
+        })?;
+        let e = ensure_chunk(
             pair,
             &setup,
-            tokens,
-            slice,
+            toks,
+            (start, end),
             spec.corpus.batch_size,
             store,
             progress,
         )?;
-        reused += usize::from(r);
-        counts[i] = n;
+        reused += usize::from(e.reused);
+        counts[i] = e.rows;
+        sums.push(e.sums);
     }
+    // Gathered from the last slice back; summed from the first.
+    sums.reverse();
     let n_train = setup.slices.len() - setup.held();
     let load = |i: usize| -> Result<Chunk> {
         let key = setup.chunk_key(setup.slices[i]);
@@ -282,17 +304,14 @@ pub fn train(
             .ok_or_else(|| WorkerError::Storage(format!("chunk {key} vanished")))?;
         Chunk::from_bytes(&bytes)
     };
-    // The normalisation from the training chunks' sums (one chunk in memory at a time).
+    // The normalisation from the training chunks' sums.
     let models = if setup.diff { 1 } else { 2 };
     let d = info.d_model;
     let mut sum = Tensor::f_zeros([models, d], (Kind::Double, Device::Cpu))?;
     let mut sum_sq = sum.f_zeros_like()?;
     let mut mean_all = sum.f_zeros_like()?;
     let mut sq_all = sum.f_zeros_like()?;
-    for i in 0..setup.slices.len() {
-        check(progress, "statistics")?;
-        let c = load(i)?;
-        let (s, q) = c.sums()?;
+    for (i, (s, q)) in sums.iter().enumerate() {
         if i < n_train {
             sum = sum.f_add(&s)?;
             sum_sq = sum_sq.f_add(&q)?;
