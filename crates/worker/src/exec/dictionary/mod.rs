@@ -313,11 +313,11 @@ pub fn train(
     let mut sq_all = sum.f_zeros_like()?;
     for (i, (s, q)) in sums.iter().enumerate() {
         if i < n_train {
-            sum = sum.f_add(&s)?;
-            sum_sq = sum_sq.f_add(&q)?;
+            sum = sum.f_add(s)?;
+            sum_sq = sum_sq.f_add(q)?;
         }
-        mean_all = mean_all.f_add(&s)?;
-        sq_all = sq_all.f_add(&q)?;
+        mean_all = mean_all.f_add(s)?;
+        sq_all = sq_all.f_add(q)?;
     }
     let train_rows: u64 = counts[..n_train].iter().sum();
     let norm = Normalization::from_sums(&sum, &sum_sq, train_rows, 1.0)?;
