@@ -130,6 +130,8 @@ impl Env {
             // Webhook receivers are started by the tests on loopback; retries come quickly.
             .env("NEURODIFF_WEBHOOK_ALLOW_INTERNAL", "true")
             .env("NEURODIFF_WEBHOOK_BACKOFF_MS", "300")
+            // A checkpoint is audited at the second poll that sees it unchanged, however soon.
+            .env("NEURODIFF_SCAN_SETTLE_MS", "0")
             .env("RUST_LOG", "info");
         if let Some(models) = &self.models_store {
             c.env("NEURODIFF_ALLOW_S3", models);

@@ -233,17 +233,27 @@ fn a_watched_directory_is_audited_once_per_checkpoint_and_alerts_are_delivered_s
     cli(&["scan", "delete", made_id]);
 
     // A half-written checkpoint: its weights shorter than their header says. Not audited.
+    // Made under a dot name (skipped) and renamed in, so no poll sees it whole before it is cut.
     let half = watch.join("step-1");
-    copy_dir(&org.join("rank-update"), &half);
-    let weights = std::fs::read(half.join("model.safetensors")).unwrap();
+    let staging = watch.join(".step-1");
+    copy_dir(&org.join("rank-update"), &staging);
+    let weights = std::fs::read(staging.join("model.safetensors")).unwrap();
     std::fs::write(
-        half.join("model.safetensors"),
+        staging.join("model.safetensors"),
         &weights[..weights.len() / 2],
     )
     .unwrap();
+    std::fs::rename(&staging, &half).unwrap();
     next_poll(&env, &token, &id);
     next_poll(&env, &token, &id);
-    assert_eq!(scan(&env, &token, &id)["runs"].as_array().unwrap().len(), 0);
+    let waiting = scan(&env, &token, &id);
+    assert_eq!(waiting["runs"].as_array().unwrap().len(), 0);
+    // The scan says why nothing is audited.
+    let why = waiting["last_error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("not complete yet") && why.contains("step-1"),
+        "{why}"
+    );
 
     // Complete: audited once; the planted low-rank change raises the alert its rule predicts.
     std::fs::write(half.join("model.safetensors"), &weights).unwrap();
@@ -467,7 +477,14 @@ fn a_watched_garage_prefix_is_audited_once_complete() {
     );
     next_poll(&env, &token, &id);
     next_poll(&env, &token, &id);
-    assert_eq!(scan(&env, &token, &id)["runs"].as_array().unwrap().len(), 0);
+    let waiting = scan(&env, &token, &id);
+    assert_eq!(waiting["runs"].as_array().unwrap().len(), 0);
+    // The scan says why nothing is audited.
+    let why = waiting["last_error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("not complete yet") && why.contains("step-1"),
+        "{why}"
+    );
     for e in std::fs::read_dir(&ft).unwrap() {
         let e = e.unwrap();
         let name = e.file_name().to_string_lossy().to_string();

@@ -19,8 +19,8 @@ const PALETTE = ['#2563eb', '#dc2626', '#16a34a', '#d97706', '#7c3aed', '#0891b2
   '#65a30d', '#9333ea'];
 const RULE_EXAMPLE = [
   { name: 'weights-moved', severity: 'high', scope: 'tensor', metric: 'rel_fro', op: '>', value: 0.05 },
-  { name: 'lens-kl', severity: 'medium', scope: 'block', analysis: 'logit-lens', hook: 'output',
-    metric: 'kl_mean', op: '>=', value: 0.5 },
+  { name: 'low-rank-large', severity: 'critical', scope: 'tensor', metric: 'rel_fro', op: '>', value: 0.2,
+    and: [{ metric: 'stable_rank', op: '<', value: 4.5 }] },
 ];
 
 // ---------------------------------------------------------------- DOM and formatting helpers
@@ -1137,7 +1137,7 @@ async function pageScans(ctx, main) {
       { label: 'runs', key: 'runs_total', num: true },
       { label: 'open alerts', key: 'alerts_open', num: true,
         cell: (sc) => (sc.alerts_open ? el('a', { href: '#/alerts', class: 'badge sev-high' }, String(sc.alerts_open)) : '0') },
-      { label: 'last error', key: 'last_error', cls: 'pre' },
+      { label: 'last poll said', key: 'last_error', cls: 'pre' },
       { label: '', sort: false, cell: (sc) => scanActions(sc, load) },
     ], res.scans || [], { id: 'scans', row: (sc) => ({ 'data-id': sc.id }), empty: 'no scans yet' })));
   };
@@ -1198,7 +1198,7 @@ async function pageScan(ctx, main, id) {
       ['id', el('code', {}, sc.id)], ['state', badge('state', sc.paused ? 'paused' : 'active')],
       ['source', el('code', {}, sc.source)], ['base', sc.base ? el('code', {}, sc.base) : null], ['base mode', sc.base_mode],
       ['target', sc.target], ['schedule', schedule(sc)], ['next run', when(sc.next_run_at)],
-      ['last polled', when(sc.last_polled_at)], ['last error', sc.last_error],
+      ['last polled', when(sc.last_polled_at)], ['last poll said', sc.last_error],
       ['webhook', sc.webhook_url], // text, never a link: the URL is the user's input
       ['created', when(sc.created_at)], ['runs', sc.runs_total], ['open alerts', sc.alerts_open],
       ['audit options', el('code', { class: 'pre' }, JSON.stringify(sc.audit))],

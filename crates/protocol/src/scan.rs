@@ -52,6 +52,10 @@ pub enum Scope {
     Audit,
     /// The readable traces' top tokens (logit lens and Patchscope) against a watch list.
     TraceTokens,
+    /// The objects of any array at a JSON pointer (`/analyses/cmap/cells`,
+    /// `/analyses/crosscoder/latents`, `/analyses/weights/layers`): fires when one row meets
+    /// every condition, as tensor rules do.
+    Rows,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,15 +161,23 @@ impl Rule {
         if self.name.trim().is_empty() || self.name.len() > 64 {
             return Err(field(&at("name"), "1 to 64 characters"));
         }
-        let numeric = matches!(self.scope, Scope::Tensor | Scope::Block | Scope::Audit);
+        let numeric = matches!(
+            self.scope,
+            Scope::Tensor | Scope::Block | Scope::Audit | Scope::Rows
+        );
         if numeric && (self.op.is_none() || self.value.is_none()) {
             return Err(field(&at("op"), "`op` and `value` are required"));
         }
         match self.scope {
-            Scope::Tensor | Scope::Block if self.metric.is_none() => {
-                return Err(field(&at("metric"), "required for tensor and block rules"))
+            Scope::Tensor | Scope::Block | Scope::Rows if self.metric.is_none() => {
+                return Err(field(
+                    &at("metric"),
+                    "required for tensor, block and rows rules",
+                ))
             }
-            Scope::Audit if self.pointer.as_deref().is_none_or(|p| !p.starts_with('/')) => {
+            Scope::Audit | Scope::Rows
+                if self.pointer.as_deref().is_none_or(|p| !p.starts_with('/')) =>
+            {
                 return Err(field(
                     &at("pointer"),
                     "a JSON pointer into results.json, such as /analyses/logit_lens/output/kl_mean",
@@ -195,6 +207,19 @@ impl Rule {
         }
         if self.and.len() > 8 {
             return Err(field(&at("and"), "at most 8 conditions"));
+        }
+        if self.scope == Scope::Tensor {
+            // A misspelt metric would observe nothing, silently, for ever.
+            let known = tensor_metric_names();
+            let named = self.metric.iter().chain(self.and.iter().map(|c| &c.metric));
+            for m in named {
+                if !known.iter().any(|k| k == m) {
+                    return Err(field(
+                        &at("metric"),
+                        format!("`{m}` is not a tensor metric (one of {})", known.join(", ")),
+                    ));
+                }
+            }
         }
         let finite =
             self.value.is_none_or(f64::is_finite) && self.and.iter().all(|c| c.value.is_finite());
@@ -230,6 +255,27 @@ impl Rule {
                 }
             }
             Scope::TraceTokens => self.trace_tokens(results),
+            Scope::Rows => self.rows(pointed_rows(results, self.pointer.as_deref())),
+        }
+    }
+
+    /// The analyses whose results this rule reads, any one of which is enough (empty: none in
+    /// particular, such as a pointer to `/grades`).
+    pub fn reads(&self) -> Vec<String> {
+        match self.scope {
+            Scope::Tensor => vec!["weights".into()],
+            Scope::Block => match &self.analysis {
+                Some(a) => vec![a.clone()],
+                None => vec!["activations".into(), "logit-lens".into()],
+            },
+            Scope::TraceTokens => vec!["traces".into()],
+            Scope::Audit | Scope::Rows => self
+                .pointer
+                .as_deref()
+                .and_then(|p| p.strip_prefix("/analyses/"))
+                .and_then(|p| p.split('/').next())
+                .map(|name| vec![name.replace('_', "-")])
+                .unwrap_or_default(),
         }
     }
 
@@ -357,6 +403,67 @@ fn tensor_rows<'a>(
         .collect()
 }
 
+/// The numeric fields of a tensor's metrics, as results.json names them.
+fn tensor_metric_names() -> Vec<String> {
+    let sample = crate::results::TensorMetrics::from_norms("w", vec![1, 1], 0.0, 1.0, 1.0, "none");
+    match serde_json::to_value(sample) {
+        Ok(Value::Object(m)) => m
+            .into_iter()
+            .filter(|(_, v)| v.is_number() || v.is_null())
+            .map(|(k, _)| k)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The fields that name a row in results.json's arrays (a CMAP cell is a layer, a component
+/// and a direction).
+const LABEL_FIELDS: [&str; 8] = [
+    "name",
+    "layer",
+    "block",
+    "component",
+    "direction",
+    "k",
+    "id",
+    "alpha",
+];
+
+/// The objects of the array at `pointer`, each named by its naming fields, else by its index.
+fn pointed_rows<'a>(
+    results: &'a Value,
+    pointer: Option<&str>,
+) -> Vec<(String, &'a serde_json::Map<String, Value>)> {
+    let rows = pointer
+        .and_then(|p| results.pointer(p))
+        .and_then(Value::as_array);
+    rows.into_iter()
+        .flatten()
+        .enumerate()
+        .filter_map(|(i, r)| {
+            let row = r.as_object()?;
+            let named: Vec<String> = LABEL_FIELDS
+                .iter()
+                .filter_map(|k| {
+                    let v = row.get(*k)?;
+                    let v = match v {
+                        Value::String(s) => s.clone(),
+                        Value::Number(n) => n.to_string(),
+                        _ => return None,
+                    };
+                    Some(format!("{k} {v}"))
+                })
+                .collect();
+            let label = if named.is_empty() {
+                format!("row {i}")
+            } else {
+                named.join(" ")
+            };
+            Some((label, row))
+        })
+        .collect()
+}
+
 fn block_rows<'a>(
     results: &'a Value,
     analysis: Option<&str>,
@@ -473,10 +580,24 @@ impl Schedule {
                 "every_s",
                 format!("{MIN_EVERY_S} to {MAX_EVERY_S} seconds"),
             )),
-            (None, Some(c)) => c
-                .parse::<croner::Cron>()
-                .map(|c| Schedule::Cron(Box::new(c)))
-                .map_err(|e| field("cron", format!("`{c}`: {e}"))),
+            (None, Some(c)) => {
+                // Five fields as crontab(5) has them (nicknames such as `@daily` too): croner
+                // would also take seconds and years, which a scan has no use for.
+                let parser = croner::parser::CronParser::builder()
+                    .seconds(croner::parser::Seconds::Disallowed)
+                    .year(croner::parser::Year::Disallowed)
+                    .build();
+                let cron = parser.parse(c).map_err(|e| {
+                    field(
+                        "cron",
+                        format!("`{c}`: {e} (five fields: minute hour day month weekday)"),
+                    )
+                })?;
+                if cron.find_next_occurrence(&Utc::now(), false).is_err() {
+                    return Err(field("cron", format!("`{c}` never fires")));
+                }
+                Ok(Schedule::Cron(Box::new(cron)))
+            }
             (Some(_), Some(_)) => Err(field("every_s` and `cron", "give one, not both")),
             (None, None) => Err(field("every_s` or `cron", "a scan needs a schedule")),
         }
@@ -512,6 +633,12 @@ impl ScanRequest {
         if self.base_mode.unwrap_or_default() == BaseMode::Fixed && self.base.is_none() {
             return Err(field("base", "required unless base_mode is `previous`"));
         }
+        if self.base_mode == Some(BaseMode::Previous) && self.target == Some(TargetKind::Adapter) {
+            return Err(field(
+                "base_mode",
+                "`previous` compares checkpoints; an adapter scan needs a fixed `base`",
+            ));
+        }
         let schedule = Schedule::parse(self.every_s, self.cron.as_deref())?;
         if self.rules.len() > MAX_RULES {
             return Err(field("rules", format!("at most {MAX_RULES}")));
@@ -533,11 +660,31 @@ impl ScanRequest {
                 return Err(field("webhook_secret", "16 to 256 characters"));
             }
         }
-        self.audit_request(
-            self.base.as_deref().unwrap_or("/placeholder"),
-            "/placeholder",
-        )?
-        .into_spec()?;
+        let spec = self
+            .audit_request(
+                self.base.as_deref().unwrap_or("/placeholder"),
+                "/placeholder",
+            )?
+            .into_spec()?;
+        for (i, r) in self.rules.iter().enumerate() {
+            // A rule on an analysis the audit does not run would observe nothing, for ever.
+            let needs = r.reads();
+            if !needs.is_empty()
+                && !spec
+                    .analyses
+                    .iter()
+                    .any(|a| needs.iter().any(|n| n == a.as_str()))
+            {
+                return Err(field(
+                    &format!("rules[{i}]"),
+                    format!(
+                        "`{}` reads the `{}` analysis, which the scan's audit does not run (add it to audit.analyses)",
+                        r.name,
+                        needs.join("` or `")
+                    ),
+                ));
+            }
+        }
         Ok(schedule)
     }
 
@@ -807,8 +954,95 @@ mod tests {
         bad.cron = Some("not a cron".into());
         bad.every_s = None;
         assert!(bad.validate().is_err());
-        let mut bad = ok;
+        let mut bad = ok.clone();
         bad.base = None;
         assert!(bad.validate().is_err());
+    }
+
+    fn refusal(r: &ScanRequest) -> String {
+        match r.validate() {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("accepted: {r:?}"),
+        }
+    }
+
+    #[test]
+    fn rules_that_could_never_fire_are_refused_at_creation() {
+        let ok: ScanRequest = serde_json::from_value(json!({
+            "name": "n", "source": "/data/ckpts", "base": "/data/base", "every_s": 60,
+            "audit": {"analyses": ["weights"]},
+            "rules": [{"name": "big", "severity": "high", "scope": "tensor", "metric": "rel_fro", "op": ">", "value": 0.1}]
+        })).expect("request");
+        let mut typo = ok.clone();
+        typo.rules[0].metric = Some("relfro".into());
+        assert!(refusal(&typo).contains("`relfro` is not a tensor metric"));
+        let mut typo = ok.clone();
+        typo.rules[0].and = vec![Condition {
+            metric: "stable-rank".into(),
+            op: Op::Lt,
+            value: 2.0,
+        }];
+        assert!(refusal(&typo).contains("stable-rank"));
+        let mut traces = ok.clone();
+        traces.rules = vec![rule(
+            json!({"name": "t", "severity": "low", "scope": "trace_tokens", "tokens": ["planet"]}),
+        )];
+        assert!(refusal(&traces).contains("reads the `traces` analysis"));
+        traces.audit = Some(json!({"analyses": ["weights", "traces"]}));
+        assert!(traces.validate().is_ok());
+        let mut pointer = ok.clone();
+        pointer.rules = vec![rule(
+            json!({"name": "kl", "severity": "low", "scope": "audit",
+            "pointer": "/analyses/logit_lens/output/kl_mean", "op": ">", "value": 1.0}),
+        )];
+        assert!(refusal(&pointer).contains("`logit-lens`"));
+        pointer.rules[0].pointer = Some("/grades/mean_patchscope_p20".into());
+        assert!(pointer.validate().is_ok());
+        let mut adapter = ok.clone();
+        adapter.base_mode = Some(BaseMode::Previous);
+        adapter.target = Some(TargetKind::Adapter);
+        assert!(refusal(&adapter).contains("base_mode"));
+    }
+
+    #[test]
+    fn cron_takes_five_fields_and_must_fire() {
+        let mut r: ScanRequest = serde_json::from_value(json!({
+            "name": "n", "source": "/data/ckpts", "base": "/data/base", "cron": "0 3 * * *"
+        }))
+        .expect("request");
+        assert!(r.validate().is_ok());
+        r.cron = Some("@daily".into());
+        assert!(r.validate().is_ok());
+        for bad in ["*/5 * * * * *", "0 3 * * * 2030", "0 0 31 2 *"] {
+            r.cron = Some(bad.into());
+            assert!(refusal(&r).contains("cron"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_rows_rule_reads_any_array_of_objects() {
+        let results = json!({"analyses": {"cmap": {"cells": [
+            {"layer": 0, "component": "attn_out", "direction": "ft_into_base", "recovery": 0.02},
+            {"layer": 3, "component": "mlp_out", "direction": "ft_into_base", "recovery": 0.46}
+        ]}}});
+        let r = rule(
+            json!({"name": "cmap", "severity": "medium", "scope": "rows",
+            "pointer": "/analyses/cmap/cells", "metric": "recovery", "op": ">", "value": 0.3}),
+        );
+        let o = r.evaluate(&results);
+        assert!(o.fired);
+        assert_eq!(o.value, Some(0.46));
+        assert_eq!(
+            o.details,
+            vec!["layer 3 component mlp_out direction ft_into_base".to_string()]
+        );
+        let quiet = rule(
+            json!({"name": "cmap", "severity": "medium", "scope": "rows",
+            "pointer": "/analyses/cmap/cells", "metric": "recovery", "op": ">", "value": 0.5}),
+        );
+        assert!(!quiet.evaluate(&results).fired);
+        let missing = rule(json!({"name": "x", "severity": "low", "scope": "rows",
+            "pointer": "/analyses/stitching/points", "metric": "kl", "op": ">", "value": 0.0}));
+        assert_eq!(missing.evaluate(&results).value, None);
     }
 }

@@ -2,7 +2,9 @@
 //! run and its audit committed together, unique per scan and content), and once an audit has
 //! ended, evaluates the scan's rules on its results.json, stores the alerts and queues their
 //! webhook deliveries in the same transaction.
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use neurodiff_protocol::scan::{BaseMode, Observation, Schedule};
@@ -17,7 +19,7 @@ use crate::sources::{list_hub, list_local, list_s3, HashCache, HubSource, Listin
 use crate::webhooks::WebhookSettings;
 
 /// What scans may do: the same policy, limits and quota as audits submitted to the API.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ScanSettings {
     pub policy: Arc<ReferencePolicy>,
     pub limits: Limits,
@@ -26,6 +28,70 @@ pub struct ScanSettings {
     pub hashes: Arc<HashCache>,
     /// How hub repositories are read (the workers read them the same way).
     pub hub: HubSource,
+    /// A directory or prefix checkpoint is audited once two polls at least this far apart saw
+    /// the same content id (a tokenizer written after the weights is not a second checkpoint).
+    pub settle: Duration,
+    pub sightings: Arc<Sightings>,
+    /// A source that has not answered in this long is given up until the next poll.
+    pub list_timeout: Duration,
+}
+
+impl Default for ScanSettings {
+    fn default() -> Self {
+        ScanSettings {
+            policy: Arc::default(),
+            limits: Limits::default(),
+            quota: Quota::default(),
+            webhooks: WebhookSettings::default(),
+            hashes: Arc::default(),
+            hub: HubSource::default(),
+            settle: Duration::from_secs(30),
+            sightings: Arc::default(),
+            list_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Checkpoints still settling, more than this and the oldest sightings are forgotten (they
+/// wait one more poll).
+const MAX_SIGHTINGS: usize = 100_000;
+
+/// The content id each unaudited checkpoint had when this process first saw it so. In memory
+/// and on the monotonic clock: a restarted scheduler waits one more poll, and no clock change
+/// makes a checkpoint settle early.
+#[derive(Debug, Default)]
+pub struct Sightings(Mutex<HashMap<(Uuid, String), (String, Instant)>>);
+
+impl Sightings {
+    /// Whether `location` has had content `id` for at least `settle`, as this process's polls
+    /// saw it; records the sighting when it is new or the content changed.
+    pub fn settled(
+        &self,
+        scan: Uuid,
+        location: &str,
+        id: &str,
+        now: Instant,
+        settle: Duration,
+    ) -> bool {
+        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (scan, location.to_string());
+        if let Some((was, since)) = seen.get(&key) {
+            if was == id {
+                return now.saturating_duration_since(*since) >= settle;
+            }
+        }
+        if seen.len() >= MAX_SIGHTINGS {
+            seen.clear();
+        }
+        seen.insert(key, (id.to_string(), now));
+        false
+    }
+
+    /// Forgets a checkpoint once it is recorded.
+    pub fn forget(&self, scan: Uuid, location: &str) {
+        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        seen.remove(&(scan, location.to_string()));
+    }
 }
 
 /// What one scan pass did (tests and logs).
@@ -43,6 +109,14 @@ fn schedule_of(scan: &ScanRow) -> Schedule {
 }
 
 async fn list(ctx: &SchedulerContext, scan: &ScanRow) -> Result<Listing, String> {
+    // A source that hangs (a hub API, an S3 endpoint) must not hold up every other scan.
+    let limit = ctx.scans.list_timeout;
+    tokio::time::timeout(limit, list_unbounded(ctx, scan))
+        .await
+        .map_err(|_| format!("the source did not answer within {} s", limit.as_secs()))?
+}
+
+async fn list_unbounded(ctx: &SchedulerContext, scan: &ScanRow) -> Result<Listing, String> {
     let source = scan.request.source.clone();
     let kind = scan.request.target.unwrap_or_default();
     // The source may have been allowed when the scan was made and not since.
@@ -97,7 +171,31 @@ async fn poll(ctx: &SchedulerContext, scan: &ScanRow) -> Result<usize, StoreErro
     let (known, mut previous) = ctx.db.scan_known(scan.id).await?;
     let mut started = 0;
     let mut problem = None;
+    // A commit is immutable; a directory or a prefix may still be gaining files.
+    let settles = !matches!(
+        neurodiff_protocol::classify(&scan.request.source),
+        Ok(ModelRef::Hub { .. })
+    );
+    let mut settling = 0usize;
+    let now = Instant::now();
     for found in listing.complete.iter().filter(|f| !known.contains(&f.id)) {
+        if settles
+            && !ctx.scans.sightings.settled(
+                scan.id,
+                &found.location,
+                &found.id,
+                now,
+                ctx.scans.settle,
+            )
+        {
+            settling += 1;
+            if scan.request.base_mode.unwrap_or_default() == BaseMode::Previous {
+                // Later checkpoints are compared with this one: they wait for it.
+                break;
+            }
+            continue;
+        }
+        ctx.scans.sightings.forget(scan.id, &found.location);
         let base = match scan.request.base_mode.unwrap_or_default() {
             BaseMode::Fixed => scan.request.base.clone(),
             BaseMode::Previous => previous.clone().or_else(|| scan.request.base.clone()),
@@ -170,6 +268,23 @@ async fn poll(ctx: &SchedulerContext, scan: &ScanRow) -> Result<usize, StoreErro
             }
         }
         previous = Some(found.location.clone());
+    }
+    if settling > 0 {
+        // Looked at again once settled, not at the next scheduled poll (a day away for a
+        // daily cron).
+        ctx.db
+            .scan_due_within(scan.id, ctx.scans.settle.as_secs_f64())
+            .await?;
+    }
+    if problem.is_none() {
+        // Not an error, but a trainer that never writes what completes a checkpoint (only
+        // `.bin` weights, say) should show why nothing is audited.
+        problem = listing.incomplete.first().map(|(location, why)| {
+            format!(
+                "{} checkpoint(s) not complete yet; {location}: {why}",
+                listing.incomplete.len()
+            )
+        });
     }
     ctx.db.scan_polled(scan.id, problem.as_deref()).await?;
     Ok(started)
@@ -339,10 +454,11 @@ async fn evaluate(ctx: &SchedulerContext, run: &PendingRun) -> Result<usize, Sto
 /// One pass over due scans and ended runs.
 pub async fn pass(ctx: &SchedulerContext) -> Result<ScanPass, StoreError> {
     let mut p = ScanPass::default();
-    let now = Utc::now();
+    // The next run is reckoned from the database's clock, the one that decides what is due:
+    // a scheduler whose clock is off neither stalls scans nor polls them at every pass.
     let due = ctx
         .db
-        .claim_due_scans(16, |s| schedule_of(s).next_after(now))
+        .claim_due_scans(16, |s, now| schedule_of(s).next_after(now))
         .await?;
     // One scan's or run's failure is logged and recorded; it holds up no other (another
     // team's evaluations least of all).
@@ -400,5 +516,45 @@ pub async fn run(ctx: SchedulerContext, mut shutdown: watch::Receiver<bool>) {
             _ = tokio::time::sleep(ctx.settings.poll) => {}
             _ = shutdown.changed() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checkpoint_settles_once_two_polls_apart_saw_the_same_content() {
+        let seen = Sightings::default();
+        let scan = Uuid::new_v4();
+        let settle = Duration::from_secs(30);
+        let t0 = Instant::now();
+        // The weights are complete; the tokenizer is not written yet.
+        assert!(!seen.settled(scan, "step-1", "id-weights", t0, settle));
+        assert!(!seen.settled(
+            scan,
+            "step-1",
+            "id-weights",
+            t0 + Duration::from_secs(10),
+            settle
+        ));
+        // The tokenizer lands: another id, the wait starts again.
+        let t1 = t0 + Duration::from_secs(20);
+        assert!(!seen.settled(scan, "step-1", "id-full", t1, settle));
+        assert!(!seen.settled(
+            scan,
+            "step-1",
+            "id-full",
+            t0 + Duration::from_secs(45),
+            settle
+        ));
+        assert!(seen.settled(scan, "step-1", "id-full", t1 + settle, settle));
+        // Another scan watching the same place waits for itself.
+        assert!(!seen.settled(Uuid::new_v4(), "step-1", "id-full", t1 + settle, settle));
+        // With no settle time, the second poll is enough.
+        assert!(!seen.settled(scan, "step-2", "x", t0, Duration::ZERO));
+        assert!(seen.settled(scan, "step-2", "x", t0, Duration::ZERO));
+        seen.forget(scan, "step-2");
+        assert!(!seen.settled(scan, "step-2", "x", t0, Duration::ZERO));
     }
 }

@@ -41,7 +41,9 @@ impl Default for WebhookSettings {
             allow_internal: false,
             backoff_base: Duration::from_secs(5),
             backoff_max: Duration::from_secs(3600),
-            max_attempts: 24,
+            // About three days at the default backoff (ten doublings, then hourly), as the big
+            // webhook senders keep retrying: a receiver down for a weekend still gets it.
+            max_attempts: 80,
             timeout: Duration::from_secs(10),
         }
     }
@@ -60,7 +62,10 @@ pub fn signature(secret: &str, t: i64, body: &str) -> String {
 
 fn backoff(s: &WebhookSettings, attempts: i32) -> Duration {
     let factor = 1u32 << (attempts.max(1) - 1).min(16);
-    (s.backoff_base * factor).min(s.backoff_max)
+    // Saturating: an absurd base from the command line waits the cap, it does not panic.
+    s.backoff_base
+        .checked_mul(factor)
+        .map_or(s.backoff_max, |d| d.min(s.backoff_max))
 }
 
 /// Where to connect, checked against the policy; Err: a permanent refusal. The URL is parsed
@@ -238,5 +243,10 @@ mod tests {
         assert_eq!(backoff(&s, 1), Duration::from_secs(1));
         assert_eq!(backoff(&s, 3), Duration::from_secs(4));
         assert_eq!(backoff(&s, 9), Duration::from_secs(5));
+        let huge = WebhookSettings {
+            backoff_base: Duration::from_secs(u64::MAX / 2),
+            ..s.clone()
+        };
+        assert_eq!(backoff(&huge, 12), huge.backoff_max);
     }
 }

@@ -100,8 +100,12 @@ pub struct SchedulerArgs {
     /// The first webhook retry waits this long; each next one twice as long, at most an hour.
     #[arg(long, env = "NEURODIFF_WEBHOOK_BACKOFF_MS", default_value_t = 5_000)]
     pub webhook_backoff_ms: u64,
-    /// Attempts before a delivery is given up.
-    #[arg(long, env = "NEURODIFF_WEBHOOK_MAX_ATTEMPTS", default_value_t = 24)]
+    /// A watched directory's or prefix's checkpoint is audited once two polls this far apart
+    /// saw the same content (files that land after the weights are part of it).
+    #[arg(long, env = "NEURODIFF_SCAN_SETTLE_MS", default_value_t = 30_000)]
+    pub scan_settle_ms: u64,
+    /// Attempts before a delivery is given up (80: about three days at the default backoff).
+    #[arg(long, env = "NEURODIFF_WEBHOOK_MAX_ATTEMPTS", default_value_t = 80)]
     pub webhook_max_attempts: i32,
 }
 
@@ -153,8 +157,9 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
                     max_attempts: args.webhook_max_attempts.max(1),
                     ..WebhookSettings::default()
                 },
-                hashes: Default::default(),
                 hub: neurodiff_scheduler::sources::HubSource::from_env(),
+                settle: Duration::from_millis(args.scan_settle_ms),
+                ..ScanSettings::default()
             },
         };
         eprintln!("neurodiff scheduler running");

@@ -284,9 +284,12 @@ impl Db {
     pub async fn claim_due_scans(
         &self,
         limit: i64,
-        next: impl Fn(&ScanRow) -> DateTime<Utc>,
+        next: impl Fn(&ScanRow, DateTime<Utc>) -> DateTime<Utc>,
     ) -> Result<Vec<ScanRow>> {
         let mut tx = self.pool.begin().await?;
+        let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
+            .fetch_one(&mut *tx)
+            .await?;
         let rows = sqlx::query(&format!(
             "SELECT {SCAN_COLUMNS} FROM scans s JOIN teams t ON t.id = s.team_id \
              WHERE NOT s.paused AND s.next_run_at <= now() ORDER BY s.next_run_at LIMIT $1 \
@@ -299,7 +302,7 @@ impl Db {
         for s in &scans {
             sqlx::query("UPDATE scans SET next_run_at = $2, last_polled_at = now() WHERE id = $1")
                 .bind(s.id)
-                .bind(next(s))
+                .bind(next(s, now))
                 .execute(&mut *tx)
                 .await?;
         }
@@ -317,10 +320,11 @@ impl Db {
         Ok(())
     }
 
-    /// The checkpoint ids this scan has recorded, and the location of its latest run.
+    /// The checkpoint ids this scan has recorded, and the location of its latest run that did
+    /// not fail (the base of the next with `base_mode: previous`).
     pub async fn scan_known(&self, scan: Uuid) -> Result<(Vec<String>, Option<String>)> {
         let rows = sqlx::query(
-            "SELECT checkpoint_id, location FROM scan_runs WHERE scan_id = $1 ORDER BY created_at, id",
+            "SELECT checkpoint_id, location, state FROM scan_runs WHERE scan_id = $1 ORDER BY created_at, id",
         )
         .bind(scan)
         .fetch_all(&self.pool)
@@ -329,7 +333,11 @@ impl Db {
         let mut last = None;
         for r in rows {
             ids.push(r.try_get("checkpoint_id")?);
-            last = Some(r.try_get("location")?);
+            // A checkpoint that was refused or failed its audit is no base for the next.
+            let state: String = r.try_get("state")?;
+            if state != "failed" {
+                last = Some(r.try_get("location")?);
+            }
         }
         Ok((ids, last))
     }
