@@ -234,6 +234,23 @@ fn a_trained_organism_over_rest_on_the_builtin_corpus_equals_the_embedded_audit(
     ] {
         assert!(listed.to_string().contains(plot), "{plot} not in {listed}");
     }
+    // The dashboard draws every section of it, each with its plots.
+    crate::ui::audit_sections_in_browser(
+        &env,
+        &token,
+        &id,
+        &[
+            ("sec-grades", false),
+            ("sec-weights", true),
+            ("sec-activations", true),
+            ("sec-logit-lens", true),
+            ("sec-traces", true),
+            ("sec-cmap", true),
+            ("sec-stitching", true),
+            ("sec-steering", true),
+        ],
+        "10-tier2",
+    );
     // The chosen-blocks fine-tune (blocks 3 and 4) moved nothing before block 3.
     for l in served["analyses"]["activations"]["layers"]
         .as_array()

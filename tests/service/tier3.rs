@@ -147,6 +147,29 @@ fn a_crosscoder_over_rest_finds_the_fine_tunes_domain() {
             .unwrap();
             tokio::time::sleep(Duration::from_millis(300)).await;
             shot(&c, "09-crosscoder.png").await;
+            // The team-wide latents query on the results page finds it by the same word.
+            c.goto(&format!("{ui}#/results")).await.unwrap();
+            c.find(Locator::Css("#l-token"))
+                .await
+                .unwrap()
+                .send_keys(&word)
+                .await
+                .unwrap();
+            c.find(Locator::Css("#l-submit"))
+                .await
+                .unwrap()
+                .click()
+                .await
+                .unwrap();
+            wait_text(
+                &c,
+                "#latents-table",
+                |t| t.contains(&id[..8]),
+                Duration::from_secs(30),
+            )
+            .await;
+            shot(&c, "09b-latents-query.png").await;
+            crate::ui::assert_no_script_errors(&c).await;
             c.close().await.unwrap();
         });
     } else {

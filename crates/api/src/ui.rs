@@ -12,7 +12,8 @@ use axum::Router;
 /// Scripts only from this origin (no inline script, no eval); ECharts sets inline styles, and
 /// the audit's report is shown in a sandboxed frame.
 pub const CSP: &str = "default-src 'self'; img-src 'self' data: blob:; \
-    style-src 'self' 'unsafe-inline'; frame-src blob: 'self'; script-src 'self'";
+    style-src 'self' 'unsafe-inline'; frame-src blob: 'self'; script-src 'self'; \
+    object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 /// One embedded file: its path under `/ui/`, content type and bytes.
 #[derive(Debug)]

@@ -6,6 +6,13 @@
 // string through esc(). Links are built from ids with encodeURIComponent, never from server URLs.
 'use strict';
 
+// Script errors and CSP violations, kept where the browser test reads them (a page that fails
+// halfway looks fine in a screenshot).
+window.__ndErrors = [];
+window.addEventListener('error', (e) => window.__ndErrors.push(`error: ${e.message}`));
+window.addEventListener('unhandledrejection', (e) => window.__ndErrors.push(`rejection: ${e.reason}`));
+document.addEventListener('securitypolicyviolation', (e) => window.__ndErrors.push(`csp: ${e.violatedDirective} ${e.blockedURI}`));
+
 const TOKEN_KEY = 'neurodiff.token';
 const NEXT_KEY = 'neurodiff.next';
 const POLL_MS = 2000;
@@ -658,7 +665,17 @@ async function showResults(ctx, id, root) {
     ['tool', `${r.tool_version} (results schema ${r.schema_version})`],
     ['created', r.created_unix ? new Date(r.created_unix * 1000).toLocaleString() : '—'],
   ]));
-  for (const [title, data, fn] of parts) fn(section(root, title, sid(title)), data, r);
+  for (const [title, data, fn] of parts) {
+    const s = section(root, title, sid(title));
+    // One section that cannot be drawn (results of a newer version, say) says so and takes
+    // neither the others nor the artifacts with it.
+    try {
+      fn(s, data, r);
+    } catch (e) {
+      window.__ndErrors.push(`section ${title}: ${e && e.message}`);
+      s.append(el('p', { class: 'error section-error' }, `This section could not be drawn: ${e && e.message}`));
+    }
+  }
   renderArtifacts(section(root, 'Artifacts', sid('Artifacts')), id, arts.artifacts || []);
   const rep = section(root, 'Report', sid('Report'));
   const frame = el('iframe', { id: 'report-frame', sandbox: '', title: 'report.html' });
@@ -1052,10 +1069,19 @@ async function pageResults(ctx, main) {
     field('block', input('b-layer', { type: 'number', min: 0 })), field('hook', select('b-hook', [['', 'any'], ...HOOKS], '')),
     field('min value', input('b-min', numAttrs)), field('limit', input('b-limit', { type: 'number', min: 1, max: 1000, value: 100 })),
     el('div', {}, el('button', { id: 'b-submit', type: 'submit' }, 'Query blocks')));
+  const lForm = el('form', { id: 'latents-form', class: 'card grid' },
+    field('analysis', select('l-analysis', [['', 'any'], 'crosscoder', 'sae-diff'], '')),
+    field('class', select('l-class', [['', 'any'], 'ft_only', 'base_only', 'shared', 'other', 'diff'], '')),
+    field('token (lens or examples)', input('l-token', { placeholder: 'e.g. garlic' })), field('model (exact reference)', input('l-model')),
+    field('max ν_ε', input('l-nu-eps', numAttrs)), field('max ν_r', input('l-nu-r', numAttrs)),
+    field('limit', input('l-limit', { type: 'number', min: 1, max: 1000, value: 100 })),
+    el('div', {}, el('button', { id: 'l-submit', type: 'submit' }, 'Query latents')));
   const tOut = el('div');
   const bOut = el('div');
+  const lOut = el('div');
   main.append(el('h1', {}, 'Results across audits'), el('h2', {}, 'Tensors (weights)'), tForm, tOut,
-    el('h2', {}, 'Blocks (activations, logit lens)'), bForm, bOut);
+    el('h2', {}, 'Blocks (activations, logit lens)'), bForm, bOut,
+    el('h2', {}, 'Latents (crosscoders, SAEs on differences)'), lForm, lOut);
   const params = (pairs) => {
     const p = new URLSearchParams();
     for (const [k, id] of pairs) if (val(id)) p.set(k, val(id));
@@ -1093,6 +1119,27 @@ async function pageResults(ctx, main) {
         ...BLOCK_METRICS.map((k) => ({ label: k, key: k, num: true })),
         { label: 'audit created', key: 'audit_created_at', cell: (h) => when(h.audit_created_at) },
       ], res.results, { id: 'blocks-table', empty: 'no matching blocks' })));
+    } catch (e) { fail(e); }
+  });
+  lForm.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    clearError();
+    try {
+      const p = params([['analysis', 'l-analysis'], ['class', 'l-class'], ['token', 'l-token'], ['model', 'l-model'],
+        ['max_nu_eps', 'l-nu-eps'], ['max_nu_r', 'l-nu-r'], ['limit', 'l-limit']]);
+      const res = await api('GET', '/v1/results/latents?' + p);
+      if (!ctx.alive) return;
+      const words = (list) => (list || []).slice(0, 8).join(' · ');
+      lOut.replaceChildren(scroll(table([...common,
+        { label: 'analysis', key: 'analysis' }, { label: 'block', key: 'layer', num: true },
+        { label: 'latent', key: 'latent', num: true }, { label: 'class', key: 'class' },
+        { label: 'Δ', key: 'delta_norm', num: true }, { label: 'ν_ε', key: 'nu_eps', num: true }, { label: 'ν_r', key: 'nu_r', num: true },
+        { label: 'frequency', key: 'frequency', num: true },
+        { label: 'decoder lens', value: (h) => words(h.top_tokens), cls: 'mono' },
+        { label: 'top examples', value: (h) => words(h.example_tokens), cls: 'mono' },
+        { label: 'domain hit', value: (h) => (h.domain_hit == null ? '—' : h.domain_hit ? 'yes' : 'no') },
+        { label: 'audit created', key: 'audit_created_at', cell: (h) => when(h.audit_created_at) },
+      ], res.results, { id: 'latents-table', empty: 'no matching latents' })));
     } catch (e) { fail(e); }
   });
 }
