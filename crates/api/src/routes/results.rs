@@ -52,11 +52,26 @@ async fn finished_artifacts(
 
 async fn stream(state: &AppState, artifact: &ArtifactRow) -> Result<Response, ApiError> {
     let body = state.blobs.stream(&artifact.object_key).await?;
+    let plain = !artifact.name.is_empty()
+        && artifact
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    let disposition = if plain {
+        format!("attachment; filename=\"{}\"", artifact.name)
+    } else {
+        "attachment".to_string()
+    };
     Ok((
         [
             (header::CONTENT_TYPE, artifact.content_type.clone()),
             (header::CONTENT_LENGTH, artifact.size_bytes.to_string()),
             (header::ETAG, format!("\"{}\"", artifact.sha256)),
+            // An HTML report holds text from the models (tokens, generations): opened
+            // directly, it is a download, never a page of this origin that runs scripts.
+            (header::CONTENT_DISPOSITION, disposition),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_string()),
+            (header::CONTENT_SECURITY_POLICY, "sandbox".to_string()),
         ],
         Body::from_stream(body.map_err(std::io::Error::other)),
     )
