@@ -410,6 +410,48 @@ fn the_dashboard_logs_in_submits_follows_refuses_and_shows_alerts() {
         .await;
         shot(&c, "08-scan.png").await;
         assert_no_script_errors(&c).await;
+
+        // Two audits side by side: the one submitted and the one the scan started, picked in
+        // the list.
+        c.goto(&format!("{ui}#/audits")).await.unwrap();
+        let start = Instant::now();
+        let picks = loop {
+            let p = c
+                .find_all(Locator::Css("#audits tr[data-id] input.pick"))
+                .await
+                .unwrap();
+            if p.len() >= 2 {
+                break p;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "fewer than two audits listed"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        };
+        picks[0].click().await.unwrap();
+        picks[1].click().await.unwrap();
+        c.find(Locator::Css("#compare-btn"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        let compared = wait_text(
+            &c,
+            "#compare-metrics",
+            |t| t.contains("metric"),
+            Duration::from_secs(20),
+        )
+        .await;
+        assert!(compared.contains("rel"), "{compared}");
+        let charts = c
+            .find_all(Locator::Css("[_echarts_instance_]"))
+            .await
+            .unwrap();
+        assert!(!charts.is_empty(), "no overlay on the compare page");
+        shot(&c, "08b-compare.png").await;
+        assert_no_script_errors(&c).await;
         c.close().await.unwrap();
     });
     let (_, alerts) = env.json("GET", "/v1/alerts?state=acknowledged", &token, None);

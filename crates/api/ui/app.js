@@ -475,11 +475,16 @@ async function pageAudits(ctx, main) {
     // Reload as many as are shown, so polling does not drop the pages loaded with "more".
     const pageData = await api('GET', query(Math.min(500, Math.max(100, audits.length))));
     if (!ctx.alive) return;
-    audits = pageData.audits;
-    next = pageData.next_cursor;
+    const fresh = pageData.audits;
+    // Past 500, the older rows loaded with "more" stay (and so does their cursor).
+    const last = fresh.length ? fresh[fresh.length - 1].created_at : null;
+    const ids = new Set(fresh.map((a) => a.id));
+    const tail = last ? audits.filter((a) => !ids.has(a.id) && a.created_at < last) : [];
+    audits = fresh.concat(tail);
+    if (!tail.length) next = pageData.next_cursor;
     draw();
   };
-  status.addEventListener('change', () => load().catch(fail));
+  status.addEventListener('change', () => { audits = []; next = null; load().catch(fail); });
   search.addEventListener('input', draw);
   compare.addEventListener('click', () => {
     const [a, b] = [...selected];
@@ -495,8 +500,13 @@ async function pageAudits(ctx, main) {
     } catch (e) { fail(e); }
   });
   await load();
-  // Live status: refresh every 2 s while anything shown is queued or running.
-  ctx.every(POLL_MS, async () => { if (audits.some(active)) await load(); });
+  // Live status: refresh every 2 s while anything shown is queued or running, and every 30 s
+  // otherwise (a scan may start an audit at any time).
+  let idle = 0;
+  ctx.every(POLL_MS, async () => {
+    idle = audits.some(active) ? 0 : idle + 1;
+    if (idle === 0 || idle % 15 === 0) await load();
+  });
 }
 
 // ---------------------------------------------------------------- submit
@@ -517,7 +527,9 @@ function parseJson(text, name) {
 }
 
 async function pageSubmit(ctx, main) {
-  const key = newId(); // one Idempotency-Key per form: a double click submits one audit
+  // One Idempotency-Key per request body: a double click (or a retry after a lost answer)
+  // submits one audit, and an edited form is a new audit.
+  const keys = new Map();
   const analyses = input('f-analyses', { value: 'weights', placeholder: 'weights, activations, …' });
   const chips = el('div', { class: 'chips' });
   const drawChips = () => {
@@ -566,7 +578,9 @@ async function pageSubmit(ctx, main) {
         if (val('f-max-samples')) body.corpus.max_samples = Number(val('f-max-samples'));
       }
       button.disabled = true;
-      const audit = await api('POST', '/v1/audits', body, { 'Idempotency-Key': key });
+      const text = JSON.stringify(body);
+      if (!keys.has(text)) keys.set(text, newId());
+      const audit = await api('POST', '/v1/audits', body, { 'Idempotency-Key': keys.get(text) });
       location.hash = '#/audit/' + enc(audit.id);
     } catch (e) {
       if (ctx.alive) fail(e);
@@ -1046,12 +1060,22 @@ async function pageCompare(ctx, main, a, b) {
     el('thead', {}, el('tr', {}, el('th', {}, 'metric'), el('th', {}, label(0)), el('th', {}, label(1)))),
     el('tbody', {}, heads[0].map(([k], i) => el('tr', {}, el('td', {}, k),
       el('td', { class: 'num' }, fmt(heads[0][i][1])), el('td', { class: 'num' }, fmt(heads[1][i][1])))))));
-  const per = results.map((r) => (r && r.analyses.weights ? r.analyses.weights.layers.filter((l) => l.layer !== null) : []));
-  if (per.some((p) => p.length)) {
-    main.append(el('h2', {}, 'rel_fro by block'));
-    lines(main, { xName: 'block', yName: 'rel_fro', logY: true,
-      series: per.map((p, i) => ({ name: label(i), data: p.map((l) => [l.layer, l.rel_fro]) })) });
-  }
+  // One overlay per quantity both audits may have; drawn when either has it.
+  const overlay = (title, xName, yName, logY, pick) => {
+    const series = results.map((r, i) => ({ name: label(i), data: r ? pick(r.analyses || {}) : [] }));
+    if (!series.some((x) => x.data.length)) return;
+    main.append(el('h2', {}, title));
+    lines(main, { xName, yName, logY, series });
+  };
+  const rows = (x, key) => (x && Array.isArray(x[key]) ? x[key] : []);
+  overlay('rel_fro by block', 'block', 'rel_fro', true, (an) => rows(an.weights, 'layers')
+    .filter((l) => l.layer !== null).map((l) => [l.layer, l.rel_fro]));
+  overlay('Activation difference by block (resid_post)', 'block', 'mean_rel_diff', false, (an) => rows(an.activations, 'layers')
+    .filter((l) => l.hook === 'hook_resid_post').map((l) => [l.layer, l.mean_rel_diff]));
+  overlay('Logit-lens KL by block', 'block', 'kl_mean', false, (an) => rows(an.logit_lens, 'layers')
+    .filter((l) => l.layer != null && (l.hook || 'hook_resid_post') === 'hook_resid_post').map((l) => [l.layer, l.kl_mean]));
+  overlay('Stitching: KL to the fine-tune, base blocks [0, k) then the fine-tune', 'k', 'kl_to_ft', false, (an) => rows(an.stitching, 'points')
+    .filter((p) => p.direction === 'base_then_ft').map((p) => [p.k, p.kl_to_ft]));
 }
 
 // ---------------------------------------------------------------- results query

@@ -15,8 +15,9 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::service::SchedulerContext;
-use crate::sources::{list_hub, list_local, list_s3, HashCache, HubSource, Listing};
+use crate::sources::{list_hub, list_local, list_s3, FileDigest, HashCache, HubSource, Listing};
 use crate::webhooks::WebhookSettings;
+use neurodiff_store::scans::StoredDigest;
 
 /// What scans may do: the same policy, limits and quota as audits submitted to the API.
 #[derive(Debug, Clone)]
@@ -138,9 +139,28 @@ async fn list_unbounded(ctx: &SchedulerContext, scan: &ScanRow) -> Result<Listin
                 .map_err(|e| e.0)?;
             let source = canonical;
             let hashes = ctx.scans.hashes.clone();
-            tokio::task::spawn_blocking(move || list_local(&source, kind, &hashes))
-                .await
-                .map_err(|e| format!("listing: {e}"))?
+            if hashes.needs_load(&source) {
+                match ctx.db.file_digests_under(&source).await {
+                    Ok(stored) => hashes.load(stored.into_iter().filter_map(from_stored)),
+                    // Only a cost: what is not loaded is hashed again.
+                    Err(e) => tracing::warn!(error = %e, "stored digests not loaded"),
+                }
+            }
+            let listed = {
+                let hashes = hashes.clone();
+                tokio::task::spawn_blocking(move || list_local(&source, kind, &hashes))
+                    .await
+                    .map_err(|e| format!("listing: {e}"))?
+            };
+            let fresh: Vec<StoredDigest> = hashes
+                .take_fresh()
+                .into_iter()
+                .filter_map(to_stored)
+                .collect();
+            if let Err(e) = ctx.db.store_file_digests(&fresh).await {
+                tracing::warn!(error = %e, "digests not stored; a restart hashes them again");
+            }
+            listed
         }
         ModelRef::Hub {
             org,
@@ -153,6 +173,29 @@ async fn list_unbounded(ctx: &SchedulerContext, scan: &ScanRow) -> Result<Listin
                 .map_err(|e| format!("listing: {e}"))?
         }
     }
+}
+
+fn to_stored(d: FileDigest) -> Option<StoredDigest> {
+    let ns = d
+        .mtime
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_nanos();
+    Some(StoredDigest {
+        path: d.path.to_str()?.to_string(),
+        size: i64::try_from(d.size).ok()?,
+        mtime_ns: i64::try_from(ns).ok()?,
+        sha256: d.sha256,
+    })
+}
+
+fn from_stored(d: StoredDigest) -> Option<FileDigest> {
+    Some(FileDigest {
+        path: d.path.into(),
+        size: u64::try_from(d.size).ok()?,
+        mtime: std::time::UNIX_EPOCH + Duration::from_nanos(u64::try_from(d.mtime_ns).ok()?),
+        sha256: d.sha256,
+    })
 }
 
 /// Polls one scan: starts the audits of its new checkpoints, in order.

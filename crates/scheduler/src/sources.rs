@@ -42,10 +42,75 @@ pub struct Listing {
     pub incomplete: Vec<(String, String)>,
 }
 
-/// File hashes by (path, size, mtime): a checkpoint is read whole once per process, not on
-/// every poll.
+/// One file's digest, as it was when hashed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileDigest {
+    pub path: PathBuf,
+    pub size: u64,
+    pub mtime: SystemTime,
+    pub sha256: String,
+}
+
+/// File hashes by (path, size, mtime): a checkpoint is read whole once, not on every poll. The
+/// scan loop stores what it hashed in PostgreSQL and loads it back for each watched directory,
+/// so a restarted scheduler does not read every checkpoint it has already audited again.
 #[derive(Debug, Default)]
-pub struct HashCache(Mutex<HashMap<(PathBuf, u64, SystemTime), String>>);
+pub struct HashCache {
+    known: Mutex<HashMap<(PathBuf, u64, SystemTime), String>>,
+    /// Hashed by this process and not yet stored.
+    fresh: Mutex<Vec<FileDigest>>,
+    /// Sources whose stored digests are loaded.
+    loaded: Mutex<std::collections::HashSet<String>>,
+    /// Files read whole by this process (tests: a restart re-reads nothing).
+    hashed: std::sync::atomic::AtomicUsize,
+}
+
+impl HashCache {
+    fn get(&self, key: &(PathBuf, u64, SystemTime)) -> Option<String> {
+        self.known.lock().ok().and_then(|c| c.get(key).cloned())
+    }
+
+    fn hashed_now(&self, d: FileDigest) {
+        self.hashed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut c) = self.known.lock() {
+            c.insert((d.path.clone(), d.size, d.mtime), d.sha256.clone());
+        }
+        if let Ok(mut f) = self.fresh.lock() {
+            f.push(d);
+        }
+    }
+
+    /// Whether `source`'s stored digests still have to be loaded; marks them loaded.
+    pub fn needs_load(&self, source: &str) -> bool {
+        self.loaded
+            .lock()
+            .map(|mut l| l.insert(source.to_string()))
+            .unwrap_or(false)
+    }
+
+    /// Digests read back from the database.
+    pub fn load(&self, digests: impl IntoIterator<Item = FileDigest>) {
+        if let Ok(mut c) = self.known.lock() {
+            for d in digests {
+                c.insert((d.path, d.size, d.mtime), d.sha256);
+            }
+        }
+    }
+
+    /// What this process hashed since the last call, to be stored.
+    pub fn take_fresh(&self) -> Vec<FileDigest> {
+        self.fresh
+            .lock()
+            .map(|mut f| std::mem::take(&mut *f))
+            .unwrap_or_default()
+    }
+
+    /// How many files this process has read whole.
+    pub fn files_hashed(&self) -> usize {
+        self.hashed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
 
 /// Orders names as people number checkpoints.
 pub fn natural_key(name: &str) -> Vec<(u8, u128, String)> {
@@ -256,8 +321,7 @@ fn local_checkpoint(dir: &Path, kind: TargetKind, cache: &HashCache) -> Result<S
     for (name, size, mtime) in files.iter().filter(|f| defines_model(&f.0)) {
         let path = dir.join(name);
         let key = (path.clone(), *size, *mtime);
-        let cached = cache.0.lock().ok().and_then(|c| c.get(&key).cloned());
-        let digest = match cached {
+        let digest = match cache.get(&key) {
             Some(d) => d,
             None => {
                 let d = hash_file(&path).map_err(|e| format!("{name}: {e}"))?;
@@ -265,9 +329,12 @@ fn local_checkpoint(dir: &Path, kind: TargetKind, cache: &HashCache) -> Result<S
                 if after.len() != *size || after.modified().ok() != Some(*mtime) {
                     return Err(format!("{name} changed while it was read"));
                 }
-                if let Ok(mut c) = cache.0.lock() {
-                    c.insert(key, d.clone());
-                }
+                cache.hashed_now(FileDigest {
+                    path: key.0,
+                    size: *size,
+                    mtime: *mtime,
+                    sha256: d.clone(),
+                });
                 d
             }
         };

@@ -234,6 +234,29 @@ mod tests {
     }
 
     #[test]
+    fn hosts_that_parse_to_internal_addresses_are_refused_at_delivery() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        // Each passes as a host name or a public-looking literal; each is loopback, the
+        // unspecified address or a mapped private one once parsed as the client parses it.
+        for url in [
+            "http://2130706433/hook",
+            "http://0/hook",
+            "http://0x7f.1/hook",
+            "http://[::ffff:10.0.0.1]/hook",
+        ] {
+            let refused = rt.block_on(target(url, false));
+            assert!(refused.is_err(), "{url}: {refused:?}");
+        }
+        assert!(rt.block_on(target("http://2130706433/hook", true)).is_ok());
+        assert!(rt
+            .block_on(target("http://93.184.215.14/hook", false))
+            .is_ok());
+    }
+
+    #[test]
     fn backoff_doubles_up_to_the_cap() {
         let s = WebhookSettings {
             backoff_base: Duration::from_secs(1),

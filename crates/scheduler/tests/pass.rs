@@ -13,36 +13,14 @@ use neurodiff_protocol::{
 use neurodiff_protocol::{AuditStatus, ModelRecord, PlanRecord, ShardOutput, ShardResult};
 use neurodiff_scheduler::fanin::finish;
 use neurodiff_scheduler::reaper::reap;
-use neurodiff_scheduler::service::{pass, SchedulerContext, SchedulerSettings};
+use neurodiff_scheduler::service::{pass, SchedulerContext};
 use neurodiff_store::shard_result_key;
-use neurodiff_store::{Admission, Blobs, Db, Queue, Quota};
+use neurodiff_store::{Admission, Quota};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
-async fn context(pool: PgPool, max_deliveries: u32) -> SchedulerContext {
-    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let prefix = format!("neurodiff-test:{}", uuid::Uuid::new_v4());
-    SchedulerContext {
-        db: Db { pool },
-        tasks: Queue::connect(&url, &format!("{prefix}:tasks"), 100)
-            .await
-            .unwrap(),
-        events: Queue::connect(&url, &format!("{prefix}:events"), 100)
-            .await
-            .unwrap(),
-        blobs: Blobs::from_url("memory://").unwrap(),
-        settings: SchedulerSettings {
-            name: "scheduler".into(),
-            poll: Duration::from_millis(50),
-            lease_timeout: Duration::from_millis(150),
-            max_deliveries,
-            backoff_base: Duration::from_millis(20),
-            backoff_max: Duration::from_millis(40),
-            reap_every: Duration::from_millis(10),
-        },
-        scans: Default::default(),
-    }
-}
+mod common;
+use common::context;
 
 async fn planned_audit(ctx: &SchedulerContext) -> uuid::Uuid {
     let team = ctx.db.ensure_team("t").await.unwrap();

@@ -703,3 +703,54 @@ async fn insert_alerts(
     }
     Ok(())
 }
+
+/// A watched file's digest as stored: the path, its size and modification time (ns since the
+/// epoch) when it was hashed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredDigest {
+    pub path: String,
+    pub size: i64,
+    pub mtime_ns: i64,
+    pub sha256: String,
+}
+
+impl Db {
+    /// The digests stored for files under `dir` (a watched directory, canonical).
+    pub async fn file_digests_under(&self, dir: &str) -> Result<Vec<StoredDigest>> {
+        let prefix = format!("{}/", dir.trim_end_matches('/'));
+        let rows = sqlx::query(
+            "SELECT path, size, mtime_ns, sha256 FROM file_digests \
+             WHERE left(path, length($1)) = $1 LIMIT 1000000",
+        )
+        .bind(&prefix)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(StoredDigest {
+                    path: r.try_get("path")?,
+                    size: r.try_get("size")?,
+                    mtime_ns: r.try_get("mtime_ns")?,
+                    sha256: r.try_get("sha256")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Stores digests (a second store of the same file changes nothing).
+    pub async fn store_file_digests(&self, digests: &[StoredDigest]) -> Result<()> {
+        for chunk in digests.chunks(1000) {
+            let mut q =
+                sqlx::QueryBuilder::new("INSERT INTO file_digests (path, size, mtime_ns, sha256) ");
+            q.push_values(chunk, |mut b, d| {
+                b.push_bind(&d.path)
+                    .push_bind(d.size)
+                    .push_bind(d.mtime_ns)
+                    .push_bind(&d.sha256);
+            });
+            q.push(" ON CONFLICT DO NOTHING");
+            q.build().execute(&self.pool).await?;
+        }
+        Ok(())
+    }
+}
