@@ -130,6 +130,19 @@ fn next_poll(env: &Env, token: &str, id: &str) {
     });
 }
 
+/// Two polls later the scan has still audited nothing, and says why.
+fn still_waiting(env: &Env, token: &str, id: &str, checkpoint: &str) {
+    next_poll(env, token, id);
+    next_poll(env, token, id);
+    let waiting = scan(env, token, id);
+    assert_eq!(waiting["runs"].as_array().unwrap().len(), 0);
+    let why = waiting["last_error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("not complete yet") && why.contains(checkpoint),
+        "{why}"
+    );
+}
+
 fn alerts(env: &Env, token: &str, scan_id: &str) -> Vec<Value> {
     let (status, page) = env.json(
         "GET",
@@ -244,16 +257,7 @@ fn a_watched_directory_is_audited_once_per_checkpoint_and_alerts_are_delivered_s
     )
     .unwrap();
     std::fs::rename(&staging, &half).unwrap();
-    next_poll(&env, &token, &id);
-    next_poll(&env, &token, &id);
-    let waiting = scan(&env, &token, &id);
-    assert_eq!(waiting["runs"].as_array().unwrap().len(), 0);
-    // The scan says why nothing is audited.
-    let why = waiting["last_error"].as_str().unwrap_or_default();
-    assert!(
-        why.contains("not complete yet") && why.contains("step-1"),
-        "{why}"
-    );
+    still_waiting(&env, &token, &id, "step-1");
 
     // Complete: audited once; the planted low-rank change raises the alert its rule predicts.
     std::fs::write(half.join("model.safetensors"), &weights).unwrap();
@@ -475,16 +479,7 @@ fn a_watched_garage_prefix_is_audited_once_complete() {
         "watch/ckpt-a/config.json",
         std::fs::read(ft.join("config.json")).unwrap(),
     );
-    next_poll(&env, &token, &id);
-    next_poll(&env, &token, &id);
-    let waiting = scan(&env, &token, &id);
-    assert_eq!(waiting["runs"].as_array().unwrap().len(), 0);
-    // The scan says why nothing is audited.
-    let why = waiting["last_error"].as_str().unwrap_or_default();
-    assert!(
-        why.contains("not complete yet") && why.contains("step-1"),
-        "{why}"
-    );
+    still_waiting(&env, &token, &id, "ckpt-a");
     for e in std::fs::read_dir(&ft).unwrap() {
         let e = e.unwrap();
         let name = e.file_name().to_string_lossy().to_string();

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::harness::{free_port, trained_organisms, Env, BIN};
-use crate::ui::{browser, log_in, shot, wait_text, Driver, CHROMEDRIVER};
+use crate::harness::{trained_organisms, Env, BIN};
+use crate::ui::{browser, log_in, shot, wait_text, CHROMEDRIVER};
 
 #[test]
 fn a_crosscoder_over_rest_finds_the_fine_tunes_domain() {
@@ -114,15 +114,7 @@ fn a_crosscoder_over_rest_finds_the_fine_tunes_domain() {
     );
     // The dashboard shows the crosscoder's section (its plots and latent table).
     if std::path::Path::new(CHROMEDRIVER).exists() {
-        let port = free_port();
-        let _driver = Driver(
-            std::process::Command::new(CHROMEDRIVER)
-                .arg(format!("--port={port}"))
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("chromedriver"),
-        );
+        let (_driver, port) = crate::ui::chromedriver();
         let profile = env.dir.path().join("chromium-profile");
         let ui = format!("http://127.0.0.1:{}/ui/", env.api_port);
         env.rt.block_on(async {

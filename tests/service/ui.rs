@@ -28,6 +28,20 @@ fn screenshots() -> PathBuf {
     dir
 }
 
+/// Starts ChromeDriver on a free port; it stops when the guard drops.
+pub(crate) fn chromedriver() -> (Driver, u16) {
+    let port = free_port();
+    let driver = Driver(
+        Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver"),
+    );
+    (driver, port)
+}
+
 /// Opens audit `id` on the dashboard and checks that each section `(id, needs a chart)` is
 /// drawn, without a section error, and that the page recorded no script error; a screenshot of
 /// each section as `{prefix}-{section}.png`. Skipped (outside CI) without chromedriver.
@@ -45,15 +59,7 @@ pub(crate) fn audit_sections_in_browser(
         );
         return;
     }
-    let port = free_port();
-    let _driver = Driver(
-        Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("chromedriver"),
-    );
+    let (_driver, port) = chromedriver();
     let profile = env.dir.path().join(format!("chromium-{prefix}"));
     let ui = format!("http://127.0.0.1:{}/ui/", env.api_port);
     env.rt.block_on(async {
@@ -242,15 +248,7 @@ fn the_dashboard_logs_in_submits_follows_refuses_and_shows_alerts() {
     );
     assert_eq!(status, 201, "{scan}");
 
-    let port = free_port();
-    let _driver = Driver(
-        Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("chromedriver"),
-    );
+    let (_driver, port) = chromedriver();
     let profile = env.dir.path().join("chromium-profile");
     let ui = format!("http://127.0.0.1:{}/ui/", env.api_port);
     let base_s = base.display().to_string();
