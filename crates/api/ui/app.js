@@ -1050,7 +1050,7 @@ async function pageCompare(ctx, main, a, b) {
   if (!ctx.alive) return;
   const label = (i) => `${'AB'[i]}: ${short(audits[i].id)}`;
   main.append(el('div', { class: 'cols' }, audits.map((x, i) => el('div', { class: 'card' },
-    el('h2', {}, label(i), ' ', auditLink(x.id)),
+    el('h2', {}, `${'AB'[i]}: `, auditLink(x.id)),
     kv([['status', badge('status', x.status)], ['base', el('code', {}, x.spec.base)],
       ['target', el('code', {}, targetText(x.spec))], ['analyses', x.spec.analyses.join(', ')],
       ['layers', x.spec.layers ? x.spec.layers.join(', ') : 'all'], ['created', when(x.created_at)],

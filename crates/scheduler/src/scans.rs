@@ -95,6 +95,9 @@ impl Sightings {
     }
 }
 
+/// Scans polled at once by one scheduler.
+const CONCURRENT_POLLS: usize = 4;
+
 /// What one scan pass did (tests and logs).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ScanPass {
@@ -494,6 +497,24 @@ async fn evaluate(ctx: &SchedulerContext, run: &PendingRun) -> Result<usize, Sto
     Ok(usize::from(stored))
 }
 
+/// Polls one scan; a failure is recorded on the scan and starts nothing.
+async fn poll_one(ctx: &SchedulerContext, scan: &ScanRow) -> usize {
+    match poll(ctx, scan).await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(scan = %scan.id, error = %e, "scan poll failed");
+            let _ = ctx
+                .db
+                .scan_polled(
+                    scan.id,
+                    Some("the poll failed; it is retried at the next one"),
+                )
+                .await;
+            0
+        }
+    }
+}
+
 /// One pass over due scans and ended runs.
 pub async fn pass(ctx: &SchedulerContext) -> Result<ScanPass, StoreError> {
     let mut p = ScanPass::default();
@@ -504,23 +525,15 @@ pub async fn pass(ctx: &SchedulerContext) -> Result<ScanPass, StoreError> {
         .claim_due_scans(16, |s, now| schedule_of(s).next_after(now))
         .await?;
     // One scan's or run's failure is logged and recorded; it holds up no other (another
-    // team's evaluations least of all).
-    for scan in &due {
-        p.polled += 1;
-        match poll(ctx, scan).await {
-            Ok(n) => p.audits += n,
-            Err(e) => {
-                tracing::warn!(scan = %scan.id, error = %e, "scan poll failed");
-                let _ = ctx
-                    .db
-                    .scan_polled(
-                        scan.id,
-                        Some("the poll failed; it is retried at the next one"),
-                    )
-                    .await;
-            }
-        }
+    // team's evaluations least of all). A few scans are polled at once, so one slow source
+    // (a large new checkpoint to hash, a hub that answers late) does not delay the rest.
+    let mut started = 0;
+    for batch in due.chunks(CONCURRENT_POLLS) {
+        let polled = futures::future::join_all(batch.iter().map(|scan| poll_one(ctx, scan))).await;
+        started += polled.iter().sum::<usize>();
     }
+    p.polled = due.len();
+    p.audits = started;
     Ok(p)
 }
 
