@@ -234,6 +234,43 @@ fn a_trained_organism_over_rest_on_the_builtin_corpus_equals_the_embedded_audit(
     ] {
         assert!(listed.to_string().contains(plot), "{plot} not in {listed}");
     }
+    // A scan's rules read these results where the ground truth says: a CMAP recovery above 0.3
+    // and any activation difference occur only from the first trained block (3) on.
+    let layer_of = |detail: &str| -> u64 {
+        let after = detail
+            .split_once("layer ")
+            .or_else(|| detail.split_once("block "))
+            .map(|(_, rest)| rest)
+            .unwrap_or_default();
+        after
+            .split(' ')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no block in {detail}"))
+    };
+    for (rule, spec) in [
+        (
+            "cmap",
+            json!({"scope": "rows", "pointer": "/analyses/cmap/cells", "metric": "recovery",
+                   "op": ">", "value": 0.3}),
+        ),
+        (
+            "moved",
+            json!({"scope": "block", "analysis": "activations", "metric": "mean_rel_diff",
+                   "op": ">", "value": 0.0}),
+        ),
+    ] {
+        let mut spec = spec;
+        spec["name"] = json!(rule);
+        spec["severity"] = json!("high");
+        let rule: neurodiff_protocol::scan::Rule = serde_json::from_value(spec).unwrap();
+        let seen = rule.evaluate(&served);
+        assert!(seen.fired, "{}: {}", rule.name, seen.message);
+        for d in &seen.details {
+            assert!(layer_of(d) >= 3, "{}: {d}", rule.name);
+            assert!(!d.ends_with("block 3 hook_resid_pre"), "{}: {d}", rule.name);
+        }
+    }
     // The dashboard draws every section of it, each with its plots.
     crate::ui::audit_sections_in_browser(
         &env,
