@@ -141,18 +141,8 @@ fn a_crosscoder_over_rest_finds_the_fine_tunes_domain() {
             shot(&c, "09-crosscoder.png").await;
             // The team-wide latents query on the results page finds it by the same word.
             c.goto(&format!("{ui}#/results")).await.unwrap();
-            c.find(Locator::Css("#l-token"))
-                .await
-                .unwrap()
-                .send_keys(&word)
-                .await
-                .unwrap();
-            c.find(Locator::Css("#l-submit"))
-                .await
-                .unwrap()
-                .click()
-                .await
-                .unwrap();
+            crate::ui::fill(&c, "#l-token", &word).await;
+            crate::ui::click(&c, "#l-submit").await;
             wait_text(
                 &c,
                 "#latents-table",

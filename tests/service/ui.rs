@@ -108,6 +108,26 @@ pub(crate) fn audit_sections_in_browser(
     });
 }
 
+/// Clicks the element `css` selects.
+pub(crate) async fn click(c: &Client, css: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .click()
+        .await
+        .unwrap();
+}
+
+/// Types `text` into the field `css` selects.
+pub(crate) async fn fill(c: &Client, css: &str, text: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .send_keys(text)
+        .await
+        .unwrap();
+}
+
 /// Fails on any script error, unhandled rejection or CSP violation the dashboard recorded.
 pub(crate) async fn assert_no_script_errors(c: &Client) {
     let errors = c
@@ -187,18 +207,8 @@ pub(crate) async fn wait_text(
 pub(crate) async fn log_in(c: &Client, ui: &str, token: &str) {
     c.goto(&format!("{ui}#/audits")).await.unwrap();
     wait_text(c, "#login", |_| true, Duration::from_secs(20)).await;
-    c.find(Locator::Css("#token"))
-        .await
-        .unwrap()
-        .send_keys(token)
-        .await
-        .unwrap();
-    c.find(Locator::Css("#login"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    fill(&c, "#token", token).await;
+    click(&c, "#login").await;
     wait_text(c, "#audits", |_| true, Duration::from_secs(20)).await;
 }
 
@@ -258,56 +268,26 @@ fn the_dashboard_logs_in_submits_follows_refuses_and_shows_alerts() {
         // Without a token the dashboard asks for one; a wrong one is refused.
         c.goto(&format!("{ui}#/audits")).await.unwrap();
         wait_text(&c, "#login", |_| true, Duration::from_secs(20)).await;
-        c.find(Locator::Css("#token"))
-            .await
-            .unwrap()
-            .send_keys("nd_wrong")
-            .await
-            .unwrap();
-        c.find(Locator::Css("#login"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        fill(&c, "#token", "nd_wrong").await;
+        click(&c, "#login").await;
         wait_text(&c, "#error", |t| t.contains("401"), Duration::from_secs(20)).await;
         let field = c.find(Locator::Css("#token")).await.unwrap();
         field.clear().await.unwrap();
         field.send_keys(&token).await.unwrap();
         shot(&c, "01-login.png").await;
-        c.find(Locator::Css("#login"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&c, "#login").await;
         wait_text(&c, "#audits", |_| true, Duration::from_secs(20)).await;
 
         // Submit from the page; the page follows the audit until it succeeds.
         c.goto(&format!("{ui}#/submit")).await.unwrap();
         wait_text(&c, "#submit-form", |_| true, Duration::from_secs(20)).await;
-        c.find(Locator::Css("#f-base"))
-            .await
-            .unwrap()
-            .send_keys(&base_s)
-            .await
-            .unwrap();
-        c.find(Locator::Css("#f-finetuned"))
-            .await
-            .unwrap()
-            .send_keys(&ft_s)
-            .await
-            .unwrap();
+        fill(&c, "#f-base", &base_s).await;
+        fill(&c, "#f-finetuned", &ft_s).await;
         let analyses = c.find(Locator::Css("#f-analyses")).await.unwrap();
         analyses.clear().await.unwrap();
         analyses.send_keys("weights").await.unwrap();
         shot(&c, "02-submit.png").await;
-        c.find(Locator::Css("#f-submit"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&c, "#f-submit").await;
         let status = wait_text(
             &c,
             "#audit-status",
@@ -387,12 +367,7 @@ fn the_dashboard_logs_in_submits_follows_refuses_and_shows_alerts() {
         .await;
         assert!(detail.contains("high"), "{detail}");
         shot(&c, "07-alert.png").await;
-        c.find(Locator::Css("#ack"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&c, "#ack").await;
         // The button itself: the detail always has an "acknowledged" row label.
         wait_text(&c, "#ack", |t| t == "Acknowledged", Duration::from_secs(20)).await;
 
@@ -429,12 +404,7 @@ fn the_dashboard_logs_in_submits_follows_refuses_and_shows_alerts() {
         };
         picks[0].click().await.unwrap();
         picks[1].click().await.unwrap();
-        c.find(Locator::Css("#compare-btn"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&c, "#compare-btn").await;
         let compared = wait_text(
             &c,
             "#compare-metrics",
