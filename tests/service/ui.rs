@@ -207,8 +207,8 @@ pub(crate) async fn wait_text(
 pub(crate) async fn log_in(c: &Client, ui: &str, token: &str) {
     c.goto(&format!("{ui}#/audits")).await.unwrap();
     wait_text(c, "#login", |_| true, Duration::from_secs(20)).await;
-    fill(&c, "#token", token).await;
-    click(&c, "#login").await;
+    fill(c, "#token", token).await;
+    click(c, "#login").await;
     wait_text(c, "#audits", |_| true, Duration::from_secs(20)).await;
 }
 
