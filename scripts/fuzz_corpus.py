@@ -76,3 +76,11 @@ for i, body in enumerate([
      "weights": {"spectrum": "none", "top_k": 4}},
 ]):
     write("request", f"seed-{i}.json", json.dumps(body))
+
+# Corpus files as a worker reads them: plain text (one sample per line, long and empty lines,
+# Unicode and control characters), JSON Lines with a `text` field.
+write("corpus", "lines.txt", "fn main() {\n\n    println!(\"héllo — 世界\");\n"
+      + "x" * 300 + "\n\t tab\r\n}\n")
+write("corpus", "samples.jsonl", "\n".join(json.dumps(o) for o in [
+    {"text": "The quick brown fox."}, {"text": ""}, {"text": "a\u0000b \U0001F642 " * 20},
+    {"txt": "no text field"}, {"text": 12}]) + "\n")

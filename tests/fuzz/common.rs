@@ -183,9 +183,8 @@ pub fn apply(seed: &[u8], mutations: &[Mutation]) -> Vec<u8> {
     b
 }
 
-/// Inputs: a seed of `target`'s corpus, mutated 0 to 6 times.
-pub fn inputs(target: &str) -> impl Strategy<Value = Vec<u8>> {
-    let seeds = corpus(target);
+/// Inputs: one of `seeds`, mutated 0 to 6 times.
+pub fn inputs(seeds: Vec<Vec<u8>>) -> impl Strategy<Value = Vec<u8>> {
     (
         proptest::sample::select(seeds),
         proptest::collection::vec(mutation(), 0..6),
@@ -203,12 +202,17 @@ pub fn cases() -> u32 {
 
 /// Runs `target` on mutated seeds: no panic, and at most `max_bytes` held at once per case.
 pub fn fuzz(target: &str, max_bytes: usize, run: impl Fn(&[u8])) {
+    fuzz_seeds(target, corpus(target), max_bytes, run);
+}
+
+/// As [`fuzz`], on seeds the target made itself (outputs of a real run, say).
+pub fn fuzz_seeds(target: &str, seeds: Vec<Vec<u8>>, max_bytes: usize, run: impl Fn(&[u8])) {
     let mut runner = TestRunner::new(Config {
         cases: cases(),
         failure_persistence: None,
         ..Config::default()
     });
-    let result = runner.run(&inputs(target), |input| {
+    let result = runner.run(&inputs(seeds), |input| {
         let (outcome, peak) =
             peak_of(|| std::panic::catch_unwind(AssertUnwindSafe(|| run(&input))));
         prop_assert!(

@@ -34,6 +34,9 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opt
     }
 }
 
+/// The token the test deployment reads `/metrics` with.
+pub const METRICS_TOKEN: &str = "metrics-token-of-the-operator";
+
 pub struct Env {
     pub rt: tokio::runtime::Runtime,
     pub db: Db,
@@ -197,7 +200,10 @@ impl Env {
     /// (name, extra args).
     pub fn start(&mut self, workers: &[(&str, &[&str])]) {
         let bind = format!("127.0.0.1:{}", self.api_port);
-        self.spawn("api", &["api", "--bind", &bind]);
+        self.spawn(
+            "api",
+            &["api", "--bind", &bind, "--metrics-token", METRICS_TOKEN],
+        );
         self.start_scheduler("scheduler");
         for (name, extra) in workers {
             self.start_worker(name, extra);

@@ -239,8 +239,12 @@ fn a_service_audit_equals_the_embedded_audit() {
         env.http("POST", "/v1/audits", Some(&token), Some(huge)).0,
         413
     );
-    // /metrics counts what happened.
-    let (status, metrics) = env.http("GET", "/metrics", None, None);
+    // /metrics counts every team's audits: a team's token does not read it, the operator's does.
+    for token in [None, Some(token.as_str())] {
+        let (status, _) = env.http("GET", "/metrics", token, None);
+        assert_eq!(status, 401);
+    }
+    let (status, metrics) = env.http("GET", "/metrics", Some(harness::METRICS_TOKEN), None);
     let metrics = String::from_utf8(metrics).unwrap();
     assert_eq!(status, 200);
     assert!(

@@ -15,7 +15,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 pub use error::ApiError;
-pub use state::AppState;
+pub use state::{AppState, MetricsAccess};
 
 /// Audit specs are small; anything bigger is refused with 413 before it is parsed.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -66,4 +66,12 @@ pub fn app(state: AppState) -> Router {
         ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// `/metrics` alone, for a listener on an address of the operator's (`--metrics-bind`): open to
+/// whoever reaches that address.
+pub fn metrics_app(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics::render))
+        .with_state(state.with_metrics(MetricsAccess::Open))
 }

@@ -10,7 +10,7 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::state::AppState;
+use crate::state::{AppState, MetricsAccess};
 
 #[derive(Debug)]
 pub struct Metrics {
@@ -91,7 +91,43 @@ pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> R
     response
 }
 
-pub async fn render(State(state): State<AppState>) -> Response {
+/// Whether `headers` may read `/metrics` on this listener.
+fn allowed(
+    access: &MetricsAccess,
+    headers: &axum::http::HeaderMap,
+) -> Result<(), (StatusCode, &'static str)> {
+    use sha2::Digest;
+    match access {
+        MetricsAccess::Open => Ok(()),
+        MetricsAccess::Token(want) => {
+            let given = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(|t| <[u8; 32]>::from(sha2::Sha256::digest(t.as_bytes())));
+            // Digests compared whole: no early exit that times a guess.
+            let matches = given
+                .is_some_and(|g| g.iter().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0);
+            if matches {
+                Ok(())
+            } else {
+                Err((
+                    StatusCode::UNAUTHORIZED,
+                    "/metrics needs the deployment's metrics token (--metrics-token)",
+                ))
+            }
+        }
+        MetricsAccess::Off => Err((
+            StatusCode::NOT_FOUND,
+            "/metrics is not served on this address (--metrics-bind, --metrics-token)",
+        )),
+    }
+}
+
+pub async fn render(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    if let Err(refused) = allowed(&state.metrics_access, &headers) {
+        return refused.into_response();
+    }
     let m = &state.metrics;
     match state.db.status_counts().await {
         Ok(counts) => {

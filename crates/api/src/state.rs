@@ -24,6 +24,39 @@ pub struct AppState {
     pub quota: Quota,
     /// Scans' webhooks may name loopback and private addresses (tests, single-tenant setups).
     pub webhook_allow_internal: bool,
+    /// Who may read `/metrics` here (it counts every team's audits).
+    pub metrics_access: MetricsAccess,
+}
+
+/// Who may read `/metrics` on a listener: it counts every team's audits and the queue, which no
+/// team should see, so a deployment either gives it a token or serves it on an address of its
+/// own (`--metrics-bind`, for the operator's network only).
+#[derive(Clone, PartialEq, Eq)]
+pub enum MetricsAccess {
+    /// Anyone who reaches this listener (a listener for metrics alone; tests).
+    Open,
+    /// A bearer token the operator set (`--metrics-token`), compared by its SHA-256.
+    Token([u8; 32]),
+    /// Not served on this listener.
+    Off,
+}
+
+impl MetricsAccess {
+    pub fn token(token: &str) -> MetricsAccess {
+        use sha2::Digest;
+        MetricsAccess::Token(sha2::Sha256::digest(token.as_bytes()).into())
+    }
+}
+
+impl std::fmt::Debug for MetricsAccess {
+    // The token's hash is not printed either.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MetricsAccess::Open => "Open",
+            MetricsAccess::Token(_) => "Token(..)",
+            MetricsAccess::Off => "Off",
+        })
+    }
 }
 
 impl AppState {
@@ -43,12 +76,18 @@ impl AppState {
             limits: Limits::default(),
             quota: Quota::default(),
             webhook_allow_internal: false,
+            metrics_access: MetricsAccess::Open,
         })
     }
 
     /// The deployment's reference policy (the default allows no model source at all).
     pub fn with_policy(mut self, policy: ReferencePolicy) -> AppState {
         self.policy = Arc::new(policy);
+        self
+    }
+
+    pub fn with_metrics(mut self, access: MetricsAccess) -> AppState {
+        self.metrics_access = access;
         self
     }
 

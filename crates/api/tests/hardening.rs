@@ -26,10 +26,11 @@ async fn references_outside_the_policy_are_refused_without_revealing_anything(po
         ("/models/../etc", "/models/x", "field `base`"),
         ("/models/llama", "relative/dir/ckpt", "field `finetuned`"),
         ("/teams/team-b/private", "/models/x", "field `base`"),
+        // The artifact store reads as any prefix outside the roots: nothing says it is there.
         (
             "s3://models/shared/artifacts/audits",
             "/models/x",
-            "reserved",
+            "s3:// prefixes must lie under",
         ),
         (
             "s3://models/shared/x/%2E%2E/%2e%2e/y",
@@ -52,7 +53,7 @@ async fn references_outside_the_policy_are_refused_without_revealing_anything(po
             error.contains(needle),
             "{base} {ft}: `{error}` lacks `{needle}`"
         );
-        for leak in ["missing", "exists", "not found", "No such"] {
+        for leak in ["missing", "exists", "not found", "No such", "reserved"] {
             assert!(!error.contains(leak), "{error}");
         }
     }
@@ -126,6 +127,7 @@ async fn a_team_over_its_quota_gets_429_with_retry_after(pool: PgPool) {
         Quota {
             max_active: 2,
             per_minute: 100,
+            ..Quota::default()
         },
     );
     for _ in 0..2 {
@@ -154,4 +156,79 @@ async fn a_revoked_token_is_refused(pool: PgPool) {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let (status, _) = call(&h, "GET", "/v1/audits", Some(&h.token_b), None, None).await;
     assert_eq!(status, StatusCode::OK);
+}
+
+#[sqlx::test(migrator = "neurodiff_store::MIGRATOR")]
+async fn a_team_has_a_bounded_number_of_scans(pool: PgPool) {
+    let mut h = harness(pool).await;
+    h.state = h.state.clone().with_limits(
+        Limits::default(),
+        Quota {
+            max_scans: 2,
+            ..Quota::default()
+        },
+    );
+    let scan = |name: &str| {
+        json!({"name": name, "source": "/models/watch", "base": "/models/base", "every_s": 3600,
+               "audit": {"analyses": ["weights"]}})
+        .to_string()
+    };
+    for name in ["one", "two"] {
+        let (status, resp) = call(
+            &h,
+            "POST",
+            "/v1/scans",
+            Some(&h.token_a),
+            Some(scan(name)),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{resp}");
+    }
+    let (status, resp) = call(
+        &h,
+        "POST",
+        "/v1/scans",
+        Some(&h.token_a),
+        Some(scan("three")),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{resp}");
+    assert!(
+        resp["error"].as_str().unwrap().contains("--quota-scans"),
+        "{resp}"
+    );
+    // Counted per team: another team still has its own.
+    let (status, resp) = call(
+        &h,
+        "POST",
+        "/v1/scans",
+        Some(&h.token_b),
+        Some(scan("one")),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{resp}");
+}
+
+#[sqlx::test(migrator = "neurodiff_store::MIGRATOR")]
+async fn metrics_are_the_operators_not_a_teams(pool: PgPool) {
+    let mut h = harness(pool).await;
+    h.state = h
+        .state
+        .clone()
+        .with_metrics(neurodiff_api::MetricsAccess::token("operator-secret"));
+    for token in [None, Some(h.token_a.as_str()), Some("operator-secrets")] {
+        let (status, _) = call(&h, "GET", "/metrics", token, None, None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{token:?}");
+    }
+    let (status, _) = call(&h, "GET", "/metrics", Some("operator-secret"), None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    h.state = h
+        .state
+        .clone()
+        .with_metrics(neurodiff_api::MetricsAccess::Off);
+    let (status, _) = call(&h, "GET", "/metrics", Some("operator-secret"), None, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }

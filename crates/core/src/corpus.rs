@@ -21,21 +21,39 @@ fn err(corpus: &str, message: impl Into<String>) -> CoreError {
     }
 }
 
+/// The most bytes of one sample that are kept: a longer line is cut (at a character boundary)
+/// as it is read. No sample needs more: `seq_len` is at most 8192 tokens, and
+/// [`encode`] cuts each sample again, to what its tokens can cover, before tokenizing it.
+pub const MAX_SAMPLE_BYTES: usize = 1 << 20;
+
 /// The samples of a corpus file called `name` (which says its format: `.jsonl` is JSON Lines
 /// with a `text` field, anything else one sample per non-empty line; `.gz` is decompressed),
 /// refusing more than `max_bytes` of text once decompressed.
 pub fn parse(name: &str, bytes: &[u8], max_bytes: u64) -> Result<Vec<String>> {
+    Ok(parse_bounded(name, bytes, max_bytes, usize::MAX)?.0)
+}
+
+/// As [`parse`], keeping only the first `keep` samples (the rest are counted, checked and
+/// dropped); each sample is cut to [`MAX_SAMPLE_BYTES`]. Also returns how many there are.
+pub fn parse_bounded(
+    name: &str,
+    bytes: &[u8],
+    max_bytes: u64,
+    keep: usize,
+) -> Result<(Vec<String>, usize)> {
     let lower = name.to_ascii_lowercase();
-    let (text, stem) = match lower.strip_suffix(".gz") {
+    let decompressed;
+    let (text, stem): (&[u8], &str) = match lower.strip_suffix(".gz") {
         Some(stem) => {
             let mut out = Vec::new();
             flate2::read::GzDecoder::new(bytes)
                 .take(max_bytes.saturating_add(1))
                 .read_to_end(&mut out)
                 .map_err(|e| err(name, format!("not valid gzip: {e}")))?;
-            (out, stem.to_string())
+            decompressed = out;
+            (&decompressed, stem)
         }
-        None => (bytes.to_vec(), lower.clone()),
+        None => (bytes, lower.as_str()),
     };
     if text.len() as u64 > max_bytes {
         return Err(err(
@@ -43,18 +61,20 @@ pub fn parse(name: &str, bytes: &[u8], max_bytes: u64) -> Result<Vec<String>> {
             format!("holds more than {max_bytes} bytes of text (--max-corpus-bytes)"),
         ));
     }
-    let text = String::from_utf8(text).map_err(|e| {
-        err(
-            name,
-            format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()),
-        )
-    })?;
+    let text = std::str::from_utf8(text)
+        .map_err(|e| err(name, format!("not UTF-8 text (byte {})", e.valid_up_to())))?;
     let jsonl = stem.ends_with(".jsonl");
-    let mut samples = Vec::new();
+    let (mut samples, mut total) = (Vec::new(), 0usize);
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
+        let mut take = |sample: &str| {
+            total += 1;
+            if samples.len() < keep {
+                samples.push(clip(sample, MAX_SAMPLE_BYTES).to_string());
+            }
+        };
         if jsonl {
             let v: serde_json::Value = serde_json::from_str(line)
                 .map_err(|e| err(name, format!("line {}: not JSON: {e}", i + 1)))?;
@@ -63,25 +83,65 @@ pub fn parse(name: &str, bytes: &[u8], max_bytes: u64) -> Result<Vec<String>> {
                 .and_then(|t| t.as_str())
                 .ok_or_else(|| err(name, format!("line {}: no string field `text`", i + 1)))?;
             if !t.trim().is_empty() {
-                samples.push(t.to_string());
+                take(t);
             }
         } else {
-            samples.push(line.to_string());
+            take(line);
         }
     }
-    if samples.is_empty() {
+    if total == 0 {
         return Err(err(name, "holds no samples"));
     }
-    Ok(samples)
+    Ok((samples, total))
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends at a character boundary.
+pub fn clip(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// The most bytes of text one token of `tok` stands for, bounded above by the longest entry of
+/// its vocabulary (byte-level and SentencePiece vocabularies spell a byte in one or more
+/// bytes, so an entry is never shorter than the text it covers).
+pub fn longest_token_bytes(tok: &Tokenizer) -> usize {
+    tok.get_vocab(true)
+        .keys()
+        .map(String::len)
+        .max()
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// How many bytes of a sample [`encode`] tokenizes for `seq_len` tokens of at most `longest`
+/// bytes each: `seq_len` tokens' worth, plus 16 tokens and 4 KiB so that the merges at the cut
+/// cannot reach the tokens kept, at most [`MAX_SAMPLE_BYTES`].
+pub fn encoded_bytes(seq_len: usize, longest: usize) -> usize {
+    seq_len
+        .saturating_add(16)
+        .saturating_mul(longest)
+        .saturating_add(4096)
+        .min(MAX_SAMPLE_BYTES)
 }
 
 /// Token ids of each sample, special tokens added as the tokenizer defines, cut to `seq_len`.
+/// Each sample is cut to [`encoded_bytes`] before it is tokenized: a tokenizer's memory grows
+/// by hundreds of bytes per byte of text, and tokens past `seq_len` are dropped anyway. For
+/// tokenizers whose normalizer drops no text this gives the same ids as tokenizing the whole
+/// sample (checked on the fixtures' tokenizers over the built-in corpus).
 pub fn encode(tok: &Tokenizer, samples: &[String], seq_len: usize) -> Result<Vec<Vec<i64>>> {
+    let cut = encoded_bytes(seq_len, longest_token_bytes(tok));
     samples
         .iter()
         .map(|s| {
             let e = tok
-                .encode(s.as_str(), true)
+                .encode(clip(s, cut), true)
                 .map_err(|e| CoreError::Input(format!("cannot tokenize a sample: {e}")))?;
             Ok(e.get_ids()
                 .iter()
@@ -166,6 +226,19 @@ mod tests {
         assert!(parse("a.txt", b"\n\n", 100).is_err());
         assert!(parse("a.txt.gz", b"not gzip", 100).is_err());
         assert!(parse("a.txt", &[0xff, 0xfe], 100).is_err());
+    }
+
+    #[test]
+    fn samples_are_bounded_as_they_are_read() {
+        let long = "é".repeat(MAX_SAMPLE_BYTES);
+        let text = format!("a\n{long}\nb\nc\n");
+        let (samples, total) = parse_bounded("x.txt", text.as_bytes(), 1 << 30, 2).unwrap();
+        assert_eq!(total, 4);
+        assert_eq!(samples.len(), 2);
+        assert!(samples[1].len() <= MAX_SAMPLE_BYTES && samples[1].len() > MAX_SAMPLE_BYTES - 2);
+        assert_eq!(clip("aé", 2), "a");
+        assert_eq!(encoded_bytes(8192, 1 << 20), MAX_SAMPLE_BYTES);
+        assert_eq!(encoded_bytes(16, 4), 32 * 4 + 4096);
     }
 
     #[test]

@@ -47,3 +47,46 @@ impl Default for Limits {
         }
     }
 }
+
+/// Bytes of one token's text in any result (top tokens, examples, latents, vocabularies): a
+/// longer one is cut at a character boundary and ends with `…`. A tokenizer is the team's
+/// input; without this a vocabulary of 100 KiB tokens turns every token list into megabytes.
+pub const MAX_TOKEN_TEXT_BYTES: usize = 64;
+/// Bytes of an example's context (the text around a token) in any result.
+pub const MAX_CONTEXT_TEXT_BYTES: usize = 512;
+/// Bytes of a generated continuation (steering, traces) in any result.
+pub const MAX_GENERATED_TEXT_BYTES: usize = 4096;
+/// Bytes of one shard's output (its JSON): a worker refuses to store a larger one and fails
+/// the audit naming this limit.
+pub const MAX_SHARD_OUTPUT_BYTES: u64 = 256 << 20;
+/// Bytes of all of an audit's shard outputs together: the fan-in holds them at once while it
+/// merges, so it refuses a larger total (the audit fails naming this limit) before reading any.
+pub const MAX_FANIN_BYTES: u64 = 512 << 20;
+
+/// `text` cut to at most `max` bytes at a character boundary; a cut text ends with `…` (within
+/// the `max` bytes).
+pub fn clip_text(mut text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push('…');
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clipped_text_stays_within_its_bound() {
+        assert_eq!(clip_text("short".into(), 64), "short");
+        let long = clip_text("é".repeat(100), 64);
+        assert!(long.len() <= 64 && long.ends_with('…'), "{long}");
+        assert_eq!(clip_text("abcdef".into(), 5), "ab…");
+    }
+}

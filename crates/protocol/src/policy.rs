@@ -80,6 +80,31 @@ fn safe_segment(s: &str) -> bool {
         && !s.chars().any(|c| c.is_control())
 }
 
+/// The longest team name.
+pub const MAX_TEAM_NAME: usize = 64;
+
+/// Whether `name` may name a team: 1 to 64 ASCII letters, digits, `-`, `_` or `.`, starting
+/// with a letter or a digit. Team names become path segments (`{team}` roots) and object keys
+/// (`teams/{team}/`), so nothing else is accepted where a team is created.
+pub fn check_team_name(name: &str) -> Result<(), PolicyError> {
+    let first_ok = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric());
+    let chars_ok = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if first_ok && chars_ok && name.len() <= MAX_TEAM_NAME {
+        Ok(())
+    } else {
+        err(format!(
+            "team name `{}`: 1 to {MAX_TEAM_NAME} ASCII letters, digits, `-`, `_` or `.`, \
+             starting with a letter or a digit",
+            name.escape_debug()
+        ))
+    }
+}
+
 fn percent_decode(s: &str) -> Result<String, PolicyError> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -324,9 +349,9 @@ impl ReferencePolicy {
                 .filter_map(|r| classify(&r).ok())
                 .collect()
         };
-        if roots(&self.denied).iter().any(|d| parsed.is_under(d)) {
-            return refuse("this location is reserved by the service");
-        }
+        // A reserved location (the artifact store, a cache) is refused as any location outside
+        // the team's roots: the message must not tell a team where the service keeps its own.
+        let reserved = roots(&self.denied).iter().any(|d| parsed.is_under(d));
         let narrowed = self.teams.get(team);
         match &parsed {
             ModelRef::Local { .. } | ModelRef::S3 { .. } => {
@@ -335,7 +360,8 @@ impl ReferencePolicy {
                     ModelRef::Local { .. } => "local paths",
                     _ => "s3:// prefixes",
                 };
-                let allowed = roots(deployment).iter().any(|r| parsed.is_under(r))
+                let allowed = !reserved
+                    && roots(deployment).iter().any(|r| parsed.is_under(r))
                     && team_list.is_none_or(|l| roots(l).iter().any(|r| parsed.is_under(r)));
                 if !allowed {
                     let mut visible: Vec<String> = match team_list {
@@ -406,11 +432,9 @@ fn with_team(root: &str, team: &str) -> Option<String> {
     if !root.contains("{team}") {
         return Some(root.to_string());
     }
-    let plain = safe_segment(team)
-        && team
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    plain.then(|| root.replace("{team}", team))
+    check_team_name(team)
+        .is_ok()
+        .then(|| root.replace("{team}", team))
 }
 
 #[cfg(test)]
@@ -427,6 +451,30 @@ mod tests {
         .unwrap();
         p.deny("s3://models/shared/artifacts").unwrap();
         p
+    }
+
+    #[test]
+    fn team_names_are_plain_segments() {
+        for ok in ["a", "team-a", "red_team.2", "A1"] {
+            assert!(check_team_name(ok).is_ok(), "{ok}");
+        }
+        let long = "a".repeat(MAX_TEAM_NAME + 1);
+        for bad in [
+            "",
+            ".",
+            "..",
+            "-x",
+            ".hidden",
+            "a/b",
+            "a b",
+            "é",
+            "a\n",
+            long.as_str(),
+        ] {
+            assert!(check_team_name(bad).is_err(), "{bad:?}");
+        }
+        // A root with `{team}` matches nothing for a name that is not one.
+        assert_eq!(with_team("/t/{team}", "../x"), None);
     }
 
     #[test]
@@ -473,9 +521,17 @@ mod tests {
         assert!(p.check("red", "base", "/models/blue").is_err());
         assert!(p.check("red", "base", "/teams/red/x").is_err());
         assert!(p.check("blue", "base", "s3://models/shared/llama").is_ok());
-        assert!(p
+        let reserved = p
             .check("blue", "base", "s3://models/shared/artifacts/x")
-            .is_err());
+            .unwrap_err()
+            .0;
+        let outside = p.check("blue", "base", "s3://elsewhere/x").unwrap_err().0;
+        // Refused as any location outside the roots: nothing says the store lies there.
+        assert!(!reserved.contains("reserved"), "{reserved}");
+        assert_eq!(
+            reserved.replace("models/shared/artifacts", "elsewhere"),
+            outside
+        );
         assert!(p.check("blue", "base", "s3://models/teams/blue/m").is_ok());
         assert!(p.check("blue", "base", "s3://models/teams/red/m").is_err());
         assert!(p.check("blue", "base", "meta-llama/Llama-3@main").is_ok());

@@ -762,7 +762,9 @@ pub fn is_internal(ip: IpAddr) -> bool {
             };
             // Addresses that carry an IPv4 one: NAT64 (64:ff9b::/96), IPv4-compatible (::/96),
             // 6to4 (2002::/16) reach that IPv4 address.
+            // So do IPv4-translated addresses (SIIT, ::ffff:0:a.b.c.d).
             if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
+                || s[..6] == [0, 0, 0, 0, 0xffff, 0]
                 || (s[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified())
             {
                 return is_internal(embedded(s[6], s[7]));
@@ -770,7 +772,12 @@ pub fn is_internal(ip: IpAddr) -> bool {
             if s[0] == 0x2002 {
                 return is_internal(embedded(s[1], s[2]));
             }
+            // Teredo (2001::/32) tunnels to an IPv4 address obfuscated in its last bits and
+            // relayed by a server named in the address: refused whole, as are documentation
+            // (2001:db8::/32) and discard-only (100::/64) addresses.
             v6.is_loopback()
+                || (s[0] == 0x2001 && (s[1] == 0 || s[1] == 0x0db8))
+                || s[..4] == [0x100, 0, 0, 0]
                 || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1)
                 || (s[0] & 0xffc0) == 0xfec0
                 || v6.is_unspecified()
@@ -778,6 +785,41 @@ pub fn is_internal(ip: IpAddr) -> bool {
                 || (s[0] & 0xfe00) == 0xfc00
                 || (s[0] & 0xffc0) == 0xfe80
         }
+    }
+}
+
+/// How errors and logs name a webhook target: its scheme, host and port only. A URL's path and
+/// query may carry a secret (a token in `?key=`), which must not reach an error column, the
+/// alerts API or a log line.
+pub fn shown_target(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("?", url));
+    let scheme: String = scheme
+        .chars()
+        .take(8)
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect();
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host_port = authority.rsplit('@').next().unwrap_or("");
+    let host_port: String = host_port
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+        .take(260)
+        .collect();
+    let has_port = host_port.rsplit_once(':').is_some_and(|(h, p)| {
+        !h.ends_with(':')
+            && !p.is_empty()
+            && p.chars().all(|c| c.is_ascii_digit())
+            && (!h.starts_with('[') || h.ends_with(']'))
+    });
+    let default_port = match scheme.as_str() {
+        "https" => ":443",
+        "http" => ":80",
+        _ => "",
+    };
+    if has_port {
+        format!("{scheme}://{host_port}")
+    } else {
+        format!("{scheme}://{host_port}{default_port}")
     }
 }
 
@@ -793,7 +835,10 @@ pub fn check_webhook_url(url: &str, allow_internal: bool) -> Result<(String, u16
     } else if let Some(r) = url.strip_prefix("http://") {
         (r, 80)
     } else {
-        return Err(format!("`{url}`: an http:// or https:// URL"));
+        return Err(format!(
+            "`{}`: an http:// or https:// URL",
+            shown_target(url)
+        ));
     };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     if authority.contains('@') {
@@ -813,7 +858,7 @@ pub fn check_webhook_url(url: &str, allow_internal: bool) -> Result<(String, u16
         None => default_port,
     };
     if host.is_empty() {
-        return Err(format!("`{url}`: no host"));
+        return Err(format!("`{}`: no host", shown_target(url)));
     }
     // Plain names and address literals only: a backslash, a percent escape or a non-ASCII name
     // is read differently by different URL parsers, and the host checked must be the host used.
@@ -929,6 +974,17 @@ mod tests {
             assert!(check_webhook_url(bad, false).is_err(), "{bad}");
         }
         assert!(check_webhook_url("http://127.0.0.1:9/", true).is_ok());
+        for ip in [
+            "::ffff:0:10.0.0.1",
+            "::ffff:0:127.0.0.1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "2001::1",
+            "2001:db8::1",
+            "100::1",
+        ] {
+            assert!(is_internal(ip.parse().expect("ip")), "{ip}");
+        }
+        assert!(!is_internal("2001:4860:4860::8888".parse().expect("ip")));
         assert!(!is_internal("2606:4700::1111".parse().expect("ip")));
         assert!(!is_internal("8.8.8.8".parse().expect("ip")));
     }

@@ -6,6 +6,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use neurodiff_protocol::limits::{MAX_FANIN_BYTES, MAX_SHARD_OUTPUT_BYTES};
 use neurodiff_protocol::{AuditResults, PlanRecord, ShardOutput};
 use neurodiff_report::ReportFile;
 use neurodiff_store::{artifact_key, shard_result_key, ArtifactRow, Finishing, StoreError};
@@ -22,6 +23,39 @@ pub enum FanInError {
     Store(#[from] StoreError),
 }
 
+/// Refuses an audit whose shard outputs together are more than the fan-in may hold at once
+/// ([`MAX_FANIN_BYTES`]), or one of which is more than a shard may return, before any is read:
+/// one audit cannot take the scheduler's memory (and every other audit's fan-in) down with it.
+async fn check_sizes(ctx: &SchedulerContext, f: &Finishing) -> Result<(), FanInError> {
+    let mut total = 0u64;
+    for (key, attempt) in &f.shards {
+        let object = shard_result_key(f.audit.id, &key.to_string(), *attempt);
+        let size = match ctx.blobs.head(&object).await {
+            Ok(o) => o.size,
+            Err(StoreError::NotFound { what }) => {
+                return Err(FanInError::Invalid(format!(
+                    "shard {key}: its result is missing ({what})"
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if size > MAX_SHARD_OUTPUT_BYTES {
+            return Err(FanInError::Invalid(format!(
+                "shard {key}: its output is {size} bytes, more than a shard may return \
+                 ({MAX_SHARD_OUTPUT_BYTES} bytes)"
+            )));
+        }
+        total += size;
+    }
+    if total > MAX_FANIN_BYTES {
+        return Err(FanInError::Invalid(format!(
+            "the shards' outputs total {total} bytes, more than the fan-in merges at once \
+             ({MAX_FANIN_BYTES} bytes): audit fewer layers or samples per audit"
+        )));
+    }
+    Ok(())
+}
+
 /// Returns false when the audit was cancelled meanwhile.
 pub async fn finish(ctx: &SchedulerContext, f: Finishing) -> Result<bool, FanInError> {
     let audit = f.audit.id;
@@ -33,6 +67,7 @@ pub async fn finish(ctx: &SchedulerContext, f: Finishing) -> Result<bool, FanInE
             serde_json::from_value(m)
                 .map_err(|e| FanInError::Invalid(format!("model records: {e}")))
         })?;
+    check_sizes(ctx, &f).await?;
     let mut shards = Vec::with_capacity(f.shards.len());
     for (key, attempt) in &f.shards {
         let object = shard_result_key(audit, &key.to_string(), *attempt);

@@ -3,6 +3,7 @@
 //! through `neurodiff_analyses` and `neurodiff_report`, as the embedded audit does); runs the
 //! scheduled scans and delivers their alerts to webhooks.
 pub mod fanin;
+pub mod fsread;
 pub mod reaper;
 pub mod scans;
 pub mod service;

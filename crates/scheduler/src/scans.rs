@@ -3,6 +3,7 @@
 //! ended, evaluates the scan's rules on its results.json, stores the alerts and queues their
 //! webhook deliveries in the same transaction.
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,7 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use crate::fsread::Budget;
 use crate::service::SchedulerContext;
 use crate::sources::{list_hub, list_local, list_s3, FileDigest, HashCache, HubSource, Listing};
 use crate::webhooks::WebhookSettings;
@@ -33,8 +35,16 @@ pub struct ScanSettings {
     /// the same content id (a tokenizer written after the weights is not a second checkpoint).
     pub settle: Duration,
     pub sightings: Arc<Sightings>,
-    /// A source that has not answered in this long is given up until the next poll.
+    /// A source that has not answered in this long is given up until the next poll (and its
+    /// hashing stopped).
     pub list_timeout: Duration,
+    /// Bytes one poll of one scan may hash; a checkpoint not hashed whole by then is hashed on
+    /// at the next poll, from where this one stopped.
+    pub poll_budget_bytes: u64,
+    /// Polls of one team's scans running at once; its other due scans wait their turn.
+    pub polls_per_team: usize,
+    /// Raised when the scheduler leaves: every poll's hashing stops at its next read.
+    pub stop: Arc<AtomicBool>,
 }
 
 impl Default for ScanSettings {
@@ -49,6 +59,9 @@ impl Default for ScanSettings {
             settle: Duration::from_secs(30),
             sightings: Arc::default(),
             list_timeout: Duration::from_secs(300),
+            poll_budget_bytes: 16 << 30,
+            polls_per_team: 2,
+            stop: Arc::default(),
         }
     }
 }
@@ -95,8 +108,8 @@ impl Sightings {
     }
 }
 
-/// Scans polled at once by one scheduler.
-const CONCURRENT_POLLS: usize = 4;
+/// Scans polled at once by one scheduler (each in a task of its own).
+const MAX_POLLS: usize = 64;
 
 /// What one scan pass did (tests and logs).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -113,14 +126,30 @@ fn schedule_of(scan: &ScanRow) -> Schedule {
 }
 
 async fn list(ctx: &SchedulerContext, scan: &ScanRow) -> Result<Listing, String> {
-    // A source that hangs (a hub API, an S3 endpoint) must not hold up every other scan.
+    // A source that hangs (a hub API, an S3 endpoint) must not hold up this scan past its
+    // time, and the thread hashing a local one stops when the time is up.
     let limit = ctx.scans.list_timeout;
-    tokio::time::timeout(limit, list_unbounded(ctx, scan))
-        .await
-        .map_err(|_| format!("the source did not answer within {} s", limit.as_secs()))?
+    let budget = Arc::new(Budget::new(
+        ctx.scans.poll_budget_bytes,
+        ctx.scans.stop.clone(),
+    ));
+    match tokio::time::timeout(limit, list_unbounded(ctx, scan, budget.clone())).await {
+        Ok(listed) => listed,
+        Err(_) => {
+            budget.stop();
+            Err(format!(
+                "the source did not answer within {} s",
+                limit.as_secs()
+            ))
+        }
+    }
 }
 
-async fn list_unbounded(ctx: &SchedulerContext, scan: &ScanRow) -> Result<Listing, String> {
+async fn list_unbounded(
+    ctx: &SchedulerContext,
+    scan: &ScanRow,
+    budget: Arc<Budget>,
+) -> Result<Listing, String> {
     let source = scan.request.source.clone();
     let kind = scan.request.target.unwrap_or_default();
     // The source may have been allowed when the scan was made and not since.
@@ -151,7 +180,7 @@ async fn list_unbounded(ctx: &SchedulerContext, scan: &ScanRow) -> Result<Listin
             }
             let listed = {
                 let hashes = hashes.clone();
-                tokio::task::spawn_blocking(move || list_local(&source, kind, &hashes))
+                tokio::task::spawn_blocking(move || list_local(&source, kind, &hashes, &budget))
                     .await
                     .map_err(|e| format!("listing: {e}"))?
             };
@@ -515,26 +544,108 @@ async fn poll_one(ctx: &SchedulerContext, scan: &ScanRow) -> usize {
     }
 }
 
-/// One pass over due scans and ended runs.
-pub async fn pass(ctx: &SchedulerContext) -> Result<ScanPass, StoreError> {
-    let mut p = ScanPass::default();
-    // The next run is reckoned from the database's clock, the one that decides what is due:
-    // a scheduler whose clock is off neither stalls scans nor polls them at every pass.
-    let due = ctx
-        .db
-        .claim_due_scans(16, |s, now| schedule_of(s).next_after(now))
-        .await?;
-    // One scan's or run's failure is logged and recorded; it holds up no other (another
-    // team's evaluations least of all). A few scans are polled at once, so one slow source
-    // (a large new checkpoint to hash, a hub that answers late) does not delay the rest.
-    let mut started = 0;
-    for batch in due.chunks(CONCURRENT_POLLS) {
-        let polled = futures::future::join_all(batch.iter().map(|scan| poll_one(ctx, scan))).await;
-        started += polled.iter().sum::<usize>();
+/// The scans being polled, each in a task of its own: a pass starts the due ones and does not
+/// wait for them, so one scan's slow source (a large checkpoint to hash, a hub that answers
+/// late) delays no other scan, another team's least of all.
+#[derive(Debug, Default)]
+pub struct Polls {
+    tasks: tokio::task::JoinSet<usize>,
+    /// Scan and team of each poll in flight.
+    running: HashMap<Uuid, Uuid>,
+    /// The scan of each task (a task that panicked is known by its id only).
+    scans: HashMap<tokio::task::Id, Uuid>,
+}
+
+impl Polls {
+    /// Polls in flight.
+    pub fn len(&self) -> usize {
+        self.running.len()
     }
-    p.polled = due.len();
-    p.audits = started;
-    Ok(p)
+
+    pub fn is_empty(&self) -> bool {
+        self.running.is_empty()
+    }
+
+    fn team_polls(&self, team: Uuid) -> usize {
+        self.running.values().filter(|t| **t == team).count()
+    }
+
+    fn ended(&mut self, joined: Result<(tokio::task::Id, usize), tokio::task::JoinError>) -> usize {
+        let (id, started) = match joined {
+            Ok((id, started)) => (id, started),
+            Err(e) => {
+                tracing::error!(error = %e, "a scan poll panicked");
+                (e.id(), 0)
+            }
+        };
+        if let Some(scan) = self.scans.remove(&id) {
+            self.running.remove(&scan);
+        }
+        started
+    }
+
+    /// Audits started by the polls that have ended since the last call.
+    pub fn reap(&mut self) -> usize {
+        let mut started = 0;
+        while let Some(joined) = self.tasks.try_join_next_with_id() {
+            started += self.ended(joined);
+        }
+        started
+    }
+
+    /// Waits for every poll in flight; the audits they started.
+    pub async fn wait(&mut self) -> usize {
+        let mut started = 0;
+        while let Some(joined) = self.tasks.join_next_with_id().await {
+            started += self.ended(joined);
+        }
+        started
+    }
+
+    /// Starts a poll of each due scan not already being polled, within the team's and the
+    /// scheduler's bounds; the number started.
+    pub async fn start(&mut self, ctx: &SchedulerContext) -> Result<usize, StoreError> {
+        if self.len() >= MAX_POLLS {
+            return Ok(0);
+        }
+        // The next run is reckoned from the database's clock, the one that decides what is
+        // due: a scheduler whose clock is off neither stalls scans nor polls them at every pass.
+        let due = ctx
+            .db
+            .claim_due_scans(16, |s, now| schedule_of(s).next_after(now))
+            .await?;
+        let mut started = 0;
+        for scan in due {
+            if self.running.contains_key(&scan.id) {
+                continue;
+            }
+            if self.team_polls(scan.team.id) >= ctx.scans.polls_per_team.max(1) {
+                // The team's other polls are still running: this one is due again shortly.
+                ctx.db
+                    .scan_due_within(scan.id, ctx.settings.poll.as_secs_f64())
+                    .await?;
+                continue;
+            }
+            self.running.insert(scan.id, scan.team.id);
+            let (ctx, id) = (ctx.clone(), scan.id);
+            let task = self.tasks.spawn(async move { poll_one(&ctx, &scan).await });
+            self.scans.insert(task.id(), id);
+            started += 1;
+        }
+        Ok(started)
+    }
+}
+
+/// One pass over due scans, waiting for their polls (tests drive the scans pass by pass).
+pub async fn pass(ctx: &SchedulerContext) -> Result<ScanPass, StoreError> {
+    let mut polls = Polls::default();
+    let polled = polls.start(ctx).await?;
+    let audits = polls.wait().await;
+    Ok(ScanPass {
+        polled,
+        audits,
+        ..ScanPass::default()
+    })
 }
 
 /// Evaluates the runs whose audits have ended.
@@ -552,26 +663,35 @@ pub async fn evaluate_pending(ctx: &SchedulerContext, p: &mut ScanPass) -> Resul
 }
 
 /// The scan loop, beside the scheduler's passes: hashing a large new checkpoint holds up no
-/// shard.
+/// shard, and no other scan (each poll runs on its own). On shutdown every poll's hashing is
+/// stopped and the polls are given a few seconds to record where they were.
 pub async fn run(ctx: SchedulerContext, mut shutdown: watch::Receiver<bool>) {
+    let mut polls = Polls::default();
     while !*shutdown.borrow() {
-        let result = match pass(&ctx).await {
-            Ok(mut p) => evaluate_pending(&ctx, &mut p).await.map(|()| p),
-            Err(e) => {
-                tracing::warn!(error = %e, "claiming due scans failed");
-                let mut p = ScanPass::default();
-                evaluate_pending(&ctx, &mut p).await.map(|()| p)
-            }
+        let mut p = ScanPass {
+            audits: polls.reap(),
+            ..ScanPass::default()
         };
-        match result {
-            Ok(p) if p != ScanPass::default() => tracing::info!(?p, "scan pass"),
-            Ok(_) => {}
+        match polls.start(&ctx).await {
+            Ok(n) => p.polled = n,
+            Err(e) => tracing::warn!(error = %e, "claiming due scans failed"),
+        }
+        match evaluate_pending(&ctx, &mut p).await {
+            Ok(()) if p != ScanPass::default() => tracing::info!(?p, "scan pass"),
+            Ok(()) => {}
             Err(e) => tracing::warn!(error = %e, "scan pass failed; retrying"),
         }
         tokio::select! {
             _ = tokio::time::sleep(ctx.settings.poll) => {}
             _ = shutdown.changed() => {}
         }
+    }
+    ctx.scans.stop.store(true, Ordering::SeqCst);
+    if tokio::time::timeout(Duration::from_secs(10), polls.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("scan polls did not stop in time; abandoned");
     }
 }
 

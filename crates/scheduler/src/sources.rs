@@ -19,6 +19,8 @@ use std::sync::Mutex;
 use std::time::SystemTime;
 
 use neurodiff_protocol::scan::TargetKind;
+
+use crate::fsread::{hash, Budget, Dir, Partial, Stopped};
 use neurodiff_store::Blobs;
 use sha2::{Digest, Sha256};
 
@@ -63,7 +65,12 @@ pub struct HashCache {
     loaded: Mutex<std::collections::HashSet<String>>,
     /// Files read whole by this process (tests: a restart re-reads nothing).
     hashed: std::sync::atomic::AtomicUsize,
+    /// Files an earlier poll hashed in part (its budget ran out): resumed by the next.
+    partial: Mutex<HashMap<(PathBuf, u64, SystemTime), Partial>>,
 }
+
+/// Files hashed in part that are remembered; more and the oldest are hashed from the start.
+const MAX_PARTIAL: usize = 256;
 
 impl HashCache {
     fn get(&self, key: &(PathBuf, u64, SystemTime)) -> Option<String> {
@@ -78,6 +85,19 @@ impl HashCache {
         }
         if let Ok(mut f) = self.fresh.lock() {
             f.push(d);
+        }
+    }
+
+    fn take_partial(&self, key: &(PathBuf, u64, SystemTime)) -> Option<Partial> {
+        self.partial.lock().ok().and_then(|mut p| p.remove(key))
+    }
+
+    fn keep_partial(&self, key: (PathBuf, u64, SystemTime), partial: Partial) {
+        if let Ok(mut p) = self.partial.lock() {
+            if p.len() >= MAX_PARTIAL {
+                p.clear();
+            }
+            p.insert(key, partial);
         }
     }
 
@@ -232,41 +252,13 @@ fn weight_files(names: &[String], index: Option<&[u8]>) -> Result<Vec<String>, S
     Ok(wanted)
 }
 
-/// An index file, refused when larger than any real one.
-fn read_index(path: &Path) -> Result<Vec<u8>, String> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
-    let size = std::fs::metadata(path)
-        .map_err(|e| format!("{name}: {e}"))?
-        .len();
-    if size > MAX_HEADER {
-        return Err(format!("{name}: {size} bytes, too large for an index"));
-    }
-    std::fs::read(path).map_err(|e| format!("{name}: {e}"))
+/// Whether the safetensors file `name` in `dir` is as long as its header says.
+fn safetensors_complete(dir: &Dir, name: &str, size: u64) -> Result<(), String> {
+    let (mut f, _) = dir.open_file(name)?;
+    header_complete(&mut f, name, size)
 }
 
-fn hash_file(path: &Path) -> std::io::Result<String> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
-}
-
-fn safetensors_complete(path: &Path, size: u64) -> Result<(), String> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
-    let mut f = std::fs::File::open(path).map_err(|e| format!("{name}: {e}"))?;
+fn header_complete(f: &mut impl Read, name: &str, size: u64) -> Result<(), String> {
     let mut len = [0u8; 8];
     f.read_exact(&mut len)
         .map_err(|_| format!("{name}: shorter than a safetensors header"))?;
@@ -284,14 +276,59 @@ fn safetensors_complete(path: &Path, size: u64) -> Result<(), String> {
     }
 }
 
+/// The sha256 of `name` in `dir`, as it was listed (`size`, `mtime`): from the cache, or read
+/// within the poll's budget (resumed where an earlier poll stopped).
+fn digest(
+    dir: &Dir,
+    name: &str,
+    (size, mtime): (u64, SystemTime),
+    cache: &HashCache,
+    budget: &Budget,
+) -> Result<String, String> {
+    let key = (dir.shown.join(name), size, mtime);
+    if let Some(d) = cache.get(&key) {
+        return Ok(d);
+    }
+    let (file, meta) = dir.open_file(name)?;
+    if meta.len() != size || meta.modified().ok() != Some(mtime) {
+        return Err(format!("{name} changed while it was read"));
+    }
+    let d = match hash(file, size, cache.take_partial(&key), budget) {
+        Ok(d) => d,
+        Err(Stopped::Budget { partial }) => {
+            let done = partial.0;
+            cache.keep_partial(key, partial);
+            return Err(format!(
+                "{name}: {done} of {size} bytes hashed; this poll's hashing budget is spent, \
+                 the next poll goes on"
+            ));
+        }
+        Err(Stopped::Cancelled) => return Err("the poll was stopped".into()),
+        Err(Stopped::Io(e)) => return Err(format!("{name}: {e}")),
+    };
+    let after = std::fs::symlink_metadata(dir.at(name)).map_err(|e| e.to_string())?;
+    if after.len() != size || after.modified().ok() != Some(mtime) {
+        return Err(format!("{name} changed while it was read"));
+    }
+    cache.hashed_now(FileDigest {
+        path: key.0,
+        size,
+        mtime,
+        sha256: d.clone(),
+    });
+    Ok(d)
+}
+
 /// One local checkpoint directory: its id, or why it is not complete.
-fn local_checkpoint(dir: &Path, kind: TargetKind, cache: &HashCache) -> Result<String, String> {
+fn local_checkpoint(
+    dir: &Dir,
+    kind: TargetKind,
+    cache: &HashCache,
+    budget: &Budget,
+) -> Result<String, String> {
     let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(|e| e.to_string())? {
-        let entry = entry.map_err(|e| e.to_string())?;
+    for (name, meta) in dir.entries()? {
         // Links are not followed: what a checkpoint is must be in the directory itself.
-        let meta = entry.path().symlink_metadata().map_err(|e| e.to_string())?;
-        let name = entry.file_name().to_string_lossy().to_string();
         if meta.is_file() && !name.starts_with('.') {
             files.push((
                 name,
@@ -311,48 +348,36 @@ fn local_checkpoint(dir: &Path, kind: TargetKind, cache: &HashCache) -> Result<S
     let index = names
         .iter()
         .find(|n| n.ends_with(".safetensors.index.json"))
-        .map(|n| read_index(&dir.join(n)))
+        .map(|n| dir.read_file(n, MAX_HEADER))
         .transpose()?;
     for w in weight_files(&names, index.as_deref())? {
         let size = files.iter().find(|f| f.0 == w).map_or(0, |f| f.1);
-        safetensors_complete(&dir.join(&w), size)?;
+        safetensors_complete(dir, &w, size)?;
     }
     let mut id = Sha256::new();
     for (name, size, mtime) in files.iter().filter(|f| defines_model(&f.0)) {
-        let path = dir.join(name);
-        let key = (path.clone(), *size, *mtime);
-        let digest = match cache.get(&key) {
-            Some(d) => d,
-            None => {
-                let d = hash_file(&path).map_err(|e| format!("{name}: {e}"))?;
-                let after = path.symlink_metadata().map_err(|e| e.to_string())?;
-                if after.len() != *size || after.modified().ok() != Some(*mtime) {
-                    return Err(format!("{name} changed while it was read"));
-                }
-                cache.hashed_now(FileDigest {
-                    path: key.0,
-                    size: *size,
-                    mtime: *mtime,
-                    sha256: d.clone(),
-                });
-                d
-            }
-        };
+        let digest = digest(dir, name, (*size, *mtime), cache, budget)?;
         id.update(format!("{name}\0{size}\0{digest}\n"));
     }
     Ok(hex::encode(id.finalize()))
 }
 
-/// The checkpoints of a watched local directory (blocking: call it off the async threads).
-pub fn list_local(source: &str, kind: TargetKind, cache: &HashCache) -> Result<Listing, String> {
-    let root = Path::new(source);
-    let entries = std::fs::read_dir(root).map_err(|e| format!("source `{source}`: {e}"))?;
+/// The checkpoints of a watched local directory, `source` canonical (blocking: call it off the
+/// async threads). Hashing stops when `budget` is spent or stopped: the checkpoints not hashed
+/// whole are incomplete for this poll.
+pub fn list_local(
+    source: &str,
+    kind: TargetKind,
+    cache: &HashCache,
+    budget: &Budget,
+) -> Result<Listing, String> {
+    let root = Dir::open_root(Path::new(source)).map_err(|e| format!("source `{source}`: {e}"))?;
     let mut dirs = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| format!("source `{source}`: {e}"))?;
-        let name = entry.file_name().to_string_lossy().to_string();
-        let is_dir = entry.path().symlink_metadata().is_ok_and(|m| m.is_dir());
-        if is_dir && candidate(&name) {
+    for (name, meta) in root
+        .entries()
+        .map_err(|e| format!("source `{source}`: {e}"))?
+    {
+        if meta.is_dir() && candidate(&name) {
             dirs.push(name);
         }
         if dirs.len() > MAX_FILES {
@@ -364,9 +389,18 @@ pub fn list_local(source: &str, kind: TargetKind, cache: &HashCache) -> Result<L
     dirs.sort_by_key(|d| natural_key(d));
     let mut out = Listing::default();
     for name in dirs {
-        let dir = root.join(&name);
-        let location = dir.to_string_lossy().to_string();
-        match local_checkpoint(&dir, kind, cache) {
+        let location = root.shown.join(&name).to_string_lossy().to_string();
+        if budget.stopped() {
+            out.incomplete
+                .push((location, "the poll was stopped".into()));
+            continue;
+        }
+        // Entered through the watched directory's descriptor, never through a link: a
+        // sub-directory swapped for one since the listing is refused here.
+        let listed = root
+            .open_dir(&name)
+            .and_then(|dir| local_checkpoint(&dir, kind, cache, budget));
+        match listed {
             Ok(id) => out.complete.push(Found { id, location }),
             Err(why) => out.incomplete.push((location, why)),
         }
@@ -420,9 +454,9 @@ pub fn list_hub(
             revision.to_string()
         } else {
             let refs = repo_dir.join("refs").join(revision);
-            let text = std::fs::read_to_string(&refs)
+            let text = read_cached(&refs, "ref", 4096)
                 .map_err(|e| format!("source `{repo}@{revision}`: not in the hub cache ({e})"))?;
-            text.trim().to_string()
+            String::from_utf8_lossy(&text).trim().to_string()
         };
         if !is_commit(&commit) {
             return Err(format!(
@@ -478,19 +512,14 @@ pub fn list_hub(
                 .iter()
                 .find(|n| n.ends_with(".safetensors.index.json")),
         ) {
-            (Some(dir), Some(n)) => {
-                Some(std::fs::read(dir.join(n)).map_err(|e| format!("{n}: {e}"))?)
-            }
+            (Some(dir), Some(n)) => Some(read_cached(&dir.join(n), n, MAX_HEADER)?),
             _ => None,
         };
         let weights = weight_files(&names, index.as_deref())?;
         if let Some(dir) = &snapshot {
             for w in weights {
-                let path = dir.join(&w);
-                let size = std::fs::metadata(&path)
-                    .map_err(|e| format!("{w}: {e}"))?
-                    .len();
-                safetensors_complete(&path, size)?;
+                let (mut f, meta) = open_cached(&dir.join(&w), &w)?;
+                header_complete(&mut f, &w, meta.len())?;
             }
         }
         Ok(())
@@ -503,6 +532,34 @@ pub fn list_hub(
         Err(why) => out.incomplete.push((location, why)),
     }
     Ok(out)
+}
+
+/// A file of the hub cache (whose snapshots are links into its blobs, so links are followed
+/// there): opened without blocking, a regular file.
+fn open_cached(path: &Path, name: &str) -> Result<(std::fs::File, std::fs::Metadata), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| format!("{name}: {e}"))?;
+    let meta = file.metadata().map_err(|e| format!("{name}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("{name}: not a regular file"));
+    }
+    Ok((file, meta))
+}
+
+fn read_cached(path: &Path, name: &str, max: u64) -> Result<Vec<u8>, String> {
+    let (file, _) = open_cached(path, name)?;
+    let mut bytes = Vec::new();
+    file.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("{name}: {e}"))?;
+    if bytes.len() as u64 > max {
+        return Err(format!("{name}: more than {max} bytes"));
+    }
+    Ok(bytes)
 }
 
 /// The checkpoints under a watched `s3://bucket/prefix`.
@@ -616,9 +673,11 @@ mod tests {
         std::fs::write(half.join("config.json"), "{}").expect("write");
         std::fs::write(half.join("model.safetensors"), &full[..full.len() - 10]).expect("write");
         std::fs::create_dir(root.path().join(".tmp-step-40")).expect("dir");
-        let source = root.path().to_string_lossy().to_string();
+        let source = root.path().canonicalize().expect("canonical");
+        let source = source.to_string_lossy().to_string();
         let cache = HashCache::default();
-        let l = list_local(&source, TargetKind::Checkpoint, &cache).expect("listing");
+        let budget = Budget::new(u64::MAX, Default::default());
+        let l = list_local(&source, TargetKind::Checkpoint, &cache, &budget).expect("listing");
         let names: Vec<&str> = l
             .complete
             .iter()
@@ -634,7 +693,7 @@ mod tests {
             l.incomplete
         );
         std::fs::write(half.join("model.safetensors"), &full).expect("write");
-        let l = list_local(&source, TargetKind::Checkpoint, &cache).expect("listing");
+        let l = list_local(&source, TargetKind::Checkpoint, &cache, &budget).expect("listing");
         assert_eq!(l.complete.len(), 3);
     }
 

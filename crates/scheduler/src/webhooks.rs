@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
-use neurodiff_protocol::scan::{check_webhook_url, is_internal};
+use neurodiff_protocol::scan::{check_webhook_url, is_internal, shown_target};
 use neurodiff_store::{DeliveryOutcome, DueDelivery};
 use sha2::Sha256;
 use tokio::sync::watch;
@@ -75,7 +75,7 @@ async fn target(
     allow_internal: bool,
 ) -> Result<(Option<String>, Vec<SocketAddr>), String> {
     check_webhook_url(url, allow_internal)?;
-    let parsed = reqwest::Url::parse(url).map_err(|e| format!("`{url}`: {e}"))?;
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("`{}`: {e}", shown_target(url)))?;
     if !matches!(parsed.scheme(), "http" | "https")
         || !parsed.username().is_empty()
         || parsed.password().is_some()
@@ -147,7 +147,13 @@ async fn attempt(
     let client = builder.build();
     let client = match client {
         Ok(c) => c,
-        Err(e) => return (None, Some(format!("client: {e}")), retry(d.attempts)),
+        Err(e) => {
+            return (
+                None,
+                Some(format!("client: {}", e.without_url())),
+                retry(d.attempts),
+            )
+        }
     };
     let t = chrono::Utc::now().timestamp();
     let sent = client
@@ -170,9 +176,15 @@ async fn attempt(
             Some(format!("the receiver answered {}", r.status())),
             retry(d.attempts),
         ),
+        // Named by scheme, host and port: reqwest's message would carry the whole URL, whose
+        // path or query may hold the receiver's secret.
         Err(e) => (
             None,
-            Some(format!("request failed: {e}")),
+            Some(format!(
+                "request to {} failed: {}",
+                shown_target(&d.url),
+                e.without_url()
+            )),
             retry(d.attempts),
         ),
     }
@@ -254,6 +266,47 @@ mod tests {
         assert!(rt
             .block_on(target("http://93.184.215.14/hook", false))
             .is_ok());
+    }
+
+    #[test]
+    fn failed_deliveries_name_the_target_without_its_path_or_query() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let s = WebhookSettings {
+            allow_internal: true,
+            timeout: Duration::from_secs(2),
+            ..WebhookSettings::default()
+        };
+        // A closed port on loopback: the request fails at once.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = closed.local_addr().expect("addr").port();
+        drop(closed);
+        let d = DueDelivery {
+            id: uuid::Uuid::new_v4(),
+            url: format!("http://127.0.0.1:{port}/hooks/sekrit-path?token=sekrit-query"),
+            secret: "s".into(),
+            body: "{}".into(),
+            attempts: 1,
+        };
+        let (_, error, _) = rt.block_on(attempt(&s, &d));
+        let error = error.expect("an error");
+        assert!(!error.contains("sekrit"), "{error}");
+        assert!(
+            error.contains(&format!("http://127.0.0.1:{port}")),
+            "{error}"
+        );
+        for (url, shown) in [
+            (
+                "https://u:p@hooks.example.com/x?k=v",
+                "https://hooks.example.com:443",
+            ),
+            ("http://[::1]:8080/a", "http://[::1]:8080"),
+            ("ftp://h/k", "ftp://h"),
+        ] {
+            assert_eq!(shown_target(url), shown);
+        }
     }
 
     #[test]

@@ -63,10 +63,13 @@ async fn checkpoints_settle_refusals_alert_and_paused_scans_rest(pool: PgPool) {
     request.validate().unwrap();
     let scan = ctx
         .db
-        .create_scan(&team, &request, "a-secret-of-sixteen+")
+        .create_scan(&team, &request, "a-secret-of-sixteen+", 32)
         .await
-        .unwrap()
         .unwrap();
+    let neurodiff_store::scans::ScanCreated::Created(scan) = scan else {
+        panic!("not created: {scan:?}")
+    };
+    let scan = *scan;
     let runs = |ctx: &neurodiff_scheduler::service::SchedulerContext| {
         let db = ctx.db.clone();
         async move { db.scan_runs(scan.id, 100).await.unwrap() }

@@ -111,6 +111,9 @@ pub struct QuotaArgs {
     /// Audits a team may submit per minute; more answer 429 with Retry-After.
     #[arg(long, env = "NEURODIFF_QUOTA_PER_MINUTE", default_value_t = 60)]
     pub quota_per_minute: i64,
+    /// Scans a team may have; creating another answers 429.
+    #[arg(long, env = "NEURODIFF_QUOTA_SCANS", default_value_t = 32)]
+    pub quota_scans: i64,
 }
 
 impl QuotaArgs {
@@ -118,6 +121,7 @@ impl QuotaArgs {
         neurodiff_store::Quota {
             max_active: self.quota_active,
             per_minute: self.quota_per_minute,
+            max_scans: self.quota_scans,
         }
     }
 }

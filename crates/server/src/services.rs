@@ -104,6 +104,13 @@ pub struct SchedulerArgs {
     /// saw the same content (files that land after the weights are part of it).
     #[arg(long, env = "NEURODIFF_SCAN_SETTLE_MS", default_value_t = 30_000)]
     pub scan_settle_ms: u64,
+    /// Bytes one poll of one scan may hash; a larger new checkpoint is hashed over several
+    /// polls (each resumes where the last stopped).
+    #[arg(long, env = "NEURODIFF_SCAN_HASH_BUDGET_BYTES", default_value_t = 16 << 30)]
+    pub scan_hash_budget_bytes: u64,
+    /// Polls of one team's scans that run at once.
+    #[arg(long, env = "NEURODIFF_SCAN_POLLS_PER_TEAM", default_value_t = 2)]
+    pub scan_polls_per_team: usize,
     /// Attempts before a delivery is given up (80: about three days at the default backoff).
     #[arg(long, env = "NEURODIFF_WEBHOOK_MAX_ATTEMPTS", default_value_t = 80)]
     pub webhook_max_attempts: i32,
@@ -128,7 +135,8 @@ pub fn shutdown_signal() -> watch::Receiver<bool> {
 
 pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
     let policy = args.policy.load(&[&args.backends.object_store])?;
-    runtime()?.block_on(async {
+    let rt = runtime()?;
+    let result = rt.block_on(async {
         let c = args
             .backends
             .connect(u64::from(args.max_deliveries) + 1)
@@ -159,11 +167,16 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
                 },
                 hub: neurodiff_scheduler::sources::HubSource::from_env(),
                 settle: Duration::from_millis(args.scan_settle_ms),
+                poll_budget_bytes: args.scan_hash_budget_bytes,
+                polls_per_team: args.scan_polls_per_team.max(1),
                 ..ScanSettings::default()
             },
         };
         eprintln!("neurodiff scheduler running");
         neurodiff_scheduler::service::run(ctx, shutdown_signal()).await;
         Ok(())
-    })
+    });
+    // A poll's hashing thread stops at its next read once told; none may keep the process.
+    rt.shutdown_timeout(Duration::from_secs(5));
+    result
 }

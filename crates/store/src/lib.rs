@@ -16,7 +16,7 @@ pub use query::{BlockHit, BlockQuery, ResultHit, ResultQuery, BLOCK_METRICS, QUE
 pub use queue::{now_ms, Delivery, Queue, QueueStats, Reclaimed};
 pub use scans::{
     AlertRow, DeliveryOutcome, DeliveryRow, DueDelivery, NewAlert, NewDelivery, PendingRun,
-    RunOutcome, RunRow, ScanRow,
+    RunOutcome, RunRow, ScanCreated, ScanRow,
 };
 pub use sched::{parse_shard_key, ArtifactRow, BlockRow, Finishing, PendingShard, UnreadableShard};
 pub use tokens::{TokenRow, TOKEN_PREFIX};

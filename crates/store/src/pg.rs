@@ -54,6 +54,8 @@ pub struct Quota {
     pub max_active: i64,
     /// Audits submitted per minute.
     pub per_minute: i64,
+    /// Scans a team may have (each is polled, listed and hashed by the scheduler).
+    pub max_scans: i64,
 }
 
 impl Default for Quota {
@@ -61,6 +63,7 @@ impl Default for Quota {
         Quota {
             max_active: 50,
             per_minute: 60,
+            max_scans: 32,
         }
     }
 }
@@ -161,6 +164,8 @@ impl Db {
 
     /// The team called `name`, created if new.
     pub async fn ensure_team(&self, name: &str) -> Result<Team> {
+        // Names become path segments and object keys (`teams/{team}/`).
+        neurodiff_protocol::policy::check_team_name(name).map_err(|e| StoreError::Invalid(e.0))?;
         let row = sqlx::query(
             "INSERT INTO teams (name) VALUES ($1) ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING id, name",
         )

@@ -154,18 +154,44 @@ fn not_found(what: &str, id: Uuid) -> StoreError {
     }
 }
 
+/// What creating a scan did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ScanCreated {
+    Created(Box<ScanRow>),
+    /// The team already has a scan of that name.
+    NameTaken,
+    /// The team has `limit` scans, as many as it may.
+    TooMany {
+        limit: i64,
+    },
+}
+
 impl Db {
-    /// Stores a scan (its secret kept for signing, not in the request); due at once. None: the
-    /// team already has a scan of that name.
+    /// Stores a scan (its secret kept for signing, not in the request); due at once. A team
+    /// has at most `max_scans` (counted under the team's lock, so concurrent creations cannot
+    /// all pass): every scan costs the scheduler listing and hashing at each poll.
     pub async fn create_scan(
         &self,
         team: &Team,
         request: &ScanRequest,
         secret: &str,
-    ) -> Result<Option<ScanRow>> {
+        max_scans: i64,
+    ) -> Result<ScanCreated> {
         let mut stored = request.clone();
         stored.webhook_secret = None;
         let json = serde_json::to_value(&stored).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('scans:' || $1::text, 0))")
+            .bind(team.id)
+            .execute(&mut *tx)
+            .await?;
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM scans WHERE team_id = $1")
+            .bind(team.id)
+            .fetch_one(&mut *tx)
+            .await?;
+        if count >= max_scans {
+            return Ok(ScanCreated::TooMany { limit: max_scans });
+        }
         let id: Option<Uuid> = sqlx::query_scalar(
             "INSERT INTO scans (team_id, name, request, source, webhook_url, webhook_secret) \
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (team_id, name) DO NOTHING RETURNING id",
@@ -176,11 +202,14 @@ impl Db {
         .bind(&request.source)
         .bind(&request.webhook_url)
         .bind(secret)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
+        tx.commit().await?;
         match id {
-            Some(id) => Ok(Some(self.get_scan(team, id).await?)),
-            None => Ok(None),
+            Some(id) => Ok(ScanCreated::Created(Box::new(
+                self.get_scan(team, id).await?,
+            ))),
+            None => Ok(ScanCreated::NameTaken),
         }
     }
 
@@ -494,9 +523,15 @@ impl Db {
     /// `lease_s`, so a sender that dies mid-request has it retried, by itself or another.
     pub async fn claim_deliveries(&self, limit: i64, lease_s: f64) -> Result<Vec<DueDelivery>> {
         let rows = sqlx::query(
-            "WITH due AS (SELECT id FROM webhook_deliveries \
-               WHERE delivered_at IS NULL AND gave_up_at IS NULL AND next_attempt_at <= now() \
-               ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
+            // Fair across teams: each team's oldest due delivery first, then each team's
+            // second, and so on, so one team's flood of alerts delays no other team's.
+            "WITH ranked AS (SELECT d.id, d.next_attempt_at, \
+               row_number() OVER (PARTITION BY a.team_id ORDER BY d.next_attempt_at, d.id) AS turn \
+               FROM webhook_deliveries d JOIN alerts a ON a.id = d.alert_id \
+               WHERE d.delivered_at IS NULL AND d.gave_up_at IS NULL AND d.next_attempt_at <= now()), \
+             due AS (SELECT d.id FROM webhook_deliveries d JOIN ranked r ON r.id = d.id \
+               WHERE r.turn <= $1 ORDER BY r.turn, r.next_attempt_at LIMIT $1 \
+               FOR UPDATE OF d SKIP LOCKED) \
              UPDATE webhook_deliveries d SET attempts = d.attempts + 1, \
                next_attempt_at = now() + make_interval(secs => $2) \
              FROM due, alerts a, scans s WHERE d.id = due.id AND a.id = d.alert_id AND s.id = a.scan_id \

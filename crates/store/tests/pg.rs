@@ -61,6 +61,11 @@ async fn tokens_are_stored_hashed_and_authenticate_their_team(pool: PgPool) {
         .unwrap();
     assert_eq!(stored.len(), 32);
     assert!(!String::from_utf8_lossy(&stored).contains(&token[3..]));
+    // Team names become path segments and object keys: anything else is refused.
+    for bad in ["../x", "a/b", "", ".hidden"] {
+        let e = db.ensure_team(bad).await.unwrap_err();
+        assert!(matches!(e, StoreError::Invalid(_)), "{bad:?}: {e}");
+    }
 }
 
 /// Submits and expects the audit to be admitted: (audit, newly created).
@@ -126,6 +131,7 @@ async fn quotas_bound_active_audits_and_submissions_per_minute(pool: PgPool) {
     let quota = Quota {
         max_active: 2,
         per_minute: 3,
+        ..Quota::default()
     };
     let submit = |team: &Team| {
         let (db, team) = (db.clone(), team.clone());
@@ -174,6 +180,7 @@ async fn quotas_bound_active_audits_and_submissions_per_minute(pool: PgPool) {
     let one = Quota {
         max_active: 1,
         per_minute: 100,
+        ..Quota::default()
     };
     let results = futures::future::join_all((0..8).map(|_| {
         let (db, c) = (db.clone(), c.clone());

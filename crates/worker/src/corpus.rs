@@ -5,6 +5,7 @@ use std::io::Read;
 use std::path::Path;
 
 use neurodiff_core::corpus;
+use neurodiff_core::guard::open_checked;
 use neurodiff_protocol::{CorpusOptions, CorpusRecord, Limits, ModelRef, BUILTIN_CORPUS};
 use neurodiff_store::{Blobs, StoreError};
 use sha2::{Digest, Sha256};
@@ -26,15 +27,15 @@ pub fn from_bytes(
     opts: &CorpusOptions,
     limits: &Limits,
 ) -> Result<CorpusText> {
-    let mut samples = corpus::parse(file_name, bytes, limits.max_corpus_bytes).map_err(|e| {
-        // Name the corpus as given, not the file it was read from.
-        match e {
-            neurodiff_core::CoreError::Corpus { message, .. } => refused(source, message),
-            other => other.into(),
-        }
-    })?;
-    let total = samples.len();
-    samples.truncate(opts.max_samples);
+    let (samples, total) =
+        corpus::parse_bounded(file_name, bytes, limits.max_corpus_bytes, opts.max_samples)
+            .map_err(|e| {
+                // Name the corpus as given, not the file it was read from.
+                match e {
+                    neurodiff_core::CoreError::Corpus { message, .. } => refused(source, message),
+                    other => other.into(),
+                }
+            })?;
     let digest: String = Sha256::digest(bytes)
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -77,7 +78,11 @@ fn file_name(source: &str) -> String {
 }
 
 fn read_bounded(source: &str, path: &Path, max: u64) -> Result<Vec<u8>> {
-    let file = std::fs::File::open(path).map_err(|e| refused(source, e))?;
+    // Without blocking: a FIFO's open would wait for a writer for good.
+    let (file, _) = open_checked(path, "corpus", None).map_err(|e| match e {
+        neurodiff_core::CoreError::MissingFile { .. } => refused(source, "no file there"),
+        _ => refused(source, "not a regular file"),
+    })?;
     read_file_bounded(source, file, max)
 }
 
@@ -118,7 +123,14 @@ impl Enforcer {
             ModelRef::Local { path } => {
                 let roots = self.local_roots(team, &parsed, &source)?;
                 let file = self.open_vetted_file(&source, Path::new(path), &roots)?;
-                read_file_bounded(&source, file, limits.max_corpus_bytes)?
+                // Reading up to --max-corpus-bytes is blocking work: off the async threads,
+                // where a shutdown's grace can abandon it.
+                let shown = source.clone();
+                tokio::task::spawn_blocking(move || {
+                    read_file_bounded(&shown, file, limits.max_corpus_bytes)
+                })
+                .await
+                .map_err(|e| WorkerError::Io(format!("corpus reader: {e}")))??
             }
             ModelRef::S3 { bucket, prefix } => {
                 fetch_s3(

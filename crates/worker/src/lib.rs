@@ -168,6 +168,15 @@ impl Sources {
         )
     }
 
+    /// The guard the fine-tuned side's files are opened through (the service's workers: each
+    /// file must be the one the policy vetted).
+    pub fn target_guard(&self) -> Option<&Guard> {
+        match &self.target {
+            OpenTarget::Checkpoint(c) => c.guard(),
+            OpenTarget::Adapter(a) => a.weights.guard(),
+        }
+    }
+
     pub fn core_target(&self) -> CoreTarget<'_> {
         match &self.target {
             OpenTarget::Checkpoint(c) => CoreTarget::Checkpoint(c),

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use neurodiff_core::CoreError;
+use neurodiff_protocol::limits::MAX_SHARD_OUTPUT_BYTES;
 use neurodiff_protocol::{Envelope, Event, PlanRecord, ShardSpec, Target, Task, EVENTS_MAX_LEN};
 use neurodiff_store::{shard_result_key, Blobs, Db, Delivery, Queue, StoreError};
 use tch::Device;
@@ -433,6 +434,13 @@ async fn shard(
     };
     // Keyed by attempt, so a stale worker's upload never replaces the result the fan-in reads.
     let json = serde_json::to_vec(&result).map_err(|e| Transient(e.to_string()))?;
+    if json.len() as u64 > MAX_SHARD_OUTPUT_BYTES {
+        let reason = format!(
+            "shard {key}: its output is {} bytes, more than a shard may return ({MAX_SHARD_OUTPUT_BYTES} bytes)",
+            json.len()
+        );
+        return fail_shard(ctx, audit, &key, attempt, &reason).await;
+    }
     ctx.blobs
         .put(&shard_result_key(audit, &key, attempt), Bytes::from(json))
         .await?;

@@ -197,3 +197,94 @@ fn a_shard_index_linked_out_of_the_root_is_refused_before_it_is_read() {
     );
     assert!(!err.contains("secret"), "{err}");
 }
+
+fn mkfifo(path: &Path) {
+    let made = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(made.success());
+}
+
+/// Runs `f` on a thread of its own and returns its result, or fails the test if it has not
+/// returned within 30 s (a reader blocked in `open` never would).
+fn within_30_s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(30))
+        .expect("blocked: no answer within 30 s")
+}
+
+#[test]
+fn a_fifo_as_the_corpus_is_refused_without_blocking() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmp.path().canonicalize().unwrap();
+    let root = tmp.join("models");
+    std::fs::create_dir_all(&root).unwrap();
+    let fifo = root.join("corpus.fifo");
+    mkfifo(&fifo);
+    let e = enforcer(&root, &tmp.join("cache"));
+    let opts = neurodiff_protocol::CorpusOptions {
+        source: Some(fifo.display().to_string()),
+        ..Default::default()
+    };
+    // Through the service's policy...
+    let (service_e, service_opts) = (e.clone(), opts.clone());
+    let err = within_30_s(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(service_e.read_corpus("t", &service_opts))
+            .unwrap_err()
+            .to_string()
+    });
+    assert!(err.contains("not a regular file"), "{err}");
+    // ...and embedded.
+    let err = within_30_s(move || {
+        neurodiff_worker::corpus::load_local(&opts, &Limits::default())
+            .unwrap_err()
+            .to_string()
+    });
+    assert!(err.contains("not a regular file"), "{err}");
+}
+
+#[test]
+fn a_fine_tune_swapped_for_a_link_mid_audit_gives_no_other_teams_ground_truth() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmp.path().canonicalize().unwrap();
+    let (root, outside) = (tmp.join("models"), tmp.join("outside"));
+    checkpoint(&root.join("base"));
+    checkpoint(&root.join("ft"));
+    checkpoint(&outside.join("private"));
+    let truth = |domain: &str| {
+        serde_json::json!({"organism": domain, "domain_words": [domain], "trained_blocks": [0]})
+            .to_string()
+    };
+    std::fs::write(root.join("ft/ground_truth.json"), truth("mine")).unwrap();
+    std::fs::write(outside.join("private/ground_truth.json"), truth("theirs")).unwrap();
+    let e = enforcer(&root, &tmp.join("cache"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let open = |name: &str| {
+        rt.block_on(e.open("t", "finetuned", &root.join(name).display().to_string()))
+            .unwrap()
+    };
+    let (base, ft) = (open("base"), open("ft"));
+    let target = neurodiff_protocol::Target::Checkpoint {
+        reference: ft.reference.clone(),
+    };
+    let sources = neurodiff_worker::Sources::open_confined(&base, &target, &ft).unwrap();
+    let read = neurodiff_worker::exec::dist::ground_truth(&sources).unwrap();
+    assert_eq!(read.organism, "mine");
+    // The team replaces its fine-tune's directory with a link to another team's organism
+    // after the files were vetted and opened.
+    std::fs::rename(root.join("ft"), root.join("ft.old")).unwrap();
+    std::os::unix::fs::symlink(outside.join("private"), root.join("ft")).unwrap();
+    assert_eq!(
+        neurodiff_worker::exec::dist::ground_truth(&sources).map(|g| g.organism),
+        None
+    );
+}

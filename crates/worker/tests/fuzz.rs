@@ -193,3 +193,118 @@ fn adapter_config() {
         );
     });
 }
+
+/// The corpus reader with hostile sizes and line lengths: each mutated file is read as text
+/// and as JSON Lines, then as one line (newlines dropped, repeated), and tokenized for the
+/// longest `seq_len` a request may give; the memory held stays bounded whatever the lines are.
+#[test]
+fn corpus_reader() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../core/tests/fixtures/llama");
+    let tok = neurodiff_core::tokenizer::load(&fixtures).unwrap();
+    let limits = Limits::default();
+    // A sample is tokenized up to (seq_len + 16) × its longest token + 4 KiB bytes; at 8192
+    // tokens that is tens of KiB, at a few hundred bytes of tokenizer state per byte.
+    const CORPUS_BOUND: usize = 128 << 20;
+    common::fuzz("corpus", CORPUS_BOUND, |bytes| {
+        let one_line: Vec<u8> = bytes
+            .iter()
+            .copied()
+            .filter(|b| *b != b'\n')
+            .cycle()
+            .take(bytes.len().saturating_mul(64).min(4 << 20))
+            .collect();
+        for (name, data) in [
+            ("c.txt", bytes),
+            ("c.jsonl", bytes),
+            ("c.txt", one_line.as_slice()),
+        ] {
+            for seq_len in [1, 8192] {
+                let opts = neurodiff_protocol::CorpusOptions {
+                    seq_len,
+                    max_samples: 16,
+                    ..Default::default()
+                };
+                if let Ok(c) = neurodiff_worker::corpus::from_bytes("c", name, data, &opts, &limits)
+                {
+                    let ids = neurodiff_core::corpus::encode(&tok, &c.samples, seq_len).unwrap();
+                    assert!(ids.iter().all(|s| s.len() <= seq_len));
+                }
+            }
+        }
+    });
+}
+
+/// Merging shard outputs (the scheduler's fan-in): outputs of a real audit of a planted
+/// organism, one of them mutated, merged with the others. Whatever a shard claims (counts,
+/// widths, ranges), the merge ends in Ok or a named error, and holds no more than its bound.
+#[test]
+fn shard_output_merging() {
+    use neurodiff_core::organisms::{write_organisms, OrganismSpec};
+    use neurodiff_protocol::{PlanRecord, ShardOutput};
+    let tmp = tempfile::tempdir().unwrap();
+    write_organisms(tmp.path(), &OrganismSpec::default()).unwrap();
+    let mut spec = AuditSpec::new(
+        tmp.path().join("base").display().to_string(),
+        Target::Checkpoint {
+            reference: tmp.path().join("rank-update").display().to_string(),
+        },
+        vec![
+            AnalysisKind::Weights,
+            AnalysisKind::Activations,
+            AnalysisKind::LogitLens,
+        ],
+    );
+    spec.corpus.seq_len = 8;
+    spec.corpus.max_samples = 4;
+    spec.corpus.shard_samples = 2;
+    spec.validate().unwrap();
+    let limits = Limits::default();
+    let sources = Sources::open(&spec.base, &spec.target, &HubOptions::from_env()).unwrap();
+    let corpus = neurodiff_worker::corpus::load_local(&spec.corpus, &limits).unwrap();
+    let (b, t) = sources.contents().unwrap();
+    let shards = plan_audit(&sources, &spec, [&b, &t], Some(&corpus), &limits).unwrap();
+    let store = neurodiff_worker::exec::store::DirStore::new(tmp.path());
+    let outputs: Vec<ShardOutput> = shards
+        .iter()
+        .map(|s| {
+            run_shard(
+                &sources,
+                s,
+                Some(&corpus),
+                &store,
+                tch::Device::Cpu,
+                &mut |_| true,
+            )
+        })
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let record = |name: &str| neurodiff_protocol::ModelRecord {
+        reference: name.into(),
+        resolved: name.into(),
+        content_hash: "sha256:0".into(),
+        files: Vec::new(),
+    };
+    let plan = PlanRecord {
+        n_layers: sources.n_layers().unwrap(),
+        base: record("base"),
+        finetuned: record("ft"),
+        corpus: Some(corpus.record.clone()),
+    };
+    // Unmutated, they merge.
+    neurodiff_analyses::assemble(&spec, plan.clone(), outputs.clone(), 0).unwrap();
+    let seeds: Vec<Vec<u8>> = outputs
+        .iter()
+        .map(|o| serde_json::to_vec(o).unwrap())
+        .collect();
+    common::fuzz_seeds("shard outputs", seeds, BOUND, |bytes| {
+        let Ok(mutated) = serde_json::from_slice::<ShardOutput>(bytes) else {
+            return;
+        };
+        let kind = std::mem::discriminant(&mutated);
+        for i in (0..outputs.len()).filter(|&i| std::mem::discriminant(&outputs[i]) == kind) {
+            let mut merged = outputs.clone();
+            merged[i] = mutated.clone();
+            let _ = neurodiff_analyses::assemble(&spec, plan.clone(), merged, 0);
+        }
+    });
+}

@@ -8,7 +8,7 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use neurodiff_protocol::scan::{check_webhook_url, ScanRequest};
 use neurodiff_protocol::AuditStatus;
-use neurodiff_store::{RunRow, ScanRow};
+use neurodiff_store::{RunRow, ScanCreated, ScanRow};
 use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
@@ -169,11 +169,27 @@ pub async fn create(
             .map_err(|e| ApiError::BadRequest(format!("field `webhook_url`: {e}")))?;
     }
     let secret = req.webhook_secret.clone().unwrap_or_else(new_secret);
-    let Some(scan) = state.db.create_scan(&team, &req, &secret).await? else {
-        return Err(ApiError::Conflict(format!(
-            "field `name`: the team already has a scan called `{}`",
-            req.name
-        )));
+    let scan = match state
+        .db
+        .create_scan(&team, &req, &secret, state.quota.max_scans)
+        .await?
+    {
+        ScanCreated::Created(scan) => *scan,
+        ScanCreated::NameTaken => {
+            return Err(ApiError::Conflict(format!(
+                "field `name`: the team already has a scan called `{}`",
+                req.name
+            )))
+        }
+        ScanCreated::TooMany { limit } => {
+            return Err(ApiError::TooManyRequests {
+                message: format!(
+                    "the team has {limit} scans, as many as a team may have (--quota-scans); \
+                     delete one first"
+                ),
+                retry_after_s: 3600,
+            })
+        }
     };
     let mut view = ScanView::from(scan);
     view.webhook_secret = Some(secret);

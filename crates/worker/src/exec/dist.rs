@@ -1,17 +1,22 @@
 //! What the patching, stitching, steering and trace shards share: per-token KL and next-token
 //! loss from logits (in f64, chunked so a large vocabulary stays in bounds), the next-token
 //! targets of a batch, the organism's ground truth, and greedy and nucleus generation.
-use std::path::Path;
-
 use neurodiff_core::corpus::Batch;
+use neurodiff_core::guard::read_checked;
 use neurodiff_core::organisms::trained::rng::Rng;
 use neurodiff_core::tokenizer::Tokenizer;
 use neurodiff_core::{CoreError, Hooks, Model};
+use neurodiff_protocol::limits::{
+    clip_text, MAX_CONTEXT_TEXT_BYTES, MAX_GENERATED_TEXT_BYTES, MAX_TOKEN_TEXT_BYTES,
+};
 use neurodiff_protocol::{GenerationOptions, GroundTruth, TokenProb};
 use tch::{Device, Kind, Tensor};
 
 use super::forward::to_f64;
-use crate::{Result, WorkerError};
+use crate::{Result, Sources, WorkerError};
+
+/// The file an organism's ground truth is in, beside its weights.
+pub const GROUND_TRUTH_FILE: &str = "ground_truth.json";
 
 /// Rows × vocabulary of one f64 chunk.
 const CHUNK_ELEMENTS: i64 = 1 << 23;
@@ -118,28 +123,27 @@ impl Targets {
 /// The largest ground_truth.json read.
 const MAX_GROUND_TRUTH_BYTES: u64 = 1 << 20;
 
-/// The organism's ground truth, when the fine-tune's directory holds a ground_truth.json: a
-/// regular file (opened without following a link, and without blocking on a FIFO), of at most
-/// 1 MiB. It grades the audit and decides nothing else: a fine-tune that ships a false one only
-/// mislabels its own grades.
-pub fn ground_truth(target_dir: &Path) -> Option<GroundTruth> {
-    use std::io::Read as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(target_dir.join("ground_truth.json"))
-        .ok()?;
-    let meta = file.metadata().ok()?;
-    if !meta.is_file() || meta.len() > MAX_GROUND_TRUTH_BYTES {
-        return None;
-    }
-    let mut bytes = Vec::new();
-    file.take(MAX_GROUND_TRUTH_BYTES)
-        .read_to_end(&mut bytes)
-        .ok()?;
+/// The organism's ground truth, when the fine-tune's directory holds a ground_truth.json of at
+/// most 1 MiB, read like every other file of the fine-tune: without blocking, a regular file,
+/// and (in the service) the very file the policy vetted with the model's files, so a directory
+/// swapped for a link to another team's organism meanwhile is refused. It grades the audit and
+/// decides nothing else: a fine-tune that ships a false one only mislabels its own grades.
+pub fn ground_truth(sources: &Sources) -> Option<GroundTruth> {
+    let path = sources.target_dir.join(GROUND_TRUTH_FILE);
+    let guard = sources.target_guard();
+    let (bytes, _) = read_checked(&path, "ground truth", MAX_GROUND_TRUTH_BYTES, guard).ok()?;
     let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     GroundTruth::from_organism(&value)
+}
+
+/// The text of `ids` as a result shows it: one token's text is cut to
+/// [`MAX_TOKEN_TEXT_BYTES`], several tokens' to that much per token and at most
+/// [`MAX_CONTEXT_TEXT_BYTES`] (the tokenizer is the team's input; a result must stay small).
+pub fn shown_text(tokenizer: &Tokenizer, ids: &[u32]) -> String {
+    let max = (MAX_TOKEN_TEXT_BYTES * ids.len().max(1)).min(MAX_CONTEXT_TEXT_BYTES);
+    // Never more ids than the bound has bytes: each shows at least one.
+    let ids = &ids[..ids.len().min(MAX_CONTEXT_TEXT_BYTES)];
+    clip_text(tokenizer.decode(ids, false).unwrap_or_default(), max)
 }
 
 /// The top `k` of a probability vector `[V]`, with the decoded text of each id.
@@ -153,7 +157,7 @@ pub fn top_tokens(probs: &Tensor, k: usize, tokenizer: &Tokenizer) -> Result<Vec
         .zip(values)
         .map(|(id, prob)| TokenProb {
             id: id as usize,
-            token: tokenizer.decode(&[id as u32], false).unwrap_or_default(),
+            token: shown_text(tokenizer, &[id as u32]),
             prob,
         })
         .collect())
@@ -208,7 +212,10 @@ pub fn generate(
         ids.push(next);
     }
     let new: Vec<u32> = ids[prompt.len()..].iter().map(|&i| i as u32).collect();
-    Ok(tokenizer.decode(&new, false).unwrap_or_default())
+    Ok(clip_text(
+        tokenizer.decode(&new, false).unwrap_or_default(),
+        MAX_GENERATED_TEXT_BYTES,
+    ))
 }
 
 /// Draws from the smallest set of most likely ids whose mass reaches `top_p`, with `u` in [0, 1).

@@ -98,10 +98,11 @@ impl Pair {
         self.base.device()
     }
 
-    /// The text of `ids`, as the base's tokenizer decodes it.
+    /// The text of `ids`, as the base's tokenizer decodes it, bounded as results show text
+    /// ([`super::dist::shown_text`]).
     pub fn decode(&self, ids: &[i64]) -> String {
         let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
-        self.tokenizer.decode(&ids, false).unwrap_or_default()
+        super::dist::shown_text(&self.tokenizer, &ids)
     }
 }
 

@@ -161,7 +161,7 @@ pub fn run(
             token: pair
                 .ft_tokenizer
                 .as_ref()
-                .and_then(|t| t.decode(&[id as u32], false).ok())
+                .map(|t| super::dist::shown_text(t, &[id as u32]))
                 .unwrap_or_else(|| format!("<{id}>")),
             mean_prob_delta: 0.0,
         })

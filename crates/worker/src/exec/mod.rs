@@ -82,7 +82,7 @@ pub fn run_shard(
                 tokens: &tokens,
                 batch_size: spec.corpus.batch_size,
             };
-            let truth = dist::ground_truth(&sources.target_dir);
+            let truth = dist::ground_truth(sources);
             let max_len = max_positions(sources)?;
             match spec.shard {
                 ShardKey::Block {
@@ -188,7 +188,7 @@ pub fn run_shard(
                 AnalysisKind::Stitching => ShardOutput::Stitching(stitching::run(
                     &pair,
                     &input,
-                    dist::ground_truth(&sources.target_dir),
+                    dist::ground_truth(sources),
                     progress,
                 )?),
                 _ => ShardOutput::LogitLens(logit_lens::run(

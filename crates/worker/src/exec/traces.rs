@@ -273,10 +273,7 @@ fn patchscope(
         .into_iter()
         .map(|id| TokenProb {
             id,
-            token: pair
-                .tokenizer
-                .decode(&[id as u32], false)
-                .unwrap_or_default(),
+            token: super::dist::shown_text(&pair.tokenizer, &[id as u32]),
             // Every agreed id is in each prompt's top 20 at this scale.
             prob: tops
                 .iter()
