@@ -31,6 +31,9 @@ pub struct SchedulerSettings {
     pub backoff_max: Duration,
     /// How often the reaper compares the database with the queue.
     pub reap_every: Duration,
+    /// Bytes of shard outputs one fan-in may hold at once (it merges them in memory): an audit
+    /// whose outputs total more fails naming this limit, before any is read.
+    pub max_fanin_bytes: u64,
 }
 
 #[derive(Debug, Clone)]

@@ -358,3 +358,60 @@ async fn an_unreadable_shard_fails_its_audit_and_blocks_no_other(pool: PgPool) {
     ctx.tasks.delete().await.unwrap();
     ctx.events.delete().await.unwrap();
 }
+
+#[sqlx::test(migrator = "neurodiff_store::MIGRATOR")]
+async fn outputs_larger_than_the_fan_in_may_hold_fail_the_audit_naming_the_limit(pool: PgPool) {
+    let mut ctx = context(pool, 5).await;
+    ctx.settings.max_fanin_bytes = 64 << 10;
+    let audit = planned_audit(&ctx).await;
+    let record = PlanRecord {
+        corpus: None,
+        n_layers: 2,
+        base: model_record("b"),
+        finetuned: model_record("f"),
+    };
+    let keys = [ShardKey::Layer(0), ShardKey::Layer(1)];
+    ctx.db
+        .plan_shards(audit, &keys, Some(&serde_json::to_value(&record).unwrap()))
+        .await
+        .unwrap();
+    // Each output well under the limit, the two together over it.
+    for (i, key) in keys.into_iter().enumerate() {
+        let attempt = ctx.db.start_attempt(audit, key, "w", None).await.unwrap();
+        let result = ShardOutput::Weights(ShardResult {
+            shard: key,
+            tensors: Vec::new(),
+            only_in_base: (0..1500)
+                .map(|j| format!("model.layers.{i}.t{j:06}"))
+                .collect(),
+            only_in_finetuned: Vec::new(),
+            shape_mismatches: Vec::new(),
+            added_rows: Vec::new(),
+            elapsed_s: 0.5,
+        });
+        let bytes = serde_json::to_vec(&result).unwrap();
+        assert!(bytes.len() > 32 << 10 && bytes.len() < 64 << 10);
+        ctx.blobs
+            .put(
+                &shard_result_key(audit, &key.to_string(), attempt),
+                bytes.into(),
+            )
+            .await
+            .unwrap();
+        ctx.db
+            .record_shard(audit, attempt, key, &result)
+            .await
+            .unwrap();
+    }
+    pass(&ctx).await.unwrap();
+    let failed = ctx.db.audit_by_id(audit).await.unwrap();
+    assert_eq!(failed.status, AuditStatus::Failed);
+    let error = failed.error.unwrap_or_default();
+    assert!(
+        error.contains("more than the fan-in merges at once")
+            && error.contains("--max-fanin-bytes"),
+        "{error}"
+    );
+    ctx.tasks.delete().await.unwrap();
+    ctx.events.delete().await.unwrap();
+}

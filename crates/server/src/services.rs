@@ -104,6 +104,10 @@ pub struct SchedulerArgs {
     /// saw the same content (files that land after the weights are part of it).
     #[arg(long, env = "NEURODIFF_SCAN_SETTLE_MS", default_value_t = 30_000)]
     pub scan_settle_ms: u64,
+    /// Bytes of shard outputs one fan-in merges at once; an audit whose outputs total more
+    /// fails naming this limit.
+    #[arg(long, env = "NEURODIFF_MAX_FANIN_BYTES", default_value_t = neurodiff_protocol::limits::MAX_FANIN_BYTES)]
+    pub max_fanin_bytes: u64,
     /// Bytes one poll of one scan may hash; a larger new checkpoint is hashed over several
     /// polls (each resumes where the last stopped).
     #[arg(long, env = "NEURODIFF_SCAN_HASH_BUDGET_BYTES", default_value_t = 16 << 30)]
@@ -154,6 +158,7 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
                 backoff_base: Duration::from_millis(args.backoff_base_ms),
                 backoff_max: Duration::from_millis(args.backoff_max_ms),
                 reap_every: Duration::from_millis(args.reap_ms),
+                max_fanin_bytes: args.max_fanin_bytes,
             },
             scans: ScanSettings {
                 policy: std::sync::Arc::new(policy),

@@ -28,6 +28,7 @@ pub async fn context(pool: PgPool, max_deliveries: u32) -> SchedulerContext {
             backoff_base: Duration::from_millis(20),
             backoff_max: Duration::from_millis(40),
             reap_every: Duration::from_millis(10),
+            max_fanin_bytes: neurodiff_protocol::limits::MAX_FANIN_BYTES,
         },
         scans: Default::default(),
     }
