@@ -303,3 +303,126 @@ fn two_concurrent_copies_of_one_s3_model_agree() {
     let err = env.rt.block_on(small).unwrap_err().to_string();
     assert!(err.contains("limit of 1024 bytes"), "{err}");
 }
+
+/// Rewrites `dir/tokenizer.json` so that 63 tokens (bytes no ASCII corpus holds) are 100 KiB
+/// of text each.
+fn poison_tokenizer(dir: &Path) {
+    let path = dir.join("tokenizer.json");
+    let mut tok: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let hostile: Vec<u64> = (1..=8)
+        .chain([11, 12])
+        .chain(14..=31)
+        .chain(127..=161)
+        .collect();
+    let vocab = tok["model"]["vocab"].as_object().unwrap().clone();
+    let rewritten: serde_json::Map<String, serde_json::Value> = vocab
+        .into_iter()
+        .map(|(text, id)| match id.as_u64() {
+            Some(n) if hostile.contains(&n) => (format!("{n}{}", "a".repeat(100 << 10)), id),
+            _ => (text, id),
+        })
+        .collect();
+    tok["model"]["vocab"] = rewritten.into();
+    std::fs::write(&path, tok.to_string()).unwrap();
+}
+
+/// Cases 1 to 3 of the second hardening round against the real processes, one worker: a FIFO
+/// as the corpus fails at once, a 37 MB single-line corpus costs what its 8 tokens need, a
+/// tokenizer of 100 KiB tokens with one sample per shard leaves a small results.json; the
+/// worker keeps serving, stays under 2 GB and exits within its grace; the scheduler stays
+/// under 1 GB.
+#[test]
+fn hostile_corpora_and_tokenizers_leave_the_worker_and_scheduler_serving() {
+    let (mut env, base, ft, token) = service(None, "rank-update", &[("w1", &["--grace-s", "2"])]);
+    let dir = env.dir.path().to_path_buf();
+    let audit = |base: &str, ft: &str, corpus: serde_json::Value| {
+        let id = env.submit(
+            &token,
+            json!({"base": base, "finetuned": ft, "analyses": ["activations", "logit-lens"],
+                   "corpus": corpus}),
+        );
+        let started = Instant::now();
+        let done = env.wait_done(&token, &id, Duration::from_secs(300));
+        (id, done, started.elapsed())
+    };
+    // 1. A FIFO: refused when opened, never waited on.
+    let fifo = dir.join("corpus.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let (_, done, took) = audit(&base, &ft, json!({"source": fifo.display().to_string()}));
+    assert_eq!(done["status"], "failed", "{done}");
+    let error = done["error"].as_str().unwrap_or_default();
+    assert!(error.contains("not a regular file"), "{error}");
+    eprintln!("FIFO corpus: failed in {took:?}: {error}");
+    // 2. One line of 37 MB, of which 8 tokens are used.
+    let line = dir.join("one-line.txt");
+    std::fs::write(&line, "lorem ipsum dolor sit amet ".repeat(1_400_000)).unwrap();
+    let (_, done, took) = audit(
+        &base,
+        &ft,
+        json!({"source": line.display().to_string(), "seq_len": 8, "max_samples": 1}),
+    );
+    assert_eq!(done["status"], "succeeded", "{done}\n{}", env.logs());
+    let worker_rss = peak_rss(env.pid("w1"));
+    eprintln!(
+        "37 MB single-line corpus: succeeded in {took:?}; worker peak RSS {worker_rss} bytes"
+    );
+    assert!(worker_rss < 2 << 30, "worker peak RSS {worker_rss}");
+    // 3. A tokenizer of 100 KiB tokens and one sample per shard.
+    let (hb, hf) = (dir.join("hostile-base"), dir.join("hostile-ft"));
+    copy_dir(Path::new(&base), &hb);
+    copy_dir(Path::new(&ft), &hf);
+    poison_tokenizer(&hb);
+    poison_tokenizer(&hf);
+    let ascii = dir.join("ascii.txt");
+    let lines: Vec<String> = (0..32)
+        .map(|i| format!("the quick brown fox {i}"))
+        .collect();
+    std::fs::write(&ascii, lines.join("\n")).unwrap();
+    let (id, done, took) = audit(
+        &hb.display().to_string(),
+        &hf.display().to_string(),
+        json!({"source": ascii.display().to_string(), "seq_len": 16, "max_samples": 32,
+               "shard_samples": 1}),
+    );
+    assert_eq!(done["status"], "succeeded", "{done}\n{}", env.logs());
+    let (status, results) = env.http(
+        "GET",
+        &format!("/v1/audits/{id}/results"),
+        Some(&token),
+        None,
+    );
+    assert_eq!(status, 200);
+    let scheduler_rss = peak_rss(env.pid("scheduler"));
+    let worker_rss = peak_rss(env.pid("w1"));
+    eprintln!(
+        "tokenizer of 100 KiB tokens, 64 shards: succeeded in {took:?}; results.json {} bytes; \
+         scheduler peak RSS {scheduler_rss}, worker {worker_rss}",
+        results.len()
+    );
+    assert!(
+        results.len() < 2 << 20,
+        "results.json of {} bytes",
+        results.len()
+    );
+    assert!(
+        scheduler_rss < 1 << 30,
+        "scheduler peak RSS {scheduler_rss}"
+    );
+    assert!(worker_rss < 2 << 30, "worker peak RSS {worker_rss}");
+    // The worker still serves, and leaves within its grace when told.
+    let (status, error) = run(&env, &token, &base, &ft);
+    assert_eq!(status, "succeeded", "{error}");
+    let sent = Instant::now();
+    assert!(env.terminate("w1").success());
+    let took = sent.elapsed();
+    eprintln!("worker exited {took:?} after SIGTERM");
+    assert!(
+        took < Duration::from_secs(10),
+        "exited {took:?} after SIGTERM"
+    );
+}

@@ -73,6 +73,12 @@ pub(crate) fn audit_sections_in_browser(
             Duration::from_secs(30),
         )
         .await;
+        // A finished audit cannot be cancelled: the button is hidden, whatever its CSS says.
+        let cancel = c.find(Locator::Css("#cancel")).await.unwrap();
+        assert!(
+            !cancel.is_displayed().await.unwrap(),
+            "Cancel shown on a finished audit"
+        );
         for (section, chart) in sections {
             let node = c
                 .find(Locator::Css(&format!("#{section}")))
