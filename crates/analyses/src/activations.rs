@@ -70,8 +70,9 @@ impl Analysis for Activations {
         let mut n_tokens = 0;
         let mut mean: Option<neurodiff_protocol::MeanDiffSums> = None;
         for s in shards {
-            n_tokens += s.n_tokens;
+            n_tokens = u64::saturating_add(n_tokens, s.n_tokens);
             for d in s.stats {
+                well_formed(&d)?;
                 match sums.entry((d.layer, hook_rank(&d.hook))) {
                     std::collections::btree_map::Entry::Vacant(v) => {
                         v.insert(d);
@@ -99,12 +100,12 @@ impl Analysis for Activations {
                         .iter_mut()
                         .zip(&s.mean_diff.position_counts)
                     {
-                        *a += b;
+                        *a = a.saturating_add(*b);
                     }
                     for (a, b) in m.all.iter_mut().zip(&s.mean_diff.all) {
                         *a += b;
                     }
-                    m.all_count += s.mean_diff.all_count;
+                    m.all_count = m.all_count.saturating_add(s.mean_diff.all_count);
                 }
             }
         }
@@ -203,8 +204,21 @@ impl Analysis for Activations {
     }
 }
 
+/// A shard's sums are merged only when their per-position vectors agree in length.
+fn well_formed(d: &DiffSums) -> Result<(), AnalysisError> {
+    let p = &d.positions;
+    if p.diff_norm.len() != p.n.len() || p.rel_diff.len() != p.n.len() {
+        return Err(merge_err(format!(
+            "block {} {}: per-position sums of different lengths",
+            d.layer, d.hook
+        )));
+    }
+    Ok(())
+}
+
+// Counts saturate: a sum of shards never wraps or panics, whatever a shard claims.
 fn add(a: &mut DiffSums, b: &DiffSums) {
-    a.n += b.n;
+    a.n = a.n.saturating_add(b.n);
     a.diff_norm += b.diff_norm;
     a.rel_diff += b.rel_diff;
     a.cosine += b.cosine;
@@ -221,7 +235,7 @@ fn add_positions(a: &mut PositionSums, b: &PositionSums) {
     a.diff_norm.resize(n, 0.0);
     a.rel_diff.resize(n, 0.0);
     for i in 0..b.n.len() {
-        a.n[i] += b.n[i];
+        a.n[i] = a.n[i].saturating_add(b.n[i]);
         a.diff_norm[i] += b.diff_norm[i];
         a.rel_diff[i] += b.rel_diff[i];
     }

@@ -227,13 +227,16 @@ impl Histogram {
         let mut counts: std::collections::BTreeMap<u64, u64> =
             self.bins.iter().map(|[b, c]| (*b, *c)).collect();
         for [b, c] in &other.bins {
-            *counts.entry(*b).or_insert(0) += c;
+            let n = counts.entry(*b).or_insert(0);
+            *n = n.saturating_add(*c);
         }
         self.bins = counts.into_iter().map(|(b, c)| [b, c]).collect();
     }
 
     pub fn count(&self) -> u64 {
-        self.bins.iter().map(|[_, c]| c).sum()
+        self.bins
+            .iter()
+            .fold(0u64, |n, [_, c]| n.saturating_add(*c))
     }
 
     /// The value below which a share `q` of the counts lie (0 when empty).
@@ -245,7 +248,7 @@ impl Histogram {
         let rank = ((q * n as f64).ceil() as u64).clamp(1, n);
         let mut seen = 0;
         for [b, c] in &self.bins {
-            seen += c;
+            seen = u64::saturating_add(seen, *c);
             if seen >= rank {
                 return Self::value(*b);
             }
