@@ -100,19 +100,22 @@ impl Dir {
 
     /// The whole of the regular file `name`, refused past `max` bytes (counted while reading).
     pub fn read_file(&self, name: &str, max: u64) -> Result<Vec<u8>, String> {
-        let (file, meta) = self.open_file(name)?;
-        if meta.len() > max {
-            return Err(format!("{name}: {} bytes, more than {max}", meta.len()));
-        }
-        let mut bytes = Vec::new();
-        file.take(max + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| format!("{name}: {e}"))?;
-        if bytes.len() as u64 > max {
-            return Err(format!("{name}: more than {max} bytes"));
-        }
-        Ok(bytes)
+        let (file, _) = self.open_file(name)?;
+        read_bounded(file, name, max)
     }
+}
+
+/// The whole of an open file, refused past `max` bytes (counted while reading, so a file that
+/// grows meanwhile is refused too).
+pub fn read_bounded(file: File, name: &str, max: u64) -> Result<Vec<u8>, String> {
+    let mut bytes = Vec::new();
+    file.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("{name}: {e}"))?;
+    if bytes.len() as u64 > max {
+        return Err(format!("{name}: more than {max} bytes"));
+    }
+    Ok(bytes)
 }
 
 /// What one poll may still hash, and whether it must stop (its time ran out, or the scheduler

@@ -20,7 +20,7 @@ use std::time::SystemTime;
 
 use neurodiff_protocol::scan::TargetKind;
 
-use crate::fsread::{hash, Budget, Dir, Partial, Stopped};
+use crate::fsread::{hash, read_bounded, Budget, Dir, Partial, Stopped};
 use neurodiff_store::Blobs;
 use sha2::{Digest, Sha256};
 
@@ -552,14 +552,7 @@ fn open_cached(path: &Path, name: &str) -> Result<(std::fs::File, std::fs::Metad
 
 fn read_cached(path: &Path, name: &str, max: u64) -> Result<Vec<u8>, String> {
     let (file, _) = open_cached(path, name)?;
-    let mut bytes = Vec::new();
-    file.take(max + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("{name}: {e}"))?;
-    if bytes.len() as u64 > max {
-        return Err(format!("{name}: more than {max} bytes"));
-    }
-    Ok(bytes)
+    read_bounded(file, name, max)
 }
 
 /// The checkpoints under a watched `s3://bucket/prefix`.

@@ -8,6 +8,8 @@
 
 #[path = "../../../tests/fuzz/common.rs"]
 mod common;
+#[path = "common/mod.rs"]
+mod organisms;
 
 use std::path::Path;
 
@@ -240,7 +242,7 @@ fn corpus_reader() {
 #[test]
 fn shard_output_merging() {
     use neurodiff_core::organisms::{write_organisms, OrganismSpec};
-    use neurodiff_protocol::{PlanRecord, ShardOutput};
+    use neurodiff_protocol::ShardOutput;
     let tmp = tempfile::tempdir().unwrap();
     write_organisms(tmp.path(), &OrganismSpec::default()).unwrap();
     let mut spec = AuditSpec::new(
@@ -258,38 +260,7 @@ fn shard_output_merging() {
     spec.corpus.max_samples = 4;
     spec.corpus.shard_samples = 2;
     spec.validate().unwrap();
-    let limits = Limits::default();
-    let sources = Sources::open(&spec.base, &spec.target, &HubOptions::from_env()).unwrap();
-    let corpus = neurodiff_worker::corpus::load_local(&spec.corpus, &limits).unwrap();
-    let (b, t) = sources.contents().unwrap();
-    let shards = plan_audit(&sources, &spec, [&b, &t], Some(&corpus), &limits).unwrap();
-    let store = neurodiff_worker::exec::store::DirStore::new(tmp.path());
-    let outputs: Vec<ShardOutput> = shards
-        .iter()
-        .map(|s| {
-            run_shard(
-                &sources,
-                s,
-                Some(&corpus),
-                &store,
-                tch::Device::Cpu,
-                &mut |_| true,
-            )
-        })
-        .collect::<Result<_, _>>()
-        .unwrap();
-    let record = |name: &str| neurodiff_protocol::ModelRecord {
-        reference: name.into(),
-        resolved: name.into(),
-        content_hash: "sha256:0".into(),
-        files: Vec::new(),
-    };
-    let plan = PlanRecord {
-        n_layers: sources.n_layers().unwrap(),
-        base: record("base"),
-        finetuned: record("ft"),
-        corpus: Some(corpus.record.clone()),
-    };
+    let (outputs, plan) = organisms::shard_outputs(&spec).unwrap();
     // Unmutated, they merge.
     neurodiff_analyses::assemble(&spec, plan.clone(), outputs.clone(), 0).unwrap();
     let seeds: Vec<Vec<u8>> = outputs

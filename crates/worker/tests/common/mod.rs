@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use neurodiff_core::reference::HubOptions;
-use neurodiff_protocol::{AuditResults, AuditSpec, Limits, PlanRecord};
+use neurodiff_protocol::{AuditResults, AuditSpec, Limits, PlanRecord, ShardOutput};
 use neurodiff_worker::exec::run_shard;
 use neurodiff_worker::{corpus, plan_audit, Sources};
 
@@ -20,6 +20,12 @@ fn record() -> neurodiff_protocol::ModelRecord {
 
 /// Runs `spec` as the embedded audit does (plan, every shard, assemble).
 pub fn audit(spec: &AuditSpec) -> Result<AuditResults, String> {
+    let (outputs, record) = shard_outputs(spec)?;
+    neurodiff_analyses::assemble(spec, record, outputs, 0).map_err(|e| e.to_string())
+}
+
+/// Plans `spec` and runs every shard: their outputs, and the plan's record.
+pub fn shard_outputs(spec: &AuditSpec) -> Result<(Vec<ShardOutput>, PlanRecord), String> {
     let limits = Limits::default();
     let sources = Sources::open(&spec.base, &spec.target, &HubOptions::from_env())
         .map_err(|e| e.to_string())?;
@@ -50,7 +56,7 @@ pub fn audit(spec: &AuditSpec) -> Result<AuditResults, String> {
         finetuned: record(),
         corpus: Some(corpus.record),
     };
-    neurodiff_analyses::assemble(spec, record, outputs, 0).map_err(|e| e.to_string())
+    Ok((outputs, record))
 }
 
 /// Asserts the ground truth of a change that starts at `block`'s `first_hook` (a hook name of

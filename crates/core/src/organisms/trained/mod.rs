@@ -307,6 +307,14 @@ pub fn cached(seed: u64, observer: &mut dyn Observer) -> Result<PathBuf> {
         return Ok(dir);
     }
     std::fs::create_dir_all(&root).map_err(io(&root))?;
+    // Across processes too (tests run the CLI beside the library): one trains, the others wait
+    // for its result instead of training the same organisms on the same cores.
+    let lock_path = root.join(format!(".trained-v{VERSION}-seed{seed}.lock"));
+    let lock = std::fs::File::create(&lock_path).map_err(io(&lock_path))?;
+    lock.lock().map_err(io(&lock_path))?;
+    if dir.join("manifest.json").is_file() {
+        return Ok(dir);
+    }
     let tmp = root.join(format!(
         ".trained-v{VERSION}-seed{seed}.{}",
         std::process::id()
