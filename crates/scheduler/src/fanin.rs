@@ -6,7 +6,6 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use neurodiff_protocol::limits::MAX_SHARD_OUTPUT_BYTES;
 use neurodiff_protocol::{AuditResults, PlanRecord, ShardOutput};
 use neurodiff_report::ReportFile;
 use neurodiff_store::{artifact_key, shard_result_key, ArtifactRow, Finishing, StoreError};
@@ -24,8 +23,9 @@ pub enum FanInError {
 }
 
 /// Refuses an audit whose shard outputs together are more than the fan-in may hold at once
-/// (`--max-fanin-bytes`, default `neurodiff_protocol::limits::MAX_FANIN_BYTES`), or one of which is more than a shard may return, before any is read:
-/// one audit cannot take the scheduler's memory (and every other audit's fan-in) down with it.
+/// (`--max-fanin-bytes`), before any is read: one audit cannot take the scheduler's memory (and
+/// every other audit's fan-in) down with it. (Workers refuse to store a single output over
+/// `MAX_SHARD_OUTPUT_BYTES`.)
 async fn check_sizes(ctx: &SchedulerContext, f: &Finishing) -> Result<(), FanInError> {
     let mut total = 0u64;
     for (key, attempt) in &f.shards {
@@ -39,13 +39,7 @@ async fn check_sizes(ctx: &SchedulerContext, f: &Finishing) -> Result<(), FanInE
             }
             Err(e) => return Err(e.into()),
         };
-        if size > MAX_SHARD_OUTPUT_BYTES.min(ctx.settings.max_fanin_bytes) {
-            return Err(FanInError::Invalid(format!(
-                "shard {key}: its output is {size} bytes, more than a shard may return \
-                 ({MAX_SHARD_OUTPUT_BYTES} bytes)"
-            )));
-        }
-        total += size;
+        total = total.saturating_add(size);
     }
     let max = ctx.settings.max_fanin_bytes;
     if total > max {

@@ -77,10 +77,9 @@ impl Dir {
             .map_err(|e| format!("{}: {e}", self.shown.display()))?;
         for entry in entries {
             let entry = entry.map_err(|e| e.to_string())?;
-            let name = entry.file_name().to_string_lossy().to_string();
-            // Gone meanwhile: not listed.
-            if let Ok(meta) = std::fs::symlink_metadata(self.at(&name)) {
-                out.push((name, meta));
+            // `lstat` relative to the directory (links not followed); gone meanwhile: not listed.
+            if let Ok(meta) = entry.metadata() {
+                out.push((entry.file_name().to_string_lossy().to_string(), meta));
             }
         }
         Ok(out)
@@ -88,14 +87,7 @@ impl Dir {
 
     /// The regular file `name`, opened without blocking and without following a link.
     pub fn open_file(&self, name: &str) -> Result<(File, std::fs::Metadata), String> {
-        let file = open_flags(0)
-            .open(self.at(name))
-            .map_err(|e| format!("{name}: {e}"))?;
-        let meta = file.metadata().map_err(|e| format!("{name}: {e}"))?;
-        if !meta.is_file() {
-            return Err(format!("{name}: not a regular file"));
-        }
-        Ok((file, meta))
+        regular(open_flags(0).open(self.at(name)), name)
     }
 
     /// The whole of the regular file `name`, refused past `max` bytes (counted while reading).
@@ -103,6 +95,25 @@ impl Dir {
         let (file, _) = self.open_file(name)?;
         read_bounded(file, name, max)
     }
+}
+
+/// The regular file at `path` (named `name` in messages), opened without blocking; links are
+/// followed (the hub cache's snapshots are links into its blobs, and no team writes there).
+pub fn open_following(path: &Path, name: &str) -> Result<(File, std::fs::Metadata), String> {
+    let mut o = OpenOptions::new();
+    o.read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC);
+    regular(o.open(path), name)
+}
+
+/// An opened file if it is a regular one (a FIFO or a device is refused, never read).
+fn regular(opened: std::io::Result<File>, name: &str) -> Result<(File, std::fs::Metadata), String> {
+    let file = opened.map_err(|e| format!("{name}: {e}"))?;
+    let meta = file.metadata().map_err(|e| format!("{name}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("{name}: not a regular file"));
+    }
+    Ok((file, meta))
 }
 
 /// The whole of an open file, refused past `max` bytes (counted while reading, so a file that

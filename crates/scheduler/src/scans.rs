@@ -550,10 +550,9 @@ async fn poll_one(ctx: &SchedulerContext, scan: &ScanRow) -> usize {
 #[derive(Debug, Default)]
 pub struct Polls {
     tasks: tokio::task::JoinSet<usize>,
-    /// Scan and team of each poll in flight.
-    running: HashMap<Uuid, Uuid>,
-    /// The scan of each task (a task that panicked is known by its id only).
-    scans: HashMap<tokio::task::Id, Uuid>,
+    /// The scan and team of each poll in flight, by its task (a task that panicked is known by
+    /// its id only).
+    running: HashMap<tokio::task::Id, (Uuid, Uuid)>,
 }
 
 impl Polls {
@@ -566,10 +565,6 @@ impl Polls {
         self.running.is_empty()
     }
 
-    fn team_polls(&self, team: Uuid) -> usize {
-        self.running.values().filter(|t| **t == team).count()
-    }
-
     fn ended(&mut self, joined: Result<(tokio::task::Id, usize), tokio::task::JoinError>) -> usize {
         let (id, started) = match joined {
             Ok((id, started)) => (id, started),
@@ -578,9 +573,7 @@ impl Polls {
                 (e.id(), 0)
             }
         };
-        if let Some(scan) = self.scans.remove(&id) {
-            self.running.remove(&scan);
-        }
+        self.running.remove(&id);
         started
     }
 
@@ -616,20 +609,25 @@ impl Polls {
             .await?;
         let mut started = 0;
         for scan in due {
-            if self.running.contains_key(&scan.id) {
+            if self.running.values().any(|(s, _)| *s == scan.id) {
                 continue;
             }
-            if self.team_polls(scan.team.id) >= ctx.scans.polls_per_team.max(1) {
-                // The team's other polls are still running: this one is due again shortly.
+            let team_polls = self
+                .running
+                .values()
+                .filter(|(_, t)| *t == scan.team.id)
+                .count();
+            if team_polls >= ctx.scans.polls_per_team.max(1) || self.len() >= MAX_POLLS {
+                // The team's (or this scheduler's) other polls are still running: this one is
+                // due again shortly.
                 ctx.db
                     .scan_due_within(scan.id, ctx.settings.poll.as_secs_f64())
                     .await?;
                 continue;
             }
-            self.running.insert(scan.id, scan.team.id);
-            let (ctx, id) = (ctx.clone(), scan.id);
+            let (ctx, ids) = (ctx.clone(), (scan.id, scan.team.id));
             let task = self.tasks.spawn(async move { poll_one(&ctx, &scan).await });
-            self.scans.insert(task.id(), id);
+            self.running.insert(task.id(), ids);
             started += 1;
         }
         Ok(started)

@@ -20,7 +20,7 @@ use std::time::SystemTime;
 
 use neurodiff_protocol::scan::TargetKind;
 
-use crate::fsread::{hash, read_bounded, Budget, Dir, Partial, Stopped};
+use crate::fsread::{hash, open_following, read_bounded, Budget, Dir, Partial, Stopped};
 use neurodiff_store::Blobs;
 use sha2::{Digest, Sha256};
 
@@ -518,7 +518,7 @@ pub fn list_hub(
         let weights = weight_files(&names, index.as_deref())?;
         if let Some(dir) = &snapshot {
             for w in weights {
-                let (mut f, meta) = open_cached(&dir.join(&w), &w)?;
+                let (mut f, meta) = open_following(&dir.join(&w), &w)?;
                 header_complete(&mut f, &w, meta.len())?;
             }
         }
@@ -534,24 +534,9 @@ pub fn list_hub(
     Ok(out)
 }
 
-/// A file of the hub cache (whose snapshots are links into its blobs, so links are followed
-/// there): opened without blocking, a regular file.
-fn open_cached(path: &Path, name: &str) -> Result<(std::fs::File, std::fs::Metadata), String> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| format!("{name}: {e}"))?;
-    let meta = file.metadata().map_err(|e| format!("{name}: {e}"))?;
-    if !meta.is_file() {
-        return Err(format!("{name}: not a regular file"));
-    }
-    Ok((file, meta))
-}
-
+/// A file of the hub cache, read whole up to `max` bytes.
 fn read_cached(path: &Path, name: &str, max: u64) -> Result<Vec<u8>, String> {
-    let (file, _) = open_cached(path, name)?;
+    let (file, _) = open_following(path, name)?;
     read_bounded(file, name, max)
 }
 

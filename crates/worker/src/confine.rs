@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use neurodiff_core::checkpoint::{CONFIG_FILE, SHARD_INDEX, SINGLE_FILE, TOKENIZER_FILE};
-use neurodiff_core::guard::{open_checked, Guard};
+use neurodiff_core::guard::Guard;
 use neurodiff_core::reference::{resolve_hub, HubOptions};
 use neurodiff_core::weights::lora::{ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 use neurodiff_core::{Checkpoint, CoreError};
@@ -211,12 +211,7 @@ impl Enforcer {
         roots: &[PathBuf],
     ) -> Result<std::fs::File> {
         let refuse = |why: &str| WorkerError::Io(format!("corpus `{reference}`: {why}"));
-        // Without blocking (a FIFO's open would wait for a writer for good), a regular file
-        // only (a FIFO or a device is refused once open, never read).
-        let (file, _) = open_checked(path, "corpus", None).map_err(|e| match e {
-            CoreError::MissingFile { .. } => refuse("no file there"),
-            _ => refuse("not a regular file"),
-        })?;
+        let file = crate::corpus::open_file(reference, path)?;
         // The path the kernel has for the open descriptor.
         let opened = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
             .map_err(|_| refuse("cannot tell where the open file lies"))?;

@@ -78,12 +78,18 @@ fn file_name(source: &str) -> String {
 }
 
 fn read_bounded(source: &str, path: &Path, max: u64) -> Result<Vec<u8>> {
-    // Without blocking: a FIFO's open would wait for a writer for good.
+    read_file_bounded(source, open_file(source, path)?, max)
+}
+
+/// The corpus file at `path`, opened as every file a request names is: without blocking (a
+/// FIFO's open would wait for a writer for good), a regular file only (a FIFO or a device is
+/// refused once open, never read).
+pub(crate) fn open_file(source: &str, path: &Path) -> Result<std::fs::File> {
     let (file, _) = open_checked(path, "corpus", None).map_err(|e| match e {
         neurodiff_core::CoreError::MissingFile { .. } => refused(source, "no file there"),
         _ => refused(source, "not a regular file"),
     })?;
-    read_file_bounded(source, file, max)
+    Ok(file)
 }
 
 fn read_file_bounded(source: &str, file: std::fs::File, max: u64) -> Result<Vec<u8>> {
