@@ -12,7 +12,10 @@ sample at a time with no padding, and compares:
   activations.layers[]: mean_diff_norm, mean_rel_diff, mean_cosine for every block and hook
   logit_lens.layers[].kl_mean and logit_lens.output.kl_mean
 
-to 1e-4 relative. The blocks before the perturbed one must be exactly zero (cosine exactly 1).
+to 1e-4 relative. A block's `hook_resid_post` is its output before any final norm (a forward hook
+on the decoder layer, as TransformerLens' `blocks.{l}.hook_resid_post` and the diffing toolkit's
+nnsight reads of `layers[l].output` take it; transformers' last `hidden_states` entry is normed),
+so the last block's lens equals the output logits and its KL equals the output's. The blocks before the perturbed one must be exactly zero (cosine exactly 1).
 """
 
 import argparse
@@ -69,10 +72,18 @@ def parts(model):
 
 
 def run(model, ids):
-    """hidden_states, and per block the attention and MLP outputs."""
+    """hidden_states, and per block the attention and MLP outputs and the block's own output.
+
+    The block's output is caught by a forward hook on the decoder layer itself, as TransformerLens'
+    `blocks.{l}.hook_resid_post` and nnsight's `model.layers[l].output[0]` read it: before any
+    final norm. transformers' `hidden_states[n]` is the final norm's output instead, so
+    `hidden_states[l + 1]` is used nowhere here for a block's state."""
     blocks, mods, _ = parts(model)
     caught = {}
     handles = []
+    for i, block in enumerate(blocks):
+        handles.append(block.register_forward_hook(
+            lambda m, a, o, i=i: caught.__setitem__(("block", i), o[0] if isinstance(o, tuple) else o)))
     for i, (attn, mlp) in enumerate(mods):
         handles.append(attn.register_forward_hook(
             lambda m, a, o, i=i: caught.__setitem__(("attn", i), o[0] if isinstance(o, tuple) else o)))
@@ -95,7 +106,7 @@ def states(out, caught, layer, hook):
         return hs[layer][0] + caught[("attn", layer)][0]
     if hook == "hook_mlp_out":
         return caught[("mlp", layer)][0]
-    return hs[layer + 1][0]
+    return caught[("block", layer)][0]
 
 
 def reference(base_dir, ft_dir):
@@ -125,8 +136,12 @@ def reference(base_dir, ft_dir):
             if l == "output":
                 lb, lf = ob.logits[0], of.logits[0]
             else:
-                lb = base.get_output_embeddings()(parts(base)[2](ob.hidden_states[l + 1][0]))
-                lf = ft.get_output_embeddings()(parts(ft)[2](of.hidden_states[l + 1][0]))
+                lb = base.get_output_embeddings()(parts(base)[2](states(ob, cb, l, "hook_resid_post")))
+                lf = ft.get_output_embeddings()(parts(ft)[2](states(of, cf, l, "hook_resid_post")))
+                if l == n - 1:
+                    # The last block's lens is the model's own output.
+                    for got, want in [(lb, ob.logits[0]), (lf, of.logits[0])]:
+                        assert (got - want).abs().max().item() < 1e-9, "last-block lens != logits"
             v = min(lb.shape[-1], lf.shape[-1])
             pb, pf = lb[:, :v].log_softmax(-1), lf[:, :v].log_softmax(-1)
             kl[l] += (pf.exp() * (pf - pb)).sum(-1).sum().item()
@@ -176,6 +191,8 @@ def cmd_check(args):
                 worst = max(worst, abs(g - r) / max(abs(r), 1e-30) if r else abs(g - r))
                 if not close(g, r):
                     bad.append(f"logit lens {key} kl_mean: {g!r} vs {r!r}")
+                if key == len(lens["layers"]) - 1 and not close(g, lens["output"]["kl_mean"]):
+                    bad.append(f"logit lens of the last block {g!r} != output {lens['output']['kl_mean']!r}")
                 if key != "output" and key < PERTURBED and g != 0.0:
                     bad.append(f"logit lens {key}: {g!r}, expected exactly 0")
             failures += bool(bad)

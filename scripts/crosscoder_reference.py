@@ -13,8 +13,9 @@ docs/crosscoder.md only, in plain PyTorch:
   OUT_DIR/train_sae.safetensors  the same for an SAE on differences (M=1; x = model 1 - model 0).
   OUT_DIR/scaling.safetensors    a fixed crosscoder dictionary and normalised data with the
                                  inference codes, reconstructions, latent-scaling betas (fitted
-                                 one latent at a time from explicit targets), nu, the decoder-norm
-                                 ratio delta, FVE, L0 and the dead fraction.
+                                 one latent at a time from explicit targets, as the anchors'
+                                 latent_scaling code does: see `latent_scaling` below), nu, the
+                                 decoder-norm ratio delta, FVE, L0 and the dead fraction.
 
 Gradients come from torch autograd; the optimiser is torch.optim.Adam with
 torch.nn.utils.clip_grad_norm_ and a torch.optim.lr_scheduler.LambdaLR warm-up, so the reference
@@ -303,7 +304,18 @@ def make_init(gen, M):
 
 
 def latent_scaling(x, f, x_hat, W_dec, ft=1):
-    """Per-latent definition with explicit targets. Returns beta_r, beta_eps (M, F)."""
+    """Latent scaling as the anchors compute it, one latent at a time. Returns beta_r, beta_eps (M, F).
+
+    Follows science-of-finetuning/sparsity-artifacts-crosscoders `tools/latent_scaler/closed_form.py`
+    (`closed_form_scalars`: beta_j = sum_t f_j(t) <d_j, y_t> / (||d_j||^2 sum_t f_j(t)^2), with d_j
+    the fine-tune's ("chat") decoder row for every target) and the targets of
+    science-of-finetuning/diffing-toolkit `src/diffing/utils/dictionary/latent_scaling/utils.py`:
+      load_{base,ft}_reconstruction: the full reconstruction x_hat[:, m], latent j's own part
+                                     and the decoder bias included (unchanged);
+      load_{base,ft}_error:          x[:, m] - (x_hat[:, m] - f_j W_dec[m, j]), latent j's part
+                                     (with model m's own decoder row) put back into the error.
+    nu = beta_base / beta_ft (`add_possible_cols` in diffing-toolkit latent_scaling/beta_analysis.py).
+    """
     M = W_dec.shape[0]
     nf = f.shape[1]
     beta_r = torch.full((M, nf), math.nan)
@@ -315,9 +327,8 @@ def latent_scaling(x, f, x_hat, W_dec, ft=1):
             continue
         d_j = W_dec[ft, j]
         for m in range(M):
-            part = fj[:, None] * W_dec[m, j][None, :]  # (N, d)
-            y_r = x_hat[:, m] - part
-            y_eps = x[:, m] - x_hat[:, m] + part
+            y_r = x_hat[:, m]
+            y_eps = x[:, m] - (x_hat[:, m] - fj[:, None] * W_dec[m, j][None, :])
             dd = (d_j @ d_j) * denom_f
             beta_r[m, j] = (d_j @ (fj[:, None] * y_r).sum(dim=0)) / dd
             beta_eps[m, j] = (d_j @ (fj[:, None] * y_eps).sum(dim=0)) / dd

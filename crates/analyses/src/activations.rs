@@ -335,8 +335,9 @@ fn mean_diff_safetensors(m: &MeanDiff) -> Result<Vec<u8>, AnalysisError> {
     ];
     let meta = std::collections::HashMap::from([(
         "about".to_string(),
-        "mean over non-pad tokens of h_ft - h_base at hook_resid_post (transformers' \
-         hidden_states[layer + 1]), by block and position, and over all positions"
+        "mean over non-pad tokens of h_ft - h_base at hook_resid_post (each block's output \
+         before any final norm: transformers' hidden_states[layer + 1] except at the last \
+         block, whose hidden state is normed), by block and position, and over all positions"
             .to_string(),
     )]);
     safetensors::tensor::serialize(tensors, Some(meta))

@@ -244,14 +244,14 @@ impl Analysis for Dictionaries {
                     .iter()
                     .filter(|l| l.class == "ft_only")
                     .filter_map(|l| Some((l.nu_eps?, l.nu_r?)))
-                    .filter(|&(e, rr)| (e < 0.2 && rr < 0.5) == low)
+                    .filter(|&(e, rr)| neurodiff_protocol::real_ft_only(e, rr) == low)
                     .collect()
             };
             let name = format!("{slug}_nu.svg");
             figures.push(Figure {
                 svg: scatter(
                     &name,
-                    "Latent scaling of fine-tune-only latents (ν_ε < 0.2 and ν_r < 0.5: real)",
+                    "Latent scaling of fine-tune-only latents (|ν_ε| < 0.2 and |ν_r| < 0.5: real)",
                     ("ν_ε", "ν_r"),
                     &[
                         Series {

@@ -8,9 +8,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use neurodiff_core::dictionary::{
-    self, class_of, delta_norm, Accumulator, Dictionary, Normalization, TrainOptions, Trainer,
+    self, class_of, delta_norm, Accumulator, Dictionary, Evaluation, Normalization, TrainOptions,
+    Trainer,
 };
 use neurodiff_core::organisms::trained::rng::Rng;
+use neurodiff_protocol::real_ft_only;
 use tch::{Device, Kind, Tensor};
 
 fn fixture(name: &str) -> PathBuf {
@@ -302,7 +304,9 @@ fn a_resumed_run_ends_bit_identical_to_a_straight_one() {
     assert_eq!(back.threshold, resumed.dict.threshold);
 }
 
-fn classes(trainer: &Trainer, data: &Tensor) -> (BTreeMap<&'static str, usize>, Vec<f64>) {
+type Classes = (BTreeMap<&'static str, usize>, Vec<f64>, Evaluation);
+
+fn classes(trainer: &Trainer, data: &Tensor) -> Classes {
     let delta = delta_norm(&trainer.dict).unwrap();
     let mut acc = Accumulator::new(&trainer.dict).unwrap();
     let x = trainer.dict.norm.apply(data, Kind::Float).unwrap();
@@ -314,7 +318,7 @@ fn classes(trainer: &Trainer, data: &Tensor) -> (BTreeMap<&'static str, usize>, 
             *counts.entry(class_of(*dl)).or_insert(0) += 1;
         }
     }
-    (counts, delta)
+    (counts, delta, ev)
 }
 
 #[test]
@@ -322,7 +326,8 @@ fn a_crosscoder_finds_planted_fine_tune_only_directions_and_none_in_a_control() 
     tch::set_num_threads(1);
     let (data, dirs) = planted(8192, 16, 8, 3, 2, 2);
     let trainer = train(&data, 64, 3000, 3);
-    let (counts, delta) = classes(&trainer, &data.narrow(0, 6144, 2048));
+    let (counts, delta, ev) = classes(&trainer, &data.narrow(0, 6144, 2048));
+    let (nu_eps, nu_r) = ev.nu();
     // Every planted fine-tune-only direction is matched by a fine-tune-only latent.
     let dec_ft = trainer.dict.w_dec.get(1).to_kind(Kind::Float);
     let dec_ft = &dec_ft / dec_ft.norm_scalaropt_dim(2, [1], true).clamp_min(1e-12);
@@ -345,6 +350,22 @@ fn a_crosscoder_finds_planted_fine_tune_only_directions_and_none_in_a_control() 
             "its latent {j} has Δ = {}",
             delta[j as usize]
         );
+        // Latent scaling: the base explains none of it (the anchors' definition, β^r on the
+        // full reconstruction), and the rule calls it real.
+        let (e, r) = (nu_eps[j as usize], nu_r[j as usize]);
+        eprintln!("    ν_ε {e:.3}, ν_r {r:.3}");
+        assert!(r.abs() < 0.3, "latent {j}: ν_r = {r}");
+        assert!(real_ft_only(e, r), "latent {j}: ν_ε {e}, ν_r {r} not real");
+    }
+    // Shared latents: the base reconstructs them as much as the fine-tune does.
+    let shared: Vec<f64> = (0..delta.len())
+        .filter(|&j| ev.fired[j] > 0 && class_of(delta[j]) == "shared")
+        .map(|j| nu_r[j])
+        .collect();
+    eprintln!("ν_r of shared latents: {shared:.3?}");
+    assert!(!shared.is_empty());
+    for r in &shared {
+        assert!((0.7..=1.3).contains(r), "a shared latent has ν_r = {r}");
     }
     eprintln!("classes of latents that fire: {counts:?}");
     let ft_only = counts.get("ft_only").copied().unwrap_or(0);
@@ -355,7 +376,7 @@ fn a_crosscoder_finds_planted_fine_tune_only_directions_and_none_in_a_control() 
     let base = data.select(1, 0);
     let same = Tensor::stack(&[&base, &base], 1);
     let control = train(&same, 64, 3000, 3);
-    let (counts, _) = classes(&control, &same.narrow(0, 6144, 2048));
+    let (counts, _, _) = classes(&control, &same.narrow(0, 6144, 2048));
     assert_eq!(counts.get("ft_only"), None, "control: {counts:?}");
     assert_eq!(counts.get("base_only"), None, "control: {counts:?}");
 }

@@ -186,6 +186,23 @@ pub struct LatentExample {
     pub activation: f64,
 }
 
+/// Latent scaling's bound on |ν_ε| for a fine-tune-only latent to count as real.
+pub const NU_EPS_MAX: f64 = 0.2;
+/// Latent scaling's bound on |ν_r|.
+pub const NU_R_MAX: f64 = 0.5;
+
+/// Whether latent scaling calls a fine-tune-only latent real rather than a sparsity artifact:
+/// |ν_ε| < 0.2 and |ν_r| < 0.5 (the sparsity-artifacts paper's thresholds, `notebooks/art.py`).
+///
+/// The bound is on |ν|, as the anchors' threshold sweep (`plot_latents_vs_threshold`) and the
+/// inset of `plot_decoder_norm_diff` read it: ν is the share of the latent's direction the base
+/// model explains, so ν = −3 (the base explains it three times over, with the opposite sign) is
+/// no evidence that the fine-tune alone carries it, and a signed `< 0.2` would let any negative
+/// ratio through unbounded. A latent whose β never fitted (NaN, it never fired) is not real.
+pub fn real_ft_only(nu_eps: f64, nu_r: f64) -> bool {
+    nu_eps.abs() < NU_EPS_MAX && nu_r.abs() < NU_R_MAX
+}
+
 /// One latent of a dictionary.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LatentReport {
@@ -232,7 +249,8 @@ pub struct DictionaryReport {
     pub dead_fraction: f64,
     /// Latents per class (crosscoders).
     pub classes: ClassCounts,
-    /// Fine-tune-only latents that latent scaling calls real (ν_ε < 0.2 and ν_r < 0.5).
+    /// Fine-tune-only latents that latent scaling calls real (|ν_ε| < 0.2 and |ν_r| < 0.5:
+    /// `real_ft_only`).
     pub ft_only_low_nu: usize,
     /// Histogram of Δ over every latent: 20 bins over [0, 1] (crosscoders).
     pub delta_histogram: Vec<u64>,

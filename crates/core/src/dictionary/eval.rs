@@ -108,7 +108,9 @@ impl Accumulator {
     }
 
     /// FVE, L0, dead fraction and latent scaling (fitted along each latent's last model's
-    /// decoder row: the fine-tune's, for a crosscoder).
+    /// decoder row: the fine-tune's, for a crosscoder), with the targets of the anchors'
+    /// `latent_scaling/utils.py`: β^r on the full reconstruction x̂_m, β^ε on the error with
+    /// latent j's own part (its model-m decoder row) put back.
     pub fn finish(self, dict: &Dictionary) -> Result<Evaluation> {
         let _guard = tch::no_grad_guard();
         if self.n == 0 {
@@ -146,7 +148,9 @@ impl Accumulator {
                     .f_mul(&a.f_select(0, m)?.f_transpose(0, 1)?)?
                     .f_sum_dim_intlist(-1, false, Kind::Double)?)
             };
-            beta_r.push(to_vec(&along(&self.rec_f)?.f_sub(&cross)?.f_div(&denom)?)?);
+            // The anchors fit β^r on the full reconstruction x̂_m (latent j's own part
+            // included); only the error target puts latent j's part back.
+            beta_r.push(to_vec(&along(&self.rec_f)?.f_div(&denom)?)?);
             beta_eps.push(to_vec(&along(&self.err_f)?.f_add(&cross)?.f_div(&denom)?)?);
         }
         let fired =

@@ -284,6 +284,7 @@ impl Gpt2 {
             hidden_states.push(x.shallow_clone());
             x = block.forward(x, &mask, hooks)?;
         }
+        let last_resid = x.shallow_clone();
         let x = self.ln_f.forward(&x)?;
         let logits = if hooks.wants_logits() {
             x.f_linear(&self.lm_head, None::<&Tensor>)?
@@ -294,6 +295,7 @@ impl Gpt2 {
         Ok(ForwardOutput {
             logits,
             hidden_states,
+            last_resid,
         })
     }
 }

@@ -531,6 +531,7 @@ impl Llama {
             };
             x = block.forward(x, &cos, &sin, &mask, hooks)?;
         }
+        let last_resid = x.shallow_clone();
         let x = self.norm.forward(&x)?;
         let logits = if hooks.wants_logits() {
             x.f_linear(&self.lm_head, None::<&Tensor>)?
@@ -541,6 +542,7 @@ impl Llama {
         Ok(ForwardOutput {
             logits,
             hidden_states,
+            last_resid,
         })
     }
 }

@@ -26,6 +26,22 @@ pub struct ForwardOutput {
     pub logits: Tensor,
     /// n_layers + 1 tensors of `[batch, seq, d_model]`
     pub hidden_states: Vec<Tensor>,
+    /// The last block's output before the final norm (`hook_resid_post` of the last block).
+    pub last_resid: Tensor,
+}
+
+impl ForwardOutput {
+    /// `hook_resid_post` of `layer`: the block's output, before any final norm. For every block
+    /// but the last this is `hidden_states[layer + 1]`; for the last, transformers' last hidden
+    /// state is already normed, so the block's own output is kept apart (`read_out` of it equals
+    /// the logits, and the state means the same at every block in every analysis).
+    pub fn resid_post(&self, layer: usize) -> &Tensor {
+        if layer + 1 >= self.hidden_states.len() - 1 {
+            &self.last_resid
+        } else {
+            &self.hidden_states[layer + 1]
+        }
+    }
 }
 
 /// Facts about a loaded model that analyses need without matching on the architecture.

@@ -99,8 +99,6 @@ pub fn run(
         let early = positions.f_lt(p_max as i64)?;
         for (layer, candidates) in candidates.iter_mut().enumerate() {
             for (h, hook) in HOOKS.iter().enumerate() {
-                // The contract: at hook_resid_post a block's state is transformers'
-                // hidden_states[layer + 1] (the final norm's output after the last block).
                 let state = |out: &neurodiff_core::ForwardOutput,
                              cache: &std::collections::BTreeMap<HookPoint, Tensor>|
                  -> Result<Tensor> {
@@ -112,11 +110,12 @@ pub fn run(
                             ))
                         })
                     };
-                    // The contract: at hook_resid_post a block's state is transformers'
-                    // hidden_states[layer + 1] (the final norm's output after the last block).
+                    // The contract: at hook_resid_post a block's state is its output before any
+                    // final norm (transformers' hidden_states[layer + 1] for every block but the
+                    // last, whose hidden state is already normed), as at every hook point.
                     Ok(match *hook {
                         "hook_resid_pre" => out.hidden_states[layer].shallow_clone(),
-                        "hook_resid_post" => out.hidden_states[layer + 1].shallow_clone(),
+                        "hook_resid_post" => out.resid_post(layer).shallow_clone(),
                         "hook_resid_mid" => {
                             out.hidden_states[layer].f_add(cached(HookKind::AttnOut)?)?
                         }

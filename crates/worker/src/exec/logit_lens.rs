@@ -1,6 +1,6 @@
-//! One shard of the differential logit lens: at every block each model's
-//! `hidden_states[layer + 1]` read through its own final norm and unembedding, and at the
-//! output the logits; per token KL(p_ft || p_base) in f64 over the shared ids, and the summed
+//! One shard of the differential logit lens: at every block each model's `hook_resid_post`
+//! (the block's output before the final norm) read through its own final norm and
+//! unembedding, so the last block's lens is the output logits, and at the output the logits; per token KL(p_ft || p_base) in f64 over the shared ids, and the summed
 //! probability shifts of each id.
 use std::time::Instant;
 
@@ -104,8 +104,8 @@ pub fn run(
             .model(Side::Finetuned)
             .forward(&batch.ids, &mut Hooks::new())?;
         for layer in 0..n_layers {
-            let hb = tokens.select(&out_b.hidden_states[layer + 1])?;
-            let hf = tokens.select(&out_f.hidden_states[layer + 1])?;
+            let hb = tokens.select(out_b.resid_post(layer))?;
+            let hf = tokens.select(out_f.resid_post(layer))?;
             let rows = |start: i64, len: i64| -> Result<(Tensor, Tensor)> {
                 Ok((
                     pair.model(Side::Base)

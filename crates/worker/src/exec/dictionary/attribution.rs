@@ -237,7 +237,8 @@ pub fn evaluate(
         l.kl_share = share.is_finite().then_some(share);
     }
     let real = |l: &&LatentReport| {
-        l.class == "ft_only" && l.nu_eps.is_some_and(|v| v < 0.2) && l.nu_r.is_some_and(|v| v < 0.5)
+        l.class == "ft_only"
+            && matches!((l.nu_eps, l.nu_r), (Some(e), Some(r)) if neurodiff_protocol::real_ft_only(e, r))
     };
     let low_nu: Vec<&LatentReport> = latents.iter().filter(real).collect();
     let domain_share = (!domain.is_empty() && !low_nu.is_empty()).then(|| {
