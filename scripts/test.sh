@@ -26,6 +26,10 @@ python scripts/parity.py check-inspect target/debug/neurodiff --seed 7
 python scripts/activations_reference.py check target/debug/neurodiff
 # CMAP recovery, the stitching landscape and the trace tokens against transformers in float64.
 python scripts/tier2_reference.py check target/debug/neurodiff
+# The readable traces (δ, n̄_ft, logit lens, halves), Patchscope (scale grid in units of n̄_ft,
+# token selection, chosen scale) and steering's curves against transformers in float64, written
+# from the diffing toolkit's activation-difference-lens code.
+python scripts/adl_reference.py check target/debug/neurodiff
 # The trained organisms (trained by the tests on first use, cached by seed and version).
 target/debug/neurodiff organisms --trained --quiet --out target/organisms-trained
 python scripts/organisms_check.py target/organisms-trained

@@ -47,3 +47,21 @@ pub fn encode(tokenizer: &Tokenizer, text: &str) -> Result<Vec<u32>> {
         .map_err(|e| CoreError::Input(format!("cannot tokenize the prompt: {e}")))?;
     Ok(encoding.get_ids().to_vec())
 }
+
+/// How many tokens the tokenizer prepends to every text (1 for a BOS, 0 for none): the
+/// positions whose state is the same whatever the text, which the corpus statistics leave out
+/// by default.
+pub fn prefix_len(tokenizer: &Tokenizer) -> usize {
+    let ids = |special: bool| {
+        tokenizer
+            .encode("a", special)
+            .map(|e| e.get_ids().to_vec())
+            .unwrap_or_default()
+    };
+    let (with, without) = (ids(true), ids(false));
+    if with.len() > without.len() && with.ends_with(&without) {
+        with.len() - without.len()
+    } else {
+        0
+    }
+}

@@ -58,7 +58,10 @@ fn cache_records_the_residual_stream_decomposition() {
                 assert!(max_abs_diff(&post, &get(l + 1, HookKind::ResidPre)) == 0.0);
             }
             // One state under one name: the forward's resid_post is the hook's, at every block.
-            assert!(max_abs_diff(&post, out.resid_post(l)) == 0.0, "{name}: resid_post {l}");
+            assert!(
+                max_abs_diff(&post, out.resid_post(l)) == 0.0,
+                "{name}: resid_post {l}"
+            );
         }
     }
 }
@@ -72,7 +75,10 @@ fn the_last_blocks_lens_is_the_output() {
         let last = model.info().n_layers - 1;
         let lens = model.read_out(out.resid_post(last)).expect("read out");
         let diff = max_abs_diff(&lens, &out.logits);
-        assert!(diff <= 1e-5, "{name}: last block's lens differs from the logits by {diff}");
+        assert!(
+            diff <= 1e-5,
+            "{name}: last block's lens differs from the logits by {diff}"
+        );
         // transformers' last hidden state is the normed one: the pre-norm state differs.
         assert!(max_abs_diff(out.resid_post(last), &out.hidden_states[last + 1]) > 1e-3);
     }

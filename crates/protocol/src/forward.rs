@@ -26,6 +26,14 @@ pub struct CorpusOptions {
     /// Samples per shard: the unit of work a worker runs.
     #[serde(default = "default_shard_samples")]
     pub shard_samples: usize,
+    /// Leading positions left out of the statistics a first token's outsized state (the BOS, an
+    /// attention sink) would dominate: the dictionaries' training and evaluation tokens,
+    /// steering's mean difference, the activations' top examples and distributions. Absent: the
+    /// tokens the tokenizer prepends (1 for a BOS, else 0). The traces keep position 0 (the
+    /// ADL's δ_0), and the per-token means of the activations and the logit lens keep every
+    /// token (they are what transformers' outputs give).
+    #[serde(default)]
+    pub skip_first: Option<usize>,
 }
 
 fn default_seq_len() -> usize {
@@ -49,6 +57,7 @@ impl Default for CorpusOptions {
             max_samples: default_max_samples(),
             batch_size: default_batch_size(),
             shard_samples: default_shard_samples(),
+            skip_first: None,
         }
     }
 }
@@ -77,6 +86,9 @@ impl CorpusOptions {
         within("corpus.max_samples", self.max_samples, 1, MAX_SAMPLES)?;
         within("corpus.batch_size", self.batch_size, 1, MAX_BATCH)?;
         within("corpus.shard_samples", self.shard_samples, 1, MAX_SAMPLES)?;
+        if let Some(n) = self.skip_first {
+            within("corpus.skip_first", n, 0, 64)?;
+        }
         if let Some(s) = &self.source {
             if s.trim().is_empty() || s.len() > 4096 || s.contains('\0') {
                 return Err(SpecError::Field(

@@ -128,7 +128,8 @@ pub struct TraceOptions {
     /// Tokens kept from the logit lens of each δ_j and −δ_j.
     #[serde(default = "default_trace_top")]
     pub top_k: usize,
-    /// Patchscope scales, log-spaced from `min_scale` to `max_scale`.
+    /// Patchscope scales, in units of n̄_ft (s = 1 patches δ at the fine-tune's natural
+    /// norm): at most this many of the toolkit's grid within [`min_scale`, `max_scale`].
     #[serde(default = "default_scales")]
     pub scales: usize,
     #[serde(default = "default_min_scale")]
@@ -192,14 +193,27 @@ impl TraceOptions {
         self.generation.validate("traces.generation")
     }
 
-    /// The Patchscope scales, log-spaced.
+    /// The Patchscope scales, in units of the fine-tuned model's mean norm n̄_ft: the diffing
+    /// toolkit's grid (`auto_patch_scope.py`, `run_auto_patch_scope_for_position`: 0.5 to 2.0
+    /// by 0.1, then 3, 4, 5, 10, and 20 to 200 by 20; 30 scales) within
+    /// [`min_scale`, `max_scale`], thinned evenly to at most `scales`.
     pub fn scale_grid(&self) -> Vec<f64> {
-        if self.scales == 1 {
+        let mut grid: Vec<f64> = (0..16).map(|i| (5 + i) as f64 / 10.0).collect();
+        grid.extend([3.0, 4.0, 5.0, 10.0]);
+        grid.extend((1..=10).map(|i| 20.0 * i as f64));
+        grid.retain(|&s| s >= self.min_scale - 1e-9 && s <= self.max_scale + 1e-9);
+        if grid.is_empty() {
             return vec![self.min_scale];
         }
-        let (lo, hi) = (self.min_scale.ln(), self.max_scale.ln());
+        let n = grid.len();
+        if self.scales >= n {
+            return grid;
+        }
+        if self.scales <= 1 {
+            return vec![grid[0]];
+        }
         (0..self.scales)
-            .map(|i| (lo + (hi - lo) * i as f64 / (self.scales - 1) as f64).exp())
+            .map(|i| grid[(i * (n - 1) + (self.scales - 1) / 2) / (self.scales - 1)])
             .collect()
     }
 }
@@ -372,9 +386,11 @@ pub struct ScalePoint {
 /// `analyses.traces.positions[].patchscope`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Patchscope {
-    /// The chosen scale (most novel agreed tokens; the smallest such scale on ties).
+    /// The chosen scale, in units of n̄_ft (most novel agreed tokens; the smallest such scale
+    /// on ties).
     pub scale: f64,
-    /// Tokens in the top 20 of all three prompts at `scale`, by their mean probability.
+    /// At `scale`, the 20 tokens of highest mean probability over the three prompts among
+    /// those in every prompt's top 16384 (the toolkit's selection).
     pub top_tokens: Vec<TokenProb>,
     pub scales: Vec<ScalePoint>,
 }
@@ -699,6 +715,19 @@ mod tests {
         let grid = TraceOptions::default().scale_grid();
         assert_eq!(grid.len(), 30);
         assert!((grid[0] - 0.5).abs() < 1e-12 && (grid[29] - 200.0).abs() < 1e-9);
+        assert!(grid.windows(2).all(|w| w[0] < w[1]), "{grid:?}");
+        for s in [1.0, 2.0, 3.0, 10.0, 20.0, 40.0] {
+            assert!(
+                grid.iter().any(|g| (g - s).abs() < 1e-9),
+                "{s} not in {grid:?}"
+            );
+        }
+        let few = TraceOptions {
+            scales: 4,
+            max_scale: 20.0,
+            ..TraceOptions::default()
+        };
+        assert_eq!(few.scale_grid(), [0.5, 1.2, 1.8, 20.0]);
         assert!(serde_json::from_str::<SteeringOptions>(r#"{"alpha": [1]}"#).is_err());
         assert!(serde_json::from_str::<TraceOptions>(r#"{"sample": 5}"#).is_err());
         let v: SteeringOptions =

@@ -47,6 +47,10 @@ pub struct ScopeArgs {
     /// Samples per shard (the unit a worker runs).
     #[arg(long, default_value_t = CorpusOptions::default().shard_samples)]
     pub shard_samples: usize,
+    /// Leading positions left out of the dictionaries, steering's mean difference and the
+    /// activations' top examples and distributions (default: the BOS, when the tokenizer adds one).
+    #[arg(long)]
+    pub skip_first: Option<usize>,
     /// Leading positions of the activation position profile and mean difference vectors.
     #[arg(long, default_value_t = ActivationOptions::default().positions)]
     pub positions: usize,
@@ -159,6 +163,7 @@ impl ScopeArgs {
                 max_samples: self.max_samples,
                 batch_size: self.batch_size,
                 shard_samples: self.shard_samples,
+                skip_first: self.skip_first,
             }),
             activations: Some(ActivationOptions {
                 positions: self.positions,

@@ -508,6 +508,16 @@ impl Llama {
     }
 
     /// The logits of a residual state: the final norm, then the unembedding.
+    /// The final norm of a residual state.
+    pub fn final_norm(&self, h: &Tensor) -> Result<Tensor> {
+        self.norm.forward(h)
+    }
+
+    /// The unembedding of a normed state.
+    pub fn unembed(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.f_linear(&self.lm_head, None::<&Tensor>)?)
+    }
+
     pub fn read_out(&self, h: &Tensor) -> Result<Tensor> {
         Ok(self
             .norm

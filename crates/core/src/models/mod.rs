@@ -191,6 +191,24 @@ impl Model {
         }
     }
 
+    /// The final norm alone (`read_out` is `unembed(final_norm(h))`).
+    pub fn final_norm(&self, h: &Tensor) -> Result<Tensor> {
+        let _guard = tch::no_grad_guard();
+        match &self.arch {
+            Arch::Gpt2(m) => m.final_norm(h),
+            Arch::Llama(m) => m.final_norm(h),
+        }
+    }
+
+    /// The unembedding alone, of a state already through the final norm.
+    pub fn unembed(&self, x: &Tensor) -> Result<Tensor> {
+        let _guard = tch::no_grad_guard();
+        match &self.arch {
+            Arch::Gpt2(m) => m.unembed(x),
+            Arch::Llama(m) => m.unembed(x),
+        }
+    }
+
     /// Runs `input_ids` (`[seq]` or `[batch, seq]`, int64) through the model, applying `hooks`.
     pub fn forward(&self, input_ids: &Tensor, hooks: &mut Hooks) -> Result<ForwardOutput> {
         let _guard = tch::no_grad_guard();

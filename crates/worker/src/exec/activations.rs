@@ -155,15 +155,20 @@ pub fn run(
                     s.cosine += cos;
                     s.base_norm += bn[t];
                     s.ft_norm += fnm[t];
-                    diff_values[i].push(dn[t]);
-                    rel_values[i].push(rel);
                     let p = tokens.position[t];
+                    // The distributions and top examples leave out the BOS (its state is the
+                    // same whatever the text and dominates both); the means keep every token.
+                    let counted = p >= input.skip_first;
+                    if counted {
+                        diff_values[i].push(dn[t]);
+                        rel_values[i].push(rel);
+                    }
                     if p < p_max {
                         s.positions.n[p] += 1;
                         s.positions.diff_norm[p] += dn[t];
                         s.positions.rel_diff[p] += rel;
                     }
-                    if *hook == "hook_resid_post" && opts.top_examples > 0 {
+                    if counted && *hook == "hook_resid_post" && opts.top_examples > 0 {
                         candidates.push(Candidate {
                             diff_norm: dn[t],
                             rel_diff: rel,

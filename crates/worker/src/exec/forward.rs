@@ -114,6 +114,9 @@ pub struct ShardInput<'a> {
     pub samples: &'a [String],
     pub tokens: &'a [Vec<i64>],
     pub batch_size: usize,
+    /// Leading positions left out of the statistics the BOS would dominate
+    /// (`corpus.skip_first`, resolved against the tokenizer).
+    pub skip_first: usize,
 }
 
 /// The real tokens of a batch: flat index into `[batch * seq]`, the sample (its index in the
@@ -137,6 +140,23 @@ impl Tokens {
                 .collect(),
             position: flat.iter().map(|&i| i as usize % seq).collect(),
             index,
+        })
+    }
+
+    /// The tokens at positions `first` and later (all of them for 0).
+    pub fn skipping(self, first: usize) -> Result<Tokens> {
+        if first == 0 {
+            return Ok(self);
+        }
+        let keep: Vec<usize> = (0..self.position.len())
+            .filter(|&i| self.position[i] >= first)
+            .collect();
+        let rows = Tensor::from_slice(&keep.iter().map(|&i| i as i64).collect::<Vec<_>>())
+            .f_to_device(self.index.device())?;
+        Ok(Tokens {
+            index: self.index.f_index_select(0, &rows)?,
+            sample: keep.iter().map(|&i| self.sample[i]).collect(),
+            position: keep.iter().map(|&i| self.position[i]).collect(),
         })
     }
 

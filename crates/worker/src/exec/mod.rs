@@ -81,6 +81,7 @@ pub fn run_shard(
                 samples,
                 tokens: &tokens,
                 batch_size: spec.corpus.batch_size,
+                skip_first: skip_first(spec, &pair),
             };
             let truth = dist::ground_truth(sources);
             let max_len = max_positions(sources)?;
@@ -171,6 +172,7 @@ pub fn run_shard(
                 samples,
                 tokens: &tokens,
                 batch_size: spec.corpus.batch_size,
+                skip_first: skip_first(spec, &pair),
             };
             match kind {
                 AnalysisKind::Activations => ShardOutput::Activations(activations::run(
@@ -262,4 +264,12 @@ pub fn planned_steps(spec: &ShardSpec, n_samples: usize) -> usize {
         }
         ShardKey::Layer(_) | ShardKey::NonLayer => 0,
     }
+}
+
+/// The leading positions the BOS-dominated statistics leave out: the request's
+/// `corpus.skip_first`, or the tokens the tokenizer prepends.
+pub(crate) fn skip_first(spec: &ShardSpec, pair: &forward::Pair) -> usize {
+    spec.corpus
+        .skip_first
+        .unwrap_or_else(|| neurodiff_core::tokenizer::prefix_len(&pair.tokenizer))
 }

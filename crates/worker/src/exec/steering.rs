@@ -1,5 +1,5 @@
 //! One block of steering: the difference vector δ (the mean of h_ft − h_base at the block's
-//! output over every token, or at one position) and the fine-tuned model's mean norm n̄_ft
+//! output over every token but the BOS (`corpus.skip_first`), or at one position) and the fine-tuned model's mean norm n̄_ft
 //! there (positions ≥ 5) from a first pass; then, for each α, both models steered with
 //! α · n̄_ft · δ/‖δ‖ at every position: KL to the fine-tune, perplexity and domain mass per
 //! token; the chosen α and generations with and without it.
@@ -28,14 +28,14 @@ pub(crate) struct BlockMeans {
     pub nbar_ft: f64,
 }
 
-/// The mean difference at `layer`'s output over `tokens` (every token, or position `at`) and
-/// the fine-tuned model's mean norm there.
+/// The mean difference at `layer`'s output over `tokens` (every token from position
+/// `skip_first` on, or position `at`) and the fine-tuned model's mean norm there.
 pub(crate) fn block_means(
     pair: &Pair,
     layer: usize,
     tokens: &[Vec<i64>],
     batch_size: usize,
-    at: Option<usize>,
+    (at, skip_first): (Option<usize>, usize),
     progress: Progress<'_>,
 ) -> Result<BlockMeans> {
     let point = HookPoint::new(layer, HookKind::ResidPost);
@@ -55,7 +55,7 @@ pub(crate) fn block_means(
             .position
             .iter()
             .enumerate()
-            .filter(|(_, &p)| at.is_none_or(|a| a == p))
+            .filter(|(_, &p)| at.map_or(p >= skip_first, |a| a == p))
             .map(|(i, _)| i as i64)
             .collect();
         if !keep.is_empty() {
@@ -80,7 +80,7 @@ pub(crate) fn block_means(
     if count == 0 {
         return Err(WorkerError::Io(format!(
             "no sample reaches position {} of the steering vector",
-            at.unwrap_or(0)
+            at.unwrap_or(skip_first)
         )));
     }
     // Samples shorter than NORM_FROM tokens: the mean over every position instead.
@@ -123,7 +123,14 @@ pub fn run(
         SteeringVector::Mean => None,
         SteeringVector::Position { position } => Some(position),
     };
-    let means = block_means(pair, layer, tokens, input.batch_size, at, progress)?;
+    let means = block_means(
+        pair,
+        layer,
+        tokens,
+        input.batch_size,
+        (at, input.skip_first),
+        progress,
+    )?;
     let (v, delta_norm) = scaled_unit(&means.delta, means.nbar_ft)?;
     let point = HookPoint::new(layer, HookKind::ResidPost);
     let shared = pair.shared_vocab();

@@ -1,8 +1,10 @@
 //! One position of the readable traces (ADL): δ_j, the mean over samples of h_ft − h_base at
 //! the block's output at position j (each sample cut to the first `positions` tokens: the
 //! models are causal, so later tokens cannot change these states), read through the fine-tuned
-//! model's logit lens (δ_j and −δ_j), and through its Patchscope: s · δ_j/‖δ_j‖ written into
-//! the last token of three identity prompts, for each scale s.
+//! model's logit lens (δ_j, and the negated normed δ_j), and through its Patchscope:
+//! s · n̄_ft · δ_j/‖δ_j‖ written into the last token of three identity prompts, for each scale s
+//! (the diffing toolkit's activation difference lens, `src/diffing/methods/
+//! activation_difference_lens/`; docs/results-schema.md lists where NeuroDiff differs).
 use std::collections::BTreeSet;
 use std::time::Instant;
 
@@ -10,23 +12,23 @@ use neurodiff_analyses::traces::{default_layer, overlap20};
 use neurodiff_core::corpus::Batch;
 use neurodiff_core::{Edit, HookKind, HookPoint, Hooks};
 use neurodiff_protocol::{
-    GroundTruth, Patchscope, ScalePoint, TokenList, TokenProb, TraceOptions, TracePosition,
-    TraceShard,
+    GroundTruth, Patchscope, ScalePoint, TokenList, TraceOptions, TracePosition, TraceShard,
 };
 use tch::{Kind, Tensor};
 
 use super::dist::{encode_prompt, top_tokens};
-use super::forward::{to_f64, Pair, ShardInput, Side, Tokens};
+use super::forward::{Pair, ShardInput, Side, Tokens};
 use super::steering::{block_means, generations_of, scaled_unit};
 use super::{check, Progress};
 use crate::{Result, WorkerError};
 
 /// The identity prompts of Patchscope: the model continues a pattern of repetition, so what it
-/// says after `?` is what the patched state reads as.
+/// says after `?` is what the patched state reads as. The diffing toolkit's three
+/// (`default_id_prompt_targets` in `src/diffing/utils/model.py`).
 pub const IDENTITY_PROMPTS: [&str; 3] = [
     "man -> man\n1135 -> 1135\nhello -> hello\n?",
     "bear -> bear\n42 -> 42\nblue -> blue\n?",
-    "cat -> cat\n7 -> 7\nwater -> water\n?",
+    "921 -> 921\ntarget -> target\nanna -> anna\n?",
 ];
 
 /// Samples (at full length) from which n̄_ft is measured.
@@ -51,7 +53,15 @@ pub fn run(
     let point = HookPoint::new(layer, HookKind::ResidPost);
     let n = opts.samples.min(input.tokens.len());
     let norm_samples = &input.tokens[..n.min(NORM_SAMPLES)];
-    let nbar_ft = block_means(pair, layer, norm_samples, input.batch_size, None, progress)?.nbar_ft;
+    let nbar_ft = block_means(
+        pair,
+        layer,
+        norm_samples,
+        input.batch_size,
+        (None, 0),
+        progress,
+    )?
+    .nbar_ft;
 
     // δ_j over all samples and over the even and the odd ones.
     let d = pair.info().d_model;
@@ -95,15 +105,20 @@ pub fn run(
     let mean = |i: usize| sums[i].f_div_scalar(counts[i].max(1) as f64);
     let delta = mean(0)?;
     let ft = pair.model(Side::Finetuned);
-    let lens = |v: &Tensor| -> Result<Tensor> {
-        let logits = ft.read_out(&v.f_to_kind(Kind::Float)?.f_view([1, 1, d])?)?;
+    // The toolkit's `logit_lens` (src/diffing/utils/model.py): the fine-tune's final norm of δ,
+    // then its unembedding of that (`sign` 1) or of its negation (−1: the norm is applied
+    // before negating, which differs from the lens of −δ where the norm has a bias).
+    let signed_lens = |v: &Tensor, sign: f64| -> Result<Tensor> {
+        let normed = ft.final_norm(&v.f_to_kind(Kind::Float)?.f_view([1, 1, d])?)?;
+        let logits = ft.unembed(&normed.f_mul_scalar(sign)?)?;
         Ok(logits
             .f_view([-1])?
             .f_to_kind(Kind::Double)?
             .f_softmax(-1, Kind::Double)?)
     };
+    let lens = |v: &Tensor| signed_lens(v, 1.0);
     let logit_lens = top_tokens(&lens(&delta)?, opts.top_k, &pair.tokenizer)?;
-    let negative = top_tokens(&lens(&delta.f_neg()?)?, opts.top_k, &pair.tokenizer)?;
+    let negative = top_tokens(&signed_lens(&delta, -1.0)?, opts.top_k, &pair.tokenizer)?;
     let ids20 = |v: &Tensor| -> Result<Vec<usize>> {
         Ok(top_tokens(&lens(v)?, 20, &pair.tokenizer)?
             .into_iter()
@@ -116,10 +131,12 @@ pub fn run(
         [Vec::new(), Vec::new()]
     };
     let half_overlap = overlap20(&halves[0], &halves[1]);
-    let (unit, delta_norm) = scaled_unit(&delta, 1.0)?;
-    let patchscope = patchscope(pair, point, &unit, opts, progress)?;
+    // δ at the fine-tune's natural norm: Patchscope's s = 1 and steering's α = 1 (the toolkit's
+    // `use_normalized`).
+    let (natural, delta_norm) = scaled_unit(&delta, nbar_ft)?;
+    let patchscope = patchscope(pair, point, &natural, opts, progress)?;
     check(progress, "generation")?;
-    let steer = unit.f_mul_scalar(nbar_ft * opts.steer_alpha)?;
+    let steer = natural.f_mul_scalar(opts.steer_alpha)?;
     let mut steered = Vec::new();
     let alphas: &[f64] = if opts.steer_alpha == 0.0 {
         &[0.0]
@@ -164,13 +181,22 @@ pub fn run(
     })
 }
 
-/// Patchscope of the unit direction `unit` over the scale grid; the chosen scale is the one
-/// with the most tokens in the top 20 of all three prompts that are not in an unpatched
-/// prompt's top 20 (the smallest such scale on ties): agreement across prompts, no LLM.
+/// Each prompt's top tokens the toolkit intersects (`patchscope_lens`' `intersection_top_k`).
+const INTERSECTION_TOP_K: i64 = 16384;
+/// Tokens kept per scale (the toolkit's `tokens_k`).
+const PATCHSCOPE_TOKENS: i64 = 20;
+
+/// Patchscope of `v` (δ/‖δ‖ rescaled to n̄_ft) over the scale grid, as the diffing toolkit's
+/// `run_auto_patch_scope_for_position` runs it: s · v replaces the fine-tune's state at the
+/// block's output at the last token of each identity prompt; a token is kept at a scale when it
+/// is in the top 16384 of every prompt, ranked by its mean probability over the prompts, and the
+/// 20 best are listed. The toolkit picks the scale with an LLM grader; NeuroDiff picks the one
+/// with the most tokens in the top 20 of all three prompts that are not in an unpatched prompt's
+/// top 20 (the smallest such scale on ties): agreement across prompts, no LLM.
 fn patchscope(
     pair: &Pair,
     point: HookPoint,
-    unit: &Tensor,
+    v: &Tensor,
     opts: &TraceOptions,
     progress: Progress<'_>,
 ) -> Result<Patchscope> {
@@ -182,10 +208,12 @@ fn patchscope(
         .f_to_kind(Kind::Float)?
         .f_to_device(pair.device())?
         .f_view([s, 1, 1])?;
-    let value = scale_t.f_mul(&unit.f_view([1, 1, d])?)?;
+    let value = scale_t.f_mul(&v.f_view([1, 1, d])?)?;
     let mut unpatched: BTreeSet<usize> = BTreeSet::new();
-    // [prompt] → [scale] → the top 20 (id, probability) at the last token.
-    let mut tops: Vec<Vec<Vec<(usize, f64)>>> = Vec::new();
+    // [prompt] → [scale] → the ids of the top 20 at the last token.
+    let mut tops: Vec<Vec<BTreeSet<usize>>> = Vec::new();
+    // Summed top-k probabilities and how many prompts have each id in their top k, [S, V].
+    let (mut cum, mut count): (Option<Tensor>, Option<Tensor>) = (None, None);
     let last_block = HookPoint::new(pair.info().n_layers - 1, HookKind::ResidPost);
     for prompt in IDENTITY_PROMPTS {
         check(progress, "patchscope")?;
@@ -228,31 +256,32 @@ fn patchscope(
             .read_out(&h)?
             .f_to_kind(Kind::Double)?
             .f_softmax(-1, Kind::Double)?;
-        let k = 20.min(p.size()[1]);
-        let (values, idx) = p.f_topk(k, -1, true, true)?;
-        let values = to_f64(&values)?;
-        let idx = Vec::<i64>::try_from(&idx.f_flatten(0, -1)?)
-            .map_err(neurodiff_core::CoreError::from)?;
-        tops.push(
-            values
-                .chunks(k as usize)
-                .zip(idx.chunks(k as usize))
-                .map(|(v, i)| {
-                    i.iter()
-                        .map(|&i| i as usize)
-                        .zip(v.iter().copied())
-                        .collect()
-                })
-                .collect(),
-        );
+        let (_, idx20) = p.f_topk(PATCHSCOPE_TOKENS.min(p.size()[1]), -1, true, true)?;
+        tops.push(id_rows(&idx20)?);
+        let (values, idx) = p.f_topk(INTERSECTION_TOP_K.min(p.size()[1]), -1, true, true)?;
+        let zeros = p.f_zeros_like()?;
+        let probs = zeros.f_scatter(1, &idx, &values)?;
+        let hits = zeros.f_scatter(1, &idx, &values.f_ones_like()?)?;
+        cum = Some(match cum {
+            Some(c) => c.f_add(&probs)?,
+            None => probs,
+        });
+        count = Some(match count {
+            Some(c) => c.f_add(&hits)?,
+            None => hits,
+        });
     }
+    let (cum, count) = cum
+        .zip(count)
+        .ok_or_else(|| WorkerError::Io("no Patchscope prompt".into()))?;
+    let prompts = IDENTITY_PROMPTS.len() as f64;
+    // Mean probability over the prompts of the ids in every prompt's top k, 0 elsewhere.
+    let score = cum
+        .f_div_scalar(prompts)?
+        .f_mul(&count.f_ge(prompts - 0.5)?.f_to_kind(Kind::Double)?)?;
     let mut points = Vec::new();
-    let mut best: Option<(usize, Vec<usize>)> = None;
     for (si, &scale) in scales.iter().enumerate() {
-        let sets: Vec<BTreeSet<usize>> = tops
-            .iter()
-            .map(|t| t[si].iter().map(|(id, _)| *id).collect())
-            .collect();
+        let sets: Vec<&BTreeSet<usize>> = tops.iter().map(|t| &t[si]).collect();
         let agreed: Vec<usize> = sets[0]
             .iter()
             .copied()
@@ -264,28 +293,32 @@ fn patchscope(
             agreed: agreed.len(),
             novel,
         });
-        if best.as_ref().is_none_or(|(b, _)| novel > points[*b].novel) {
-            best = Some((si, agreed));
-        }
     }
-    let (chosen, agreed) = best.ok_or_else(|| WorkerError::Io("no Patchscope scale".into()))?;
-    let mut tokens: Vec<TokenProb> = agreed
-        .into_iter()
-        .map(|id| TokenProb {
-            id,
-            token: super::dist::shown_text(&pair.tokenizer, &[id as u32]),
-            // Every agreed id is in each prompt's top 20 at this scale.
-            prob: tops
-                .iter()
-                .filter_map(|t| t[chosen].iter().find(|(i, _)| *i == id).map(|(_, p)| *p))
-                .sum::<f64>()
-                / tops.len() as f64,
+    let chosen = (0..points.len())
+        .fold(None, |best: Option<usize>, i| match best {
+            Some(b) if points[b].novel >= points[i].novel => Some(b),
+            _ => Some(i),
         })
+        .ok_or_else(|| WorkerError::Io("no Patchscope scale".into()))?;
+    let row = score.f_select(0, chosen as i64)?;
+    let tokens = top_tokens(&row, PATCHSCOPE_TOKENS as usize, &pair.tokenizer)?
+        .into_iter()
+        .filter(|t| t.prob > 0.0)
         .collect();
-    tokens.sort_by(|a, b| b.prob.total_cmp(&a.prob).then(a.id.cmp(&b.id)));
     Ok(Patchscope {
         scale: scales[chosen],
         top_tokens: tokens,
         scales: points,
     })
+}
+
+/// The ids of each row of a `[rows, k]` index tensor, as sets.
+fn id_rows(idx: &Tensor) -> Result<Vec<BTreeSet<usize>>> {
+    let k = idx.size()[1].max(1) as usize;
+    let flat =
+        Vec::<i64>::try_from(&idx.f_flatten(0, -1)?).map_err(neurodiff_core::CoreError::from)?;
+    Ok(flat
+        .chunks(k)
+        .map(|r| r.iter().map(|&i| i as usize).collect())
+        .collect())
 }

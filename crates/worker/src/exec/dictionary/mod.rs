@@ -35,7 +35,8 @@ pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(120);
 /// Training curve points kept in the report.
 const CURVE_POINTS: usize = 200;
 /// Bumped when what a chunk holds changes (part of the store's id).
-const STORE_VERSION: u32 = 1;
+/// 2: the BOS (`corpus.skip_first`) left out of the chunks.
+const STORE_VERSION: u32 = 2;
 
 /// What every dictionary shard of an audit agrees on.
 #[derive(Debug)]
@@ -44,18 +45,17 @@ pub struct Setup<'a> {
     pub diff: bool,
     pub opts: &'a DictionaryOptions,
     pub layer: usize,
+    /// Leading positions left out of the collected tokens (the BOS).
+    pub skip_first: usize,
     pub store_id: String,
     /// The store's slices: `(start, end)` sample ranges.
     pub slices: Vec<(usize, usize)>,
 }
 
 impl<'a> Setup<'a> {
-    pub fn of(
-        spec: &'a ShardSpec,
-        corpus: &CorpusText,
-        n_layers: usize,
-        models: &str,
-    ) -> Result<Self> {
+    pub fn of(spec: &'a ShardSpec, corpus: &CorpusText, pair: &Pair, models: &str) -> Result<Self> {
+        let n_layers = pair.info().n_layers;
+        let skip_first = super::skip_first(spec, pair);
         let kind = spec.shard.analysis();
         let diff = kind == AnalysisKind::SaeDiff;
         let opts = if diff {
@@ -79,6 +79,7 @@ impl<'a> Setup<'a> {
             "corpus": corpus.record,
             "slice": spec.corpus.shard_samples,
             "layer": layer,
+            "skip_first": skip_first,
             "diff": diff,
             "dtype": "f32",
         });
@@ -88,6 +89,7 @@ impl<'a> Setup<'a> {
             diff,
             opts,
             layer,
+            skip_first,
             store_id,
             slices,
         })
@@ -126,7 +128,7 @@ fn collect_chunk(
     for (b, chunk) in tokens.chunks(step).enumerate() {
         check(progress, "batch")?;
         let batch = Batch::new(chunk, pair.device())?;
-        let t = Tokens::of(&batch, first + b * step)?;
+        let t = Tokens::of(&batch, first + b * step)?.skipping(setup.skip_first)?;
         let (xb, xf) = paired_at(pair, &batch, &t, point)?;
         let cpu = |x: Tensor| x.f_to_kind(Kind::Float)?.f_to_device(Device::Cpu);
         let (xb, xf) = (cpu(xb)?, cpu(xf)?);
@@ -206,7 +208,7 @@ pub fn collect(
     progress: Progress<'_>,
 ) -> Result<CollectShard> {
     let started = Instant::now();
-    let setup = Setup::of(spec, corpus, pair.info().n_layers, identity)?;
+    let setup = Setup::of(spec, corpus, pair, identity)?;
     let ShardKey::Samples { start, end, .. } = spec.shard else {
         return Err(WorkerError::Io(format!(
             "shard {}: not a collect shard",
@@ -251,7 +253,7 @@ pub fn train(
 ) -> Result<DictionaryReport> {
     let started = Instant::now();
     let info = pair.info().clone();
-    let setup = Setup::of(spec, corpus, info.n_layers, identity)?;
+    let setup = Setup::of(spec, corpus, pair, identity)?;
     let opts = setup.opts;
     if setup.slices.len() < 2 {
         return Err(WorkerError::Io(format!(
