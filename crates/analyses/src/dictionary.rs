@@ -67,11 +67,14 @@ pub fn slices(
     neurodiff_protocol::sample_shards(kind, o.samples.min(n), per_slice)
 }
 
-/// Parameters of one dictionary (W_enc and W_dec; Adam keeps two more copies): 2^28, 1 GiB
-/// in float32.
-pub const MAX_DICTIONARY_PARAMS: u64 = 1 << 28;
-/// Codes of one training batch (batch × latents).
-pub const MAX_BATCH_CODES: u64 = 1 << 27;
+/// Parameters of one dictionary (W_enc and W_dec; Adam keeps two more copies): 2^30, 4 GiB
+/// in float32, 12 GiB with Adam's moments. The anchors' default (expansion 32) fits every
+/// model up to d = 2896 (Llama-3.2-1B's 2048, Gemma-2-2B's 2304); wider models are refused
+/// with the expansion that fits (16 at d = 4096, 4 at d = 8192).
+pub const MAX_DICTIONARY_PARAMS: u64 = 1 << 30;
+/// Codes of one training batch (batch × latents): 2^28 (the default batch of 2048 with
+/// 131072 latents).
+pub const MAX_BATCH_CODES: u64 = 1 << 28;
 /// Bytes of one chunk of the activation store (a worker holds one to a few at a time).
 pub const MAX_CHUNK_BYTES: u64 = 1 << 31;
 /// Bytes of one activation store.
@@ -100,17 +103,24 @@ pub fn check_sizes(
     let d = d as u64;
     let params = 2 * models * d * (o.expansion as u64 * d);
     if params > MAX_DICTIONARY_PARAMS {
+        let fits = MAX_DICTIONARY_PARAMS / (2 * models * d * d);
         return Err(refuse(format!(
             "{field}.expansion: {} latents of width {d} make {params} parameters; at most \
-             {MAX_DICTIONARY_PARAMS}",
-            o.expansion as u64 * d
+             {MAX_DICTIONARY_PARAMS}: set {field}.expansion to at most {fits}{}",
+            o.expansion as u64 * d,
+            if fits == 0 {
+                " (this model is too wide for a dictionary on one worker)"
+            } else {
+                ""
+            }
         )));
     }
     let activations = o.batch as u64 * o.expansion as u64 * d;
     if activations > MAX_BATCH_CODES {
         return Err(refuse(format!(
             "{field}.batch × latents = {activations} codes per step (each held several times \
-             for the backward pass); at most {MAX_BATCH_CODES}"
+             for the backward pass); at most {MAX_BATCH_CODES}: set {field}.batch to at most {}",
+            MAX_BATCH_CODES / (o.expansion as u64 * d).max(1)
         )));
     }
     let row = models * d * 4;
@@ -334,8 +344,12 @@ impl Analysis for Dictionaries {
                     .collect::<Vec<_>>()
                     .join(", "),
                 r.tail_domain_share.map_or(String::new(), |s| format!(
-                    "; {:.0}% of them carry a word of the organism's domain",
-                    100.0 * s
+                    "; {:.0}% of them carry a word of the organism's domain{}",
+                    100.0 * s,
+                    r.tail_control_share.map_or(String::new(), |c| format!(
+                        " (a shuffled-word control of as many other corpus tokens: {:.0}%)",
+                        100.0 * c
+                    ))
                 ))
             );
         }
@@ -390,5 +404,46 @@ impl Analysis for Dictionaries {
         }
         out.push_str("</table>");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use neurodiff_protocol::{AnalysisKind, AuditSpec, DictionaryOptions, Target};
+
+    use super::{check_sizes, PlanFacts};
+
+    fn check(d: usize, o: &DictionaryOptions) -> Result<(), String> {
+        let spec = AuditSpec::new(
+            "base".into(),
+            Target::Checkpoint {
+                reference: "ft".into(),
+            },
+            vec![AnalysisKind::Crosscoder],
+        );
+        let facts = PlanFacts {
+            n_layers: 16,
+            n_samples: Some(1024),
+            d_model: Some(d),
+        };
+        check_sizes(AnalysisKind::Crosscoder, o, &spec, &facts).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_anchors_defaults_fit_models_researchers_diff_and_wider_ones_are_told_what_fits() {
+        let default = DictionaryOptions::default();
+        // Llama-3.2-1B, Gemma-2-2B and Qwen3-1.7B with the default expansion 32 and batch 2048.
+        for d in [2048, 2304, 2048] {
+            check(d, &default).unwrap();
+        }
+        let e = check(4096, &default).unwrap_err();
+        assert!(e.contains("crosscoder.expansion to at most 16"), "{e}");
+        let fits = DictionaryOptions {
+            expansion: 16,
+            ..default.clone()
+        };
+        check(4096, &fits).unwrap();
+        let e = check(8192, &default).unwrap_err();
+        assert!(e.contains("at most 4"), "{e}");
     }
 }

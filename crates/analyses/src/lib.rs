@@ -7,6 +7,7 @@ pub mod activations;
 pub mod charts;
 pub mod cmap;
 pub mod dictionary;
+pub mod findings;
 pub mod grade;
 pub mod logit_lens;
 pub mod steering;
@@ -25,7 +26,7 @@ pub use charts::ChartError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PlanFacts {
     pub n_layers: usize,
-    /// Samples of the corpus the audit uses (`max_samples` applied); absent without a corpus.
+    /// Samples read from the corpus (`AuditSpec::samples_read` applied); absent without one.
     pub n_samples: Option<usize>,
     /// The base's residual width (`hidden_size` or `n_embd`), when its config says.
     pub d_model: Option<usize>,
@@ -192,7 +193,9 @@ pub(crate) fn corpus_shards(
     spec: &AuditSpec,
     facts: &PlanFacts,
 ) -> Result<Vec<ShardKey>, AnalysisError> {
-    let n = require_corpus(kind, facts)?;
+    // The corpus may hold more samples than `max_samples` when another analysis asks for its
+    // own count (`AuditSpec::samples_read`); these analyses read the first `max_samples`.
+    let n = require_corpus(kind, facts)?.min(spec.corpus.max_samples);
     Ok(neurodiff_protocol::sample_shards(
         kind,
         n,

@@ -76,7 +76,7 @@ impl Analysis for Traces {
             )));
         }
         let first = &shards[0];
-        let (layer, nbar_ft) = (first.layer, first.nbar_ft);
+        let (layer, nbar_ft, skip_first) = (first.layer, first.nbar_ft, first.skip_first);
         // Each shard measures n̄_ft on the same samples: they agree bit for bit.
         if shards
             .iter()
@@ -97,6 +97,7 @@ impl Analysis for Traces {
         into.traces = Some(TracesReport {
             layer,
             nbar_ft,
+            skip_first,
             positions,
             position_overlap,
             ground_truth,

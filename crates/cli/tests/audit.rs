@@ -72,6 +72,9 @@ fn audit(dir: &Path, args: &[&str]) -> Value {
     }
     let html = std::fs::read_to_string(out.join("report.html")).expect("html");
     assert!(html.contains("<svg") && html.contains("most changed tensors"));
+    // The verdict comes first, before any section's tables.
+    let findings = html.find("id=\"findings\"").expect("a findings section");
+    assert!(findings < html.find("<table").unwrap_or(usize::MAX));
     read_json(&out.join("results.json"))
 }
 

@@ -323,8 +323,7 @@ impl AuditSpec {
                     self.runs(AnalysisKind::Steering),
                 ),
             ] {
-                let tokens =
-                    samples.min(self.corpus.max_samples) as u64 * self.corpus.seq_len as u64;
+                let tokens = samples as u64 * self.corpus.seq_len as u64;
                 if on && tokens > MAX_SHARD_TOKENS {
                     return Err(SpecError::Field(
                         field.into(),
@@ -345,8 +344,7 @@ impl AuditSpec {
                 ),
                 ("sae_diff", &self.sae_diff, self.runs(AnalysisKind::SaeDiff)),
             ] {
-                let tokens =
-                    o.samples.min(self.corpus.max_samples) as u64 * self.corpus.seq_len as u64;
+                let tokens = o.samples as u64 * self.corpus.seq_len as u64;
                 if on && tokens > MAX_DICTIONARY_TOKENS {
                     return Err(SpecError::Field(
                         format!("{field}.samples"),
@@ -385,6 +383,33 @@ impl AuditSpec {
 
     pub fn runs(&self, kind: AnalysisKind) -> bool {
         self.analyses.contains(&kind)
+    }
+
+    /// Samples read from the corpus: `corpus.max_samples` for the analyses that read every
+    /// sample (activations, logit lens, stitching), or more when an analysis that runs asks
+    /// for its own count (traces 10,000 as the ADL does, CMAP 64, steering 32, dictionaries
+    /// 1024), each of which reads its own first samples.
+    pub fn samples_read(&self) -> usize {
+        [
+            (AnalysisKind::Traces, self.traces.samples),
+            (AnalysisKind::Cmap, self.cmap.samples),
+            (AnalysisKind::Steering, self.steering.samples),
+            (AnalysisKind::Crosscoder, self.crosscoder.samples),
+            (AnalysisKind::SaeDiff, self.sae_diff.samples),
+        ]
+        .into_iter()
+        .filter(|(kind, _)| self.runs(*kind))
+        .map(|(_, n)| n)
+        .fold(self.corpus.max_samples, usize::max)
+    }
+
+    /// The corpus options a reader uses: `corpus` with `max_samples` raised to
+    /// [`AuditSpec::samples_read`] (what every shard reads, and planning records).
+    pub fn corpus_read(&self) -> CorpusOptions {
+        CorpusOptions {
+            max_samples: self.samples_read(),
+            ..self.corpus.clone()
+        }
     }
 }
 
@@ -565,7 +590,8 @@ impl ShardSpec {
             target: spec.target.clone(),
             shard,
             weights: spec.weights.clone(),
-            corpus: spec.corpus.clone(),
+            // What the shard reads (planning recorded the same samples).
+            corpus: spec.corpus_read(),
             activations: spec.activations.clone(),
             logit_lens: spec.logit_lens.clone(),
             traces: spec.traces.clone(),

@@ -421,6 +421,9 @@ pub struct TraceShard {
     pub layer: usize,
     /// The fine-tuned model's mean norm at the block over positions ≥ 5 (the first 256 samples).
     pub nbar_ft: f64,
+    /// The leading positions the tokenizer fills the same way whatever the text (the BOS).
+    #[serde(default)]
+    pub skip_first: usize,
     pub trace: TracePosition,
     pub ground_truth: Option<GroundTruth>,
     pub elapsed_s: f64,
@@ -431,6 +434,10 @@ pub struct TraceShard {
 pub struct TracesReport {
     pub layer: usize,
     pub nbar_ft: f64,
+    /// Leading positions that read the BOS (the same token in every sample): kept, as the ADL
+    /// defines δ_0, but not the position a summary reads.
+    #[serde(default)]
+    pub skip_first: usize,
     pub positions: Vec<TracePosition>,
     /// `position_overlap[i][j]`: |top-20(δ_i) ∩ top-20(δ_j)| / 20 of the logit lens.
     pub position_overlap: Vec<Vec<f64>>,

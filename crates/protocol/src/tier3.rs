@@ -270,6 +270,10 @@ pub struct DictionaryReport {
     /// Of the tail, the share with a domain word in its decoder lens or top examples.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tail_domain_share: Option<f64>,
+    /// The same share for a shuffled-word control: as many ids as the domain's, drawn (seeded)
+    /// from the other tokens of the held-back rows; what chance gives `tail_domain_share`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tail_control_share: Option<f64>,
     /// The mean per-token KL(P_ft ‖ P_base) on the samples the KL shares were measured on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_kl: Option<f64>,

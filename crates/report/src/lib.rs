@@ -135,7 +135,33 @@ fn page(results: &AuditResults, body: &str) -> String {
             c.seq_len
         );
     }
+    findings(&mut out, results);
     out.push_str(body);
     out.push_str("</body></html>\n");
     out
+}
+
+/// The verdict first: one item per analysis (what changed and where, how sure, and the grade
+/// against the organism's ground truth when there is one), before the sections' tables.
+fn findings(out: &mut String, results: &AuditResults) {
+    let found = neurodiff_analyses::findings::findings(results);
+    if found.is_empty() {
+        return;
+    }
+    out.push_str("<section id=\"findings\"><h2>Findings</h2><ul>");
+    for f in &found {
+        let _ = write!(out, "<li><b>{}</b>: {}", f.analysis, escape(&f.what));
+        if let Some(s) = &f.sure {
+            let _ = write!(out, "<br>how sure: {}", escape(s));
+        }
+        if let Some(g) = &f.graded {
+            let _ = write!(
+                out,
+                "<br><i>graded against the ground truth: {}</i>",
+                escape(g)
+            );
+        }
+        out.push_str("</li>");
+    }
+    out.push_str("</ul></section>");
 }

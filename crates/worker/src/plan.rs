@@ -59,7 +59,7 @@ pub(crate) async fn plan(
         }
     };
     let corpus = if spec.needs_corpus() {
-        match enforcer.read_corpus(&team, &spec.corpus).await {
+        match enforcer.read_corpus(&team, &spec.corpus_read()).await {
             Ok(c) => Some(c),
             Err(WorkerError::Storage(e)) => return Err(Transient(e)),
             Err(e) => {

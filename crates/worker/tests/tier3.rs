@@ -120,6 +120,16 @@ fn describe(name: &str, r: &DictionaryReport) {
     }
 }
 
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() && e.file_name() != "ground_truth.json" {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
 #[test]
 fn crosscoders_of_narrow_fine_tunes_lean_toward_their_domains_and_controls_do_not() {
     let dir = organisms();
@@ -147,9 +157,29 @@ fn crosscoders_of_narrow_fine_tunes_lean_toward_their_domains_and_controls_do_no
         assert!(cc.dictionary.is_some());
         assert!(cc.training.len() > 100);
 
-        let control = audit(&spec(&base, &base, AnalysisKind::Crosscoder, &corpus)).unwrap();
+        // Chance: the same share for as many other corpus tokens (same audit)...
+        let shuffled = cc.tail_control_share.unwrap();
+        // ...and for the domain's words in a base-vs-base control (the base copied beside the
+        // organism's ground truth, so the control is graded on the same words).
+        let same = tmp.path().join(format!("base-with-{domain}-truth"));
+        copy_dir(&base, &same);
+        std::fs::copy(
+            target.join("ground_truth.json"),
+            same.join("ground_truth.json"),
+        )
+        .unwrap();
+        let control = audit(&spec(&base, &same, AnalysisKind::Crosscoder, &corpus)).unwrap();
         let c = control.analyses.crosscoder.as_ref().unwrap();
         describe(&format!("control on {domain}"), c);
+        let base_vs_base = c.tail_domain_share.unwrap();
+        eprintln!(
+            "{domain}: tail domain share {share:.2}, shuffled words {shuffled:.2}, \
+             base-vs-base {base_vs_base:.2}"
+        );
+        assert!(
+            share > shuffled && share > base_vs_base,
+            "{domain}: tail share {share} vs shuffled {shuffled}, base-vs-base {base_vs_base}"
+        );
         assert_eq!(
             c.classes.ft_only + c.classes.base_only,
             0,
@@ -227,7 +257,7 @@ fn a_stopped_training_resumes_to_the_same_dictionary() {
     spec.crosscoder.steps = 300;
     let limits = Limits::default();
     let sources = Sources::open(&spec.base, &spec.target, &HubOptions::from_env()).unwrap();
-    let corpus = corpus::load_local(&spec.corpus, &limits).unwrap();
+    let corpus = corpus::load_local(&spec.corpus_read(), &limits).unwrap();
     let (b, t) = sources.contents().unwrap();
     let shards = plan_audit(&sources, &spec, [&b, &t], Some(&corpus), &limits).unwrap();
     let train = shards

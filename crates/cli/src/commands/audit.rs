@@ -84,7 +84,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir(staging.path()).with_context(|| format!("--out {}", args.out.display()))?;
     let sources = Sources::open(&spec.base, &spec.target, &HubOptions::from_env())?;
     let corpus = if spec.needs_corpus() {
-        Some(corpus::load_local(&spec.corpus, &limits)?)
+        Some(corpus::load_local(&spec.corpus_read(), &limits)?)
     } else {
         None
     };
@@ -201,117 +201,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One line on what moved most, per analysis that ran.
+/// One line on what moved most, per analysis that ran (the report's findings).
 fn summary(r: &AuditResults) -> String {
-    let mut parts = Vec::new();
-    if let Some(w) = &r.analyses.weights {
-        parts.push(format!(
-            "weights: {} tensors, most changed {}",
-            w.tensors.len(),
-            w.tensors.first().map_or("-".to_string(), |t| format!(
-                "{} (rel_fro {})",
-                t.name,
-                t.rel_fro
-                    .map_or("undefined: the base is zero".into(), |r| format!("{r:.3e}"))
-            ))
-        ));
-    }
-    if let Some(a) = &r.analyses.activations {
-        let top = a
-            .layers
-            .iter()
-            .filter(|l| l.hook == "hook_resid_post")
-            .max_by(|x, y| x.mean_rel_diff.total_cmp(&y.mean_rel_diff));
-        parts.push(format!(
-            "activations: {} tokens, largest relative difference {}",
-            a.n_tokens,
-            top.map_or("-".into(), |l| format!(
-                "{:.3e} at block {}",
-                l.mean_rel_diff, l.layer
-            ))
-        ));
-    }
-    if let Some(l) = &r.analyses.logit_lens {
-        parts.push(format!(
-            "logit lens: output KL {:.3e} nats",
-            l.output.kl_mean
-        ));
-    }
-    if let Some(t) = &r.analyses.traces {
-        parts.push(format!(
-            "traces at block {}: δ_0 reads {}",
-            t.layer,
-            t.positions.first().map_or("-".into(), |p| p
-                .logit_lens
-                .top_tokens
-                .iter()
-                .take(5)
-                .map(|x| format!("{:?}", x.token))
-                .collect::<Vec<_>>()
-                .join(" "))
-        ));
-    }
-    if let Some(c) = &r.analyses.cmap {
-        let components = c.cells.iter().filter(|x| x.component != "resid_post");
-        if let Some(top) = components.max_by(|a, b| a.recovery.total_cmp(&b.recovery)) {
-            parts.push(format!(
-                "cmap: largest attention/MLP recovery {:.3} at block {} {} ({})",
-                top.recovery, top.layer, top.component, top.direction
-            ));
-        }
-    }
-    if let Some(s) = &r.analyses.stitching {
-        parts.push(format!(
-            "stitching: {} splits, loss base {:.3} / fine-tune {:.3}",
-            s.points.len(),
-            s.loss_base,
-            s.loss_ft
-        ));
-    }
-    if let Some(s) = &r.analyses.steering {
-        parts.push(format!(
-            "steering: chosen α {}",
-            s.chosen
-                .iter()
-                .map(|c| format!("{} at block {}: {}", c.target, c.layer, c.alpha))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-    }
-    for (name, d) in [
-        ("crosscoder", &r.analyses.crosscoder),
-        ("sae-diff", &r.analyses.sae_diff),
-    ] {
-        if let Some(d) = d {
-            parts.push(format!(
-                "{name}: {} latents at block {}, FVE {}, L0 {:.1}, {} fine-tune-only ({} with low ν){}",
-                d.dict_size,
-                d.layer,
-                [d.fve_base, d.fve_ft]
-                    .iter()
-                    .flatten()
-                    .map(|v| format!("{v:.3}"))
-                    .collect::<Vec<_>>()
-                    .join("/"),
-                d.l0,
-                d.classes.ft_only,
-                d.ft_only_low_nu,
-                match (d.min_delta, d.tail_domain_share) {
-                    (Some(m), Some(s)) => format!(
-                        ", smallest Δ {m:.2}, {:.0}% of the {} lowest-Δ latents name the domain",
-                        100.0 * s,
-                        d.tail.len()
-                    ),
-                    (Some(m), None) => format!(", smallest Δ {m:.2}"),
-                    _ => String::new(),
-                }
-            ));
-        }
-    }
-    if let Some(g) = &r.grades {
-        if let Some(p) = g.mean_logit_lens_p20 {
-            parts.push(format!("graded against {}: trace P@20 {p:.2}", g.organism));
-        }
-    }
-    parts.join("; ")
+    neurodiff_analyses::findings::summary_line(r)
 }

@@ -161,6 +161,7 @@ pub fn run(
     Ok(TraceShard {
         layer,
         nbar_ft,
+        skip_first: neurodiff_core::tokenizer::prefix_len(&pair.tokenizer),
         trace: TracePosition {
             position,
             n_samples: counts[0],

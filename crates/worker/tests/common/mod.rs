@@ -29,7 +29,7 @@ pub fn shard_outputs(spec: &AuditSpec) -> Result<(Vec<ShardOutput>, PlanRecord),
     let limits = Limits::default();
     let sources = Sources::open(&spec.base, &spec.target, &HubOptions::from_env())
         .map_err(|e| e.to_string())?;
-    let corpus = corpus::load_local(&spec.corpus, &limits).map_err(|e| e.to_string())?;
+    let corpus = corpus::load_local(&spec.corpus_read(), &limits).map_err(|e| e.to_string())?;
     let (b, t) = sources.contents().map_err(|e| e.to_string())?;
     let shards =
         plan_audit(&sources, spec, [&b, &t], Some(&corpus), &limits).map_err(|e| e.to_string())?;

@@ -169,6 +169,8 @@ pub fn evaluate(
         .map(|g| g.domain_token_ids.clone())
         .unwrap_or_default();
     let cols = f_size as usize;
+    let control = control_words(&tokens, &domain, opts.seed);
+    let mut control_hits = std::collections::BTreeSet::new();
     let mut latents = Vec::with_capacity(report_ids.len());
     for &j in &report_ids {
         check(progress, "latent")?;
@@ -200,11 +202,15 @@ pub fn evaluate(
             .iter()
             .map(|&((c, r), v)| example(pair, &tokens[c], r, v))
             .collect();
-        let is_domain = |id: i64| usize::try_from(id).is_ok_and(|t| domain.contains(&t));
-        let hit = (!domain.is_empty()).then(|| {
-            top_tokens.iter().any(|t| domain.contains(&t.id))
-                || hits.iter().any(|&((c, r), _)| is_domain(tokens[c].2[r]))
-        });
+        let carries = |words: &[usize]| {
+            let is_word = |id: i64| usize::try_from(id).is_ok_and(|t| words.contains(&t));
+            top_tokens.iter().any(|t| words.contains(&t.id))
+                || hits.iter().any(|&((c, r), _)| is_word(tokens[c].2[r]))
+        };
+        let hit = (!domain.is_empty()).then(|| carries(&domain));
+        if !control.is_empty() && carries(&control) {
+            control_hits.insert(j);
+        }
         latents.push(LatentReport {
             id: j,
             delta_norm: delta.as_ref().map(|dl| dl[j]).filter(|v| v.is_finite()),
@@ -251,11 +257,15 @@ pub fn evaluate(
             .count();
         hits as f64 / tail.len() as f64
     });
+    let tail_control_share = (!control.is_empty() && !tail.is_empty()).then(|| {
+        tail.iter().filter(|j| control_hits.contains(j)).count() as f64 / tail.len() as f64
+    });
     Ok(DictionaryReport {
         output_kl: Some(output_kl),
         tail,
         min_delta,
         tail_domain_share,
+        tail_control_share,
         layer: 0,
         hook: String::new(),
         d_model: 0,
@@ -288,6 +298,35 @@ pub fn evaluate(
         ground_truth: None,
         elapsed_s: 0.0,
     })
+}
+
+/// The shuffled-word control of the domain share: as many token ids as the ground truth's
+/// domain tokens, drawn (seeded) from the other ids that occur in the held-back rows, so a
+/// latent "carries" them as often as chance and the corpus's word frequencies allow. Empty
+/// without a ground truth.
+fn control_words(
+    tokens: &[(Vec<i64>, Vec<i64>, Vec<i64>)],
+    domain: &[usize],
+    seed: u64,
+) -> Vec<usize> {
+    if domain.is_empty() {
+        return Vec::new();
+    }
+    let seen: std::collections::BTreeSet<usize> = tokens
+        .iter()
+        .flat_map(|(_, _, t)| t.iter())
+        .filter_map(|&id| usize::try_from(id).ok())
+        .filter(|id| !domain.contains(id))
+        .collect();
+    let mut pool: Vec<usize> = seen.into_iter().collect();
+    let mut rng = Rng::new(seed ^ 0xc0_47_01);
+    let n = domain.len().min(pool.len());
+    for i in 0..n {
+        let k = i + rng.below(pool.len() - i);
+        pool.swap(i, k);
+    }
+    pool.truncate(n);
+    pool
 }
 
 /// A held-back row as an example: its token, and up to 8 tokens before it and 2 after in its
