@@ -1,4 +1,12 @@
-"""Independent reference for NeuroDiff's activation analyses (docs/results-schema.md, contract).
+"""Independent reference for NeuroDiff's activation analyses and differential logit lens.
+
+The states are read where transformers and TransformerLens put them
+(transformers' `output_hidden_states`; forward hooks on the decoder layer, its attention and its
+MLP, i.e. TransformerLens' `blocks.{l}.hook_resid_pre/hook_attn_out/hook_resid_mid/hook_mlp_out/
+hook_resid_post`, `transformer_lens/components/transformer_block.py`), and the lens as the
+diffing toolkit reads a residual state (science-of-finetuning/diffing-toolkit
+`src/diffing/utils/model.py`, `logit_lens`: the model's final norm, then its unembedding);
+KL(p_ft || p_base) per token over the shared vocabulary.
 
   python scripts/activations_reference.py check NEURODIFF_BIN
 

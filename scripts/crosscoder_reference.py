@@ -1,10 +1,20 @@
-"""Independent PyTorch reference for NeuroDiff's Tier III (docs/crosscoder.md).
+"""Independent PyTorch reference for NeuroDiff's Tier III.
 
   python scripts/crosscoder_reference.py generate OUT_DIR
 
+Follows the anchors' code: science-of-finetuning/dictionary_learning `dictionary.py`
+(`BatchTopKCrossCoder.encode`/`decode`, the "crosscoder" code normalisation sum_m ||d_j^m||) and
+`trainers/crosscoder.py` (`BatchTopKCrossCoderTrainer`: the unsquared mean L2 loss, the auxiliary
+top-k loss over dead latents, the threshold's running update, the geometric-median decoder bias,
+global-norm clipping, Adam with linear warm-up); latent scaling as
+science-of-finetuning/sparsity-artifacts-crosscoders `tools/latent_scaler/closed_form.py` and the
+diffing toolkit's `latent_scaling/utils.py` fit it (see `latent_scaling` below). Where NeuroDiff
+chooses otherwise on purpose (centring normalisation, the initial decoder norm, an SAE as the
+crosscoder with M = 1: docs/crosscoder.md lists each with its reason), the reference implements
+that choice, so its parity checks the arithmetic and the listed choices alone.
+
 Writes three safetensors fixtures, float64 throughout (integer tensors int64, scalars as 0-d
-tensors, configuration as string metadata), computed from the definitions in
-docs/crosscoder.md only, in plain PyTorch:
+tensors, configuration as string metadata), in plain PyTorch:
 
   OUT_DIR/train_cc.safetensors   4 steps of BatchTopK crosscoder training (M=2, d=8, F=32, B=64):
                                  data, normalisation, initial parameters, geometric median, the

@@ -1,5 +1,9 @@
 """Reference outputs from PyTorch/transformers for NeuroDiff's parity tests.
 
+The reference is transformers itself (`AutoModelForCausalLM` with `output_hidden_states=True`,
+the modeling files `models/{llama,mistral,qwen2,gpt2}/modeling_*.py` of the pinned version), not
+a re-implementation.
+
   python scripts/parity.py fixtures [--out crates/core/tests/fixtures]
       Makes tiny random checkpoints of every supported architecture (random norm weights and
       biases, GQA, explicit head_dim, qkv bias, tied and untied embeddings, fp32/fp16/bf16,

@@ -7,6 +7,13 @@ update, an untouched tensor, changed norms, a grown vocabulary), PEFT LoRA adapt
 `peft` library (plain, rsLoRA with an alpha_pattern, and a GPT-2 Conv1D adapter with
 fan_in_fan_out on the gpt2 parity fixture), and reference.json with every metric from a full
 float64 SVD of the dense delta (for adapters, PEFT's own get_delta_weight).
+
+The definitions are the literature's, not NeuroDiff's docs: the matrix norms of
+torch.linalg (`matrix_norm` 'fro' and 'nuc', `svdvals`), the stable rank ||W||_F^2 / ||W||_2^2
+(Rudelson and Vershynin, 2007), the effective rank exp(H(sigma / ||sigma||_1)) (Roy and Vetterli,
+2007), and, for adapters, huggingface/peft `src/peft/tuners/lora/layer.py`
+(`Linear.get_delta_weight`: scaling * B @ A, transposed for fan_in_fan_out; `scaling` from
+`lora_alpha / r`, or `/ sqrt(r)` with `use_rslora`, per `alpha_pattern`), called through PEFT itself.
 """
 
 import argparse
@@ -22,7 +29,7 @@ TOP_K = 8
 
 
 def metrics(base, ft):
-    """The definitions of DESIGN.md, from a float64 full SVD."""
+    """Every metric of one tensor pair from a float64 full SVD of the delta."""
     base, ft = base.double(), ft.double()
     d = ft - base
     fro = d.norm().item()
