@@ -256,3 +256,57 @@ pub fn summary_line(r: &AuditResults) -> String {
         .collect::<Vec<_>>()
         .join("; ")
 }
+
+#[cfg(test)]
+mod tests {
+    use neurodiff_protocol::{Patchscope, TokenList, TracePosition, TracesReport};
+
+    use super::informative_position;
+
+    fn position(position: usize, half_overlap: f64, delta_norm: f64) -> TracePosition {
+        TracePosition {
+            position,
+            n_samples: 10,
+            delta_norm,
+            logit_lens: TokenList { top_tokens: vec![] },
+            negative: TokenList { top_tokens: vec![] },
+            patchscope: Patchscope {
+                scale: 1.0,
+                top_tokens: vec![],
+                scales: vec![],
+            },
+            half_top_ids: [vec![], vec![]],
+            half_overlap,
+            steered: vec![],
+        }
+    }
+
+    fn report(skip_first: usize) -> TracesReport {
+        TracesReport {
+            layer: 2,
+            nbar_ft: 1.0,
+            skip_first,
+            // The BOS's δ is the same in every sample: its halves agree fully.
+            positions: vec![
+                position(0, 1.0, 9.0),
+                position(1, 0.8, 1.0),
+                position(2, 0.8, 2.0),
+                position(3, 0.4, 5.0),
+            ],
+            position_overlap: vec![],
+            ground_truth: None,
+        }
+    }
+
+    #[test]
+    fn the_summary_reads_past_the_bos_where_the_halves_agree_or_the_grade_is_best() {
+        let t = report(1);
+        // Past the BOS: the halves agree most at 1 and 2; the larger δ breaks the tie.
+        assert_eq!(informative_position(&t, &[]).unwrap().position, 2);
+        // With a ground truth the best graded position wins.
+        let p20 = [(1, 0.9), (2, 0.5), (3, 0.95)];
+        assert_eq!(informative_position(&t, &p20).unwrap().position, 3);
+        // Without a BOS, position 0 is a position like any other.
+        assert_eq!(informative_position(&report(0), &[]).unwrap().position, 0);
+    }
+}

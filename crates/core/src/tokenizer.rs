@@ -65,3 +65,18 @@ pub fn prefix_len(tokenizer: &Tokenizer) -> usize {
         0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::path::Path;
+
+    #[test]
+    fn the_prefix_is_the_bos_a_tokenizer_adds() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        for (name, bos) in [("llama", 1), ("mistral", 1), ("gpt2", 0), ("qwen2", 0)] {
+            let tok = super::load(&fixtures.join(name)).unwrap();
+            assert_eq!(super::prefix_len(&tok), bos, "{name}");
+        }
+    }
+}
