@@ -159,10 +159,13 @@ pub fn findings(r: &AuditResults) -> Vec<Finding> {
         );
         f.graded = d.tail_domain_share.map(|s| {
             format!(
-                "{:.0}% of the {} lowest-Δ latents name the domain (shuffled words: {:.0}%)",
+                "{:.0}% of the {} lowest-Δ latents name the domain{}",
                 100.0 * s,
                 d.tail.len(),
-                100.0 * d.tail_control_share.unwrap_or(0.0)
+                d.tail_control_share.map_or(String::new(), |c| format!(
+                    " (shuffled words: {:.0}%)",
+                    100.0 * c
+                ))
             )
         });
         out.push(f);

@@ -32,7 +32,7 @@ pub struct CorpusOptions {
     /// tokens the tokenizer prepends (1 for a BOS, else 0). The traces keep position 0 (the
     /// ADL's δ_0), and the per-token means of the activations and the logit lens keep every
     /// token (they are what transformers' outputs give).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skip_first: Option<usize>,
 }
 

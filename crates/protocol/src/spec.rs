@@ -289,13 +289,16 @@ impl AuditSpec {
             normalize_layers(layers, limits.max_blocks)?;
         }
         if self.needs_corpus() {
-            let tokens = self.corpus.max_samples as u64 * self.corpus.seq_len as u64;
+            // Every sample read counts, whichever analysis asked for it.
+            let read = self.samples_read();
+            let tokens = read as u64 * self.corpus.seq_len as u64;
             if tokens > limits.max_corpus_tokens {
                 return Err(SpecError::Field(
                     "corpus".into(),
                     format!(
-                        "max_samples × seq_len = {tokens} tokens; the limit is {} \
-                         (--max-corpus-tokens)",
+                        "{read} samples read (the most any analysis asks for: max_samples, \
+                         traces, cmap, steering or a dictionary's samples) × seq_len = {tokens} \
+                         tokens; the limit is {} (--max-corpus-tokens)",
                         limits.max_corpus_tokens
                     ),
                 ));
@@ -365,7 +368,19 @@ impl AuditSpec {
                     ));
                 }
             }
-            let shards = self.corpus.max_samples.div_ceil(self.corpus.shard_samples);
+            // Sample shards: the corpus-wide analyses' and the dictionaries' collect shards.
+            let shards = [
+                Some(self.corpus.max_samples),
+                self.runs(AnalysisKind::Crosscoder)
+                    .then_some(self.crosscoder.samples),
+                self.runs(AnalysisKind::SaeDiff)
+                    .then_some(self.sae_diff.samples),
+            ]
+            .into_iter()
+            .flatten()
+            .map(|n| n.div_ceil(self.corpus.shard_samples))
+            .max()
+            .unwrap_or(0);
             if shards > MAX_CORPUS_SHARDS {
                 return Err(SpecError::Field(
                     "corpus.shard_samples".into(),

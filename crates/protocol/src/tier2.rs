@@ -421,7 +421,7 @@ pub struct TraceShard {
     pub layer: usize,
     /// The fine-tuned model's mean norm at the block over positions ≥ 5 (the first 256 samples).
     pub nbar_ft: f64,
-    /// The leading positions the tokenizer fills the same way whatever the text (the BOS).
+    /// `corpus.skip_first` as resolved (default: the BOS the tokenizer adds).
     #[serde(default)]
     pub skip_first: usize,
     pub trace: TracePosition,

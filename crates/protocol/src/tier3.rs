@@ -271,7 +271,8 @@ pub struct DictionaryReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tail_domain_share: Option<f64>,
     /// The same share for a shuffled-word control: as many ids as the domain's, drawn (seeded)
-    /// from the other tokens of the held-back rows; what chance gives `tail_domain_share`.
+    /// from the held-back rows' other tokens by their frequency; what chance gives
+    /// `tail_domain_share`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tail_control_share: Option<f64>,
     /// The mean per-token KL(P_ft ‖ P_base) on the samples the KL shares were measured on.

@@ -79,7 +79,7 @@ pub struct LatentQuery {
     pub token: Option<String>,
     /// The base or fine-tuned reference, exactly as submitted.
     pub model: Option<String>,
-    /// Only latents whose |ν_ε| and |ν_r| are at most these (real fine-tune-only latents: 0.2,
+    /// Only latents whose |ν_ε| and |ν_r| are below these (real fine-tune-only latents: 0.2,
     /// 0.5; `protocol::real_ft_only`).
     pub max_nu_eps: Option<f64>,
     pub max_nu_r: Option<f64>,
@@ -107,8 +107,8 @@ impl Db {
              AND ($3::text IS NULL OR l.class = $3) \
              AND ($4::text IS NULL OR l.match_tokens @> ARRAY[$4::text]) \
              AND ($5::text IS NULL OR a.base_ref = $5 OR a.target_ref = $5) \
-             AND ($6::double precision IS NULL OR abs(l.nu_eps) <= $6) \
-             AND ($7::double precision IS NULL OR abs(l.nu_r) <= $7) \
+             AND ($6::double precision IS NULL OR abs(l.nu_eps) < $6) \
+             AND ($7::double precision IS NULL OR abs(l.nu_r) < $7) \
              ORDER BY l.frequency DESC, a.created_at DESC, l.latent LIMIT $8",
         )
         .bind(team.id)

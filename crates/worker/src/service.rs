@@ -357,8 +357,15 @@ async fn shard(
         }
     };
     let corpus = if spec.shard.analysis().needs_corpus() {
-        let read = ctx.settings.enforcer.read_corpus(&team, &spec.corpus).await;
-        let checked = read.and_then(|c| match planned.as_ref().and_then(|p| p.corpus.as_ref()) {
+        let recorded = planned.as_ref().and_then(|p| p.corpus.as_ref());
+        // The samples planning read (an audit planned by an older version records fewer than
+        // the shard spec now asks for; its shards read what it planned with).
+        let opts = neurodiff_protocol::CorpusOptions {
+            max_samples: recorded.map_or(spec.corpus.max_samples, |p| p.samples_used.max(1)),
+            ..spec.corpus.clone()
+        };
+        let read = ctx.settings.enforcer.read_corpus(&team, &opts).await;
+        let checked = read.and_then(|c| match recorded {
             Some(p) => crate::corpus::verify(p, &c.record).map(|()| c),
             None => Ok(c),
         });

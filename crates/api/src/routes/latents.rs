@@ -25,7 +25,7 @@ pub struct LatentsQuery {
     pub token: Option<String>,
     /// The base or fine-tuned reference, exactly as submitted.
     pub model: Option<String>,
-    /// Only latents whose |ν_ε| (and |ν_r|) are at most this: 0.2 and 0.5 keep the real
+    /// Only latents whose |ν_ε| (and |ν_r|) are below this: 0.2 and 0.5 keep the real
     /// fine-tune-only latents, not the sparsity artifacts (a negative ν is bounded by its size).
     pub max_nu_eps: Option<f64>,
     pub max_nu_r: Option<f64>,

@@ -255,7 +255,6 @@ impl Gpt2 {
             .collect()
     }
 
-    /// The logits of a residual state: the final norm, then the unembedding.
     /// The final norm of a residual state.
     pub fn final_norm(&self, h: &Tensor) -> Result<Tensor> {
         self.ln_f.forward(h)
@@ -266,6 +265,7 @@ impl Gpt2 {
         Ok(x.f_linear(&self.lm_head, None::<&Tensor>)?)
     }
 
+    /// The logits of a residual state: the final norm, then the unembedding.
     pub fn read_out(&self, h: &Tensor) -> Result<Tensor> {
         Ok(self
             .ln_f

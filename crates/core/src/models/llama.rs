@@ -507,7 +507,6 @@ impl Llama {
             .collect()
     }
 
-    /// The logits of a residual state: the final norm, then the unembedding.
     /// The final norm of a residual state.
     pub fn final_norm(&self, h: &Tensor) -> Result<Tensor> {
         self.norm.forward(h)
@@ -518,6 +517,7 @@ impl Llama {
         Ok(x.f_linear(&self.lm_head, None::<&Tensor>)?)
     }
 
+    /// The logits of a residual state: the final norm, then the unembedding.
     pub fn read_out(&self, h: &Tensor) -> Result<Tensor> {
         Ok(self
             .norm

@@ -161,7 +161,7 @@ pub fn run(
     Ok(TraceShard {
         layer,
         nbar_ft,
-        skip_first: neurodiff_core::tokenizer::prefix_len(&pair.tokenizer),
+        skip_first: input.skip_first,
         trace: TracePosition {
             position,
             n_samples: counts[0],

@@ -33,6 +33,7 @@ pub fn evaluate(
     opts: &DictionaryOptions,
     diff: bool,
     truth: Option<&GroundTruth>,
+    text: super::kl_share::Text<'_>,
     progress: Progress<'_>,
 ) -> Result<DictionaryReport> {
     let f_size = dict.dict_size();
@@ -235,7 +236,7 @@ pub fn evaluate(
         .take(super::kl_share::KL_LATENTS)
         .map(|l| l.id)
         .collect();
-    let held_samples = super::kl_share::Held::of(&kl_chunks)?;
+    let held_samples = super::kl_share::Held::of(&kl_chunks, text)?;
     drop(kl_chunks);
     let (output_kl, shares) =
         super::kl_share::shares(pair, dict, layer, &held_samples, &measured, progress)?;
@@ -301,8 +302,9 @@ pub fn evaluate(
 }
 
 /// The shuffled-word control of the domain share: as many token ids as the ground truth's
-/// domain tokens, drawn (seeded) from the other ids that occur in the held-back rows, so a
-/// latent "carries" them as often as chance and the corpus's word frequencies allow. Empty
+/// domain tokens, drawn (seeded) from the held-back rows' tokens by their frequency there (a
+/// token twice as common is twice as likely to be drawn), leaving out the domain's own, so a
+/// latent "carries" them as often as chance and the corpus's word frequencies make it. Empty
 /// without a ground truth.
 fn control_words(
     tokens: &[(Vec<i64>, Vec<i64>, Vec<i64>)],
@@ -312,21 +314,25 @@ fn control_words(
     if domain.is_empty() {
         return Vec::new();
     }
-    let seen: std::collections::BTreeSet<usize> = tokens
+    let occurrences: Vec<usize> = tokens
         .iter()
         .flat_map(|(_, _, t)| t.iter())
         .filter_map(|&id| usize::try_from(id).ok())
         .filter(|id| !domain.contains(id))
         .collect();
-    let mut pool: Vec<usize> = seen.into_iter().collect();
     let mut rng = Rng::new(seed ^ 0xc0_47_01);
-    let n = domain.len().min(pool.len());
-    for i in 0..n {
-        let k = i + rng.below(pool.len() - i);
-        pool.swap(i, k);
+    let mut chosen = Vec::with_capacity(domain.len());
+    // Bounded: a corpus of few distinct tokens gives fewer control words, never a long loop.
+    for _ in 0..100 * domain.len() {
+        if chosen.len() == domain.len() || occurrences.is_empty() {
+            break;
+        }
+        let id = occurrences[rng.below(occurrences.len())];
+        if !chosen.contains(&id) {
+            chosen.push(id);
+        }
     }
-    pool.truncate(n);
-    pool
+    chosen
 }
 
 /// A held-back row as an example: its token, and up to 8 tokens before it and 2 after in its

@@ -20,15 +20,27 @@ pub const KL_LATENTS: usize = 16;
 /// Samples per forward pass.
 const SAMPLES_PER_PASS: usize = 4;
 
-/// Held-back samples as token sequences, with their rows' activations `(N, M, d)`.
+/// The corpus's encoded samples (by their index in the corpus) and the leading positions the
+/// chunks left out (`corpus.skip_first`): the held-back samples are run whole, BOS included,
+/// as the chunks' activations were taken.
+#[derive(Debug, Clone, Copy)]
+pub struct Text<'a> {
+    pub samples: &'a [Vec<i64>],
+    pub skip_first: usize,
+}
+
+/// Held-back samples as token sequences, with their rows' activations `(N, M, d)` (the rows
+/// are the positions from `skip_first` on).
 pub struct Held {
     tokens: Vec<Vec<i64>>,
     acts: Tensor,
+    skip_first: usize,
 }
 
 impl Held {
-    /// The first [`KL_SAMPLES`] whole samples of `chunks` (rows in sample, then position order).
-    pub fn of(chunks: &[Chunk]) -> Result<Self> {
+    /// The first [`KL_SAMPLES`] whole samples of `chunks` (rows in sample, then position
+    /// order), each with the positions before its first row put back from `text`.
+    pub fn of(chunks: &[Chunk], text: Text<'_>) -> Result<Self> {
         let (mut tokens, mut parts) = (Vec::<Vec<i64>>::new(), Vec::new());
         'chunks: for c in chunks {
             let mut start = 0;
@@ -40,7 +52,22 @@ impl Held {
                 if tokens.len() == KL_SAMPLES {
                     break 'chunks;
                 }
-                tokens.push(c.token[start..end].to_vec());
+                let first = usize::try_from(c.position[start]).unwrap_or(0);
+                let prefix = usize::try_from(s)
+                    .ok()
+                    .and_then(|s| text.samples.get(s))
+                    .and_then(|t| t.get(..first))
+                    .filter(|_| first == text.skip_first)
+                    .ok_or_else(|| {
+                        crate::WorkerError::Io(format!(
+                            "held-back sample {s}: its first row is at position {first}, not \
+                             {} (the store does not match the corpus)",
+                            text.skip_first
+                        ))
+                    })?;
+                let mut whole = prefix.to_vec();
+                whole.extend_from_slice(&c.token[start..end]);
+                tokens.push(whole);
                 parts.push(c.acts.f_narrow(0, start as i64, (end - start) as i64)?);
                 start = end;
             }
@@ -48,6 +75,7 @@ impl Held {
         Ok(Held {
             tokens,
             acts: Tensor::f_cat(&parts, 0)?,
+            skip_first: text.skip_first,
         })
     }
 }
@@ -73,7 +101,8 @@ pub fn shares(
     // A few samples at a time: the logits of a batch are [tokens, vocabulary].
     for group in held.tokens.chunks(SAMPLES_PER_PASS) {
         let batch = Batch::new(group, device)?;
-        let t = Tokens::of(&batch, 0)?;
+        // The KL and the ablation at the rows the dictionary encoded (the BOS left out).
+        let t = Tokens::of(&batch, 0)?.skipping(held.skip_first)?;
         let n = t.sample.len() as i64;
         let x = dict.norm.apply(
             &held.acts.f_narrow(0, row, n)?.f_to_device(device)?,

@@ -76,7 +76,9 @@ impl<'a> Setup<'a> {
             "base": spec.base,
             "target": spec.target,
             "models": models,
-            "corpus": corpus.record,
+            // The corpus's content, not how many samples this audit read (which depends on the
+            // other analyses it runs): a chunk is keyed by its slice.
+            "corpus": corpus.record.sha256,
             "slice": spec.corpus.shard_samples,
             "layer": layer,
             "skip_first": skip_first,
@@ -478,6 +480,10 @@ pub fn train(
         opts,
         setup.diff,
         ground_truth.as_ref(),
+        kl_share::Text {
+            samples: tokens,
+            skip_first: setup.skip_first,
+        },
         progress,
     )?;
     let eval_tokens = counts[n_train..].iter().sum();
