@@ -270,9 +270,9 @@ pub struct DictionaryReport {
     /// Of the tail, the share with a domain word in its decoder lens or top examples.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tail_domain_share: Option<f64>,
-    /// The same share for a shuffled-word control: as many ids as the domain's, drawn (seeded)
-    /// from the held-back rows' other tokens by their frequency; what chance gives
-    /// `tail_domain_share`.
+    /// The same share for a shuffled-word control: for each domain token, the token of the
+    /// closest count among the held-back samples that hold no domain token; what chance gives
+    /// words as common as the domain's but not from its text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tail_control_share: Option<f64>,
     /// The mean per-token KL(P_ft ‖ P_base) on the samples the KL shares were measured on.

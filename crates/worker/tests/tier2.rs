@@ -71,9 +71,12 @@ fn traces_of_a_narrow_fine_tune_read_as_its_domain() {
                 with_words >= 3,
                 "{organism}: {with_words} positions name the domain"
             );
-            // Measured (seed 0): full 0.69-0.89, blocks (read at block 4) 0.15-0.26.
-            let floor = if kind == "full" { 0.6 } else { 0.1 };
+            // Measured (seed 0, N = 10,000): logit lens full 0.72-0.88, blocks (read at block
+            // 4) 0.11-0.21; Patchscope (δ at n̄_ft, the toolkit's selection) full 0.70-0.87,
+            // blocks 0.10-0.22.
+            let floor = if kind == "full" { 0.6 } else { 0.05 };
             assert!(lens >= floor, "{organism}: {lens}");
+            assert!(scope >= floor, "{organism}: Patchscope {scope}");
             all.push(lens);
         }
     }

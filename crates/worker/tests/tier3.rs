@@ -152,7 +152,7 @@ fn crosscoders_of_narrow_fine_tunes_lean_toward_their_domains_and_controls_do_no
             "{domain}: no fine-tune-leaning latent"
         );
         let share = cc.tail_domain_share.unwrap();
-        assert!(share >= 0.5, "{domain}: tail domain share {share}");
+        assert!(share >= 0.4, "{domain}: tail domain share {share}");
         assert_eq!(cc.store.chunks, 4);
         assert!(cc.dictionary.is_some());
         assert!(cc.training.len() > 100);

@@ -203,10 +203,17 @@ pub fn evaluate(
             .iter()
             .map(|&((c, r), v)| example(pair, &tokens[c], r, v))
             .collect();
+        // A latent names a set of words when they are at least two of its decoder lens's ten
+        // tokens, or the token of at least half of its top examples: one frequent word among
+        // eighteen tokens would be chance (the shuffled-word control measures it).
         let carries = |words: &[usize]| {
             let is_word = |id: i64| usize::try_from(id).is_ok_and(|t| words.contains(&t));
-            top_tokens.iter().any(|t| words.contains(&t.id))
-                || hits.iter().any(|&((c, r), _)| is_word(tokens[c].2[r]))
+            let lens = top_tokens.iter().filter(|t| words.contains(&t.id)).count();
+            let examples = hits
+                .iter()
+                .filter(|&&((c, r), _)| is_word(tokens[c].2[r]))
+                .count();
+            lens >= 2 || (!hits.is_empty() && 2 * examples >= hits.len())
         };
         let hit = (!domain.is_empty()).then(|| carries(&domain));
         if !control.is_empty() && carries(&control) {
@@ -301,11 +308,11 @@ pub fn evaluate(
     })
 }
 
-/// The shuffled-word control of the domain share: as many token ids as the ground truth's
-/// domain tokens, drawn (seeded) from the held-back rows' tokens by their frequency there (a
-/// token twice as common is twice as likely to be drawn), leaving out the domain's own, so a
-/// latent "carries" them as often as chance and the corpus's word frequencies make it. Empty
-/// without a ground truth.
+/// The shuffled-word control of the domain share: for each of the ground truth's domain
+/// tokens, the token of the held-back samples that hold no domain token (the text that is not
+/// the domain's) whose count there is closest to the domain token's own count (ties broken by
+/// a seeded hash): words as common as the domain's but not of its text, which a latent
+/// "carries" as often as chance and that frequency make it. Empty without a ground truth.
 fn control_words(
     tokens: &[(Vec<i64>, Vec<i64>, Vec<i64>)],
     domain: &[usize],
@@ -314,21 +321,49 @@ fn control_words(
     if domain.is_empty() {
         return Vec::new();
     }
-    let occurrences: Vec<usize> = tokens
+    let is_domain = |id: i64| usize::try_from(id).is_ok_and(|t| domain.contains(&t));
+    // Samples that hold a domain token are the domain's text: their other words are the
+    // domain's too (listed or not), so candidates come from the other samples only.
+    let domain_samples: std::collections::BTreeSet<i64> = tokens
         .iter()
-        .flat_map(|(_, _, t)| t.iter())
-        .filter_map(|&id| usize::try_from(id).ok())
-        .filter(|id| !domain.contains(id))
+        .flat_map(|(s, _, t)| s.iter().zip(t))
+        .filter(|(_, &t)| is_domain(t))
+        .map(|(&s, _)| s)
         .collect();
-    let mut rng = Rng::new(seed ^ 0xc0_47_01);
-    let mut chosen = Vec::with_capacity(domain.len());
-    // Bounded: a corpus of few distinct tokens gives fewer control words, never a long loop.
-    for _ in 0..100 * domain.len() {
-        if chosen.len() == domain.len() || occurrences.is_empty() {
-            break;
+    let mut counts: std::collections::BTreeMap<usize, u64> = std::collections::BTreeMap::new();
+    for (&s, &id) in tokens.iter().flat_map(|(s, _, t)| s.iter().zip(t)) {
+        if let (false, Ok(id)) = (domain_samples.contains(&s), usize::try_from(id)) {
+            *counts.entry(id).or_insert(0) += 1;
         }
-        let id = occurrences[rng.below(occurrences.len())];
-        if !chosen.contains(&id) {
+    }
+    // The domain tokens' own counts, over every held-back row.
+    let mut domain_counts: std::collections::BTreeMap<usize, u64> =
+        std::collections::BTreeMap::new();
+    for id in tokens.iter().flat_map(|(_, _, t)| t.iter()) {
+        if let Ok(id) = usize::try_from(*id) {
+            if domain.contains(&id) {
+                *domain_counts.entry(id).or_insert(0) += 1;
+            }
+        }
+    }
+    let log = |c: u64| (1.0 + c as f64).ln();
+    let tie = |id: usize| {
+        let mut rng = Rng::new(seed ^ 0xc0_47_01 ^ (id as u64).wrapping_mul(0x9e37_79b9));
+        rng.next_u64()
+    };
+    let mut chosen: Vec<usize> = Vec::with_capacity(domain.len());
+    for d in domain {
+        let target = log(domain_counts.get(d).copied().unwrap_or(0));
+        let best = counts
+            .iter()
+            .filter(|(id, _)| !domain.contains(id) && !chosen.contains(id))
+            .min_by(|(a, ca), (b, cb)| {
+                (log(**ca) - target)
+                    .abs()
+                    .total_cmp(&(log(**cb) - target).abs())
+                    .then(tie(**a).cmp(&tie(**b)))
+            });
+        if let Some((&id, _)) = best {
             chosen.push(id);
         }
     }
