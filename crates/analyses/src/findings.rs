@@ -127,9 +127,9 @@ pub fn findings(r: &AuditResults) -> Vec<Finding> {
                     .join(", ")
             ),
         );
-        f.graded = g
-            .and_then(|g| g.steering_domain_gain)
-            .map(|gain| format!("domain mass of the steered base ×{gain:.2} over unsteered"));
+        f.graded = g.and_then(|g| g.steering_domain_gain).map(|gain| {
+            format!("the steered base's domain-token mass {gain:+.3} against unsteered")
+        });
         out.push(f);
     }
     for (kind, d) in [
