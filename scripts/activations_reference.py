@@ -210,13 +210,32 @@ def cmd_check(args):
     sys.exit(1 if failures else 0)
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def check_args(doc):
+    """The `check NEURODIFF_BIN` command line every reference script takes."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("check")
     c.add_argument("bin")
-    args = p.parse_args()
-    cmd_check(args)
+    return p.parse_args()
+
+
+def check_fixtures(doc, check_arch, archs=ARCHS):
+    """Runs `check_arch(bin, arch, corpus, tmp)` on every fixture with SAMPLES as the corpus and
+    exits 0 when every one passed."""
+    args = check_args(doc)
+    ok = True
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = os.path.join(tmp, "corpus.jsonl")
+        with open(corpus, "w") as f:
+            for s in SAMPLES:
+                f.write(json.dumps({"text": s}) + "\n")
+        for arch in archs:
+            ok &= check_arch(args.bin, arch, corpus, tmp)
+    sys.exit(0 if ok else 1)
+
+
+def main():
+    cmd_check(check_args(__doc__))
 
 
 if __name__ == "__main__":

@@ -37,18 +37,17 @@ mean probabilities; steering's ||delta||, n_ft, and KL, perplexity and domain ma
 and alpha. Values to 1e-4 relative; token ranks where the reference's probabilities tell them apart.
 """
 
-import argparse
 import json
 import os
 import subprocess
 import sys
-import tempfile
 
 import torch
 import transformers
 
 sys.path.insert(0, os.path.dirname(__file__))
-from activations_reference import FIXTURES, PERTURBED, SAMPLES, make_finetune, parts  # noqa: E402
+from activations_reference import (  # noqa: E402
+    FIXTURES, PERTURBED, SAMPLES, check_fixtures, make_finetune, parts)
 
 transformers.utils.logging.disable_progress_bar()
 ARCHS = ["llama", "gpt2", "qwen2"]
@@ -282,20 +281,7 @@ def check_arch(bin_, arch, corpus, tmp):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="cmd", required=True)
-    c = sub.add_parser("check")
-    c.add_argument("bin")
-    args = p.parse_args()
-    ok = True
-    with tempfile.TemporaryDirectory() as tmp:
-        corpus = os.path.join(tmp, "corpus.jsonl")
-        with open(corpus, "w") as f:
-            for s in SAMPLES:
-                f.write(json.dumps({"text": s}) + "\n")
-        for arch in ARCHS:
-            ok &= check_arch(args.bin, arch, corpus, tmp)
-    sys.exit(0 if ok else 1)
+    check_fixtures(__doc__, check_arch, ARCHS)
 
 
 if __name__ == "__main__":

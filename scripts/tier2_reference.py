@@ -16,18 +16,17 @@ fine-tune exactly where every perturbed block comes from it. The readable traces
 steering have their own reference, written from the diffing toolkit: scripts/adl_reference.py.
 """
 
-import argparse
 import json
 import os
 import subprocess
 import sys
-import tempfile
 
 import torch
 import transformers
 
 sys.path.insert(0, os.path.dirname(__file__))
-from activations_reference import FIXTURES, PERTURBED, SAMPLES, make_finetune, parts  # noqa: E402
+from activations_reference import (  # noqa: E402
+    FIXTURES, PERTURBED, SAMPLES, check_fixtures, make_finetune, parts)
 
 transformers.utils.logging.disable_progress_bar()
 ARCHS = ["llama", "gpt2", "qwen2"]
@@ -184,20 +183,7 @@ def check_arch(bin_, arch, corpus, tmp):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="cmd", required=True)
-    c = sub.add_parser("check")
-    c.add_argument("bin")
-    args = p.parse_args()
-    ok = True
-    with tempfile.TemporaryDirectory() as tmp:
-        corpus = os.path.join(tmp, "corpus.jsonl")
-        with open(corpus, "w") as f:
-            for s in SAMPLES:
-                f.write(json.dumps({"text": s}) + "\n")
-        for arch in ARCHS:
-            ok &= check_arch(args.bin, arch, corpus, tmp)
-    sys.exit(0 if ok else 1)
+    check_fixtures(__doc__, check_arch, ARCHS)
 
 
 if __name__ == "__main__":
