@@ -5,6 +5,7 @@ the modeling files `models/{llama,mistral,qwen2,gpt2}/modeling_*.py` of the pinn
 a re-implementation.
 
   python scripts/parity.py fixtures [--out crates/core/tests/fixtures]
+      [--only NAME ...]
       Makes tiny random checkpoints of every supported architecture (random norm weights and
       biases, GQA, explicit head_dim, qkv bias, tied and untied embeddings, fp32/fp16/bf16,
       sharded and single-file, with and without GPT-2's `transformer.` prefix) and writes, next
@@ -112,6 +113,13 @@ def specs(seed, vocab):
                                        tie_word_embeddings=True, max_position_embeddings=256,
                                        **qwen_window),
          torch.bfloat16, False, None),
+        # Qwen3: per-head q/k RMSNorm, no qkv bias, an explicit head_dim wider than hidden/heads.
+        ("qwen3", C.Qwen3Config, dict(hidden_size=h, intermediate_size=2 * h, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+                                       vocab_size=vocab, rope_theta=1000000.0, rms_norm_eps=1e-6,
+                                       tie_word_embeddings=not big, max_position_embeddings=256,
+                                       **qwen_window),
+         torch.float32, False, None),
     ]
 
 
@@ -162,10 +170,13 @@ def strip_gpt2_prefix(src, dst):
 def cmd_fixtures(args):
     torch.manual_seed(0)
     for name, cls, kw, dtype, bos, shard in specs(0, 384):
+        if args.only and name not in args.only:
+            continue
         out = build(name, cls, kw, dtype, bos, shard, os.path.join(args.out, name), seed=1)
         print("wrote", out)
-    strip_gpt2_prefix(os.path.join(args.out, "gpt2"), os.path.join(args.out, "gpt2-noprefix"))
-    print("wrote", os.path.join(args.out, "gpt2-noprefix"))
+    if not args.only or "gpt2" in args.only:
+        strip_gpt2_prefix(os.path.join(args.out, "gpt2"), os.path.join(args.out, "gpt2-noprefix"))
+        print("wrote", os.path.join(args.out, "gpt2-noprefix"))
 
 
 def cmd_check_inspect(args):
@@ -196,6 +207,7 @@ def main():
     sub = p.add_subparsers(dest="cmd", required=True)
     f = sub.add_parser("fixtures")
     f.add_argument("--out", default="crates/core/tests/fixtures")
+    f.add_argument("--only", nargs="*", help="write only these fixtures (names as in specs)")
     c = sub.add_parser("check-inspect")
     c.add_argument("bin")
     c.add_argument("--seed", type=int, default=7)

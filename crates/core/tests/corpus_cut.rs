@@ -39,7 +39,14 @@ fn cutting_before_encoding_keeps_the_ids_of_the_whole_sample() {
     ]);
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let mut checked = 0;
-    for model in ["gpt2", "gpt2-noprefix", "llama", "mistral", "qwen2"] {
+    for model in [
+        "gpt2",
+        "gpt2-noprefix",
+        "llama",
+        "mistral",
+        "qwen2",
+        "qwen3",
+    ] {
         let tok = tokenizer::load(&fixtures.join(model)).unwrap();
         for seq_len in [8, 64, 200] {
             let cut = encoded_bytes(seq_len, longest_token_bytes(&tok));

@@ -59,6 +59,11 @@ fn qwen2_qkv_bias_tied_bf16() {
 }
 
 #[test]
+fn qwen3_per_head_qk_norm_and_explicit_head_dim() {
+    check("qwen3", "qwen3");
+}
+
+#[test]
 fn batch_rows_equal_single_runs() {
     let model = load_model("llama");
     let ids = reference("llama")["input_ids"].shallow_clone();

@@ -1,7 +1,7 @@
 //! Llama (transformers' LlamaForCausalLM): RMSNorm, RoPE, grouped-query attention, SwiGLU.
 //!
-//! Mistral and Qwen2 run on the same decoder; their files only read their own config into a
-//! [`DecoderSpec`] (explicit head_dim and sliding window; qkv bias).
+//! Mistral, Qwen2 and Qwen3 run on the same decoder; their files only read their own config into
+//! a [`DecoderSpec`] (explicit head_dim and sliding window; qkv bias; per-head q/k norms).
 use std::path::Path;
 
 use serde::Deserialize;
@@ -28,6 +28,8 @@ pub struct DecoderSpec {
     pub rope: Rope,
     pub tie_word_embeddings: bool,
     pub qkv_bias: bool,
+    /// RMSNorm over each head's query and key before RoPE (Qwen3's `q_norm`, `k_norm`).
+    pub qk_norm: bool,
     pub o_bias: bool,
     pub mlp_bias: bool,
     pub act: Activation,
@@ -137,6 +139,7 @@ impl Common {
             rope: self.rope(path)?,
             tie_word_embeddings: self.tie_word_embeddings,
             qkv_bias: false,
+            qk_norm: false,
             o_bias: false,
             mlp_bias: false,
             act,
@@ -279,6 +282,8 @@ pub struct Attention {
     k_proj: Linear,
     v_proj: Linear,
     o_proj: Linear,
+    /// Per-head norms of queries and keys (Qwen3).
+    qk_norm: Option<(RmsNorm, RmsNorm)>,
     n_heads: i64,
     n_kv_heads: i64,
     head_dim: i64,
@@ -320,6 +325,14 @@ impl Attention {
                 d,
                 s.o_bias,
             )?,
+            qk_norm: if s.qk_norm {
+                let norm = |n: &str| {
+                    RmsNorm::new(ckpt, o, &format!("{prefix}.{n}.weight"), hd, s.rms_norm_eps)
+                };
+                Some((norm("q_norm")?, norm("k_norm")?))
+            } else {
+                None
+            },
             n_heads: s.n_heads,
             n_kv_heads: s.n_kv_heads,
             head_dim: hd,
@@ -328,12 +341,27 @@ impl Attention {
 
     pub fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let (b, s, _) = x.size3()?;
-        let heads = |t: Tensor, n: i64| -> Result<Tensor> {
-            Ok(t.f_view([b, s, n, self.head_dim])?.f_transpose(1, 2)?)
+        // [b, s, n, head_dim] → [b, n, s, head_dim], each head normed first where the model
+        // norms queries and keys.
+        let heads = |t: Tensor, n: i64, norm: Option<&RmsNorm>| -> Result<Tensor> {
+            let t = t.f_view([b, s, n, self.head_dim])?;
+            let t = match norm {
+                Some(norm) => norm.forward(&t)?,
+                None => t,
+            };
+            Ok(t.f_transpose(1, 2)?)
         };
-        let q = apply_rope(&heads(self.q_proj.forward(x)?, self.n_heads)?, cos, sin)?;
-        let k = apply_rope(&heads(self.k_proj.forward(x)?, self.n_kv_heads)?, cos, sin)?;
-        let v = heads(self.v_proj.forward(x)?, self.n_kv_heads)?;
+        let (qn, kn) = match &self.qk_norm {
+            Some((q, k)) => (Some(q), Some(k)),
+            None => (None, None),
+        };
+        let q = apply_rope(&heads(self.q_proj.forward(x)?, self.n_heads, qn)?, cos, sin)?;
+        let k = apply_rope(
+            &heads(self.k_proj.forward(x)?, self.n_kv_heads, kn)?,
+            cos,
+            sin,
+        )?;
+        let v = heads(self.v_proj.forward(x)?, self.n_kv_heads, None)?;
         let rep = self.n_heads / self.n_kv_heads;
         let repeat = |t: Tensor| -> Result<Tensor> {
             if rep == 1 {

@@ -3,6 +3,7 @@ pub mod gpt2;
 pub mod llama;
 pub mod mistral;
 pub mod qwen2;
+pub mod qwen3;
 
 use std::path::Path;
 
@@ -15,7 +16,7 @@ use crate::hooks::Hooks;
 use crate::nn::LoadOpts;
 
 /// The `model_type`s NeuroDiff can run.
-pub const SUPPORTED_MODEL_TYPES: [&str; 4] = ["gpt2", "llama", "mistral", "qwen2"];
+pub const SUPPORTED_MODEL_TYPES: [&str; 5] = ["gpt2", "llama", "mistral", "qwen2", "qwen3"];
 
 /// What a forward pass returns, following transformers' `output_hidden_states` convention:
 /// `hidden_states[0]` is the embedding output, `hidden_states[i]` the input of block i, and the
@@ -111,6 +112,11 @@ impl Model {
                 ckpt,
                 o,
                 &parse::<qwen2::Config>(&path, config)?.spec(&path)?,
+            )?),
+            "qwen3" => Arch::Llama(llama::Llama::new(
+                ckpt,
+                o,
+                &parse::<qwen3::Config>(&path, config)?.spec(&path)?,
             )?),
             other => {
                 return Err(CoreError::UnsupportedArchitecture {
