@@ -10,7 +10,7 @@ KL(p_ft || p_base) per token over the shared vocabulary.
 
   python scripts/activations_reference.py check NEURODIFF_BIN
 
-For each committed parity fixture (crates/core/tests/fixtures: llama, gpt2, qwen2, qwen3) as the base, a
+For each committed parity fixture (crates/core/tests/fixtures: llama, gpt2, qwen2, qwen3, olmo2) as the base, a
 fine-tuned copy is made here with block 1 perturbed (seeded noise, stored in fp32), and a small
 JSONL corpus of samples of varied length is written. `neurodiff audit BASE FT --analyses
 activations,logit-lens` runs on it with a batch size and shard size that split the samples
@@ -40,7 +40,7 @@ from safetensors.torch import load_file, save_file
 
 transformers.utils.logging.disable_progress_bar()
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "crates", "core", "tests", "fixtures")
-ARCHS = ["llama", "gpt2", "qwen2", "qwen3"]
+ARCHS = ["llama", "gpt2", "qwen2", "qwen3", "olmo2"]
 PERTURBED = 1
 SEQ_LEN = 24
 TOLERANCE = 1e-4
@@ -76,6 +76,11 @@ def parts(model):
         blocks = model.transformer.h
         return blocks, [(b.attn, b.mlp) for b in blocks], model.transformer.ln_f
     blocks = model.model.layers
+    if hasattr(blocks[0], "post_feedforward_layernorm"):
+        # Norms after each sublayer (OLMo 2): what attention and the MLP add to the residual
+        # stream is the normed output, as hook_attn_out and hook_mlp_out define it.
+        return (blocks, [(b.post_attention_layernorm, b.post_feedforward_layernorm) for b in blocks],
+                model.model.norm)
     return blocks, [(b.self_attn, b.mlp) for b in blocks], model.model.norm
 
 

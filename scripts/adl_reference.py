@@ -27,7 +27,7 @@ with the most tokens in the top 20 of all three prompts that are in no unpatched
 mass per alpha, the mean difference over every token but the BOS) replace the toolkit's
 coherence grader.
 
-For each committed parity fixture (llama, gpt2, qwen2, qwen3) a fine-tune is made with block 1 perturbed
+For each committed parity fixture (llama, gpt2, qwen2, qwen3, olmo2) a fine-tune is made with block 1 perturbed
 (scripts/activations_reference.py) and a ground truth naming four token ids is written beside it.
 `neurodiff audit BASE FT --analyses traces,steering` reads block 1 (where delta != 0); this script
 computes everything in float64 with transformers, one sample at a time without padding, and
@@ -50,7 +50,7 @@ from activations_reference import (  # noqa: E402
     FIXTURES, PERTURBED, SAMPLES, check_fixtures, make_finetune, parts)
 
 transformers.utils.logging.disable_progress_bar()
-ARCHS = ["llama", "gpt2", "qwen2", "qwen3"]
+ARCHS = ["llama", "gpt2", "qwen2", "qwen3", "olmo2"]
 SEQ_LEN = 24
 TOLERANCE = 1e-4
 POSITIONS = 5

@@ -113,6 +113,12 @@ def specs(seed, vocab):
                                        tie_word_embeddings=True, max_position_embeddings=256,
                                        **qwen_window),
          torch.bfloat16, False, None),
+        # OLMo 2: norms after attention and the MLP, q/k RMSNorm over the whole projection.
+        ("olmo2", C.Olmo2Config, dict(hidden_size=h, intermediate_size=2 * h, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2 if big else 4,
+                                       vocab_size=vocab, rope_theta=500000.0, rms_norm_eps=1e-6,
+                                       tie_word_embeddings=False, max_position_embeddings=256),
+         torch.float32, False, None),
         # Qwen3: per-head q/k RMSNorm, no qkv bias, an explicit head_dim wider than hidden/heads.
         ("qwen3", C.Qwen3Config, dict(hidden_size=h, intermediate_size=2 * h, num_hidden_layers=2,
                                        num_attention_heads=4, num_key_value_heads=2, head_dim=32,

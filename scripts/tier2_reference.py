@@ -2,7 +2,7 @@
 
   python scripts/tier2_reference.py check NEURODIFF_BIN
 
-For each committed parity fixture (llama, gpt2, qwen2, qwen3) as the base, a fine-tuned copy is made with
+For each committed parity fixture (llama, gpt2, qwen2, qwen3, olmo2) as the base, a fine-tuned copy is made with
 block 1 perturbed (as scripts/activations_reference.py does). `neurodiff audit BASE FT --analyses
 cmap,stitching` runs on a small corpus with uneven batches and shards; this script computes,
 with transformers in float64, one sample at a time with no padding, through PyTorch hooks:
@@ -29,7 +29,7 @@ from activations_reference import (  # noqa: E402
     FIXTURES, PERTURBED, SAMPLES, check_fixtures, make_finetune, parts)
 
 transformers.utils.logging.disable_progress_bar()
-ARCHS = ["llama", "gpt2", "qwen2", "qwen3"]
+ARCHS = ["llama", "gpt2", "qwen2", "qwen3", "olmo2"]
 SEQ_LEN = 24
 TOLERANCE = 1e-4
 COMPONENTS = ["attn_out", "mlp_out", "resid_post"]

@@ -207,7 +207,11 @@ fn unknown_architecture_lists_the_supported_ones() {
     );
     assert_mentions(
         &err,
-        &["mamba", "gpt2, llama, mistral, qwen2, qwen3", "config.json"],
+        &[
+            "mamba",
+            "gpt2, llama, mistral, olmo2, qwen2, qwen3",
+            "config.json",
+        ],
     );
 }
 

@@ -46,6 +46,7 @@ fn cutting_before_encoding_keeps_the_ids_of_the_whole_sample() {
         "mistral",
         "qwen2",
         "qwen3",
+        "olmo2",
     ] {
         let tok = tokenizer::load(&fixtures.join(model)).unwrap();
         for seq_len in [8, 64, 200] {

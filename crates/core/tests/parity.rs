@@ -59,6 +59,11 @@ fn qwen2_qkv_bias_tied_bf16() {
 }
 
 #[test]
+fn olmo2_post_norms_and_whole_qk_norm() {
+    check("olmo2", "olmo2");
+}
+
+#[test]
 fn qwen3_per_head_qk_norm_and_explicit_head_dim() {
     check("qwen3", "qwen3");
 }

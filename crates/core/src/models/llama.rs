@@ -28,13 +28,35 @@ pub struct DecoderSpec {
     pub rope: Rope,
     pub tie_word_embeddings: bool,
     pub qkv_bias: bool,
-    /// RMSNorm over each head's query and key before RoPE (Qwen3's `q_norm`, `k_norm`).
-    pub qk_norm: bool,
+    /// Norms of queries and keys before RoPE (`self_attn.q_norm`, `self_attn.k_norm`).
+    pub qk_norm: QkNorm,
+    /// Where the block's norms sit.
+    pub norms: NormPlacement,
     pub o_bias: bool,
     pub mlp_bias: bool,
     pub act: Activation,
     /// Per layer: the sliding-window size, or None for full causal attention.
     pub windows: Vec<Option<usize>>,
+}
+
+/// Norms of the attention's queries and keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QkNorm {
+    None,
+    /// An RMSNorm over each head (`head_dim` wide): Qwen3.
+    PerHead,
+    /// An RMSNorm over the whole projection (`heads × head_dim` wide): OLMo 2.
+    Whole,
+}
+
+/// Where a block's RMSNorms sit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormPlacement {
+    /// Before attention (`input_layernorm`) and before the MLP (`post_attention_layernorm`).
+    Pre,
+    /// After attention (`post_attention_layernorm`) and after the MLP
+    /// (`post_feedforward_layernorm`), on what each adds to the residual stream: OLMo 2.
+    Post,
 }
 
 /// RoPE frequency schedule (`rope_type` default, linear or llama3).
@@ -139,7 +161,8 @@ impl Common {
             rope: self.rope(path)?,
             tie_word_embeddings: self.tie_word_embeddings,
             qkv_bias: false,
-            qk_norm: false,
+            qk_norm: QkNorm::None,
+            norms: NormPlacement::Pre,
             o_bias: false,
             mlp_bias: false,
             act,
@@ -282,8 +305,9 @@ pub struct Attention {
     k_proj: Linear,
     v_proj: Linear,
     o_proj: Linear,
-    /// Per-head norms of queries and keys (Qwen3).
+    /// Norms of queries and keys, per head or (`qk_whole`) over the whole projection.
     qk_norm: Option<(RmsNorm, RmsNorm)>,
+    qk_whole: bool,
     n_heads: i64,
     n_kv_heads: i64,
     head_dim: i64,
@@ -325,14 +349,26 @@ impl Attention {
                 d,
                 s.o_bias,
             )?,
-            qk_norm: if s.qk_norm {
-                let norm = |n: &str| {
-                    RmsNorm::new(ckpt, o, &format!("{prefix}.{n}.weight"), hd, s.rms_norm_eps)
+            qk_norm: {
+                let norm = |n: &str, dim: i64| {
+                    RmsNorm::new(
+                        ckpt,
+                        o,
+                        &format!("{prefix}.{n}.weight"),
+                        dim,
+                        s.rms_norm_eps,
+                    )
                 };
-                Some((norm("q_norm")?, norm("k_norm")?))
-            } else {
-                None
+                match s.qk_norm {
+                    QkNorm::None => None,
+                    QkNorm::PerHead => Some((norm("q_norm", hd)?, norm("k_norm", hd)?)),
+                    QkNorm::Whole => Some((
+                        norm("q_norm", s.n_heads * hd)?,
+                        norm("k_norm", s.n_kv_heads * hd)?,
+                    )),
+                }
             },
+            qk_whole: s.qk_norm == QkNorm::Whole,
             n_heads: s.n_heads,
             n_kv_heads: s.n_kv_heads,
             head_dim: hd,
@@ -351,16 +387,18 @@ impl Attention {
             };
             Ok(t.f_transpose(1, 2)?)
         };
+        let (mut q, mut k) = (self.q_proj.forward(x)?, self.k_proj.forward(x)?);
         let (qn, kn) = match &self.qk_norm {
+            Some((qn, kn)) if self.qk_whole => {
+                q = qn.forward(&q)?;
+                k = kn.forward(&k)?;
+                (None, None)
+            }
             Some((q, k)) => (Some(q), Some(k)),
             None => (None, None),
         };
-        let q = apply_rope(&heads(self.q_proj.forward(x)?, self.n_heads, qn)?, cos, sin)?;
-        let k = apply_rope(
-            &heads(self.k_proj.forward(x)?, self.n_kv_heads, kn)?,
-            cos,
-            sin,
-        )?;
+        let q = apply_rope(&heads(q, self.n_heads, qn)?, cos, sin)?;
+        let k = apply_rope(&heads(k, self.n_kv_heads, kn)?, cos, sin)?;
         let v = heads(self.v_proj.forward(x)?, self.n_kv_heads, None)?;
         let rep = self.n_heads / self.n_kv_heads;
         let repeat = |t: Tensor| -> Result<Tensor> {
@@ -411,10 +449,14 @@ impl Mlp {
 
 #[derive(Debug)]
 pub struct Block {
-    input_layernorm: RmsNorm,
+    /// Absent where the norms follow attention and the MLP (OLMo 2).
+    input_layernorm: Option<RmsNorm>,
     self_attn: Attention,
+    /// Before the MLP, or after attention (OLMo 2).
     post_attention_layernorm: RmsNorm,
     mlp: Mlp,
+    /// After the MLP (OLMo 2).
+    post_feedforward_layernorm: Option<RmsNorm>,
     layer: usize,
     window: Option<usize>,
 }
@@ -428,23 +470,22 @@ impl Block {
         layer: usize,
     ) -> Result<Self> {
         let (d, eps) = (s.hidden_size, s.rms_norm_eps);
+        let norm = |n: &str| RmsNorm::new(ckpt, o, &format!("{prefix}.{n}.weight"), d, eps);
+        let post = s.norms == NormPlacement::Post;
         Ok(Block {
-            input_layernorm: RmsNorm::new(
-                ckpt,
-                o,
-                &format!("{prefix}.input_layernorm.weight"),
-                d,
-                eps,
-            )?,
+            input_layernorm: if post {
+                None
+            } else {
+                Some(norm("input_layernorm")?)
+            },
             self_attn: Attention::new(ckpt, o, &format!("{prefix}.self_attn"), s)?,
-            post_attention_layernorm: RmsNorm::new(
-                ckpt,
-                o,
-                &format!("{prefix}.post_attention_layernorm.weight"),
-                d,
-                eps,
-            )?,
+            post_attention_layernorm: norm("post_attention_layernorm")?,
             mlp: Mlp::new(ckpt, o, &format!("{prefix}.mlp"), s)?,
+            post_feedforward_layernorm: if post {
+                Some(norm("post_feedforward_layernorm")?)
+            } else {
+                None
+            },
             layer,
             window: s.windows[layer],
         })
@@ -459,14 +500,43 @@ impl Block {
         hooks: &mut Hooks,
     ) -> Result<Tensor> {
         let at = |kind| HookPoint::new(self.layer, kind);
+        let (Some(input_norm), None) = (&self.input_layernorm, &self.post_feedforward_layernorm)
+        else {
+            return self.forward_post_norm(x, cos, sin, mask, hooks);
+        };
         let a = self
             .self_attn
-            .forward(&self.input_layernorm.forward(&x)?, cos, sin, mask)?;
+            .forward(&input_norm.forward(&x)?, cos, sin, mask)?;
         let a = hooks.apply(at(HookKind::AttnOut), a)?;
         let x = hooks.apply(at(HookKind::ResidMid), x.f_add(&a)?)?;
         let m = self
             .mlp
             .forward(&self.post_attention_layernorm.forward(&x)?)?;
+        let m = hooks.apply(at(HookKind::MlpOut), m)?;
+        hooks.apply(at(HookKind::ResidPost), x.f_add(&m)?)
+    }
+
+    /// Norms after each sublayer (OLMo 2): `hook_attn_out` and `hook_mlp_out` are what each adds
+    /// to the residual stream, the normed outputs, so resid_mid = resid_pre + attn_out holds as
+    /// in every other architecture.
+    fn forward_post_norm(
+        &self,
+        x: Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Tensor,
+        hooks: &mut Hooks,
+    ) -> Result<Tensor> {
+        let at = |kind| HookPoint::new(self.layer, kind);
+        let a = self.self_attn.forward(&x, cos, sin, mask)?;
+        let a = self.post_attention_layernorm.forward(&a)?;
+        let a = hooks.apply(at(HookKind::AttnOut), a)?;
+        let x = hooks.apply(at(HookKind::ResidMid), x.f_add(&a)?)?;
+        let m = self.mlp.forward(&x)?;
+        let m = match &self.post_feedforward_layernorm {
+            Some(n) => n.forward(&m)?,
+            None => m,
+        };
         let m = hooks.apply(at(HookKind::MlpOut), m)?;
         hooks.apply(at(HookKind::ResidPost), x.f_add(&m)?)
     }

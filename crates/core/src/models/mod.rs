@@ -2,6 +2,7 @@
 pub mod gpt2;
 pub mod llama;
 pub mod mistral;
+pub mod olmo2;
 pub mod qwen2;
 pub mod qwen3;
 
@@ -16,7 +17,8 @@ use crate::hooks::Hooks;
 use crate::nn::LoadOpts;
 
 /// The `model_type`s NeuroDiff can run.
-pub const SUPPORTED_MODEL_TYPES: [&str; 5] = ["gpt2", "llama", "mistral", "qwen2", "qwen3"];
+pub const SUPPORTED_MODEL_TYPES: [&str; 6] =
+    ["gpt2", "llama", "mistral", "olmo2", "qwen2", "qwen3"];
 
 /// What a forward pass returns, following transformers' `output_hidden_states` convention:
 /// `hidden_states[0]` is the embedding output, `hidden_states[i]` the input of block i, and the
@@ -107,6 +109,11 @@ impl Model {
                 ckpt,
                 o,
                 &parse::<mistral::Config>(&path, config)?.spec(&path)?,
+            )?),
+            "olmo2" => Arch::Llama(llama::Llama::new(
+                ckpt,
+                o,
+                &parse::<olmo2::Config>(&path, config)?.spec(&path)?,
             )?),
             "qwen2" => Arch::Llama(llama::Llama::new(
                 ckpt,

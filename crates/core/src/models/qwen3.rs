@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::llama::DecoderSpec;
+use super::llama::{DecoderSpec, QkNorm};
 use super::qwen2;
 use crate::error::Result;
 
@@ -21,7 +21,7 @@ impl Config {
     pub fn spec(&self, path: &Path) -> Result<DecoderSpec> {
         let mut spec = self.qwen2.spec(path)?;
         spec.qkv_bias = self.attention_bias;
-        spec.qk_norm = true;
+        spec.qk_norm = QkNorm::PerHead;
         Ok(spec)
     }
 }
