@@ -447,16 +447,30 @@ impl Mlp {
     }
 }
 
+/// A block's RMSNorms by where they sit: Llama's before attention and the MLP
+/// (`input_layernorm`, `post_attention_layernorm`), OLMo 2's after them
+/// (`post_attention_layernorm`, `post_feedforward_layernorm`).
+#[derive(Debug)]
+struct BlockNorms {
+    before_attn: Option<RmsNorm>,
+    after_attn: Option<RmsNorm>,
+    before_mlp: Option<RmsNorm>,
+    after_mlp: Option<RmsNorm>,
+}
+
+/// `x` through `norm`, or `x` itself where there is none.
+fn normed(norm: &Option<RmsNorm>, x: Tensor) -> Result<Tensor> {
+    match norm {
+        Some(n) => n.forward(&x),
+        None => Ok(x),
+    }
+}
+
 #[derive(Debug)]
 pub struct Block {
-    /// Absent where the norms follow attention and the MLP (OLMo 2).
-    input_layernorm: Option<RmsNorm>,
+    norms: BlockNorms,
     self_attn: Attention,
-    /// Before the MLP, or after attention (OLMo 2).
-    post_attention_layernorm: RmsNorm,
     mlp: Mlp,
-    /// After the MLP (OLMo 2).
-    post_feedforward_layernorm: Option<RmsNorm>,
     layer: usize,
     window: Option<usize>,
 }
@@ -470,27 +484,40 @@ impl Block {
         layer: usize,
     ) -> Result<Self> {
         let (d, eps) = (s.hidden_size, s.rms_norm_eps);
-        let norm = |n: &str| RmsNorm::new(ckpt, o, &format!("{prefix}.{n}.weight"), d, eps);
-        let post = s.norms == NormPlacement::Post;
+        let norm = |n: &str| -> Result<Option<RmsNorm>> {
+            Ok(Some(RmsNorm::new(
+                ckpt,
+                o,
+                &format!("{prefix}.{n}.weight"),
+                d,
+                eps,
+            )?))
+        };
+        let norms = match s.norms {
+            NormPlacement::Pre => BlockNorms {
+                before_attn: norm("input_layernorm")?,
+                after_attn: None,
+                before_mlp: norm("post_attention_layernorm")?,
+                after_mlp: None,
+            },
+            NormPlacement::Post => BlockNorms {
+                before_attn: None,
+                after_attn: norm("post_attention_layernorm")?,
+                before_mlp: None,
+                after_mlp: norm("post_feedforward_layernorm")?,
+            },
+        };
         Ok(Block {
-            input_layernorm: if post {
-                None
-            } else {
-                Some(norm("input_layernorm")?)
-            },
+            norms,
             self_attn: Attention::new(ckpt, o, &format!("{prefix}.self_attn"), s)?,
-            post_attention_layernorm: norm("post_attention_layernorm")?,
             mlp: Mlp::new(ckpt, o, &format!("{prefix}.mlp"), s)?,
-            post_feedforward_layernorm: if post {
-                Some(norm("post_feedforward_layernorm")?)
-            } else {
-                None
-            },
             layer,
             window: s.windows[layer],
         })
     }
 
+    /// `hook_attn_out` and `hook_mlp_out` are what each sublayer adds to the residual stream
+    /// (for OLMo 2, the normed outputs), so resid_mid = resid_pre + attn_out holds everywhere.
     pub fn forward(
         &self,
         x: Tensor,
@@ -500,44 +527,16 @@ impl Block {
         hooks: &mut Hooks,
     ) -> Result<Tensor> {
         let at = |kind| HookPoint::new(self.layer, kind);
-        let (Some(input_norm), None) = (&self.input_layernorm, &self.post_feedforward_layernorm)
-        else {
-            return self.forward_post_norm(x, cos, sin, mask, hooks);
-        };
-        let a = self
-            .self_attn
-            .forward(&input_norm.forward(&x)?, cos, sin, mask)?;
-        let a = hooks.apply(at(HookKind::AttnOut), a)?;
+        let n = &self.norms;
+        let a =
+            self.self_attn
+                .forward(&normed(&n.before_attn, x.shallow_clone())?, cos, sin, mask)?;
+        let a = hooks.apply(at(HookKind::AttnOut), normed(&n.after_attn, a)?)?;
         let x = hooks.apply(at(HookKind::ResidMid), x.f_add(&a)?)?;
         let m = self
             .mlp
-            .forward(&self.post_attention_layernorm.forward(&x)?)?;
-        let m = hooks.apply(at(HookKind::MlpOut), m)?;
-        hooks.apply(at(HookKind::ResidPost), x.f_add(&m)?)
-    }
-
-    /// Norms after each sublayer (OLMo 2): `hook_attn_out` and `hook_mlp_out` are what each adds
-    /// to the residual stream, the normed outputs, so resid_mid = resid_pre + attn_out holds as
-    /// in every other architecture.
-    fn forward_post_norm(
-        &self,
-        x: Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: &Tensor,
-        hooks: &mut Hooks,
-    ) -> Result<Tensor> {
-        let at = |kind| HookPoint::new(self.layer, kind);
-        let a = self.self_attn.forward(&x, cos, sin, mask)?;
-        let a = self.post_attention_layernorm.forward(&a)?;
-        let a = hooks.apply(at(HookKind::AttnOut), a)?;
-        let x = hooks.apply(at(HookKind::ResidMid), x.f_add(&a)?)?;
-        let m = self.mlp.forward(&x)?;
-        let m = match &self.post_feedforward_layernorm {
-            Some(n) => n.forward(&m)?,
-            None => m,
-        };
-        let m = hooks.apply(at(HookKind::MlpOut), m)?;
+            .forward(&normed(&n.before_mlp, x.shallow_clone())?)?;
+        let m = hooks.apply(at(HookKind::MlpOut), normed(&n.after_mlp, m)?)?;
         hooks.apply(at(HookKind::ResidPost), x.f_add(&m)?)
     }
 }

@@ -113,7 +113,7 @@ impl Model {
             "olmo2" => Arch::Llama(llama::Llama::new(
                 ckpt,
                 o,
-                &parse::<olmo2::Config>(&path, config)?.spec(&path)?,
+                &olmo2::spec(&parse::<llama::Config>(&path, config)?, &path)?,
             )?),
             "qwen2" => Arch::Llama(llama::Llama::new(
                 ckpt,
