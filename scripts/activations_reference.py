@@ -40,7 +40,7 @@ from safetensors.torch import load_file, save_file
 
 transformers.utils.logging.disable_progress_bar()
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "crates", "core", "tests", "fixtures")
-ARCHS = ["llama", "gpt2", "qwen2", "qwen3", "olmo2"]
+ARCHS = ["llama", "gpt2", "qwen2", "qwen3", "olmo2", "gemma2", "gemma3_text", "phi3"]
 PERTURBED = 1
 SEQ_LEN = 24
 TOLERANCE = 1e-4
@@ -82,6 +82,16 @@ def parts(model):
         return (blocks, [(b.post_attention_layernorm, b.post_feedforward_layernorm) for b in blocks],
                 model.model.norm)
     return blocks, [(b.self_attn, b.mlp) for b in blocks], model.model.norm
+
+
+def unembed(model, x):
+    """The unembedding of a normed state. The toolkit's `logit_lens` is lm_head(norm(x)); where a
+    model soft-caps its logits (Gemma 2's `final_logit_softcapping`), NeuroDiff's lens applies the
+    same cap so that the last block's lens is the model's own output. This is the one deviation
+    from the toolkit's lens, and only for such models (the cap is monotonic: ranks are unchanged)."""
+    logits = model.get_output_embeddings()(x)
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    return logits if cap is None else torch.tanh(logits / cap) * cap
 
 
 def run(model, ids):
@@ -149,8 +159,8 @@ def reference(base_dir, ft_dir):
             if l == "output":
                 lb, lf = ob.logits[0], of.logits[0]
             else:
-                lb = base.get_output_embeddings()(parts(base)[2](states(ob, cb, l, "hook_resid_post")))
-                lf = ft.get_output_embeddings()(parts(ft)[2](states(of, cf, l, "hook_resid_post")))
+                lb = unembed(base, parts(base)[2](states(ob, cb, l, "hook_resid_post")))
+                lf = unembed(ft, parts(ft)[2](states(of, cf, l, "hook_resid_post")))
                 if l == n - 1:
                     # The last block's lens is the model's own output.
                     for got, want in [(lb, ob.logits[0]), (lf, of.logits[0])]:

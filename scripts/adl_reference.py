@@ -47,10 +47,10 @@ import transformers
 
 sys.path.insert(0, os.path.dirname(__file__))
 from activations_reference import (  # noqa: E402
-    FIXTURES, PERTURBED, SAMPLES, check_fixtures, make_finetune, parts)
+    FIXTURES, PERTURBED, SAMPLES, check_fixtures, make_finetune, parts, unembed)
 
 transformers.utils.logging.disable_progress_bar()
-ARCHS = ["llama", "gpt2", "qwen2", "qwen3", "olmo2"]
+ARCHS = ["llama", "gpt2", "qwen2", "qwen3", "olmo2", "gemma2", "gemma3_text", "phi3"]
 SEQ_LEN = 24
 TOLERANCE = 1e-4
 POSITIONS = 5
@@ -101,7 +101,7 @@ def run(model, ids, add=None, replace=None):
 def lens(model, v, sign=1.0):
     """`logit_lens`: the final norm, then (optionally negated) the unembedding."""
     with torch.no_grad():
-        return model.get_output_embeddings()(sign * parts(model)[2](v)).softmax(-1)
+        return unembed(model, sign * parts(model)[2](v)).softmax(-1)
 
 
 def patchscope(ft, tok, v, nbar):

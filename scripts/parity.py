@@ -1,7 +1,8 @@
 """Reference outputs from PyTorch/transformers for NeuroDiff's parity tests.
 
 The reference is transformers itself (`AutoModelForCausalLM` with `output_hidden_states=True`,
-the modeling files `models/{llama,mistral,qwen2,gpt2}/modeling_*.py` of the pinned version), not
+the modeling files `models/{llama,mistral,qwen2,qwen3,olmo2,gemma2,gemma3,phi3,gpt2}/modeling_*.py`
+of the pinned version), not
 a re-implementation.
 
   python scripts/parity.py fixtures [--out crates/core/tests/fixtures]
@@ -126,7 +127,67 @@ def specs(seed, vocab):
                                        tie_word_embeddings=not big, max_position_embeddings=256,
                                        **qwen_window),
          torch.float32, False, None),
+        # Gemma 2: sandwich norms with 1 + w, √d embeddings, GeGLU, soft-capped attention scores
+        # and logits (caps small enough that tanh bends them), sliding layers 0 and 2.
+        ("gemma2", C.Gemma2Config, dict(hidden_size=h, intermediate_size=2 * h, num_hidden_layers=3,
+                                         num_attention_heads=4, num_key_value_heads=2, head_dim=24,
+                                         query_pre_attn_scalar=20, vocab_size=vocab,
+                                         sliding_window=4 if big else 6, attn_logit_softcapping=3.0,
+                                         final_logit_softcapping=2.5 if big else 5.0,
+                                         rope_theta=10000.0, rms_norm_eps=1e-6,
+                                         tie_word_embeddings=True, max_position_embeddings=256),
+         torch.float32, False, None),
+        # Gemma 3: as Gemma 2 with per-head q/k norms (1 + w), no soft-capping, one RoPE for the
+        # sliding layers and a scaled one for the global layers.
+        ("gemma3_text", C.Gemma3TextConfig,
+         dict(hidden_size=h, intermediate_size=2 * h, num_hidden_layers=3, num_attention_heads=4,
+              num_key_value_heads=1 if big else 2, head_dim=32, query_pre_attn_scalar=24,
+              vocab_size=vocab, sliding_window=5,
+              layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+              rope_parameters={"full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1000000.0},
+                               "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}},
+              rms_norm_eps=1e-6, tie_word_embeddings=not big, max_position_embeddings=256),
+         torch.float32 if big else torch.bfloat16, False, None),
+        # Phi-3: fused qkv_proj and gate_up_proj, LongRoPE (the short factors here; the long ones
+        # and a partial rotary factor in check-inspect, whose prompt outgrows the original length).
+        ("phi3", C.Phi3Config, dict(hidden_size=h, intermediate_size=2 * h, num_hidden_layers=2,
+                                     num_attention_heads=4, num_key_value_heads=2, vocab_size=vocab,
+                                     rope_parameters=phi3_rope(h // 4, 0.5 if big else 1.0, 16 if big else 64),
+                                     original_max_position_embeddings=16 if big else 64,
+                                     max_position_embeddings=256, sliding_window=None if big else 7,
+                                     tie_word_embeddings=False, pad_token_id=0),
+         torch.float32, False, None),
     ]
+
+
+def phi3_rope(head_dim, partial, original):
+    """LongRoPE parameters with distinct short and long factors per frequency."""
+    n = int(head_dim * partial) // 2
+    return {"rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": partial,
+            "original_max_position_embeddings": original,
+            "short_factor": [1.0 + 0.1 * i for i in range(n)],
+            "long_factor": [2.0 + 0.5 * i for i in range(n)]}
+
+
+def gemma2_legacy(c):
+    """No layer_types (every other layer slides), a top-level rope_theta."""
+    c.pop("layer_types")
+    c["rope_theta"] = c.pop("rope_parameters")["rope_theta"]
+    return c
+
+
+def gemma3_legacy(c):
+    """A sliding pattern instead of layer_types; global and local RoPE as top-level fields."""
+    assert c.pop("layer_types") == ["sliding_attention", "full_attention", "sliding_attention"]
+    rope = c.pop("rope_parameters")
+    c["sliding_window_pattern"] = 2
+    c["rope_theta"] = rope["full_attention"]["rope_theta"]
+    c["rope_local_base_freq"] = rope["sliding_attention"]["rope_theta"]
+    c["rope_scaling"] = {k: v for k, v in rope["full_attention"].items() if k != "rope_theta"}
+    return c
+
+
+LEGACY = {"gemma2": gemma2_legacy, "gemma3_text": gemma3_legacy}
 
 
 def build(name, cfg_cls, kwargs, dtype, bos, shard, out, seed):
@@ -142,6 +203,13 @@ def build(name, cfg_cls, kwargs, dtype, bos, shard, out, seed):
     save_kwargs = {"max_shard_size": shard} if shard else {}
     model.to(dtype).save_pretrained(out, **save_kwargs)
     os.remove(os.path.join(out, "generation_config.json"))  # not read by NeuroDiff
+    if seed != 1 and name in LEGACY:
+        # check-inspect also reads the config as the hub's transformers 4 files spell it.
+        path = os.path.join(out, "config.json")
+        with open(path) as f:
+            legacy = LEGACY[name](json.load(f))
+        with open(path, "w") as f:
+            json.dump(legacy, f, indent=2)
     # The reference is what transformers computes in fp32 from the checkpoint as saved (fp16 and
     # bf16 weights upcast), loaded afresh so no buffer keeps a rounding from the cast above.
     model = transformers.AutoModelForCausalLM.from_pretrained(

@@ -26,10 +26,10 @@ import transformers
 
 sys.path.insert(0, os.path.dirname(__file__))
 from activations_reference import (  # noqa: E402
-    FIXTURES, PERTURBED, SAMPLES, check_fixtures, make_finetune, parts)
+    FIXTURES, PERTURBED, SAMPLES, check_fixtures, make_finetune, parts, unembed)
 
 transformers.utils.logging.disable_progress_bar()
-ARCHS = ["llama", "gpt2", "qwen2", "qwen3", "olmo2"]
+ARCHS = ["llama", "gpt2", "qwen2", "qwen3", "olmo2", "gemma2", "gemma3_text", "phi3"]
 SEQ_LEN = 24
 TOLERANCE = 1e-4
 COMPONENTS = ["attn_out", "mlp_out", "resid_post"]
@@ -78,7 +78,7 @@ def forward(model, ids, cache=(), patch=None, pre=None):
 
 def read_out(model, x):
     with torch.no_grad():
-        return model.get_output_embeddings()(parts(model)[2](x))
+        return unembed(model, parts(model)[2](x))
 
 
 def kl(p_logits, q_logits):

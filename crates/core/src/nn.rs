@@ -113,11 +113,13 @@ impl Embedding {
     }
 }
 
-/// x / sqrt(mean(x^2) + eps) * weight, computed in fp32 as transformers does.
+/// x / sqrt(mean(x^2) + eps) * (weight + offset), computed in fp32 as transformers does.
 #[derive(Debug)]
 pub struct RmsNorm {
     pub weight: Tensor,
     pub eps: f64,
+    /// Gemma stores w and scales by `1 + w`; 0 elsewhere.
+    pub offset: f64,
 }
 
 impl RmsNorm {
@@ -125,7 +127,12 @@ impl RmsNorm {
         Ok(RmsNorm {
             weight: o.get(ckpt, name, &[dim])?,
             eps,
+            offset: 0.0,
         })
+    }
+
+    pub fn with_offset(self, offset: f64) -> Self {
+        RmsNorm { offset, ..self }
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -133,7 +140,16 @@ impl RmsNorm {
         let x32 = x.f_to_kind(Kind::Float)?;
         let var = x32.f_square()?.f_mean_dim(-1, true, Kind::Float)?;
         let normed = x32.f_mul(&var.f_add_scalar(self.eps)?.f_rsqrt()?)?;
-        Ok(normed.f_to_kind(kind)?.f_mul(&self.weight)?)
+        if self.offset == 0.0 {
+            // Llama casts back, then scales.
+            return Ok(normed.f_to_kind(kind)?.f_mul(&self.weight)?);
+        }
+        // Gemma scales in fp32, then casts back.
+        let scale = self
+            .weight
+            .f_to_kind(Kind::Float)?
+            .f_add_scalar(self.offset)?;
+        Ok(normed.f_mul(&scale)?.f_to_kind(kind)?)
     }
 }
 

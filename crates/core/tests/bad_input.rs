@@ -209,7 +209,7 @@ fn unknown_architecture_lists_the_supported_ones() {
         &err,
         &[
             "mamba",
-            "gpt2, llama, mistral, olmo2, qwen2, qwen3",
+            "gemma2, gemma3_text, gpt2, llama, mistral, olmo2, phi3, qwen2, qwen3",
             "config.json",
         ],
     );

@@ -47,6 +47,9 @@ fn cutting_before_encoding_keeps_the_ids_of_the_whole_sample() {
         "qwen2",
         "qwen3",
         "olmo2",
+        "gemma2",
+        "gemma3_text",
+        "phi3",
     ] {
         let tok = tokenizer::load(&fixtures.join(model)).unwrap();
         for seq_len in [8, 64, 200] {

@@ -34,7 +34,16 @@ fn hook_names_round_trip() {
 
 #[test]
 fn cache_records_the_residual_stream_decomposition() {
-    for name in ["gpt2", "llama", "qwen2", "qwen3", "olmo2"] {
+    for name in [
+        "gpt2",
+        "llama",
+        "qwen2",
+        "qwen3",
+        "olmo2",
+        "gemma2",
+        "gemma3_text",
+        "phi3",
+    ] {
         let model = load_model(name);
         let ids = reference(name)["input_ids"].shallow_clone();
         let (out, hooks) = cached_run(&model, &ids);
@@ -68,7 +77,17 @@ fn cache_records_the_residual_stream_decomposition() {
 
 #[test]
 fn the_last_blocks_lens_is_the_output() {
-    for name in ["gpt2", "llama", "qwen2", "mistral", "qwen3", "olmo2"] {
+    for name in [
+        "gpt2",
+        "llama",
+        "qwen2",
+        "mistral",
+        "qwen3",
+        "olmo2",
+        "gemma2",
+        "gemma3_text",
+        "phi3",
+    ] {
         let model = load_model(name);
         let ids = reference(name)["input_ids"].shallow_clone();
         let out = model.forward(&ids, &mut Hooks::new()).expect("forward");

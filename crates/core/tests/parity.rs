@@ -69,6 +69,21 @@ fn qwen3_per_head_qk_norm_and_explicit_head_dim() {
 }
 
 #[test]
+fn gemma2_sandwich_norms_softcapping_and_alternating_windows() {
+    check("gemma2", "gemma2");
+}
+
+#[test]
+fn gemma3_qk_norm_local_and_global_rope_bf16() {
+    check("gemma3_text", "gemma3_text");
+}
+
+#[test]
+fn phi3_fused_projections_longrope_and_window() {
+    check("phi3", "phi3");
+}
+
+#[test]
 fn batch_rows_equal_single_runs() {
     let model = load_model("llama");
     let ids = reference("llama")["input_ids"].shallow_clone();

@@ -5,9 +5,10 @@
 use std::path::Path;
 
 use serde::Deserialize;
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use super::config_error;
+use super::rope::{apply_rope, Rope, RopeSource};
 use crate::checkpoint::Checkpoint;
 use crate::error::Result;
 use crate::hooks::{HookKind, HookPoint, Hooks};
@@ -26,6 +27,21 @@ pub struct DecoderSpec {
     pub head_dim: i64,
     pub rms_norm_eps: f64,
     pub rope: Rope,
+    /// The schedule of sliding-window layers where it differs (Gemma 3's local base).
+    pub sliding_rope: Option<Rope>,
+    /// Leading features of each head that RoPE rotates (head_dim unless partial).
+    pub rotary_dim: i64,
+    /// Scale of the attention scores (head_dim^-0.5; Gemma's query_pre_attn_scalar^-0.5).
+    pub attn_scale: f64,
+    /// Gemma 2's tanh soft-capping of the attention scores and of the logits.
+    pub attn_softcap: Option<f64>,
+    pub final_softcap: Option<f64>,
+    /// Gemma's scaling of the embeddings by √d.
+    pub embed_scale: Option<f64>,
+    /// Added to every RMSNorm weight (Gemma's `1 + w`).
+    pub norm_offset: f64,
+    /// q, k, v in one `qkv_proj` and gate, up in one `gate_up_proj` (Phi-3).
+    pub fused: bool,
     pub tie_word_embeddings: bool,
     pub qkv_bias: bool,
     /// Norms of queries and keys before RoPE (`self_attn.q_norm`, `self_attn.k_norm`).
@@ -57,25 +73,9 @@ pub enum NormPlacement {
     /// After attention (`post_attention_layernorm`) and after the MLP
     /// (`post_feedforward_layernorm`), on what each adds to the residual stream: OLMo 2.
     Post,
-}
-
-/// RoPE frequency schedule (`rope_type` default, linear or llama3).
-#[derive(Debug, Clone, PartialEq)]
-pub enum Rope {
-    Default {
-        theta: f64,
-    },
-    Linear {
-        theta: f64,
-        factor: f64,
-    },
-    Llama3 {
-        theta: f64,
-        factor: f64,
-        low_freq_factor: f64,
-        high_freq_factor: f64,
-        original_max_position_embeddings: f64,
-    },
+    /// Both: `input_layernorm` and `post_attention_layernorm` around attention,
+    /// `pre_feedforward_layernorm` and `post_feedforward_layernorm` around the MLP: Gemma.
+    Sandwich,
 }
 
 /// The config fields shared by the Llama family, in both the transformers 4 spelling
@@ -103,6 +103,12 @@ pub struct Common {
     pub tie_word_embeddings: bool,
     #[serde(default = "default_act")]
     pub hidden_act: String,
+    #[serde(default)]
+    pub max_position_embeddings: Option<f64>,
+    #[serde(default)]
+    pub original_max_position_embeddings: Option<f64>,
+    #[serde(default)]
+    pub partial_rotary_factor: Option<f64>,
 }
 
 fn default_eps() -> f64 {
@@ -159,6 +165,14 @@ impl Common {
             head_dim,
             rms_norm_eps: self.rms_norm_eps,
             rope: self.rope(path)?,
+            sliding_rope: None,
+            rotary_dim: self.rotary_dim(head_dim, path)?,
+            attn_scale: 1.0 / (head_dim as f64).sqrt(),
+            attn_softcap: None,
+            final_softcap: None,
+            embed_scale: None,
+            norm_offset: 0.0,
+            fused: false,
             tie_word_embeddings: self.tie_word_embeddings,
             qkv_bias: false,
             qk_norm: QkNorm::None,
@@ -170,45 +184,43 @@ impl Common {
         })
     }
 
-    fn rope(&self, path: &Path) -> Result<Rope> {
-        let params = self.rope_parameters.as_ref().or(self.rope_scaling.as_ref());
-        let field = if self.rope_parameters.is_some() {
-            "rope_parameters"
-        } else {
-            "rope_scaling"
+    /// The RoPE schedule from `rope_parameters` (transformers 5) or `rope_scaling` (4).
+    pub fn rope(&self, path: &Path) -> Result<Rope> {
+        let (params, field) = match &self.rope_parameters {
+            Some(p) => (Some(p), "rope_parameters"),
+            None => (self.rope_scaling.as_ref(), "rope_scaling"),
         };
-        let num = |key: &str| -> Result<f64> {
-            params
-                .and_then(|p| p.get(key))
-                .and_then(|v| v.as_f64())
-                .ok_or_else(|| {
-                    config_error(
-                        path,
-                        format!("field `{field}.{key}` is missing or not a number"),
-                    )
-                })
-        };
-        let theta = match (self.rope_theta, params.and_then(|p| p.get("rope_theta"))) {
-            (Some(theta), _) => theta,
-            (None, Some(_)) => num("rope_theta")?,
-            (None, None) => 10000.0,
-        };
-        let kind = params
-            .and_then(|p| p.get("rope_type").or_else(|| p.get("type")))
-            .and_then(|v| v.as_str())
-            .unwrap_or("default");
-        Ok(match kind {
-            "default" => Rope::Default { theta },
-            "linear" => Rope::Linear { theta, factor: num("factor")? },
-            "llama3" => Rope::Llama3 {
-                theta,
-                factor: num("factor")?,
-                low_freq_factor: num("low_freq_factor")?,
-                high_freq_factor: num("high_freq_factor")?,
-                original_max_position_embeddings: num("original_max_position_embeddings")?,
+        Rope::parse(
+            RopeSource {
+                params,
+                field,
+                theta: self.rope_theta,
+                default_theta: 10000.0,
+                max_position_embeddings: self.max_position_embeddings,
+                original_max_position_embeddings: self.original_max_position_embeddings,
             },
-            other => return Err(config_error(path, format!("field `{field}.rope_type`: unsupported `{other}`; supported: default, linear, llama3"))),
-        })
+            path,
+        )
+    }
+
+    /// How many leading features of each head RoPE rotates (`partial_rotary_factor`, top level
+    /// or among the RoPE parameters).
+    pub fn rotary_dim(&self, head_dim: i64, path: &Path) -> Result<i64> {
+        let factor = self
+            .rope_parameters
+            .as_ref()
+            .and_then(|p| p.get("partial_rotary_factor"))
+            .and_then(serde_json::Value::as_f64)
+            .or(self.partial_rotary_factor)
+            .unwrap_or(1.0);
+        let dim = (head_dim as f64 * factor) as i64;
+        if !(factor > 0.0 && factor <= 1.0) || dim % 2 != 0 || dim == 0 {
+            return Err(config_error(
+                path,
+                format!("field `partial_rotary_factor`: {factor} of head_dim {head_dim} is not an even rotary dimension"),
+            ));
+        }
+        Ok(dim)
     }
 }
 
@@ -233,77 +245,21 @@ impl Config {
     }
 }
 
-impl Rope {
-    /// cos and sin tables `[seq, head_dim]` for positions 0..seq, as transformers builds them.
-    pub fn tables(&self, seq: i64, head_dim: i64, device: Device) -> Result<(Tensor, Tensor)> {
-        let theta = match self {
-            Rope::Default { theta } | Rope::Linear { theta, .. } | Rope::Llama3 { theta, .. } => {
-                *theta
-            }
-        };
-        let exponents = Tensor::f_arange_start_step(0, head_dim, 2, (Kind::Int64, device))?
-            .f_to_kind(Kind::Float)?
-            .f_div_scalar(head_dim as f64)?;
-        let mut inv_freq = Tensor::f_full([1], theta, (Kind::Float, device))?
-            .f_pow(&exponents)?
-            .f_reciprocal()?;
-        match self {
-            Rope::Default { .. } => {}
-            Rope::Linear { factor, .. } => inv_freq = inv_freq.f_div_scalar(*factor)?,
-            Rope::Llama3 {
-                factor,
-                low_freq_factor,
-                high_freq_factor,
-                original_max_position_embeddings: old,
-                ..
-            } => {
-                let low_wavelen = old / low_freq_factor;
-                let high_wavelen = old / high_freq_factor;
-                let wavelen = inv_freq
-                    .f_reciprocal()?
-                    .f_mul_scalar(2.0 * std::f64::consts::PI)?;
-                let scaled = inv_freq.f_div_scalar(*factor)?;
-                let long = wavelen.f_gt(low_wavelen)?;
-                let base = scaled.f_where_self(&long, &inv_freq)?;
-                let smooth = wavelen
-                    .f_reciprocal()?
-                    .f_mul_scalar(*old)?
-                    .f_sub_scalar(*low_freq_factor)?
-                    .f_div_scalar(high_freq_factor - low_freq_factor)?;
-                let smoothed = base
-                    .f_div_scalar(*factor)?
-                    .f_mul(&smooth.f_neg()?.f_add_scalar(1.0)?)?
-                    .f_add(&smooth.f_mul(&base)?)?;
-                let medium = wavelen
-                    .f_lt(high_wavelen)?
-                    .f_logical_not()?
-                    .f_logical_and(&long.f_logical_not()?)?;
-                inv_freq = smoothed.f_where_self(&medium, &base)?;
-            }
-        }
-        let positions = Tensor::f_arange(seq, (Kind::Float, device))?;
-        let freqs = positions.f_unsqueeze(1)?.f_mul(&inv_freq.f_unsqueeze(0)?)?;
-        let emb = Tensor::f_cat(&[&freqs, &freqs], -1)?;
-        Ok((emb.f_cos()?, emb.f_sin()?))
-    }
-}
-
-fn rotate_half(x: &Tensor) -> Result<Tensor> {
-    let half = x.size()[x.dim() - 1] / 2;
-    let x1 = x.f_narrow(-1, 0, half)?;
-    let x2 = x.f_narrow(-1, half, half)?;
-    Ok(Tensor::f_cat(&[&x2.f_neg()?, &x1], -1)?)
-}
-
-pub(crate) fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    Ok(x.f_mul(cos)?.f_add(&rotate_half(x)?.f_mul(sin)?)?)
+/// The query, key and value projections: three linear layers, or Phi-3's one `qkv_proj`
+/// whose output holds q, k and v one after another.
+#[derive(Debug)]
+enum Qkv {
+    Separate {
+        q_proj: Linear,
+        k_proj: Linear,
+        v_proj: Linear,
+    },
+    Fused(Linear),
 }
 
 #[derive(Debug)]
 pub struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
+    qkv: Qkv,
     o_proj: Linear,
     /// Norms of queries and keys, per head or (`qk_whole`) over the whole projection.
     qk_norm: Option<(RmsNorm, RmsNorm)>,
@@ -311,68 +267,71 @@ pub struct Attention {
     n_heads: i64,
     n_kv_heads: i64,
     head_dim: i64,
+    scale: f64,
+    softcap: Option<f64>,
+}
+
+/// An RMSNorm of `dim` named `name`, with the spec's eps and weight offset.
+fn rms(ckpt: &Checkpoint, o: LoadOpts, name: &str, dim: i64, s: &DecoderSpec) -> Result<RmsNorm> {
+    Ok(RmsNorm::new(ckpt, o, name, dim, s.rms_norm_eps)?.with_offset(s.norm_offset))
 }
 
 impl Attention {
     pub fn new(ckpt: &Checkpoint, o: LoadOpts, prefix: &str, s: &DecoderSpec) -> Result<Self> {
         let (d, hd) = (s.hidden_size, s.head_dim);
+        let (q, kv) = (s.n_heads * hd, s.n_kv_heads * hd);
+        let linear = |name: &str, d_in: i64, d_out: i64, bias: bool| {
+            Linear::new(ckpt, o, &format!("{prefix}.{name}"), d_in, d_out, bias)
+        };
+        let qkv = if s.fused {
+            Qkv::Fused(linear("qkv_proj", d, q + 2 * kv, s.qkv_bias)?)
+        } else {
+            Qkv::Separate {
+                q_proj: linear("q_proj", d, q, s.qkv_bias)?,
+                k_proj: linear("k_proj", d, kv, s.qkv_bias)?,
+                v_proj: linear("v_proj", d, kv, s.qkv_bias)?,
+            }
+        };
+        let norm = |n: &str, dim: i64| rms(ckpt, o, &format!("{prefix}.{n}.weight"), dim, s);
+        let qk_norm = match s.qk_norm {
+            QkNorm::None => None,
+            QkNorm::PerHead => Some((norm("q_norm", hd)?, norm("k_norm", hd)?)),
+            QkNorm::Whole => Some((norm("q_norm", q)?, norm("k_norm", kv)?)),
+        };
         Ok(Attention {
-            q_proj: Linear::new(
-                ckpt,
-                o,
-                &format!("{prefix}.q_proj"),
-                d,
-                s.n_heads * hd,
-                s.qkv_bias,
-            )?,
-            k_proj: Linear::new(
-                ckpt,
-                o,
-                &format!("{prefix}.k_proj"),
-                d,
-                s.n_kv_heads * hd,
-                s.qkv_bias,
-            )?,
-            v_proj: Linear::new(
-                ckpt,
-                o,
-                &format!("{prefix}.v_proj"),
-                d,
-                s.n_kv_heads * hd,
-                s.qkv_bias,
-            )?,
-            o_proj: Linear::new(
-                ckpt,
-                o,
-                &format!("{prefix}.o_proj"),
-                s.n_heads * hd,
-                d,
-                s.o_bias,
-            )?,
-            qk_norm: {
-                let norm = |n: &str, dim: i64| {
-                    RmsNorm::new(
-                        ckpt,
-                        o,
-                        &format!("{prefix}.{n}.weight"),
-                        dim,
-                        s.rms_norm_eps,
-                    )
-                };
-                match s.qk_norm {
-                    QkNorm::None => None,
-                    QkNorm::PerHead => Some((norm("q_norm", hd)?, norm("k_norm", hd)?)),
-                    QkNorm::Whole => Some((
-                        norm("q_norm", s.n_heads * hd)?,
-                        norm("k_norm", s.n_kv_heads * hd)?,
-                    )),
-                }
-            },
+            qkv,
+            o_proj: linear("o_proj", q, d, s.o_bias)?,
+            qk_norm,
             qk_whole: s.qk_norm == QkNorm::Whole,
             n_heads: s.n_heads,
             n_kv_heads: s.n_kv_heads,
             head_dim: hd,
+            scale: s.attn_scale,
+            softcap: s.attn_softcap,
         })
+    }
+
+    /// The projections of `x`: queries, keys and values, each `[b, s, heads × head_dim]`.
+    fn project(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        match &self.qkv {
+            Qkv::Separate {
+                q_proj,
+                k_proj,
+                v_proj,
+            } => Ok((q_proj.forward(x)?, k_proj.forward(x)?, v_proj.forward(x)?)),
+            Qkv::Fused(qkv) => {
+                let y = qkv.forward(x)?;
+                let (q, kv) = (
+                    self.n_heads * self.head_dim,
+                    self.n_kv_heads * self.head_dim,
+                );
+                Ok((
+                    y.f_narrow(-1, 0, q)?,
+                    y.f_narrow(-1, q, kv)?,
+                    y.f_narrow(-1, q + kv, kv)?,
+                ))
+            }
+        }
     }
 
     pub fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: &Tensor) -> Result<Tensor> {
@@ -387,7 +346,7 @@ impl Attention {
             };
             Ok(t.f_transpose(1, 2)?)
         };
-        let (mut q, mut k) = (self.q_proj.forward(x)?, self.k_proj.forward(x)?);
+        let (mut q, mut k, v) = self.project(x)?;
         let (qn, kn) = match &self.qk_norm {
             Some((qn, kn)) if self.qk_whole => {
                 q = qn.forward(&q)?;
@@ -399,7 +358,7 @@ impl Attention {
         };
         let q = apply_rope(&heads(q, self.n_heads, qn)?, cos, sin)?;
         let k = apply_rope(&heads(k, self.n_kv_heads, kn)?, cos, sin)?;
-        let v = heads(self.v_proj.forward(x)?, self.n_kv_heads, None)?;
+        let v = heads(v, self.n_kv_heads, None)?;
         let rep = self.n_heads / self.n_kv_heads;
         let repeat = |t: Tensor| -> Result<Tensor> {
             if rep == 1 {
@@ -409,8 +368,11 @@ impl Attention {
                 .f_expand([b, self.n_kv_heads, rep, s, self.head_dim], false)?
                 .f_reshape([b, self.n_heads, s, self.head_dim])?)
         };
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let y = attention(&q, &repeat(k)?, &repeat(v)?, mask, scale)?;
+        let (k, v) = (repeat(k)?, repeat(v)?);
+        let y = match self.softcap {
+            None => attention(&q, &k, &v, mask, self.scale)?,
+            Some(cap) => softcapped_attention(&q, &k, &v, mask, self.scale, cap)?,
+        };
         let y =
             y.f_transpose(1, 2)?
                 .f_contiguous()?
@@ -419,37 +381,88 @@ impl Attention {
     }
 }
 
+/// The gate and up projections: two linear layers, or Phi-3's one `gate_up_proj` whose output
+/// is the gate, then the up projection.
+#[derive(Debug)]
+enum GateUp {
+    Separate { gate_proj: Linear, up_proj: Linear },
+    Fused(Linear),
+}
+
 #[derive(Debug)]
 pub struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
+    gate_up: GateUp,
     down_proj: Linear,
     act: Activation,
+    intermediate: i64,
 }
 
 impl Mlp {
     pub fn new(ckpt: &Checkpoint, o: LoadOpts, prefix: &str, s: &DecoderSpec) -> Result<Self> {
         let (d, i) = (s.hidden_size, s.intermediate_size);
+        let linear = |name: &str, d_in: i64, d_out: i64| {
+            Linear::new(
+                ckpt,
+                o,
+                &format!("{prefix}.{name}"),
+                d_in,
+                d_out,
+                s.mlp_bias,
+            )
+        };
+        let gate_up = if s.fused {
+            GateUp::Fused(linear("gate_up_proj", d, 2 * i)?)
+        } else {
+            GateUp::Separate {
+                gate_proj: linear("gate_proj", d, i)?,
+                up_proj: linear("up_proj", d, i)?,
+            }
+        };
         Ok(Mlp {
-            gate_proj: Linear::new(ckpt, o, &format!("{prefix}.gate_proj"), d, i, s.mlp_bias)?,
-            up_proj: Linear::new(ckpt, o, &format!("{prefix}.up_proj"), d, i, s.mlp_bias)?,
-            down_proj: Linear::new(ckpt, o, &format!("{prefix}.down_proj"), i, d, s.mlp_bias)?,
+            gate_up,
+            down_proj: linear("down_proj", i, d)?,
             act: s.act,
+            intermediate: i,
         })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gated = self
-            .act
-            .forward(&self.gate_proj.forward(x)?)?
-            .f_mul(&self.up_proj.forward(x)?)?;
-        self.down_proj.forward(&gated)
+        let (gate, up) = match &self.gate_up {
+            GateUp::Separate { gate_proj, up_proj } => (gate_proj.forward(x)?, up_proj.forward(x)?),
+            GateUp::Fused(gate_up) => {
+                let y = gate_up.forward(x)?;
+                let i = self.intermediate;
+                (y.f_narrow(-1, 0, i)?, y.f_narrow(-1, i, i)?)
+            }
+        };
+        self.down_proj
+            .forward(&self.act.forward(&gate)?.f_mul(&up)?)
     }
+}
+
+/// Attention with Gemma 2's soft-capping: scores × scale, then cap · tanh(scores / cap), then
+/// the mask, as transformers' eager attention computes them.
+fn softcapped_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    scale: f64,
+    cap: f64,
+) -> Result<Tensor> {
+    let scores = q.f_matmul(&k.f_transpose(-2, -1)?)?.f_mul_scalar(scale)?;
+    let scores = scores
+        .f_div_scalar(cap)?
+        .f_tanh()?
+        .f_mul_scalar(cap)?
+        .f_add(mask)?;
+    let weights = scores.f_softmax(-1, Kind::Float)?.f_to_kind(q.kind())?;
+    Ok(weights.f_matmul(v)?)
 }
 
 /// A block's RMSNorms by where they sit: Llama's before attention and the MLP
 /// (`input_layernorm`, `post_attention_layernorm`), OLMo 2's after them
-/// (`post_attention_layernorm`, `post_feedforward_layernorm`).
+/// (`post_attention_layernorm`, `post_feedforward_layernorm`), Gemma's on both sides.
 #[derive(Debug)]
 struct BlockNorms {
     before_attn: Option<RmsNorm>,
@@ -483,14 +496,13 @@ impl Block {
         s: &DecoderSpec,
         layer: usize,
     ) -> Result<Self> {
-        let (d, eps) = (s.hidden_size, s.rms_norm_eps);
         let norm = |n: &str| -> Result<Option<RmsNorm>> {
-            Ok(Some(RmsNorm::new(
+            Ok(Some(rms(
                 ckpt,
                 o,
                 &format!("{prefix}.{n}.weight"),
-                d,
-                eps,
+                s.hidden_size,
+                s,
             )?))
         };
         let norms = match s.norms {
@@ -506,6 +518,12 @@ impl Block {
                 before_mlp: None,
                 after_mlp: norm("post_feedforward_layernorm")?,
             },
+            NormPlacement::Sandwich => BlockNorms {
+                before_attn: norm("input_layernorm")?,
+                after_attn: norm("post_attention_layernorm")?,
+                before_mlp: norm("pre_feedforward_layernorm")?,
+                after_mlp: norm("post_feedforward_layernorm")?,
+            },
         };
         Ok(Block {
             norms,
@@ -517,7 +535,7 @@ impl Block {
     }
 
     /// `hook_attn_out` and `hook_mlp_out` are what each sublayer adds to the residual stream
-    /// (for OLMo 2, the normed outputs), so resid_mid = resid_pre + attn_out holds everywhere.
+    /// (for OLMo 2 and Gemma, the outputs after their post-norms), so resid_mid = resid_pre + attn_out holds everywhere.
     pub fn forward(
         &self,
         x: Tensor,
@@ -548,7 +566,10 @@ pub struct Llama {
     norm: RmsNorm,
     lm_head: Tensor,
     rope: Rope,
-    head_dim: i64,
+    sliding_rope: Option<Rope>,
+    rotary_dim: i64,
+    embed_scale: Option<f64>,
+    final_softcap: Option<f64>,
 }
 
 impl Llama {
@@ -563,7 +584,7 @@ impl Llama {
         let layers = (0..s.n_layers)
             .map(|i| Block::new(ckpt, o, &format!("model.layers.{i}"), s, i))
             .collect::<Result<Vec<_>>>()?;
-        let norm = RmsNorm::new(ckpt, o, "model.norm.weight", s.hidden_size, s.rms_norm_eps)?;
+        let norm = rms(ckpt, o, "model.norm.weight", s.hidden_size, s)?;
         let lm_head = if s.tie_word_embeddings {
             embed_tokens.weight.shallow_clone()
         } else {
@@ -575,7 +596,11 @@ impl Llama {
             norm,
             lm_head,
             rope: s.rope.clone(),
-            head_dim: s.head_dim,
+            sliding_rope: s.sliding_rope.clone(),
+            rotary_dim: s.rotary_dim,
+            // transformers multiplies by the scale cast to the weights' dtype.
+            embed_scale: s.embed_scale.map(|x| f64::from(x as f32)),
+            final_softcap: s.final_softcap,
         })
     }
 
@@ -586,22 +611,24 @@ impl Llama {
 
     /// Every linear layer of the blocks, for attaching an adapter.
     pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
-        self.layers
-            .iter_mut()
-            .flat_map(|b| {
-                let a = &mut b.self_attn;
-                let m = &mut b.mlp;
-                [
-                    &mut a.q_proj,
-                    &mut a.k_proj,
-                    &mut a.v_proj,
-                    &mut a.o_proj,
-                    &mut m.gate_proj,
-                    &mut m.up_proj,
-                    &mut m.down_proj,
-                ]
-            })
-            .collect()
+        let mut out = Vec::new();
+        for b in &mut self.layers {
+            match &mut b.self_attn.qkv {
+                Qkv::Separate {
+                    q_proj,
+                    k_proj,
+                    v_proj,
+                } => out.extend([q_proj, k_proj, v_proj]),
+                Qkv::Fused(qkv) => out.push(qkv),
+            }
+            out.push(&mut b.self_attn.o_proj);
+            match &mut b.mlp.gate_up {
+                GateUp::Separate { gate_proj, up_proj } => out.extend([gate_proj, up_proj]),
+                GateUp::Fused(gate_up) => out.push(gate_up),
+            }
+            out.push(&mut b.mlp.down_proj);
+        }
+        out
     }
 
     /// The final norm of a residual state.
@@ -609,25 +636,33 @@ impl Llama {
         self.norm.forward(h)
     }
 
-    /// The unembedding of a normed state.
+    /// The unembedding of a normed state (soft-capped where the model caps its logits).
     pub fn unembed(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.f_linear(&self.lm_head, None::<&Tensor>)?)
+        let logits = x.f_linear(&self.lm_head, None::<&Tensor>)?;
+        match self.final_softcap {
+            None => Ok(logits),
+            Some(cap) => Ok(logits.f_div_scalar(cap)?.f_tanh()?.f_mul_scalar(cap)?),
+        }
     }
 
     /// The logits of a residual state: the final norm, then the unembedding.
     pub fn read_out(&self, h: &Tensor) -> Result<Tensor> {
-        Ok(self
-            .norm
-            .forward(h)?
-            .f_linear(&self.lm_head, None::<&Tensor>)?)
+        self.unembed(&self.norm.forward(h)?)
     }
 
     pub fn forward(&self, ids: &Tensor, hooks: &mut Hooks) -> Result<ForwardOutput> {
         let seq = ids.size()[1];
         let device = ids.device();
-        let (cos, sin) = self.rope.tables(seq, self.head_dim, device)?;
+        let global = self.rope.tables(seq, self.rotary_dim, device)?;
+        let local = match &self.sliding_rope {
+            Some(rope) => Some(rope.tables(seq, self.rotary_dim, device)?),
+            None => None,
+        };
         let full = causal_mask(seq, None, Kind::Float, device)?;
         let mut x = self.embed_tokens.forward(ids)?;
+        if let Some(scale) = self.embed_scale {
+            x = x.f_mul_scalar(scale)?;
+        }
         let mut hidden_states = Vec::with_capacity(self.layers.len() + 1);
         for block in &self.layers {
             x = hooks.apply(HookPoint::new(block.layer, HookKind::ResidPre), x)?;
@@ -636,12 +671,16 @@ impl Llama {
                 Some(w) if (w as i64) < seq => causal_mask(seq, Some(w), Kind::Float, device)?,
                 _ => full.shallow_clone(),
             };
-            x = block.forward(x, &cos, &sin, &mask, hooks)?;
+            let (cos, sin) = match (&local, block.window) {
+                (Some(local), Some(_)) => local,
+                _ => &global,
+            };
+            x = block.forward(x, cos, sin, &mask, hooks)?;
         }
         let last_resid = x.shallow_clone();
         let x = self.norm.forward(&x)?;
         let logits = if hooks.wants_logits() {
-            x.f_linear(&self.lm_head, None::<&Tensor>)?
+            self.unembed(&x)?
         } else {
             Tensor::f_zeros([0], (x.kind(), x.device()))?
         };

@@ -1,10 +1,14 @@
 //! Causal language models on libtorch, dispatched on config.json's `model_type`.
+pub mod gemma2;
+pub mod gemma3;
 pub mod gpt2;
 pub mod llama;
 pub mod mistral;
 pub mod olmo2;
+pub mod phi3;
 pub mod qwen2;
 pub mod qwen3;
+pub mod rope;
 
 use std::path::Path;
 
@@ -17,8 +21,17 @@ use crate::hooks::Hooks;
 use crate::nn::LoadOpts;
 
 /// The `model_type`s NeuroDiff can run.
-pub const SUPPORTED_MODEL_TYPES: [&str; 6] =
-    ["gpt2", "llama", "mistral", "olmo2", "qwen2", "qwen3"];
+pub const SUPPORTED_MODEL_TYPES: [&str; 9] = [
+    "gemma2",
+    "gemma3_text",
+    "gpt2",
+    "llama",
+    "mistral",
+    "olmo2",
+    "phi3",
+    "qwen2",
+    "qwen3",
+];
 
 /// What a forward pass returns, following transformers' `output_hidden_states` convention:
 /// `hidden_states[0]` is the embedding output, `hidden_states[i]` the input of block i, and the
@@ -100,6 +113,21 @@ impl Model {
         };
         let arch = match model_type.as_str() {
             "gpt2" => Arch::Gpt2(gpt2::Gpt2::new(ckpt, o, &parse(&path, config)?)?),
+            "gemma2" => Arch::Llama(llama::Llama::new(
+                ckpt,
+                o,
+                &parse::<gemma2::Config>(&path, config)?.spec(&path)?,
+            )?),
+            "gemma3_text" => Arch::Llama(llama::Llama::new(
+                ckpt,
+                o,
+                &parse::<gemma3::Config>(&path, config)?.spec(&path)?,
+            )?),
+            "phi3" => Arch::Llama(llama::Llama::new(
+                ckpt,
+                o,
+                &parse::<phi3::Config>(&path, config)?.spec(&path)?,
+            )?),
             "llama" => Arch::Llama(llama::Llama::new(
                 ckpt,
                 o,

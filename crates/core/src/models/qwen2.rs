@@ -34,28 +34,38 @@ impl Config {
                 return Err(config_error(path, "field `use_sliding_window` is true but `layer_types` is absent; re-save the config with transformers >= 5 to say which layers slide"));
             }
             None => vec![None; spec.n_layers],
-            Some(types) if types.len() != spec.n_layers => {
-                return Err(config_error(
-                    path,
-                    format!(
-                        "field `layer_types` has {} entries for {} layers",
-                        types.len(),
-                        spec.n_layers
-                    ),
-                ));
-            }
-            Some(types) => types
-                .iter()
-                .map(|t| match t.as_str() {
-                    "full_attention" => Ok(None),
-                    "sliding_attention" => Ok(window),
-                    other => Err(config_error(
-                        path,
-                        format!("field `layer_types`: unknown `{other}`"),
-                    )),
-                })
-                .collect::<Result<Vec<_>>>()?,
+            Some(types) => windows(types, spec.n_layers, window, path)?,
         };
         Ok(spec)
     }
+}
+
+/// Each layer's window from transformers 5's `layer_types` ("full_attention" or
+/// "sliding_attention"): `window` for the sliding layers.
+pub fn windows(
+    types: &[String],
+    n_layers: usize,
+    window: Option<usize>,
+    path: &Path,
+) -> Result<Vec<Option<usize>>> {
+    if types.len() != n_layers {
+        return Err(config_error(
+            path,
+            format!(
+                "field `layer_types` has {} entries for {n_layers} layers",
+                types.len()
+            ),
+        ));
+    }
+    types
+        .iter()
+        .map(|t| match t.as_str() {
+            "full_attention" => Ok(None),
+            "sliding_attention" => Ok(window),
+            other => Err(config_error(
+                path,
+                format!("field `layer_types`: unknown `{other}`"),
+            )),
+        })
+        .collect()
 }

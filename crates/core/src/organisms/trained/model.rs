@@ -11,7 +11,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::rng::Rng;
 use crate::error::{CoreError, Result};
-use crate::models::llama::{apply_rope, Rope};
+use crate::models::rope::{apply_rope, Rope};
 use crate::nn::{attention, causal_mask, RmsNorm};
 
 /// The shape of the tiny Llama.
@@ -167,6 +167,7 @@ impl<'a> TinyLlama<'a> {
         RmsNorm {
             weight: self.get(name)?.shallow_clone(),
             eps: EPS,
+            offset: 0.0,
         }
         .forward(x)
     }
