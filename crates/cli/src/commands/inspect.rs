@@ -1,4 +1,5 @@
-//! `neurodiff inspect MODEL --prompt TEXT [--out FILE.safetensors] [--device cpu|cuda]`.
+//! `neurodiff inspect MODEL --prompt TEXT [--out FILE.safetensors] [--device cpu|cuda]`, and
+//! `neurodiff inspect MODEL --tokenize LINES.txt --out IDS.json` (the token ids of each line).
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -8,11 +9,16 @@ use neurodiff_core::{device, inspect, reference, tokenizer, Checkpoint, Model};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// A checkpoint directory, or a hub id `org/name[@revision]` (offline with HF_HUB_OFFLINE=1).
+    /// A checkpoint directory, a GGUF file, or a hub id `org/name[@revision]` (offline with
+    /// HF_HUB_OFFLINE=1).
     pub model: String,
-    /// The text to run through the model (tokenized with the model's own tokenizer.json).
-    #[arg(long)]
-    pub prompt: String,
+    /// The text to run through the model (tokenized with the model's own tokenizer).
+    #[arg(long, required_unless_present = "tokenize")]
+    pub prompt: Option<String>,
+    /// Instead of running the model, tokenize each line of this file (special tokens added, as
+    /// `tokenizer(line)` does) and write the ids as a JSON list of lists to --out.
+    #[arg(long, conflicts_with = "prompt", requires = "out")]
+    pub tokenize: Option<PathBuf>,
     /// Write `input_ids`, `logits` [seq, vocab] and `hidden_states.{i}` here instead of printing.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -27,10 +33,14 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let device = device::parse_device(&args.device)?;
     let dir = reference::resolve(&args.model, &reference::HubOptions::from_env())?;
-    let ckpt = Checkpoint::open(&dir)?;
     let tok = tokenizer::load(&dir)?;
+    if let (Some(lines), Some(out)) = (&args.tokenize, &args.out) {
+        return tokenize_lines(&tok, lines, out);
+    }
+    let ckpt = Checkpoint::open(&dir)?;
     let model = Model::load(&ckpt, device)?;
-    let result = inspect::inspect(&model, &tok, &args.prompt)?;
+    let prompt = args.prompt.as_deref().unwrap_or_default();
+    let result = inspect::inspect(&model, &tok, prompt)?;
     match &args.out {
         Some(out) => {
             save_atomically(&result, out)?;
@@ -68,6 +78,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             writeln!(stdout, "{table}")?;
         }
     }
+    Ok(())
+}
+
+/// The ids of each line of `lines`, as JSON, to `out`.
+fn tokenize_lines(tok: &tokenizer::Tokenizer, lines: &Path, out: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(lines)
+        .with_context(|| format!("--tokenize {}", lines.display()))?;
+    let ids = text
+        .lines()
+        .map(|line| tokenizer::encode(tok, line))
+        .collect::<Result<Vec<_>, _>>()?;
+    std::fs::write(out, serde_json::to_vec(&ids)?)
+        .with_context(|| format!("--out {}", out.display()))?;
+    eprintln!("wrote {} ({} lines)", out.display(), ids.len());
     Ok(())
 }
 
