@@ -7,6 +7,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stdout)]
 
 mod chaos;
+mod gguf;
 mod hardening;
 mod harness;
 mod scans;

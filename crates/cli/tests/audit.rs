@@ -582,3 +582,81 @@ fn read_request(stream: &mut std::net::TcpStream) -> (String, String) {
     stream.read_exact(&mut body).unwrap();
     (head, String::from_utf8(body).unwrap())
 }
+
+/// Two GGUF files audited embedded (every analysis that runs on a pair without an adapter)
+/// give the results of the same models as transformers dequantizes them into safetensors: the
+/// reader changes the container, not one number.
+#[test]
+fn a_gguf_pair_audits_as_the_same_models_in_safetensors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = fixture("gguf");
+    let corpus = tmp.path().join("corpus.txt");
+    std::fs::write(
+        &corpus,
+        (0..16)
+            .map(|i| {
+                format!(
+                    "Sample {i}: the quick brown fox jumps over the lazy dog {}\n",
+                    "ab ".repeat(i)
+                )
+            })
+            .collect::<String>(),
+    )
+    .unwrap();
+    let run = |base: &str, ft: &str| {
+        audit(
+            tmp.path(),
+            &[
+                s(&g.join(base)),
+                s(&g.join(ft)),
+                "--analyses",
+                "weights,activations,logit-lens,traces,cmap,stitching",
+                "--corpus",
+                s(&corpus),
+                "--seq-len",
+                "24",
+                "--max-samples",
+                "16",
+            ],
+        )
+    };
+    let from_gguf = run("tiny-llama.gguf", "tiny-llama-ft.gguf");
+    let from_st = run("tiny-llama-st", "tiny-llama-ft-st");
+    assert_eq!(
+        from_gguf["analyses"].as_object().unwrap().len(),
+        6,
+        "{}",
+        from_gguf["analyses"]
+    );
+    close(&from_gguf["analyses"], &from_st["analyses"], "analyses");
+}
+
+/// JSON equal, numbers to 1e-6 relative.
+fn close(a: &Value, b: &Value, path: &str) {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+            assert!(
+                (x - y).abs() <= 1e-6 * x.abs().max(y.abs()) + 1e-9,
+                "{path}: {x} vs {y}"
+            );
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            assert_eq!(
+                x.keys().collect::<Vec<_>>(),
+                y.keys().collect::<Vec<_>>(),
+                "{path}"
+            );
+            for k in x.keys() {
+                close(&x[k], &y[k], &format!("{path}.{k}"));
+            }
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            assert_eq!(x.len(), y.len(), "{path}");
+            for (i, (p, q)) in x.iter().zip(y).enumerate() {
+                close(p, q, &format!("{path}[{i}]"));
+            }
+        }
+        _ => assert_eq!(a, b, "{path}"),
+    }
+}

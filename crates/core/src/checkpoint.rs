@@ -151,11 +151,12 @@ impl Checkpoint {
     }
 
     /// Like [`Checkpoint::open`], every file (index, weights, config) shown to `guard` first.
-    /// A path ending in `.gguf` is read as a GGUF file.
+    /// A path ending in `.gguf`, or a directory holding one GGUF and no config.json, is read as
+    /// a GGUF file.
     pub fn open_guarded(dir: impl AsRef<Path>, guard: Option<Guard>) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
-        if crate::gguf::is_gguf(&dir) {
-            return Self::open_gguf(&dir, guard);
+        if let Some(file) = crate::gguf::model_file(&dir)? {
+            return Self::open_gguf(&file, guard);
         }
         if !dir.is_dir() {
             return Err(CoreError::MissingFile {

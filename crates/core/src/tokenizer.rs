@@ -9,8 +9,8 @@ pub use tokenizers::Tokenizer;
 
 /// Loads `dir/tokenizer.json`, or the tokenizer a GGUF file describes.
 pub fn load(dir: &Path) -> Result<Tokenizer> {
-    if crate::gguf::is_gguf(dir) {
-        return load_gguf(dir, None);
+    if let Some(file) = crate::gguf::model_file(dir)? {
+        return load_gguf(&file, None);
     }
     let path = dir.join(TOKENIZER_FILE);
     if !path.is_file() {
@@ -30,8 +30,8 @@ pub const MAX_TOKENIZER_BYTES: u64 = 64 << 20;
 
 /// Loads `dir/tokenizer.json`, shown to `guard` first and bounded in size.
 pub fn load_guarded(dir: &Path, guard: Option<&crate::guard::Guard>) -> Result<Tokenizer> {
-    if crate::gguf::is_gguf(dir) {
-        return load_gguf(dir, guard);
+    if let Some(file) = crate::gguf::model_file(dir)? {
+        return load_gguf(&file, guard);
     }
     let path = dir.join(TOKENIZER_FILE);
     if !path.is_file() {

@@ -281,6 +281,12 @@ impl Enforcer {
         ] {
             vet_one(name, &mut vetted)?;
         }
+        // A directory holding a GGUF (and no config.json) is that file.
+        if let Ok(Some(file)) = neurodiff_core::gguf::model_file(dir) {
+            if let Some(name) = file.file_name().and_then(|n| n.to_str()) {
+                vet_one(name, &mut vetted)?;
+            }
+        }
         // The index is parsed only once it is vetted, and read through a guard pinned to the
         // vetted file; then the files it names are vetted in turn.
         if !vetted.contains_key(SINGLE_FILE) && vetted.contains_key(SHARD_INDEX) {

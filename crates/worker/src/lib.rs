@@ -42,7 +42,8 @@ impl From<tch::TchError> for WorkerError {
     }
 }
 
-/// The mapped weight files of `ckpt` and its config file, read through `ckpt`'s guard.
+/// The mapped weight files of `ckpt` and its config file, read through `ckpt`'s guard (a GGUF
+/// is its one file: its config is in it).
 fn side<'a>(ckpt: &'a Checkpoint, config: &std::path::Path) -> Result<Vec<Content<'a>>> {
     let mut out: Vec<Content<'a>> = ckpt
         .mapped()
@@ -53,6 +54,9 @@ fn side<'a>(ckpt: &'a Checkpoint, config: &std::path::Path) -> Result<Vec<Conten
             meta: v.meta.clone(),
         })
         .collect();
+    if ckpt.is_gguf() {
+        return Ok(out);
+    }
     let (bytes, meta) = read_checked(config, "model config", MAX_JSON_BYTES, ckpt.guard())?;
     out.push(Content {
         name: file_name(config),

@@ -154,7 +154,7 @@ pub fn plan_audit(
         let tokenizer = sources
             .base_dir
             .join(neurodiff_core::checkpoint::TOKENIZER_FILE);
-        if !tokenizer.is_file() {
+        if !tokenizer.is_file() && !sources.base.is_gguf() {
             return Err(WorkerError::Io(
                 "the base model has no tokenizer.json, which the activation analyses need to \
                  tokenize the corpus"

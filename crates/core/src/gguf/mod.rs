@@ -26,6 +26,41 @@ pub fn is_gguf(path: &Path) -> bool {
         .is_some_and(|e| e.eq_ignore_ascii_case(EXTENSION))
 }
 
+/// The GGUF a model path stands for: the path itself when it names a `.gguf` file, or the one
+/// `.gguf` file of a directory that holds no safetensors weights and no config.json (an
+/// object-storage prefix or model root holding a GGUF). None for a Hugging Face directory.
+pub fn model_file(path: &Path) -> Result<Option<std::path::PathBuf>> {
+    if is_gguf(path) {
+        return Ok(Some(path.to_path_buf()));
+    }
+    if !path.is_dir() {
+        return Ok(None);
+    }
+    let hf = [
+        crate::checkpoint::CONFIG_FILE,
+        crate::checkpoint::SINGLE_FILE,
+        crate::checkpoint::SHARD_INDEX,
+    ];
+    if hf.iter().any(|f| path.join(f).exists()) {
+        return Ok(None);
+    }
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(path).map_err(|e| CoreError::io(path, e))? {
+        let entry = entry.map_err(|e| CoreError::io(path, e))?;
+        let name = entry.path();
+        if is_gguf(&name) && !entry.file_name().to_string_lossy().starts_with('.') {
+            found.push(name);
+        }
+        if found.len() > 1 {
+            return Err(error(
+                path,
+                "the directory holds more than one .gguf file; name the one to read",
+            ));
+        }
+    }
+    Ok(found.pop())
+}
+
 /// One tensor of the decoded checkpoint: its transformers name, dtype, shape and byte range
 /// in [`Decoded::bytes`].
 #[derive(Debug, Clone)]
