@@ -34,6 +34,9 @@ python scripts/adl_reference.py check target/debug/neurodiff
 # cached under ~/.cache/neurodiff/smollm2): logits, hidden states and the tokenizer's ids on
 # 3000 varied lines against transformers loading the same file.
 python scripts/gguf_reference.py check-real target/debug/neurodiff
+# Chat templates (ChatML with generation marks, Llama 3, Gemma, tojson, and SmolLM2's own from
+# its GGUF) rendered and tokenized as transformers' apply_chat_template does.
+python scripts/chat_reference.py check target/debug/neurodiff --real
 # The trained organisms (trained by the tests on first use, cached by seed and version).
 target/debug/neurodiff organisms --trained --quiet --out target/organisms-trained
 python scripts/organisms_check.py target/organisms-trained

@@ -1,4 +1,5 @@
 //! NeuroDiff's core: checkpoints, model forward passes with hooks, and diffing analyses on libtorch.
+pub mod chat;
 pub mod checkpoint;
 pub mod corpus;
 pub mod device;

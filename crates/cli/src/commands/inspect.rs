@@ -1,5 +1,7 @@
 //! `neurodiff inspect MODEL --prompt TEXT [--out FILE.safetensors] [--device cpu|cuda]`, and
-//! `neurodiff inspect MODEL --tokenize LINES.txt --out IDS.json` (the token ids of each line).
+//! `neurodiff inspect MODEL --tokenize LINES.txt --out IDS.json` (the token ids of each line),
+//! and `neurodiff inspect MODEL --chat CHATS.jsonl --out IDS.json` (each conversation rendered
+//! with the model's chat template, its ids and each token's role).
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -13,12 +15,17 @@ pub struct Args {
     /// HF_HUB_OFFLINE=1).
     pub model: String,
     /// The text to run through the model (tokenized with the model's own tokenizer).
-    #[arg(long, required_unless_present = "tokenize")]
+    #[arg(long, required_unless_present_any = ["tokenize", "chat"])]
     pub prompt: Option<String>,
     /// Instead of running the model, tokenize each line of this file (special tokens added, as
     /// `tokenizer(line)` does) and write the ids as a JSON list of lists to --out.
     #[arg(long, conflicts_with = "prompt", requires = "out")]
     pub tokenize: Option<PathBuf>,
+    /// Instead of running the model, render each conversation of this JSONL file
+    /// (`{"messages": [{"role", "content"}, ...], "add_generation_prompt": false}`) with the
+    /// model's chat template and write, per conversation, its text, ids and each token's role.
+    #[arg(long, conflicts_with_all = ["prompt", "tokenize"], requires = "out")]
+    pub chat: Option<PathBuf>,
     /// Write `input_ids`, `logits` [seq, vocab] and `hidden_states.{i}` here instead of printing.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -36,6 +43,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let tok = tokenizer::load(&dir)?;
     if let (Some(lines), Some(out)) = (&args.tokenize, &args.out) {
         return tokenize_lines(&tok, lines, out);
+    }
+    if let (Some(chats), Some(out)) = (&args.chat, &args.out) {
+        return render_chats(&dir, &tok, chats, out);
     }
     let ckpt = Checkpoint::open(&dir)?;
     let model = Model::load(&ckpt, device)?;
@@ -92,6 +102,39 @@ fn tokenize_lines(tok: &tokenizer::Tokenizer, lines: &Path, out: &Path) -> anyho
     std::fs::write(out, serde_json::to_vec(&ids)?)
         .with_context(|| format!("--out {}", out.display()))?;
     eprintln!("wrote {} ({} lines)", out.display(), ids.len());
+    Ok(())
+}
+
+/// Each conversation of `chats` rendered, tokenized and labelled, as JSON, to `out`.
+fn render_chats(
+    model: &Path,
+    tok: &tokenizer::Tokenizer,
+    chats: &Path,
+    out: &Path,
+) -> anyhow::Result<()> {
+    let template = neurodiff_core::chat::ChatTemplate::load(model)?
+        .with_context(|| format!("{}: the model has no chat template", model.display()))?;
+    let text =
+        std::fs::read_to_string(chats).with_context(|| format!("--chat {}", chats.display()))?;
+    let mut rows = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let conv = neurodiff_core::chat::Conversation::from_json(line)
+            .map_err(|e| anyhow::anyhow!("--chat {} line {}: {e}", chats.display(), i + 1))?;
+        let rendered = template.render(&conv.messages, conv.add_generation_prompt)?;
+        let (ids, roles) = neurodiff_core::chat::encode(tok, &rendered)?;
+        let roles: Vec<String> = roles
+            .iter()
+            .map(|r| format!("{r:?}").to_lowercase())
+            .collect();
+        rows.push(serde_json::json!({"text": rendered.text, "ids": ids, "roles": roles}));
+    }
+    std::fs::write(out, serde_json::to_vec(&rows)?)
+        .with_context(|| format!("--out {}", out.display()))?;
+    eprintln!("wrote {} ({} conversations)", out.display(), rows.len());
     Ok(())
 }
 
