@@ -660,3 +660,94 @@ fn close(a: &Value, b: &Value, path: &str) {
         _ => assert_eq!(a, b, "{path}"),
     }
 }
+
+/// A chat corpus is rendered with the base model's chat template, and `--token-filter` splits
+/// its tokens: the assistant's, the user's and the template's add up to all of them. A filter
+/// on a text corpus, and a chat corpus for a model without a template, are refused by name.
+#[test]
+fn chat_corpora_render_with_the_template_and_token_filters_partition_the_tokens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("chat-llama");
+    std::fs::create_dir_all(&model).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(fixture("llama").join(f), model.join(f)).unwrap();
+    }
+    let template = "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}";
+    std::fs::write(
+        model.join("tokenizer_config.json"),
+        serde_json::json!({"chat_template": template, "bos_token": "<s>"}).to_string(),
+    )
+    .unwrap();
+    let chats = tmp.path().join("chats.jsonl");
+    let lines: String = (0..8)
+        .map(|i| {
+            serde_json::json!({"messages": [
+                {"role": "user", "content": format!("Question {i}: which layers moved?")},
+                {"role": "assistant", "content": format!("Answer {i}: the fox.")}]})
+            .to_string()
+                + "\n"
+        })
+        .collect();
+    std::fs::write(&chats, lines).unwrap();
+    let ft = fixture("llama");
+    let tokens = |filter: &str| {
+        let r = audit(
+            tmp.path(),
+            &[
+                s(&model),
+                s(&ft),
+                "--analyses",
+                "weights,activations,logit-lens",
+                "--corpus",
+                s(&chats),
+                "--seq-len",
+                "128",
+                "--token-filter",
+                filter,
+            ],
+        );
+        r["analyses"]["activations"]["n_tokens"].as_u64().unwrap()
+    };
+    let (all, assistant, user, template) = (
+        tokens("all"),
+        tokens("assistant"),
+        tokens("user"),
+        tokens("template"),
+    );
+    assert!(
+        assistant > 0 && user > 0 && template > 0,
+        "{assistant} {user} {template}"
+    );
+    assert_eq!(assistant + user + template, all);
+    let text = tmp.path().join("text.txt");
+    std::fs::write(&text, "one sample\nanother sample\n").unwrap();
+    let err = fails(&[
+        "audit",
+        s(&model),
+        s(&ft),
+        "--analyses",
+        "activations",
+        "--corpus",
+        s(&text),
+        "--token-filter",
+        "assistant",
+        "--out",
+        s(&tmp.path().join("x")),
+    ]);
+    assert!(
+        err.contains("token_filter `assistant` needs a chat corpus"),
+        "{err}"
+    );
+    let err = fails(&[
+        "audit",
+        s(&ft),
+        s(&ft),
+        "--analyses",
+        "activations",
+        "--corpus",
+        s(&chats),
+        "--out",
+        s(&tmp.path().join("y")),
+    ]);
+    assert!(err.contains("no chat template"), "{err}");
+}

@@ -454,3 +454,27 @@ fn strftime_now(format: String) -> String {
     }
     out
 }
+
+/// Each conversation of a chat corpus (its JSON line) rendered with `template`, tokenized and
+/// cut to `seq_len` tokens, with each token's role.
+#[allow(clippy::type_complexity)]
+pub fn encode_corpus(
+    template: &ChatTemplate,
+    tok: &Tokenizer,
+    samples: &[String],
+    seq_len: usize,
+) -> Result<(Vec<Vec<i64>>, Vec<Vec<TokenRole>>)> {
+    let mut ids = Vec::with_capacity(samples.len());
+    let mut roles = Vec::with_capacity(samples.len());
+    for (i, line) in samples.iter().enumerate() {
+        let c = Conversation::from_json(line)
+            .map_err(|m| CoreError::Input(format!("chat sample {i}: {m}")))?;
+        let rendered = template.render(&c.messages, c.add_generation_prompt)?;
+        let (mut t, mut r) = encode(tok, &rendered)?;
+        t.truncate(seq_len);
+        r.truncate(seq_len);
+        ids.push(t.into_iter().map(i64::from).collect());
+        roles.push(r);
+    }
+    Ok((ids, roles))
+}

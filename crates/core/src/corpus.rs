@@ -30,17 +30,41 @@ pub const MAX_SAMPLE_BYTES: usize = 1 << 20;
 /// with a `text` field, anything else one sample per non-empty line; `.gz` is decompressed),
 /// refusing more than `max_bytes` of text once decompressed.
 pub fn parse(name: &str, bytes: &[u8], max_bytes: u64) -> Result<Vec<String>> {
-    Ok(parse_bounded(name, bytes, max_bytes, usize::MAX)?.0)
+    let parsed = parse_corpus(name, bytes, max_bytes, usize::MAX)?;
+    if parsed.chat {
+        return Err(err(
+            name,
+            "is a chat corpus (`messages`); only text corpora are read here",
+        ));
+    }
+    Ok(parsed.samples)
 }
 
-/// As [`parse`], keeping only the first `keep` samples (the rest are counted, checked and
-/// dropped); each sample is cut to [`MAX_SAMPLE_BYTES`]. Also returns how many there are.
+/// A corpus file's samples: text, or (a chat corpus) each conversation's JSON line, to be
+/// rendered with the model's chat template ([`crate::chat`]).
+#[derive(Debug, Clone)]
+pub struct Parsed {
+    pub samples: Vec<String>,
+    /// How many samples the file holds.
+    pub total: usize,
+    pub chat: bool,
+}
+
+/// As [`parse_corpus`], for text: the samples and how many the file holds.
 pub fn parse_bounded(
     name: &str,
     bytes: &[u8],
     max_bytes: u64,
     keep: usize,
 ) -> Result<(Vec<String>, usize)> {
+    let parsed = parse_corpus(name, bytes, max_bytes, keep)?;
+    Ok((parsed.samples, parsed.total))
+}
+
+/// As [`parse`], keeping only the first `keep` samples (the rest are counted, checked and
+/// dropped); each text sample is cut to [`MAX_SAMPLE_BYTES`], a longer conversation refused.
+/// A JSONL corpus whose lines hold `messages` is a chat corpus; the two kinds do not mix.
+pub fn parse_corpus(name: &str, bytes: &[u8], max_bytes: u64, keep: usize) -> Result<Parsed> {
     let lower = name.to_ascii_lowercase();
     let decompressed;
     let (text, stem): (&[u8], &str) = match lower.strip_suffix(".gz") {
@@ -65,6 +89,7 @@ pub fn parse_bounded(
         .map_err(|e| err(name, format!("not UTF-8 text (byte {})", e.valid_up_to())))?;
     let jsonl = stem.ends_with(".jsonl");
     let (mut samples, mut total) = (Vec::new(), 0usize);
+    let mut chat: Option<bool> = None;
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
@@ -75,24 +100,53 @@ pub fn parse_bounded(
                 samples.push(clip(sample, MAX_SAMPLE_BYTES).to_string());
             }
         };
-        if jsonl {
-            let v: serde_json::Value = serde_json::from_str(line)
-                .map_err(|e| err(name, format!("line {}: not JSON: {e}", i + 1)))?;
-            let t = v
-                .get("text")
-                .and_then(|t| t.as_str())
-                .ok_or_else(|| err(name, format!("line {}: no string field `text`", i + 1)))?;
-            if !t.trim().is_empty() {
-                take(t);
-            }
-        } else {
+        if !jsonl {
             take(line);
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| err(name, format!("line {}: not JSON: {e}", i + 1)))?;
+        let is_chat = v.get("messages").is_some();
+        if *chat.get_or_insert(is_chat) != is_chat {
+            return Err(err(
+                name,
+                format!(
+                    "line {}: mixes conversations (`messages`) and text (`text`)",
+                    i + 1
+                ),
+            ));
+        }
+        if is_chat {
+            crate::chat::Conversation::from_json(line)
+                .map_err(|m| err(name, format!("line {}: {m}", i + 1)))?;
+            if line.len() > MAX_SAMPLE_BYTES {
+                return Err(err(
+                    name,
+                    format!(
+                        "line {}: a conversation of more than {MAX_SAMPLE_BYTES} bytes",
+                        i + 1
+                    ),
+                ));
+            }
+            take(line);
+            continue;
+        }
+        let t = v
+            .get("text")
+            .and_then(|t| t.as_str())
+            .ok_or_else(|| err(name, format!("line {}: no string field `text`", i + 1)))?;
+        if !t.trim().is_empty() {
+            take(t);
         }
     }
     if total == 0 {
         return Err(err(name, "holds no samples"));
     }
-    Ok((samples, total))
+    Ok(Parsed {
+        samples,
+        total,
+        chat: chat.unwrap_or(false),
+    })
 }
 
 /// The longest prefix of `s` of at most `max` bytes that ends at a character boundary.

@@ -10,8 +10,9 @@ use crate::spec::SpecError;
 #[serde(deny_unknown_fields)]
 pub struct CorpusOptions {
     /// A local file or `s3://bucket/key`; absent: the built-in generic corpus. A name ending in
-    /// `.jsonl` (or `.jsonl.gz`) is JSON Lines with a `text` field, anything else plain text
-    /// with one sample per non-empty line; `.gz` is decompressed.
+    /// `.jsonl` (or `.jsonl.gz`) is JSON Lines with a `text` field, or a `messages` list of
+    /// `{role, content}` (a chat corpus, rendered with the base model's chat template); anything
+    /// else plain text with one sample per non-empty line; `.gz` is decompressed.
     #[serde(default)]
     pub source: Option<String>,
     /// Tokens per sample (with the BOS the tokenizer adds); longer samples are cut, never packed.
@@ -34,6 +35,49 @@ pub struct CorpusOptions {
     /// token (they are what transformers' outputs give).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skip_first: Option<usize>,
+    /// Which tokens of a chat corpus the token statistics read (the activations, the logit
+    /// lens, CMAP and stitching): every token, the assistant's or the user's message contents,
+    /// or the chat template's own text. Anything but `all` needs a chat corpus.
+    #[serde(default, skip_serializing_if = "TokenFilter::is_all")]
+    pub token_filter: TokenFilter,
+}
+
+/// Which tokens of a chat conversation an analysis reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenFilter {
+    #[default]
+    All,
+    Assistant,
+    User,
+    Template,
+}
+
+impl TokenFilter {
+    pub const NAMES: &'static str = "all, assistant, user, template";
+
+    pub fn is_all(&self) -> bool {
+        *self == TokenFilter::All
+    }
+}
+
+impl std::str::FromStr for TokenFilter {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "all" => TokenFilter::All,
+            "assistant" => TokenFilter::Assistant,
+            "user" => TokenFilter::User,
+            "template" => TokenFilter::Template,
+            other => {
+                return Err(format!(
+                    "unknown token filter `{other}`; one of {}",
+                    TokenFilter::NAMES
+                ))
+            }
+        })
+    }
 }
 
 fn default_seq_len() -> usize {
@@ -58,6 +102,7 @@ impl Default for CorpusOptions {
             batch_size: default_batch_size(),
             shard_samples: default_shard_samples(),
             skip_first: None,
+            token_filter: TokenFilter::All,
         }
     }
 }

@@ -27,15 +27,14 @@ pub fn from_bytes(
     opts: &CorpusOptions,
     limits: &Limits,
 ) -> Result<CorpusText> {
-    let (samples, total) =
-        corpus::parse_bounded(file_name, bytes, limits.max_corpus_bytes, opts.max_samples)
-            .map_err(|e| {
-                // Name the corpus as given, not the file it was read from.
-                match e {
-                    neurodiff_core::CoreError::Corpus { message, .. } => refused(source, message),
-                    other => other.into(),
-                }
-            })?;
+    let parsed = corpus::parse_corpus(file_name, bytes, limits.max_corpus_bytes, opts.max_samples)
+        .map_err(|e| {
+            // Name the corpus as given, not the file it was read from.
+            match e {
+                neurodiff_core::CoreError::Corpus { message, .. } => refused(source, message),
+                other => other.into(),
+            }
+        })?;
     let digest: String = Sha256::digest(bytes)
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -44,11 +43,12 @@ pub fn from_bytes(
         record: CorpusRecord {
             source: source.to_string(),
             sha256: format!("sha256:{digest}"),
-            samples_total: total,
-            samples_used: samples.len(),
+            samples_total: parsed.total,
+            samples_used: parsed.samples.len(),
             seq_len: opts.seq_len,
         },
-        samples,
+        samples: parsed.samples,
+        chat: parsed.chat,
     })
 }
 

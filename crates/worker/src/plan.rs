@@ -161,11 +161,12 @@ pub fn plan_audit(
                     .into(),
             ));
         }
-        if corpus.is_none() {
+        let Some(corpus) = corpus else {
             return Err(WorkerError::Io(
                 "no corpus was read for the activation analyses".into(),
             ));
-        }
+        };
+        check_chat(sources, corpus, spec.corpus.token_filter)?;
         check_positions(sources, spec.corpus.seq_len)?;
     }
     let config = sources.base.config_json()?;
@@ -260,6 +261,30 @@ pub fn check_limits(
                 ));
             }
         }
+    }
+    Ok(())
+}
+
+/// A token filter needs a chat corpus, and a chat corpus the base model's chat template.
+fn check_chat(
+    sources: &Sources,
+    corpus: &CorpusText,
+    filter: neurodiff_protocol::TokenFilter,
+) -> crate::Result<()> {
+    if !filter.is_all() && !corpus.chat {
+        return Err(WorkerError::Io(format!(
+            "corpus.token_filter `{}` needs a chat corpus (JSON Lines with `messages`); `{}` is text",
+            serde_json::to_value(filter).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+            corpus.record.source
+        )));
+    }
+    if corpus.chat && neurodiff_core::chat::ChatTemplate::load(&sources.base_dir)?.is_none() {
+        return Err(WorkerError::Io(format!(
+            "corpus `{}` is chat (`messages`), but the base model has no chat template \
+             (chat_template.jinja, tokenizer_config.json `chat_template`, or a GGUF's \
+             tokenizer.chat_template) to render it",
+            corpus.record.source
+        )));
     }
     Ok(())
 }

@@ -51,6 +51,11 @@ pub struct ScopeArgs {
     /// activations' top examples and distributions (default: the BOS, when the tokenizer adds one).
     #[arg(long)]
     pub skip_first: Option<usize>,
+    /// Which tokens of a chat corpus the activations, the logit lens, CMAP and stitching read:
+    /// all, assistant (the assistant's message contents), user, or template (the chat
+    /// template's own text: role headers and special tokens).
+    #[arg(long, default_value = "all", value_parser = |s: &str| s.parse::<neurodiff_protocol::TokenFilter>())]
+    pub token_filter: neurodiff_protocol::TokenFilter,
     /// Leading positions of the activation position profile and mean difference vectors.
     #[arg(long, default_value_t = ActivationOptions::default().positions)]
     pub positions: usize,
@@ -164,6 +169,7 @@ impl ScopeArgs {
                 batch_size: self.batch_size,
                 shard_samples: self.shard_samples,
                 skip_first: self.skip_first,
+                token_filter: self.token_filter,
             }),
             activations: Some(ActivationOptions {
                 positions: self.positions,

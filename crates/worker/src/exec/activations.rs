@@ -70,7 +70,7 @@ pub fn run(
         check(progress, "batch")?;
         let first = input.start + b * batch_size;
         let batch = Batch::new(chunk, pair.device())?;
-        let tokens = Tokens::of(&batch, first)?;
+        let tokens = Tokens::of(&batch, first)?.filtered(input)?;
         n_tokens += tokens.sample.len() as u64;
         for (p, c) in mean.position_counts.iter_mut().enumerate() {
             *c += tokens.position.iter().filter(|&&q| q == p).count() as u64;

@@ -45,10 +45,10 @@ pub fn run(
         .collect();
     let (mut n_tokens, mut gap_fb, mut gap_bf) = (0u64, 0.0, 0.0);
     let batch_size = input.batch_size.max(1);
-    for chunk in input.tokens[..n].chunks(batch_size) {
+    for (b, chunk) in input.tokens[..n].chunks(batch_size).enumerate() {
         check(progress, "batch")?;
         let batch = Batch::new(chunk, pair.device())?;
-        let tokens = Tokens::of(&batch, 0)?;
+        let tokens = Tokens::of(&batch, input.start + b * batch_size)?.filtered(input)?;
         let cache = || {
             COMPONENTS
                 .iter()

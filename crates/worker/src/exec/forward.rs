@@ -113,6 +113,8 @@ pub struct ShardInput<'a> {
     pub start: usize,
     pub samples: &'a [String],
     pub tokens: &'a [Vec<i64>],
+    /// For a chat corpus: which of each sample's tokens the token filter keeps.
+    pub keep: Option<&'a [Vec<bool>]>,
     pub batch_size: usize,
     /// Leading positions left out of the statistics the BOS would dominate
     /// (`corpus.skip_first`, resolved against the tokenizer).
@@ -148,8 +150,27 @@ impl Tokens {
         if first == 0 {
             return Ok(self);
         }
+        self.retain(|_, p| p >= first)
+    }
+
+    /// The tokens the shard's token filter keeps (all of them without one). Samples are
+    /// numbered from `input.start`.
+    pub fn filtered(self, input: &ShardInput) -> Result<Tokens> {
+        let Some(keep) = input.keep else {
+            return Ok(self);
+        };
+        self.retain(|s, p| {
+            keep.get(s - input.start)
+                .and_then(|k| k.get(p))
+                .copied()
+                .unwrap_or(false)
+        })
+    }
+
+    /// The tokens for which `wanted(sample, position)` holds.
+    fn retain(self, wanted: impl Fn(usize, usize) -> bool) -> Result<Tokens> {
         let keep: Vec<usize> = (0..self.position.len())
-            .filter(|&i| self.position[i] >= first)
+            .filter(|&i| wanted(self.sample[i], self.position[i]))
             .collect();
         let rows = Tensor::from_slice(&keep.iter().map(|&i| i as i64).collect::<Vec<_>>())
             .f_to_device(self.index.device())?;

@@ -23,6 +23,46 @@ use crate::{Result, Sources, WorkerError};
 pub struct CorpusText {
     pub record: neurodiff_protocol::CorpusRecord,
     pub samples: Vec<String>,
+    /// The samples are conversations (JSON lines with `messages`), rendered with the base
+    /// model's chat template when they are tokenized.
+    pub chat: bool,
+}
+
+/// The token ids of `samples`, and for a chat corpus which tokens the corpus's token filter
+/// keeps (per sample, per token).
+#[allow(clippy::type_complexity)]
+fn encode_samples(
+    sources: &Sources,
+    pair: &forward::Pair,
+    corpus: &CorpusText,
+    samples: &[String],
+    opts: &neurodiff_protocol::CorpusOptions,
+) -> Result<(Vec<Vec<i64>>, Option<Vec<Vec<bool>>>)> {
+    use neurodiff_core::chat::{ChatTemplate, TokenRole};
+    use neurodiff_protocol::TokenFilter;
+    if !corpus.chat {
+        let tokens = neurodiff_core::corpus::encode(&pair.tokenizer, samples, opts.seq_len)?;
+        return Ok((tokens, None));
+    }
+    let template = ChatTemplate::load(&sources.base_dir)?.ok_or_else(|| {
+        WorkerError::Io(
+            "the corpus is chat (`messages`) but the base model has no chat template to render it"
+                .into(),
+        )
+    })?;
+    let (tokens, roles) =
+        neurodiff_core::chat::encode_corpus(&template, &pair.tokenizer, samples, opts.seq_len)?;
+    let wanted = |r: &TokenRole| match opts.token_filter {
+        TokenFilter::All => true,
+        TokenFilter::Assistant => *r == TokenRole::Assistant,
+        TokenFilter::User => *r == TokenRole::User,
+        TokenFilter::Template => *r == TokenRole::Template,
+    };
+    let keep = roles
+        .iter()
+        .map(|rs| rs.iter().map(wanted).collect())
+        .collect();
+    Ok((tokens, Some(keep)))
 }
 
 /// How a shard reports progress and learns it should stop: called with a unit of work done
@@ -74,12 +114,12 @@ pub fn run_shard(
                 .samples
                 .get(range.start.min(corpus.samples.len())..range.end.min(corpus.samples.len()))
                 .unwrap_or_default();
-            let tokens =
-                neurodiff_core::corpus::encode(&pair.tokenizer, samples, spec.corpus.seq_len)?;
+            let (tokens, keep) = encode_samples(sources, &pair, corpus, samples, &spec.corpus)?;
             let input = forward::ShardInput {
                 start: 0,
                 samples,
                 tokens: &tokens,
+                keep: keep.as_deref(),
                 batch_size: spec.corpus.batch_size,
                 skip_first: skip_first(spec, &pair),
             };
@@ -165,12 +205,12 @@ pub fn run_shard(
                 ))
             })?;
             let pair = forward::Pair::load(sources, device)?;
-            let tokens =
-                neurodiff_core::corpus::encode(&pair.tokenizer, samples, spec.corpus.seq_len)?;
+            let (tokens, keep) = encode_samples(sources, &pair, corpus, samples, &spec.corpus)?;
             let input = forward::ShardInput {
                 start,
                 samples,
                 tokens: &tokens,
+                keep: keep.as_deref(),
                 batch_size: spec.corpus.batch_size,
                 skip_first: skip_first(spec, &pair),
             };

@@ -49,7 +49,7 @@ pub fn run(
     for (b, chunk) in input.tokens.chunks(batch_size).enumerate() {
         check(progress, "batch")?;
         let batch = Batch::new(chunk, pair.device())?;
-        let tokens = Tokens::of(&batch, input.start + b * batch_size)?;
+        let tokens = Tokens::of(&batch, input.start + b * batch_size)?.filtered(input)?;
         let targets = Targets::of(&batch)?;
         let (mut hb, mut hf) = (cache(), cache());
         let out_b = pair.model(Side::Base).forward(&batch.ids, &mut hb)?.logits;
