@@ -14,6 +14,10 @@ pub const BUILTIN: &[u8] = include_bytes!("../corpus/generic.jsonl.gz");
 /// Its file name, which says how to parse it.
 pub const BUILTIN_FILE: &str = "generic.jsonl.gz";
 
+/// The built-in chat set (`builtin:chat`): conversations for the chat analyses.
+pub const BUILTIN_CHAT: &[u8] = include_bytes!("../corpus/chat.jsonl");
+pub const BUILTIN_CHAT_FILE: &str = "chat.jsonl";
+
 fn err(corpus: &str, message: impl Into<String>) -> CoreError {
     CoreError::Corpus {
         corpus: corpus.to_string(),

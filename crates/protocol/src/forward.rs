@@ -153,6 +153,8 @@ impl CorpusOptions {
 
 /// The name of the built-in generic corpus.
 pub const BUILTIN_CORPUS: &str = "builtin:generic";
+/// The name of the built-in chat set (a `corpus.source` value).
+pub const BUILTIN_CHAT_CORPUS: &str = "builtin:chat";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

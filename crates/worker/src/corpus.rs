@@ -6,7 +6,9 @@ use std::path::Path;
 
 use neurodiff_core::corpus;
 use neurodiff_core::guard::open_checked;
-use neurodiff_protocol::{CorpusOptions, CorpusRecord, Limits, ModelRef, BUILTIN_CORPUS};
+use neurodiff_protocol::{
+    CorpusOptions, CorpusRecord, Limits, ModelRef, BUILTIN_CHAT_CORPUS, BUILTIN_CORPUS,
+};
 use neurodiff_store::{Blobs, StoreError};
 use sha2::{Digest, Sha256};
 
@@ -63,6 +65,15 @@ pub fn load_local(opts: &CorpusOptions, limits: &Limits) -> Result<CorpusText> {
             limits,
         );
     };
+    if source == BUILTIN_CHAT_CORPUS {
+        return from_bytes(
+            BUILTIN_CHAT_CORPUS,
+            corpus::BUILTIN_CHAT_FILE,
+            corpus::BUILTIN_CHAT,
+            opts,
+            limits,
+        );
+    }
     if source.starts_with("s3://") {
         return Err(refused(
             source,
@@ -115,7 +126,8 @@ impl Enforcer {
     /// like a model reference (local roots, s3 prefixes, reserved locations), then read.
     pub async fn read_corpus(&self, team: &str, opts: &CorpusOptions) -> Result<CorpusText> {
         let limits = self.limits;
-        let Some(source) = opts.source.clone() else {
+        let builtin = opts.source.as_deref() == Some(BUILTIN_CHAT_CORPUS);
+        let Some(source) = opts.source.clone().filter(|_| !builtin) else {
             let opts = opts.clone();
             return tokio::task::spawn_blocking(move || load_local(&opts, &limits))
                 .await
