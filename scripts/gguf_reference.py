@@ -190,18 +190,23 @@ def transformers_reference(path, out_reference, out_st=None):
         ref[f"hidden_states.{i}"] = hs[0].float().contiguous()
     save_file(ref, out_reference, metadata={"prompt": PROMPT})
     if out_st:
-        # The dequantized weights as transformers holds them (a GGUF-loaded model refuses
-        # save_pretrained), with the config and tokenizer it built.
-        os.makedirs(out_st, exist_ok=True)
-        state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
-        if model.config.tie_word_embeddings:
-            state.pop("lm_head.weight", None)
-        save_file(state, os.path.join(out_st, "model.safetensors"), metadata={"format": "pt"})
-        config = model.config.to_dict()
-        config.pop("quantization_config", None)
-        with open(os.path.join(out_st, "config.json"), "w") as f:
-            json.dump(config, f, indent=2)
-        tok.backend_tokenizer.save(os.path.join(out_st, "tokenizer.json"))
+        save_model(model, tok, out_st)
+
+
+def save_model(model, tok, out):
+    """The dequantized weights as transformers holds them (a GGUF-loaded model refuses
+    save_pretrained), with the config and tokenizer it built."""
+    os.makedirs(out, exist_ok=True)
+    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    if model.config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    save_file(state, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)
+    config.pop("_name_or_path", None)  # where it was loaded from: not part of the model
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    tok.backend_tokenizer.save(os.path.join(out, "tokenizer.json"))
 
 
 def cmd_fixtures(args):
