@@ -158,6 +158,36 @@ fn candidate(name: &str) -> bool {
     !(name.is_empty() || name.starts_with('.') || name.starts_with('_'))
 }
 
+/// The one `.gguf` of a checkpoint without config.json (a GGUF checkpoint), if that is what
+/// `names` are.
+fn gguf_file(names: &[String], kind: TargetKind) -> Option<&String> {
+    if kind != TargetKind::Checkpoint || names.iter().any(|n| n == marker(kind)) {
+        return None;
+    }
+    let mut ggufs = names.iter().filter(|n| n.ends_with(".gguf"));
+    match (ggufs.next(), ggufs.next()) {
+        (Some(one), None) => Some(one),
+        _ => None,
+    }
+}
+
+/// At most this much of a GGUF is read to find its header (a 256k vocabulary's metadata is
+/// tens of MiB).
+const MAX_GGUF_HEADER: u64 = 256 << 20;
+
+/// Whether the GGUF `name` in `dir` is all there: its header parses and every tensor lies
+/// inside the file as it is now.
+fn gguf_complete(dir: &Dir, name: &str, size: u64) -> Result<(), String> {
+    let (f, _) = dir.open_file(name)?;
+    let mut head = Vec::new();
+    f.take(size.min(MAX_GGUF_HEADER))
+        .read_to_end(&mut head)
+        .map_err(|e| format!("{name}: {e}"))?;
+    neurodiff_gguf::reader::parse_prefix(&head, size as usize)
+        .map(|_| ())
+        .map_err(|e| format!("{name}: {e}"))
+}
+
 fn marker(kind: TargetKind) -> &'static str {
     match kind {
         TargetKind::Checkpoint => "config.json",
@@ -185,6 +215,7 @@ fn expected_len(header_len: u64, header: &[u8]) -> Option<u64> {
 /// logs) do not make a checkpoint another one.
 fn defines_model(name: &str) -> bool {
     name.ends_with(".safetensors")
+        || name.ends_with(".gguf")
         || name.ends_with(".safetensors.index.json")
         || matches!(
             name,
@@ -342,17 +373,22 @@ fn local_checkpoint(
     }
     files.sort();
     let names: Vec<String> = files.iter().map(|f| f.0.clone()).collect();
-    if !names.iter().any(|n| n == marker(kind)) {
-        return Err(format!("no {} yet", marker(kind)));
-    }
-    let index = names
-        .iter()
-        .find(|n| n.ends_with(".safetensors.index.json"))
-        .map(|n| dir.read_file(n, MAX_HEADER))
-        .transpose()?;
-    for w in weight_files(&names, index.as_deref())? {
-        let size = files.iter().find(|f| f.0 == w).map_or(0, |f| f.1);
-        safetensors_complete(dir, &w, size)?;
+    if let Some(g) = gguf_file(&names, kind) {
+        let size = files.iter().find(|f| &f.0 == g).map_or(0, |f| f.1);
+        gguf_complete(dir, g, size)?;
+    } else {
+        if !names.iter().any(|n| n == marker(kind)) {
+            return Err(format!("no {} yet", marker(kind)));
+        }
+        let index = names
+            .iter()
+            .find(|n| n.ends_with(".safetensors.index.json"))
+            .map(|n| dir.read_file(n, MAX_HEADER))
+            .transpose()?;
+        for w in weight_files(&names, index.as_deref())? {
+            let size = files.iter().find(|f| f.0 == w).map_or(0, |f| f.1);
+            safetensors_complete(dir, &w, size)?;
+        }
     }
     let mut id = Sha256::new();
     for (name, size, mtime) in files.iter().filter(|f| defines_model(&f.0)) {
@@ -572,7 +608,9 @@ async fn s3_checkpoint(blobs: &Blobs, dir: &str, kind: TargetKind) -> Result<Str
     }
     let name_of = |key: &str| key.rsplit('/').next().unwrap_or(key).to_string();
     let names: Vec<String> = objects.iter().map(|o| name_of(&o.key)).collect();
-    if !names.iter().any(|n| n == marker(kind)) {
+    // A GGUF object appears whole (uploads are atomic): its presence is enough.
+    let gguf = gguf_file(&names, kind).is_some();
+    if !gguf && !names.iter().any(|n| n == marker(kind)) {
         return Err(format!("no {} yet", marker(kind)));
     }
     let index = match objects
@@ -585,7 +623,12 @@ async fn s3_checkpoint(blobs: &Blobs, dir: &str, kind: TargetKind) -> Result<Str
         Some(o) => return Err(format!("{}: too large for an index", o.key)),
         None => None,
     };
-    for w in weight_files(&names, index.as_deref())? {
+    let weights = if gguf {
+        Vec::new()
+    } else {
+        weight_files(&names, index.as_deref())?
+    };
+    for w in weights {
         let Some(o) = objects.iter().find(|o| name_of(&o.key) == w) else {
             continue;
         };
@@ -673,6 +716,47 @@ mod tests {
         std::fs::write(half.join("model.safetensors"), &full).expect("write");
         let l = list_local(&source, TargetKind::Checkpoint, &cache, &budget).expect("listing");
         assert_eq!(l.complete.len(), 3);
+    }
+
+    #[test]
+    fn a_directory_holding_one_gguf_is_a_checkpoint_once_the_file_is_whole() {
+        let gguf = std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../core/tests/fixtures/gguf/tiny-llama.gguf"),
+        )
+        .expect("fixture");
+        let root = tempfile::tempdir().expect("dir");
+        for (name, bytes) in [("q4-a", &gguf[..]), ("q4-b", &gguf[..gguf.len() - 100])] {
+            let d = root.path().join(name);
+            std::fs::create_dir(&d).expect("dir");
+            std::fs::write(d.join("model.gguf"), bytes).expect("write");
+        }
+        let two = root.path().join("two");
+        std::fs::create_dir(&two).expect("dir");
+        std::fs::write(two.join("a.gguf"), &gguf).expect("write");
+        std::fs::write(two.join("b.gguf"), &gguf).expect("write");
+        let source = root.path().canonicalize().expect("canonical");
+        let cache = HashCache::default();
+        let budget = Budget::new(u64::MAX, Default::default());
+        let l = list_local(
+            &source.to_string_lossy(),
+            TargetKind::Checkpoint,
+            &cache,
+            &budget,
+        )
+        .expect("listing");
+        let names: Vec<&str> = l
+            .complete
+            .iter()
+            .map(|f| f.location.rsplit('/').next().unwrap_or(""))
+            .collect();
+        assert_eq!(names, ["q4-a"]);
+        let why: Vec<&str> = l.incomplete.iter().map(|(_, w)| w.as_str()).collect();
+        assert!(
+            why.iter().any(|w| w.contains("run past the end")),
+            "{why:?}"
+        );
+        assert!(why.iter().any(|w| w.contains("no config.json")), "{why:?}");
     }
 
     fn write_checkpoint(dir: &Path, weights: &[u8]) {

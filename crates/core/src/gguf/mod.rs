@@ -3,9 +3,9 @@
 //! transformers name and shape, with the config.json and tokenizer.json the metadata implies,
 //! so the rest of NeuroDiff sees a checkpoint like a directory.
 pub mod convert;
-pub mod quant;
-pub mod reader;
 pub mod tokenizer;
+
+pub use neurodiff_gguf::{quant, reader};
 
 use std::collections::BTreeMap;
 use std::path::Path;

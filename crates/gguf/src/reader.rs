@@ -136,6 +136,13 @@ impl<'a> Cursor<'a> {
 
 /// Parses and checks the header of a GGUF file held in `bytes`.
 pub fn parse(bytes: &[u8]) -> Res<Header> {
+    parse_prefix(bytes, bytes.len())
+}
+
+/// Parses the header from `bytes`, the first bytes of a GGUF file of `file_len` bytes, and
+/// checks every tensor's range against the whole file (a file still being written is refused:
+/// its tensors run past its end).
+pub fn parse_prefix(bytes: &[u8], file_len: usize) -> Res<Header> {
     let mut c = Cursor {
         bytes,
         pos: 0,
@@ -194,7 +201,7 @@ pub fn parse(bytes: &[u8]) -> Res<Header> {
     let tensors = infos
         .into_iter()
         .map(|(name, ne, ty_id, offset)| {
-            tensor(name, ne, ty_id, offset, alignment, data_start, bytes.len())
+            tensor(name, ne, ty_id, offset, alignment, data_start, file_len)
         })
         .collect::<Res<Vec<_>>>()?;
     check_disjoint(&tensors)?;
