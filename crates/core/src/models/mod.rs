@@ -126,7 +126,7 @@ impl Model {
             "phi3" => Arch::Llama(llama::Llama::new(
                 ckpt,
                 o,
-                &parse::<phi3::Config>(&path, config)?.spec(&path)?,
+                &phi3::spec(&parse::<mistral::Config>(&path, config)?, &path)?,
             )?),
             "llama" => Arch::Llama(llama::Llama::new(
                 ckpt,
