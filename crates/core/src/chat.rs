@@ -146,12 +146,20 @@ impl ChatTemplate {
     /// directory's chat_template.jinja or tokenizer_config.json `chat_template` (the `default`
     /// one of a list). None when the model has none.
     pub fn load(path: &Path) -> Result<Option<ChatTemplate>> {
+        Self::load_guarded(path, None)
+    }
+
+    /// Like [`ChatTemplate::load`], every file shown to `guard` first (a model a request names).
+    pub fn load_guarded(
+        path: &Path,
+        guard: Option<&crate::guard::Guard>,
+    ) -> Result<Option<ChatTemplate>> {
         if let Some(file) = crate::gguf::model_file(path)? {
-            return Self::from_gguf(&file);
+            return Self::from_gguf(&file, guard);
         }
         let config_path = path.join("tokenizer_config.json");
         let config: Value = if config_path.is_file() {
-            crate::checkpoint::read_json(&config_path, None)?
+            crate::checkpoint::read_json(&config_path, guard)?
         } else {
             Value::Null
         };
@@ -166,7 +174,12 @@ impl ChatTemplate {
             .collect();
         let jinja = path.join(TEMPLATE_FILE);
         let source = if jinja.is_file() {
-            Some(crate::checkpoint::read_bounded(&jinja, MAX_TEMPLATE_BYTES)?)
+            let (bytes, _) =
+                crate::guard::read_checked(&jinja, "chat template", MAX_TEMPLATE_BYTES, guard)?;
+            Some(String::from_utf8(bytes).map_err(|_| CoreError::Config {
+                path: jinja.clone(),
+                message: "not UTF-8 text".into(),
+            })?)
         } else {
             match config.get("chat_template") {
                 Some(Value::String(s)) => Some(s.clone()),
@@ -181,8 +194,8 @@ impl ChatTemplate {
         Ok(source.map(|s| ChatTemplate::new(s, specials)))
     }
 
-    fn from_gguf(file: &Path) -> Result<Option<ChatTemplate>> {
-        let (f, _) = crate::guard::open_checked(file, "GGUF file", None)?;
+    fn from_gguf(file: &Path, guard: Option<&crate::guard::Guard>) -> Result<Option<ChatTemplate>> {
+        let (f, _) = crate::guard::open_checked(file, "GGUF file", guard)?;
         // SAFETY: a read-only map; see checkpoint::map_file.
         #[allow(unsafe_code)]
         let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| CoreError::io(file, e))?;

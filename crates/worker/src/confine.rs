@@ -278,6 +278,8 @@ impl Enforcer {
             ADAPTER_CONFIG,
             ADAPTER_WEIGHTS,
             GROUND_TRUTH_FILE,
+            "tokenizer_config.json",
+            neurodiff_core::chat::TEMPLATE_FILE,
         ] {
             vet_one(name, &mut vetted)?;
         }

@@ -278,7 +278,13 @@ fn check_chat(
             corpus.record.source
         )));
     }
-    if corpus.chat && neurodiff_core::chat::ChatTemplate::load(&sources.base_dir)?.is_none() {
+    if corpus.chat
+        && neurodiff_core::chat::ChatTemplate::load_guarded(
+            &sources.base_dir,
+            sources.base.guard(),
+        )?
+        .is_none()
+    {
         return Err(WorkerError::Io(format!(
             "corpus `{}` is chat (`messages`), but the base model has no chat template \
              (chat_template.jinja, tokenizer_config.json `chat_template`, or a GGUF's \

@@ -44,12 +44,13 @@ fn encode_samples(
         let tokens = neurodiff_core::corpus::encode(&pair.tokenizer, samples, opts.seq_len)?;
         return Ok((tokens, None));
     }
-    let template = ChatTemplate::load(&sources.base_dir)?.ok_or_else(|| {
-        WorkerError::Io(
+    let template = ChatTemplate::load_guarded(&sources.base_dir, sources.base.guard())?
+        .ok_or_else(|| {
+            WorkerError::Io(
             "the corpus is chat (`messages`) but the base model has no chat template to render it"
                 .into(),
         )
-    })?;
+        })?;
     let (tokens, roles) =
         neurodiff_core::chat::encode_corpus(&template, &pair.tokenizer, samples, opts.seq_len)?;
     let wanted = |r: &TokenRole| match opts.token_filter {
