@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use neurodiff_protocol::{
     ActivationLayer, ActivationsReport, Analyses, AnalysisKind, AuditResults, AuditSpec, DiffSums,
-    Example, Histogram, MeanDiff, PositionSums, ShardKey, ShardOutput,
+    Example, Histogram, HookKind, MeanDiff, PositionSums, ShardKey, ShardOutput,
 };
 
 use crate::charts::{lines, Series};
@@ -15,24 +15,11 @@ use crate::{
     check_cover, corpus_shards, escape, outputs_of, Analysis, AnalysisError, Figure, PlanFacts,
 };
 
-/// The hooks of a block, in forward order (TransformerLens names).
-pub const HOOKS: [&str; 5] = [
-    "hook_resid_pre",
-    "hook_attn_out",
-    "hook_resid_mid",
-    "hook_mlp_out",
-    "hook_resid_post",
-];
-
 /// The artifact holding the mean difference vectors.
 pub const MEAN_DIFF_FILE: &str = "mean_diff.safetensors";
 
 #[derive(Debug)]
 pub struct Activations;
-
-fn hook_rank(hook: &str) -> usize {
-    HOOKS.iter().position(|h| *h == hook).unwrap_or(HOOKS.len())
-}
 
 fn merge_err(message: String) -> AnalysisError {
     AnalysisError::Merge {
@@ -65,7 +52,7 @@ impl Analysis for Activations {
         // Summed in sample order, so the embedded audit and the service add the same numbers
         // in the same order.
         shards.sort_by_key(|s| s.start);
-        let mut sums: BTreeMap<(usize, usize), DiffSums> = BTreeMap::new();
+        let mut sums: BTreeMap<(usize, HookKind), DiffSums> = BTreeMap::new();
         let mut examples: Vec<Example> = Vec::new();
         let mut n_tokens = 0;
         let mut mean: Option<neurodiff_protocol::MeanDiffSums> = None;
@@ -73,7 +60,7 @@ impl Analysis for Activations {
             n_tokens = u64::saturating_add(n_tokens, s.n_tokens);
             for d in s.stats {
                 well_formed(&d)?;
-                match sums.entry((d.layer, hook_rank(&d.hook))) {
+                match sums.entry((d.layer, d.hook)) {
                     std::collections::btree_map::Entry::Vacant(v) => {
                         v.insert(d);
                     }
@@ -125,14 +112,14 @@ impl Analysis for Activations {
         let Some(a) = &results.analyses.activations else {
             return Ok(Vec::new());
         };
-        let by_hook: Vec<Series> = HOOKS
-            .iter()
+        let by_hook: Vec<Series> = HookKind::ALL
+            .into_iter()
             .map(|hook| Series {
                 label: hook.to_string(),
                 points: a
                     .layers
                     .iter()
-                    .filter(|l| l.hook == *hook)
+                    .filter(|l| l.hook == hook)
                     .map(|l| (l.layer as f64, l.mean_rel_diff))
                     .collect(),
             })
@@ -144,7 +131,7 @@ impl Analysis for Activations {
             .layers
             .iter()
             .filter(|l| {
-                l.hook == "hook_resid_post" && (l.layer % step == 0 || l.layer + 1 == n_layers)
+                l.hook == HookKind::ResidPost && (l.layer % step == 0 || l.layer + 1 == n_layers)
             })
             .map(|l| Series {
                 label: format!("block {}", l.layer),
@@ -258,7 +245,7 @@ fn layer_of(d: DiffSums) -> ActivationLayer {
     };
     ActivationLayer {
         layer: d.layer,
-        hook: d.hook.clone(),
+        hook: d.hook,
         n_tokens: d.n,
         mean_diff_norm: mean(d.diff_norm, d.n),
         p50_diff_norm: d.diff_hist.quantile(0.5),
@@ -388,10 +375,10 @@ fn html(a: &ActivationsReport) -> String {
 }
 
 /// Per-token statistics for one block and hook, as a shard accumulates them.
-pub fn diff_sums(layer: usize, hook: &str, positions: usize) -> DiffSums {
+pub fn diff_sums(layer: usize, hook: HookKind, positions: usize) -> DiffSums {
     DiffSums {
         layer,
-        hook: hook.to_string(),
+        hook,
         n: 0,
         diff_norm: 0.0,
         rel_diff: 0.0,

@@ -5,8 +5,8 @@
 use std::fmt::Write as _;
 
 use neurodiff_protocol::{
-    Analyses, AnalysisKind, AuditResults, AuditSpec, CmapCell, CmapReport, ShardKey, ShardOutput,
-    SpecError,
+    Analyses, AnalysisKind, AuditResults, AuditSpec, CmapCell, CmapReport, Component,
+    PatchDirection, ShardKey, ShardOutput, SpecError,
 };
 
 use crate::charts::grid;
@@ -14,11 +14,6 @@ use crate::{outputs_of, Analysis, AnalysisError, Figure, PlanFacts};
 
 #[derive(Debug)]
 pub struct Cmap;
-
-/// The components patched, in forward order.
-pub const COMPONENTS: [&str; 3] = ["attn_out", "mlp_out", "resid_post"];
-/// `ft_into_base`: the base run with the fine-tune's activation; `base_into_ft` the reverse.
-pub const DIRECTIONS: [&str; 2] = ["ft_into_base", "base_into_ft"];
 
 fn merge_err(message: String) -> AnalysisError {
     AnalysisError::Merge {
@@ -99,15 +94,14 @@ impl Analysis for Cmap {
                 return Err(merge_err("shards ran on different tokens".into()));
             }
             for c in &s.cells {
-                let gap = if c.direction == DIRECTIONS[0] {
-                    gap_fb
-                } else {
-                    gap_bf
+                let gap = match c.direction {
+                    PatchDirection::FtIntoBase => gap_fb,
+                    PatchDirection::BaseIntoFt => gap_bf,
                 };
                 cells.push(CmapCell {
                     layer: s.layer,
-                    component: c.component.clone(),
-                    direction: c.direction.clone(),
+                    component: c.component,
+                    direction: c.direction,
                     recovery: recovery(c.kl, gap),
                     kl: c.kl / n,
                 });
@@ -132,20 +126,20 @@ impl Analysis for Cmap {
             l.dedup();
             l
         };
-        let cols: Vec<String> = DIRECTIONS
-            .iter()
-            .flat_map(|d| COMPONENTS.iter().map(move |k| format!("{d}: {k}")))
-            .collect();
+        let sites = || {
+            PatchDirection::ALL
+                .into_iter()
+                .flat_map(|d| Component::ALL.map(move |k| (d, k)))
+        };
+        let cols: Vec<String> = sites().map(|(d, k)| format!("{d}: {k}")).collect();
         let values: Vec<Vec<f64>> = layers
             .iter()
             .map(|&l| {
-                DIRECTIONS
-                    .iter()
-                    .flat_map(|d| COMPONENTS.iter().map(move |k| (d, k)))
+                sites()
                     .map(|(d, k)| {
                         c.cells
                             .iter()
-                            .find(|x| x.layer == l && x.direction == *d && x.component == *k)
+                            .find(|x| x.layer == l && x.direction == d && x.component == k)
                             .map_or(f64::NAN, |x| x.recovery)
                     })
                     .collect()

@@ -252,7 +252,7 @@ impl Analysis for Dictionaries {
             let nu = |low: bool| -> Vec<(f64, f64)> {
                 r.latents
                     .iter()
-                    .filter(|l| l.class == "ft_only")
+                    .filter(|l| l.class == neurodiff_protocol::LatentClass::FtOnly)
                     .filter_map(|l| Some((l.nu_eps?, l.nu_r?)))
                     .filter(|&(e, rr)| neurodiff_protocol::real_ft_only(e, rr) == low)
                     .collect()
@@ -392,7 +392,7 @@ impl Analysis for Dictionaries {
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.4}</td><td>{}</td>\
                  <td style=\"text-align:left\">{}</td><td style=\"text-align:left\">{}</td></tr>",
                 l.id,
-                escape(&l.class),
+                l.class,
                 num(l.delta_norm),
                 num(l.nu_eps),
                 num(l.nu_r),

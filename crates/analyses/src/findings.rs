@@ -48,7 +48,7 @@ pub fn findings(r: &AuditResults) -> Vec<Finding> {
         let top = act
             .layers
             .iter()
-            .filter(|l| l.hook == "hook_resid_post")
+            .filter(|l| l.hook == neurodiff_protocol::HookKind::ResidPost)
             .max_by(|x, y| x.mean_rel_diff.total_cmp(&y.mean_rel_diff));
         let first = act
             .layers
@@ -79,7 +79,10 @@ pub fn findings(r: &AuditResults) -> Vec<Finding> {
         out.push(traces(t, g));
     }
     if let Some(c) = &a.cmap {
-        let components = c.cells.iter().filter(|x| x.component != "resid_post");
+        let components = c
+            .cells
+            .iter()
+            .filter(|x| x.component != neurodiff_protocol::Component::ResidPost);
         if let Some(top) = components.max_by(|a, b| a.recovery.total_cmp(&b.recovery)) {
             let mut f = finding(
                 AnalysisKind::Cmap,

@@ -2,7 +2,7 @@
 //! words among the trace tokens, and whether CMAP and stitching put the change in the trained
 //! blocks. The embedded audit and the service grade in `assemble`; `neurodiff grade` re-grades
 //! a report on disk.
-use neurodiff_protocol::{Analyses, Grades, GroundTruth, TokenProb, TraceGrade};
+use neurodiff_protocol::{Analyses, Grades, GroundTruth, StitchDirection, TokenProb, TraceGrade};
 
 /// Whether a token names the ground truth's domain: its id is a domain word's token, or its
 /// text (trimmed, lower-cased) is a domain word, or a piece of one of at least 4 characters
@@ -78,7 +78,7 @@ pub fn grade(analyses: &Analyses, gt: &GroundTruth, n_layers: Option<usize>) -> 
         let top = c
             .cells
             .iter()
-            .filter(|c| c.component != "resid_post")
+            .filter(|c| c.component != neurodiff_protocol::Component::ResidPost)
             .max_by(|a, b| {
                 a.recovery
                     .total_cmp(&b.recovery)
@@ -92,7 +92,7 @@ pub fn grade(analyses: &Analyses, gt: &GroundTruth, n_layers: Option<usize>) -> 
     if let Some(s) = &analyses.stitching {
         let n = n_layers.unwrap_or_else(|| s.points.iter().map(|p| p.k).max().unwrap_or(0));
         let mut matches = true;
-        for dir in ["base_then_ft", "ft_then_base"] {
+        for dir in StitchDirection::ALL {
             let zero: Vec<usize> = s
                 .points
                 .iter()
@@ -104,13 +104,13 @@ pub fn grade(analyses: &Analyses, gt: &GroundTruth, n_layers: Option<usize>) -> 
                 // from the fine-tune) when k <= min(trained); for ft_then_base when k > max.
                 let expected: Vec<usize> = (0..=n)
                     .filter(|&k| match dir {
-                        "base_then_ft" => t.iter().all(|&b| b >= k),
-                        _ => t.iter().all(|&b| b < k),
+                        StitchDirection::BaseThenFt => t.iter().all(|&b| b >= k),
+                        StitchDirection::FtThenBase => t.iter().all(|&b| b < k),
                     })
                     .collect();
                 matches &= expected == zero;
             }
-            g.stitching_zero_kl.push((dir.to_string(), zero));
+            g.stitching_zero_kl.push((dir, zero));
         }
         g.stitching_matches = trained.map(|_| matches);
     }

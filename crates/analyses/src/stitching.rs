@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use neurodiff_protocol::{
-    Analyses, AnalysisKind, AuditResults, AuditSpec, ShardKey, ShardOutput, StitchPoint,
-    StitchingReport,
+    Analyses, AnalysisKind, AuditResults, AuditSpec, ShardKey, ShardOutput, StitchDirection,
+    StitchPoint, StitchingReport,
 };
 
 use crate::charts::{lines, Series};
@@ -15,9 +15,6 @@ use crate::{check_cover, corpus_shards, outputs_of, Analysis, AnalysisError, Fig
 
 #[derive(Debug)]
 pub struct Stitching;
-
-/// `base_then_ft`: blocks [0, k) from the base; `ft_then_base`: from the fine-tune.
-pub const DIRECTIONS: [&str; 2] = ["base_then_ft", "ft_then_base"];
 
 fn merge_err(message: String) -> AnalysisError {
     AnalysisError::Merge {
@@ -48,8 +45,8 @@ impl Analysis for Stitching {
         let mut ranges: Vec<(usize, usize)> = shards.iter().map(|s| (s.start, s.end)).collect();
         let n_samples = check_cover(self.kind(), &mut ranges)?;
         let (mut n_tokens, mut n_targets, mut nll_b, mut nll_f) = (0u64, 0u64, 0.0, 0.0);
-        let mut sums: BTreeMap<(String, usize), [f64; 3]> = BTreeMap::new();
-        let mut keys: Option<Vec<(String, usize)>> = None;
+        let mut sums: BTreeMap<(StitchDirection, usize), [f64; 3]> = BTreeMap::new();
+        let mut keys: Option<Vec<(StitchDirection, usize)>> = None;
         let mut shards = shards;
         shards.sort_by_key(|s| s.start);
         for s in &shards {
@@ -57,11 +54,8 @@ impl Analysis for Stitching {
             n_targets += s.n_targets;
             nll_b += s.nll_base;
             nll_f += s.nll_ft;
-            let these: Vec<(String, usize)> = s
-                .points
-                .iter()
-                .map(|p| (p.direction.clone(), p.k))
-                .collect();
+            let these: Vec<(StitchDirection, usize)> =
+                s.points.iter().map(|p| (p.direction, p.k)).collect();
             match &keys {
                 Some(k) if *k != these => {
                     return Err(merge_err("shards disagree on the splits".into()))
@@ -69,7 +63,7 @@ impl Analysis for Stitching {
                 _ => keys = Some(these),
             }
             for p in &s.points {
-                let e = sums.entry((p.direction.clone(), p.k)).or_default();
+                let e = sums.entry((p.direction, p.k)).or_default();
                 e[0] += p.kl_to_base;
                 e[1] += p.kl_to_ft;
                 e[2] += p.nll;
@@ -86,10 +80,8 @@ impl Analysis for Stitching {
                 loss: l / t,
             })
             .collect();
-        points.sort_by(|a, b| {
-            let d = |p: &StitchPoint| DIRECTIONS.iter().position(|x| *x == p.direction);
-            d(a).cmp(&d(b)).then(a.k.cmp(&b.k))
-        });
+        // Directions in declaration order, then splits (the map's order already).
+        points.sort_by_key(|p| (p.direction, p.k));
         into.stitching = Some(StitchingReport {
             n_samples,
             n_tokens,
@@ -104,7 +96,7 @@ impl Analysis for Stitching {
         let Some(s) = &results.analyses.stitching else {
             return Ok(Vec::new());
         };
-        let series = |dir: &str, label: &str, f: fn(&StitchPoint) -> f64| Series {
+        let series = |dir: StitchDirection, label: &str, f: fn(&StitchPoint) -> f64| Series {
             label: format!("{dir}: {label}"),
             points: s
                 .points
@@ -113,8 +105,8 @@ impl Analysis for Stitching {
                 .map(|p| (p.k as f64, f(p)))
                 .collect(),
         };
-        let kl: Vec<Series> = DIRECTIONS
-            .iter()
+        let kl: Vec<Series> = StitchDirection::ALL
+            .into_iter()
             .flat_map(|d| {
                 [
                     series(d, "KL to base", |p| p.kl_to_base),
@@ -122,8 +114,8 @@ impl Analysis for Stitching {
                 ]
             })
             .collect();
-        let loss: Vec<Series> = DIRECTIONS
-            .iter()
+        let loss: Vec<Series> = StitchDirection::ALL
+            .into_iter()
             .map(|d| series(d, "loss", |p| p.loss))
             .collect();
         Ok(vec![
@@ -170,8 +162,12 @@ impl Analysis for Stitching {
             if let Some(m) = g.stitching_matches {
                 let _ = write!(
                     out,
-                    "<p>Zero KL to the fine-tune at {:?}: {} the trained blocks {:?}.</p>",
-                    g.stitching_zero_kl,
+                    "<p>Zero KL to the fine-tune at {}: {} the trained blocks {:?}.</p>",
+                    g.stitching_zero_kl
+                        .iter()
+                        .map(|(d, ks)| format!("{d} k = {ks:?}"))
+                        .collect::<Vec<_>>()
+                        .join("; "),
                     if m {
                         "exactly the splits that take"
                     } else {

@@ -52,7 +52,8 @@ pub fn app(state: AppState) -> Router {
         .route("/scans/{id}/trigger", post(routes::scans::trigger))
         .route("/alerts", get(routes::alerts::list))
         .route("/alerts/{id}", get(routes::alerts::get))
-        .route("/alerts/{id}/ack", post(routes::alerts::ack));
+        .route("/alerts/{id}/ack", post(routes::alerts::ack))
+        .route("/vocabulary", get(routes::health::vocabulary));
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(routes::health::healthz))

@@ -12,14 +12,14 @@ use crate::routes::{alerts, audits, blocks, health, latents, results, scans};
         results::results, results::artifacts, results::artifact, results::query, blocks::query, latents::query,
         scans::create, scans::list, scans::get, scans::pause, scans::resume, scans::trigger,
         scans::delete, alerts::list, alerts::get, alerts::ack,
-        health::healthz, health::readyz,
+        health::healthz, health::readyz, health::vocabulary,
     ),
     components(schemas(
         audits::AuditRequest, audits::AuditView, audits::Progress, audits::AuditPage,
         results::ArtifactView, results::ArtifactList, results::ResultHitView, results::ResultPage,
         blocks::BlockHitView, blocks::BlockPage, latents::LatentHitView, latents::LatentPage,
         scans::ScanView, scans::RunView, scans::ScanList, neurodiff_protocol::scan::ScanRequest,
-        alerts::AlertView, alerts::DeliveryView, alerts::AlertList,
+        alerts::AlertView, alerts::DeliveryView, alerts::AlertList, neurodiff_protocol::Vocabulary,
     )),
     modifiers(&Bearer),
 )]

@@ -340,3 +340,49 @@ async fn openapi_and_metrics_are_served(pool: PgPool) {
     assert!(text.contains("neurodiff_queue_tasks"), "{text}");
     h.state.events.as_ref().unwrap().delete().await.unwrap();
 }
+
+#[sqlx::test(migrator = "neurodiff_store::MIGRATOR")]
+async fn the_vocabulary_lists_exactly_what_the_api_accepts(pool: PgPool) {
+    let h = harness(pool).await;
+    // No team is needed to learn the names.
+    let (status, vocab) = call(&h, "GET", "/v1/vocabulary", None, None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let list = |field: &str| -> Vec<String> {
+        vocab[field]
+            .as_array()
+            .unwrap_or_else(|| panic!("{field}: {vocab}"))
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(list("analyses").contains(&"logit-lens".to_string()));
+    assert!(list("block_sites").contains(&"output".to_string()));
+    assert_eq!(list("severities")[0], "info");
+    // Every listed filter is accepted, and a name outside the lists is refused naming the field.
+    for m in list("tensor_metrics") {
+        let path = format!("/v1/results?metric={m}");
+        let (status, body) = call(&h, "GET", &path, Some(&h.token_a), None, None).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+    }
+    for m in list("block_metrics") {
+        for site in list("block_sites") {
+            let path = format!("/v1/results/blocks?metric={m}&hook={site}");
+            let (status, body) = call(&h, "GET", &path, Some(&h.token_a), None, None).await;
+            assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        }
+    }
+    for s in list("alert_filters") {
+        let path = format!("/v1/alerts?state={s}");
+        let (status, body) = call(&h, "GET", &path, Some(&h.token_a), None, None).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+    }
+    for (path, field) in [
+        ("/v1/results/blocks?hook=hook_nope", "query `hook`"),
+        ("/v1/results/blocks?analysis=traces", "query `analysis`"),
+        ("/v1/alerts?state=closed", "query `state`"),
+    ] {
+        let (status, body) = call(&h, "GET", path, Some(&h.token_a), None, None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}");
+        assert!(body["error"].as_str().unwrap().contains(field), "{body}");
+    }
+}

@@ -16,12 +16,9 @@ document.addEventListener('securitypolicyviolation', (e) => window.__ndErrors.pu
 const TOKEN_KEY = 'neurodiff.token';
 const NEXT_KEY = 'neurodiff.next';
 const POLL_MS = 2000;
-const ANALYSES = ['weights', 'activations', 'logit-lens', 'traces', 'cmap', 'stitching', 'steering', 'crosscoder', 'sae-diff'];
-const STATUSES = ['queued', 'running', 'succeeded', 'failed', 'cancelled'];
-const TENSOR_METRICS = ['rel_fro', 'fro', 'cosine', 'max_abs', 'spectral', 'nuclear', 'stable_rank',
-  'effective_rank', 'rank_90', 'rank_99', 'numerical_rank', 'base_fro'];
-const BLOCK_METRICS = ['mean_rel_diff', 'mean_diff_norm', 'mean_cosine', 'kl_mean'];
-const HOOKS = ['hook_resid_pre', 'hook_attn_out', 'hook_resid_mid', 'hook_mlp_out', 'hook_resid_post', 'output'];
+// The fixed lists (analyses, statuses, metrics, hooks, severities) come from the API's
+// /v1/vocabulary before the first page renders, so the menus offer exactly what it accepts.
+let VOCAB = null;
 const PALETTE = ['#2563eb', '#dc2626', '#16a34a', '#d97706', '#7c3aed', '#0891b2', '#db2777', '#4b5563',
   '#65a30d', '#9333ea'];
 const RULE_EXAMPLE = [
@@ -384,6 +381,7 @@ async function render() {
   document.body.classList.toggle('logged-out', !token());
   document.querySelectorAll('#nav a').forEach((a) => a.classList.toggle('active', a.dataset.nav === nav));
   try {
+    if (!VOCAB) VOCAB = await api('GET', '/v1/vocabulary');
     await fn(ctx, main, ...m.slice(1).map(decode));
   } catch (e) {
     if (ctx.alive) fail(e);
@@ -434,7 +432,7 @@ async function pageAudits(ctx, main) {
   let next = null;
   const compare = el('button', { id: 'compare-btn', type: 'button', disabled: true }, 'Compare selected');
   const more = el('button', { id: 'more', type: 'button', class: 'secondary', hidden: true }, 'Load more');
-  const status = select('f-status', [['', 'any status'], ...STATUSES], '');
+  const status = select('f-status', [['', 'any status'], ...VOCAB.statuses], '');
   const search = input('f-search', { type: 'search', placeholder: 'search base / target / id', size: 32 });
   main.append(el('div', { class: 'toolbar' }, el('h1', {}, 'Audits'), el('span', { class: 'spacer' }),
     status, search, compare, el('a', { class: 'button', href: '#/submit' }, 'New audit')));
@@ -534,11 +532,11 @@ async function pageSubmit(ctx, main) {
   const chips = el('div', { class: 'chips' });
   const drawChips = () => {
     const on = new Set(analyses.value.split(/[\s,]+/).filter(Boolean));
-    chips.replaceChildren(...ANALYSES.map((a) => el('span', {
+    chips.replaceChildren(...VOCAB.analyses.map((a) => el('span', {
       class: on.has(a) ? 'chip on' : 'chip', role: 'button', tabindex: 0,
       onclick: () => {
         if (on.has(a)) on.delete(a); else on.add(a);
-        analyses.value = ANALYSES.filter((x) => on.has(x)).concat([...on].filter((x) => !ANALYSES.includes(x))).join(', ');
+        analyses.value = VOCAB.analyses.filter((x) => on.has(x)).concat([...on].filter((x) => !VOCAB.analyses.includes(x))).join(', ');
         drawChips();
       },
     }, a)));
@@ -1083,14 +1081,14 @@ async function pageCompare(ctx, main, a, b) {
 async function pageResults(ctx, main) {
   const numAttrs = { type: 'number', step: 'any' };
   const tForm = el('form', { id: 'results-form', class: 'card grid' },
-    field('metric', select('q-metric', TENSOR_METRICS, 'rel_fro')), field('model (exact reference)', input('q-model')),
+    field('metric', select('q-metric', VOCAB.tensor_metrics, 'rel_fro')), field('model (exact reference)', input('q-model')),
     field('block', input('q-layer', { type: 'number', min: 0 })), field('module', input('q-module', { placeholder: 'e.g. self_attn.q_proj' })),
     field('min value', input('q-min', numAttrs)), field('limit', input('q-limit', { type: 'number', min: 1, max: 1000, value: 100 })),
     el('div', {}, el('button', { id: 'q-submit', type: 'submit' }, 'Query tensors')));
   const bForm = el('form', { id: 'blocks-form', class: 'card grid' },
-    field('metric', select('b-metric', BLOCK_METRICS, 'mean_rel_diff')), field('model (exact reference)', input('b-model')),
+    field('metric', select('b-metric', VOCAB.block_metrics, 'mean_rel_diff')), field('model (exact reference)', input('b-model')),
     field('analysis', select('b-analysis', [['', 'any'], 'activations', 'logit-lens'], '')),
-    field('block', input('b-layer', { type: 'number', min: 0 })), field('hook', select('b-hook', [['', 'any'], ...HOOKS], '')),
+    field('block', input('b-layer', { type: 'number', min: 0 })), field('hook', select('b-hook', [['', 'any'], ...VOCAB.block_sites], '')),
     field('min value', input('b-min', numAttrs)), field('limit', input('b-limit', { type: 'number', min: 1, max: 1000, value: 100 })),
     el('div', {}, el('button', { id: 'b-submit', type: 'submit' }, 'Query blocks')));
   const lForm = el('form', { id: 'latents-form', class: 'card grid' },
@@ -1140,7 +1138,7 @@ async function pageResults(ctx, main) {
       bOut.replaceChildren(scroll(table([...common,
         { label: 'analysis', key: 'analysis' }, { label: 'block', key: 'layer', num: true }, { label: 'hook', key: 'hook', cls: 'mono' },
         { label: val('b-metric'), key: 'value', num: true },
-        ...BLOCK_METRICS.map((k) => ({ label: k, key: k, num: true })),
+        ...VOCAB.block_metrics.map((k) => ({ label: k, key: k, num: true })),
         { label: 'audit created', key: 'audit_created_at', cell: (h) => when(h.audit_created_at) },
       ], res.results, { id: 'blocks-table', empty: 'no matching blocks' })));
     } catch (e) { fail(e); }
@@ -1319,7 +1317,7 @@ async function pageScan(ctx, main, id) {
 function alertsTable(alerts, id) {
   return scroll(table([
     { label: 'created', key: 'created_at', cell: (a) => when(a.created_at) },
-    { label: 'severity', value: (a) => SEVERITY_RANK[a.severity] ?? 9, cell: (a) => badge('sev', a.severity) },
+    { label: 'severity', value: (a) => severityRank(a.severity), cell: (a) => badge('sev', a.severity) },
     { label: 'scan', key: 'scan_name', cell: (a) => el('a', { href: '#/scan/' + enc(a.scan_id) }, a.scan_name || short(a.scan_id)) },
     { label: 'rule', key: 'rule', cls: 'mono' },
     { label: 'observed', key: 'observed', num: true }, { label: 'threshold', key: 'threshold', num: true },
@@ -1334,7 +1332,11 @@ function alertsTable(alerts, id) {
     } }),
   }));
 }
-const SEVERITY_RANK = { critical: 0, high: 1, medium: 2, low: 3, info: 4 };
+/** Sorts the most severe first (the vocabulary lists severities least first); unknown last. */
+function severityRank(severity) {
+  const i = VOCAB.severities.indexOf(severity);
+  return i < 0 ? 9 : VOCAB.severities.length - 1 - i;
+}
 
 async function pageAlerts(ctx, main) {
   const state = select('alert-state', ['open', 'acknowledged', 'all'], 'open');

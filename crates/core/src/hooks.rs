@@ -11,34 +11,9 @@ use tch::Tensor;
 
 use crate::error::{CoreError, Result};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum HookKind {
-    ResidPre,
-    AttnOut,
-    ResidMid,
-    MlpOut,
-    ResidPost,
-}
-
-impl HookKind {
-    pub const ALL: [HookKind; 5] = [
-        HookKind::ResidPre,
-        HookKind::AttnOut,
-        HookKind::ResidMid,
-        HookKind::MlpOut,
-        HookKind::ResidPost,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HookKind::ResidPre => "hook_resid_pre",
-            HookKind::AttnOut => "hook_attn_out",
-            HookKind::ResidMid => "hook_resid_mid",
-            HookKind::MlpOut => "hook_mlp_out",
-            HookKind::ResidPost => "hook_resid_post",
-        }
-    }
-}
+/// The hook points of a block (one enum with the wire types, so results and queries name them
+/// alike).
+pub use neurodiff_protocol::HookKind;
 
 /// `blocks.{layer}.{kind}`; orders by layer, then by position inside the block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -74,12 +49,7 @@ impl FromStr for HookPoint {
             .split_once('.')
             .ok_or_else(|| bad("expected blocks.{layer}.hook_..."))?;
         let layer = layer.parse().map_err(|_| bad("layer is not a number"))?;
-        let kind = HookKind::ALL
-            .into_iter()
-            .find(|k| k.as_str() == kind)
-            .ok_or_else(|| {
-                bad("unknown hook; known: hook_resid_pre, hook_attn_out, hook_resid_mid, hook_mlp_out, hook_resid_post")
-            })?;
+        let kind = kind.parse::<HookKind>().map_err(|e| bad(&e.0))?;
         Ok(HookPoint { layer, kind })
     }
 }

@@ -315,7 +315,7 @@ fn classes(trainer: &Trainer, data: &Tensor) -> Classes {
     let mut counts = BTreeMap::new();
     for (j, dl) in delta.iter().enumerate() {
         if ev.fired[j] > 0 {
-            *counts.entry(class_of(*dl)).or_insert(0) += 1;
+            *counts.entry(class_of(*dl).as_str()).or_insert(0) += 1;
         }
     }
     (counts, delta, ev)
@@ -359,7 +359,7 @@ fn a_crosscoder_finds_planted_fine_tune_only_directions_and_none_in_a_control() 
     }
     // Shared latents: the base reconstructs them as much as the fine-tune does.
     let shared: Vec<f64> = (0..delta.len())
-        .filter(|&j| ev.fired[j] > 0 && class_of(delta[j]) == "shared")
+        .filter(|&j| ev.fired[j] > 0 && class_of(delta[j]).as_str() == "shared")
         .map(|j| nu_r[j])
         .collect();
     eprintln!("ν_r of shared latents: {shared:.3?}");

@@ -328,7 +328,7 @@ pub struct PositionSums {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DiffSums {
     pub layer: usize,
-    pub hook: String,
+    pub hook: crate::HookKind,
     pub n: u64,
     pub diff_norm: f64,
     pub rel_diff: f64,
@@ -344,7 +344,7 @@ pub struct DiffSums {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Example {
     pub layer: usize,
-    pub hook: String,
+    pub hook: crate::HookKind,
     /// The sample's index in the corpus and the token's position in it.
     pub sample: usize,
     pub position: usize,
@@ -385,7 +385,7 @@ pub struct ActivationsShard {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ActivationLayer {
     pub layer: usize,
-    pub hook: String,
+    pub hook: crate::HookKind,
     pub n_tokens: u64,
     /// Mean over non-pad tokens of ||h_ft - h_base||_2.
     pub mean_diff_norm: f64,

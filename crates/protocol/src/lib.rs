@@ -11,6 +11,8 @@ pub mod scan;
 pub mod spec;
 pub mod tier2;
 pub mod tier3;
+pub mod views;
+pub mod vocab;
 pub mod wire;
 
 pub use forward::*;
@@ -21,4 +23,8 @@ pub use results::*;
 pub use spec::*;
 pub use tier2::*;
 pub use tier3::*;
+pub use vocab::{
+    BlockMetric, BlockSite, Component, HookKind, LatentClass, PatchDirection, StitchDirection,
+    TensorMetric, UnknownName, Vocabulary,
+};
 pub use wire::{AuditRequest, AuditStatus, AuditView, Progress};

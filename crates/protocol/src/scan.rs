@@ -7,8 +7,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::spec::SpecError;
+use crate::spec::{AnalysisKind, SpecError};
 use crate::wire::AuditRequest;
+use crate::HookKind;
 
 /// Bounds on what one scan may ask for.
 pub const MAX_RULES: usize = 32;
@@ -18,25 +19,39 @@ pub const MAX_EVERY_S: u64 = 30 * 24 * 3600;
 /// The traces' tokens a `trace_tokens` rule reads at each position (the precision-at-20 cut).
 pub const TRACE_TOP: usize = 20;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    Info,
-    Low,
-    Medium,
-    High,
-    Critical,
+crate::vocab::named_enum! {
+    /// How much an alert matters, least first.
+    Severity, "severity" {
+        Info = "info",
+        Low = "low",
+        Medium = "medium",
+        High = "high",
+        Critical = "critical",
+    }
 }
 
-impl Severity {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Severity::Info => "info",
-            Severity::Low => "low",
-            Severity::Medium => "medium",
-            Severity::High => "high",
-            Severity::Critical => "critical",
-        }
+crate::vocab::named_enum! {
+    /// Where one checkpoint of a scan stands.
+    RunState, "run state" {
+        /// Its audit was started; the rules are evaluated when it ends.
+        Audited = "audited",
+        /// The first checkpoint of a scan whose base is the previous checkpoint: nothing to
+        /// compare it with, so it is only recorded.
+        Baseline = "baseline",
+        /// Its audit ended and the rules were evaluated on its results.
+        Evaluated = "evaluated",
+        /// It was refused or its audit failed: no base for the next checkpoint.
+        Failed = "failed",
+    }
+}
+
+crate::vocab::named_enum! {
+    /// Which alerts a listing shows.
+    AlertFilter, "alert state" {
+        /// Not acknowledged yet (the default).
+        Open = "open",
+        Acknowledged = "acknowledged",
+        All = "all",
     }
 }
 
@@ -128,10 +143,11 @@ pub struct Rule {
     pub module: Option<String>,
     /// Block rules: `activations` or `logit-lens`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub analysis: Option<String>,
-    /// Block rules: only this hook (`hook_resid_post`, `logits`).
+    pub analysis: Option<AnalysisKind>,
+    /// Block rules: only this hook (`hook_resid_post`, ...; the logit lens's output row counts
+    /// as `hook_resid_post`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hook: Option<String>,
+    pub hook: Option<HookKind>,
     /// Audit rules: an RFC 6901 pointer into results.json.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pointer: Option<String>,
@@ -200,10 +216,16 @@ impl Rule {
         {
             return Err(field(&at("tokens"), "each token 1 to 64 characters"));
         }
-        if let Some(a) = &self.analysis {
-            if !["activations", "logit-lens"].contains(&a.as_str()) {
+        if let Some(a) = self.analysis {
+            if ![AnalysisKind::Activations, AnalysisKind::LogitLens].contains(&a) {
                 return Err(field(&at("analysis"), "`activations` or `logit-lens`"));
             }
+        }
+        if let Some(Err(section)) = self.pointer_analysis() {
+            return Err(field(
+                &at("pointer"),
+                format!("`/analyses/{section}` is no analysis's section of results.json"),
+            ));
         }
         if self.and.len() > 8 {
             return Err(field(&at("and"), "at most 8 conditions"));
@@ -233,11 +255,7 @@ impl Rule {
     pub fn evaluate(&self, results: &Value) -> Observation {
         match self.scope {
             Scope::Tensor => self.rows(tensor_rows(results, self.module.as_deref())),
-            Scope::Block => self.rows(block_rows(
-                results,
-                self.analysis.as_deref(),
-                self.hook.as_deref(),
-            )),
+            Scope::Block => self.rows(block_rows(results, self.analysis, self.hook)),
             Scope::Audit => {
                 let pointer = self.pointer.as_deref().unwrap_or("");
                 let value = results.pointer(pointer).and_then(Value::as_f64);
@@ -261,22 +279,37 @@ impl Rule {
 
     /// The analyses whose results this rule reads, any one of which is enough (empty: none in
     /// particular, such as a pointer to `/grades`).
-    pub fn reads(&self) -> Vec<String> {
+    pub fn reads(&self) -> Vec<AnalysisKind> {
         match self.scope {
-            Scope::Tensor => vec!["weights".into()],
-            Scope::Block => match &self.analysis {
-                Some(a) => vec![a.clone()],
-                None => vec!["activations".into(), "logit-lens".into()],
+            Scope::Tensor => vec![AnalysisKind::Weights],
+            Scope::Block => match self.analysis {
+                Some(a) => vec![a],
+                None => vec![AnalysisKind::Activations, AnalysisKind::LogitLens],
             },
-            Scope::TraceTokens => vec!["traces".into()],
+            Scope::TraceTokens => vec![AnalysisKind::Traces],
             Scope::Audit | Scope::Rows => self
-                .pointer
-                .as_deref()
-                .and_then(|p| p.strip_prefix("/analyses/"))
-                .and_then(|p| p.split('/').next())
-                .map(|name| vec![name.replace('_', "-")])
-                .unwrap_or_default(),
+                .pointer_analysis()
+                .and_then(Result::ok)
+                .into_iter()
+                .collect(),
         }
+    }
+
+    /// The analysis a pointer into `/analyses/...` reads (its section's name, as results.json
+    /// spells it), or the name it gives that is no analysis's.
+    fn pointer_analysis(&self) -> Option<Result<AnalysisKind, String>> {
+        let section = self
+            .pointer
+            .as_deref()?
+            .strip_prefix("/analyses/")?
+            .split('/')
+            .next()?;
+        Some(
+            section
+                .replace('_', "-")
+                .parse::<AnalysisKind>()
+                .map_err(|_| section.to_string()),
+        )
     }
 
     fn rows(&self, rows: Vec<(String, &serde_json::Map<String, Value>)>) -> Observation {
@@ -466,14 +499,16 @@ fn pointed_rows<'a>(
 
 fn block_rows<'a>(
     results: &'a Value,
-    analysis: Option<&str>,
-    hook: Option<&str>,
+    analysis: Option<AnalysisKind>,
+    hook: Option<HookKind>,
 ) -> Vec<(String, &'a serde_json::Map<String, Value>)> {
     let mut out = Vec::new();
-    let mut take = |name: &str, rows: Vec<&'a Value>, default_hook: &str| {
-        if analysis.is_some_and(|a| a != name) {
+    let hook = hook.map(HookKind::as_str);
+    let mut take = |kind: AnalysisKind, rows: Vec<&'a Value>, default_hook: &str| {
+        if analysis.is_some_and(|a| a != kind) {
             return;
         }
+        let name = kind.as_str();
         for r in rows {
             let Some(row) = r.as_object() else { continue };
             let h = row
@@ -494,9 +529,9 @@ fn block_rows<'a>(
         .pointer("/analyses/activations/layers")
         .and_then(Value::as_array);
     take(
-        "activations",
+        AnalysisKind::Activations,
         activations.into_iter().flatten().collect(),
-        "hook_resid_post",
+        HookKind::ResidPost.as_str(),
     );
     let lens = results.pointer("/analyses/logit_lens");
     let mut lens_rows: Vec<&Value> = lens
@@ -506,7 +541,11 @@ fn block_rows<'a>(
         .flatten()
         .collect();
     lens_rows.extend(lens.and_then(|l| l.get("output")));
-    take("logit-lens", lens_rows, "hook_resid_post");
+    take(
+        AnalysisKind::LogitLens,
+        lens_rows,
+        HookKind::ResidPost.as_str(),
+    );
     out
 }
 
@@ -550,7 +589,7 @@ pub struct ScanRequest {
     /// `adapter`.
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
-    pub audit: Option<Value>,
+    pub audit: Option<AuditRequest>,
     #[serde(default)]
     pub every_s: Option<u64>,
     #[serde(default)]
@@ -669,18 +708,13 @@ impl ScanRequest {
         for (i, r) in self.rules.iter().enumerate() {
             // A rule on an analysis the audit does not run would observe nothing, for ever.
             let needs = r.reads();
-            if !needs.is_empty()
-                && !spec
-                    .analyses
-                    .iter()
-                    .any(|a| needs.iter().any(|n| n == a.as_str()))
-            {
+            if !needs.is_empty() && !spec.analyses.iter().any(|a| needs.contains(a)) {
                 return Err(field(
                     &format!("rules[{i}]"),
                     format!(
                         "`{}` reads the `{}` analysis, which the scan's audit does not run (add it to audit.analyses)",
                         r.name,
-                        needs.join("` or `")
+                        needs.iter().map(|a| a.as_str()).collect::<Vec<_>>().join("` or `")
                     ),
                 ));
             }
@@ -699,33 +733,32 @@ impl ScanRequest {
     }
 }
 
-/// The audit of checkpoint `target` against `base`, from a scan's template.
+/// The audit of checkpoint `target` against `base`, from a scan's template (the body of
+/// `POST /v1/audits` without the models, which the scan sets for each checkpoint).
 pub fn audit_request(
-    template: Option<&Value>,
+    template: Option<&AuditRequest>,
     kind: TargetKind,
     base: &str,
     target: &str,
 ) -> Result<AuditRequest, SpecError> {
-    let mut body = match template {
-        None | Some(Value::Null) => serde_json::Map::new(),
-        Some(Value::Object(m)) => m.clone(),
-        Some(_) => return Err(field("audit", "an object, as the body of POST /v1/audits")),
-    };
-    for key in ["base", "finetuned", "adapter"] {
-        if body.contains_key(key) {
-            return Err(field(
-                &format!("audit.{key}"),
-                "the scan sets it for each checkpoint",
-            ));
-        }
+    let mut request = template.cloned().unwrap_or_default();
+    let models = [
+        ("base", !request.base.is_empty()),
+        ("finetuned", request.finetuned.is_some()),
+        ("adapter", request.adapter.is_some()),
+    ];
+    if let Some((key, _)) = models.into_iter().find(|(_, set)| *set) {
+        return Err(field(
+            &format!("audit.{key}"),
+            "the scan sets it for each checkpoint",
+        ));
     }
-    body.insert("base".into(), Value::String(base.into()));
-    let key = match kind {
-        TargetKind::Checkpoint => "finetuned",
-        TargetKind::Adapter => "adapter",
-    };
-    body.insert(key.into(), Value::String(target.into()));
-    serde_json::from_value(Value::Object(body)).map_err(|e| field("audit", e.to_string()))
+    request.base = base.to_string();
+    match kind {
+        TargetKind::Checkpoint => request.finetuned = Some(target.to_string()),
+        TargetKind::Adapter => request.adapter = Some(target.to_string()),
+    }
+    Ok(request)
 }
 
 /// Whether an address is one a tenant's webhook must not reach: loopback, private, link-local,
@@ -1004,7 +1037,7 @@ mod tests {
         let now = Utc::now();
         assert!(s.next_after(now) > now);
         let mut bad = ok.clone();
-        bad.audit = Some(json!({"base": "/x"}));
+        bad.audit = Some(serde_json::from_value(json!({"base": "/x"})).unwrap());
         assert!(bad.validate().is_err());
         let mut bad = ok.clone();
         bad.cron = Some("not a cron".into());
@@ -1044,7 +1077,8 @@ mod tests {
             json!({"name": "t", "severity": "low", "scope": "trace_tokens", "tokens": ["planet"]}),
         )];
         assert!(refusal(&traces).contains("reads the `traces` analysis"));
-        traces.audit = Some(json!({"analyses": ["weights", "traces"]}));
+        traces.audit =
+            Some(serde_json::from_value(json!({"analyses": ["weights", "traces"]})).unwrap());
         assert!(traces.validate().is_ok());
         let mut pointer = ok.clone();
         pointer.rules = vec![rule(

@@ -110,6 +110,15 @@ impl std::str::FromStr for AnalysisKind {
     }
 }
 
+// What the database's `analysis` columns map through.
+impl TryFrom<String> for AnalysisKind {
+    type Error = SpecError;
+
+    fn try_from(s: String) -> Result<Self, SpecError> {
+        s.parse()
+    }
+}
+
 /// How an analysis splits into shards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ShardUnit {

@@ -448,8 +448,8 @@ pub struct TracesReport {
 /// KL sums of one patched site (in one direction) over a shard's tokens.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CmapSums {
-    pub component: String,
-    pub direction: String,
+    pub component: crate::Component,
+    pub direction: crate::PatchDirection,
     /// Σ KL(p_donor || p_patched)
     pub kl: f64,
 }
@@ -472,9 +472,9 @@ pub struct CmapShard {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CmapCell {
     pub layer: usize,
-    pub component: String,
+    pub component: crate::Component,
     /// `ft_into_base` (the base run with the fine-tune's activation) or `base_into_ft`.
-    pub direction: String,
+    pub direction: crate::PatchDirection,
     /// 1 − mean KL(p_donor || p_patched) / mean KL(p_donor || p_recipient)
     pub recovery: f64,
     pub kl: f64,
@@ -495,7 +495,7 @@ pub struct CmapReport {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StitchSums {
     pub k: usize,
-    pub direction: String,
+    pub direction: crate::StitchDirection,
     pub kl_to_base: f64,
     pub kl_to_ft: f64,
     /// Σ −log p(next token)
@@ -523,7 +523,7 @@ pub struct StitchShard {
 pub struct StitchPoint {
     pub k: usize,
     /// `base_then_ft`: blocks [0, k) from the base, the rest from the fine-tune.
-    pub direction: String,
+    pub direction: crate::StitchDirection,
     pub kl_to_base: f64,
     pub kl_to_ft: f64,
     /// Mean next-token cross-entropy (nats).
@@ -625,7 +625,7 @@ pub struct Grades {
     pub cmap_in_trained_blocks: Option<bool>,
     /// Splits whose stitched model has KL to the fine-tune of (numerically) zero, per direction,
     /// and whether those are exactly the splits that take every trained block from it.
-    pub stitching_zero_kl: Vec<(String, Vec<usize>)>,
+    pub stitching_zero_kl: Vec<(crate::StitchDirection, Vec<usize>)>,
     pub stitching_matches: Option<bool>,
     /// Mean domain-token mass of the base steered at the chosen α against unsteered.
     pub steering_domain_gain: Option<f64>,

@@ -210,7 +210,7 @@ pub struct LatentReport {
     /// `Δ_j` (crosscoders; absent for an SAE on differences).
     pub delta_norm: Option<f64>,
     /// `ft_only`, `base_only`, `shared` or `other` (crosscoders); `diff` for an SAE.
-    pub class: String,
+    pub class: crate::LatentClass,
     pub nu_eps: Option<f64>,
     pub nu_r: Option<f64>,
     /// Fraction of held-back tokens it fired on, and its largest activation there.
@@ -233,6 +233,7 @@ pub struct LatentReport {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DictionaryReport {
     pub layer: usize,
+    /// The hook point read, `blocks.{layer}.hook_resid_post`.
     pub hook: String,
     pub d_model: usize,
     pub dict_size: usize,
@@ -337,6 +338,7 @@ pub struct StoreManifest {
     pub base: String,
     pub target: crate::Target,
     pub layer: usize,
+    /// The hook point read, `blocks.{layer}.hook_resid_post`.
     pub hook: String,
     /// `["base", "finetuned"]`, or `["finetuned - base"]` for a store of differences.
     pub models: Vec<String>,

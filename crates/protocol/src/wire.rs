@@ -13,6 +13,8 @@ use crate::tier2::{CmapOptions, SteeringOptions, TraceOptions};
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuditRequest {
+    /// The base model (required; a scan's audit template leaves it out, the scan sets it).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub base: String,
     /// The fine-tuned checkpoint; give this or `adapter`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

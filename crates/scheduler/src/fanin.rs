@@ -6,7 +6,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use neurodiff_protocol::{AuditResults, PlanRecord, ShardOutput};
+use neurodiff_protocol::{AnalysisKind, AuditResults, BlockSite, PlanRecord, ShardOutput};
 use neurodiff_report::ReportFile;
 use neurodiff_store::{artifact_key, shard_result_key, ArtifactRow, Finishing, StoreError};
 
@@ -29,7 +29,7 @@ pub enum FanInError {
 async fn check_sizes(ctx: &SchedulerContext, f: &Finishing) -> Result<(), FanInError> {
     let mut total = 0u64;
     for (key, attempt) in &f.shards {
-        let object = shard_result_key(f.audit.id, &key.to_string(), *attempt);
+        let object = shard_result_key(f.audit.id, key, *attempt);
         let size = match ctx.blobs.head(&object).await {
             Ok(o) => o.size,
             Err(StoreError::NotFound { what }) => {
@@ -65,7 +65,7 @@ pub async fn finish(ctx: &SchedulerContext, f: Finishing) -> Result<bool, FanInE
     check_sizes(ctx, &f).await?;
     let mut shards = Vec::with_capacity(f.shards.len());
     for (key, attempt) in &f.shards {
-        let object = shard_result_key(audit, &key.to_string(), *attempt);
+        let object = shard_result_key(audit, key, *attempt);
         let bytes = match ctx.blobs.get(&object).await {
             Ok(b) => b,
             Err(StoreError::NotFound { what }) => {
@@ -170,16 +170,16 @@ pub async fn finish(ctx: &SchedulerContext, f: Finishing) -> Result<bool, FanInE
 pub fn latent_rows(results: &AuditResults) -> Vec<neurodiff_store::LatentRow> {
     let mut rows = Vec::new();
     for (analysis, section) in [
-        ("crosscoder", &results.analyses.crosscoder),
-        ("sae-diff", &results.analyses.sae_diff),
+        (AnalysisKind::Crosscoder, &results.analyses.crosscoder),
+        (AnalysisKind::SaeDiff, &results.analyses.sae_diff),
     ] {
         let Some(d) = section else { continue };
         for l in &d.latents {
             rows.push(neurodiff_store::LatentRow {
-                analysis: analysis.into(),
+                analysis,
                 layer: d.layer as i32,
                 latent: l.id as i32,
-                class: l.class.clone(),
+                class: l.class,
                 delta_norm: l.delta_norm,
                 nu_eps: l.nu_eps,
                 nu_r: l.nu_r,
@@ -199,9 +199,9 @@ pub fn block_rows(results: &AuditResults) -> Vec<neurodiff_store::BlockRow> {
     if let Some(a) = &results.analyses.activations {
         for l in &a.layers {
             rows.push(neurodiff_store::BlockRow {
-                analysis: "activations".into(),
+                analysis: AnalysisKind::Activations,
                 layer: Some(l.layer as i32),
-                hook: l.hook.clone(),
+                hook: l.hook.into(),
                 mean_diff_norm: Some(l.mean_diff_norm),
                 mean_rel_diff: Some(l.mean_rel_diff),
                 mean_cosine: Some(l.mean_cosine),
@@ -212,12 +212,12 @@ pub fn block_rows(results: &AuditResults) -> Vec<neurodiff_store::BlockRow> {
     if let Some(lens) = &results.analyses.logit_lens {
         for l in lens.layers.iter().chain([&lens.output]) {
             rows.push(neurodiff_store::BlockRow {
-                analysis: "logit-lens".into(),
+                analysis: AnalysisKind::LogitLens,
                 layer: l.layer.map(|i| i as i32),
                 hook: if l.layer.is_some() {
-                    "hook_resid_post".into()
+                    BlockSite::ResidPost
                 } else {
-                    "output".into()
+                    BlockSite::Output
                 },
                 mean_diff_norm: None,
                 mean_rel_diff: None,

@@ -5,7 +5,7 @@
 //! that was not lost after all runs twice at most, fenced by its attempt.
 use std::collections::HashSet;
 
-use neurodiff_protocol::{Envelope, Task};
+use neurodiff_protocol::{Envelope, ShardKey, Task};
 use neurodiff_store::StoreError;
 use uuid::Uuid;
 
@@ -23,23 +23,24 @@ pub async fn reap(ctx: &SchedulerContext) -> Result<usize, StoreError> {
     if enqueued.is_empty() {
         return Ok(0);
     }
-    let held: HashSet<(Uuid, Option<String>)> = ctx
+    let held: HashSet<(Uuid, Option<ShardKey>)> = ctx
         .tasks
         .outstanding::<Envelope>()
         .await?
         .into_iter()
         .map(|e| match e.task {
             Task::Plan { audit } => (audit, None),
-            Task::Shard { audit, spec } => (audit, Some(spec.shard.to_string())),
+            Task::Shard { audit, spec } => (audit, Some(spec.shard)),
         })
         .collect();
     let mut lost = 0;
     for (audit, shard) in enqueued {
-        if held.contains(&(audit, shard.clone())) {
+        if held.contains(&(audit, shard)) {
             continue;
         }
-        if ctx.db.requeue_lost(audit, shard.as_deref(), before).await? {
-            tracing::warn!(%audit, task = shard.as_deref().unwrap_or("plan"), "task lost from the queue; enqueued again");
+        if ctx.db.requeue_lost(audit, shard.as_ref(), before).await? {
+            let task = shard.map_or_else(|| "plan".to_string(), |k| k.to_string());
+            tracing::warn!(%audit, %task, "task lost from the queue; enqueued again");
             lost += 1;
         }
     }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use neurodiff_protocol::scan::{BaseMode, Observation, Schedule};
+use neurodiff_protocol::scan::{BaseMode, Observation, Schedule, Severity};
 use neurodiff_protocol::{AuditStatus, Event, Limits, ModelRef, ReferencePolicy, EVENTS_MAX_LEN};
 use neurodiff_store::{NewAlert, NewDelivery, PendingRun, Quota, RunOutcome, ScanRow, StoreError};
 use serde_json::{json, Value};
@@ -301,7 +301,7 @@ async fn poll(ctx: &SchedulerContext, scan: &ScanRow) -> Result<usize, StoreErro
                             message: format!("{}: not audited ({why})", found.location),
                             details: Vec::new(),
                         };
-                        let alert = new_alert(&subject, "audit_failed", "high", &o);
+                        let alert = new_alert(&subject, AUDIT_FAILED, Severity::High, &o);
                         ctx.db
                             .record_refused(scan, &found.id, &found.location, &why, &alert)
                             .await?;
@@ -417,11 +417,14 @@ fn webhook_body(run: &Subject, alert: &NewAlert, delivery: Uuid) -> String {
     .to_string()
 }
 
-fn new_alert(run: &Subject, rule: &str, severity: &str, o: &Observation) -> NewAlert {
+/// The rule name of the alert a refused or failed audit raises.
+const AUDIT_FAILED: &str = "audit_failed";
+
+fn new_alert(run: &Subject, rule: &str, severity: Severity, o: &Observation) -> NewAlert {
     let mut alert = NewAlert {
         id: Uuid::new_v4(),
         rule: rule.to_string(),
-        severity: severity.to_string(),
+        severity,
         observed: o.value,
         threshold: threshold(run.scan, rule),
         message: o.message.clone(),
@@ -483,12 +486,7 @@ async fn evaluate(ctx: &SchedulerContext, run: &PendingRun) -> Result<usize, Sto
                     let o = rule.evaluate(&results);
                     observed.insert(rule.name.clone(), json!(o.value));
                     if o.fired {
-                        alerts.push(new_alert(
-                            &Subject::of(run),
-                            &rule.name,
-                            rule.severity.as_str(),
-                            &o,
-                        ));
+                        alerts.push(new_alert(&Subject::of(run), &rule.name, rule.severity, &o));
                     }
                 }
                 let stored = ctx
@@ -518,7 +516,7 @@ async fn evaluate(ctx: &SchedulerContext, run: &PendingRun) -> Result<usize, Sto
         message: format!("{}: not audited ({failed})", run.location),
         details: Vec::new(),
     };
-    let alert = new_alert(&Subject::of(run), "audit_failed", "high", &o);
+    let alert = new_alert(&Subject::of(run), AUDIT_FAILED, Severity::High, &o);
     let stored = ctx
         .db
         .record_evaluation(run, &json!({}), Some(&failed), std::slice::from_ref(&alert))

@@ -7,7 +7,7 @@
 //! runs every `poll` anyway.
 use std::time::Duration;
 
-use neurodiff_protocol::{Envelope, ShardSpec, Task};
+use neurodiff_protocol::{Envelope, ShardKey, ShardSpec, Task};
 use neurodiff_store::{now_ms, Blobs, Db, Queue};
 use tokio::sync::watch;
 
@@ -172,7 +172,7 @@ pub async fn pass(ctx: &SchedulerContext) -> Result<Pass, neurodiff_store::Store
             };
             ctx.tasks.dead_letter(&d.id, env, &reason).await?;
             ctx.db
-                .fail_audit(env.task.audit(), shard_of(&env.task).as_deref(), &reason)
+                .fail_audit(env.task.audit(), stored_key(&env.task).as_deref(), &reason)
                 .await?;
             tracing::warn!(audit = %env.task.audit(), task = %env.task.label(), "dead-lettered");
             p.dead += 1;
@@ -198,7 +198,7 @@ pub async fn pass(ctx: &SchedulerContext) -> Result<Pass, neurodiff_store::Store
         ctx.db
             .fail_audit(
                 d.task.task.audit(),
-                shard_of(&d.task.task).as_deref(),
+                stored_key(&d.task.task).as_deref(),
                 &reason,
             )
             .await?;
@@ -221,9 +221,15 @@ pub async fn pass(ctx: &SchedulerContext) -> Result<Pass, neurodiff_store::Store
     Ok(p)
 }
 
-fn shard_of(task: &Task) -> Option<String> {
+fn shard_of(task: &Task) -> Option<ShardKey> {
     match task {
         Task::Plan { .. } => None,
-        Task::Shard { spec, .. } => Some(spec.shard.to_string()),
+        Task::Shard { spec, .. } => Some(spec.shard),
     }
+}
+
+/// The task's shard key as the shards table stores it (`fail_audit` also fails rows whose key
+/// this build cannot parse, so it takes the stored text).
+fn stored_key(task: &Task) -> Option<String> {
+    shard_of(task).map(|k| k.to_string())
 }

@@ -96,7 +96,7 @@ async fn a_task_whose_worker_goes_silent_is_retried_then_dead_lettered(pool: PgP
     ctx.db
         .note_shard_error(
             audit,
-            "layer-0003",
+            &ShardKey::Layer(3),
             "shard layer-0003: libtorch: CUDA out of memory",
         )
         .await
@@ -268,7 +268,7 @@ async fn a_fan_in_taken_over_records_its_audit_once(pool: PgPool) {
     });
     ctx.blobs
         .put(
-            &shard_result_key(audit, "layer-0000", attempt),
+            &shard_result_key(audit, &ShardKey::Layer(0), attempt),
             serde_json::to_vec(&result).unwrap().into(),
         )
         .await
@@ -392,10 +392,7 @@ async fn outputs_larger_than_the_fan_in_may_hold_fail_the_audit_naming_the_limit
         let bytes = serde_json::to_vec(&result).unwrap();
         assert!(bytes.len() > 32 << 10 && bytes.len() < 64 << 10);
         ctx.blobs
-            .put(
-                &shard_result_key(audit, &key.to_string(), attempt),
-                bytes.into(),
-            )
+            .put(&shard_result_key(audit, &key, attempt), bytes.into())
             .await
             .unwrap();
         ctx.db

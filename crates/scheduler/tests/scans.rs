@@ -89,7 +89,7 @@ async fn checkpoints_settle_refusals_alert_and_paused_scans_rest(pool: PgPool) {
     let recorded = runs(&ctx).await;
     assert_eq!(recorded.len(), 1, "{recorded:?}");
     // The base is outside what the team may read: a failed run and an alert, not silence.
-    assert_eq!(recorded[0].state, "failed", "{recorded:?}");
+    assert_eq!(recorded[0].state.as_str(), "failed", "{recorded:?}");
     let alerts = ctx
         .db
         .list_alerts(&team, Some(scan.id), None, 100)
@@ -97,7 +97,7 @@ async fn checkpoints_settle_refusals_alert_and_paused_scans_rest(pool: PgPool) {
         .unwrap();
     assert_eq!(alerts.len(), 1, "{alerts:?}");
     assert_eq!(alerts[0].rule, "audit_failed");
-    assert_eq!(alerts[0].severity, "high");
+    assert_eq!(alerts[0].severity.as_str(), "high");
     assert!(
         alerts[0].message.contains("refused"),
         "{}",

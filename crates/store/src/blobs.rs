@@ -18,10 +18,14 @@ pub fn artifact_key(audit: &str, shard: &str, name: &str) -> String {
 }
 
 /// The object key of a shard's raw result, written by the attempt that ran it.
-pub fn shard_result_key(audit: uuid::Uuid, shard: &str, attempt: i32) -> String {
+pub fn shard_result_key(
+    audit: uuid::Uuid,
+    shard: &neurodiff_protocol::ShardKey,
+    attempt: i32,
+) -> String {
     artifact_key(
         &audit.to_string(),
-        shard,
+        &shard.to_string(),
         &format!("attempt-{attempt}.json"),
     )
 }

@@ -1,20 +1,22 @@
 //! Per-latent rows of the dictionary analyses in PostgreSQL, and the team-wide query over them
 //! ("every fine-tune-only latent whose top tokens include X").
 use chrono::{DateTime, Utc};
-use sqlx::{Postgres, Row, Transaction};
+use neurodiff_protocol::{AnalysisKind, LatentClass};
+use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::{Db, Result, Team};
 
 /// One latent of one audit's dictionary.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct LatentRow {
     /// `crosscoder` or `sae-diff`.
-    pub analysis: String,
+    #[sqlx(try_from = "String")]
+    pub analysis: AnalysisKind,
     pub layer: i32,
     pub latent: i32,
-    /// `ft_only`, `base_only`, `shared`, `other`, or `diff` (an SAE's).
-    pub class: String,
+    #[sqlx(try_from = "String")]
+    pub class: LatentClass,
     pub delta_norm: Option<f64>,
     pub nu_eps: Option<f64>,
     pub nu_r: Option<f64>,
@@ -51,10 +53,10 @@ pub(crate) async fn insert(
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) ON CONFLICT DO NOTHING",
         )
         .bind(audit)
-        .bind(&l.analysis)
+        .bind(l.analysis.as_str())
         .bind(l.layer)
         .bind(l.latent)
-        .bind(&l.class)
+        .bind(l.class.as_str())
         .bind(l.delta_norm)
         .bind(l.nu_eps)
         .bind(l.nu_r)
@@ -73,8 +75,8 @@ pub(crate) async fn insert(
 /// A query over the team's latent rows.
 #[derive(Debug, Clone, Default)]
 pub struct LatentQuery {
-    pub analysis: Option<String>,
-    pub class: Option<String>,
+    pub analysis: Option<AnalysisKind>,
+    pub class: Option<LatentClass>,
     /// A token among the decoder lens's or the top examples' (matched by [`match_form`]).
     pub token: Option<String>,
     /// The base or fine-tuned reference, exactly as submitted.
@@ -87,19 +89,23 @@ pub struct LatentQuery {
 }
 
 /// One latent of one audit.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct LatentHit {
+    #[sqlx(rename = "audit_id")]
     pub audit: Uuid,
+    #[sqlx(rename = "base_ref")]
     pub base: String,
+    #[sqlx(rename = "target_ref")]
     pub target: String,
     pub audit_created_at: DateTime<Utc>,
+    #[sqlx(flatten)]
     pub latent: LatentRow,
 }
 
 impl Db {
     /// Latents across the team's succeeded audits, most frequent first.
     pub async fn query_latents(&self, team: &Team, q: &LatentQuery) -> Result<Vec<LatentHit>> {
-        let rows = sqlx::query(
+        let hits = sqlx::query_as::<_, LatentHit>(
             "SELECT l.*, a.base_ref, a.target_ref, a.created_at AS audit_created_at \
              FROM latent_results l JOIN audits a ON a.id = l.audit_id \
              WHERE a.team_id = $1 AND a.status = 'succeeded' \
@@ -112,8 +118,8 @@ impl Db {
              ORDER BY l.frequency DESC, a.created_at DESC, l.latent LIMIT $8",
         )
         .bind(team.id)
-        .bind(&q.analysis)
-        .bind(&q.class)
+        .bind(q.analysis.map(AnalysisKind::as_str))
+        .bind(q.class.map(LatentClass::as_str))
         .bind(q.token.as_deref().map(match_form))
         .bind(&q.model)
         .bind(q.max_nu_eps)
@@ -121,29 +127,6 @@ impl Db {
         .bind(q.limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(LatentHit {
-                    audit: r.try_get("audit_id")?,
-                    base: r.try_get("base_ref")?,
-                    target: r.try_get("target_ref")?,
-                    audit_created_at: r.try_get("audit_created_at")?,
-                    latent: LatentRow {
-                        analysis: r.try_get("analysis")?,
-                        layer: r.try_get("layer")?,
-                        latent: r.try_get("latent")?,
-                        class: r.try_get("class")?,
-                        delta_norm: r.try_get("delta_norm")?,
-                        nu_eps: r.try_get("nu_eps")?,
-                        nu_r: r.try_get("nu_r")?,
-                        frequency: r.try_get("frequency")?,
-                        max_activation: r.try_get("max_activation")?,
-                        top_tokens: r.try_get("top_tokens")?,
-                        example_tokens: r.try_get("example_tokens")?,
-                        domain_hit: r.try_get("domain_hit")?,
-                    },
-                })
-            })
-            .collect()
+        Ok(hits)
     }
 }

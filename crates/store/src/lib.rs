@@ -12,7 +12,7 @@ pub mod tokens;
 pub use blobs::{artifact_key, shard_result_key, Blobs, ListedObject, StoredObject};
 pub use latents::{LatentHit, LatentQuery, LatentRow};
 pub use pg::{Admission, AuditFilter, AuditRow, Db, FanIn, Quota, Team, MIGRATOR};
-pub use query::{BlockHit, BlockQuery, ResultHit, ResultQuery, BLOCK_METRICS, QUERY_METRICS};
+pub use query::{BlockHit, BlockQuery, ResultHit, ResultQuery};
 pub use queue::{now_ms, Delivery, Queue, QueueStats, Reclaimed};
 pub use scans::{
     AlertRow, DeliveryOutcome, DeliveryRow, DueDelivery, NewAlert, NewDelivery, PendingRun,

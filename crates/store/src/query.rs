@@ -1,33 +1,16 @@
 //! The team-wide result query: tensors across every audit of a team, filtered by model, layer
 //! and a lower bound on one metric, largest first.
 use chrono::{DateTime, Utc};
-use neurodiff_protocol::TensorMetrics;
+use neurodiff_protocol::{AnalysisKind, BlockMetric, BlockSite, TensorMetric, TensorMetrics};
 use sqlx::Row;
 use uuid::Uuid;
 
 use crate::pg::{tensor_from_row, Db};
-use crate::{Result, StoreError, Team};
-
-/// The metrics `GET /v1/results?metric=` accepts: the numeric columns of tensor_results.
-pub const QUERY_METRICS: [&str; 12] = [
-    "rel_fro",
-    "fro",
-    "cosine",
-    "max_abs",
-    "spectral",
-    "nuclear",
-    "stable_rank",
-    "effective_rank",
-    "rank_90",
-    "rank_99",
-    "numerical_rank",
-    "base_fro",
-];
+use crate::{Result, Team};
 
 #[derive(Debug, Clone)]
 pub struct ResultQuery {
-    /// One of [`QUERY_METRICS`].
-    pub metric: String,
+    pub metric: TensorMetric,
     /// Matches the base or the fine-tuned reference exactly.
     pub model: Option<String>,
     pub layer: Option<i32>,
@@ -49,11 +32,8 @@ pub struct ResultHit {
 
 impl Db {
     pub async fn query_results(&self, team: &Team, q: &ResultQuery) -> Result<Vec<ResultHit>> {
-        // The column name is interpolated, so it must be one of a fixed list.
-        let metric = QUERY_METRICS
-            .iter()
-            .find(|m| **m == q.metric)
-            .ok_or_else(|| StoreError::Invalid(format!("metric `{}`", q.metric)))?;
+        // The column name is interpolated: the enum's own spelling, never text from a request.
+        let metric = q.metric.as_str();
         let rows = sqlx::query(&format!(
             "SELECT t.*, t.{metric}::double precision AS metric_value, a.base_ref, a.target_ref, \
              a.created_at AS audit_created_at FROM tensor_results t JOIN audits a ON a.id = t.audit_id \
@@ -87,31 +67,32 @@ impl Db {
     }
 }
 
-/// The metrics `GET /v1/results/blocks?metric=` accepts: the numeric columns of block_results.
-pub const BLOCK_METRICS: [&str; 4] = ["mean_rel_diff", "mean_diff_norm", "mean_cosine", "kl_mean"];
-
 #[derive(Debug, Clone)]
 pub struct BlockQuery {
-    /// One of [`BLOCK_METRICS`].
-    pub metric: String,
+    pub metric: BlockMetric,
     pub model: Option<String>,
     /// `activations` or `logit-lens`.
-    pub analysis: Option<String>,
+    pub analysis: Option<AnalysisKind>,
     pub layer: Option<i32>,
-    /// A hook name, or `output` (the logit lens at the logits).
-    pub hook: Option<String>,
+    /// A hook, or the output (the logit lens at the logits).
+    pub hook: Option<BlockSite>,
     pub min: Option<f64>,
     pub limit: i64,
 }
 
 /// One block of one audit.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct BlockHit {
+    #[sqlx(rename = "audit_id")]
     pub audit: Uuid,
+    #[sqlx(rename = "base_ref")]
     pub base: String,
+    #[sqlx(rename = "target_ref")]
     pub target: String,
     pub audit_created_at: DateTime<Utc>,
+    #[sqlx(rename = "metric_value")]
     pub value: f64,
+    #[sqlx(flatten)]
     pub block: crate::BlockRow,
 }
 
@@ -119,11 +100,9 @@ impl Db {
     /// Per-block metrics of the corpus analyses across the team's succeeded audits, largest
     /// first (rows without the metric, such as KL on an activation row, are left out).
     pub async fn query_blocks(&self, team: &Team, q: &BlockQuery) -> Result<Vec<BlockHit>> {
-        let metric = BLOCK_METRICS
-            .iter()
-            .find(|m| **m == q.metric)
-            .ok_or_else(|| StoreError::Invalid(format!("metric `{}`", q.metric)))?;
-        let rows = sqlx::query(&format!(
+        // A column name from the enum's own spelling: never text from the request.
+        let metric = q.metric.as_str();
+        let hits = sqlx::query_as::<_, BlockHit>(&format!(
             "SELECT b.*, b.{metric} AS metric_value, a.base_ref, a.target_ref, \
              a.created_at AS audit_created_at FROM block_results b JOIN audits a ON a.id = b.audit_id \
              WHERE a.team_id = $1 AND a.status = 'succeeded' AND b.{metric} IS NOT NULL \
@@ -136,32 +115,13 @@ impl Db {
         ))
         .bind(team.id)
         .bind(&q.model)
-        .bind(&q.analysis)
+        .bind(q.analysis.map(AnalysisKind::as_str))
         .bind(q.layer)
-        .bind(&q.hook)
+        .bind(q.hook.map(BlockSite::as_str))
         .bind(q.min)
         .bind(q.limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(BlockHit {
-                    audit: r.try_get("audit_id")?,
-                    base: r.try_get("base_ref")?,
-                    target: r.try_get("target_ref")?,
-                    audit_created_at: r.try_get("audit_created_at")?,
-                    value: r.try_get("metric_value")?,
-                    block: crate::BlockRow {
-                        analysis: r.try_get("analysis")?,
-                        layer: r.try_get("layer")?,
-                        hook: r.try_get("hook")?,
-                        mean_diff_norm: r.try_get("mean_diff_norm")?,
-                        mean_rel_diff: r.try_get("mean_rel_diff")?,
-                        mean_cosine: r.try_get("mean_cosine")?,
-                        kl_mean: r.try_get("kl_mean")?,
-                    },
-                })
-            })
-            .collect()
+        Ok(hits)
     }
 }

@@ -2,7 +2,7 @@
 //! on one transaction: a run row unique per (scan, checkpoint content) and the audit it starts
 //! are committed together, or neither is.
 use chrono::{DateTime, Utc};
-use neurodiff_protocol::scan::ScanRequest;
+use neurodiff_protocol::scan::{RunState, ScanRequest, Severity};
 use neurodiff_protocol::{AuditSpec, AuditStatus};
 use serde_json::Value;
 use sqlx::Row;
@@ -33,7 +33,7 @@ pub struct RunRow {
     pub base_ref: Option<String>,
     pub audit_id: Option<Uuid>,
     pub audit_status: Option<AuditStatus>,
-    pub state: String,
+    pub state: RunState,
     pub observed: Value,
     pub error: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -68,7 +68,7 @@ pub struct PendingRun {
 pub struct NewAlert {
     pub id: Uuid,
     pub rule: String,
-    pub severity: String,
+    pub severity: Severity,
     pub observed: Option<f64>,
     pub threshold: Option<f64>,
     pub message: String,
@@ -94,7 +94,7 @@ pub struct DeliveryRow {
     pub last_error: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct AlertRow {
     pub id: Uuid,
     pub scan_id: Uuid,
@@ -103,13 +103,16 @@ pub struct AlertRow {
     pub checkpoint_id: String,
     pub location: String,
     pub rule: String,
-    pub severity: String,
+    #[sqlx(try_from = "String")]
+    pub severity: Severity,
     pub observed: Option<f64>,
     pub threshold: Option<f64>,
     pub message: String,
     pub details: Value,
     pub created_at: DateTime<Utc>,
     pub acknowledged_at: Option<DateTime<Utc>>,
+    /// Filled by a second query.
+    #[sqlx(skip)]
     pub deliveries: Vec<DeliveryRow>,
 }
 
@@ -298,7 +301,7 @@ impl Db {
                     base_ref: row.try_get("base_ref")?,
                     audit_id: row.try_get("audit_id")?,
                     audit_status: status.as_deref().map(parse_status).transpose()?,
-                    state: row.try_get("state")?,
+                    state: stored_state(row.try_get("state")?)?,
                     observed: row.try_get("observed")?,
                     error: row.try_get("error")?,
                     created_at: row.try_get("created_at")?,
@@ -363,8 +366,7 @@ impl Db {
         for r in rows {
             ids.push(r.try_get("checkpoint_id")?);
             // A checkpoint that was refused or failed its audit is no base for the next.
-            let state: String = r.try_get("state")?;
-            if state != "failed" {
+            if stored_state(r.try_get("state")?)? != RunState::Failed {
                 last = Some(r.try_get("location")?);
             }
         }
@@ -392,7 +394,12 @@ impl Db {
         .bind(checkpoint_id)
         .bind(location)
         .bind(base)
-        .bind(if spec.is_some() { "audited" } else { "baseline" })
+        .bind(if spec.is_some() {
+            RunState::Audited
+        } else {
+            RunState::Baseline
+        }
+        .as_str())
         .fetch_optional(&mut *tx)
         .await?;
         let Some(run) = run else {
@@ -502,11 +509,14 @@ impl Db {
              WHERE id = $1 AND state = 'audited'",
         )
         .bind(run.run_id)
-        .bind(if error.is_some() {
-            "failed"
-        } else {
-            "evaluated"
-        })
+        .bind(
+            if error.is_some() {
+                RunState::Failed
+            } else {
+                RunState::Evaluated
+            }
+            .as_str(),
+        )
         .bind(observed)
         .bind(error)
         .execute(&mut *tx)
@@ -606,7 +616,7 @@ impl Db {
         id: Option<Uuid>,
         limit: i64,
     ) -> Result<Vec<AlertRow>> {
-        let rows = sqlx::query(
+        let mut out = sqlx::query_as::<_, AlertRow>(
             "SELECT a.id, a.scan_id, s.name AS scan_name, a.audit_id, r.checkpoint_id, r.location, a.rule, \
              a.severity, a.observed, a.threshold, a.message, a.details, a.created_at, a.acknowledged_at \
              FROM alerts a JOIN scans s ON s.id = a.scan_id JOIN scan_runs r ON r.id = a.run_id \
@@ -622,27 +632,6 @@ impl Db {
         .bind(id)
         .fetch_all(&self.pool)
         .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in rows {
-            let id: Uuid = r.try_get("id")?;
-            out.push(AlertRow {
-                id,
-                scan_id: r.try_get("scan_id")?,
-                scan_name: r.try_get("scan_name")?,
-                audit_id: r.try_get("audit_id")?,
-                checkpoint_id: r.try_get("checkpoint_id")?,
-                location: r.try_get("location")?,
-                rule: r.try_get("rule")?,
-                severity: r.try_get("severity")?,
-                observed: r.try_get("observed")?,
-                threshold: r.try_get("threshold")?,
-                message: r.try_get("message")?,
-                details: r.try_get("details")?,
-                created_at: r.try_get("created_at")?,
-                acknowledged_at: r.try_get("acknowledged_at")?,
-                deliveries: Vec::new(),
-            });
-        }
         // Every listed alert's deliveries in one query.
         let ids: Vec<Uuid> = out.iter().map(|a| a.id).collect();
         let rows = sqlx::query(
@@ -717,7 +706,7 @@ async fn insert_alerts(
             .bind(run)
             .bind(audit)
             .bind(&a.rule)
-            .bind(&a.severity)
+            .bind(a.severity.as_str())
             .bind(a.observed)
             .bind(a.threshold)
             .bind(&a.message)
@@ -788,4 +777,11 @@ impl Db {
         }
         Ok(())
     }
+}
+
+/// A run's state as stored (the table's CHECK admits only these).
+fn stored_state(s: String) -> Result<RunState> {
+    s.parse().map_err(|e: neurodiff_protocol::UnknownName| {
+        StoreError::Invalid(format!("stored run: {e}"))
+    })
 }

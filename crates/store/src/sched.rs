@@ -1,7 +1,7 @@
 //! The scheduler's and workers' side of PostgreSQL: what still has to be enqueued, failures,
 //! the fan-in claim, finished audits and their artifacts. Every transition is guarded by the
 //! status it leaves, so a cancelled or finished audit is never moved again.
-use neurodiff_protocol::{AuditSpec, ShardKey};
+use neurodiff_protocol::{AnalysisKind, AuditSpec, BlockSite, ShardKey};
 use sqlx::Row;
 use uuid::Uuid;
 
@@ -27,14 +27,16 @@ pub struct UnreadableShard {
 }
 
 /// One block's metrics of a corpus analysis, as the block_results table records them.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct BlockRow {
     /// `activations` or `logit-lens`.
-    pub analysis: String,
+    #[sqlx(try_from = "String")]
+    pub analysis: AnalysisKind,
     /// The block; absent for the logit lens's output row.
     pub layer: Option<i32>,
     /// The hook (`hook_resid_post`, ...), or `output`.
-    pub hook: String,
+    #[sqlx(try_from = "String")]
+    pub hook: BlockSite,
     pub mean_diff_norm: Option<f64>,
     pub mean_rel_diff: Option<f64>,
     pub mean_cosine: Option<f64>,
@@ -157,7 +159,7 @@ impl Db {
     pub async fn enqueued_unfinished(
         &self,
         settled_s: f64,
-    ) -> Result<(chrono::DateTime<chrono::Utc>, Vec<(Uuid, Option<String>)>)> {
+    ) -> Result<(chrono::DateTime<chrono::Utc>, Vec<(Uuid, Option<ShardKey>)>)> {
         let at: chrono::DateTime<chrono::Utc> =
             sqlx::query_scalar("SELECT now() - make_interval(secs => $1)")
                 .bind(settled_s)
@@ -174,10 +176,16 @@ impl Db {
         .bind(at)
         .fetch_all(&self.pool)
         .await?;
-        let work = rows
-            .iter()
-            .map(|r| Ok((r.try_get("audit_id")?, r.try_get("shard_key")?)))
-            .collect::<Result<_>>()?;
+        let mut work = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let key: Option<String> = r.try_get("shard_key")?;
+            // A key this build cannot read was enqueued by another version, which reaps it.
+            match key.as_deref().map(parse_shard_key) {
+                None => work.push((r.try_get("audit_id")?, None)),
+                Some(Ok(key)) => work.push((r.try_get("audit_id")?, Some(key))),
+                Some(Err(_)) => {}
+            }
+        }
         Ok((at, work))
     }
 
@@ -187,7 +195,7 @@ impl Db {
     pub async fn requeue_lost(
         &self,
         audit: Uuid,
-        shard_key: Option<&str>,
+        shard_key: Option<&ShardKey>,
         before: chrono::DateTime<chrono::Utc>,
     ) -> Result<bool> {
         let done = match shard_key {
@@ -203,7 +211,7 @@ impl Db {
                  AND status IN ('queued', 'running') AND enqueued_at < $3",
             )
             .bind(audit)
-            .bind(key)
+            .bind(key.to_string())
             .bind(before)
             .execute(&self.pool)
             .await?,
@@ -242,7 +250,7 @@ impl Db {
     pub async fn fail_shard(
         &self,
         audit: Uuid,
-        shard_key: &str,
+        shard_key: &ShardKey,
         attempt: i32,
         reason: &str,
     ) -> Result<bool> {
@@ -255,7 +263,7 @@ impl Db {
              WHERE audit_id = $1 AND shard_key = $2 AND attempt = $3 AND status = 'running' RETURNING attempt",
         )
         .bind(audit)
-        .bind(shard_key)
+        .bind(shard_key.to_string())
         .bind(attempt)
         .bind(reason)
         .fetch_optional(&mut *tx)
@@ -270,12 +278,17 @@ impl Db {
 
     /// Notes why a shard's attempt will be retried (out of memory, out of disk), for the
     /// reason its audit gives if it is dead-lettered.
-    pub async fn note_shard_error(&self, audit: Uuid, shard_key: &str, error: &str) -> Result<()> {
+    pub async fn note_shard_error(
+        &self,
+        audit: Uuid,
+        shard_key: &ShardKey,
+        error: &str,
+    ) -> Result<()> {
         sqlx::query(
             "UPDATE shards SET error = $3 WHERE audit_id = $1 AND shard_key = $2 AND status IN ('queued', 'running')",
         )
         .bind(audit)
-        .bind(shard_key)
+        .bind(shard_key.to_string())
         .bind(error)
         .execute(&self.pool)
         .await?;
@@ -283,11 +296,11 @@ impl Db {
     }
 
     /// The last error noted on a shard, if any.
-    pub async fn shard_error(&self, audit: Uuid, shard_key: &str) -> Result<Option<String>> {
+    pub async fn shard_error(&self, audit: Uuid, shard_key: &ShardKey) -> Result<Option<String>> {
         Ok(
             sqlx::query_scalar("SELECT error FROM shards WHERE audit_id = $1 AND shard_key = $2")
                 .bind(audit)
-                .bind(shard_key)
+                .bind(shard_key.to_string())
                 .fetch_optional(&self.pool)
                 .await?
                 .flatten(),
@@ -440,9 +453,9 @@ impl Db {
                  mean_cosine, kl_mean) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
             )
             .bind(audit)
-            .bind(&b.analysis)
+            .bind(b.analysis.as_str())
             .bind(b.layer)
-            .bind(&b.hook)
+            .bind(b.hook.as_str())
             .bind(b.mean_diff_norm)
             .bind(b.mean_rel_diff)
             .bind(b.mean_cosine)

@@ -245,7 +245,7 @@ async fn a_stale_attempt_cannot_fail_the_audit_and_totals_count_rows(pool: PgPoo
         .await
         .unwrap();
     assert!(!db
-        .fail_shard(audit.id, "layer-0000", stale, "stale worker's error")
+        .fail_shard(audit.id, &ShardKey::Layer(0), stale, "stale worker's error")
         .await
         .unwrap());
     assert_eq!(
@@ -253,7 +253,7 @@ async fn a_stale_attempt_cannot_fail_the_audit_and_totals_count_rows(pool: PgPoo
         AuditStatus::Running
     );
     assert!(db
-        .fail_shard(audit.id, "layer-0000", current, "real error")
+        .fail_shard(audit.id, &ShardKey::Layer(0), current, "real error")
         .await
         .unwrap());
     let row = db.get_audit(&team, audit.id).await.unwrap();

@@ -13,7 +13,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use neurodiff_core::CoreError;
 use neurodiff_protocol::limits::MAX_SHARD_OUTPUT_BYTES;
-use neurodiff_protocol::{Envelope, Event, PlanRecord, ShardSpec, Target, Task, EVENTS_MAX_LEN};
+use neurodiff_protocol::{
+    Envelope, Event, PlanRecord, ShardKey, ShardSpec, Target, Task, EVENTS_MAX_LEN,
+};
 use neurodiff_store::{shard_result_key, Blobs, Db, Delivery, Queue, StoreError};
 use tch::Device;
 use tokio::sync::watch;
@@ -214,7 +216,7 @@ async fn handle(
                     Task::Plan { audit } => fail_planning(ctx, *audit, &reason).await,
                     Task::Shard { audit, spec } => {
                         let n = attempt.load(Ordering::SeqCst);
-                        fail_shard(ctx, *audit, &spec.shard.to_string(), n, &reason).await
+                        fail_shard(ctx, *audit, &spec.shard, n, &reason).await
                     }
                 }
             }
@@ -256,7 +258,7 @@ pub(crate) async fn fail_planning(
 async fn fail_shard(
     ctx: &WorkerContext,
     audit: Uuid,
-    shard: &str,
+    shard: &ShardKey,
     attempt: i32,
     reason: &str,
 ) -> Result<Outcome, Transient> {
@@ -289,7 +291,7 @@ async fn shard(
     lease: &Lease,
     attempt_slot: &AtomicI32,
 ) -> Result<Outcome, Transient> {
-    let key = spec.shard.to_string();
+    let key = spec.shard;
     // Stream entry ids start with the millisecond they were added at.
     let waited = entry
         .split_once('-')

@@ -129,7 +129,7 @@ fn stitching_and_cmap_find_the_trained_blocks() {
     for cell in c
         .cells
         .iter()
-        .filter(|c| c.component != "resid_post" && c.layer >= 3)
+        .filter(|c| c.component.as_str() != "resid_post" && c.layer >= 3)
     {
         eprintln!("{cell:?}");
     }

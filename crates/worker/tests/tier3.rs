@@ -226,7 +226,7 @@ fn an_sae_on_differences_reads_the_fine_tune() {
         "FVE of the difference {:?}",
         sae.fve_ft
     );
-    assert!(sae.latents.iter().all(|l| l.class == "diff"));
+    assert!(sae.latents.iter().all(|l| l.class.as_str() == "diff"));
     let hits = sae
         .latents
         .iter()

@@ -1,87 +1,45 @@
 //! `/v1/alerts`: what the team's scans raised, with each webhook delivery's state; acknowledge.
 use axum::extract::{Path, Query, State};
 use axum::Json;
-use chrono::{DateTime, Utc};
+use neurodiff_protocol::scan::AlertFilter;
 use neurodiff_store::{AlertRow, DeliveryRow};
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use uuid::Uuid;
+use serde::Deserialize;
 
 use crate::auth::AuthTeam;
 use crate::error::ApiError;
 use crate::routes::scans::parse_uuid;
 use crate::state::AppState;
+pub use neurodiff_protocol::views::{AlertList, AlertView, DeliveryView};
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct DeliveryView {
-    /// The `NeuroDiff-Delivery` header: the same on every retry.
-    pub id: Uuid,
-    pub attempts: i32,
-    pub next_attempt_at: DateTime<Utc>,
-    pub delivered_at: Option<DateTime<Utc>>,
-    pub gave_up_at: Option<DateTime<Utc>>,
-    pub last_status: Option<i32>,
-    pub last_error: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct AlertView {
-    pub id: Uuid,
-    pub scan_id: Uuid,
-    pub scan_name: String,
-    pub audit_id: Option<Uuid>,
-    pub checkpoint_id: String,
-    pub location: String,
-    pub rule: String,
-    pub severity: String,
-    pub observed: Option<f64>,
-    pub threshold: Option<f64>,
-    pub message: String,
-    #[schema(value_type = Vec<String>)]
-    pub details: Value,
-    pub created_at: DateTime<Utc>,
-    pub acknowledged_at: Option<DateTime<Utc>>,
-    pub deliveries: Vec<DeliveryView>,
-}
-
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct AlertList {
-    pub alerts: Vec<AlertView>,
-}
-
-impl From<DeliveryRow> for DeliveryView {
-    fn from(d: DeliveryRow) -> Self {
-        DeliveryView {
-            id: d.id,
-            attempts: d.attempts,
-            next_attempt_at: d.next_attempt_at,
-            delivered_at: d.delivered_at,
-            gave_up_at: d.gave_up_at,
-            last_status: d.last_status,
-            last_error: d.last_error,
-        }
+fn delivery_view(d: DeliveryRow) -> DeliveryView {
+    DeliveryView {
+        id: d.id,
+        attempts: d.attempts,
+        next_attempt_at: d.next_attempt_at,
+        delivered_at: d.delivered_at,
+        gave_up_at: d.gave_up_at,
+        last_status: d.last_status,
+        last_error: d.last_error,
     }
 }
 
-impl From<AlertRow> for AlertView {
-    fn from(a: AlertRow) -> Self {
-        AlertView {
-            id: a.id,
-            scan_id: a.scan_id,
-            scan_name: a.scan_name,
-            audit_id: a.audit_id,
-            checkpoint_id: a.checkpoint_id,
-            location: a.location,
-            rule: a.rule,
-            severity: a.severity,
-            observed: a.observed,
-            threshold: a.threshold,
-            message: a.message,
-            details: a.details,
-            created_at: a.created_at,
-            acknowledged_at: a.acknowledged_at,
-            deliveries: a.deliveries.into_iter().map(DeliveryView::from).collect(),
-        }
+fn alert_view(a: AlertRow) -> AlertView {
+    AlertView {
+        id: a.id,
+        scan_id: a.scan_id,
+        scan_name: a.scan_name,
+        audit_id: a.audit_id,
+        checkpoint_id: a.checkpoint_id,
+        location: a.location,
+        rule: a.rule,
+        severity: a.severity,
+        observed: a.observed,
+        threshold: a.threshold,
+        message: a.message,
+        details: a.details,
+        created_at: a.created_at,
+        acknowledged_at: a.acknowledged_at,
+        deliveries: a.deliveries.into_iter().map(delivery_view).collect(),
     }
 }
 
@@ -104,15 +62,15 @@ pub async fn list(
     query: Result<Query<AlertQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<AlertList>, ApiError> {
     let Query(q) = query.map_err(|r| ApiError::BadRequest(r.body_text()))?;
-    let acknowledged = match q.state.as_deref().unwrap_or("open") {
-        "open" => Some(false),
-        "acknowledged" => Some(true),
-        "all" => None,
-        other => {
-            return Err(ApiError::BadRequest(format!(
-                "query `state`: `{other}` is not one of open, acknowledged, all"
-            )))
-        }
+    let filter = match q.state.as_deref().map(str::parse::<AlertFilter>) {
+        None => AlertFilter::Open,
+        Some(Ok(f)) => f,
+        Some(Err(e)) => return Err(ApiError::BadRequest(format!("query `state`: {e}"))),
+    };
+    let acknowledged = match filter {
+        AlertFilter::Open => Some(false),
+        AlertFilter::Acknowledged => Some(true),
+        AlertFilter::All => None,
     };
     let scan = q
         .scan
@@ -130,7 +88,7 @@ pub async fn list(
         .list_alerts(&team, scan, acknowledged, limit)
         .await?;
     Ok(Json(AlertList {
-        alerts: alerts.into_iter().map(AlertView::from).collect(),
+        alerts: alerts.into_iter().map(alert_view).collect(),
     }))
 }
 
@@ -143,7 +101,7 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<AlertView>, ApiError> {
     let alert = state.db.get_alert(&team, parse_uuid("alert", &id)?).await?;
-    Ok(Json(alert.into()))
+    Ok(Json(alert_view(alert)))
 }
 
 /// Acknowledge an alert (a second time changes nothing).
@@ -156,5 +114,5 @@ pub async fn ack(
     Path(id): Path<String>,
 ) -> Result<Json<AlertView>, ApiError> {
     let alert = state.db.ack_alert(&team, parse_uuid("alert", &id)?).await?;
-    Ok(Json(alert.into()))
+    Ok(Json(alert_view(alert)))
 }

@@ -7,12 +7,13 @@ use chrono::{DateTime, Utc};
 pub use neurodiff_protocol::{AuditRequest, AuditView, Progress};
 use neurodiff_protocol::{AuditSpec, AuditStatus, Event, Limits, ReferencePolicy, EVENTS_MAX_LEN};
 use neurodiff_store::{Admission, AuditFilter};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::auth::AuthTeam;
 use crate::error::ApiError;
 use crate::state::AppState;
+pub use neurodiff_protocol::views::AuditPage;
 
 const MAX_KEY: usize = 200;
 
@@ -145,13 +146,6 @@ pub struct ListQuery {
     pub until: Option<DateTime<Utc>>,
     pub limit: Option<i64>,
     pub cursor: Option<String>,
-}
-
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct AuditPage {
-    pub audits: Vec<AuditView>,
-    /// Pass as `cursor` for the next page; absent on the last one.
-    pub next_cursor: Option<String>,
 }
 
 fn encode_cursor(a: &AuditView) -> String {

@@ -3,14 +3,14 @@
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::Json;
-use chrono::{DateTime, Utc};
-use neurodiff_store::{BlockQuery, BLOCK_METRICS};
-use serde::{Deserialize, Serialize};
-use uuid::Uuid;
+use neurodiff_protocol::{AnalysisKind, BlockMetric, BlockSite};
+use neurodiff_store::BlockQuery;
+use serde::Deserialize;
 
 use crate::auth::AuthTeam;
 use crate::error::ApiError;
 use crate::state::AppState;
+pub use neurodiff_protocol::views::{BlockHitView, BlockPage};
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -30,30 +30,8 @@ pub struct BlocksQuery {
     pub limit: Option<i64>,
 }
 
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct BlockHitView {
-    pub audit_id: Uuid,
-    pub base: String,
-    pub target: String,
-    pub audit_created_at: DateTime<Utc>,
-    pub analysis: String,
-    /// Absent for the logit lens's output row.
-    pub layer: Option<i32>,
-    pub hook: String,
-    pub metric: String,
-    pub value: f64,
-    pub mean_diff_norm: Option<f64>,
-    pub mean_rel_diff: Option<f64>,
-    pub mean_cosine: Option<f64>,
-    pub kl_mean: Option<f64>,
-}
-
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct BlockPage {
-    pub results: Vec<BlockHitView>,
-}
-
-const ANALYSES: [&str; 2] = ["activations", "logit-lens"];
+/// The analyses whose rows the block results hold.
+const ANALYSES: [AnalysisKind; 2] = [AnalysisKind::Activations, AnalysisKind::LogitLens];
 
 /// `GET /v1/results/blocks`: blocks across the team's succeeded audits, largest metric first.
 #[utoipa::path(get, path = "/v1/results/blocks", tag = "results", params(BlocksQuery),
@@ -65,20 +43,26 @@ pub async fn query(
     query: Result<Query<BlocksQuery>, QueryRejection>,
 ) -> Result<Json<BlockPage>, ApiError> {
     let Query(q) = query.map_err(|r| ApiError::BadRequest(r.body_text()))?;
-    let metric = q.metric.unwrap_or_else(|| "mean_rel_diff".to_string());
     let bad = |m: String| Err(ApiError::BadRequest(m));
-    if !BLOCK_METRICS.contains(&metric.as_str()) {
-        return bad(format!(
-            "query `metric`: `{metric}` is not one of {}",
-            BLOCK_METRICS.join(", ")
-        ));
-    }
-    if let Some(a) = q.analysis.as_deref().filter(|a| !ANALYSES.contains(a)) {
-        return bad(format!(
-            "query `analysis`: `{a}` is not one of {}",
-            ANALYSES.join(", ")
-        ));
-    }
+    let named = |field: &str, e: &dyn std::fmt::Display| format!("query `{field}`: {e}");
+    let metric = match q.metric.as_deref().map(str::parse::<BlockMetric>) {
+        None => BlockMetric::MeanRelDiff,
+        Some(Ok(m)) => m,
+        Some(Err(e)) => return bad(named("metric", &e)),
+    };
+    let analysis = match q.analysis.as_deref().map(str::parse::<AnalysisKind>) {
+        None => None,
+        Some(Ok(a)) if ANALYSES.contains(&a) => Some(a),
+        Some(_) => {
+            let known = ANALYSES.map(AnalysisKind::as_str).join(", ");
+            return bad(named("analysis", &format!("one of {known}")));
+        }
+    };
+    let hook = match q.hook.as_deref().map(str::parse::<BlockSite>) {
+        None => None,
+        Some(Ok(h)) => Some(h),
+        Some(Err(e)) => return bad(named("hook", &e)),
+    };
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return bad("query `limit`: between 1 and 1000".into());
@@ -94,11 +78,11 @@ pub async fn query(
         .query_blocks(
             &team,
             &BlockQuery {
-                metric: metric.clone(),
+                metric,
                 model: q.model,
-                analysis: q.analysis,
+                analysis,
                 layer: q.layer,
-                hook: q.hook,
+                hook,
                 min: q.min,
                 limit,
             },
@@ -115,7 +99,7 @@ pub async fn query(
                 analysis: h.block.analysis,
                 layer: h.block.layer,
                 hook: h.block.hook,
-                metric: metric.clone(),
+                metric,
                 value: h.value,
                 mean_diff_norm: h.block.mean_diff_norm,
                 mean_rel_diff: h.block.mean_rel_diff,

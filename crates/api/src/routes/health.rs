@@ -1,4 +1,5 @@
-//! Liveness (`/healthz`: the process answers) and readiness (`/readyz`: its stores answer).
+//! Liveness (`/healthz`: the process answers), readiness (`/readyz`: its stores answer), and
+//! the API's fixed vocabularies (`/v1/vocabulary`), which need no team.
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
@@ -32,4 +33,12 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
 
 async fn sqlx_ping(state: &AppState) -> bool {
     state.db.ping().await.is_ok()
+}
+
+/// Every fixed list a client offers (analyses, statuses, metrics, hooks, severities), as the
+/// API accepts them.
+#[utoipa::path(get, path = "/v1/vocabulary", tag = "health",
+    responses((status = 200, body = neurodiff_protocol::Vocabulary)))]
+pub async fn vocabulary() -> Json<neurodiff_protocol::Vocabulary> {
+    Json(neurodiff_protocol::Vocabulary::current())
 }

@@ -4,14 +4,14 @@
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::Json;
-use chrono::{DateTime, Utc};
+use neurodiff_protocol::{AnalysisKind, LatentClass};
 use neurodiff_store::LatentQuery;
-use serde::{Deserialize, Serialize};
-use uuid::Uuid;
+use serde::Deserialize;
 
 use crate::auth::AuthTeam;
 use crate::error::ApiError;
 use crate::state::AppState;
+pub use neurodiff_protocol::views::{LatentHitView, LatentPage};
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -32,33 +32,8 @@ pub struct LatentsQuery {
     pub limit: Option<i64>,
 }
 
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct LatentHitView {
-    pub audit_id: Uuid,
-    pub base: String,
-    pub target: String,
-    pub audit_created_at: DateTime<Utc>,
-    pub analysis: String,
-    pub layer: i32,
-    pub latent: i32,
-    pub class: String,
-    pub delta_norm: Option<f64>,
-    pub nu_eps: Option<f64>,
-    pub nu_r: Option<f64>,
-    pub frequency: f64,
-    pub max_activation: f64,
-    pub top_tokens: Vec<String>,
-    pub example_tokens: Vec<String>,
-    pub domain_hit: Option<bool>,
-}
-
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct LatentPage {
-    pub results: Vec<LatentHitView>,
-}
-
-const ANALYSES: [&str; 2] = ["crosscoder", "sae-diff"];
-const CLASSES: [&str; 5] = ["ft_only", "base_only", "shared", "other", "diff"];
+/// The analyses whose latents the latent results hold.
+const ANALYSES: [AnalysisKind; 2] = [AnalysisKind::Crosscoder, AnalysisKind::SaeDiff];
 
 /// `GET /v1/results/latents`: latents across the team's succeeded audits, most frequent first.
 #[utoipa::path(get, path = "/v1/results/latents", tag = "results", params(LatentsQuery),
@@ -71,18 +46,19 @@ pub async fn query(
 ) -> Result<Json<LatentPage>, ApiError> {
     let Query(q) = query.map_err(|r| ApiError::BadRequest(r.body_text()))?;
     let bad = |m: String| Err(ApiError::BadRequest(m));
-    if let Some(a) = q.analysis.as_deref().filter(|a| !ANALYSES.contains(a)) {
-        return bad(format!(
-            "query `analysis`: `{a}` is not one of {}",
-            ANALYSES.join(", ")
-        ));
-    }
-    if let Some(c) = q.class.as_deref().filter(|c| !CLASSES.contains(c)) {
-        return bad(format!(
-            "query `class`: `{c}` is not one of {}",
-            CLASSES.join(", ")
-        ));
-    }
+    let analysis = match q.analysis.as_deref().map(str::parse::<AnalysisKind>) {
+        None => None,
+        Some(Ok(a)) if ANALYSES.contains(&a) => Some(a),
+        Some(_) => {
+            let known = ANALYSES.map(AnalysisKind::as_str).join(", ");
+            return bad(format!("query `analysis`: one of {known}"));
+        }
+    };
+    let class = match q.class.as_deref().map(str::parse::<LatentClass>) {
+        None => None,
+        Some(Ok(c)) => Some(c),
+        Some(Err(e)) => return bad(format!("query `class`: {e}")),
+    };
     if q.token
         .as_deref()
         .is_some_and(|t| t.trim().is_empty() || t.len() > 256)
@@ -103,8 +79,8 @@ pub async fn query(
         .query_latents(
             &team,
             &LatentQuery {
-                analysis: q.analysis,
-                class: q.class,
+                analysis,
+                class,
                 token: q.token,
                 model: q.model,
                 max_nu_eps: q.max_nu_eps,

@@ -6,32 +6,17 @@ use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
-use neurodiff_protocol::TensorMetrics;
-use neurodiff_store::{ArtifactRow, ResultQuery, QUERY_METRICS};
-use serde::{Deserialize, Serialize};
+use neurodiff_protocol::TensorMetric;
+use neurodiff_store::{ArtifactRow, ResultQuery};
+use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::auth::AuthTeam;
 use crate::error::ApiError;
 use crate::routes::audits::parse_id;
 use crate::state::AppState;
-
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ArtifactView {
-    pub name: String,
-    pub size_bytes: i64,
-    pub sha256: String,
-    pub content_type: String,
-    /// Where to download it.
-    pub url: String,
-}
-
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ArtifactList {
-    pub artifacts: Vec<ArtifactView>,
-}
+pub use neurodiff_protocol::views::{ArtifactList, ArtifactView, ResultHitView, ResultPage};
 
 /// The artifacts of a finished audit; before it succeeds the answer says why there are none.
 async fn finished_artifacts(
@@ -159,23 +144,6 @@ pub struct ResultsQuery {
     pub limit: Option<i64>,
 }
 
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ResultHitView {
-    pub audit_id: Uuid,
-    pub base: String,
-    pub target: String,
-    pub audit_created_at: DateTime<Utc>,
-    pub metric: String,
-    pub value: Option<f64>,
-    #[schema(value_type = Object)]
-    pub tensor: TensorMetrics,
-}
-
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ResultPage {
-    pub results: Vec<ResultHitView>,
-}
-
 /// `GET /v1/results`: tensors across every succeeded audit of the team, largest metric first.
 #[utoipa::path(get, path = "/v1/results", tag = "results", params(ResultsQuery),
     responses((status = 200, body = ResultPage), (status = 400, description = "a bad filter, named")),
@@ -186,13 +154,11 @@ pub async fn query(
     query: Result<Query<ResultsQuery>, QueryRejection>,
 ) -> Result<Json<ResultPage>, ApiError> {
     let Query(q) = query.map_err(|r| ApiError::BadRequest(r.body_text()))?;
-    let metric = q.metric.unwrap_or_else(|| "rel_fro".to_string());
-    if !QUERY_METRICS.contains(&metric.as_str()) {
-        return Err(ApiError::BadRequest(format!(
-            "query `metric`: `{metric}` is not one of {}",
-            QUERY_METRICS.join(", ")
-        )));
-    }
+    let metric = match q.metric.as_deref().map(str::parse::<TensorMetric>) {
+        None => TensorMetric::RelFro,
+        Some(Ok(m)) => m,
+        Some(Err(e)) => return Err(ApiError::BadRequest(format!("query `metric`: {e}"))),
+    };
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::BadRequest(
@@ -214,7 +180,7 @@ pub async fn query(
         .query_results(
             &team,
             &ResultQuery {
-                metric: metric.clone(),
+                metric,
                 model: q.model,
                 layer: q.layer,
                 module: q.module,
@@ -231,7 +197,7 @@ pub async fn query(
                 base: h.base,
                 target: h.target,
                 audit_created_at: h.audit_created_at,
-                metric: metric.clone(),
+                metric,
                 value: h.value,
                 tensor: h.tensor,
             })

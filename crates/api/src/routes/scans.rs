@@ -5,124 +5,58 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use chrono::{DateTime, Utc};
 use neurodiff_protocol::scan::{check_webhook_url, ScanRequest};
-use neurodiff_protocol::AuditStatus;
 use neurodiff_store::{RunRow, ScanCreated, ScanRow};
-use serde::Serialize;
-use serde_json::Value;
 use uuid::Uuid;
 
 use crate::auth::AuthTeam;
 use crate::error::ApiError;
 use crate::state::AppState;
+pub use neurodiff_protocol::views::{RunView, ScanList, ScanView};
 
 /// Runs shown with a scan.
 const RUNS_SHOWN: i64 = 200;
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct RunView {
-    pub id: Uuid,
-    pub checkpoint_id: String,
-    pub location: String,
-    pub base: Option<String>,
-    pub audit_id: Option<Uuid>,
-    #[schema(value_type = Option<String>)]
-    pub audit_status: Option<AuditStatus>,
-    /// `audited` (its audit runs), `baseline`, `evaluated` or `failed`.
-    pub state: String,
-    /// Each rule's observed value: the trend of what the rules watch.
-    #[schema(value_type = Object)]
-    pub observed: Value,
-    pub error: Option<String>,
-    pub alerts: i64,
-    pub created_at: DateTime<Utc>,
-}
-
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct ScanView {
-    pub id: Uuid,
-    pub name: String,
-    pub source: String,
-    pub base: Option<String>,
-    pub base_mode: String,
-    pub target: String,
-    #[schema(value_type = Option<Object>)]
-    pub audit: Option<Value>,
-    pub every_s: Option<u64>,
-    pub cron: Option<String>,
-    #[schema(value_type = Vec<Object>)]
-    pub rules: Value,
-    pub webhook_url: Option<String>,
-    pub paused: bool,
-    pub next_run_at: DateTime<Utc>,
-    pub last_polled_at: Option<DateTime<Utc>>,
-    pub last_error: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub runs_total: i64,
-    pub alerts_open: i64,
-    /// Only in the answer to the scan's creation: keep it to verify the signatures.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub webhook_secret: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub runs: Option<Vec<RunView>>,
-}
-
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct ScanList {
-    pub scans: Vec<ScanView>,
-}
-
-fn lower<T: Serialize>(v: &T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
-}
-
-impl From<ScanRow> for ScanView {
-    fn from(s: ScanRow) -> Self {
-        let r = s.request;
-        ScanView {
-            id: s.id,
-            base_mode: lower(&r.base_mode.unwrap_or_default()),
-            target: lower(&r.target.unwrap_or_default()),
-            rules: serde_json::to_value(&r.rules).unwrap_or(Value::Null),
-            name: r.name,
-            source: r.source,
-            base: r.base,
-            audit: r.audit,
-            every_s: r.every_s,
-            cron: r.cron,
-            webhook_url: r.webhook_url,
-            paused: s.paused,
-            next_run_at: s.next_run_at,
-            last_polled_at: s.last_polled_at,
-            last_error: s.last_error,
-            created_at: s.created_at,
-            runs_total: s.runs_total,
-            alerts_open: s.alerts_open,
-            webhook_secret: None,
-            runs: None,
-        }
+/// A scan as the API shows it (without its runs).
+fn scan_view(s: ScanRow) -> ScanView {
+    let r = s.request;
+    ScanView {
+        id: s.id,
+        base_mode: r.base_mode.unwrap_or_default(),
+        target: r.target.unwrap_or_default(),
+        rules: r.rules,
+        name: r.name,
+        source: r.source,
+        base: r.base,
+        audit: r.audit,
+        every_s: r.every_s,
+        cron: r.cron,
+        webhook_url: r.webhook_url,
+        paused: s.paused,
+        next_run_at: s.next_run_at,
+        last_polled_at: s.last_polled_at,
+        last_error: s.last_error,
+        created_at: s.created_at,
+        runs_total: s.runs_total,
+        alerts_open: s.alerts_open,
+        webhook_secret: None,
+        runs: None,
     }
 }
 
-impl From<RunRow> for RunView {
-    fn from(r: RunRow) -> Self {
-        RunView {
-            id: r.id,
-            checkpoint_id: r.checkpoint_id,
-            location: r.location,
-            base: r.base_ref,
-            audit_id: r.audit_id,
-            audit_status: r.audit_status,
-            state: r.state,
-            observed: r.observed,
-            error: r.error,
-            alerts: r.alerts,
-            created_at: r.created_at,
-        }
+fn run_view(r: RunRow) -> RunView {
+    RunView {
+        id: r.id,
+        checkpoint_id: r.checkpoint_id,
+        location: r.location,
+        base: r.base_ref,
+        audit_id: r.audit_id,
+        audit_status: r.audit_status,
+        state: r.state,
+        observed: r.observed,
+        error: r.error,
+        alerts: r.alerts,
+        created_at: r.created_at,
     }
 }
 
@@ -191,7 +125,7 @@ pub async fn create(
             })
         }
     };
-    let mut view = ScanView::from(scan);
+    let mut view = scan_view(scan);
     view.webhook_secret = Some(secret);
     Ok((StatusCode::CREATED, Json(view)))
 }
@@ -204,7 +138,7 @@ pub async fn list(
 ) -> Result<Json<ScanList>, ApiError> {
     let scans = state.db.list_scans(&team).await?;
     Ok(Json(ScanList {
-        scans: scans.into_iter().map(ScanView::from).collect(),
+        scans: scans.into_iter().map(scan_view).collect(),
     }))
 }
 
@@ -219,8 +153,8 @@ pub async fn get(
 ) -> Result<Json<ScanView>, ApiError> {
     let scan = state.db.get_scan(&team, parse_uuid("scan", &id)?).await?;
     let runs = state.db.scan_runs(scan.id, RUNS_SHOWN).await?;
-    let mut view = ScanView::from(scan);
-    view.runs = Some(runs.into_iter().map(RunView::from).collect());
+    let mut view = scan_view(scan);
+    view.runs = Some(runs.into_iter().map(run_view).collect());
     Ok(Json(view))
 }
 
@@ -235,7 +169,7 @@ async fn update(
         .db
         .update_scan(team, parse_uuid("scan", id)?, paused, run_now)
         .await?;
-    Ok(Json(ScanView::from(scan)))
+    Ok(Json(scan_view(scan)))
 }
 
 #[utoipa::path(post, path = "/v1/scans/{id}/pause", tag = "scans",

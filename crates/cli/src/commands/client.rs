@@ -5,6 +5,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use neurodiff_protocol::views::ArtifactList;
+use neurodiff_protocol::{AuditStatus, AuditView};
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::commands::scope::ScopeArgs;
@@ -143,6 +146,19 @@ impl Client {
         }
         Ok(value)
     }
+
+    /// A documented response, read into its type (`protocol::views`, `protocol::wire`).
+    pub(crate) fn typed<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        key: Option<&str>,
+    ) -> anyhow::Result<T> {
+        let value = self.json(method, path, body, key)?;
+        serde_json::from_value(value)
+            .with_context(|| format!("{method} {path}: not the answer this client knows"))
+    }
 }
 
 pub(crate) fn print_json(v: &Value) -> anyhow::Result<()> {
@@ -176,13 +192,13 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     // Checked here as the API will check it, so a bad flag fails before the network.
     request.clone().into_spec()?;
     let body = serde_json::to_value(&request)?;
-    let audit = client.json(
+    let audit: AuditView = client.typed(
         "POST",
         "/v1/audits",
         Some(&body),
         args.idempotency_key.as_deref(),
     )?;
-    let id = audit["id"].as_str().unwrap_or_default().to_string();
+    let id = audit.id.to_string();
     if args.wait {
         eprintln!("submitted {id}");
         return wait_for(&client, &id, 3600, false);
@@ -206,15 +222,15 @@ pub fn results(args: ResultsArgs) -> anyhow::Result<()> {
             None,
         )?);
     };
-    let listing = client.json(
+    let listing: ArtifactList = client.typed(
         "GET",
         &format!("/v1/audits/{}/artifacts", args.id),
         None,
         None,
     )?;
     std::fs::create_dir_all(&out).with_context(|| format!("--out {}", out.display()))?;
-    for a in listing["artifacts"].as_array().into_iter().flatten() {
-        let name = a["name"].as_str().unwrap_or_default();
+    for a in &listing.artifacts {
+        let name = a.name.as_str();
         if name.is_empty() || name.contains('/') || name.starts_with('.') {
             bail!("the server listed an artifact with an unsafe name `{name}`");
         }
@@ -246,26 +262,26 @@ fn wait_for(client: &Client, id: &str, timeout_s: u64, quiet: bool) -> anyhow::R
     );
     let started = Instant::now();
     loop {
-        let audit = client.json("GET", &format!("/v1/audits/{id}"), None, None)?;
-        let status = audit["status"].as_str().unwrap_or("unknown").to_string();
-        bar.set_length(audit["progress"]["shards_total"].as_u64().unwrap_or(0));
-        bar.set_position(audit["progress"]["shards_done"].as_u64().unwrap_or(0));
-        bar.set_message(status.clone());
-        match status.as_str() {
-            "succeeded" => {
+        let audit: AuditView = client.typed("GET", &format!("/v1/audits/{id}"), None, None)?;
+        let status = audit.status;
+        bar.set_length(audit.progress.shards_total.max(0) as u64);
+        bar.set_position(audit.progress.shards_done.max(0) as u64);
+        bar.set_message(status.as_str());
+        match status {
+            AuditStatus::Succeeded => {
                 bar.finish_and_clear();
-                print_json(&audit)?;
+                print_json(&serde_json::to_value(&audit)?)?;
                 return Ok(());
             }
-            "failed" | "cancelled" => {
+            AuditStatus::Failed | AuditStatus::Cancelled => {
                 bar.finish_and_clear();
-                print_json(&audit)?;
+                print_json(&serde_json::to_value(&audit)?)?;
                 bail!(
                     "audit {id} {status}: {}",
-                    audit["error"].as_str().unwrap_or("no reason given")
+                    audit.error.as_deref().unwrap_or("no reason given")
                 );
             }
-            _ => {}
+            AuditStatus::Queued | AuditStatus::Running => {}
         }
         if started.elapsed() > Duration::from_secs(timeout_s) {
             bail!("audit {id} still {status} after {timeout_s}s");

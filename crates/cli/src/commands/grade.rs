@@ -96,8 +96,12 @@ pub fn table(g: &Grades) -> String {
         t.add_row([
             "stitching: splits with zero KL to the fine-tune".to_string(),
             format!(
-                "{:?}; as the trained blocks predict: {}",
-                g.stitching_zero_kl,
+                "{}; as the trained blocks predict: {}",
+                g.stitching_zero_kl
+                    .iter()
+                    .map(|(d, ks)| format!("{d} k = {ks:?}"))
+                    .collect::<Vec<_>>()
+                    .join("; "),
                 g.stitching_matches.map_or("n/a".into(), |b| b.to_string())
             ),
         ]);

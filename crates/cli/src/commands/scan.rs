@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use comfy_table::Table;
 use neurodiff_protocol::scan::{Rule, ScanRequest};
+use neurodiff_protocol::views::{AlertList, ScanList, ScanView};
 use serde_json::Value;
 
 use crate::commands::client::{absolute_if_local, print_json, Client, IdArgs, Server};
@@ -45,8 +46,8 @@ pub struct AlertArgs {
     #[arg(long)]
     pub scan: Option<String>,
     /// open, acknowledged or all.
-    #[arg(long, default_value = "open")]
-    pub state: String,
+    #[arg(long, default_value = "open", value_parser = |s: &str| s.parse::<neurodiff_protocol::scan::AlertFilter>())]
+    pub state: neurodiff_protocol::scan::AlertFilter,
 }
 
 #[derive(Debug, clap::Args)]
@@ -99,16 +100,14 @@ fn request(args: &CreateArgs) -> anyhow::Result<ScanRequest> {
         rules.push(serde_json::from_str(r).with_context(|| format!("--rule `{r}`"))?);
     }
     // The audit template is what `submit` would send, without the models.
-    let mut audit =
-        serde_json::to_value(
-            args.scope
-                .request("-", Some("-"), None, absolute_if_local)?,
-        )?;
-    if let Some(m) = audit.as_object_mut() {
-        for k in ["base", "finetuned", "adapter"] {
-            m.remove(k);
-        }
-    }
+    let audit = neurodiff_protocol::AuditRequest {
+        base: String::new(),
+        finetuned: None,
+        adapter: None,
+        ..args
+            .scope
+            .request("-", Some("-"), None, absolute_if_local)?
+    };
     let request = ScanRequest {
         name: args.name.clone(),
         source: absolute_if_local(&args.source),
@@ -138,7 +137,7 @@ fn request(args: &CreateArgs) -> anyhow::Result<ScanRequest> {
     Ok(request)
 }
 
-fn scan_table(scans: &[Value]) -> Table {
+fn scan_table(scans: &[ScanView]) -> Table {
     let mut t = Table::new();
     t.set_header([
         "id",
@@ -151,20 +150,20 @@ fn scan_table(scans: &[Value]) -> Table {
         "last error",
     ]);
     for s in scans {
-        let schedule = match (s["every_s"].as_u64(), s["cron"].as_str()) {
+        let schedule = match (s.every_s, &s.cron) {
             (Some(e), _) => format!("every {e} s"),
             (None, Some(c)) => format!("cron {c}"),
-            _ => String::new(),
+            (None, None) => String::new(),
         };
         t.add_row([
-            s["id"].as_str().unwrap_or_default().to_string(),
-            s["name"].as_str().unwrap_or_default().to_string(),
-            s["source"].as_str().unwrap_or_default().to_string(),
+            s.id.to_string(),
+            s.name.clone(),
+            s.source.clone(),
             schedule,
-            s["paused"].to_string(),
-            s["runs_total"].to_string(),
-            s["alerts_open"].to_string(),
-            s["last_error"].as_str().unwrap_or_default().to_string(),
+            s.paused.to_string(),
+            s.runs_total.to_string(),
+            s.alerts_open.to_string(),
+            s.last_error.clone().unwrap_or_default(),
         ]);
     }
     t
@@ -184,9 +183,8 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             print_json(&scan)
         }
         Command::List(a) => {
-            let page = Client::new(&a.server).json("GET", "/v1/scans", None, None)?;
-            let scans = page["scans"].as_array().cloned().unwrap_or_default();
-            writeln!(out, "{}", scan_table(&scans))?;
+            let page: ScanList = Client::new(&a.server).typed("GET", "/v1/scans", None, None)?;
+            writeln!(out, "{}", scan_table(&page.scans))?;
             Ok(())
         }
         Command::Show(a) => print_json(&Client::new(&a.server).json(
@@ -208,7 +206,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             if let Some(s) = &a.scan {
                 path.push_str(&format!("&scan={s}"));
             }
-            let page = Client::new(&a.server).json("GET", &path, None, None)?;
+            let page: AlertList = Client::new(&a.server).typed("GET", &path, None, None)?;
             let mut t = Table::new();
             t.set_header([
                 "id",
@@ -219,15 +217,16 @@ pub fn run(command: Command) -> anyhow::Result<()> {
                 "message",
                 "acknowledged",
             ]);
-            for x in page["alerts"].as_array().into_iter().flatten() {
+            for x in &page.alerts {
                 t.add_row([
-                    x["id"].as_str().unwrap_or_default().to_string(),
-                    x["severity"].as_str().unwrap_or_default().to_string(),
-                    x["scan_name"].as_str().unwrap_or_default().to_string(),
-                    x["rule"].as_str().unwrap_or_default().to_string(),
-                    x["observed"].to_string(),
-                    x["message"].as_str().unwrap_or_default().to_string(),
-                    x["acknowledged_at"].as_str().unwrap_or("no").to_string(),
+                    x.id.to_string(),
+                    x.severity.to_string(),
+                    x.scan_name.clone(),
+                    x.rule.clone(),
+                    x.observed.map_or("null".to_string(), |v| v.to_string()),
+                    x.message.clone(),
+                    x.acknowledged_at
+                        .map_or("no".to_string(), |t| t.to_rfc3339()),
                 ]);
             }
             writeln!(out, "{t}")?;

@@ -205,16 +205,8 @@ pub fn delta_norm(dict: &Dictionary) -> Result<Vec<f64>> {
 }
 
 /// A latent's class by its decoder-norm ratio.
-pub fn class_of(delta: f64) -> &'static str {
-    if delta < 0.1 {
-        "ft_only"
-    } else if delta > 0.9 {
-        "base_only"
-    } else if (0.4..=0.6).contains(&delta) {
-        "shared"
-    } else {
-        "other"
-    }
+pub fn class_of(delta: f64) -> neurodiff_protocol::LatentClass {
+    neurodiff_protocol::LatentClass::of_delta(delta)
 }
 
 fn to_vec(t: &Tensor) -> Result<Vec<f64>> {

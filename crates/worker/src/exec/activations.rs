@@ -4,7 +4,7 @@
 //! differ most.
 use std::time::Instant;
 
-use neurodiff_analyses::activations::{diff_sums, HOOKS};
+use neurodiff_analyses::activations::diff_sums;
 use neurodiff_core::corpus::Batch;
 use neurodiff_core::{HookKind, HookPoint, Hooks};
 use neurodiff_protocol::{
@@ -25,16 +25,6 @@ struct Candidate {
     position: usize,
 }
 
-fn kind_of(hook: &str) -> HookKind {
-    match hook {
-        "hook_resid_pre" => HookKind::ResidPre,
-        "hook_attn_out" => HookKind::AttnOut,
-        "hook_resid_mid" => HookKind::ResidMid,
-        "hook_mlp_out" => HookKind::MlpOut,
-        _ => HookKind::ResidPost,
-    }
-}
-
 /// Values below this norm count as zero when dividing (a zero base state).
 const TINY: f64 = 1e-30;
 
@@ -50,7 +40,7 @@ pub fn run(
     let (n_layers, d) = (info.n_layers, info.d_model as usize);
     let p_max = opts.positions;
     let mut stats: Vec<DiffSums> = (0..n_layers)
-        .flat_map(|l| HOOKS.iter().map(move |h| diff_sums(l, h, p_max)))
+        .flat_map(|l| HookKind::ALL.map(move |h| diff_sums(l, h, p_max)))
         .collect();
     let mut diff_values: Vec<Vec<f64>> = vec![Vec::new(); stats.len()];
     let mut rel_values: Vec<Vec<f64>> = vec![Vec::new(); stats.len()];
@@ -98,7 +88,7 @@ pub fn run(
         .f_to_device(pair.device())?;
         let early = positions.f_lt(p_max as i64)?;
         for (layer, candidates) in candidates.iter_mut().enumerate() {
-            for (h, hook) in HOOKS.iter().enumerate() {
+            for (h, hook) in HookKind::ALL.into_iter().enumerate() {
                 let state = |out: &neurodiff_core::ForwardOutput,
                              cache: &std::collections::BTreeMap<HookPoint, Tensor>|
                  -> Result<Tensor> {
@@ -113,13 +103,13 @@ pub fn run(
                     // The contract: at hook_resid_post a block's state is its output before any
                     // final norm (transformers' hidden_states[layer + 1] for every block but the
                     // last, whose hidden state is already normed), as at every hook point.
-                    Ok(match *hook {
-                        "hook_resid_pre" => out.hidden_states[layer].shallow_clone(),
-                        "hook_resid_post" => out.resid_post(layer).shallow_clone(),
-                        "hook_resid_mid" => {
+                    Ok(match hook {
+                        HookKind::ResidPre => out.hidden_states[layer].shallow_clone(),
+                        HookKind::ResidPost => out.resid_post(layer).shallow_clone(),
+                        HookKind::ResidMid => {
                             out.hidden_states[layer].f_add(cached(HookKind::AttnOut)?)?
                         }
-                        other => cached(kind_of(other))?.shallow_clone(),
+                        HookKind::AttnOut | HookKind::MlpOut => cached(hook)?.shallow_clone(),
                     })
                 };
                 let (xb, xf) = (state(&out_b, &cache_b)?, state(&out_f, &cache_f)?);
@@ -139,7 +129,7 @@ pub fn run(
                 };
                 let (dn, bn, fnm) = (norm(&diff)?, norm(&xb)?, norm(&xf)?);
                 let dot = to_f64(&xf.f_mul(&xb)?.f_sum_dim_intlist(1, false, Kind::Float)?)?;
-                let i = layer * HOOKS.len() + h;
+                let i = layer * HookKind::ALL.len() + h;
                 let s = &mut stats[i];
                 for t in 0..dn.len() {
                     let rel = dn[t] / bn[t].max(TINY);
@@ -168,7 +158,7 @@ pub fn run(
                         s.positions.diff_norm[p] += dn[t];
                         s.positions.rel_diff[p] += rel;
                     }
-                    if counted && *hook == "hook_resid_post" && opts.top_examples > 0 {
+                    if counted && hook == HookKind::ResidPost && opts.top_examples > 0 {
                         candidates.push(Candidate {
                             diff_norm: dn[t],
                             rel_diff: rel,
@@ -177,7 +167,7 @@ pub fn run(
                         });
                     }
                 }
-                if *hook == "hook_resid_post" {
+                if hook == HookKind::ResidPost {
                     let by_pos =
                         Tensor::f_zeros([p_max as i64, d as i64], (Kind::Float, diff.device()))?
                             .f_index_add(
@@ -244,7 +234,7 @@ fn example(
     let after = pair.decode(&ids[p + 1..(p + 1 + context).min(ids.len())]);
     Example {
         layer,
-        hook: "hook_resid_post".into(),
+        hook: HookKind::ResidPost,
         sample: c.sample,
         position: p,
         diff_norm: c.diff_norm,

@@ -3,23 +3,16 @@
 //! other's activation at one component patched in; KL(p_donor ‖ p_patched) summed per token.
 use std::time::Instant;
 
-use neurodiff_analyses::cmap::{COMPONENTS, DIRECTIONS};
 use neurodiff_core::corpus::Batch;
-use neurodiff_core::{HookKind, HookPoint, Hooks};
-use neurodiff_protocol::{CmapOptions, CmapShard, CmapSums, GroundTruth};
+use neurodiff_core::{HookPoint, Hooks};
+use neurodiff_protocol::{
+    CmapOptions, CmapShard, CmapSums, Component, GroundTruth, PatchDirection,
+};
 
 use super::dist::kl_rows;
 use super::forward::{Pair, ShardInput, Side, Tokens};
 use super::{check, Progress};
 use crate::Result;
-
-fn hook(component: &str) -> HookKind {
-    match component {
-        "attn_out" => HookKind::AttnOut,
-        "mlp_out" => HookKind::MlpOut,
-        _ => HookKind::ResidPost,
-    }
-}
 
 pub fn run(
     pair: &Pair,
@@ -33,12 +26,12 @@ pub fn run(
     let started = Instant::now();
     let shared = pair.shared_vocab();
     let n = opts.samples.min(input.tokens.len());
-    let mut sums: Vec<CmapSums> = DIRECTIONS
-        .iter()
-        .flat_map(|d| {
-            COMPONENTS.iter().map(move |c| CmapSums {
-                component: c.to_string(),
-                direction: d.to_string(),
+    let mut sums: Vec<CmapSums> = PatchDirection::ALL
+        .into_iter()
+        .flat_map(|direction| {
+            Component::ALL.map(move |component| CmapSums {
+                component,
+                direction,
                 kl: 0.0,
             })
         })
@@ -50,9 +43,9 @@ pub fn run(
         let batch = Batch::new(chunk, pair.device())?;
         let tokens = Tokens::of(&batch, input.start + b * batch_size)?.filtered(input)?;
         let cache = || {
-            COMPONENTS
-                .iter()
-                .fold(Hooks::new(), |h, c| h.cache(HookPoint::new(layer, hook(c))))
+            Component::ALL.into_iter().fold(Hooks::new(), |h, c| {
+                h.cache(HookPoint::new(layer, c.hook()))
+            })
         };
         let (mut hb, mut hf) = (cache(), cache());
         let lb = tokens.select(&pair.model(Side::Base).forward(&batch.ids, &mut hb)?.logits)?;
@@ -66,12 +59,10 @@ pub fn run(
         gap_fb += kl_rows(&lf, &lb, shared)?.iter().sum::<f64>();
         gap_bf += kl_rows(&lb, &lf, shared)?.iter().sum::<f64>();
         for s in &mut sums {
-            let point = HookPoint::new(layer, hook(&s.component));
-            // ft_into_base: the base (recipient) with the fine-tune's (donor's) activation.
-            let (recipient, donor_cache, donor_logits) = if s.direction == DIRECTIONS[0] {
-                (Side::Base, &hf, &lf)
-            } else {
-                (Side::Finetuned, &hb, &lb)
+            let point = HookPoint::new(layer, s.component.hook());
+            let (recipient, donor_cache, donor_logits) = match s.direction {
+                PatchDirection::FtIntoBase => (Side::Base, &hf, &lf),
+                PatchDirection::BaseIntoFt => (Side::Finetuned, &hb, &lb),
             };
             let value = donor_cache
                 .cached(&point)

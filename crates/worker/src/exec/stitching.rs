@@ -4,10 +4,9 @@
 //! last state through its own final norm and unembedding.
 use std::time::Instant;
 
-use neurodiff_analyses::stitching::DIRECTIONS;
 use neurodiff_core::corpus::Batch;
 use neurodiff_core::{HookKind, HookPoint, Hooks};
-use neurodiff_protocol::{GroundTruth, StitchShard, StitchSums};
+use neurodiff_protocol::{GroundTruth, StitchDirection, StitchShard, StitchSums};
 use tch::Tensor;
 
 use super::dist::{kl_rows, nll_rows, Targets};
@@ -25,12 +24,12 @@ pub fn run(
     let started = Instant::now();
     let shared = pair.shared_vocab();
     let n_layers = pair.info().n_layers;
-    let mut points: Vec<StitchSums> = DIRECTIONS
-        .iter()
-        .flat_map(|d| {
+    let mut points: Vec<StitchSums> = StitchDirection::ALL
+        .into_iter()
+        .flat_map(|direction| {
             (0..=n_layers).map(move |k| StitchSums {
                 k,
-                direction: d.to_string(),
+                direction,
                 kl_to_base: 0.0,
                 kl_to_ft: 0.0,
                 nll: 0.0,
@@ -64,10 +63,9 @@ pub fn run(
         nll_ft += sum(&nll_rows(&targets.select(&out_f)?, &targets.labels, None)?.0);
         for p in &mut points {
             // base_then_ft: the base's state enters the fine-tune at block k.
-            let (second, first_cache) = if p.direction == DIRECTIONS[0] {
-                (Side::Finetuned, &hb)
-            } else {
-                (Side::Base, &hf)
+            let (second, first_cache) = match p.direction {
+                StitchDirection::BaseThenFt => (Side::Finetuned, &hb),
+                StitchDirection::FtThenBase => (Side::Base, &hf),
             };
             let cached = |point: HookPoint| -> Result<Tensor> {
                 first_cache

@@ -60,11 +60,11 @@ pub fn shard_outputs(spec: &AuditSpec) -> Result<(Vec<ShardOutput>, PlanRecord),
 }
 
 /// Asserts the ground truth of a change that starts at `block`'s `first_hook` (a hook name of
-/// `HOOKS`): every activation and lens statistic before it exactly zero, every one after it not.
+/// `HookKind`): every activation and lens statistic before it exactly zero, every one after it not.
 pub fn assert_changed_from(r: &AuditResults, block: usize, first_hook: &str, what: &str) {
     let a = r.analyses.activations.as_ref().unwrap();
-    let hooks = neurodiff_analyses::activations::HOOKS;
-    let first = hooks.iter().position(|h| *h == first_hook).unwrap();
+    let hooks = neurodiff_protocol::HookKind::ALL;
+    let first = hooks.iter().position(|h| h.as_str() == first_hook).unwrap();
     for l in &a.layers {
         let changed = l.layer > block
             || (l.layer == block && hooks.iter().position(|h| *h == l.hook).unwrap() >= first);

@@ -6,8 +6,8 @@ use neurodiff_core::dictionary::{class_of, delta_norm, Accumulator, Dictionary};
 use neurodiff_core::organisms::trained::rng::Rng;
 use neurodiff_core::CoreError;
 use neurodiff_protocol::{
-    ActivationStore, ClassCounts, DictionaryOptions, DictionaryReport, GroundTruth, LatentExample,
-    LatentReport,
+    ActivationStore, ClassCounts, DictionaryOptions, DictionaryReport, GroundTruth, LatentClass,
+    LatentExample, LatentReport,
 };
 use tch::{Device, Kind, Tensor};
 
@@ -104,14 +104,14 @@ pub fn evaluate(
             histogram[((dl * 20.0) as usize).min(19)] += 1;
         }
         match class_of(dl) {
-            "ft_only" => {
+            LatentClass::FtOnly => {
                 classes.ft_only += 1;
                 ft_only.push(j);
                 continue;
             }
-            "base_only" => classes.base_only += 1,
-            "shared" => classes.shared += 1,
-            _ => classes.other += 1,
+            LatentClass::BaseOnly => classes.base_only += 1,
+            LatentClass::Shared => classes.shared += 1,
+            LatentClass::Other | LatentClass::Diff => classes.other += 1,
         }
         others.push(j);
     }
@@ -224,8 +224,7 @@ pub fn evaluate(
             delta_norm: delta.as_ref().map(|dl| dl[j]).filter(|v| v.is_finite()),
             class: delta
                 .as_ref()
-                .map_or("diff", |dl| class_of(dl[j]))
-                .to_string(),
+                .map_or(LatentClass::Diff, |dl| class_of(dl[j])),
             nu_eps: nu_eps.get(j).copied().filter(|v| v.is_finite()),
             nu_r: nu_r.get(j).copied().filter(|v| v.is_finite()),
             frequency: ev.fired[j] as f64 / n_eval,
@@ -251,7 +250,7 @@ pub fn evaluate(
         l.kl_share = share.is_finite().then_some(share);
     }
     let real = |l: &&LatentReport| {
-        l.class == "ft_only"
+        l.class == LatentClass::FtOnly
             && matches!((l.nu_eps, l.nu_r), (Some(e), Some(r)) if neurodiff_protocol::real_ft_only(e, r))
     };
     let low_nu: Vec<&LatentReport> = latents.iter().filter(real).collect();

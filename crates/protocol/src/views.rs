@@ -1,0 +1,207 @@
+//! The HTTP API's response bodies besides an audit's own (`wire`): pages, listings and the
+//! scans' and alerts' views. The API serves them and the CLI reads them, so both sides name
+//! every field the same; the OpenAPI document is generated from them.
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::scan::{BaseMode, Rule, TargetKind};
+use crate::{
+    AnalysisKind, AuditRequest, AuditStatus, AuditView, BlockMetric, BlockSite, LatentClass,
+    TensorMetric, TensorMetrics,
+};
+
+// ---- /v1/alerts
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DeliveryView {
+    /// The `NeuroDiff-Delivery` header: the same on every retry.
+    pub id: Uuid,
+    pub attempts: i32,
+    pub next_attempt_at: DateTime<Utc>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub gave_up_at: Option<DateTime<Utc>>,
+    pub last_status: Option<i32>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AlertView {
+    pub id: Uuid,
+    pub scan_id: Uuid,
+    pub scan_name: String,
+    pub audit_id: Option<Uuid>,
+    pub checkpoint_id: String,
+    pub location: String,
+    pub rule: String,
+    #[schema(value_type = String)]
+    pub severity: crate::scan::Severity,
+    pub observed: Option<f64>,
+    pub threshold: Option<f64>,
+    pub message: String,
+    #[schema(value_type = Vec<String>)]
+    pub details: Value,
+    pub created_at: DateTime<Utc>,
+    pub acknowledged_at: Option<DateTime<Utc>>,
+    pub deliveries: Vec<DeliveryView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AlertList {
+    pub alerts: Vec<AlertView>,
+}
+
+// ---- /v1/audits
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AuditPage {
+    pub audits: Vec<AuditView>,
+    /// Pass as `cursor` for the next page; absent on the last one.
+    pub next_cursor: Option<String>,
+}
+
+// ---- /v1/results/blocks
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BlockHitView {
+    pub audit_id: Uuid,
+    pub base: String,
+    pub target: String,
+    pub audit_created_at: DateTime<Utc>,
+    #[schema(value_type = String)]
+    pub analysis: AnalysisKind,
+    /// Absent for the logit lens's output row.
+    pub layer: Option<i32>,
+    #[schema(value_type = String)]
+    pub hook: BlockSite,
+    #[schema(value_type = String)]
+    pub metric: BlockMetric,
+    pub value: f64,
+    pub mean_diff_norm: Option<f64>,
+    pub mean_rel_diff: Option<f64>,
+    pub mean_cosine: Option<f64>,
+    pub kl_mean: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BlockPage {
+    pub results: Vec<BlockHitView>,
+}
+
+// ---- /v1/results/latents
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LatentHitView {
+    pub audit_id: Uuid,
+    pub base: String,
+    pub target: String,
+    pub audit_created_at: DateTime<Utc>,
+    #[schema(value_type = String)]
+    pub analysis: AnalysisKind,
+    pub layer: i32,
+    pub latent: i32,
+    #[schema(value_type = String)]
+    pub class: LatentClass,
+    pub delta_norm: Option<f64>,
+    pub nu_eps: Option<f64>,
+    pub nu_r: Option<f64>,
+    pub frequency: f64,
+    pub max_activation: f64,
+    pub top_tokens: Vec<String>,
+    pub example_tokens: Vec<String>,
+    pub domain_hit: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LatentPage {
+    pub results: Vec<LatentHitView>,
+}
+
+// ---- /v1/audits/{id}/artifacts and /v1/results
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ArtifactView {
+    pub name: String,
+    pub size_bytes: i64,
+    pub sha256: String,
+    pub content_type: String,
+    /// Where to download it.
+    pub url: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ArtifactList {
+    pub artifacts: Vec<ArtifactView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ResultHitView {
+    pub audit_id: Uuid,
+    pub base: String,
+    pub target: String,
+    pub audit_created_at: DateTime<Utc>,
+    #[schema(value_type = String)]
+    pub metric: TensorMetric,
+    pub value: Option<f64>,
+    #[schema(value_type = Object)]
+    pub tensor: TensorMetrics,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ResultPage {
+    pub results: Vec<ResultHitView>,
+}
+
+// ---- /v1/scans
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RunView {
+    pub id: Uuid,
+    pub checkpoint_id: String,
+    pub location: String,
+    pub base: Option<String>,
+    pub audit_id: Option<Uuid>,
+    #[schema(value_type = Option<String>)]
+    pub audit_status: Option<AuditStatus>,
+    /// `audited` (its audit runs), `baseline`, `evaluated` or `failed`.
+    #[schema(value_type = String)]
+    pub state: crate::scan::RunState,
+    /// Each rule's observed value: the trend of what the rules watch.
+    #[schema(value_type = Object)]
+    pub observed: Value,
+    pub error: Option<String>,
+    pub alerts: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ScanView {
+    pub id: Uuid,
+    pub name: String,
+    pub source: String,
+    pub base: Option<String>,
+    #[schema(value_type = String)]
+    pub base_mode: BaseMode,
+    #[schema(value_type = String)]
+    pub target: TargetKind,
+    /// The audit each checkpoint gets (`POST /v1/audits` without the models).
+    #[schema(value_type = Option<Object>)]
+    pub audit: Option<AuditRequest>,
+    pub every_s: Option<u64>,
+    pub cron: Option<String>,
+    #[schema(value_type = Vec<Object>)]
+    pub rules: Vec<Rule>,
+    pub webhook_url: Option<String>,
+    pub paused: bool,
+    pub next_run_at: DateTime<Utc>,
+    pub last_polled_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub runs_total: i64,
+    pub alerts_open: i64,
+    /// Only in the answer to the scan's creation: keep it to verify the signatures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_secret: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runs: Option<Vec<RunView>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ScanList {
+    pub scans: Vec<ScanView>,
+}
