@@ -70,7 +70,8 @@ fn encode_samples(
 /// (a tensor, a batch); returns false to stop.
 pub type Progress<'a> = &'a mut (dyn FnMut(&str) -> bool + Send);
 
-/// Runs one shard of any analysis.
+/// Runs one shard of any analysis. The match names every analysis: a new one does not compile
+/// until it says how its shard runs.
 pub fn run_shard(
     sources: &Sources,
     spec: &ShardSpec,
@@ -81,170 +82,220 @@ pub fn run_shard(
 ) -> Result<ShardOutput> {
     let span = tracing::info_span!("shard", shard = %spec.shard);
     let _entered = span.enter();
+    let open = |read: Read| CorpusShard::open(sources, spec, corpus, read, device);
     let output = match spec.shard.analysis() {
         AnalysisKind::Weights => ShardOutput::Weights(sources.execute(spec, device, progress)?),
-        AnalysisKind::Traces
-        | AnalysisKind::Cmap
-        | AnalysisKind::Steering
-        | AnalysisKind::Crosscoder
-        | AnalysisKind::SaeDiff => {
-            let corpus = corpus.ok_or_else(|| {
-                WorkerError::Io(format!("shard {}: no corpus was loaded", spec.shard))
-            })?;
-            let pair = forward::Pair::load(sources, device)?;
-            if pair.info().n_layers == 0 {
-                return Err(WorkerError::Io(format!(
-                    "shard {}: the model has no blocks",
-                    spec.shard
-                )));
-            }
-            // Only the samples the analysis reads are tokenized.
-            let needed = match spec.shard.analysis() {
-                AnalysisKind::Cmap => spec.cmap.samples,
-                AnalysisKind::Steering => spec.steering.samples,
-                AnalysisKind::Crosscoder => spec.crosscoder.samples,
-                AnalysisKind::SaeDiff => spec.sae_diff.samples,
-                _ => spec.traces.samples,
-            };
-            // A dictionary's collect shard reads its slice alone.
-            let range = match spec.shard {
-                ShardKey::Samples { start, end, .. } => start..end,
-                _ => 0..needed,
-            };
-            let samples = corpus
-                .samples
-                .get(range.start.min(corpus.samples.len())..range.end.min(corpus.samples.len()))
-                .unwrap_or_default();
-            let (tokens, keep) = encode_samples(sources, &pair, corpus, samples, &spec.corpus)?;
-            let input = forward::ShardInput {
-                start: 0,
-                samples,
-                tokens: &tokens,
-                keep: keep.as_deref(),
-                batch_size: spec.corpus.batch_size,
-                skip_first: skip_first(spec, &pair),
-            };
-            let truth = dist::ground_truth(sources);
-            let max_len = max_positions(sources)?;
-            match spec.shard {
-                ShardKey::Block {
-                    analysis: AnalysisKind::Cmap,
-                    layer,
-                } => ShardOutput::Cmap(cmap::run(
-                    &pair, layer, &input, &spec.cmap, truth, progress,
-                )?),
-                ShardKey::Block {
-                    analysis: kind @ (AnalysisKind::Crosscoder | AnalysisKind::SaeDiff),
-                    ..
-                } => {
-                    let identity = sources.identity();
-                    let report = dictionary::train(
-                        &pair, spec, &identity, corpus, &tokens, store, truth, progress,
-                    )?;
-                    if kind == AnalysisKind::Crosscoder {
-                        ShardOutput::Crosscoder(report)
-                    } else {
-                        ShardOutput::SaeDiff(report)
-                    }
-                }
-                ShardKey::Samples {
-                    analysis: AnalysisKind::Crosscoder | AnalysisKind::SaeDiff,
-                    ..
-                } => ShardOutput::Collect(dictionary::collect(
-                    &pair,
-                    spec,
-                    &sources.identity(),
-                    corpus,
-                    &tokens,
-                    store,
-                    progress,
-                )?),
-                ShardKey::Block {
-                    analysis: AnalysisKind::Steering,
-                    layer,
-                } => ShardOutput::Steering(steering::run(
-                    &pair,
-                    layer,
-                    &input,
-                    &spec.steering,
-                    max_len,
-                    truth,
-                    progress,
-                )?),
-                ShardKey::Position { position, .. } => ShardOutput::Traces(traces::run(
-                    &pair,
-                    position,
-                    &input,
-                    &spec.traces,
-                    max_len,
-                    truth,
-                    progress,
-                )?),
-                other => {
-                    return Err(WorkerError::Io(format!(
-                        "shard {other}: not a shard of {}",
-                        other.analysis()
-                    )))
-                }
-            }
+        AnalysisKind::Activations => {
+            let s = open(Read::Slice)?;
+            ShardOutput::Activations(activations::run(
+                &s.pair,
+                &s.input(spec),
+                &spec.activations,
+                progress,
+            )?)
         }
-        kind @ (AnalysisKind::Activations | AnalysisKind::LogitLens | AnalysisKind::Stitching) => {
-            let ShardKey::Samples { start, end, .. } = spec.shard else {
-                return Err(WorkerError::Io(format!(
-                    "shard {}: {kind} runs on sample shards",
-                    spec.shard
-                )));
+        AnalysisKind::LogitLens => {
+            let s = open(Read::Slice)?;
+            ShardOutput::LogitLens(logit_lens::run(
+                &s.pair,
+                &s.input(spec),
+                &spec.logit_lens,
+                progress,
+            )?)
+        }
+        AnalysisKind::Stitching => {
+            let s = open(Read::Slice)?.with_blocks(spec)?;
+            ShardOutput::Stitching(stitching::run(
+                &s.pair,
+                &s.input(spec),
+                dist::ground_truth(sources),
+                progress,
+            )?)
+        }
+        AnalysisKind::Traces => {
+            let position = match spec.shard {
+                ShardKey::Position { position, .. } => position,
+                other => return Err(wrong_shape(other)),
             };
-            let corpus = corpus.ok_or_else(|| {
-                WorkerError::Io(format!("shard {}: no corpus was loaded", spec.shard))
-            })?;
-            let samples = corpus.samples.get(start..end).ok_or_else(|| {
-                WorkerError::Io(format!(
-                    "shard {}: the corpus has {} samples",
-                    spec.shard,
-                    corpus.samples.len()
-                ))
-            })?;
-            let pair = forward::Pair::load(sources, device)?;
-            let (tokens, keep) = encode_samples(sources, &pair, corpus, samples, &spec.corpus)?;
-            let input = forward::ShardInput {
-                start,
-                samples,
-                tokens: &tokens,
-                keep: keep.as_deref(),
-                batch_size: spec.corpus.batch_size,
-                skip_first: skip_first(spec, &pair),
+            let s = open(Read::Leading(spec.traces.samples))?.with_blocks(spec)?;
+            let input = s.input(spec);
+            ShardOutput::Traces(traces::run(
+                &s.pair,
+                position,
+                &input,
+                &spec.traces,
+                max_positions(sources)?,
+                dist::ground_truth(sources),
+                progress,
+            )?)
+        }
+        AnalysisKind::Cmap => {
+            let layer = block_of(spec.shard)?;
+            let s = open(Read::Leading(spec.cmap.samples))?.with_blocks(spec)?;
+            let input = s.input(spec);
+            ShardOutput::Cmap(cmap::run(
+                &s.pair,
+                layer,
+                &input,
+                &spec.cmap,
+                dist::ground_truth(sources),
+                progress,
+            )?)
+        }
+        AnalysisKind::Steering => {
+            let layer = block_of(spec.shard)?;
+            let s = open(Read::Leading(spec.steering.samples))?.with_blocks(spec)?;
+            let input = s.input(spec);
+            ShardOutput::Steering(steering::run(
+                &s.pair,
+                layer,
+                &input,
+                &spec.steering,
+                max_positions(sources)?,
+                dist::ground_truth(sources),
+                progress,
+            )?)
+        }
+        kind @ (AnalysisKind::Crosscoder | AnalysisKind::SaeDiff) => {
+            let options = if kind == AnalysisKind::Crosscoder {
+                &spec.crosscoder
+            } else {
+                &spec.sae_diff
             };
-            match kind {
-                AnalysisKind::Activations => ShardOutput::Activations(activations::run(
-                    &pair,
-                    &input,
-                    &spec.activations,
-                    progress,
-                )?),
-                AnalysisKind::Stitching if pair.info().n_layers == 0 => {
-                    return Err(WorkerError::Io(format!(
-                        "shard {}: the model has no blocks to stitch",
-                        spec.shard
-                    )))
-                }
-                AnalysisKind::Stitching => ShardOutput::Stitching(stitching::run(
-                    &pair,
-                    &input,
+            // A collect shard reads its slice alone; the training shard the leading samples.
+            let read = match spec.shard {
+                ShardKey::Samples { start, end, .. } => Read::Range(start, end),
+                ShardKey::Block { .. } => Read::Leading(options.samples),
+                other => return Err(wrong_shape(other)),
+            };
+            let s = open(read)?.with_blocks(spec)?;
+            let corpus = s.corpus;
+            let identity = sources.identity();
+            if let ShardKey::Samples { .. } = spec.shard {
+                ShardOutput::Collect(dictionary::collect(
+                    &s.pair, spec, &identity, corpus, &s.tokens, store, progress,
+                )?)
+            } else {
+                let report = dictionary::train(
+                    &s.pair,
+                    spec,
+                    &identity,
+                    corpus,
+                    &s.tokens,
+                    store,
                     dist::ground_truth(sources),
                     progress,
-                )?),
-                _ => ShardOutput::LogitLens(logit_lens::run(
-                    &pair,
-                    &input,
-                    &spec.logit_lens,
-                    progress,
-                )?),
+                )?;
+                if kind == AnalysisKind::Crosscoder {
+                    ShardOutput::Crosscoder(report)
+                } else {
+                    ShardOutput::SaeDiff(report)
+                }
             }
         }
     };
     tracing::info!(elapsed_s = output.elapsed_s(), "shard done");
     Ok(output)
+}
+
+/// Which samples of the corpus a shard reads.
+#[derive(Debug, Clone, Copy)]
+enum Read {
+    /// Its own slice (`ShardKey::Samples`); the corpus must hold it.
+    Slice,
+    /// Samples [a, b), as far as the corpus has them.
+    Range(usize, usize),
+    /// The first n samples (or all, when the corpus has fewer).
+    Leading(usize),
+}
+
+/// A shard that runs both models on corpus text: the pair and its samples tokenized (only those
+/// it reads).
+struct CorpusShard<'a> {
+    pair: forward::Pair,
+    corpus: &'a CorpusText,
+    start: usize,
+    samples: &'a [String],
+    tokens: Vec<Vec<i64>>,
+    keep: Option<Vec<Vec<bool>>>,
+}
+
+impl<'a> CorpusShard<'a> {
+    fn open(
+        sources: &Sources,
+        spec: &ShardSpec,
+        corpus: Option<&'a CorpusText>,
+        read: Read,
+        device: Device,
+    ) -> Result<CorpusShard<'a>> {
+        let corpus = corpus.ok_or_else(|| {
+            WorkerError::Io(format!("shard {}: no corpus was loaded", spec.shard))
+        })?;
+        let n = corpus.samples.len();
+        let (start, samples) = match read {
+            Read::Slice => {
+                let ShardKey::Samples { start, end, .. } = spec.shard else {
+                    return Err(WorkerError::Io(format!(
+                        "shard {}: {} runs on sample shards",
+                        spec.shard,
+                        spec.shard.analysis()
+                    )));
+                };
+                let samples = corpus.samples.get(start..end).ok_or_else(|| {
+                    WorkerError::Io(format!("shard {}: the corpus has {n} samples", spec.shard))
+                })?;
+                (start, samples)
+            }
+            Read::Range(a, b) => (0, &corpus.samples[a.min(n)..b.min(n).max(a.min(n))]),
+            Read::Leading(k) => (0, &corpus.samples[..k.min(n)]),
+        };
+        let pair = forward::Pair::load(sources, device)?;
+        let (tokens, keep) = encode_samples(sources, &pair, corpus, samples, &spec.corpus)?;
+        Ok(CorpusShard {
+            pair,
+            corpus,
+            start,
+            samples,
+            tokens,
+            keep,
+        })
+    }
+
+    /// Refuses a model without blocks (nothing to read, patch, stitch or steer).
+    fn with_blocks(self, spec: &ShardSpec) -> Result<CorpusShard<'a>> {
+        if self.pair.info().n_layers == 0 {
+            return Err(WorkerError::Io(format!(
+                "shard {}: the model has no blocks",
+                spec.shard
+            )));
+        }
+        Ok(self)
+    }
+
+    fn input(&self, spec: &ShardSpec) -> forward::ShardInput<'_> {
+        forward::ShardInput {
+            start: self.start,
+            samples: self.samples,
+            tokens: &self.tokens,
+            keep: self.keep.as_deref(),
+            batch_size: spec.corpus.batch_size,
+            skip_first: skip_first(spec, &self.pair),
+        }
+    }
+}
+
+fn wrong_shape(shard: ShardKey) -> WorkerError {
+    WorkerError::Io(format!(
+        "shard {shard}: not a shard of {}",
+        shard.analysis()
+    ))
+}
+
+fn block_of(shard: ShardKey) -> Result<usize> {
+    match shard {
+        ShardKey::Block { layer, .. } => Ok(layer),
+        other => Err(wrong_shape(other)),
+    }
 }
 
 /// The longest sequence the base embeds (GPT-2's `n_positions`; RoPE models have no hard
@@ -277,16 +328,25 @@ pub fn planned_steps(spec: &ShardSpec, n_samples: usize) -> usize {
             g.prompts.len()
         }
     };
-    match spec.shard {
-        ShardKey::Samples { start, end, .. } => batches(end - start),
-        ShardKey::Block {
-            analysis: AnalysisKind::Cmap,
-            ..
-        } => batches(spec.cmap.samples.min(n_samples)),
-        ShardKey::Block {
-            analysis: kind @ (AnalysisKind::Crosscoder | AnalysisKind::SaeDiff),
-            ..
-        } => {
+    let slice = match spec.shard {
+        ShardKey::Samples { start, end, .. } => Some(batches(end.saturating_sub(start))),
+        _ => None,
+    };
+    match spec.shard.analysis() {
+        AnalysisKind::Weights => 0,
+        AnalysisKind::Activations | AnalysisKind::LogitLens | AnalysisKind::Stitching => {
+            slice.unwrap_or(0)
+        }
+        AnalysisKind::Cmap => batches(spec.cmap.samples.min(n_samples)),
+        AnalysisKind::Steering => {
+            2 * batches(spec.steering.samples.min(n_samples))
+                + 4 * prompts(&spec.steering.generation)
+        }
+        AnalysisKind::Traces => {
+            let n = spec.traces.samples.min(n_samples);
+            batches(n.min(256)) + n.div_ceil(256) + 4 + 2 * prompts(&spec.traces.generation)
+        }
+        kind @ (AnalysisKind::Crosscoder | AnalysisKind::SaeDiff) => slice.unwrap_or_else(|| {
             let o = if kind == AnalysisKind::SaeDiff {
                 &spec.sae_diff
             } else {
@@ -294,16 +354,7 @@ pub fn planned_steps(spec: &ShardSpec, n_samples: usize) -> usize {
             };
             // Collection batches, training steps, evaluation chunks and reported latents.
             batches(o.samples.min(n_samples)) + o.steps + 1 + o.sample_latents
-        }
-        ShardKey::Block { .. } => {
-            2 * batches(spec.steering.samples.min(n_samples))
-                + 4 * prompts(&spec.steering.generation)
-        }
-        ShardKey::Position { .. } => {
-            let n = spec.traces.samples.min(n_samples);
-            batches(n.min(256)) + n.div_ceil(256) + 4 + 2 * prompts(&spec.traces.generation)
-        }
-        ShardKey::Layer(_) | ShardKey::NonLayer => 0,
+        }),
     }
 }
 
