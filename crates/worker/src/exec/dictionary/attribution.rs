@@ -309,7 +309,8 @@ pub fn evaluate(
 
 /// The shuffled-word control of the domain share: for each of the ground truth's domain
 /// tokens, the token of the held-back samples that hold no domain token (the text that is not
-/// the domain's) whose count there is closest to the domain token's own count (ties broken by
+/// the domain's), and that never occurs in those that do, whose count there is closest to the
+/// domain token's own count (ties broken by
 /// a seeded hash): words as common as the domain's but not of its text, which a latent
 /// "carries" as often as chance and that frequency make it. Empty without a ground truth.
 fn control_words(
@@ -329,9 +330,21 @@ fn control_words(
         .filter(|(_, &t)| is_domain(t))
         .map(|(&s, _)| s)
         .collect();
+    // A word that also occurs in the domain's samples is of its text ("chef" beside "knead",
+    // and the function words every text shares): no candidate either, or the control would
+    // count the domain's own vocabulary as chance.
+    let in_domain_text: std::collections::BTreeSet<i64> = tokens
+        .iter()
+        .flat_map(|(s, _, t)| s.iter().zip(t))
+        .filter(|(s, _)| domain_samples.contains(s))
+        .map(|(_, &t)| t)
+        .collect();
     let mut counts: std::collections::BTreeMap<usize, u64> = std::collections::BTreeMap::new();
     for (&s, &id) in tokens.iter().flat_map(|(s, _, t)| s.iter().zip(t)) {
-        if let (false, Ok(id)) = (domain_samples.contains(&s), usize::try_from(id)) {
+        if domain_samples.contains(&s) || in_domain_text.contains(&id) {
+            continue;
+        }
+        if let Ok(id) = usize::try_from(id) {
             *counts.entry(id).or_insert(0) += 1;
         }
     }
