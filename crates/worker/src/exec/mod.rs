@@ -171,21 +171,18 @@ pub fn run_shard(
             let s = open(read)?.with_blocks(spec)?;
             let corpus = s.corpus;
             let identity = sources.identity();
+            let shard = dictionary::DictShard {
+                pair: &s.pair,
+                spec,
+                identity: &identity,
+                corpus,
+                tokens: &s.tokens,
+                store,
+            };
             if let ShardKey::Samples { .. } = spec.shard {
-                ShardOutput::Collect(dictionary::collect(
-                    &s.pair, spec, &identity, corpus, &s.tokens, store, progress,
-                )?)
+                ShardOutput::Collect(dictionary::collect(shard, progress)?)
             } else {
-                let report = dictionary::train(
-                    &s.pair,
-                    spec,
-                    &identity,
-                    corpus,
-                    &s.tokens,
-                    store,
-                    dist::ground_truth(sources),
-                    progress,
-                )?;
+                let report = dictionary::train(shard, dist::ground_truth(sources), progress)?;
                 if kind == AnalysisKind::Crosscoder {
                     ShardOutput::Crosscoder(report)
                 } else {

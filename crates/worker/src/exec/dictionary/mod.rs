@@ -199,16 +199,38 @@ fn ensure_chunk(
     Ok(ensured)
 }
 
+/// What a dictionary shard (collect or train) reads: the models, the shard, the store's
+/// identity, the corpus and its tokens, and the activation store.
+#[derive(Clone, Copy)]
+pub struct DictShard<'a> {
+    pub pair: &'a Pair,
+    pub spec: &'a ShardSpec,
+    pub identity: &'a str,
+    pub corpus: &'a CorpusText,
+    pub tokens: &'a [Vec<i64>],
+    pub store: &'a dyn ShardStore,
+}
+
+impl std::fmt::Debug for DictShard<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DictShard")
+            .field("shard", &self.spec.shard)
+            .field("identity", &self.identity)
+            .field("samples", &self.tokens.len())
+            .finish_non_exhaustive()
+    }
+}
+
 /// A collect shard: the chunk of its slice.
-pub fn collect(
-    pair: &Pair,
-    spec: &ShardSpec,
-    identity: &str,
-    corpus: &CorpusText,
-    tokens: &[Vec<i64>],
-    store: &dyn ShardStore,
-    progress: Progress<'_>,
-) -> Result<CollectShard> {
+pub fn collect(shard: DictShard<'_>, progress: Progress<'_>) -> Result<CollectShard> {
+    let DictShard {
+        pair,
+        spec,
+        identity,
+        corpus,
+        tokens,
+        store,
+    } = shard;
     let started = Instant::now();
     let setup = Setup::of(spec, corpus, pair, identity)?;
     let ShardKey::Samples { start, end, .. } = spec.shard else {
@@ -242,17 +264,19 @@ pub fn collect(
 }
 
 /// The training shard.
-#[allow(clippy::too_many_arguments)]
 pub fn train(
-    pair: &Pair,
-    spec: &ShardSpec,
-    identity: &str,
-    corpus: &CorpusText,
-    tokens: &[Vec<i64>],
-    store: &dyn ShardStore,
+    shard: DictShard<'_>,
     ground_truth: Option<GroundTruth>,
     progress: Progress<'_>,
 ) -> Result<DictionaryReport> {
+    let DictShard {
+        pair,
+        spec,
+        identity,
+        corpus,
+        tokens,
+        store,
+    } = shard;
     let started = Instant::now();
     let info = pair.info().clone();
     let setup = Setup::of(spec, corpus, pair, identity)?;
