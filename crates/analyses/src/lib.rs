@@ -2,7 +2,7 @@
 //! how its shard outputs merge into its section of results.json, and what its report shows.
 //! Planning ([`plan`]) and assembly ([`assemble`]) are written once here and called by the
 //! embedded audit and by the service alike. No libtorch: the API and scheduler link this crate;
-//! running a shard is the worker's (`neurodiff_worker::exec`, one module per analysis too).
+//! running a shard is the worker's (`neurodiff_exec`, one module per analysis too).
 pub mod activations;
 pub mod charts;
 pub mod cmap;

@@ -17,9 +17,11 @@ use neurodiff_core::weights::lora::{ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 use neurodiff_core::{Checkpoint, CoreError};
 use neurodiff_protocol::{Limits, ModelRef, ReferencePolicy};
 
-use crate::exec::dist::GROUND_TRUTH_FILE;
+use neurodiff_exec::dist::GROUND_TRUTH_FILE;
+use neurodiff_exec::{ExecError, Result, Sources};
+use neurodiff_protocol::Target;
+
 use crate::materialize::materialize_s3;
-use crate::{Result, WorkerError};
 
 /// A reference opened under the policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,8 +79,8 @@ pub struct Enforcer {
     pub cache_dir: PathBuf,
 }
 
-fn refused(reference: &str, why: impl std::fmt::Display) -> WorkerError {
-    WorkerError::Io(format!("model reference `{reference}`: {why}"))
+fn refused(reference: &str, why: impl std::fmt::Display) -> ExecError {
+    ExecError::Io(format!("model reference `{reference}`: {why}"))
 }
 
 fn canonical(path: &Path) -> Option<PathBuf> {
@@ -92,7 +94,7 @@ impl Enforcer {
         let parsed = self
             .policy
             .check(team, field, reference)
-            .map_err(|e| WorkerError::Io(e.0))?;
+            .map_err(|e| ExecError::Io(e.0))?;
         match &parsed {
             ModelRef::Local { path } => {
                 let roots = self.local_roots(team, &parsed, reference)?;
@@ -135,8 +137,8 @@ impl Enforcer {
                 let (hub, r) = (self.hub.clone(), reference.to_string());
                 let snap = tokio::task::spawn_blocking(move || resolve_hub(&r, &hub))
                     .await
-                    .map_err(|e| WorkerError::Io(format!("hub resolver: {e}")))?
-                    .map_err(|e| WorkerError::Io(e.to_string()))?;
+                    .map_err(|e| ExecError::Io(format!("hub resolver: {e}")))?
+                    .map_err(|e| ExecError::Io(e.to_string()))?;
                 let (root, dir) = canonical(&snap.repo_dir)
                     .zip(canonical(&snap.dir))
                     .ok_or_else(|| refused(reference, "not in the hub cache"))?;
@@ -210,8 +212,8 @@ impl Enforcer {
         path: &Path,
         roots: &[PathBuf],
     ) -> Result<std::fs::File> {
-        let refuse = |why: &str| WorkerError::Io(format!("corpus `{reference}`: {why}"));
-        let file = crate::corpus::open_file(reference, path)?;
+        let refuse = |why: &str| ExecError::Io(format!("corpus `{reference}`: {why}"));
+        let file = neurodiff_exec::corpus::open_file(reference, path)?;
         // The path the kernel has for the open descriptor.
         let opened = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
             .map_err(|_| refuse("cannot tell where the open file lies"))?;
@@ -306,6 +308,18 @@ impl Enforcer {
         }
         Ok(vetted)
     }
+}
+
+/// Opens both sides from the directories the policy confined them to; every file must be the
+/// one the policy vetted (a name re-pointed since is refused before it is read).
+pub fn open_sources(base: &Confined, target: &Target, target_dir: &Confined) -> Result<Sources> {
+    Sources::open_guarded(
+        &base.dir.display().to_string(),
+        &target.with_reference(target_dir.dir.display().to_string()),
+        &HubOptions::from_env(),
+        Some(base.guard()),
+        Some(target_dir.guard()),
+    )
 }
 
 /// `message` with the worker-local `dir` replaced by the reference as submitted.

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use crate::service::WorkerContext;
+use crate::context::WorkerContext;
 
 /// Why a task was interrupted from outside.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

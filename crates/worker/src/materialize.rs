@@ -12,7 +12,7 @@ use neurodiff_store::{Blobs, StoreError};
 use rand::Rng;
 use sha2::{Digest, Sha256};
 
-use crate::{Result, WorkerError};
+use neurodiff_exec::{ExecError, Result};
 
 /// Object names copied: the files of a checkpoint or adapter (no sub-folders, no dot-files).
 fn copied_name(name: &str) -> bool {
@@ -65,9 +65,9 @@ pub async fn materialize_s3(
             // An outage or throttling may pass: retried. A missing object or refused access
             // will not: the audit fails with the reason.
             StoreError::Blob(_) | StoreError::Queue(_) | StoreError::Database(_) => {
-                WorkerError::Storage(message)
+                ExecError::Storage(message)
             }
-            _ => WorkerError::Io(message),
+            _ => ExecError::Io(message),
         }
     };
     let blobs = Blobs::from_url(&format!("s3://{bucket}")).map_err(failed)?;
@@ -82,13 +82,13 @@ pub async fn materialize_s3(
         })
         .collect();
     if objects.is_empty() {
-        return Err(WorkerError::Io(format!(
+        return Err(ExecError::Io(format!(
             "model reference `{reference}`: no objects under this prefix"
         )));
     }
     let total: u64 = objects.iter().map(|(_, o)| o.size).sum();
     if total > max_bytes {
-        return Err(WorkerError::Io(format!(
+        return Err(ExecError::Io(format!(
             "model reference `{reference}`: {total} bytes under this prefix, more than the limit of {max_bytes} bytes per model"
         )));
     }
@@ -105,9 +105,9 @@ pub async fn materialize_s3(
         let message = format!("copying `{reference}` into the worker cache: {e}");
         // A full disk or a quota may clear: retried like an outage.
         if e.raw_os_error() == Some(28) || e.kind() == std::io::ErrorKind::StorageFull {
-            WorkerError::Storage(message)
+            ExecError::Storage(message)
         } else {
-            WorkerError::Io(format!("{message} ({})", path.display()))
+            ExecError::Io(format!("{message} ({})", path.display()))
         }
     };
     let nonce: u64 = rand::rng().random();

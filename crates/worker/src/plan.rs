@@ -1,25 +1,19 @@
-//! Planning an audit on a worker: both models opened under the reference policy, their sizes
-//! checked against the limits before anything is allocated from what a config claims, the
-//! shard plan made, and every file hashed (hub ids pinned to their commit), in one record.
+//! The planning task: both models opened under the reference policy (hub ids pinned to their
+//! commit), then the executor's planning (limits, shard plan, every file hashed), its shards
+//! written to the audit and the scheduler woken.
 use std::sync::atomic::Ordering;
 
-use neurodiff_analyses::PlanFacts;
 use neurodiff_core::CoreError;
-use neurodiff_protocol::{
-    AnalysisKind, AuditSpec, AuditStatus, Event, Limits, PlanRecord, ShardKey, ShardSpec, Spectrum,
-    WeightOptions,
-};
+use neurodiff_exec::{hash_sides, plan_audit, ExecError, Named};
+use neurodiff_protocol::{AuditStatus, Event, PlanRecord, ShardKey};
 use neurodiff_store::StoreError;
 use uuid::Uuid;
 
-use crate::confine::redact;
-use crate::exec::CorpusText;
-use crate::lease::Lease;
-use crate::record::record_with;
-use crate::service::{
+use crate::confine::{open_sources, redact};
+use crate::context::{
     blocking, fail_planning, foreign, open_pair, wake, Outcome, Transient, WorkerContext,
 };
-use crate::{Content, OpenTarget, Sources, WorkerError};
+use crate::lease::Lease;
 
 pub(crate) async fn plan(
     ctx: &WorkerContext,
@@ -49,7 +43,7 @@ pub(crate) async fn plan(
     .await
     {
         Ok(pair) => pair,
-        Err(WorkerError::Storage(e)) => return Err(Transient(e)),
+        Err(ExecError::Storage(e)) => return Err(Transient(e)),
         Err(e) => {
             let reason = format!(
                 "planning: {}",
@@ -61,7 +55,7 @@ pub(crate) async fn plan(
     let corpus = if spec.needs_corpus() {
         match enforcer.read_corpus(&team, &spec.corpus_read()).await {
             Ok(c) => Some(c),
-            Err(WorkerError::Storage(e)) => return Err(Transient(e)),
+            Err(ExecError::Storage(e)) => return Err(Transient(e)),
             Err(e) => {
                 let reason = format!(
                     "planning: {}",
@@ -81,7 +75,7 @@ pub(crate) async fn plan(
         if !slow_plan.is_zero() {
             std::thread::sleep(slow_plan);
         }
-        let sources = Sources::open_confined(&base_b, &spec_b.target, &target_b)?;
+        let sources = open_sources(&base_b, &spec_b.target, &target_b)?;
         let n_layers = sources.n_layers()?;
         let (base_files, target_files) = sources.contents()?;
         let shards = plan_audit(
@@ -91,31 +85,28 @@ pub(crate) async fn plan(
             corpus.as_ref(),
             &limits,
         )?;
+        let (base, finetuned) = hash_sides(
+            [&base_b, &target_b].map(|c| Named {
+                reference: &c.reference,
+                pinned: &c.pinned,
+            }),
+            [&base_files, &target_files],
+            &hashes,
+            &stop,
+        )?;
         let record = PlanRecord {
             n_layers,
             corpus: corpus.map(|c| c.record),
-            base: record_with(
-                &base_b.reference,
-                &base_b.pinned,
-                &base_files,
-                &hashes,
-                &stop,
-            )?,
-            finetuned: record_with(
-                &target_b.reference,
-                &target_b.pinned,
-                &target_files,
-                &hashes,
-                &stop,
-            )?,
+            base,
+            finetuned,
         };
-        Ok::<_, WorkerError>((shards, record))
+        Ok::<_, ExecError>((shards, record))
     })
     .await?;
     let (shards, record) = match planned {
         Ok(p) => p,
         // Stopped: the audit was cancelled (a hand-back or deadline is answered by the caller).
-        Err(WorkerError::Core(CoreError::Interrupted)) if lease.stop.load(Ordering::SeqCst) => {
+        Err(ExecError::Core(CoreError::Interrupted)) if lease.stop.load(Ordering::SeqCst) => {
             return Ok(Outcome::Ack)
         }
         Err(e) if e.is_resource_exhaustion() => {
@@ -135,162 +126,4 @@ pub(crate) async fn plan(
     tracing::info!(shards = keys.len(), "planned");
     wake(ctx, Event::Planned { audit }).await;
     Ok(Outcome::Ack)
-}
-
-/// The shard plan of `spec` on the opened `sources` (and `corpus`, when an analysis runs the
-/// models): the limits checked first, then each analysis's shards. The embedded audit and the
-/// service's planning task both call this.
-pub fn plan_audit(
-    sources: &Sources,
-    spec: &AuditSpec,
-    contents: [&[Content<'_>]; 2],
-    corpus: Option<&CorpusText>,
-    limits: &Limits,
-) -> crate::Result<Vec<ShardSpec>> {
-    let n_layers = sources.n_layers()?;
-    let weights = spec.runs(AnalysisKind::Weights).then_some(&spec.weights);
-    check_limits(sources, contents, n_layers, weights, limits)?;
-    if spec.needs_corpus() {
-        let tokenizer = sources
-            .base_dir
-            .join(neurodiff_core::checkpoint::TOKENIZER_FILE);
-        if !tokenizer.is_file() && !sources.base.is_gguf() {
-            return Err(WorkerError::Io(
-                "the base model has no tokenizer.json, which the activation analyses need to \
-                 tokenize the corpus"
-                    .into(),
-            ));
-        }
-        let Some(corpus) = corpus else {
-            return Err(WorkerError::Io(
-                "no corpus was read for the activation analyses".into(),
-            ));
-        };
-        check_chat(sources, corpus, spec.corpus.token_filter)?;
-        check_positions(sources, spec.corpus.seq_len)?;
-    }
-    let config = sources.base.config_json()?;
-    let d_model = ["hidden_size", "n_embd", "d_model"]
-        .iter()
-        .find_map(|k| config.get(*k).and_then(serde_json::Value::as_u64))
-        .map(|d| d as usize);
-    let facts = PlanFacts {
-        n_layers,
-        n_samples: corpus.map(|c| c.samples.len()),
-        d_model,
-    };
-    neurodiff_analyses::plan(spec, &facts).map_err(|e| WorkerError::Io(e.to_string()))
-}
-
-/// Refuses a `seq_len` beyond what a model with learned positions can embed (GPT-2's
-/// `n_positions`), here rather than in the first shard.
-fn check_positions(sources: &Sources, seq_len: usize) -> crate::Result<()> {
-    let mut checkpoints = vec![("base", &sources.base)];
-    if let OpenTarget::Checkpoint(c) = &sources.target {
-        checkpoints.push(("fine-tuned", c));
-    }
-    for (side, ckpt) in checkpoints {
-        let config = ckpt.config_json()?;
-        if let Some(n) = config
-            .get("n_positions")
-            .and_then(serde_json::Value::as_u64)
-        {
-            if seq_len as u64 > n {
-                return Err(WorkerError::Io(format!(
-                    "--seq-len {seq_len} exceeds the {side} model's n_positions = {n} (config.json)"
-                )));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Refuses models larger than the limits allow, naming the limit and its flag (`contents`: the
-/// files of the base and of the target, as `Sources::contents` read them). Runs before
-/// the shard plan is made, so a config claiming a billion blocks allocates nothing.
-pub fn check_limits(
-    sources: &Sources,
-    contents: [&[Content<'_>]; 2],
-    n_layers: usize,
-    weights: Option<&WeightOptions>,
-    limits: &Limits,
-) -> crate::Result<()> {
-    let over = |what: String| Err(WorkerError::Io(what));
-    if n_layers > limits.max_blocks {
-        return over(format!(
-            "config.json claims {n_layers} blocks; the limit is {} (--max-blocks)",
-            limits.max_blocks
-        ));
-    }
-    let base_tensors = sources.base.names().count();
-    let target_tensors = match &sources.target {
-        OpenTarget::Checkpoint(c) => c.names().count(),
-        OpenTarget::Adapter(a) => a.pairs.len(),
-    };
-    for (side, n) in [("base", base_tensors), ("fine-tuned", target_tensors)] {
-        if n > limits.max_tensors {
-            return over(format!(
-                "the {side} checkpoint holds {n} tensors; the limit is {} (--max-tensors)",
-                limits.max_tensors
-            ));
-        }
-    }
-    for (side, files) in ["base", "fine-tuned"].into_iter().zip(contents) {
-        let bytes: u64 = files.iter().map(|f| f.bytes.len() as u64).sum();
-        if bytes > limits.max_model_bytes {
-            return over(format!(
-                "the {side} model's files hold {bytes} bytes; the limit is {} (--max-model-bytes)",
-                limits.max_model_bytes
-            ));
-        }
-    }
-    if weights.is_some_and(|w| w.spectrum == Spectrum::Full) {
-        if let OpenTarget::Checkpoint(ft) = &sources.target {
-            let big = sources.base.names().find(|n| {
-                sources.base.meta(n).is_some_and(|m| {
-                    m.shape.len() == 2
-                        && ft.contains(n)
-                        && m.numel() as u64 > limits.max_spectrum_elements
-                })
-            });
-            if let Some(name) = big {
-                return over(format!(
-                    "tensor `{name}` has more than {} elements, the limit for a full spectrum \
-                     (--max-spectrum-elements); audit with spectrum `none`",
-                    limits.max_spectrum_elements
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// A token filter needs a chat corpus, and a chat corpus the base model's chat template.
-fn check_chat(
-    sources: &Sources,
-    corpus: &CorpusText,
-    filter: neurodiff_protocol::TokenFilter,
-) -> crate::Result<()> {
-    if !filter.is_all() && !corpus.chat {
-        return Err(WorkerError::Io(format!(
-            "corpus.token_filter `{}` needs a chat corpus (JSON Lines with `messages`); `{}` is text",
-            serde_json::to_value(filter).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
-            corpus.record.source
-        )));
-    }
-    if corpus.chat
-        && neurodiff_core::chat::ChatTemplate::load_guarded(
-            &sources.base_dir,
-            sources.base.guard(),
-        )?
-        .is_none()
-    {
-        return Err(WorkerError::Io(format!(
-            "corpus `{}` is chat (`messages`), but the base model has no chat template \
-             (chat_template.jinja, tokenizer_config.json `chat_template`, or a GGUF's \
-             tokenizer.chat_template) to render it",
-            corpus.record.source
-        )));
-    }
-    Ok(())
 }

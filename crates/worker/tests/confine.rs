@@ -243,7 +243,7 @@ fn a_fifo_as_the_corpus_is_refused_without_blocking() {
     assert!(err.contains("not a regular file"), "{err}");
     // ...and embedded.
     let err = within_30_s(move || {
-        neurodiff_worker::corpus::load_local(&opts, &Limits::default())
+        neurodiff_exec::corpus::load_local(&opts, &Limits::default())
             .unwrap_err()
             .to_string()
     });
@@ -276,15 +276,15 @@ fn a_fine_tune_swapped_for_a_link_mid_audit_gives_no_other_teams_ground_truth() 
     let target = neurodiff_protocol::Target::Checkpoint {
         reference: ft.reference.clone(),
     };
-    let sources = neurodiff_worker::Sources::open_confined(&base, &target, &ft).unwrap();
-    let read = neurodiff_worker::exec::dist::ground_truth(&sources).unwrap();
+    let sources = neurodiff_worker::confine::open_sources(&base, &target, &ft).unwrap();
+    let read = neurodiff_exec::dist::ground_truth(&sources).unwrap();
     assert_eq!(read.organism, "mine");
     // The team replaces its fine-tune's directory with a link to another team's organism
     // after the files were vetted and opened.
     std::fs::rename(root.join("ft"), root.join("ft.old")).unwrap();
     std::os::unix::fs::symlink(outside.join("private"), root.join("ft")).unwrap();
     assert_eq!(
-        neurodiff_worker::exec::dist::ground_truth(&sources).map(|g| g.organism),
+        neurodiff_exec::dist::ground_truth(&sources).map(|g| g.organism),
         None
     );
 }

@@ -10,11 +10,10 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context};
 use neurodiff_core::device;
 use neurodiff_core::reference::HubOptions;
+use neurodiff_exec::record::HashCache;
+use neurodiff_exec::store::{DirStore, ShardStore};
+use neurodiff_exec::{corpus, hash_sides, plan_audit, planned_steps, run_shard, Named, Sources};
 use neurodiff_protocol::{AuditResults, Limits, PlanRecord, ShardKey};
-use neurodiff_worker::exec::run_shard;
-use neurodiff_worker::exec::store::ShardStore;
-use neurodiff_worker::record::{record_with, HashCache};
-use neurodiff_worker::{corpus, plan_audit, Sources};
 
 use crate::commands::scope::ScopeArgs;
 use crate::staging::Staging;
@@ -62,11 +61,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let limits = Limits::default();
     spec.check_limits(&limits)?;
     let device = device::parse_device(&args.device)?;
-    let store = neurodiff_worker::exec::store::DirStore::new(
-        args.store
-            .clone()
-            .unwrap_or_else(neurodiff_worker::exec::store::DirStore::default_root),
-    );
+    let store = DirStore::new(args.store.clone().unwrap_or_else(DirStore::default_root));
     if args.out.exists()
         && !args.out.join("results.json").is_file()
         && args
@@ -110,10 +105,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .iter()
             .map(|s| match s.shard {
                 ShardKey::Layer(_) | ShardKey::NonLayer => sources.shard_size(s),
-                _ => neurodiff_worker::exec::planned_steps(
-                    s,
-                    corpus.as_ref().map_or(0, |c| c.samples.len()),
-                ),
+                _ => planned_steps(s, corpus.as_ref().map_or(0, |c| c.samples.len())),
             })
             .sum();
         bar.set_length(total as u64);
@@ -122,22 +114,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let (spec, stop, src) = (&spec, &stop, &sources);
         let (base_files, target_files) = (&base_files, &target_files);
         let hashing = scope.spawn(move || {
-            let record = |reference: &str, dir: &std::path::Path, files| {
-                record_with(
-                    reference,
-                    &dir.display().to_string(),
-                    files,
-                    &HashCache::default(),
-                    stop,
-                )
-            };
-            let records = (
-                record(&spec.base, base_dir, base_files)?,
-                record(spec.target.reference(), target_dir, target_files)?,
-            );
+            let dirs = [base_dir, target_dir].map(|d| d.display().to_string());
+            let names = [spec.base.as_str(), spec.target.reference()];
+            let records = hash_sides(
+                [0, 1].map(|i| Named {
+                    reference: names[i],
+                    pinned: &dirs[i],
+                }),
+                [base_files, target_files],
+                &HashCache::default(),
+                stop,
+            )?;
             // Hashing touched every page of both sides; the analyses have their own copies.
             src.release_pages();
-            Ok::<_, neurodiff_worker::WorkerError>(records)
+            Ok::<_, neurodiff_exec::ExecError>(records)
         });
         let analysed = shards
             .iter()

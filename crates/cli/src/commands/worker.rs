@@ -10,7 +10,7 @@ use neurodiff_core::reference::HubOptions;
 use neurodiff_server::policy::{LimitArgs, PolicyArgs};
 use neurodiff_server::services::{runtime, shutdown_signal, Backends};
 use neurodiff_worker::confine::Enforcer;
-use neurodiff_worker::service::{WorkerContext, WorkerSettings};
+use neurodiff_worker::{WorkerContext, WorkerSettings};
 
 #[derive(Debug, clap::Args)]
 pub struct WorkerArgs {

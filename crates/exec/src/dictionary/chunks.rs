@@ -8,7 +8,7 @@ use safetensors::SafeTensors;
 use tch::{Device, Kind, Tensor};
 
 use super::permutation;
-use crate::{Result, WorkerError};
+use crate::{ExecError, Result};
 
 /// One slice's activations `(N, M, d)` (f32) with each row's sample, position and token.
 #[derive(Debug)]
@@ -19,8 +19,8 @@ pub struct Chunk {
     pub token: Vec<i64>,
 }
 
-fn bad(message: impl Into<String>) -> WorkerError {
-    WorkerError::Io(format!("activation chunk: {}", message.into()))
+fn bad(message: impl Into<String>) -> ExecError {
+    ExecError::Io(format!("activation chunk: {}", message.into()))
 }
 
 impl Chunk {
@@ -133,7 +133,7 @@ impl Windows {
     pub fn new(counts: Vec<u64>, batch: usize, seed: u64) -> Result<Self> {
         let total: u64 = counts.iter().sum();
         if counts.is_empty() || batch == 0 || (total as usize) < batch {
-            return Err(WorkerError::Io(format!(
+            return Err(ExecError::Io(format!(
                 "a batch of {batch} tokens needs at least that many training tokens (there are {total})"
             )));
         }
@@ -185,11 +185,11 @@ impl Windows {
         }
         loop {
             let Some((epoch, first, plan)) = &self.cursor else {
-                return Err(WorkerError::Io("no training order".into()));
+                return Err(ExecError::Io("no training order".into()));
             };
             let total: usize = plan.iter().map(|w| w.1).sum();
             if total == 0 {
-                return Err(WorkerError::Io(
+                return Err(ExecError::Io(
                     "no window of the store holds a whole batch".into(),
                 ));
             }
@@ -213,7 +213,7 @@ impl Windows {
         if self.loaded.as_ref().map(|l| l.0) != Some((epoch, window)) {
             let chunks = match &self.cursor {
                 Some((_, _, plan)) => plan[window].0.clone(),
-                None => return Err(WorkerError::Io("no training order".into())),
+                None => return Err(ExecError::Io("no training order".into())),
             };
             // Drop the previous window before reading the next.
             self.loaded = None;
@@ -230,7 +230,7 @@ impl Windows {
             self.loaded = Some(((epoch, window), rows, Tensor::from_slice(&order)));
         }
         let Some((_, rows, order)) = &self.loaded else {
-            return Err(WorkerError::Io("no window loaded".into()));
+            return Err(ExecError::Io("no window loaded".into()));
         };
         let idx = order.f_narrow(0, (b * self.batch) as i64, self.batch as i64)?;
         Ok(rows.f_index_select(0, &idx)?)

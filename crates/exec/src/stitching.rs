@@ -9,10 +9,10 @@ use neurodiff_core::{HookKind, HookPoint, Hooks};
 use neurodiff_protocol::{GroundTruth, StitchDirection, StitchShard, StitchSums};
 use tch::Tensor;
 
-use super::dist::{kl_rows, nll_rows, Targets};
-use super::forward::{Pair, ShardInput, Side, Tokens};
-use super::{check, Progress};
-use crate::{Result, WorkerError};
+use crate::dist::{kl_rows, nll_rows, Targets};
+use crate::forward::{Pair, ShardInput, Side, Tokens};
+use crate::progress::{check, Progress};
+use crate::{ExecError, Result};
 
 pub fn run(
     pair: &Pair,
@@ -71,7 +71,7 @@ pub fn run(
                 first_cache
                     .cached(&point)
                     .map(Tensor::shallow_clone)
-                    .ok_or_else(|| WorkerError::Io(format!("{point} was not cached")))
+                    .ok_or_else(|| ExecError::Io(format!("{point} was not cached")))
             };
             let logits = if p.k < n_layers {
                 let point = HookPoint::new(p.k, HookKind::ResidPre);

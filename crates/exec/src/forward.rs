@@ -3,9 +3,9 @@
 use neurodiff_core::corpus::Batch;
 use neurodiff_core::tokenizer::{self, Tokenizer};
 use neurodiff_core::{AdapterSwitch, Model, ModelInfo};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
-use crate::{OpenTarget, Result, Sources, WorkerError};
+use crate::{ExecError, OpenTarget, Result, Sources};
 
 /// Both models of an audit, and the base's tokenizer (which tokenizes the corpus for both).
 /// For an adapter, one model: the base with the adapter attached behind a switch.
@@ -44,7 +44,7 @@ impl Pair {
                 let ft_model = Model::load(ft, device)?;
                 let (b, f) = (base.info(), ft_model.info());
                 if b.n_layers != f.n_layers || b.d_model != f.d_model {
-                    return Err(WorkerError::Io(format!(
+                    return Err(ExecError::Io(format!(
                         "the models differ in shape: base {} blocks of width {}, fine-tuned {} of {}",
                         b.n_layers, b.d_model, f.n_layers, f.d_model
                     )));
@@ -99,10 +99,10 @@ impl Pair {
     }
 
     /// The text of `ids`, as the base's tokenizer decodes it, bounded as results show text
-    /// ([`super::dist::shown_text`]).
+    /// ([`crate::dist::shown_text`]).
     pub fn decode(&self, ids: &[i64]) -> String {
         let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
-        super::dist::shown_text(&self.tokenizer, &ids)
+        crate::dist::shown_text(&self.tokenizer, &ids)
     }
 }
 
@@ -202,23 +202,22 @@ pub fn paired_at(
         pair.model(side).forward(&batch.ids, &mut hooks)?;
         let x = hooks
             .cached(&point)
-            .ok_or_else(|| WorkerError::Io(format!("{point} was not cached")))?;
+            .ok_or_else(|| ExecError::Io(format!("{point} was not cached")))?;
         out.push(tokens.select(x)?);
     }
     let finetuned = out
         .pop()
-        .ok_or_else(|| WorkerError::Io("no activations".into()))?;
+        .ok_or_else(|| ExecError::Io("no activations".into()))?;
     let base = out
         .pop()
-        .ok_or_else(|| WorkerError::Io("no activations".into()))?;
+        .ok_or_else(|| ExecError::Io("no activations".into()))?;
     Ok((base, finetuned))
 }
 
-/// A float tensor's values as f64.
-pub fn to_f64(t: &Tensor) -> Result<Vec<f64>> {
-    let t = t
-        .f_to_kind(Kind::Double)?
-        .f_to_device(Device::Cpu)?
-        .f_flatten(0, -1)?;
-    Ok(Vec::<f64>::try_from(&t).map_err(neurodiff_core::CoreError::from)?)
+/// The leading positions the BOS-dominated statistics leave out: the request's
+/// `corpus.skip_first`, or the tokens the tokenizer prepends.
+pub fn skip_first(spec: &neurodiff_protocol::ShardSpec, pair: &Pair) -> usize {
+    spec.corpus
+        .skip_first
+        .unwrap_or_else(|| tokenizer::prefix_len(&pair.tokenizer))
 }

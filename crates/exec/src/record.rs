@@ -14,7 +14,7 @@ use neurodiff_protocol::{FileHash, ModelRecord};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
-use crate::{Result, WorkerError};
+use crate::{ExecError, Result};
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -33,7 +33,7 @@ fn hash_bytes(bytes: &[u8], stop: &AtomicBool) -> Result<String> {
     let mut hasher = Sha256::new();
     for chunk in bytes.chunks(1 << 20) {
         if stop.load(Ordering::Relaxed) {
-            return Err(WorkerError::Core(CoreError::Interrupted));
+            return Err(ExecError::Core(CoreError::Interrupted));
         }
         hasher.update(chunk);
     }
@@ -158,7 +158,7 @@ pub fn verify(
             })
         })
         .unwrap_or_else(|| "its file list".to_string());
-    Err(WorkerError::Io(format!(
+    Err(ExecError::Io(format!(
         "model `{}` changed since planning: {changed}; the audit would mix two versions",
         planned.reference
     )))

@@ -12,8 +12,7 @@ use neurodiff_protocol::limits::{
 use neurodiff_protocol::{GenerationOptions, GroundTruth, TokenProb};
 use tch::{Device, Kind, Tensor};
 
-use super::forward::to_f64;
-use crate::{Result, Sources, WorkerError};
+use crate::{ExecError, Result, Sources};
 
 /// The file an organism's ground truth is in, beside its weights.
 pub const GROUND_TRUTH_FILE: &str = "ground_truth.json";
@@ -167,7 +166,7 @@ pub fn top_tokens(probs: &Tensor, k: usize, tokenizer: &Tokenizer) -> Result<Vec
 pub fn encode_prompt(tokenizer: &Tokenizer, prompt: &str) -> Result<Vec<i64>> {
     let ids = neurodiff_core::tokenizer::encode(tokenizer, prompt)?;
     if ids.is_empty() {
-        return Err(WorkerError::Io(format!(
+        return Err(ExecError::Io(format!(
             "the prompt {prompt:?} has no tokens"
         )));
     }
@@ -239,6 +238,15 @@ pub fn nucleus(p: &[f64], top_p: f64, u: f64) -> usize {
         }
     }
     *kept.last().unwrap_or(&0)
+}
+
+/// A float tensor's values as f64.
+pub fn to_f64(t: &Tensor) -> Result<Vec<f64>> {
+    let t = t
+        .f_to_kind(Kind::Double)?
+        .f_to_device(Device::Cpu)?
+        .f_flatten(0, -1)?;
+    Ok(Vec::<f64>::try_from(&t).map_err(CoreError::from)?)
 }
 
 #[cfg(test)]

@@ -5,9 +5,9 @@
 use std::path::Path;
 
 use neurodiff_core::reference::HubOptions;
+use neurodiff_exec::run_shard;
+use neurodiff_exec::{corpus, plan_audit, Sources};
 use neurodiff_protocol::{AuditResults, AuditSpec, Limits, PlanRecord, ShardOutput};
-use neurodiff_worker::exec::run_shard;
-use neurodiff_worker::{corpus, plan_audit, Sources};
 
 fn record() -> neurodiff_protocol::ModelRecord {
     neurodiff_protocol::ModelRecord {
@@ -35,7 +35,7 @@ pub fn shard_outputs(spec: &AuditSpec) -> Result<(Vec<ShardOutput>, PlanRecord),
         plan_audit(&sources, spec, [&b, &t], Some(&corpus), &limits).map_err(|e| e.to_string())?;
     // Each audit its own store: what one test leaves never feeds another.
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let store = neurodiff_worker::exec::store::DirStore::new(dir.path());
+    let store = neurodiff_exec::store::DirStore::new(dir.path());
     let outputs = shards
         .iter()
         .map(|s| {

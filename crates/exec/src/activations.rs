@@ -12,8 +12,9 @@ use neurodiff_protocol::{
 };
 use tch::{Kind, Tensor};
 
-use super::forward::{to_f64, Pair, ShardInput, Side, Tokens};
-use super::{check, Progress};
+use crate::dist::to_f64;
+use crate::forward::{Pair, ShardInput, Side, Tokens};
+use crate::progress::{check, Progress};
 use crate::Result;
 
 /// A candidate top example before its context is decoded.
@@ -94,7 +95,7 @@ pub fn run(
                  -> Result<Tensor> {
                     let cached = |kind| {
                         cache.get(&HookPoint::new(layer, kind)).ok_or_else(|| {
-                            crate::WorkerError::Io(format!(
+                            crate::ExecError::Io(format!(
                                 "the model did not expose {}",
                                 HookPoint::new(layer, kind)
                             ))

@@ -14,9 +14,9 @@ mod organisms;
 use std::path::Path;
 
 use neurodiff_core::reference::HubOptions;
+use neurodiff_exec::run_shard;
+use neurodiff_exec::{plan_audit, Sources};
 use neurodiff_protocol::{AnalysisKind, AuditSpec, Limits, Target};
-use neurodiff_worker::exec::run_shard;
-use neurodiff_worker::{plan_audit, Sources};
 
 #[global_allocator]
 static ALLOC: common::Counting = common::Counting;
@@ -62,7 +62,7 @@ fn plan_and_run(base: &Path, target: Target) {
     };
     if let Some(first) = shards.first() {
         let Ok(dir) = tempfile::tempdir() else { return };
-        let store = neurodiff_worker::exec::store::DirStore::new(dir.path());
+        let store = neurodiff_exec::store::DirStore::new(dir.path());
         let _ = run_shard(&sources, first, None, &store, tch::Device::Cpu, &mut |_| {
             true
         });
@@ -226,8 +226,7 @@ fn corpus_reader() {
                     max_samples: 16,
                     ..Default::default()
                 };
-                if let Ok(c) = neurodiff_worker::corpus::from_bytes("c", name, data, &opts, &limits)
-                {
+                if let Ok(c) = neurodiff_exec::corpus::from_bytes("c", name, data, &opts, &limits) {
                     let ids = neurodiff_core::corpus::encode(&tok, &c.samples, seq_len).unwrap();
                     assert!(ids.iter().all(|s| s.len() <= seq_len));
                 }

@@ -7,10 +7,10 @@ use neurodiff_core::dictionary::Dictionary;
 use neurodiff_core::{HookKind, HookPoint, Hooks};
 use tch::{Kind, Tensor};
 
-use super::super::dist::kl_rows;
-use super::super::forward::{Pair, Side, Tokens};
-use super::super::{check, Progress};
 use super::chunks::Chunk;
+use crate::dist::kl_rows;
+use crate::forward::{Pair, Side, Tokens};
+use crate::progress::{check, Progress};
 use crate::Result;
 
 /// Samples of the held-back chunks the shares are measured on.
@@ -59,7 +59,7 @@ impl Held {
                     .and_then(|t| t.get(..first))
                     .filter(|_| first == text.skip_first)
                     .ok_or_else(|| {
-                        crate::WorkerError::Io(format!(
+                        crate::ExecError::Io(format!(
                             "held-back sample {s}: its first row is at position {first}, not \
                              {} (the store does not match the corpus)",
                             text.skip_first

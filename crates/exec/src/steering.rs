@@ -14,10 +14,10 @@ use neurodiff_protocol::{
 };
 use tch::{Kind, Tensor};
 
-use super::dist::{encode_prompt, generate, kl_rows, nll_rows, Targets};
-use super::forward::{Pair, ShardInput, Side, Tokens};
-use super::{check, Progress};
-use crate::{Result, WorkerError};
+use crate::dist::{encode_prompt, generate, kl_rows, nll_rows, Targets};
+use crate::forward::{Pair, ShardInput, Side, Tokens};
+use crate::progress::{check, Progress};
+use crate::{ExecError, Result};
 
 /// Positions from which n̄_ft is measured (the first ones carry outsized norms).
 pub const NORM_FROM: usize = 5;
@@ -47,7 +47,7 @@ pub(crate) fn block_means(
         check(progress, "batch")?;
         let batch = Batch::new(chunk, pair.device())?;
         let t = Tokens::of(&batch, 0)?;
-        let (xb, xf) = super::forward::paired_at(pair, &batch, &t, point)?;
+        let (xb, xf) = crate::forward::paired_at(pair, &batch, &t, point)?;
         let diff = xf
             .f_to_kind(Kind::Double)?
             .f_sub(&xb.f_to_kind(Kind::Double)?)?;
@@ -67,7 +67,7 @@ pub(crate) fn block_means(
             )?)?;
             count += keep.len() as u64;
         }
-        let norms = super::forward::to_f64(&xf.f_norm_scalaropt_dim(2, [-1], false)?)?;
+        let norms = crate::dist::to_f64(&xf.f_norm_scalaropt_dim(2, [-1], false)?)?;
         for (v, &p) in norms.iter().zip(&t.position) {
             all_norm += v;
             all_n += 1;
@@ -78,7 +78,7 @@ pub(crate) fn block_means(
         }
     }
     if count == 0 {
-        return Err(WorkerError::Io(format!(
+        return Err(ExecError::Io(format!(
             "no sample reaches position {} of the steering vector",
             at.unwrap_or(skip_first)
         )));

@@ -1,32 +1,16 @@
 //! Running one shard: the half of each analysis that needs libtorch, one module per analysis
 //! (the other half, plans, merges and plots, is `neurodiff_analyses`). The embedded audit and
 //! the service's workers call [`run_shard`] alike.
-pub mod activations;
-pub mod cmap;
-pub mod dictionary;
-pub mod dist;
-pub mod forward;
-pub mod logit_lens;
-pub mod steering;
-pub mod stitching;
-pub mod store;
-pub mod traces;
-
-use neurodiff_core::CoreError;
 use neurodiff_protocol::{AnalysisKind, ShardKey, ShardOutput, ShardSpec};
 use tch::Device;
 
-use crate::{Result, Sources, WorkerError};
-
-/// The corpus samples an audit uses, as planning read them.
-#[derive(Debug, Clone)]
-pub struct CorpusText {
-    pub record: neurodiff_protocol::CorpusRecord,
-    pub samples: Vec<String>,
-    /// The samples are conversations (JSON lines with `messages`), rendered with the base
-    /// model's chat template when they are tokenized.
-    pub chat: bool,
-}
+use crate::corpus::CorpusText;
+use crate::progress::Progress;
+use crate::store::ShardStore;
+use crate::{
+    activations, cmap, dictionary, dist, forward, logit_lens, steering, stitching, traces,
+};
+use crate::{ExecError, Result, Sources};
 
 /// The token ids of `samples`, and for a chat corpus which tokens the corpus's token filter
 /// keeps (per sample, per token).
@@ -46,7 +30,7 @@ fn encode_samples(
     }
     let template = ChatTemplate::load_guarded(&sources.base_dir, sources.base.guard())?
         .ok_or_else(|| {
-            WorkerError::Io(
+            ExecError::Io(
             "the corpus is chat (`messages`) but the base model has no chat template to render it"
                 .into(),
         )
@@ -66,17 +50,13 @@ fn encode_samples(
     Ok((tokens, Some(keep)))
 }
 
-/// How a shard reports progress and learns it should stop: called with a unit of work done
-/// (a tensor, a batch); returns false to stop.
-pub type Progress<'a> = &'a mut (dyn FnMut(&str) -> bool + Send);
-
 /// Runs one shard of any analysis. The match names every analysis: a new one does not compile
 /// until it says how its shard runs.
 pub fn run_shard(
     sources: &Sources,
     spec: &ShardSpec,
     corpus: Option<&CorpusText>,
-    store: &dyn store::ShardStore,
+    store: &dyn ShardStore,
     device: Device,
     progress: Progress<'_>,
 ) -> Result<ShardOutput> {
@@ -225,21 +205,20 @@ impl<'a> CorpusShard<'a> {
         read: Read,
         device: Device,
     ) -> Result<CorpusShard<'a>> {
-        let corpus = corpus.ok_or_else(|| {
-            WorkerError::Io(format!("shard {}: no corpus was loaded", spec.shard))
-        })?;
+        let corpus = corpus
+            .ok_or_else(|| ExecError::Io(format!("shard {}: no corpus was loaded", spec.shard)))?;
         let n = corpus.samples.len();
         let (start, samples) = match read {
             Read::Slice => {
                 let ShardKey::Samples { start, end, .. } = spec.shard else {
-                    return Err(WorkerError::Io(format!(
+                    return Err(ExecError::Io(format!(
                         "shard {}: {} runs on sample shards",
                         spec.shard,
                         spec.shard.analysis()
                     )));
                 };
                 let samples = corpus.samples.get(start..end).ok_or_else(|| {
-                    WorkerError::Io(format!("shard {}: the corpus has {n} samples", spec.shard))
+                    ExecError::Io(format!("shard {}: the corpus has {n} samples", spec.shard))
                 })?;
                 (start, samples)
             }
@@ -261,7 +240,7 @@ impl<'a> CorpusShard<'a> {
     /// Refuses a model without blocks (nothing to read, patch, stitch or steer).
     fn with_blocks(self, spec: &ShardSpec) -> Result<CorpusShard<'a>> {
         if self.pair.info().n_layers == 0 {
-            return Err(WorkerError::Io(format!(
+            return Err(ExecError::Io(format!(
                 "shard {}: the model has no blocks",
                 spec.shard
             )));
@@ -276,13 +255,13 @@ impl<'a> CorpusShard<'a> {
             tokens: &self.tokens,
             keep: self.keep.as_deref(),
             batch_size: spec.corpus.batch_size,
-            skip_first: skip_first(spec, &self.pair),
+            skip_first: forward::skip_first(spec, &self.pair),
         }
     }
 }
 
-fn wrong_shape(shard: ShardKey) -> WorkerError {
-    WorkerError::Io(format!(
+fn wrong_shape(shard: ShardKey) -> ExecError {
+    ExecError::Io(format!(
         "shard {shard}: not a shard of {}",
         shard.analysis()
     ))
@@ -303,15 +282,6 @@ fn max_positions(sources: &Sources) -> Result<usize> {
         .get("n_positions")
         .and_then(serde_json::Value::as_u64)
         .map_or(usize::MAX, |n| n as usize))
-}
-
-/// Stops when the caller says so.
-pub(crate) fn check(progress: &mut (dyn FnMut(&str) -> bool + Send), what: &str) -> Result<()> {
-    if progress(what) {
-        Ok(())
-    } else {
-        Err(WorkerError::Core(CoreError::Interrupted))
-    }
 }
 
 /// About how many progress steps (batches, generations) a shard of an analysis that runs the
@@ -353,12 +323,4 @@ pub fn planned_steps(spec: &ShardSpec, n_samples: usize) -> usize {
             batches(o.samples.min(n_samples)) + o.steps + 1 + o.sample_latents
         }),
     }
-}
-
-/// The leading positions the BOS-dominated statistics leave out: the request's
-/// `corpus.skip_first`, or the tokens the tokenizer prepends.
-pub(crate) fn skip_first(spec: &ShardSpec, pair: &forward::Pair) -> usize {
-    spec.corpus
-        .skip_first
-        .unwrap_or_else(|| neurodiff_core::tokenizer::prefix_len(&pair.tokenizer))
 }

@@ -9,9 +9,9 @@ use neurodiff_protocol::{
     CmapOptions, CmapShard, CmapSums, Component, GroundTruth, PatchDirection,
 };
 
-use super::dist::kl_rows;
-use super::forward::{Pair, ShardInput, Side, Tokens};
-use super::{check, Progress};
+use crate::dist::kl_rows;
+use crate::forward::{Pair, ShardInput, Side, Tokens};
+use crate::progress::{check, Progress};
 use crate::Result;
 
 pub fn run(
@@ -66,7 +66,7 @@ pub fn run(
             };
             let value = donor_cache
                 .cached(&point)
-                .ok_or_else(|| crate::WorkerError::Io(format!("{point} was not cached")))?
+                .ok_or_else(|| crate::ExecError::Io(format!("{point} was not cached")))?
                 .shallow_clone();
             let mut hooks = Hooks::new().replace(point, value);
             let patched = tokens.select(

@@ -19,10 +19,11 @@ use neurodiff_protocol::{
 };
 use tch::{Device, Kind, Tensor};
 
-use super::forward::{paired_at, Pair, Tokens};
-use super::store::{sha256_hex, ShardStore};
-use super::{check, CorpusText, Progress};
-use crate::{Result, WorkerError};
+use crate::corpus::CorpusText;
+use crate::forward::{paired_at, Pair, Tokens};
+use crate::progress::{check, Progress};
+use crate::store::{sha256_hex, ShardStore};
+use crate::{ExecError, Result};
 
 mod attribution;
 mod chunks;
@@ -55,7 +56,7 @@ pub struct Setup<'a> {
 impl<'a> Setup<'a> {
     pub fn of(spec: &'a ShardSpec, corpus: &CorpusText, pair: &Pair, models: &str) -> Result<Self> {
         let n_layers = pair.info().n_layers;
-        let skip_first = super::skip_first(spec, pair);
+        let skip_first = crate::forward::skip_first(spec, pair);
         let kind = spec.shard.analysis();
         let diff = kind == AnalysisKind::SaeDiff;
         let opts = if diff {
@@ -63,7 +64,7 @@ impl<'a> Setup<'a> {
         } else {
             &spec.crosscoder
         };
-        let layer = block_of(opts, n_layers).map_err(|e| WorkerError::Io(e.to_string()))?;
+        let layer = block_of(opts, n_layers).map_err(|e| ExecError::Io(e.to_string()))?;
         let slices = slices(kind, opts, corpus.samples.len(), spec.corpus.shard_samples)
             .into_iter()
             .filter_map(|k| match k {
@@ -184,7 +185,7 @@ fn ensure_chunk(
     }
     let (start, end) = slice;
     if tokens.len() != end - start {
-        return Err(WorkerError::Io(format!(
+        return Err(ExecError::Io(format!(
             "slice {start}..{end}: {} samples were tokenized for it",
             tokens.len()
         )));
@@ -234,7 +235,7 @@ pub fn collect(shard: DictShard<'_>, progress: Progress<'_>) -> Result<CollectSh
     let started = Instant::now();
     let setup = Setup::of(spec, corpus, pair, identity)?;
     let ShardKey::Samples { start, end, .. } = spec.shard else {
-        return Err(WorkerError::Io(format!(
+        return Err(ExecError::Io(format!(
             "shard {}: not a collect shard",
             spec.shard
         )));
@@ -282,7 +283,7 @@ pub fn train(
     let setup = Setup::of(spec, corpus, pair, identity)?;
     let opts = setup.opts;
     if setup.slices.len() < 2 {
-        return Err(WorkerError::Io(format!(
+        return Err(ExecError::Io(format!(
             "{}: {} slice(s) of the corpus; at least 2 are needed",
             setup.kind,
             setup.slices.len()
@@ -297,14 +298,14 @@ pub fn train(
     };
     let audit_spec = spec_of(spec);
     neurodiff_analyses::dictionary::check_sizes(setup.kind, opts, &audit_spec, &facts)
-        .map_err(|e| WorkerError::Io(e.to_string()))?;
+        .map_err(|e| ExecError::Io(e.to_string()))?;
     // Every chunk, from the last slice back (collect shards run from the first).
     let mut counts = vec![0u64; setup.slices.len()];
     let mut sums = Vec::with_capacity(setup.slices.len());
     let mut reused = 0;
     for (i, &(start, end)) in setup.slices.iter().enumerate().rev() {
         let toks = tokens.get(start..end).ok_or_else(|| {
-            WorkerError::Io(format!(
+            ExecError::Io(format!(
                 "slice {start}..{end}: the corpus has {} samples",
                 tokens.len()
             ))
@@ -329,7 +330,7 @@ pub fn train(
         let key = setup.chunk_key(setup.slices[i]);
         let bytes = store
             .get(&key)?
-            .ok_or_else(|| WorkerError::Storage(format!("chunk {key} vanished")))?;
+            .ok_or_else(|| ExecError::Storage(format!("chunk {key} vanished")))?;
         Chunk::from_bytes(&bytes)
     };
     // The normalisation from the training chunks' sums.
@@ -360,7 +361,7 @@ pub fn train(
         .into_iter()
         .fold(f64::INFINITY, f64::min);
     if smallest <= 1e-20 {
-        return Err(WorkerError::Io(format!(
+        return Err(ExecError::Io(format!(
             "{}: the activations at block {} do not vary{}; there is nothing to learn",
             setup.kind,
             setup.layer,
@@ -464,20 +465,20 @@ pub fn train(
             .checkpoint_every_steps
             .is_some_and(|n| (s.step + 1) % n == 0);
         if !go_on || due || last_save.elapsed() >= CHECKPOINT_EVERY {
-            let points = serde_json::to_vec(&curve).map_err(|e| WorkerError::Io(e.to_string()))?;
+            let points = serde_json::to_vec(&curve).map_err(|e| ExecError::Io(e.to_string()))?;
             store.put(&curve_key, points)?;
             store.put(&ckpt_key, trainer_bytes(&trainer)?)?;
             last_save = Instant::now();
         }
         if !go_on {
-            return Err(WorkerError::Core(CoreError::Interrupted));
+            return Err(ExecError::Core(CoreError::Interrupted));
         }
     }
     let dictionary = {
-        let dir = tempfile::tempdir().map_err(|e| WorkerError::Io(e.to_string()))?;
+        let dir = tempfile::tempdir().map_err(|e| ExecError::Io(e.to_string()))?;
         let path = dir.path().join("dictionary.safetensors");
         trainer.dict.save(&path)?;
-        let bytes = std::fs::read(&path).map_err(|e| WorkerError::Io(e.to_string()))?;
+        let bytes = std::fs::read(&path).map_err(|e| ExecError::Io(e.to_string()))?;
         // Named by its content as well: a rerun elsewhere (another device's numerics) adds a
         // file rather than replacing the one an earlier audit recorded.
         let key = format!(
@@ -570,16 +571,16 @@ fn fresh(
 }
 
 fn trainer_bytes(trainer: &Trainer) -> Result<Vec<u8>> {
-    let dir = tempfile::tempdir().map_err(|e| WorkerError::Io(e.to_string()))?;
+    let dir = tempfile::tempdir().map_err(|e| ExecError::Io(e.to_string()))?;
     let path = dir.path().join("checkpoint.safetensors");
     trainer.save(&path)?;
-    std::fs::read(&path).map_err(|e| WorkerError::Io(e.to_string()))
+    std::fs::read(&path).map_err(|e| ExecError::Io(e.to_string()))
 }
 
 fn trainer_from_bytes(bytes: &[u8], opts: &TrainOptions, device: Device) -> Result<Trainer> {
-    let dir = tempfile::tempdir().map_err(|e| WorkerError::Io(e.to_string()))?;
+    let dir = tempfile::tempdir().map_err(|e| ExecError::Io(e.to_string()))?;
     let path = dir.path().join("checkpoint.safetensors");
-    std::fs::write(&path, bytes).map_err(|e| WorkerError::Io(e.to_string()))?;
+    std::fs::write(&path, bytes).map_err(|e| ExecError::Io(e.to_string()))?;
     Ok(Trainer::load(&path, opts.clone(), device)?)
 }
 
@@ -634,7 +635,7 @@ fn write_manifest(
         scale: Vec::<f64>::try_from(&all.scale.f_to_kind(Kind::Double)?)
             .map_err(CoreError::from)?,
     };
-    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| WorkerError::Io(e.to_string()))?;
+    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| ExecError::Io(e.to_string()))?;
     store.put(&setup.manifest_key(), json)?;
     Ok(())
 }

@@ -23,12 +23,12 @@ use std::path::{Path, PathBuf};
 use common::audit;
 use neurodiff_core::organisms::trained::{cached, Quiet};
 use neurodiff_core::reference::HubOptions;
+use neurodiff_exec::run_shard;
+use neurodiff_exec::store::{DirStore, ShardStore};
+use neurodiff_exec::{corpus, plan_audit, Sources};
 use neurodiff_protocol::{
     AnalysisKind, AuditSpec, DictionaryReport, Limits, ShardKey, ShardOutput, Target,
 };
-use neurodiff_worker::exec::run_shard;
-use neurodiff_worker::exec::store::{DirStore, ShardStore};
-use neurodiff_worker::{corpus, plan_audit, Sources};
 
 fn organisms() -> PathBuf {
     cached(0, &mut Quiet).unwrap()

@@ -12,8 +12,9 @@ use neurodiff_protocol::{
 };
 use tch::{Kind, Tensor};
 
-use super::forward::{to_f64, Pair, ShardInput, Side, Tokens};
-use super::{check, Progress};
+use crate::dist::to_f64;
+use crate::forward::{Pair, ShardInput, Side, Tokens};
+use crate::progress::{check, Progress};
 use crate::Result;
 
 /// Rows × vocabulary of one f64 chunk (bounds the memory the softmaxes take).
@@ -161,7 +162,7 @@ pub fn run(
             token: pair
                 .ft_tokenizer
                 .as_ref()
-                .map(|t| super::dist::shown_text(t, &[id as u32]))
+                .map(|t| crate::dist::shown_text(t, &[id as u32]))
                 .unwrap_or_else(|| format!("<{id}>")),
             mean_prob_delta: 0.0,
         })

@@ -16,11 +16,11 @@ use neurodiff_protocol::{
 };
 use tch::{Kind, Tensor};
 
-use super::dist::{encode_prompt, top_tokens};
-use super::forward::{Pair, ShardInput, Side, Tokens};
-use super::steering::{block_means, generations_of, scaled_unit};
-use super::{check, Progress};
-use crate::{Result, WorkerError};
+use crate::dist::{encode_prompt, top_tokens};
+use crate::forward::{Pair, ShardInput, Side, Tokens};
+use crate::progress::{check, Progress};
+use crate::steering::{block_means, generations_of, scaled_unit};
+use crate::{ExecError, Result};
 
 /// The identity prompts of Patchscope: the model continues a pattern of repetition, so what it
 /// says after `?` is what the patched state reads as. The diffing toolkit's three
@@ -75,7 +75,7 @@ pub fn run(
         check(progress, "batch")?;
         let batch = Batch::new(chunk, pair.device())?;
         let t = Tokens::of(&batch, b * SHORT_BATCH)?;
-        let (xb, xf) = super::forward::paired_at(pair, &batch, &t, point)?;
+        let (xb, xf) = crate::forward::paired_at(pair, &batch, &t, point)?;
         let diff = xf
             .f_to_kind(Kind::Double)?
             .f_sub(&xb.f_to_kind(Kind::Double)?)?;
@@ -98,7 +98,7 @@ pub fn run(
         }
     }
     if counts[0] == 0 {
-        return Err(WorkerError::Io(format!(
+        return Err(ExecError::Io(format!(
             "traces: no sample of the corpus reaches position {position}"
         )));
     }
@@ -251,7 +251,7 @@ fn patchscope(
         ft.forward(&batch, &mut hooks)?;
         let h = hooks
             .cached(&last_block)
-            .ok_or_else(|| WorkerError::Io(format!("{last_block} was not cached")))?
+            .ok_or_else(|| ExecError::Io(format!("{last_block} was not cached")))?
             .f_select(1, last)?;
         let p = ft
             .read_out(&h)?
@@ -274,7 +274,7 @@ fn patchscope(
     }
     let (cum, count) = cum
         .zip(count)
-        .ok_or_else(|| WorkerError::Io("no Patchscope prompt".into()))?;
+        .ok_or_else(|| ExecError::Io("no Patchscope prompt".into()))?;
     let prompts = IDENTITY_PROMPTS.len() as f64;
     // Mean probability over the prompts of the ids in every prompt's top k, 0 elsewhere.
     let score = cum
@@ -300,7 +300,7 @@ fn patchscope(
             Some(b) if points[b].novel >= points[i].novel => Some(b),
             _ => Some(i),
         })
-        .ok_or_else(|| WorkerError::Io("no Patchscope scale".into()))?;
+        .ok_or_else(|| ExecError::Io("no Patchscope scale".into()))?;
     let row = score.f_select(0, chosen as i64)?;
     let tokens = top_tokens(&row, PATCHSCOPE_TOKENS as usize, &pair.tokenizer)?
         .into_iter()

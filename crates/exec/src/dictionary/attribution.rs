@@ -11,10 +11,10 @@ use neurodiff_protocol::{
 };
 use tch::{Device, Kind, Tensor};
 
-use super::super::dist::top_tokens;
-use super::super::forward::{Pair, Side};
-use super::super::{check, Progress};
 use super::chunks::Chunk;
+use crate::dist::top_tokens;
+use crate::forward::{Pair, Side};
+use crate::progress::{check, Progress};
 use crate::Result;
 
 /// Fine-tune-only latents listed at most (the class count is in `classes` regardless).
