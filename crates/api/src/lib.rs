@@ -15,7 +15,8 @@ use axum::routing::{get, post};
 use axum::Router;
 
 pub use error::ApiError;
-pub use state::{AppState, MetricsAccess};
+pub use metrics::MetricsAccess;
+pub use state::AppState;
 
 /// Audit specs are small; anything bigger is refused with 413 before it is parsed.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -58,12 +59,12 @@ pub fn app(state: AppState) -> Router {
         .nest("/v1", v1)
         .route("/healthz", get(routes::health::healthz))
         .route("/readyz", get(routes::health::readyz))
-        .route("/metrics", get(metrics::render))
+        .route("/metrics", get(routes::metrics::render))
         .route("/openapi.json", get(openapi::document))
         .merge(ui::router())
         .layer(middleware::from_fn_with_state(
             state.clone(),
-            metrics::track,
+            routes::metrics::track,
         ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
@@ -73,6 +74,6 @@ pub fn app(state: AppState) -> Router {
 /// whoever reaches that address.
 pub fn metrics_app(state: AppState) -> Router {
     Router::new()
-        .route("/metrics", get(metrics::render))
+        .route("/metrics", get(routes::metrics::render))
         .with_state(state.with_metrics(MetricsAccess::Open))
 }

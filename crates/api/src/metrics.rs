@@ -1,16 +1,10 @@
-//! `/metrics` in Prometheus's text format: request counts and latencies by route (recorded by a
-//! middleware), and, read at scrape time, audits by status and the work queue's sizes.
-use std::time::Instant;
-
-use axum::extract::{MatchedPath, Request, State};
+//! The service's Prometheus metrics: request counts and latencies by route, and, read at scrape
+//! time, audits by status and the work queue's sizes; and who may read them. (The middleware
+//! and the `/metrics` handler are `routes::metrics`.)
 use axum::http::{header, StatusCode};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
-
-use crate::state::{AppState, MetricsAccess};
 
 #[derive(Debug)]
 pub struct Metrics {
@@ -67,32 +61,73 @@ impl Metrics {
     }
 }
 
-/// Counts and times every request under its route template (not its raw path, so ids do not
-/// explode the label space).
-pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
-    // Any token is a valid HTTP method: an unknown one must not mint a new series.
-    let method = match req.method().as_str() {
-        m @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS") => m.to_string(),
-        _ => "other".to_string(),
-    };
-    let started = Instant::now();
-    let response = next.run(req).await;
-    let m = &state.metrics;
-    m.latency
-        .with_label_values(&[method.as_str(), route.as_str()])
-        .observe(started.elapsed().as_secs_f64());
-    m.requests
-        .with_label_values(&[method.as_str(), route.as_str(), response.status().as_str()])
-        .inc();
-    response
+impl Metrics {
+    /// One request: its method and route template, its status and how long it took.
+    pub fn observe_request(&self, method: &str, route: &str, status: &str, seconds: f64) {
+        self.latency
+            .with_label_values(&[method, route])
+            .observe(seconds);
+        self.requests
+            .with_label_values(&[method, route, status])
+            .inc();
+    }
+
+    /// Audits by status, as counted now.
+    pub fn set_audits(&self, counts: impl IntoIterator<Item = (String, i64)>) {
+        self.audits.reset();
+        for (status, n) in counts {
+            self.audits.with_label_values(&[status.as_str()]).set(n);
+        }
+    }
+
+    /// The work queue's sizes by state.
+    pub fn set_queue(&self, sizes: [(&str, u64); 4]) {
+        for (label, v) in sizes {
+            self.queue.with_label_values(&[label]).set(v as i64);
+        }
+    }
+
+    /// Everything, in Prometheus's text format.
+    pub fn encode(&self) -> Result<Vec<u8>, prometheus::Error> {
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
+        Ok(out)
+    }
+}
+
+/// Who may read `/metrics` on a listener: it counts every team's audits and the queue, which no
+/// team should see, so a deployment either gives it a token or serves it on an address of its
+/// own (`--metrics-bind`, for the operator's network only).
+#[derive(Clone, PartialEq, Eq)]
+pub enum MetricsAccess {
+    /// Anyone who reaches this listener (a listener for metrics alone; tests).
+    Open,
+    /// A bearer token the operator set (`--metrics-token`), compared by its SHA-256.
+    Token([u8; 32]),
+    /// Not served on this listener.
+    Off,
+}
+
+impl MetricsAccess {
+    pub fn token(token: &str) -> MetricsAccess {
+        use sha2::Digest;
+        MetricsAccess::Token(sha2::Sha256::digest(token.as_bytes()).into())
+    }
+}
+
+impl std::fmt::Debug for MetricsAccess {
+    // The token's hash is not printed either.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MetricsAccess::Open => "Open",
+            MetricsAccess::Token(_) => "Token(..)",
+            MetricsAccess::Off => "Off",
+        })
+    }
 }
 
 /// Whether `headers` may read `/metrics` on this listener.
-fn allowed(
+pub fn allowed(
     access: &MetricsAccess,
     headers: &axum::http::HeaderMap,
 ) -> Result<(), (StatusCode, &'static str)> {
@@ -122,41 +157,4 @@ fn allowed(
             "/metrics is not served on this address (--metrics-bind, --metrics-token)",
         )),
     }
-}
-
-pub async fn render(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
-    if let Err(refused) = allowed(&state.metrics_access, &headers) {
-        return refused.into_response();
-    }
-    let m = &state.metrics;
-    match state.db.status_counts().await {
-        Ok(counts) => {
-            m.audits.reset();
-            for (status, n) in counts {
-                m.audits.with_label_values(&[status.as_str()]).set(n);
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "metrics: cannot count audits"),
-    }
-    if let Some(tasks) = &state.tasks {
-        match tasks.stats().await {
-            Ok(s) => {
-                for (label, v) in [
-                    ("stream", s.length),
-                    ("pending", s.pending),
-                    ("delayed", s.delayed),
-                    ("dead", s.dead),
-                ] {
-                    m.queue.with_label_values(&[label]).set(v as i64);
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "metrics: cannot read the queue"),
-        }
-    }
-    let mut out = Vec::new();
-    if let Err(e) = TextEncoder::new().encode(&m.registry.gather(), &mut out) {
-        tracing::error!(error = %e, "metrics: cannot encode");
-        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-    }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

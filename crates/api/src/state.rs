@@ -4,7 +4,7 @@ use std::sync::Arc;
 use neurodiff_protocol::{Limits, ReferencePolicy};
 use neurodiff_store::{Blobs, Db, Queue, Quota};
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, MetricsAccess};
 
 #[derive(Debug, Clone)]
 pub struct AppState {
@@ -26,37 +26,6 @@ pub struct AppState {
     pub webhook_allow_internal: bool,
     /// Who may read `/metrics` here (it counts every team's audits).
     pub metrics_access: MetricsAccess,
-}
-
-/// Who may read `/metrics` on a listener: it counts every team's audits and the queue, which no
-/// team should see, so a deployment either gives it a token or serves it on an address of its
-/// own (`--metrics-bind`, for the operator's network only).
-#[derive(Clone, PartialEq, Eq)]
-pub enum MetricsAccess {
-    /// Anyone who reaches this listener (a listener for metrics alone; tests).
-    Open,
-    /// A bearer token the operator set (`--metrics-token`), compared by its SHA-256.
-    Token([u8; 32]),
-    /// Not served on this listener.
-    Off,
-}
-
-impl MetricsAccess {
-    pub fn token(token: &str) -> MetricsAccess {
-        use sha2::Digest;
-        MetricsAccess::Token(sha2::Sha256::digest(token.as_bytes()).into())
-    }
-}
-
-impl std::fmt::Debug for MetricsAccess {
-    // The token's hash is not printed either.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            MetricsAccess::Open => "Open",
-            MetricsAccess::Token(_) => "Token(..)",
-            MetricsAccess::Off => "Off",
-        })
-    }
 }
 
 impl AppState {

@@ -13,10 +13,7 @@ use tch::{Device, Kind, Tensor};
 use crate::error::{CoreError, Result};
 use crate::guard::{open_checked, read_checked, Guard};
 
-pub const SINGLE_FILE: &str = "model.safetensors";
-pub const SHARD_INDEX: &str = "model.safetensors.index.json";
-pub const CONFIG_FILE: &str = "config.json";
-pub const TOKENIZER_FILE: &str = "tokenizer.json";
+pub use crate::files::{CONFIG_FILE, SHARD_INDEX, SINGLE_FILE, TOKENIZER_FILE};
 
 /// Where one tensor lives and what it holds, read from a safetensors header.
 #[derive(Debug, Clone)]

@@ -5,6 +5,7 @@ pub mod corpus;
 pub mod device;
 pub mod dictionary;
 pub mod error;
+pub mod files;
 pub mod gguf;
 pub mod guard;
 pub mod hooks;

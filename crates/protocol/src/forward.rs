@@ -3,7 +3,7 @@
 //! they merge into. Documented in docs/results-schema.md.
 use serde::{Deserialize, Serialize};
 
-use crate::spec::SpecError;
+use crate::error::SpecError;
 
 /// Which text to run the models on, and how much of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,6 +1,7 @@
 //! Serde types shared by every NeuroDiff process (audit specs, shard specs, the API's bodies,
 //! the results schema).
 //! No libtorch here: the API and scheduler link this crate without linking torch.
+pub mod error;
 pub mod forward;
 pub mod jobs;
 pub mod limits;
@@ -23,8 +24,9 @@ pub use results::*;
 pub use spec::*;
 pub use tier2::*;
 pub use tier3::*;
+pub use views::Vocabulary;
 pub use vocab::{
     BlockMetric, BlockSite, Component, HookKind, LatentClass, PatchDirection, StitchDirection,
-    TensorMetric, UnknownName, Vocabulary,
+    TensorMetric, UnknownName,
 };
 pub use wire::{AuditRequest, AuditStatus, AuditView, Progress};

@@ -3,6 +3,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::error::SpecError;
 pub use crate::forward::{ActivationOptions, CorpusOptions, LensOptions};
 pub use crate::tier2::{CmapOptions, SteeringOptions, TraceOptions};
 pub use crate::tier3::DictionaryOptions;
@@ -625,18 +626,6 @@ impl ShardSpec {
             sae_diff: spec.sae_diff.clone(),
         }
     }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SpecError {
-    #[error("field `layers`: {0}")]
-    Layers(String),
-    #[error("field `analyses`: {0}")]
-    Analyses(String),
-    #[error("field `{0}`: {1}")]
-    Field(String, String),
-    #[error("`{0}` is not a shard key")]
-    ShardKey(String),
 }
 
 /// Parses `--layers` syntax: `all`, or comma-separated indices and ranges (`0,3,5-7`).

@@ -3,8 +3,8 @@
 //! and the sections of results.json. Documented in docs/results-schema.md.
 use serde::{Deserialize, Serialize};
 
+use crate::error::SpecError;
 use crate::forward::within;
-use crate::spec::SpecError;
 
 fn within_f(field: &str, v: f64, lo: f64, hi: f64) -> Result<(), SpecError> {
     if v.is_finite() && (lo..=hi).contains(&v) {

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::scan::{BaseMode, Rule, TargetKind};
+use crate::scan::{AlertFilter, BaseMode, Rule, RunState, Severity, TargetKind};
 use crate::{
     AnalysisKind, AuditRequest, AuditStatus, AuditView, BlockMetric, BlockSite, LatentClass,
     TensorMetric, TensorMetrics,
@@ -35,7 +35,7 @@ pub struct AlertView {
     pub location: String,
     pub rule: String,
     #[schema(value_type = String)]
-    pub severity: crate::scan::Severity,
+    pub severity: Severity,
     pub observed: Option<f64>,
     pub threshold: Option<f64>,
     pub message: String,
@@ -160,7 +160,7 @@ pub struct RunView {
     pub audit_status: Option<AuditStatus>,
     /// `audited` (its audit runs), `baseline`, `evaluated` or `failed`.
     #[schema(value_type = String)]
-    pub state: crate::scan::RunState,
+    pub state: RunState,
     /// Each rule's observed value: the trend of what the rules watch.
     #[schema(value_type = Object)]
     pub observed: Value,
@@ -204,4 +204,51 @@ pub struct ScanView {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ScanList {
     pub scans: Vec<ScanView>,
+}
+
+/// `GET /v1/vocabulary`: every fixed list a client offers, from the enums themselves (the
+/// dashboard's menus read it, so they cannot drift from what the API accepts).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Vocabulary {
+    /// The analyses an audit can run, in report order.
+    #[schema(value_type = Vec<String>)]
+    pub analyses: Vec<AnalysisKind>,
+    #[schema(value_type = Vec<String>)]
+    pub statuses: Vec<AuditStatus>,
+    /// `GET /v1/results?metric=`.
+    #[schema(value_type = Vec<String>)]
+    pub tensor_metrics: Vec<TensorMetric>,
+    /// `GET /v1/results/blocks?metric=`.
+    #[schema(value_type = Vec<String>)]
+    pub block_metrics: Vec<BlockMetric>,
+    /// `GET /v1/results/blocks?hook=`: the hooks, and `output`.
+    #[schema(value_type = Vec<String>)]
+    pub block_sites: Vec<BlockSite>,
+    /// Alert severities, least first.
+    #[schema(value_type = Vec<String>)]
+    pub severities: Vec<Severity>,
+    #[schema(value_type = Vec<String>)]
+    pub run_states: Vec<RunState>,
+    /// `GET /v1/alerts?state=`.
+    #[schema(value_type = Vec<String>)]
+    pub alert_filters: Vec<AlertFilter>,
+    /// `GET /v1/results/latents?class=`.
+    #[schema(value_type = Vec<String>)]
+    pub latent_classes: Vec<LatentClass>,
+}
+
+impl Vocabulary {
+    pub fn current() -> Vocabulary {
+        Vocabulary {
+            analyses: AnalysisKind::ALL.to_vec(),
+            statuses: AuditStatus::ALL.to_vec(),
+            tensor_metrics: TensorMetric::ALL.to_vec(),
+            block_metrics: BlockMetric::ALL.to_vec(),
+            block_sites: BlockSite::ALL.to_vec(),
+            severities: Severity::ALL.to_vec(),
+            run_states: RunState::ALL.to_vec(),
+            alert_filters: AlertFilter::ALL.to_vec(),
+            latent_classes: LatentClass::ALL.to_vec(),
+        }
+    }
 }

@@ -2,7 +2,6 @@
 //! results.json, the database and the dashboard: hook points (TransformerLens names), CMAP's
 //! patched components and directions, and stitching's directions. Their serde names are the
 //! strings results.json has always carried.
-use serde::{Deserialize, Serialize};
 
 /// Declares a fieldless enum with its wire names: `ALL`, `as_str`, `Display`, `FromStr`
 /// (naming the accepted values on error) and serde under the same names.
@@ -196,53 +195,6 @@ named_enum! {
     StitchDirection, "direction" {
         BaseThenFt = "base_then_ft",
         FtThenBase = "ft_then_base",
-    }
-}
-
-/// `GET /v1/vocabulary`: every fixed list a client offers, from the enums themselves (the
-/// dashboard's menus read it, so they cannot drift from what the API accepts).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Vocabulary {
-    /// The analyses an audit can run, in report order.
-    #[schema(value_type = Vec<String>)]
-    pub analyses: Vec<crate::AnalysisKind>,
-    #[schema(value_type = Vec<String>)]
-    pub statuses: Vec<crate::AuditStatus>,
-    /// `GET /v1/results?metric=`.
-    #[schema(value_type = Vec<String>)]
-    pub tensor_metrics: Vec<TensorMetric>,
-    /// `GET /v1/results/blocks?metric=`.
-    #[schema(value_type = Vec<String>)]
-    pub block_metrics: Vec<BlockMetric>,
-    /// `GET /v1/results/blocks?hook=`: the hooks, and `output`.
-    #[schema(value_type = Vec<String>)]
-    pub block_sites: Vec<BlockSite>,
-    /// Alert severities, least first.
-    #[schema(value_type = Vec<String>)]
-    pub severities: Vec<crate::scan::Severity>,
-    #[schema(value_type = Vec<String>)]
-    pub run_states: Vec<crate::scan::RunState>,
-    /// `GET /v1/alerts?state=`.
-    #[schema(value_type = Vec<String>)]
-    pub alert_filters: Vec<crate::scan::AlertFilter>,
-    /// `GET /v1/results/latents?class=`.
-    #[schema(value_type = Vec<String>)]
-    pub latent_classes: Vec<LatentClass>,
-}
-
-impl Vocabulary {
-    pub fn current() -> Vocabulary {
-        Vocabulary {
-            analyses: crate::AnalysisKind::ALL.to_vec(),
-            statuses: crate::AuditStatus::ALL.to_vec(),
-            tensor_metrics: TensorMetric::ALL.to_vec(),
-            block_metrics: BlockMetric::ALL.to_vec(),
-            block_sites: BlockSite::ALL.to_vec(),
-            severities: crate::scan::Severity::ALL.to_vec(),
-            run_states: crate::scan::RunState::ALL.to_vec(),
-            alert_filters: crate::scan::AlertFilter::ALL.to_vec(),
-            latent_classes: LatentClass::ALL.to_vec(),
-        }
     }
 }
 

@@ -10,7 +10,7 @@ use neurodiff_protocol::{AnalysisKind, AuditResults, BlockSite, PlanRecord, Shar
 use neurodiff_report::ReportFile;
 use neurodiff_store::{artifact_key, shard_result_key, ArtifactRow, Finishing, StoreError};
 
-use crate::service::SchedulerContext;
+use crate::context::SchedulerContext;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FanInError {

@@ -9,7 +9,7 @@ use neurodiff_protocol::{Envelope, ShardKey, Task};
 use neurodiff_store::StoreError;
 use uuid::Uuid;
 
-use crate::service::SchedulerContext;
+use crate::context::SchedulerContext;
 
 /// Work enqueued less than this long ago is not judged yet (its stream entry and its
 /// `enqueued_at` are written by two commands).

@@ -3,110 +3,22 @@
 //! ended, evaluates the scan's rules on its results.json, stores the alerts and queues their
 //! webhook deliveries in the same transaction.
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use neurodiff_protocol::scan::{BaseMode, Observation, Schedule, Severity};
-use neurodiff_protocol::{AuditStatus, Event, Limits, ModelRef, ReferencePolicy, EVENTS_MAX_LEN};
-use neurodiff_store::{NewAlert, NewDelivery, PendingRun, Quota, RunOutcome, ScanRow, StoreError};
+use neurodiff_protocol::{AuditStatus, Event, ModelRef, EVENTS_MAX_LEN};
+use neurodiff_store::{NewAlert, NewDelivery, PendingRun, RunOutcome, ScanRow, StoreError};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use crate::context::SchedulerContext;
 use crate::fsread::Budget;
-use crate::service::SchedulerContext;
-use crate::sources::{list_hub, list_local, list_s3, FileDigest, HashCache, HubSource, Listing};
-use crate::webhooks::WebhookSettings;
+use crate::sources::{list_hub, list_local, list_s3, FileDigest, Listing};
 use neurodiff_store::scans::StoredDigest;
-
-/// What scans may do: the same policy, limits and quota as audits submitted to the API.
-#[derive(Debug, Clone)]
-pub struct ScanSettings {
-    pub policy: Arc<ReferencePolicy>,
-    pub limits: Limits,
-    pub quota: Quota,
-    pub webhooks: WebhookSettings,
-    pub hashes: Arc<HashCache>,
-    /// How hub repositories are read (the workers read them the same way).
-    pub hub: HubSource,
-    /// A directory or prefix checkpoint is audited once two polls at least this far apart saw
-    /// the same content id (a tokenizer written after the weights is not a second checkpoint).
-    pub settle: Duration,
-    pub sightings: Arc<Sightings>,
-    /// A source that has not answered in this long is given up until the next poll (and its
-    /// hashing stopped).
-    pub list_timeout: Duration,
-    /// Bytes one poll of one scan may hash; a checkpoint not hashed whole by then is hashed on
-    /// at the next poll, from where this one stopped.
-    pub poll_budget_bytes: u64,
-    /// Polls of one team's scans running at once; its other due scans wait their turn.
-    pub polls_per_team: usize,
-    /// Raised when the scheduler leaves: every poll's hashing stops at its next read.
-    pub stop: Arc<AtomicBool>,
-}
-
-impl Default for ScanSettings {
-    fn default() -> Self {
-        ScanSettings {
-            policy: Arc::default(),
-            limits: Limits::default(),
-            quota: Quota::default(),
-            webhooks: WebhookSettings::default(),
-            hashes: Arc::default(),
-            hub: HubSource::default(),
-            settle: Duration::from_secs(30),
-            sightings: Arc::default(),
-            list_timeout: Duration::from_secs(300),
-            poll_budget_bytes: 16 << 30,
-            polls_per_team: 2,
-            stop: Arc::default(),
-        }
-    }
-}
-
-/// Checkpoints still settling, more than this and the oldest sightings are forgotten (they
-/// wait one more poll).
-const MAX_SIGHTINGS: usize = 100_000;
-
-/// The content id each unaudited checkpoint had when this process first saw it so. In memory
-/// and on the monotonic clock: a restarted scheduler waits one more poll, and no clock change
-/// makes a checkpoint settle early.
-#[derive(Debug, Default)]
-pub struct Sightings(Mutex<HashMap<(Uuid, String), (String, Instant)>>);
-
-impl Sightings {
-    /// Whether `location` has had content `id` for at least `settle`, as this process's polls
-    /// saw it; records the sighting when it is new or the content changed.
-    pub fn settled(
-        &self,
-        scan: Uuid,
-        location: &str,
-        id: &str,
-        now: Instant,
-        settle: Duration,
-    ) -> bool {
-        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (scan, location.to_string());
-        if let Some((was, since)) = seen.get(&key) {
-            if was == id {
-                return now.saturating_duration_since(*since) >= settle;
-            }
-        }
-        if seen.len() >= MAX_SIGHTINGS {
-            seen.clear();
-        }
-        seen.insert(key, (id.to_string(), now));
-        false
-    }
-
-    /// Forgets a checkpoint once it is recorded.
-    pub fn forget(&self, scan: Uuid, location: &str) {
-        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        seen.remove(&(scan, location.to_string()));
-    }
-}
 
 /// Scans polled at once by one scheduler (each in a task of its own).
 const MAX_POLLS: usize = 64;
@@ -688,45 +600,5 @@ pub async fn run(ctx: SchedulerContext, mut shutdown: watch::Receiver<bool>) {
         .is_err()
     {
         tracing::warn!("scan polls did not stop in time; abandoned");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_checkpoint_settles_once_two_polls_apart_saw_the_same_content() {
-        let seen = Sightings::default();
-        let scan = Uuid::new_v4();
-        let settle = Duration::from_secs(30);
-        let t0 = Instant::now();
-        // The weights are complete; the tokenizer is not written yet.
-        assert!(!seen.settled(scan, "step-1", "id-weights", t0, settle));
-        assert!(!seen.settled(
-            scan,
-            "step-1",
-            "id-weights",
-            t0 + Duration::from_secs(10),
-            settle
-        ));
-        // The tokenizer lands: another id, the wait starts again.
-        let t1 = t0 + Duration::from_secs(20);
-        assert!(!seen.settled(scan, "step-1", "id-full", t1, settle));
-        assert!(!seen.settled(
-            scan,
-            "step-1",
-            "id-full",
-            t0 + Duration::from_secs(45),
-            settle
-        ));
-        assert!(seen.settled(scan, "step-1", "id-full", t1 + settle, settle));
-        // Another scan watching the same place waits for itself.
-        assert!(!seen.settled(Uuid::new_v4(), "step-1", "id-full", t1 + settle, settle));
-        // With no settle time, the second poll is enough.
-        assert!(!seen.settled(scan, "step-2", "x", t0, Duration::ZERO));
-        assert!(seen.settled(scan, "step-2", "x", t0, Duration::ZERO));
-        seen.forget(scan, "step-2");
-        assert!(!seen.settled(scan, "step-2", "x", t0, Duration::ZERO));
     }
 }

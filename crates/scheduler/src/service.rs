@@ -8,43 +8,14 @@
 use std::time::Duration;
 
 use neurodiff_protocol::{Envelope, ShardKey, ShardSpec, Task};
-use neurodiff_store::{now_ms, Blobs, Db, Queue};
+use neurodiff_store::now_ms;
 use tokio::sync::watch;
 
+use crate::context::{SchedulerContext, SchedulerSettings};
 use crate::fanin::{finish, FanInError};
 
 /// A fan-in that did not finish (its scheduler died, or storage failed) is retried after this.
 const FAN_IN_RETRY_S: f64 = 60.0;
-
-#[derive(Debug, Clone)]
-pub struct SchedulerSettings {
-    /// This scheduler's consumer name.
-    pub name: String,
-    /// Longest wait between passes.
-    pub poll: Duration,
-    /// A task idle this long (its worker renews far more often) is taken back.
-    pub lease_timeout: Duration,
-    /// A task handed out this many times is dead-lettered and its audit fails.
-    pub max_deliveries: u32,
-    /// Retry n waits backoff_base * 2^(n-1), at most backoff_max.
-    pub backoff_base: Duration,
-    pub backoff_max: Duration,
-    /// How often the reaper compares the database with the queue.
-    pub reap_every: Duration,
-    /// Bytes of shard outputs one fan-in may hold at once (it merges them in memory): an audit
-    /// whose outputs total more fails naming this limit, before any is read.
-    pub max_fanin_bytes: u64,
-}
-
-#[derive(Debug, Clone)]
-pub struct SchedulerContext {
-    pub db: Db,
-    pub tasks: Queue,
-    pub events: Queue,
-    pub blobs: Blobs,
-    pub settings: SchedulerSettings,
-    pub scans: crate::scans::ScanSettings,
-}
 
 /// What one pass did (tests and logs).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

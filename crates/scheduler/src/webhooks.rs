@@ -20,34 +20,7 @@ use neurodiff_store::{DeliveryOutcome, DueDelivery};
 use sha2::Sha256;
 use tokio::sync::watch;
 
-use crate::service::SchedulerContext;
-
-#[derive(Debug, Clone)]
-pub struct WebhookSettings {
-    /// Loopback and private addresses may be targets (tests, single-tenant deployments).
-    pub allow_internal: bool,
-    /// Retry n waits backoff_base * 2^(n-1), at most backoff_max.
-    pub backoff_base: Duration,
-    pub backoff_max: Duration,
-    /// A delivery failing this many times is given up (and shown so in the alert).
-    pub max_attempts: i32,
-    /// Per request.
-    pub timeout: Duration,
-}
-
-impl Default for WebhookSettings {
-    fn default() -> Self {
-        WebhookSettings {
-            allow_internal: false,
-            backoff_base: Duration::from_secs(5),
-            backoff_max: Duration::from_secs(3600),
-            // About three days at the default backoff (ten doublings, then hourly), as the big
-            // webhook senders keep retrying: a receiver down for a weekend still gets it.
-            max_attempts: 80,
-            timeout: Duration::from_secs(10),
-        }
-    }
-}
+use crate::context::{SchedulerContext, WebhookSettings};
 
 /// `t=<t>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
 pub fn signature(secret: &str, t: i64, body: &str) -> String {

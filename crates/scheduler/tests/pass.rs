@@ -13,7 +13,8 @@ use neurodiff_protocol::{
 use neurodiff_protocol::{AuditStatus, ModelRecord, PlanRecord, ShardOutput, ShardResult};
 use neurodiff_scheduler::fanin::finish;
 use neurodiff_scheduler::reaper::reap;
-use neurodiff_scheduler::service::{pass, SchedulerContext};
+use neurodiff_scheduler::service::pass;
+use neurodiff_scheduler::SchedulerContext;
 use neurodiff_store::shard_result_key;
 use neurodiff_store::{Admission, Quota};
 use sha2::{Digest, Sha256};

@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use neurodiff_protocol::scan::ScanRequest;
 use neurodiff_protocol::ReferencePolicy;
-use neurodiff_scheduler::scans::{pass, ScanSettings};
-use neurodiff_scheduler::service::SchedulerContext;
+use neurodiff_scheduler::scans::pass;
+use neurodiff_scheduler::ScanSettings;
+use neurodiff_scheduler::SchedulerContext;
 use neurodiff_store::scans::ScanCreated;
 use neurodiff_store::ScanRow;
 use serde_json::json;

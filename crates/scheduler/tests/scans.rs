@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use neurodiff_protocol::scan::ScanRequest;
 use neurodiff_protocol::ReferencePolicy;
-use neurodiff_scheduler::scans::{evaluate_pending, pass, ScanPass, ScanSettings};
+use neurodiff_scheduler::scans::{evaluate_pending, pass, ScanPass};
 use neurodiff_scheduler::webhooks::deliver_due;
+use neurodiff_scheduler::ScanSettings;
 use serde_json::json;
 use sqlx::PgPool;
 
@@ -30,7 +31,7 @@ fn checkpoint(dir: &Path) {
     std::fs::write(dir.join("model.safetensors"), bytes).unwrap();
 }
 
-async fn one_pass(ctx: &neurodiff_scheduler::service::SchedulerContext) -> ScanPass {
+async fn one_pass(ctx: &neurodiff_scheduler::SchedulerContext) -> ScanPass {
     let mut p = pass(ctx).await.unwrap();
     evaluate_pending(ctx, &mut p).await.unwrap();
     p
@@ -70,7 +71,7 @@ async fn checkpoints_settle_refusals_alert_and_paused_scans_rest(pool: PgPool) {
         panic!("not created: {scan:?}")
     };
     let scan = *scan;
-    let runs = |ctx: &neurodiff_scheduler::service::SchedulerContext| {
+    let runs = |ctx: &neurodiff_scheduler::SchedulerContext| {
         let db = ctx.db.clone();
         async move { db.scan_runs(scan.id, 100).await.unwrap() }
     };
@@ -114,7 +115,7 @@ async fn checkpoints_settle_refusals_alert_and_paused_scans_rest(pool: PgPool) {
     assert!(ctx.scans.hashes.files_hashed() >= 3);
     // A restarted scheduler (a new process: its caches empty) reads no file whole again: the
     // digests come back from the database.
-    let restarted = neurodiff_scheduler::service::SchedulerContext {
+    let restarted = neurodiff_scheduler::SchedulerContext {
         scans: ScanSettings {
             policy: ctx.scans.policy.clone(),
             settle: Duration::ZERO,

@@ -64,28 +64,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         tracing::info!(addr = %args.bind, "neurodiff api listening");
         eprintln!("neurodiff api listening on http://{}", args.bind);
         axum::serve(listener, app(state))
-            .with_graceful_shutdown(shutdown())
+            .with_graceful_shutdown(crate::signals::shutdown())
             .await?;
         Ok(())
     })
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = interrupt => {},
-        _ = terminate => {},
-    }
 }

@@ -4,13 +4,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use neurodiff_protocol::{EVENTS_STREAM, TASKS_STREAM};
-use neurodiff_scheduler::scans::ScanSettings;
-use neurodiff_scheduler::service::{SchedulerContext, SchedulerSettings};
-use neurodiff_scheduler::webhooks::WebhookSettings;
+use neurodiff_scheduler::ScanSettings;
+use neurodiff_scheduler::WebhookSettings;
+use neurodiff_scheduler::{SchedulerContext, SchedulerSettings};
 
 use crate::policy::{LimitArgs, PolicyArgs, QuotaArgs};
 use neurodiff_store::{Blobs, Db, Queue};
-use tokio::sync::watch;
 
 /// The stores every service process uses. URLs may carry passwords and are never printed.
 #[derive(Debug, clap::Args)]
@@ -126,17 +125,6 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// A channel that turns true on SIGINT or SIGTERM.
-pub fn shutdown_signal() -> watch::Receiver<bool> {
-    let (tx, rx) = watch::channel(false);
-    tokio::spawn(async move {
-        crate::api::shutdown().await;
-        tracing::info!("shutdown requested");
-        let _ = tx.send(true);
-    });
-    rx
-}
-
 pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
     let policy = args.policy.load(&[&args.backends.object_store])?;
     let rt = runtime()?;
@@ -178,7 +166,7 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
             },
         };
         eprintln!("neurodiff scheduler running");
-        neurodiff_scheduler::service::run(ctx, shutdown_signal()).await;
+        neurodiff_scheduler::service::run(ctx, crate::signals::shutdown_signal()).await;
         Ok(())
     });
     // A poll's hashing thread stops at its next read once told; none may keep the process.

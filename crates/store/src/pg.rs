@@ -372,7 +372,7 @@ impl Db {
     ) -> Result<FanIn> {
         let key = shard.to_string();
         let mut tx = self.pool.begin().await?;
-        crate::sched::lock_audit(&mut tx, audit).await?;
+        lock_audit(&mut tx, audit).await?;
         let fenced = sqlx::query(
             "UPDATE shards SET status = 'succeeded', finished_at = now(), elapsed_s = $4 \
              WHERE audit_id = $1 AND shard_key = $2 AND attempt = $3 AND status = 'running' RETURNING attempt",
@@ -572,4 +572,18 @@ pub(crate) async fn insert_audit_row(
         .fetch_one(&mut *conn)
         .await?;
     audit_from_row(&row)
+}
+
+/// Locks the audit's row first: every transaction that changes an audit and its shards takes
+/// the audit before any shard, so two of them (two shards failing, one failing and one
+/// finishing) queue instead of deadlocking.
+pub(crate) async fn lock_audit(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    audit: Uuid,
+) -> Result<()> {
+    sqlx::query("SELECT 1 FROM audits WHERE id = $1 FOR UPDATE")
+        .bind(audit)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }

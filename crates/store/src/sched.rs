@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use neurodiff_protocol::AuditStatus;
 
-use crate::pg::{audit_from_row, AuditRow, Db, AUDIT_COLUMNS};
+use crate::pg::{audit_from_row, lock_audit, AuditRow, Db, AUDIT_COLUMNS};
 use crate::{Result, StoreError};
 
 /// A shard that has to be put on the queue.
@@ -522,19 +522,5 @@ async fn fail_in(
     .bind(audit)
     .execute(&mut **tx)
     .await?;
-    Ok(())
-}
-
-/// Locks the audit's row first: every transaction that changes an audit and its shards takes
-/// the audit before any shard, so two of them (two shards failing, one failing and one
-/// finishing) queue instead of deadlocking.
-pub(crate) async fn lock_audit(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    audit: Uuid,
-) -> Result<()> {
-    sqlx::query("SELECT 1 FROM audits WHERE id = $1 FOR UPDATE")
-        .bind(audit)
-        .execute(&mut **tx)
-        .await?;
     Ok(())
 }

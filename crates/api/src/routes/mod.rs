@@ -4,5 +4,6 @@ pub mod audits;
 pub mod blocks;
 pub mod health;
 pub mod latents;
+pub mod metrics;
 pub mod results;
 pub mod scans;

@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use neurodiff_core::reference::HubOptions;
 use neurodiff_server::policy::{LimitArgs, PolicyArgs};
-use neurodiff_server::services::{runtime, shutdown_signal, Backends};
+use neurodiff_server::services::{runtime, Backends};
+use neurodiff_server::signals::shutdown_signal;
 use neurodiff_worker::confine::Enforcer;
 use neurodiff_worker::{WorkerContext, WorkerSettings};
 

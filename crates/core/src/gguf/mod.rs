@@ -37,9 +37,9 @@ pub fn model_file(path: &Path) -> Result<Option<std::path::PathBuf>> {
         return Ok(None);
     }
     let hf = [
-        crate::checkpoint::CONFIG_FILE,
-        crate::checkpoint::SINGLE_FILE,
-        crate::checkpoint::SHARD_INDEX,
+        crate::files::CONFIG_FILE,
+        crate::files::SINGLE_FILE,
+        crate::files::SHARD_INDEX,
     ];
     if hf.iter().any(|f| path.join(f).exists()) {
         return Ok(None);

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use neurodiff_scheduler::service::{SchedulerContext, SchedulerSettings};
+use neurodiff_scheduler::{SchedulerContext, SchedulerSettings};
 use neurodiff_store::{Blobs, Db, Queue};
 use sqlx::PgPool;
 
