@@ -217,6 +217,35 @@ pub struct Analyses {
     pub sae_diff: Option<crate::tier3::DictionaryReport>,
 }
 
+/// A trained dictionary a report carries: its analysis, its section's name in results.json
+/// (which names its artifact, `{section}.safetensors`) and its report.
+#[derive(Debug, Clone, Copy)]
+pub struct DictionarySection<'a> {
+    pub analysis: crate::AnalysisKind,
+    pub section: &'static str,
+    pub report: &'a crate::tier3::DictionaryReport,
+}
+
+impl Analyses {
+    /// The dictionary analyses' sections that ran: what the report's artifacts, the embedded
+    /// audit's exported files and the team database's latent rows are made from.
+    pub fn dictionaries(&self) -> Vec<DictionarySection<'_>> {
+        [
+            (crate::AnalysisKind::Crosscoder, "crosscoder", &self.crosscoder),
+            (crate::AnalysisKind::SaeDiff, "sae_diff", &self.sae_diff),
+        ]
+        .into_iter()
+        .filter_map(|(analysis, section, report)| {
+            report.as_ref().map(|report| DictionarySection {
+                analysis,
+                section,
+                report,
+            })
+        })
+        .collect()
+    }
+}
+
 /// What one shard returns, by analysis.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "analysis", rename_all = "kebab-case")]

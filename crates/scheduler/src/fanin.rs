@@ -120,14 +120,12 @@ pub async fn finish(ctx: &SchedulerContext, f: Finishing) -> Result<bool, FanInE
         });
     }
     // The dictionaries the training shards left in the team's space are artifacts too.
-    let dictionaries = [
-        ("crosscoder", &results.analyses.crosscoder),
-        ("sae_diff", &results.analyses.sae_diff),
-    ];
-    if dictionaries.iter().any(|(_, s)| s.is_some()) {
+    let dictionaries = results.analyses.dictionaries();
+    if !dictionaries.is_empty() {
         let team = ctx.db.team_of(audit).await?;
-        for (name, section) in dictionaries {
-            let Some(file) = section.as_ref().and_then(|s| s.dictionary.as_ref()) else {
+        for d in dictionaries {
+            let name = d.section;
+            let Some(file) = &d.report.dictionary else {
                 continue;
             };
             let key = format!("teams/{team}/{}", file.key);
@@ -169,11 +167,8 @@ pub async fn finish(ctx: &SchedulerContext, f: Finishing) -> Result<bool, FanInE
 /// The per-latent rows of the dictionary analyses (every latent results.json lists).
 pub fn latent_rows(results: &AuditResults) -> Vec<neurodiff_store::LatentRow> {
     let mut rows = Vec::new();
-    for (analysis, section) in [
-        (AnalysisKind::Crosscoder, &results.analyses.crosscoder),
-        (AnalysisKind::SaeDiff, &results.analyses.sae_diff),
-    ] {
-        let Some(d) = section else { continue };
+    for section in results.analyses.dictionaries() {
+        let (analysis, d) = (section.analysis, section.report);
         for l in &d.latents {
             rows.push(neurodiff_store::LatentRow {
                 analysis,

@@ -171,11 +171,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let files = neurodiff_report::render(&results)?;
     neurodiff_report::write_dir(&files, staging.path())?;
     // The trained dictionaries beside the report.
-    for (name, section) in [
-        ("crosscoder", &results.analyses.crosscoder),
-        ("sae_diff", &results.analyses.sae_diff),
-    ] {
-        if let Some(file) = section.as_ref().and_then(|s| s.dictionary.as_ref()) {
+    for d in results.analyses.dictionaries() {
+        let name = d.section;
+        if let Some(file) = &d.report.dictionary {
             let to = staging.path().join(format!("{name}.safetensors"));
             std::fs::copy(store.locate(&file.key), &to)
                 .with_context(|| format!("copying the {name} dictionary to {}", to.display()))?;
