@@ -12,6 +12,13 @@ on the CPU, with its ground_truth.json; and the checks the tiny organisms get, o
       with `neurodiff grade`, and asserts: the weight audit finds exactly the trained blocks'
       tensors, the traces name the domain, CMAP and stitching put the change in the trained
       blocks. Prints the figures and the audit's wall time.
+
+The traces read the last block (`--trace-layer 29`), not the ADL's default middle block: on
+this 135M model the logit lens and Patchscope of δ at block 14 read punctuation and pronouns
+(precision 0.0, measured), while at the last block, after the frozen blocks 15-29 have carried
+the fine-tune's change to the output, δ's top tokens are the cooking words. Position 0 has no
+BOS before it (SmolLM2 adds none): it is the attention sink, whose state (norm ~2e4 in the
+middle blocks) the fine-tune barely moves, so the check grades positions 1-4.
 """
 
 import argparse
@@ -41,8 +48,11 @@ BATCH = 8
 SEQ = 64
 LR = 2e-4
 THREADS = 2
-# What the checks require (measured figures are printed beside them).
+# What the checks require (measured figures are printed beside them): mean logit-lens
+# precision at 20 over positions 1-4 at the last block.
 MIN_TRACE_P20 = 0.3
+# The block the traces read: the last (see the module's docstring).
+TRACE_LAYER = 29
 # Samples the traces average δ_j over in the check (the default is 10 000).
 TRACE_SAMPLES = 256
 
@@ -153,6 +163,7 @@ def check(binary, cache):
                         "weights,traces,cmap,stitching", "--max-samples", "16", "--seq-len", "32",
                         "--cmap-samples", "8", "--batch-size", "8",
                         "--trace-samples", str(TRACE_SAMPLES), "--max-new-tokens", "0",
+                        "--trace-layer", str(TRACE_LAYER),
                         "--quiet", "--out", report], check=True, stdout=subprocess.DEVNULL)
         wall = time.time() - started
         subprocess.run([binary, "grade", report, ft], check=True, stdout=subprocess.DEVNULL)
@@ -163,9 +174,12 @@ def check(binary, cache):
                      if t.get("layer") in BLOCKS)
     if changed != trained or not trained:
         failures.append(f"weights: changed {len(changed)} tensors, the trained blocks have {len(trained)}")
-    p20 = grades.get("mean_logit_lens_p20")
+    by_position = {t["position"]: t for t in grades.get("traces", [])}
+    graded = [by_position[j] for j in range(1, 5) if j in by_position]
+    p20 = sum(t["logit_lens_p20"] for t in graded) / len(graded) if graded else None
+    scope20 = sum(t["patchscope_p20"] for t in graded) / len(graded) if graded else None
     if p20 is None or p20 < MIN_TRACE_P20:
-        failures.append(f"traces: logit-lens precision at 20 {p20} < {MIN_TRACE_P20}")
+        failures.append(f"traces: logit-lens precision at 20 (positions 1-4) {p20} < {MIN_TRACE_P20}")
     if grades.get("cmap_in_trained_blocks") is not True:
         failures.append(f"cmap: top cell {grades.get('cmap_top')} not in blocks {BLOCKS}")
     if grades.get("stitching_matches") is not True:
@@ -173,8 +187,11 @@ def check(binary, cache):
     loss = truth["loss"]["domain_heldout"]
     print(f"SmolLM2-135M {DOMAIN} fine-tune of blocks {BLOCKS}: domain held-out loss "
           f"{loss['base']:.3f} -> {loss['finetuned']:.3f}; weights: {len(changed)} changed tensors, "
-          f"all in the trained blocks: {changed == trained}; traces: logit lens P@20 {p20}, "
-          f"Patchscope P@20 {grades.get('mean_patchscope_p20')}; cmap top {grades.get('cmap_top')}; "
+          f"all in the trained blocks: {changed == trained}; traces at block {TRACE_LAYER}, "
+          f"positions 1-4: logit lens P@20 {p20}, Patchscope P@20 {scope20} (by position 0-4: "
+          f"lens {[t['logit_lens_p20'] for t in grades.get('traces', [])]}, Patchscope "
+          f"{[t['patchscope_p20'] for t in grades.get('traces', [])]}; hits "
+          f"{[t['hits'][:5] for t in grades.get('traces', [])]}); cmap top {grades.get('cmap_top')}; "
           f"stitching matches {grades.get('stitching_matches')}; audit wall time {wall:.0f}s")
     for f in failures:
         print("FAIL", f)

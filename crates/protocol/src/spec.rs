@@ -639,7 +639,10 @@ pub fn parse_layers(s: &str) -> Result<Option<Vec<usize>>, SpecError> {
             .parse::<usize>()
             .map_err(|_| SpecError::Layers(format!("`{t}` is not a layer index")))
     };
-    let mut out = Vec::new();
+    // A bit per possible index (8 KiB), so no list, however many ranges it repeats, holds
+    // more than the sorted distinct indices it names.
+    let mut named = vec![0u64; MAX_LAYER_INDEX / 64];
+    let mut mark = |l: usize| named[l / 64] |= 1 << (l % 64);
     for part in s.split(',') {
         match part.split_once('-') {
             Some((a, b)) => {
@@ -653,15 +656,23 @@ pub fn parse_layers(s: &str) -> Result<Option<Vec<usize>>, SpecError> {
                 if a > b {
                     return Err(SpecError::Layers(format!("range `{part}` is reversed")));
                 }
-                out.extend(a..=b);
+                (a..=b).for_each(&mut mark);
             }
-            None => out.push(num(part)?),
-        }
-        if out.len() > MAX_LAYER_INDEX {
-            return Err(SpecError::Layers("too many layers listed".into()));
+            None => {
+                let l = num(part)?;
+                if l >= MAX_LAYER_INDEX {
+                    return Err(SpecError::Layers(format!(
+                        "layer {l} is beyond the limit of {MAX_LAYER_INDEX} blocks per model"
+                    )));
+                }
+                mark(l);
+            }
         }
     }
-    Ok(Some(normalize_layers(&out, MAX_LAYER_INDEX)?))
+    let out: Vec<usize> = (0..MAX_LAYER_INDEX)
+        .filter(|&l| named[l / 64] & (1 << (l % 64)) != 0)
+        .collect();
+    Ok(Some(out))
 }
 
 /// No model this tool audits has more blocks; bounds what a layer list may allocate.
