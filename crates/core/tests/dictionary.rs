@@ -248,18 +248,13 @@ fn opts(steps: usize) -> TrainOptions {
 fn train(data: &Tensor, dict_size: i64, steps: usize, seed: u64) -> Trainer {
     let norm = dictionary::normalization_of(data, 1.0).unwrap();
     let s = data.size();
-    let dict = Dictionary::init(
-        s[1],
-        s[2],
-        dict_size,
-        3,
-        0.1,
-        norm,
-        seed,
-        Kind::Float,
-        Device::Cpu,
-    )
-    .unwrap();
+    let shape = dictionary::Shape {
+        models: s[1],
+        width: s[2],
+        size: dict_size,
+        k: 3,
+    };
+    let dict = Dictionary::init(shape, 0.1, norm, seed, (Kind::Float, Device::Cpu)).unwrap();
     let mut trainer = Trainer::new(dict, opts(steps)).unwrap();
     dictionary::train(&mut trainer, data, 256, steps, seed, &mut |_, _| Ok(true)).unwrap();
     trainer
@@ -273,7 +268,13 @@ fn a_resumed_run_ends_bit_identical_to_a_straight_one() {
     let dir = tempfile::tempdir().unwrap();
     let ckpt = dir.path().join("train.safetensors");
     let norm = dictionary::normalization_of(&data, 1.0).unwrap();
-    let dict = Dictionary::init(2, 16, 64, 3, 0.1, norm, 5, Kind::Float, Device::Cpu).unwrap();
+    let shape = dictionary::Shape {
+        models: 2,
+        width: 16,
+        size: 64,
+        k: 3,
+    };
+    let dict = Dictionary::init(shape, 0.1, norm, 5, (Kind::Float, Device::Cpu)).unwrap();
     let mut first = Trainer::new(dict, opts(60)).unwrap();
     // Killed after step 23 (its checkpoint written after step 20).
     let err = dictionary::train(&mut first, &data, 256, 60, 5, &mut |t, s| {

@@ -205,14 +205,17 @@ pub fn run(
         for &alpha in &alphas {
             let steer = v.f_mul_scalar(alpha)?;
             let hooks = || Hooks::new().add(point, steer.shallow_clone());
-            generations.extend(generations_of(
-                pair,
+            let steered = Steered {
                 side,
-                target,
+                model: target,
                 layer,
                 alpha,
+                hooks: &hooks,
+            };
+            generations.extend(generations_of(
+                pair,
+                &steered,
                 &opts.generation,
-                &hooks,
                 max_len,
                 progress,
             )?);
@@ -232,19 +235,31 @@ pub fn run(
     })
 }
 
-/// Greedy and sampled continuations of every prompt by one model under `hooks`.
-#[allow(clippy::too_many_arguments)]
+/// Which model generates, steered how: the `hooks` that add α times the direction at `layer`
+/// (α = 0: unsteered), and the model's name in the results.
+pub(crate) struct Steered<'a> {
+    pub side: Side,
+    pub model: &'a str,
+    pub layer: usize,
+    pub alpha: f64,
+    pub hooks: &'a dyn Fn() -> Hooks,
+}
+
+/// Greedy and sampled continuations of every prompt by one model, steered.
 pub(crate) fn generations_of(
     pair: &Pair,
-    side: Side,
-    model: &str,
-    layer: usize,
-    alpha: f64,
+    steered: &Steered<'_>,
     opts: &neurodiff_protocol::GenerationOptions,
-    hooks: &dyn Fn() -> Hooks,
     max_len: usize,
     progress: Progress<'_>,
 ) -> Result<Vec<Generation>> {
+    let Steered {
+        side,
+        model,
+        layer,
+        alpha,
+        hooks,
+    } = *steered;
     let mut out = Vec::new();
     for (i, prompt) in opts.prompts.iter().enumerate() {
         check(progress, "generation")?;

@@ -19,7 +19,7 @@ use tch::{Kind, Tensor};
 use crate::dist::{encode_prompt, top_tokens};
 use crate::forward::{Pair, ShardInput, Side, Tokens};
 use crate::progress::{check, Progress};
-use crate::steering::{block_means, generations_of, scaled_unit};
+use crate::steering::{block_means, generations_of, scaled_unit, Steered};
 use crate::{ExecError, Result};
 
 /// The identity prompts of Patchscope: the model continues a pattern of repetition, so what it
@@ -146,14 +146,17 @@ pub fn run(
     for &alpha in alphas {
         let v = steer.f_mul_scalar(if alpha == 0.0 { 0.0 } else { 1.0 })?;
         let hooks = || Hooks::new().add(point, v.shallow_clone());
-        steered.extend(generations_of(
-            pair,
-            Side::Finetuned,
-            "finetuned",
+        let who = Steered {
+            side: Side::Finetuned,
+            model: "finetuned",
             layer,
             alpha,
+            hooks: &hooks,
+        };
+        steered.extend(generations_of(
+            pair,
+            &who,
             &opts.generation,
-            &hooks,
             max_len,
             progress,
         )?);

@@ -231,7 +231,11 @@ impl Analyses {
     /// audit's exported files and the team database's latent rows are made from.
     pub fn dictionaries(&self) -> Vec<DictionarySection<'_>> {
         [
-            (crate::AnalysisKind::Crosscoder, "crosscoder", &self.crosscoder),
+            (
+                crate::AnalysisKind::Crosscoder,
+                "crosscoder",
+                &self.crosscoder,
+            ),
             (crate::AnalysisKind::SaeDiff, "sae_diff", &self.sae_diff),
         ]
         .into_iter()

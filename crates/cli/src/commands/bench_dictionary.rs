@@ -59,17 +59,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         mean: norm.mean.f_to_device(device)?,
         scale: norm.scale.f_to_device(device)?,
     };
-    let dict = Dictionary::init(
+    let shape = dictionary::Shape {
         models,
-        d,
-        args.expansion * d,
-        args.k,
-        0.1,
-        norm,
-        0,
-        Kind::Float,
-        device,
-    )?;
+        width: d,
+        size: args.expansion * d,
+        k: args.k,
+    };
+    let dict = Dictionary::init(shape, 0.1, norm, 0, (Kind::Float, device))?;
     let opts = TrainOptions {
         k: args.k,
         lr: 1e-4,

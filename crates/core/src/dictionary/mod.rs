@@ -8,7 +8,7 @@ pub mod train;
 use tch::{Kind, Tensor};
 
 pub use eval::{class_of, delta_norm, Accumulator, Evaluation};
-pub use model::{Codes, Dictionary, Normalization};
+pub use model::{Codes, Dictionary, Normalization, Shape};
 pub use train::{geometric_median, StepStats, TrainOptions, Trainer};
 
 use crate::error::{CoreError, Result};

@@ -79,22 +79,33 @@ pub struct Codes {
     pub code_norm: Tensor,
 }
 
+/// A dictionary's size: how many models it reads (2 for a crosscoder, 1 for an SAE), their
+/// width d, its latents F and the k latents each token keeps on average.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    pub models: i64,
+    pub width: i64,
+    pub size: i64,
+    pub k: i64,
+}
+
 impl Dictionary {
     /// A fresh dictionary: encoder columns in random directions with norm `init_norm` per
     /// model, the decoder their transpose, biases zero (the decoder's is set from the first
     /// batch). Drawn from `seed` alone, so the same on every machine.
-    #[allow(clippy::too_many_arguments)]
     pub fn init(
-        models: i64,
-        d: i64,
-        dict_size: i64,
-        k: i64,
+        shape: Shape,
         init_norm: f64,
         norm: Normalization,
         seed: u64,
-        kind: Kind,
-        device: Device,
+        (kind, device): (Kind, Device),
     ) -> Result<Self> {
+        let Shape {
+            models,
+            width: d,
+            size: dict_size,
+            k,
+        } = shape;
         if models < 1 || d < 1 || dict_size < 1 || k < 1 {
             return Err(CoreError::Input(format!(
                 "dictionary shape: models {models}, width {d}, size {dict_size}, k {k} \

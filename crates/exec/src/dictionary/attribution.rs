@@ -2,7 +2,7 @@
 //! latents, latent scaling (ν), the Δ classes, and for the latents it reports (every
 //! fine-tune-only one, then a sample of the others) the logit lens of the decoder row through
 //! the fine-tuned model and the top activating examples in context.
-use neurodiff_core::dictionary::{class_of, delta_norm, Accumulator, Dictionary};
+use neurodiff_core::dictionary::{class_of, delta_norm, Accumulator, Dictionary, Evaluation};
 use neurodiff_core::organisms::trained::rng::Rng;
 use neurodiff_core::CoreError;
 use neurodiff_protocol::{
@@ -23,131 +23,67 @@ pub const MAX_FT_ONLY_LISTED: usize = 4096;
 /// Where a running top example came from: the held-back chunk and its row.
 type Row = (usize, usize);
 
-#[allow(clippy::too_many_arguments)]
+/// A trained dictionary and what it is evaluated on: the pair, its block, the held-back chunks
+/// (and how one is read back), whether it is an SAE on differences, and the ground truth.
+pub struct Trained<'a> {
+    pub pair: &'a Pair,
+    pub dict: &'a Dictionary,
+    pub layer: usize,
+    pub held: &'a [usize],
+    pub load: &'a dyn Fn(usize) -> Result<Chunk>,
+    pub diff: bool,
+    pub truth: Option<&'a GroundTruth>,
+}
+
+/// What one pass over the held-back chunks gathered: the statistics, the running top examples
+/// of every latent (`(E, F)` values and global row numbers, and where each row came from), the
+/// chunks' token ids, and the first chunks whole (for the KL shares).
+struct Scanned {
+    ev: Evaluation,
+    top_v: Tensor,
+    top_i: Tensor,
+    rows_of: Vec<Row>,
+    tokens: Vec<(Vec<i64>, Vec<i64>, Vec<i64>)>,
+    kl_chunks: Vec<Chunk>,
+}
+
 pub fn evaluate(
-    pair: &Pair,
-    dict: &Dictionary,
-    layer: usize,
-    held: &[usize],
-    load: &dyn Fn(usize) -> Result<Chunk>,
+    trained: Trained<'_>,
     opts: &DictionaryOptions,
-    diff: bool,
-    truth: Option<&GroundTruth>,
     text: super::kl_share::Text<'_>,
     progress: Progress<'_>,
 ) -> Result<DictionaryReport> {
+    let Trained {
+        pair,
+        dict,
+        layer,
+        held: _,
+        load: _,
+        diff,
+        truth,
+    } = trained;
     let f_size = dict.dict_size();
-    // One running example is kept even when none is reported (the tensors need a row).
-    let keep = opts.examples.max(1) as i64;
-    let mut acc = Accumulator::new(dict)?;
-    // Running top examples of every latent: (E, F) values and global row numbers.
-    let mut top_v = Tensor::f_zeros([0, f_size], (Kind::Float, dict.device()))?;
-    let mut top_i = Tensor::f_zeros([0, f_size], (Kind::Int64, dict.device()))?;
-    let mut rows_of: Vec<Row> = Vec::new();
-    // Rows per evaluation step: its codes (rows × F) stay within 2^24 values.
-    let rows_per = ((1i64 << 24) / f_size.max(1)).clamp(1, 4096);
-    // Each held-back chunk is read once: its ids are kept for the examples, and the first
-    // chunks (enough for the KL samples) whole.
-    let mut tokens: Vec<(Vec<i64>, Vec<i64>, Vec<i64>)> = Vec::with_capacity(held.len());
-    let mut kl_chunks = Vec::new();
-    let mut kl_samples = std::collections::BTreeSet::new();
-    for (c, &i) in held.iter().enumerate() {
-        check(progress, "evaluate")?;
-        let chunk = load(i)?;
-        let n = chunk.len() as i64;
-        for step in (0..n).step_by(rows_per as usize) {
-            let len = rows_per.min(n - step);
-            let x = chunk
-                .acts
-                .f_narrow(0, step, len)?
-                .f_to_device(dict.device())?;
-            let x = dict.norm.apply(&x, dict.kind())?;
-            let f = acc.add(dict, &x)?.f_to_kind(Kind::Float)?;
-            let first = rows_of.len() as i64;
-            rows_of.extend((step..step + len).map(|r| (c, r as usize)));
-            let idx = Tensor::f_arange_start(first, first + len, (Kind::Int64, dict.device()))?
-                .f_unsqueeze(1)?
-                .f_expand([len, f_size], false)?;
-            let v = Tensor::f_cat(&[&top_v, &f], 0)?;
-            let ids = Tensor::f_cat(&[&top_i, &idx], 0)?;
-            let (vals, pos) = v.f_topk(keep.min(v.size()[0]), 0, true, true)?;
-            top_i = ids.f_gather(0, &pos, false)?;
-            top_v = vals;
-        }
-        tokens.push((
-            chunk.sample.clone(),
-            chunk.position.clone(),
-            chunk.token.clone(),
-        ));
-        if kl_samples.len() < super::kl_share::KL_SAMPLES {
-            kl_samples.extend(chunk.sample.iter().copied());
-            kl_chunks.push(chunk);
-        }
-    }
-    let ev = acc.finish(dict)?;
+    let Scanned {
+        ev,
+        top_v,
+        top_i,
+        rows_of,
+        tokens,
+        kl_chunks,
+    } = scan(&trained, opts, progress)?;
     let n_eval = ev.n_tokens.max(1) as f64;
     let (delta, (nu_eps, nu_r)) = if diff {
         (None, (Vec::new(), Vec::new()))
     } else {
         (Some(delta_norm(dict)?), ev.nu())
     };
-    let mut classes = ClassCounts::default();
-    let mut histogram = vec![0u64; 20];
-    let (mut ft_only, mut others) = (Vec::new(), Vec::new());
-    for j in 0..f_size as usize {
-        let Some(delta) = &delta else {
-            others.push(j);
-            continue;
-        };
-        let dl = delta[j];
-        if dl.is_finite() {
-            histogram[((dl * 20.0) as usize).min(19)] += 1;
-        }
-        match class_of(dl) {
-            LatentClass::FtOnly => {
-                classes.ft_only += 1;
-                ft_only.push(j);
-                continue;
-            }
-            LatentClass::BaseOnly => classes.base_only += 1,
-            LatentClass::Shared => classes.shared += 1,
-            LatentClass::Other | LatentClass::Diff => classes.other += 1,
-        }
-        others.push(j);
-    }
-    // Every fine-tune-only latent that fired; then (crosscoders) the fine-tune-leaning tail,
-    // the fired latents with the lowest Δ, and a seeded sample of the rest (an SAE's: the most
-    // frequent latents).
-    let fired = |j: &usize| ev.fired[*j] > 0;
-    let mut report_ids: Vec<usize> = ft_only.into_iter().filter(fired).collect();
-    if let Some(delta) = &delta {
-        // Bounded (each costs a lens pass and a row): the lowest Δ first.
-        report_ids.sort_by(|&a, &b| delta[a].total_cmp(&delta[b]));
-        report_ids.truncate(MAX_FT_ONLY_LISTED);
-    }
-    let mut rest: Vec<usize> = others.into_iter().filter(fired).collect();
-    let mut tail = Vec::new();
-    let mut min_delta = None;
-    if let Some(delta) = &delta {
-        rest.sort_by(|&a, &b| delta[a].total_cmp(&delta[b]));
-        min_delta = report_ids
-            .iter()
-            .chain(&rest)
-            .map(|&j| delta[j])
-            .filter(|v| v.is_finite())
-            .min_by(f64::total_cmp);
-        let n_tail = (opts.sample_latents / 2).min(rest.len());
-        tail = rest.drain(..n_tail).collect();
-        report_ids.extend(&tail);
-        let mut rng = Rng::new(opts.seed ^ 0x5eed);
-        for i in (1..rest.len()).rev() {
-            rest.swap(i, rng.below(i + 1));
-        }
-        report_ids.extend(rest.into_iter().take(opts.sample_latents - n_tail));
-    } else {
-        rest.sort_by_key(|&j| std::cmp::Reverse(ev.fired[j]));
-        report_ids.extend(rest.into_iter().take(opts.sample_latents));
-    }
+    let Selected {
+        classes,
+        histogram,
+        report_ids,
+        tail,
+        min_delta,
+    } = select(&ev, delta.as_deref(), opts);
     let flat_f32 = |t: &Tensor| -> Result<Vec<f32>> {
         Ok(
             Vec::<f32>::try_from(&t.f_to_device(Device::Cpu)?.f_flatten(0, -1)?)
@@ -305,6 +241,151 @@ pub fn evaluate(
         ground_truth: None,
         elapsed_s: 0.0,
     })
+}
+
+/// One pass over the held-back chunks, one in memory at a time.
+fn scan(
+    trained: &Trained<'_>,
+    opts: &DictionaryOptions,
+    progress: Progress<'_>,
+) -> Result<Scanned> {
+    let (dict, held, load) = (trained.dict, trained.held, trained.load);
+    let f_size = dict.dict_size();
+    // One running example is kept even when none is reported (the tensors need a row).
+    let keep = opts.examples.max(1) as i64;
+    let mut acc = Accumulator::new(dict)?;
+    // Running top examples of every latent: (E, F) values and global row numbers.
+    let mut top_v = Tensor::f_zeros([0, f_size], (Kind::Float, dict.device()))?;
+    let mut top_i = Tensor::f_zeros([0, f_size], (Kind::Int64, dict.device()))?;
+    let mut rows_of: Vec<Row> = Vec::new();
+    // Rows per evaluation step: its codes (rows × F) stay within 2^24 values.
+    let rows_per = ((1i64 << 24) / f_size.max(1)).clamp(1, 4096);
+    // Each held-back chunk is read once: its ids are kept for the examples, and the first
+    // chunks (enough for the KL samples) whole.
+    let mut tokens: Vec<(Vec<i64>, Vec<i64>, Vec<i64>)> = Vec::with_capacity(held.len());
+    let mut kl_chunks = Vec::new();
+    let mut kl_samples = std::collections::BTreeSet::new();
+    for (c, &i) in held.iter().enumerate() {
+        check(progress, "evaluate")?;
+        let chunk = load(i)?;
+        let n = chunk.len() as i64;
+        for step in (0..n).step_by(rows_per as usize) {
+            let len = rows_per.min(n - step);
+            let x = chunk
+                .acts
+                .f_narrow(0, step, len)?
+                .f_to_device(dict.device())?;
+            let x = dict.norm.apply(&x, dict.kind())?;
+            let f = acc.add(dict, &x)?.f_to_kind(Kind::Float)?;
+            let first = rows_of.len() as i64;
+            rows_of.extend((step..step + len).map(|r| (c, r as usize)));
+            let idx = Tensor::f_arange_start(first, first + len, (Kind::Int64, dict.device()))?
+                .f_unsqueeze(1)?
+                .f_expand([len, f_size], false)?;
+            let v = Tensor::f_cat(&[&top_v, &f], 0)?;
+            let ids = Tensor::f_cat(&[&top_i, &idx], 0)?;
+            let (vals, pos) = v.f_topk(keep.min(v.size()[0]), 0, true, true)?;
+            top_i = ids.f_gather(0, &pos, false)?;
+            top_v = vals;
+        }
+        tokens.push((
+            chunk.sample.clone(),
+            chunk.position.clone(),
+            chunk.token.clone(),
+        ));
+        if kl_samples.len() < super::kl_share::KL_SAMPLES {
+            kl_samples.extend(chunk.sample.iter().copied());
+            kl_chunks.push(chunk);
+        }
+    }
+    Ok(Scanned {
+        ev: acc.finish(dict)?,
+        top_v,
+        top_i,
+        rows_of,
+        tokens,
+        kl_chunks,
+    })
+}
+
+/// The Δ classes and histogram, and which latents the report lists.
+struct Selected {
+    classes: ClassCounts,
+    histogram: Vec<u64>,
+    report_ids: Vec<usize>,
+    tail: Vec<usize>,
+    min_delta: Option<f64>,
+}
+
+/// Every fine-tune-only latent that fired; then (crosscoders) the fine-tune-leaning tail, the
+/// fired latents with the lowest Δ, and a seeded sample of the rest (an SAE's: the most
+/// frequent latents).
+fn select(ev: &Evaluation, delta: Option<&[f64]>, opts: &DictionaryOptions) -> Selected {
+    let f_size = ev.fired.len();
+    let mut classes = ClassCounts::default();
+    let mut histogram = vec![0u64; 20];
+    let (mut ft_only, mut others) = (Vec::new(), Vec::new());
+    for j in 0..f_size {
+        let Some(delta) = delta else {
+            others.push(j);
+            continue;
+        };
+        let dl = delta[j];
+        if dl.is_finite() {
+            histogram[((dl * 20.0) as usize).min(19)] += 1;
+        }
+        match class_of(dl) {
+            LatentClass::FtOnly => {
+                classes.ft_only += 1;
+                ft_only.push(j);
+                continue;
+            }
+            LatentClass::BaseOnly => classes.base_only += 1,
+            LatentClass::Shared => classes.shared += 1,
+            LatentClass::Other | LatentClass::Diff => classes.other += 1,
+        }
+        others.push(j);
+    }
+    // Every fine-tune-only latent that fired; then (crosscoders) the fine-tune-leaning tail,
+    // the fired latents with the lowest Δ, and a seeded sample of the rest (an SAE's: the most
+    // frequent latents).
+    let fired = |j: &usize| ev.fired[*j] > 0;
+    let mut report_ids: Vec<usize> = ft_only.into_iter().filter(fired).collect();
+    if let Some(delta) = delta {
+        // Bounded (each costs a lens pass and a row): the lowest Δ first.
+        report_ids.sort_by(|&a, &b| delta[a].total_cmp(&delta[b]));
+        report_ids.truncate(MAX_FT_ONLY_LISTED);
+    }
+    let mut rest: Vec<usize> = others.into_iter().filter(fired).collect();
+    let mut tail = Vec::new();
+    let mut min_delta = None;
+    if let Some(delta) = delta {
+        rest.sort_by(|&a, &b| delta[a].total_cmp(&delta[b]));
+        min_delta = report_ids
+            .iter()
+            .chain(&rest)
+            .map(|&j| delta[j])
+            .filter(|v| v.is_finite())
+            .min_by(f64::total_cmp);
+        let n_tail = (opts.sample_latents / 2).min(rest.len());
+        tail = rest.drain(..n_tail).collect();
+        report_ids.extend(&tail);
+        let mut rng = Rng::new(opts.seed ^ 0x5eed);
+        for i in (1..rest.len()).rev() {
+            rest.swap(i, rng.below(i + 1));
+        }
+        report_ids.extend(rest.into_iter().take(opts.sample_latents - n_tail));
+    } else {
+        rest.sort_by_key(|&j| std::cmp::Reverse(ev.fired[j]));
+        report_ids.extend(rest.into_iter().take(opts.sample_latents));
+    }
+    Selected {
+        classes,
+        histogram,
+        report_ids,
+        tail,
+        min_delta,
+    }
 }
 
 /// The shuffled-word control of the domain share: for each of the ground truth's domain

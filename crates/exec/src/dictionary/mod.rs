@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use neurodiff_analyses::dictionary::{block_of, slices};
 use neurodiff_core::corpus::Batch;
-use neurodiff_core::dictionary::{Dictionary, Normalization, TrainOptions, Trainer};
+use neurodiff_core::dictionary::{Dictionary, Normalization, Shape, TrainOptions, Trainer};
 use neurodiff_core::organisms::trained::rng::Rng;
 use neurodiff_core::{CoreError, HookKind, HookPoint};
 use neurodiff_protocol::{
@@ -414,16 +414,15 @@ pub fn train(
     };
     let mut trainer = match restored {
         Some(t) => t,
-        None => fresh(
-            norm,
-            models,
-            d,
-            dict_size,
-            k,
-            opts.seed,
-            &train_opts,
-            pair.device(),
-        )?,
+        None => {
+            let shape = Shape {
+                models,
+                width: d,
+                size: dict_size as i64,
+                k,
+            };
+            fresh(norm, shape, opts.seed, &train_opts, pair.device())?
+        }
     };
     let resumed_at = trainer.step;
     let curve_key = format!("train/{run_id}/curve.json");
@@ -496,15 +495,18 @@ pub fn train(
     store.delete(&ckpt_key)?;
     store.delete(&curve_key)?;
     let held: Vec<usize> = (n_train..setup.slices.len()).collect();
-    let report = attribution::evaluate(
+    let trained = attribution::Trained {
         pair,
-        &trainer.dict,
-        setup.layer,
-        &held,
-        &load,
+        dict: &trainer.dict,
+        layer: setup.layer,
+        held: &held,
+        load: &load,
+        diff: setup.diff,
+        truth: ground_truth.as_ref(),
+    };
+    let report = attribution::evaluate(
+        trained,
         opts,
-        setup.diff,
-        ground_truth.as_ref(),
         kl_share::Text {
             samples: tokens,
             skip_first: setup.skip_first,
@@ -539,13 +541,9 @@ pub fn train(
     })
 }
 
-#[allow(clippy::too_many_arguments)]
 fn fresh(
     norm: Normalization,
-    models: i64,
-    d: i64,
-    dict_size: usize,
-    k: i64,
+    shape: Shape,
     seed: u64,
     opts: &TrainOptions,
     device: Device,
@@ -556,17 +554,7 @@ fn fresh(
     };
     // The anchors initialise decoder rows at norm 0.005 for their long runs at lr 1e-4; an
     // audit's short run starts them at 0.1.
-    let dict = Dictionary::init(
-        models,
-        d,
-        dict_size as i64,
-        k,
-        0.1,
-        norm,
-        seed,
-        Kind::Float,
-        device,
-    )?;
+    let dict = Dictionary::init(shape, 0.1, norm, seed, (Kind::Float, device))?;
     Ok(Trainer::new(dict, opts.clone())?)
 }
 
@@ -584,7 +572,6 @@ fn trainer_from_bytes(bytes: &[u8], opts: &TrainOptions, device: Device) -> Resu
     Ok(Trainer::load(&path, opts.clone(), device)?)
 }
 
-#[allow(clippy::too_many_arguments)]
 fn write_manifest(
     spec: &ShardSpec,
     setup: &Setup<'_>,
