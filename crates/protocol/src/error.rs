@@ -1,4 +1,5 @@
-//! Why a request or spec was refused: the field it names and what is wrong with it.
+//! Why a request or spec was refused: the field it names and what is wrong with it; and the
+//! range checks every options struct uses.
 
 /// A request, spec or shard key that does not hold, naming the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -11,4 +12,28 @@ pub enum SpecError {
     Field(String, String),
     #[error("`{0}` is not a shard key")]
     ShardKey(String),
+}
+
+/// `v` is finite and within `lo..=hi`, or the field is refused naming both.
+pub(crate) fn within_f(field: &str, v: f64, lo: f64, hi: f64) -> Result<(), SpecError> {
+    if v.is_finite() && (lo..=hi).contains(&v) {
+        Ok(())
+    } else {
+        Err(SpecError::Field(
+            field.into(),
+            format!("{v} is outside {lo}..={hi}"),
+        ))
+    }
+}
+
+/// `v` is within `lo..=hi`, or the field is refused naming both.
+pub(crate) fn within(field: &str, v: usize, lo: usize, hi: usize) -> Result<(), SpecError> {
+    if (lo..=hi).contains(&v) {
+        Ok(())
+    } else {
+        Err(SpecError::Field(
+            field.into(),
+            format!("{v} is outside {lo}..={hi}"),
+        ))
+    }
 }

@@ -67,5 +67,5 @@ pub struct PlanRecord {
     pub finetuned: crate::results::ModelRecord,
     /// The corpus, when an analysis runs the models; shards check they read the same bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub corpus: Option<crate::forward::CorpusRecord>,
+    pub corpus: Option<crate::CorpusRecord>,
 }

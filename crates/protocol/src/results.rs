@@ -200,21 +200,21 @@ pub struct Analyses {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub weights: Option<WeightsReport>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub activations: Option<crate::forward::ActivationsReport>,
+    pub activations: Option<crate::ActivationsReport>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub logit_lens: Option<crate::forward::LensReport>,
+    pub logit_lens: Option<crate::LensReport>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub traces: Option<crate::tier2::TracesReport>,
+    pub traces: Option<crate::TracesReport>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub cmap: Option<crate::tier2::CmapReport>,
+    pub cmap: Option<crate::CmapReport>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub stitching: Option<crate::tier2::StitchingReport>,
+    pub stitching: Option<crate::StitchingReport>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub steering: Option<crate::tier2::SteeringReport>,
+    pub steering: Option<crate::SteeringReport>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub crosscoder: Option<crate::tier3::DictionaryReport>,
+    pub crosscoder: Option<crate::DictionaryReport>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub sae_diff: Option<crate::tier3::DictionaryReport>,
+    pub sae_diff: Option<crate::DictionaryReport>,
 }
 
 /// A trained dictionary a report carries: its analysis, its section's name in results.json
@@ -223,7 +223,7 @@ pub struct Analyses {
 pub struct DictionarySection<'a> {
     pub analysis: crate::AnalysisKind,
     pub section: &'static str,
-    pub report: &'a crate::tier3::DictionaryReport,
+    pub report: &'a crate::DictionaryReport,
 }
 
 impl Analyses {
@@ -255,16 +255,16 @@ impl Analyses {
 #[serde(tag = "analysis", rename_all = "kebab-case")]
 pub enum ShardOutput {
     Weights(ShardResult),
-    Activations(crate::forward::ActivationsShard),
-    LogitLens(crate::forward::LensShard),
-    Traces(crate::tier2::TraceShard),
-    Cmap(crate::tier2::CmapShard),
-    Stitching(crate::tier2::StitchShard),
-    Steering(crate::tier2::SteeringShard),
-    Crosscoder(crate::tier3::DictionaryReport),
-    SaeDiff(crate::tier3::DictionaryReport),
+    Activations(crate::ActivationsShard),
+    LogitLens(crate::LensShard),
+    Traces(crate::TraceShard),
+    Cmap(crate::CmapShard),
+    Stitching(crate::StitchShard),
+    Steering(crate::SteeringShard),
+    Crosscoder(crate::DictionaryReport),
+    SaeDiff(crate::DictionaryReport),
     /// A slice of a dictionary's activation store (its analysis says which dictionary).
-    Collect(crate::tier3::CollectShard),
+    Collect(crate::CollectShard),
 }
 
 impl ShardOutput {
@@ -295,11 +295,11 @@ pub struct AuditResults {
     pub target: Target,
     /// The corpus the activation analyses ran on (absent when none ran).
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub corpus: Option<crate::forward::CorpusRecord>,
+    pub corpus: Option<crate::CorpusRecord>,
     pub analyses: Analyses,
     /// The audit measured against the organism's ground truth, when the fine-tune has one.
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub grades: Option<crate::tier2::Grades>,
+    pub grades: Option<crate::Grades>,
 }
 
 struct Sums {

@@ -7,7 +7,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::spec::{AnalysisKind, SpecError};
+use crate::error::SpecError;
+use crate::spec::AnalysisKind;
 use crate::wire::AuditRequest;
 use crate::HookKind;
 

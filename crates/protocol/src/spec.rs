@@ -3,10 +3,11 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::error::SpecError;
-pub use crate::forward::{ActivationOptions, CorpusOptions, LensOptions};
-pub use crate::tier2::{CmapOptions, SteeringOptions, TraceOptions};
-pub use crate::tier3::DictionaryOptions;
+use crate::error::SpecError;
+use crate::{
+    ActivationOptions, CmapOptions, CorpusOptions, DictionaryOptions, LensOptions, SteeringOptions,
+    TraceOptions,
+};
 
 /// The analyses an audit can run, by the name users give them (`--analyses`, `"analyses"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -5,9 +5,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::forward::{ActivationOptions, CorpusOptions, LensOptions};
-use crate::spec::{AnalysisKind, AuditSpec, SpecError, Target, WeightOptions};
-use crate::tier2::{CmapOptions, SteeringOptions, TraceOptions};
+use crate::error::SpecError;
+use crate::spec::{AnalysisKind, AuditSpec, Target, WeightOptions};
+use crate::{ActivationOptions, CorpusOptions, LensOptions};
+use crate::{CmapOptions, SteeringOptions, TraceOptions};
 
 /// The body of `POST /v1/audits` (and what `neurodiff audit` builds from its flags).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]

@@ -3,9 +3,8 @@
 //! docs/results-schema.md and docs/crosscoder.md).
 use serde::{Deserialize, Serialize};
 
-use crate::forward::within;
-use crate::tier2::{GroundTruth, TokenProb};
-use crate::SpecError;
+use crate::error::{within, SpecError};
+use crate::{GroundTruth, TokenProb};
 
 /// Options of a dictionary analysis (defaults: the anchors', scaled to a small model where the
 /// anchors' would not fit a laptop run; every one can be set).
