@@ -6,13 +6,14 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use neurodiff_protocol::{
-    ActivationLayer, ActivationsReport, Analyses, AnalysisKind, AuditResults, AuditSpec, DiffSums,
-    Example, Histogram, HookKind, MeanDiff, PositionSums, ShardKey, ShardOutput,
+    ActivationLayer, ActivationsReport, ActivationsShard, Analyses, AnalysisKind, AuditResults,
+    AuditSpec, DiffSums, Example, Histogram, HookKind, MeanDiff, PositionSums, ShardKey,
+    ShardOutput,
 };
 
 use crate::charts::{lines, Series};
 use crate::{
-    check_cover, corpus_shards, escape, outputs_of, Analysis, AnalysisError, Figure, PlanFacts,
+    check_cover, corpus_shards, escape, Analysis, AnalysisError, Figure, PlanFacts, Sections,
 };
 
 /// The artifact holding the mean difference vectors.
@@ -43,69 +44,7 @@ impl Analysis for Activations {
         outputs: Vec<ShardOutput>,
         into: &mut Analyses,
     ) -> Result<(), AnalysisError> {
-        let mut shards = outputs_of(self.kind(), outputs, |o| match o {
-            ShardOutput::Activations(s) => Some(s),
-            _ => None,
-        })?;
-        let mut ranges: Vec<(usize, usize)> = shards.iter().map(|s| (s.start, s.end)).collect();
-        let n_samples = check_cover(self.kind(), &mut ranges)?;
-        // Summed in sample order, so the embedded audit and the service add the same numbers
-        // in the same order.
-        shards.sort_by_key(|s| s.start);
-        let mut sums: BTreeMap<(usize, HookKind), DiffSums> = BTreeMap::new();
-        let mut examples: Vec<Example> = Vec::new();
-        let mut n_tokens = 0;
-        let mut mean: Option<neurodiff_protocol::MeanDiffSums> = None;
-        for s in shards {
-            n_tokens = u64::saturating_add(n_tokens, s.n_tokens);
-            for d in s.stats {
-                well_formed(&d)?;
-                match sums.entry((d.layer, d.hook)) {
-                    std::collections::btree_map::Entry::Vacant(v) => {
-                        v.insert(d);
-                    }
-                    std::collections::btree_map::Entry::Occupied(mut o) => add(o.get_mut(), &d),
-                }
-            }
-            examples.extend(s.examples);
-            match &mut mean {
-                None => mean = Some(s.mean_diff),
-                Some(m) => {
-                    let same = m.d_model == s.mean_diff.d_model
-                        && m.n_layers == s.mean_diff.n_layers
-                        && m.positions == s.mean_diff.positions
-                        && m.by_position.len() == s.mean_diff.by_position.len()
-                        && m.all.len() == s.mean_diff.all.len();
-                    if !same {
-                        return Err(merge_err("shards disagree on the model's size".into()));
-                    }
-                    for (a, b) in m.by_position.iter_mut().zip(&s.mean_diff.by_position) {
-                        *a += b;
-                    }
-                    for (a, b) in m
-                        .position_counts
-                        .iter_mut()
-                        .zip(&s.mean_diff.position_counts)
-                    {
-                        *a = a.saturating_add(*b);
-                    }
-                    for (a, b) in m.all.iter_mut().zip(&s.mean_diff.all) {
-                        *a += b;
-                    }
-                    m.all_count = m.all_count.saturating_add(s.mean_diff.all_count);
-                }
-            }
-        }
-        let layers = sums.into_values().map(layer_of).collect();
-        into.activations = Some(ActivationsReport {
-            n_samples,
-            n_tokens,
-            layers,
-            top_examples: top_examples(examples, spec.activations.top_examples),
-            mean_diff_artifact: MEAN_DIFF_FILE.into(),
-            mean_diff: mean.map(mean_of),
-        });
-        Ok(())
+        crate::merge_typed(self, spec, outputs, into)
     }
 
     fn figures(&self, results: &AuditResults) -> Result<Vec<Figure>, AnalysisError> {
@@ -188,6 +127,87 @@ impl Analysis for Activations {
             MEAN_DIFF_FILE.to_string(),
             mean_diff_safetensors(m)?,
         )])
+    }
+}
+
+impl Sections for Activations {
+    type Shard = ActivationsShard;
+    type Report = ActivationsReport;
+
+    fn shard(&self, output: ShardOutput) -> Option<ActivationsShard> {
+        match output {
+            ShardOutput::Activations(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn section<'a>(&self, analyses: &'a mut Analyses) -> &'a mut Option<ActivationsReport> {
+        &mut analyses.activations
+    }
+
+    fn merge_shards(
+        &self,
+        spec: &AuditSpec,
+        mut shards: Vec<ActivationsShard>,
+    ) -> Result<ActivationsReport, AnalysisError> {
+        let mut ranges: Vec<(usize, usize)> = shards.iter().map(|s| (s.start, s.end)).collect();
+        let n_samples = check_cover(self.kind(), &mut ranges)?;
+        // Summed in sample order, so the embedded audit and the service add the same numbers
+        // in the same order.
+        shards.sort_by_key(|s| s.start);
+        let mut sums: BTreeMap<(usize, HookKind), DiffSums> = BTreeMap::new();
+        let mut examples: Vec<Example> = Vec::new();
+        let mut n_tokens = 0;
+        let mut mean: Option<neurodiff_protocol::MeanDiffSums> = None;
+        for s in shards {
+            n_tokens = u64::saturating_add(n_tokens, s.n_tokens);
+            for d in s.stats {
+                well_formed(&d)?;
+                match sums.entry((d.layer, d.hook)) {
+                    std::collections::btree_map::Entry::Vacant(v) => {
+                        v.insert(d);
+                    }
+                    std::collections::btree_map::Entry::Occupied(mut o) => add(o.get_mut(), &d),
+                }
+            }
+            examples.extend(s.examples);
+            match &mut mean {
+                None => mean = Some(s.mean_diff),
+                Some(m) => {
+                    let same = m.d_model == s.mean_diff.d_model
+                        && m.n_layers == s.mean_diff.n_layers
+                        && m.positions == s.mean_diff.positions
+                        && m.by_position.len() == s.mean_diff.by_position.len()
+                        && m.all.len() == s.mean_diff.all.len();
+                    if !same {
+                        return Err(merge_err("shards disagree on the model's size".into()));
+                    }
+                    for (a, b) in m.by_position.iter_mut().zip(&s.mean_diff.by_position) {
+                        *a += b;
+                    }
+                    for (a, b) in m
+                        .position_counts
+                        .iter_mut()
+                        .zip(&s.mean_diff.position_counts)
+                    {
+                        *a = a.saturating_add(*b);
+                    }
+                    for (a, b) in m.all.iter_mut().zip(&s.mean_diff.all) {
+                        *a += b;
+                    }
+                    m.all_count = m.all_count.saturating_add(s.mean_diff.all_count);
+                }
+            }
+        }
+        let layers = sums.into_values().map(layer_of).collect();
+        Ok(ActivationsReport {
+            n_samples,
+            n_tokens,
+            layers,
+            top_examples: top_examples(examples, spec.activations.top_examples),
+            mean_diff_artifact: MEAN_DIFF_FILE.into(),
+            mean_diff: mean.map(mean_of),
+        })
     }
 }
 

@@ -5,12 +5,12 @@
 use std::fmt::Write as _;
 
 use neurodiff_protocol::{
-    Analyses, AnalysisKind, AuditResults, AuditSpec, CmapCell, CmapReport, Component,
+    Analyses, AnalysisKind, AuditResults, AuditSpec, CmapCell, CmapReport, CmapShard, Component,
     PatchDirection, ShardKey, ShardOutput, SpecError,
 };
 
 use crate::charts::grid;
-use crate::{outputs_of, Analysis, AnalysisError, Figure, PlanFacts};
+use crate::{Analysis, AnalysisError, Figure, PlanFacts, Sections};
 
 #[derive(Debug)]
 pub struct Cmap;
@@ -67,54 +67,11 @@ impl Analysis for Cmap {
 
     fn merge(
         &self,
-        _spec: &AuditSpec,
+        spec: &AuditSpec,
         outputs: Vec<ShardOutput>,
         into: &mut Analyses,
     ) -> Result<(), AnalysisError> {
-        let mut shards = outputs_of(self.kind(), outputs, |o| match o {
-            ShardOutput::Cmap(s) => Some(s),
-            _ => None,
-        })?;
-        shards.sort_by_key(|s| s.layer);
-        if shards.windows(2).any(|w| w[0].layer == w[1].layer) {
-            return Err(merge_err("two shards of one block".into()));
-        }
-        let first = shards
-            .first()
-            .ok_or_else(|| merge_err("no shard ran".into()))?;
-        let (n_tokens, n_samples) = (first.n_tokens, first.n_samples);
-        let (gap_fb, gap_bf) = (first.kl_ft_base, first.kl_base_ft);
-        let n = n_tokens.max(1) as f64;
-        let mut cells = Vec::new();
-        for s in &shards {
-            // Every block's shard runs the same samples unpatched: the gaps agree bit for bit.
-            if (s.n_tokens, s.n_samples, s.kl_ft_base, s.kl_base_ft)
-                != (n_tokens, n_samples, gap_fb, gap_bf)
-            {
-                return Err(merge_err("shards ran on different tokens".into()));
-            }
-            for c in &s.cells {
-                let gap = match c.direction {
-                    PatchDirection::FtIntoBase => gap_fb,
-                    PatchDirection::BaseIntoFt => gap_bf,
-                };
-                cells.push(CmapCell {
-                    layer: s.layer,
-                    component: c.component,
-                    direction: c.direction,
-                    recovery: recovery(c.kl, gap),
-                    kl: c.kl / n,
-                });
-            }
-        }
-        into.cmap = Some(CmapReport {
-            n_samples,
-            n_tokens,
-            kl_ft_base: gap_fb / n,
-            kl_base_ft: gap_bf / n,
-            cells,
-        });
-        Ok(())
+        crate::merge_typed(self, spec, outputs, into)
     }
 
     fn figures(&self, results: &AuditResults) -> Result<Vec<Figure>, AnalysisError> {
@@ -190,5 +147,67 @@ impl Analysis for Cmap {
             }
         }
         out
+    }
+}
+
+impl Sections for Cmap {
+    type Shard = CmapShard;
+    type Report = CmapReport;
+
+    fn shard(&self, output: ShardOutput) -> Option<CmapShard> {
+        match output {
+            ShardOutput::Cmap(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn section<'a>(&self, analyses: &'a mut Analyses) -> &'a mut Option<CmapReport> {
+        &mut analyses.cmap
+    }
+
+    fn merge_shards(
+        &self,
+        _spec: &AuditSpec,
+        mut shards: Vec<CmapShard>,
+    ) -> Result<CmapReport, AnalysisError> {
+        shards.sort_by_key(|s| s.layer);
+        if shards.windows(2).any(|w| w[0].layer == w[1].layer) {
+            return Err(merge_err("two shards of one block".into()));
+        }
+        let first = shards
+            .first()
+            .ok_or_else(|| merge_err("no shard ran".into()))?;
+        let (n_tokens, n_samples) = (first.n_tokens, first.n_samples);
+        let (gap_fb, gap_bf) = (first.kl_ft_base, first.kl_base_ft);
+        let n = n_tokens.max(1) as f64;
+        let mut cells = Vec::new();
+        for s in &shards {
+            // Every block's shard runs the same samples unpatched: the gaps agree bit for bit.
+            if (s.n_tokens, s.n_samples, s.kl_ft_base, s.kl_base_ft)
+                != (n_tokens, n_samples, gap_fb, gap_bf)
+            {
+                return Err(merge_err("shards ran on different tokens".into()));
+            }
+            for c in &s.cells {
+                let gap = match c.direction {
+                    PatchDirection::FtIntoBase => gap_fb,
+                    PatchDirection::BaseIntoFt => gap_bf,
+                };
+                cells.push(CmapCell {
+                    layer: s.layer,
+                    component: c.component,
+                    direction: c.direction,
+                    recovery: recovery(c.kl, gap),
+                    kl: c.kl / n,
+                });
+            }
+        }
+        Ok(CmapReport {
+            n_samples,
+            n_tokens,
+            kl_ft_base: gap_fb / n,
+            kl_base_ft: gap_bf / n,
+            cells,
+        })
     }
 }

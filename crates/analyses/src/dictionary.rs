@@ -5,55 +5,94 @@
 use std::fmt::Write as _;
 
 use neurodiff_protocol::{
-    Analyses, AnalysisKind, AuditResults, AuditSpec, DictionaryOptions, DictionaryReport, ShardKey,
-    ShardOutput,
+    Analyses, AnalysisKind, AuditResults, AuditSpec, CollectShard, DictionaryOptions,
+    DictionaryReport, ShardKey, ShardOutput,
 };
 
 use crate::charts::{histogram, lines, scatter, Series};
-use crate::{escape, outputs_of, Analysis, AnalysisError, Figure, PlanFacts};
+use crate::{escape, Analysis, AnalysisError, Figure, PlanFacts, Sections};
 
-/// The crosscoder (`kind` Crosscoder) or the SAE on differences (`kind` SaeDiff).
+/// Which dictionary: the crosscoder over both models' activations, or the SAE on their
+/// difference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Crosscoder,
+    SaeDiff,
+}
+
+impl Family {
+    /// Its analysis kind, as the rest of the system names it.
+    pub fn kind(self) -> AnalysisKind {
+        match self {
+            Family::Crosscoder => AnalysisKind::Crosscoder,
+            Family::SaeDiff => AnalysisKind::SaeDiff,
+        }
+    }
+
+    /// How many models' activations it reads: both (a crosscoder) or their difference.
+    fn models(self) -> u64 {
+        match self {
+            Family::Crosscoder => 2,
+            Family::SaeDiff => 1,
+        }
+    }
+
+    /// Its field in a spec and section in results.json.
+    fn field(self) -> &'static str {
+        match self {
+            Family::SaeDiff => "sae_diff",
+            Family::Crosscoder => "crosscoder",
+        }
+    }
+}
+
+/// The crosscoder or the SAE on differences: one analysis each, sharing their code.
 #[derive(Debug)]
 pub struct Dictionaries {
-    pub kind: AnalysisKind,
+    pub family: Family,
 }
 
 pub static CROSSCODER: Dictionaries = Dictionaries {
-    kind: AnalysisKind::Crosscoder,
+    family: Family::Crosscoder,
 };
 pub static SAE_DIFF: Dictionaries = Dictionaries {
-    kind: AnalysisKind::SaeDiff,
+    family: Family::SaeDiff,
 };
 
 impl Dictionaries {
     /// Its options in a spec.
     pub fn options<'a>(&self, spec: &'a AuditSpec) -> &'a DictionaryOptions {
-        match self.kind {
-            AnalysisKind::SaeDiff => &spec.sae_diff,
-            _ => &spec.crosscoder,
+        match self.family {
+            Family::SaeDiff => &spec.sae_diff,
+            Family::Crosscoder => &spec.crosscoder,
         }
     }
 
-    fn section<'a>(&self, results: &'a AuditResults) -> Option<&'a DictionaryReport> {
-        match self.kind {
-            AnalysisKind::SaeDiff => results.analyses.sae_diff.as_ref(),
-            _ => results.analyses.crosscoder.as_ref(),
+    fn report<'a>(&self, results: &'a AuditResults) -> Option<&'a DictionaryReport> {
+        match self.family {
+            Family::SaeDiff => results.analyses.sae_diff.as_ref(),
+            Family::Crosscoder => results.analyses.crosscoder.as_ref(),
         }
     }
 
     fn slug(&self) -> &'static str {
-        match self.kind {
-            AnalysisKind::SaeDiff => "sae_diff",
-            _ => "crosscoder",
-        }
+        self.family.field()
     }
 
     fn title(&self) -> &'static str {
-        match self.kind {
-            AnalysisKind::SaeDiff => "SAE on activation differences",
-            _ => "Crosscoder",
+        match self.family {
+            Family::SaeDiff => "SAE on activation differences",
+            Family::Crosscoder => "Crosscoder",
         }
     }
+}
+
+/// What one of a dictionary's shards returns: a slice of its activation store, or the trained
+/// dictionary's report.
+#[derive(Debug)]
+pub enum DictionaryShard {
+    Collected(CollectShard),
+    Trained(Box<DictionaryReport>),
 }
 
 /// The corpus slices of a dictionary's activation store: its first `samples` samples (of the
@@ -83,7 +122,7 @@ pub const MAX_STORE_BYTES: u64 = 1 << 36;
 /// Bounds what a dictionary of this model would hold, before any shard runs (the API cannot:
 /// it does not know the model's width).
 pub fn check_sizes(
-    kind: AnalysisKind,
+    family: Family,
     o: &DictionaryOptions,
     spec: &AuditSpec,
     facts: &PlanFacts,
@@ -91,13 +130,9 @@ pub fn check_sizes(
     let Some(d) = facts.d_model else {
         return Ok(());
     };
-    let field = match kind {
-        AnalysisKind::SaeDiff => "sae_diff",
-        _ => "crosscoder",
-    };
-    let models: u64 = if kind == AnalysisKind::SaeDiff { 1 } else { 2 };
+    let (field, models) = (family.field(), family.models());
     let refuse = |message: String| AnalysisError::Merge {
-        analysis: kind,
+        analysis: family.kind(),
         message,
     };
     let d = d as u64;
@@ -151,18 +186,18 @@ pub fn block_of(options: &DictionaryOptions, n_layers: usize) -> Result<usize, A
 
 impl Analysis for Dictionaries {
     fn kind(&self) -> AnalysisKind {
-        self.kind
+        self.family.kind()
     }
 
     /// Collect shards, one per corpus slice (any worker fills the activation store), then the
     /// training shard (which collects any slice still missing itself, so it never waits).
     fn plan(&self, spec: &AuditSpec, facts: &PlanFacts) -> Result<Vec<ShardKey>, AnalysisError> {
-        let n = crate::require_corpus(self.kind, facts)?;
+        let n = crate::require_corpus(self.kind(), facts)?;
         let o = self.options(spec);
-        let mut keys = slices(self.kind, o, n, spec.corpus.shard_samples);
+        let mut keys = slices(self.kind(), o, n, spec.corpus.shard_samples);
         if keys.len() < 2 {
             return Err(AnalysisError::Merge {
-                analysis: self.kind,
+                analysis: self.kind(),
                 message: format!(
                     "{} samples in slices of {} (corpus.shard_samples) make {} slice(s); at \
                      least 2 are needed, one of them held back",
@@ -172,9 +207,9 @@ impl Analysis for Dictionaries {
                 ),
             });
         }
-        check_sizes(self.kind, o, spec, facts)?;
+        check_sizes(self.family, o, spec, facts)?;
         keys.push(ShardKey::Block {
-            analysis: self.kind,
+            analysis: self.kind(),
             layer: block_of(o, facts.n_layers)?,
         });
         Ok(keys)
@@ -182,39 +217,15 @@ impl Analysis for Dictionaries {
 
     fn merge(
         &self,
-        _spec: &AuditSpec,
+        spec: &AuditSpec,
         outputs: Vec<ShardOutput>,
         into: &mut Analyses,
     ) -> Result<(), AnalysisError> {
-        let kind = self.kind;
-        let (collected, trained): (Vec<ShardOutput>, Vec<ShardOutput>) = outputs
-            .into_iter()
-            .partition(|o| matches!(o, ShardOutput::Collect(_)));
-        let mut ranges: Vec<(usize, usize)> = outputs_of(kind, collected, |o| match o {
-            ShardOutput::Collect(c) => Some((c.start, c.end)),
-            _ => None,
-        })?;
-        crate::check_cover(kind, &mut ranges)?;
-        let mut shards = outputs_of(kind, trained, |o| match o {
-            ShardOutput::Crosscoder(r) | ShardOutput::SaeDiff(r) => Some(r),
-            _ => None,
-        })?;
-        if shards.len() != 1 {
-            return Err(AnalysisError::Merge {
-                analysis: kind,
-                message: format!("expected one shard, got {}", shards.len()),
-            });
-        }
-        let report = shards.pop();
-        match kind {
-            AnalysisKind::SaeDiff => into.sae_diff = report,
-            _ => into.crosscoder = report,
-        }
-        Ok(())
+        crate::merge_typed(self, spec, outputs, into)
     }
 
     fn figures(&self, results: &AuditResults) -> Result<Vec<Figure>, AnalysisError> {
-        let Some(r) = self.section(results) else {
+        let Some(r) = self.report(results) else {
             return Ok(Vec::new());
         };
         let slug = self.slug();
@@ -237,7 +248,7 @@ impl Analysis for Dictionaries {
             )?,
             name,
         }];
-        if self.kind == AnalysisKind::Crosscoder {
+        if self.family == Family::Crosscoder {
             let name = format!("{slug}_delta_norm.svg");
             figures.push(Figure {
                 svg: histogram(
@@ -282,7 +293,7 @@ impl Analysis for Dictionaries {
     }
 
     fn html(&self, results: &AuditResults) -> String {
-        let Some(r) = self.section(results) else {
+        let Some(r) = self.report(results) else {
             return String::new();
         };
         let mut out = String::new();
@@ -309,7 +320,7 @@ impl Analysis for Dictionaries {
                 String::new()
             }
         );
-        if self.kind == AnalysisKind::Crosscoder {
+        if self.family == Family::Crosscoder {
             out.push_str(
                 "<th>fine-tune only</th><th>of which low ν</th><th>base only</th><th>shared</th>\
                  <th>other</th>",
@@ -323,7 +334,7 @@ impl Analysis for Dictionaries {
             r.l0,
             100.0 * r.dead_fraction
         );
-        if self.kind == AnalysisKind::Crosscoder {
+        if self.family == Family::Crosscoder {
             let c = &r.classes;
             let _ = write!(
                 out,
@@ -407,6 +418,54 @@ impl Analysis for Dictionaries {
     }
 }
 
+impl Sections for Dictionaries {
+    type Shard = DictionaryShard;
+    type Report = DictionaryReport;
+
+    fn shard(&self, output: ShardOutput) -> Option<DictionaryShard> {
+        match (self.family, output) {
+            (_, ShardOutput::Collect(c)) if c.dictionary == self.kind() => {
+                Some(DictionaryShard::Collected(c))
+            }
+            (Family::Crosscoder, ShardOutput::Crosscoder(r))
+            | (Family::SaeDiff, ShardOutput::SaeDiff(r)) => {
+                Some(DictionaryShard::Trained(Box::new(r)))
+            }
+            _ => None,
+        }
+    }
+
+    fn section<'a>(&self, analyses: &'a mut Analyses) -> &'a mut Option<DictionaryReport> {
+        match self.family {
+            Family::SaeDiff => &mut analyses.sae_diff,
+            Family::Crosscoder => &mut analyses.crosscoder,
+        }
+    }
+
+    fn merge_shards(
+        &self,
+        _spec: &AuditSpec,
+        shards: Vec<DictionaryShard>,
+    ) -> Result<DictionaryReport, AnalysisError> {
+        let (mut ranges, mut trained) = (Vec::new(), Vec::new());
+        for s in shards {
+            match s {
+                DictionaryShard::Collected(c) => ranges.push((c.start, c.end)),
+                DictionaryShard::Trained(r) => trained.push(r),
+            }
+        }
+        crate::check_cover(self.kind(), &mut ranges)?;
+        let n = trained.len();
+        match trained.pop() {
+            Some(report) if n == 1 => Ok(*report),
+            _ => Err(AnalysisError::Merge {
+                analysis: self.kind(),
+                message: format!("expected one shard, got {n}"),
+            }),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use neurodiff_protocol::{AnalysisKind, AuditSpec, DictionaryOptions, Target};
@@ -426,7 +485,7 @@ mod tests {
             n_samples: Some(1024),
             d_model: Some(d),
         };
-        check_sizes(AnalysisKind::Crosscoder, o, &spec, &facts).map_err(|e| e.to_string())
+        check_sizes(super::Family::Crosscoder, o, &spec, &facts).map_err(|e| e.to_string())
     }
 
     #[test]

@@ -80,6 +80,53 @@ pub trait Analysis: Sync {
     }
 }
 
+/// An analysis's typed half: what one of its shards returns, its section of results.json, and
+/// the merge from the one to the other. [`Analysis::merge`] is this, once each shard output is
+/// unwrapped to its type ([`merge_typed`]): no merge picks its variant out of `ShardOutput` or
+/// writes its field of `Analyses` by hand.
+pub trait Sections {
+    /// What one shard returns.
+    type Shard;
+    /// Its section of results.json.
+    type Report;
+
+    /// `output` as one of its shards; none when it is another analysis's.
+    fn shard(&self, output: ShardOutput) -> Option<Self::Shard>;
+
+    /// Its section of results.json.
+    fn section<'a>(&self, analyses: &'a mut Analyses) -> &'a mut Option<Self::Report>;
+
+    /// Its shards' outputs (in any order) merged into its section.
+    fn merge_shards(
+        &self,
+        spec: &AuditSpec,
+        shards: Vec<Self::Shard>,
+    ) -> Result<Self::Report, AnalysisError>;
+}
+
+/// [`Analysis::merge`] for an analysis with typed [`Sections`]: every output unwrapped to its
+/// shard type (another analysis's output is refused, naming it), merged, and stored as its
+/// section.
+pub fn merge_typed<A: Analysis + Sections>(
+    analysis: &A,
+    spec: &AuditSpec,
+    outputs: Vec<ShardOutput>,
+    into: &mut Analyses,
+) -> Result<(), AnalysisError> {
+    let shards = outputs
+        .into_iter()
+        .map(|o| {
+            let other = kind_of(&o);
+            analysis.shard(o).ok_or_else(|| AnalysisError::Merge {
+                analysis: analysis.kind(),
+                message: format!("a shard of {other} among its shards"),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    *analysis.section(into) = Some(analysis.merge_shards(spec, shards)?);
+    Ok(())
+}
+
 /// Every analysis, in the order reports show them.
 pub static REGISTRY: [&dyn Analysis; 9] = [
     &weights::Weights,
@@ -212,24 +259,6 @@ pub(crate) fn require_corpus(
         analysis: kind,
         message: "planned without a corpus".into(),
     })
-}
-
-/// The outputs of `kind`'s shards, unwrapped by `take` (none for another analysis's output).
-pub(crate) fn outputs_of<T>(
-    kind: AnalysisKind,
-    outputs: Vec<ShardOutput>,
-    take: fn(ShardOutput) -> Option<T>,
-) -> Result<Vec<T>, AnalysisError> {
-    outputs
-        .into_iter()
-        .map(|o| {
-            let other = kind_of(&o);
-            take(o).ok_or_else(|| AnalysisError::Merge {
-                analysis: kind,
-                message: format!("a shard of {other} among its shards"),
-            })
-        })
-        .collect()
 }
 
 /// Checks that sample shards cover `0..n` exactly once, sorted by start.

@@ -5,13 +5,13 @@
 use std::fmt::Write as _;
 
 use neurodiff_protocol::{
-    Analyses, AnalysisKind, AuditResults, AuditSpec, KlSums, LensLayer, LensReport, SampleKl,
-    ShardKey, ShardOutput, TokenShift,
+    Analyses, AnalysisKind, AuditResults, AuditSpec, KlSums, LensLayer, LensReport, LensShard,
+    SampleKl, ShardKey, ShardOutput, TokenShift,
 };
 
 use crate::charts::{lines, Series};
 use crate::{
-    check_cover, corpus_shards, escape, outputs_of, Analysis, AnalysisError, Figure, PlanFacts,
+    check_cover, corpus_shards, escape, Analysis, AnalysisError, Figure, PlanFacts, Sections,
 };
 
 #[derive(Debug)]
@@ -39,55 +39,7 @@ impl Analysis for LogitLens {
         outputs: Vec<ShardOutput>,
         into: &mut Analyses,
     ) -> Result<(), AnalysisError> {
-        let mut shards = outputs_of(self.kind(), outputs, |o| match o {
-            ShardOutput::LogitLens(s) => Some(s),
-            _ => None,
-        })?;
-        let mut ranges: Vec<(usize, usize)> = shards.iter().map(|s| (s.start, s.end)).collect();
-        let n_samples = check_cover(self.kind(), &mut ranges)?;
-        shards.sort_by_key(|s| s.start);
-        let mut it = shards.into_iter();
-        let first = it
-            .next()
-            .ok_or_else(|| merge_err("no shard ran (an empty corpus?)".into()))?;
-        let text = first.token_text.clone();
-        let vocab = first.vocab.clone();
-        let (mut layers, mut output) = (first.layers, first.output);
-        let (mut samples, mut added) = (first.top_samples, first.added_mass);
-        for s in it {
-            if s.layers.len() != layers.len() || s.vocab != vocab {
-                return Err(merge_err("shards disagree on the models".into()));
-            }
-            for (a, b) in layers.iter_mut().zip(&s.layers) {
-                add(a, b)?;
-            }
-            add(&mut output, &s.output)?;
-            samples.extend(s.top_samples);
-            for (a, b) in added.iter_mut().zip(&s.added_mass) {
-                *a += b;
-            }
-        }
-        let k = spec.logit_lens.top_tokens;
-        let token = |id: usize| text.get(id).cloned().unwrap_or_else(|| format!("<{id}>"));
-        samples.sort_by(|a, b| {
-            b.kl_mean
-                .total_cmp(&a.kl_mean)
-                .then(a.sample.cmp(&b.sample))
-        });
-        samples.truncate(spec.logit_lens.top_samples);
-        let n_out = output.n;
-        let mut vocab = vocab;
-        for (t, mass) in vocab.added.iter_mut().zip(&added) {
-            t.mean_prob_delta = if n_out == 0 { 0.0 } else { mass / n_out as f64 };
-        }
-        into.logit_lens = Some(LensReport {
-            n_samples,
-            layers: layers.iter().map(|l| layer_of(l, k, &token)).collect(),
-            output: layer_of(&output, k, &token),
-            top_samples: samples,
-            vocab,
-        });
-        Ok(())
+        crate::merge_typed(self, spec, outputs, into)
     }
 
     fn figures(&self, results: &AuditResults) -> Result<Vec<Figure>, AnalysisError> {
@@ -127,6 +79,73 @@ impl Analysis for LogitLens {
             .logit_lens
             .as_ref()
             .map_or_else(String::new, html)
+    }
+}
+
+impl Sections for LogitLens {
+    type Shard = LensShard;
+    type Report = LensReport;
+
+    fn shard(&self, output: ShardOutput) -> Option<LensShard> {
+        match output {
+            ShardOutput::LogitLens(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn section<'a>(&self, analyses: &'a mut Analyses) -> &'a mut Option<LensReport> {
+        &mut analyses.logit_lens
+    }
+
+    fn merge_shards(
+        &self,
+        spec: &AuditSpec,
+        mut shards: Vec<LensShard>,
+    ) -> Result<LensReport, AnalysisError> {
+        let mut ranges: Vec<(usize, usize)> = shards.iter().map(|s| (s.start, s.end)).collect();
+        let n_samples = check_cover(self.kind(), &mut ranges)?;
+        shards.sort_by_key(|s| s.start);
+        let mut it = shards.into_iter();
+        let first = it
+            .next()
+            .ok_or_else(|| merge_err("no shard ran (an empty corpus?)".into()))?;
+        let text = first.token_text.clone();
+        let vocab = first.vocab.clone();
+        let (mut layers, mut output) = (first.layers, first.output);
+        let (mut samples, mut added) = (first.top_samples, first.added_mass);
+        for s in it {
+            if s.layers.len() != layers.len() || s.vocab != vocab {
+                return Err(merge_err("shards disagree on the models".into()));
+            }
+            for (a, b) in layers.iter_mut().zip(&s.layers) {
+                add(a, b)?;
+            }
+            add(&mut output, &s.output)?;
+            samples.extend(s.top_samples);
+            for (a, b) in added.iter_mut().zip(&s.added_mass) {
+                *a += b;
+            }
+        }
+        let k = spec.logit_lens.top_tokens;
+        let token = |id: usize| text.get(id).cloned().unwrap_or_else(|| format!("<{id}>"));
+        samples.sort_by(|a, b| {
+            b.kl_mean
+                .total_cmp(&a.kl_mean)
+                .then(a.sample.cmp(&b.sample))
+        });
+        samples.truncate(spec.logit_lens.top_samples);
+        let n_out = output.n;
+        let mut vocab = vocab;
+        for (t, mass) in vocab.added.iter_mut().zip(&added) {
+            t.mean_prob_delta = if n_out == 0 { 0.0 } else { mass / n_out as f64 };
+        }
+        Ok(LensReport {
+            n_samples,
+            layers: layers.iter().map(|l| layer_of(l, k, &token)).collect(),
+            output: layer_of(&output, k, &token),
+            top_samples: samples,
+            vocab,
+        })
     }
 }
 

@@ -7,11 +7,11 @@ use std::fmt::Write as _;
 
 use neurodiff_protocol::{
     Analyses, AnalysisKind, AuditResults, AuditSpec, ShardKey, ShardOutput, SteeringBlock,
-    SteeringChoice, SteeringPoint, SteeringReport, SteeringVector,
+    SteeringChoice, SteeringPoint, SteeringReport, SteeringShard, SteeringVector,
 };
 
 use crate::charts::{lines, Series};
-use crate::{escape, outputs_of, Analysis, AnalysisError, Figure, PlanFacts};
+use crate::{escape, Analysis, AnalysisError, Figure, PlanFacts, Sections};
 
 #[derive(Debug)]
 pub struct Steering;
@@ -69,50 +69,7 @@ impl Analysis for Steering {
         outputs: Vec<ShardOutput>,
         into: &mut Analyses,
     ) -> Result<(), AnalysisError> {
-        let mut shards = outputs_of(self.kind(), outputs, |o| match o {
-            ShardOutput::Steering(s) => Some(s),
-            _ => None,
-        })?;
-        shards.sort_by_key(|s| s.layer);
-        if shards.windows(2).any(|w| w[0].layer == w[1].layer) {
-            return Err(merge_err("two shards of one block".into()));
-        }
-        let n_samples = shards
-            .first()
-            .ok_or_else(|| merge_err("no shard ran".into()))?
-            .n_samples;
-        if shards.iter().any(|s| s.n_samples != n_samples) {
-            return Err(merge_err("shards ran on different samples".into()));
-        }
-        if let Some(layers) = &spec.steering.layers {
-            let got: Vec<usize> = shards.iter().map(|s| s.layer).collect();
-            if &got != layers {
-                return Err(merge_err(format!(
-                    "expected the blocks {layers:?}, got shards of {got:?}"
-                )));
-            }
-        }
-        let mut report = SteeringReport {
-            vector: spec.steering.vector,
-            ppl_factor: spec.steering.ppl_factor,
-            n_samples,
-            blocks: Vec::new(),
-            curves: Vec::new(),
-            chosen: Vec::new(),
-            generations: Vec::new(),
-        };
-        for s in shards {
-            report.blocks.push(SteeringBlock {
-                layer: s.layer,
-                delta_norm: s.delta_norm,
-                nbar_ft: s.nbar_ft,
-            });
-            report.curves.extend(s.curves);
-            report.chosen.extend(s.chosen);
-            report.generations.extend(s.generations);
-        }
-        into.steering = Some(report);
-        Ok(())
+        crate::merge_typed(self, spec, outputs, into)
     }
 
     fn figures(&self, results: &AuditResults) -> Result<Vec<Figure>, AnalysisError> {
@@ -240,5 +197,67 @@ impl Analysis for Steering {
         }
         out.push_str("</table>");
         out
+    }
+}
+
+impl Sections for Steering {
+    type Shard = SteeringShard;
+    type Report = SteeringReport;
+
+    fn shard(&self, output: ShardOutput) -> Option<SteeringShard> {
+        match output {
+            ShardOutput::Steering(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn section<'a>(&self, analyses: &'a mut Analyses) -> &'a mut Option<SteeringReport> {
+        &mut analyses.steering
+    }
+
+    fn merge_shards(
+        &self,
+        spec: &AuditSpec,
+        mut shards: Vec<SteeringShard>,
+    ) -> Result<SteeringReport, AnalysisError> {
+        shards.sort_by_key(|s| s.layer);
+        if shards.windows(2).any(|w| w[0].layer == w[1].layer) {
+            return Err(merge_err("two shards of one block".into()));
+        }
+        let n_samples = shards
+            .first()
+            .ok_or_else(|| merge_err("no shard ran".into()))?
+            .n_samples;
+        if shards.iter().any(|s| s.n_samples != n_samples) {
+            return Err(merge_err("shards ran on different samples".into()));
+        }
+        if let Some(layers) = &spec.steering.layers {
+            let got: Vec<usize> = shards.iter().map(|s| s.layer).collect();
+            if &got != layers {
+                return Err(merge_err(format!(
+                    "expected the blocks {layers:?}, got shards of {got:?}"
+                )));
+            }
+        }
+        let mut report = SteeringReport {
+            vector: spec.steering.vector,
+            ppl_factor: spec.steering.ppl_factor,
+            n_samples,
+            blocks: Vec::new(),
+            curves: Vec::new(),
+            chosen: Vec::new(),
+            generations: Vec::new(),
+        };
+        for s in shards {
+            report.blocks.push(SteeringBlock {
+                layer: s.layer,
+                delta_norm: s.delta_norm,
+                nbar_ft: s.nbar_ft,
+            });
+            report.curves.extend(s.curves);
+            report.chosen.extend(s.chosen);
+            report.generations.extend(s.generations);
+        }
+        Ok(report)
     }
 }

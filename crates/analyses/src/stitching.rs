@@ -7,11 +7,11 @@ use std::fmt::Write as _;
 
 use neurodiff_protocol::{
     Analyses, AnalysisKind, AuditResults, AuditSpec, ShardKey, ShardOutput, StitchDirection,
-    StitchPoint, StitchingReport,
+    StitchPoint, StitchShard, StitchingReport,
 };
 
 use crate::charts::{lines, Series};
-use crate::{check_cover, corpus_shards, outputs_of, Analysis, AnalysisError, Figure, PlanFacts};
+use crate::{check_cover, corpus_shards, Analysis, AnalysisError, Figure, PlanFacts, Sections};
 
 #[derive(Debug)]
 pub struct Stitching;
@@ -34,62 +34,11 @@ impl Analysis for Stitching {
 
     fn merge(
         &self,
-        _spec: &AuditSpec,
+        spec: &AuditSpec,
         outputs: Vec<ShardOutput>,
         into: &mut Analyses,
     ) -> Result<(), AnalysisError> {
-        let shards = outputs_of(self.kind(), outputs, |o| match o {
-            ShardOutput::Stitching(s) => Some(s),
-            _ => None,
-        })?;
-        let mut ranges: Vec<(usize, usize)> = shards.iter().map(|s| (s.start, s.end)).collect();
-        let n_samples = check_cover(self.kind(), &mut ranges)?;
-        let (mut n_tokens, mut n_targets, mut nll_b, mut nll_f) = (0u64, 0u64, 0.0, 0.0);
-        let mut sums: BTreeMap<(StitchDirection, usize), [f64; 3]> = BTreeMap::new();
-        let mut keys: Option<Vec<(StitchDirection, usize)>> = None;
-        let mut shards = shards;
-        shards.sort_by_key(|s| s.start);
-        for s in &shards {
-            n_tokens += s.n_tokens;
-            n_targets += s.n_targets;
-            nll_b += s.nll_base;
-            nll_f += s.nll_ft;
-            let these: Vec<(StitchDirection, usize)> =
-                s.points.iter().map(|p| (p.direction, p.k)).collect();
-            match &keys {
-                Some(k) if *k != these => {
-                    return Err(merge_err("shards disagree on the splits".into()))
-                }
-                _ => keys = Some(these),
-            }
-            for p in &s.points {
-                let e = sums.entry((p.direction, p.k)).or_default();
-                e[0] += p.kl_to_base;
-                e[1] += p.kl_to_ft;
-                e[2] += p.nll;
-            }
-        }
-        let (n, t) = (n_tokens.max(1) as f64, n_targets.max(1) as f64);
-        let mut points: Vec<StitchPoint> = sums
-            .into_iter()
-            .map(|((direction, k), [b, f, l])| StitchPoint {
-                k,
-                direction,
-                kl_to_base: b / n,
-                kl_to_ft: f / n,
-                loss: l / t,
-            })
-            .collect();
-        // Directions in declaration order, then splits (the map's order already).
-        points.sort_by_key(|p| (p.direction, p.k));
-        into.stitching = Some(StitchingReport {
-            n_samples,
-            n_tokens,
-            loss_base: nll_b / t,
-            loss_ft: nll_f / t,
-            points,
-        });
-        Ok(())
+        crate::merge_typed(self, spec, outputs, into)
     }
 
     fn figures(&self, results: &AuditResults) -> Result<Vec<Figure>, AnalysisError> {
@@ -178,5 +127,75 @@ impl Analysis for Stitching {
             }
         }
         out
+    }
+}
+
+impl Sections for Stitching {
+    type Shard = StitchShard;
+    type Report = StitchingReport;
+
+    fn shard(&self, output: ShardOutput) -> Option<StitchShard> {
+        match output {
+            ShardOutput::Stitching(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn section<'a>(&self, analyses: &'a mut Analyses) -> &'a mut Option<StitchingReport> {
+        &mut analyses.stitching
+    }
+
+    fn merge_shards(
+        &self,
+        _spec: &AuditSpec,
+        shards: Vec<StitchShard>,
+    ) -> Result<StitchingReport, AnalysisError> {
+        let mut ranges: Vec<(usize, usize)> = shards.iter().map(|s| (s.start, s.end)).collect();
+        let n_samples = check_cover(self.kind(), &mut ranges)?;
+        let (mut n_tokens, mut n_targets, mut nll_b, mut nll_f) = (0u64, 0u64, 0.0, 0.0);
+        let mut sums: BTreeMap<(StitchDirection, usize), [f64; 3]> = BTreeMap::new();
+        let mut keys: Option<Vec<(StitchDirection, usize)>> = None;
+        let mut shards = shards;
+        shards.sort_by_key(|s| s.start);
+        for s in &shards {
+            n_tokens += s.n_tokens;
+            n_targets += s.n_targets;
+            nll_b += s.nll_base;
+            nll_f += s.nll_ft;
+            let these: Vec<(StitchDirection, usize)> =
+                s.points.iter().map(|p| (p.direction, p.k)).collect();
+            match &keys {
+                Some(k) if *k != these => {
+                    return Err(merge_err("shards disagree on the splits".into()))
+                }
+                _ => keys = Some(these),
+            }
+            for p in &s.points {
+                let e = sums.entry((p.direction, p.k)).or_default();
+                e[0] += p.kl_to_base;
+                e[1] += p.kl_to_ft;
+                e[2] += p.nll;
+            }
+        }
+        let (n, t) = (n_tokens.max(1) as f64, n_targets.max(1) as f64);
+        let mut points: Vec<StitchPoint> = sums
+            .into_iter()
+            .map(|((direction, k), [b, f, l])| StitchPoint {
+                k,
+                direction,
+                kl_to_base: b / n,
+                kl_to_ft: f / n,
+                loss: l / t,
+            })
+            .collect();
+        // Directions in declaration order, then splits (the map's order already).
+        points.sort_by_key(|p| (p.direction, p.k));
+        Ok(StitchingReport {
+            n_samples,
+            n_tokens,
+            loss_base: nll_b / t,
+            loss_ft: nll_f / t,
+            points,
+        })
     }
 }

@@ -7,11 +7,11 @@ use std::fmt::Write as _;
 
 use neurodiff_protocol::{
     Analyses, AnalysisKind, AuditResults, AuditSpec, ShardKey, ShardOutput, TracePosition,
-    TracesReport,
+    TraceShard, TracesReport,
 };
 
 use crate::charts::{grid, lines, Series};
-use crate::{escape, outputs_of, Analysis, AnalysisError, Figure, PlanFacts};
+use crate::{escape, Analysis, AnalysisError, Figure, PlanFacts, Sections};
 
 #[derive(Debug)]
 pub struct Traces;
@@ -63,46 +63,7 @@ impl Analysis for Traces {
         outputs: Vec<ShardOutput>,
         into: &mut Analyses,
     ) -> Result<(), AnalysisError> {
-        let mut shards = outputs_of(self.kind(), outputs, |o| match o {
-            ShardOutput::Traces(s) => Some(s),
-            _ => None,
-        })?;
-        shards.sort_by_key(|s| s.trace.position);
-        let got: Vec<usize> = shards.iter().map(|s| s.trace.position).collect();
-        if got != (0..spec.traces.positions).collect::<Vec<_>>() {
-            return Err(merge_err(format!(
-                "expected one shard per position 0..{}, got positions {got:?}",
-                spec.traces.positions
-            )));
-        }
-        let first = &shards[0];
-        let (layer, nbar_ft, skip_first) = (first.layer, first.nbar_ft, first.skip_first);
-        // Each shard measures n̄_ft on the same samples: they agree bit for bit.
-        if shards
-            .iter()
-            .any(|s| s.layer != layer || s.nbar_ft != nbar_ft)
-        {
-            return Err(merge_err("shards read different blocks or samples".into()));
-        }
-        let ground_truth = shards.iter().find_map(|s| s.ground_truth.clone());
-        let positions: Vec<TracePosition> = shards.into_iter().map(|s| s.trace).collect();
-        let ids: Vec<Vec<usize>> = positions
-            .iter()
-            .map(|p| p.logit_lens.top_tokens.iter().map(|t| t.id).collect())
-            .collect();
-        let position_overlap = ids
-            .iter()
-            .map(|a| ids.iter().map(|b| overlap20(a, b)).collect())
-            .collect();
-        into.traces = Some(TracesReport {
-            layer,
-            nbar_ft,
-            skip_first,
-            positions,
-            position_overlap,
-            ground_truth,
-        });
-        Ok(())
+        crate::merge_typed(self, spec, outputs, into)
     }
 
     fn figures(&self, results: &AuditResults) -> Result<Vec<Figure>, AnalysisError> {
@@ -204,6 +165,64 @@ impl Analysis for Traces {
             .traces
             .as_ref()
             .map_or_else(String::new, |t| html(t, results))
+    }
+}
+
+impl Sections for Traces {
+    type Shard = TraceShard;
+    type Report = TracesReport;
+
+    fn shard(&self, output: ShardOutput) -> Option<TraceShard> {
+        match output {
+            ShardOutput::Traces(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn section<'a>(&self, analyses: &'a mut Analyses) -> &'a mut Option<TracesReport> {
+        &mut analyses.traces
+    }
+
+    fn merge_shards(
+        &self,
+        spec: &AuditSpec,
+        mut shards: Vec<TraceShard>,
+    ) -> Result<TracesReport, AnalysisError> {
+        shards.sort_by_key(|s| s.trace.position);
+        let got: Vec<usize> = shards.iter().map(|s| s.trace.position).collect();
+        if got != (0..spec.traces.positions).collect::<Vec<_>>() {
+            return Err(merge_err(format!(
+                "expected one shard per position 0..{}, got positions {got:?}",
+                spec.traces.positions
+            )));
+        }
+        let first = &shards[0];
+        let (layer, nbar_ft, skip_first) = (first.layer, first.nbar_ft, first.skip_first);
+        // Each shard measures n̄_ft on the same samples: they agree bit for bit.
+        if shards
+            .iter()
+            .any(|s| s.layer != layer || s.nbar_ft != nbar_ft)
+        {
+            return Err(merge_err("shards read different blocks or samples".into()));
+        }
+        let ground_truth = shards.iter().find_map(|s| s.ground_truth.clone());
+        let positions: Vec<TracePosition> = shards.into_iter().map(|s| s.trace).collect();
+        let ids: Vec<Vec<usize>> = positions
+            .iter()
+            .map(|p| p.logit_lens.top_tokens.iter().map(|t| t.id).collect())
+            .collect();
+        let position_overlap = ids
+            .iter()
+            .map(|a| ids.iter().map(|b| overlap20(a, b)).collect())
+            .collect();
+        Ok(TracesReport {
+            layer,
+            nbar_ft,
+            skip_first,
+            positions,
+            position_overlap,
+            ground_truth,
+        })
     }
 }
 

@@ -7,10 +7,10 @@ use std::fmt::Write as _;
 
 use neurodiff_protocol::{
     weight_shards, Analyses, AnalysisKind, AuditResults, AuditSpec, ShardKey, ShardOutput,
-    TensorMetrics, WeightsReport,
+    ShardResult, TensorMetrics, WeightsReport,
 };
 
-use crate::{escape, Analysis, AnalysisError, Figure, PlanFacts};
+use crate::{escape, Analysis, AnalysisError, Figure, PlanFacts, Sections};
 
 #[derive(Debug)]
 pub struct Weights;
@@ -26,22 +26,11 @@ impl Analysis for Weights {
 
     fn merge(
         &self,
-        _spec: &AuditSpec,
+        spec: &AuditSpec,
         outputs: Vec<ShardOutput>,
         into: &mut Analyses,
     ) -> Result<(), AnalysisError> {
-        let shards = outputs
-            .into_iter()
-            .map(|o| match o {
-                ShardOutput::Weights(r) => Ok(r),
-                other => Err(AnalysisError::Merge {
-                    analysis: AnalysisKind::Weights,
-                    message: format!("a shard of {} among its shards", crate::kind_of(&other)),
-                }),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        into.weights = Some(WeightsReport::from_shards(shards));
-        Ok(())
+        crate::merge_typed(self, spec, outputs, into)
     }
 
     fn figures(&self, results: &AuditResults) -> Result<Vec<Figure>, AnalysisError> {
@@ -70,6 +59,30 @@ impl Analysis for Weights {
             .weights
             .as_ref()
             .map_or_else(String::new, html)
+    }
+}
+
+impl Sections for Weights {
+    type Shard = ShardResult;
+    type Report = WeightsReport;
+
+    fn shard(&self, output: ShardOutput) -> Option<ShardResult> {
+        match output {
+            ShardOutput::Weights(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    fn section<'a>(&self, analyses: &'a mut Analyses) -> &'a mut Option<WeightsReport> {
+        &mut analyses.weights
+    }
+
+    fn merge_shards(
+        &self,
+        _spec: &AuditSpec,
+        shards: Vec<ShardResult>,
+    ) -> Result<WeightsReport, AnalysisError> {
+        Ok(WeightsReport::from_shards(shards))
     }
 }
 
