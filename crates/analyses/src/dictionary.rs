@@ -21,6 +21,21 @@ pub enum Family {
 }
 
 impl Family {
+    /// The dictionary an analysis kind is, if it is one.
+    pub fn of(kind: AnalysisKind) -> Option<Family> {
+        match kind {
+            AnalysisKind::Crosscoder => Some(Family::Crosscoder),
+            AnalysisKind::SaeDiff => Some(Family::SaeDiff),
+            AnalysisKind::Weights
+            | AnalysisKind::Activations
+            | AnalysisKind::LogitLens
+            | AnalysisKind::Traces
+            | AnalysisKind::Cmap
+            | AnalysisKind::Stitching
+            | AnalysisKind::Steering => None,
+        }
+    }
+
     /// Its analysis kind, as the rest of the system names it.
     pub fn kind(self) -> AnalysisKind {
         match self {

@@ -8,11 +8,13 @@ use neurodiff_analyses::activations::diff_sums;
 use neurodiff_core::corpus::Batch;
 use neurodiff_core::{HookKind, HookPoint, Hooks};
 use neurodiff_protocol::{
-    ActivationOptions, ActivationsShard, DiffSums, Example, Histogram, MeanDiffSums,
+    ActivationOptions, ActivationsShard, DiffSums, Example, Histogram, MeanDiffSums, ShardOutput,
+    ShardSpec,
 };
 use tch::{Kind, Tensor};
 
 use crate::dist::to_f64;
+use crate::execute::{Execute, Read, Run};
 use crate::forward::{Pair, ShardInput, Side, Tokens};
 use crate::progress::{check, Progress};
 use crate::Result;
@@ -242,5 +244,35 @@ fn example(
         rel_diff: c.rel_diff,
         context: format!("{before}[[{token}]]{after}"),
         token,
+    }
+}
+
+/// Activation differences on the libtorch side.
+#[derive(Debug)]
+pub struct Activations;
+
+impl Execute for Activations {
+    type Options = ActivationOptions;
+    type Shard = ActivationsShard;
+    const NEEDS_BLOCKS: bool = false;
+
+    fn options(spec: &ShardSpec) -> &ActivationOptions {
+        &spec.activations
+    }
+
+    fn reads(_spec: &ShardSpec) -> Result<Read> {
+        Ok(Read::Slice)
+    }
+
+    fn run(
+        on: &Run<'_>,
+        opts: &ActivationOptions,
+        progress: Progress<'_>,
+    ) -> Result<ActivationsShard> {
+        run(on.pair, &on.input, opts, progress)
+    }
+
+    fn output(shard: ActivationsShard) -> ShardOutput {
+        ShardOutput::Activations(shard)
     }
 }

@@ -6,10 +6,12 @@ use std::time::Instant;
 use neurodiff_core::corpus::Batch;
 use neurodiff_core::{HookPoint, Hooks};
 use neurodiff_protocol::{
-    CmapOptions, CmapShard, CmapSums, Component, GroundTruth, PatchDirection,
+    CmapOptions, CmapShard, CmapSums, Component, GroundTruth, PatchDirection, ShardOutput,
+    ShardSpec,
 };
 
 use crate::dist::kl_rows;
+use crate::execute::{Execute, Read, Run};
 use crate::forward::{Pair, ShardInput, Side, Tokens};
 use crate::progress::{check, Progress};
 use crate::Result;
@@ -88,4 +90,37 @@ pub fn run(
         ground_truth,
         elapsed_s: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Cross-model activation patching on the libtorch side.
+#[derive(Debug)]
+pub struct Cmap;
+
+impl Execute for Cmap {
+    type Options = CmapOptions;
+    type Shard = CmapShard;
+    const NEEDS_BLOCKS: bool = true;
+
+    fn options(spec: &ShardSpec) -> &CmapOptions {
+        &spec.cmap
+    }
+
+    fn reads(spec: &ShardSpec) -> Result<Read> {
+        Ok(Read::Leading(spec.cmap.samples))
+    }
+
+    fn run(on: &Run<'_>, opts: &CmapOptions, progress: Progress<'_>) -> Result<CmapShard> {
+        run(
+            on.pair,
+            on.block()?,
+            &on.input,
+            opts,
+            on.ground_truth(),
+            progress,
+        )
+    }
+
+    fn output(shard: CmapShard) -> ShardOutput {
+        ShardOutput::Cmap(shard)
+    }
 }

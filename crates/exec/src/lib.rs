@@ -8,6 +8,7 @@ pub mod corpus;
 pub mod dictionary;
 pub mod dist;
 mod error;
+pub mod execute;
 pub mod forward;
 pub mod logit_lens;
 pub mod plan;
@@ -21,6 +22,7 @@ pub mod store;
 pub mod traces;
 
 pub use error::{ExecError, Result};
+pub use execute::{Execute, Run};
 pub use plan::{check_limits, hash_sides, plan_audit, Named};
 pub use record::Content;
 pub use shard::{planned_steps, run_shard};

@@ -8,11 +8,13 @@ use neurodiff_analyses::logit_lens::{keep_top, kl_sums};
 use neurodiff_core::corpus::Batch;
 use neurodiff_core::Hooks;
 use neurodiff_protocol::{
-    Histogram, KlSums, LensOptions, LensShard, SampleKl, TokenShift, VocabCompare,
+    Histogram, KlSums, LensOptions, LensShard, SampleKl, ShardOutput, ShardSpec, TokenShift,
+    VocabCompare,
 };
 use tch::{Kind, Tensor};
 
 use crate::dist::to_f64;
+use crate::execute::{Execute, Read, Run};
 use crate::forward::{Pair, ShardInput, Side, Tokens};
 use crate::progress::{check, Progress};
 use crate::Result;
@@ -189,4 +191,30 @@ pub fn run(
         token_text,
         elapsed_s: started.elapsed().as_secs_f64(),
     })
+}
+
+/// The differential logit lens on the libtorch side.
+#[derive(Debug)]
+pub struct LogitLens;
+
+impl Execute for LogitLens {
+    type Options = LensOptions;
+    type Shard = LensShard;
+    const NEEDS_BLOCKS: bool = false;
+
+    fn options(spec: &ShardSpec) -> &LensOptions {
+        &spec.logit_lens
+    }
+
+    fn reads(_spec: &ShardSpec) -> Result<Read> {
+        Ok(Read::Slice)
+    }
+
+    fn run(on: &Run<'_>, opts: &LensOptions, progress: Progress<'_>) -> Result<LensShard> {
+        run(on.pair, &on.input, opts, progress)
+    }
+
+    fn output(shard: LensShard) -> ShardOutput {
+        ShardOutput::LogitLens(shard)
+    }
 }

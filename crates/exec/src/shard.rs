@@ -5,6 +5,7 @@ use neurodiff_protocol::{AnalysisKind, ShardKey, ShardOutput, ShardSpec};
 use tch::Device;
 
 use crate::corpus::CorpusText;
+use crate::execute::{wrong_shape, Execute, Read, Run};
 use crate::progress::Progress;
 use crate::store::ShardStore;
 use crate::{
@@ -62,128 +63,91 @@ pub fn run_shard(
 ) -> Result<ShardOutput> {
     let span = tracing::info_span!("shard", shard = %spec.shard);
     let _entered = span.enter();
-    let open = |read: Read| CorpusShard::open(sources, spec, corpus, read, device);
+    let on_corpus = Corpus {
+        sources,
+        spec,
+        corpus,
+        device,
+    };
     let output = match spec.shard.analysis() {
         AnalysisKind::Weights => ShardOutput::Weights(sources.execute(spec, device, progress)?),
-        AnalysisKind::Activations => {
-            let s = open(Read::Slice)?;
-            ShardOutput::Activations(activations::run(
-                &s.pair,
-                &s.input(spec),
-                &spec.activations,
-                progress,
-            )?)
-        }
-        AnalysisKind::LogitLens => {
-            let s = open(Read::Slice)?;
-            ShardOutput::LogitLens(logit_lens::run(
-                &s.pair,
-                &s.input(spec),
-                &spec.logit_lens,
-                progress,
-            )?)
-        }
-        AnalysisKind::Stitching => {
-            let s = open(Read::Slice)?.with_blocks(spec)?;
-            ShardOutput::Stitching(stitching::run(
-                &s.pair,
-                &s.input(spec),
-                dist::ground_truth(sources),
-                progress,
-            )?)
-        }
-        AnalysisKind::Traces => {
-            let position = match spec.shard {
-                ShardKey::Position { position, .. } => position,
-                other => return Err(wrong_shape(other)),
-            };
-            let s = open(Read::Leading(spec.traces.samples))?.with_blocks(spec)?;
-            let input = s.input(spec);
-            ShardOutput::Traces(traces::run(
-                &s.pair,
-                position,
-                &input,
-                &spec.traces,
-                max_positions(sources)?,
-                dist::ground_truth(sources),
-                progress,
-            )?)
-        }
-        AnalysisKind::Cmap => {
-            let layer = block_of(spec.shard)?;
-            let s = open(Read::Leading(spec.cmap.samples))?.with_blocks(spec)?;
-            let input = s.input(spec);
-            ShardOutput::Cmap(cmap::run(
-                &s.pair,
-                layer,
-                &input,
-                &spec.cmap,
-                dist::ground_truth(sources),
-                progress,
-            )?)
-        }
-        AnalysisKind::Steering => {
-            let layer = block_of(spec.shard)?;
-            let s = open(Read::Leading(spec.steering.samples))?.with_blocks(spec)?;
-            let input = s.input(spec);
-            ShardOutput::Steering(steering::run(
-                &s.pair,
-                layer,
-                &input,
-                &spec.steering,
-                max_positions(sources)?,
-                dist::ground_truth(sources),
-                progress,
-            )?)
-        }
+        AnalysisKind::Activations => on_corpus.run::<activations::Activations>(progress)?,
+        AnalysisKind::LogitLens => on_corpus.run::<logit_lens::LogitLens>(progress)?,
+        AnalysisKind::Stitching => on_corpus.run::<stitching::Stitching>(progress)?,
+        AnalysisKind::Traces => on_corpus.run::<traces::Traces>(progress)?,
+        AnalysisKind::Cmap => on_corpus.run::<cmap::Cmap>(progress)?,
+        AnalysisKind::Steering => on_corpus.run::<steering::Steering>(progress)?,
         kind @ (AnalysisKind::Crosscoder | AnalysisKind::SaeDiff) => {
-            let options = if kind == AnalysisKind::Crosscoder {
-                &spec.crosscoder
-            } else {
-                &spec.sae_diff
-            };
-            // A collect shard reads its slice alone; the training shard the leading samples.
-            let read = match spec.shard {
-                ShardKey::Samples { start, end, .. } => Read::Range(start, end),
-                ShardKey::Block { .. } => Read::Leading(options.samples),
-                other => return Err(wrong_shape(other)),
-            };
-            let s = open(read)?.with_blocks(spec)?;
-            let corpus = s.corpus;
-            let identity = sources.identity();
-            let shard = dictionary::DictShard {
-                pair: &s.pair,
-                spec,
-                identity: &identity,
-                corpus,
-                tokens: &s.tokens,
-                store,
-            };
-            if let ShardKey::Samples { .. } = spec.shard {
-                ShardOutput::Collect(dictionary::collect(shard, progress)?)
-            } else {
-                let report = dictionary::train(shard, dist::ground_truth(sources), progress)?;
-                if kind == AnalysisKind::Crosscoder {
-                    ShardOutput::Crosscoder(report)
-                } else {
-                    ShardOutput::SaeDiff(report)
-                }
-            }
+            on_corpus.dictionary(kind, store, progress)?
         }
     };
     tracing::info!(elapsed_s = output.elapsed_s(), "shard done");
     Ok(output)
 }
 
-/// Which samples of the corpus a shard reads.
-#[derive(Debug, Clone, Copy)]
-enum Read {
-    /// Its own slice (`ShardKey::Samples`); the corpus must hold it.
-    Slice,
-    /// Samples [a, b), as far as the corpus has them.
-    Range(usize, usize),
-    /// The first n samples (or all, when the corpus has fewer).
-    Leading(usize),
+/// A shard that reads the corpus: what it needs to open its pair and samples.
+struct Corpus<'a> {
+    sources: &'a Sources,
+    spec: &'a ShardSpec,
+    corpus: Option<&'a CorpusText>,
+    device: Device,
+}
+
+impl Corpus<'_> {
+    fn open(&self, read: Read) -> Result<CorpusShard<'_>> {
+        CorpusShard::open(self.sources, self.spec, self.corpus, read, self.device)
+    }
+
+    /// One shard of `E`: its samples read, the pair opened, then its run.
+    fn run<E: Execute>(&self, progress: Progress<'_>) -> Result<ShardOutput> {
+        let mut s = self.open(E::reads(self.spec)?)?;
+        if E::NEEDS_BLOCKS {
+            s = s.with_blocks(self.spec)?;
+        }
+        let run = Run::new(&s.pair, s.input(self.spec), self.spec.shard, self.sources);
+        Ok(E::output(E::run(&run, E::options(self.spec), progress)?))
+    }
+
+    /// A crosscoder's or an SAE's shard: a collect shard reads its slice alone, the training
+    /// shard the leading samples.
+    fn dictionary(
+        &self,
+        kind: AnalysisKind,
+        store: &dyn ShardStore,
+        progress: Progress<'_>,
+    ) -> Result<ShardOutput> {
+        let spec = self.spec;
+        let options = if kind == AnalysisKind::Crosscoder {
+            &spec.crosscoder
+        } else {
+            &spec.sae_diff
+        };
+        let read = match spec.shard {
+            ShardKey::Samples { start, end, .. } => Read::Range(start, end),
+            ShardKey::Block { .. } => Read::Leading(options.samples),
+            other => return Err(wrong_shape(other)),
+        };
+        let s = self.open(read)?.with_blocks(spec)?;
+        let identity = self.sources.identity();
+        let shard = dictionary::DictShard {
+            pair: &s.pair,
+            spec,
+            identity: &identity,
+            corpus: s.corpus,
+            tokens: &s.tokens,
+            store,
+        };
+        Ok(if let ShardKey::Samples { .. } = spec.shard {
+            ShardOutput::Collect(dictionary::collect(shard, progress)?)
+        } else {
+            let report = dictionary::train(shard, dist::ground_truth(self.sources), progress)?;
+            if kind == AnalysisKind::Crosscoder {
+                ShardOutput::Crosscoder(report)
+            } else {
+                ShardOutput::SaeDiff(report)
+            }
+        })
+    }
 }
 
 /// A shard that runs both models on corpus text: the pair and its samples tokenized (only those
@@ -258,30 +222,6 @@ impl<'a> CorpusShard<'a> {
             skip_first: forward::skip_first(spec, &self.pair),
         }
     }
-}
-
-fn wrong_shape(shard: ShardKey) -> ExecError {
-    ExecError::Io(format!(
-        "shard {shard}: not a shard of {}",
-        shard.analysis()
-    ))
-}
-
-fn block_of(shard: ShardKey) -> Result<usize> {
-    match shard {
-        ShardKey::Block { layer, .. } => Ok(layer),
-        other => Err(wrong_shape(other)),
-    }
-}
-
-/// The longest sequence the base embeds (GPT-2's `n_positions`; RoPE models have no hard
-/// limit), bounding generation.
-fn max_positions(sources: &Sources) -> Result<usize> {
-    let config = sources.base.config_json()?;
-    Ok(config
-        .get("n_positions")
-        .and_then(serde_json::Value::as_u64)
-        .map_or(usize::MAX, |n| n as usize))
 }
 
 /// About how many progress steps (batches, generations) a shard of an analysis that runs the

@@ -10,11 +10,13 @@ use neurodiff_core::corpus::Batch;
 use neurodiff_core::organisms::trained::rng::Rng;
 use neurodiff_core::{HookKind, HookPoint, Hooks};
 use neurodiff_protocol::{
-    Generation, GroundTruth, SteeringOptions, SteeringPoint, SteeringShard, SteeringVector,
+    Generation, GroundTruth, ShardOutput, ShardSpec, SteeringOptions, SteeringPoint, SteeringShard,
+    SteeringVector,
 };
 use tch::{Kind, Tensor};
 
 use crate::dist::{encode_prompt, generate, kl_rows, nll_rows, Targets};
+use crate::execute::{Execute, Read, Run};
 use crate::forward::{Pair, ShardInput, Side, Tokens};
 use crate::progress::{check, Progress};
 use crate::{ExecError, Result};
@@ -288,4 +290,38 @@ pub(crate) fn generations_of(
         }
     }
     Ok(out)
+}
+
+/// Steering on the libtorch side.
+#[derive(Debug)]
+pub struct Steering;
+
+impl Execute for Steering {
+    type Options = SteeringOptions;
+    type Shard = SteeringShard;
+    const NEEDS_BLOCKS: bool = true;
+
+    fn options(spec: &ShardSpec) -> &SteeringOptions {
+        &spec.steering
+    }
+
+    fn reads(spec: &ShardSpec) -> Result<Read> {
+        Ok(Read::Leading(spec.steering.samples))
+    }
+
+    fn run(on: &Run<'_>, opts: &SteeringOptions, progress: Progress<'_>) -> Result<SteeringShard> {
+        run(
+            on.pair,
+            on.block()?,
+            &on.input,
+            opts,
+            on.max_positions()?,
+            on.ground_truth(),
+            progress,
+        )
+    }
+
+    fn output(shard: SteeringShard) -> ShardOutput {
+        ShardOutput::Steering(shard)
+    }
 }

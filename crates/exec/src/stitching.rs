@@ -6,10 +6,13 @@ use std::time::Instant;
 
 use neurodiff_core::corpus::Batch;
 use neurodiff_core::{HookKind, HookPoint, Hooks};
-use neurodiff_protocol::{GroundTruth, StitchDirection, StitchShard, StitchSums};
+use neurodiff_protocol::{
+    GroundTruth, ShardOutput, ShardSpec, StitchDirection, StitchShard, StitchSums,
+};
 use tch::Tensor;
 
 use crate::dist::{kl_rows, nll_rows, Targets};
+use crate::execute::{Execute, Read, Run};
 use crate::forward::{Pair, ShardInput, Side, Tokens};
 use crate::progress::{check, Progress};
 use crate::{ExecError, Result};
@@ -102,4 +105,30 @@ pub fn run(
 
 fn sum(v: &[f64]) -> f64 {
     v.iter().sum()
+}
+
+/// Model stitching on the libtorch side.
+#[derive(Debug)]
+pub struct Stitching;
+
+impl Execute for Stitching {
+    type Options = ();
+    type Shard = StitchShard;
+    const NEEDS_BLOCKS: bool = true;
+
+    fn options(_spec: &ShardSpec) -> &() {
+        &()
+    }
+
+    fn reads(_spec: &ShardSpec) -> Result<Read> {
+        Ok(Read::Slice)
+    }
+
+    fn run(on: &Run<'_>, _opts: &(), progress: Progress<'_>) -> Result<StitchShard> {
+        run(on.pair, &on.input, on.ground_truth(), progress)
+    }
+
+    fn output(shard: StitchShard) -> ShardOutput {
+        ShardOutput::Stitching(shard)
+    }
 }

@@ -12,11 +12,13 @@ use neurodiff_analyses::traces::{default_layer, overlap20};
 use neurodiff_core::corpus::Batch;
 use neurodiff_core::{Edit, HookKind, HookPoint, Hooks};
 use neurodiff_protocol::{
-    GroundTruth, Patchscope, ScalePoint, TokenList, TraceOptions, TracePosition, TraceShard,
+    GroundTruth, Patchscope, ScalePoint, ShardKey, ShardOutput, ShardSpec, TokenList, TraceOptions,
+    TracePosition, TraceShard,
 };
 use tch::{Kind, Tensor};
 
 use crate::dist::{encode_prompt, top_tokens};
+use crate::execute::{wrong_shape, Execute, Read, Run};
 use crate::forward::{Pair, ShardInput, Side, Tokens};
 use crate::progress::{check, Progress};
 use crate::steering::{block_means, generations_of, scaled_unit, Steered};
@@ -325,4 +327,42 @@ fn id_rows(idx: &Tensor) -> Result<Vec<BTreeSet<usize>>> {
         .chunks(k)
         .map(|r| r.iter().map(|&i| i as usize).collect())
         .collect())
+}
+
+/// Readable traces on the libtorch side.
+#[derive(Debug)]
+pub struct Traces;
+
+impl Execute for Traces {
+    type Options = TraceOptions;
+    type Shard = TraceShard;
+    const NEEDS_BLOCKS: bool = true;
+
+    fn options(spec: &ShardSpec) -> &TraceOptions {
+        &spec.traces
+    }
+
+    fn reads(spec: &ShardSpec) -> Result<Read> {
+        Ok(Read::Leading(spec.traces.samples))
+    }
+
+    fn run(on: &Run<'_>, opts: &TraceOptions, progress: Progress<'_>) -> Result<TraceShard> {
+        let position = match on.shard {
+            ShardKey::Position { position, .. } => position,
+            other => return Err(wrong_shape(other)),
+        };
+        run(
+            on.pair,
+            position,
+            &on.input,
+            opts,
+            on.max_positions()?,
+            on.ground_truth(),
+            progress,
+        )
+    }
+
+    fn output(shard: TraceShard) -> ShardOutput {
+        ShardOutput::Traces(shard)
+    }
 }

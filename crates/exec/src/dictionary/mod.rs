@@ -8,6 +8,7 @@
 //! each reported latent its decoder lens through the fine-tune and its top activating examples.
 use std::time::{Duration, Instant};
 
+use neurodiff_analyses::dictionary::Family;
 use neurodiff_analyses::dictionary::{block_of, slices};
 use neurodiff_core::corpus::Batch;
 use neurodiff_core::dictionary::{Dictionary, Normalization, Shape, TrainOptions, Trainer};
@@ -297,7 +298,9 @@ pub fn train(
         d_model: Some(info.d_model as usize),
     };
     let audit_spec = spec_of(spec);
-    neurodiff_analyses::dictionary::check_sizes(setup.kind, opts, &audit_spec, &facts)
+    let family = Family::of(setup.kind)
+        .ok_or_else(|| ExecError::Io(format!("{} is not a dictionary", setup.kind)))?;
+    neurodiff_analyses::dictionary::check_sizes(family, opts, &audit_spec, &facts)
         .map_err(|e| ExecError::Io(e.to_string()))?;
     // Every chunk, from the last slice back (collect shards run from the first).
     let mut counts = vec![0u64; setup.slices.len()];

@@ -1,0 +1,101 @@
+//! What an analysis that runs the models on corpus text implements on the libtorch side
+//! ([`Execute`]), and what its shard runs on ([`Run`]).
+use neurodiff_protocol::{ShardKey, ShardOutput, ShardSpec};
+
+use crate::progress::Progress;
+use crate::{dist, forward, ExecError, Result, Sources};
+
+/// An analysis that runs both models on corpus text, on the libtorch side: its options, what
+/// one of its shards returns, which samples that shard reads, and the run itself. The
+/// description's `neurodiff_analyses::Sections::Shard` is the same `Shard` type.
+pub trait Execute {
+    /// Its options in the spec.
+    type Options;
+    /// What one shard returns.
+    type Shard;
+    /// Whether a model without blocks is refused (it has nothing to patch, stitch or steer).
+    const NEEDS_BLOCKS: bool;
+
+    fn options(spec: &ShardSpec) -> &Self::Options;
+
+    /// Which samples its shard reads.
+    fn reads(spec: &ShardSpec) -> Result<Read>;
+
+    /// Runs one shard.
+    fn run(run: &Run<'_>, opts: &Self::Options, progress: Progress<'_>) -> Result<Self::Shard>;
+
+    /// The shard's output as the queue and the fan-in carry it.
+    fn output(shard: Self::Shard) -> ShardOutput;
+}
+
+/// What a corpus analysis's shard runs on: the pair and its tokenized samples, the shard's
+/// key, and (read when asked) the organism's ground truth and the longest sequence the base
+/// embeds.
+#[derive(Debug)]
+pub struct Run<'a> {
+    pub pair: &'a forward::Pair,
+    pub input: forward::ShardInput<'a>,
+    pub shard: ShardKey,
+    sources: &'a Sources,
+}
+
+impl<'a> Run<'a> {
+    pub(crate) fn new(
+        pair: &'a forward::Pair,
+        input: forward::ShardInput<'a>,
+        shard: ShardKey,
+        sources: &'a Sources,
+    ) -> Self {
+        Run {
+            pair,
+            input,
+            shard,
+            sources,
+        }
+    }
+
+    /// The ground truth beside the fine-tune, when it is an organism.
+    pub fn ground_truth(&self) -> Option<neurodiff_protocol::GroundTruth> {
+        dist::ground_truth(self.sources)
+    }
+
+    /// The longest sequence the base embeds (GPT-2's `n_positions`; RoPE models have no hard
+    /// limit), bounding generation.
+    pub fn max_positions(&self) -> Result<usize> {
+        let config = self.sources.base.config_json()?;
+        Ok(config
+            .get("n_positions")
+            .and_then(serde_json::Value::as_u64)
+            .map_or(usize::MAX, |n| n as usize))
+    }
+
+    /// The block of a shard planned one per block.
+    pub fn block(&self) -> Result<usize> {
+        block_of(self.shard)
+    }
+}
+
+/// Which samples of the corpus a shard reads.
+#[derive(Debug, Clone, Copy)]
+pub enum Read {
+    /// Its own slice (`ShardKey::Samples`); the corpus must hold it.
+    Slice,
+    /// Samples [a, b), as far as the corpus has them.
+    Range(usize, usize),
+    /// The first n samples (or all, when the corpus has fewer).
+    Leading(usize),
+}
+
+pub(crate) fn wrong_shape(shard: ShardKey) -> ExecError {
+    ExecError::Io(format!(
+        "shard {shard}: not a shard of {}",
+        shard.analysis()
+    ))
+}
+
+pub(crate) fn block_of(shard: ShardKey) -> Result<usize> {
+    match shard {
+        ShardKey::Block { layer, .. } => Ok(layer),
+        other => Err(wrong_shape(other)),
+    }
+}
