@@ -204,7 +204,7 @@ impl Sections for Activations {
             n_samples,
             n_tokens,
             layers,
-            top_examples: top_examples(examples, spec.activations.top_examples),
+            top_examples: top_examples(examples, spec.options.activations.top_examples),
             mean_diff_artifact: MEAN_DIFF_FILE.into(),
             mean_diff: mean.map(mean_of),
         })

@@ -78,8 +78,8 @@ impl Dictionaries {
     /// Its options in a spec.
     pub fn options<'a>(&self, spec: &'a AuditSpec) -> &'a DictionaryOptions {
         match self.family {
-            Family::SaeDiff => &spec.sae_diff,
-            Family::Crosscoder => &spec.crosscoder,
+            Family::SaeDiff => &spec.options.sae_diff,
+            Family::Crosscoder => &spec.options.crosscoder,
         }
     }
 

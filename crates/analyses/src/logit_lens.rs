@@ -126,14 +126,14 @@ impl Sections for LogitLens {
                 *a += b;
             }
         }
-        let k = spec.logit_lens.top_tokens;
+        let k = spec.options.logit_lens.top_tokens;
         let token = |id: usize| text.get(id).cloned().unwrap_or_else(|| format!("<{id}>"));
         samples.sort_by(|a, b| {
             b.kl_mean
                 .total_cmp(&a.kl_mean)
                 .then(a.sample.cmp(&b.sample))
         });
-        samples.truncate(spec.logit_lens.top_samples);
+        samples.truncate(spec.options.logit_lens.top_samples);
         let n_out = output.n;
         let mut vocab = vocab;
         for (t, mass) in vocab.added.iter_mut().zip(&added) {

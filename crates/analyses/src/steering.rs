@@ -25,7 +25,7 @@ fn merge_err(message: String) -> AnalysisError {
 
 /// The blocks steered: the option's, or the middle block.
 pub fn steered_blocks(spec: &AuditSpec, n_layers: usize) -> Result<Vec<usize>, AnalysisError> {
-    match &spec.steering.layers {
+    match &spec.options.steering.layers {
         Some(l) => crate::cmap::blocks("steering.layers", Some(l), n_layers),
         None => Ok(vec![crate::traces::default_layer(n_layers)]),
     }
@@ -231,7 +231,7 @@ impl Sections for Steering {
         if shards.iter().any(|s| s.n_samples != n_samples) {
             return Err(merge_err("shards ran on different samples".into()));
         }
-        if let Some(layers) = &spec.steering.layers {
+        if let Some(layers) = &spec.options.steering.layers {
             let got: Vec<usize> = shards.iter().map(|s| s.layer).collect();
             if &got != layers {
                 return Err(merge_err(format!(
@@ -240,8 +240,8 @@ impl Sections for Steering {
             }
         }
         let mut report = SteeringReport {
-            vector: spec.steering.vector,
-            ppl_factor: spec.steering.ppl_factor,
+            vector: spec.options.steering.vector,
+            ppl_factor: spec.options.steering.ppl_factor,
             n_samples,
             blocks: Vec::new(),
             curves: Vec::new(),

@@ -41,7 +41,7 @@ impl Analysis for Traces {
 
     fn plan(&self, spec: &AuditSpec, facts: &PlanFacts) -> Result<Vec<ShardKey>, AnalysisError> {
         crate::require_corpus(self.kind(), facts)?;
-        if let Some(layer) = spec.traces.layer {
+        if let Some(layer) = spec.options.traces.layer {
             if layer >= facts.n_layers {
                 return Err(AnalysisError::Spec(neurodiff_protocol::SpecError::Field(
                     "traces.layer".into(),
@@ -49,7 +49,7 @@ impl Analysis for Traces {
                 )));
             }
         }
-        Ok((0..spec.traces.positions)
+        Ok((0..spec.options.traces.positions)
             .map(|position| ShardKey::Position {
                 analysis: AnalysisKind::Traces,
                 position,
@@ -190,10 +190,10 @@ impl Sections for Traces {
     ) -> Result<TracesReport, AnalysisError> {
         shards.sort_by_key(|s| s.trace.position);
         let got: Vec<usize> = shards.iter().map(|s| s.trace.position).collect();
-        if got != (0..spec.traces.positions).collect::<Vec<_>>() {
+        if got != (0..spec.options.traces.positions).collect::<Vec<_>>() {
             return Err(merge_err(format!(
                 "expected one shard per position 0..{}, got positions {got:?}",
-                spec.traces.positions
+                spec.options.traces.positions
             )));
         }
         let first = &shards[0];

@@ -257,7 +257,7 @@ impl Execute for Activations {
     const NEEDS_BLOCKS: bool = false;
 
     fn options(spec: &ShardSpec) -> &ActivationOptions {
-        &spec.activations
+        &spec.options.activations
     }
 
     fn reads(_spec: &ShardSpec) -> Result<Read> {

@@ -102,11 +102,11 @@ impl Execute for Cmap {
     const NEEDS_BLOCKS: bool = true;
 
     fn options(spec: &ShardSpec) -> &CmapOptions {
-        &spec.cmap
+        &spec.options.cmap
     }
 
     fn reads(spec: &ShardSpec) -> Result<Read> {
-        Ok(Read::Leading(spec.cmap.samples))
+        Ok(Read::Leading(spec.options.cmap.samples))
     }
 
     fn run(on: &Run<'_>, opts: &CmapOptions, progress: Progress<'_>) -> Result<CmapShard> {

@@ -203,7 +203,7 @@ impl Execute for LogitLens {
     const NEEDS_BLOCKS: bool = false;
 
     fn options(spec: &ShardSpec) -> &LensOptions {
-        &spec.logit_lens
+        &spec.options.logit_lens
     }
 
     fn reads(_spec: &ShardSpec) -> Result<Read> {

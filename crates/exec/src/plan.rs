@@ -48,7 +48,9 @@ pub fn plan_audit(
     limits: &Limits,
 ) -> crate::Result<Vec<ShardSpec>> {
     let n_layers = sources.n_layers()?;
-    let weights = spec.runs(AnalysisKind::Weights).then_some(&spec.weights);
+    let weights = spec
+        .runs(AnalysisKind::Weights)
+        .then_some(&spec.options.weights);
     check_limits(sources, contents, n_layers, weights, limits)?;
     if spec.needs_corpus() {
         let tokenizer = sources

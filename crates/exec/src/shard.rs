@@ -118,9 +118,9 @@ impl Corpus<'_> {
     ) -> Result<ShardOutput> {
         let spec = self.spec;
         let options = if kind == AnalysisKind::Crosscoder {
-            &spec.crosscoder
+            &spec.options.crosscoder
         } else {
-            &spec.sae_diff
+            &spec.options.sae_diff
         };
         let read = match spec.shard {
             ShardKey::Samples { start, end, .. } => Read::Range(start, end),
@@ -244,20 +244,20 @@ pub fn planned_steps(spec: &ShardSpec, n_samples: usize) -> usize {
         AnalysisKind::Activations | AnalysisKind::LogitLens | AnalysisKind::Stitching => {
             slice.unwrap_or(0)
         }
-        AnalysisKind::Cmap => batches(spec.cmap.samples.min(n_samples)),
+        AnalysisKind::Cmap => batches(spec.options.cmap.samples.min(n_samples)),
         AnalysisKind::Steering => {
-            2 * batches(spec.steering.samples.min(n_samples))
-                + 4 * prompts(&spec.steering.generation)
+            2 * batches(spec.options.steering.samples.min(n_samples))
+                + 4 * prompts(&spec.options.steering.generation)
         }
         AnalysisKind::Traces => {
-            let n = spec.traces.samples.min(n_samples);
-            batches(n.min(256)) + n.div_ceil(256) + 4 + 2 * prompts(&spec.traces.generation)
+            let n = spec.options.traces.samples.min(n_samples);
+            batches(n.min(256)) + n.div_ceil(256) + 4 + 2 * prompts(&spec.options.traces.generation)
         }
         kind @ (AnalysisKind::Crosscoder | AnalysisKind::SaeDiff) => slice.unwrap_or_else(|| {
             let o = if kind == AnalysisKind::SaeDiff {
-                &spec.sae_diff
+                &spec.options.sae_diff
             } else {
-                &spec.crosscoder
+                &spec.options.crosscoder
             };
             // Collection batches, training steps, evaluation chunks and reported latents.
             batches(o.samples.min(n_samples)) + o.steps + 1 + o.sample_latents

@@ -197,7 +197,7 @@ impl Sources {
             &self.base,
             self.core_target(),
             shard.shard,
-            &shard.weights,
+            &shard.options.weights,
             device,
             on_tensor,
         )?;

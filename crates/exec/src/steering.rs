@@ -302,11 +302,11 @@ impl Execute for Steering {
     const NEEDS_BLOCKS: bool = true;
 
     fn options(spec: &ShardSpec) -> &SteeringOptions {
-        &spec.steering
+        &spec.options.steering
     }
 
     fn reads(spec: &ShardSpec) -> Result<Read> {
-        Ok(Read::Leading(spec.steering.samples))
+        Ok(Read::Leading(spec.options.steering.samples))
     }
 
     fn run(on: &Run<'_>, opts: &SteeringOptions, progress: Progress<'_>) -> Result<SteeringShard> {

@@ -339,11 +339,11 @@ impl Execute for Traces {
     const NEEDS_BLOCKS: bool = true;
 
     fn options(spec: &ShardSpec) -> &TraceOptions {
-        &spec.traces
+        &spec.options.traces
     }
 
     fn reads(spec: &ShardSpec) -> Result<Read> {
-        Ok(Read::Leading(spec.traces.samples))
+        Ok(Read::Leading(spec.options.traces.samples))
     }
 
     fn run(on: &Run<'_>, opts: &TraceOptions, progress: Progress<'_>) -> Result<TraceShard> {

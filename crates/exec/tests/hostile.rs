@@ -84,8 +84,8 @@ fn a_tokenizer_of_huge_tokens_leaves_every_result_small() {
     spec.corpus.max_samples = 8;
     spec.corpus.batch_size = 4;
     spec.corpus.shard_samples = 1;
-    spec.traces.generation.max_new_tokens = 8;
-    spec.traces.scales = 4;
+    spec.options.traces.generation.max_new_tokens = 8;
+    spec.options.traces.scales = 4;
     spec.validate().unwrap();
     let results = common::audit(&spec).unwrap();
     let json = serde_json::to_value(&results).unwrap();

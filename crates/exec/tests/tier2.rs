@@ -26,11 +26,11 @@ fn spec(dir: &Path, organism: &str, analyses: Vec<AnalysisKind>) -> AuditSpec {
     spec.corpus.max_samples = 256;
     spec.corpus.seq_len = 32;
     spec.corpus.batch_size = 32;
-    spec.cmap.samples = 32;
-    spec.steering.samples = 32;
-    spec.steering.generation.max_new_tokens = 8;
-    spec.traces.generation.max_new_tokens = 8;
-    spec.traces.scales = 12;
+    spec.options.cmap.samples = 32;
+    spec.options.steering.samples = 32;
+    spec.options.steering.generation.max_new_tokens = 8;
+    spec.options.traces.generation.max_new_tokens = 8;
+    spec.options.traces.scales = 12;
     spec.validate().unwrap();
     spec
 }
@@ -49,7 +49,7 @@ fn traces_of_a_narrow_fine_tune_read_as_its_domain() {
             let mut spec = spec(&dir, &organism, vec![AnalysisKind::Traces]);
             if kind == "blocks" {
                 // The default block (2) is before the trained ones (3, 4): read the last.
-                spec.traces.layer = Some(4);
+                spec.options.traces.layer = Some(4);
             }
             let r = audit(&spec).unwrap();
             let g = r.grades.as_ref().expect("graded from ground_truth.json");

@@ -67,7 +67,7 @@ fn spec(base: &Path, target: &Path, kind: AnalysisKind, corpus: &str) -> AuditSp
     spec.corpus.max_samples = 512;
     spec.corpus.seq_len = 32;
     spec.corpus.batch_size = 64;
-    for o in [&mut spec.crosscoder, &mut spec.sae_diff] {
+    for o in [&mut spec.options.crosscoder, &mut spec.options.sae_diff] {
         o.layer = Some(4);
         o.expansion = 4;
         o.k = 16;
@@ -256,7 +256,7 @@ fn a_stopped_training_resumes_to_the_same_dictionary() {
         AnalysisKind::Crosscoder,
         &corpus_path,
     );
-    spec.crosscoder.steps = 300;
+    spec.options.crosscoder.steps = 300;
     let limits = Limits::default();
     let sources = Sources::open(&spec.base, &spec.target, &HubOptions::from_env()).unwrap();
     let corpus = corpus::load_local(&spec.corpus_read(), &limits).unwrap();

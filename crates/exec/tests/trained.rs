@@ -108,7 +108,7 @@ fn a_narrow_fine_tune_raises_its_domain_words_at_the_output_on_generic_text() {
             "{organism}: few domain words are single tokens"
         );
         let mut spec = spec(&dir, checkpoint(&dir, &organism), 64);
-        spec.logit_lens.top_tokens = 50;
+        spec.options.logit_lens.top_tokens = 50;
         let r = audit(&spec).unwrap();
         let output = &r.analyses.logit_lens.as_ref().unwrap().output;
         // 25 of 4,096 ids are domain words: by chance 0.3 of 50 would be.

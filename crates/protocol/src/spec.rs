@@ -202,11 +202,21 @@ pub struct AuditSpec {
     /// Blocks to audit; `None` audits every block and the tensors outside the blocks.
     #[serde(default)]
     pub layers: Option<Vec<usize>>,
-    #[serde(default)]
-    pub weights: WeightOptions,
-    /// The text the activation analyses run both models on.
+    /// The text the corpus analyses run both models on.
     #[serde(default)]
     pub corpus: CorpusOptions,
+    /// Each analysis's options, under its name.
+    #[serde(flatten)]
+    pub options: Options,
+}
+
+/// Every analysis's options, each under the name of its analysis (as the request, the spec,
+/// every shard spec and results.json name it). The spec and its shard specs carry this one
+/// struct, so an analysis's options are declared once.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Options {
+    #[serde(default)]
+    pub weights: WeightOptions,
     #[serde(default)]
     pub activations: ActivationOptions,
     #[serde(default)]
@@ -223,6 +233,27 @@ pub struct AuditSpec {
     pub sae_diff: DictionaryOptions,
 }
 
+impl Options {
+    /// Each analysis's own checks of its options (and the corpus's, in the order a request
+    /// has always been checked in: the first error found is the one reported).
+    fn validate(&mut self, corpus: &CorpusOptions) -> Result<(), SpecError> {
+        if self.weights.top_k == 0 || self.weights.top_k > MAX_TOP_K {
+            return Err(SpecError::Field(
+                "weights.top_k".into(),
+                format!("must be between 1 and {MAX_TOP_K}"),
+            ));
+        }
+        corpus.validate()?;
+        self.activations.validate()?;
+        self.logit_lens.validate()?;
+        self.traces.validate()?;
+        self.cmap.validate()?;
+        self.steering.validate()?;
+        self.crosscoder.validate("crosscoder")?;
+        self.sae_diff.validate("sae_diff")
+    }
+}
+
 impl AuditSpec {
     /// A spec with the default options of every analysis.
     pub fn new(base: String, target: Target, analyses: Vec<AnalysisKind>) -> AuditSpec {
@@ -231,15 +262,8 @@ impl AuditSpec {
             target,
             analyses,
             layers: None,
-            weights: WeightOptions::default(),
             corpus: CorpusOptions::default(),
-            activations: ActivationOptions::default(),
-            logit_lens: LensOptions::default(),
-            traces: TraceOptions::default(),
-            cmap: CmapOptions::default(),
-            steering: SteeringOptions::default(),
-            crosscoder: DictionaryOptions::default(),
-            sae_diff: DictionaryOptions::default(),
+            options: Options::default(),
         }
     }
 
@@ -256,31 +280,18 @@ impl AuditSpec {
         if let Some(layers) = &self.layers {
             self.layers = Some(normalize_layers(layers, MAX_LAYER_INDEX)?);
         }
-        if self.weights.top_k == 0 || self.weights.top_k > MAX_TOP_K {
-            return Err(SpecError::Field(
-                "weights.top_k".into(),
-                format!("must be between 1 and {MAX_TOP_K}"),
-            ));
-        }
-        self.corpus.validate()?;
-        self.activations.validate()?;
-        self.logit_lens.validate()?;
-        self.traces.validate()?;
-        self.cmap.validate()?;
-        self.steering.validate()?;
-        self.crosscoder.validate("crosscoder")?;
-        self.sae_diff.validate("sae_diff")?;
+        self.options.validate(&self.corpus)?;
         // A position no sample can reach would fail the audit after its forward passes.
-        if self.runs(AnalysisKind::Traces) && self.traces.positions > self.corpus.seq_len {
+        if self.runs(AnalysisKind::Traces) && self.options.traces.positions > self.corpus.seq_len {
             return Err(SpecError::Field(
                 "traces.positions".into(),
                 format!(
                     "{} positions but samples are cut to corpus.seq_len = {}",
-                    self.traces.positions, self.corpus.seq_len
+                    self.options.traces.positions, self.corpus.seq_len
                 ),
             ));
         }
-        if let crate::SteeringVector::Position { position } = self.steering.vector {
+        if let crate::SteeringVector::Position { position } = self.options.steering.vector {
             if self.runs(AnalysisKind::Steering) && position >= self.corpus.seq_len {
                 return Err(SpecError::Field(
                     "steering.vector.position".into(),
@@ -328,12 +339,12 @@ impl AuditSpec {
             for (field, samples, on) in [
                 (
                     "cmap.samples",
-                    self.cmap.samples,
+                    self.options.cmap.samples,
                     self.runs(AnalysisKind::Cmap),
                 ),
                 (
                     "steering.samples",
-                    self.steering.samples,
+                    self.options.steering.samples,
                     self.runs(AnalysisKind::Steering),
                 ),
             ] {
@@ -353,10 +364,14 @@ impl AuditSpec {
             for (field, o, on) in [
                 (
                     "crosscoder",
-                    &self.crosscoder,
+                    &self.options.crosscoder,
                     self.runs(AnalysisKind::Crosscoder),
                 ),
-                ("sae_diff", &self.sae_diff, self.runs(AnalysisKind::SaeDiff)),
+                (
+                    "sae_diff",
+                    &self.options.sae_diff,
+                    self.runs(AnalysisKind::SaeDiff),
+                ),
             ] {
                 let tokens = o.samples as u64 * self.corpus.seq_len as u64;
                 if on && tokens > MAX_DICTIONARY_TOKENS {
@@ -383,9 +398,9 @@ impl AuditSpec {
             let shards = [
                 Some(self.corpus.max_samples),
                 self.runs(AnalysisKind::Crosscoder)
-                    .then_some(self.crosscoder.samples),
+                    .then_some(self.options.crosscoder.samples),
                 self.runs(AnalysisKind::SaeDiff)
-                    .then_some(self.sae_diff.samples),
+                    .then_some(self.options.sae_diff.samples),
             ]
             .into_iter()
             .flatten()
@@ -417,11 +432,11 @@ impl AuditSpec {
     /// 1024), each of which reads its own first samples.
     pub fn samples_read(&self) -> usize {
         [
-            (AnalysisKind::Traces, self.traces.samples),
-            (AnalysisKind::Cmap, self.cmap.samples),
-            (AnalysisKind::Steering, self.steering.samples),
-            (AnalysisKind::Crosscoder, self.crosscoder.samples),
-            (AnalysisKind::SaeDiff, self.sae_diff.samples),
+            (AnalysisKind::Traces, self.options.traces.samples),
+            (AnalysisKind::Cmap, self.options.cmap.samples),
+            (AnalysisKind::Steering, self.options.steering.samples),
+            (AnalysisKind::Crosscoder, self.options.crosscoder.samples),
+            (AnalysisKind::SaeDiff, self.options.sae_diff.samples),
         ]
         .into_iter()
         .filter(|(kind, _)| self.runs(*kind))
@@ -589,23 +604,10 @@ pub struct ShardSpec {
     pub base: String,
     pub target: Target,
     pub shard: ShardKey,
-    pub weights: WeightOptions,
     #[serde(default)]
     pub corpus: CorpusOptions,
-    #[serde(default)]
-    pub activations: ActivationOptions,
-    #[serde(default)]
-    pub logit_lens: LensOptions,
-    #[serde(default)]
-    pub traces: TraceOptions,
-    #[serde(default)]
-    pub cmap: CmapOptions,
-    #[serde(default)]
-    pub steering: SteeringOptions,
-    #[serde(default)]
-    pub crosscoder: DictionaryOptions,
-    #[serde(default)]
-    pub sae_diff: DictionaryOptions,
+    #[serde(flatten)]
+    pub options: Options,
 }
 
 impl ShardSpec {
@@ -615,16 +617,9 @@ impl ShardSpec {
             base: spec.base.clone(),
             target: spec.target.clone(),
             shard,
-            weights: spec.weights.clone(),
             // What the shard reads (planning recorded the same samples).
             corpus: spec.corpus_read(),
-            activations: spec.activations.clone(),
-            logit_lens: spec.logit_lens.clone(),
-            traces: spec.traces.clone(),
-            cmap: spec.cmap.clone(),
-            steering: spec.steering.clone(),
-            crosscoder: spec.crosscoder.clone(),
-            sae_diff: spec.sae_diff.clone(),
+            options: spec.options.clone(),
         }
     }
 }

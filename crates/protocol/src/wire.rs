@@ -92,15 +92,15 @@ impl AuditRequest {
         let analyses = self.analyses.unwrap_or_else(|| vec![AnalysisKind::Weights]);
         let mut spec = AuditSpec::new(self.base, target, analyses);
         spec.layers = self.layers;
-        spec.weights = self.weights.unwrap_or_default();
+        spec.options.weights = self.weights.unwrap_or_default();
         spec.corpus = self.corpus.unwrap_or_default();
-        spec.activations = self.activations.unwrap_or_default();
-        spec.logit_lens = self.logit_lens.unwrap_or_default();
-        spec.traces = self.traces.unwrap_or_default();
-        spec.cmap = self.cmap.unwrap_or_default();
-        spec.steering = self.steering.unwrap_or_default();
-        spec.crosscoder = self.crosscoder.unwrap_or_default();
-        spec.sae_diff = self.sae_diff.unwrap_or_default();
+        spec.options.activations = self.activations.unwrap_or_default();
+        spec.options.logit_lens = self.logit_lens.unwrap_or_default();
+        spec.options.traces = self.traces.unwrap_or_default();
+        spec.options.cmap = self.cmap.unwrap_or_default();
+        spec.options.steering = self.steering.unwrap_or_default();
+        spec.options.crosscoder = self.crosscoder.unwrap_or_default();
+        spec.options.sae_diff = self.sae_diff.unwrap_or_default();
         spec.validate()?;
         Ok(spec)
     }

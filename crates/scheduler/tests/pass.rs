@@ -7,9 +7,7 @@
 
 use std::time::Duration;
 
-use neurodiff_protocol::{
-    AnalysisKind, AuditSpec, Envelope, ShardKey, Target, Task, WeightOptions,
-};
+use neurodiff_protocol::{AnalysisKind, AuditSpec, Envelope, ShardKey, Target, Task};
 use neurodiff_protocol::{AuditStatus, ModelRecord, PlanRecord, ShardOutput, ShardResult};
 use neurodiff_scheduler::fanin::finish;
 use neurodiff_scheduler::reaper::reap;
@@ -27,7 +25,6 @@ async fn planned_audit(ctx: &SchedulerContext) -> uuid::Uuid {
     let team = ctx.db.ensure_team("t").await.unwrap();
     let spec = AuditSpec {
         layers: None,
-        weights: WeightOptions::default(),
         ..AuditSpec::new(
             "b".into(),
             Target::Checkpoint {

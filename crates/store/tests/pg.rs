@@ -2,8 +2,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use neurodiff_protocol::{
-    AnalysisKind, AuditSpec, AuditStatus, ShardKey, ShardOutput, ShardResult, Target,
-    TensorMetrics, WeightOptions,
+    AnalysisKind, AuditSpec, AuditStatus, ShardKey, ShardOutput, ShardResult, Target, TensorMetrics,
 };
 use neurodiff_store::{Admission, AuditRow, Db, Quota, StoreError, Team};
 use sqlx::PgPool;
@@ -11,7 +10,6 @@ use sqlx::PgPool;
 fn spec(base: &str) -> AuditSpec {
     AuditSpec {
         layers: None,
-        weights: WeightOptions::default(),
         ..AuditSpec::new(
             base.into(),
             Target::Checkpoint {

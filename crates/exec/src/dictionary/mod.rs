@@ -61,9 +61,9 @@ impl<'a> Setup<'a> {
         let kind = spec.shard.analysis();
         let diff = kind == AnalysisKind::SaeDiff;
         let opts = if diff {
-            &spec.sae_diff
+            &spec.options.sae_diff
         } else {
-            &spec.crosscoder
+            &spec.options.crosscoder
         };
         let layer = block_of(opts, n_layers).map_err(|e| ExecError::Io(e.to_string()))?;
         let slices = slices(kind, opts, corpus.samples.len(), spec.corpus.shard_samples)
@@ -638,8 +638,8 @@ fn spec_of(spec: &ShardSpec) -> neurodiff_protocol::AuditSpec {
         vec![spec.shard.analysis()],
     );
     audit.corpus = spec.corpus.clone();
-    audit.crosscoder = spec.crosscoder.clone();
-    audit.sae_diff = spec.sae_diff.clone();
+    audit.options.crosscoder = spec.options.crosscoder.clone();
+    audit.options.sae_diff = spec.options.sae_diff.clone();
     audit
 }
 
