@@ -550,24 +550,27 @@ fn block_rows<'a>(
     out
 }
 
-/// How a scan chooses the base of each checkpoint's audit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum BaseMode {
-    /// Always `base`.
-    #[default]
-    Fixed,
-    /// The previous checkpoint of the same source (`base` for the first, or no audit of it).
-    Previous,
+crate::vocab::named_enum! {
+    /// How a scan chooses the base of each checkpoint's audit.
+    #[derive(Default)]
+    BaseMode, "base mode" {
+        /// Always `base`.
+        #[default]
+        Fixed = "fixed",
+        /// The previous checkpoint of the same source (`base` for the first, or no audit of
+        /// it).
+        Previous = "previous",
+    }
 }
 
-/// What the scan's checkpoints are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum TargetKind {
-    #[default]
-    Checkpoint,
-    Adapter,
+crate::vocab::named_enum! {
+    /// What the scan's checkpoints are.
+    #[derive(Default)]
+    TargetKind, "target kind" {
+        #[default]
+        Checkpoint = "checkpoint",
+        Adapter = "adapter",
+    }
 }
 
 /// `POST /v1/scans`.

@@ -5,9 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use comfy_table::Table;
-use neurodiff_protocol::scan::{Rule, ScanRequest};
+use neurodiff_protocol::scan::{BaseMode, Rule, ScanRequest};
 use neurodiff_protocol::views::{AlertList, ScanList, ScanView};
-use serde_json::Value;
 
 use crate::commands::client::{absolute_if_local, print_json, Client, IdArgs, Server};
 use crate::commands::scope::ScopeArgs;
@@ -63,7 +62,7 @@ pub struct CreateArgs {
     pub base: Option<String>,
     /// `fixed` (always --base) or `previous` (the previous checkpoint of the source).
     #[arg(long, default_value = "fixed")]
-    pub base_mode: String,
+    pub base_mode: BaseMode,
     /// The checkpoints are LoRA adapters of --base.
     #[arg(long)]
     pub adapters: bool,
@@ -112,10 +111,7 @@ fn request(args: &CreateArgs) -> anyhow::Result<ScanRequest> {
         name: args.name.clone(),
         source: absolute_if_local(&args.source),
         base: args.base.as_deref().map(absolute_if_local),
-        base_mode: Some(
-            serde_json::from_value(Value::String(args.base_mode.clone()))
-                .context("--base-mode: fixed or previous")?,
-        ),
+        base_mode: Some(args.base_mode),
         target: Some(if args.adapters {
             neurodiff_protocol::scan::TargetKind::Adapter
         } else {
