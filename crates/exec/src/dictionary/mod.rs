@@ -302,32 +302,18 @@ pub fn train(
         .ok_or_else(|| ExecError::Io(format!("{} is not a dictionary", setup.kind)))?;
     neurodiff_analyses::dictionary::check_sizes(family, opts, &audit_spec, &facts)
         .map_err(|e| ExecError::Io(e.to_string()))?;
-    // Every chunk, from the last slice back (collect shards run from the first).
-    let mut counts = vec![0u64; setup.slices.len()];
-    let mut sums = Vec::with_capacity(setup.slices.len());
-    let mut reused = 0;
-    for (i, &(start, end)) in setup.slices.iter().enumerate().rev() {
-        let toks = tokens.get(start..end).ok_or_else(|| {
-            ExecError::Io(format!(
-                "slice {start}..{end}: the corpus has {} samples",
-                tokens.len()
-            ))
-        })?;
-        let e = ensure_chunk(
-            pair,
-            &setup,
-            toks,
-            (start, end),
-            spec.corpus.batch_size,
-            store,
-            progress,
-        )?;
-        reused += usize::from(e.reused);
-        counts[i] = e.rows;
-        sums.push(e.sums);
-    }
-    // Gathered from the last slice back; summed from the first.
-    sums.reverse();
+    let Gathered {
+        counts,
+        sums,
+        reused,
+    } = gather(
+        pair,
+        &setup,
+        tokens,
+        spec.corpus.batch_size,
+        store,
+        progress,
+    )?;
     let n_train = setup.slices.len() - setup.held();
     let load = |i: usize| -> Result<Chunk> {
         let key = setup.chunk_key(setup.slices[i]);
@@ -336,45 +322,11 @@ pub fn train(
             .ok_or_else(|| ExecError::Storage(format!("chunk {key} vanished")))?;
         Chunk::from_bytes(&bytes)
     };
-    // The normalisation from the training chunks' sums.
     let models = if setup.diff { 1 } else { 2 };
     let d = info.d_model;
-    let mut sum = Tensor::f_zeros([models, d], (Kind::Double, Device::Cpu))?;
-    let mut sum_sq = sum.f_zeros_like()?;
-    let mut mean_all = sum.f_zeros_like()?;
-    let mut sq_all = sum.f_zeros_like()?;
-    for (i, (s, q)) in sums.iter().enumerate() {
-        if i < n_train {
-            sum = sum.f_add(s)?;
-            sum_sq = sum_sq.f_add(q)?;
-        }
-        mean_all = mean_all.f_add(s)?;
-        sq_all = sq_all.f_add(q)?;
-    }
     let train_rows: u64 = counts[..n_train].iter().sum();
-    let norm = Normalization::from_sums(&sum, &sum_sq, train_rows, 1.0)?;
-    // Nothing varies (an SAE on the differences of two models that agree at this block):
-    // there is nothing to learn, and scaling to RMS 1 would divide by zero.
-    let spread = sum_sq
-        .f_div_scalar(train_rows.max(1) as f64)?
-        .f_sub(&sum.f_div_scalar(train_rows.max(1) as f64)?.f_square()?)?
-        .f_sum_dim_intlist(-1, false, Kind::Double)?;
-    let smallest = Vec::<f64>::try_from(&spread)
-        .map_err(CoreError::from)?
-        .into_iter()
-        .fold(f64::INFINITY, f64::min);
-    if smallest <= 1e-20 {
-        return Err(ExecError::Io(format!(
-            "{}: the activations at block {} do not vary{}; there is nothing to learn",
-            setup.kind,
-            setup.layer,
-            if setup.diff {
-                " (the two models agree there)"
-            } else {
-                ""
-            }
-        )));
-    }
+    let (norm, (mean_all, sq_all)) =
+        normalization(&setup, &sums, n_train, train_rows, [models, d])?;
     write_manifest(
         spec,
         &setup,
@@ -386,35 +338,15 @@ pub fn train(
     )?;
     let batch = opts.batch.min(train_rows as usize);
     let dict_size = opts.dict_size(d as usize);
-    let k = opts.k.min(dict_size) as i64;
-    let lr = opts.learning_rate(dict_size);
-    let train_opts = TrainOptions {
-        k,
-        k_max: opts.k_max.map(|k| k.min(dict_size) as i64),
-        k_anneal_steps: opts.k_anneal_steps,
-        lr,
-        warmup_steps: opts.warmup_steps.min(opts.steps / 10),
-        threshold_start: 1000.min(opts.steps / 2),
-        dead_tokens: opts
-            .dead_tokens
-            .unwrap_or_else(|| (opts.steps as u64 * batch as u64 / 4).clamp(1, 10_000_000))
-            as i64,
-        ..TrainOptions::default()
-    };
+    let train_opts = train_options(opts, dict_size, batch);
+    let (k, lr) = (train_opts.k, train_opts.lr);
     let run_id = {
         let identity =
             serde_json::json!({"store": setup.store_id, "options": opts, "models": models});
         sha256_hex(identity.to_string().as_bytes())[..24].to_string()
     };
     let ckpt_key = format!("train/{run_id}/checkpoint.safetensors");
-    let restored = match store.get(&ckpt_key)? {
-        Some(bytes) => trainer_from_bytes(&bytes, &train_opts, pair.device())
-            .inspect_err(|e| {
-                tracing::warn!(error = %e, "unreadable training checkpoint; starting over");
-            })
-            .ok(),
-        None => None,
-    };
+    let restored = restore(store, &ckpt_key, &train_opts, pair.device())?;
     let mut trainer = match restored {
         Some(t) => t,
         None => {
@@ -476,25 +408,7 @@ pub fn train(
             return Err(ExecError::Core(CoreError::Interrupted));
         }
     }
-    let dictionary = {
-        let dir = tempfile::tempdir().map_err(|e| ExecError::Io(e.to_string()))?;
-        let path = dir.path().join("dictionary.safetensors");
-        trainer.dict.save(&path)?;
-        let bytes = std::fs::read(&path).map_err(|e| ExecError::Io(e.to_string()))?;
-        // Named by its content as well: a rerun elsewhere (another device's numerics) adds a
-        // file rather than replacing the one an earlier audit recorded.
-        let key = format!(
-            "dictionaries/{run_id}-{}.safetensors",
-            &sha256_hex(&bytes)[..16]
-        );
-        let stored = store.put(&key, bytes)?;
-        StoredFile {
-            location: store.locate(&key),
-            key,
-            bytes: stored.bytes,
-            sha256: stored.sha256,
-        }
-    };
+    let dictionary = save_dictionary(&trainer.dict, &run_id, store)?;
     store.delete(&ckpt_key)?;
     store.delete(&curve_key)?;
     let held: Vec<usize> = (n_train..setup.slices.len()).collect();
@@ -541,6 +455,150 @@ pub fn train(
         ground_truth,
         elapsed_s: started.elapsed().as_secs_f64(),
         ..report
+    })
+}
+
+/// Every chunk of the store, made or found, from the last slice back (collect shards run
+/// from the first): the rows of each, their sums (in slice order) and how many were reused.
+struct Gathered {
+    counts: Vec<u64>,
+    sums: Vec<(Tensor, Tensor)>,
+    reused: usize,
+}
+
+fn gather(
+    pair: &Pair,
+    setup: &Setup<'_>,
+    tokens: &[Vec<i64>],
+    batch_size: usize,
+    store: &dyn ShardStore,
+    progress: Progress<'_>,
+) -> Result<Gathered> {
+    let mut counts = vec![0u64; setup.slices.len()];
+    let mut sums = Vec::with_capacity(setup.slices.len());
+    let mut reused = 0;
+    for (i, &(start, end)) in setup.slices.iter().enumerate().rev() {
+        let toks = tokens.get(start..end).ok_or_else(|| {
+            ExecError::Io(format!(
+                "slice {start}..{end}: the corpus has {} samples",
+                tokens.len()
+            ))
+        })?;
+        let e = ensure_chunk(pair, setup, toks, (start, end), batch_size, store, progress)?;
+        reused += usize::from(e.reused);
+        counts[i] = e.rows;
+        sums.push(e.sums);
+    }
+    // Gathered from the last slice back; summed from the first.
+    sums.reverse();
+    Ok(Gathered {
+        counts,
+        sums,
+        reused,
+    })
+}
+
+/// The normalisation from the training chunks' sums, and the sums over every chunk (for the
+/// store's manifest); refused when nothing varies (an SAE on the differences of two models
+/// that agree at this block: there is nothing to learn, and scaling to RMS 1 would divide by
+/// zero).
+fn normalization(
+    setup: &Setup<'_>,
+    sums: &[(Tensor, Tensor)],
+    n_train: usize,
+    train_rows: u64,
+    shape: [i64; 2],
+) -> Result<(Normalization, (Tensor, Tensor))> {
+    let mut sum = Tensor::f_zeros(shape, (Kind::Double, Device::Cpu))?;
+    let mut sum_sq = sum.f_zeros_like()?;
+    let mut mean_all = sum.f_zeros_like()?;
+    let mut sq_all = sum.f_zeros_like()?;
+    for (i, (s, q)) in sums.iter().enumerate() {
+        if i < n_train {
+            sum = sum.f_add(s)?;
+            sum_sq = sum_sq.f_add(q)?;
+        }
+        mean_all = mean_all.f_add(s)?;
+        sq_all = sq_all.f_add(q)?;
+    }
+    let norm = Normalization::from_sums(&sum, &sum_sq, train_rows, 1.0)?;
+    let spread = sum_sq
+        .f_div_scalar(train_rows.max(1) as f64)?
+        .f_sub(&sum.f_div_scalar(train_rows.max(1) as f64)?.f_square()?)?
+        .f_sum_dim_intlist(-1, false, Kind::Double)?;
+    let smallest = Vec::<f64>::try_from(&spread)
+        .map_err(CoreError::from)?
+        .into_iter()
+        .fold(f64::INFINITY, f64::min);
+    if smallest <= 1e-20 {
+        return Err(ExecError::Io(format!(
+            "{}: the activations at block {} do not vary{}; there is nothing to learn",
+            setup.kind,
+            setup.layer,
+            if setup.diff {
+                " (the two models agree there)"
+            } else {
+                ""
+            }
+        )));
+    }
+    Ok((norm, (mean_all, sq_all)))
+}
+
+/// The trainer's options for a dictionary of `dict_size` latents trained on batches of
+/// `batch` rows.
+fn train_options(opts: &DictionaryOptions, dict_size: usize, batch: usize) -> TrainOptions {
+    TrainOptions {
+        k: opts.k.min(dict_size) as i64,
+        k_max: opts.k_max.map(|k| k.min(dict_size) as i64),
+        k_anneal_steps: opts.k_anneal_steps,
+        lr: opts.learning_rate(dict_size),
+        warmup_steps: opts.warmup_steps.min(opts.steps / 10),
+        threshold_start: 1000.min(opts.steps / 2),
+        dead_tokens: opts
+            .dead_tokens
+            .unwrap_or_else(|| (opts.steps as u64 * batch as u64 / 4).clamp(1, 10_000_000))
+            as i64,
+        ..TrainOptions::default()
+    }
+}
+
+/// The training checkpoint an interrupted run left, if it reads (one that does not is
+/// logged and the run starts over).
+fn restore(
+    store: &dyn ShardStore,
+    key: &str,
+    opts: &TrainOptions,
+    device: Device,
+) -> Result<Option<Trainer>> {
+    Ok(match store.get(key)? {
+        Some(bytes) => trainer_from_bytes(&bytes, opts, device)
+            .inspect_err(|e| {
+                tracing::warn!(error = %e, "unreadable training checkpoint; starting over");
+            })
+            .ok(),
+        None => None,
+    })
+}
+
+/// The trained dictionary in the shard store, named by the run and by its content (a rerun
+/// elsewhere, with another device's numerics, adds a file rather than replacing the one an
+/// earlier audit recorded).
+fn save_dictionary(dict: &Dictionary, run_id: &str, store: &dyn ShardStore) -> Result<StoredFile> {
+    let dir = tempfile::tempdir().map_err(|e| ExecError::Io(e.to_string()))?;
+    let path = dir.path().join("dictionary.safetensors");
+    dict.save(&path)?;
+    let bytes = std::fs::read(&path).map_err(|e| ExecError::Io(e.to_string()))?;
+    let key = format!(
+        "dictionaries/{run_id}-{}.safetensors",
+        &sha256_hex(&bytes)[..16]
+    );
+    let stored = store.put(&key, bytes)?;
+    Ok(StoredFile {
+        location: store.locate(&key),
+        key,
+        bytes: stored.bytes,
+        sha256: stored.sha256,
     })
 }
 
