@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use neurodiff_protocol::{
     Analyses, AnalysisKind, AuditResults, AuditSpec, CollectShard, DictionaryOptions,
-    DictionaryReport, ShardKey, ShardOutput,
+    DictionaryReport, Options, ShardKey, ShardOutput,
 };
 
 use crate::charts::{histogram, lines, scatter, Series};
@@ -33,6 +33,22 @@ impl Family {
             | AnalysisKind::Cmap
             | AnalysisKind::Stitching
             | AnalysisKind::Steering => None,
+        }
+    }
+
+    /// Its options, among every analysis's.
+    pub fn options(self, options: &Options) -> &DictionaryOptions {
+        match self {
+            Family::Crosscoder => &options.crosscoder,
+            Family::SaeDiff => &options.sae_diff,
+        }
+    }
+
+    /// Its training shard's output as the queue carries it.
+    pub fn output(self, report: DictionaryReport) -> ShardOutput {
+        match self {
+            Family::Crosscoder => ShardOutput::Crosscoder(report),
+            Family::SaeDiff => ShardOutput::SaeDiff(report),
         }
     }
 
@@ -77,10 +93,7 @@ pub static SAE_DIFF: Dictionaries = Dictionaries {
 impl Dictionaries {
     /// Its options in a spec.
     pub fn options<'a>(&self, spec: &'a AuditSpec) -> &'a DictionaryOptions {
-        match self.family {
-            Family::SaeDiff => &spec.options.sae_diff,
-            Family::Crosscoder => &spec.options.crosscoder,
-        }
+        self.family.options(&spec.options)
     }
 
     fn report<'a>(&self, results: &'a AuditResults) -> Option<&'a DictionaryReport> {

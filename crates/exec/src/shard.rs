@@ -4,6 +4,8 @@
 use neurodiff_protocol::{AnalysisKind, ShardKey, ShardOutput, ShardSpec};
 use tch::Device;
 
+use neurodiff_analyses::dictionary::Family;
+
 use crate::corpus::CorpusText;
 use crate::execute::{wrong_shape, Execute, Read, Run};
 use crate::progress::Progress;
@@ -77,9 +79,8 @@ pub fn run_shard(
         AnalysisKind::Traces => on_corpus.run::<traces::Traces>(progress)?,
         AnalysisKind::Cmap => on_corpus.run::<cmap::Cmap>(progress)?,
         AnalysisKind::Steering => on_corpus.run::<steering::Steering>(progress)?,
-        kind @ (AnalysisKind::Crosscoder | AnalysisKind::SaeDiff) => {
-            on_corpus.dictionary(kind, store, progress)?
-        }
+        AnalysisKind::Crosscoder => on_corpus.dictionary(Family::Crosscoder, store, progress)?,
+        AnalysisKind::SaeDiff => on_corpus.dictionary(Family::SaeDiff, store, progress)?,
     };
     tracing::info!(elapsed_s = output.elapsed_s(), "shard done");
     Ok(output)
@@ -112,16 +113,12 @@ impl Corpus<'_> {
     /// shard the leading samples.
     fn dictionary(
         &self,
-        kind: AnalysisKind,
+        family: Family,
         store: &dyn ShardStore,
         progress: Progress<'_>,
     ) -> Result<ShardOutput> {
         let spec = self.spec;
-        let options = if kind == AnalysisKind::Crosscoder {
-            &spec.options.crosscoder
-        } else {
-            &spec.options.sae_diff
-        };
+        let options = family.options(&spec.options);
         let read = match spec.shard {
             ShardKey::Samples { start, end, .. } => Read::Range(start, end),
             ShardKey::Block { .. } => Read::Leading(options.samples),
@@ -140,12 +137,11 @@ impl Corpus<'_> {
         Ok(if let ShardKey::Samples { .. } = spec.shard {
             ShardOutput::Collect(dictionary::collect(shard, progress)?)
         } else {
-            let report = dictionary::train(shard, dist::ground_truth(self.sources), progress)?;
-            if kind == AnalysisKind::Crosscoder {
-                ShardOutput::Crosscoder(report)
-            } else {
-                ShardOutput::SaeDiff(report)
-            }
+            family.output(dictionary::train(
+                shard,
+                dist::ground_truth(self.sources),
+                progress,
+            )?)
         })
     }
 }

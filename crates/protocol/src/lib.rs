@@ -54,7 +54,7 @@ pub use results::{
     WeightsReport, RESULTS_SCHEMA_VERSION,
 };
 pub use spec::{
-    normalize_layers, parse_layers, sample_shards, weight_shards, AnalysisKind, AuditSpec,
+    normalize_layers, parse_layers, sample_shards, weight_shards, AnalysisKind, AuditSpec, Options,
     ShardKey, ShardSpec, ShardUnit, Spectrum, Target, WeightOptions, MAX_CORPUS_SHARDS,
     MAX_DICTIONARY_TOKENS, MAX_DICTIONARY_TRAIN_TOKENS, MAX_LAYER_INDEX, MAX_SHARD_TOKENS,
     MAX_TOP_K,

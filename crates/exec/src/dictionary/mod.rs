@@ -44,6 +44,7 @@ const STORE_VERSION: u32 = 2;
 #[derive(Debug)]
 pub struct Setup<'a> {
     pub kind: AnalysisKind,
+    pub family: Family,
     pub diff: bool,
     pub opts: &'a DictionaryOptions,
     pub layer: usize,
@@ -59,12 +60,10 @@ impl<'a> Setup<'a> {
         let n_layers = pair.info().n_layers;
         let skip_first = crate::forward::skip_first(spec, pair);
         let kind = spec.shard.analysis();
-        let diff = kind == AnalysisKind::SaeDiff;
-        let opts = if diff {
-            &spec.options.sae_diff
-        } else {
-            &spec.options.crosscoder
-        };
+        let family =
+            Family::of(kind).ok_or_else(|| ExecError::Io(format!("{kind} is not a dictionary")))?;
+        let diff = family == Family::SaeDiff;
+        let opts = family.options(&spec.options);
         let layer = block_of(opts, n_layers).map_err(|e| ExecError::Io(e.to_string()))?;
         let slices = slices(kind, opts, corpus.samples.len(), spec.corpus.shard_samples)
             .into_iter()
@@ -90,6 +89,7 @@ impl<'a> Setup<'a> {
         let store_id = sha256_hex(identity.to_string().as_bytes())[..24].to_string();
         Ok(Setup {
             kind,
+            family,
             diff,
             opts,
             layer,
@@ -298,9 +298,7 @@ pub fn train(
         d_model: Some(info.d_model as usize),
     };
     let audit_spec = spec_of(spec);
-    let family = Family::of(setup.kind)
-        .ok_or_else(|| ExecError::Io(format!("{} is not a dictionary", setup.kind)))?;
-    neurodiff_analyses::dictionary::check_sizes(family, opts, &audit_spec, &facts)
+    neurodiff_analyses::dictionary::check_sizes(setup.family, opts, &audit_spec, &facts)
         .map_err(|e| ExecError::Io(e.to_string()))?;
     let Gathered {
         counts,
