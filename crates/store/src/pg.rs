@@ -311,12 +311,16 @@ impl Db {
         if planned.is_none() {
             return Ok(());
         }
-        for key in keys {
+        // Shards are enqueued in plan order (a dictionary's training shard after its collect
+        // shards), which the keys' text order is not.
+        for (order, key) in (0i32..).zip(keys) {
             sqlx::query(
-                "INSERT INTO shards (audit_id, shard_key) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                "INSERT INTO shards (audit_id, shard_key, plan_order) VALUES ($1, $2, $3) \
+                 ON CONFLICT DO NOTHING",
             )
             .bind(audit)
             .bind(key.to_string())
+            .bind(order)
             .execute(&mut *tx)
             .await?;
         }

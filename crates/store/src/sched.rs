@@ -84,9 +84,10 @@ impl Db {
         .await?)
     }
 
-    /// Shards of running audits that are not on the queue, and those that cannot be read (a
-    /// key or spec this build does not know, such as one planned by a newer worker): the
-    /// caller fails their audits instead of letting one row stop every audit's enqueueing.
+    /// Shards of running audits that are not on the queue, in plan order, and those that
+    /// cannot be read (a key or spec this build does not know, such as one planned by a newer
+    /// worker): the caller fails their audits instead of letting one row stop every audit's
+    /// enqueueing.
     pub async fn shards_to_enqueue(
         &self,
         limit: i64,
@@ -94,7 +95,7 @@ impl Db {
         let rows = sqlx::query(
             "SELECT s.audit_id, s.shard_key, a.spec FROM shards s JOIN audits a ON a.id = s.audit_id \
              WHERE s.enqueued_at IS NULL AND s.status = 'queued' AND a.status = 'running' \
-             ORDER BY a.created_at, s.shard_key LIMIT $1",
+             ORDER BY a.created_at, s.plan_order, s.shard_key LIMIT $1",
         )
         .bind(limit)
         .fetch_all(&self.pool)

@@ -261,6 +261,41 @@ async fn a_stale_attempt_cannot_fail_the_audit_and_totals_count_rows(pool: PgPoo
     );
 }
 
+/// A dictionary's training shard is planned after its collect shards and must be enqueued
+/// after them too, though its key's text sorts first ("block" < "samples"): enqueued first, it
+/// would collect every chunk itself while the collect shards wait.
+#[sqlx::test(migrator = "neurodiff_store::MIGRATOR")]
+async fn shards_are_enqueued_in_plan_order(pool: PgPool) {
+    let db = Db { pool };
+    let team = db.ensure_team("t").await.unwrap();
+    let (audit, _) = admit(&db, &team, &spec("org/base"), None).await;
+    let samples = |start, end| ShardKey::Samples {
+        analysis: AnalysisKind::Crosscoder,
+        start,
+        end,
+    };
+    let keys = [
+        samples(0, 128),
+        samples(128, 256),
+        ShardKey::Block {
+            analysis: AnalysisKind::Crosscoder,
+            layer: 4,
+        },
+    ];
+    let mut by_text: Vec<String> = keys.iter().map(ToString::to_string).collect();
+    by_text.sort();
+    assert_eq!(
+        by_text[0],
+        keys[2].to_string(),
+        "the keys' text order differs"
+    );
+    db.plan_shards(audit.id, &keys, None).await.unwrap();
+    let (pending, unreadable) = db.shards_to_enqueue(100).await.unwrap();
+    assert!(unreadable.is_empty());
+    let order: Vec<ShardKey> = pending.iter().map(|p| p.shard_key).collect();
+    assert_eq!(order, keys);
+}
+
 #[sqlx::test(migrator = "neurodiff_store::MIGRATOR")]
 async fn stale_attempts_are_fenced_and_retries_never_duplicate(pool: PgPool) {
     let db = Db { pool };
