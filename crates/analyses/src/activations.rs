@@ -12,6 +12,7 @@ use neurodiff_protocol::{
 };
 
 use crate::charts::{lines, Series};
+use crate::findings::Finding;
 use crate::{
     check_cover, corpus_shards, escape, Analysis, AnalysisError, Figure, PlanFacts, Sections,
 };
@@ -104,6 +105,10 @@ impl Analysis for Activations {
                 )?,
             },
         ])
+    }
+
+    fn finding(&self, results: &AuditResults) -> Option<Finding> {
+        results.analyses.activations.as_ref().map(finding)
     }
 
     fn html(&self, results: &AuditResults) -> String {
@@ -413,4 +418,31 @@ pub fn diff_sums(layer: usize, hook: HookKind, positions: usize) -> DiffSums {
             rel_diff: vec![0.0; positions],
         },
     }
+}
+
+/// The largest relative difference of the residual stream, and the first state that differs.
+fn finding(act: &ActivationsReport) -> Finding {
+    let top = act
+        .layers
+        .iter()
+        .filter(|l| l.hook == HookKind::ResidPost)
+        .max_by(|x, y| x.mean_rel_diff.total_cmp(&y.mean_rel_diff));
+    let first = act
+        .layers
+        .iter()
+        .find(|l| l.mean_diff_norm > 0.0)
+        .map(|l| format!("the first state that differs: block {} {}", l.layer, l.hook));
+    let mut f = Finding::new(
+        AnalysisKind::Activations,
+        format!(
+            "{} tokens; largest relative difference {}",
+            act.n_tokens,
+            top.map_or("-".into(), |l| format!(
+                "{:.3e} at block {}",
+                l.mean_rel_diff, l.layer
+            ))
+        ),
+    );
+    f.sure = first.or_else(|| Some("no state differs: the two models agree".into()));
+    f
 }

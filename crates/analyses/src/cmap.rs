@@ -6,10 +6,12 @@ use std::fmt::Write as _;
 
 use neurodiff_protocol::{
     Analyses, AnalysisKind, AuditResults, AuditSpec, CmapCell, CmapReport, CmapShard, Component,
-    PatchDirection, ShardKey, ShardOutput, SpecError,
+    Grades, PatchDirection, ShardKey, ShardOutput,
 };
 
 use crate::charts::grid;
+use crate::findings::Finding;
+use crate::grade::Truth;
 use crate::{Analysis, AnalysisError, Figure, PlanFacts, Sections};
 
 #[derive(Debug)]
@@ -19,24 +21,6 @@ fn merge_err(message: String) -> AnalysisError {
     AnalysisError::Merge {
         analysis: AnalysisKind::Cmap,
         message,
-    }
-}
-
-/// The blocks an analysis that runs block by block covers: `layers`, or all of them.
-pub(crate) fn blocks(
-    field: &str,
-    layers: Option<&[usize]>,
-    n_layers: usize,
-) -> Result<Vec<usize>, AnalysisError> {
-    match layers {
-        None => Ok((0..n_layers).collect()),
-        Some(l) => match l.iter().find(|&&b| b >= n_layers) {
-            Some(b) => Err(AnalysisError::Spec(SpecError::Field(
-                field.into(),
-                format!("block {b} does not exist; the model has {n_layers}"),
-            ))),
-            None => Ok(l.to_vec()),
-        },
     }
 }
 
@@ -56,13 +40,15 @@ impl Analysis for Cmap {
 
     fn plan(&self, spec: &AuditSpec, facts: &PlanFacts) -> Result<Vec<ShardKey>, AnalysisError> {
         crate::require_corpus(self.kind(), facts)?;
-        Ok(blocks("layers", spec.layers.as_deref(), facts.n_layers)?
-            .into_iter()
-            .map(|layer| ShardKey::Block {
-                analysis: AnalysisKind::Cmap,
-                layer,
-            })
-            .collect())
+        Ok(
+            crate::blocks("layers", spec.layers.as_deref(), facts.n_layers)?
+                .into_iter()
+                .map(|layer| ShardKey::Block {
+                    analysis: AnalysisKind::Cmap,
+                    layer,
+                })
+                .collect(),
+        )
     }
 
     fn merge(
@@ -114,6 +100,50 @@ impl Analysis for Cmap {
                 (0.0, 1.0),
             )?,
         }])
+    }
+
+    fn grade(&self, analyses: &Analyses, truth: Truth<'_>, g: &mut Grades) {
+        let Some(c) = &analyses.cmap else { return };
+        // The blocks' own computations: a block's output (resid_post) carries every change
+        // before it, so patching it recovers everything at and after the last changed block.
+        let top = c
+            .cells
+            .iter()
+            .filter(|c| c.component != Component::ResidPost)
+            .max_by(|a, b| {
+                a.recovery
+                    .total_cmp(&b.recovery)
+                    .then(b.layer.cmp(&a.layer))
+            });
+        if let Some(top) = top {
+            g.cmap_in_trained_blocks = truth.trained().map(|t| t.contains(&top.layer));
+            g.cmap_top = Some(top.clone());
+        }
+    }
+
+    fn finding(&self, results: &AuditResults) -> Option<Finding> {
+        let c = results.analyses.cmap.as_ref()?;
+        let top = c
+            .cells
+            .iter()
+            .filter(|x| x.component != Component::ResidPost)
+            .max_by(|a, b| a.recovery.total_cmp(&b.recovery))?;
+        let mut f = Finding::new(
+            self.kind(),
+            format!(
+                "largest attention/MLP recovery {:.3} at block {} {} ({})",
+                top.recovery, top.layer, top.component, top.direction
+            ),
+        );
+        f.graded = results
+            .grades
+            .as_ref()
+            .and_then(|g| g.cmap_in_trained_blocks)
+            .map(|inside| {
+                let side = if inside { "inside" } else { "outside" };
+                format!("{side} the trained blocks")
+            });
+        Some(f)
     }
 
     fn html(&self, results: &AuditResults) -> String {

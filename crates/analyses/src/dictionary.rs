@@ -10,6 +10,7 @@ use neurodiff_protocol::{
 };
 
 use crate::charts::{histogram, lines, scatter, Series};
+use crate::findings::Finding;
 use crate::{escape, Analysis, AnalysisError, Figure, PlanFacts, Sections};
 
 /// Which dictionary: the crosscoder over both models' activations, or the SAE on their
@@ -23,17 +24,9 @@ pub enum Family {
 impl Family {
     /// The dictionary an analysis kind is, if it is one.
     pub fn of(kind: AnalysisKind) -> Option<Family> {
-        match kind {
-            AnalysisKind::Crosscoder => Some(Family::Crosscoder),
-            AnalysisKind::SaeDiff => Some(Family::SaeDiff),
-            AnalysisKind::Weights
-            | AnalysisKind::Activations
-            | AnalysisKind::LogitLens
-            | AnalysisKind::Traces
-            | AnalysisKind::Cmap
-            | AnalysisKind::Stitching
-            | AnalysisKind::Steering => None,
-        }
+        [Family::Crosscoder, Family::SaeDiff]
+            .into_iter()
+            .find(|f| f.kind() == kind)
     }
 
     /// Its options, among every analysis's.
@@ -207,7 +200,7 @@ pub fn check_sizes(
 /// The block a dictionary encodes: the option's, or the middle block.
 pub fn block_of(options: &DictionaryOptions, n_layers: usize) -> Result<usize, AnalysisError> {
     match options.layer {
-        Some(l) => crate::cmap::blocks("layer", Some(&[l]), n_layers).map(|b| b[0]),
+        Some(l) => crate::blocks("layer", Some(&[l]), n_layers).map(|b| b[0]),
         None => Ok(crate::traces::default_layer(n_layers)),
     }
 }
@@ -318,6 +311,10 @@ impl Analysis for Dictionaries {
             });
         }
         Ok(figures)
+    }
+
+    fn finding(&self, results: &AuditResults) -> Option<Finding> {
+        self.report(results).map(|d| finding(self.kind(), d))
     }
 
     fn html(&self, results: &AuditResults) -> String {
@@ -492,6 +489,43 @@ impl Sections for Dictionaries {
             }),
         }
     }
+}
+
+/// The dictionary's size and quality, its fine-tune-only latents, and how many of the
+/// lowest-Δ latents name the domain.
+fn finding(kind: AnalysisKind, d: &DictionaryReport) -> Finding {
+    let fve = [d.fve_base, d.fve_ft]
+        .iter()
+        .flatten()
+        .map(|v| format!("{v:.3}"))
+        .collect::<Vec<_>>()
+        .join("/");
+    let mut f = Finding::new(
+        kind,
+        format!(
+            "{} latents at block {}, FVE {fve}, L0 {:.1}, {} fine-tune-only ({} real by latent \
+             scaling){}",
+            d.dict_size,
+            d.layer,
+            d.l0,
+            d.classes.ft_only,
+            d.ft_only_low_nu,
+            d.min_delta
+                .map_or(String::new(), |m| format!(", smallest Δ {m:.2}"))
+        ),
+    );
+    f.graded = d.tail_domain_share.map(|s| {
+        format!(
+            "{:.0}% of the {} lowest-Δ latents name the domain{}",
+            100.0 * s,
+            d.tail.len(),
+            d.tail_control_share.map_or(String::new(), |c| format!(
+                " (shuffled words: {:.0}%)",
+                100.0 * c
+            ))
+        )
+    });
+    f
 }
 
 #[cfg(test)]

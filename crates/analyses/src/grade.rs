@@ -2,7 +2,7 @@
 //! words among the trace tokens, and whether CMAP and stitching put the change in the trained
 //! blocks. The embedded audit and the service grade in `assemble`; `neurodiff grade` re-grades
 //! a report on disk.
-use neurodiff_protocol::{Analyses, Grades, GroundTruth, StitchDirection, TokenProb, TraceGrade};
+use neurodiff_protocol::{Analyses, Grades, GroundTruth, TokenProb};
 
 /// Whether a token names the ground truth's domain: its id is a domain word's token, or its
 /// text (trimmed, lower-cased) is a domain word, or a piece of one of at least 4 characters
@@ -38,93 +38,37 @@ pub fn precision_at_20(gt: &GroundTruth, list: &[TokenProb]) -> (f64, Vec<String
 /// KL below which a stitched model counts as the fine-tune itself (rounding of f32 forwards).
 pub const ZERO_KL: f64 = 1e-9;
 
-/// The grades of `analyses` against `gt`.
+/// What an analysis is graded against: the organism's ground truth and the model's depth.
+#[derive(Debug, Clone, Copy)]
+pub struct Truth<'a> {
+    pub gt: &'a GroundTruth,
+    pub n_layers: Option<usize>,
+}
+
+impl Truth<'_> {
+    /// The trained blocks, when only they changed: only a fine-tune of chosen blocks leaves
+    /// everything else (embeddings, final norm, the other blocks) bit-identical, which is what
+    /// the block-placement checks rely on.
+    pub fn trained(&self) -> Option<&[usize]> {
+        self.gt
+            .trained_blocks
+            .as_deref()
+            .filter(|_| self.gt.kind == "blocks")
+    }
+}
+
+/// The grades of `analyses` against `gt`: each analysis grades its own section
+/// ([`crate::Analysis::grade`]).
 pub fn grade(analyses: &Analyses, gt: &GroundTruth, n_layers: Option<usize>) -> Grades {
     let mut g = Grades {
         organism: gt.organism.clone(),
         domain: gt.domain.clone(),
         trained_blocks: gt.trained_blocks.clone(),
-        traces: Vec::new(),
-        mean_logit_lens_p20: None,
-        mean_patchscope_p20: None,
-        cmap_top: None,
-        cmap_in_trained_blocks: None,
-        stitching_zero_kl: Vec::new(),
-        stitching_matches: None,
-        steering_domain_gain: None,
-        llm: None,
+        ..Grades::default()
     };
-    if let Some(t) = &analyses.traces {
-        for p in &t.positions {
-            let (lens, hits) = precision_at_20(gt, &p.logit_lens.top_tokens);
-            let (scope, _) = precision_at_20(gt, &p.patchscope.top_tokens);
-            g.traces.push(TraceGrade {
-                position: p.position,
-                logit_lens_p20: lens,
-                patchscope_p20: scope,
-                hits,
-            });
-        }
-        let n = g.traces.len().max(1) as f64;
-        g.mean_logit_lens_p20 = Some(g.traces.iter().map(|x| x.logit_lens_p20).sum::<f64>() / n);
-        g.mean_patchscope_p20 = Some(g.traces.iter().map(|x| x.patchscope_p20).sum::<f64>() / n);
-    }
-    // Only a fine-tune of chosen blocks leaves everything else (embeddings, final norm, the
-    // other blocks) bit-identical, which is what the block-placement checks rely on.
-    let trained = gt.trained_blocks.as_deref().filter(|_| gt.kind == "blocks");
-    if let Some(c) = &analyses.cmap {
-        // The blocks' own computations: a block's output (resid_post) carries every change
-        // before it, so patching it recovers everything at and after the last changed block.
-        let top = c
-            .cells
-            .iter()
-            .filter(|c| c.component != neurodiff_protocol::Component::ResidPost)
-            .max_by(|a, b| {
-                a.recovery
-                    .total_cmp(&b.recovery)
-                    .then(b.layer.cmp(&a.layer))
-            });
-        if let Some(top) = top {
-            g.cmap_in_trained_blocks = trained.map(|t| t.contains(&top.layer));
-            g.cmap_top = Some(top.clone());
-        }
-    }
-    if let Some(s) = &analyses.stitching {
-        let n = n_layers.unwrap_or_else(|| s.points.iter().map(|p| p.k).max().unwrap_or(0));
-        let mut matches = true;
-        for dir in StitchDirection::ALL {
-            let zero: Vec<usize> = s
-                .points
-                .iter()
-                .filter(|p| p.direction == dir && p.kl_to_ft <= ZERO_KL)
-                .map(|p| p.k)
-                .collect();
-            if let Some(t) = trained {
-                // Every trained block comes from the fine-tune: for base_then_ft (blocks k..n
-                // from the fine-tune) when k <= min(trained); for ft_then_base when k > max.
-                let expected: Vec<usize> = (0..=n)
-                    .filter(|&k| match dir {
-                        StitchDirection::BaseThenFt => t.iter().all(|&b| b >= k),
-                        StitchDirection::FtThenBase => t.iter().all(|&b| b < k),
-                    })
-                    .collect();
-                matches &= expected == zero;
-            }
-            g.stitching_zero_kl.push((dir, zero));
-        }
-        g.stitching_matches = trained.map(|_| matches);
-    }
-    if let Some(s) = &analyses.steering {
-        let gain = s.chosen.iter().find(|c| c.target == "base").and_then(|c| {
-            let at = |alpha: f64| {
-                s.curves
-                    .iter()
-                    .find(|p| p.target == "base" && p.layer == c.layer && p.alpha == alpha)
-                    .and_then(|p| p.domain_mass)
-            };
-            Some(at(c.alpha)? - at(0.0)?)
-        });
-        g.steering_domain_gain = gain;
+    let truth = Truth { gt, n_layers };
+    for a in crate::REGISTRY.iter() {
+        a.grade(analyses, truth, &mut g);
     }
     g
 }

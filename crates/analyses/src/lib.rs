@@ -16,8 +16,8 @@ pub mod traces;
 pub mod weights;
 
 use neurodiff_protocol::{
-    Analyses, AnalysisKind, AuditResults, AuditSpec, PlanRecord, ShardKey, ShardOutput, ShardSpec,
-    SpecError, RESULTS_SCHEMA_VERSION,
+    Analyses, AnalysisKind, AuditResults, AuditSpec, Grades, PlanRecord, ShardKey, ShardOutput,
+    ShardSpec, SpecError, RESULTS_SCHEMA_VERSION,
 };
 
 pub use charts::ChartError;
@@ -70,6 +70,14 @@ pub trait Analysis: Sync {
 
     /// Its plots, when its section is present.
     fn figures(&self, results: &AuditResults) -> Result<Vec<Figure>, AnalysisError>;
+
+    /// Its grades against an organism's ground truth, into `g` (none by default: not every
+    /// analysis has a planted answer to be graded against).
+    fn grade(&self, _analyses: &Analyses, _truth: grade::Truth<'_>, _g: &mut Grades) {}
+
+    /// What it found, in a line (the CLI's summary, report.html's verdict), when its section
+    /// is present.
+    fn finding(&self, results: &AuditResults) -> Option<findings::Finding>;
 
     /// Its section of report.html (empty when its section is absent).
     fn html(&self, results: &AuditResults) -> String;
@@ -259,6 +267,24 @@ pub(crate) fn require_corpus(
         analysis: kind,
         message: "planned without a corpus".into(),
     })
+}
+
+/// The blocks an analysis that runs block by block covers: `layers`, or all of them.
+pub(crate) fn blocks(
+    field: &str,
+    layers: Option<&[usize]>,
+    n_layers: usize,
+) -> Result<Vec<usize>, AnalysisError> {
+    match layers {
+        None => Ok((0..n_layers).collect()),
+        Some(l) => match l.iter().find(|&&b| b >= n_layers) {
+            Some(b) => Err(AnalysisError::Spec(SpecError::Field(
+                field.into(),
+                format!("block {b} does not exist; the model has {n_layers}"),
+            ))),
+            None => Ok(l.to_vec()),
+        },
+    }
 }
 
 /// Checks that sample shards cover `0..n` exactly once, sorted by start.

@@ -10,6 +10,7 @@ use neurodiff_protocol::{
 };
 
 use crate::charts::{lines, Series};
+use crate::findings::Finding;
 use crate::{
     check_cover, corpus_shards, escape, Analysis, AnalysisError, Figure, PlanFacts, Sections,
 };
@@ -71,6 +72,14 @@ impl Analysis for LogitLens {
                 true,
             )?,
         }])
+    }
+
+    fn finding(&self, results: &AuditResults) -> Option<Finding> {
+        let l = results.analyses.logit_lens.as_ref()?;
+        Some(Finding::new(
+            self.kind(),
+            format!("output KL {:.3e} nats per token", l.output.kl_mean),
+        ))
     }
 
     fn html(&self, results: &AuditResults) -> String {

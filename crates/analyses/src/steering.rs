@@ -6,11 +6,13 @@
 use std::fmt::Write as _;
 
 use neurodiff_protocol::{
-    Analyses, AnalysisKind, AuditResults, AuditSpec, ShardKey, ShardOutput, SteeringBlock,
+    Analyses, AnalysisKind, AuditResults, AuditSpec, Grades, ShardKey, ShardOutput, SteeringBlock,
     SteeringChoice, SteeringPoint, SteeringReport, SteeringShard, SteeringVector,
 };
 
 use crate::charts::{lines, Series};
+use crate::findings::Finding;
+use crate::grade::Truth;
 use crate::{escape, Analysis, AnalysisError, Figure, PlanFacts, Sections};
 
 #[derive(Debug)]
@@ -26,7 +28,7 @@ fn merge_err(message: String) -> AnalysisError {
 /// The blocks steered: the option's, or the middle block.
 pub fn steered_blocks(spec: &AuditSpec, n_layers: usize) -> Result<Vec<usize>, AnalysisError> {
     match &spec.options.steering.layers {
-        Some(l) => crate::cmap::blocks("steering.layers", Some(l), n_layers),
+        Some(l) => crate::blocks("steering.layers", Some(l), n_layers),
         None => Ok(vec![crate::traces::default_layer(n_layers)]),
     }
 }
@@ -135,6 +137,38 @@ impl Analysis for Steering {
             });
         }
         Ok(figures)
+    }
+
+    fn grade(&self, analyses: &Analyses, _truth: Truth<'_>, g: &mut Grades) {
+        let Some(s) = &analyses.steering else { return };
+        g.steering_domain_gain = s.chosen.iter().find(|c| c.target == "base").and_then(|c| {
+            let at = |alpha: f64| {
+                s.curves
+                    .iter()
+                    .find(|p| p.target == "base" && p.layer == c.layer && p.alpha == alpha)
+                    .and_then(|p| p.domain_mass)
+            };
+            Some(at(c.alpha)? - at(0.0)?)
+        });
+    }
+
+    fn finding(&self, results: &AuditResults) -> Option<Finding> {
+        let s = results.analyses.steering.as_ref()?;
+        let chosen = s
+            .chosen
+            .iter()
+            .map(|c| format!("{} at block {}: {}", c.target, c.layer, c.alpha))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut f = Finding::new(self.kind(), format!("chosen α {chosen}"));
+        f.graded = results
+            .grades
+            .as_ref()
+            .and_then(|g| g.steering_domain_gain)
+            .map(|gain| {
+                format!("the steered base's domain-token mass {gain:+.3} against unsteered")
+            });
+        Some(f)
     }
 
     fn html(&self, results: &AuditResults) -> String {

@@ -6,11 +6,13 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use neurodiff_protocol::{
-    Analyses, AnalysisKind, AuditResults, AuditSpec, ShardKey, ShardOutput, StitchDirection,
-    StitchPoint, StitchShard, StitchingReport,
+    Analyses, AnalysisKind, AuditResults, AuditSpec, Grades, ShardKey, ShardOutput,
+    StitchDirection, StitchPoint, StitchShard, StitchingReport,
 };
 
 use crate::charts::{lines, Series};
+use crate::findings::Finding;
+use crate::grade::{Truth, ZERO_KL};
 use crate::{check_cover, corpus_shards, Analysis, AnalysisError, Figure, PlanFacts, Sections};
 
 #[derive(Debug)]
@@ -92,6 +94,60 @@ impl Analysis for Stitching {
                 )?,
             },
         ])
+    }
+
+    fn grade(&self, analyses: &Analyses, truth: Truth<'_>, g: &mut Grades) {
+        let Some(s) = &analyses.stitching else { return };
+        let n = truth
+            .n_layers
+            .unwrap_or_else(|| s.points.iter().map(|p| p.k).max().unwrap_or(0));
+        let trained = truth.trained();
+        let mut matches = true;
+        for dir in StitchDirection::ALL {
+            let zero: Vec<usize> = s
+                .points
+                .iter()
+                .filter(|p| p.direction == dir && p.kl_to_ft <= ZERO_KL)
+                .map(|p| p.k)
+                .collect();
+            if let Some(t) = trained {
+                // Every trained block comes from the fine-tune: for base_then_ft (blocks k..n
+                // from the fine-tune) when k <= min(trained); for ft_then_base when k > max.
+                let expected: Vec<usize> = (0..=n)
+                    .filter(|&k| match dir {
+                        StitchDirection::BaseThenFt => t.iter().all(|&b| b >= k),
+                        StitchDirection::FtThenBase => t.iter().all(|&b| b < k),
+                    })
+                    .collect();
+                matches &= expected == zero;
+            }
+            g.stitching_zero_kl.push((dir, zero));
+        }
+        g.stitching_matches = trained.map(|_| matches);
+    }
+
+    fn finding(&self, results: &AuditResults) -> Option<Finding> {
+        let s = results.analyses.stitching.as_ref()?;
+        let mut f = Finding::new(
+            self.kind(),
+            format!(
+                "{} splits; loss base {:.3} / fine-tune {:.3}",
+                s.points.len(),
+                s.loss_base,
+                s.loss_ft
+            ),
+        );
+        f.graded = results
+            .grades
+            .as_ref()
+            .and_then(|g| g.stitching_matches)
+            .map(|m| {
+                format!(
+                    "the splits of zero KL to the fine-tune {} the trained blocks",
+                    if m { "match" } else { "do not match" }
+                )
+            });
+        Some(f)
     }
 
     fn html(&self, results: &AuditResults) -> String {

@@ -6,11 +6,13 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
 use neurodiff_protocol::{
-    Analyses, AnalysisKind, AuditResults, AuditSpec, ShardKey, ShardOutput, TracePosition,
-    TraceShard, TracesReport,
+    Analyses, AnalysisKind, AuditResults, AuditSpec, Grades, ShardKey, ShardOutput, TraceGrade,
+    TracePosition, TraceShard, TracesReport,
 };
 
 use crate::charts::{grid, lines, Series};
+use crate::findings::Finding;
+use crate::grade::{precision_at_20, Truth};
 use crate::{escape, Analysis, AnalysisError, Figure, PlanFacts, Sections};
 
 #[derive(Debug)]
@@ -157,6 +159,28 @@ impl Analysis for Traces {
             )?,
         });
         Ok(figures)
+    }
+
+    fn grade(&self, analyses: &Analyses, truth: Truth<'_>, g: &mut Grades) {
+        let Some(t) = &analyses.traces else { return };
+        for p in &t.positions {
+            let (lens, hits) = precision_at_20(truth.gt, &p.logit_lens.top_tokens);
+            let (scope, _) = precision_at_20(truth.gt, &p.patchscope.top_tokens);
+            g.traces.push(TraceGrade {
+                position: p.position,
+                logit_lens_p20: lens,
+                patchscope_p20: scope,
+                hits,
+            });
+        }
+        let n = g.traces.len().max(1) as f64;
+        g.mean_logit_lens_p20 = Some(g.traces.iter().map(|x| x.logit_lens_p20).sum::<f64>() / n);
+        g.mean_patchscope_p20 = Some(g.traces.iter().map(|x| x.patchscope_p20).sum::<f64>() / n);
+    }
+
+    fn finding(&self, results: &AuditResults) -> Option<Finding> {
+        let t = results.analyses.traces.as_ref()?;
+        Some(finding(t, results.grades.as_ref()))
     }
 
     fn html(&self, results: &AuditResults) -> String {
@@ -336,4 +360,133 @@ fn token_text(t: &TracesReport, id: usize) -> Option<String> {
         })
         .find(|x| x.id == id)
         .map(|x| x.token.clone())
+}
+
+/// The position a summary reads: past the BOS, the best graded one with a ground truth, else the
+/// one whose even and odd halves agree most (the larger ‖δ_j‖ on ties).
+pub fn informative_position<'a>(
+    t: &'a TracesReport,
+    p20: &[(usize, f64)],
+) -> Option<&'a TracePosition> {
+    let past_bos = t.positions.iter().filter(|p| p.position >= t.skip_first);
+    let score = |p: &TracePosition| {
+        let graded = p20
+            .iter()
+            .find(|(q, _)| *q == p.position)
+            .map_or(0.0, |(_, v)| *v);
+        (graded, p.half_overlap, p.delta_norm)
+    };
+    past_bos
+        .max_by(|a, b| {
+            let (x, y) = (score(a), score(b));
+            x.0.total_cmp(&y.0)
+                .then(x.1.total_cmp(&y.1))
+                .then(x.2.total_cmp(&y.2))
+                .then(b.position.cmp(&a.position))
+        })
+        .or(t.positions.first())
+}
+
+fn finding(t: &TracesReport, g: Option<&Grades>) -> Finding {
+    let p20: Vec<(usize, f64)> = g
+        .map(|g| {
+            g.traces
+                .iter()
+                .map(|x| (x.position, x.logit_lens_p20))
+                .collect()
+        })
+        .unwrap_or_default();
+    let Some(p) = informative_position(t, &p20) else {
+        return Finding::new(
+            AnalysisKind::Traces,
+            format!("block {}: no position", t.layer),
+        );
+    };
+    let words = p
+        .logit_lens
+        .top_tokens
+        .iter()
+        .take(5)
+        .map(|x| format!("{:?}", x.token))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut f = Finding::new(
+        AnalysisKind::Traces,
+        format!("at block {}: δ_{} reads {words}", t.layer, p.position),
+    );
+    f.sure = Some(format!(
+        "its top 20 agree {:.0}% between the even and odd samples; Patchscope at s = {} reads {}",
+        100.0 * p.half_overlap,
+        p.patchscope.scale,
+        p.patchscope
+            .top_tokens
+            .iter()
+            .take(5)
+            .map(|x| format!("{:?}", x.token))
+            .collect::<Vec<_>>()
+            .join(" ")
+    ));
+    f.graded = g.and_then(|g| {
+        Some(format!(
+            "precision at 20 of the domain words: logit lens {:.2}, Patchscope {:.2} (mean over \
+             positions)",
+            g.mean_logit_lens_p20?,
+            g.mean_patchscope_p20.unwrap_or(0.0)
+        ))
+    });
+    f
+}
+
+#[cfg(test)]
+mod tests {
+    use neurodiff_protocol::{Patchscope, TokenList, TracePosition, TracesReport};
+
+    use super::informative_position;
+
+    fn position(position: usize, half_overlap: f64, delta_norm: f64) -> TracePosition {
+        TracePosition {
+            position,
+            n_samples: 10,
+            delta_norm,
+            logit_lens: TokenList { top_tokens: vec![] },
+            negative: TokenList { top_tokens: vec![] },
+            patchscope: Patchscope {
+                scale: 1.0,
+                top_tokens: vec![],
+                scales: vec![],
+            },
+            half_top_ids: [vec![], vec![]],
+            half_overlap,
+            steered: vec![],
+        }
+    }
+
+    fn report(skip_first: usize) -> TracesReport {
+        TracesReport {
+            layer: 2,
+            nbar_ft: 1.0,
+            skip_first,
+            // The BOS's δ is the same in every sample: its halves agree fully.
+            positions: vec![
+                position(0, 1.0, 9.0),
+                position(1, 0.8, 1.0),
+                position(2, 0.8, 2.0),
+                position(3, 0.4, 5.0),
+            ],
+            position_overlap: vec![],
+            ground_truth: None,
+        }
+    }
+
+    #[test]
+    fn the_summary_reads_past_the_bos_where_the_halves_agree_or_the_grade_is_best() {
+        let t = report(1);
+        // Past the BOS: the halves agree most at 1 and 2; the larger δ breaks the tie.
+        assert_eq!(informative_position(&t, &[]).unwrap().position, 2);
+        // With a ground truth the best graded position wins.
+        let p20 = [(1, 0.9), (2, 0.5), (3, 0.95)];
+        assert_eq!(informative_position(&t, &p20).unwrap().position, 3);
+        // Without a BOS, position 0 is a position like any other.
+        assert_eq!(informative_position(&report(0), &[]).unwrap().position, 0);
+    }
 }

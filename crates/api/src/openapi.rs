@@ -15,7 +15,7 @@ use crate::routes::{alerts, audits, blocks, health, latents, results, scans};
         health::healthz, health::readyz, health::vocabulary,
     ),
     components(schemas(
-        audits::AuditRequest, audits::AuditView, audits::Progress, audits::AuditPage,
+        audits::AuditRequest, neurodiff_protocol::RequestOptions, audits::AuditView, audits::Progress, audits::AuditPage,
         results::ArtifactView, results::ArtifactList, results::ResultHitView, results::ResultPage,
         blocks::BlockHitView, blocks::BlockPage, latents::LatentHitView, latents::LatentPage,
         scans::ScanView, scans::RunView, scans::ScanList, neurodiff_protocol::scan::ScanRequest,

@@ -275,4 +275,8 @@ impl Execute for Activations {
     fn output(shard: ActivationsShard) -> ShardOutput {
         ShardOutput::Activations(shard)
     }
+
+    fn steps(spec: &ShardSpec, _n_samples: usize) -> usize {
+        crate::execute::slice_batches(spec).unwrap_or(0)
+    }
 }

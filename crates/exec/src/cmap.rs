@@ -123,4 +123,8 @@ impl Execute for Cmap {
     fn output(shard: CmapShard) -> ShardOutput {
         ShardOutput::Cmap(shard)
     }
+
+    fn steps(spec: &ShardSpec, n_samples: usize) -> usize {
+        crate::execute::batches(spec, spec.options.cmap.samples.min(n_samples))
+    }
 }

@@ -26,6 +26,31 @@ pub trait Execute {
 
     /// The shard's output as the queue and the fan-in carry it.
     fn output(shard: Self::Shard) -> ShardOutput;
+
+    /// The progress steps of one of its shards over a corpus of `n_samples` (the CLI's bar).
+    fn steps(spec: &ShardSpec, n_samples: usize) -> usize;
+}
+
+/// Forward batches over `n` samples.
+pub(crate) fn batches(spec: &ShardSpec, n: usize) -> usize {
+    n.div_ceil(spec.corpus.batch_size.max(1))
+}
+
+/// Forward batches over a sample shard's slice (none for another shard).
+pub(crate) fn slice_batches(spec: &ShardSpec) -> Option<usize> {
+    match spec.shard {
+        ShardKey::Samples { start, end, .. } => Some(batches(spec, end.saturating_sub(start))),
+        _ => None,
+    }
+}
+
+/// Prompts generated from (none when no token is generated).
+pub(crate) fn prompts(g: &neurodiff_protocol::GenerationOptions) -> usize {
+    if g.max_new_tokens == 0 {
+        0
+    } else {
+        g.prompts.len()
+    }
 }
 
 /// What a corpus analysis's shard runs on: the pair and its tokenized samples, the shard's

@@ -27,3 +27,26 @@ pub use plan::{check_limits, hash_sides, plan_audit, Named};
 pub use record::Content;
 pub use shard::{planned_steps, run_shard};
 pub use sources::{OpenTarget, Sources};
+
+use neurodiff_analyses::dictionary::Family;
+use neurodiff_protocol::AnalysisKind;
+use shard::{Exec, Executor};
+
+/// How each analysis's shards run: the one match over the analyses on this side, so a new
+/// analysis does not compile until it is registered here.
+fn executor(kind: AnalysisKind) -> Executor {
+    use std::marker::PhantomData;
+    match kind {
+        AnalysisKind::Weights => Executor::Weights,
+        AnalysisKind::Activations => {
+            Executor::Corpus(&Exec::<activations::Activations>(PhantomData))
+        }
+        AnalysisKind::LogitLens => Executor::Corpus(&Exec::<logit_lens::LogitLens>(PhantomData)),
+        AnalysisKind::Traces => Executor::Corpus(&Exec::<traces::Traces>(PhantomData)),
+        AnalysisKind::Cmap => Executor::Corpus(&Exec::<cmap::Cmap>(PhantomData)),
+        AnalysisKind::Stitching => Executor::Corpus(&Exec::<stitching::Stitching>(PhantomData)),
+        AnalysisKind::Steering => Executor::Corpus(&Exec::<steering::Steering>(PhantomData)),
+        AnalysisKind::Crosscoder => Executor::Dictionary(Family::Crosscoder),
+        AnalysisKind::SaeDiff => Executor::Dictionary(Family::SaeDiff),
+    }
+}

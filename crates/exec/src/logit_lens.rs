@@ -217,4 +217,8 @@ impl Execute for LogitLens {
     fn output(shard: LensShard) -> ShardOutput {
         ShardOutput::LogitLens(shard)
     }
+
+    fn steps(spec: &ShardSpec, _n_samples: usize) -> usize {
+        crate::execute::slice_batches(spec).unwrap_or(0)
+    }
 }

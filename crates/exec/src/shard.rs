@@ -1,18 +1,16 @@
 //! Running one shard: the half of each analysis that needs libtorch, one module per analysis
 //! (the other half, plans, merges and plots, is `neurodiff_analyses`). The embedded audit and
 //! the service's workers call [`run_shard`] alike.
-use neurodiff_protocol::{AnalysisKind, ShardKey, ShardOutput, ShardSpec};
+use neurodiff_protocol::{ShardKey, ShardOutput, ShardSpec};
 use tch::Device;
 
 use neurodiff_analyses::dictionary::Family;
 
 use crate::corpus::CorpusText;
-use crate::execute::{wrong_shape, Execute, Read, Run};
+use crate::execute::{batches, slice_batches, wrong_shape, Execute, Read, Run};
 use crate::progress::Progress;
 use crate::store::ShardStore;
-use crate::{
-    activations, cmap, dictionary, dist, forward, logit_lens, steering, stitching, traces,
-};
+use crate::{dictionary, dist, forward};
 use crate::{ExecError, Result, Sources};
 
 /// The token ids of `samples`, and for a chat corpus which tokens the corpus's token filter
@@ -53,8 +51,7 @@ fn encode_samples(
     Ok((tokens, Some(keep)))
 }
 
-/// Runs one shard of any analysis. The match names every analysis: a new one does not compile
-/// until it says how its shard runs.
+/// Runs one shard of any analysis ([`crate::executor`] says how each runs).
 pub fn run_shard(
     sources: &Sources,
     spec: &ShardSpec,
@@ -71,23 +68,46 @@ pub fn run_shard(
         corpus,
         device,
     };
-    let output = match spec.shard.analysis() {
-        AnalysisKind::Weights => ShardOutput::Weights(sources.execute(spec, device, progress)?),
-        AnalysisKind::Activations => on_corpus.run::<activations::Activations>(progress)?,
-        AnalysisKind::LogitLens => on_corpus.run::<logit_lens::LogitLens>(progress)?,
-        AnalysisKind::Stitching => on_corpus.run::<stitching::Stitching>(progress)?,
-        AnalysisKind::Traces => on_corpus.run::<traces::Traces>(progress)?,
-        AnalysisKind::Cmap => on_corpus.run::<cmap::Cmap>(progress)?,
-        AnalysisKind::Steering => on_corpus.run::<steering::Steering>(progress)?,
-        AnalysisKind::Crosscoder => on_corpus.dictionary(Family::Crosscoder, store, progress)?,
-        AnalysisKind::SaeDiff => on_corpus.dictionary(Family::SaeDiff, store, progress)?,
+    let output = match crate::executor(spec.shard.analysis()) {
+        Executor::Weights => ShardOutput::Weights(sources.execute(spec, device, progress)?),
+        Executor::Corpus(e) => e.run(&on_corpus, progress)?,
+        Executor::Dictionary(family) => on_corpus.dictionary(family, store, progress)?,
     };
     tracing::info!(elapsed_s = output.elapsed_s(), "shard done");
     Ok(output)
 }
 
+/// How one analysis's shards run.
+pub(crate) enum Executor {
+    /// The weight audit: tensor by tensor, no corpus.
+    Weights,
+    /// A corpus analysis, behind [`Execute`].
+    Corpus(&'static dyn Runs),
+    /// A dictionary's collect and training shards.
+    Dictionary(Family),
+}
+
+/// [`Execute`] for one analysis, as an object the registry can hand out.
+pub(crate) trait Runs {
+    fn run(&self, on: &Corpus<'_>, progress: Progress<'_>) -> Result<ShardOutput>;
+    fn steps(&self, spec: &ShardSpec, n_samples: usize) -> usize;
+}
+
+/// The [`Runs`] of analysis `E`.
+pub(crate) struct Exec<E>(pub(crate) std::marker::PhantomData<E>);
+
+impl<E: Execute> Runs for Exec<E> {
+    fn run(&self, on: &Corpus<'_>, progress: Progress<'_>) -> Result<ShardOutput> {
+        on.run::<E>(progress)
+    }
+
+    fn steps(&self, spec: &ShardSpec, n_samples: usize) -> usize {
+        E::steps(spec, n_samples)
+    }
+}
+
 /// A shard that reads the corpus: what it needs to open its pair and samples.
-struct Corpus<'a> {
+pub(crate) struct Corpus<'a> {
     sources: &'a Sources,
     spec: &'a ShardSpec,
     corpus: Option<&'a CorpusText>,
@@ -220,43 +240,15 @@ impl<'a> CorpusShard<'a> {
     }
 }
 
-/// About how many progress steps (batches, generations) a shard of an analysis that runs the
-/// models reports, for progress totals; `n_samples`: the corpus samples the audit uses.
+/// The progress steps of one shard over a corpus of `n_samples` (the CLI's progress bar).
 pub fn planned_steps(spec: &ShardSpec, n_samples: usize) -> usize {
-    let batches = |n: usize| n.div_ceil(spec.corpus.batch_size.max(1));
-    let prompts = |g: &neurodiff_protocol::GenerationOptions| {
-        if g.max_new_tokens == 0 {
-            0
-        } else {
-            g.prompts.len()
-        }
-    };
-    let slice = match spec.shard {
-        ShardKey::Samples { start, end, .. } => Some(batches(end.saturating_sub(start))),
-        _ => None,
-    };
-    match spec.shard.analysis() {
-        AnalysisKind::Weights => 0,
-        AnalysisKind::Activations | AnalysisKind::LogitLens | AnalysisKind::Stitching => {
-            slice.unwrap_or(0)
-        }
-        AnalysisKind::Cmap => batches(spec.options.cmap.samples.min(n_samples)),
-        AnalysisKind::Steering => {
-            2 * batches(spec.options.steering.samples.min(n_samples))
-                + 4 * prompts(&spec.options.steering.generation)
-        }
-        AnalysisKind::Traces => {
-            let n = spec.options.traces.samples.min(n_samples);
-            batches(n.min(256)) + n.div_ceil(256) + 4 + 2 * prompts(&spec.options.traces.generation)
-        }
-        kind @ (AnalysisKind::Crosscoder | AnalysisKind::SaeDiff) => slice.unwrap_or_else(|| {
-            let o = if kind == AnalysisKind::SaeDiff {
-                &spec.options.sae_diff
-            } else {
-                &spec.options.crosscoder
-            };
+    match crate::executor(spec.shard.analysis()) {
+        Executor::Weights => 0,
+        Executor::Corpus(e) => e.steps(spec, n_samples),
+        Executor::Dictionary(family) => slice_batches(spec).unwrap_or_else(|| {
+            let o = family.options(&spec.options);
             // Collection batches, training steps, evaluation chunks and reported latents.
-            batches(o.samples.min(n_samples)) + o.steps + 1 + o.sample_latents
+            batches(spec, o.samples.min(n_samples)) + o.steps + 1 + o.sample_latents
         }),
     }
 }

@@ -324,4 +324,10 @@ impl Execute for Steering {
     fn output(shard: SteeringShard) -> ShardOutput {
         ShardOutput::Steering(shard)
     }
+
+    fn steps(spec: &ShardSpec, n_samples: usize) -> usize {
+        let o = &spec.options.steering;
+        2 * crate::execute::batches(spec, o.samples.min(n_samples))
+            + 4 * crate::execute::prompts(&o.generation)
+    }
 }

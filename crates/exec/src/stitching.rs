@@ -131,4 +131,8 @@ impl Execute for Stitching {
     fn output(shard: StitchShard) -> ShardOutput {
         ShardOutput::Stitching(shard)
     }
+
+    fn steps(spec: &ShardSpec, _n_samples: usize) -> usize {
+        crate::execute::slice_batches(spec).unwrap_or(0)
+    }
 }

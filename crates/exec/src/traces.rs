@@ -365,4 +365,13 @@ impl Execute for Traces {
     fn output(shard: TraceShard) -> ShardOutput {
         ShardOutput::Traces(shard)
     }
+
+    fn steps(spec: &ShardSpec, n_samples: usize) -> usize {
+        let o = &spec.options.traces;
+        let n = o.samples.min(n_samples);
+        crate::execute::batches(spec, n.min(256))
+            + n.div_ceil(256)
+            + 4
+            + 2 * crate::execute::prompts(&o.generation)
+    }
 }

@@ -28,7 +28,7 @@ pub struct TraceGrade {
 }
 
 /// `grades`: the audit measured against an organism's ground truth.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Grades {
     pub organism: String,
     pub domain: Option<String>,

@@ -13,6 +13,7 @@ pub mod jobs;
 pub mod limits;
 pub mod logit_lens;
 pub mod naming;
+pub mod options;
 pub mod policy;
 pub mod results;
 pub mod scan;
@@ -47,6 +48,7 @@ pub use limits::Limits;
 pub use logit_lens::{
     KlSums, LensLayer, LensOptions, LensReport, LensShard, SampleKl, TokenShift, VocabCompare,
 };
+pub use options::{Options, RequestOptions};
 pub use policy::{classify, ModelRef, PolicyError, ReferencePolicy};
 pub use results::{
     relative, AddedRows, Analyses, AuditResults, DictionarySection, FileHash, LayerMetrics,
@@ -54,7 +56,7 @@ pub use results::{
     WeightsReport, RESULTS_SCHEMA_VERSION,
 };
 pub use spec::{
-    normalize_layers, parse_layers, sample_shards, weight_shards, AnalysisKind, AuditSpec, Options,
+    normalize_layers, parse_layers, sample_shards, weight_shards, AnalysisKind, AuditSpec,
     ShardKey, ShardSpec, ShardUnit, Spectrum, Target, WeightOptions, MAX_CORPUS_SHARDS,
     MAX_DICTIONARY_TOKENS, MAX_DICTIONARY_TRAIN_TOKENS, MAX_LAYER_INDEX, MAX_SHARD_TOKENS,
     MAX_TOP_K,

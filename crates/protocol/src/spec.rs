@@ -4,10 +4,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::error::SpecError;
-use crate::{
-    ActivationOptions, CmapOptions, CorpusOptions, DictionaryOptions, LensOptions, SteeringOptions,
-    TraceOptions,
-};
+use crate::options::Options;
+use crate::CorpusOptions;
 
 /// The analyses an audit can run, by the name users give them (`--analyses`, `"analyses"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -208,50 +206,6 @@ pub struct AuditSpec {
     /// Each analysis's options, under its name.
     #[serde(flatten)]
     pub options: Options,
-}
-
-/// Every analysis's options, each under the name of its analysis (as the request, the spec,
-/// every shard spec and results.json name it). The spec and its shard specs carry this one
-/// struct, so an analysis's options are declared once.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Options {
-    #[serde(default)]
-    pub weights: WeightOptions,
-    #[serde(default)]
-    pub activations: ActivationOptions,
-    #[serde(default)]
-    pub logit_lens: LensOptions,
-    #[serde(default)]
-    pub traces: TraceOptions,
-    #[serde(default)]
-    pub cmap: CmapOptions,
-    #[serde(default)]
-    pub steering: SteeringOptions,
-    #[serde(default)]
-    pub crosscoder: DictionaryOptions,
-    #[serde(default)]
-    pub sae_diff: DictionaryOptions,
-}
-
-impl Options {
-    /// Each analysis's own checks of its options (and the corpus's, in the order a request
-    /// has always been checked in: the first error found is the one reported).
-    fn validate(&mut self, corpus: &CorpusOptions) -> Result<(), SpecError> {
-        if self.weights.top_k == 0 || self.weights.top_k > MAX_TOP_K {
-            return Err(SpecError::Field(
-                "weights.top_k".into(),
-                format!("must be between 1 and {MAX_TOP_K}"),
-            ));
-        }
-        corpus.validate()?;
-        self.activations.validate()?;
-        self.logit_lens.validate()?;
-        self.traces.validate()?;
-        self.cmap.validate()?;
-        self.steering.validate()?;
-        self.crosscoder.validate("crosscoder")?;
-        self.sae_diff.validate("sae_diff")
-    }
 }
 
 impl AuditSpec {

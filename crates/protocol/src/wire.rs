@@ -6,13 +6,11 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::error::SpecError;
-use crate::spec::{AnalysisKind, AuditSpec, Target, WeightOptions};
-use crate::{ActivationOptions, CorpusOptions, LensOptions};
-use crate::{CmapOptions, SteeringOptions, TraceOptions};
+use crate::spec::{AnalysisKind, AuditSpec, Target};
+use crate::{CorpusOptions, RequestOptions};
 
 /// The body of `POST /v1/audits` (and what `neurodiff audit` builds from its flags).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct AuditRequest {
     /// The base model (required; a scan's audit template leaves it out, the scan sets it).
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -31,51 +29,70 @@ pub struct AuditRequest {
     /// Blocks of the weight audit; default all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layers: Option<Vec<usize>>,
-    /// `{"spectrum": "full" | "none", "top_k": 16}`
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    pub weights: Option<WeightOptions>,
     /// `{"source": "s3://bucket/text.jsonl", "seq_len": 128, "max_samples": 256,
     /// "batch_size": 16, "shard_samples": 128}`; no source: the built-in corpus.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub corpus: Option<CorpusOptions>,
-    /// `{"positions": 32, "top_examples": 16, "context": 8}`
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    pub activations: Option<ActivationOptions>,
-    /// `{"top_tokens": 20, "top_samples": 16}`
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    pub logit_lens: Option<LensOptions>,
-    /// `{"samples": 10000, "positions": 5, "layer": null, "top_k": 100, "scales": 30,
-    /// "min_scale": 0.5, "max_scale": 200, "steer_alpha": 1, "generation": {...}}`
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    pub traces: Option<TraceOptions>,
-    /// `{"samples": 64}`
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    pub cmap: Option<CmapOptions>,
-    /// `{"layers": null, "vector": {"kind": "mean"}, "alphas": [0, 0.125, 0.25, 0.5, 1, 2, 4],
-    /// "samples": 32, "ppl_factor": 2, "generation": {"prompts": [...], "max_new_tokens": 24,
-    /// "temperature": 0.8, "top_p": 0.9, "seed": 0}}`
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    pub steering: Option<SteeringOptions>,
-    /// `{"layer": null, "expansion": 32, "k": 100, "batch": 2048, "steps": 2000, "lr": null,
-    /// "warmup_steps": 1000, "samples": 1024, "holdout_percent": 10, ...}`
-    /// (docs/crosscoder.md).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    pub crosscoder: Option<crate::DictionaryOptions>,
-    /// The same options, for the SAE on activation differences.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    pub sae_diff: Option<crate::DictionaryOptions>,
+    /// Each analysis's options, under its name (`weights`, `activations`, `logit_lens`,
+    /// `traces`, `cmap`, `steering`, `crosscoder`, `sae_diff`).
+    #[serde(flatten)]
+    pub options: RequestOptions,
+    /// Refuses any other field by name, as the request is read.
+    #[serde(flatten, skip_serializing)]
+    #[schema(ignore)]
+    pub rest: NoOtherFields,
+}
+
+/// What is left of a request once its fields and its analyses' options are read: nothing, or
+/// the request is refused naming the first field left (a struct with a flattened part cannot
+/// deny unknown fields itself).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NoOtherFields;
+
+impl<'de> Deserialize<'de> for NoOtherFields {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Refuse;
+        impl<'de> serde::de::Visitor<'de> for Refuse {
+            type Value = NoOtherFields;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("no other fields")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                match map.next_key::<String>()? {
+                    None => Ok(NoOtherFields),
+                    Some(key) => Err(serde::de::Error::custom(format!(
+                        "unknown field `{key}`, expected one of `{}`",
+                        AuditRequest::FIELDS
+                            .iter()
+                            .chain(RequestOptions::FIELDS)
+                            .copied()
+                            .collect::<Vec<_>>()
+                            .join("`, `")
+                    ))),
+                }
+            }
+        }
+        d.deserialize_map(Refuse)
+    }
 }
 
 impl AuditRequest {
+    /// The request's own fields (besides its analyses' options).
+    const FIELDS: &'static [&'static str] = &[
+        "base",
+        "finetuned",
+        "adapter",
+        "analyses",
+        "layers",
+        "corpus",
+    ];
+
     /// The spec this request asks for, its fields checked (`AuditSpec::validate`); what it
     /// names is checked against the reference policy by the caller.
     pub fn into_spec(self) -> Result<AuditSpec, SpecError> {
@@ -92,15 +109,8 @@ impl AuditRequest {
         let analyses = self.analyses.unwrap_or_else(|| vec![AnalysisKind::Weights]);
         let mut spec = AuditSpec::new(self.base, target, analyses);
         spec.layers = self.layers;
-        spec.options.weights = self.weights.unwrap_or_default();
         spec.corpus = self.corpus.unwrap_or_default();
-        spec.options.activations = self.activations.unwrap_or_default();
-        spec.options.logit_lens = self.logit_lens.unwrap_or_default();
-        spec.options.traces = self.traces.unwrap_or_default();
-        spec.options.cmap = self.cmap.unwrap_or_default();
-        spec.options.steering = self.steering.unwrap_or_default();
-        spec.options.crosscoder = self.crosscoder.unwrap_or_default();
-        spec.options.sae_diff = self.sae_diff.unwrap_or_default();
+        spec.options = self.options.into_options();
         spec.validate()?;
         Ok(spec)
     }
@@ -269,6 +279,19 @@ mod tests {
             assert!(e.contains(field), "{body}: {e}");
         }
         assert!(serde_json::from_str::<AuditRequest>(r#"{"base": "b", "extra": 1}"#).is_err());
+        let e = serde_json::from_str::<AuditRequest>(r#"{"base": "b", "extra": 1}"#).unwrap_err();
+        assert!(e.to_string().contains("unknown field `extra`"), "{e}");
+        // The analyses' options are read from the request's top level, and checked.
+        let req: AuditRequest = serde_json::from_str(
+            r#"{"base": "b", "finetuned": "f", "cmap": {"samples": 3}, "sae_diff": {"k": 7}}"#,
+        )
+        .unwrap();
+        let spec = req.into_spec().unwrap();
+        assert_eq!((spec.options.cmap.samples, spec.options.sae_diff.k), (3, 7));
+        assert_eq!(spec.options.traces, crate::TraceOptions::default());
+        assert!(
+            serde_json::from_str::<AuditRequest>(r#"{"base": "b", "cmap": {"extra": 1}}"#).is_err()
+        );
         assert_eq!("failed".parse(), Ok(AuditStatus::Failed));
         assert!("done".parse::<AuditStatus>().is_err());
     }

@@ -10,6 +10,7 @@ use neurodiff_protocol::{
     ShardResult, TensorMetrics, WeightsReport,
 };
 
+use crate::findings::Finding;
 use crate::{escape, Analysis, AnalysisError, Figure, PlanFacts, Sections};
 
 #[derive(Debug)]
@@ -51,6 +52,22 @@ impl Analysis for Weights {
                 svg: plots::spectra(w, 6)?,
             },
         ])
+    }
+
+    fn finding(&self, results: &AuditResults) -> Option<Finding> {
+        let w = results.analyses.weights.as_ref()?;
+        let most = w.tensors.first().map_or("-".to_string(), |t| {
+            format!(
+                "{} (rel_fro {})",
+                t.name,
+                t.rel_fro
+                    .map_or("undefined: the base is zero".into(), |r| format!("{r:.3e}"))
+            )
+        });
+        Some(Finding::new(
+            self.kind(),
+            format!("{} tensors compared; most changed {most}", w.tensors.len()),
+        ))
     }
 
     fn html(&self, results: &AuditResults) -> String {

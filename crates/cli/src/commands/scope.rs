@@ -3,8 +3,8 @@
 use anyhow::Context;
 use neurodiff_protocol::{
     parse_layers, ActivationOptions, AnalysisKind, AuditRequest, CmapOptions, CorpusOptions,
-    DictionaryOptions, GenerationOptions, LensOptions, Spectrum, SteeringOptions, SteeringVector,
-    TraceOptions, WeightOptions,
+    DictionaryOptions, GenerationOptions, LensOptions, RequestOptions, Spectrum, SteeringOptions,
+    SteeringVector, TraceOptions, WeightOptions,
 };
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -155,13 +155,6 @@ impl ScopeArgs {
             adapter: adapter.map(&reference),
             analyses: Some(analyses),
             layers: parse_layers(&self.layers).context("--layers")?,
-            weights: Some(WeightOptions {
-                spectrum: match self.spectrum {
-                    SpectrumArg::Full => Spectrum::Full,
-                    SpectrumArg::None => Spectrum::None,
-                },
-                top_k: self.top_k,
-            }),
             corpus: Some(CorpusOptions {
                 source: self.corpus.as_deref().map(&reference),
                 seq_len: self.seq_len,
@@ -171,39 +164,49 @@ impl ScopeArgs {
                 skip_first: self.skip_first,
                 token_filter: self.token_filter,
             }),
-            activations: Some(ActivationOptions {
-                positions: self.positions,
-                ..ActivationOptions::default()
-            }),
-            logit_lens: Some(LensOptions {
-                top_tokens: self.top_tokens,
-                ..LensOptions::default()
-            }),
-            traces: Some(TraceOptions {
-                samples: self.trace_samples,
-                layer: self.trace_layer,
-                generation: self.generation(),
-                ..TraceOptions::default()
-            }),
-            cmap: Some(CmapOptions {
-                samples: self.cmap_samples,
-            }),
-            crosscoder: Some(self.dictionary()),
-            sae_diff: Some(self.dictionary()),
-            steering: Some(SteeringOptions {
-                layers: match &self.steer_layers {
-                    Some(l) => parse_layers(l).context("--steer-layers")?,
-                    None => None,
-                },
-                vector: self.steer_vector()?,
-                alphas: self
-                    .steer_alphas
-                    .clone()
-                    .unwrap_or_else(|| SteeringOptions::default().alphas),
-                samples: self.steer_samples,
-                ppl_factor: self.ppl_factor,
-                generation: self.generation(),
-            }),
+            options: RequestOptions {
+                weights: Some(WeightOptions {
+                    spectrum: match self.spectrum {
+                        SpectrumArg::Full => Spectrum::Full,
+                        SpectrumArg::None => Spectrum::None,
+                    },
+                    top_k: self.top_k,
+                }),
+                activations: Some(ActivationOptions {
+                    positions: self.positions,
+                    ..ActivationOptions::default()
+                }),
+                logit_lens: Some(LensOptions {
+                    top_tokens: self.top_tokens,
+                    ..LensOptions::default()
+                }),
+                traces: Some(TraceOptions {
+                    samples: self.trace_samples,
+                    layer: self.trace_layer,
+                    generation: self.generation(),
+                    ..TraceOptions::default()
+                }),
+                cmap: Some(CmapOptions {
+                    samples: self.cmap_samples,
+                }),
+                crosscoder: Some(self.dictionary()),
+                sae_diff: Some(self.dictionary()),
+                steering: Some(SteeringOptions {
+                    layers: match &self.steer_layers {
+                        Some(l) => parse_layers(l).context("--steer-layers")?,
+                        None => None,
+                    },
+                    vector: self.steer_vector()?,
+                    alphas: self
+                        .steer_alphas
+                        .clone()
+                        .unwrap_or_else(|| SteeringOptions::default().alphas),
+                    samples: self.steer_samples,
+                    ppl_factor: self.ppl_factor,
+                    generation: self.generation(),
+                }),
+            },
+            rest: Default::default(),
         })
     }
 
