@@ -124,7 +124,7 @@ pub fn merge_typed<A: Analysis + Sections>(
     let shards = outputs
         .into_iter()
         .map(|o| {
-            let other = kind_of(&o);
+            let other = o.kind();
             analysis.shard(o).ok_or_else(|| AnalysisError::Merge {
                 analysis: analysis.kind(),
                 message: format!("a shard of {other} among its shards"),
@@ -187,7 +187,7 @@ pub fn assemble(
     let mut by_kind: std::collections::BTreeMap<AnalysisKind, Vec<ShardOutput>> =
         Default::default();
     for o in outputs {
-        by_kind.entry(kind_of(&o)).or_default().push(o);
+        by_kind.entry(o.kind()).or_default().push(o);
     }
     for a in REGISTRY.iter().filter(|a| spec.runs(a.kind())) {
         let outputs = by_kind.remove(&a.kind()).unwrap_or_default();
@@ -210,21 +210,6 @@ pub fn assemble(
         grades: ground_truth.map(|g| grade::grade(&analyses, &g, Some(n_layers))),
         analyses,
     })
-}
-
-pub fn kind_of(output: &ShardOutput) -> AnalysisKind {
-    match output {
-        ShardOutput::Weights(_) => AnalysisKind::Weights,
-        ShardOutput::Activations(_) => AnalysisKind::Activations,
-        ShardOutput::LogitLens(_) => AnalysisKind::LogitLens,
-        ShardOutput::Traces(_) => AnalysisKind::Traces,
-        ShardOutput::Cmap(_) => AnalysisKind::Cmap,
-        ShardOutput::Stitching(_) => AnalysisKind::Stitching,
-        ShardOutput::Steering(_) => AnalysisKind::Steering,
-        ShardOutput::Crosscoder(_) => AnalysisKind::Crosscoder,
-        ShardOutput::SaeDiff(_) => AnalysisKind::SaeDiff,
-        ShardOutput::Collect(c) => c.dictionary,
-    }
 }
 
 /// The organism ground truth a shard read from the fine-tune's directory, if any.

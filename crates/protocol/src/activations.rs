@@ -245,6 +245,12 @@ pub struct ActivationsReport {
     pub mean_diff: Option<MeanDiff>,
 }
 
+impl crate::AnalysisOptions for ActivationOptions {
+    fn check(&mut self, _field: &str) -> Result<(), SpecError> {
+        self.validate()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

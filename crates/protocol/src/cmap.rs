@@ -78,3 +78,18 @@ pub struct CmapReport {
     pub kl_base_ft: f64,
     pub cells: Vec<CmapCell>,
 }
+
+impl crate::AnalysisOptions for CmapOptions {
+    fn check(&mut self, _field: &str) -> Result<(), SpecError> {
+        self.validate()
+    }
+
+    fn samples(&self) -> Option<usize> {
+        Some(self.samples)
+    }
+
+    /// CMAP runs its slice of the corpus per block; bounded like a shard.
+    fn check_limits(&self, field: &str, seq_len: usize) -> Result<(), SpecError> {
+        crate::spec::check_block_tokens(&format!("{field}.samples"), self.samples, seq_len)
+    }
+}

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{within, SpecError};
-use crate::{GroundTruth, TokenProb};
+use crate::{Analyses, GroundTruth, TokenProb};
 
 /// Options of a dictionary analysis (defaults: the anchors', scaled to a small model where the
 /// anchors' would not fit a laptop run; every one can be set).
@@ -366,6 +366,75 @@ pub struct ClassCounts {
     pub base_only: usize,
     pub shared: usize,
     pub other: usize,
+}
+
+/// A trained dictionary a report carries: its analysis, its section's name in results.json
+/// (which names its artifact, `{section}.safetensors`) and its report.
+#[derive(Debug, Clone, Copy)]
+pub struct DictionarySection<'a> {
+    pub analysis: crate::AnalysisKind,
+    pub section: &'static str,
+    pub report: &'a DictionaryReport,
+}
+
+impl Analyses {
+    /// The dictionary analyses' sections that ran: what the report's artifacts, the embedded
+    /// audit's exported files and the team database's latent rows are made from.
+    pub fn dictionaries(&self) -> Vec<DictionarySection<'_>> {
+        [
+            (
+                crate::AnalysisKind::Crosscoder,
+                "crosscoder",
+                &self.crosscoder,
+            ),
+            (crate::AnalysisKind::SaeDiff, "sae_diff", &self.sae_diff),
+        ]
+        .into_iter()
+        .filter_map(|(analysis, section, report)| {
+            report.as_ref().map(|report| DictionarySection {
+                analysis,
+                section,
+                report,
+            })
+        })
+        .collect()
+    }
+}
+
+impl crate::AnalysisOptions for DictionaryOptions {
+    fn check(&mut self, field: &str) -> Result<(), SpecError> {
+        self.validate(field)
+    }
+
+    fn samples(&self) -> Option<usize> {
+        Some(self.samples)
+    }
+
+    /// A dictionary holds its block's activations of both models for the samples it collects
+    /// (and trains for as many steps as it is asked to).
+    fn check_limits(&self, field: &str, seq_len: usize) -> Result<(), SpecError> {
+        let tokens = self.samples as u64 * seq_len as u64;
+        if tokens > crate::MAX_DICTIONARY_TOKENS {
+            return Err(SpecError::Field(
+                format!("{field}.samples"),
+                format!(
+                    "{field}.samples × corpus.seq_len = {tokens} tokens collected; at most {}",
+                    crate::MAX_DICTIONARY_TOKENS
+                ),
+            ));
+        }
+        let trained = self.steps as u64 * self.batch as u64;
+        if trained > crate::MAX_DICTIONARY_TRAIN_TOKENS {
+            return Err(SpecError::Field(
+                format!("{field}.steps"),
+                format!(
+                    "steps × batch = {trained} training tokens; at most {}",
+                    crate::MAX_DICTIONARY_TRAIN_TOKENS
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -13,8 +13,8 @@ pub mod jobs;
 pub mod limits;
 pub mod logit_lens;
 pub mod naming;
-pub mod options;
 pub mod policy;
+pub mod registry;
 pub mod results;
 pub mod scan;
 pub mod spec;
@@ -37,8 +37,8 @@ pub use corpus::{
 };
 pub use dictionary::{
     real_ft_only, ActivationStore, ClassCounts, CollectShard, DictionaryOptions, DictionaryReport,
-    LatentExample, LatentReport, StoreManifest, StoreSlice, StoredFile, TrainPoint, NU_EPS_MAX,
-    NU_R_MAX,
+    DictionarySection, LatentExample, LatentReport, StoreManifest, StoreSlice, StoredFile,
+    TrainPoint, NU_EPS_MAX, NU_R_MAX,
 };
 pub use error::SpecError;
 pub use generation::{Generation, GenerationOptions, MAX_GENERATED_TOKENS};
@@ -48,18 +48,16 @@ pub use limits::Limits;
 pub use logit_lens::{
     KlSums, LensLayer, LensOptions, LensReport, LensShard, SampleKl, TokenShift, VocabCompare,
 };
-pub use options::{Options, RequestOptions};
 pub use policy::{classify, ModelRef, PolicyError, ReferencePolicy};
+pub use registry::AnalysisOptions;
 pub use results::{
-    relative, AddedRows, Analyses, AuditResults, DictionarySection, FileHash, LayerMetrics,
-    ModelRecord, ModuleMetrics, ShapeMismatch, ShardOutput, ShardResult, TensorMetrics,
-    WeightsReport, RESULTS_SCHEMA_VERSION,
+    relative, AddedRows, AuditResults, FileHash, LayerMetrics, ModelRecord, ModuleMetrics,
+    ShapeMismatch, ShardResult, TensorMetrics, WeightsReport, RESULTS_SCHEMA_VERSION,
 };
 pub use spec::{
-    normalize_layers, parse_layers, sample_shards, weight_shards, AnalysisKind, AuditSpec,
-    ShardKey, ShardSpec, ShardUnit, Spectrum, Target, WeightOptions, MAX_CORPUS_SHARDS,
-    MAX_DICTIONARY_TOKENS, MAX_DICTIONARY_TRAIN_TOKENS, MAX_LAYER_INDEX, MAX_SHARD_TOKENS,
-    MAX_TOP_K,
+    normalize_layers, parse_layers, sample_shards, weight_shards, AuditSpec, ShardKey, ShardSpec,
+    ShardUnit, Spectrum, Target, WeightOptions, MAX_CORPUS_SHARDS, MAX_DICTIONARY_TOKENS,
+    MAX_DICTIONARY_TRAIN_TOKENS, MAX_LAYER_INDEX, MAX_SHARD_TOKENS, MAX_TOP_K,
 };
 pub use steering::{
     SteeringBlock, SteeringChoice, SteeringOptions, SteeringPoint, SteeringReport, SteeringShard,
@@ -74,3 +72,51 @@ pub use vocab::{
     TensorMetric, UnknownName,
 };
 pub use wire::{AuditRequest, AuditStatus, AuditView, Progress};
+
+registry::analyses! {
+    /// Tier I: per-tensor weight-delta metrics and spectra.
+    Weights = "weights" {
+        field: weights, unit: Tensors, shard: ShardResult, report: WeightsReport,
+        options: WeightOptions,
+    }
+    /// Tier II: differences of both models' activations on a corpus, per block and hook.
+    Activations = "activations" {
+        field: activations, unit: Samples, shard: ActivationsShard, report: ActivationsReport,
+        options: ActivationOptions,
+    }
+    /// Tier II: the differential logit lens, KL(ft || base) per block and at the output.
+    LogitLens = "logit-lens" {
+        field: logit_lens, unit: Samples, shard: LensShard, report: LensReport,
+        options: LensOptions,
+    }
+    /// Tier II: readable traces of the fine-tune (ADL's logit lens and Patchscope of δ_j).
+    Traces = "traces" {
+        field: traces, unit: Position, shard: TraceShard, report: TracesReport,
+        options: TraceOptions,
+    }
+    /// Tier II: cross-model activation patching, per block and component, both directions.
+    Cmap = "cmap" {
+        field: cmap, unit: Block, shard: CmapShard, report: CmapReport, options: CmapOptions,
+    }
+    /// Tier II: model stitching, blocks [0, k) of one model and the rest of the other.
+    Stitching = "stitching" {
+        field: stitching, unit: Samples, shard: StitchShard, report: StitchingReport,
+        options: (),
+    }
+    /// Tier II: steering with difference vectors over a grid of strengths, with generations.
+    Steering = "steering" {
+        field: steering, unit: Block, shard: SteeringShard, report: SteeringReport,
+        options: SteeringOptions,
+    }
+    /// Tier III: a BatchTopK crosscoder over both models' activations at one block, with
+    /// latent scaling and feature attribution.
+    Crosscoder = "crosscoder" {
+        field: crosscoder, unit: SamplesThenBlock, shard: DictionaryReport,
+        report: DictionaryReport, options: DictionaryOptions,
+    }
+    /// Tier III: a BatchTopK SAE on the activation differences h_ft − h_base at one block.
+    SaeDiff = "sae-diff" {
+        field: sae_diff, unit: SamplesThenBlock, shard: DictionaryReport,
+        report: DictionaryReport, options: DictionaryOptions,
+    }
+}

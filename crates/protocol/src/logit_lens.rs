@@ -115,3 +115,9 @@ pub struct LensReport {
     pub top_samples: Vec<SampleKl>,
     pub vocab: VocabCompare,
 }
+
+impl crate::AnalysisOptions for LensOptions {
+    fn check(&mut self, _field: &str) -> Result<(), SpecError> {
+        self.validate()
+    }
+}

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::spec::{ShardKey, Target};
+use crate::Analyses;
 
 /// Bumped whenever a field changes meaning or disappears (adding optional fields does not).
 pub const RESULTS_SCHEMA_VERSION: u32 = 1;
@@ -193,94 +194,6 @@ pub struct FileHash {
     pub name: String,
     pub sha256: String,
     pub bytes: u64,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Analyses {
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub weights: Option<WeightsReport>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub activations: Option<crate::ActivationsReport>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub logit_lens: Option<crate::LensReport>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub traces: Option<crate::TracesReport>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub cmap: Option<crate::CmapReport>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub stitching: Option<crate::StitchingReport>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub steering: Option<crate::SteeringReport>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub crosscoder: Option<crate::DictionaryReport>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub sae_diff: Option<crate::DictionaryReport>,
-}
-
-/// A trained dictionary a report carries: its analysis, its section's name in results.json
-/// (which names its artifact, `{section}.safetensors`) and its report.
-#[derive(Debug, Clone, Copy)]
-pub struct DictionarySection<'a> {
-    pub analysis: crate::AnalysisKind,
-    pub section: &'static str,
-    pub report: &'a crate::DictionaryReport,
-}
-
-impl Analyses {
-    /// The dictionary analyses' sections that ran: what the report's artifacts, the embedded
-    /// audit's exported files and the team database's latent rows are made from.
-    pub fn dictionaries(&self) -> Vec<DictionarySection<'_>> {
-        [
-            (
-                crate::AnalysisKind::Crosscoder,
-                "crosscoder",
-                &self.crosscoder,
-            ),
-            (crate::AnalysisKind::SaeDiff, "sae_diff", &self.sae_diff),
-        ]
-        .into_iter()
-        .filter_map(|(analysis, section, report)| {
-            report.as_ref().map(|report| DictionarySection {
-                analysis,
-                section,
-                report,
-            })
-        })
-        .collect()
-    }
-}
-
-/// What one shard returns, by analysis.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "analysis", rename_all = "kebab-case")]
-pub enum ShardOutput {
-    Weights(ShardResult),
-    Activations(crate::ActivationsShard),
-    LogitLens(crate::LensShard),
-    Traces(crate::TraceShard),
-    Cmap(crate::CmapShard),
-    Stitching(crate::StitchShard),
-    Steering(crate::SteeringShard),
-    Crosscoder(crate::DictionaryReport),
-    SaeDiff(crate::DictionaryReport),
-    /// A slice of a dictionary's activation store (its analysis says which dictionary).
-    Collect(crate::CollectShard),
-}
-
-impl ShardOutput {
-    pub fn elapsed_s(&self) -> f64 {
-        match self {
-            ShardOutput::Weights(r) => r.elapsed_s,
-            ShardOutput::Activations(r) => r.elapsed_s,
-            ShardOutput::LogitLens(r) => r.elapsed_s,
-            ShardOutput::Traces(r) => r.elapsed_s,
-            ShardOutput::Cmap(r) => r.elapsed_s,
-            ShardOutput::Stitching(r) => r.elapsed_s,
-            ShardOutput::Steering(r) => r.elapsed_s,
-            ShardOutput::Crosscoder(r) | ShardOutput::SaeDiff(r) => r.elapsed_s,
-            ShardOutput::Collect(r) => r.elapsed_s,
-        }
-    }
 }
 
 /// results.json.

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::SpecError;
-use crate::spec::AnalysisKind;
 use crate::wire::AuditRequest;
+use crate::AnalysisKind;
 use crate::HookKind;
 
 /// Bounds on what one scan may ask for.

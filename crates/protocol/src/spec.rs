@@ -4,87 +4,12 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::error::SpecError;
-use crate::options::Options;
-use crate::CorpusOptions;
-
-/// The analyses an audit can run, by the name users give them (`--analyses`, `"analyses"`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum AnalysisKind {
-    /// Tier I: per-tensor weight-delta metrics and spectra.
-    Weights,
-    /// Tier II: differences of both models' activations on a corpus, per block and hook.
-    Activations,
-    /// Tier II: the differential logit lens, KL(ft || base) per block and at the output.
-    LogitLens,
-    /// Tier II: readable traces of the fine-tune (ADL's logit lens and Patchscope of δ_j).
-    Traces,
-    /// Tier II: cross-model activation patching, per block and component, both directions.
-    Cmap,
-    /// Tier II: model stitching, blocks [0, k) of one model and the rest of the other.
-    Stitching,
-    /// Tier II: steering with difference vectors over a grid of strengths, with generations.
-    Steering,
-    /// Tier III: a BatchTopK crosscoder over both models' activations at one block, with
-    /// latent scaling and feature attribution.
-    Crosscoder,
-    /// Tier III: a BatchTopK SAE on the activation differences h_ft − h_base at one block.
-    SaeDiff,
-}
+use crate::{AnalysisKind, CorpusOptions, Options};
 
 impl AnalysisKind {
-    pub const ALL: [AnalysisKind; 9] = [
-        AnalysisKind::Weights,
-        AnalysisKind::Activations,
-        AnalysisKind::LogitLens,
-        AnalysisKind::Traces,
-        AnalysisKind::Cmap,
-        AnalysisKind::Stitching,
-        AnalysisKind::Steering,
-        AnalysisKind::Crosscoder,
-        AnalysisKind::SaeDiff,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AnalysisKind::Weights => "weights",
-            AnalysisKind::Activations => "activations",
-            AnalysisKind::LogitLens => "logit-lens",
-            AnalysisKind::Traces => "traces",
-            AnalysisKind::Cmap => "cmap",
-            AnalysisKind::Stitching => "stitching",
-            AnalysisKind::Steering => "steering",
-            AnalysisKind::Crosscoder => "crosscoder",
-            AnalysisKind::SaeDiff => "sae-diff",
-        }
-    }
-
     /// Whether the analysis runs both models on a corpus (and so needs one).
     pub fn needs_corpus(self) -> bool {
-        match self {
-            AnalysisKind::Weights => false,
-            AnalysisKind::Activations
-            | AnalysisKind::LogitLens
-            | AnalysisKind::Traces
-            | AnalysisKind::Cmap
-            | AnalysisKind::Stitching
-            | AnalysisKind::Steering
-            | AnalysisKind::Crosscoder
-            | AnalysisKind::SaeDiff => true,
-        }
-    }
-
-    /// The shape of its shards: slices of the corpus, blocks, or positions.
-    pub fn shard_unit(self) -> ShardUnit {
-        match self {
-            AnalysisKind::Weights => ShardUnit::Tensors,
-            AnalysisKind::Activations | AnalysisKind::LogitLens | AnalysisKind::Stitching => {
-                ShardUnit::Samples
-            }
-            AnalysisKind::Cmap | AnalysisKind::Steering => ShardUnit::Block,
-            AnalysisKind::Crosscoder | AnalysisKind::SaeDiff => ShardUnit::SamplesThenBlock,
-            AnalysisKind::Traces => ShardUnit::Position,
-        }
+        self.shard_unit() != ShardUnit::Tensors
     }
 }
 
@@ -182,6 +107,18 @@ fn default_top_k() -> usize {
     16
 }
 
+impl crate::AnalysisOptions for WeightOptions {
+    fn check(&mut self, field: &str) -> Result<(), SpecError> {
+        if self.top_k == 0 || self.top_k > MAX_TOP_K {
+            return Err(SpecError::Field(
+                format!("{field}.top_k"),
+                format!("must be between 1 and {MAX_TOP_K}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for WeightOptions {
     fn default() -> Self {
         WeightOptions {
@@ -206,6 +143,18 @@ pub struct AuditSpec {
     /// Each analysis's options, under its name.
     #[serde(flatten)]
     pub options: Options,
+}
+
+impl Options {
+    /// The corpus's checks, then each analysis's own checks of its options (the first error
+    /// found is the one reported).
+    fn validate(&mut self, corpus: &CorpusOptions) -> Result<(), SpecError> {
+        corpus.validate()?;
+        for (kind, options) in self.each_mut() {
+            options.check(kind.field())?;
+        }
+        Ok(())
+    }
 }
 
 impl AuditSpec {
@@ -289,78 +238,27 @@ impl AuditSpec {
                     ),
                 ));
             }
-            // CMAP and steering run a slice of the corpus per block; bound it like a shard.
-            for (field, samples, on) in [
-                (
-                    "cmap.samples",
-                    self.options.cmap.samples,
-                    self.runs(AnalysisKind::Cmap),
-                ),
-                (
-                    "steering.samples",
-                    self.options.steering.samples,
-                    self.runs(AnalysisKind::Steering),
-                ),
-            ] {
-                let tokens = samples as u64 * self.corpus.seq_len as u64;
-                if on && tokens > MAX_SHARD_TOKENS {
-                    return Err(SpecError::Field(
-                        field.into(),
-                        format!(
-                            "{field} × corpus.seq_len = {tokens} tokens per block; at most \
-                             {MAX_SHARD_TOKENS}"
-                        ),
-                    ));
-                }
-            }
-            // A dictionary holds its block's activations of both models for the samples it
-            // collects (and trains for as many steps as it is asked to).
-            for (field, o, on) in [
-                (
-                    "crosscoder",
-                    &self.options.crosscoder,
-                    self.runs(AnalysisKind::Crosscoder),
-                ),
-                (
-                    "sae_diff",
-                    &self.options.sae_diff,
-                    self.runs(AnalysisKind::SaeDiff),
-                ),
-            ] {
-                let tokens = o.samples as u64 * self.corpus.seq_len as u64;
-                if on && tokens > MAX_DICTIONARY_TOKENS {
-                    return Err(SpecError::Field(
-                        format!("{field}.samples"),
-                        format!(
-                            "{field}.samples × corpus.seq_len = {tokens} tokens collected; at \
-                             most {MAX_DICTIONARY_TOKENS}"
-                        ),
-                    ));
-                }
-                let trained = o.steps as u64 * o.batch as u64;
-                if on && trained > MAX_DICTIONARY_TRAIN_TOKENS {
-                    return Err(SpecError::Field(
-                        format!("{field}.steps"),
-                        format!(
-                            "steps × batch = {trained} training tokens; at most \
-                             {MAX_DICTIONARY_TRAIN_TOKENS}"
-                        ),
-                    ));
+            // Each analysis's own bounds (CMAP's and steering's slice per block, what a
+            // dictionary collects and trains on).
+            for (kind, options) in self.options.each() {
+                if self.runs(kind) {
+                    options.check_limits(kind.field(), self.corpus.seq_len)?;
                 }
             }
             // Sample shards: the corpus-wide analyses' and the dictionaries' collect shards.
-            let shards = [
-                Some(self.corpus.max_samples),
-                self.runs(AnalysisKind::Crosscoder)
-                    .then_some(self.options.crosscoder.samples),
-                self.runs(AnalysisKind::SaeDiff)
-                    .then_some(self.options.sae_diff.samples),
-            ]
-            .into_iter()
-            .flatten()
-            .map(|n| n.div_ceil(self.corpus.shard_samples))
-            .max()
-            .unwrap_or(0);
+            let shards = std::iter::once(self.corpus.max_samples)
+                .chain(
+                    self.options
+                        .each()
+                        .into_iter()
+                        .filter(|(kind, _)| {
+                            self.runs(*kind) && kind.shard_unit() == ShardUnit::SamplesThenBlock
+                        })
+                        .filter_map(|(_, options)| options.samples()),
+                )
+                .map(|n| n.div_ceil(self.corpus.shard_samples))
+                .max()
+                .unwrap_or(0);
             if shards > MAX_CORPUS_SHARDS {
                 return Err(SpecError::Field(
                     "corpus.shard_samples".into(),
@@ -385,17 +283,12 @@ impl AuditSpec {
     /// for its own count (traces 10,000 as the ADL does, CMAP 64, steering 32, dictionaries
     /// 1024), each of which reads its own first samples.
     pub fn samples_read(&self) -> usize {
-        [
-            (AnalysisKind::Traces, self.options.traces.samples),
-            (AnalysisKind::Cmap, self.options.cmap.samples),
-            (AnalysisKind::Steering, self.options.steering.samples),
-            (AnalysisKind::Crosscoder, self.options.crosscoder.samples),
-            (AnalysisKind::SaeDiff, self.options.sae_diff.samples),
-        ]
-        .into_iter()
-        .filter(|(kind, _)| self.runs(*kind))
-        .map(|(_, n)| n)
-        .fold(self.corpus.max_samples, usize::max)
+        self.options
+            .each()
+            .into_iter()
+            .filter(|(kind, _)| self.runs(*kind))
+            .filter_map(|(_, options)| options.samples())
+            .fold(self.corpus.max_samples, usize::max)
     }
 
     /// The corpus options a reader uses: `corpus` with `max_samples` raised to
@@ -406,6 +299,24 @@ impl AuditSpec {
             ..self.corpus.clone()
         }
     }
+}
+
+/// Refuses a slice of `samples` run per block (CMAP, steering) above a shard's tokens.
+pub(crate) fn check_block_tokens(
+    field: &str,
+    samples: usize,
+    seq_len: usize,
+) -> Result<(), SpecError> {
+    let tokens = samples as u64 * seq_len as u64;
+    if tokens > MAX_SHARD_TOKENS {
+        return Err(SpecError::Field(
+            field.into(),
+            format!(
+                "{field} × corpus.seq_len = {tokens} tokens per block; at most {MAX_SHARD_TOKENS}"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Tokens one corpus shard may run (`shard_samples` × `seq_len`).

@@ -153,6 +153,21 @@ pub struct SteeringBlock {
     pub nbar_ft: f64,
 }
 
+impl crate::AnalysisOptions for SteeringOptions {
+    fn check(&mut self, _field: &str) -> Result<(), SpecError> {
+        self.validate()
+    }
+
+    fn samples(&self) -> Option<usize> {
+        Some(self.samples)
+    }
+
+    /// Steering runs its slice of the corpus per block; bounded like a shard.
+    fn check_limits(&self, field: &str, seq_len: usize) -> Result<(), SpecError> {
+        crate::spec::check_block_tokens(&format!("{field}.samples"), self.samples, seq_len)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

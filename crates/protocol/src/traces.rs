@@ -188,3 +188,13 @@ pub struct TracesReport {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub ground_truth: Option<GroundTruth>,
 }
+
+impl crate::AnalysisOptions for TraceOptions {
+    fn check(&mut self, _field: &str) -> Result<(), SpecError> {
+        self.validate()
+    }
+
+    fn samples(&self) -> Option<usize> {
+        Some(self.samples)
+    }
+}

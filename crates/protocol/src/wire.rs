@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::error::SpecError;
-use crate::spec::{AnalysisKind, AuditSpec, Target};
+use crate::spec::{AuditSpec, Target};
+use crate::AnalysisKind;
 use crate::{CorpusOptions, RequestOptions};
 
 /// The body of `POST /v1/audits` (and what `neurodiff audit` builds from its flags).

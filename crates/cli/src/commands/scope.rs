@@ -205,6 +205,7 @@ impl ScopeArgs {
                     ppl_factor: self.ppl_factor,
                     generation: self.generation(),
                 }),
+                ..RequestOptions::default()
             },
             rest: Default::default(),
         })

@@ -1,0 +1,173 @@
+//! The analyses, declared once (the declaration is in the crate's root, one entry per
+//! analysis): [`analyses!`] makes from it the analysis kinds (`AnalysisKind`, with their wire
+//! names and shard units), the options the spec and every shard spec carry (`Options`) and the
+//! request's part that names them (`RequestOptions`), the sections of results.json
+//! (`Analyses`) and what one shard returns (`ShardOutput`). What the spec asks of one
+//! analysis's options is [`AnalysisOptions`], which each options type implements in its module.
+use crate::error::SpecError;
+
+/// What the spec asks of one analysis's options, besides reading them.
+pub trait AnalysisOptions {
+    /// Their own checks (defaults filled in where a value depends on another); `field` is
+    /// their name in the request.
+    fn check(&mut self, field: &str) -> Result<(), SpecError>;
+
+    /// Corpus samples the analysis reads when it asks for its own count (it reads the
+    /// corpus's first samples); none when it reads `corpus.max_samples`.
+    fn samples(&self) -> Option<usize> {
+        None
+    }
+
+    /// Its bounds on what one worker holds, for samples of `seq_len` tokens.
+    fn check_limits(&self, _field: &str, _seq_len: usize) -> Result<(), SpecError> {
+        Ok(())
+    }
+}
+
+/// Options for an analysis that has none.
+impl AnalysisOptions for () {
+    fn check(&mut self, _field: &str) -> Result<(), SpecError> {
+        Ok(())
+    }
+}
+
+/// Declares the analyses: for each, its doc, `Kind = "wire-name"`, its field (the name of its
+/// options and of its section of results.json), its shard unit, its shard output type, its
+/// report type, and its options type (`()` for none: it has no field in `Options`).
+macro_rules! analyses {
+    ($(
+        $(#[doc = $doc:literal])*
+        $kind:ident = $wire:literal {
+            field: $field:ident,
+            unit: $unit:ident,
+            shard: $shard:ty,
+            report: $report:ty,
+            options: $opts:ty $(,)?
+        }
+    )*) => {
+        /// The analyses an audit can run, by the name users give them (`--analyses`,
+        /// `"analyses"`), in the order reports show them.
+        #[derive(
+            Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord,
+            serde::Serialize, serde::Deserialize,
+        )]
+        pub enum AnalysisKind {
+            $($(#[doc = $doc])* #[serde(rename = $wire)] $kind,)*
+        }
+
+        impl AnalysisKind {
+            pub const ALL: [AnalysisKind; [$(stringify!($kind),)*].len()] = [$(AnalysisKind::$kind,)*];
+
+            /// Its wire name.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(AnalysisKind::$kind => $wire,)*
+                }
+            }
+
+            /// The name of its options and of its section of results.json.
+            pub fn field(self) -> &'static str {
+                match self {
+                    $(AnalysisKind::$kind => stringify!($field),)*
+                }
+            }
+
+            /// The shape of its shards: slices of the corpus, blocks, or positions.
+            pub fn shard_unit(self) -> $crate::ShardUnit {
+                match self {
+                    $(AnalysisKind::$kind => $crate::ShardUnit::$unit,)*
+                }
+            }
+        }
+
+        /// Every analysis's options, each under the name of its analysis (as the request,
+        /// the spec, every shard spec and results.json name it).
+        #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+        pub struct Options {
+            $(
+                #[serde(default, skip_serializing_if = "crate::registry::is_unit")]
+                pub $field: $opts,
+            )*
+        }
+
+        /// The analyses' options as a request gives them: each may be left out (its
+        /// defaults).
+        #[derive(
+            Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize,
+            utoipa::ToSchema,
+        )]
+        pub struct RequestOptions {
+            $(
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                #[schema(value_type = Option<Object>)]
+                pub $field: Option<$opts>,
+            )*
+        }
+
+        impl RequestOptions {
+            /// Each analysis's options, its defaults where the request left them out.
+            pub fn into_options(self) -> Options {
+                Options { $($field: self.$field.unwrap_or_default(),)* }
+            }
+
+            /// The request's field names these options take.
+            pub const FIELDS: &'static [&'static str] = &[$(stringify!($field),)*];
+        }
+
+        impl Options {
+            /// Every analysis's options, with its kind.
+            pub fn each(&self) -> Vec<(AnalysisKind, &dyn $crate::registry::AnalysisOptions)> {
+                vec![$((AnalysisKind::$kind, &self.$field as &dyn $crate::registry::AnalysisOptions),)*]
+            }
+
+            fn each_mut(
+                &mut self,
+            ) -> Vec<(AnalysisKind, &mut dyn $crate::registry::AnalysisOptions)> {
+                vec![$((AnalysisKind::$kind, &mut self.$field as &mut dyn $crate::registry::AnalysisOptions),)*]
+            }
+        }
+
+        /// The analyses' sections of results.json, each present when it ran.
+        #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+        pub struct Analyses {
+            $(
+                #[serde(skip_serializing_if = "Option::is_none", default)]
+                pub $field: Option<$report>,
+            )*
+        }
+
+        /// What one shard returns, by analysis.
+        #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+        #[serde(tag = "analysis")]
+        pub enum ShardOutput {
+            $(#[serde(rename = $wire)] $kind($shard),)*
+            /// A slice of a dictionary's activation store (its analysis says which
+            /// dictionary).
+            #[serde(rename = "collect")]
+            Collect($crate::CollectShard),
+        }
+
+        impl ShardOutput {
+            pub fn elapsed_s(&self) -> f64 {
+                match self {
+                    $(ShardOutput::$kind(r) => r.elapsed_s,)*
+                    ShardOutput::Collect(r) => r.elapsed_s,
+                }
+            }
+
+            /// The analysis it is a shard of.
+            pub fn kind(&self) -> AnalysisKind {
+                match self {
+                    $(ShardOutput::$kind(_) => AnalysisKind::$kind,)*
+                    ShardOutput::Collect(c) => c.dictionary,
+                }
+            }
+        }
+    };
+}
+pub(crate) use analyses;
+
+/// Options of an analysis that has none are left out of the JSON.
+pub(crate) fn is_unit<T: std::any::Any>(_: &T) -> bool {
+    std::any::TypeId::of::<T>() == std::any::TypeId::of::<()>()
+}
