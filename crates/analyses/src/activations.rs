@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use neurodiff_protocol::{
-    ActivationLayer, ActivationsReport, ActivationsShard, Analyses, AnalysisKind, AuditResults,
-    AuditSpec, DiffSums, Example, Histogram, HookKind, MeanDiff, PositionSums, ShardKey,
-    ShardOutput,
+    ActivationLayer, ActivationOptions, ActivationsReport, ActivationsShard, Analyses,
+    AnalysisKind, AuditResults, AuditSpec, DiffSums, Example, Histogram, HookKind, MeanDiff,
+    PositionSums, ShardKey, ShardOutput,
 };
 
 use crate::charts::{lines, Series};
@@ -445,4 +445,22 @@ fn finding(act: &ActivationsReport) -> Finding {
     );
     f.sure = first.or_else(|| Some("no state differs: the two models agree".into()));
     f
+}
+
+/// The activation audit's flags.
+#[derive(Debug, Clone, clap::Args)]
+#[group(skip)]
+pub struct Flags {
+    /// Leading positions of the activation position profile and mean difference vectors.
+    #[arg(long, default_value_t = ActivationOptions::default().positions)]
+    pub positions: usize,
+}
+
+impl Flags {
+    pub fn options(&self) -> ActivationOptions {
+        ActivationOptions {
+            positions: self.positions,
+            ..ActivationOptions::default()
+        }
+    }
 }

@@ -116,9 +116,28 @@ impl Analysis for Cmap {
                     .then(b.layer.cmp(&a.layer))
             });
         if let Some(top) = top {
-            g.cmap_in_trained_blocks = truth.trained().map(|t| t.contains(&top.layer));
-            g.cmap_top = Some(top.clone());
+            g.cmap.cmap_in_trained_blocks = truth.trained().map(|t| t.contains(&top.layer));
+            g.cmap.cmap_top = Some(top.clone());
         }
+    }
+
+    fn grade_rows(&self, g: &Grades) -> Vec<[String; 2]> {
+        let Some(c) = &g.cmap.cmap_top else {
+            return Vec::new();
+        };
+        vec![[
+            "CMAP: largest recovery".to_string(),
+            format!(
+                "block {} {} {} = {:.3}; in the trained blocks: {}",
+                c.layer,
+                c.component,
+                c.direction,
+                c.recovery,
+                g.cmap
+                    .cmap_in_trained_blocks
+                    .map_or("n/a".into(), |b| b.to_string())
+            ),
+        ]]
     }
 
     fn finding(&self, results: &AuditResults) -> Option<Finding> {
@@ -138,7 +157,7 @@ impl Analysis for Cmap {
         f.graded = results
             .grades
             .as_ref()
-            .and_then(|g| g.cmap_in_trained_blocks)
+            .and_then(|g| g.cmap.cmap_in_trained_blocks)
             .map(|inside| {
                 let side = if inside { "inside" } else { "outside" };
                 format!("{side} the trained blocks")
@@ -160,7 +179,7 @@ impl Analysis for Cmap {
             c.n_samples, c.n_tokens, c.kl_ft_base, c.kl_base_ft
         );
         if let Some(g) = &results.grades {
-            if let Some(top) = &g.cmap_top {
+            if let Some(top) = &g.cmap.cmap_top {
                 let _ = write!(
                     out,
                     "<p>Largest recovery: block {} {} ({}), {:.3}{}.</p>",
@@ -168,7 +187,7 @@ impl Analysis for Cmap {
                     top.component,
                     top.direction,
                     top.recovery,
-                    match g.cmap_in_trained_blocks {
+                    match g.cmap.cmap_in_trained_blocks {
                         Some(true) => ", in a trained block",
                         Some(false) => ", <b>outside</b> the trained blocks",
                         None => "",
@@ -239,5 +258,22 @@ impl Sections for Cmap {
             kl_base_ft: gap_bf / n,
             cells,
         })
+    }
+}
+
+/// CMAP's flags (its blocks are `--layers`, the weight audit's).
+#[derive(Debug, Clone, clap::Args)]
+#[group(skip)]
+pub struct Flags {
+    /// CMAP: samples of the corpus patched per block.
+    #[arg(long, default_value_t = neurodiff_protocol::CmapOptions::default().samples)]
+    pub cmap_samples: usize,
+}
+
+impl Flags {
+    pub fn options(&self) -> neurodiff_protocol::CmapOptions {
+        neurodiff_protocol::CmapOptions {
+            samples: self.cmap_samples,
+        }
     }
 }

@@ -201,7 +201,7 @@ pub fn check_sizes(
 pub fn block_of(options: &DictionaryOptions, n_layers: usize) -> Result<usize, AnalysisError> {
     match options.layer {
         Some(l) => crate::blocks("layer", Some(&[l]), n_layers).map(|b| b[0]),
-        None => Ok(crate::traces::default_layer(n_layers)),
+        None => Ok(crate::middle_block(n_layers)),
     }
 }
 
@@ -526,6 +526,47 @@ fn finding(kind: AnalysisKind, d: &DictionaryReport) -> Finding {
         )
     });
     f
+}
+
+/// The flags of both dictionaries (the crosscoder and the SAE on differences take the same).
+#[derive(Debug, Clone, clap::Args)]
+#[group(skip)]
+pub struct Flags {
+    /// Crosscoder and SAE on differences: the block encoded (default: the middle one).
+    #[arg(long)]
+    pub dict_layer: Option<usize>,
+    /// Crosscoder and SAE: dictionary size as a multiple of the model width.
+    #[arg(long, default_value_t = DictionaryOptions::default().expansion)]
+    pub dict_expansion: usize,
+    /// Crosscoder and SAE: latents kept per token on average (BatchTopK).
+    #[arg(long, default_value_t = DictionaryOptions::default().k)]
+    pub dict_k: usize,
+    /// Crosscoder and SAE: training steps and tokens per batch.
+    #[arg(long, default_value_t = DictionaryOptions::default().steps)]
+    pub dict_steps: usize,
+    #[arg(long, default_value_t = DictionaryOptions::default().batch)]
+    pub dict_batch: usize,
+    /// Crosscoder and SAE: Adam's learning rate (default: 2e-4 / sqrt(size / 2^14)).
+    #[arg(long)]
+    pub dict_lr: Option<f64>,
+    /// Crosscoder and SAE: corpus samples whose activations are collected (10% held back).
+    #[arg(long, default_value_t = DictionaryOptions::default().samples)]
+    pub dict_samples: usize,
+}
+
+impl Flags {
+    pub fn options(&self) -> DictionaryOptions {
+        DictionaryOptions {
+            layer: self.dict_layer,
+            expansion: self.dict_expansion,
+            k: self.dict_k,
+            steps: self.dict_steps,
+            batch: self.dict_batch,
+            lr: self.dict_lr,
+            samples: self.dict_samples,
+            ..DictionaryOptions::default()
+        }
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod charts;
 pub mod cmap;
 pub mod dictionary;
 pub mod findings;
+pub mod flags;
 pub mod grade;
 pub mod logit_lens;
 pub mod steering;
@@ -16,8 +17,8 @@ pub mod traces;
 pub mod weights;
 
 use neurodiff_protocol::{
-    Analyses, AnalysisKind, AuditResults, AuditSpec, Grades, PlanRecord, ShardKey, ShardOutput,
-    ShardSpec, SpecError, RESULTS_SCHEMA_VERSION,
+    Analyses, AnalysisKind, AuditResults, AuditSpec, Grades, PlanRecord, RequestOptions, ShardKey,
+    ShardOutput, ShardSpec, SpecError, RESULTS_SCHEMA_VERSION,
 };
 
 pub use charts::ChartError;
@@ -74,6 +75,11 @@ pub trait Analysis: Sync {
     /// Its grades against an organism's ground truth, into `g` (none by default: not every
     /// analysis has a planted answer to be graded against).
     fn grade(&self, _analyses: &Analyses, _truth: grade::Truth<'_>, _g: &mut Grades) {}
+
+    /// Its grades as rows of `neurodiff grade`'s table (check, result).
+    fn grade_rows(&self, _g: &Grades) -> Vec<[String; 2]> {
+        Vec::new()
+    }
 
     /// What it found, in a line (the CLI's summary, report.html's verdict), when its section
     /// is present.
@@ -147,6 +153,47 @@ pub static REGISTRY: [&dyn Analysis; 9] = [
     &dictionary::CROSSCODER,
     &dictionary::SAE_DIFF,
 ];
+
+/// Every analysis's flags on the command line (`neurodiff audit`, `submit`, `scan create`),
+/// which make the request's options.
+#[derive(Debug, Clone, clap::Args)]
+#[group(skip)]
+pub struct AnalysisFlags {
+    #[command(flatten)]
+    weights: weights::Flags,
+    #[command(flatten)]
+    activations: activations::Flags,
+    #[command(flatten)]
+    logit_lens: logit_lens::Flags,
+    #[command(flatten)]
+    traces: traces::Flags,
+    #[command(flatten)]
+    cmap: cmap::Flags,
+    #[command(flatten)]
+    steering: steering::Flags,
+    #[command(flatten)]
+    generation: flags::GenerationFlags,
+    #[command(flatten)]
+    dictionary: dictionary::Flags,
+}
+
+impl AnalysisFlags {
+    /// The request's options these flags give.
+    pub fn options(&self) -> Result<RequestOptions, SpecError> {
+        let generation = self.generation.options();
+        Ok(RequestOptions {
+            weights: Some(self.weights.options()),
+            activations: Some(self.activations.options()),
+            logit_lens: Some(self.logit_lens.options()),
+            traces: Some(self.traces.options(generation.clone())),
+            cmap: Some(self.cmap.options()),
+            stitching: None,
+            steering: Some(self.steering.options(generation)?),
+            crosscoder: Some(self.dictionary.options()),
+            sae_diff: Some(self.dictionary.options()),
+        })
+    }
+}
 
 /// The analysis of `kind`.
 pub fn analysis(kind: AnalysisKind) -> &'static dyn Analysis {
@@ -252,6 +299,12 @@ pub(crate) fn require_corpus(
         analysis: kind,
         message: "planned without a corpus".into(),
     })
+}
+
+/// The block an analysis reads by default (the traces, steering, the dictionaries): the
+/// middle one, int(0.5 · (n_blocks − 1)).
+pub fn middle_block(n_layers: usize) -> usize {
+    n_layers.saturating_sub(1) / 2
 }
 
 /// The blocks an analysis that runs block by block covers: `layers`, or all of them.

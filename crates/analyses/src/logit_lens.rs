@@ -5,8 +5,8 @@
 use std::fmt::Write as _;
 
 use neurodiff_protocol::{
-    Analyses, AnalysisKind, AuditResults, AuditSpec, KlSums, LensLayer, LensReport, LensShard,
-    SampleKl, ShardKey, ShardOutput, TokenShift,
+    Analyses, AnalysisKind, AuditResults, AuditSpec, KlSums, LensLayer, LensOptions, LensReport,
+    LensShard, SampleKl, ShardKey, ShardOutput, TokenShift,
 };
 
 use crate::charts::{lines, Series};
@@ -287,4 +287,22 @@ pub fn keep_top(samples: &mut Vec<SampleKl>, k: usize) {
             .then(a.sample.cmp(&b.sample))
     });
     samples.truncate(k);
+}
+
+/// The logit lens's flags.
+#[derive(Debug, Clone, clap::Args)]
+#[group(skip)]
+pub struct Flags {
+    /// Tokens listed per block whose logit-lens probability rises (and falls) most.
+    #[arg(long, default_value_t = LensOptions::default().top_tokens)]
+    pub top_tokens: usize,
+}
+
+impl Flags {
+    pub fn options(&self) -> LensOptions {
+        LensOptions {
+            top_tokens: self.top_tokens,
+            ..LensOptions::default()
+        }
+    }
 }

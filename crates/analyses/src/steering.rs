@@ -6,8 +6,8 @@
 use std::fmt::Write as _;
 
 use neurodiff_protocol::{
-    Analyses, AnalysisKind, AuditResults, AuditSpec, Grades, ShardKey, ShardOutput, SteeringBlock,
-    SteeringChoice, SteeringPoint, SteeringReport, SteeringShard, SteeringVector,
+    Analyses, AnalysisKind, AuditResults, AuditSpec, Grades, ShardKey, ShardOutput, SpecError,
+    SteeringBlock, SteeringChoice, SteeringPoint, SteeringReport, SteeringShard, SteeringVector,
 };
 
 use crate::charts::{lines, Series};
@@ -29,7 +29,7 @@ fn merge_err(message: String) -> AnalysisError {
 pub fn steered_blocks(spec: &AuditSpec, n_layers: usize) -> Result<Vec<usize>, AnalysisError> {
     match &spec.options.steering.layers {
         Some(l) => crate::blocks("steering.layers", Some(l), n_layers),
-        None => Ok(vec![crate::traces::default_layer(n_layers)]),
+        None => Ok(vec![crate::middle_block(n_layers)]),
     }
 }
 
@@ -141,15 +141,29 @@ impl Analysis for Steering {
 
     fn grade(&self, analyses: &Analyses, _truth: Truth<'_>, g: &mut Grades) {
         let Some(s) = &analyses.steering else { return };
-        g.steering_domain_gain = s.chosen.iter().find(|c| c.target == "base").and_then(|c| {
-            let at = |alpha: f64| {
-                s.curves
-                    .iter()
-                    .find(|p| p.target == "base" && p.layer == c.layer && p.alpha == alpha)
-                    .and_then(|p| p.domain_mass)
-            };
-            Some(at(c.alpha)? - at(0.0)?)
-        });
+        g.steering.steering_domain_gain =
+            s.chosen.iter().find(|c| c.target == "base").and_then(|c| {
+                let at = |alpha: f64| {
+                    s.curves
+                        .iter()
+                        .find(|p| p.target == "base" && p.layer == c.layer && p.alpha == alpha)
+                        .and_then(|p| p.domain_mass)
+                };
+                Some(at(c.alpha)? - at(0.0)?)
+            });
+    }
+
+    fn grade_rows(&self, g: &Grades) -> Vec<[String; 2]> {
+        g.steering
+            .steering_domain_gain
+            .map(|d| {
+                [
+                    "steering: domain mass gained by the base at the chosen α".to_string(),
+                    format!("{d:+.4}"),
+                ]
+            })
+            .into_iter()
+            .collect()
     }
 
     fn finding(&self, results: &AuditResults) -> Option<Finding> {
@@ -164,7 +178,7 @@ impl Analysis for Steering {
         f.graded = results
             .grades
             .as_ref()
-            .and_then(|g| g.steering_domain_gain)
+            .and_then(|g| g.steering.steering_domain_gain)
             .map(|gain| {
                 format!("the steered base's domain-token mass {gain:+.3} against unsteered")
             });
@@ -293,5 +307,58 @@ impl Sections for Steering {
             report.generations.extend(s.generations);
         }
         Ok(report)
+    }
+}
+
+/// Steering's flags (its generations take the shared generation flags).
+#[derive(Debug, Clone, clap::Args)]
+#[group(skip)]
+pub struct Flags {
+    /// Steering: blocks steered (default: the middle one), like `--layers`.
+    #[arg(long)]
+    pub steer_layers: Option<String>,
+    /// Steering: the difference vector, `mean` (every token) or `position-J` (δ_J).
+    #[arg(long, default_value = "mean", value_parser = parse_vector)]
+    pub steer_vector: SteeringVector,
+    /// Steering: strengths α (comma-separated), in units of the fine-tuned model's mean norm.
+    #[arg(long, value_delimiter = ',')]
+    pub steer_alphas: Option<Vec<f64>>,
+    /// Steering: samples of the corpus the curves are measured on.
+    #[arg(long, default_value_t = neurodiff_protocol::SteeringOptions::default().samples)]
+    pub steer_samples: usize,
+    /// Steering: the chosen α is the largest whose perplexity stays within this factor.
+    #[arg(long, default_value_t = neurodiff_protocol::SteeringOptions::default().ppl_factor)]
+    pub ppl_factor: f64,
+}
+
+impl Flags {
+    pub fn options(
+        &self,
+        generation: neurodiff_protocol::GenerationOptions,
+    ) -> Result<neurodiff_protocol::SteeringOptions, SpecError> {
+        let default = neurodiff_protocol::SteeringOptions::default();
+        let layers = match &self.steer_layers {
+            Some(l) => neurodiff_protocol::parse_layers(l)
+                .map_err(|e| SpecError::Field("--steer-layers".into(), e.to_string()))?,
+            None => None,
+        };
+        Ok(neurodiff_protocol::SteeringOptions {
+            layers,
+            vector: self.steer_vector,
+            alphas: self.steer_alphas.clone().unwrap_or(default.alphas),
+            samples: self.steer_samples,
+            ppl_factor: self.ppl_factor,
+            generation,
+        })
+    }
+}
+
+fn parse_vector(s: &str) -> Result<SteeringVector, String> {
+    match s.trim() {
+        "mean" => Ok(SteeringVector::Mean),
+        v => match v.strip_prefix("position-").map(str::parse::<usize>) {
+            Some(Ok(position)) => Ok(SteeringVector::Position { position }),
+            _ => Err(format!("`{v}`: expected `mean` or `position-J`")),
+        },
     }
 }

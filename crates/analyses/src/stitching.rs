@@ -121,9 +121,28 @@ impl Analysis for Stitching {
                     .collect();
                 matches &= expected == zero;
             }
-            g.stitching_zero_kl.push((dir, zero));
+            g.stitching.stitching_zero_kl.push((dir, zero));
         }
-        g.stitching_matches = trained.map(|_| matches);
+        g.stitching.stitching_matches = trained.map(|_| matches);
+    }
+
+    fn grade_rows(&self, g: &Grades) -> Vec<[String; 2]> {
+        let s = &g.stitching;
+        if s.stitching_zero_kl.is_empty() {
+            return Vec::new();
+        }
+        vec![[
+            "stitching: splits with zero KL to the fine-tune".to_string(),
+            format!(
+                "{}; as the trained blocks predict: {}",
+                s.stitching_zero_kl
+                    .iter()
+                    .map(|(d, ks)| format!("{d} k = {ks:?}"))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                s.stitching_matches.map_or("n/a".into(), |b| b.to_string())
+            ),
+        ]]
     }
 
     fn finding(&self, results: &AuditResults) -> Option<Finding> {
@@ -140,7 +159,7 @@ impl Analysis for Stitching {
         f.graded = results
             .grades
             .as_ref()
-            .and_then(|g| g.stitching_matches)
+            .and_then(|g| g.stitching.stitching_matches)
             .map(|m| {
                 format!(
                     "the splits of zero KL to the fine-tune {} the trained blocks",
@@ -164,11 +183,12 @@ impl Analysis for Stitching {
             s.n_samples, s.n_tokens
         );
         if let Some(g) = &results.grades {
-            if let Some(m) = g.stitching_matches {
+            if let Some(m) = g.stitching.stitching_matches {
                 let _ = write!(
                     out,
                     "<p>Zero KL to the fine-tune at {}: {} the trained blocks {:?}.</p>",
-                    g.stitching_zero_kl
+                    g.stitching
+                        .stitching_zero_kl
                         .iter()
                         .map(|(d, ks)| format!("{d} k = {ks:?}"))
                         .collect::<Vec<_>>()

@@ -25,11 +25,6 @@ fn merge_err(message: String) -> AnalysisError {
     }
 }
 
-/// The block the traces read by default: int(0.5 · (n_blocks − 1)).
-pub fn default_layer(n_layers: usize) -> usize {
-    n_layers.saturating_sub(1) / 2
-}
-
 /// |a ∩ b| / 20 of two top-20 lists.
 pub fn overlap20(a: &[usize], b: &[usize]) -> f64 {
     let a: BTreeSet<_> = a.iter().take(20).collect();
@@ -107,6 +102,7 @@ impl Analysis for Traces {
                 label: "precision at 20 (logit lens)".into(),
                 points: g
                     .traces
+                    .traces
                     .iter()
                     .map(|x| (x.position as f64, x.logit_lens_p20))
                     .collect(),
@@ -166,16 +162,53 @@ impl Analysis for Traces {
         for p in &t.positions {
             let (lens, hits) = precision_at_20(truth.gt, &p.logit_lens.top_tokens);
             let (scope, _) = precision_at_20(truth.gt, &p.patchscope.top_tokens);
-            g.traces.push(TraceGrade {
+            g.traces.traces.push(TraceGrade {
                 position: p.position,
                 logit_lens_p20: lens,
                 patchscope_p20: scope,
                 hits,
             });
         }
-        let n = g.traces.len().max(1) as f64;
-        g.mean_logit_lens_p20 = Some(g.traces.iter().map(|x| x.logit_lens_p20).sum::<f64>() / n);
-        g.mean_patchscope_p20 = Some(g.traces.iter().map(|x| x.patchscope_p20).sum::<f64>() / n);
+        let n = g.traces.traces.len().max(1) as f64;
+        g.traces.mean_logit_lens_p20 = Some(
+            g.traces
+                .traces
+                .iter()
+                .map(|x| x.logit_lens_p20)
+                .sum::<f64>()
+                / n,
+        );
+        g.traces.mean_patchscope_p20 = Some(
+            g.traces
+                .traces
+                .iter()
+                .map(|x| x.patchscope_p20)
+                .sum::<f64>()
+                / n,
+        );
+    }
+
+    fn grade_rows(&self, g: &Grades) -> Vec<[String; 2]> {
+        let mut rows: Vec<[String; 2]> = g
+            .traces
+            .traces
+            .iter()
+            .map(|x| {
+                [
+                    format!("traces δ_{}: P@20 logit lens / Patchscope", x.position),
+                    format!(
+                        "{:.2} / {:.2}  [{}]",
+                        x.logit_lens_p20,
+                        x.patchscope_p20,
+                        x.hits.join(",")
+                    ),
+                ]
+            })
+            .collect();
+        if let (Some(l), Some(p)) = (g.traces.mean_logit_lens_p20, g.traces.mean_patchscope_p20) {
+            rows.push(["traces: mean P@20".to_string(), format!("{l:.2} / {p:.2}")]);
+        }
+        rows
     }
 
     fn finding(&self, results: &AuditResults) -> Option<Finding> {
@@ -291,7 +324,7 @@ fn html(t: &TracesReport, results: &AuditResults) -> String {
         results
             .grades
             .as_ref()
-            .and_then(|g| g.traces.iter().find(|x| x.position == p))
+            .and_then(|g| g.traces.traces.iter().find(|x| x.position == p))
     };
     out.push_str(
         "<table><tr><th>j</th><th>‖δ_j‖</th><th style=\"text-align:left\">logit lens, top 20</th>\
@@ -391,6 +424,7 @@ fn finding(t: &TracesReport, g: Option<&Grades>) -> Finding {
     let p20: Vec<(usize, f64)> = g
         .map(|g| {
             g.traces
+                .traces
                 .iter()
                 .map(|x| (x.position, x.logit_lens_p20))
                 .collect()
@@ -430,11 +464,37 @@ fn finding(t: &TracesReport, g: Option<&Grades>) -> Finding {
         Some(format!(
             "precision at 20 of the domain words: logit lens {:.2}, Patchscope {:.2} (mean over \
              positions)",
-            g.mean_logit_lens_p20?,
-            g.mean_patchscope_p20.unwrap_or(0.0)
+            g.traces.mean_logit_lens_p20?,
+            g.traces.mean_patchscope_p20.unwrap_or(0.0)
         ))
     });
     f
+}
+
+/// The readable traces' flags (their generations take the shared generation flags).
+#[derive(Debug, Clone, clap::Args)]
+#[group(skip)]
+pub struct Flags {
+    /// Readable traces: samples averaged into δ_j (the whole corpus when it has fewer).
+    #[arg(long, default_value_t = neurodiff_protocol::TraceOptions::default().samples)]
+    pub trace_samples: usize,
+    /// Readable traces: the block read (default: the middle one, int(0.5 · (n − 1))).
+    #[arg(long)]
+    pub trace_layer: Option<usize>,
+}
+
+impl Flags {
+    pub fn options(
+        &self,
+        generation: neurodiff_protocol::GenerationOptions,
+    ) -> neurodiff_protocol::TraceOptions {
+        neurodiff_protocol::TraceOptions {
+            samples: self.trace_samples,
+            layer: self.trace_layer,
+            generation,
+            ..neurodiff_protocol::TraceOptions::default()
+        }
+    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,8 @@
 use std::collections::BTreeSet;
 use std::time::Instant;
 
-use neurodiff_analyses::traces::{default_layer, overlap20};
+use neurodiff_analyses::middle_block;
+use neurodiff_analyses::traces::overlap20;
 use neurodiff_core::corpus::Batch;
 use neurodiff_core::{Edit, HookKind, HookPoint, Hooks};
 use neurodiff_protocol::{
@@ -51,7 +52,7 @@ pub fn run(
     let started = Instant::now();
     let layer = opts
         .layer
-        .unwrap_or_else(|| default_layer(pair.info().n_layers));
+        .unwrap_or_else(|| middle_block(pair.info().n_layers));
     let point = HookPoint::new(layer, HookKind::ResidPost);
     let n = opts.samples.min(input.tokens.len());
     let norm_samples = &input.tokens[..n.min(NORM_SAMPLES)];

@@ -57,16 +57,22 @@ fn traces_of_a_narrow_fine_tune_read_as_its_domain() {
             let t = r.analyses.traces.as_ref().unwrap();
             assert_eq!(t.positions.len(), 5);
             assert_eq!(t.layer, if kind == "blocks" { 4 } else { 2 });
-            let lens = g.mean_logit_lens_p20.unwrap();
-            let scope = g.mean_patchscope_p20.unwrap();
+            let lens = g.traces.mean_logit_lens_p20.unwrap();
+            let scope = g.traces.mean_patchscope_p20.unwrap();
             eprintln!(
                 "{organism}: P@20 logit lens {lens:.2}, Patchscope {scope:.2}; by position {:?}",
                 g.traces
+                    .traces
                     .iter()
                     .map(|x| (x.logit_lens_p20, x.patchscope_p20))
                     .collect::<Vec<_>>()
             );
-            let with_words = g.traces.iter().filter(|x| x.logit_lens_p20 > 0.0).count();
+            let with_words = g
+                .traces
+                .traces
+                .iter()
+                .filter(|x| x.logit_lens_p20 > 0.0)
+                .count();
             assert!(
                 with_words >= 3,
                 "{organism}: {with_words} positions name the domain"
@@ -116,7 +122,12 @@ fn stitching_and_cmap_find_the_trained_blocks() {
         };
         assert_eq!(p.kl_to_base == 0.0, from_base, "{p:?}");
     }
-    assert_eq!(g.stitching_matches, Some(true), "{:?}", g.stitching_zero_kl);
+    assert_eq!(
+        g.stitching.stitching_matches,
+        Some(true),
+        "{:?}",
+        g.stitching.stitching_zero_kl
+    );
     let c = r.analyses.cmap.as_ref().unwrap();
     assert_eq!(c.cells.len(), 6 * 3 * 2);
     for cell in &c.cells {
@@ -125,7 +136,7 @@ fn stitching_and_cmap_find_the_trained_blocks() {
             assert_eq!(cell.recovery, 0.0, "{cell:?}");
         }
     }
-    let top = g.cmap_top.as_ref().unwrap();
+    let top = g.cmap.cmap_top.as_ref().unwrap();
     for cell in c
         .cells
         .iter()
@@ -134,7 +145,7 @@ fn stitching_and_cmap_find_the_trained_blocks() {
         eprintln!("{cell:?}");
     }
     eprintln!("cmap top {top:?}");
-    assert_eq!(g.cmap_in_trained_blocks, Some(true), "{top:?}");
+    assert_eq!(g.cmap.cmap_in_trained_blocks, Some(true), "{top:?}");
 }
 
 #[test]

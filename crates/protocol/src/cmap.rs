@@ -93,3 +93,11 @@ impl crate::AnalysisOptions for CmapOptions {
         crate::spec::check_block_tokens(&format!("{field}.samples"), self.samples, seq_len)
     }
 }
+
+/// CMAP's grades: the cell of largest recovery among the blocks' attention and MLP outputs (a
+/// block's output carries every earlier change), and whether it lies in a trained block.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CmapGrade {
+    pub cmap_top: Option<CmapCell>,
+    pub cmap_in_trained_blocks: Option<bool>,
+}

@@ -1,8 +1,6 @@
-//! Grading against an organism's ground truth: what `ground_truth.json` says, and the grades of a
-//! report (trace precision, whether CMAP and stitching find the trained blocks).
+//! Grading against an organism's ground truth: what `ground_truth.json` says (each analysis's
+//! grades are its own type, gathered in `Grades`).
 use serde::{Deserialize, Serialize};
-
-use crate::CmapCell;
 
 /// What an organism's ground_truth.json says the fine-tune planted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -15,41 +13,6 @@ pub struct GroundTruth {
     pub domain_token_ids: Vec<usize>,
     /// The blocks trained, for a fine-tune of chosen blocks.
     pub trained_blocks: Option<Vec<usize>>,
-}
-
-/// Precision at 20 of one position's trace tokens.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TraceGrade {
-    pub position: usize,
-    pub logit_lens_p20: f64,
-    pub patchscope_p20: f64,
-    /// The domain words among the logit lens's top 20.
-    pub hits: Vec<String>,
-}
-
-/// `grades`: the audit measured against an organism's ground truth.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Grades {
-    pub organism: String,
-    pub domain: Option<String>,
-    pub trained_blocks: Option<Vec<usize>>,
-    #[serde(default)]
-    pub traces: Vec<TraceGrade>,
-    pub mean_logit_lens_p20: Option<f64>,
-    pub mean_patchscope_p20: Option<f64>,
-    /// The CMAP cell of largest recovery among the blocks' attention and MLP outputs (a block's
-    /// output carries every earlier change), and whether it lies in a trained block.
-    pub cmap_top: Option<CmapCell>,
-    pub cmap_in_trained_blocks: Option<bool>,
-    /// Splits whose stitched model has KL to the fine-tune of (numerically) zero, per direction,
-    /// and whether those are exactly the splits that take every trained block from it.
-    pub stitching_zero_kl: Vec<(crate::StitchDirection, Vec<usize>)>,
-    pub stitching_matches: Option<bool>,
-    /// Mean domain-token mass of the base steered at the chosen α against unsteered.
-    pub steering_domain_gain: Option<f64>,
-    /// An LLM grader's share of relevant trace tokens, when one was asked.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub llm: Option<serde_json::Value>,
 }
 
 impl GroundTruth {
@@ -100,6 +63,39 @@ impl GroundTruth {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each analysis's grades sit at the top level of `grades`, as results.json has always
+    /// had them (docs/results-schema.md), and read back.
+    #[test]
+    fn grades_keep_their_flat_schema() {
+        let mut g = crate::Grades {
+            organism: "o".into(),
+            ..crate::Grades::default()
+        };
+        g.cmap.cmap_in_trained_blocks = Some(true);
+        g.traces.mean_logit_lens_p20 = Some(0.5);
+        let v = serde_json::to_value(&g).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "cmap_in_trained_blocks",
+                "cmap_top",
+                "domain",
+                "mean_logit_lens_p20",
+                "mean_patchscope_p20",
+                "organism",
+                "steering_domain_gain",
+                "stitching_matches",
+                "stitching_zero_kl",
+                "traces",
+                "trained_blocks",
+            ]
+        );
+        assert_eq!(v["cmap_in_trained_blocks"], true);
+        let back: crate::Grades = serde_json::from_value(v).unwrap();
+        assert_eq!(back, g);
+    }
 
     #[test]
     fn ground_truth_reads_an_organism() {

@@ -30,7 +30,7 @@ pub use activations::{
     ActivationLayer, ActivationOptions, ActivationsReport, ActivationsShard, DiffSums, Example,
     Histogram, MeanDiff, MeanDiffSums, PositionSums,
 };
-pub use cmap::{CmapCell, CmapOptions, CmapReport, CmapShard, CmapSums};
+pub use cmap::{CmapCell, CmapGrade, CmapOptions, CmapReport, CmapShard, CmapSums};
 pub use corpus::{
     CorpusOptions, CorpusRecord, TokenFilter, BUILTIN_CHAT_CORPUS, BUILTIN_CORPUS, MAX_BATCH,
     MAX_SAMPLES, MAX_SEQ_LEN,
@@ -42,14 +42,14 @@ pub use dictionary::{
 };
 pub use error::SpecError;
 pub use generation::{Generation, GenerationOptions, MAX_GENERATED_TOKENS};
-pub use grades::{Grades, GroundTruth, TraceGrade};
+pub use grades::GroundTruth;
 pub use jobs::{Envelope, Event, PlanRecord, Task, EVENTS_MAX_LEN, EVENTS_STREAM, TASKS_STREAM};
 pub use limits::Limits;
 pub use logit_lens::{
     KlSums, LensLayer, LensOptions, LensReport, LensShard, SampleKl, TokenShift, VocabCompare,
 };
 pub use policy::{classify, ModelRef, PolicyError, ReferencePolicy};
-pub use registry::AnalysisOptions;
+pub use registry::{AnalysisOptions, NoGrade};
 pub use results::{
     relative, AddedRows, AuditResults, FileHash, LayerMetrics, ModelRecord, ModuleMetrics,
     ShapeMismatch, ShardResult, TensorMetrics, WeightsReport, RESULTS_SCHEMA_VERSION,
@@ -60,12 +60,15 @@ pub use spec::{
     MAX_DICTIONARY_TRAIN_TOKENS, MAX_LAYER_INDEX, MAX_SHARD_TOKENS, MAX_TOP_K,
 };
 pub use steering::{
-    SteeringBlock, SteeringChoice, SteeringOptions, SteeringPoint, SteeringReport, SteeringShard,
-    SteeringVector,
+    SteeringBlock, SteeringChoice, SteeringGrade, SteeringOptions, SteeringPoint, SteeringReport,
+    SteeringShard, SteeringVector,
 };
-pub use stitching::{StitchPoint, StitchShard, StitchSums, StitchingReport};
+pub use stitching::{StitchPoint, StitchShard, StitchSums, StitchingGrade, StitchingReport};
 pub use tokens::{TokenList, TokenProb};
-pub use traces::{Patchscope, ScalePoint, TraceOptions, TracePosition, TraceShard, TracesReport};
+pub use traces::{
+    Patchscope, ScalePoint, TraceGrade, TraceOptions, TracePosition, TraceShard, TracesGrade,
+    TracesReport,
+};
 pub use views::Vocabulary;
 pub use vocab::{
     BlockMetric, BlockSite, Component, HookKind, LatentClass, PatchDirection, StitchDirection,
@@ -78,45 +81,54 @@ registry::analyses! {
     Weights = "weights" {
         field: weights, unit: Tensors, shard: ShardResult, report: WeightsReport,
         options: WeightOptions,
+        grade: NoGrade,
     }
     /// Tier II: differences of both models' activations on a corpus, per block and hook.
     Activations = "activations" {
         field: activations, unit: Samples, shard: ActivationsShard, report: ActivationsReport,
         options: ActivationOptions,
+        grade: NoGrade,
     }
     /// Tier II: the differential logit lens, KL(ft || base) per block and at the output.
     LogitLens = "logit-lens" {
         field: logit_lens, unit: Samples, shard: LensShard, report: LensReport,
         options: LensOptions,
+        grade: NoGrade,
     }
     /// Tier II: readable traces of the fine-tune (ADL's logit lens and Patchscope of δ_j).
     Traces = "traces" {
         field: traces, unit: Position, shard: TraceShard, report: TracesReport,
         options: TraceOptions,
+        grade: TracesGrade,
     }
     /// Tier II: cross-model activation patching, per block and component, both directions.
     Cmap = "cmap" {
         field: cmap, unit: Block, shard: CmapShard, report: CmapReport, options: CmapOptions,
+        grade: CmapGrade,
     }
     /// Tier II: model stitching, blocks [0, k) of one model and the rest of the other.
     Stitching = "stitching" {
         field: stitching, unit: Samples, shard: StitchShard, report: StitchingReport,
         options: (),
+        grade: StitchingGrade,
     }
     /// Tier II: steering with difference vectors over a grid of strengths, with generations.
     Steering = "steering" {
         field: steering, unit: Block, shard: SteeringShard, report: SteeringReport,
         options: SteeringOptions,
+        grade: SteeringGrade,
     }
     /// Tier III: a BatchTopK crosscoder over both models' activations at one block, with
     /// latent scaling and feature attribution.
     Crosscoder = "crosscoder" {
         field: crosscoder, unit: SamplesThenBlock, shard: DictionaryReport,
         report: DictionaryReport, options: DictionaryOptions,
+        grade: NoGrade,
     }
     /// Tier III: a BatchTopK SAE on the activation differences h_ft − h_base at one block.
     SaeDiff = "sae-diff" {
         field: sae_diff, unit: SamplesThenBlock, shard: DictionaryReport,
         report: DictionaryReport, options: DictionaryOptions,
+        grade: NoGrade,
     }
 }

@@ -18,11 +18,20 @@ pub trait AnalysisOptions {
         None
     }
 
+    /// Its checks against the corpus's sample length (positions it reads must exist).
+    fn check_seq_len(&self, _field: &str, _seq_len: usize) -> Result<(), SpecError> {
+        Ok(())
+    }
+
     /// Its bounds on what one worker holds, for samples of `seq_len` tokens.
     fn check_limits(&self, _field: &str, _seq_len: usize) -> Result<(), SpecError> {
         Ok(())
     }
 }
+
+/// The grades of an analysis that an organism does not grade: nothing in `grades`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NoGrade {}
 
 /// Options for an analysis that has none.
 impl AnalysisOptions for () {
@@ -33,7 +42,8 @@ impl AnalysisOptions for () {
 
 /// Declares the analyses: for each, its doc, `Kind = "wire-name"`, its field (the name of its
 /// options and of its section of results.json), its shard unit, its shard output type, its
-/// report type, and its options type (`()` for none: it has no field in `Options`).
+/// report type, its options type (`()` for none: it has no field in `Options`) and its
+/// grades' type (`NoGrade` for none).
 macro_rules! analyses {
     ($(
         $(#[doc = $doc:literal])*
@@ -42,7 +52,8 @@ macro_rules! analyses {
             unit: $unit:ident,
             shard: $shard:ty,
             report: $report:ty,
-            options: $opts:ty $(,)?
+            options: $opts:ty,
+            grade: $grade:ty $(,)?
         }
     )*) => {
         /// The analyses an audit can run, by the name users give them (`--analyses`,
@@ -134,6 +145,19 @@ macro_rules! analyses {
                 #[serde(skip_serializing_if = "Option::is_none", default)]
                 pub $field: Option<$report>,
             )*
+        }
+
+        /// `grades`: the audit measured against an organism's ground truth, each analysis's
+        /// grades at the top level (flattened).
+        #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+        pub struct Grades {
+            pub organism: String,
+            pub domain: Option<String>,
+            pub trained_blocks: Option<Vec<usize>>,
+            $(#[serde(flatten)] pub $field: $grade,)*
+            /// An LLM grader's share of relevant trace tokens, when one was asked.
+            #[serde(skip_serializing_if = "Option::is_none", default)]
+            pub llm: Option<serde_json::Value>,
         }
 
         /// What one shard returns, by analysis.

@@ -185,24 +185,9 @@ impl AuditSpec {
         }
         self.options.validate(&self.corpus)?;
         // A position no sample can reach would fail the audit after its forward passes.
-        if self.runs(AnalysisKind::Traces) && self.options.traces.positions > self.corpus.seq_len {
-            return Err(SpecError::Field(
-                "traces.positions".into(),
-                format!(
-                    "{} positions but samples are cut to corpus.seq_len = {}",
-                    self.options.traces.positions, self.corpus.seq_len
-                ),
-            ));
-        }
-        if let crate::SteeringVector::Position { position } = self.options.steering.vector {
-            if self.runs(AnalysisKind::Steering) && position >= self.corpus.seq_len {
-                return Err(SpecError::Field(
-                    "steering.vector.position".into(),
-                    format!(
-                        "position {position} is beyond corpus.seq_len = {}",
-                        self.corpus.seq_len
-                    ),
-                ));
+        for (kind, options) in self.options.each() {
+            if self.runs(kind) {
+                options.check_seq_len(kind.field(), self.corpus.seq_len)?;
             }
         }
         Ok(())
@@ -221,9 +206,9 @@ impl AuditSpec {
                 return Err(SpecError::Field(
                     "corpus".into(),
                     format!(
-                        "{read} samples read (the most any analysis asks for: max_samples, \
-                         traces, cmap, steering or a dictionary's samples) × seq_len = {tokens} \
-                         tokens; the limit is {} (--max-corpus-tokens)",
+                        "{read} samples read (the most any analysis asks for: corpus.max_samples \
+                         or an analysis's own samples) × seq_len = {tokens} tokens; the limit \
+                         is {} (--max-corpus-tokens)",
                         limits.max_corpus_tokens
                     ),
                 ));

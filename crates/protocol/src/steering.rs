@@ -158,6 +158,18 @@ impl crate::AnalysisOptions for SteeringOptions {
         self.validate()
     }
 
+    fn check_seq_len(&self, field: &str, seq_len: usize) -> Result<(), SpecError> {
+        if let SteeringVector::Position { position } = self.vector {
+            if position >= seq_len {
+                return Err(SpecError::Field(
+                    format!("{field}.vector.position"),
+                    format!("position {position} is beyond corpus.seq_len = {seq_len}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn samples(&self) -> Option<usize> {
         Some(self.samples)
     }
@@ -166,6 +178,13 @@ impl crate::AnalysisOptions for SteeringOptions {
     fn check_limits(&self, field: &str, seq_len: usize) -> Result<(), SpecError> {
         crate::spec::check_block_tokens(&format!("{field}.samples"), self.samples, seq_len)
     }
+}
+
+/// Steering's grade: the mean domain-token mass of the base steered at the chosen α against
+/// unsteered.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SteeringGrade {
+    pub steering_domain_gain: Option<f64>,
 }
 
 #[cfg(test)]

@@ -52,3 +52,12 @@ pub struct StitchingReport {
     pub loss_ft: f64,
     pub points: Vec<StitchPoint>,
 }
+
+/// Stitching's grades: the splits whose stitched model has KL to the fine-tune of
+/// (numerically) zero, per direction, and whether those are exactly the splits that take every
+/// trained block from it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StitchingGrade {
+    pub stitching_zero_kl: Vec<(crate::StitchDirection, Vec<usize>)>,
+    pub stitching_matches: Option<bool>,
+}

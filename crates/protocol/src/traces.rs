@@ -194,7 +194,39 @@ impl crate::AnalysisOptions for TraceOptions {
         self.validate()
     }
 
+    fn check_seq_len(&self, field: &str, seq_len: usize) -> Result<(), SpecError> {
+        if self.positions > seq_len {
+            return Err(SpecError::Field(
+                format!("{field}.positions"),
+                format!(
+                    "{} positions but samples are cut to corpus.seq_len = {seq_len}",
+                    self.positions
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn samples(&self) -> Option<usize> {
         Some(self.samples)
     }
+}
+
+/// Precision at 20 of one position's trace tokens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TraceGrade {
+    pub position: usize,
+    pub logit_lens_p20: f64,
+    pub patchscope_p20: f64,
+    /// The domain words among the logit lens's top 20.
+    pub hits: Vec<String>,
+}
+
+/// The traces' grades: precision at 20 of the domain words, per position and on average.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TracesGrade {
+    #[serde(default)]
+    pub traces: Vec<TraceGrade>,
+    pub mean_logit_lens_p20: Option<f64>,
+    pub mean_patchscope_p20: Option<f64>,
 }

@@ -176,3 +176,34 @@ fn html(w: &WeightsReport) -> String {
     );
     out
 }
+
+/// The weight audit's flags (`neurodiff audit`, `submit`, `scan create`).
+#[derive(Debug, Clone, clap::Args)]
+#[group(skip)]
+pub struct Flags {
+    /// Spectral metrics: `full` or `none` (norms only).
+    #[arg(long, default_value = "full", value_parser = parse_spectrum)]
+    pub spectrum: neurodiff_protocol::Spectrum,
+    /// Leading singular values to report per tensor.
+    #[arg(long, default_value_t = neurodiff_protocol::WeightOptions::default().top_k)]
+    pub top_k: usize,
+}
+
+impl Flags {
+    pub fn options(&self) -> neurodiff_protocol::WeightOptions {
+        neurodiff_protocol::WeightOptions {
+            spectrum: self.spectrum,
+            top_k: self.top_k,
+        }
+    }
+}
+
+fn parse_spectrum(s: &str) -> Result<neurodiff_protocol::Spectrum, String> {
+    match s {
+        "full" => Ok(neurodiff_protocol::Spectrum::Full),
+        "none" => Ok(neurodiff_protocol::Spectrum::None),
+        other => Err(format!(
+            "`{other}`: expected `full` (every singular value) or `none` (norms only)"
+        )),
+    }
+}

@@ -64,53 +64,10 @@ pub fn table(g: &Grades) -> String {
         "organism".to_string(),
         format!("{} ({})", g.organism, g.domain.clone().unwrap_or_default()),
     ]);
-    for x in &g.traces {
-        t.add_row([
-            format!("traces δ_{}: P@20 logit lens / Patchscope", x.position),
-            format!(
-                "{:.2} / {:.2}  [{}]",
-                x.logit_lens_p20,
-                x.patchscope_p20,
-                x.hits.join(",")
-            ),
-        ]);
-    }
-    if let (Some(l), Some(p)) = (g.mean_logit_lens_p20, g.mean_patchscope_p20) {
-        t.add_row(["traces: mean P@20".to_string(), format!("{l:.2} / {p:.2}")]);
-    }
-    if let Some(c) = &g.cmap_top {
-        t.add_row([
-            "CMAP: largest recovery".to_string(),
-            format!(
-                "block {} {} {} = {:.3}; in the trained blocks: {}",
-                c.layer,
-                c.component,
-                c.direction,
-                c.recovery,
-                g.cmap_in_trained_blocks
-                    .map_or("n/a".into(), |b| b.to_string())
-            ),
-        ]);
-    }
-    if !g.stitching_zero_kl.is_empty() {
-        t.add_row([
-            "stitching: splits with zero KL to the fine-tune".to_string(),
-            format!(
-                "{}; as the trained blocks predict: {}",
-                g.stitching_zero_kl
-                    .iter()
-                    .map(|(d, ks)| format!("{d} k = {ks:?}"))
-                    .collect::<Vec<_>>()
-                    .join("; "),
-                g.stitching_matches.map_or("n/a".into(), |b| b.to_string())
-            ),
-        ]);
-    }
-    if let Some(d) = g.steering_domain_gain {
-        t.add_row([
-            "steering: domain mass gained by the base at the chosen α".to_string(),
-            format!("{d:+.4}"),
-        ]);
+    for analysis in neurodiff_analyses::REGISTRY {
+        for row in analysis.grade_rows(g) {
+            t.add_row(row);
+        }
     }
     format!("{t}\n")
 }
