@@ -368,6 +368,12 @@ pub struct ClassCounts {
     pub other: usize,
 }
 
+/// The analyses that train a dictionary (their latents are the team database's latent rows).
+pub const DICTIONARIES: [crate::AnalysisKind; 2] = [
+    crate::AnalysisKind::Crosscoder,
+    crate::AnalysisKind::SaeDiff,
+];
+
 /// A trained dictionary a report carries: its analysis, its section's name in results.json
 /// (which names its artifact, `{section}.safetensors`) and its report.
 #[derive(Debug, Clone, Copy)]

@@ -38,7 +38,7 @@ pub use corpus::{
 pub use dictionary::{
     real_ft_only, ActivationStore, ClassCounts, CollectShard, DictionaryOptions, DictionaryReport,
     DictionarySection, LatentExample, LatentReport, StoreManifest, StoreSlice, StoredFile,
-    TrainPoint, NU_EPS_MAX, NU_R_MAX,
+    TrainPoint, DICTIONARIES, NU_EPS_MAX, NU_R_MAX,
 };
 pub use error::SpecError;
 pub use generation::{Generation, GenerationOptions, MAX_GENERATED_TOKENS};

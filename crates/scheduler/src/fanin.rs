@@ -163,7 +163,6 @@ pub async fn finish(ctx: &SchedulerContext, f: Finishing) -> Result<bool, FanInE
     Ok(finished)
 }
 
-/// The per-block metrics of the corpus analyses, as the team-wide query stores them.
 /// The per-latent rows of the dictionary analyses (every latent results.json lists).
 pub fn latent_rows(results: &AuditResults) -> Vec<neurodiff_store::LatentRow> {
     let mut rows = Vec::new();
@@ -189,6 +188,7 @@ pub fn latent_rows(results: &AuditResults) -> Vec<neurodiff_store::LatentRow> {
     rows
 }
 
+/// The per-block metrics of the corpus analyses, as the team-wide query stores them.
 pub fn block_rows(results: &AuditResults) -> Vec<neurodiff_store::BlockRow> {
     let mut rows = Vec::new();
     if let Some(a) = &results.analyses.activations {

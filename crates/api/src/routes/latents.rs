@@ -32,9 +32,6 @@ pub struct LatentsQuery {
     pub limit: Option<i64>,
 }
 
-/// The analyses whose latents the latent results hold.
-const ANALYSES: [AnalysisKind; 2] = [AnalysisKind::Crosscoder, AnalysisKind::SaeDiff];
-
 /// `GET /v1/results/latents`: latents across the team's succeeded audits, most frequent first.
 #[utoipa::path(get, path = "/v1/results/latents", tag = "results", params(LatentsQuery),
     responses((status = 200, body = LatentPage), (status = 400, description = "a bad filter, named")),
@@ -48,9 +45,11 @@ pub async fn query(
     let bad = |m: String| Err(ApiError::BadRequest(m));
     let analysis = match q.analysis.as_deref().map(str::parse::<AnalysisKind>) {
         None => None,
-        Some(Ok(a)) if ANALYSES.contains(&a) => Some(a),
+        Some(Ok(a)) if neurodiff_protocol::DICTIONARIES.contains(&a) => Some(a),
         Some(_) => {
-            let known = ANALYSES.map(AnalysisKind::as_str).join(", ");
+            let known = neurodiff_protocol::DICTIONARIES
+                .map(AnalysisKind::as_str)
+                .join(", ");
             return bad(format!("query `analysis`: one of {known}"));
         }
     };

@@ -38,12 +38,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             truth_path.display()
         );
     };
-    let n_layers = results
-        .analyses
-        .stitching
-        .as_ref()
-        .and_then(|s| s.points.iter().map(|p| p.k).max());
-    let mut grades = neurodiff_analyses::grade::grade(&results.analyses, &truth, n_layers);
+    // The depth is not in results.json; the analyses that need it read it from their section.
+    let mut grades = neurodiff_analyses::grade::grade(&results.analyses, &truth, None);
     if args.llm {
         grades.llm = Some(llm_grade(&results, &truth)?);
     }
