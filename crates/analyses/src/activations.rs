@@ -14,7 +14,7 @@ use neurodiff_protocol::{
 use crate::charts::{lines, Series};
 use crate::findings::Finding;
 use crate::{
-    check_cover, corpus_shards, escape, Analysis, AnalysisError, Figure, PlanFacts, Sections,
+    check_cover, corpus_shards, escape, Analysis, AnalysisError, Figure, Merge, PlanFacts,
 };
 
 /// The artifact holding the mean difference vectors.
@@ -135,20 +135,8 @@ impl Analysis for Activations {
     }
 }
 
-impl Sections for Activations {
-    type Shard = ActivationsShard;
-    type Report = ActivationsReport;
-
-    fn shard(&self, output: ShardOutput) -> Option<ActivationsShard> {
-        match output {
-            ShardOutput::Activations(s) => Some(s),
-            _ => None,
-        }
-    }
-
-    fn section<'a>(&self, analyses: &'a mut Analyses) -> &'a mut Option<ActivationsReport> {
-        &mut analyses.activations
-    }
+impl Merge for Activations {
+    type Wire = neurodiff_protocol::sections::Activations;
 
     fn merge_shards(
         &self,

@@ -12,7 +12,7 @@ use neurodiff_protocol::{
 use crate::charts::grid;
 use crate::findings::Finding;
 use crate::grade::Truth;
-use crate::{Analysis, AnalysisError, Figure, PlanFacts, Sections};
+use crate::{Analysis, AnalysisError, Figure, Merge, PlanFacts};
 
 #[derive(Debug)]
 pub struct Cmap;
@@ -199,20 +199,8 @@ impl Analysis for Cmap {
     }
 }
 
-impl Sections for Cmap {
-    type Shard = CmapShard;
-    type Report = CmapReport;
-
-    fn shard(&self, output: ShardOutput) -> Option<CmapShard> {
-        match output {
-            ShardOutput::Cmap(s) => Some(s),
-            _ => None,
-        }
-    }
-
-    fn section<'a>(&self, analyses: &'a mut Analyses) -> &'a mut Option<CmapReport> {
-        &mut analyses.cmap
-    }
+impl Merge for Cmap {
+    type Wire = neurodiff_protocol::sections::Cmap;
 
     fn merge_shards(
         &self,

@@ -118,6 +118,42 @@ pub trait Sections {
     ) -> Result<Self::Report, AnalysisError>;
 }
 
+/// An analysis with one place in the wire types (`neurodiff_protocol::sections::<Kind>`): its
+/// merge from its shards to its report. Its [`Sections`] follow (the shard's variant and the
+/// section are the wire type's), so only the dictionaries, which pick theirs by family, write
+/// `Sections` by hand.
+pub trait Merge {
+    type Wire: neurodiff_protocol::Section;
+
+    /// Its shards' outputs (in any order) merged into its section.
+    fn merge_shards(
+        &self,
+        spec: &AuditSpec,
+        shards: Vec<<Self::Wire as neurodiff_protocol::Section>::Shard>,
+    ) -> Result<<Self::Wire as neurodiff_protocol::Section>::Report, AnalysisError>;
+}
+
+impl<T: Merge> Sections for T {
+    type Shard = <T::Wire as neurodiff_protocol::Section>::Shard;
+    type Report = <T::Wire as neurodiff_protocol::Section>::Report;
+
+    fn shard(&self, output: ShardOutput) -> Option<Self::Shard> {
+        <T::Wire as neurodiff_protocol::Section>::shard(output)
+    }
+
+    fn section<'a>(&self, analyses: &'a mut Analyses) -> &'a mut Option<Self::Report> {
+        <T::Wire as neurodiff_protocol::Section>::section(analyses)
+    }
+
+    fn merge_shards(
+        &self,
+        spec: &AuditSpec,
+        shards: Vec<Self::Shard>,
+    ) -> Result<Self::Report, AnalysisError> {
+        Merge::merge_shards(self, spec, shards)
+    }
+}
+
 /// [`Analysis::merge`] for an analysis with typed [`Sections`]: every output unwrapped to its
 /// shard type (another analysis's output is refused, naming it), merged, and stored as its
 /// section.

@@ -12,7 +12,7 @@ use neurodiff_protocol::{
 use crate::charts::{lines, Series};
 use crate::findings::Finding;
 use crate::{
-    check_cover, corpus_shards, escape, Analysis, AnalysisError, Figure, PlanFacts, Sections,
+    check_cover, corpus_shards, escape, Analysis, AnalysisError, Figure, Merge, PlanFacts,
 };
 
 #[derive(Debug)]
@@ -91,20 +91,8 @@ impl Analysis for LogitLens {
     }
 }
 
-impl Sections for LogitLens {
-    type Shard = LensShard;
-    type Report = LensReport;
-
-    fn shard(&self, output: ShardOutput) -> Option<LensShard> {
-        match output {
-            ShardOutput::LogitLens(s) => Some(s),
-            _ => None,
-        }
-    }
-
-    fn section<'a>(&self, analyses: &'a mut Analyses) -> &'a mut Option<LensReport> {
-        &mut analyses.logit_lens
-    }
+impl Merge for LogitLens {
+    type Wire = neurodiff_protocol::sections::LogitLens;
 
     fn merge_shards(
         &self,

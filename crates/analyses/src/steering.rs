@@ -13,7 +13,7 @@ use neurodiff_protocol::{
 use crate::charts::{lines, Series};
 use crate::findings::Finding;
 use crate::grade::Truth;
-use crate::{escape, Analysis, AnalysisError, Figure, PlanFacts, Sections};
+use crate::{escape, Analysis, AnalysisError, Figure, Merge, PlanFacts};
 
 #[derive(Debug)]
 pub struct Steering;
@@ -248,20 +248,8 @@ impl Analysis for Steering {
     }
 }
 
-impl Sections for Steering {
-    type Shard = SteeringShard;
-    type Report = SteeringReport;
-
-    fn shard(&self, output: ShardOutput) -> Option<SteeringShard> {
-        match output {
-            ShardOutput::Steering(s) => Some(s),
-            _ => None,
-        }
-    }
-
-    fn section<'a>(&self, analyses: &'a mut Analyses) -> &'a mut Option<SteeringReport> {
-        &mut analyses.steering
-    }
+impl Merge for Steering {
+    type Wire = neurodiff_protocol::sections::Steering;
 
     fn merge_shards(
         &self,

@@ -13,7 +13,7 @@ use neurodiff_protocol::{
 use crate::charts::{lines, Series};
 use crate::findings::Finding;
 use crate::grade::{Truth, ZERO_KL};
-use crate::{check_cover, corpus_shards, Analysis, AnalysisError, Figure, PlanFacts, Sections};
+use crate::{check_cover, corpus_shards, Analysis, AnalysisError, Figure, Merge, PlanFacts};
 
 #[derive(Debug)]
 pub struct Stitching;
@@ -206,20 +206,8 @@ impl Analysis for Stitching {
     }
 }
 
-impl Sections for Stitching {
-    type Shard = StitchShard;
-    type Report = StitchingReport;
-
-    fn shard(&self, output: ShardOutput) -> Option<StitchShard> {
-        match output {
-            ShardOutput::Stitching(s) => Some(s),
-            _ => None,
-        }
-    }
-
-    fn section<'a>(&self, analyses: &'a mut Analyses) -> &'a mut Option<StitchingReport> {
-        &mut analyses.stitching
-    }
+impl Merge for Stitching {
+    type Wire = neurodiff_protocol::sections::Stitching;
 
     fn merge_shards(
         &self,

@@ -13,7 +13,7 @@ use neurodiff_protocol::{
 use crate::charts::{grid, lines, Series};
 use crate::findings::Finding;
 use crate::grade::{precision_at_20, Truth};
-use crate::{escape, Analysis, AnalysisError, Figure, PlanFacts, Sections};
+use crate::{escape, Analysis, AnalysisError, Figure, Merge, PlanFacts};
 
 #[derive(Debug)]
 pub struct Traces;
@@ -225,20 +225,8 @@ impl Analysis for Traces {
     }
 }
 
-impl Sections for Traces {
-    type Shard = TraceShard;
-    type Report = TracesReport;
-
-    fn shard(&self, output: ShardOutput) -> Option<TraceShard> {
-        match output {
-            ShardOutput::Traces(s) => Some(s),
-            _ => None,
-        }
-    }
-
-    fn section<'a>(&self, analyses: &'a mut Analyses) -> &'a mut Option<TracesReport> {
-        &mut analyses.traces
-    }
+impl Merge for Traces {
+    type Wire = neurodiff_protocol::sections::Traces;
 
     fn merge_shards(
         &self,

@@ -8,8 +8,7 @@ use neurodiff_analyses::activations::diff_sums;
 use neurodiff_core::corpus::Batch;
 use neurodiff_core::{HookKind, HookPoint, Hooks};
 use neurodiff_protocol::{
-    ActivationOptions, ActivationsShard, DiffSums, Example, Histogram, MeanDiffSums, ShardOutput,
-    ShardSpec,
+    ActivationOptions, ActivationsShard, DiffSums, Example, Histogram, MeanDiffSums, ShardSpec,
 };
 use tch::{Kind, Tensor};
 
@@ -40,35 +39,15 @@ pub fn run(
     let _guard = tch::no_grad_guard();
     let started = Instant::now();
     let info = pair.info().clone();
-    let (n_layers, d) = (info.n_layers, info.d_model as usize);
-    let p_max = opts.positions;
-    let mut stats: Vec<DiffSums> = (0..n_layers)
-        .flat_map(|l| HookKind::ALL.map(move |h| diff_sums(l, h, p_max)))
-        .collect();
-    let mut diff_values: Vec<Vec<f64>> = vec![Vec::new(); stats.len()];
-    let mut rel_values: Vec<Vec<f64>> = vec![Vec::new(); stats.len()];
-    let mut candidates: Vec<Vec<Candidate>> = vec![Vec::new(); n_layers];
-    let mut mean = MeanDiffSums {
-        d_model: d,
-        n_layers,
-        positions: p_max,
-        by_position: vec![0.0; n_layers * p_max * d],
-        position_counts: vec![0; p_max],
-        all: vec![0.0; n_layers * d],
-        all_count: 0,
-    };
-    let mut n_tokens = 0u64;
+    let n_layers = info.n_layers;
+    let mut sums = Sums::new(n_layers, info.d_model as usize, opts, input.skip_first);
     let batch_size = input.batch_size.max(1);
     for (b, chunk) in input.tokens.chunks(batch_size).enumerate() {
         check(progress, "batch")?;
         let first = input.start + b * batch_size;
         let batch = Batch::new(chunk, pair.device())?;
         let tokens = Tokens::of(&batch, first)?.filtered(input)?;
-        n_tokens += tokens.sample.len() as u64;
-        for (p, c) in mean.position_counts.iter_mut().enumerate() {
-            *c += tokens.position.iter().filter(|&&q| q == p).count() as u64;
-        }
-        mean.all_count += tokens.sample.len() as u64;
+        sums.count(&tokens);
         // Only the block outputs that are not residual states are cached: the residual ones
         // are the hidden states, and resid_mid is resid_pre + attn_out (the same addition).
         let hooks = || {
@@ -80,7 +59,69 @@ pub fn run(
         let (mut hb, mut hf) = (hooks(), hooks());
         let out_b = pair.model(Side::Base).forward(&batch.ids, &mut hb)?;
         let out_f = pair.model(Side::Finetuned).forward(&batch.ids, &mut hf)?;
-        let (cache_b, cache_f) = (hb.take_cache(), hf.take_cache());
+        let (base, ft) = (
+            States::new(&out_b, hb.take_cache()),
+            States::new(&out_f, hf.take_cache()),
+        );
+        let at = At::new(&tokens, sums.p_max, pair.device())?;
+        for layer in 0..n_layers {
+            for (h, hook) in HookKind::ALL.into_iter().enumerate() {
+                let (xb, xf) = (base.at(layer, hook)?, ft.at(layer, hook)?);
+                sums.add(layer, h, &at, &xb, &xf)?;
+            }
+        }
+    }
+    sums.finish(pair, input, opts, started)
+}
+
+/// One side's states of a batch: its forward output and the cached attention and MLP outputs.
+struct States<'a> {
+    out: &'a neurodiff_core::ForwardOutput,
+    cache: std::collections::BTreeMap<HookPoint, Tensor>,
+}
+
+impl<'a> States<'a> {
+    fn new(
+        out: &'a neurodiff_core::ForwardOutput,
+        cache: std::collections::BTreeMap<HookPoint, Tensor>,
+    ) -> Self {
+        States { out, cache }
+    }
+
+    /// The state at `hook` of block `layer`.
+    fn at(&self, layer: usize, hook: HookKind) -> Result<Tensor> {
+        let cached = |kind| {
+            self.cache.get(&HookPoint::new(layer, kind)).ok_or_else(|| {
+                crate::ExecError::Io(format!(
+                    "the model did not expose {}",
+                    HookPoint::new(layer, kind)
+                ))
+            })
+        };
+        // The contract: at hook_resid_post a block's state is its output before any final norm
+        // (transformers' hidden_states[layer + 1] for every block but the last, whose hidden
+        // state is already normed), as at every hook point.
+        Ok(match hook {
+            HookKind::ResidPre => self.out.hidden_states[layer].shallow_clone(),
+            HookKind::ResidPost => self.out.resid_post(layer).shallow_clone(),
+            HookKind::ResidMid => {
+                self.out.hidden_states[layer].f_add(cached(HookKind::AttnOut)?)?
+            }
+            HookKind::AttnOut | HookKind::MlpOut => cached(hook)?.shallow_clone(),
+        })
+    }
+}
+
+/// The batch's kept tokens, with their positions on the device and which of them lie within
+/// the position profile.
+struct At<'a> {
+    tokens: &'a Tokens,
+    positions: Tensor,
+    early: Tensor,
+}
+
+impl<'a> At<'a> {
+    fn new(tokens: &'a Tokens, p_max: usize, device: tch::Device) -> Result<Self> {
         let positions = Tensor::from_slice(
             &tokens
                 .position
@@ -88,129 +129,189 @@ pub fn run(
                 .map(|&p| p as i64)
                 .collect::<Vec<_>>(),
         )
-        .f_to_device(pair.device())?;
+        .f_to_device(device)?;
         let early = positions.f_lt(p_max as i64)?;
-        for (layer, candidates) in candidates.iter_mut().enumerate() {
-            for (h, hook) in HookKind::ALL.into_iter().enumerate() {
-                let state = |out: &neurodiff_core::ForwardOutput,
-                             cache: &std::collections::BTreeMap<HookPoint, Tensor>|
-                 -> Result<Tensor> {
-                    let cached = |kind| {
-                        cache.get(&HookPoint::new(layer, kind)).ok_or_else(|| {
-                            crate::ExecError::Io(format!(
-                                "the model did not expose {}",
-                                HookPoint::new(layer, kind)
-                            ))
-                        })
-                    };
-                    // The contract: at hook_resid_post a block's state is its output before any
-                    // final norm (transformers' hidden_states[layer + 1] for every block but the
-                    // last, whose hidden state is already normed), as at every hook point.
-                    Ok(match hook {
-                        HookKind::ResidPre => out.hidden_states[layer].shallow_clone(),
-                        HookKind::ResidPost => out.resid_post(layer).shallow_clone(),
-                        HookKind::ResidMid => {
-                            out.hidden_states[layer].f_add(cached(HookKind::AttnOut)?)?
-                        }
-                        HookKind::AttnOut | HookKind::MlpOut => cached(hook)?.shallow_clone(),
-                    })
-                };
-                let (xb, xf) = (state(&out_b, &cache_b)?, state(&out_f, &cache_f)?);
-                let (xb, xf) = (&xb, &xf);
-                // Per-token reductions in f32 (the states are f32 or narrower): the difference
-                // of two nearby f32 values is exact, and a 1e-7 relative error in a norm is far
-                // inside the contract's 1e-4; the sums over tokens are f64.
-                let xb = tokens.select(xb)?.f_to_kind(Kind::Float)?;
-                let xf = tokens.select(xf)?.f_to_kind(Kind::Float)?;
-                let diff = xf.f_sub(&xb)?;
-                let norm = |t: &Tensor| -> Result<Vec<f64>> {
-                    to_f64(
-                        &t.f_square()?
-                            .f_sum_dim_intlist(1, false, Kind::Float)?
-                            .f_sqrt()?,
-                    )
-                };
-                let (dn, bn, fnm) = (norm(&diff)?, norm(&xb)?, norm(&xf)?);
-                let dot = to_f64(&xf.f_mul(&xb)?.f_sum_dim_intlist(1, false, Kind::Float)?)?;
-                let i = layer * HookKind::ALL.len() + h;
-                let s = &mut stats[i];
-                for t in 0..dn.len() {
-                    let rel = dn[t] / bn[t].max(TINY);
-                    // Identical states have cosine 1 exactly, whatever the rounding of the norms.
-                    let cos = if dn[t] == 0.0 {
-                        1.0
-                    } else {
-                        dot[t] / (bn[t] * fnm[t]).max(TINY)
-                    };
-                    s.n += 1;
-                    s.diff_norm += dn[t];
-                    s.rel_diff += rel;
-                    s.cosine += cos;
-                    s.base_norm += bn[t];
-                    s.ft_norm += fnm[t];
-                    let p = tokens.position[t];
-                    // The distributions and top examples leave out the BOS (its state is the
-                    // same whatever the text and dominates both); the means keep every token.
-                    let counted = p >= input.skip_first;
-                    if counted {
-                        diff_values[i].push(dn[t]);
-                        rel_values[i].push(rel);
-                    }
-                    if p < p_max {
-                        s.positions.n[p] += 1;
-                        s.positions.diff_norm[p] += dn[t];
-                        s.positions.rel_diff[p] += rel;
-                    }
-                    if counted && hook == HookKind::ResidPost && opts.top_examples > 0 {
-                        candidates.push(Candidate {
-                            diff_norm: dn[t],
-                            rel_diff: rel,
-                            sample: tokens.sample[t],
-                            position: p,
-                        });
-                    }
-                }
-                if hook == HookKind::ResidPost {
-                    let by_pos =
-                        Tensor::f_zeros([p_max as i64, d as i64], (Kind::Float, diff.device()))?
-                            .f_index_add(
-                                0,
-                                &positions.f_masked_select(&early)?,
-                                &diff.f_index_select(0, &early.f_nonzero()?.f_squeeze_dim(1)?)?,
-                            )?;
-                    let by_pos = to_f64(&by_pos)?;
-                    let at = layer * p_max * d;
-                    for (a, v) in mean.by_position[at..at + p_max * d].iter_mut().zip(by_pos) {
-                        *a += v;
-                    }
-                    let all = to_f64(&diff.f_sum_dim_intlist(0, false, Kind::Double)?)?;
-                    for (a, v) in mean.all[layer * d..(layer + 1) * d].iter_mut().zip(all) {
-                        *a += v;
-                    }
-                    keep_top(candidates, opts.top_examples);
-                }
-            }
+        Ok(At {
+            tokens,
+            positions,
+            early,
+        })
+    }
+}
+
+/// What one shard accumulates, per block and hook, in sample order.
+struct Sums {
+    stats: Vec<DiffSums>,
+    diff_values: Vec<Vec<f64>>,
+    rel_values: Vec<Vec<f64>>,
+    candidates: Vec<Vec<Candidate>>,
+    mean: MeanDiffSums,
+    n_tokens: u64,
+    p_max: usize,
+    d: usize,
+    top_examples: usize,
+    skip_first: usize,
+}
+
+impl Sums {
+    fn new(n_layers: usize, d: usize, opts: &ActivationOptions, skip_first: usize) -> Self {
+        let p_max = opts.positions;
+        let stats: Vec<DiffSums> = (0..n_layers)
+            .flat_map(|l| HookKind::ALL.map(move |h| diff_sums(l, h, p_max)))
+            .collect();
+        let sites = stats.len();
+        Sums {
+            stats,
+            diff_values: vec![Vec::new(); sites],
+            rel_values: vec![Vec::new(); sites],
+            candidates: vec![Vec::new(); n_layers],
+            mean: MeanDiffSums {
+                d_model: d,
+                n_layers,
+                positions: p_max,
+                by_position: vec![0.0; n_layers * p_max * d],
+                position_counts: vec![0; p_max],
+                all: vec![0.0; n_layers * d],
+                all_count: 0,
+            },
+            n_tokens: 0,
+            p_max,
+            d,
+            top_examples: opts.top_examples,
+            skip_first,
         }
     }
-    for (i, s) in stats.iter_mut().enumerate() {
-        s.diff_hist = Histogram::from_values(diff_values[i].iter().copied());
-        s.rel_hist = Histogram::from_values(rel_values[i].iter().copied());
+
+    /// The batch's tokens, in the counts.
+    fn count(&mut self, tokens: &Tokens) {
+        self.n_tokens += tokens.sample.len() as u64;
+        for (p, c) in self.mean.position_counts.iter_mut().enumerate() {
+            *c += tokens.position.iter().filter(|&&q| q == p).count() as u64;
+        }
+        self.mean.all_count += tokens.sample.len() as u64;
     }
-    let examples = candidates
-        .into_iter()
-        .enumerate()
-        .flat_map(|(layer, c)| c.into_iter().map(move |c| (layer, c)))
-        .map(|(layer, c)| example(pair, input, layer, c, opts.context))
-        .collect();
-    Ok(ActivationsShard {
-        start: input.start,
-        end: input.start + input.samples.len(),
-        n_tokens,
-        stats,
-        examples,
-        mean_diff: mean,
-        elapsed_s: started.elapsed().as_secs_f64(),
-    })
+
+    /// Both models' states at one hook (`h`, its index in `HookKind::ALL`) of block `layer`.
+    fn add(&mut self, layer: usize, h: usize, at: &At<'_>, xb: &Tensor, xf: &Tensor) -> Result<()> {
+        let hook = HookKind::ALL[h];
+        let tokens = at.tokens;
+        // Per-token reductions in f32 (the states are f32 or narrower): the difference of two
+        // nearby f32 values is exact, and a 1e-7 relative error in a norm is far inside the
+        // contract's 1e-4; the sums over tokens are f64.
+        let xb = tokens.select(xb)?.f_to_kind(Kind::Float)?;
+        let xf = tokens.select(xf)?.f_to_kind(Kind::Float)?;
+        let diff = xf.f_sub(&xb)?;
+        let norm = |t: &Tensor| -> Result<Vec<f64>> {
+            to_f64(
+                &t.f_square()?
+                    .f_sum_dim_intlist(1, false, Kind::Float)?
+                    .f_sqrt()?,
+            )
+        };
+        let (dn, bn, fnm) = (norm(&diff)?, norm(&xb)?, norm(&xf)?);
+        let dot = to_f64(&xf.f_mul(&xb)?.f_sum_dim_intlist(1, false, Kind::Float)?)?;
+        let i = layer * HookKind::ALL.len() + h;
+        let s = &mut self.stats[i];
+        for t in 0..dn.len() {
+            let rel = dn[t] / bn[t].max(TINY);
+            // Identical states have cosine 1 exactly, whatever the rounding of the norms.
+            let cos = if dn[t] == 0.0 {
+                1.0
+            } else {
+                dot[t] / (bn[t] * fnm[t]).max(TINY)
+            };
+            s.n += 1;
+            s.diff_norm += dn[t];
+            s.rel_diff += rel;
+            s.cosine += cos;
+            s.base_norm += bn[t];
+            s.ft_norm += fnm[t];
+            let p = tokens.position[t];
+            // The distributions and top examples leave out the BOS (its state is the same
+            // whatever the text and dominates both); the means keep every token.
+            let counted = p >= self.skip_first;
+            if counted {
+                self.diff_values[i].push(dn[t]);
+                self.rel_values[i].push(rel);
+            }
+            if p < self.p_max {
+                s.positions.n[p] += 1;
+                s.positions.diff_norm[p] += dn[t];
+                s.positions.rel_diff[p] += rel;
+            }
+            if counted && hook == HookKind::ResidPost && self.top_examples > 0 {
+                self.candidates[layer].push(Candidate {
+                    diff_norm: dn[t],
+                    rel_diff: rel,
+                    sample: tokens.sample[t],
+                    position: p,
+                });
+            }
+        }
+        if hook == HookKind::ResidPost {
+            self.add_mean(layer, at, &diff)?;
+            keep_top(&mut self.candidates[layer], self.top_examples);
+        }
+        Ok(())
+    }
+
+    /// Block `layer`'s residual differences, in the mean difference vectors (per position and
+    /// over every token).
+    fn add_mean(&mut self, layer: usize, at: &At<'_>, diff: &Tensor) -> Result<()> {
+        let (p_max, d) = (self.p_max, self.d);
+        let by_pos = Tensor::f_zeros([p_max as i64, d as i64], (Kind::Float, diff.device()))?
+            .f_index_add(
+                0,
+                &at.positions.f_masked_select(&at.early)?,
+                &diff.f_index_select(0, &at.early.f_nonzero()?.f_squeeze_dim(1)?)?,
+            )?;
+        let by_pos = to_f64(&by_pos)?;
+        let start = layer * p_max * d;
+        for (a, v) in self.mean.by_position[start..start + p_max * d]
+            .iter_mut()
+            .zip(by_pos)
+        {
+            *a += v;
+        }
+        let all = to_f64(&diff.f_sum_dim_intlist(0, false, Kind::Double)?)?;
+        for (a, v) in self.mean.all[layer * d..(layer + 1) * d]
+            .iter_mut()
+            .zip(all)
+        {
+            *a += v;
+        }
+        Ok(())
+    }
+
+    /// The shard: the distributions from the kept values, the top examples decoded.
+    fn finish(
+        mut self,
+        pair: &Pair,
+        input: &ShardInput<'_>,
+        opts: &ActivationOptions,
+        started: Instant,
+    ) -> Result<ActivationsShard> {
+        for (i, s) in self.stats.iter_mut().enumerate() {
+            s.diff_hist = Histogram::from_values(self.diff_values[i].iter().copied());
+            s.rel_hist = Histogram::from_values(self.rel_values[i].iter().copied());
+        }
+        let examples = self
+            .candidates
+            .into_iter()
+            .enumerate()
+            .flat_map(|(layer, c)| c.into_iter().map(move |c| (layer, c)))
+            .map(|(layer, c)| example(pair, input, layer, c, opts.context))
+            .collect();
+        Ok(ActivationsShard {
+            start: input.start,
+            end: input.start + input.samples.len(),
+            n_tokens: self.n_tokens,
+            stats: self.stats,
+            examples,
+            mean_diff: self.mean,
+            elapsed_s: started.elapsed().as_secs_f64(),
+        })
+    }
 }
 
 fn keep_top(c: &mut Vec<Candidate>, k: usize) {
@@ -252,13 +353,8 @@ fn example(
 pub struct Activations;
 
 impl Execute for Activations {
-    type Options = ActivationOptions;
-    type Shard = ActivationsShard;
+    type Wire = neurodiff_protocol::sections::Activations;
     const NEEDS_BLOCKS: bool = false;
-
-    fn options(spec: &ShardSpec) -> &ActivationOptions {
-        &spec.options.activations
-    }
 
     fn reads(_spec: &ShardSpec) -> Result<Read> {
         Ok(Read::Slice)
@@ -270,10 +366,6 @@ impl Execute for Activations {
         progress: Progress<'_>,
     ) -> Result<ActivationsShard> {
         run(on.pair, &on.input, opts, progress)
-    }
-
-    fn output(shard: ActivationsShard) -> ShardOutput {
-        ShardOutput::Activations(shard)
     }
 
     fn steps(spec: &ShardSpec, _n_samples: usize) -> usize {

@@ -6,8 +6,7 @@ use std::time::Instant;
 use neurodiff_core::corpus::Batch;
 use neurodiff_core::{HookPoint, Hooks};
 use neurodiff_protocol::{
-    CmapOptions, CmapShard, CmapSums, Component, GroundTruth, PatchDirection, ShardOutput,
-    ShardSpec,
+    CmapOptions, CmapShard, CmapSums, Component, GroundTruth, PatchDirection, ShardSpec,
 };
 
 use crate::dist::kl_rows;
@@ -97,13 +96,8 @@ pub fn run(
 pub struct Cmap;
 
 impl Execute for Cmap {
-    type Options = CmapOptions;
-    type Shard = CmapShard;
+    type Wire = neurodiff_protocol::sections::Cmap;
     const NEEDS_BLOCKS: bool = true;
-
-    fn options(spec: &ShardSpec) -> &CmapOptions {
-        &spec.options.cmap
-    }
 
     fn reads(spec: &ShardSpec) -> Result<Read> {
         Ok(Read::Leading(spec.options.cmap.samples))
@@ -118,10 +112,6 @@ impl Execute for Cmap {
             on.ground_truth(),
             progress,
         )
-    }
-
-    fn output(shard: CmapShard) -> ShardOutput {
-        ShardOutput::Cmap(shard)
     }
 
     fn steps(spec: &ShardSpec, n_samples: usize) -> usize {

@@ -1,35 +1,33 @@
 //! What an analysis that runs the models on corpus text implements on the libtorch side
 //! ([`Execute`]), and what its shard runs on ([`Run`]).
-use neurodiff_protocol::{ShardKey, ShardOutput, ShardSpec};
+use neurodiff_protocol::{Section, ShardKey, ShardSpec};
 
 use crate::progress::Progress;
 use crate::{dist, forward, ExecError, Result, Sources};
 
-/// An analysis that runs both models on corpus text, on the libtorch side: its options, what
-/// one of its shards returns, which samples that shard reads, and the run itself. The
-/// description's `neurodiff_analyses::Sections::Shard` is the same `Shard` type.
+/// An analysis that runs both models on corpus text, on the libtorch side: its place in the
+/// wire types (`neurodiff_protocol::sections::<Kind>`: its options, what one of its shards
+/// returns, the same types its description merges), which samples a shard reads, and the run
+/// itself.
 pub trait Execute {
-    /// Its options in the spec.
-    type Options;
-    /// What one shard returns.
-    type Shard;
+    type Wire: Section;
     /// Whether a model without blocks is refused (it has nothing to patch, stitch or steer).
     const NEEDS_BLOCKS: bool;
-
-    fn options(spec: &ShardSpec) -> &Self::Options;
 
     /// Which samples its shard reads.
     fn reads(spec: &ShardSpec) -> Result<Read>;
 
     /// Runs one shard.
-    fn run(run: &Run<'_>, opts: &Self::Options, progress: Progress<'_>) -> Result<Self::Shard>;
-
-    /// The shard's output as the queue and the fan-in carry it.
-    fn output(shard: Self::Shard) -> ShardOutput;
+    fn run(run: &Run<'_>, opts: &Options<Self>, progress: Progress<'_>) -> Result<Shard<Self>>;
 
     /// The progress steps of one of its shards over a corpus of `n_samples` (the CLI's bar).
     fn steps(spec: &ShardSpec, n_samples: usize) -> usize;
 }
+
+/// The options of analysis `E`.
+pub type Options<E> = <<E as Execute>::Wire as Section>::Options;
+/// What one shard of analysis `E` returns.
+pub type Shard<E> = <<E as Execute>::Wire as Section>::Shard;
 
 /// Forward batches over `n` samples.
 pub(crate) fn batches(spec: &ShardSpec, n: usize) -> usize {

@@ -8,8 +8,7 @@ use neurodiff_analyses::logit_lens::{keep_top, kl_sums};
 use neurodiff_core::corpus::Batch;
 use neurodiff_core::Hooks;
 use neurodiff_protocol::{
-    Histogram, KlSums, LensOptions, LensShard, SampleKl, ShardOutput, ShardSpec, TokenShift,
-    VocabCompare,
+    Histogram, KlSums, LensOptions, LensShard, SampleKl, ShardSpec, TokenShift, VocabCompare,
 };
 use tch::{Kind, Tensor};
 
@@ -198,13 +197,8 @@ pub fn run(
 pub struct LogitLens;
 
 impl Execute for LogitLens {
-    type Options = LensOptions;
-    type Shard = LensShard;
+    type Wire = neurodiff_protocol::sections::LogitLens;
     const NEEDS_BLOCKS: bool = false;
-
-    fn options(spec: &ShardSpec) -> &LensOptions {
-        &spec.options.logit_lens
-    }
 
     fn reads(_spec: &ShardSpec) -> Result<Read> {
         Ok(Read::Slice)
@@ -212,10 +206,6 @@ impl Execute for LogitLens {
 
     fn run(on: &Run<'_>, opts: &LensOptions, progress: Progress<'_>) -> Result<LensShard> {
         run(on.pair, &on.input, opts, progress)
-    }
-
-    fn output(shard: LensShard) -> ShardOutput {
-        ShardOutput::LogitLens(shard)
     }
 
     fn steps(spec: &ShardSpec, _n_samples: usize) -> usize {

@@ -1,7 +1,7 @@
 //! Running one shard: the half of each analysis that needs libtorch, one module per analysis
 //! (the other half, plans, merges and plots, is `neurodiff_analyses`). The embedded audit and
 //! the service's workers call [`run_shard`] alike.
-use neurodiff_protocol::{ShardKey, ShardOutput, ShardSpec};
+use neurodiff_protocol::{Section, ShardKey, ShardOutput, ShardSpec};
 use tch::Device;
 
 use neurodiff_analyses::dictionary::Family;
@@ -126,7 +126,8 @@ impl Corpus<'_> {
             s = s.with_blocks(self.spec)?;
         }
         let run = Run::new(&s.pair, s.input(self.spec), self.spec.shard, self.sources);
-        Ok(E::output(E::run(&run, E::options(self.spec), progress)?))
+        let options = E::Wire::options(&self.spec.options);
+        Ok(E::Wire::output(E::run(&run, options, progress)?))
     }
 
     /// A crosscoder's or an SAE's shard: a collect shard reads its slice alone, the training

@@ -10,7 +10,7 @@ use neurodiff_core::corpus::Batch;
 use neurodiff_core::organisms::trained::rng::Rng;
 use neurodiff_core::{HookKind, HookPoint, Hooks};
 use neurodiff_protocol::{
-    Generation, GroundTruth, ShardOutput, ShardSpec, SteeringOptions, SteeringPoint, SteeringShard,
+    Generation, GroundTruth, ShardSpec, SteeringOptions, SteeringPoint, SteeringShard,
     SteeringVector,
 };
 use tch::{Kind, Tensor};
@@ -297,13 +297,8 @@ pub(crate) fn generations_of(
 pub struct Steering;
 
 impl Execute for Steering {
-    type Options = SteeringOptions;
-    type Shard = SteeringShard;
+    type Wire = neurodiff_protocol::sections::Steering;
     const NEEDS_BLOCKS: bool = true;
-
-    fn options(spec: &ShardSpec) -> &SteeringOptions {
-        &spec.options.steering
-    }
 
     fn reads(spec: &ShardSpec) -> Result<Read> {
         Ok(Read::Leading(spec.options.steering.samples))
@@ -319,10 +314,6 @@ impl Execute for Steering {
             on.ground_truth(),
             progress,
         )
-    }
-
-    fn output(shard: SteeringShard) -> ShardOutput {
-        ShardOutput::Steering(shard)
     }
 
     fn steps(spec: &ShardSpec, n_samples: usize) -> usize {

@@ -6,9 +6,7 @@ use std::time::Instant;
 
 use neurodiff_core::corpus::Batch;
 use neurodiff_core::{HookKind, HookPoint, Hooks};
-use neurodiff_protocol::{
-    GroundTruth, ShardOutput, ShardSpec, StitchDirection, StitchShard, StitchSums,
-};
+use neurodiff_protocol::{GroundTruth, ShardSpec, StitchDirection, StitchShard, StitchSums};
 use tch::Tensor;
 
 use crate::dist::{kl_rows, nll_rows, Targets};
@@ -112,13 +110,8 @@ fn sum(v: &[f64]) -> f64 {
 pub struct Stitching;
 
 impl Execute for Stitching {
-    type Options = ();
-    type Shard = StitchShard;
+    type Wire = neurodiff_protocol::sections::Stitching;
     const NEEDS_BLOCKS: bool = true;
-
-    fn options(_spec: &ShardSpec) -> &() {
-        &()
-    }
 
     fn reads(_spec: &ShardSpec) -> Result<Read> {
         Ok(Read::Slice)
@@ -126,10 +119,6 @@ impl Execute for Stitching {
 
     fn run(on: &Run<'_>, _opts: &(), progress: Progress<'_>) -> Result<StitchShard> {
         run(on.pair, &on.input, on.ground_truth(), progress)
-    }
-
-    fn output(shard: StitchShard) -> ShardOutput {
-        ShardOutput::Stitching(shard)
     }
 
     fn steps(spec: &ShardSpec, _n_samples: usize) -> usize {

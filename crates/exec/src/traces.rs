@@ -13,7 +13,7 @@ use neurodiff_analyses::traces::overlap20;
 use neurodiff_core::corpus::Batch;
 use neurodiff_core::{Edit, HookKind, HookPoint, Hooks};
 use neurodiff_protocol::{
-    GroundTruth, Patchscope, ScalePoint, ShardKey, ShardOutput, ShardSpec, TokenList, TraceOptions,
+    Generation, GroundTruth, Patchscope, ScalePoint, ShardKey, ShardSpec, TokenList, TraceOptions,
     TracePosition, TraceShard,
 };
 use tch::{Kind, Tensor};
@@ -66,45 +66,9 @@ pub fn run(
     )?
     .nbar_ft;
 
-    // δ_j over all samples and over the even and the odd ones.
     let d = pair.info().d_model;
-    let zeros = || Tensor::f_zeros([d], (Kind::Double, pair.device()));
-    let (mut sums, mut counts) = ([zeros()?, zeros()?, zeros()?], [0u64; 3]);
-    let short: Vec<Vec<i64>> = input.tokens[..n]
-        .iter()
-        .map(|t| t[..t.len().min(opts.positions)].to_vec())
-        .collect();
-    for (b, chunk) in short.chunks(SHORT_BATCH).enumerate() {
-        check(progress, "batch")?;
-        let batch = Batch::new(chunk, pair.device())?;
-        let t = Tokens::of(&batch, b * SHORT_BATCH)?;
-        let (xb, xf) = crate::forward::paired_at(pair, &batch, &t, point)?;
-        let diff = xf
-            .f_to_kind(Kind::Double)?
-            .f_sub(&xb.f_to_kind(Kind::Double)?)?;
-        for (half, keep) in [(0, None), (1, Some(0)), (2, Some(1))] {
-            let rows: Vec<i64> = (0..t.position.len())
-                .filter(|&i| t.position[i] == position)
-                .filter(|&i| keep.is_none_or(|k| t.sample[i] % 2 == k))
-                .map(|i| i as i64)
-                .collect();
-            if rows.is_empty() {
-                continue;
-            }
-            let idx = Tensor::from_slice(&rows).f_to_device(pair.device())?;
-            sums[half] = sums[half].f_add(&diff.f_index_select(0, &idx)?.f_sum_dim_intlist(
-                0,
-                false,
-                Kind::Double,
-            )?)?;
-            counts[half] += rows.len() as u64;
-        }
-    }
-    if counts[0] == 0 {
-        return Err(ExecError::Io(format!(
-            "traces: no sample of the corpus reaches position {position}"
-        )));
-    }
+    let Deltas { sums, counts } =
+        deltas(pair, point, position, &input.tokens[..n], opts, progress)?;
     let mean = |i: usize| sums[i].f_div_scalar(counts[i].max(1) as f64);
     let delta = mean(0)?;
     let ft = pair.model(Side::Finetuned);
@@ -139,31 +103,7 @@ pub fn run(
     let (natural, delta_norm) = scaled_unit(&delta, nbar_ft)?;
     let patchscope = patchscope(pair, point, &natural, opts, progress)?;
     check(progress, "generation")?;
-    let steer = natural.f_mul_scalar(opts.steer_alpha)?;
-    let mut steered = Vec::new();
-    let alphas: &[f64] = if opts.steer_alpha == 0.0 {
-        &[0.0]
-    } else {
-        &[0.0, opts.steer_alpha]
-    };
-    for &alpha in alphas {
-        let v = steer.f_mul_scalar(if alpha == 0.0 { 0.0 } else { 1.0 })?;
-        let hooks = || Hooks::new().add(point, v.shallow_clone());
-        let who = Steered {
-            side: Side::Finetuned,
-            model: "finetuned",
-            layer,
-            alpha,
-            hooks: &hooks,
-        };
-        steered.extend(generations_of(
-            pair,
-            &who,
-            &opts.generation,
-            max_len,
-            progress,
-        )?);
-    }
+    let steered = steered(pair, point, &natural, opts, max_len, progress)?;
     Ok(TraceShard {
         layer,
         nbar_ft,
@@ -186,6 +126,96 @@ pub fn run(
         ground_truth,
         elapsed_s: started.elapsed().as_secs_f64(),
     })
+}
+
+/// δ_j's sums over all samples and over the even and the odd ones, and their counts.
+struct Deltas {
+    sums: [Tensor; 3],
+    counts: [u64; 3],
+}
+
+/// The fine-tune's minus the base's state at `point` and `position`, summed over `tokens` (each
+/// cut to `opts.positions`) and over its even and odd samples.
+fn deltas(
+    pair: &Pair,
+    point: HookPoint,
+    position: usize,
+    tokens: &[Vec<i64>],
+    opts: &TraceOptions,
+    progress: Progress<'_>,
+) -> Result<Deltas> {
+    let d = pair.info().d_model;
+    let zeros = || Tensor::f_zeros([d], (Kind::Double, pair.device()));
+    let (mut sums, mut counts) = ([zeros()?, zeros()?, zeros()?], [0u64; 3]);
+    let short: Vec<Vec<i64>> = tokens
+        .iter()
+        .map(|t| t[..t.len().min(opts.positions)].to_vec())
+        .collect();
+    for (b, chunk) in short.chunks(SHORT_BATCH).enumerate() {
+        check(progress, "batch")?;
+        let batch = Batch::new(chunk, pair.device())?;
+        let t = Tokens::of(&batch, b * SHORT_BATCH)?;
+        let (xb, xf) = crate::forward::paired_at(pair, &batch, &t, point)?;
+        let diff = xf
+            .f_to_kind(Kind::Double)?
+            .f_sub(&xb.f_to_kind(Kind::Double)?)?;
+        for (half, keep) in [(0, None), (1, Some(0)), (2, Some(1))] {
+            let rows: Vec<i64> = (0..t.position.len())
+                .filter(|&i| t.position[i] == position)
+                .filter(|&i| keep.is_none_or(|k| t.sample[i] % 2 == k))
+                .map(|i| i as i64)
+                .collect();
+            if rows.is_empty() {
+                continue;
+            }
+            let idx = Tensor::from_slice(&rows).f_to_device(pair.device())?;
+            sums[half] = sums[half].f_add(&diff.f_index_select(0, &idx)?.f_sum_dim_intlist(
+                0,
+                false,
+                Kind::Double,
+            )?)?;
+            counts[half] += rows.len() as u64;
+        }
+    }
+    Ok(Deltas { sums, counts })
+}
+
+/// The fine-tune's generations unsteered and steered with δ at `opts.steer_alpha` (at the
+/// fine-tune's natural norm, `natural`).
+fn steered(
+    pair: &Pair,
+    point: HookPoint,
+    natural: &Tensor,
+    opts: &TraceOptions,
+    max_len: usize,
+    progress: Progress<'_>,
+) -> Result<Vec<Generation>> {
+    let steer = natural.f_mul_scalar(opts.steer_alpha)?;
+    let mut steered = Vec::new();
+    let alphas: &[f64] = if opts.steer_alpha == 0.0 {
+        &[0.0]
+    } else {
+        &[0.0, opts.steer_alpha]
+    };
+    for &alpha in alphas {
+        let v = steer.f_mul_scalar(if alpha == 0.0 { 0.0 } else { 1.0 })?;
+        let hooks = || Hooks::new().add(point, v.shallow_clone());
+        let who = Steered {
+            side: Side::Finetuned,
+            model: "finetuned",
+            layer: point.layer,
+            alpha,
+            hooks: &hooks,
+        };
+        steered.extend(generations_of(
+            pair,
+            &who,
+            &opts.generation,
+            max_len,
+            progress,
+        )?);
+    }
+    Ok(steered)
 }
 
 /// Each prompt's top tokens the toolkit intersects (`patchscope_lens`' `intersection_top_k`).
@@ -335,13 +365,8 @@ fn id_rows(idx: &Tensor) -> Result<Vec<BTreeSet<usize>>> {
 pub struct Traces;
 
 impl Execute for Traces {
-    type Options = TraceOptions;
-    type Shard = TraceShard;
+    type Wire = neurodiff_protocol::sections::Traces;
     const NEEDS_BLOCKS: bool = true;
-
-    fn options(spec: &ShardSpec) -> &TraceOptions {
-        &spec.options.traces
-    }
 
     fn reads(spec: &ShardSpec) -> Result<Read> {
         Ok(Read::Leading(spec.options.traces.samples))
@@ -361,10 +386,6 @@ impl Execute for Traces {
             on.ground_truth(),
             progress,
         )
-    }
-
-    fn output(shard: TraceShard) -> ShardOutput {
-        ShardOutput::Traces(shard)
     }
 
     fn steps(spec: &ShardSpec, n_samples: usize) -> usize {

@@ -49,7 +49,7 @@ pub use logit_lens::{
     KlSums, LensLayer, LensOptions, LensReport, LensShard, SampleKl, TokenShift, VocabCompare,
 };
 pub use policy::{classify, ModelRef, PolicyError, ReferencePolicy};
-pub use registry::{AnalysisOptions, NoGrade};
+pub use registry::{AnalysisOptions, NoGrade, Section};
 pub use results::{
     relative, AddedRows, AuditResults, FileHash, LayerMetrics, ModelRecord, ModuleMetrics,
     ShapeMismatch, ShardResult, TensorMetrics, WeightsReport, RESULTS_SCHEMA_VERSION,

@@ -29,6 +29,31 @@ pub trait AnalysisOptions {
     }
 }
 
+/// One analysis's place in the wire types, as a type (`neurodiff_protocol::sections::<Kind>`): its
+/// kind, its `ShardOutput` variant and its section of `Analyses`.
+pub trait Section {
+    const KIND: crate::AnalysisKind;
+    /// What one of its shards returns.
+    type Shard;
+    /// Its section of results.json.
+    type Report;
+
+    /// `output` as one of its shards; none when it is another analysis's.
+    fn shard(output: crate::ShardOutput) -> Option<Self::Shard>;
+
+    /// Its section.
+    fn section(analyses: &mut crate::Analyses) -> &mut Option<Self::Report>;
+
+    /// Its options.
+    type Options;
+
+    /// Its options among every analysis's.
+    fn options(options: &crate::Options) -> &Self::Options;
+
+    /// One of its shards as the queue and the fan-in carry it.
+    fn output(shard: Self::Shard) -> crate::ShardOutput;
+}
+
 /// The grades of an analysis that an organism does not grade: nothing in `grades`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NoGrade {}
@@ -144,6 +169,44 @@ macro_rules! analyses {
             $(
                 #[serde(skip_serializing_if = "Option::is_none", default)]
                 pub $field: Option<$report>,
+            )*
+        }
+
+        /// Each analysis's place in the wire types, as a type ([`registry::Section`]).
+        pub mod sections {
+            use super::*;
+
+            $(
+                $(#[doc = $doc])*
+                #[derive(Debug, Clone, Copy)]
+                pub struct $kind;
+
+                impl $crate::registry::Section for $kind {
+                    const KIND: AnalysisKind = AnalysisKind::$kind;
+                    type Shard = $shard;
+                    type Report = $report;
+
+                    fn shard(output: ShardOutput) -> Option<$shard> {
+                        match output {
+                            ShardOutput::$kind(s) => Some(s),
+                            _ => None,
+                        }
+                    }
+
+                    fn section(analyses: &mut Analyses) -> &mut Option<$report> {
+                        &mut analyses.$field
+                    }
+
+                    type Options = $opts;
+
+                    fn options(options: &Options) -> &$opts {
+                        &options.$field
+                    }
+
+                    fn output(shard: $shard) -> ShardOutput {
+                        ShardOutput::$kind(shard)
+                    }
+                }
             )*
         }
 

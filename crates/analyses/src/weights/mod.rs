@@ -11,7 +11,7 @@ use neurodiff_protocol::{
 };
 
 use crate::findings::Finding;
-use crate::{escape, Analysis, AnalysisError, Figure, PlanFacts, Sections};
+use crate::{escape, Analysis, AnalysisError, Figure, Merge, PlanFacts};
 
 #[derive(Debug)]
 pub struct Weights;
@@ -79,20 +79,8 @@ impl Analysis for Weights {
     }
 }
 
-impl Sections for Weights {
-    type Shard = ShardResult;
-    type Report = WeightsReport;
-
-    fn shard(&self, output: ShardOutput) -> Option<ShardResult> {
-        match output {
-            ShardOutput::Weights(r) => Some(r),
-            _ => None,
-        }
-    }
-
-    fn section<'a>(&self, analyses: &'a mut Analyses) -> &'a mut Option<WeightsReport> {
-        &mut analyses.weights
-    }
+impl Merge for Weights {
+    type Wire = neurodiff_protocol::sections::Weights;
 
     fn merge_shards(
         &self,

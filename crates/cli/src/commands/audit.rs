@@ -62,19 +62,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     spec.check_limits(&limits)?;
     let device = device::parse_device(&args.device)?;
     let store = DirStore::new(args.store.clone().unwrap_or_else(DirStore::default_root));
-    if args.out.exists()
-        && !args.out.join("results.json").is_file()
-        && args
-            .out
-            .read_dir()
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(true)
-    {
-        bail!(
-            "--out {}: exists and is not a NeuroDiff report; refusing to replace it",
-            args.out.display()
-        );
-    }
+    refuse_foreign(&args.out)?;
     let staging = Staging::new(&args.out)?;
     std::fs::create_dir(staging.path()).with_context(|| format!("--out {}", args.out.display()))?;
     let sources = Sources::open(&spec.base, &spec.target, &HubOptions::from_env())?;
@@ -84,77 +72,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         None
     };
     let n_layers = sources.n_layers()?;
-
     let bar = super::progress_bar(
         args.quiet,
         "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} steps (tensors, batches)  {msg}",
     );
     let started = Instant::now();
-    // Set when the analysis fails, so the scope does not wait for hashing to finish.
-    let stop = AtomicBool::new(false);
     let (base_files, target_files) = sources.contents()?;
-    let shards = plan_audit(
-        &sources,
-        &spec,
-        [&base_files, &target_files],
-        corpus.as_ref(),
-        &limits,
-    )?;
-    let (outputs, (base, finetuned)) = std::thread::scope(|scope| -> anyhow::Result<_> {
-        let total: usize = shards
-            .iter()
-            .map(|s| match s.shard {
-                ShardKey::Layer(_) | ShardKey::NonLayer => sources.shard_size(s),
-                _ => planned_steps(s, corpus.as_ref().map_or(0, |c| c.samples.len())),
-            })
-            .sum();
-        bar.set_length(total as u64);
-        // Hashing every weight file (the mapped bytes) runs beside the analysis.
-        let (base_dir, target_dir) = (&sources.base_dir, &sources.target_dir);
-        let (spec, stop, src) = (&spec, &stop, &sources);
-        let (base_files, target_files) = (&base_files, &target_files);
-        let hashing = scope.spawn(move || {
-            let dirs = [base_dir, target_dir].map(|d| d.display().to_string());
-            let names = [spec.base.as_str(), spec.target.reference()];
-            let records = hash_sides(
-                [0, 1].map(|i| Named {
-                    reference: names[i],
-                    pinned: &dirs[i],
-                }),
-                [base_files, target_files],
-                &HashCache::default(),
-                stop,
-            )?;
-            // Hashing touched every page of both sides; the analyses have their own copies.
-            src.release_pages();
-            Ok::<_, neurodiff_exec::ExecError>(records)
-        });
-        let analysed = shards
-            .iter()
-            .map(|shard| {
-                bar.set_message(shard.shard.to_string());
-                run_shard(
-                    &sources,
-                    shard,
-                    corpus.as_ref(),
-                    &store,
-                    device,
-                    &mut |_| {
-                        bar.inc(1);
-                        true
-                    },
-                )
-            })
-            .collect::<Result<Vec<_>, _>>();
-        if analysed.is_err() {
-            stop.store(true, Ordering::Relaxed);
-        }
-        let hashed = hashing
-            .join()
-            .map_err(|_| anyhow::anyhow!("the hashing thread panicked"));
-        let outputs = analysed?;
-        Ok((outputs, hashed??))
-    })?;
+    let files = [base_files.as_slice(), target_files.as_slice()];
+    let shards = plan_audit(&sources, &spec, files, corpus.as_ref(), &limits)?;
+    let audit = Audit {
+        sources: &sources,
+        spec: &spec,
+        corpus: corpus.as_ref(),
+        store: &store,
+        device,
+        bar: &bar,
+    };
+    let (outputs, (base, finetuned)) = audit.analyse(&shards, files)?;
     bar.finish_and_clear();
     let analysis_s = started.elapsed().as_secs_f64();
     let record = PlanRecord {
@@ -168,9 +102,132 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let results = neurodiff_analyses::assemble(&spec, record, outputs, created)?;
-    let files = neurodiff_report::render(&results)?;
+    let out = write_report(&results, &store, staging)?;
+    eprintln!(
+        "ran {} shards in {analysis_s:.2}s; {}",
+        shards.len(),
+        summary(&results)
+    );
+    writeln!(std::io::stdout(), "{}", out.join("report.html").display())?;
+    Ok(())
+}
+
+/// Refuses an `--out` that holds something other than an earlier report (it is replaced).
+fn refuse_foreign(out: &std::path::Path) -> anyhow::Result<()> {
+    if out.exists()
+        && !out.join("results.json").is_file()
+        && out
+            .read_dir()
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
+        bail!(
+            "--out {}: exists and is not a NeuroDiff report; refusing to replace it",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+/// What the embedded audit's shards run with.
+struct Audit<'a> {
+    sources: &'a Sources,
+    spec: &'a neurodiff_protocol::AuditSpec,
+    corpus: Option<&'a corpus::CorpusText>,
+    store: &'a DirStore,
+    device: tch::Device,
+    bar: &'a indicatif::ProgressBar,
+}
+
+impl Audit<'_> {
+    /// Runs every shard, with both sides' files hashed beside them (stopped early when a shard
+    /// fails): the outputs and the model records.
+    fn analyse(
+        &self,
+        shards: &[neurodiff_protocol::ShardSpec],
+        files: [&[neurodiff_exec::Content<'_>]; 2],
+    ) -> anyhow::Result<(
+        Vec<neurodiff_protocol::ShardOutput>,
+        (
+            neurodiff_protocol::ModelRecord,
+            neurodiff_protocol::ModelRecord,
+        ),
+    )> {
+        let sources = self.sources;
+        let n_samples = self.corpus.map_or(0, |c| c.samples.len());
+        let total: usize = shards
+            .iter()
+            .map(|s| match s.shard {
+                ShardKey::Layer(_) | ShardKey::NonLayer => sources.shard_size(s),
+                _ => planned_steps(s, n_samples),
+            })
+            .sum();
+        self.bar.set_length(total as u64);
+        // Set when the analysis fails, so the scope does not wait for hashing to finish.
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let stop = &stop;
+            // Hashing every weight file (the mapped bytes) runs beside the analysis.
+            let hashing = scope.spawn(move || {
+                let dirs =
+                    [&sources.base_dir, &sources.target_dir].map(|d| d.display().to_string());
+                let names = [self.spec.base.as_str(), self.spec.target.reference()];
+                let records = hash_sides(
+                    [0, 1].map(|i| Named {
+                        reference: names[i],
+                        pinned: &dirs[i],
+                    }),
+                    files,
+                    &HashCache::default(),
+                    stop,
+                )?;
+                // Hashing touched every page of both sides; the analyses have their own copies.
+                sources.release_pages();
+                Ok::<_, neurodiff_exec::ExecError>(records)
+            });
+            let analysed = shards
+                .iter()
+                .map(|shard| self.run(shard))
+                .collect::<Result<Vec<_>, _>>();
+            if analysed.is_err() {
+                stop.store(true, Ordering::Relaxed);
+            }
+            let hashed = hashing
+                .join()
+                .map_err(|_| anyhow::anyhow!("the hashing thread panicked"));
+            let outputs = analysed?;
+            Ok((outputs, hashed??))
+        })
+    }
+
+    fn run(
+        &self,
+        shard: &neurodiff_protocol::ShardSpec,
+    ) -> neurodiff_exec::Result<neurodiff_protocol::ShardOutput> {
+        self.bar.set_message(shard.shard.to_string());
+        run_shard(
+            self.sources,
+            shard,
+            self.corpus,
+            self.store,
+            self.device,
+            &mut |_| {
+                self.bar.inc(1);
+                true
+            },
+        )
+    }
+}
+
+/// The report, and the trained dictionaries beside it, written to the staging directory and
+/// moved into place: where it is.
+fn write_report(
+    results: &AuditResults,
+    store: &DirStore,
+    staging: Staging,
+) -> anyhow::Result<PathBuf> {
+    let files = neurodiff_report::render(results)?;
     neurodiff_report::write_dir(&files, staging.path())?;
-    // The trained dictionaries beside the report.
     for d in results.analyses.dictionaries() {
         let name = d.section;
         if let Some(file) = &d.report.dictionary {
@@ -179,14 +236,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .with_context(|| format!("copying the {name} dictionary to {}", to.display()))?;
         }
     }
-    let out = staging.commit()?;
-    eprintln!(
-        "ran {} shards in {analysis_s:.2}s; {}",
-        shards.len(),
-        summary(&results)
-    );
-    writeln!(std::io::stdout(), "{}", out.join("report.html").display())?;
-    Ok(())
+    staging.commit()
 }
 
 /// One line on what moved most, per analysis that ran (the report's findings).
