@@ -63,7 +63,7 @@ pub fn run(
             States::new(&out_b, hb.take_cache()),
             States::new(&out_f, hf.take_cache()),
         );
-        let at = At::new(&tokens, sums.p_max, pair.device())?;
+        let at = At::new(&tokens, sums.mean.positions, pair.device())?;
         for layer in 0..n_layers {
             for (h, hook) in HookKind::ALL.into_iter().enumerate() {
                 let (xb, xf) = (base.at(layer, hook)?, ft.at(layer, hook)?);
@@ -147,8 +147,6 @@ struct Sums {
     candidates: Vec<Vec<Candidate>>,
     mean: MeanDiffSums,
     n_tokens: u64,
-    p_max: usize,
-    d: usize,
     top_examples: usize,
     skip_first: usize,
 }
@@ -175,8 +173,6 @@ impl Sums {
                 all_count: 0,
             },
             n_tokens: 0,
-            p_max,
-            d,
             top_examples: opts.top_examples,
             skip_first,
         }
@@ -234,7 +230,7 @@ impl Sums {
                 self.diff_values[i].push(dn[t]);
                 self.rel_values[i].push(rel);
             }
-            if p < self.p_max {
+            if p < self.mean.positions {
                 s.positions.n[p] += 1;
                 s.positions.diff_norm[p] += dn[t];
                 s.positions.rel_diff[p] += rel;
@@ -258,7 +254,7 @@ impl Sums {
     /// Block `layer`'s residual differences, in the mean difference vectors (per position and
     /// over every token).
     fn add_mean(&mut self, layer: usize, at: &At<'_>, diff: &Tensor) -> Result<()> {
-        let (p_max, d) = (self.p_max, self.d);
+        let (p_max, d) = (self.mean.positions, self.mean.d_model);
         let by_pos = Tensor::f_zeros([p_max as i64, d as i64], (Kind::Float, diff.device()))?
             .f_index_add(
                 0,
