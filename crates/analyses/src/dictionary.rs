@@ -368,79 +368,95 @@ impl Analysis for Dictionaries {
             );
         }
         out.push_str("</tr></table>");
-        if let Some(min) = r.min_delta {
-            let _ = write!(
-                out,
-                "<p>Smallest Δ of a latent that fired: {min:.3}. The fine-tune-leaning tail (the {} \
-                 lowest): {}{}.</p>",
-                r.tail.len(),
-                r.tail
-                    .iter()
-                    .map(|j| j.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                r.tail_domain_share.map_or(String::new(), |s| format!(
-                    "; {:.0}% of them carry a word of the organism's domain{}",
-                    100.0 * s,
-                    r.tail_control_share.map_or(String::new(), |c| format!(
-                        " (a shuffled-word control of as many other corpus tokens: {:.0}%)",
-                        100.0 * c
-                    ))
-                ))
-            );
-        }
-        if let Some(share) = r.domain_share {
-            let _ = write!(
-                out,
-                "<p>Of the low-ν fine-tune-only latents, {:.0}% carry a word of the organism's \
-                 domain in their decoder lens or top examples.</p>",
-                100.0 * share
-            );
-        }
-        out.push_str(
-            "<h3>Latents</h3><table><tr><th>id</th><th>class</th><th>Δ</th><th>ν_ε</th>\
-             <th>ν_r</th><th>freq</th><th>KL share</th><th style=\"text-align:left\">decoder lens (top tokens)</th>\
-             <th style=\"text-align:left\">top examples</th></tr>",
-        );
-        let num = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.2}"));
-        for l in &r.latents {
-            let tokens: Vec<String> = l
-                .top_tokens
-                .iter()
-                .take(8)
-                .map(|t| escape(&format!("{:?}", t.token)))
-                .collect();
-            let examples: Vec<String> = l
-                .examples
-                .iter()
-                .take(3)
-                .map(|e| {
-                    format!(
-                        "…{} <b>[{}]</b> ({:.2})",
-                        escape(&e.context),
-                        escape(&e.token),
-                        e.activation
-                    )
-                })
-                .collect();
-            let _ = write!(
-                out,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.4}</td><td>{}</td>\
-                 <td style=\"text-align:left\">{}</td><td style=\"text-align:left\">{}</td></tr>",
-                l.id,
-                l.class,
-                num(l.delta_norm),
-                num(l.nu_eps),
-                num(l.nu_r),
-                l.frequency,
-                l.kl_share.map_or("–".into(), |v| format!("{:.1}%", 100.0 * v)),
-                tokens.join(" "),
-                examples.join("<br>")
-            );
-        }
-        out.push_str("</table>");
+        out.push_str(&shares_html(r));
+        out.push_str(&latents_html(r));
         out
     }
+}
+
+/// The fine-tune-leaning tail and the domain's shares of the reported latents, as paragraphs.
+fn shares_html(r: &DictionaryReport) -> String {
+    let mut out = String::new();
+    if let Some(min) = r.min_delta {
+        let _ = write!(
+            out,
+            "<p>Smallest Δ of a latent that fired: {min:.3}. The fine-tune-leaning tail (the {} \
+             lowest): {}{}.</p>",
+            r.tail.len(),
+            r.tail
+                .iter()
+                .map(|j| j.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            r.tail_domain_share.map_or(String::new(), |s| format!(
+                "; {:.0}% of them carry a word of the organism's domain{}",
+                100.0 * s,
+                r.tail_control_share.map_or(String::new(), |c| format!(
+                    " (a shuffled-word control of as many other corpus tokens: {:.0}%)",
+                    100.0 * c
+                ))
+            ))
+        );
+    }
+    if let Some(share) = r.domain_share {
+        let _ = write!(
+            out,
+            "<p>Of the low-ν fine-tune-only latents, {:.0}% carry a word of the organism's \
+             domain in their decoder lens or top examples.</p>",
+            100.0 * share
+        );
+    }
+    out
+}
+
+/// The table of reported latents: class, Δ, ν, frequency, KL share, decoder lens and top
+/// examples.
+fn latents_html(r: &DictionaryReport) -> String {
+    let mut out = String::new();
+    out.push_str(
+        "<h3>Latents</h3><table><tr><th>id</th><th>class</th><th>Δ</th><th>ν_ε</th>\
+         <th>ν_r</th><th>freq</th><th>KL share</th><th style=\"text-align:left\">decoder lens (top tokens)</th>\
+         <th style=\"text-align:left\">top examples</th></tr>",
+    );
+    let num = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.2}"));
+    for l in &r.latents {
+        let tokens: Vec<String> = l
+            .top_tokens
+            .iter()
+            .take(8)
+            .map(|t| escape(&format!("{:?}", t.token)))
+            .collect();
+        let examples: Vec<String> = l
+            .examples
+            .iter()
+            .take(3)
+            .map(|e| {
+                format!(
+                    "…{} <b>[{}]</b> ({:.2})",
+                    escape(&e.context),
+                    escape(&e.token),
+                    e.activation
+                )
+            })
+            .collect();
+        let _ = write!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.4}</td><td>{}</td>\
+             <td style=\"text-align:left\">{}</td><td style=\"text-align:left\">{}</td></tr>",
+            l.id,
+            l.class,
+            num(l.delta_norm),
+            num(l.nu_eps),
+            num(l.nu_r),
+            l.frequency,
+            l.kl_share
+                .map_or("–".into(), |v| format!("{:.1}%", 100.0 * v)),
+            tokens.join(" "),
+            examples.join("<br>")
+        );
+    }
+    out.push_str("</table>");
+    out
 }
 
 impl Sections for Dictionaries {

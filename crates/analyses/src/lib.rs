@@ -81,6 +81,12 @@ pub trait Analysis: Sync {
         Vec::new()
     }
 
+    /// The token lists an LLM grader judges against the organism's domain (`neurodiff grade
+    /// --llm`), each with its position; none by default.
+    fn graded_tokens(&self, _results: &AuditResults) -> Vec<(usize, Vec<String>)> {
+        Vec::new()
+    }
+
     /// What it found, in a line (the CLI's summary, report.html's verdict), when its section
     /// is present.
     fn finding(&self, results: &AuditResults) -> Option<findings::Finding>;

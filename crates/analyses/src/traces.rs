@@ -211,6 +211,16 @@ impl Analysis for Traces {
         rows
     }
 
+    /// Each position's top 20 logit-lens tokens of δ.
+    fn graded_tokens(&self, results: &AuditResults) -> Vec<(usize, Vec<String>)> {
+        let positions = results.analyses.traces.iter().flat_map(|t| &t.positions);
+        let top20 = |p: &TracePosition| -> Vec<String> {
+            let tokens = p.logit_lens.top_tokens.iter().take(20);
+            tokens.map(|t| t.token.clone()).collect()
+        };
+        positions.map(|p| (p.position, top20(p))).collect()
+    }
+
     fn finding(&self, results: &AuditResults) -> Option<Finding> {
         let t = results.analyses.traces.as_ref()?;
         Some(finding(t, results.grades.as_ref()))

@@ -1087,12 +1087,12 @@ async function pageResults(ctx, main) {
     el('div', {}, el('button', { id: 'q-submit', type: 'submit' }, 'Query tensors')));
   const bForm = el('form', { id: 'blocks-form', class: 'card grid' },
     field('metric', select('b-metric', VOCAB.block_metrics, 'mean_rel_diff')), field('model (exact reference)', input('b-model')),
-    field('analysis', select('b-analysis', [['', 'any'], 'activations', 'logit-lens'], '')),
+    field('analysis', select('b-analysis', [['', 'any'], ...VOCAB.block_analyses], '')),
     field('block', input('b-layer', { type: 'number', min: 0 })), field('hook', select('b-hook', [['', 'any'], ...VOCAB.block_sites], '')),
     field('min value', input('b-min', numAttrs)), field('limit', input('b-limit', { type: 'number', min: 1, max: 1000, value: 100 })),
     el('div', {}, el('button', { id: 'b-submit', type: 'submit' }, 'Query blocks')));
   const lForm = el('form', { id: 'latents-form', class: 'card grid' },
-    field('analysis', select('l-analysis', [['', 'any'], 'crosscoder', 'sae-diff'], '')),
+    field('analysis', select('l-analysis', [['', 'any'], ...VOCAB.dictionaries], '')),
     field('class', select('l-class', [['', 'any'], 'ft_only', 'base_only', 'shared', 'other', 'diff'], '')),
     field('token (lens or examples)', input('l-token', { placeholder: 'e.g. garlic' })), field('model (exact reference)', input('l-model')),
     field('max ν_ε', input('l-nu-eps', numAttrs)), field('max ν_r', input('l-nu-r', numAttrs)),

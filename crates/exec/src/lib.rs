@@ -20,6 +20,7 @@ pub mod steering;
 pub mod stitching;
 pub mod store;
 pub mod traces;
+pub mod weights;
 
 pub use error::{ExecError, Result};
 pub use execute::{Execute, Run};
@@ -37,7 +38,7 @@ use shard::{Exec, Executor};
 fn executor(kind: AnalysisKind) -> Executor {
     use std::marker::PhantomData;
     match kind {
-        AnalysisKind::Weights => Executor::Weights,
+        AnalysisKind::Weights => Executor::Tensors(&weights::Weights),
         AnalysisKind::Activations => {
             Executor::Corpus(&Exec::<activations::Activations>(PhantomData))
         }

@@ -4,12 +4,11 @@
 use std::sync::atomic::AtomicBool;
 
 use neurodiff_analyses::PlanFacts;
-use neurodiff_protocol::{
-    AnalysisKind, AuditSpec, Limits, ModelRecord, ShardSpec, Spectrum, WeightOptions,
-};
+use neurodiff_protocol::{AuditSpec, Limits, ModelRecord, ShardSpec};
 
 use crate::corpus::CorpusText;
 use crate::record::{record_with, Content, HashCache};
+use crate::shard::Executor;
 use crate::sources::{OpenTarget, Sources};
 use crate::ExecError;
 
@@ -48,10 +47,7 @@ pub fn plan_audit(
     limits: &Limits,
 ) -> crate::Result<Vec<ShardSpec>> {
     let n_layers = sources.n_layers()?;
-    let weights = spec
-        .runs(AnalysisKind::Weights)
-        .then_some(&spec.options.weights);
-    check_limits(sources, contents, n_layers, weights, limits)?;
+    check_limits(sources, contents, n_layers, spec, limits)?;
     if spec.needs_corpus() {
         let tokenizer = sources
             .base_dir
@@ -114,7 +110,7 @@ pub fn check_limits(
     sources: &Sources,
     contents: [&[Content<'_>]; 2],
     n_layers: usize,
-    weights: Option<&WeightOptions>,
+    spec: &AuditSpec,
     limits: &Limits,
 ) -> crate::Result<()> {
     let over = |what: String| Err(ExecError::Io(what));
@@ -146,22 +142,9 @@ pub fn check_limits(
             ));
         }
     }
-    if weights.is_some_and(|w| w.spectrum == Spectrum::Full) {
-        if let OpenTarget::Checkpoint(ft) = &sources.target {
-            let big = sources.base.names().find(|n| {
-                sources.base.meta(n).is_some_and(|m| {
-                    m.shape.len() == 2
-                        && ft.contains(n)
-                        && m.numel() as u64 > limits.max_spectrum_elements
-                })
-            });
-            if let Some(name) = big {
-                return over(format!(
-                    "tensor `{name}` has more than {} elements, the limit for a full spectrum \
-                     (--max-spectrum-elements); audit with spectrum `none`",
-                    limits.max_spectrum_elements
-                ));
-            }
+    for kind in &spec.analyses {
+        if let Executor::Tensors(t) = crate::executor(*kind) {
+            t.check_limits(sources, spec, limits)?;
         }
     }
     Ok(())

@@ -69,7 +69,7 @@ pub fn run_shard(
         device,
     };
     let output = match crate::executor(spec.shard.analysis()) {
-        Executor::Weights => ShardOutput::Weights(sources.execute(spec, device, progress)?),
+        Executor::Tensors(t) => t.run(sources, spec, device, progress)?,
         Executor::Corpus(e) => e.run(&on_corpus, progress)?,
         Executor::Dictionary(family) => on_corpus.dictionary(family, store, progress)?,
     };
@@ -79,12 +79,32 @@ pub fn run_shard(
 
 /// How one analysis's shards run.
 pub(crate) enum Executor {
-    /// The weight audit: tensor by tensor, no corpus.
-    Weights,
+    /// Tensor by tensor, no corpus, behind [`TensorRuns`].
+    Tensors(&'static dyn TensorRuns),
     /// A corpus analysis, behind [`Execute`].
     Corpus(&'static dyn Runs),
     /// A dictionary's collect and training shards.
     Dictionary(Family),
+}
+
+/// An analysis that runs tensor by tensor on the opened checkpoints, with no corpus.
+pub(crate) trait TensorRuns {
+    /// One shard's tensors.
+    fn run(
+        &self,
+        sources: &Sources,
+        shard: &ShardSpec,
+        device: Device,
+        on_tensor: Progress<'_>,
+    ) -> Result<ShardOutput>;
+
+    /// Its own bounds on the opened models, checked when the audit is planned.
+    fn check_limits(
+        &self,
+        sources: &Sources,
+        spec: &neurodiff_protocol::AuditSpec,
+        limits: &neurodiff_protocol::Limits,
+    ) -> Result<()>;
 }
 
 /// [`Execute`] for one analysis, as an object the registry can hand out.
@@ -244,7 +264,7 @@ impl<'a> CorpusShard<'a> {
 /// The progress steps of one shard over a corpus of `n_samples` (the CLI's progress bar).
 pub fn planned_steps(spec: &ShardSpec, n_samples: usize) -> usize {
     match crate::executor(spec.shard.analysis()) {
-        Executor::Weights => 0,
+        Executor::Tensors(_) => 0,
         Executor::Corpus(e) => e.steps(spec, n_samples),
         Executor::Dictionary(family) => slice_batches(spec).unwrap_or_else(|| {
             let o = family.options(&spec.options);

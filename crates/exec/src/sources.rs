@@ -8,8 +8,7 @@ use neurodiff_core::reference::{self, HubOptions};
 use neurodiff_core::weights::lora::ADAPTER_CONFIG;
 use neurodiff_core::weights::{self, lora::Adapter, Target as CoreTarget};
 use neurodiff_core::Checkpoint;
-use neurodiff_protocol::{ShardResult, ShardSpec, Target};
-use tch::Device;
+use neurodiff_protocol::{ShardSpec, Target};
 
 use crate::record::Content;
 use crate::Result;
@@ -182,30 +181,5 @@ impl Sources {
     /// How many tensors a shard will analyse (for progress totals).
     pub fn shard_size(&self, shard: &ShardSpec) -> usize {
         weights::shard_tensors(&self.base, self.core_target(), shard.shard).len()
-    }
-
-    /// Runs one shard of a weight audit.
-    pub fn execute(
-        &self,
-        shard: &ShardSpec,
-        device: Device,
-        on_tensor: &mut (dyn FnMut(&str) -> bool + Send),
-    ) -> Result<ShardResult> {
-        let span = tracing::info_span!("shard", shard = %shard.shard);
-        let _entered = span.enter();
-        let result = weights::analyze_shard(
-            &self.base,
-            self.core_target(),
-            shard.shard,
-            &shard.options.weights,
-            device,
-            on_tensor,
-        )?;
-        tracing::info!(
-            tensors = result.tensors.len(),
-            elapsed_s = result.elapsed_s,
-            "shard done"
-        );
-        Ok(result)
     }
 }

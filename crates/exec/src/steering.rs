@@ -10,8 +10,8 @@ use neurodiff_core::corpus::Batch;
 use neurodiff_core::organisms::trained::rng::Rng;
 use neurodiff_core::{HookKind, HookPoint, Hooks};
 use neurodiff_protocol::{
-    Generation, GroundTruth, ShardSpec, SteeringOptions, SteeringPoint, SteeringShard,
-    SteeringVector,
+    Generation, GroundTruth, ShardSpec, SteeringChoice, SteeringOptions, SteeringPoint,
+    SteeringShard, SteeringVector,
 };
 use tch::{Kind, Tensor};
 
@@ -108,6 +108,8 @@ pub(crate) fn scaled_unit(delta: &Tensor, nbar: f64) -> Result<(Tensor, f64)> {
     Ok((unit.f_to_kind(Kind::Float)?, norm))
 }
 
+/// Steering at `layer`: the difference vector of the block's means, then the sweep of its
+/// strengths on both models, and generations at the strength each model's sweep chose.
 pub fn run(
     pair: &Pair,
     layer: usize,
@@ -125,105 +127,26 @@ pub fn run(
         SteeringVector::Mean => None,
         SteeringVector::Position { position } => Some(position),
     };
+    let batch_size = input.batch_size;
     let means = block_means(
         pair,
         layer,
         tokens,
-        input.batch_size,
+        batch_size,
         (at, input.skip_first),
         progress,
     )?;
     let (v, delta_norm) = scaled_unit(&means.delta, means.nbar_ft)?;
-    let point = HookPoint::new(layer, HookKind::ResidPost);
-    let shared = pair.shared_vocab();
-    let domain: Option<Tensor> = ground_truth.as_ref().and_then(|g| {
-        // Compared before the cast: a huge id in the file must not wrap to a negative index.
-        let ids: Vec<i64> = g
-            .domain_token_ids
-            .iter()
-            .filter(|&&i| (i as u64) < shared as u64)
-            .map(|&i| i as i64)
-            .collect();
-        (!ids.is_empty()).then(|| Tensor::from_slice(&ids))
-    });
-    let domain = domain.map(|t| t.f_to_device(pair.device())).transpose()?;
-    let targets_of = ["base", "finetuned"];
-    // [target][alpha]: (Σ KL, Σ nll, Σ mass)
-    let mut acc = vec![vec![(0.0, 0.0, 0.0); opts.alphas.len()]; 2];
-    let (mut n_tokens, mut n_targets) = (0u64, 0u64);
-    for chunk in tokens.chunks(input.batch_size.max(1)) {
-        check(progress, "batch")?;
-        let batch = Batch::new(chunk, pair.device())?;
-        let t = Tokens::of(&batch, 0)?;
-        let targets = Targets::of(&batch)?;
-        let lf = t.select(
-            &pair
-                .model(Side::Finetuned)
-                .forward(&batch.ids, &mut Hooks::new())?
-                .logits,
-        )?;
-        n_tokens += lf.size()[0] as u64;
-        n_targets += targets.len() as u64;
-        for (ti, side) in [Side::Base, Side::Finetuned].into_iter().enumerate() {
-            for (ai, &alpha) in opts.alphas.iter().enumerate() {
-                let mut hooks = Hooks::new().add(point, v.f_mul_scalar(alpha)?);
-                let logits = pair.model(side).forward(&batch.ids, &mut hooks)?.logits;
-                let kl: f64 = kl_rows(&lf, &t.select(&logits)?, shared)?.iter().sum();
-                let (nll, mass) =
-                    nll_rows(&targets.select(&logits)?, &targets.labels, domain.as_ref())?;
-                let a = &mut acc[ti][ai];
-                a.0 += kl;
-                a.1 += nll.iter().sum::<f64>();
-                a.2 += mass.iter().sum::<f64>();
-            }
-        }
-    }
-    let mut curves = Vec::new();
-    for (ti, target) in targets_of.iter().enumerate() {
-        for (ai, &alpha) in opts.alphas.iter().enumerate() {
-            let (kl, nll, mass) = acc[ti][ai];
-            curves.push(SteeringPoint {
-                target: target.to_string(),
-                layer,
-                alpha,
-                kl_to_ft: kl / n_tokens.max(1) as f64,
-                // Finite, so results.json reads back (JSON has no infinity).
-                perplexity: (nll / n_targets.max(1) as f64).exp().min(f64::MAX),
-                domain_mass: domain.as_ref().map(|_| mass / n_targets.max(1) as f64),
-            });
-        }
-    }
-    let mut chosen = Vec::new();
-    let mut generations = Vec::new();
-    for (target, side) in targets_of.into_iter().zip([Side::Base, Side::Finetuned]) {
-        let curve: Vec<&SteeringPoint> = curves.iter().filter(|p| p.target == target).collect();
-        let Some(choice) = choose(&curve, opts.ppl_factor) else {
-            continue;
-        };
-        let mut alphas = vec![0.0];
-        if choice.alpha != 0.0 {
-            alphas.push(choice.alpha);
-        }
-        for &alpha in &alphas {
-            let steer = v.f_mul_scalar(alpha)?;
-            let hooks = || Hooks::new().add(point, steer.shallow_clone());
-            let steered = Steered {
-                side,
-                model: target,
-                layer,
-                alpha,
-                hooks: &hooks,
-            };
-            generations.extend(generations_of(
-                pair,
-                &steered,
-                &opts.generation,
-                max_len,
-                progress,
-            )?);
-        }
-        chosen.push(choice);
-    }
+    let domain = domain_ids(pair, ground_truth.as_ref())?;
+    let sweep = Sweep {
+        pair,
+        layer,
+        v: &v,
+        domain: domain.as_ref(),
+        opts,
+    };
+    let curves = sweep.curves(tokens, batch_size, progress)?;
+    let (chosen, generations) = sweep.generate(&curves, max_len, progress)?;
     Ok(SteeringShard {
         layer,
         n_samples: n,
@@ -235,6 +158,131 @@ pub fn run(
         ground_truth,
         elapsed_s: started.elapsed().as_secs_f64(),
     })
+}
+
+/// The ground truth's domain tokens within the vocabulary both models share, on the device.
+fn domain_ids(pair: &Pair, truth: Option<&GroundTruth>) -> Result<Option<Tensor>> {
+    let shared = pair.shared_vocab();
+    let domain: Option<Tensor> = truth.and_then(|g| {
+        // Compared before the cast: a huge id in the file must not wrap to a negative index.
+        let ids: Vec<i64> = g
+            .domain_token_ids
+            .iter()
+            .filter(|&&i| (i as u64) < shared as u64)
+            .map(|&i| i as i64)
+            .collect();
+        (!ids.is_empty()).then(|| Tensor::from_slice(&ids))
+    });
+    Ok(domain.map(|t| t.f_to_device(pair.device())).transpose()?)
+}
+
+/// The models steered, as the curves name them.
+const TARGETS: [(&str, Side); 2] = [("base", Side::Base), ("finetuned", Side::Finetuned)];
+
+/// A sweep of steering strengths with the unit vector `v` (scaled to n̄_ft) at `layer`.
+struct Sweep<'a> {
+    pair: &'a Pair,
+    layer: usize,
+    v: &'a Tensor,
+    domain: Option<&'a Tensor>,
+    opts: &'a SteeringOptions,
+}
+
+impl Sweep<'_> {
+    /// Each model's curve over the strengths: KL to the unsteered fine-tune, perplexity of
+    /// the corpus's next tokens, and the domain's probability mass.
+    fn curves(
+        &self,
+        tokens: &[Vec<i64>],
+        batch_size: usize,
+        progress: Progress<'_>,
+    ) -> Result<Vec<SteeringPoint>> {
+        let (pair, alphas) = (self.pair, &self.opts.alphas);
+        let point = HookPoint::new(self.layer, HookKind::ResidPost);
+        let shared = pair.shared_vocab();
+        // [target][alpha]: (Σ KL, Σ nll, Σ mass)
+        let mut acc = vec![vec![(0.0, 0.0, 0.0); alphas.len()]; 2];
+        let (mut n_tokens, mut n_targets) = (0u64, 0u64);
+        for chunk in tokens.chunks(batch_size.max(1)) {
+            check(progress, "batch")?;
+            let batch = Batch::new(chunk, pair.device())?;
+            let t = Tokens::of(&batch, 0)?;
+            let targets = Targets::of(&batch)?;
+            let ft = pair.model(Side::Finetuned);
+            let lf = t.select(&ft.forward(&batch.ids, &mut Hooks::new())?.logits)?;
+            n_tokens += lf.size()[0] as u64;
+            n_targets += targets.len() as u64;
+            for (ti, (_, side)) in TARGETS.into_iter().enumerate() {
+                for (ai, &alpha) in alphas.iter().enumerate() {
+                    let mut hooks = Hooks::new().add(point, self.v.f_mul_scalar(alpha)?);
+                    let logits = pair.model(side).forward(&batch.ids, &mut hooks)?.logits;
+                    let kl: f64 = kl_rows(&lf, &t.select(&logits)?, shared)?.iter().sum();
+                    let (nll, mass) =
+                        nll_rows(&targets.select(&logits)?, &targets.labels, self.domain)?;
+                    let a = &mut acc[ti][ai];
+                    a.0 += kl;
+                    a.1 += nll.iter().sum::<f64>();
+                    a.2 += mass.iter().sum::<f64>();
+                }
+            }
+        }
+        let mut curves = Vec::new();
+        for (ti, (target, _)) in TARGETS.into_iter().enumerate() {
+            for (ai, &alpha) in alphas.iter().enumerate() {
+                let (kl, nll, mass) = acc[ti][ai];
+                curves.push(SteeringPoint {
+                    target: target.to_string(),
+                    layer: self.layer,
+                    alpha,
+                    kl_to_ft: kl / n_tokens.max(1) as f64,
+                    // Finite, so results.json reads back (JSON has no infinity).
+                    perplexity: (nll / n_targets.max(1) as f64).exp().min(f64::MAX),
+                    domain_mass: self.domain.map(|_| mass / n_targets.max(1) as f64),
+                });
+            }
+        }
+        Ok(curves)
+    }
+
+    /// Each model's chosen strength on its curve, and its generations unsteered and at that
+    /// strength.
+    fn generate(
+        &self,
+        curves: &[SteeringPoint],
+        max_len: usize,
+        progress: Progress<'_>,
+    ) -> Result<(Vec<SteeringChoice>, Vec<Generation>)> {
+        let point = HookPoint::new(self.layer, HookKind::ResidPost);
+        let mut chosen = Vec::new();
+        let mut generations = Vec::new();
+        for (target, side) in TARGETS {
+            let curve: Vec<&SteeringPoint> = curves.iter().filter(|p| p.target == target).collect();
+            let Some(choice) = choose(&curve, self.opts.ppl_factor) else {
+                continue;
+            };
+            let mut alphas = vec![0.0];
+            if choice.alpha != 0.0 {
+                alphas.push(choice.alpha);
+            }
+            for &alpha in &alphas {
+                let steer = self.v.f_mul_scalar(alpha)?;
+                let hooks = || Hooks::new().add(point, steer.shallow_clone());
+                let steered = Steered {
+                    side,
+                    model: target,
+                    layer: self.layer,
+                    alpha,
+                    hooks: &hooks,
+                };
+                let generation = &self.opts.generation;
+                generations.extend(generations_of(
+                    self.pair, &steered, generation, max_len, progress,
+                )?);
+            }
+            chosen.push(choice);
+        }
+        Ok((chosen, generations))
+    }
 }
 
 /// Which model generates, steered how: the `hooks` that add α times the direction at `layer`

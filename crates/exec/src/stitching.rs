@@ -6,7 +6,9 @@ use std::time::Instant;
 
 use neurodiff_core::corpus::Batch;
 use neurodiff_core::{HookKind, HookPoint, Hooks};
-use neurodiff_protocol::{GroundTruth, ShardSpec, StitchDirection, StitchShard, StitchSums};
+use neurodiff_protocol::{
+    GroundTruth, ShardSpec, StitchDirection, StitchShard, StitchSums, StitchingOptions,
+};
 use tch::Tensor;
 
 use crate::dist::{kl_rows, nll_rows, Targets};
@@ -117,7 +119,7 @@ impl Execute for Stitching {
         Ok(Read::Slice)
     }
 
-    fn run(on: &Run<'_>, _opts: &(), progress: Progress<'_>) -> Result<StitchShard> {
+    fn run(on: &Run<'_>, _opts: &StitchingOptions, progress: Progress<'_>) -> Result<StitchShard> {
         run(on.pair, &on.input, on.ground_truth(), progress)
     }
 

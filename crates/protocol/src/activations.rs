@@ -251,6 +251,21 @@ impl crate::AnalysisOptions for ActivationOptions {
     }
 }
 
+/// The scan's block rules and the team database read each block and hook.
+impl crate::rows::Rows for ActivationsReport {
+    const BLOCKS: &'static [&'static str] = &["/layers"];
+
+    fn block_rows(&self, kind: crate::AnalysisKind) -> Vec<crate::rows::BlockRow> {
+        let row = |l: &ActivationLayer| crate::rows::BlockRow {
+            mean_diff_norm: Some(l.mean_diff_norm),
+            mean_rel_diff: Some(l.mean_rel_diff),
+            mean_cosine: Some(l.mean_cosine),
+            ..crate::rows::BlockRow::new(kind, Some(l.layer), l.hook.into())
+        };
+        self.layers.iter().map(row).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -101,3 +101,6 @@ pub struct CmapGrade {
     pub cmap_top: Option<CmapCell>,
     pub cmap_in_trained_blocks: Option<bool>,
 }
+
+/// No rows of its own for the team database or the scan rules (they read it by pointer).
+impl crate::rows::Rows for CmapReport {}

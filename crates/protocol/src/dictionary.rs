@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{within, SpecError};
-use crate::{Analyses, GroundTruth, TokenProb};
+use crate::{GroundTruth, TokenProb};
 
 /// Options of a dictionary analysis (defaults: the anchors', scaled to a small model where the
 /// anchors' would not fit a laptop run; every one can be set).
@@ -368,12 +368,6 @@ pub struct ClassCounts {
     pub other: usize,
 }
 
-/// The analyses that train a dictionary (their latents are the team database's latent rows).
-pub const DICTIONARIES: [crate::AnalysisKind; 2] = [
-    crate::AnalysisKind::Crosscoder,
-    crate::AnalysisKind::SaeDiff,
-];
-
 /// A trained dictionary a report carries: its analysis, its section's name in results.json
 /// (which names its artifact, `{section}.safetensors`) and its report.
 #[derive(Debug, Clone, Copy)]
@@ -381,30 +375,6 @@ pub struct DictionarySection<'a> {
     pub analysis: crate::AnalysisKind,
     pub section: &'static str,
     pub report: &'a DictionaryReport,
-}
-
-impl Analyses {
-    /// The dictionary analyses' sections that ran: what the report's artifacts, the embedded
-    /// audit's exported files and the team database's latent rows are made from.
-    pub fn dictionaries(&self) -> Vec<DictionarySection<'_>> {
-        [
-            (
-                crate::AnalysisKind::Crosscoder,
-                "crosscoder",
-                &self.crosscoder,
-            ),
-            (crate::AnalysisKind::SaeDiff, "sae_diff", &self.sae_diff),
-        ]
-        .into_iter()
-        .filter_map(|(analysis, section, report)| {
-            report.as_ref().map(|report| DictionarySection {
-                analysis,
-                section,
-                report,
-            })
-        })
-        .collect()
-    }
 }
 
 impl crate::AnalysisOptions for DictionaryOptions {
@@ -440,6 +410,15 @@ impl crate::AnalysisOptions for DictionaryOptions {
             ));
         }
         Ok(())
+    }
+}
+
+/// A trained dictionary: its latents are the team database's latent rows.
+impl crate::rows::Rows for DictionaryReport {
+    const DICTIONARY: bool = true;
+
+    fn dictionary(&self) -> Option<&DictionaryReport> {
+        Some(self)
     }
 }
 

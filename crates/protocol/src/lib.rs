@@ -16,6 +16,7 @@ pub mod naming;
 pub mod policy;
 pub mod registry;
 pub mod results;
+pub mod rows;
 pub mod scan;
 pub mod spec;
 pub mod steering;
@@ -24,6 +25,7 @@ pub mod tokens;
 pub mod traces;
 pub mod views;
 pub mod vocab;
+pub mod weights;
 pub mod wire;
 
 pub use activations::{
@@ -38,7 +40,7 @@ pub use corpus::{
 pub use dictionary::{
     real_ft_only, ActivationStore, ClassCounts, CollectShard, DictionaryOptions, DictionaryReport,
     DictionarySection, LatentExample, LatentReport, StoreManifest, StoreSlice, StoredFile,
-    TrainPoint, DICTIONARIES, NU_EPS_MAX, NU_R_MAX,
+    TrainPoint, NU_EPS_MAX, NU_R_MAX,
 };
 pub use error::SpecError;
 pub use generation::{Generation, GenerationOptions, MAX_GENERATED_TOKENS};
@@ -50,20 +52,20 @@ pub use logit_lens::{
 };
 pub use policy::{classify, ModelRef, PolicyError, ReferencePolicy};
 pub use registry::{AnalysisOptions, NoGrade, Section};
-pub use results::{
-    relative, AddedRows, AuditResults, FileHash, LayerMetrics, ModelRecord, ModuleMetrics,
-    ShapeMismatch, ShardResult, TensorMetrics, WeightsReport, RESULTS_SCHEMA_VERSION,
-};
+pub use results::{AuditResults, FileHash, ModelRecord, RESULTS_SCHEMA_VERSION};
+pub use rows::{BlockRow, Rows};
 pub use spec::{
     normalize_layers, parse_layers, sample_shards, weight_shards, AuditSpec, ShardKey, ShardSpec,
-    ShardUnit, Spectrum, Target, WeightOptions, MAX_CORPUS_SHARDS, MAX_DICTIONARY_TOKENS,
-    MAX_DICTIONARY_TRAIN_TOKENS, MAX_LAYER_INDEX, MAX_SHARD_TOKENS, MAX_TOP_K,
+    ShardUnit, Target, MAX_CORPUS_SHARDS, MAX_DICTIONARY_TOKENS, MAX_DICTIONARY_TRAIN_TOKENS,
+    MAX_LAYER_INDEX, MAX_SHARD_TOKENS, MAX_TOP_K,
 };
 pub use steering::{
     SteeringBlock, SteeringChoice, SteeringGrade, SteeringOptions, SteeringPoint, SteeringReport,
     SteeringShard, SteeringVector,
 };
-pub use stitching::{StitchPoint, StitchShard, StitchSums, StitchingGrade, StitchingReport};
+pub use stitching::{
+    StitchPoint, StitchShard, StitchSums, StitchingGrade, StitchingOptions, StitchingReport,
+};
 pub use tokens::{TokenList, TokenProb};
 pub use traces::{
     Patchscope, ScalePoint, TraceGrade, TraceOptions, TracePosition, TraceShard, TracesGrade,
@@ -73,6 +75,10 @@ pub use views::Vocabulary;
 pub use vocab::{
     BlockMetric, BlockSite, Component, HookKind, LatentClass, PatchDirection, StitchDirection,
     TensorMetric, UnknownName,
+};
+pub use weights::{
+    relative, AddedRows, LayerMetrics, ModuleMetrics, ShapeMismatch, ShardResult, Spectrum,
+    TensorMetrics, WeightOptions, WeightsReport,
 };
 pub use wire::{AuditRequest, AuditStatus, AuditView, Progress};
 
@@ -109,7 +115,7 @@ registry::analyses! {
     /// Tier II: model stitching, blocks [0, k) of one model and the rest of the other.
     Stitching = "stitching" {
         field: stitching, unit: Samples, shard: StitchShard, report: StitchingReport,
-        options: (),
+        options: StitchingOptions,
         grade: StitchingGrade,
     }
     /// Tier II: steering with difference vectors over a grid of strengths, with generations.
@@ -131,4 +137,12 @@ registry::analyses! {
         report: DictionaryReport, options: DictionaryOptions,
         grade: NoGrade,
     }
+}
+
+impl AnalysisKind {
+    /// What an audit runs when its request names no analysis.
+    pub const DEFAULT: AnalysisKind = AnalysisKind::Weights;
+    /// The analysis whose shards are tensor shards ([`ShardKey::Layer`] and
+    /// [`ShardKey::NonLayer`]).
+    pub const BY_TENSOR: AnalysisKind = AnalysisKind::Weights;
 }

@@ -121,3 +121,23 @@ impl crate::AnalysisOptions for LensOptions {
         self.validate()
     }
 }
+
+/// The scan's block rules and the team database read each block's KL and the output's.
+impl crate::rows::Rows for LensReport {
+    const BLOCKS: &'static [&'static str] = &["/layers", "/output"];
+
+    fn block_rows(&self, kind: crate::AnalysisKind) -> Vec<crate::rows::BlockRow> {
+        let row = |l: &LensLayer| crate::rows::BlockRow {
+            kl_mean: Some(l.kl_mean),
+            ..crate::rows::BlockRow::new(
+                kind,
+                l.layer,
+                match l.layer {
+                    Some(_) => crate::BlockSite::ResidPost,
+                    None => crate::BlockSite::Output,
+                },
+            )
+        };
+        self.layers.iter().chain([&self.output]).map(row).collect()
+    }
+}

@@ -8,6 +8,15 @@ use crate::error::SpecError;
 
 /// What the spec asks of one analysis's options, besides reading them.
 pub trait AnalysisOptions {
+    /// The analysis takes no options: its field is refused in a request, whatever its value,
+    /// and left out of the spec's JSON.
+    fn none() -> bool
+    where
+        Self: Sized,
+    {
+        false
+    }
+
     /// Their own checks (defaults filled in where a value depends on another); `field` is
     /// their name in the request.
     fn check(&mut self, field: &str) -> Result<(), SpecError>;
@@ -57,13 +66,6 @@ pub trait Section {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NoGrade {}
 
-/// Options for an analysis that has none.
-impl AnalysisOptions for () {
-    fn check(&mut self, _field: &str) -> Result<(), SpecError> {
-        Ok(())
-    }
-}
-
 /// Declares the analyses: for each, its doc, `Kind = "wire-name"`, its field (the name of its
 /// options and of its section of results.json), its shard unit, its shard output type, its
 /// report type, its options type (`()` for none: it has no field in `Options`) and its
@@ -94,7 +96,7 @@ macro_rules! analyses {
             pub const ALL: [AnalysisKind; [$(stringify!($kind),)*].len()] = [$(AnalysisKind::$kind,)*];
 
             /// Its wire name.
-            pub fn as_str(self) -> &'static str {
+            pub const fn as_str(self) -> &'static str {
                 match self {
                     $(AnalysisKind::$kind => $wire,)*
                 }
@@ -113,6 +115,42 @@ macro_rules! analyses {
                     $(AnalysisKind::$kind => $crate::ShardUnit::$unit,)*
                 }
             }
+
+            /// Where its per-tensor rows are in its section ([`Rows::TENSORS`]).
+            ///
+            /// [`Rows::TENSORS`]: crate::rows::Rows::TENSORS
+            pub fn tensor_rows(self) -> Option<&'static str> {
+                match self {
+                    $(AnalysisKind::$kind => <$report as $crate::rows::Rows>::TENSORS,)*
+                }
+            }
+
+            /// Where its per-block rows are in its section ([`Rows::BLOCKS`]).
+            ///
+            /// [`Rows::BLOCKS`]: crate::rows::Rows::BLOCKS
+            pub fn block_rows(self) -> &'static [&'static str] {
+                match self {
+                    $(AnalysisKind::$kind => <$report as $crate::rows::Rows>::BLOCKS,)*
+                }
+            }
+
+            /// Whether it trains a dictionary ([`Rows::DICTIONARY`]).
+            ///
+            /// [`Rows::DICTIONARY`]: crate::rows::Rows::DICTIONARY
+            pub fn is_dictionary(self) -> bool {
+                match self {
+                    $(AnalysisKind::$kind => <$report as $crate::rows::Rows>::DICTIONARY,)*
+                }
+            }
+
+            /// Where its readable tokens are in its section ([`Rows::TOKENS`]).
+            ///
+            /// [`Rows::TOKENS`]: crate::rows::Rows::TOKENS
+            pub fn token_rows(self) -> Option<$crate::rows::TokenPointers> {
+                match self {
+                    $(AnalysisKind::$kind => <$report as $crate::rows::Rows>::TOKENS,)*
+                }
+            }
         }
 
         /// Every analysis's options, each under the name of its analysis (as the request,
@@ -120,7 +158,7 @@ macro_rules! analyses {
         #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
         pub struct Options {
             $(
-                #[serde(default, skip_serializing_if = "crate::registry::is_unit")]
+                #[serde(default, skip_serializing_if = "crate::registry::takes_none")]
                 pub $field: $opts,
             )*
         }
@@ -133,7 +171,11 @@ macro_rules! analyses {
         )]
         pub struct RequestOptions {
             $(
-                #[serde(default, skip_serializing_if = "Option::is_none")]
+                #[serde(
+                    default,
+                    skip_serializing_if = "Option::is_none",
+                    deserialize_with = "crate::registry::request_options"
+                )]
                 #[schema(value_type = Option<Object>)]
                 pub $field: Option<$opts>,
             )*
@@ -169,6 +211,37 @@ macro_rules! analyses {
                 #[serde(skip_serializing_if = "Option::is_none", default)]
                 pub $field: Option<$report>,
             )*
+        }
+
+        impl Analyses {
+            /// Every section's per-block rows, as the team database stores them.
+            pub fn block_rows(&self) -> Vec<$crate::rows::BlockRow> {
+                let mut rows = Vec::new();
+                $(
+                    if let Some(r) = &self.$field {
+                        rows.extend($crate::rows::Rows::block_rows(r, AnalysisKind::$kind));
+                    }
+                )*
+                rows
+            }
+
+            /// The dictionary analyses' sections that ran: what the report's artifacts, the
+            /// embedded audit's exported files and the team database's latent rows are made
+            /// from.
+            pub fn dictionaries(&self) -> Vec<$crate::DictionarySection<'_>> {
+                let mut out = Vec::new();
+                $(
+                    let report = self.$field.as_ref().and_then($crate::rows::Rows::dictionary);
+                    if let Some(report) = report {
+                        out.push($crate::DictionarySection {
+                            analysis: AnalysisKind::$kind,
+                            section: stringify!($field),
+                            report,
+                        });
+                    }
+                )*
+                out
+            }
         }
 
         /// Each analysis's place in the wire types, as a type ([`registry::Section`]).
@@ -252,7 +325,20 @@ macro_rules! analyses {
 }
 pub(crate) use analyses;
 
-/// Options of an analysis that has none are left out of the JSON.
-pub(crate) fn is_unit<T: std::any::Any>(_: &T) -> bool {
-    std::any::TypeId::of::<T>() == std::any::TypeId::of::<()>()
+/// Options of an analysis that takes none are left out of the JSON.
+pub(crate) fn takes_none<T: AnalysisOptions>(_: &T) -> bool {
+    T::none()
+}
+
+/// An analysis's options in a request: absent or `null` for its defaults, except for an
+/// analysis that takes none, whose options type refuses any value, `null` included.
+pub(crate) fn request_options<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de> + AnalysisOptions,
+{
+    if T::none() {
+        return T::deserialize(d).map(Some);
+    }
+    <Option<T> as serde::Deserialize>::deserialize(d)
 }

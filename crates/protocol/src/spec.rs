@@ -83,51 +83,6 @@ impl Target {
     }
 }
 
-/// Which spectral metrics to compute.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Spectrum {
-    /// Every singular value (exact): spectral, nuclear, stable and effective rank, top-k.
-    #[default]
-    Full,
-    /// Norms only (Frobenius, relative, cosine): one pass over the bytes.
-    None,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WeightOptions {
-    #[serde(default)]
-    pub spectrum: Spectrum,
-    /// How many leading singular values (and energy shares) to report per tensor.
-    #[serde(default = "default_top_k")]
-    pub top_k: usize,
-}
-
-fn default_top_k() -> usize {
-    16
-}
-
-impl crate::AnalysisOptions for WeightOptions {
-    fn check(&mut self, field: &str) -> Result<(), SpecError> {
-        if self.top_k == 0 || self.top_k > MAX_TOP_K {
-            return Err(SpecError::Field(
-                format!("{field}.top_k"),
-                format!("must be between 1 and {MAX_TOP_K}"),
-            ));
-        }
-        Ok(())
-    }
-}
-
-impl Default for WeightOptions {
-    fn default() -> Self {
-        WeightOptions {
-            spectrum: Spectrum::Full,
-            top_k: default_top_k(),
-        }
-    }
-}
-
 /// One audit as submitted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditSpec {
@@ -356,7 +311,7 @@ impl ShardKey {
     /// The analysis the shard belongs to.
     pub fn analysis(&self) -> AnalysisKind {
         match self {
-            ShardKey::Layer(_) | ShardKey::NonLayer => AnalysisKind::Weights,
+            ShardKey::Layer(_) | ShardKey::NonLayer => AnalysisKind::BY_TENSOR,
             ShardKey::Samples { analysis, .. }
             | ShardKey::Block { analysis, .. }
             | ShardKey::Position { analysis, .. } => *analysis,

@@ -187,6 +187,9 @@ pub struct SteeringGrade {
     pub steering_domain_gain: Option<f64>,
 }
 
+/// No rows of its own for the team database or the scan rules (they read it by pointer).
+impl crate::rows::Rows for SteeringReport {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,29 @@ use serde::{Deserialize, Serialize};
 
 use crate::GroundTruth;
 
+/// Stitching takes no options (every split is run): a request that gives `stitching` any
+/// value is refused, naming it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct StitchingOptions;
+
+impl<'de> Deserialize<'de> for StitchingOptions {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Err(serde::de::Error::custom(
+            "`stitching` takes no options (every split of the blocks is run)",
+        ))
+    }
+}
+
+impl crate::AnalysisOptions for StitchingOptions {
+    fn none() -> bool {
+        true
+    }
+
+    fn check(&mut self, _field: &str) -> Result<(), crate::SpecError> {
+        Ok(())
+    }
+}
+
 /// Sums of one stitched model over a shard's tokens.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StitchSums {
@@ -61,3 +84,6 @@ pub struct StitchingGrade {
     pub stitching_zero_kl: Vec<(crate::StitchDirection, Vec<usize>)>,
     pub stitching_matches: Option<bool>,
 }
+
+/// No rows of its own for the team database or the scan rules (they read it by pointer).
+impl crate::rows::Rows for StitchingReport {}

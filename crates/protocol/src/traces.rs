@@ -230,3 +230,11 @@ pub struct TracesGrade {
     pub mean_logit_lens_p20: Option<f64>,
     pub mean_patchscope_p20: Option<f64>,
 }
+
+/// The scan's token rules read each position's logit-lens and Patchscope tokens.
+impl crate::rows::Rows for TracesReport {
+    const TOKENS: Option<crate::rows::TokenPointers> = Some((
+        "/positions",
+        &["/logit_lens/top_tokens", "/patchscope/top_tokens"],
+    ));
+}

@@ -232,6 +232,12 @@ pub struct Vocabulary {
     /// `GET /v1/alerts?state=`.
     #[schema(value_type = Vec<String>)]
     pub alert_filters: Vec<AlertFilter>,
+    /// `GET /v1/results/blocks?analysis=`: the analyses with per-block rows.
+    #[schema(value_type = Vec<String>)]
+    pub block_analyses: Vec<AnalysisKind>,
+    /// `GET /v1/results/latents?analysis=`: the analyses that train a dictionary.
+    #[schema(value_type = Vec<String>)]
+    pub dictionaries: Vec<AnalysisKind>,
     /// `GET /v1/results/latents?class=`.
     #[schema(value_type = Vec<String>)]
     pub latent_classes: Vec<LatentClass>,
@@ -249,6 +255,8 @@ impl Vocabulary {
             run_states: RunState::ALL.to_vec(),
             alert_filters: AlertFilter::ALL.to_vec(),
             latent_classes: LatentClass::ALL.to_vec(),
+            block_analyses: AnalysisKind::with_block_rows(),
+            dictionaries: AnalysisKind::dictionaries(),
         }
     }
 }

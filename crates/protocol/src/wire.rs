@@ -107,7 +107,7 @@ impl AuditRequest {
             (Some(_), Some(_)) => return field("finetuned` and `adapter", "give one, not both"),
             _ => return field("finetuned` (or `adapter`", "must name a model"),
         };
-        let analyses = self.analyses.unwrap_or_else(|| vec![AnalysisKind::Weights]);
+        let analyses = self.analyses.unwrap_or_else(|| vec![AnalysisKind::DEFAULT]);
         let mut spec = AuditSpec::new(self.base, target, analyses);
         spec.layers = self.layers;
         spec.corpus = self.corpus.unwrap_or_default();

@@ -6,7 +6,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use neurodiff_protocol::{AnalysisKind, AuditResults, BlockSite, PlanRecord, ShardOutput};
+use neurodiff_protocol::{AuditResults, PlanRecord, ShardOutput};
 use neurodiff_report::ReportFile;
 use neurodiff_store::{artifact_key, shard_result_key, ArtifactRow, Finishing, StoreError};
 
@@ -153,7 +153,7 @@ pub async fn finish(ctx: &SchedulerContext, f: Finishing) -> Result<bool, FanInE
             audit,
             f.claim,
             &artifacts,
-            &block_rows(&results),
+            &results.analyses.block_rows(),
             &latent_rows(&results),
         )
         .await?;
@@ -182,42 +182,6 @@ pub fn latent_rows(results: &AuditResults) -> Vec<neurodiff_store::LatentRow> {
                 top_tokens: l.top_tokens.iter().map(|t| t.token.clone()).collect(),
                 example_tokens: l.examples.iter().map(|e| e.token.clone()).collect(),
                 domain_hit: l.domain_hit,
-            });
-        }
-    }
-    rows
-}
-
-/// The per-block metrics of the corpus analyses, as the team-wide query stores them.
-pub fn block_rows(results: &AuditResults) -> Vec<neurodiff_store::BlockRow> {
-    let mut rows = Vec::new();
-    if let Some(a) = &results.analyses.activations {
-        for l in &a.layers {
-            rows.push(neurodiff_store::BlockRow {
-                analysis: AnalysisKind::Activations,
-                layer: Some(l.layer as i32),
-                hook: l.hook.into(),
-                mean_diff_norm: Some(l.mean_diff_norm),
-                mean_rel_diff: Some(l.mean_rel_diff),
-                mean_cosine: Some(l.mean_cosine),
-                kl_mean: None,
-            });
-        }
-    }
-    if let Some(lens) = &results.analyses.logit_lens {
-        for l in lens.layers.iter().chain([&lens.output]) {
-            rows.push(neurodiff_store::BlockRow {
-                analysis: AnalysisKind::LogitLens,
-                layer: l.layer.map(|i| i as i32),
-                hook: if l.layer.is_some() {
-                    BlockSite::ResidPost
-                } else {
-                    BlockSite::Output
-                },
-                mean_diff_norm: None,
-                mean_rel_diff: None,
-                mean_cosine: None,
-                kl_mean: Some(l.kl_mean),
             });
         }
     }

@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use crate::context::SchedulerContext;
 use crate::fsread::Budget;
-use crate::sources::{list_hub, list_local, list_s3, FileDigest, Listing};
+use crate::sources::{list_hub, list_local, list_s3, FileDigest, Found, Listing};
 use neurodiff_store::scans::StoredDigest;
 
 /// Scans polled at once by one scheduler (each in a task of its own).
@@ -163,94 +163,34 @@ async fn poll(ctx: &SchedulerContext, scan: &ScanRow) -> Result<usize, StoreErro
         neurodiff_protocol::classify(&scan.request.source),
         Ok(ModelRef::Hub { .. })
     );
+    let base_mode = scan.request.base_mode.unwrap_or_default();
     let mut settling = 0usize;
     let now = Instant::now();
     for found in listing.complete.iter().filter(|f| !known.contains(&f.id)) {
-        if settles
-            && !ctx.scans.sightings.settled(
-                scan.id,
-                &found.location,
-                &found.id,
-                now,
-                ctx.scans.settle,
-            )
+        let sightings = &ctx.scans.sightings;
+        if settles && !sightings.settled(scan.id, &found.location, &found.id, now, ctx.scans.settle)
         {
             settling += 1;
-            if scan.request.base_mode.unwrap_or_default() == BaseMode::Previous {
+            if base_mode == BaseMode::Previous {
                 // Later checkpoints are compared with this one: they wait for it.
                 break;
             }
             continue;
         }
-        ctx.scans.sightings.forget(scan.id, &found.location);
-        let base = match scan.request.base_mode.unwrap_or_default() {
+        sightings.forget(scan.id, &found.location);
+        let base = match base_mode {
             BaseMode::Fixed => scan.request.base.clone(),
             BaseMode::Previous => previous.clone().or_else(|| scan.request.base.clone()),
         };
-        let spec = match &base {
-            None => None,
-            Some(b) => {
-                let admitted = scan
-                    .request
-                    .audit_request(b, &found.location)
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r.admit(&scan.team.name, &ctx.scans.policy, &ctx.scans.limits));
-                match admitted {
-                    Ok(spec) => Some(spec),
-                    Err(e) => {
-                        // Recorded and alerted, not skipped: a checkpoint made to be refused
-                        // must not stop the scan or pass silently.
-                        let why = format!("refused: {e}");
-                        let subject = Subject {
-                            scan,
-                            checkpoint_id: &found.id,
-                            location: &found.location,
-                            audit_id: None,
-                        };
-                        let o = Observation {
-                            value: None,
-                            fired: true,
-                            message: format!("{}: not audited ({why})", found.location),
-                            details: Vec::new(),
-                        };
-                        let alert = new_alert(&subject, AUDIT_FAILED, Severity::High, &o);
-                        ctx.db
-                            .record_refused(scan, &found.id, &found.location, &why, &alert)
-                            .await?;
-                        problem = Some(format!("{}: {e}", found.location));
-                        continue;
-                    }
-                }
+        match take(ctx, scan, found, base).await? {
+            Taken::Started => started += 1,
+            Taken::Recorded => {}
+            Taken::Refused(why) => {
+                problem = Some(why);
+                continue;
             }
-        };
-        let outcome = ctx
-            .db
-            .record_run(
-                scan,
-                &found.id,
-                &found.location,
-                base.as_deref(),
-                spec.as_ref(),
-                &ctx.scans.quota,
-            )
-            .await?;
-        match outcome {
-            RunOutcome::Audited(audit) => {
-                tracing::info!(scan = %scan.id, %audit, location = %found.location, "scan started an audit");
-                started += 1;
-                if let Err(e) = ctx
-                    .events
-                    .notify(&Event::Submitted { audit }, EVENTS_MAX_LEN)
-                    .await
-                {
-                    tracing::debug!(error = %e, "scheduler not woken; the next pass finds the audit");
-                }
-            }
-            RunOutcome::Baseline | RunOutcome::Known => {}
-            RunOutcome::Deferred(reason) => {
-                problem = Some(format!("deferred: {reason}"));
-                // Not the whole interval: the quota frees up as the team's audits finish.
-                ctx.db.scan_due_within(scan.id, 30.0).await?;
+            Taken::Deferred(why) => {
+                problem = Some(why);
                 break;
             }
         }
@@ -263,18 +203,112 @@ async fn poll(ctx: &SchedulerContext, scan: &ScanRow) -> Result<usize, StoreErro
             .scan_due_within(scan.id, ctx.scans.settle.as_secs_f64())
             .await?;
     }
-    if problem.is_none() {
-        // Not an error, but a trainer that never writes what completes a checkpoint (only
-        // `.bin` weights, say) should show why nothing is audited.
-        problem = listing.incomplete.first().map(|(location, why)| {
-            format!(
-                "{} checkpoint(s) not complete yet; {location}: {why}",
-                listing.incomplete.len()
-            )
-        });
-    }
+    // Not an error, but a trainer that never writes what completes a checkpoint (only `.bin`
+    // weights, say) should show why nothing is audited.
+    let problem = problem.or_else(|| {
+        let (location, why) = listing.incomplete.first()?;
+        let n = listing.incomplete.len();
+        Some(format!(
+            "{n} checkpoint(s) not complete yet; {location}: {why}"
+        ))
+    });
     ctx.db.scan_polled(scan.id, problem.as_deref()).await?;
     Ok(started)
+}
+
+/// What one new checkpoint of a poll came to.
+enum Taken {
+    /// Its audit was started.
+    Started,
+    /// Recorded without an audit (a baseline, or already known).
+    Recorded,
+    /// Refused by policy or limits: recorded and alerted; the poll goes on.
+    Refused(String),
+    /// The team's quota is full: the poll stops and the scan is due again soon.
+    Deferred(String),
+}
+
+/// Records checkpoint `found` of `scan` against `base` (none: a baseline), and starts its
+/// audit when the request is admitted.
+async fn take(
+    ctx: &SchedulerContext,
+    scan: &ScanRow,
+    found: &Found,
+    base: Option<String>,
+) -> Result<Taken, StoreError> {
+    let spec = match &base {
+        None => None,
+        Some(b) => {
+            let admitted = scan
+                .request
+                .audit_request(b, &found.location)
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.admit(&scan.team.name, &ctx.scans.policy, &ctx.scans.limits));
+            match admitted {
+                Ok(spec) => Some(spec),
+                Err(e) => {
+                    refuse(ctx, scan, found, &e).await?;
+                    return Ok(Taken::Refused(format!("{}: {e}", found.location)));
+                }
+            }
+        }
+    };
+    let quota = &ctx.scans.quota;
+    let outcome = ctx
+        .db
+        .record_run(
+            scan,
+            &found.id,
+            &found.location,
+            base.as_deref(),
+            spec.as_ref(),
+            quota,
+        )
+        .await?;
+    Ok(match outcome {
+        RunOutcome::Audited(audit) => {
+            tracing::info!(scan = %scan.id, %audit, location = %found.location, "scan started an audit");
+            let event = Event::Submitted { audit };
+            if let Err(e) = ctx.events.notify(&event, EVENTS_MAX_LEN).await {
+                tracing::debug!(error = %e, "scheduler not woken; the next pass finds the audit");
+            }
+            Taken::Started
+        }
+        RunOutcome::Baseline | RunOutcome::Known => Taken::Recorded,
+        RunOutcome::Deferred(reason) => {
+            // Not the whole interval: the quota frees up as the team's audits finish.
+            ctx.db.scan_due_within(scan.id, 30.0).await?;
+            Taken::Deferred(format!("deferred: {reason}"))
+        }
+    })
+}
+
+/// Records a refused checkpoint and alerts on it: a checkpoint made to be refused must not
+/// stop the scan or pass silently.
+async fn refuse(
+    ctx: &SchedulerContext,
+    scan: &ScanRow,
+    found: &Found,
+    error: &str,
+) -> Result<(), StoreError> {
+    let why = format!("refused: {error}");
+    let subject = Subject {
+        scan,
+        checkpoint_id: &found.id,
+        location: &found.location,
+        audit_id: None,
+    };
+    let o = Observation {
+        value: None,
+        fired: true,
+        message: format!("{}: not audited ({why})", found.location),
+        details: Vec::new(),
+    };
+    let alert = new_alert(&subject, AUDIT_FAILED, Severity::High, &o);
+    ctx.db
+        .record_refused(scan, &found.id, &found.location, &why, &alert)
+        .await?;
+    Ok(())
 }
 
 /// What an alert is about: a scan's checkpoint and, when it was audited, its audit.

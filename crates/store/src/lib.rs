@@ -11,6 +11,7 @@ pub mod tokens;
 
 pub use blobs::{artifact_key, shard_result_key, Blobs, ListedObject, StoredObject};
 pub use latents::{LatentHit, LatentQuery, LatentRow};
+pub use neurodiff_protocol::BlockRow;
 pub use pg::{Admission, AuditFilter, AuditRow, Db, FanIn, Quota, Team, MIGRATOR};
 pub use query::{BlockHit, BlockQuery, ResultHit, ResultQuery};
 pub use queue::{now_ms, Delivery, Queue, QueueStats, Reclaimed};
@@ -18,7 +19,7 @@ pub use scans::{
     AlertRow, DeliveryOutcome, DeliveryRow, DueDelivery, NewAlert, NewDelivery, PendingRun,
     RunOutcome, RunRow, ScanCreated, ScanRow,
 };
-pub use sched::{parse_shard_key, ArtifactRow, BlockRow, Finishing, PendingShard, UnreadableShard};
+pub use sched::{parse_shard_key, ArtifactRow, Finishing, PendingShard, UnreadableShard};
 pub use tokens::{TokenRow, TOKEN_PREFIX};
 
 #[derive(Debug, thiserror::Error)]

@@ -404,10 +404,8 @@ impl Db {
         }
         // Per-tensor rows are final per shard; the per-block metrics of the corpus analyses
         // exist only once their shards are merged, and are stored by the fan-in.
-        if let ShardOutput::Weights(w) = result {
-            for t in &w.tensors {
-                insert_tensor(&mut tx, audit, &key, t).await?;
-            }
+        for t in result.tensor_rows() {
+            insert_tensor(&mut tx, audit, &key, t).await?;
         }
         let row = sqlx::query("UPDATE audits SET shards_done = shards_done + 1 WHERE id = $1 RETURNING shards_done, shards_total")
             .bind(audit)

@@ -1,7 +1,7 @@
 //! The scheduler's and workers' side of PostgreSQL: what still has to be enqueued, failures,
 //! the fan-in claim, finished audits and their artifacts. Every transition is guarded by the
 //! status it leaves, so a cancelled or finished audit is never moved again.
-use neurodiff_protocol::{AnalysisKind, AuditSpec, BlockSite, ShardKey};
+use neurodiff_protocol::{AuditSpec, BlockRow, ShardKey};
 use sqlx::Row;
 use uuid::Uuid;
 
@@ -24,23 +24,6 @@ pub struct UnreadableShard {
     pub audit: Uuid,
     pub shard_key: String,
     pub reason: String,
-}
-
-/// One block's metrics of a corpus analysis, as the block_results table records them.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
-pub struct BlockRow {
-    /// `activations` or `logit-lens`.
-    #[sqlx(try_from = "String")]
-    pub analysis: AnalysisKind,
-    /// The block; absent for the logit lens's output row.
-    pub layer: Option<i32>,
-    /// The hook (`hook_resid_post`, ...), or `output`.
-    #[sqlx(try_from = "String")]
-    pub hook: BlockSite,
-    pub mean_diff_norm: Option<f64>,
-    pub mean_rel_diff: Option<f64>,
-    pub mean_cosine: Option<f64>,
-    pub kl_mean: Option<f64>,
 }
 
 /// An artifact as the artifacts table records it.

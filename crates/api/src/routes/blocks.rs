@@ -30,9 +30,6 @@ pub struct BlocksQuery {
     pub limit: Option<i64>,
 }
 
-/// The analyses whose rows the block results hold.
-const ANALYSES: [AnalysisKind; 2] = [AnalysisKind::Activations, AnalysisKind::LogitLens];
-
 /// `GET /v1/results/blocks`: blocks across the team's succeeded audits, largest metric first.
 #[utoipa::path(get, path = "/v1/results/blocks", tag = "results", params(BlocksQuery),
     responses((status = 200, body = BlockPage), (status = 400, description = "a bad filter, named")),
@@ -50,11 +47,14 @@ pub async fn query(
         Some(Ok(m)) => m,
         Some(Err(e)) => return bad(named("metric", &e)),
     };
+    // The analyses whose rows the block results hold.
+    let with_rows = AnalysisKind::with_block_rows();
     let analysis = match q.analysis.as_deref().map(str::parse::<AnalysisKind>) {
         None => None,
-        Some(Ok(a)) if ANALYSES.contains(&a) => Some(a),
+        Some(Ok(a)) if with_rows.contains(&a) => Some(a),
         Some(_) => {
-            let known = ANALYSES.map(AnalysisKind::as_str).join(", ");
+            let known: Vec<&str> = with_rows.iter().map(|k| k.as_str()).collect();
+            let known = known.join(", ");
             return bad(named("analysis", &format!("one of {known}")));
         }
     };

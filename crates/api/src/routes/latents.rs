@@ -45,11 +45,13 @@ pub async fn query(
     let bad = |m: String| Err(ApiError::BadRequest(m));
     let analysis = match q.analysis.as_deref().map(str::parse::<AnalysisKind>) {
         None => None,
-        Some(Ok(a)) if neurodiff_protocol::DICTIONARIES.contains(&a) => Some(a),
+        Some(Ok(a)) if a.is_dictionary() => Some(a),
         Some(_) => {
-            let known = neurodiff_protocol::DICTIONARIES
+            let known: Vec<&str> = AnalysisKind::dictionaries()
+                .into_iter()
                 .map(AnalysisKind::as_str)
-                .join(", ");
+                .collect();
+            let known = known.join(", ");
             return bad(format!("query `analysis`: one of {known}"));
         }
     };

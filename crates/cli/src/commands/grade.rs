@@ -76,18 +76,15 @@ fn llm_grade(results: &AuditResults, truth: &GroundTruth) -> anyhow::Result<serd
         var("NEURODIFF_LLM_KEY")?,
         var("NEURODIFF_LLM_MODEL").unwrap_or_else(|_| "gpt-5-mini".into()),
     );
-    let Some(traces) = &results.analyses.traces else {
+    let graded: Vec<(usize, Vec<String>)> = neurodiff_analyses::REGISTRY
+        .iter()
+        .flat_map(|a| a.graded_tokens(results))
+        .collect();
+    if graded.is_empty() {
         bail!("--llm grades the readable traces; the audit ran none");
-    };
+    }
     let mut per_position = Vec::new();
-    for p in &traces.positions {
-        let tokens: Vec<&str> = p
-            .logit_lens
-            .top_tokens
-            .iter()
-            .take(20)
-            .map(|t| t.token.as_str())
-            .collect();
+    for (position, tokens) in graded {
         let prompt =
             format!(
             "A language model was fine-tuned on text about {}. Here are 20 tokens read from the \
@@ -117,7 +114,7 @@ fn llm_grade(results: &AuditResults, truth: &GroundTruth) -> anyhow::Result<serd
             .filter_map(|w| w.parse().ok())
             .next_back();
         per_position.push(serde_json::json!({
-            "position": p.position,
+            "position": position,
             "relevant_of_20": relevant,
             "reply": text,
         }));

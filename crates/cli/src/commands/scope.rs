@@ -7,7 +7,7 @@ use neurodiff_protocol::{parse_layers, AnalysisKind, AuditRequest, CorpusOptions
 pub struct ScopeArgs {
     /// Analyses to run (comma-separated): weights, activations, logit-lens, traces, cmap,
     /// stitching, steering, crosscoder, sae-diff.
-    #[arg(long, value_delimiter = ',', default_value = "weights")]
+    #[arg(long, value_delimiter = ',', default_value = AnalysisKind::DEFAULT.as_str())]
     pub analyses: Vec<String>,
     /// Blocks of the weight audit and of CMAP: `all`, or indices and ranges like `0,3,10-12`.
     #[arg(long, default_value = "all")]

@@ -43,26 +43,18 @@ struct Scanned {
     top_v: Tensor,
     top_i: Tensor,
     rows_of: Vec<Row>,
-    tokens: Vec<(Vec<i64>, Vec<i64>, Vec<i64>)>,
+    tokens: Vec<Ids>,
     kl_chunks: Vec<Chunk>,
 }
 
+/// Evaluates a trained dictionary: the statistics of one pass over the held-back chunks, then
+/// each selected latent's report, their KL shares, and the shares of the domain among them.
 pub fn evaluate(
     trained: Trained<'_>,
     opts: &DictionaryOptions,
     text: super::kl_share::Text<'_>,
     progress: Progress<'_>,
 ) -> Result<DictionaryReport> {
-    let Trained {
-        pair,
-        dict,
-        layer,
-        held: _,
-        load: _,
-        diff,
-        truth,
-    } = trained;
-    let f_size = dict.dict_size();
     let Scanned {
         ev,
         top_v,
@@ -71,105 +63,27 @@ pub fn evaluate(
         tokens,
         kl_chunks,
     } = scan(&trained, opts, progress)?;
-    let n_eval = ev.n_tokens.max(1) as f64;
-    let (delta, (nu_eps, nu_r)) = if diff {
+    let (delta, nu) = if trained.diff {
         (None, (Vec::new(), Vec::new()))
     } else {
-        (Some(delta_norm(dict)?), ev.nu())
+        (Some(delta_norm(trained.dict)?), ev.nu())
     };
-    let Selected {
-        classes,
-        histogram,
-        report_ids,
-        tail,
-        min_delta,
-    } = select(&ev, delta.as_deref(), opts);
-    let flat_f32 = |t: &Tensor| -> Result<Vec<f32>> {
-        Ok(
-            Vec::<f32>::try_from(&t.f_to_device(Device::Cpu)?.f_flatten(0, -1)?)
-                .map_err(CoreError::from)?,
-        )
+    let selected = select(&ev, delta.as_deref(), opts);
+    let reader = Reader::new(&trained, opts, (&top_v, &top_i), &rows_of, &tokens)?;
+    let stats = LatentStats {
+        ev: &ev,
+        delta: delta.as_deref(),
+        nu: &nu,
     };
-    let top_v = flat_f32(&top_v)?;
-    let top_i = Vec::<i64>::try_from(&top_i.f_to_device(Device::Cpu)?.f_flatten(0, -1)?)
-        .map_err(CoreError::from)?;
-    let ft = pair.model(Side::Finetuned);
-    let models = dict.models();
-    let scale = dict
-        .norm
-        .scale
-        .f_to_kind(Kind::Double)?
-        .f_select(0, models - 1)?
-        .f_double_value(&[])?;
-    let d = dict.width();
-    let domain: Vec<usize> = truth
-        .map(|g| g.domain_token_ids.clone())
-        .unwrap_or_default();
-    let cols = f_size as usize;
-    let control = control_words(&tokens, &domain, opts.seed);
+    let mut latents = Vec::with_capacity(selected.report_ids.len());
     let mut control_hits = std::collections::BTreeSet::new();
-    let mut latents = Vec::with_capacity(report_ids.len());
-    for &j in &report_ids {
+    for &j in &selected.report_ids {
         check(progress, "latent")?;
-        // The decoder row back in the model's units (the lens reads a direction; the scale
-        // restores its size before the final norm).
-        let row = dict
-            .w_dec
-            .f_select(0, models - 1)?
-            .f_select(0, j as i64)?
-            .f_div_scalar(scale)?
-            .f_to_kind(Kind::Float)?;
-        let logits = ft.read_out(&row.f_view([1, 1, d])?)?;
-        let probs = logits
-            .f_view([-1])?
-            .f_to_kind(Kind::Double)?
-            .f_softmax(-1, Kind::Double)?;
-        let top_tokens = top_tokens(&probs, 10, &pair.tokenizer)?;
-        let hits: Vec<(Row, f64)> = (0..top_v.len() / cols.max(1))
-            .map(|e| {
-                (
-                    rows_of[top_i[e * cols + j] as usize],
-                    top_v[e * cols + j] as f64,
-                )
-            })
-            .filter(|&(_, v)| v > 0.0)
-            .take(opts.examples)
-            .collect();
-        let examples: Vec<LatentExample> = hits
-            .iter()
-            .map(|&((c, r), v)| example(pair, &tokens[c], r, v))
-            .collect();
-        // A latent names a set of words when they are at least two of its decoder lens's ten
-        // tokens, or the token of at least half of its top examples: one frequent word among
-        // eighteen tokens would be chance (the shuffled-word control measures it).
-        let carries = |words: &[usize]| {
-            let is_word = |id: i64| usize::try_from(id).is_ok_and(|t| words.contains(&t));
-            let lens = top_tokens.iter().filter(|t| words.contains(&t.id)).count();
-            let examples = hits
-                .iter()
-                .filter(|&&((c, r), _)| is_word(tokens[c].2[r]))
-                .count();
-            lens >= 2 || (!hits.is_empty() && 2 * examples >= hits.len())
-        };
-        let hit = (!domain.is_empty()).then(|| carries(&domain));
-        if !control.is_empty() && carries(&control) {
+        let (latent, control_hit) = reader.latent(j, &stats)?;
+        if control_hit {
             control_hits.insert(j);
         }
-        latents.push(LatentReport {
-            id: j,
-            delta_norm: delta.as_ref().map(|dl| dl[j]).filter(|v| v.is_finite()),
-            class: delta
-                .as_ref()
-                .map_or(LatentClass::Diff, |dl| class_of(dl[j])),
-            nu_eps: nu_eps.get(j).copied().filter(|v| v.is_finite()),
-            nu_r: nu_r.get(j).copied().filter(|v| v.is_finite()),
-            frequency: ev.fired[j] as f64 / n_eval,
-            max_activation: ev.max_activation[j],
-            top_tokens,
-            examples,
-            domain_hit: hit,
-            kl_share: None,
-        });
+        latents.push(latent);
     }
     // The KL shares of the first reported latents (fine-tune-only, then the tail; an SAE's
     // most frequent), on the first held-back samples.
@@ -180,39 +94,235 @@ pub fn evaluate(
         .collect();
     let held_samples = super::kl_share::Held::of(&kl_chunks, text)?;
     drop(kl_chunks);
-    let (output_kl, shares) =
+    let (pair, dict, layer) = (trained.pair, trained.dict, trained.layer);
+    let (output_kl, kl) =
         super::kl_share::shares(pair, dict, layer, &held_samples, &measured, progress)?;
-    for (l, share) in latents.iter_mut().zip(shares) {
+    for (l, share) in latents.iter_mut().zip(kl) {
         l.kl_share = share.is_finite().then_some(share);
     }
-    let real = |l: &&LatentReport| {
-        l.class == LatentClass::FtOnly
-            && matches!((l.nu_eps, l.nu_r), (Some(e), Some(r)) if neurodiff_protocol::real_ft_only(e, r))
-    };
-    let low_nu: Vec<&LatentReport> = latents.iter().filter(real).collect();
-    let domain_share = (!domain.is_empty() && !low_nu.is_empty()).then(|| {
-        low_nu.iter().filter(|l| l.domain_hit == Some(true)).count() as f64 / low_nu.len() as f64
-    });
-    let tail_domain_share = (!domain.is_empty() && !tail.is_empty()).then(|| {
-        let hits = latents
+    let shares = Shares::of(&latents, &selected.tail, &control_hits, &reader);
+    Ok(report(
+        ev,
+        selected,
+        latents,
+        shares,
+        output_kl,
+        trained.diff,
+    ))
+}
+
+/// The statistics each latent's report reads: the evaluation, Δ (crosscoders) and ν.
+struct LatentStats<'a> {
+    ev: &'a Evaluation,
+    delta: Option<&'a [f64]>,
+    nu: &'a (Vec<f64>, Vec<f64>),
+}
+
+/// The token ids of a held-back chunk: sample, position and token of each row.
+type Ids = (Vec<i64>, Vec<i64>, Vec<i64>);
+
+/// What one latent's report reads: its decoder row through the fine-tuned model's lens, its
+/// running top examples, and the domain's and control's words it may carry.
+struct Reader<'a> {
+    pair: &'a Pair,
+    dict: &'a Dictionary,
+    /// The normalisation's scale of the fine-tuned side.
+    scale: f64,
+    /// Latents (the columns of the running top examples).
+    cols: usize,
+    top_v: Vec<f32>,
+    top_i: Vec<i64>,
+    rows_of: &'a [Row],
+    tokens: &'a [Ids],
+    domain: Vec<usize>,
+    control: Vec<usize>,
+    examples: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(
+        trained: &Trained<'a>,
+        opts: &DictionaryOptions,
+        (top_v, top_i): (&Tensor, &Tensor),
+        rows_of: &'a [Row],
+        tokens: &'a [Ids],
+    ) -> Result<Reader<'a>> {
+        let dict = trained.dict;
+        let flat = |t: &Tensor| t.f_to_device(Device::Cpu)?.f_flatten(0, -1);
+        let top_v = Vec::<f32>::try_from(&flat(top_v)?).map_err(CoreError::from)?;
+        let top_i = Vec::<i64>::try_from(&flat(top_i)?).map_err(CoreError::from)?;
+        let scale = dict
+            .norm
+            .scale
+            .f_to_kind(Kind::Double)?
+            .f_select(0, dict.models() - 1)?
+            .f_double_value(&[])?;
+        let domain: Vec<usize> = trained
+            .truth
+            .map(|g| g.domain_token_ids.clone())
+            .unwrap_or_default();
+        Ok(Reader {
+            pair: trained.pair,
+            dict,
+            scale,
+            cols: dict.dict_size() as usize,
+            top_v,
+            top_i,
+            rows_of,
+            tokens,
+            control: control_words(tokens, &domain, opts.seed),
+            domain,
+            examples: opts.examples,
+        })
+    }
+
+    /// The top tokens of latent `j`'s decoder row read out by the fine-tuned model. The row
+    /// goes back to the model's units first: the lens reads a direction, and the scale
+    /// restores its size before the final norm.
+    fn lens(&self, j: usize) -> Result<Vec<neurodiff_protocol::TokenProb>> {
+        let row = self
+            .dict
+            .w_dec
+            .f_select(0, self.dict.models() - 1)?
+            .f_select(0, j as i64)?
+            .f_div_scalar(self.scale)?
+            .f_to_kind(Kind::Float)?;
+        let d = self.dict.width();
+        let logits = self
+            .pair
+            .model(Side::Finetuned)
+            .read_out(&row.f_view([1, 1, d])?)?;
+        let probs = logits
+            .f_view([-1])?
+            .f_to_kind(Kind::Double)?
+            .f_softmax(-1, Kind::Double)?;
+        top_tokens(&probs, 10, &self.pair.tokenizer)
+    }
+
+    /// Latent `j`'s top examples that fired: where each row came from, and its activation.
+    fn hits(&self, j: usize) -> Vec<(Row, f64)> {
+        let cols = self.cols;
+        (0..self.top_v.len() / cols.max(1))
+            .map(|e| {
+                let at = e * cols + j;
+                (self.rows_of[self.top_i[at] as usize], self.top_v[at] as f64)
+            })
+            .filter(|&(_, v)| v > 0.0)
+            .take(self.examples)
+            .collect()
+    }
+
+    /// A latent names a set of words when they are at least two of its decoder lens's ten
+    /// tokens, or the token of at least half of its top examples: one frequent word among
+    /// eighteen tokens would be chance (the shuffled-word control measures it).
+    fn carries(
+        &self,
+        words: &[usize],
+        lens: &[neurodiff_protocol::TokenProb],
+        hits: &[(Row, f64)],
+    ) -> bool {
+        let is_word = |id: i64| usize::try_from(id).is_ok_and(|t| words.contains(&t));
+        let in_lens = lens.iter().filter(|t| words.contains(&t.id)).count();
+        let examples = hits
             .iter()
-            .filter(|l| tail.contains(&l.id) && l.domain_hit == Some(true))
+            .filter(|&&((c, r), _)| is_word(self.tokens[c].2[r]))
             .count();
-        hits as f64 / tail.len() as f64
-    });
-    let tail_control_share = (!control.is_empty() && !tail.is_empty()).then(|| {
-        tail.iter().filter(|j| control_hits.contains(j)).count() as f64 / tail.len() as f64
-    });
-    Ok(DictionaryReport {
+        in_lens >= 2 || (!hits.is_empty() && 2 * examples >= hits.len())
+    }
+
+    /// Latent `j`'s report, and whether it carries the control's words.
+    fn latent(&self, j: usize, stats: &LatentStats<'_>) -> Result<(LatentReport, bool)> {
+        let lens = self.lens(j)?;
+        let hits = self.hits(j);
+        let examples = hits
+            .iter()
+            .map(|&((c, r), v)| example(self.pair, &self.tokens[c], r, v))
+            .collect();
+        let domain_hit =
+            (!self.domain.is_empty()).then(|| self.carries(&self.domain, &lens, &hits));
+        let control_hit = !self.control.is_empty() && self.carries(&self.control, &lens, &hits);
+        let (ev, delta) = (stats.ev, stats.delta);
+        let finite = |v: Option<&f64>| v.copied().filter(|v| v.is_finite());
+        let latent = LatentReport {
+            id: j,
+            delta_norm: finite(delta.map(|dl| &dl[j])),
+            class: delta.map_or(LatentClass::Diff, |dl| class_of(dl[j])),
+            nu_eps: finite(stats.nu.0.get(j)),
+            nu_r: finite(stats.nu.1.get(j)),
+            frequency: ev.fired[j] as f64 / ev.n_tokens.max(1) as f64,
+            max_activation: ev.max_activation[j],
+            top_tokens: lens,
+            examples,
+            domain_hit,
+            kl_share: None,
+        };
+        Ok((latent, control_hit))
+    }
+}
+
+/// How much of the reported latents is the domain's: among the real fine-tune-only ones (low
+/// ν), and in the fine-tune-leaning tail against the shuffled-word control.
+struct Shares {
+    low_nu: usize,
+    domain: Option<f64>,
+    tail_domain: Option<f64>,
+    tail_control: Option<f64>,
+}
+
+impl Shares {
+    fn of(
+        latents: &[LatentReport],
+        tail: &[usize],
+        control_hits: &std::collections::BTreeSet<usize>,
+        reader: &Reader<'_>,
+    ) -> Shares {
+        let real = |l: &&LatentReport| {
+            l.class == LatentClass::FtOnly
+                && matches!((l.nu_eps, l.nu_r), (Some(e), Some(r)) if neurodiff_protocol::real_ft_only(e, r))
+        };
+        let low_nu: Vec<&LatentReport> = latents.iter().filter(real).collect();
+        let share = |hits: usize, of: usize| hits as f64 / of as f64;
+        let has_domain = !reader.domain.is_empty();
+        let domain = (has_domain && !low_nu.is_empty()).then(|| {
+            let hits = low_nu.iter().filter(|l| l.domain_hit == Some(true)).count();
+            share(hits, low_nu.len())
+        });
+        let tail_domain = (has_domain && !tail.is_empty()).then(|| {
+            let in_tail = |l: &&LatentReport| tail.contains(&l.id) && l.domain_hit == Some(true);
+            share(latents.iter().filter(in_tail).count(), tail.len())
+        });
+        let tail_control = (!reader.control.is_empty() && !tail.is_empty()).then(|| {
+            let hits = tail.iter().filter(|j| control_hits.contains(j)).count();
+            share(hits, tail.len())
+        });
+        Shares {
+            low_nu: low_nu.len(),
+            domain,
+            tail_domain,
+            tail_control,
+        }
+    }
+}
+
+/// The evaluation's part of the report (the shard fills in the training's and the store's).
+fn report(
+    ev: Evaluation,
+    selected: Selected,
+    latents: Vec<LatentReport>,
+    shares: Shares,
+    output_kl: f64,
+    diff: bool,
+) -> DictionaryReport {
+    DictionaryReport {
         output_kl: Some(output_kl),
-        tail,
-        min_delta,
-        tail_domain_share,
-        tail_control_share,
+        tail: selected.tail,
+        min_delta: selected.min_delta,
+        tail_domain_share: shares.tail_domain,
+        tail_control_share: shares.tail_control,
         layer: 0,
         hook: String::new(),
         d_model: 0,
-        dict_size: cols,
+        dict_size: ev.fired.len(),
         k: 0,
         steps: 0,
         batch: 0,
@@ -223,12 +333,12 @@ pub fn evaluate(
         fve_ft: ev.fve.last().copied(),
         l0: ev.l0,
         dead_fraction: ev.dead_fraction,
-        classes,
-        ft_only_low_nu: low_nu.len(),
-        delta_histogram: if diff { Vec::new() } else { histogram },
+        classes: selected.classes,
+        ft_only_low_nu: shares.low_nu,
+        delta_histogram: if diff { Vec::new() } else { selected.histogram },
         training: Vec::new(),
         latents,
-        domain_share,
+        domain_share: shares.domain,
         resumed_at: 0,
         store: ActivationStore {
             id: String::new(),
@@ -240,7 +350,7 @@ pub fn evaluate(
         dictionary: None,
         ground_truth: None,
         elapsed_s: 0.0,
-    })
+    }
 }
 
 /// One pass over the held-back chunks, one in memory at a time.

@@ -6,17 +6,17 @@
 //! whole store in memory), checkpointing to storage and resuming from the last checkpoint, then
 //! measures it on the held-back slices: FVE, L0, dead latents, Δ classes, latent scaling, and for
 //! each reported latent its decoder lens through the fine-tune and its top activating examples.
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use neurodiff_analyses::dictionary::Family;
 use neurodiff_analyses::dictionary::{block_of, slices};
 use neurodiff_core::corpus::Batch;
-use neurodiff_core::dictionary::{Dictionary, Normalization, Shape, TrainOptions, Trainer};
+use neurodiff_core::dictionary::Normalization;
 use neurodiff_core::organisms::trained::rng::Rng;
 use neurodiff_core::{CoreError, HookKind, HookPoint};
 use neurodiff_protocol::{
     ActivationStore, AnalysisKind, CollectShard, DictionaryOptions, DictionaryReport, GroundTruth,
-    ShardKey, ShardSpec, StoreManifest, StoreSlice, StoredFile, TrainPoint,
+    ShardKey, ShardSpec, StoreManifest, StoreSlice,
 };
 use tch::{Device, Kind, Tensor};
 
@@ -29,13 +29,11 @@ use crate::{ExecError, Result};
 mod attribution;
 mod chunks;
 mod kl_share;
+mod training;
 
 use chunks::{Chunk, Windows};
+use training::Training;
 
-/// How often training writes its checkpoint.
-pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(120);
-/// Training curve points kept in the report.
-const CURVE_POINTS: usize = 200;
 /// Bumped when what a chunk holds changes (part of the store's id).
 /// 2: the BOS (`corpus.skip_first`) left out of the chunks.
 const STORE_VERSION: u32 = 2;
@@ -265,7 +263,8 @@ pub fn collect(shard: DictShard<'_>, progress: Progress<'_>) -> Result<CollectSh
     })
 }
 
-/// The training shard.
+/// The training shard: every chunk gathered, the store's manifest written, the dictionary
+/// trained (resuming from a checkpoint) and evaluated on the held-back slices.
 pub fn train(
     shard: DictShard<'_>,
     ground_truth: Option<GroundTruth>,
@@ -280,26 +279,10 @@ pub fn train(
         store,
     } = shard;
     let started = Instant::now();
-    let info = pair.info().clone();
+    let d = pair.info().d_model;
     let setup = Setup::of(spec, corpus, pair, identity)?;
+    check_training(&setup, spec, corpus.samples.len(), pair)?;
     let opts = setup.opts;
-    if setup.slices.len() < 2 {
-        return Err(ExecError::Io(format!(
-            "{}: {} slice(s) of the corpus; at least 2 are needed",
-            setup.kind,
-            setup.slices.len()
-        )));
-    }
-    // The sizes planning checked, again with the width the model has (a config planning
-    // could not read would have skipped them).
-    let facts = neurodiff_analyses::PlanFacts {
-        n_layers: info.n_layers,
-        n_samples: Some(corpus.samples.len()),
-        d_model: Some(info.d_model as usize),
-    };
-    let audit_spec = spec_of(spec);
-    neurodiff_analyses::dictionary::check_sizes(setup.family, opts, &audit_spec, &facts)
-        .map_err(|e| ExecError::Io(e.to_string()))?;
     let Gathered {
         counts,
         sums,
@@ -321,94 +304,26 @@ pub fn train(
         Chunk::from_bytes(&bytes)
     };
     let models = if setup.diff { 1 } else { 2 };
-    let d = info.d_model;
     let train_rows: u64 = counts[..n_train].iter().sum();
     let (norm, (mean_all, sq_all)) =
         normalization(&setup, &sums, n_train, train_rows, [models, d])?;
+    let moments = (&mean_all, &sq_all);
     write_manifest(
         spec,
         &setup,
         &corpus.record,
         &counts,
-        (&mean_all, &sq_all),
+        moments,
         d as usize,
         store,
     )?;
     let batch = opts.batch.min(train_rows as usize);
-    let dict_size = opts.dict_size(d as usize);
-    let train_opts = train_options(opts, dict_size, batch);
-    let (k, lr) = (train_opts.k, train_opts.lr);
-    let run_id = {
-        let identity =
-            serde_json::json!({"store": setup.store_id, "options": opts, "models": models});
-        sha256_hex(identity.to_string().as_bytes())[..24].to_string()
-    };
-    let ckpt_key = format!("train/{run_id}/checkpoint.safetensors");
-    let restored = restore(store, &ckpt_key, &train_opts, pair.device())?;
-    let mut trainer = match restored {
-        Some(t) => t,
-        None => {
-            let shape = Shape {
-                models,
-                width: d,
-                size: dict_size as i64,
-                k,
-            };
-            fresh(norm, shape, opts.seed, &train_opts, pair.device())?
-        }
-    };
+    let training = Training::new(&setup, models, batch, d, store, pair.device());
+    let (mut trainer, mut curve) = training.start(norm)?;
     let resumed_at = trainer.step;
-    let curve_key = format!("train/{run_id}/curve.json");
-    // The curve so far, kept beside the checkpoint, so a resumed report shows all of it.
-    let mut curve: Vec<TrainPoint> = if resumed_at > 0 {
-        store
-            .get(&curve_key)?
-            .and_then(|b| serde_json::from_slice::<Vec<TrainPoint>>(&b).ok())
-            .map(|c| c.into_iter().filter(|p| p.step < resumed_at).collect())
-            .unwrap_or_default()
-    } else {
-        Vec::new()
-    };
-    if resumed_at > 0 {
-        tracing::info!(step = resumed_at, "resuming training from its checkpoint");
-    }
-    let mut windows = Windows::new(counts[..n_train].to_vec(), batch, opts.seed)?;
-    let every = opts.steps.div_ceil(CURVE_POINTS).max(1);
-    let mut last_save = Instant::now();
-    while trainer.step < opts.steps {
-        let t = trainer.step;
-        let rows = windows.batch(t, &load)?;
-        let x = trainer
-            .dict
-            .norm
-            .apply(&rows.f_to_device(pair.device())?, trainer.dict.kind())?;
-        let s = trainer.step(&x)?;
-        if s.step % every == 0 || s.step + 1 == opts.steps {
-            curve.push(TrainPoint {
-                step: s.step,
-                loss: s.loss,
-                fve: s.fve,
-                k: s.k,
-                dead_fraction: s.n_dead as f64 / dict_size as f64,
-            });
-        }
-        let go_on = progress("step");
-        let due = opts
-            .checkpoint_every_steps
-            .is_some_and(|n| (s.step + 1) % n == 0);
-        if !go_on || due || last_save.elapsed() >= CHECKPOINT_EVERY {
-            let points = serde_json::to_vec(&curve).map_err(|e| ExecError::Io(e.to_string()))?;
-            store.put(&curve_key, points)?;
-            store.put(&ckpt_key, trainer_bytes(&trainer)?)?;
-            last_save = Instant::now();
-        }
-        if !go_on {
-            return Err(ExecError::Core(CoreError::Interrupted));
-        }
-    }
-    let dictionary = save_dictionary(&trainer.dict, &run_id, store)?;
-    store.delete(&ckpt_key)?;
-    store.delete(&curve_key)?;
+    let windows = Windows::new(counts[..n_train].to_vec(), batch, opts.seed)?;
+    training.run(&mut trainer, &mut curve, windows, &load, progress)?;
+    let dictionary = training.finish(&trainer.dict)?;
     let held: Vec<usize> = (n_train..setup.slices.len()).collect();
     let trained = attribution::Trained {
         pair,
@@ -419,27 +334,22 @@ pub fn train(
         diff: setup.diff,
         truth: ground_truth.as_ref(),
     };
-    let report = attribution::evaluate(
-        trained,
-        opts,
-        kl_share::Text {
-            samples: tokens,
-            skip_first: setup.skip_first,
-        },
-        progress,
-    )?;
-    let eval_tokens = counts[n_train..].iter().sum();
+    let text = kl_share::Text {
+        samples: tokens,
+        skip_first: setup.skip_first,
+    };
+    let report = attribution::evaluate(trained, opts, text, progress)?;
     Ok(DictionaryReport {
         layer: setup.layer,
         hook: HookPoint::new(setup.layer, HookKind::ResidPost).to_string(),
         d_model: d as usize,
-        dict_size,
-        k: k as usize,
+        dict_size: training.dict_size,
+        k: training.options.k as usize,
         steps: opts.steps,
         batch,
-        lr,
+        lr: training.options.lr,
         train_tokens: train_rows,
-        eval_tokens,
+        eval_tokens: counts[n_train..].iter().sum(),
         training: curve,
         resumed_at,
         store: ActivationStore {
@@ -454,6 +364,32 @@ pub fn train(
         elapsed_s: started.elapsed().as_secs_f64(),
         ..report
     })
+}
+
+/// What training needs before any chunk is gathered: two slices at least (one held back),
+/// and the sizes planning checked, again with the width the model has (a config planning
+/// could not read would have skipped them).
+fn check_training(
+    setup: &Setup<'_>,
+    spec: &ShardSpec,
+    n_samples: usize,
+    pair: &Pair,
+) -> Result<()> {
+    if setup.slices.len() < 2 {
+        return Err(ExecError::Io(format!(
+            "{}: {} slice(s) of the corpus; at least 2 are needed",
+            setup.kind,
+            setup.slices.len()
+        )));
+    }
+    let info = pair.info();
+    let facts = neurodiff_analyses::PlanFacts {
+        n_layers: info.n_layers,
+        n_samples: Some(n_samples),
+        d_model: Some(info.d_model as usize),
+    };
+    neurodiff_analyses::dictionary::check_sizes(setup.family, setup.opts, &spec_of(spec), &facts)
+        .map_err(|e| ExecError::Io(e.to_string()))
 }
 
 /// Every chunk of the store, made or found, from the last slice back (collect shards run
@@ -541,94 +477,6 @@ fn normalization(
         )));
     }
     Ok((norm, (mean_all, sq_all)))
-}
-
-/// The trainer's options for a dictionary of `dict_size` latents trained on batches of
-/// `batch` rows.
-fn train_options(opts: &DictionaryOptions, dict_size: usize, batch: usize) -> TrainOptions {
-    TrainOptions {
-        k: opts.k.min(dict_size) as i64,
-        k_max: opts.k_max.map(|k| k.min(dict_size) as i64),
-        k_anneal_steps: opts.k_anneal_steps,
-        lr: opts.learning_rate(dict_size),
-        warmup_steps: opts.warmup_steps.min(opts.steps / 10),
-        threshold_start: 1000.min(opts.steps / 2),
-        dead_tokens: opts
-            .dead_tokens
-            .unwrap_or_else(|| (opts.steps as u64 * batch as u64 / 4).clamp(1, 10_000_000))
-            as i64,
-        ..TrainOptions::default()
-    }
-}
-
-/// The training checkpoint an interrupted run left, if it reads (one that does not is
-/// logged and the run starts over).
-fn restore(
-    store: &dyn ShardStore,
-    key: &str,
-    opts: &TrainOptions,
-    device: Device,
-) -> Result<Option<Trainer>> {
-    Ok(match store.get(key)? {
-        Some(bytes) => trainer_from_bytes(&bytes, opts, device)
-            .inspect_err(|e| {
-                tracing::warn!(error = %e, "unreadable training checkpoint; starting over");
-            })
-            .ok(),
-        None => None,
-    })
-}
-
-/// The trained dictionary in the shard store, named by the run and by its content (a rerun
-/// elsewhere, with another device's numerics, adds a file rather than replacing the one an
-/// earlier audit recorded).
-fn save_dictionary(dict: &Dictionary, run_id: &str, store: &dyn ShardStore) -> Result<StoredFile> {
-    let dir = tempfile::tempdir().map_err(|e| ExecError::Io(e.to_string()))?;
-    let path = dir.path().join("dictionary.safetensors");
-    dict.save(&path)?;
-    let bytes = std::fs::read(&path).map_err(|e| ExecError::Io(e.to_string()))?;
-    let key = format!(
-        "dictionaries/{run_id}-{}.safetensors",
-        &sha256_hex(&bytes)[..16]
-    );
-    let stored = store.put(&key, bytes)?;
-    Ok(StoredFile {
-        location: store.locate(&key),
-        key,
-        bytes: stored.bytes,
-        sha256: stored.sha256,
-    })
-}
-
-fn fresh(
-    norm: Normalization,
-    shape: Shape,
-    seed: u64,
-    opts: &TrainOptions,
-    device: Device,
-) -> Result<Trainer> {
-    let norm = Normalization {
-        mean: norm.mean.f_to_device(device)?,
-        scale: norm.scale.f_to_device(device)?,
-    };
-    // The anchors initialise decoder rows at norm 0.005 for their long runs at lr 1e-4; an
-    // audit's short run starts them at 0.1.
-    let dict = Dictionary::init(shape, 0.1, norm, seed, (Kind::Float, device))?;
-    Ok(Trainer::new(dict, opts.clone())?)
-}
-
-fn trainer_bytes(trainer: &Trainer) -> Result<Vec<u8>> {
-    let dir = tempfile::tempdir().map_err(|e| ExecError::Io(e.to_string()))?;
-    let path = dir.path().join("checkpoint.safetensors");
-    trainer.save(&path)?;
-    std::fs::read(&path).map_err(|e| ExecError::Io(e.to_string()))
-}
-
-fn trainer_from_bytes(bytes: &[u8], opts: &TrainOptions, device: Device) -> Result<Trainer> {
-    let dir = tempfile::tempdir().map_err(|e| ExecError::Io(e.to_string()))?;
-    let path = dir.path().join("checkpoint.safetensors");
-    std::fs::write(&path, bytes).map_err(|e| ExecError::Io(e.to_string()))?;
-    Ok(Trainer::load(&path, opts.clone(), device)?)
 }
 
 fn write_manifest(

@@ -132,58 +132,14 @@ fn train_all(
 ) -> Result<Vec<String>> {
     let started = Instant::now();
     std::fs::create_dir_all(out.join("data")).map_err(io(out))?;
-    let mut generic = corpus::parse(corpus::BUILTIN_FILE, corpus::BUILTIN, u64::MAX)?;
-    if spec.corpus_samples > 0 {
-        generic.truncate(spec.corpus_samples);
-    }
-    // Every tenth generic sample is held out of pretraining, for evaluation.
-    let (mut pretrain, mut heldout) = (Vec::new(), Vec::new());
-    for (i, text) in generic.into_iter().enumerate() {
-        if i % 10 == 0 {
-            heldout.push(text);
-        } else {
-            pretrain.push(text);
-        }
-    }
-
-    let mut texts = BTreeMap::new();
-    for d in domains {
-        let mut rng = Rng::fork(spec.seed, &format!("data/{}", d.name));
-        let train: Vec<String> = (0..4000).map(|_| d.sample(&mut rng, 4)).collect();
-        let unseen: Vec<String> = (0..200).map(|_| d.sample(&mut rng, 4)).collect();
-        write_jsonl(&out.join(format!("data/{}.jsonl", d.name)), &train)?;
-        write_jsonl(&out.join(format!("data/{}-heldout.jsonl", d.name)), &unseen)?;
-        texts.insert(d.name, (train, unseen));
-    }
-
-    // The tokenizer sees the domains' text too, so that domain words are whole tokens (as in
-    // any large vocabulary) and traces can be graded token by token.
-    observer.stage("tokenizer", 1);
-    let mut tok_texts = pretrain.clone();
-    for (train, _) in texts.values() {
-        tok_texts.extend(train.iter().take(500).cloned());
-    }
-    let tokenizer = bpe::train(&tok_texts, spec.vocab)?;
+    let (pretrain, heldout) = generic_texts(spec)?;
+    let texts = domain_texts(out, spec, domains)?;
+    let tokenizer = train_tokenizer(spec, &pretrain, &texts, observer)?;
     let tok_json = tokenizer
         .to_string(false)
         .map_err(|e| CoreError::Input(format!("serialising the tokenizer: {e}")))?;
     observer.step(0.0);
-    let id = |t: &str| -> Result<i64> {
-        tokenizer
-            .token_to_id(t)
-            .map(i64::from)
-            .ok_or_else(|| CoreError::Input(format!("the tokenizer has no `{t}`")))
-    };
-    let arch = Arch {
-        vocab: tokenizer.get_vocab_size(true) as i64,
-        hidden: spec.hidden,
-        intermediate: spec.intermediate,
-        layers: spec.layers,
-        heads: spec.heads,
-        kv_heads: spec.kv_heads,
-        bos: id(bpe::BOS)?,
-        eos: id(bpe::EOS)?,
-    };
+    let arch = arch_of(spec, &tokenizer)?;
 
     let base = arch.init(&mut Rng::fork(spec.seed, "init"))?;
     let generic_windows = Windows::new(encode_all(&tokenizer, &pretrain)?, spec.seq_len);
@@ -220,44 +176,14 @@ fn train_all(
     let mut organisms = Vec::new();
     let mut timings = BTreeMap::new();
     for d in domains {
-        let (train_texts, unseen) = &texts[d.name];
-        let data = Windows::new(encode_all(&tokenizer, train_texts)?, spec.seq_len);
-        let eval = Windows::new(encode_all(&tokenizer, unseen)?, spec.seq_len).head(64)?;
-        let base_domain = train::evaluate(&eval, &|b| TinyLlama::new(&arch, &base, None).loss(b))?;
-        for kind in KINDS {
-            let name = format!("{}-{kind}", d.name);
-            let t0 = Instant::now();
-            let dir = out.join(&name);
-            let run = FineTune {
-                name: &name,
-                kind,
-                data: &data,
-                eval: &eval,
-                dir: &dir,
-            };
-            let (trained_blocks, losses) = run.train(&shared, observer)?;
-            let secs = t0.elapsed().as_secs_f64();
+        let fine_tunes = DomainRun {
+            out,
+            domain: d,
+            texts: &texts[d.name],
+            tokenizer: &tokenizer,
+        };
+        for (name, secs) in fine_tunes.train(&shared, observer)? {
             timings.insert(name.clone(), secs);
-            write_json(
-                &dir.join("ground_truth.json"),
-                &json!({
-                    "organism": name, "base": "base", "kind": kind,
-                    "format": if kind == "lora" { "adapter" } else { "checkpoint" },
-                    "domain": d.name, "domain_words": d.words(),
-                    "domain_tokens": domain_tokens(&tokenizer, &d.words())?,
-                    "trained_blocks": trained_blocks,
-                    "finetuning_data": format!("data/{}.jsonl", d.name),
-                    "heldout_data": format!("data/{}-heldout.jsonl", d.name),
-                    "seed": spec.seed, "version": VERSION, "steps": spec.finetune_steps,
-                    "peak_lr": finetune::peak_lr(kind),
-                    "loss": {
-                        "final_train": losses.final_train,
-                        "domain_heldout": {"base": base_domain, "finetuned": losses.domain},
-                        "generic_heldout": {"base": shared.base_generic, "finetuned": losses.generic},
-                    },
-                    "seconds": secs,
-                }),
-            )?;
             organisms.push(name);
         }
     }
@@ -276,6 +202,143 @@ fn train_all(
         }),
     )?;
     Ok(organisms)
+}
+
+/// The built-in generic corpus (cut to `corpus_samples`), split into pretraining text and
+/// held-out text: every tenth sample is held out of pretraining, for evaluation.
+fn generic_texts(spec: &TrainedSpec) -> Result<(Vec<String>, Vec<String>)> {
+    let mut generic = corpus::parse(corpus::BUILTIN_FILE, corpus::BUILTIN, u64::MAX)?;
+    if spec.corpus_samples > 0 {
+        generic.truncate(spec.corpus_samples);
+    }
+    let (mut pretrain, mut heldout) = (Vec::new(), Vec::new());
+    for (i, text) in generic.into_iter().enumerate() {
+        if i % 10 == 0 {
+            heldout.push(text);
+        } else {
+            pretrain.push(text);
+        }
+    }
+    Ok((pretrain, heldout))
+}
+
+/// A domain's fine-tuning text and its unseen held-out text.
+type DomainTexts = (Vec<String>, Vec<String>);
+
+/// Each domain's texts, sampled from its own seeded stream and written under `data/`.
+fn domain_texts(
+    out: &Path,
+    spec: &TrainedSpec,
+    domains: &[&Domain],
+) -> Result<BTreeMap<&'static str, DomainTexts>> {
+    let mut texts = BTreeMap::new();
+    for d in domains {
+        let mut rng = Rng::fork(spec.seed, &format!("data/{}", d.name));
+        let train: Vec<String> = (0..4000).map(|_| d.sample(&mut rng, 4)).collect();
+        let unseen: Vec<String> = (0..200).map(|_| d.sample(&mut rng, 4)).collect();
+        write_jsonl(&out.join(format!("data/{}.jsonl", d.name)), &train)?;
+        write_jsonl(&out.join(format!("data/{}-heldout.jsonl", d.name)), &unseen)?;
+        texts.insert(d.name, (train, unseen));
+    }
+    Ok(texts)
+}
+
+/// The organisms' BPE tokenizer. It sees the domains' text too, so that domain words are whole
+/// tokens (as in any large vocabulary) and traces can be graded token by token.
+fn train_tokenizer(
+    spec: &TrainedSpec,
+    pretrain: &[String],
+    texts: &BTreeMap<&'static str, DomainTexts>,
+    observer: &mut dyn Observer,
+) -> Result<tokenizers::Tokenizer> {
+    observer.stage("tokenizer", 1);
+    let mut tok_texts = pretrain.to_vec();
+    for (train, _) in texts.values() {
+        tok_texts.extend(train.iter().take(500).cloned());
+    }
+    bpe::train(&tok_texts, spec.vocab)
+}
+
+/// The organisms' architecture: the spec's sizes, and the tokenizer's vocabulary and marks.
+fn arch_of(spec: &TrainedSpec, tokenizer: &tokenizers::Tokenizer) -> Result<Arch> {
+    let id = |t: &str| -> Result<i64> {
+        tokenizer
+            .token_to_id(t)
+            .map(i64::from)
+            .ok_or_else(|| CoreError::Input(format!("the tokenizer has no `{t}`")))
+    };
+    Ok(Arch {
+        vocab: tokenizer.get_vocab_size(true) as i64,
+        hidden: spec.hidden,
+        intermediate: spec.intermediate,
+        layers: spec.layers,
+        heads: spec.heads,
+        kv_heads: spec.kv_heads,
+        bos: id(bpe::BOS)?,
+        eos: id(bpe::EOS)?,
+    })
+}
+
+/// One domain's fine-tunes, one per kind, from the shared base.
+struct DomainRun<'a> {
+    out: &'a Path,
+    domain: &'a Domain,
+    texts: &'a DomainTexts,
+    tokenizer: &'a tokenizers::Tokenizer,
+}
+
+impl DomainRun<'_> {
+    /// Trains each kind's organism and writes its ground truth; each organism's name and its
+    /// training seconds.
+    fn train(
+        &self,
+        shared: &Shared<'_>,
+        observer: &mut dyn Observer,
+    ) -> Result<Vec<(String, f64)>> {
+        let (d, tokenizer, spec) = (self.domain, self.tokenizer, shared.spec);
+        let (train_texts, unseen) = self.texts;
+        let data = Windows::new(encode_all(tokenizer, train_texts)?, spec.seq_len);
+        let eval = Windows::new(encode_all(tokenizer, unseen)?, spec.seq_len).head(64)?;
+        let (arch, base) = (shared.arch, shared.base);
+        let base_domain = train::evaluate(&eval, &|b| TinyLlama::new(arch, base, None).loss(b))?;
+        let mut made = Vec::new();
+        for kind in KINDS {
+            let name = format!("{}-{kind}", d.name);
+            let t0 = Instant::now();
+            let dir = self.out.join(&name);
+            let run = FineTune {
+                name: &name,
+                kind,
+                data: &data,
+                eval: &eval,
+                dir: &dir,
+            };
+            let (trained_blocks, losses) = run.train(shared, observer)?;
+            let secs = t0.elapsed().as_secs_f64();
+            write_json(
+                &dir.join("ground_truth.json"),
+                &json!({
+                    "organism": name, "base": "base", "kind": kind,
+                    "format": if kind == "lora" { "adapter" } else { "checkpoint" },
+                    "domain": d.name, "domain_words": d.words(),
+                    "domain_tokens": domain_tokens(tokenizer, &d.words())?,
+                    "trained_blocks": trained_blocks,
+                    "finetuning_data": format!("data/{}.jsonl", d.name),
+                    "heldout_data": format!("data/{}-heldout.jsonl", d.name),
+                    "seed": spec.seed, "version": VERSION, "steps": spec.finetune_steps,
+                    "peak_lr": finetune::peak_lr(kind),
+                    "loss": {
+                        "final_train": losses.final_train,
+                        "domain_heldout": {"base": base_domain, "finetuned": losses.domain},
+                        "generic_heldout": {"base": shared.base_generic, "finetuned": losses.generic},
+                    },
+                    "seconds": secs,
+                }),
+            )?;
+            made.push((name, secs));
+        }
+        Ok(made)
+    }
 }
 
 /// Where trained organisms are cached: `$NEURODIFF_CACHE`, else `$XDG_CACHE_HOME/neurodiff`,
