@@ -6,16 +6,15 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use neurodiff_protocol::{
-    ActivationLayer, ActivationOptions, ActivationsReport, ActivationsShard, Analyses,
-    AnalysisKind, AuditResults, AuditSpec, DiffSums, Example, Histogram, HookKind, MeanDiff,
-    PositionSums, ShardKey, ShardOutput,
+    ActivationLayer, ActivationOptions, ActivationsReport, ActivationsShard, AnalysisKind,
+    AuditResults, AuditSpec, DiffSums, Example, Histogram, HookKind, MeanDiff, PositionSums,
 };
 
 use crate::charts::{lines, Series};
 use crate::findings::Finding;
-use crate::{
-    check_cover, corpus_shards, escape, Analysis, AnalysisError, Figure, Merge, PlanFacts,
-};
+use crate::merge_err;
+use crate::Wiring;
+use crate::{check_cover, escape, Analysis, AnalysisError, Figure, Merge};
 
 /// The artifact holding the mean difference vectors.
 pub const MEAN_DIFF_FILE: &str = "mean_diff.safetensors";
@@ -23,31 +22,7 @@ pub const MEAN_DIFF_FILE: &str = "mean_diff.safetensors";
 #[derive(Debug)]
 pub struct Activations;
 
-fn merge_err(message: String) -> AnalysisError {
-    AnalysisError::Merge {
-        analysis: AnalysisKind::Activations,
-        message,
-    }
-}
-
 impl Analysis for Activations {
-    fn kind(&self) -> AnalysisKind {
-        AnalysisKind::Activations
-    }
-
-    fn plan(&self, spec: &AuditSpec, facts: &PlanFacts) -> Result<Vec<ShardKey>, AnalysisError> {
-        corpus_shards(self.kind(), spec, facts)
-    }
-
-    fn merge(
-        &self,
-        spec: &AuditSpec,
-        outputs: Vec<ShardOutput>,
-        into: &mut Analyses,
-    ) -> Result<(), AnalysisError> {
-        crate::merge_typed(self, spec, outputs, into)
-    }
-
     fn figures(&self, results: &AuditResults) -> Result<Vec<Figure>, AnalysisError> {
         let Some(a) = &results.analyses.activations else {
             return Ok(Vec::new());
@@ -173,7 +148,9 @@ impl Merge for Activations {
                         && m.by_position.len() == s.mean_diff.by_position.len()
                         && m.all.len() == s.mean_diff.all.len();
                     if !same {
-                        return Err(merge_err("shards disagree on the model's size".into()));
+                        return Err(merge_err::<Activations>(
+                            "shards disagree on the model's size".into(),
+                        ));
                     }
                     for (a, b) in m.by_position.iter_mut().zip(&s.mean_diff.by_position) {
                         *a += b;
@@ -208,7 +185,7 @@ impl Merge for Activations {
 fn well_formed(d: &DiffSums) -> Result<(), AnalysisError> {
     let p = &d.positions;
     if p.diff_norm.len() != p.n.len() || p.rel_diff.len() != p.n.len() {
-        return Err(merge_err(format!(
+        return Err(merge_err::<Activations>(format!(
             "block {} {}: per-position sums of different lengths",
             d.layer, d.hook
         )));
@@ -321,7 +298,7 @@ fn mean_diff_safetensors(m: &MeanDiff) -> Result<Vec<u8>, AnalysisError> {
         data: &[u8],
     ) -> Result<safetensors::tensor::TensorView<'_>, AnalysisError> {
         safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, data)
-            .map_err(|e| merge_err(format!("{MEAN_DIFF_FILE}: {e}")))
+            .map_err(|e| merge_err::<Activations>(format!("{MEAN_DIFF_FILE}: {e}")))
     }
     let tensors = vec![
         (
@@ -341,7 +318,7 @@ fn mean_diff_safetensors(m: &MeanDiff) -> Result<Vec<u8>, AnalysisError> {
             .to_string(),
     )]);
     safetensors::tensor::serialize(tensors, Some(meta))
-        .map_err(|e| merge_err(format!("{MEAN_DIFF_FILE}: {e}")))
+        .map_err(|e| merge_err::<Activations>(format!("{MEAN_DIFF_FILE}: {e}")))
 }
 
 fn html(a: &ActivationsReport) -> String {

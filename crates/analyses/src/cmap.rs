@@ -6,23 +6,18 @@ use std::fmt::Write as _;
 
 use neurodiff_protocol::{
     Analyses, AnalysisKind, AuditResults, AuditSpec, CmapCell, CmapReport, CmapShard, Component,
-    Grades, PatchDirection, ShardKey, ShardOutput,
+    Grades, PatchDirection, ShardKey,
 };
 
 use crate::charts::grid;
 use crate::findings::Finding;
 use crate::grade::Truth;
+use crate::merge_err;
+use crate::Wiring;
 use crate::{Analysis, AnalysisError, Figure, Merge, PlanFacts};
 
 #[derive(Debug)]
 pub struct Cmap;
-
-fn merge_err(message: String) -> AnalysisError {
-    AnalysisError::Merge {
-        analysis: AnalysisKind::Cmap,
-        message,
-    }
-}
 
 /// 1 − kl / gap; 0 when the models do not differ (nothing to recover).
 pub fn recovery(kl: f64, gap: f64) -> f64 {
@@ -34,10 +29,6 @@ pub fn recovery(kl: f64, gap: f64) -> f64 {
 }
 
 impl Analysis for Cmap {
-    fn kind(&self) -> AnalysisKind {
-        AnalysisKind::Cmap
-    }
-
     fn plan(&self, spec: &AuditSpec, facts: &PlanFacts) -> Result<Vec<ShardKey>, AnalysisError> {
         crate::require_corpus(self.kind(), facts)?;
         Ok(
@@ -49,15 +40,6 @@ impl Analysis for Cmap {
                 })
                 .collect(),
         )
-    }
-
-    fn merge(
-        &self,
-        spec: &AuditSpec,
-        outputs: Vec<ShardOutput>,
-        into: &mut Analyses,
-    ) -> Result<(), AnalysisError> {
-        crate::merge_typed(self, spec, outputs, into)
     }
 
     fn figures(&self, results: &AuditResults) -> Result<Vec<Figure>, AnalysisError> {
@@ -209,11 +191,11 @@ impl Merge for Cmap {
     ) -> Result<CmapReport, AnalysisError> {
         shards.sort_by_key(|s| s.layer);
         if shards.windows(2).any(|w| w[0].layer == w[1].layer) {
-            return Err(merge_err("two shards of one block".into()));
+            return Err(merge_err::<Cmap>("two shards of one block".into()));
         }
         let first = shards
             .first()
-            .ok_or_else(|| merge_err("no shard ran".into()))?;
+            .ok_or_else(|| merge_err::<Cmap>("no shard ran".into()))?;
         let (n_tokens, n_samples) = (first.n_tokens, first.n_samples);
         let (gap_fb, gap_bf) = (first.kl_ft_base, first.kl_base_ft);
         let n = n_tokens.max(1) as f64;
@@ -223,7 +205,7 @@ impl Merge for Cmap {
             if (s.n_tokens, s.n_samples, s.kl_ft_base, s.kl_base_ft)
                 != (n_tokens, n_samples, gap_fb, gap_bf)
             {
-                return Err(merge_err("shards ran on different tokens".into()));
+                return Err(merge_err::<Cmap>("shards ran on different tokens".into()));
             }
             for c in &s.cells {
                 let gap = match c.direction {

@@ -11,6 +11,7 @@ use neurodiff_protocol::{
 
 use crate::charts::{histogram, lines, scatter, Series};
 use crate::findings::Finding;
+use crate::Wiring;
 use crate::{escape, Analysis, AnalysisError, Figure, PlanFacts, Sections};
 
 /// Which dictionary: the crosscoder over both models' activations, or the SAE on their
@@ -205,11 +206,23 @@ pub fn block_of(options: &DictionaryOptions, n_layers: usize) -> Result<usize, A
     }
 }
 
-impl Analysis for Dictionaries {
+/// A dictionary's kind is its family's; its shards merge through its typed [`Sections`].
+impl Wiring for Dictionaries {
     fn kind(&self) -> AnalysisKind {
         self.family.kind()
     }
 
+    fn merge(
+        &self,
+        spec: &AuditSpec,
+        outputs: Vec<ShardOutput>,
+        into: &mut Analyses,
+    ) -> Result<(), AnalysisError> {
+        crate::merge_typed(self, spec, outputs, into)
+    }
+}
+
+impl Analysis for Dictionaries {
     /// Collect shards, one per corpus slice (any worker fills the activation store), then the
     /// training shard (which collects any slice still missing itself, so it never waits).
     fn plan(&self, spec: &AuditSpec, facts: &PlanFacts) -> Result<Vec<ShardKey>, AnalysisError> {
@@ -234,15 +247,6 @@ impl Analysis for Dictionaries {
             layer: block_of(o, facts.n_layers)?,
         });
         Ok(keys)
-    }
-
-    fn merge(
-        &self,
-        spec: &AuditSpec,
-        outputs: Vec<ShardOutput>,
-        into: &mut Analyses,
-    ) -> Result<(), AnalysisError> {
-        crate::merge_typed(self, spec, outputs, into)
     }
 
     fn figures(&self, results: &AuditResults) -> Result<Vec<Figure>, AnalysisError> {

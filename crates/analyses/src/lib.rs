@@ -54,20 +54,14 @@ pub enum AnalysisError {
     Chart(#[from] ChartError),
 }
 
-/// One analysis.
-pub trait Analysis: Sync {
-    fn kind(&self) -> AnalysisKind;
-
-    /// The shards it splits into.
-    fn plan(&self, spec: &AuditSpec, facts: &PlanFacts) -> Result<Vec<ShardKey>, AnalysisError>;
-
-    /// Merges its shards' outputs (in any order) into its section of `into`.
-    fn merge(
-        &self,
-        spec: &AuditSpec,
-        outputs: Vec<ShardOutput>,
-        into: &mut Analyses,
-    ) -> Result<(), AnalysisError>;
+/// One analysis: its kind and merge ([`Wiring`], which its wire types give), its shards, its
+/// plots, report section, finding and grades.
+pub trait Analysis: Sync + Wiring {
+    /// The shards it splits into; by default, slices of the corpus (`corpus.shard_samples`
+    /// samples each).
+    fn plan(&self, spec: &AuditSpec, facts: &PlanFacts) -> Result<Vec<ShardKey>, AnalysisError> {
+        corpus_shards(self.kind(), spec, facts)
+    }
 
     /// Its plots, when its section is present.
     fn figures(&self, results: &AuditResults) -> Result<Vec<Figure>, AnalysisError>;
@@ -97,6 +91,44 @@ pub trait Analysis: Sync {
     /// Artifacts besides results.json and the plots (name, bytes).
     fn files(&self, _results: &AuditResults) -> Result<Vec<(String, Vec<u8>)>, AnalysisError> {
         Ok(Vec::new())
+    }
+}
+
+/// Where an analysis sits in the wire types: its kind, and how its shards' outputs merge into
+/// its section. An analysis with its own wire types has it from them ([`Merge`]); the
+/// dictionaries, which share theirs, pick by family.
+pub trait Wiring {
+    fn kind(&self) -> AnalysisKind;
+
+    /// Merges its shards' outputs (in any order) into its section of `into`.
+    fn merge(
+        &self,
+        spec: &AuditSpec,
+        outputs: Vec<ShardOutput>,
+        into: &mut Analyses,
+    ) -> Result<(), AnalysisError>;
+}
+
+impl<T: Merge> Wiring for T {
+    fn kind(&self) -> AnalysisKind {
+        <T::Wire as neurodiff_protocol::Section>::KIND
+    }
+
+    fn merge(
+        &self,
+        spec: &AuditSpec,
+        outputs: Vec<ShardOutput>,
+        into: &mut Analyses,
+    ) -> Result<(), AnalysisError> {
+        merge_typed(self, spec, outputs, into)
+    }
+}
+
+/// A merge error of analysis `A`.
+pub(crate) fn merge_err<A: Merge>(message: String) -> AnalysisError {
+    AnalysisError::Merge {
+        analysis: <A::Wire as neurodiff_protocol::Section>::KIND,
+        message,
     }
 }
 
@@ -163,7 +195,7 @@ impl<T: Merge> Sections for T {
 /// [`Analysis::merge`] for an analysis with typed [`Sections`]: every output unwrapped to its
 /// shard type (another analysis's output is refused, naming it), merged, and stored as its
 /// section.
-pub fn merge_typed<A: Analysis + Sections>(
+pub fn merge_typed<A: Wiring + Sections>(
     analysis: &A,
     spec: &AuditSpec,
     outputs: Vec<ShardOutput>,

@@ -5,44 +5,20 @@
 use std::fmt::Write as _;
 
 use neurodiff_protocol::{
-    Analyses, AnalysisKind, AuditResults, AuditSpec, KlSums, LensLayer, LensOptions, LensReport,
-    LensShard, SampleKl, ShardKey, ShardOutput, TokenShift,
+    AuditResults, AuditSpec, KlSums, LensLayer, LensOptions, LensReport, LensShard, SampleKl,
+    TokenShift,
 };
 
 use crate::charts::{lines, Series};
 use crate::findings::Finding;
-use crate::{
-    check_cover, corpus_shards, escape, Analysis, AnalysisError, Figure, Merge, PlanFacts,
-};
+use crate::merge_err;
+use crate::Wiring;
+use crate::{check_cover, escape, Analysis, AnalysisError, Figure, Merge};
 
 #[derive(Debug)]
 pub struct LogitLens;
 
-fn merge_err(message: String) -> AnalysisError {
-    AnalysisError::Merge {
-        analysis: AnalysisKind::LogitLens,
-        message,
-    }
-}
-
 impl Analysis for LogitLens {
-    fn kind(&self) -> AnalysisKind {
-        AnalysisKind::LogitLens
-    }
-
-    fn plan(&self, spec: &AuditSpec, facts: &PlanFacts) -> Result<Vec<ShardKey>, AnalysisError> {
-        corpus_shards(self.kind(), spec, facts)
-    }
-
-    fn merge(
-        &self,
-        spec: &AuditSpec,
-        outputs: Vec<ShardOutput>,
-        into: &mut Analyses,
-    ) -> Result<(), AnalysisError> {
-        crate::merge_typed(self, spec, outputs, into)
-    }
-
     fn figures(&self, results: &AuditResults) -> Result<Vec<Figure>, AnalysisError> {
         let Some(l) = &results.analyses.logit_lens else {
             return Ok(Vec::new());
@@ -105,14 +81,16 @@ impl Merge for LogitLens {
         let mut it = shards.into_iter();
         let first = it
             .next()
-            .ok_or_else(|| merge_err("no shard ran (an empty corpus?)".into()))?;
+            .ok_or_else(|| merge_err::<LogitLens>("no shard ran (an empty corpus?)".into()))?;
         let text = first.token_text.clone();
         let vocab = first.vocab.clone();
         let (mut layers, mut output) = (first.layers, first.output);
         let (mut samples, mut added) = (first.top_samples, first.added_mass);
         for s in it {
             if s.layers.len() != layers.len() || s.vocab != vocab {
-                return Err(merge_err("shards disagree on the models".into()));
+                return Err(merge_err::<LogitLens>(
+                    "shards disagree on the models".into(),
+                ));
             }
             for (a, b) in layers.iter_mut().zip(&s.layers) {
                 add(a, b)?;
@@ -148,7 +126,7 @@ impl Merge for LogitLens {
 
 fn add(a: &mut KlSums, b: &KlSums) -> Result<(), AnalysisError> {
     if a.layer != b.layer || a.prob_delta.len() != b.prob_delta.len() {
-        return Err(merge_err(
+        return Err(merge_err::<LogitLens>(
             "shards disagree on the blocks or the vocabulary".into(),
         ));
     }

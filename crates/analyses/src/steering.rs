@@ -6,24 +6,19 @@
 use std::fmt::Write as _;
 
 use neurodiff_protocol::{
-    Analyses, AnalysisKind, AuditResults, AuditSpec, Grades, ShardKey, ShardOutput, SpecError,
-    SteeringBlock, SteeringChoice, SteeringPoint, SteeringReport, SteeringShard, SteeringVector,
+    Analyses, AnalysisKind, AuditResults, AuditSpec, Grades, ShardKey, SpecError, SteeringBlock,
+    SteeringChoice, SteeringPoint, SteeringReport, SteeringShard, SteeringVector,
 };
 
 use crate::charts::{lines, Series};
 use crate::findings::Finding;
 use crate::grade::Truth;
+use crate::merge_err;
+use crate::Wiring;
 use crate::{escape, Analysis, AnalysisError, Figure, Merge, PlanFacts};
 
 #[derive(Debug)]
 pub struct Steering;
-
-fn merge_err(message: String) -> AnalysisError {
-    AnalysisError::Merge {
-        analysis: AnalysisKind::Steering,
-        message,
-    }
-}
 
 /// The blocks steered: the option's, or the middle block.
 pub fn steered_blocks(spec: &AuditSpec, n_layers: usize) -> Result<Vec<usize>, AnalysisError> {
@@ -50,10 +45,6 @@ pub fn choose(curve: &[&SteeringPoint], factor: f64) -> Option<SteeringChoice> {
 }
 
 impl Analysis for Steering {
-    fn kind(&self) -> AnalysisKind {
-        AnalysisKind::Steering
-    }
-
     fn plan(&self, spec: &AuditSpec, facts: &PlanFacts) -> Result<Vec<ShardKey>, AnalysisError> {
         crate::require_corpus(self.kind(), facts)?;
         Ok(steered_blocks(spec, facts.n_layers)?
@@ -63,15 +54,6 @@ impl Analysis for Steering {
                 layer,
             })
             .collect())
-    }
-
-    fn merge(
-        &self,
-        spec: &AuditSpec,
-        outputs: Vec<ShardOutput>,
-        into: &mut Analyses,
-    ) -> Result<(), AnalysisError> {
-        crate::merge_typed(self, spec, outputs, into)
     }
 
     fn figures(&self, results: &AuditResults) -> Result<Vec<Figure>, AnalysisError> {
@@ -258,19 +240,21 @@ impl Merge for Steering {
     ) -> Result<SteeringReport, AnalysisError> {
         shards.sort_by_key(|s| s.layer);
         if shards.windows(2).any(|w| w[0].layer == w[1].layer) {
-            return Err(merge_err("two shards of one block".into()));
+            return Err(merge_err::<Steering>("two shards of one block".into()));
         }
         let n_samples = shards
             .first()
-            .ok_or_else(|| merge_err("no shard ran".into()))?
+            .ok_or_else(|| merge_err::<Steering>("no shard ran".into()))?
             .n_samples;
         if shards.iter().any(|s| s.n_samples != n_samples) {
-            return Err(merge_err("shards ran on different samples".into()));
+            return Err(merge_err::<Steering>(
+                "shards ran on different samples".into(),
+            ));
         }
         if let Some(layers) = &spec.options.steering.layers {
             let got: Vec<usize> = shards.iter().map(|s| s.layer).collect();
             if &got != layers {
-                return Err(merge_err(format!(
+                return Err(merge_err::<Steering>(format!(
                     "expected the blocks {layers:?}, got shards of {got:?}"
                 )));
             }

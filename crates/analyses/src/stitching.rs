@@ -6,43 +6,21 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use neurodiff_protocol::{
-    Analyses, AnalysisKind, AuditResults, AuditSpec, Grades, ShardKey, ShardOutput,
-    StitchDirection, StitchPoint, StitchShard, StitchingReport,
+    Analyses, AuditResults, AuditSpec, Grades, StitchDirection, StitchPoint, StitchShard,
+    StitchingReport,
 };
 
 use crate::charts::{lines, Series};
 use crate::findings::Finding;
 use crate::grade::{Truth, ZERO_KL};
-use crate::{check_cover, corpus_shards, Analysis, AnalysisError, Figure, Merge, PlanFacts};
+use crate::merge_err;
+use crate::Wiring;
+use crate::{check_cover, Analysis, AnalysisError, Figure, Merge};
 
 #[derive(Debug)]
 pub struct Stitching;
 
-fn merge_err(message: String) -> AnalysisError {
-    AnalysisError::Merge {
-        analysis: AnalysisKind::Stitching,
-        message,
-    }
-}
-
 impl Analysis for Stitching {
-    fn kind(&self) -> AnalysisKind {
-        AnalysisKind::Stitching
-    }
-
-    fn plan(&self, spec: &AuditSpec, facts: &PlanFacts) -> Result<Vec<ShardKey>, AnalysisError> {
-        corpus_shards(self.kind(), spec, facts)
-    }
-
-    fn merge(
-        &self,
-        spec: &AuditSpec,
-        outputs: Vec<ShardOutput>,
-        into: &mut Analyses,
-    ) -> Result<(), AnalysisError> {
-        crate::merge_typed(self, spec, outputs, into)
-    }
-
     fn figures(&self, results: &AuditResults) -> Result<Vec<Figure>, AnalysisError> {
         let Some(s) = &results.analyses.stitching else {
             return Ok(Vec::new());
@@ -230,7 +208,9 @@ impl Merge for Stitching {
                 s.points.iter().map(|p| (p.direction, p.k)).collect();
             match &keys {
                 Some(k) if *k != these => {
-                    return Err(merge_err("shards disagree on the splits".into()))
+                    return Err(merge_err::<Stitching>(
+                        "shards disagree on the splits".into(),
+                    ))
                 }
                 _ => keys = Some(these),
             }

@@ -6,24 +6,19 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
 use neurodiff_protocol::{
-    Analyses, AnalysisKind, AuditResults, AuditSpec, Grades, ShardKey, ShardOutput, TraceGrade,
-    TracePosition, TraceShard, TracesReport,
+    Analyses, AnalysisKind, AuditResults, AuditSpec, Grades, ShardKey, TraceGrade, TracePosition,
+    TraceShard, TracesReport,
 };
 
 use crate::charts::{grid, lines, Series};
 use crate::findings::Finding;
 use crate::grade::{precision_at_20, Truth};
+use crate::merge_err;
+use crate::Wiring;
 use crate::{escape, Analysis, AnalysisError, Figure, Merge, PlanFacts};
 
 #[derive(Debug)]
 pub struct Traces;
-
-fn merge_err(message: String) -> AnalysisError {
-    AnalysisError::Merge {
-        analysis: AnalysisKind::Traces,
-        message,
-    }
-}
 
 /// |a ∩ b| / 20 of two top-20 lists.
 pub fn overlap20(a: &[usize], b: &[usize]) -> f64 {
@@ -32,10 +27,6 @@ pub fn overlap20(a: &[usize], b: &[usize]) -> f64 {
 }
 
 impl Analysis for Traces {
-    fn kind(&self) -> AnalysisKind {
-        AnalysisKind::Traces
-    }
-
     fn plan(&self, spec: &AuditSpec, facts: &PlanFacts) -> Result<Vec<ShardKey>, AnalysisError> {
         crate::require_corpus(self.kind(), facts)?;
         if let Some(layer) = spec.options.traces.layer {
@@ -52,15 +43,6 @@ impl Analysis for Traces {
                 position,
             })
             .collect())
-    }
-
-    fn merge(
-        &self,
-        spec: &AuditSpec,
-        outputs: Vec<ShardOutput>,
-        into: &mut Analyses,
-    ) -> Result<(), AnalysisError> {
-        crate::merge_typed(self, spec, outputs, into)
     }
 
     fn figures(&self, results: &AuditResults) -> Result<Vec<Figure>, AnalysisError> {
@@ -246,7 +228,7 @@ impl Merge for Traces {
         shards.sort_by_key(|s| s.trace.position);
         let got: Vec<usize> = shards.iter().map(|s| s.trace.position).collect();
         if got != (0..spec.options.traces.positions).collect::<Vec<_>>() {
-            return Err(merge_err(format!(
+            return Err(merge_err::<Traces>(format!(
                 "expected one shard per position 0..{}, got positions {got:?}",
                 spec.options.traces.positions
             )));
@@ -258,7 +240,9 @@ impl Merge for Traces {
             .iter()
             .any(|s| s.layer != layer || s.nbar_ft != nbar_ft)
         {
-            return Err(merge_err("shards read different blocks or samples".into()));
+            return Err(merge_err::<Traces>(
+                "shards read different blocks or samples".into(),
+            ));
         }
         let ground_truth = shards.iter().find_map(|s| s.ground_truth.clone());
         let positions: Vec<TracePosition> = shards.into_iter().map(|s| s.trace).collect();

@@ -41,6 +41,8 @@ pub trait AnalysisOptions {
 /// One analysis's place in the wire types, as a type (`neurodiff_protocol::sections::<Kind>`): its
 /// `ShardOutput` variant, its section of `Analyses` and its options.
 pub trait Section {
+    /// Its kind.
+    const KIND: crate::AnalysisKind;
     /// What one of its shards returns.
     type Shard;
     /// Its section of results.json.
@@ -254,6 +256,7 @@ macro_rules! analyses {
                 pub struct $kind;
 
                 impl $crate::registry::Section for $kind {
+                    const KIND: AnalysisKind = AnalysisKind::$kind;
                     type Shard = $shard;
                     type Report = $report;
 

@@ -6,32 +6,19 @@ pub mod plots;
 use std::fmt::Write as _;
 
 use neurodiff_protocol::{
-    weight_shards, Analyses, AnalysisKind, AuditResults, AuditSpec, ShardKey, ShardOutput,
-    ShardResult, TensorMetrics, WeightsReport,
+    weight_shards, AuditResults, AuditSpec, ShardKey, ShardResult, TensorMetrics, WeightsReport,
 };
 
 use crate::findings::Finding;
+use crate::Wiring;
 use crate::{escape, Analysis, AnalysisError, Figure, Merge, PlanFacts};
 
 #[derive(Debug)]
 pub struct Weights;
 
 impl Analysis for Weights {
-    fn kind(&self) -> AnalysisKind {
-        AnalysisKind::Weights
-    }
-
     fn plan(&self, spec: &AuditSpec, facts: &PlanFacts) -> Result<Vec<ShardKey>, AnalysisError> {
         Ok(weight_shards(spec.layers.as_deref(), facts.n_layers)?)
-    }
-
-    fn merge(
-        &self,
-        spec: &AuditSpec,
-        outputs: Vec<ShardOutput>,
-        into: &mut Analyses,
-    ) -> Result<(), AnalysisError> {
-        crate::merge_typed(self, spec, outputs, into)
     }
 
     fn figures(&self, results: &AuditResults) -> Result<Vec<Figure>, AnalysisError> {
