@@ -323,6 +323,22 @@ async fn openapi_and_metrics_are_served(pool: PgPool) {
         );
     }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    // Every schema a body names is in the document (a generated client reads them all).
+    let text = doc.to_string();
+    for name in text.split("\"#/components/schemas/").skip(1) {
+        let name = name.split('"').next().unwrap();
+        assert!(
+            doc["components"]["schemas"][name].is_object(),
+            "schema {name} is referenced but not in the document"
+        );
+    }
+    let kinds = &doc["components"]["schemas"]["AnalysisKind"]["enum"];
+    assert!(
+        kinds
+            .as_array()
+            .is_some_and(|k| k.iter().any(|k| k == "logit-lens")),
+        "{kinds}"
+    );
     call(&h, "GET", "/v1/audits", Some(&h.token_a), None, None).await;
     // Any token is a valid HTTP method; it must not become a label value.
     call(&h, "BREW", "/healthz", None, None, None).await;

@@ -75,7 +75,7 @@ pub struct NoGrade {}
 macro_rules! analyses {
     ($(
         $(#[doc = $doc:literal])*
-        $kind:ident = $wire:literal {
+        $kind:ident = $wire:tt {
             field: $field:ident,
             unit: $unit:ident,
             shard: $shard:ty,
@@ -88,7 +88,7 @@ macro_rules! analyses {
         /// `"analyses"`), in the order reports show them.
         #[derive(
             Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord,
-            serde::Serialize, serde::Deserialize,
+            serde::Serialize, serde::Deserialize, utoipa::ToSchema,
         )]
         pub enum AnalysisKind {
             $($(#[doc = $doc])* #[serde(rename = $wire)] $kind,)*

@@ -34,7 +34,6 @@ pub struct AlertView {
     pub checkpoint_id: String,
     pub location: String,
     pub rule: String,
-    #[schema(value_type = String)]
     pub severity: Severity,
     pub observed: Option<f64>,
     pub threshold: Option<f64>,
@@ -66,13 +65,10 @@ pub struct BlockHitView {
     pub base: String,
     pub target: String,
     pub audit_created_at: DateTime<Utc>,
-    #[schema(value_type = String)]
     pub analysis: AnalysisKind,
     /// Absent for the logit lens's output row.
     pub layer: Option<i32>,
-    #[schema(value_type = String)]
     pub hook: BlockSite,
-    #[schema(value_type = String)]
     pub metric: BlockMetric,
     pub value: f64,
     pub mean_diff_norm: Option<f64>,
@@ -93,11 +89,9 @@ pub struct LatentHitView {
     pub base: String,
     pub target: String,
     pub audit_created_at: DateTime<Utc>,
-    #[schema(value_type = String)]
     pub analysis: AnalysisKind,
     pub layer: i32,
     pub latent: i32,
-    #[schema(value_type = String)]
     pub class: LatentClass,
     pub delta_norm: Option<f64>,
     pub nu_eps: Option<f64>,
@@ -136,7 +130,6 @@ pub struct ResultHitView {
     pub base: String,
     pub target: String,
     pub audit_created_at: DateTime<Utc>,
-    #[schema(value_type = String)]
     pub metric: TensorMetric,
     pub value: Option<f64>,
     #[schema(value_type = Object)]
@@ -156,10 +149,8 @@ pub struct RunView {
     pub location: String,
     pub base: Option<String>,
     pub audit_id: Option<Uuid>,
-    #[schema(value_type = Option<String>)]
     pub audit_status: Option<AuditStatus>,
     /// `audited` (its audit runs), `baseline`, `evaluated` or `failed`.
-    #[schema(value_type = String)]
     pub state: RunState,
     /// Each rule's observed value: the trend of what the rules watch.
     #[schema(value_type = Object)]
@@ -175,9 +166,7 @@ pub struct ScanView {
     pub name: String,
     pub source: String,
     pub base: Option<String>,
-    #[schema(value_type = String)]
     pub base_mode: BaseMode,
-    #[schema(value_type = String)]
     pub target: TargetKind,
     /// The audit each checkpoint gets (`POST /v1/audits` without the models).
     #[schema(value_type = Option<Object>)]
@@ -211,35 +200,24 @@ pub struct ScanList {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Vocabulary {
     /// The analyses an audit can run, in report order.
-    #[schema(value_type = Vec<String>)]
     pub analyses: Vec<AnalysisKind>,
-    #[schema(value_type = Vec<String>)]
     pub statuses: Vec<AuditStatus>,
     /// `GET /v1/results?metric=`.
-    #[schema(value_type = Vec<String>)]
     pub tensor_metrics: Vec<TensorMetric>,
     /// `GET /v1/results/blocks?metric=`.
-    #[schema(value_type = Vec<String>)]
     pub block_metrics: Vec<BlockMetric>,
     /// `GET /v1/results/blocks?hook=`: the hooks, and `output`.
-    #[schema(value_type = Vec<String>)]
     pub block_sites: Vec<BlockSite>,
     /// Alert severities, least first.
-    #[schema(value_type = Vec<String>)]
     pub severities: Vec<Severity>,
-    #[schema(value_type = Vec<String>)]
     pub run_states: Vec<RunState>,
     /// `GET /v1/alerts?state=`.
-    #[schema(value_type = Vec<String>)]
     pub alert_filters: Vec<AlertFilter>,
     /// `GET /v1/results/blocks?analysis=`: the analyses with per-block rows.
-    #[schema(value_type = Vec<String>)]
     pub block_analyses: Vec<AnalysisKind>,
     /// `GET /v1/results/latents?analysis=`: the analyses that train a dictionary.
-    #[schema(value_type = Vec<String>)]
     pub dictionaries: Vec<AnalysisKind>,
     /// `GET /v1/results/latents?class=`.
-    #[schema(value_type = Vec<String>)]
     pub latent_classes: Vec<LatentClass>,
 }
 

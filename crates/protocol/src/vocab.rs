@@ -6,10 +6,11 @@
 /// Declares a fieldless enum with its wire names: `ALL`, `as_str`, `Display`, `FromStr`
 /// (naming the accepted values on error) and serde under the same names.
 macro_rules! named_enum {
-    ($(#[$meta:meta])* $name:ident, $what:literal { $($(#[$vmeta:meta])* $variant:ident = $wire:literal,)+ }) => {
+    ($(#[$meta:meta])* $name:ident, $what:literal { $($(#[$vmeta:meta])* $variant:ident = $wire:tt,)+ }) => {
         $(#[$meta])*
         #[derive(
             Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, ::serde::Serialize, ::serde::Deserialize,
+            ::utoipa::ToSchema,
         )]
         pub enum $name {
             $($(#[$vmeta])* #[serde(rename = $wire)] $variant,)+

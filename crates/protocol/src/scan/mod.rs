@@ -210,10 +210,8 @@ pub struct ScanRequest {
     #[serde(default)]
     pub base: Option<String>,
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
     pub base_mode: Option<BaseMode>,
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
     pub target: Option<TargetKind>,
     /// The audit to run, as the body of `POST /v1/audits` without `base`, `finetuned` and
     /// `adapter`.
