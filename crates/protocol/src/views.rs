@@ -14,6 +14,7 @@ use crate::{
 
 // ---- /v1/alerts
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[cfg_attr(feature = "sqlx", derive(sqlx::FromRow))]
 pub struct DeliveryView {
     /// The `NeuroDiff-Delivery` header: the same on every retry.
     pub id: Uuid,
@@ -26,6 +27,7 @@ pub struct DeliveryView {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[cfg_attr(feature = "sqlx", derive(sqlx::FromRow))]
 pub struct AlertView {
     pub id: Uuid,
     pub scan_id: Uuid,
@@ -42,6 +44,8 @@ pub struct AlertView {
     pub details: Value,
     pub created_at: DateTime<Utc>,
     pub acknowledged_at: Option<DateTime<Utc>>,
+    /// Read by a second query.
+    #[cfg_attr(feature = "sqlx", sqlx(skip))]
     pub deliveries: Vec<DeliveryView>,
 }
 
@@ -143,10 +147,12 @@ pub struct ResultPage {
 
 // ---- /v1/scans
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[cfg_attr(feature = "sqlx", derive(sqlx::FromRow))]
 pub struct RunView {
     pub id: Uuid,
     pub checkpoint_id: String,
     pub location: String,
+    #[cfg_attr(feature = "sqlx", sqlx(rename = "base_ref"))]
     pub base: Option<String>,
     pub audit_id: Option<Uuid>,
     pub audit_status: Option<AuditStatus>,

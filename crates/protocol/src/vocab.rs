@@ -54,9 +54,52 @@ macro_rules! named_enum {
                 s.parse()
             }
         }
+
+        $crate::vocab::sqlx_text!($name);
     };
 }
+
+/// A named enum as a PostgreSQL text column (its wire name), read and written by sqlx directly,
+/// so rows holding one (or an `Option` of one) map with `FromRow` and bind without `as_str`.
+#[cfg(feature = "sqlx")]
+macro_rules! sqlx_text {
+    ($name:ident) => {
+        impl ::sqlx::Type<::sqlx::Postgres> for $name {
+            fn type_info() -> ::sqlx::postgres::PgTypeInfo {
+                <&str as ::sqlx::Type<::sqlx::Postgres>>::type_info()
+            }
+
+            fn compatible(ty: &::sqlx::postgres::PgTypeInfo) -> bool {
+                <&str as ::sqlx::Type<::sqlx::Postgres>>::compatible(ty)
+            }
+        }
+
+        impl<'r> ::sqlx::Decode<'r, ::sqlx::Postgres> for $name {
+            fn decode(
+                value: ::sqlx::postgres::PgValueRef<'r>,
+            ) -> Result<Self, ::sqlx::error::BoxDynError> {
+                let text = <&str as ::sqlx::Decode<::sqlx::Postgres>>::decode(value)?;
+                Ok(text.parse::<$name>()?)
+            }
+        }
+
+        impl ::sqlx::Encode<'_, ::sqlx::Postgres> for $name {
+            fn encode_by_ref(
+                &self,
+                buf: &mut ::sqlx::postgres::PgArgumentBuffer,
+            ) -> Result<::sqlx::encode::IsNull, ::sqlx::error::BoxDynError> {
+                <&str as ::sqlx::Encode<::sqlx::Postgres>>::encode_by_ref(&self.as_str(), buf)
+            }
+        }
+    };
+}
+
+#[cfg(not(feature = "sqlx"))]
+macro_rules! sqlx_text {
+    ($name:ident) => {};
+}
 pub(crate) use named_enum;
+pub(crate) use sqlx_text;
 
 /// A name outside a fixed vocabulary; the message lists the names known.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

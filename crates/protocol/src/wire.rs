@@ -152,64 +152,24 @@ impl AuditRequest {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum AuditStatus {
-    Queued,
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
+crate::vocab::named_enum! {
+    /// Where an audit stands, as stored in the database and shown by the API.
+    AuditStatus, "status" {
+        Queued = "queued",
+        Running = "running",
+        Succeeded = "succeeded",
+        Failed = "failed",
+        Cancelled = "cancelled",
+    }
 }
 
 impl AuditStatus {
-    pub const ALL: [AuditStatus; 5] = [
-        AuditStatus::Queued,
-        AuditStatus::Running,
-        AuditStatus::Succeeded,
-        AuditStatus::Failed,
-        AuditStatus::Cancelled,
-    ];
-
-    /// As stored in the database and shown by the API.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AuditStatus::Queued => "queued",
-            AuditStatus::Running => "running",
-            AuditStatus::Succeeded => "succeeded",
-            AuditStatus::Failed => "failed",
-            AuditStatus::Cancelled => "cancelled",
-        }
-    }
-
     /// Whether nothing will change it any more.
     pub fn is_final(self) -> bool {
         matches!(
             self,
             AuditStatus::Succeeded | AuditStatus::Failed | AuditStatus::Cancelled
         )
-    }
-}
-
-impl std::fmt::Display for AuditStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for AuditStatus {
-    type Err = SpecError;
-
-    fn from_str(s: &str) -> Result<Self, SpecError> {
-        AuditStatus::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| {
-                SpecError::Field(
-                    "status".into(),
-                    format!("`{s}` is not one of queued, running, succeeded, failed, cancelled"),
-                )
-            })
     }
 }
 

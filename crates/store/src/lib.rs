@@ -16,8 +16,8 @@ pub use pg::{Admission, AuditFilter, AuditRow, Db, FanIn, Quota, Team, MIGRATOR}
 pub use query::{BlockHit, BlockQuery, ResultHit, ResultQuery};
 pub use queue::{now_ms, Delivery, Queue, QueueStats, Reclaimed};
 pub use scans::{
-    AlertRow, DeliveryOutcome, DeliveryRow, DueDelivery, NewAlert, NewDelivery, PendingRun,
-    RunOutcome, RunRow, ScanCreated, ScanRow,
+    DeliveryOutcome, DueDelivery, NewAlert, NewDelivery, PendingRun, RunOutcome, ScanCreated,
+    ScanRow,
 };
 pub use sched::{parse_shard_key, ArtifactRow, Finishing, PendingShard, UnreadableShard};
 pub use tokens::{TokenRow, TOKEN_PREFIX};

@@ -3,6 +3,7 @@
 //! are committed together, or neither is.
 use chrono::{DateTime, Utc};
 use neurodiff_protocol::scan::{RunState, ScanRequest, Severity};
+use neurodiff_protocol::views::{AlertView, DeliveryView, RunView};
 use neurodiff_protocol::{AuditSpec, AuditStatus};
 use serde_json::Value;
 use sqlx::Row;
@@ -23,21 +24,6 @@ pub struct ScanRow {
     pub created_at: DateTime<Utc>,
     pub runs_total: i64,
     pub alerts_open: i64,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct RunRow {
-    pub id: Uuid,
-    pub checkpoint_id: String,
-    pub location: String,
-    pub base_ref: Option<String>,
-    pub audit_id: Option<Uuid>,
-    pub audit_status: Option<AuditStatus>,
-    pub state: RunState,
-    pub observed: Value,
-    pub error: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub alerts: i64,
 }
 
 /// What recording a checkpoint did.
@@ -83,37 +69,12 @@ pub struct NewDelivery {
     pub body: String,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct DeliveryRow {
-    pub id: Uuid,
-    pub attempts: i32,
-    pub next_attempt_at: DateTime<Utc>,
-    pub delivered_at: Option<DateTime<Utc>>,
-    pub gave_up_at: Option<DateTime<Utc>>,
-    pub last_status: Option<i32>,
-    pub last_error: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
-pub struct AlertRow {
-    pub id: Uuid,
-    pub scan_id: Uuid,
-    pub scan_name: String,
-    pub audit_id: Option<Uuid>,
-    pub checkpoint_id: String,
-    pub location: String,
-    pub rule: String,
-    #[sqlx(try_from = "String")]
-    pub severity: Severity,
-    pub observed: Option<f64>,
-    pub threshold: Option<f64>,
-    pub message: String,
-    pub details: Value,
-    pub created_at: DateTime<Utc>,
-    pub acknowledged_at: Option<DateTime<Utc>>,
-    /// Filled by a second query.
-    #[sqlx(skip)]
-    pub deliveries: Vec<DeliveryRow>,
+/// A delivery with the alert it is of.
+#[derive(sqlx::FromRow)]
+struct AlertDelivery {
+    alert_id: Uuid,
+    #[sqlx(flatten)]
+    delivery: DeliveryView,
 }
 
 /// A delivery handed to a sender: the body to sign, the secret to sign it with.
@@ -279,8 +240,8 @@ impl Db {
     }
 
     /// The scan's runs, newest first.
-    pub async fn scan_runs(&self, scan: Uuid, limit: i64) -> Result<Vec<RunRow>> {
-        let rows = sqlx::query(
+    pub async fn scan_runs(&self, scan: Uuid, limit: i64) -> Result<Vec<RunView>> {
+        let rows = sqlx::query_as::<_, RunView>(
             "SELECT r.id, r.checkpoint_id, r.location, r.base_ref, r.audit_id, a.status AS audit_status, \
              r.state, r.observed, r.error, r.created_at, \
              (SELECT count(*) FROM alerts x WHERE x.run_id = r.id) AS alerts \
@@ -291,24 +252,7 @@ impl Db {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                let status: Option<String> = row.try_get("audit_status")?;
-                Ok(RunRow {
-                    id: row.try_get("id")?,
-                    checkpoint_id: row.try_get("checkpoint_id")?,
-                    location: row.try_get("location")?,
-                    base_ref: row.try_get("base_ref")?,
-                    audit_id: row.try_get("audit_id")?,
-                    audit_status: status.as_deref().map(parse_status).transpose()?,
-                    state: stored_state(row.try_get("state")?)?,
-                    observed: row.try_get("observed")?,
-                    error: row.try_get("error")?,
-                    created_at: row.try_get("created_at")?,
-                    alerts: row.try_get("alerts")?,
-                })
-            })
-            .collect()
+        Ok(rows)
     }
 
     /// Claims up to `limit` due scans: each one's next run is set by `next` before the claim
@@ -603,7 +547,7 @@ impl Db {
         scan: Option<Uuid>,
         acknowledged: Option<bool>,
         limit: i64,
-    ) -> Result<Vec<AlertRow>> {
+    ) -> Result<Vec<AlertView>> {
         self.alerts_where(team, scan, acknowledged, None, limit)
             .await
     }
@@ -615,8 +559,8 @@ impl Db {
         acknowledged: Option<bool>,
         id: Option<Uuid>,
         limit: i64,
-    ) -> Result<Vec<AlertRow>> {
-        let mut out = sqlx::query_as::<_, AlertRow>(
+    ) -> Result<Vec<AlertView>> {
+        let mut out = sqlx::query_as::<_, AlertView>(
             "SELECT a.id, a.scan_id, s.name AS scan_name, a.audit_id, r.checkpoint_id, r.location, a.rule, \
              a.severity, a.observed, a.threshold, a.message, a.details, a.created_at, a.acknowledged_at \
              FROM alerts a JOIN scans s ON s.id = a.scan_id JOIN scan_runs r ON r.id = a.run_id \
@@ -634,7 +578,7 @@ impl Db {
         .await?;
         // Every listed alert's deliveries in one query.
         let ids: Vec<Uuid> = out.iter().map(|a| a.id).collect();
-        let rows = sqlx::query(
+        let rows = sqlx::query_as::<_, AlertDelivery>(
             "SELECT alert_id, id, attempts, next_attempt_at, delivered_at, gave_up_at, last_status, last_error \
              FROM webhook_deliveries WHERE alert_id = ANY($1) ORDER BY id",
         )
@@ -642,30 +586,21 @@ impl Db {
         .fetch_all(&self.pool)
         .await?;
         for r in rows {
-            let alert: Uuid = r.try_get("alert_id")?;
-            if let Some(a) = out.iter_mut().find(|a| a.id == alert) {
-                a.deliveries.push(DeliveryRow {
-                    id: r.try_get("id")?,
-                    attempts: r.try_get("attempts")?,
-                    next_attempt_at: r.try_get("next_attempt_at")?,
-                    delivered_at: r.try_get("delivered_at")?,
-                    gave_up_at: r.try_get("gave_up_at")?,
-                    last_status: r.try_get("last_status")?,
-                    last_error: r.try_get("last_error")?,
-                });
+            if let Some(a) = out.iter_mut().find(|a| a.id == r.alert_id) {
+                a.deliveries.push(r.delivery);
             }
         }
         Ok(out)
     }
 
-    pub async fn get_alert(&self, team: &Team, id: Uuid) -> Result<AlertRow> {
+    pub async fn get_alert(&self, team: &Team, id: Uuid) -> Result<AlertView> {
         let mut rows = self.alerts_where(team, None, None, Some(id), 1).await?;
         rows.pop().ok_or_else(|| not_found("alert", id))
     }
 
     /// Acknowledges an alert (once; a second time changes nothing). Deliveries not yet made
     /// still go out: the receiver may be how the acknowledgement is tracked elsewhere.
-    pub async fn ack_alert(&self, team: &Team, id: Uuid) -> Result<AlertRow> {
+    pub async fn ack_alert(&self, team: &Team, id: Uuid) -> Result<AlertView> {
         let done = sqlx::query(
             "UPDATE alerts SET acknowledged_at = COALESCE(acknowledged_at, now()) WHERE team_id = $1 AND id = $2",
         )

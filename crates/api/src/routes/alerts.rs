@@ -2,7 +2,6 @@
 use axum::extract::{Path, Query, State};
 use axum::Json;
 use neurodiff_protocol::scan::AlertFilter;
-use neurodiff_store::{AlertRow, DeliveryRow};
 use serde::Deserialize;
 
 use crate::auth::AuthTeam;
@@ -10,38 +9,6 @@ use crate::error::ApiError;
 use crate::routes::scans::parse_uuid;
 use crate::state::AppState;
 pub use neurodiff_protocol::views::{AlertList, AlertView, DeliveryView};
-
-fn delivery_view(d: DeliveryRow) -> DeliveryView {
-    DeliveryView {
-        id: d.id,
-        attempts: d.attempts,
-        next_attempt_at: d.next_attempt_at,
-        delivered_at: d.delivered_at,
-        gave_up_at: d.gave_up_at,
-        last_status: d.last_status,
-        last_error: d.last_error,
-    }
-}
-
-fn alert_view(a: AlertRow) -> AlertView {
-    AlertView {
-        id: a.id,
-        scan_id: a.scan_id,
-        scan_name: a.scan_name,
-        audit_id: a.audit_id,
-        checkpoint_id: a.checkpoint_id,
-        location: a.location,
-        rule: a.rule,
-        severity: a.severity,
-        observed: a.observed,
-        threshold: a.threshold,
-        message: a.message,
-        details: a.details,
-        created_at: a.created_at,
-        acknowledged_at: a.acknowledged_at,
-        deliveries: a.deliveries.into_iter().map(delivery_view).collect(),
-    }
-}
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -88,7 +55,7 @@ pub async fn list(
         .list_alerts(&team, scan, acknowledged, limit)
         .await?;
     Ok(Json(AlertList {
-        alerts: alerts.into_iter().map(alert_view).collect(),
+        alerts: alerts.into_iter().collect(),
     }))
 }
 
@@ -101,7 +68,7 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<AlertView>, ApiError> {
     let alert = state.db.get_alert(&team, parse_uuid("alert", &id)?).await?;
-    Ok(Json(alert_view(alert)))
+    Ok(Json(alert))
 }
 
 /// Acknowledge an alert (a second time changes nothing).
@@ -114,5 +81,5 @@ pub async fn ack(
     Path(id): Path<String>,
 ) -> Result<Json<AlertView>, ApiError> {
     let alert = state.db.ack_alert(&team, parse_uuid("alert", &id)?).await?;
-    Ok(Json(alert_view(alert)))
+    Ok(Json(alert))
 }

@@ -6,7 +6,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use neurodiff_protocol::scan::{check_webhook_url, ScanRequest};
-use neurodiff_store::{RunRow, ScanCreated, ScanRow};
+use neurodiff_store::{ScanCreated, ScanRow};
 use uuid::Uuid;
 
 use crate::auth::AuthTeam;
@@ -41,22 +41,6 @@ fn scan_view(s: ScanRow) -> ScanView {
         alerts_open: s.alerts_open,
         webhook_secret: None,
         runs: None,
-    }
-}
-
-fn run_view(r: RunRow) -> RunView {
-    RunView {
-        id: r.id,
-        checkpoint_id: r.checkpoint_id,
-        location: r.location,
-        base: r.base_ref,
-        audit_id: r.audit_id,
-        audit_status: r.audit_status,
-        state: r.state,
-        observed: r.observed,
-        error: r.error,
-        alerts: r.alerts,
-        created_at: r.created_at,
     }
 }
 
@@ -154,7 +138,7 @@ pub async fn get(
     let scan = state.db.get_scan(&team, parse_uuid("scan", &id)?).await?;
     let runs = state.db.scan_runs(scan.id, RUNS_SHOWN).await?;
     let mut view = scan_view(scan);
-    view.runs = Some(runs.into_iter().map(run_view).collect());
+    view.runs = Some(runs.into_iter().collect());
     Ok(Json(view))
 }
 
