@@ -13,7 +13,7 @@ use neurodiff_protocol::{
 use tch::{Kind, Tensor};
 
 use crate::dist::to_f64;
-use crate::execute::{Execute, Read, Run};
+use crate::execute::{Execute, Run};
 use crate::forward::{Pair, ShardInput, Side, Tokens};
 use crate::progress::{check, Progress};
 use crate::Result;
@@ -351,10 +351,6 @@ pub struct Activations;
 impl Execute for Activations {
     type Wire = neurodiff_protocol::sections::Activations;
     const NEEDS_BLOCKS: bool = false;
-
-    fn reads(_spec: &ShardSpec) -> Result<Read> {
-        Ok(Read::Slice)
-    }
 
     fn run(
         on: &Run<'_>,

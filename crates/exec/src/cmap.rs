@@ -10,7 +10,7 @@ use neurodiff_protocol::{
 };
 
 use crate::dist::kl_rows;
-use crate::execute::{Execute, Read, Run};
+use crate::execute::{Execute, Run};
 use crate::forward::{Pair, ShardInput, Side, Tokens};
 use crate::progress::{check, Progress};
 use crate::Result;
@@ -98,10 +98,6 @@ pub struct Cmap;
 impl Execute for Cmap {
     type Wire = neurodiff_protocol::sections::Cmap;
     const NEEDS_BLOCKS: bool = true;
-
-    fn reads(spec: &ShardSpec) -> Result<Read> {
-        Ok(Read::Leading(spec.options.cmap.samples))
-    }
 
     fn run(on: &Run<'_>, opts: &CmapOptions, progress: Progress<'_>) -> Result<CmapShard> {
         run(

@@ -14,8 +14,15 @@ pub trait Execute {
     /// Whether a model without blocks is refused (it has nothing to patch, stitch or steer).
     const NEEDS_BLOCKS: bool;
 
-    /// Which samples its shard reads.
-    fn reads(spec: &ShardSpec) -> Result<Read>;
+    /// Which samples its shard reads: the corpus's first ones when its options ask for their
+    /// own count (`AnalysisOptions::samples`), else its shard's slice.
+    fn reads(spec: &ShardSpec) -> Read {
+        let options = <Self::Wire as Section>::options(&spec.options);
+        match neurodiff_protocol::AnalysisOptions::samples(options) {
+            Some(n) => Read::Leading(n),
+            None => Read::Slice,
+        }
+    }
 
     /// Runs one shard.
     fn run(run: &Run<'_>, opts: &Options<Self>, progress: Progress<'_>) -> Result<Shard<Self>>;

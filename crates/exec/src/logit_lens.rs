@@ -13,7 +13,7 @@ use neurodiff_protocol::{
 use tch::{Kind, Tensor};
 
 use crate::dist::to_f64;
-use crate::execute::{Execute, Read, Run};
+use crate::execute::{Execute, Run};
 use crate::forward::{Pair, ShardInput, Side, Tokens};
 use crate::progress::{check, Progress};
 use crate::Result;
@@ -199,10 +199,6 @@ pub struct LogitLens;
 impl Execute for LogitLens {
     type Wire = neurodiff_protocol::sections::LogitLens;
     const NEEDS_BLOCKS: bool = false;
-
-    fn reads(_spec: &ShardSpec) -> Result<Read> {
-        Ok(Read::Slice)
-    }
 
     fn run(on: &Run<'_>, opts: &LensOptions, progress: Progress<'_>) -> Result<LensShard> {
         run(on.pair, &on.input, opts, progress)

@@ -141,7 +141,7 @@ impl Corpus<'_> {
 
     /// One shard of `E`: its samples read, the pair opened, then its run.
     fn run<E: Execute>(&self, progress: Progress<'_>) -> Result<ShardOutput> {
-        let mut s = self.open(E::reads(self.spec)?)?;
+        let mut s = self.open(E::reads(self.spec))?;
         if E::NEEDS_BLOCKS {
             s = s.with_blocks(self.spec)?;
         }

@@ -16,7 +16,7 @@ use neurodiff_protocol::{
 use tch::{Kind, Tensor};
 
 use crate::dist::{encode_prompt, generate, kl_rows, nll_rows, Targets};
-use crate::execute::{Execute, Read, Run};
+use crate::execute::{Execute, Run};
 use crate::forward::{Pair, ShardInput, Side, Tokens};
 use crate::progress::{check, Progress};
 use crate::{ExecError, Result};
@@ -347,10 +347,6 @@ pub struct Steering;
 impl Execute for Steering {
     type Wire = neurodiff_protocol::sections::Steering;
     const NEEDS_BLOCKS: bool = true;
-
-    fn reads(spec: &ShardSpec) -> Result<Read> {
-        Ok(Read::Leading(spec.options.steering.samples))
-    }
 
     fn run(on: &Run<'_>, opts: &SteeringOptions, progress: Progress<'_>) -> Result<SteeringShard> {
         run(

@@ -12,7 +12,7 @@ use neurodiff_protocol::{
 use tch::Tensor;
 
 use crate::dist::{kl_rows, nll_rows, Targets};
-use crate::execute::{Execute, Read, Run};
+use crate::execute::{Execute, Run};
 use crate::forward::{Pair, ShardInput, Side, Tokens};
 use crate::progress::{check, Progress};
 use crate::{ExecError, Result};
@@ -114,10 +114,6 @@ pub struct Stitching;
 impl Execute for Stitching {
     type Wire = neurodiff_protocol::sections::Stitching;
     const NEEDS_BLOCKS: bool = true;
-
-    fn reads(_spec: &ShardSpec) -> Result<Read> {
-        Ok(Read::Slice)
-    }
 
     fn run(on: &Run<'_>, _opts: &StitchingOptions, progress: Progress<'_>) -> Result<StitchShard> {
         run(on.pair, &on.input, on.ground_truth(), progress)

@@ -19,7 +19,7 @@ use neurodiff_protocol::{
 use tch::{Kind, Tensor};
 
 use crate::dist::{encode_prompt, top_tokens};
-use crate::execute::{wrong_shape, Execute, Read, Run};
+use crate::execute::{wrong_shape, Execute, Run};
 use crate::forward::{Pair, ShardInput, Side, Tokens};
 use crate::progress::{check, Progress};
 use crate::steering::{block_means, generations_of, scaled_unit, Steered};
@@ -367,10 +367,6 @@ pub struct Traces;
 impl Execute for Traces {
     type Wire = neurodiff_protocol::sections::Traces;
     const NEEDS_BLOCKS: bool = true;
-
-    fn reads(spec: &ShardSpec) -> Result<Read> {
-        Ok(Read::Leading(spec.options.traces.samples))
-    }
 
     fn run(on: &Run<'_>, opts: &TraceOptions, progress: Progress<'_>) -> Result<TraceShard> {
         let position = match on.shard {

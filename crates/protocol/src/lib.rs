@@ -53,7 +53,7 @@ pub use logit_lens::{
 pub use policy::{classify, ModelRef, PolicyError, ReferencePolicy};
 pub use registry::{AnalysisOptions, NoGrade, Section};
 pub use results::{AuditResults, FileHash, ModelRecord, RESULTS_SCHEMA_VERSION};
-pub use rows::{BlockRow, Rows};
+pub use rows::{BlockRow, LatentRow, Rows};
 pub use spec::{
     normalize_layers, parse_layers, sample_shards, weight_shards, AuditSpec, ShardKey, ShardSpec,
     ShardUnit, Target, MAX_CORPUS_SHARDS, MAX_DICTIONARY_TOKENS, MAX_DICTIONARY_TRAIN_TOKENS,

@@ -55,7 +55,7 @@ pub trait Section {
     fn section(analyses: &mut crate::Analyses) -> &mut Option<Self::Report>;
 
     /// Its options.
-    type Options;
+    type Options: AnalysisOptions;
 
     /// Its options among every analysis's.
     fn options(options: &crate::Options) -> &Self::Options;
@@ -154,6 +154,8 @@ macro_rules! analyses {
                 }
             }
         }
+
+        $crate::vocab::sqlx_text!(AnalysisKind);
 
         /// Every analysis's options, each under the name of its analysis (as the request,
         /// the spec, every shard spec and results.json name it).

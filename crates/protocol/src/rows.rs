@@ -2,24 +2,43 @@
 //! whatever the analysis: its rows per tensor, per block, and its readable tokens. Each report
 //! type says which it has ([`Rows`]); the registry hands them out by kind, so the fan-in, the
 //! API's block query and the scan rules name no analysis.
-use crate::{AnalysisKind, BlockSite};
+use serde::{Deserialize, Serialize};
+
+use crate::{AnalysisKind, BlockSite, LatentClass};
 
 /// One block's metrics of an analysis, as the team database's block results record them.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[cfg_attr(feature = "sqlx", derive(sqlx::FromRow))]
 pub struct BlockRow {
     /// The analysis whose section the row comes from.
-    #[cfg_attr(feature = "sqlx", sqlx(try_from = "String"))]
     pub analysis: AnalysisKind,
     /// The block; absent for a row at the model's output.
     pub layer: Option<i32>,
     /// The hook (`hook_resid_post`, ...), or `output`.
-    #[cfg_attr(feature = "sqlx", sqlx(try_from = "String"))]
     pub hook: BlockSite,
     pub mean_diff_norm: Option<f64>,
     pub mean_rel_diff: Option<f64>,
     pub mean_cosine: Option<f64>,
     pub kl_mean: Option<f64>,
+}
+
+/// One latent of one audit's dictionary, as the team database's latent results record it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[cfg_attr(feature = "sqlx", derive(sqlx::FromRow))]
+pub struct LatentRow {
+    /// The dictionary's analysis.
+    pub analysis: AnalysisKind,
+    pub layer: i32,
+    pub latent: i32,
+    pub class: LatentClass,
+    pub delta_norm: Option<f64>,
+    pub nu_eps: Option<f64>,
+    pub nu_r: Option<f64>,
+    pub frequency: f64,
+    pub max_activation: f64,
+    pub top_tokens: Vec<String>,
+    pub example_tokens: Vec<String>,
+    pub domain_hit: Option<bool>,
 }
 
 impl BlockRow {

@@ -8,8 +8,8 @@ use uuid::Uuid;
 
 use crate::scan::{AlertFilter, BaseMode, Rule, RunState, Severity, TargetKind};
 use crate::{
-    AnalysisKind, AuditRequest, AuditStatus, AuditView, BlockMetric, BlockSite, LatentClass,
-    TensorMetric, TensorMetrics,
+    AnalysisKind, AuditRequest, AuditStatus, AuditView, BlockMetric, BlockRow, BlockSite,
+    LatentClass, LatentRow, TensorMetric, TensorMetrics,
 };
 
 // ---- /v1/alerts
@@ -62,23 +62,32 @@ pub struct AuditPage {
     pub next_cursor: Option<String>,
 }
 
-// ---- /v1/results/blocks
+// ---- /v1/results, /v1/results/blocks, /v1/results/latents
+/// The audit a hit of the team database comes from (at the top level of every hit).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct BlockHitView {
+#[cfg_attr(feature = "sqlx", derive(sqlx::FromRow))]
+pub struct HitAudit {
     pub audit_id: Uuid,
+    #[cfg_attr(feature = "sqlx", sqlx(rename = "base_ref"))]
     pub base: String,
+    #[cfg_attr(feature = "sqlx", sqlx(rename = "target_ref"))]
     pub target: String,
     pub audit_created_at: DateTime<Utc>,
-    pub analysis: AnalysisKind,
-    /// Absent for the logit lens's output row.
-    pub layer: Option<i32>,
-    pub hook: BlockSite,
+}
+
+/// One block of one audit, with the metric the query ranked by.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[cfg_attr(feature = "sqlx", derive(sqlx::FromRow))]
+pub struct BlockHitView {
+    #[serde(flatten)]
+    #[cfg_attr(feature = "sqlx", sqlx(flatten))]
+    pub audit: HitAudit,
     pub metric: BlockMetric,
+    #[cfg_attr(feature = "sqlx", sqlx(rename = "metric_value"))]
     pub value: f64,
-    pub mean_diff_norm: Option<f64>,
-    pub mean_rel_diff: Option<f64>,
-    pub mean_cosine: Option<f64>,
-    pub kl_mean: Option<f64>,
+    #[serde(flatten)]
+    #[cfg_attr(feature = "sqlx", sqlx(flatten))]
+    pub block: BlockRow,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -86,25 +95,16 @@ pub struct BlockPage {
     pub results: Vec<BlockHitView>,
 }
 
-// ---- /v1/results/latents
+/// One latent of one audit.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[cfg_attr(feature = "sqlx", derive(sqlx::FromRow))]
 pub struct LatentHitView {
-    pub audit_id: Uuid,
-    pub base: String,
-    pub target: String,
-    pub audit_created_at: DateTime<Utc>,
-    pub analysis: AnalysisKind,
-    pub layer: i32,
-    pub latent: i32,
-    pub class: LatentClass,
-    pub delta_norm: Option<f64>,
-    pub nu_eps: Option<f64>,
-    pub nu_r: Option<f64>,
-    pub frequency: f64,
-    pub max_activation: f64,
-    pub top_tokens: Vec<String>,
-    pub example_tokens: Vec<String>,
-    pub domain_hit: Option<bool>,
+    #[serde(flatten)]
+    #[cfg_attr(feature = "sqlx", sqlx(flatten))]
+    pub audit: HitAudit,
+    #[serde(flatten)]
+    #[cfg_attr(feature = "sqlx", sqlx(flatten))]
+    pub latent: LatentRow,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -130,10 +130,8 @@ pub struct ArtifactList {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ResultHitView {
-    pub audit_id: Uuid,
-    pub base: String,
-    pub target: String,
-    pub audit_created_at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub audit: HitAudit,
     pub metric: TensorMetric,
     pub value: Option<f64>,
     #[schema(value_type = Object)]

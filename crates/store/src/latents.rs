@@ -1,31 +1,11 @@
 //! Per-latent rows of the dictionary analyses in PostgreSQL, and the team-wide query over them
 //! ("every fine-tune-only latent whose top tokens include X").
-use chrono::{DateTime, Utc};
-use neurodiff_protocol::{AnalysisKind, LatentClass};
+use neurodiff_protocol::views::LatentHitView;
+use neurodiff_protocol::{AnalysisKind, LatentClass, LatentRow};
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::{Db, Result, Team};
-
-/// One latent of one audit's dictionary.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
-pub struct LatentRow {
-    /// `crosscoder` or `sae-diff`.
-    #[sqlx(try_from = "String")]
-    pub analysis: AnalysisKind,
-    pub layer: i32,
-    pub latent: i32,
-    #[sqlx(try_from = "String")]
-    pub class: LatentClass,
-    pub delta_norm: Option<f64>,
-    pub nu_eps: Option<f64>,
-    pub nu_r: Option<f64>,
-    pub frequency: f64,
-    pub max_activation: f64,
-    pub top_tokens: Vec<String>,
-    pub example_tokens: Vec<String>,
-    pub domain_hit: Option<bool>,
-}
 
 /// How tokens are matched: lowercased, without surrounding whitespace.
 pub fn match_form(token: &str) -> String {
@@ -88,24 +68,10 @@ pub struct LatentQuery {
     pub limit: i64,
 }
 
-/// One latent of one audit.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
-pub struct LatentHit {
-    #[sqlx(rename = "audit_id")]
-    pub audit: Uuid,
-    #[sqlx(rename = "base_ref")]
-    pub base: String,
-    #[sqlx(rename = "target_ref")]
-    pub target: String,
-    pub audit_created_at: DateTime<Utc>,
-    #[sqlx(flatten)]
-    pub latent: LatentRow,
-}
-
 impl Db {
     /// Latents across the team's succeeded audits, most frequent first.
-    pub async fn query_latents(&self, team: &Team, q: &LatentQuery) -> Result<Vec<LatentHit>> {
-        let hits = sqlx::query_as::<_, LatentHit>(
+    pub async fn query_latents(&self, team: &Team, q: &LatentQuery) -> Result<Vec<LatentHitView>> {
+        let hits = sqlx::query_as::<_, LatentHitView>(
             "SELECT l.*, a.base_ref, a.target_ref, a.created_at AS audit_created_at \
              FROM latent_results l JOIN audits a ON a.id = l.audit_id \
              WHERE a.team_id = $1 AND a.status = 'succeeded' \

@@ -10,10 +10,11 @@ pub mod sched;
 pub mod tokens;
 
 pub use blobs::{artifact_key, shard_result_key, Blobs, ListedObject, StoredObject};
-pub use latents::{LatentHit, LatentQuery, LatentRow};
+pub use latents::LatentQuery;
 pub use neurodiff_protocol::BlockRow;
+pub use neurodiff_protocol::LatentRow;
 pub use pg::{Admission, AuditFilter, AuditRow, Db, FanIn, Quota, Team, MIGRATOR};
-pub use query::{BlockHit, BlockQuery, ResultHit, ResultQuery};
+pub use query::{BlockQuery, ResultQuery};
 pub use queue::{now_ms, Delivery, Queue, QueueStats, Reclaimed};
 pub use scans::{
     DeliveryOutcome, DueDelivery, NewAlert, NewDelivery, PendingRun, RunOutcome, ScanCreated,

@@ -1,9 +1,8 @@
 //! The team-wide result query: tensors across every audit of a team, filtered by model, layer
 //! and a lower bound on one metric, largest first.
-use chrono::{DateTime, Utc};
-use neurodiff_protocol::{AnalysisKind, BlockMetric, BlockSite, TensorMetric, TensorMetrics};
-use sqlx::Row;
-use uuid::Uuid;
+use neurodiff_protocol::views::{BlockHitView, HitAudit, ResultHitView};
+use neurodiff_protocol::{AnalysisKind, BlockMetric, BlockSite, TensorMetric};
+use sqlx::{FromRow, Row};
 
 use crate::pg::{tensor_from_row, Db};
 use crate::{Result, Team};
@@ -19,19 +18,8 @@ pub struct ResultQuery {
     pub limit: i64,
 }
 
-/// One tensor of one audit.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ResultHit {
-    pub audit: Uuid,
-    pub base: String,
-    pub target: String,
-    pub audit_created_at: DateTime<Utc>,
-    pub value: Option<f64>,
-    pub tensor: TensorMetrics,
-}
-
 impl Db {
-    pub async fn query_results(&self, team: &Team, q: &ResultQuery) -> Result<Vec<ResultHit>> {
+    pub async fn query_results(&self, team: &Team, q: &ResultQuery) -> Result<Vec<ResultHitView>> {
         // The column name is interpolated: the enum's own spelling, never text from a request.
         let metric = q.metric.as_str();
         let rows = sqlx::query(&format!(
@@ -54,11 +42,9 @@ impl Db {
         .await?;
         rows.iter()
             .map(|r| {
-                Ok(ResultHit {
-                    audit: r.try_get("audit_id")?,
-                    base: r.try_get("base_ref")?,
-                    target: r.try_get("target_ref")?,
-                    audit_created_at: r.try_get("audit_created_at")?,
+                Ok(ResultHitView {
+                    audit: HitAudit::from_row(r)?,
+                    metric: q.metric,
                     value: r.try_get("metric_value")?,
                     tensor: tensor_from_row(r)?,
                 })
@@ -80,30 +66,14 @@ pub struct BlockQuery {
     pub limit: i64,
 }
 
-/// One block of one audit.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
-pub struct BlockHit {
-    #[sqlx(rename = "audit_id")]
-    pub audit: Uuid,
-    #[sqlx(rename = "base_ref")]
-    pub base: String,
-    #[sqlx(rename = "target_ref")]
-    pub target: String,
-    pub audit_created_at: DateTime<Utc>,
-    #[sqlx(rename = "metric_value")]
-    pub value: f64,
-    #[sqlx(flatten)]
-    pub block: crate::BlockRow,
-}
-
 impl Db {
     /// Per-block metrics of the corpus analyses across the team's succeeded audits, largest
     /// first (rows without the metric, such as KL on an activation row, are left out).
-    pub async fn query_blocks(&self, team: &Team, q: &BlockQuery) -> Result<Vec<BlockHit>> {
+    pub async fn query_blocks(&self, team: &Team, q: &BlockQuery) -> Result<Vec<BlockHitView>> {
         // A column name from the enum's own spelling: never text from the request.
         let metric = q.metric.as_str();
-        let hits = sqlx::query_as::<_, BlockHit>(&format!(
-            "SELECT b.*, b.{metric} AS metric_value, a.base_ref, a.target_ref, \
+        let hits = sqlx::query_as::<_, BlockHitView>(&format!(
+            "SELECT b.*, b.{metric} AS metric_value, '{metric}'::text AS metric, a.base_ref, a.target_ref, \
              a.created_at AS audit_created_at FROM block_results b JOIN audits a ON a.id = b.audit_id \
              WHERE a.team_id = $1 AND a.status = 'succeeded' AND b.{metric} IS NOT NULL \
              AND ($2::text IS NULL OR a.base_ref = $2 OR a.target_ref = $2) \

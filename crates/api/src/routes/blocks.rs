@@ -88,24 +88,5 @@ pub async fn query(
             },
         )
         .await?;
-    Ok(Json(BlockPage {
-        results: hits
-            .into_iter()
-            .map(|h| BlockHitView {
-                audit_id: h.audit,
-                base: h.base,
-                target: h.target,
-                audit_created_at: h.audit_created_at,
-                analysis: h.block.analysis,
-                layer: h.block.layer,
-                hook: h.block.hook,
-                metric,
-                value: h.value,
-                mean_diff_norm: h.block.mean_diff_norm,
-                mean_rel_diff: h.block.mean_rel_diff,
-                mean_cosine: h.block.mean_cosine,
-                kl_mean: h.block.kl_mean,
-            })
-            .collect(),
-    }))
+    Ok(Json(BlockPage { results: hits }))
 }

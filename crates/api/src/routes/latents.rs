@@ -90,27 +90,5 @@ pub async fn query(
             },
         )
         .await?;
-    Ok(Json(LatentPage {
-        results: hits
-            .into_iter()
-            .map(|h| LatentHitView {
-                audit_id: h.audit,
-                base: h.base,
-                target: h.target,
-                audit_created_at: h.audit_created_at,
-                analysis: h.latent.analysis,
-                layer: h.latent.layer,
-                latent: h.latent.latent,
-                class: h.latent.class,
-                delta_norm: h.latent.delta_norm,
-                nu_eps: h.latent.nu_eps,
-                nu_r: h.latent.nu_r,
-                frequency: h.latent.frequency,
-                max_activation: h.latent.max_activation,
-                top_tokens: h.latent.top_tokens,
-                example_tokens: h.latent.example_tokens,
-                domain_hit: h.latent.domain_hit,
-            })
-            .collect(),
-    }))
+    Ok(Json(LatentPage { results: hits }))
 }

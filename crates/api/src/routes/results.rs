@@ -189,18 +189,5 @@ pub async fn query(
             },
         )
         .await?;
-    Ok(Json(ResultPage {
-        results: hits
-            .into_iter()
-            .map(|h| ResultHitView {
-                audit_id: h.audit,
-                base: h.base,
-                target: h.target,
-                audit_created_at: h.audit_created_at,
-                metric,
-                value: h.value,
-                tensor: h.tensor,
-            })
-            .collect(),
-    }))
+    Ok(Json(ResultPage { results: hits }))
 }
