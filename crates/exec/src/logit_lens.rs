@@ -106,17 +106,7 @@ pub fn run(
             .model(Side::Finetuned)
             .forward(&batch.ids, &mut Hooks::new())?;
         for layer in 0..n_layers {
-            let hb = tokens.select(out_b.resid_post(layer))?;
-            let hf = tokens.select(out_f.resid_post(layer))?;
-            let rows = |start: i64, len: i64| -> Result<(Tensor, Tensor)> {
-                Ok((
-                    pair.model(Side::Base)
-                        .read_out(&hb.f_narrow(0, start, len)?)?,
-                    pair.model(Side::Finetuned)
-                        .read_out(&hf.f_narrow(0, start, len)?)?,
-                ))
-            };
-            let k = kl(hb.size()[0], &rows, shared)?;
+            let k = block_kl(pair, [&out_b, &out_f], &tokens, layer, shared)?;
             add(&mut layers[layer], &mut values[layer], k);
         }
         let (lb, lf) = (tokens.select(&out_b.logits)?, tokens.select(&out_f.logits)?);
@@ -131,13 +121,7 @@ pub fn run(
         }
         add(&mut output, &mut values[n_layers], k);
         if vf > shared {
-            let p = lf.f_to_kind(Kind::Double)?.f_softmax(-1, Kind::Double)?;
-            let mass = to_f64(&p.f_narrow(1, shared, vf - shared)?.f_sum_dim_intlist(
-                0,
-                false,
-                Kind::Double,
-            )?)?;
-            for (a, v) in added_mass.iter_mut().zip(mass) {
+            for (a, v) in added_mass.iter_mut().zip(mass_beyond(&lf, shared)?) {
                 *a += v;
             }
         }
@@ -145,29 +129,8 @@ pub fn run(
     for (s, v) in layers.iter_mut().chain([&mut output]).zip(&values) {
         s.hist = Histogram::from_values(v.iter().copied());
     }
-    let mut top_samples: Vec<SampleKl> = sample_kl
-        .iter()
-        .enumerate()
-        .filter(|(_, (_, n))| *n > 0)
-        .map(|(i, (kl, n))| SampleKl {
-            sample: input.start + i,
-            n_tokens: *n,
-            kl_mean: kl / *n as f64,
-            text: input.samples[i].chars().take(240).collect(),
-        })
-        .collect();
-    keep_top(&mut top_samples, opts.top_samples);
-    let added = (shared..vf)
-        .map(|id| TokenShift {
-            id: id as usize,
-            token: pair
-                .ft_tokenizer
-                .as_ref()
-                .map(|t| crate::dist::shown_text(t, &[id as u32]))
-                .unwrap_or_else(|| format!("<{id}>")),
-            mean_prob_delta: 0.0,
-        })
-        .collect();
+    let top_samples = top_samples(input, &sample_kl, opts.top_samples);
+    let added = (shared..vf).map(|id| added_token(pair, id)).collect();
     // The text of every shared id, once per audit (the merge has no tokenizer).
     let token_text = if input.start == 0 {
         (0..shared).map(|id| pair.decode(&[id])).collect()
@@ -190,6 +153,70 @@ pub fn run(
         token_text,
         elapsed_s: started.elapsed().as_secs_f64(),
     })
+}
+
+/// KL(ft ‖ base) per token of the logit lens at `layer`: both models' states there read out
+/// by their own final norm and unembedding, in row chunks.
+fn block_kl(
+    pair: &Pair,
+    [out_b, out_f]: [&neurodiff_core::models::ForwardOutput; 2],
+    tokens: &Tokens,
+    layer: usize,
+    shared: i64,
+) -> Result<Kl> {
+    let hb = tokens.select(out_b.resid_post(layer))?;
+    let hf = tokens.select(out_f.resid_post(layer))?;
+    let rows = |start: i64, len: i64| -> Result<(Tensor, Tensor)> {
+        Ok((
+            pair.model(Side::Base)
+                .read_out(&hb.f_narrow(0, start, len)?)?,
+            pair.model(Side::Finetuned)
+                .read_out(&hf.f_narrow(0, start, len)?)?,
+        ))
+    };
+    kl(hb.size()[0], &rows, shared)
+}
+
+/// The fine-tune's probability summed over the rows, of each id beyond the shared vocabulary.
+fn mass_beyond(logits: &Tensor, shared: i64) -> Result<Vec<f64>> {
+    let p = logits
+        .f_to_kind(Kind::Double)?
+        .f_softmax(-1, Kind::Double)?;
+    let added = p.size()[1] - shared;
+    to_f64(
+        &p.f_narrow(1, shared, added)?
+            .f_sum_dim_intlist(0, false, Kind::Double)?,
+    )
+}
+
+/// The samples of the shard with the largest mean KL at the output, at most `top`.
+fn top_samples(input: &ShardInput<'_>, sample_kl: &[(f64, u64)], top: usize) -> Vec<SampleKl> {
+    let mut samples: Vec<SampleKl> = sample_kl
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, n))| *n > 0)
+        .map(|(i, (kl, n))| SampleKl {
+            sample: input.start + i,
+            n_tokens: *n,
+            kl_mean: kl / *n as f64,
+            text: input.samples[i].chars().take(240).collect(),
+        })
+        .collect();
+    keep_top(&mut samples, top);
+    samples
+}
+
+/// An id only the fine-tune's vocabulary has, with its text.
+fn added_token(pair: &Pair, id: i64) -> TokenShift {
+    TokenShift {
+        id: id as usize,
+        token: pair
+            .ft_tokenizer
+            .as_ref()
+            .map(|t| crate::dist::shown_text(t, &[id as u32]))
+            .unwrap_or_else(|| format!("<{id}>")),
+        mean_prob_delta: 0.0,
+    }
 }
 
 /// The differential logit lens on the libtorch side.

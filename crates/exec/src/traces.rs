@@ -237,7 +237,6 @@ fn patchscope(
     opts: &TraceOptions,
     progress: Progress<'_>,
 ) -> Result<Patchscope> {
-    let ft = pair.model(Side::Finetuned);
     let scales = opts.scale_grid();
     let s = scales.len() as i64;
     let d = pair.info().d_model;
@@ -245,68 +244,30 @@ fn patchscope(
         .f_to_kind(Kind::Float)?
         .f_to_device(pair.device())?
         .f_view([s, 1, 1])?;
-    let value = scale_t.f_mul(&v.f_view([1, 1, d])?)?;
+    let patch = Patch {
+        pair,
+        point,
+        value: scale_t.f_mul(&v.f_view([1, 1, d])?)?,
+        scales: s,
+    };
     let mut unpatched: BTreeSet<usize> = BTreeSet::new();
     // [prompt] → [scale] → the ids of the top 20 at the last token.
     let mut tops: Vec<Vec<BTreeSet<usize>>> = Vec::new();
     // Summed top-k probabilities and how many prompts have each id in their top k, [S, V].
     let (mut cum, mut count): (Option<Tensor>, Option<Tensor>) = (None, None);
-    let last_block = HookPoint::new(pair.info().n_layers - 1, HookKind::ResidPost);
     for prompt in IDENTITY_PROMPTS {
         check(progress, "patchscope")?;
-        let ids = encode_prompt(&pair.tokenizer, prompt)?;
-        let last = ids.len() as i64 - 1;
-        let one = Tensor::from_slice(&ids).f_to_device(pair.device())?;
-        let clean = ft.forward(&one, &mut Hooks::new())?.logits;
-        let p = clean
-            .f_select(1, last)?
-            .f_view([-1])?
-            .f_to_kind(Kind::Double)?
-            .f_softmax(-1, Kind::Double)?;
-        unpatched.extend(
-            top_tokens(&p, 20, &pair.tokenizer)?
-                .into_iter()
-                .map(|t| t.id),
-        );
-        let batch = one
-            .f_unsqueeze(0)?
-            .f_expand([s, ids.len() as i64], false)?
-            .f_contiguous()?;
-        // Only the last token is read out: logits at every position of every scale would be
-        // scales × length × vocabulary floats.
-        let mut hooks = Hooks::new()
-            .edit(
-                point,
-                Edit::Replace {
-                    value: value.shallow_clone(),
-                    positions: Some(vec![last]),
-                },
-            )
-            .cache(last_block)
-            .without_logits();
-        ft.forward(&batch, &mut hooks)?;
-        let h = hooks
-            .cached(&last_block)
-            .ok_or_else(|| ExecError::Io(format!("{last_block} was not cached")))?
-            .f_select(1, last)?;
-        let p = ft
-            .read_out(&h)?
-            .f_to_kind(Kind::Double)?
-            .f_softmax(-1, Kind::Double)?;
-        let (_, idx20) = p.f_topk(PATCHSCOPE_TOKENS.min(p.size()[1]), -1, true, true)?;
-        tops.push(id_rows(&idx20)?);
-        let (values, idx) = p.f_topk(INTERSECTION_TOP_K.min(p.size()[1]), -1, true, true)?;
-        let zeros = p.f_zeros_like()?;
-        let probs = zeros.f_scatter(1, &idx, &values)?;
-        let hits = zeros.f_scatter(1, &idx, &values.f_ones_like()?)?;
-        cum = Some(match cum {
-            Some(c) => c.f_add(&probs)?,
-            None => probs,
-        });
-        count = Some(match count {
-            Some(c) => c.f_add(&hits)?,
-            None => hits,
-        });
+        let pass = patch.prompt(prompt)?;
+        unpatched.extend(pass.unpatched);
+        tops.push(pass.top20);
+        let sum = |acc: Option<Tensor>, x: Tensor| -> Result<Tensor> {
+            Ok(match acc {
+                Some(c) => c.f_add(&x)?,
+                None => x,
+            })
+        };
+        cum = Some(sum(cum, pass.probs)?);
+        count = Some(sum(count, pass.hits)?);
     }
     let (cum, count) = cum
         .zip(count)
@@ -316,21 +277,7 @@ fn patchscope(
     let score = cum
         .f_div_scalar(prompts)?
         .f_mul(&count.f_ge(prompts - 0.5)?.f_to_kind(Kind::Double)?)?;
-    let mut points = Vec::new();
-    for (si, &scale) in scales.iter().enumerate() {
-        let sets: Vec<&BTreeSet<usize>> = tops.iter().map(|t| &t[si]).collect();
-        let agreed: Vec<usize> = sets[0]
-            .iter()
-            .copied()
-            .filter(|id| sets[1..].iter().all(|s| s.contains(id)))
-            .collect();
-        let novel = agreed.iter().filter(|id| !unpatched.contains(id)).count();
-        points.push(ScalePoint {
-            scale,
-            agreed: agreed.len(),
-            novel,
-        });
-    }
+    let points = scale_points(&scales, &tops, &unpatched);
     let chosen = (0..points.len())
         .fold(None, |best: Option<usize>, i| match best {
             Some(b) if points[b].novel >= points[i].novel => Some(b),
@@ -347,6 +294,100 @@ fn patchscope(
         top_tokens: tokens,
         scales: points,
     })
+}
+
+/// The patch of Patchscope: `value` ([scales, 1, d], each scale times the direction) in place
+/// of the fine-tune's state at `point`, at an identity prompt's last token.
+struct Patch<'a> {
+    pair: &'a Pair,
+    point: HookPoint,
+    value: Tensor,
+    scales: i64,
+}
+
+/// What one identity prompt gave: the unpatched top 20's ids, each scale's top 20 ids, and
+/// each scale's top-k probabilities and hits (1 where an id is in the top k), [S, V].
+struct PromptPass {
+    unpatched: Vec<usize>,
+    top20: Vec<BTreeSet<usize>>,
+    probs: Tensor,
+    hits: Tensor,
+}
+
+impl Patch<'_> {
+    fn prompt(&self, prompt: &str) -> Result<PromptPass> {
+        let (pair, ft) = (self.pair, self.pair.model(Side::Finetuned));
+        let last_block = HookPoint::new(pair.info().n_layers - 1, HookKind::ResidPost);
+        let ids = encode_prompt(&pair.tokenizer, prompt)?;
+        let last = ids.len() as i64 - 1;
+        let one = Tensor::from_slice(&ids).f_to_device(pair.device())?;
+        let clean = ft.forward(&one, &mut Hooks::new())?.logits;
+        let p = clean
+            .f_select(1, last)?
+            .f_view([-1])?
+            .f_to_kind(Kind::Double)?
+            .f_softmax(-1, Kind::Double)?;
+        let unpatched = top_tokens(&p, 20, &pair.tokenizer)?;
+        let batch = one
+            .f_unsqueeze(0)?
+            .f_expand([self.scales, ids.len() as i64], false)?
+            .f_contiguous()?;
+        // Only the last token is read out: logits at every position of every scale would be
+        // scales × length × vocabulary floats.
+        let mut hooks = Hooks::new()
+            .edit(
+                self.point,
+                Edit::Replace {
+                    value: self.value.shallow_clone(),
+                    positions: Some(vec![last]),
+                },
+            )
+            .cache(last_block)
+            .without_logits();
+        ft.forward(&batch, &mut hooks)?;
+        let h = hooks
+            .cached(&last_block)
+            .ok_or_else(|| ExecError::Io(format!("{last_block} was not cached")))?
+            .f_select(1, last)?;
+        let p = ft
+            .read_out(&h)?
+            .f_to_kind(Kind::Double)?
+            .f_softmax(-1, Kind::Double)?;
+        let (_, idx20) = p.f_topk(PATCHSCOPE_TOKENS.min(p.size()[1]), -1, true, true)?;
+        let (values, idx) = p.f_topk(INTERSECTION_TOP_K.min(p.size()[1]), -1, true, true)?;
+        let zeros = p.f_zeros_like()?;
+        Ok(PromptPass {
+            unpatched: unpatched.into_iter().map(|t| t.id).collect(),
+            top20: id_rows(&idx20)?,
+            probs: zeros.f_scatter(1, &idx, &values)?,
+            hits: zeros.f_scatter(1, &idx, &values.f_ones_like()?)?,
+        })
+    }
+}
+
+/// Each scale's agreement: the ids in the top 20 of every prompt, and how many of them no
+/// unpatched prompt has in its top 20.
+fn scale_points(
+    scales: &[f64],
+    tops: &[Vec<BTreeSet<usize>>],
+    unpatched: &BTreeSet<usize>,
+) -> Vec<ScalePoint> {
+    let mut points = Vec::new();
+    for (si, &scale) in scales.iter().enumerate() {
+        let sets: Vec<&BTreeSet<usize>> = tops.iter().map(|t| &t[si]).collect();
+        let agreed: Vec<usize> = sets[0]
+            .iter()
+            .copied()
+            .filter(|id| sets[1..].iter().all(|s| s.contains(id)))
+            .collect();
+        let novel = agreed.iter().filter(|id| !unpatched.contains(id)).count();
+        points.push(ScalePoint {
+            scale,
+            agreed: agreed.len(),
+            novel,
+        });
+    }
+    points
 }
 
 /// The ids of each row of a `[rows, k]` index tensor, as sets.

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use neurodiff_protocol::{AuditResults, PlanRecord, ShardOutput};
 use neurodiff_report::ReportFile;
 use neurodiff_store::{artifact_key, shard_result_key, ArtifactRow, Finishing, StoreError};
+use uuid::Uuid;
 
 use crate::context::SchedulerContext;
 
@@ -63,22 +64,7 @@ pub async fn finish(ctx: &SchedulerContext, f: Finishing) -> Result<bool, FanInE
                 .map_err(|e| FanInError::Invalid(format!("model records: {e}")))
         })?;
     check_sizes(ctx, &f).await?;
-    let mut shards = Vec::with_capacity(f.shards.len());
-    for (key, attempt) in &f.shards {
-        let object = shard_result_key(audit, key, *attempt);
-        let bytes = match ctx.blobs.get(&object).await {
-            Ok(b) => b,
-            Err(StoreError::NotFound { what }) => {
-                return Err(FanInError::Invalid(format!(
-                    "shard {key}: its result is missing ({what})"
-                )))
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let shard: ShardOutput = serde_json::from_slice(&bytes)
-            .map_err(|e| FanInError::Invalid(format!("shard {key} ({object}): {e}")))?;
-        shards.push(shard);
-    }
+    let shards = read_shards(ctx, &f).await?;
     // Fixed by the data, not by when this fan-in ran: a fan-in that is taken over renders
     // the same bytes, so the stored sha256 always matches the object.
     let created = f
@@ -100,6 +86,54 @@ pub async fn finish(ctx: &SchedulerContext, f: Finishing) -> Result<bool, FanInE
     .await
     .map_err(|e| FanInError::Invalid(format!("rendering thread: {e}")))??;
     let (results, rendered) = rendered;
+    let mut artifacts = upload_report(ctx, audit, rendered).await?;
+    artifacts.extend(dictionary_artifacts(ctx, audit, &results).await?);
+    let finished = ctx
+        .db
+        .finish_audit(
+            audit,
+            f.claim,
+            &artifacts,
+            &results.analyses.block_rows(),
+            &latent_rows(&results),
+        )
+        .await?;
+    if finished {
+        tracing::info!(%audit, artifacts = artifacts.len(), "audit succeeded");
+    }
+    Ok(finished)
+}
+
+/// Every shard's stored output, at the attempt that finished it.
+async fn read_shards(
+    ctx: &SchedulerContext,
+    f: &Finishing,
+) -> Result<Vec<ShardOutput>, FanInError> {
+    let mut shards = Vec::with_capacity(f.shards.len());
+    for (key, attempt) in &f.shards {
+        let object = shard_result_key(f.audit.id, key, *attempt);
+        let bytes = match ctx.blobs.get(&object).await {
+            Ok(b) => b,
+            Err(StoreError::NotFound { what }) => {
+                return Err(FanInError::Invalid(format!(
+                    "shard {key}: its result is missing ({what})"
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let shard: ShardOutput = serde_json::from_slice(&bytes)
+            .map_err(|e| FanInError::Invalid(format!("shard {key} ({object}): {e}")))?;
+        shards.push(shard);
+    }
+    Ok(shards)
+}
+
+/// The rendered report's files uploaded under `audits/{id}/report/`, as artifact rows.
+async fn upload_report(
+    ctx: &SchedulerContext,
+    audit: Uuid,
+    rendered: Vec<ReportFile>,
+) -> Result<Vec<ArtifactRow>, FanInError> {
     let mut artifacts = Vec::with_capacity(rendered.len());
     for ReportFile { name, bytes } in rendered {
         // Artifacts are named flat (`heatmap.svg`, not `plots/heatmap.svg`).
@@ -119,48 +153,44 @@ pub async fn finish(ctx: &SchedulerContext, f: Finishing) -> Result<bool, FanInE
             sha256: stored.sha256,
         });
     }
-    // The dictionaries the training shards left in the team's space are artifacts too.
+    Ok(artifacts)
+}
+
+/// The dictionaries the training shards left in the team's space, as artifact rows; one
+/// outside the team's space fails the fan-in.
+async fn dictionary_artifacts(
+    ctx: &SchedulerContext,
+    audit: Uuid,
+    results: &AuditResults,
+) -> Result<Vec<ArtifactRow>, FanInError> {
     let dictionaries = results.analyses.dictionaries();
-    if !dictionaries.is_empty() {
-        let team = ctx.db.team_of(audit).await?;
-        for d in dictionaries {
-            let name = d.section;
-            let Some(file) = &d.report.dictionary else {
-                continue;
-            };
-            let key = format!("teams/{team}/{}", file.key);
-            if !file.key.starts_with("dictionaries/")
-                || file.key.contains("..")
-                || file.location != key
-            {
-                return Err(FanInError::Invalid(format!(
-                    "the {name} dictionary is not in the team's space: {}",
-                    file.location
-                )));
-            }
-            artifacts.push(ArtifactRow {
-                name: format!("{name}.safetensors"),
-                object_key: key,
-                size_bytes: file.bytes as i64,
-                sha256: file.sha256.clone(),
-                content_type: "application/octet-stream".into(),
-            });
+    let mut artifacts = Vec::new();
+    if dictionaries.is_empty() {
+        return Ok(artifacts);
+    }
+    let team = ctx.db.team_of(audit).await?;
+    for d in dictionaries {
+        let name = d.section;
+        let Some(file) = &d.report.dictionary else {
+            continue;
+        };
+        let key = format!("teams/{team}/{}", file.key);
+        if !file.key.starts_with("dictionaries/") || file.key.contains("..") || file.location != key
+        {
+            return Err(FanInError::Invalid(format!(
+                "the {name} dictionary is not in the team's space: {}",
+                file.location
+            )));
         }
+        artifacts.push(ArtifactRow {
+            name: format!("{name}.safetensors"),
+            object_key: key,
+            size_bytes: file.bytes as i64,
+            sha256: file.sha256.clone(),
+            content_type: "application/octet-stream".into(),
+        });
     }
-    let finished = ctx
-        .db
-        .finish_audit(
-            audit,
-            f.claim,
-            &artifacts,
-            &results.analyses.block_rows(),
-            &latent_rows(&results),
-        )
-        .await?;
-    if finished {
-        tracing::info!(%audit, artifacts = artifacts.len(), "audit succeeded");
-    }
-    Ok(finished)
+    Ok(artifacts)
 }
 
 /// The per-latent rows of the dictionary analyses (every latent results.json lists).

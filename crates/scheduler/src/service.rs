@@ -77,7 +77,8 @@ fn backoff(settings: &SchedulerSettings, retries: u32) -> Duration {
     (settings.backoff_base * factor).min(settings.backoff_max)
 }
 
-/// One reconciliation pass.
+/// One reconciliation pass: the queue recovered if it was lost, new work enqueued, expired
+/// leases retried or dead-lettered, finished audits fanned in.
 pub async fn pass(ctx: &SchedulerContext) -> Result<Pass, neurodiff_store::StoreError> {
     let mut p = Pass::default();
     if ctx.tasks.is_new_epoch().await? {
@@ -90,6 +91,16 @@ pub async fn pass(ctx: &SchedulerContext) -> Result<Pass, neurodiff_store::Store
             );
         }
     }
+    enqueue(ctx, &mut p).await?;
+    p.promoted = ctx.tasks.promote_due(now_ms()).await?;
+    reclaim(ctx, &mut p).await?;
+    fan_in(ctx, &mut p).await?;
+    Ok(p)
+}
+
+/// Puts the audits to plan and the shards to run on the queue; fails the audits whose shard
+/// rows this build cannot read.
+async fn enqueue(ctx: &SchedulerContext, p: &mut Pass) -> Result<(), neurodiff_store::StoreError> {
     for audit in ctx.db.audits_to_plan(100).await? {
         ctx.tasks
             .enqueue(&Envelope {
@@ -117,7 +128,12 @@ pub async fn pass(ctx: &SchedulerContext) -> Result<Pass, neurodiff_store::Store
         ctx.db.mark_shard_enqueued(s.audit, s.shard_key).await?;
         p.enqueued += 1;
     }
-    p.promoted = ctx.tasks.promote_due(now_ms()).await?;
+    Ok(())
+}
+
+/// Takes over the tasks whose worker stopped renewing its lease: each is retried after a
+/// backoff, or dead-lettered (failing its audit) once handed out too often.
+async fn reclaim(ctx: &SchedulerContext, p: &mut Pass) -> Result<(), neurodiff_store::StoreError> {
     let lease_ms = ctx.settings.lease_timeout.as_millis() as u64;
     let reclaimed = ctx
         .tasks
@@ -127,25 +143,7 @@ pub async fn pass(ctx: &SchedulerContext) -> Result<Pass, neurodiff_store::Store
         let env = &d.task;
         let handed_out = env.retries + 1;
         if handed_out >= ctx.settings.max_deliveries {
-            let last = match shard_of(&env.task) {
-                Some(key) => ctx.db.shard_error(env.task.audit(), &key).await?,
-                None => None,
-            };
-            let reason = match last {
-                Some(e) => format!(
-                    "{} was handed to workers {handed_out} times and never finished; the last error: {e}; dead-lettered",
-                    env.task.label()
-                ),
-                None => format!(
-                    "{} was handed to workers {handed_out} times and never finished (each time its worker stopped renewing its lease); dead-lettered",
-                    env.task.label()
-                ),
-            };
-            ctx.tasks.dead_letter(&d.id, env, &reason).await?;
-            ctx.db
-                .fail_audit(env.task.audit(), stored_key(&env.task).as_deref(), &reason)
-                .await?;
-            tracing::warn!(audit = %env.task.audit(), task = %env.task.label(), "dead-lettered");
+            dead_letter(ctx, &d.id, env, handed_out).await?;
             p.dead += 1;
         } else {
             let wait = backoff(&ctx.settings, handed_out);
@@ -175,6 +173,42 @@ pub async fn pass(ctx: &SchedulerContext) -> Result<Pass, neurodiff_store::Store
             .await?;
         p.dead += 1;
     }
+    Ok(())
+}
+
+/// Dead-letters a task handed out `handed_out` times, failing its audit with the shard's last
+/// error when it has one.
+async fn dead_letter(
+    ctx: &SchedulerContext,
+    id: &str,
+    env: &Envelope,
+    handed_out: u32,
+) -> Result<(), neurodiff_store::StoreError> {
+    let last = match shard_of(&env.task) {
+        Some(key) => ctx.db.shard_error(env.task.audit(), &key).await?,
+        None => None,
+    };
+    let reason = match last {
+        Some(e) => format!(
+            "{} was handed to workers {handed_out} times and never finished; the last error: {e}; dead-lettered",
+            env.task.label()
+        ),
+        None => format!(
+            "{} was handed to workers {handed_out} times and never finished (each time its worker stopped renewing its lease); dead-lettered",
+            env.task.label()
+        ),
+    };
+    ctx.tasks.dead_letter(id, env, &reason).await?;
+    ctx.db
+        .fail_audit(env.task.audit(), stored_key(&env.task).as_deref(), &reason)
+        .await?;
+    tracing::warn!(audit = %env.task.audit(), task = %env.task.label(), "dead-lettered");
+    Ok(())
+}
+
+/// Fans in the audits whose shards are all done (a failed fan-in of a bad result fails its
+/// audit; one the store interrupted is retried).
+async fn fan_in(ctx: &SchedulerContext, p: &mut Pass) -> Result<(), neurodiff_store::StoreError> {
     for f in ctx.db.claim_finishing(FAN_IN_RETRY_S).await? {
         let id = f.audit.id;
         match finish(ctx, f).await {
@@ -189,7 +223,7 @@ pub async fn pass(ctx: &SchedulerContext) -> Result<Pass, neurodiff_store::Store
             }
         }
     }
-    Ok(p)
+    Ok(())
 }
 
 fn shard_of(task: &Task) -> Option<ShardKey> {

@@ -44,25 +44,13 @@ pub(crate) async fn plan(
     {
         Ok(pair) => pair,
         Err(ExecError::Storage(e)) => return Err(Transient(e)),
-        Err(e) => {
-            let reason = format!(
-                "planning: {}",
-                redact(&e.to_string(), &[], &enforcer.hidden())
-            );
-            return fail_planning(ctx, audit, &reason).await;
-        }
+        Err(e) => return failed(ctx, audit, &e, &[]).await,
     };
     let corpus = if spec.needs_corpus() {
         match enforcer.read_corpus(&team, &spec.corpus_read()).await {
             Ok(c) => Some(c),
             Err(ExecError::Storage(e)) => return Err(Transient(e)),
-            Err(e) => {
-                let reason = format!(
-                    "planning: {}",
-                    redact(&e.to_string(), &[], &enforcer.hidden())
-                );
-                return fail_planning(ctx, audit, &reason).await;
-            }
+            Err(e) => return failed(ctx, audit, &e, &[]).await,
         }
     } else {
         None
@@ -112,13 +100,7 @@ pub(crate) async fn plan(
         Err(e) if e.is_resource_exhaustion() => {
             return Err(Transient(format!("planning: {e} (resources; retried)")))
         }
-        Err(e) => {
-            let reason = format!(
-                "planning: {}",
-                redact(&e.to_string(), &[&base, &target], &enforcer.hidden())
-            );
-            return fail_planning(ctx, audit, &reason).await;
-        }
+        Err(e) => return failed(ctx, audit, &e, &[&base, &target]).await,
     };
     let keys: Vec<ShardKey> = shards.iter().map(|s| s.shard).collect();
     let record = serde_json::to_value(&record).map_err(|e| Transient(e.to_string()))?;
@@ -126,4 +108,17 @@ pub(crate) async fn plan(
     tracing::info!(shards = keys.len(), "planned");
     wake(ctx, Event::Planned { audit }).await;
     Ok(Outcome::Ack)
+}
+
+/// Fails the audit's planning with `e`, its message redacted: the models' directories by
+/// their references, the worker's own paths hidden.
+async fn failed(
+    ctx: &WorkerContext,
+    audit: Uuid,
+    e: &ExecError,
+    confined: &[&crate::confine::Confined],
+) -> Result<Outcome, Transient> {
+    let hidden = ctx.settings.enforcer.hidden();
+    let reason = format!("planning: {}", redact(&e.to_string(), confined, &hidden));
+    fail_planning(ctx, audit, &reason).await
 }
