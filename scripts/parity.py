@@ -12,6 +12,11 @@ a re-implementation.
       sharded and single-file, with and without GPT-2's `transformer.` prefix) and writes, next
       to each, reference.safetensors with transformers' input_ids, logits and hidden_states.
 
+  python scripts/parity.py half-references [--out crates/core/tests/fixtures]
+      Next to each committed fixture, reference-bf16.safetensors: transformers' logits and
+      hidden_states with the checkpoint loaded in bfloat16 (`dtype=torch.bfloat16`, the eager
+      path), so the bf16 parity bounds are against transformers in the same dtype.
+
   python scripts/parity.py check-inspect NEURODIFF_BIN [--seed N]
       Makes fresh checkpoints that are not among the committed fixtures (other seed, other
       shapes), runs `neurodiff inspect` on each and compares with transformers to 1e-4.
@@ -253,6 +258,24 @@ def cmd_fixtures(args):
         print("wrote", os.path.join(args.out, "gpt2-noprefix"))
 
 
+HALF_FIXTURES = ["gpt2", "llama", "mistral", "qwen2", "olmo2", "qwen3", "gemma2", "gemma3_text", "phi3"]
+
+
+def cmd_half_references(args):
+    for name in HALF_FIXTURES:
+        d = os.path.join(args.out, name)
+        ids = load_file(os.path.join(d, "reference.safetensors"))["input_ids"]
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            d, dtype=torch.bfloat16, attn_implementation="eager").eval()
+        with torch.no_grad():
+            res = model(ids[None], output_hidden_states=True)
+        ref = {"logits": res.logits[0].float().contiguous()}
+        for i, hs in enumerate(res.hidden_states):
+            ref[f"hidden_states.{i}"] = hs[0].float().contiguous()
+        save_file(ref, os.path.join(d, "reference-bf16.safetensors"), metadata={"prompt": PROMPT})
+        print("wrote", os.path.join(d, "reference-bf16.safetensors"))
+
+
 def cmd_check_inspect(args):
     failures = 0
     with tempfile.TemporaryDirectory() as tmp:
@@ -282,11 +305,14 @@ def main():
     f = sub.add_parser("fixtures")
     f.add_argument("--out", default="crates/core/tests/fixtures")
     f.add_argument("--only", nargs="*", help="write only these fixtures (names as in specs)")
+    h = sub.add_parser("half-references")
+    h.add_argument("--out", default="crates/core/tests/fixtures")
     c = sub.add_parser("check-inspect")
     c.add_argument("bin")
     c.add_argument("--seed", type=int, default=7)
     args = p.parse_args()
-    {"fixtures": cmd_fixtures, "check-inspect": cmd_check_inspect}[args.cmd](args)
+    {"fixtures": cmd_fixtures, "half-references": cmd_half_references,
+     "check-inspect": cmd_check_inspect}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -22,4 +22,4 @@ pub mod weights;
 pub use checkpoint::Checkpoint;
 pub use error::{CoreError, Result};
 pub use hooks::{Edit, HookKind, HookPoint, Hooks};
-pub use models::{AdapterSwitch, ForwardOutput, Model, ModelInfo};
+pub use models::{AdapterSwitch, BlockWeights, ForwardOutput, Load, Model, ModelInfo, Pass};

@@ -4,7 +4,8 @@ use tch::{Device, Kind, Tensor};
 use crate::checkpoint::Checkpoint;
 use crate::error::Result;
 
-/// Where weights go when loaded: which dtype and which device.
+/// Where weights go when loaded: which dtype and which device. Linear and embedding weights
+/// take `kind`; norms stay in fp32, and every activation between layers is fp32.
 #[derive(Debug, Clone, Copy)]
 pub struct LoadOpts {
     pub kind: Kind,
@@ -12,6 +13,14 @@ pub struct LoadOpts {
 }
 
 impl LoadOpts {
+    /// The same device, in fp32: norms keep their (small) weights in fp32, as they compute.
+    pub fn fp32(self) -> LoadOpts {
+        LoadOpts {
+            kind: Kind::Float,
+            ..self
+        }
+    }
+
     pub fn get(&self, ckpt: &Checkpoint, name: &str, shape: &[i64]) -> Result<Tensor> {
         ckpt.weight_shaped(name, shape, self.kind, self.device)
     }
@@ -82,7 +91,7 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.f_linear(&self.weight, self.bias.as_ref())?;
+        let y = mixed_linear(x, &self.weight, self.bias.as_ref())?;
         match &self.lora {
             Some(l) if l.on.load(std::sync::atomic::Ordering::Relaxed) => {
                 let delta = x
@@ -94,6 +103,18 @@ impl Linear {
             _ => Ok(y),
         }
     }
+}
+
+/// `x Wᵀ + b` computed in W's dtype and returned in x's: with weights in half precision the
+/// residual stream stays in fp32 (the matmul runs in the weights' dtype, its output is widened).
+pub fn mixed_linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let (kind, wkind) = (x.kind(), weight.kind());
+    if kind == wkind {
+        return Ok(x.f_linear(weight, bias)?);
+    }
+    Ok(x.f_to_kind(wkind)?
+        .f_linear(weight, bias)?
+        .f_to_kind(kind)?)
 }
 
 #[derive(Debug)]
@@ -108,8 +129,9 @@ impl Embedding {
         })
     }
 
+    /// The rows of `ids`, in fp32 whatever the weights' dtype (the residual stream's dtype).
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
-        Ok(Tensor::f_embedding(&self.weight, ids, -1, false, false)?)
+        Ok(Tensor::f_embedding(&self.weight, ids, -1, false, false)?.f_to_kind(Kind::Float)?)
     }
 }
 
@@ -125,7 +147,7 @@ pub struct RmsNorm {
 impl RmsNorm {
     pub fn new(ckpt: &Checkpoint, o: LoadOpts, name: &str, dim: i64, eps: f64) -> Result<Self> {
         Ok(RmsNorm {
-            weight: o.get(ckpt, name, &[dim])?,
+            weight: o.fp32().get(ckpt, name, &[dim])?,
             eps,
             offset: 0.0,
         })
@@ -162,6 +184,7 @@ pub struct LayerNorm {
 
 impl LayerNorm {
     pub fn new(ckpt: &Checkpoint, o: LoadOpts, prefix: &str, dim: i64, eps: f64) -> Result<Self> {
+        let o = o.fp32();
         Ok(LayerNorm {
             weight: o.get(ckpt, &format!("{prefix}.weight"), &[dim])?,
             bias: o.get(ckpt, &format!("{prefix}.bias"), &[dim])?,

@@ -1,12 +1,11 @@
-//! One shard of the activation analysis: both models on the shard's batches, every hook of
-//! every block cached, and per token ||h_ft - h_base||, the relative difference and the cosine
+//! One shard of the activation analysis: both models on the shard's batches, block by block
+//! (the block-streamed paired forward), every hook of every block read, and per token ||h_ft - h_base||, the relative difference and the cosine
 //! accumulated (per token in f32, summed in f64, in sample order) with the mean difference vectors and the tokens that
 //! differ most.
 use std::time::Instant;
 
 use neurodiff_analyses::activations::diff_sums;
-use neurodiff_core::corpus::Batch;
-use neurodiff_core::{HookKind, HookPoint, Hooks};
+use neurodiff_core::HookKind;
 use neurodiff_protocol::{
     ActivationOptions, ActivationsShard, DiffSums, Example, Histogram, MeanDiffSums, ShardSpec,
 };
@@ -14,8 +13,9 @@ use tch::{Kind, Tensor};
 
 use crate::dist::to_f64;
 use crate::execute::{Execute, Run};
-use crate::forward::{Pair, ShardInput, Side, Tokens};
-use crate::progress::{check, Progress};
+use crate::forward::{Pair, ShardInput, Tokens};
+use crate::progress::Progress;
+use crate::stream::{shard_batches, tick_block, PairedPass};
 use crate::Result;
 
 /// A candidate top example before its context is decoded.
@@ -31,85 +31,41 @@ struct Candidate {
 const TINY: f64 = 1e-30;
 
 pub fn run(
-    pair: &Pair,
-    input: &ShardInput<'_>,
+    on: &Run<'_>,
     opts: &ActivationOptions,
     progress: Progress<'_>,
 ) -> Result<ActivationsShard> {
     let _guard = tch::no_grad_guard();
     let started = Instant::now();
-    let info = pair.info().clone();
-    let n_layers = info.n_layers;
-    let mut sums = Sums::new(n_layers, info.d_model as usize, opts, input.skip_first);
-    let batch_size = input.batch_size.max(1);
-    for (b, chunk) in input.tokens.chunks(batch_size).enumerate() {
-        check(progress, "batch")?;
-        let first = input.start + b * batch_size;
-        let batch = Batch::new(chunk, pair.device())?;
-        let tokens = Tokens::of(&batch, first)?.filtered(input)?;
-        sums.count(&tokens);
-        // Only the block outputs that are not residual states are cached: the residual ones
-        // are the hidden states, and resid_mid is resid_pre + attn_out (the same addition).
-        let hooks = || {
-            (0..n_layers).fold(Hooks::new().without_logits(), |h, l| {
-                h.cache(HookPoint::new(l, HookKind::AttnOut))
-                    .cache(HookPoint::new(l, HookKind::MlpOut))
-            })
-        };
-        let (mut hb, mut hf) = (hooks(), hooks());
-        let out_b = pair.model(Side::Base).forward(&batch.ids, &mut hb)?;
-        let out_f = pair.model(Side::Finetuned).forward(&batch.ids, &mut hf)?;
-        let (base, ft) = (
-            States::new(&out_b, hb.take_cache()),
-            States::new(&out_f, hf.take_cache()),
-        );
-        let at = At::new(&tokens, sums.mean.positions, pair.device())?;
-        for layer in 0..n_layers {
+    let (pair, input) = (on.pair, &on.input);
+    let n_layers = pair.info().n_layers;
+    let mut sums = Sums::new(
+        n_layers,
+        pair.info().d_model as usize,
+        opts,
+        input.skip_first,
+    );
+    let (batches, tokens) = shard_batches(pair, input)?;
+    for t in &tokens {
+        sums.count(t);
+    }
+    let at = tokens
+        .iter()
+        .map(|t| At::new(t, sums.mean.positions, pair.device()))
+        .collect::<Result<Vec<_>>>()?;
+    // Block by block over every batch: per block and hook the batches arrive in sample order,
+    // as the sums and the kept values need.
+    let mut pass = PairedPass::start(pair, on.sources(), &batches)?;
+    for layer in 0..n_layers {
+        pass.advance(|b, base, ft| {
             for (h, hook) in HookKind::ALL.into_iter().enumerate() {
-                let (xb, xf) = (base.at(layer, hook)?, ft.at(layer, hook)?);
-                sums.add(layer, h, &at, &xb, &xf)?;
+                sums.add(layer, h, &at[b], &base.at(hook)?, &ft.at(hook)?)?;
             }
-        }
+            Ok(())
+        })?;
+        tick_block(progress, layer, n_layers, batches.len())?;
     }
     sums.finish(pair, input, opts, started)
-}
-
-/// One side's states of a batch: its forward output and the cached attention and MLP outputs.
-struct States<'a> {
-    out: &'a neurodiff_core::ForwardOutput,
-    cache: std::collections::BTreeMap<HookPoint, Tensor>,
-}
-
-impl<'a> States<'a> {
-    fn new(
-        out: &'a neurodiff_core::ForwardOutput,
-        cache: std::collections::BTreeMap<HookPoint, Tensor>,
-    ) -> Self {
-        States { out, cache }
-    }
-
-    /// The state at `hook` of block `layer`.
-    fn at(&self, layer: usize, hook: HookKind) -> Result<Tensor> {
-        let cached = |kind| {
-            self.cache.get(&HookPoint::new(layer, kind)).ok_or_else(|| {
-                crate::ExecError::Io(format!(
-                    "the model did not expose {}",
-                    HookPoint::new(layer, kind)
-                ))
-            })
-        };
-        // The contract: at hook_resid_post a block's state is its output before any final norm
-        // (transformers' hidden_states[layer + 1] for every block but the last, whose hidden
-        // state is already normed), as at every hook point.
-        Ok(match hook {
-            HookKind::ResidPre => self.out.hidden_states[layer].shallow_clone(),
-            HookKind::ResidPost => self.out.resid_post(layer).shallow_clone(),
-            HookKind::ResidMid => {
-                self.out.hidden_states[layer].f_add(cached(HookKind::AttnOut)?)?
-            }
-            HookKind::AttnOut | HookKind::MlpOut => cached(hook)?.shallow_clone(),
-        })
-    }
 }
 
 /// The batch's kept tokens, with their positions on the device and which of them lie within
@@ -351,13 +307,14 @@ pub struct Activations;
 impl Execute for Activations {
     type Wire = neurodiff_protocol::sections::Activations;
     const NEEDS_BLOCKS: bool = false;
+    const STREAMS_BLOCKS: bool = true;
 
     fn run(
         on: &Run<'_>,
         opts: &ActivationOptions,
         progress: Progress<'_>,
     ) -> Result<ActivationsShard> {
-        run(on.pair, &on.input, opts, progress)
+        run(on, opts, progress)
     }
 
     fn steps(spec: &ShardSpec, _n_samples: usize) -> usize {

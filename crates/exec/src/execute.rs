@@ -13,6 +13,9 @@ pub trait Execute {
     type Wire: Section;
     /// Whether a model without blocks is refused (it has nothing to patch, stitch or steer).
     const NEEDS_BLOCKS: bool;
+    /// Whether its shards run the block-streamed paired forward ([`crate::stream`]): the
+    /// blocks are read as the pass reaches them instead of loaded whole.
+    const STREAMS_BLOCKS: bool = false;
 
     /// Which samples its shard reads: the corpus's first ones when its options ask for their
     /// own count (`AnalysisOptions::samples`), else its shard's slice.
@@ -82,6 +85,11 @@ impl<'a> Run<'a> {
             shard,
             sources,
         }
+    }
+
+    /// Both sides, opened: what a block-streamed pair reads its blocks from.
+    pub fn sources(&self) -> &'a Sources {
+        self.sources
     }
 
     /// The ground truth beside the fine-tune, when it is an organism.

@@ -2,8 +2,9 @@
 //! shard's samples run through each in the same right-padded batches.
 use neurodiff_core::corpus::Batch;
 use neurodiff_core::tokenizer::{self, Tokenizer};
-use neurodiff_core::{AdapterSwitch, Model, ModelInfo};
-use tch::{Device, Tensor};
+use neurodiff_core::{AdapterSwitch, Checkpoint, Load, Model, ModelInfo};
+use neurodiff_protocol::Dtype;
+use tch::{Device, Kind, Tensor};
 
 use crate::{ExecError, OpenTarget, Result, Sources};
 
@@ -27,21 +28,62 @@ pub enum Side {
     Finetuned,
 }
 
+/// How a shard loads its pair: the weights' dtype, and whether the blocks stay resident or
+/// stream (read one at a time as [`crate::stream::PairedPass`] reaches them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Loading {
+    pub dtype: Dtype,
+    pub streamed: bool,
+}
+
+impl Loading {
+    /// Every block resident, in `dtype`.
+    pub fn resident(dtype: Dtype) -> Loading {
+        Loading {
+            dtype,
+            streamed: false,
+        }
+    }
+
+    /// The weights' dtype on `device`: `auto` is the checkpoint's own half-precision dtype on a
+    /// GPU (fp32 when it is stored wider or quantized) and fp32 on the CPU.
+    pub fn kind(&self, device: Device, ckpt: &Checkpoint) -> Kind {
+        match self.dtype {
+            Dtype::Fp32 => Kind::Float,
+            Dtype::Bf16 => Kind::BFloat16,
+            Dtype::Fp16 => Kind::Half,
+            Dtype::Auto if device.is_cuda() => ckpt
+                .names()
+                .filter_map(|n| ckpt.meta(n).and_then(|m| m.kind()))
+                .find(|k| matches!(k, Kind::BFloat16 | Kind::Half | Kind::Float))
+                .filter(|k| *k != Kind::Float)
+                .unwrap_or(Kind::Float),
+            Dtype::Auto => Kind::Float,
+        }
+    }
+}
+
 impl Pair {
     /// Loads the models of `sources`; their mapped pages are released once loaded (the
-    /// tensors hold the weights for the rest of the shard).
-    pub fn load(sources: &Sources, device: Device) -> Result<Pair> {
-        let pair = Self::load_models(sources, device);
+    /// tensors hold the weights for the rest of the shard). An adapter's pair is always
+    /// resident (its deltas attach to the blocks).
+    pub fn load(sources: &Sources, device: Device, loading: Loading) -> Result<Pair> {
+        let pair = Self::load_models(sources, device, loading);
         sources.release_pages();
         pair
     }
 
-    fn load_models(sources: &Sources, device: Device) -> Result<Pair> {
+    fn load_models(sources: &Sources, device: Device, loading: Loading) -> Result<Pair> {
         let tok = tokenizer::load_guarded(&sources.base_dir, sources.base.guard())?;
-        let mut base = Model::load(&sources.base, device)?;
+        let load = |ckpt: &Checkpoint, resident: bool| {
+            let kind = loading.kind(device, ckpt);
+            Model::load_with(ckpt, device, Load { kind, resident })
+        };
+        let adapter = matches!(sources.target, OpenTarget::Adapter(_));
+        let mut base = load(&sources.base, adapter || !loading.streamed)?;
         match &sources.target {
             OpenTarget::Checkpoint(ft) => {
-                let ft_model = Model::load(ft, device)?;
+                let ft_model = load(ft, !loading.streamed)?;
                 let (b, f) = (base.info(), ft_model.info());
                 if b.n_layers != f.n_layers || b.d_model != f.d_model {
                     return Err(ExecError::Io(format!(
@@ -96,6 +138,19 @@ impl Pair {
 
     pub fn device(&self) -> Device {
         self.base.device()
+    }
+
+    /// Bytes of weights both models hold.
+    pub fn weight_bytes(&self) -> u64 {
+        self.base.weight_bytes() + self.ft.as_ref().map_or(0, Model::weight_bytes)
+    }
+
+    /// The checkpoint `side` reads its blocks from (the base for an adapter's both sides).
+    pub fn checkpoint<'s>(&self, sources: &'s Sources, side: Side) -> &'s Checkpoint {
+        match (side, &sources.target) {
+            (Side::Finetuned, OpenTarget::Checkpoint(ft)) => ft,
+            _ => &sources.base,
+        }
     }
 
     /// The text of `ids`, as the base's tokenizer decodes it, bounded as results show text

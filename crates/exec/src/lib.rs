@@ -3,6 +3,7 @@
 //! embedded `neurodiff audit` calls it directly and the service's workers
 //! (`neurodiff_worker`) call the same functions between leases.
 pub mod activations;
+pub mod cache;
 pub mod cmap;
 pub mod corpus;
 pub mod dictionary;
@@ -19,14 +20,16 @@ mod sources;
 pub mod steering;
 pub mod stitching;
 pub mod store;
+pub mod stream;
 pub mod traces;
 pub mod weights;
 
+pub use cache::ModelCache;
 pub use error::{ExecError, Result};
 pub use execute::{Execute, Run};
 pub use plan::{check_limits, hash_sides, plan_audit, Named};
 pub use record::Content;
-pub use shard::{planned_steps, run_shard};
+pub use shard::{planned_steps, run_shard, ShardEnv};
 pub use sources::{OpenTarget, Sources};
 
 use neurodiff_analyses::dictionary::Family;

@@ -5,8 +5,6 @@
 use std::time::Instant;
 
 use neurodiff_analyses::logit_lens::{keep_top, kl_sums};
-use neurodiff_core::corpus::Batch;
-use neurodiff_core::Hooks;
 use neurodiff_protocol::{
     Histogram, KlSums, LensOptions, LensShard, SampleKl, ShardSpec, TokenShift, VocabCompare,
 };
@@ -15,13 +13,15 @@ use tch::{Kind, Tensor};
 use crate::dist::to_f64;
 use crate::execute::{Execute, Run};
 use crate::forward::{Pair, ShardInput, Side, Tokens};
-use crate::progress::{check, Progress};
+use crate::progress::Progress;
+use crate::stream::{shard_batches, tick_block, PairedPass};
 use crate::Result;
 
 /// Rows × vocabulary of one f64 chunk (bounds the memory the softmaxes take).
 const CHUNK_ELEMENTS: i64 = 1 << 23;
 
 /// Per-token KL and the summed probability shift over the shared ids, chunk by chunk.
+#[derive(Clone)]
 struct Kl {
     per_token: Vec<f64>,
     delta: Vec<f64>,
@@ -73,59 +73,56 @@ fn add(s: &mut KlSums, values: &mut Vec<f64>, k: Kl) {
     }
 }
 
-pub fn run(
-    pair: &Pair,
-    input: &ShardInput<'_>,
-    opts: &LensOptions,
-    progress: Progress<'_>,
-) -> Result<LensShard> {
+pub fn run(on: &Run<'_>, opts: &LensOptions, progress: Progress<'_>) -> Result<LensShard> {
     let _guard = tch::no_grad_guard();
     let started = Instant::now();
+    let (pair, input) = (on.pair, &on.input);
     let n_layers = pair.info().n_layers;
     let (vb, vf) = (
         pair.model(Side::Base).info().vocab_size,
         pair.model(Side::Finetuned).info().vocab_size,
     );
     let shared = vb.min(vf);
-    let mut layers: Vec<KlSums> = (0..n_layers)
-        .map(|l| kl_sums(Some(l), shared as usize))
-        .collect();
-    let mut output = kl_sums(None, shared as usize);
-    let mut values: Vec<Vec<f64>> = vec![Vec::new(); n_layers + 1];
-    let mut added_mass = vec![0.0; (vf - shared).max(0) as usize];
-    let mut sample_kl = vec![(0.0f64, 0u64); input.samples.len()];
-    let batch_size = input.batch_size.max(1);
-    for (b, chunk) in input.tokens.chunks(batch_size).enumerate() {
-        check(progress, "batch")?;
-        let batch = Batch::new(chunk, pair.device())?;
-        let tokens = Tokens::of(&batch, input.start + b * batch_size)?.filtered(input)?;
-        let out_b = pair
-            .model(Side::Base)
-            .forward(&batch.ids, &mut Hooks::new())?;
-        let out_f = pair
-            .model(Side::Finetuned)
-            .forward(&batch.ids, &mut Hooks::new())?;
-        for layer in 0..n_layers {
-            let k = block_kl(pair, [&out_b, &out_f], &tokens, layer, shared)?;
-            add(&mut layers[layer], &mut values[layer], k);
-        }
-        let (lb, lf) = (tokens.select(&out_b.logits)?, tokens.select(&out_f.logits)?);
-        let rows = |start: i64, len: i64| -> Result<(Tensor, Tensor)> {
-            Ok((lb.f_narrow(0, start, len)?, lf.f_narrow(0, start, len)?))
-        };
-        let k = kl(lb.size()[0], &rows, shared)?;
-        for (t, v) in k.per_token.iter().enumerate() {
-            let s = &mut sample_kl[tokens.sample[t] - input.start];
-            s.0 += v;
-            s.1 += 1;
-        }
-        add(&mut output, &mut values[n_layers], k);
-        if vf > shared {
-            for (a, v) in added_mass.iter_mut().zip(mass_beyond(&lf, shared)?) {
-                *a += v;
+    let mut sums = LensSums {
+        layers: (0..n_layers)
+            .map(|l| kl_sums(Some(l), shared as usize))
+            .collect(),
+        output: kl_sums(None, shared as usize),
+        values: vec![Vec::new(); n_layers + 1],
+        added_mass: vec![0.0; (vf - shared).max(0) as usize],
+        sample_kl: vec![(0.0f64, 0u64); input.samples.len()],
+    };
+    let (batches, tokens) = shard_batches(pair, input)?;
+    // Block by block over every batch (the block-streamed paired forward). The lens at the
+    // last block reads its output through the final norm and unembedding: the logits, so the
+    // output's KL is the last block's.
+    let mut pass = PairedPass::start(pair, on.sources(), &batches)?;
+    for layer in 0..n_layers {
+        let last = layer + 1 == n_layers;
+        pass.advance(|b, base, ft| {
+            let k = block_kl(pair, [&base.post, &ft.post], &tokens[b], shared)?;
+            if last {
+                sums.output(pair, input, &tokens[b], &ft.post, k.clone(), shared)?;
             }
+            add(&mut sums.layers[layer], &mut sums.values[layer], k);
+            Ok(())
+        })?;
+        tick_block(progress, layer, n_layers, batches.len())?;
+    }
+    if n_layers == 0 {
+        for (b, t) in tokens.iter().enumerate() {
+            let [hb, hf] = pass.states(b)?;
+            let k = block_kl(pair, [hb, hf], t, shared)?;
+            sums.output(pair, input, t, hf, k, shared)?;
         }
     }
+    let LensSums {
+        mut layers,
+        mut output,
+        values,
+        added_mass,
+        sample_kl,
+    } = sums;
     for (s, v) in layers.iter_mut().chain([&mut output]).zip(&values) {
         s.hist = Histogram::from_values(v.iter().copied());
     }
@@ -155,17 +152,52 @@ pub fn run(
     })
 }
 
-/// KL(ft ‖ base) per token of the logit lens at `layer`: both models' states there read out
-/// by their own final norm and unembedding, in row chunks.
-fn block_kl(
-    pair: &Pair,
-    [out_b, out_f]: [&neurodiff_core::models::ForwardOutput; 2],
-    tokens: &Tokens,
-    layer: usize,
-    shared: i64,
-) -> Result<Kl> {
-    let hb = tokens.select(out_b.resid_post(layer))?;
-    let hf = tokens.select(out_f.resid_post(layer))?;
+/// What one shard accumulates: per block and at the output, in sample order.
+struct LensSums {
+    layers: Vec<KlSums>,
+    output: KlSums,
+    /// Per-token KL values, per block then the output (the histograms).
+    values: Vec<Vec<f64>>,
+    added_mass: Vec<f64>,
+    /// Per sample of the shard: the output KL summed over its tokens, and their count.
+    sample_kl: Vec<(f64, u64)>,
+}
+
+impl LensSums {
+    /// One batch at the output: its per-token KL `k`, and the fine-tune's probability of the
+    /// ids beyond the shared vocabulary at its final state `hf` (`[batch, seq, d]`).
+    fn output(
+        &mut self,
+        pair: &Pair,
+        input: &ShardInput<'_>,
+        tokens: &Tokens,
+        hf: &Tensor,
+        k: Kl,
+        shared: i64,
+    ) -> Result<()> {
+        for (t, v) in k.per_token.iter().enumerate() {
+            let s = &mut self.sample_kl[tokens.sample[t] - input.start];
+            s.0 += v;
+            s.1 += 1;
+        }
+        let n = self.layers.len();
+        add(&mut self.output, &mut self.values[n], k);
+        if !self.added_mass.is_empty() {
+            let lf = pair.model(Side::Finetuned).read_out(&tokens.select(hf)?)?;
+            for (a, v) in self.added_mass.iter_mut().zip(mass_beyond(&lf, shared)?) {
+                *a += v;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// KL(ft ‖ base) per token of the logit lens at a block: both models' states there (`[batch,
+/// seq, d]`, each block's `hook_resid_post`) read out by their own final norm and unembedding,
+/// in row chunks.
+fn block_kl(pair: &Pair, [hb, hf]: [&Tensor; 2], tokens: &Tokens, shared: i64) -> Result<Kl> {
+    let hb = tokens.select(hb)?;
+    let hf = tokens.select(hf)?;
     let rows = |start: i64, len: i64| -> Result<(Tensor, Tensor)> {
         Ok((
             pair.model(Side::Base)
@@ -226,9 +258,10 @@ pub struct LogitLens;
 impl Execute for LogitLens {
     type Wire = neurodiff_protocol::sections::LogitLens;
     const NEEDS_BLOCKS: bool = false;
+    const STREAMS_BLOCKS: bool = true;
 
     fn run(on: &Run<'_>, opts: &LensOptions, progress: Progress<'_>) -> Result<LensShard> {
-        run(on.pair, &on.input, opts, progress)
+        run(on, opts, progress)
     }
 
     fn steps(spec: &ShardSpec, _n_samples: usize) -> usize {

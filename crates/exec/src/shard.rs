@@ -6,6 +6,7 @@ use tch::Device;
 
 use neurodiff_analyses::dictionary::Family;
 
+use crate::cache::{ModelCache, Taken};
 use crate::corpus::CorpusText;
 use crate::execute::{batches, slice_batches, wrong_shape, Execute, Read, Run};
 use crate::progress::Progress;
@@ -56,17 +57,18 @@ pub fn run_shard(
     sources: &Sources,
     spec: &ShardSpec,
     corpus: Option<&CorpusText>,
-    store: &dyn ShardStore,
-    device: Device,
+    env: ShardEnv<'_>,
     progress: Progress<'_>,
 ) -> Result<ShardOutput> {
     let span = tracing::info_span!("shard", shard = %spec.shard);
     let _entered = span.enter();
+    let (store, device) = (env.store, env.device);
     let on_corpus = Corpus {
         sources,
         spec,
         corpus,
         device,
+        models: env.models,
     };
     let output = match crate::executor(spec.shard.analysis()) {
         Executor::Tensors(t) => t.run(sources, spec, device, progress)?,
@@ -75,6 +77,24 @@ pub fn run_shard(
     };
     tracing::info!(elapsed_s = output.elapsed_s(), "shard done");
     Ok(output)
+}
+
+/// Where a shard runs: the store for what outlives it, the device, and the models kept warm
+/// between shards.
+#[derive(Clone, Copy)]
+pub struct ShardEnv<'a> {
+    pub store: &'a dyn ShardStore,
+    pub device: Device,
+    pub models: &'a ModelCache,
+}
+
+impl std::fmt::Debug for ShardEnv<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardEnv")
+            .field("device", &self.device)
+            .field("models", self.models)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How one analysis's shards run.
@@ -132,22 +152,36 @@ pub(crate) struct Corpus<'a> {
     spec: &'a ShardSpec,
     corpus: Option<&'a CorpusText>,
     device: Device,
+    models: &'a ModelCache,
 }
 
 impl Corpus<'_> {
-    fn open(&self, read: Read) -> Result<CorpusShard<'_>> {
-        CorpusShard::open(self.sources, self.spec, self.corpus, read, self.device)
+    fn open(&self, read: Read, streamed: bool) -> Result<CorpusShard<'_>> {
+        let loading = forward::Loading {
+            dtype: self.spec.dtype,
+            streamed,
+        };
+        let pair = self.models.take(self.sources, self.device, loading)?;
+        tracing::info!(load_s = pair.load_s, warm = pair.hit, "models ready");
+        CorpusShard::open(self.sources, self.spec, self.corpus, read, pair)
     }
 
     /// One shard of `E`: its samples read, the pair opened, then its run.
     fn run<E: Execute>(&self, progress: Progress<'_>) -> Result<ShardOutput> {
-        let mut s = self.open(E::reads(self.spec))?;
+        let mut s = self.open(E::reads(self.spec), E::STREAMS_BLOCKS)?;
         if E::NEEDS_BLOCKS {
             s = s.with_blocks(self.spec)?;
         }
-        let run = Run::new(&s.pair, s.input(self.spec), self.spec.shard, self.sources);
+        let run = Run::new(
+            &s.pair.pair,
+            s.input(self.spec),
+            self.spec.shard,
+            self.sources,
+        );
         let options = E::Wire::options(&self.spec.options);
-        Ok(E::Wire::output(E::run(&run, options, progress)?))
+        let output = E::Wire::output(E::run(&run, options, progress)?);
+        self.models.put_back(s.pair);
+        Ok(output)
     }
 
     /// A crosscoder's or an SAE's shard: a collect shard reads its slice alone, the training
@@ -165,17 +199,17 @@ impl Corpus<'_> {
             ShardKey::Block { .. } => Read::Leading(options.samples),
             other => return Err(wrong_shape(other)),
         };
-        let s = self.open(read)?.with_blocks(spec)?;
+        let s = self.open(read, false)?.with_blocks(spec)?;
         let identity = self.sources.identity();
         let shard = dictionary::DictShard {
-            pair: &s.pair,
+            pair: &s.pair.pair,
             spec,
             identity: &identity,
             corpus: s.corpus,
             tokens: &s.tokens,
             store,
         };
-        Ok(if let ShardKey::Samples { .. } = spec.shard {
+        let output = if let ShardKey::Samples { .. } = spec.shard {
             ShardOutput::Collect(dictionary::collect(shard, progress)?)
         } else {
             family.output(dictionary::train(
@@ -183,14 +217,16 @@ impl Corpus<'_> {
                 dist::ground_truth(self.sources),
                 progress,
             )?)
-        })
+        };
+        self.models.put_back(s.pair);
+        Ok(output)
     }
 }
 
 /// A shard that runs both models on corpus text: the pair and its samples tokenized (only those
 /// it reads).
 struct CorpusShard<'a> {
-    pair: forward::Pair,
+    pair: Taken,
     corpus: &'a CorpusText,
     start: usize,
     samples: &'a [String],
@@ -204,7 +240,7 @@ impl<'a> CorpusShard<'a> {
         spec: &ShardSpec,
         corpus: Option<&'a CorpusText>,
         read: Read,
-        device: Device,
+        pair: Taken,
     ) -> Result<CorpusShard<'a>> {
         let corpus = corpus
             .ok_or_else(|| ExecError::Io(format!("shard {}: no corpus was loaded", spec.shard)))?;
@@ -226,8 +262,7 @@ impl<'a> CorpusShard<'a> {
             Read::Range(a, b) => (0, &corpus.samples[a.min(n)..b.min(n).max(a.min(n))]),
             Read::Leading(k) => (0, &corpus.samples[..k.min(n)]),
         };
-        let pair = forward::Pair::load(sources, device)?;
-        let (tokens, keep) = encode_samples(sources, &pair, corpus, samples, &spec.corpus)?;
+        let (tokens, keep) = encode_samples(sources, &pair.pair, corpus, samples, &spec.corpus)?;
         Ok(CorpusShard {
             pair,
             corpus,
@@ -240,7 +275,7 @@ impl<'a> CorpusShard<'a> {
 
     /// Refuses a model without blocks (nothing to read, patch, stitch or steer).
     fn with_blocks(self, spec: &ShardSpec) -> Result<CorpusShard<'a>> {
-        if self.pair.info().n_layers == 0 {
+        if self.pair.pair.info().n_layers == 0 {
             return Err(ExecError::Io(format!(
                 "shard {}: the model has no blocks",
                 spec.shard
@@ -256,7 +291,7 @@ impl<'a> CorpusShard<'a> {
             tokens: &self.tokens,
             keep: self.keep.as_deref(),
             batch_size: spec.corpus.batch_size,
-            skip_first: forward::skip_first(spec, &self.pair),
+            skip_first: forward::skip_first(spec, &self.pair.pair),
         }
     }
 }

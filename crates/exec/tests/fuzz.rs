@@ -63,9 +63,12 @@ fn plan_and_run(base: &Path, target: Target) {
     if let Some(first) = shards.first() {
         let Ok(dir) = tempfile::tempdir() else { return };
         let store = neurodiff_exec::store::DirStore::new(dir.path());
-        let _ = run_shard(&sources, first, None, &store, tch::Device::Cpu, &mut |_| {
-            true
-        });
+        let env = neurodiff_exec::ShardEnv {
+            store: &store,
+            device: tch::Device::Cpu,
+            models: &neurodiff_exec::ModelCache::off(),
+        };
+        let _ = run_shard(&sources, first, None, env, &mut |_| true);
     }
 }
 

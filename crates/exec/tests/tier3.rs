@@ -272,8 +272,11 @@ fn a_stopped_training_resumes_to_the_same_dictionary() {
             &sources,
             train,
             Some(&corpus),
-            store,
-            tch::Device::Cpu,
+            neurodiff_exec::ShardEnv {
+                store,
+                device: tch::Device::Cpu,
+                models: &neurodiff_exec::ModelCache::off(),
+            },
             &mut |what| {
                 if what == "step" {
                     steps += 1;

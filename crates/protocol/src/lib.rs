@@ -73,8 +73,8 @@ pub use traces::{
 };
 pub use views::Vocabulary;
 pub use vocab::{
-    BlockMetric, BlockSite, Component, HookKind, LatentClass, PatchDirection, StitchDirection,
-    TensorMetric, UnknownName,
+    BlockMetric, BlockSite, Component, Dtype, HookKind, LatentClass, PatchDirection,
+    StitchDirection, TensorMetric, UnknownName,
 };
 pub use weights::{
     relative, AddedRows, LayerMetrics, ModuleMetrics, ShapeMismatch, ShardResult, Spectrum,

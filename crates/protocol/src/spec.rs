@@ -4,7 +4,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::error::SpecError;
-use crate::{AnalysisKind, CorpusOptions, Options};
+use crate::{AnalysisKind, CorpusOptions, Dtype, Options};
 
 impl AnalysisKind {
     /// Whether the analysis runs both models on a corpus (and so needs one).
@@ -95,6 +95,9 @@ pub struct AuditSpec {
     /// The text the corpus analyses run both models on.
     #[serde(default)]
     pub corpus: CorpusOptions,
+    /// The dtype the corpus analyses hold the weights in.
+    #[serde(default, skip_serializing_if = "Dtype::is_auto")]
+    pub dtype: Dtype,
     /// Each analysis's options, under its name.
     #[serde(flatten)]
     pub options: Options,
@@ -121,6 +124,7 @@ impl AuditSpec {
             analyses,
             layers: None,
             corpus: CorpusOptions::default(),
+            dtype: Dtype::Auto,
             options: Options::default(),
         }
     }
@@ -411,6 +415,8 @@ pub struct ShardSpec {
     pub shard: ShardKey,
     #[serde(default)]
     pub corpus: CorpusOptions,
+    #[serde(default, skip_serializing_if = "Dtype::is_auto")]
+    pub dtype: Dtype,
     #[serde(flatten)]
     pub options: Options,
 }
@@ -424,6 +430,7 @@ impl ShardSpec {
             shard,
             // What the shard reads (planning recorded the same samples).
             corpus: spec.corpus_read(),
+            dtype: spec.dtype,
             options: spec.options.clone(),
         }
     }

@@ -35,6 +35,11 @@ pub struct AuditRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub corpus: Option<CorpusOptions>,
+    /// The dtype the corpus analyses hold the weights in: `auto` (default: the checkpoint's
+    /// dtype on a GPU, fp32 on the CPU), `fp32`, `bf16` or `fp16`. The residual stream and
+    /// the statistics stay in fp32.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dtype: Option<crate::Dtype>,
     /// Each analysis's options, under its name (`weights`, `activations`, `logit_lens`,
     /// `traces`, `cmap`, `steering`, `crosscoder`, `sae_diff`).
     #[serde(flatten)]
@@ -111,6 +116,7 @@ impl AuditRequest {
         let mut spec = AuditSpec::new(self.base, target, analyses);
         spec.layers = self.layers;
         spec.corpus = self.corpus.unwrap_or_default();
+        spec.dtype = self.dtype.unwrap_or_default();
         spec.options = self.options.into_options();
         spec.validate()?;
         Ok(spec)

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use neurodiff_exec::record::HashCache;
+use neurodiff_exec::ModelCache;
 use neurodiff_protocol::{Event, ShardKey, Target, EVENTS_MAX_LEN};
 use neurodiff_store::{Blobs, Db, Queue, StoreError};
 use tch::Device;
@@ -30,6 +31,8 @@ pub struct WorkerSettings {
     /// Fault injection: a pause inside planning that nothing interrupts, as a long hash of a
     /// slow disk would be (zero in production).
     pub slow_plan: Duration,
+    /// Bytes of loaded models kept between shards (0: none).
+    pub model_cache_bytes: u64,
 }
 
 /// What a worker talks to.
@@ -42,6 +45,8 @@ pub struct WorkerContext {
     pub settings: WorkerSettings,
     /// File hashes this process computed, so shards verify content without rehashing.
     pub hashes: Arc<HashCache>,
+    /// Models loaded by earlier shards, by content (a warm worker).
+    pub models: Arc<ModelCache>,
 }
 
 impl WorkerContext {
@@ -57,6 +62,7 @@ impl WorkerContext {
             tasks,
             events,
             blobs,
+            models: Arc::new(ModelCache::new(settings.model_cache_bytes)),
             settings,
             hashes: Arc::new(HashCache::default()),
         }

@@ -219,7 +219,7 @@ async fn execute(
     let (base, target) = pair.clone();
     let (spec, stop, device) = (spec.clone(), lease.stop.clone(), ctx.settings.device);
     let slow = ctx.settings.slow_tensor;
-    let hashes = ctx.hashes.clone();
+    let (hashes, models) = (ctx.hashes.clone(), ctx.models.clone());
     blocking(move || {
         let sources: Sources = open_sources(&base, &spec.target, &target)?;
         if let Some(p) = &planned {
@@ -236,8 +236,11 @@ async fn execute(
             &sources,
             &spec,
             corpus.as_ref(),
-            &store,
-            device,
+            neurodiff_exec::ShardEnv {
+                store: &store,
+                device,
+                models: &models,
+            },
             &mut |_| {
                 if !slow.is_zero() {
                     std::thread::sleep(slow);

@@ -12,7 +12,9 @@ use neurodiff_core::device;
 use neurodiff_core::reference::HubOptions;
 use neurodiff_exec::record::HashCache;
 use neurodiff_exec::store::{DirStore, ShardStore};
-use neurodiff_exec::{corpus, hash_sides, plan_audit, planned_steps, run_shard, Named, Sources};
+use neurodiff_exec::{
+    corpus, hash_sides, plan_audit, planned_steps, run_shard, Named, ShardEnv, Sources,
+};
 use neurodiff_protocol::{AuditResults, Limits, PlanRecord, ShardKey};
 
 use crate::commands::scope::ScopeArgs;
@@ -43,6 +45,9 @@ pub struct Args {
     /// interrupted training resumes from. Default: $NEURODIFF_CACHE/store.
     #[arg(long, env = "NEURODIFF_STORE")]
     pub store: Option<PathBuf>,
+    /// Bytes of loaded models kept between shards (least recently used out first); 0: none.
+    #[arg(long, env = "NEURODIFF_MODEL_CACHE_BYTES", default_value_t = neurodiff_exec::cache::DEFAULT_MODEL_CACHE_BYTES)]
+    pub model_cache_bytes: u64,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -86,6 +91,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         corpus: corpus.as_ref(),
         store: &store,
         device,
+        models: &neurodiff_exec::ModelCache::new(args.model_cache_bytes),
         bar: &bar,
     };
     let (outputs, (base, finetuned)) = audit.analyse(&shards, files)?;
@@ -136,6 +142,7 @@ struct Audit<'a> {
     corpus: Option<&'a corpus::CorpusText>,
     store: &'a DirStore,
     device: tch::Device,
+    models: &'a neurodiff_exec::ModelCache,
     bar: &'a indicatif::ProgressBar,
 }
 
@@ -209,8 +216,11 @@ impl Audit<'_> {
             self.sources,
             shard,
             self.corpus,
-            self.store,
-            self.device,
+            ShardEnv {
+                store: self.store,
+                device: self.device,
+                models: self.models,
+            },
             &mut |_| {
                 self.bar.inc(1);
                 true

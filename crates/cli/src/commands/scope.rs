@@ -38,6 +38,10 @@ pub struct ScopeArgs {
     /// template's own text: role headers and special tokens).
     #[arg(long, default_value = "all", value_parser = |s: &str| s.parse::<neurodiff_protocol::TokenFilter>())]
     pub token_filter: neurodiff_protocol::TokenFilter,
+    /// The dtype the corpus analyses hold the weights in: auto (the checkpoint's on a GPU, fp32
+    /// on the CPU), fp32, bf16 or fp16; activations and statistics stay in fp32.
+    #[arg(long, default_value = "auto", value_parser = |s: &str| s.parse::<neurodiff_protocol::Dtype>())]
+    pub dtype: neurodiff_protocol::Dtype,
     /// Each analysis's own flags.
     #[command(flatten)]
     pub analysis: neurodiff_analyses::AnalysisFlags,
@@ -72,6 +76,7 @@ impl ScopeArgs {
                 skip_first: self.skip_first,
                 token_filter: self.token_filter,
             }),
+            dtype: (!self.dtype.is_auto()).then_some(self.dtype),
             options: self.analysis.options()?,
             rest: Default::default(),
         })

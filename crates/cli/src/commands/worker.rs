@@ -40,6 +40,10 @@ pub struct WorkerArgs {
     /// Where s3:// checkpoints are copied before they are read.
     #[arg(long, env = "NEURODIFF_CACHE_DIR", default_value = "neurodiff-cache")]
     pub cache_dir: PathBuf,
+    /// Bytes of loaded models kept between shards (keyed by the models' content; least
+    /// recently used out first); 0 turns the cache off.
+    #[arg(long, env = "NEURODIFF_MODEL_CACHE_BYTES", default_value_t = neurodiff_exec::cache::DEFAULT_MODEL_CACHE_BYTES)]
+    pub model_cache_bytes: u64,
     /// Fault injection for drills and tests: wait this long after each tensor, so a shard is
     /// reliably in flight when a worker is killed, Redis restarted or an audit cancelled.
     #[arg(long, hide = true, default_value_t = 0)]
@@ -93,6 +97,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
                 enforcer,
                 slow_tensor: Duration::from_millis(args.slow_tensor_ms),
                 slow_plan: Duration::from_millis(args.slow_plan_ms),
+                model_cache_bytes: args.model_cache_bytes,
             },
         );
         eprintln!("neurodiff worker {name} running on {}", args.device);

@@ -8,8 +8,10 @@ use tch::{Kind, Tensor};
 use crate::checkpoint::Checkpoint;
 use crate::error::{CoreError, Result};
 use crate::hooks::{HookKind, HookPoint, Hooks};
-use crate::models::ForwardOutput;
-use crate::nn::{attention, causal_mask, Activation, Embedding, LayerNorm, Linear, LoadOpts};
+use crate::models::Decoder;
+use crate::nn::{
+    attention, causal_mask, mixed_linear, Activation, Embedding, LayerNorm, Linear, LoadOpts,
+};
 
 fn default_true() -> bool {
     true
@@ -163,14 +165,27 @@ impl Block {
 pub struct Gpt2 {
     wte: Embedding,
     wpe: Embedding,
+    /// Every block for a resident model; empty for a block-streamed one ([`Gpt2::load_block`]).
     blocks: Vec<Block>,
     ln_f: LayerNorm,
     lm_head: Tensor,
     n_positions: i64,
+    /// What loading a block needs: the config, the weights' prefix, the options and activation.
+    cfg: Config,
+    prefix: String,
+    o: LoadOpts,
+    act: Activation,
+}
+
+/// What every block of one forward pass shares: the causal mask.
+#[derive(Debug)]
+pub struct Context {
+    mask: Tensor,
 }
 
 impl Gpt2 {
-    pub fn new(ckpt: &Checkpoint, o: LoadOpts, cfg: &Config) -> Result<Self> {
+    /// Loads the model; with `resident` false the blocks are left to [`Gpt2::load_block`].
+    pub fn new(ckpt: &Checkpoint, o: LoadOpts, cfg: &Config, resident: bool) -> Result<Self> {
         let path = ckpt.dir().join(crate::checkpoint::CONFIG_FILE);
         let act = Activation::parse(&cfg.activation_function).ok_or_else(|| {
             super::config_error(
@@ -210,9 +225,6 @@ impl Gpt2 {
             cfg.n_positions,
             cfg.n_embd,
         )?;
-        let blocks = (0..cfg.n_layer)
-            .map(|i| Block::new(ckpt, o, &format!("{p}h.{i}"), cfg, i, act))
-            .collect::<Result<Vec<_>>>()?;
         let ln_f = LayerNorm::new(
             ckpt,
             o,
@@ -225,19 +237,29 @@ impl Gpt2 {
         } else {
             o.get(ckpt, "lm_head.weight", &[cfg.vocab_size, cfg.n_embd])?
         };
-        Ok(Gpt2 {
+        let mut model = Gpt2 {
             wte,
             wpe,
-            blocks,
+            blocks: Vec::new(),
             ln_f,
             lm_head,
             n_positions: cfg.n_positions,
-        })
+            cfg: cfg.clone(),
+            prefix: p.to_string(),
+            o,
+            act,
+        };
+        if resident {
+            model.blocks = (0..cfg.n_layer)
+                .map(|i| model.load_block(ckpt, i))
+                .collect::<Result<Vec<_>>>()?;
+        }
+        Ok(model)
     }
 
     pub fn dims(&self) -> (usize, i64, i64) {
         let s = self.wte.weight.size();
-        (self.blocks.len(), s[1], s[0])
+        (self.cfg.n_layer, s[1], s[0])
     }
 
     /// Every linear layer of the blocks, for attaching an adapter.
@@ -254,26 +276,31 @@ impl Gpt2 {
             })
             .collect()
     }
+}
 
-    /// The final norm of a residual state.
-    pub fn final_norm(&self, h: &Tensor) -> Result<Tensor> {
-        self.ln_f.forward(h)
+impl Decoder for Gpt2 {
+    type Block = Block;
+    type Context = Context;
+
+    fn resident(&self) -> &[Block] {
+        &self.blocks
     }
 
-    /// The unembedding of a normed state.
-    pub fn unembed(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.f_linear(&self.lm_head, None::<&Tensor>)?)
+    fn load_block(&self, ckpt: &Checkpoint, layer: usize) -> Result<Block> {
+        let prefix = format!("{}h.{layer}", self.prefix);
+        Block::new(ckpt, self.o, &prefix, &self.cfg, layer, self.act)
     }
 
-    /// The logits of a residual state: the final norm, then the unembedding.
-    pub fn read_out(&self, h: &Tensor) -> Result<Tensor> {
-        Ok(self
-            .ln_f
-            .forward(h)?
-            .f_linear(&self.lm_head, None::<&Tensor>)?)
+    fn layer_of(block: &Block) -> usize {
+        block.layer
     }
 
-    pub fn forward(&self, ids: &Tensor, hooks: &mut Hooks) -> Result<ForwardOutput> {
+    fn in_block(&self, name: &str) -> bool {
+        name.strip_prefix(&self.prefix)
+            .is_some_and(|n| n.starts_with("h."))
+    }
+
+    fn embed(&self, ids: &Tensor) -> Result<(Tensor, Context)> {
         let seq = ids.size()[1];
         if seq > self.n_positions {
             return Err(CoreError::Input(format!(
@@ -283,29 +310,29 @@ impl Gpt2 {
         }
         let device = ids.device();
         let positions = Tensor::f_arange(seq, (Kind::Int64, device))?;
-        let mut x = self
+        let x = self
             .wte
             .forward(ids)?
             .f_add(&self.wpe.forward(&positions)?)?;
         let mask = causal_mask(seq, None, Kind::Float, device)?;
-        let mut hidden_states = Vec::with_capacity(self.blocks.len() + 1);
-        for block in &self.blocks {
-            x = hooks.apply(HookPoint::new(block.layer, HookKind::ResidPre), x)?;
-            hidden_states.push(x.shallow_clone());
-            x = block.forward(x, &mask, hooks)?;
-        }
-        let last_resid = x.shallow_clone();
-        let x = self.ln_f.forward(&x)?;
-        let logits = if hooks.wants_logits() {
-            x.f_linear(&self.lm_head, None::<&Tensor>)?
-        } else {
-            Tensor::f_zeros([0], (x.kind(), x.device()))?
-        };
-        hidden_states.push(x);
-        Ok(ForwardOutput {
-            logits,
-            hidden_states,
-            last_resid,
-        })
+        Ok((x, Context { mask }))
+    }
+
+    fn run_block(
+        &self,
+        block: &Block,
+        x: Tensor,
+        ctx: &Context,
+        hooks: &mut Hooks,
+    ) -> Result<Tensor> {
+        block.forward(x, &ctx.mask, hooks)
+    }
+
+    fn final_norm(&self, h: &Tensor) -> Result<Tensor> {
+        self.ln_f.forward(h)
+    }
+
+    fn unembed(&self, x: &Tensor) -> Result<Tensor> {
+        mixed_linear(x, &self.lm_head, None)
     }
 }

@@ -12,8 +12,10 @@ use super::rope::{apply_rope, Rope, RopeSource};
 use crate::checkpoint::Checkpoint;
 use crate::error::Result;
 use crate::hooks::{HookKind, HookPoint, Hooks};
-use crate::models::ForwardOutput;
-use crate::nn::{attention, causal_mask, Activation, Embedding, Linear, LoadOpts, RmsNorm};
+use crate::models::Decoder;
+use crate::nn::{
+    attention, causal_mask, mixed_linear, Activation, Embedding, Linear, LoadOpts, RmsNorm,
+};
 
 /// Everything the decoder needs, after each architecture's config has been read.
 #[derive(Debug, Clone)]
@@ -562,6 +564,7 @@ impl Block {
 #[derive(Debug)]
 pub struct Llama {
     embed_tokens: Embedding,
+    /// Every block for a resident model; empty for a block-streamed one (`load_block`).
     layers: Vec<Block>,
     norm: RmsNorm,
     lm_head: Tensor,
@@ -570,10 +573,24 @@ pub struct Llama {
     rotary_dim: i64,
     embed_scale: Option<f64>,
     final_softcap: Option<f64>,
+    /// What loading a block needs.
+    spec: DecoderSpec,
+    o: LoadOpts,
+}
+
+/// What every block of one forward pass shares: the rotary tables (global and, for models with
+/// sliding-window layers of their own base, local) and the full causal mask.
+#[derive(Debug)]
+pub struct Context {
+    global: (Tensor, Tensor),
+    local: Option<(Tensor, Tensor)>,
+    full: Tensor,
+    seq: i64,
 }
 
 impl Llama {
-    pub fn new(ckpt: &Checkpoint, o: LoadOpts, s: &DecoderSpec) -> Result<Self> {
+    /// Loads the model; with `resident` false the blocks are left to `load_block`.
+    pub fn new(ckpt: &Checkpoint, o: LoadOpts, s: &DecoderSpec, resident: bool) -> Result<Self> {
         let embed_tokens = Embedding::new(
             ckpt,
             o,
@@ -581,18 +598,15 @@ impl Llama {
             s.vocab_size,
             s.hidden_size,
         )?;
-        let layers = (0..s.n_layers)
-            .map(|i| Block::new(ckpt, o, &format!("model.layers.{i}"), s, i))
-            .collect::<Result<Vec<_>>>()?;
         let norm = rms(ckpt, o, "model.norm.weight", s.hidden_size, s)?;
         let lm_head = if s.tie_word_embeddings {
             embed_tokens.weight.shallow_clone()
         } else {
             o.get(ckpt, "lm_head.weight", &[s.vocab_size, s.hidden_size])?
         };
-        Ok(Llama {
+        let mut model = Llama {
             embed_tokens,
-            layers,
+            layers: Vec::new(),
             norm,
             lm_head,
             rope: s.rope.clone(),
@@ -601,12 +615,20 @@ impl Llama {
             // transformers multiplies by the scale cast to the weights' dtype.
             embed_scale: s.embed_scale.map(|x| f64::from(x as f32)),
             final_softcap: s.final_softcap,
-        })
+            spec: s.clone(),
+            o,
+        };
+        if resident {
+            model.layers = (0..s.n_layers)
+                .map(|i| model.load_block(ckpt, i))
+                .collect::<Result<Vec<_>>>()?;
+        }
+        Ok(model)
     }
 
     pub fn dims(&self) -> (usize, i64, i64) {
         let s = self.embed_tokens.weight.size();
-        (self.layers.len(), s[1], s[0])
+        (self.spec.n_layers, s[1], s[0])
     }
 
     /// Every linear layer of the blocks, for attaching an adapter.
@@ -630,27 +652,35 @@ impl Llama {
         }
         out
     }
+}
 
-    /// The final norm of a residual state.
-    pub fn final_norm(&self, h: &Tensor) -> Result<Tensor> {
-        self.norm.forward(h)
+impl Decoder for Llama {
+    type Block = Block;
+    type Context = Context;
+
+    fn resident(&self) -> &[Block] {
+        &self.layers
     }
 
-    /// The unembedding of a normed state (soft-capped where the model caps its logits).
-    pub fn unembed(&self, x: &Tensor) -> Result<Tensor> {
-        let logits = x.f_linear(&self.lm_head, None::<&Tensor>)?;
-        match self.final_softcap {
-            None => Ok(logits),
-            Some(cap) => Ok(logits.f_div_scalar(cap)?.f_tanh()?.f_mul_scalar(cap)?),
-        }
+    fn load_block(&self, ckpt: &Checkpoint, layer: usize) -> Result<Block> {
+        Block::new(
+            ckpt,
+            self.o,
+            &format!("model.layers.{layer}"),
+            &self.spec,
+            layer,
+        )
     }
 
-    /// The logits of a residual state: the final norm, then the unembedding.
-    pub fn read_out(&self, h: &Tensor) -> Result<Tensor> {
-        self.unembed(&self.norm.forward(h)?)
+    fn layer_of(block: &Block) -> usize {
+        block.layer
     }
 
-    pub fn forward(&self, ids: &Tensor, hooks: &mut Hooks) -> Result<ForwardOutput> {
+    fn in_block(&self, name: &str) -> bool {
+        name.starts_with("model.layers.")
+    }
+
+    fn embed(&self, ids: &Tensor) -> Result<(Tensor, Context)> {
         let seq = ids.size()[1];
         let device = ids.device();
         let global = self.rope.tables(seq, self.rotary_dim, device)?;
@@ -663,32 +693,48 @@ impl Llama {
         if let Some(scale) = self.embed_scale {
             x = x.f_mul_scalar(scale)?;
         }
-        let mut hidden_states = Vec::with_capacity(self.layers.len() + 1);
-        for block in &self.layers {
-            x = hooks.apply(HookPoint::new(block.layer, HookKind::ResidPre), x)?;
-            hidden_states.push(x.shallow_clone());
-            let mask = match block.window {
-                Some(w) if (w as i64) < seq => causal_mask(seq, Some(w), Kind::Float, device)?,
-                _ => full.shallow_clone(),
-            };
-            let (cos, sin) = match (&local, block.window) {
-                (Some(local), Some(_)) => local,
-                _ => &global,
-            };
-            x = block.forward(x, cos, sin, &mask, hooks)?;
-        }
-        let last_resid = x.shallow_clone();
-        let x = self.norm.forward(&x)?;
-        let logits = if hooks.wants_logits() {
-            self.unembed(&x)?
-        } else {
-            Tensor::f_zeros([0], (x.kind(), x.device()))?
+        Ok((
+            x,
+            Context {
+                global,
+                local,
+                full,
+                seq,
+            },
+        ))
+    }
+
+    fn run_block(
+        &self,
+        block: &Block,
+        x: Tensor,
+        ctx: &Context,
+        hooks: &mut Hooks,
+    ) -> Result<Tensor> {
+        let mask = match block.window {
+            Some(w) if (w as i64) < ctx.seq => {
+                causal_mask(ctx.seq, Some(w), Kind::Float, ctx.full.device())?
+            }
+            _ => ctx.full.shallow_clone(),
         };
-        hidden_states.push(x);
-        Ok(ForwardOutput {
-            logits,
-            hidden_states,
-            last_resid,
-        })
+        let (cos, sin) = match (&ctx.local, block.window) {
+            (Some(local), Some(_)) => local,
+            _ => &ctx.global,
+        };
+        block.forward(x, cos, sin, &mask, hooks)
+    }
+
+    /// The final norm of a residual state.
+    fn final_norm(&self, h: &Tensor) -> Result<Tensor> {
+        self.norm.forward(h)
+    }
+
+    /// The unembedding of a normed state (soft-capped where the model caps its logits).
+    fn unembed(&self, x: &Tensor) -> Result<Tensor> {
+        let logits = mixed_linear(x, &self.lm_head, None)?;
+        match self.final_softcap {
+            None => Ok(logits),
+            Some(cap) => Ok(logits.f_div_scalar(cap)?.f_tanh()?.f_mul_scalar(cap)?),
+        }
     }
 }

@@ -36,18 +36,16 @@ pub fn shard_outputs(spec: &AuditSpec) -> Result<(Vec<ShardOutput>, PlanRecord),
     // Each audit its own store: what one test leaves never feeds another.
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let store = neurodiff_exec::store::DirStore::new(dir.path());
+    // One warm cache across the audit's shards, as the embedded audit and a worker keep.
+    let models = neurodiff_exec::ModelCache::new(neurodiff_exec::cache::DEFAULT_MODEL_CACHE_BYTES);
+    let env = neurodiff_exec::ShardEnv {
+        store: &store,
+        device: tch::Device::Cpu,
+        models: &models,
+    };
     let outputs = shards
         .iter()
-        .map(|s| {
-            run_shard(
-                &sources,
-                s,
-                Some(&corpus),
-                &store,
-                tch::Device::Cpu,
-                &mut |_| true,
-            )
-        })
+        .map(|s| run_shard(&sources, s, Some(&corpus), env, &mut |_| true))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
     let record = PlanRecord {
