@@ -119,3 +119,75 @@ fn a_seq_len_beyond_learned_positions_is_refused_at_planning() {
         "{e}"
     );
 }
+
+#[test]
+fn in_bf16_a_planted_change_still_shows_from_its_block_on_and_nowhere_before() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_organisms(tmp.path(), &OrganismSpec::default()).unwrap();
+    let mut half = spec(tmp.path(), "rank-update");
+    half.dtype = neurodiff_protocol::Dtype::Bf16;
+    let r = audit(&half).unwrap();
+    // The blocks before the planted one are the same bf16 weights on the same fp32 stream:
+    // their differences stay exactly zero.
+    assert_changed_from(&r, 4, "hook_mlp_out", "rank-update in bf16");
+    // And the bf16 statistics stay near the fp32 ones where the change is.
+    let full = audit(&spec(tmp.path(), "rank-update")).unwrap();
+    let at = |r: &neurodiff_protocol::AuditResults| {
+        let a = r.analyses.activations.as_ref().unwrap();
+        a.layers
+            .iter()
+            .find(|x| x.layer == 5 && x.hook.as_str() == "hook_resid_post")
+            .unwrap()
+            .mean_rel_diff
+    };
+    let (h, f) = (at(&r), at(&full));
+    assert!((h - f).abs() <= 0.05 * f, "bf16 {h} against fp32 {f}");
+}
+
+#[test]
+fn a_warm_cache_serves_the_same_pair_within_its_bound() {
+    use neurodiff_exec::forward::Loading;
+    use neurodiff_exec::{ModelCache, Sources};
+    let tmp = tempfile::tempdir().unwrap();
+    write_organisms(tmp.path(), &OrganismSpec::default()).unwrap();
+    let s = spec(tmp.path(), "rank-update");
+    let sources = Sources::open(
+        &s.base,
+        &s.target,
+        &neurodiff_core::reference::HubOptions::from_env(),
+    )
+    .unwrap();
+    let streamed = Loading {
+        dtype: neurodiff_protocol::Dtype::Fp32,
+        streamed: true,
+    };
+    let cache = ModelCache::new(1 << 30);
+    let first = cache.take(&sources, tch::Device::Cpu, streamed).unwrap();
+    assert!(!first.hit);
+    let bytes = first.pair.weight_bytes();
+    assert!(bytes > 0);
+    cache.put_back(first);
+    assert_eq!(cache.held(), bytes);
+    let again = cache.take(&sources, tch::Device::Cpu, streamed).unwrap();
+    assert!(
+        again.hit && again.load_s == 0.0,
+        "the second shard finds it warm"
+    );
+    assert_eq!(cache.held(), 0, "a taken pair is out of the cache");
+    cache.put_back(again);
+    // Another loading is another pair; both fit, and a bound below one pair keeps none.
+    let resident = cache
+        .take(
+            &sources,
+            tch::Device::Cpu,
+            Loading::resident(neurodiff_protocol::Dtype::Fp32),
+        )
+        .unwrap();
+    assert!(!resident.hit && resident.pair.weight_bytes() > bytes);
+    cache.put_back(resident);
+    assert!(cache.held() > bytes);
+    let tiny = ModelCache::new(bytes - 1);
+    let t = tiny.take(&sources, tch::Device::Cpu, streamed).unwrap();
+    tiny.put_back(t);
+    assert_eq!(tiny.held(), 0);
+}
