@@ -245,6 +245,15 @@ mod tests {
             let e = req.into_spec().unwrap_err().to_string();
             assert!(e.contains(field), "{body}: {e}");
         }
+        // The weights' dtype: auto unless named, and only the known ones.
+        assert_eq!(spec.dtype, crate::Dtype::Auto);
+        let half: AuditRequest =
+            serde_json::from_str(r#"{"base": "b", "finetuned": "f", "dtype": "bf16"}"#).unwrap();
+        assert_eq!(half.into_spec().unwrap().dtype, crate::Dtype::Bf16);
+        let e = serde_json::from_str::<AuditRequest>(r#"{"base": "b", "dtype": "fp8"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("fp8") && e.contains("bf16"), "{e}");
         assert!(serde_json::from_str::<AuditRequest>(r#"{"base": "b", "extra": 1}"#).is_err());
         let e = serde_json::from_str::<AuditRequest>(r#"{"base": "b", "extra": 1}"#).unwrap_err();
         assert!(e.to_string().contains("unknown field `extra`"), "{e}");
