@@ -79,11 +79,43 @@ impl std::fmt::Debug for Checkpoint {
 }
 
 /// One mapped weight file: its path, its bytes and its open descriptor's metadata.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct MappedView<'a> {
     pub path: &'a Path,
     pub bytes: &'a [u8],
     pub meta: &'a std::fs::Metadata,
+    mmap: &'a Mmap,
+}
+
+impl std::fmt::Debug for MappedView<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MappedView")
+            .field("path", &self.path)
+            .field("len", &self.bytes.len())
+            .finish()
+    }
+}
+
+impl MappedView<'_> {
+    /// Drops this process's resident pages of `bytes[offset..offset + len]`, as
+    /// [`Checkpoint::release_pages`] does for whole files (a long read, such as hashing, then
+    /// holds no more than its window).
+    pub fn release(&self, offset: usize, len: usize) {
+        let len = len.min(self.bytes.len().saturating_sub(offset));
+        if len == 0 {
+            return;
+        }
+        // SAFETY: as in `release_pages`: a read-only shared file mapping, whose discarded pages
+        // are read again from the file on the next access.
+        #[allow(unsafe_code)]
+        let released = unsafe {
+            self.mmap
+                .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len)
+        };
+        if let Err(e) = released {
+            tracing::debug!(file = %self.path.display(), error = %e, "cannot release mapped pages");
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -357,6 +389,7 @@ impl Checkpoint {
                 path: &f.path,
                 bytes: &f.mmap,
                 meta: &f.meta,
+                mmap: &f.mmap,
             })
             .collect()
     }

@@ -18,7 +18,7 @@ use crate::stream::{shard_batches, tick_block, PairedPass};
 use crate::Result;
 
 /// Rows × vocabulary of one f64 chunk (bounds the memory the softmaxes take).
-const CHUNK_ELEMENTS: i64 = 1 << 23;
+const CHUNK_ELEMENTS: i64 = 1 << 21;
 
 /// Per-token KL and the summed probability shift over the shared ids, chunk by chunk.
 #[derive(Clone)]

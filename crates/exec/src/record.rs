@@ -27,15 +27,30 @@ pub struct Content<'a> {
     pub name: String,
     pub bytes: Cow<'a, [u8]>,
     pub meta: std::fs::Metadata,
+    /// The mapping the bytes are, when they are a mapped file: hashing releases its pages
+    /// behind it, so hashing a large checkpoint never holds it resident.
+    pub mapped: Option<neurodiff_core::checkpoint::MappedView<'a>>,
 }
 
-fn hash_bytes(bytes: &[u8], stop: &AtomicBool) -> Result<String> {
+/// Bytes hashed between two releases of a mapped file's pages.
+const RELEASE_EVERY: usize = 64 << 20;
+
+fn hash_bytes(content: &Content<'_>, stop: &AtomicBool) -> Result<String> {
     let mut hasher = Sha256::new();
-    for chunk in bytes.chunks(1 << 20) {
+    for (i, chunk) in content.bytes.chunks(1 << 20).enumerate() {
         if stop.load(Ordering::Relaxed) {
             return Err(ExecError::Core(CoreError::Interrupted));
         }
         hasher.update(chunk);
+        let end = (i + 1) << 20;
+        if let (Some(view), true) = (&content.mapped, end % RELEASE_EVERY == 0) {
+            view.release(end - RELEASE_EVERY, RELEASE_EVERY);
+        }
+    }
+    if let Some(view) = &content.mapped {
+        let len = content.bytes.len();
+        let tail = len % RELEASE_EVERY;
+        view.release(len - tail, tail);
     }
     Ok(hex(&hasher.finalize()))
 }
@@ -76,7 +91,7 @@ impl HashCache {
         let sha256 = match known {
             Some(h) => h,
             None => {
-                let h = hash_bytes(&content.bytes, stop)?;
+                let h = hash_bytes(content, stop)?;
                 if let Ok(mut k) = self.known.lock() {
                     k.insert(key, h.clone());
                 }

@@ -23,6 +23,7 @@ fn side<'a>(ckpt: &'a Checkpoint, config: &std::path::Path) -> Result<Vec<Conten
             name: file_name(v.path),
             bytes: std::borrow::Cow::Borrowed(v.bytes),
             meta: v.meta.clone(),
+            mapped: Some(v),
         })
         .collect();
     if ckpt.is_gguf() {
@@ -33,6 +34,7 @@ fn side<'a>(ckpt: &'a Checkpoint, config: &std::path::Path) -> Result<Vec<Conten
         name: file_name(config),
         bytes: std::borrow::Cow::Owned(bytes),
         meta,
+        mapped: None,
     });
     Ok(out)
 }
