@@ -17,8 +17,10 @@ use crate::progress::Progress;
 use crate::stream::{shard_batches, tick_block, PairedPass};
 use crate::Result;
 
-/// Rows × vocabulary of one f64 chunk (bounds the memory the softmaxes take).
-const CHUNK_ELEMENTS: i64 = 1 << 21;
+/// Rows unembedded at once: each matmul reads the whole head, so it should serve many rows.
+const UNEMBED_ROWS: i64 = 128;
+/// Rows × vocabulary of one f64 softmax chunk (bounds the memory the softmaxes take).
+const SOFTMAX_ELEMENTS: i64 = 1 << 21;
 
 /// Per-token KL and the summed probability shift over the shared ids, chunk by chunk.
 #[derive(Clone)]
@@ -31,36 +33,45 @@ struct Kl {
 type Rows<'a> = &'a dyn Fn(i64, i64) -> Result<(Tensor, Tensor)>;
 
 fn kl(n: i64, logits: Rows<'_>, shared: i64) -> Result<Kl> {
-    let rows = (CHUNK_ELEMENTS / shared.max(1)).max(1);
+    let sub = (SOFTMAX_ELEMENTS / shared.max(1)).max(1);
     let mut per_token = Vec::with_capacity(n as usize);
-    let mut delta = vec![0.0; shared as usize];
+    let mut delta: Option<Tensor> = None;
     let mut start = 0;
     while start < n {
-        let len = rows.min(n - start);
-        // Unembedded chunk by chunk, so the bound holds for the logits too.
+        let len = UNEMBED_ROWS.min(n - start);
+        // Unembedded in row blocks, then softmaxed in f64 in smaller chunks, so both the
+        // logits and the f64 copies stay bounded.
         let (logits_b, logits_f) = logits(start, len)?;
-        let lb = logits_b
-            .f_narrow(1, 0, shared)?
-            .f_to_kind(Kind::Double)?
-            .f_log_softmax(-1, Kind::Double)?;
-        let lf = logits_f
-            .f_narrow(1, 0, shared)?
-            .f_to_kind(Kind::Double)?
-            .f_log_softmax(-1, Kind::Double)?;
-        let pf = lf.f_exp()?;
-        let k = pf
-            .f_mul(&lf.f_sub(&lb)?)?
-            .f_sum_dim_intlist(-1, false, Kind::Double)?;
-        per_token.extend(to_f64(&k)?);
-        let d = to_f64(
-            &pf.f_sub(&lb.f_exp()?)?
-                .f_sum_dim_intlist(0, false, Kind::Double)?,
-        )?;
-        for (a, v) in delta.iter_mut().zip(d) {
-            *a += v;
+        let mut s = 0;
+        while s < len {
+            let m = sub.min(len - s);
+            let log_probs = |l: &Tensor| -> Result<Tensor> {
+                Ok(l.f_narrow(0, s, m)?
+                    .f_narrow(1, 0, shared)?
+                    .f_to_kind(Kind::Double)?
+                    .f_log_softmax(-1, Kind::Double)?)
+            };
+            let (lb, lf) = (log_probs(&logits_b)?, log_probs(&logits_f)?);
+            let pf = lf.f_exp()?;
+            let k = pf
+                .f_mul(&lf.f_sub(&lb)?)?
+                .f_sum_dim_intlist(-1, false, Kind::Double)?;
+            per_token.extend(to_f64(&k)?);
+            let d = pf
+                .f_sub(&lb.f_exp()?)?
+                .f_sum_dim_intlist(0, false, Kind::Double)?;
+            delta = Some(match delta {
+                None => d,
+                Some(acc) => acc.f_add(&d)?,
+            });
+            s += m;
         }
         start += len;
     }
+    let delta = match delta {
+        Some(d) => to_f64(&d)?,
+        None => vec![0.0; shared.max(0) as usize],
+    };
     Ok(Kl { per_token, delta })
 }
 

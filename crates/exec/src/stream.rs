@@ -79,12 +79,14 @@ impl<'a> PairedPass<'a> {
         let _guard = tch::no_grad_guard();
         let layer = self.next;
         let (pair, sources) = (self.pair, self.sources);
+        let started = std::time::Instant::now();
         let weights = [Side::Base, Side::Finetuned].map(|side| {
             pair.model(side)
                 .block(layer, pair.checkpoint(sources, side))
         });
         let [wb, wf] = weights;
         let weights = [wb?, wf?];
+        let read_s = started.elapsed().as_secs_f64();
         for (b, passes) in self.passes.iter_mut().enumerate() {
             let base = run_side(pair, Side::Base, &mut passes[0], &weights[0], layer)?;
             let ft = run_side(pair, Side::Finetuned, &mut passes[1], &weights[1], layer)?;
@@ -94,6 +96,12 @@ impl<'a> PairedPass<'a> {
         if !pair.model(Side::Base).is_resident() {
             sources.release_pages();
         }
+        tracing::debug!(
+            block = layer,
+            read_s,
+            run_s = started.elapsed().as_secs_f64() - read_s,
+            "block done"
+        );
         self.next += 1;
         Ok(())
     }
