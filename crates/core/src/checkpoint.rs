@@ -101,20 +101,24 @@ impl MappedView<'_> {
     /// [`Checkpoint::release_pages`] does for whole files (a long read, such as hashing, then
     /// holds no more than its window).
     pub fn release(&self, offset: usize, len: usize) {
-        let len = len.min(self.bytes.len().saturating_sub(offset));
-        if len == 0 {
-            return;
-        }
-        // SAFETY: as in `release_pages`: a read-only shared file mapping, whose discarded pages
-        // are read again from the file on the next access.
-        #[allow(unsafe_code)]
-        let released = unsafe {
-            self.mmap
-                .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len)
-        };
-        if let Err(e) = released {
-            tracing::debug!(file = %self.path.display(), error = %e, "cannot release mapped pages");
-        }
+        release_range(self.mmap, self.path, offset, len);
+    }
+}
+
+/// Drops this process's resident pages of `mmap[offset..offset + len]` (widened to whole
+/// pages by memmap2).
+fn release_range(mmap: &Mmap, path: &Path, offset: usize, len: usize) {
+    let len = len.min(mmap.len().saturating_sub(offset));
+    if len == 0 {
+        return;
+    }
+    // SAFETY: as in `release_pages`: a read-only shared file mapping, whose discarded pages are
+    // read again from the file on the next access.
+    #[allow(unsafe_code)]
+    let released =
+        unsafe { mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len) };
+    if let Err(e) = released {
+        tracing::debug!(file = %path.display(), error = %e, "cannot release mapped pages");
     }
 }
 
@@ -431,7 +435,14 @@ impl Checkpoint {
         ) {
             return Err(self.dtype_error(name, meta.dtype));
         }
-        Ok(self.raw(name)?.f_to_device(device)?.f_to_kind(kind)?)
+        let t = self.raw(name)?.f_to_device(device)?.f_to_kind(kind)?;
+        // The tensor holds its own copy: the mapped pages it was read from go, so loading a
+        // model (or a block) never holds the file resident beside it.
+        if self.decoded.is_none() {
+            let f = &self.files[meta.file];
+            release_range(&f.mmap, &f.path, meta.start, meta.end - meta.start);
+        }
+        Ok(t)
     }
 
     /// Like [`Checkpoint::weight`], and checks the shape the model's config implies.

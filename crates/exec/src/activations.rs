@@ -65,6 +65,9 @@ pub fn run(
         })?;
         tick_block(progress, layer, n_layers, batches.len())?;
     }
+    if n_layers == 0 {
+        tick_block(progress, 0, 0, batches.len())?;
+    }
     sums.finish(pair, input, opts, started)
 }
 

@@ -18,7 +18,7 @@ use crate::stream::{shard_batches, tick_block, PairedPass};
 use crate::Result;
 
 /// Rows unembedded at once: each matmul reads the whole head, so it should serve many rows.
-const UNEMBED_ROWS: i64 = 128;
+const UNEMBED_ROWS: i64 = 64;
 /// Rows × vocabulary of one f64 softmax chunk (bounds the memory the softmaxes take).
 const SOFTMAX_ELEMENTS: i64 = 1 << 21;
 
@@ -121,6 +121,7 @@ pub fn run(on: &Run<'_>, opts: &LensOptions, progress: Progress<'_>) -> Result<L
         tick_block(progress, layer, n_layers, batches.len())?;
     }
     if n_layers == 0 {
+        tick_block(progress, 0, 0, batches.len())?;
         for (b, t) in tokens.iter().enumerate() {
             let [hb, hf] = pass.states(b)?;
             let k = block_kl(pair, [hb, hf], t, shared)?;

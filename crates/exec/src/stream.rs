@@ -160,16 +160,19 @@ pub fn shard_batches(pair: &Pair, input: &ShardInput<'_>) -> Result<(Vec<Batch>,
 }
 
 /// Ticks `progress` so that a shard of `batches` batches over `blocks` blocks reports its
-/// planned `batches` steps spread over the blocks: after block l, `(l + 1) · batches / blocks`.
+/// planned `batches` steps spread over the blocks: after block l, `(l + 1) · batches / blocks`
+/// (all of them at once for a model without blocks).
 pub fn tick_block(
     progress: Progress<'_>,
     block: usize,
     blocks: usize,
     batches: usize,
 ) -> Result<()> {
-    let blocks = blocks.max(1);
-    let before = block * batches / blocks;
-    let after = (block + 1) * batches / blocks;
+    let (before, after) = if blocks == 0 {
+        (0, batches)
+    } else {
+        (block * batches / blocks, (block + 1) * batches / blocks)
+    };
     for _ in before..after {
         check(progress, "batch")?;
     }
