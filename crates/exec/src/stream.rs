@@ -168,10 +168,11 @@ pub fn tick_block(
     blocks: usize,
     batches: usize,
 ) -> Result<()> {
+    let after_block = |l: usize| (l * batches).checked_div(blocks).unwrap_or(batches);
     let (before, after) = if blocks == 0 {
         (0, batches)
     } else {
-        (block * batches / blocks, (block + 1) * batches / blocks)
+        (after_block(block), after_block(block + 1))
     };
     for _ in before..after {
         check(progress, "batch")?;

@@ -280,17 +280,13 @@ named_enum! {
     /// The dtype the corpus analyses hold the models' weights in (`--dtype`, the request's
     /// `dtype`). The residual stream and every statistic stay in fp32 (sums in f64) whatever
     /// it is. `auto`: the checkpoint's own dtype on a GPU, fp32 on the CPU.
+    #[derive(Default)]
     Dtype, "dtype" {
+        #[default]
         Auto = "auto",
         Fp32 = "fp32",
         Bf16 = "bf16",
         Fp16 = "fp16",
-    }
-}
-
-impl Default for Dtype {
-    fn default() -> Self {
-        Dtype::Auto
     }
 }
 

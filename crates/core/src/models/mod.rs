@@ -69,6 +69,8 @@ pub struct ModelInfo {
     pub vocab_size: i64,
 }
 
+// One per loaded model, never in a collection: boxing the larger variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Arch {
     Gpt2(gpt2::Gpt2),
@@ -152,6 +154,8 @@ fn resident_forward<D: Decoder>(m: &D, ids: &Tensor, hooks: &mut Hooks) -> Resul
 }
 
 /// One block's weights for a pass: borrowed from a resident model, or read for this block.
+// Two alive at a time (one block per side): boxing the larger variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum BlockWeights<'a> {
     Gpt2(Held<'a, gpt2::Block>),
