@@ -22,7 +22,6 @@ the ratios. Loading is included on both sides; the audit also hashes both checkp
 """
 
 import argparse
-import gzip
 import json
 import os
 import sys
@@ -32,19 +31,11 @@ import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-CORPUS = os.path.join(os.path.dirname(__file__), "..", "crates", "core", "corpus", "generic.jsonl.gz")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_activations import samples  # noqa: E402  (the same built-in corpus samples)
+
 SHAPE = dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
              num_key_value_heads=8, head_dim=64, vocab_size=128256)
-
-
-def samples(n):
-    out = []
-    with gzip.open(CORPUS, "rt") as f:
-        for line in f:
-            out.append(json.loads(line)["text"])
-            if len(out) == n:
-                break
-    return out
 
 
 def config():
