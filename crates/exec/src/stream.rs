@@ -64,11 +64,6 @@ impl<'a> PairedPass<'a> {
         })
     }
 
-    /// The next block to run (the number run so far).
-    pub fn next_block(&self) -> usize {
-        self.next
-    }
-
     /// Runs every batch through the next block of both models, showing `visit` each batch's
     /// states there (`visit(batch, base, fine-tune)`). The block's weights are read for this
     /// call alone (for a block-streamed pair) and their mapped pages released after.

@@ -206,11 +206,6 @@ impl Pass {
     pub fn state(&self) -> &Tensor {
         &self.state
     }
-
-    /// Replaces the state (a pass resumed from a stored stream).
-    pub fn set_state(&mut self, state: Tensor) {
-        self.state = state;
-    }
 }
 
 fn step<D: Decoder>(
