@@ -423,6 +423,11 @@ pub fn embedded(dir: &Path, args: &[&str]) -> Value {
 
 /// Asserts two JSON documents are equal, numbers to a relative 1e-9, ignoring `skip` keys.
 pub fn assert_close(a: &Value, b: &Value, path: &str, skip: &[&str]) {
+    assert_within(a, b, path, skip, 1e-9);
+}
+
+/// Asserts two JSON documents are equal, numbers to a relative `rel`, ignoring `skip` keys.
+pub fn assert_within(a: &Value, b: &Value, path: &str, skip: &[&str], rel: f64) {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => {
             let (x, y) = (
@@ -430,7 +435,7 @@ pub fn assert_close(a: &Value, b: &Value, path: &str, skip: &[&str]) {
                 y.as_f64().unwrap_or(f64::NAN),
             );
             assert!(
-                (x - y).abs() <= 1e-9 * x.abs().max(y.abs()) + 1e-12,
+                (x - y).abs() <= rel * x.abs().max(y.abs()) + 1e-12,
                 "{path}: {x} vs {y}"
             );
         }
@@ -439,13 +444,13 @@ pub fn assert_close(a: &Value, b: &Value, path: &str, skip: &[&str]) {
             let other: Vec<_> = y.keys().filter(|k| !skip.contains(&k.as_str())).collect();
             assert_eq!(keys, other, "{path}: keys differ");
             for k in keys {
-                assert_close(&x[k], &y[k], &format!("{path}.{k}"), skip);
+                assert_within(&x[k], &y[k], &format!("{path}.{k}"), skip, rel);
             }
         }
         (Value::Array(x), Value::Array(y)) => {
             assert_eq!(x.len(), y.len(), "{path}: lengths differ");
             for (i, (p, q)) in x.iter().zip(y).enumerate() {
-                assert_close(p, q, &format!("{path}[{i}]"), skip);
+                assert_within(p, q, &format!("{path}[{i}]"), skip, rel);
             }
         }
         _ => assert_eq!(a, b, "{path}"),

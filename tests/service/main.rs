@@ -10,6 +10,7 @@ mod chaos;
 mod gguf;
 mod hardening;
 mod harness;
+mod ranges;
 mod scans;
 mod tier2;
 mod tier3;

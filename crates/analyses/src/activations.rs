@@ -8,13 +8,14 @@ use std::fmt::Write as _;
 use neurodiff_protocol::{
     ActivationLayer, ActivationOptions, ActivationsReport, ActivationsShard, AnalysisKind,
     AuditResults, AuditSpec, DiffSums, Example, Histogram, HookKind, MeanDiff, PositionSums,
+    ShardKey,
 };
 
 use crate::charts::{lines, Series};
 use crate::findings::Finding;
 use crate::merge_err;
 use crate::Wiring;
-use crate::{check_cover, escape, Analysis, AnalysisError, Figure, Merge};
+use crate::{check_cover, escape, Analysis, AnalysisError, Figure, Merge, PlanFacts};
 
 /// The artifact holding the mean difference vectors.
 pub const MEAN_DIFF_FILE: &str = "mean_diff.safetensors";
@@ -23,6 +24,12 @@ pub const MEAN_DIFF_FILE: &str = "mean_diff.safetensors";
 pub struct Activations;
 
 impl Analysis for Activations {
+    /// Slices of the corpus, each a chain of layer ranges when the pair is over the spec's
+    /// `range_bytes` (it runs block-streamed).
+    fn plan(&self, spec: &AuditSpec, facts: &PlanFacts) -> Result<Vec<ShardKey>, AnalysisError> {
+        crate::streamed_shards(self.kind(), spec, facts)
+    }
+
     fn figures(&self, results: &AuditResults) -> Result<Vec<Figure>, AnalysisError> {
         let Some(a) = &results.analyses.activations else {
             return Ok(Vec::new());

@@ -607,6 +607,7 @@ mod tests {
             n_layers: 16,
             n_samples: Some(1024),
             d_model: Some(d),
+            block_bytes: Vec::new(),
         };
         check_sizes(super::Family::Crosscoder, o, &spec, &facts).map_err(|e| e.to_string())
     }

@@ -24,13 +24,15 @@ use neurodiff_protocol::{
 pub use charts::ChartError;
 
 /// What planning learnt from the models and the corpus, that shard plans depend on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlanFacts {
     pub n_layers: usize,
     /// Samples read from the corpus (`AuditSpec::samples_read` applied); absent without one.
     pub n_samples: Option<usize>,
     /// The base's residual width (`hidden_size` or `n_embd`), when its config says.
     pub d_model: Option<usize>,
+    /// Both models' weight bytes of each block (what a layer range holds), when measured.
+    pub block_bytes: Vec<u64>,
 }
 
 /// A plot of a report: its file name under `plots/`, and the SVG.
@@ -307,7 +309,11 @@ pub fn assemble(
     let n_layers = record.n_layers;
     let mut by_kind: std::collections::BTreeMap<AnalysisKind, Vec<ShardOutput>> =
         Default::default();
-    for o in outputs {
+    // A link that handed its state on holds no results: its chain's last link returns them.
+    for o in outputs
+        .into_iter()
+        .filter(|o| !matches!(o, ShardOutput::Link(_)))
+    {
         by_kind.entry(o.kind()).or_default().push(o);
     }
     for a in REGISTRY.iter().filter(|a| spec.runs(a.kind())) {
@@ -344,7 +350,8 @@ pub fn ground_truth_of(output: &ShardOutput) -> Option<&neurodiff_protocol::Grou
         ShardOutput::Weights(_)
         | ShardOutput::Activations(_)
         | ShardOutput::LogitLens(_)
-        | ShardOutput::Collect(_) => None,
+        | ShardOutput::Collect(_)
+        | ShardOutput::Link(_) => None,
     }
 }
 
@@ -362,6 +369,39 @@ pub(crate) fn corpus_shards(
         n,
         spec.corpus.shard_samples,
     ))
+}
+
+/// The shards of an analysis that runs block-streamed: slices of the corpus, each split
+/// into a chain of layer ranges when both models' blocks hold more than `range_bytes` (the
+/// links of a slice listed in order, so the embedded audit runs each after its predecessor).
+pub(crate) fn streamed_shards(
+    kind: AnalysisKind,
+    spec: &AuditSpec,
+    facts: &PlanFacts,
+) -> Result<Vec<ShardKey>, AnalysisError> {
+    let slices = corpus_shards(kind, spec, facts)?;
+    let total: u64 = facts.block_bytes.iter().sum();
+    let ranges = match spec.range_bytes {
+        Some(budget) if total > budget && facts.block_bytes.len() > 1 => {
+            neurodiff_protocol::layer_ranges(&facts.block_bytes, budget)
+        }
+        _ => return Ok(slices),
+    };
+    let mut keys = Vec::with_capacity(slices.len() * ranges.len());
+    for slice in slices {
+        let Some((start, end)) = slice.samples() else {
+            keys.push(slice);
+            continue;
+        };
+        keys.extend(ranges.iter().map(|&(first, last)| ShardKey::Range {
+            analysis: kind,
+            start,
+            end,
+            first,
+            last,
+        }));
+    }
+    Ok(keys)
 }
 
 /// The corpus's sample count, which an analysis that runs the models is planned with.

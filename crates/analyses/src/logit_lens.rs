@@ -6,19 +6,25 @@ use std::fmt::Write as _;
 
 use neurodiff_protocol::{
     AuditResults, AuditSpec, KlSums, LensLayer, LensOptions, LensReport, LensShard, SampleKl,
-    TokenShift,
+    ShardKey, TokenShift,
 };
 
 use crate::charts::{lines, Series};
 use crate::findings::Finding;
 use crate::merge_err;
 use crate::Wiring;
-use crate::{check_cover, escape, Analysis, AnalysisError, Figure, Merge};
+use crate::{check_cover, escape, Analysis, AnalysisError, Figure, Merge, PlanFacts};
 
 #[derive(Debug)]
 pub struct LogitLens;
 
 impl Analysis for LogitLens {
+    /// Slices of the corpus, each a chain of layer ranges when the pair is over the spec's
+    /// `range_bytes` (it runs block-streamed).
+    fn plan(&self, spec: &AuditSpec, facts: &PlanFacts) -> Result<Vec<ShardKey>, AnalysisError> {
+        crate::streamed_shards(self.kind(), spec, facts)
+    }
+
     fn figures(&self, results: &AuditResults) -> Result<Vec<Figure>, AnalysisError> {
         let Some(l) = &results.analyses.logit_lens else {
             return Ok(Vec::new());

@@ -35,6 +35,11 @@ impl TensorMeta {
         self.shape.iter().product()
     }
 
+    /// The bytes it takes as stored (what holding it costs before any conversion).
+    pub fn stored_bytes(&self) -> u64 {
+        (self.end - self.start) as u64
+    }
+
     /// The libtorch dtype of the stored bytes, if libtorch has one.
     pub fn kind(&self) -> Option<Kind> {
         kind_of(self.dtype)

@@ -9,17 +9,18 @@ use neurodiff_core::HookKind;
 use neurodiff_protocol::{
     ActivationOptions, ActivationsShard, DiffSums, Example, Histogram, MeanDiffSums, ShardSpec,
 };
+use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use crate::dist::to_f64;
-use crate::execute::{Execute, Run};
+use crate::execute::{Execute, Run, Step};
 use crate::forward::{Pair, ShardInput, Tokens};
 use crate::progress::Progress;
 use crate::stream::{shard_batches, tick_block, PairedPass};
 use crate::Result;
 
 /// A candidate top example before its context is decoded.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct Candidate {
     diff_norm: f64,
     rel_diff: f64,
@@ -34,41 +35,52 @@ pub fn run(
     on: &Run<'_>,
     opts: &ActivationOptions,
     progress: Progress<'_>,
-) -> Result<ActivationsShard> {
+) -> Result<Step<ActivationsShard>> {
     let _guard = tch::no_grad_guard();
     let started = Instant::now();
     let (pair, input) = (on.pair, &on.input);
     let n_layers = pair.info().n_layers;
-    let mut sums = Sums::new(
-        n_layers,
-        pair.info().d_model as usize,
-        opts,
-        input.skip_first,
-    );
     let (batches, tokens) = shard_batches(pair, input)?;
-    for t in &tokens {
-        sums.count(t);
-    }
+    // A layer range after its chain's first continues its predecessor's sums and streams.
+    let (mut sums, mut pass) =
+        match on
+            .chain
+            .resume::<Sums>(on.store(), pair, on.sources(), &batches)?
+        {
+            Some(resumed) => resumed,
+            None => {
+                let d = pair.info().d_model as usize;
+                let mut sums = Sums::new(n_layers, d, opts, input.skip_first);
+                for t in &tokens {
+                    sums.count(t);
+                }
+                (sums, PairedPass::start(pair, on.sources(), &batches)?)
+            }
+        };
     let at = tokens
         .iter()
         .map(|t| At::new(t, sums.mean.positions, pair.device()))
         .collect::<Result<Vec<_>>>()?;
     // Block by block over every batch: per block and hook the batches arrive in sample order,
     // as the sums and the kept values need.
-    let mut pass = PairedPass::start(pair, on.sources(), &batches)?;
-    for layer in 0..n_layers {
+    let blocks = on.chain.blocks.clone();
+    for layer in blocks.clone() {
         pass.advance(|b, base, ft| {
             for (h, hook) in HookKind::ALL.into_iter().enumerate() {
                 sums.add(layer, h, &at[b], &base.at(hook)?, &ft.at(hook)?)?;
             }
             Ok(())
         })?;
-        tick_block(progress, layer, n_layers, batches.len())?;
+        tick_block(progress, layer - blocks.start, blocks.len(), batches.len())?;
     }
-    if n_layers == 0 {
+    if blocks.is_empty() {
         tick_block(progress, 0, 0, batches.len())?;
     }
-    sums.finish(pair, input, opts, started)
+    let elapsed_s = started.elapsed().as_secs_f64();
+    if let Some(link) = on.chain.hand_over(on.store(), &sums, &pass, elapsed_s)? {
+        return Ok(Step::Handed(link));
+    }
+    sums.finish(pair, input, opts, started).map(Step::Done)
 }
 
 /// The batch's kept tokens, with their positions on the device and which of them lie within
@@ -98,7 +110,9 @@ impl<'a> At<'a> {
     }
 }
 
-/// What one shard accumulates, per block and hook, in sample order.
+/// What one shard accumulates, per block and hook, in sample order (handed on between the
+/// links of a chain of layer ranges).
+#[derive(Serialize, Deserialize)]
 struct Sums {
     stats: Vec<DiffSums>,
     diff_values: Vec<Vec<f64>>,
@@ -316,7 +330,7 @@ impl Execute for Activations {
         on: &Run<'_>,
         opts: &ActivationOptions,
         progress: Progress<'_>,
-    ) -> Result<ActivationsShard> {
+    ) -> Result<Step<ActivationsShard>> {
         run(on, opts, progress)
     }
 

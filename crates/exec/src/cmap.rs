@@ -99,7 +99,11 @@ impl Execute for Cmap {
     type Wire = neurodiff_protocol::sections::Cmap;
     const NEEDS_BLOCKS: bool = true;
 
-    fn run(on: &Run<'_>, opts: &CmapOptions, progress: Progress<'_>) -> Result<CmapShard> {
+    fn run(
+        on: &Run<'_>,
+        opts: &CmapOptions,
+        progress: Progress<'_>,
+    ) -> Result<crate::execute::Step<CmapShard>> {
         run(
             on.pair,
             on.block()?,
@@ -108,6 +112,7 @@ impl Execute for Cmap {
             on.ground_truth(),
             progress,
         )
+        .map(crate::execute::Step::Done)
     }
 
     fn steps(spec: &ShardSpec, n_samples: usize) -> usize {

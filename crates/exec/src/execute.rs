@@ -1,8 +1,10 @@
 //! What an analysis that runs the models on corpus text implements on the libtorch side
 //! ([`Execute`]), and what its shard runs on ([`Run`]).
-use neurodiff_protocol::{Section, ShardKey, ShardSpec};
+use neurodiff_protocol::{LinkShard, Section, ShardKey, ShardSpec};
 
+use crate::link::Chain;
 use crate::progress::Progress;
+use crate::store::ShardStore;
 use crate::{dist, forward, ExecError, Result, Sources};
 
 /// An analysis that runs both models on corpus text, on the libtorch side: its place in the
@@ -27,11 +29,26 @@ pub trait Execute {
         }
     }
 
-    /// Runs one shard.
-    fn run(run: &Run<'_>, opts: &Options<Self>, progress: Progress<'_>) -> Result<Shard<Self>>;
+    /// Runs one shard: its analysis's shard, or for a layer range before its chain's last
+    /// the hand-over to the next link (only an analysis that streams its blocks runs as
+    /// layer ranges).
+    fn run(
+        run: &Run<'_>,
+        opts: &Options<Self>,
+        progress: Progress<'_>,
+    ) -> Result<Step<Shard<Self>>>;
 
     /// The progress steps of one of its shards over a corpus of `n_samples` (the CLI's bar).
     fn steps(spec: &ShardSpec, n_samples: usize) -> usize;
+}
+
+/// How a shard's run ends.
+#[derive(Debug)]
+pub enum Step<T> {
+    /// With its analysis's shard.
+    Done(T),
+    /// A layer range before its chain's last: with the hand-over it left for the next link.
+    Handed(LinkShard),
 }
 
 /// The options of analysis `E`.
@@ -44,12 +61,11 @@ pub(crate) fn batches(spec: &ShardSpec, n: usize) -> usize {
     n.div_ceil(spec.corpus.batch_size.max(1))
 }
 
-/// Forward batches over a sample shard's slice (none for another shard).
+/// Forward batches over a sample shard's (or a layer range's) slice (none for another shard).
 pub(crate) fn slice_batches(spec: &ShardSpec) -> Option<usize> {
-    match spec.shard {
-        ShardKey::Samples { start, end, .. } => Some(batches(spec, end.saturating_sub(start))),
-        _ => None,
-    }
+    spec.shard
+        .samples()
+        .map(|(start, end)| batches(spec, end.saturating_sub(start)))
 }
 
 /// Prompts generated from (none when no token is generated).
@@ -64,27 +80,53 @@ pub(crate) fn prompts(g: &neurodiff_protocol::GenerationOptions) -> usize {
 /// What a corpus analysis's shard runs on: the pair and its tokenized samples, the shard's
 /// key, and (read when asked) the organism's ground truth and the longest sequence the base
 /// embeds.
-#[derive(Debug)]
 pub struct Run<'a> {
     pub pair: &'a forward::Pair,
     pub input: forward::ShardInput<'a>,
     pub shard: ShardKey,
+    /// The blocks it runs and the hand-overs it reads and leaves (all blocks, none, for any
+    /// shard but a layer range).
+    pub chain: Chain,
     sources: &'a Sources,
+    store: &'a dyn ShardStore,
+}
+
+impl std::fmt::Debug for Run<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Run")
+            .field("shard", &self.shard)
+            .field("chain", &self.chain)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a [`Run`] is made from besides the pair and its input.
+pub(crate) struct RunEnv<'a> {
+    pub shard: ShardKey,
+    pub chain: Chain,
+    pub sources: &'a Sources,
+    pub store: &'a dyn ShardStore,
 }
 
 impl<'a> Run<'a> {
     pub(crate) fn new(
         pair: &'a forward::Pair,
         input: forward::ShardInput<'a>,
-        shard: ShardKey,
-        sources: &'a Sources,
+        env: RunEnv<'a>,
     ) -> Self {
         Run {
             pair,
             input,
-            shard,
-            sources,
+            shard: env.shard,
+            chain: env.chain,
+            sources: env.sources,
+            store: env.store,
         }
+    }
+
+    /// The store the chain's hand-overs live in.
+    pub fn store(&self) -> &'a dyn ShardStore {
+        self.store
     }
 
     /// Both sides, opened: what a block-streamed pair reads its blocks from.

@@ -11,6 +11,7 @@ pub mod dist;
 mod error;
 pub mod execute;
 pub mod forward;
+pub mod link;
 pub mod logit_lens;
 pub mod plan;
 pub mod progress;
@@ -26,7 +27,7 @@ pub mod weights;
 
 pub use cache::ModelCache;
 pub use error::{ExecError, Result};
-pub use execute::{Execute, Run};
+pub use execute::{Execute, Run, Step};
 pub use plan::{check_limits, hash_sides, plan_audit, Named};
 pub use record::Content;
 pub use shard::{planned_steps, run_shard, ShardEnv};

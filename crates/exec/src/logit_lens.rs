@@ -8,10 +8,11 @@ use neurodiff_analyses::logit_lens::{keep_top, kl_sums};
 use neurodiff_protocol::{
     Histogram, KlSums, LensOptions, LensShard, SampleKl, ShardSpec, TokenShift, VocabCompare,
 };
+use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use crate::dist::to_f64;
-use crate::execute::{Execute, Run};
+use crate::execute::{Execute, Run, Step};
 use crate::forward::{Pair, ShardInput, Side, Tokens};
 use crate::progress::Progress;
 use crate::stream::{shard_batches, tick_block, PairedPass};
@@ -84,7 +85,7 @@ fn add(s: &mut KlSums, values: &mut Vec<f64>, k: Kl) {
     }
 }
 
-pub fn run(on: &Run<'_>, opts: &LensOptions, progress: Progress<'_>) -> Result<LensShard> {
+pub fn run(on: &Run<'_>, opts: &LensOptions, progress: Progress<'_>) -> Result<Step<LensShard>> {
     let _guard = tch::no_grad_guard();
     let started = Instant::now();
     let (pair, input) = (on.pair, &on.input);
@@ -94,21 +95,31 @@ pub fn run(on: &Run<'_>, opts: &LensOptions, progress: Progress<'_>) -> Result<L
         pair.model(Side::Finetuned).info().vocab_size,
     );
     let shared = vb.min(vf);
-    let mut sums = LensSums {
-        layers: (0..n_layers)
-            .map(|l| kl_sums(Some(l), shared as usize))
-            .collect(),
-        output: kl_sums(None, shared as usize),
-        values: vec![Vec::new(); n_layers + 1],
-        added_mass: vec![0.0; (vf - shared).max(0) as usize],
-        sample_kl: vec![(0.0f64, 0u64); input.samples.len()],
-    };
     let (batches, tokens) = shard_batches(pair, input)?;
+    // A layer range after its chain's first continues its predecessor's sums and streams.
+    let resumed = on
+        .chain
+        .resume::<LensSums>(on.store(), pair, on.sources(), &batches)?;
+    let (mut sums, mut pass) = match resumed {
+        Some(resumed) => resumed,
+        None => (
+            LensSums {
+                layers: (0..n_layers)
+                    .map(|l| kl_sums(Some(l), shared as usize))
+                    .collect(),
+                output: kl_sums(None, shared as usize),
+                values: vec![Vec::new(); n_layers + 1],
+                added_mass: vec![0.0; (vf - shared).max(0) as usize],
+                sample_kl: vec![(0.0f64, 0u64); input.samples.len()],
+            },
+            PairedPass::start(pair, on.sources(), &batches)?,
+        ),
+    };
     // Block by block over every batch (the block-streamed paired forward). The lens at the
     // last block reads its output through the final norm and unembedding: the logits, so the
     // output's KL is the last block's.
-    let mut pass = PairedPass::start(pair, on.sources(), &batches)?;
-    for layer in 0..n_layers {
+    let blocks = on.chain.blocks.clone();
+    for layer in blocks.clone() {
         let last = layer + 1 == n_layers;
         pass.advance(|b, base, ft| {
             let k = block_kl(pair, [&base.post, &ft.post], &tokens[b], shared)?;
@@ -118,7 +129,11 @@ pub fn run(on: &Run<'_>, opts: &LensOptions, progress: Progress<'_>) -> Result<L
             add(&mut sums.layers[layer], &mut sums.values[layer], k);
             Ok(())
         })?;
-        tick_block(progress, layer, n_layers, batches.len())?;
+        tick_block(progress, layer - blocks.start, blocks.len(), batches.len())?;
+    }
+    let elapsed_s = started.elapsed().as_secs_f64();
+    if let Some(link) = on.chain.hand_over(on.store(), &sums, &pass, elapsed_s)? {
+        return Ok(Step::Handed(link));
     }
     if n_layers == 0 {
         tick_block(progress, 0, 0, batches.len())?;
@@ -146,7 +161,7 @@ pub fn run(on: &Run<'_>, opts: &LensOptions, progress: Progress<'_>) -> Result<L
     } else {
         Vec::new()
     };
-    Ok(LensShard {
+    Ok(Step::Done(LensShard {
         start: input.start,
         end: input.start + input.samples.len(),
         layers,
@@ -161,10 +176,12 @@ pub fn run(on: &Run<'_>, opts: &LensOptions, progress: Progress<'_>) -> Result<L
         },
         token_text,
         elapsed_s: started.elapsed().as_secs_f64(),
-    })
+    }))
 }
 
-/// What one shard accumulates: per block and at the output, in sample order.
+/// What one shard accumulates: per block and at the output, in sample order (handed on
+/// between the links of a chain of layer ranges).
+#[derive(Serialize, Deserialize)]
 struct LensSums {
     layers: Vec<KlSums>,
     output: KlSums,
@@ -272,7 +289,7 @@ impl Execute for LogitLens {
     const NEEDS_BLOCKS: bool = false;
     const STREAMS_BLOCKS: bool = true;
 
-    fn run(on: &Run<'_>, opts: &LensOptions, progress: Progress<'_>) -> Result<LensShard> {
+    fn run(on: &Run<'_>, opts: &LensOptions, progress: Progress<'_>) -> Result<Step<LensShard>> {
         run(on, opts, progress)
     }
 

@@ -76,8 +76,31 @@ pub fn plan_audit(
         n_layers,
         n_samples: corpus.map(|c| c.samples.len()),
         d_model,
+        block_bytes: block_bytes(sources, n_layers),
     };
     neurodiff_analyses::plan(spec, &facts).map_err(|e| ExecError::Io(e.to_string()))
+}
+
+/// Both models' stored weight bytes of each block (an adapter's target counts as the base:
+/// its pair is the base's blocks plus the low-rank factors).
+fn block_bytes(sources: &Sources, n_layers: usize) -> Vec<u64> {
+    let mut bytes = vec![0u64; n_layers];
+    let mut add = |ckpt: &neurodiff_core::checkpoint::Checkpoint| {
+        for name in ckpt.names() {
+            let layer = neurodiff_protocol::naming::layer_of(name);
+            if let (Some(l), Some(meta)) = (layer, ckpt.meta(name)) {
+                if let Some(b) = bytes.get_mut(l) {
+                    *b += meta.stored_bytes();
+                }
+            }
+        }
+    };
+    add(&sources.base);
+    match &sources.target {
+        OpenTarget::Checkpoint(c) => add(c),
+        OpenTarget::Adapter(_) => add(&sources.base),
+    }
+    bytes
 }
 
 /// Refuses a `seq_len` beyond what a model with learned positions can embed (GPT-2's

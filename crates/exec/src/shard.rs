@@ -8,7 +8,8 @@ use neurodiff_analyses::dictionary::Family;
 
 use crate::cache::{ModelCache, Taken};
 use crate::corpus::CorpusText;
-use crate::execute::{batches, slice_batches, wrong_shape, Execute, Read, Run};
+use crate::execute::{batches, slice_batches, wrong_shape, Execute, Read, Run, RunEnv, Step};
+use crate::link::Chain;
 use crate::progress::Progress;
 use crate::store::ShardStore;
 use crate::{dictionary, dist, forward};
@@ -69,6 +70,7 @@ pub fn run_shard(
         corpus,
         device,
         models: env.models,
+        store,
     };
     let output = match crate::executor(spec.shard.analysis()) {
         Executor::Tensors(t) => t.run(sources, spec, device, progress)?,
@@ -153,6 +155,7 @@ pub(crate) struct Corpus<'a> {
     corpus: Option<&'a CorpusText>,
     device: Device,
     models: &'a ModelCache,
+    store: &'a dyn ShardStore,
 }
 
 impl Corpus<'_> {
@@ -168,18 +171,36 @@ impl Corpus<'_> {
 
     /// One shard of `E`: its samples read, the pair opened, then its run.
     fn run<E: Execute>(&self, progress: Progress<'_>) -> Result<ShardOutput> {
-        let mut s = self.open(E::reads(self.spec), E::STREAMS_BLOCKS)?;
-        if E::NEEDS_BLOCKS {
-            s = s.with_blocks(self.spec)?;
+        let spec = self.spec;
+        if matches!(spec.shard, ShardKey::Range { .. }) && !E::STREAMS_BLOCKS {
+            return Err(ExecError::Io(format!(
+                "shard {}: {} does not run as layer ranges",
+                spec.shard,
+                spec.shard.analysis()
+            )));
         }
-        let run = Run::new(
-            &s.pair.pair,
-            s.input(self.spec),
-            self.spec.shard,
-            self.sources,
-        );
-        let options = E::Wire::options(&self.spec.options);
-        let output = E::Wire::output(E::run(&run, options, progress)?);
+        let mut s = self.open(E::reads(spec), E::STREAMS_BLOCKS)?;
+        if E::NEEDS_BLOCKS {
+            s = s.with_blocks(spec)?;
+        }
+        let chain = Chain::of(
+            spec,
+            s.pair.pair.info().n_layers,
+            &self.sources.identity(),
+            &s.corpus.record.sha256,
+        )?;
+        let env = RunEnv {
+            shard: spec.shard,
+            chain,
+            sources: self.sources,
+            store: self.store,
+        };
+        let run = Run::new(&s.pair.pair, s.input(spec), env);
+        let options = E::Wire::options(&spec.options);
+        let output = match E::run(&run, options, progress)? {
+            Step::Done(shard) => E::Wire::output(shard),
+            Step::Handed(link) => ShardOutput::Link(link),
+        };
         self.models.put_back(s.pair);
         Ok(output)
     }
@@ -247,7 +268,7 @@ impl<'a> CorpusShard<'a> {
         let n = corpus.samples.len();
         let (start, samples) = match read {
             Read::Slice => {
-                let ShardKey::Samples { start, end, .. } = spec.shard else {
+                let Some((start, end)) = spec.shard.samples() else {
                     return Err(ExecError::Io(format!(
                         "shard {}: {} runs on sample shards",
                         spec.shard,

@@ -348,7 +348,11 @@ impl Execute for Steering {
     type Wire = neurodiff_protocol::sections::Steering;
     const NEEDS_BLOCKS: bool = true;
 
-    fn run(on: &Run<'_>, opts: &SteeringOptions, progress: Progress<'_>) -> Result<SteeringShard> {
+    fn run(
+        on: &Run<'_>,
+        opts: &SteeringOptions,
+        progress: Progress<'_>,
+    ) -> Result<crate::execute::Step<SteeringShard>> {
         run(
             on.pair,
             on.block()?,
@@ -358,6 +362,7 @@ impl Execute for Steering {
             on.ground_truth(),
             progress,
         )
+        .map(crate::execute::Step::Done)
     }
 
     fn steps(spec: &ShardSpec, n_samples: usize) -> usize {

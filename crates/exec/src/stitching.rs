@@ -115,8 +115,12 @@ impl Execute for Stitching {
     type Wire = neurodiff_protocol::sections::Stitching;
     const NEEDS_BLOCKS: bool = true;
 
-    fn run(on: &Run<'_>, _opts: &StitchingOptions, progress: Progress<'_>) -> Result<StitchShard> {
-        run(on.pair, &on.input, on.ground_truth(), progress)
+    fn run(
+        on: &Run<'_>,
+        _opts: &StitchingOptions,
+        progress: Progress<'_>,
+    ) -> Result<crate::execute::Step<StitchShard>> {
+        run(on.pair, &on.input, on.ground_truth(), progress).map(crate::execute::Step::Done)
     }
 
     fn steps(spec: &ShardSpec, _n_samples: usize) -> usize {

@@ -64,6 +64,36 @@ impl<'a> PairedPass<'a> {
         })
     }
 
+    /// Both models' passes over `batches` resumed at block `next` from the residual streams
+    /// `states` (`[base, fine-tune]` per batch) a previous layer range handed over.
+    pub fn resume(
+        pair: &'a Pair,
+        sources: &'a Sources,
+        batches: &[Batch],
+        next: usize,
+        states: Vec<[Tensor; 2]>,
+    ) -> Result<Self> {
+        let mut pass = PairedPass::start(pair, sources, batches)?;
+        if states.len() != pass.passes.len() {
+            return Err(ExecError::Io(format!(
+                "{} handed-over states for {} batches",
+                states.len(),
+                pass.passes.len()
+            )));
+        }
+        for (passes, [base, ft]) in pass.passes.iter_mut().zip(states) {
+            passes[0].resume(base)?;
+            passes[1].resume(ft)?;
+        }
+        pass.next = next;
+        Ok(pass)
+    }
+
+    /// The batches it runs.
+    pub fn batches(&self) -> usize {
+        self.passes.len()
+    }
+
     /// Runs every batch through the next block of both models, showing `visit` each batch's
     /// states there (`visit(batch, base, fine-tune)`). The block's weights are read for this
     /// call alone (for a block-streamed pair) and their mapped pages released after.

@@ -409,7 +409,11 @@ impl Execute for Traces {
     type Wire = neurodiff_protocol::sections::Traces;
     const NEEDS_BLOCKS: bool = true;
 
-    fn run(on: &Run<'_>, opts: &TraceOptions, progress: Progress<'_>) -> Result<TraceShard> {
+    fn run(
+        on: &Run<'_>,
+        opts: &TraceOptions,
+        progress: Progress<'_>,
+    ) -> Result<crate::execute::Step<TraceShard>> {
         let position = match on.shard {
             ShardKey::Position { position, .. } => position,
             other => return Err(wrong_shape(other)),
@@ -423,6 +427,7 @@ impl Execute for Traces {
             on.ground_truth(),
             progress,
         )
+        .map(crate::execute::Step::Done)
     }
 
     fn steps(spec: &ShardSpec, n_samples: usize) -> usize {

@@ -54,9 +54,19 @@ pub const EVENTS_MAX_LEN: u64 = 10_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
-    Submitted { audit: Uuid },
-    Planned { audit: Uuid },
-    ShardsDone { audit: Uuid },
+    Submitted {
+        audit: Uuid,
+    },
+    Planned {
+        audit: Uuid,
+    },
+    ShardsDone {
+        audit: Uuid,
+    },
+    /// A layer range handed its state on: the next link of its chain can be enqueued.
+    Handed {
+        audit: Uuid,
+    },
 }
 
 /// What planning found, stored with the audit for the fan-in.

@@ -55,9 +55,10 @@ pub use registry::{AnalysisOptions, NoGrade, Section};
 pub use results::{AuditResults, FileHash, ModelRecord, RESULTS_SCHEMA_VERSION};
 pub use rows::{BlockRow, LatentRow, Rows};
 pub use spec::{
-    normalize_layers, parse_layers, sample_shards, weight_shards, AuditSpec, ShardKey, ShardSpec,
-    ShardUnit, Target, MAX_CORPUS_SHARDS, MAX_DICTIONARY_TOKENS, MAX_DICTIONARY_TRAIN_TOKENS,
-    MAX_LAYER_INDEX, MAX_SHARD_TOKENS, MAX_TOP_K,
+    chain_predecessors, layer_ranges, normalize_layers, parse_layers, sample_shards, weight_shards,
+    AuditSpec, LinkShard, ShardKey, ShardSpec, ShardUnit, Target, MAX_CORPUS_SHARDS,
+    MAX_DICTIONARY_TOKENS, MAX_DICTIONARY_TRAIN_TOKENS, MAX_LAYER_INDEX, MAX_SHARD_TOKENS,
+    MAX_TOP_K,
 };
 pub use steering::{
     SteeringBlock, SteeringChoice, SteeringGrade, SteeringOptions, SteeringPoint, SteeringReport,

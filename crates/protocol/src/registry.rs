@@ -308,6 +308,10 @@ macro_rules! analyses {
             /// dictionary).
             #[serde(rename = "collect")]
             Collect($crate::CollectShard),
+            /// A layer range that handed its state on to the next link of its chain (only
+            /// the chain's last link returns the analysis's own shard).
+            #[serde(rename = "link")]
+            Link($crate::LinkShard),
         }
 
         impl ShardOutput {
@@ -315,6 +319,7 @@ macro_rules! analyses {
                 match self {
                     $(ShardOutput::$kind(r) => r.elapsed_s,)*
                     ShardOutput::Collect(r) => r.elapsed_s,
+                    ShardOutput::Link(r) => r.elapsed_s,
                 }
             }
 
@@ -323,6 +328,7 @@ macro_rules! analyses {
                 match self {
                     $(ShardOutput::$kind(_) => AnalysisKind::$kind,)*
                     ShardOutput::Collect(c) => c.dictionary,
+                    ShardOutput::Link(l) => l.link.analysis(),
                 }
             }
         }

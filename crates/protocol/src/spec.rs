@@ -98,6 +98,12 @@ pub struct AuditSpec {
     /// The dtype the corpus analyses hold the weights in.
     #[serde(default, skip_serializing_if = "Dtype::is_auto")]
     pub dtype: Dtype,
+    /// The most bytes of both models' block weights one shard of a block-streamed analysis
+    /// (activations, logit lens) holds: a pair over it runs as chains of layer-range shards,
+    /// each handing the residual streams on to the next through object storage. `None`: every
+    /// shard runs every block.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range_bytes: Option<u64>,
     /// Each analysis's options, under its name.
     #[serde(flatten)]
     pub options: Options,
@@ -125,6 +131,7 @@ impl AuditSpec {
             layers: None,
             corpus: CorpusOptions::default(),
             dtype: Dtype::Auto,
+            range_bytes: None,
             options: Options::default(),
         }
     }
@@ -141,6 +148,12 @@ impl AuditSpec {
         self.analyses.dedup();
         if let Some(layers) = &self.layers {
             self.layers = Some(normalize_layers(layers, MAX_LAYER_INDEX)?);
+        }
+        if self.range_bytes == Some(0) {
+            return Err(SpecError::Field(
+                "range_bytes".into(),
+                "must be at least 1 (leave it out to run every block in one shard)".into(),
+            ));
         }
         self.options.validate(&self.corpus)?;
         // A position no sample can reach would fail the audit after its forward passes.
@@ -299,6 +312,16 @@ pub enum ShardKey {
         analysis: AnalysisKind,
         position: usize,
     },
+    /// Blocks `first..last` of samples `start..end`: one link of a chain of layer ranges, for
+    /// a pair too large for one shard's budget (`AuditSpec::range_bytes`). It starts from the
+    /// residual streams and sums its predecessor (the link ending at `first`) handed over.
+    Range {
+        analysis: AnalysisKind,
+        start: usize,
+        end: usize,
+        first: usize,
+        last: usize,
+    },
 }
 
 impl ShardKey {
@@ -318,9 +341,82 @@ impl ShardKey {
             ShardKey::Layer(_) | ShardKey::NonLayer => AnalysisKind::BY_TENSOR,
             ShardKey::Samples { analysis, .. }
             | ShardKey::Block { analysis, .. }
-            | ShardKey::Position { analysis, .. } => *analysis,
+            | ShardKey::Position { analysis, .. }
+            | ShardKey::Range { analysis, .. } => *analysis,
         }
     }
+
+    /// The samples `start..end` a sample shard or a layer range reads.
+    pub fn samples(&self) -> Option<(usize, usize)> {
+        match *self {
+            ShardKey::Samples { start, end, .. } | ShardKey::Range { start, end, .. } => {
+                Some((start, end))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// What a layer range that is not its chain's last returns: where it left the residual
+/// streams and the sums it had accumulated, for the next link.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LinkShard {
+    /// The link (a [`ShardKey::Range`]).
+    pub link: ShardKey,
+    /// The hand-over object's key in the team's shard store, its size and sha256.
+    pub state: String,
+    pub bytes: u64,
+    pub sha256: String,
+    pub elapsed_s: f64,
+}
+
+/// Each key's predecessor in its chain of layer ranges (the link of the same analysis and
+/// samples that ends where it starts), `None` for a key that waits on nothing: what the
+/// scheduler holds a link back until.
+pub fn chain_predecessors(keys: &[ShardKey]) -> Vec<Option<ShardKey>> {
+    let ends: std::collections::HashMap<_, ShardKey> = keys
+        .iter()
+        .filter_map(|k| match *k {
+            ShardKey::Range {
+                analysis,
+                start,
+                end,
+                last,
+                ..
+            } => Some(((analysis, start, end, last), *k)),
+            _ => None,
+        })
+        .collect();
+    keys.iter()
+        .map(|k| match *k {
+            ShardKey::Range {
+                analysis,
+                start,
+                end,
+                first,
+                ..
+            } if first > 0 => ends.get(&(analysis, start, end, first)).copied(),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Splits blocks `0..block_bytes.len()` into consecutive ranges whose bytes (both models'
+/// weights of each block) stay within `budget`, one block at least per range.
+pub fn layer_ranges(block_bytes: &[u64], budget: u64) -> Vec<(usize, usize)> {
+    let mut ranges = Vec::new();
+    let (mut first, mut held) = (0, 0u64);
+    for (l, &b) in block_bytes.iter().enumerate() {
+        if l > first && held.saturating_add(b) > budget {
+            ranges.push((first, l));
+            (first, held) = (l, 0);
+        }
+        held = held.saturating_add(b);
+    }
+    if first < block_bytes.len() {
+        ranges.push((first, block_bytes.len()));
+    }
+    ranges
 }
 
 impl fmt::Display for ShardKey {
@@ -339,6 +435,16 @@ impl fmt::Display for ShardKey {
             ShardKey::Position { analysis, position } => {
                 write!(f, "{analysis}/position-{position:04}")
             }
+            ShardKey::Range {
+                analysis,
+                start,
+                end,
+                first,
+                last,
+            } => write!(
+                f,
+                "{analysis}/samples-{start:06}-{end:06}/blocks-{first:04}-{last:04}"
+            ),
         }
     }
 }
@@ -363,19 +469,39 @@ impl std::str::FromStr for ShardKey {
         let (analysis, rest) = s.split_once('/').ok_or_else(bad)?;
         let analysis: AnalysisKind = analysis.parse().map_err(|_| bad())?;
         let key = if let Some(range) = rest.strip_prefix("samples-") {
-            let (start, end) = range.split_once('-').ok_or_else(bad)?;
-            let (start, end) = (
-                start.parse().map_err(|_| bad())?,
-                end.parse().map_err(|_| bad())?,
-            );
+            let (range, blocks) = match range.split_once("/blocks-") {
+                Some((samples, blocks)) => (samples, Some(blocks)),
+                None => (range, None),
+            };
+            let pair = |t: &str| -> Result<(usize, usize), SpecError> {
+                let (a, b) = t.split_once('-').ok_or_else(bad)?;
+                let (a, b) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+                if a >= b {
+                    return Err(bad());
+                }
+                Ok((a, b))
+            };
+            let (start, end) = pair(range)?;
             let unit = analysis.shard_unit();
-            if start >= end || !matches!(unit, ShardUnit::Samples | ShardUnit::SamplesThenBlock) {
-                return Err(bad());
-            }
-            ShardKey::Samples {
-                analysis,
-                start,
-                end,
+            match blocks {
+                None if matches!(unit, ShardUnit::Samples | ShardUnit::SamplesThenBlock) => {
+                    ShardKey::Samples {
+                        analysis,
+                        start,
+                        end,
+                    }
+                }
+                Some(blocks) if unit == ShardUnit::Samples => {
+                    let (first, last) = pair(blocks)?;
+                    ShardKey::Range {
+                        analysis,
+                        start,
+                        end,
+                        first,
+                        last,
+                    }
+                }
+                _ => return Err(bad()),
             }
         } else if let Some(layer) = rest.strip_prefix("block-") {
             if !matches!(
@@ -603,6 +729,14 @@ mod tests {
                 analysis: AnalysisKind::SaeDiff,
                 layer: 4,
             },
+            // A layer range of a sample slice.
+            ShardKey::Range {
+                analysis: AnalysisKind::Activations,
+                start: 0,
+                end: 64,
+                first: 4,
+                last: 8,
+            },
         ]) {
             assert_eq!(key.to_string().parse::<ShardKey>(), Ok(key));
         }
@@ -614,11 +748,47 @@ mod tests {
             "traces/block-0001",
             "crosscoder/position-0001",
             "cmap/block-1",
+            "cmap/samples-000000-000001/blocks-0000-0002",
+            "crosscoder/samples-000000-000001/blocks-0000-0002",
+            "activations/samples-000000-000001/blocks-0002-0002",
+            "activations/samples-000000-000001/blocks-0002",
+            "activations/samples-000000-000001/blocks-2-3",
             "",
         ] {
             assert!(bad.parse::<ShardKey>().is_err(), "{bad}");
         }
         assert!(sample_shards(AnalysisKind::Activations, 0, 8).is_empty());
+    }
+
+    #[test]
+    fn layer_ranges_keep_the_budget_and_chain_in_order() {
+        // 4 blocks of 10 bytes: a budget of 25 holds two blocks; one larger than any block
+        // still gets its own range; no budget problem for a model that fits.
+        assert_eq!(layer_ranges(&[10; 4], 25), vec![(0, 2), (2, 4)]);
+        assert_eq!(
+            layer_ranges(&[10, 40, 10], 25),
+            vec![(0, 1), (1, 2), (2, 3)]
+        );
+        assert_eq!(layer_ranges(&[10; 4], 1000), vec![(0, 4)]);
+        assert!(layer_ranges(&[], 10).is_empty());
+        let link = |start, first, last| ShardKey::Range {
+            analysis: AnalysisKind::LogitLens,
+            start,
+            end: start + 8,
+            first,
+            last,
+        };
+        let keys = [
+            link(0, 0, 2),
+            link(0, 2, 4),
+            link(8, 0, 2),
+            link(8, 2, 4),
+            ShardKey::Layer(0),
+        ];
+        assert_eq!(
+            chain_predecessors(&keys),
+            vec![None, Some(keys[0]), None, Some(keys[2]), None]
+        );
     }
 
     #[test]

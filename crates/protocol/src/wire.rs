@@ -40,6 +40,12 @@ pub struct AuditRequest {
     /// the statistics stay in fp32.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dtype: Option<crate::Dtype>,
+    /// The most bytes of both models' block weights one shard of the activations or the
+    /// logit lens holds: a larger pair runs as chains of layer-range shards (blocks [a, b)
+    /// each, handing the residual streams on through object storage, on any worker).
+    /// Default: every shard runs every block.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range_bytes: Option<u64>,
     /// Each analysis's options, under its name (`weights`, `activations`, `logit_lens`,
     /// `traces`, `cmap`, `steering`, `crosscoder`, `sae_diff`).
     #[serde(flatten)]
@@ -117,6 +123,7 @@ impl AuditRequest {
         spec.layers = self.layers;
         spec.corpus = self.corpus.unwrap_or_default();
         spec.dtype = self.dtype.unwrap_or_default();
+        spec.range_bytes = self.range_bytes;
         spec.options = self.options.into_options();
         spec.validate()?;
         Ok(spec)

@@ -313,14 +313,17 @@ impl Db {
         }
         // Shards are enqueued in plan order (a dictionary's training shard after its collect
         // shards), which the keys' text order is not.
-        for (order, key) in (0i32..).zip(keys) {
+        // A layer range waits for the link before it in its chain.
+        let after = neurodiff_protocol::chain_predecessors(keys);
+        for ((order, key), after) in (0i32..).zip(keys).zip(after) {
             sqlx::query(
-                "INSERT INTO shards (audit_id, shard_key, plan_order) VALUES ($1, $2, $3) \
-                 ON CONFLICT DO NOTHING",
+                "INSERT INTO shards (audit_id, shard_key, plan_order, after_key) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
             )
             .bind(audit)
             .bind(key.to_string())
             .bind(order)
+            .bind(after.map(|k| k.to_string()))
             .execute(&mut *tx)
             .await?;
         }

@@ -67,7 +67,8 @@ impl Db {
         .await?)
     }
 
-    /// Shards of running audits that are not on the queue, in plan order, and those that
+    /// Shards of running audits that are not on the queue, in plan order (a layer range only
+    /// once the link before it in its chain succeeded), and those that
     /// cannot be read (a key or spec this build does not know, such as one planned by a newer
     /// worker): the caller fails their audits instead of letting one row stop every audit's
     /// enqueueing.
@@ -78,6 +79,8 @@ impl Db {
         let rows = sqlx::query(
             "SELECT s.audit_id, s.shard_key, a.spec FROM shards s JOIN audits a ON a.id = s.audit_id \
              WHERE s.enqueued_at IS NULL AND s.status = 'queued' AND a.status = 'running' \
+             AND (s.after_key IS NULL OR EXISTS (SELECT 1 FROM shards p WHERE p.audit_id = s.audit_id \
+                  AND p.shard_key = s.after_key AND p.status = 'succeeded')) \
              ORDER BY a.created_at, s.plan_order, s.shard_key LIMIT $1",
         )
         .bind(limit)

@@ -284,6 +284,8 @@ async fn record(attempt: &Attempt<'_>, result: &ShardOutput) -> Result<Outcome, 
             );
             if fan_in.complete() {
                 wake(ctx, Event::ShardsDone { audit }).await;
+            } else if let ShardOutput::Link(_) = result {
+                wake(ctx, Event::Handed { audit }).await;
             }
             Ok(Outcome::Ack)
         }

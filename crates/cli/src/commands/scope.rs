@@ -42,6 +42,11 @@ pub struct ScopeArgs {
     /// on the CPU), fp32, bf16 or fp16; activations and statistics stay in fp32.
     #[arg(long, default_value = "auto", value_parser = |s: &str| s.parse::<neurodiff_protocol::Dtype>())]
     pub dtype: neurodiff_protocol::Dtype,
+    /// The most bytes of both models' block weights one shard of the activations or the logit
+    /// lens holds: a larger pair runs as chains of layer-range shards, each handing the
+    /// residual streams on to the next (over the service, on any worker). Default: no limit.
+    #[arg(long)]
+    pub range_bytes: Option<u64>,
     /// Each analysis's own flags.
     #[command(flatten)]
     pub analysis: neurodiff_analyses::AnalysisFlags,
@@ -77,6 +82,7 @@ impl ScopeArgs {
                 token_filter: self.token_filter,
             }),
             dtype: (!self.dtype.is_auto()).then_some(self.dtype),
+            range_bytes: self.range_bytes,
             options: self.analysis.options()?,
             rest: Default::default(),
         })

@@ -206,6 +206,22 @@ impl Pass {
     pub fn state(&self) -> &Tensor {
         &self.state
     }
+
+    /// Continues from a residual state a pass reached before (a layer range's hand-over):
+    /// `state` must have the shape of the current one, and is kept in fp32.
+    pub fn resume(&mut self, state: Tensor) -> Result<()> {
+        if state.size() != self.state.size() {
+            return Err(CoreError::Input(format!(
+                "a resumed residual state is {:?}; the pass's is {:?}",
+                state.size(),
+                self.state.size()
+            )));
+        }
+        self.state = state
+            .f_to_kind(self.state.kind())?
+            .f_to_device(self.state.device())?;
+        Ok(())
+    }
 }
 
 fn step<D: Decoder>(

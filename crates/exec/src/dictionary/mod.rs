@@ -387,6 +387,7 @@ fn check_training(
         n_layers: info.n_layers,
         n_samples: Some(n_samples),
         d_model: Some(info.d_model as usize),
+        block_bytes: Vec::new(),
     };
     neurodiff_analyses::dictionary::check_sizes(setup.family, setup.opts, &spec_of(spec), &facts)
         .map_err(|e| ExecError::Io(e.to_string()))
