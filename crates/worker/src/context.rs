@@ -33,6 +33,8 @@ pub struct WorkerSettings {
     pub slow_plan: Duration,
     /// Bytes of loaded models kept between shards (0: none).
     pub model_cache_bytes: u64,
+    /// The layer-range budget planning applies when the request names none.
+    pub range_bytes: Option<u64>,
 }
 
 /// What a worker talks to.

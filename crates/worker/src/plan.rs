@@ -30,7 +30,9 @@ pub(crate) async fn plan(
     }
     tracing::info!("planning");
     let team = ctx.db.team_of(audit).await?;
-    let spec = row.spec;
+    let mut spec = row.spec;
+    // This worker's layer-range budget, unless the request named its own.
+    spec.range_bytes = spec.range_bytes.or(ctx.settings.range_bytes);
     let enforcer = ctx.settings.enforcer.clone();
     let target_ref = spec.target.reference().to_string();
     let (base, target) = match open_pair(

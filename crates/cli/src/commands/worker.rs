@@ -44,6 +44,11 @@ pub struct WorkerArgs {
     /// recently used out first); 0 turns the cache off.
     #[arg(long, env = "NEURODIFF_MODEL_CACHE_BYTES", default_value_t = neurodiff_exec::cache::DEFAULT_MODEL_CACHE_BYTES)]
     pub model_cache_bytes: u64,
+    /// The layer-range budget this worker plans with when a request names none: the most
+    /// bytes of both models' block weights one shard of the activations or the logit lens
+    /// holds (a larger pair runs as chains of layer ranges across the workers).
+    #[arg(long, env = "NEURODIFF_RANGE_BYTES")]
+    pub range_bytes: Option<u64>,
     /// Fault injection for drills and tests: wait this long after each tensor, so a shard is
     /// reliably in flight when a worker is killed, Redis restarted or an audit cancelled.
     #[arg(long, hide = true, default_value_t = 0)]
@@ -98,6 +103,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
                 slow_tensor: Duration::from_millis(args.slow_tensor_ms),
                 slow_plan: Duration::from_millis(args.slow_plan_ms),
                 model_cache_bytes: args.model_cache_bytes,
+                range_bytes: args.range_bytes.filter(|&b| b > 0),
             },
         );
         eprintln!("neurodiff worker {name} running on {}", args.device);
