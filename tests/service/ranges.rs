@@ -85,6 +85,25 @@ fn layer_ranges_survive_a_killed_worker_and_equal_the_embedded_audit() {
     let workers: std::collections::BTreeSet<_> = rows.iter().filter_map(|r| r.3.clone()).collect();
     assert!(workers.len() >= 2, "{workers:?}");
 
+    // The audit's per-shard record shows where each link's time went: every link noted its
+    // model loading, and a worker's later links found the pair warm.
+    let (code, listed) = env.json("GET", &format!("/v1/audits/{id}/shards"), &token, None);
+    assert_eq!(code, 200, "{listed}");
+    let listed = listed["shards"].as_array().unwrap().clone();
+    assert_eq!(listed.len(), 12);
+    assert!(
+        listed.iter().all(|s| s["status"] == "succeeded"
+            && s["load_s"].is_number()
+            && s["elapsed_s"].is_number()),
+        "{listed:?}"
+    );
+    assert!(listed.iter().any(|s| s["warm"] == true), "{listed:?}");
+    assert!(listed.iter().any(|s| s["warm"] == false), "{listed:?}");
+    // Another team does not see them.
+    let other = env.token("other-team");
+    let (code, _) = env.json("GET", &format!("/v1/audits/{id}/shards"), &other, None);
+    assert_eq!(code, 404);
+
     // The embedded audit, every block in one shard, gives the same results (to 1e-6: the
     // sums were handed over as JSON, the streams as exact f32).
     let out = env.dir.path().join("embedded-ranges");

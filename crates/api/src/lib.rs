@@ -31,6 +31,7 @@ pub fn app(state: AppState) -> Router {
             "/audits/{id}",
             get(routes::audits::get).delete(routes::audits::cancel),
         )
+        .route("/audits/{id}/shards", get(routes::audits::shards))
         .route("/audits/{id}/results", get(routes::results::results))
         .route("/audits/{id}/artifacts", get(routes::results::artifacts))
         .route(

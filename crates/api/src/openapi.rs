@@ -8,7 +8,7 @@ use crate::routes::{alerts, audits, blocks, health, latents, results, scans};
 #[openapi(
     info(title = "NeuroDiff", description = "Model diffing audits: submit, follow, and query what fine-tuning changed."),
     paths(
-        audits::create, audits::list, audits::get, audits::cancel,
+        audits::create, audits::list, audits::get, audits::shards, audits::cancel,
         results::results, results::artifacts, results::artifact, results::query, blocks::query, latents::query,
         scans::create, scans::list, scans::get, scans::pause, scans::resume, scans::trigger,
         scans::delete, alerts::list, alerts::get, alerts::ack,
@@ -16,6 +16,7 @@ use crate::routes::{alerts, audits, blocks, health, latents, results, scans};
     ),
     components(schemas(
         audits::AuditRequest, neurodiff_protocol::RequestOptions, audits::AuditView, audits::Progress, audits::AuditPage,
+        audits::ShardView, audits::ShardList,
         results::ArtifactView, results::ArtifactList, results::ResultHitView, results::ResultPage,
         blocks::BlockHitView, blocks::BlockPage, latents::LatentHitView, latents::LatentPage,
         scans::ScanView, scans::RunView, scans::ScanList, neurodiff_protocol::scan::ScanRequest,

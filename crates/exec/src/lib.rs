@@ -30,7 +30,7 @@ pub use error::{ExecError, Result};
 pub use execute::{Execute, Run, Step};
 pub use plan::{check_limits, hash_sides, plan_audit, Named};
 pub use record::Content;
-pub use shard::{planned_steps, run_shard, ShardEnv};
+pub use shard::{planned_steps, run_shard, ReadyNote, ShardEnv};
 pub use sources::{OpenTarget, Sources};
 
 use neurodiff_analyses::dictionary::Family;

@@ -71,6 +71,7 @@ pub fn run_shard(
         device,
         models: env.models,
         store,
+        ready: env.ready,
     };
     let output = match crate::executor(spec.shard.analysis()) {
         Executor::Tensors(t) => t.run(sources, spec, device, progress)?,
@@ -81,13 +82,32 @@ pub fn run_shard(
     Ok(output)
 }
 
-/// Where a shard runs: the store for what outlives it, the device, and the models kept warm
-/// between shards.
+/// Where a shard runs: the store for what outlives it, the device, the models kept warm
+/// between shards, and (when the caller keeps it) where the shard notes what getting its
+/// models ready cost.
 #[derive(Clone, Copy)]
 pub struct ShardEnv<'a> {
     pub store: &'a dyn ShardStore,
     pub device: Device,
     pub models: &'a ModelCache,
+    pub ready: Option<&'a ReadyNote>,
+}
+
+/// What getting a shard's models ready cost, noted by the shard for its caller.
+#[derive(Debug, Default)]
+pub struct ReadyNote(std::sync::Mutex<Option<neurodiff_protocol::ModelsReady>>);
+
+impl ReadyNote {
+    fn note(&self, ready: neurodiff_protocol::ModelsReady) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some(ready);
+        }
+    }
+
+    /// What the shard noted (nothing for a shard that loads no models).
+    pub fn take(&self) -> Option<neurodiff_protocol::ModelsReady> {
+        self.0.lock().ok().and_then(|mut slot| slot.take())
+    }
 }
 
 impl std::fmt::Debug for ShardEnv<'_> {
@@ -156,6 +176,7 @@ pub(crate) struct Corpus<'a> {
     device: Device,
     models: &'a ModelCache,
     store: &'a dyn ShardStore,
+    ready: Option<&'a ReadyNote>,
 }
 
 impl Corpus<'_> {
@@ -166,6 +187,12 @@ impl Corpus<'_> {
         };
         let pair = self.models.take(self.sources, self.device, loading)?;
         tracing::info!(load_s = pair.load_s, warm = pair.hit, "models ready");
+        if let Some(ready) = self.ready {
+            ready.note(neurodiff_protocol::ModelsReady {
+                load_s: pair.load_s,
+                warm: pair.hit,
+            });
+        }
         CorpusShard::open(self.sources, self.spec, self.corpus, read, pair)
     }
 

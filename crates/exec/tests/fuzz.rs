@@ -67,6 +67,7 @@ fn plan_and_run(base: &Path, target: Target) {
             store: &store,
             device: tch::Device::Cpu,
             models: &neurodiff_exec::ModelCache::off(),
+            ready: None,
         };
         let _ = run_shard(&sources, first, None, env, &mut |_| true);
     }

@@ -118,6 +118,7 @@ fn a_link_without_its_hand_over_is_refused_naming_it() {
         store: &store,
         device: tch::Device::Cpu,
         models: &models,
+        ready: None,
     };
     let run = |s| run_shard(&sources, s, Some(&corpus), env, &mut |_| true);
     let e = run(second).unwrap_err().to_string();

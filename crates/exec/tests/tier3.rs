@@ -276,6 +276,7 @@ fn a_stopped_training_resumes_to_the_same_dictionary() {
                 store,
                 device: tch::Device::Cpu,
                 models: &neurodiff_exec::ModelCache::off(),
+                ready: None,
             },
             &mut |what| {
                 if what == "step" {

@@ -79,3 +79,12 @@ pub struct PlanRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub corpus: Option<crate::CorpusRecord>,
 }
+
+/// What getting a shard's models ready cost its worker.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ModelsReady {
+    /// Seconds spent loading (0 when the worker's model cache held them).
+    pub load_s: f64,
+    /// Whether the cache held them.
+    pub warm: bool,
+}

@@ -45,7 +45,9 @@ pub use dictionary::{
 pub use error::SpecError;
 pub use generation::{Generation, GenerationOptions, MAX_GENERATED_TOKENS};
 pub use grades::GroundTruth;
-pub use jobs::{Envelope, Event, PlanRecord, Task, EVENTS_MAX_LEN, EVENTS_STREAM, TASKS_STREAM};
+pub use jobs::{
+    Envelope, Event, ModelsReady, PlanRecord, Task, EVENTS_MAX_LEN, EVENTS_STREAM, TASKS_STREAM,
+};
 pub use limits::Limits;
 pub use logit_lens::{
     KlSums, LensLayer, LensOptions, LensReport, LensShard, SampleKl, TokenShift, VocabCompare,
@@ -81,7 +83,7 @@ pub use weights::{
     relative, AddedRows, LayerMetrics, ModuleMetrics, ShapeMismatch, ShardResult, Spectrum,
     TensorMetrics, WeightOptions, WeightsReport,
 };
-pub use wire::{AuditRequest, AuditStatus, AuditView, Progress};
+pub use wire::{AuditRequest, AuditStatus, AuditView, Progress, ShardList, ShardView};
 
 registry::analyses! {
     /// Tier I: per-tensor weight-delta metrics and spectra.

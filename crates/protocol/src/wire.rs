@@ -192,6 +192,37 @@ pub struct Progress {
     pub shards_total: i32,
 }
 
+/// One shard of an audit as the API shows it: where it ran and what it cost (the same status
+/// values as an audit's).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+pub struct ShardView {
+    /// `layer-0003`, `activations/samples-000000-000064`,
+    /// `logit-lens/samples-000000-000064/blocks-0004-0008`, …
+    pub shard: String,
+    pub status: AuditStatus,
+    /// Times it was handed to a worker.
+    pub attempt: i32,
+    /// The worker of its latest attempt.
+    pub worker: Option<String>,
+    /// How long its task waited on the queue before a worker took it.
+    pub queue_wait_ms: Option<f64>,
+    /// Seconds its worker spent loading the models (0 when they were warm).
+    pub load_s: Option<f64>,
+    /// Whether its worker already held the models.
+    pub warm: Option<bool>,
+    /// Seconds the analysis ran.
+    pub elapsed_s: Option<f64>,
+    pub error: Option<String>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// An audit's shards, in plan order.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+pub struct ShardList {
+    pub shards: Vec<ShardView>,
+}
+
 /// An audit as the API shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct AuditView {

@@ -7,6 +7,7 @@ pub mod query;
 pub mod queue;
 pub mod scans;
 pub mod sched;
+pub mod shards;
 pub mod tokens;
 
 pub use blobs::{artifact_key, shard_result_key, Blobs, ListedObject, StoredObject};

@@ -9,7 +9,7 @@ use neurodiff_exec::corpus::CorpusText;
 use neurodiff_exec::record::verify;
 use neurodiff_exec::{ExecError, Sources};
 use neurodiff_protocol::limits::MAX_SHARD_OUTPUT_BYTES;
-use neurodiff_protocol::{Event, PlanRecord, ShardKey, ShardOutput, ShardSpec};
+use neurodiff_protocol::{Event, ModelsReady, PlanRecord, ShardKey, ShardOutput, ShardSpec};
 use neurodiff_store::{shard_result_key, StoreError};
 use uuid::Uuid;
 
@@ -96,7 +96,18 @@ pub(crate) async fn run(
         Err(e) => return attempt.fail(e, &[&pair.0, &pair.1]).await,
     };
     let store = BlobStore::new(ctx.blobs.clone(), &team, tokio::runtime::Handle::current());
-    let result = match execute(ctx, running.lease, spec, &pair, planned, corpus, store).await? {
+    let (result, ready) = execute(ctx, running.lease, spec, &pair, planned, corpus, store).await?;
+    // Where the shard's time went, for the audit's per-shard record (best effort).
+    if let Some(ready) = ready {
+        if let Err(e) = ctx
+            .db
+            .note_models_ready(audit, &spec.shard, number, ready)
+            .await
+        {
+            tracing::debug!(error = %e, "cannot note the shard's model loading");
+        }
+    }
+    let result = match result {
         Ok(r) => r,
         // Cancelled (a hand-back or deadline is answered by `handle` before this is reached).
         Err(ExecError::Core(CoreError::Interrupted)) => {
@@ -215,12 +226,14 @@ async fn execute(
     planned: Option<PlanRecord>,
     corpus: Option<CorpusText>,
     store: BlobStore,
-) -> Result<neurodiff_exec::Result<ShardOutput>, Transient> {
+) -> Result<(neurodiff_exec::Result<ShardOutput>, Option<ModelsReady>), Transient> {
     let (base, target) = pair.clone();
     let (spec, stop, device) = (spec.clone(), lease.stop.clone(), ctx.settings.device);
     let slow = ctx.settings.slow_tensor;
     let (hashes, models) = (ctx.hashes.clone(), ctx.models.clone());
-    blocking(move || {
+    let ready = std::sync::Arc::new(neurodiff_exec::ReadyNote::default());
+    let noted = ready.clone();
+    let result = blocking(move || {
         let sources: Sources = open_sources(&base, &spec.target, &target)?;
         if let Some(p) = &planned {
             let (base_files, target_files) = sources.contents()?;
@@ -240,6 +253,7 @@ async fn execute(
                 store: &store,
                 device,
                 models: &models,
+                ready: Some(&noted),
             },
             &mut |_| {
                 if !slow.is_zero() {
@@ -249,7 +263,8 @@ async fn execute(
             },
         )
     })
-    .await
+    .await?;
+    Ok((result, ready.take()))
 }
 
 /// Uploads the result (keyed by attempt, so a stale worker's upload never replaces the one

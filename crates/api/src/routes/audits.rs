@@ -4,7 +4,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use chrono::{DateTime, Utc};
-pub use neurodiff_protocol::{AuditRequest, AuditView, Progress};
+pub use neurodiff_protocol::{AuditRequest, AuditView, Progress, ShardList, ShardView};
 use neurodiff_protocol::{AuditSpec, AuditStatus, Event, Limits, ReferencePolicy, EVENTS_MAX_LEN};
 use neurodiff_store::{Admission, AuditFilter};
 use serde::Deserialize;
@@ -120,6 +120,21 @@ pub async fn get(
     Ok(Json(
         state.db.get_audit(&team, parse_id(&id)?).await?.into(),
     ))
+}
+
+/// The audit's shards in plan order: status, attempts, worker, and where the time went (queue
+/// wait, model loading, the analysis).
+#[utoipa::path(get, path = "/v1/audits/{id}/shards", tag = "audits",
+    params(("id" = String, Path, description = "audit id")),
+    responses((status = 200, body = ShardList), (status = 404, description = "no such audit for this team")),
+    security(("bearer" = [])))]
+pub async fn shards(
+    State(state): State<AppState>,
+    AuthTeam(team): AuthTeam,
+    Path(id): Path<String>,
+) -> Result<Json<ShardList>, ApiError> {
+    let shards = state.db.shard_views(&team, parse_id(&id)?).await?;
+    Ok(Json(ShardList { shards }))
 }
 
 /// Cancel a queued or running audit (a finished one is returned unchanged).

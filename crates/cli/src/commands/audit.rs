@@ -220,6 +220,7 @@ impl Audit<'_> {
                 store: self.store,
                 device: self.device,
                 models: self.models,
+                ready: None,
             },
             &mut |_| {
                 self.bar.inc(1);

@@ -42,6 +42,7 @@ pub fn shard_outputs(spec: &AuditSpec) -> Result<(Vec<ShardOutput>, PlanRecord),
         store: &store,
         device: tch::Device::Cpu,
         models: &models,
+        ready: None,
     };
     let outputs = shards
         .iter()
