@@ -2,6 +2,7 @@
 
   python scripts/bench_scale.py [--bin target/release/neurodiff] [--dir out/bench-scale]
                                 [--dtype bf16|fp32] [--samples 8] [--seq-len 64] [--batch 8]
+                                [--range-bytes N]
 
 Makes (once, then reuses) a pair with Llama-3.2-1B's shapes (d_model 2048, 16 blocks, 32 query
 and 8 key/value heads, MLP 8192, vocabulary 128,256, tied embeddings, llama3 RoPE; 1.24B
@@ -19,6 +20,10 @@ its own at the same thread count (all cores):
 
 It prints peak RSS (the kernel's `ru_maxrss` of each process) and tokens/s of each side, and
 the ratios. Loading is included on both sides; the audit also hashes both checkpoints.
+
+With `--range-bytes N` the audit also runs as layer-range shards (each link at most N bytes of
+both models' block weights, handing the residual streams on through the store) and its results
+are compared with the one-shard audit's (every number to 1e-6).
 """
 
 import argparse
@@ -145,6 +150,23 @@ def measured(cmd, stdout=None):
     return wall, usage.ru_maxrss / 1024
 
 
+def compare(x, y, path):
+    """The largest relative difference between two results documents' numbers; any other
+    difference (keys, lengths, text) fails, as does a number off by more than 1e-6."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        if isinstance(x, dict):
+            assert x.keys() == y.keys(), path
+            return max([compare(x[k], y[k], f"{path}.{k}") for k in x if k != "elapsed_s"], default=0.0)
+        if isinstance(x, list):
+            assert len(x) == len(y), path
+            return max([compare(p, q, f"{path}[{i}]") for i, (p, q) in enumerate(zip(x, y))], default=0.0)
+        assert x == y, (path, x, y)
+        return 0.0
+    rel = abs(x - y) / max(abs(x), abs(y), 1e-30)
+    assert rel <= 1e-6 or abs(x - y) <= 1e-12, (path, x, y)
+    return rel
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bin", default="target/release/neurodiff")
@@ -154,6 +176,7 @@ def main():
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--side", choices=["both", "neurodiff", "transformers"], default="both")
+    ap.add_argument("--range-bytes", type=int, default=0)
     ap.add_argument("--transformers-side", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.transformers_side:
@@ -174,6 +197,17 @@ def main():
         assert results["analyses"]["activations"]["n_tokens"] == tokens
         print(f"neurodiff    : {rows['neurodiff'][0]:8.1f} s  {tokens / rows['neurodiff'][0]:7.2f} tokens/s  "
               f"peak RSS {rows['neurodiff'][1]:7.0f} MiB", flush=True)
+        if a.range_bytes:
+            ranged = os.path.join(a.dir, f"report-{a.dtype}-ranges")
+            wall, rss = measured([
+                a.bin, "audit", os.path.join(a.dir, "base"), os.path.join(a.dir, "ft"),
+                "--analyses", "activations,logit-lens", "--dtype", a.dtype, "--max-samples", str(a.samples),
+                "--seq-len", str(a.seq_len), "--batch-size", str(a.batch), "--shard-samples", str(a.samples),
+                "--range-bytes", str(a.range_bytes), "--quiet", "--out", ranged])
+            other = json.load(open(os.path.join(ranged, "results.json")))
+            worst = compare(results["analyses"], other["analyses"], "analyses")
+            print(f"as layer ranges ({a.range_bytes} bytes each): {wall:8.1f} s  peak RSS {rss:7.0f} MiB; "
+                  f"results equal, largest relative difference {worst:.1e}", flush=True)
     if a.side in ("both", "transformers"):
         out_path = os.path.join(a.dir, f"transformers-{a.dtype}.json")
         with open(out_path, "w") as f:

@@ -6,6 +6,7 @@
 //! can be staged exactly.)
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stdout)]
 
+mod affinity;
 mod chaos;
 mod gguf;
 mod hardening;

@@ -73,6 +73,12 @@ impl ModelCache {
         self.lock().iter().map(|e| e.bytes).sum()
     }
 
+    /// Whether it holds a pair of these models' content (`Sources::identity`), in any
+    /// loading (what a worker answers when a shard of those models could come to it).
+    pub fn holds(&self, identity: &str) -> bool {
+        self.lock().iter().any(|e| e.key.identity == identity)
+    }
+
     /// The pair of `sources` as `loading` asks, from the cache or loaded.
     pub fn take(&self, sources: &Sources, device: Device, loading: Loading) -> Result<Taken> {
         // An adapter's pair switches its adapter per call: kept, it would need the switch

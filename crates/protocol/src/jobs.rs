@@ -45,6 +45,14 @@ pub struct Envelope {
     pub task: Task,
     #[serde(default)]
     pub retries: u32,
+    /// Times a worker without the shard's models warm left it for one that holds them (the
+    /// affinity wait; bounded, then any worker runs it).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub deferred: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Wake-up events kept at most (about) this many; older ones are dropped unread.

@@ -106,6 +106,7 @@ async fn enqueue(ctx: &SchedulerContext, p: &mut Pass) -> Result<(), neurodiff_s
             .enqueue(&Envelope {
                 task: Task::Plan { audit },
                 retries: 0,
+                deferred: 0,
             })
             .await?;
         ctx.db.mark_enqueued(audit).await?;
@@ -124,7 +125,12 @@ async fn enqueue(ctx: &SchedulerContext, p: &mut Pass) -> Result<(), neurodiff_s
             audit: s.audit,
             spec: Box::new(ShardSpec::of(&s.spec, s.shard_key)),
         };
-        ctx.tasks.enqueue(&Envelope { task, retries: 0 }).await?;
+        let envelope = Envelope {
+            task,
+            retries: 0,
+            deferred: 0,
+        };
+        ctx.tasks.enqueue(&envelope).await?;
         ctx.db.mark_shard_enqueued(s.audit, s.shard_key).await?;
         p.enqueued += 1;
     }
@@ -150,6 +156,7 @@ async fn reclaim(ctx: &SchedulerContext, p: &mut Pass) -> Result<(), neurodiff_s
             let retry = Envelope {
                 task: env.task.clone(),
                 retries: handed_out,
+                deferred: env.deferred,
             };
             ctx.tasks
                 .retry_later(&d.id, &retry, now_ms() + wait.as_millis() as u64)

@@ -424,6 +424,42 @@ impl Queue {
         Ok(out)
     }
 
+    /// Notes that worker `member` holds the models `key` names warm until `until_ms` (Unix ms):
+    /// shards of those models go preferably to it (`warm_holders`).
+    pub async fn announce_warm(&self, key: &str, member: &str, until_ms: u64) -> Result<()> {
+        let set = format!("{}:warm:{key}", self.stream);
+        redis::pipe()
+            .cmd("ZADD")
+            .arg(&set)
+            .arg(until_ms)
+            .arg(member)
+            .ignore()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(&set)
+            .arg("-inf")
+            .arg(now_ms())
+            .ignore()
+            .cmd("PEXPIREAT")
+            .arg(&set)
+            .arg(until_ms)
+            .ignore()
+            .query_async::<()>(&mut self.conn.clone())
+            .await
+            .map_err(redis_err)
+    }
+
+    /// The workers whose announcement that they hold `key`'s models warm still holds at
+    /// `now_ms`.
+    pub async fn warm_holders(&self, key: &str, now_ms: u64) -> Result<Vec<String>> {
+        redis::cmd("ZRANGEBYSCORE")
+            .arg(format!("{}:warm:{key}", self.stream))
+            .arg(now_ms)
+            .arg("+inf")
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(redis_err)
+    }
+
     /// Acknowledges `id` and puts `task` back at the end of the stream at once (a worker
     /// shutting down hands its shard back instead of letting its lease run out).
     pub async fn hand_back<T: Serialize>(&self, id: &str, task: &T) -> Result<()> {

@@ -35,6 +35,9 @@ pub struct WorkerSettings {
     pub model_cache_bytes: u64,
     /// The layer-range budget planning applies when the request names none.
     pub range_bytes: Option<u64>,
+    /// How long a shard may wait for a worker that holds its models warm before this one
+    /// loads them itself (zero: no affinity).
+    pub affinity_wait: Duration,
 }
 
 /// What a worker talks to.
@@ -72,12 +75,14 @@ impl WorkerContext {
 }
 
 /// What happens to the stream entry after a task ran.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq)]
 pub(crate) enum Outcome {
     /// Done (or nothing left to do): acknowledge.
     Ack,
     /// Interrupted by shutdown: put it back for another worker now.
     HandBack,
+    /// Left for a worker that holds its models: on the delayed set, for a moment.
+    Defer(Box<neurodiff_protocol::Envelope>),
 }
 
 /// An error worth retrying elsewhere: the entry stays unacknowledged and is reclaimed.

@@ -1,6 +1,7 @@
 //! The service's worker process: pulls tasks from the Redis work stream, holds a lease on each,
 //! opens every model and corpus under the reference policy, and hands the analyses to the
 //! executor (`neurodiff_exec`), recording results in PostgreSQL and object storage.
+mod affinity;
 mod blob_store;
 pub mod confine;
 mod context;

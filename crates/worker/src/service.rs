@@ -69,6 +69,10 @@ async fn slot_loop(ctx: WorkerContext, consumer: String, shutdown: watch::Receiv
                     tracing::info!("shutting down: handing the task back");
                     ctx.tasks.hand_back(&delivery.id, &delivery.task).await
                 }
+                Ok(Outcome::Defer(env)) => {
+                    let due = neurodiff_store::now_ms() + crate::affinity::STEP.as_millis() as u64;
+                    ctx.tasks.retry_later(&delivery.id, &env, due).await
+                }
                 Err(Transient(e)) => {
                     tracing::warn!(error = %e, "task left for retry");
                     Ok(())
@@ -91,6 +95,11 @@ async fn handle(
     shutdown: watch::Receiver<bool>,
 ) -> Result<Outcome, Transient> {
     let task = &delivery.task.task;
+    if let Task::Shard { audit, spec } = task {
+        if let Some(env) = crate::affinity::defer(ctx, *audit, spec, &delivery.task).await? {
+            return Ok(Outcome::Defer(Box::new(env)));
+        }
+    }
     let limits = &ctx.settings.enforcer.limits;
     let deadline = Duration::from_secs(match task {
         Task::Plan { .. } => limits.planning_timeout_s,

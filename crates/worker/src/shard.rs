@@ -106,6 +106,8 @@ pub(crate) async fn run(
         {
             tracing::debug!(error = %e, "cannot note the shard's model loading");
         }
+        // The pair is in this worker's cache now: later shards of it may come here.
+        crate::affinity::announce(ctx, audit, spec).await;
     }
     let result = match result {
         Ok(r) => r,

@@ -49,6 +49,10 @@ pub struct WorkerArgs {
     /// holds (a larger pair runs as chains of layer ranges across the workers).
     #[arg(long, env = "NEURODIFF_RANGE_BYTES")]
     pub range_bytes: Option<u64>,
+    /// How long a shard of a corpus analysis waits for a worker that announced it holds the
+    /// shard's models warm before this worker loads them itself; 0 turns affinity off.
+    #[arg(long, env = "NEURODIFF_AFFINITY_WAIT_MS", default_value_t = 2_000)]
+    pub affinity_wait_ms: u64,
     /// Fault injection for drills and tests: wait this long after each tensor, so a shard is
     /// reliably in flight when a worker is killed, Redis restarted or an audit cancelled.
     #[arg(long, hide = true, default_value_t = 0)]
@@ -104,6 +108,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
                 slow_plan: Duration::from_millis(args.slow_plan_ms),
                 model_cache_bytes: args.model_cache_bytes,
                 range_bytes: args.range_bytes.filter(|&b| b > 0),
+                affinity_wait: Duration::from_millis(args.affinity_wait_ms),
             },
         );
         eprintln!("neurodiff worker {name} running on {}", args.device);
