@@ -5,10 +5,10 @@
 //! audit's, which ran every block in one shard.
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 use uuid::Uuid;
 
-use crate::harness::{assert_within, organisms, wait_for, Env, BIN};
+use crate::harness::{assert_within, embedded, organisms, wait_for, Env};
 
 const SAMPLES: usize = 10;
 
@@ -106,33 +106,28 @@ fn layer_ranges_survive_a_killed_worker_and_equal_the_embedded_audit() {
 
     // The embedded audit, every block in one shard, gives the same results (to 1e-6: the
     // sums were handed over as JSON, the streams as exact f32).
-    let out = env.dir.path().join("embedded-ranges");
-    let status = std::process::Command::new(BIN)
-        .args([
-            "audit",
+    let dir = env.dir.path().join("embedded-ranges");
+    std::fs::create_dir_all(&dir).unwrap();
+    let local_s = local.display().to_string();
+    let reference = embedded(
+        &dir,
+        &[
             &base_s,
             &ft_s,
             "--analyses",
             "activations,logit-lens",
             "--corpus",
-        ])
-        .arg(&local)
-        .args([
+            &local_s,
             "--seq-len",
             "32",
             "--max-samples",
             "10",
             "--batch-size",
             "5",
-        ])
-        .args(["--shard-samples", "10", "--quiet", "--out"])
-        .arg(&out)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let reference: Value =
-        serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+            "--shard-samples",
+            "10",
+        ],
+    );
     let (code, served) = env.json("GET", &format!("/v1/audits/{id}/results"), &token, None);
     assert_eq!(code, 200, "{served}");
     assert_within(
