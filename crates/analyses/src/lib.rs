@@ -387,7 +387,20 @@ pub(crate) fn streamed_shards(
         }
         _ => return Ok(slices),
     };
-    let mut keys = Vec::with_capacity(slices.len() * ranges.len());
+    let links = slices.len().saturating_mul(ranges.len());
+    if links > neurodiff_protocol::MAX_CORPUS_SHARDS {
+        return Err(AnalysisError::Spec(SpecError::Field(
+            "range_bytes".into(),
+            format!(
+                "{} slices × {} layer ranges = {links} shards for {kind}; the most is {} \
+                 (raise range_bytes or corpus.shard_samples)",
+                slices.len(),
+                ranges.len(),
+                neurodiff_protocol::MAX_CORPUS_SHARDS
+            ),
+        )));
+    }
+    let mut keys = Vec::with_capacity(links);
     for slice in slices {
         let Some((start, end)) = slice.samples() else {
             keys.push(slice);
@@ -466,4 +479,50 @@ pub(crate) fn escape(s: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use neurodiff_protocol::Target;
+
+    fn planned(range_bytes: Option<u64>, samples: usize) -> Result<Vec<ShardKey>, AnalysisError> {
+        let mut spec = AuditSpec::new(
+            "b".into(),
+            Target::Checkpoint {
+                reference: "f".into(),
+            },
+            vec![AnalysisKind::Activations],
+        );
+        spec.range_bytes = range_bytes;
+        spec.corpus.max_samples = samples;
+        spec.corpus.shard_samples = 1;
+        let facts = PlanFacts {
+            n_layers: 6,
+            n_samples: Some(samples),
+            d_model: Some(8),
+            block_bytes: vec![10; 6],
+        };
+        streamed_shards(AnalysisKind::Activations, &spec, &facts)
+    }
+
+    #[test]
+    fn layer_ranges_split_each_slice_and_count_against_the_shard_limit() {
+        // No budget, or one the pair fits: one shard per slice.
+        assert_eq!(planned(None, 4).unwrap().len(), 4);
+        assert_eq!(planned(Some(60), 4).unwrap().len(), 4);
+        // 20 bytes: 3 links of 2 blocks per slice, in chain order.
+        let keys = planned(Some(20), 4).unwrap();
+        assert_eq!(keys.len(), 12);
+        assert_eq!(
+            keys[1].to_string(),
+            "activations/samples-000000-000001/blocks-0002-0004"
+        );
+        // 1000 slices × 6 one-block links is over the 4096 shards an analysis may have.
+        let e = planned(Some(1), 1000).unwrap_err().to_string();
+        assert!(
+            e.contains("range_bytes") && e.contains("6000 shards"),
+            "{e}"
+        );
+    }
 }

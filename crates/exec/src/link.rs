@@ -230,7 +230,10 @@ fn read<S: DeserializeOwned>(
                 "a batch of shape {shape:?}, the shard's is {ids:?}"
             )));
         }
-        let n = shape.iter().map(|&d| d.max(0) as usize).product::<usize>() * 4;
+        let n = shape
+            .iter()
+            .try_fold(4usize, |n, &d| n.checked_mul(usize::try_from(d).ok()?))
+            .ok_or_else(|| bad(format!("a batch of shape {shape:?}")))?;
         let mut side = || -> Result<Tensor> {
             if data.len() < n {
                 return Err(bad("truncated residual streams".into()));

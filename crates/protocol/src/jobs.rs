@@ -45,13 +45,13 @@ pub struct Envelope {
     pub task: Task,
     #[serde(default)]
     pub retries: u32,
-    /// Times a worker without the shard's models warm left it for one that holds them (the
-    /// affinity wait; bounded, then any worker runs it).
+    /// When (Unix ms) a worker without the shard's models warm first left it for one that
+    /// holds them; 0 if none did. Once the affinity wait has passed since, any worker runs it.
     #[serde(default, skip_serializing_if = "is_zero")]
-    pub deferred: u32,
+    pub deferred_since_ms: u64,
 }
 
-fn is_zero(n: &u32) -> bool {
+fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 

@@ -106,7 +106,7 @@ async fn enqueue(ctx: &SchedulerContext, p: &mut Pass) -> Result<(), neurodiff_s
             .enqueue(&Envelope {
                 task: Task::Plan { audit },
                 retries: 0,
-                deferred: 0,
+                deferred_since_ms: 0,
             })
             .await?;
         ctx.db.mark_enqueued(audit).await?;
@@ -128,7 +128,7 @@ async fn enqueue(ctx: &SchedulerContext, p: &mut Pass) -> Result<(), neurodiff_s
         let envelope = Envelope {
             task,
             retries: 0,
-            deferred: 0,
+            deferred_since_ms: 0,
         };
         ctx.tasks.enqueue(&envelope).await?;
         ctx.db.mark_shard_enqueued(s.audit, s.shard_key).await?;
@@ -156,7 +156,7 @@ async fn reclaim(ctx: &SchedulerContext, p: &mut Pass) -> Result<(), neurodiff_s
             let retry = Envelope {
                 task: env.task.clone(),
                 retries: handed_out,
-                deferred: env.deferred,
+                deferred_since_ms: env.deferred_since_ms,
             };
             ctx.tasks
                 .retry_later(&d.id, &retry, now_ms() + wait.as_millis() as u64)

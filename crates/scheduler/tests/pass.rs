@@ -210,7 +210,7 @@ async fn a_retry_lost_mid_promotion_is_found_by_the_reaper(pool: PgPool) {
     let retry = Envelope {
         task: taken.task.task.clone(),
         retries: 1,
-        deferred: 0,
+        deferred_since_ms: 0,
     };
     let mut conn = redis::Client::open(
         std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),

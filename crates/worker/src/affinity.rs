@@ -2,8 +2,9 @@
 //! cache already holds its pair. A worker that finishes such a shard announces that it holds
 //! the pair (by the plan's content hashes) for a while; a worker that receives a shard of a
 //! pair it does not hold, while another live worker announced it, leaves the shard on the
-//! delayed set for a moment instead of loading the models itself, at most for the affinity
-//! wait, after which any worker runs it (so no shard waits on a busy worker forever).
+//! delayed set for a moment instead of loading the models itself, until the affinity wait has
+//! passed since it was first left, after which any worker runs it (so no shard waits on a busy
+//! or dead worker for longer). A worker announces a pair only while its cache holds it.
 use std::time::Duration;
 
 use neurodiff_protocol::{Envelope, PlanRecord, ShardSpec};
@@ -50,8 +51,9 @@ pub(crate) async fn defer(
     spec: &ShardSpec,
     env: &Envelope,
 ) -> Result<Option<Envelope>, Transient> {
-    let wait = ctx.settings.affinity_wait;
-    if u128::from(env.deferred) * STEP.as_millis() >= wait.as_millis() {
+    let (wait, now) = (ctx.settings.affinity_wait.as_millis() as u64, now_ms());
+    if wait == 0 || (env.deferred_since_ms > 0 && now.saturating_sub(env.deferred_since_ms) >= wait)
+    {
         return Ok(None);
     }
     let Some((key, identity)) = pair_of(ctx, audit, spec).await? else {
@@ -60,13 +62,18 @@ pub(crate) async fn defer(
     if ctx.models.holds(&identity) {
         return Ok(None);
     }
-    let holders = ctx.tasks.warm_holders(&key, now_ms()).await?;
+    let holders = ctx.tasks.warm_holders(&key, now).await?;
     if holders.iter().all(|h| h == &ctx.settings.name) {
         return Ok(None);
     }
-    tracing::info!(warm = ?holders, deferred = env.deferred + 1, "left for a worker holding the models");
+    let since = if env.deferred_since_ms > 0 {
+        env.deferred_since_ms
+    } else {
+        now
+    };
+    tracing::info!(warm = ?holders, waited_ms = now - since, "left for a worker holding the models");
     Ok(Some(Envelope {
-        deferred: env.deferred + 1,
+        deferred_since_ms: since,
         ..env.clone()
     }))
 }
@@ -77,14 +84,15 @@ pub(crate) async fn announce(ctx: &WorkerContext, audit: Uuid, spec: &ShardSpec)
         return;
     }
     let announced = match pair_of(ctx, audit, spec).await {
-        Ok(Some((key, _))) => {
+        // Only a pair the cache kept (not an adapter's, one over the bound, or a failed shard's).
+        Ok(Some((key, identity))) if ctx.models.holds(&identity) => {
             let until = now_ms() + WARM_FOR.as_millis() as u64;
             ctx.tasks
                 .announce_warm(&key, &ctx.settings.name, until)
                 .await
                 .map_err(|e| e.to_string())
         }
-        Ok(None) => Ok(()),
+        Ok(_) => Ok(()),
         Err(Transient(e)) => Err(e),
     };
     if let Err(e) = announced {
