@@ -34,12 +34,18 @@ pub(crate) async fn pair_of(
     let Ok(planned) = serde_json::from_value::<PlanRecord>(record) else {
         return Ok(None);
     };
+    Ok(Some(pair_key(&planned)))
+}
+
+/// The pair's key in the announcements and its identity in the model cache, from its plan
+/// record's content hashes.
+fn pair_key(planned: &PlanRecord) -> (String, String) {
     let content = format!(
         "{}+{}",
         planned.base.content_hash, planned.finetuned.content_hash
     );
     let key = neurodiff_exec::store::sha256_hex(content.as_bytes());
-    Ok(Some((key, format!("content:{content}"))))
+    (key, format!("content:{content}"))
 }
 
 /// The envelope to leave on the delayed set instead of running `env`'s shard here, or `None`
@@ -78,24 +84,23 @@ pub(crate) async fn defer(
     }))
 }
 
-/// Announces that this worker holds the pair of `audit`'s shard warm (best effort).
-pub(crate) async fn announce(ctx: &WorkerContext, audit: Uuid, spec: &ShardSpec) {
+/// Announces that this worker holds the pair its shard ran (`planned`, the audit's plan
+/// record) warm, best effort; only a pair the cache kept (not an adapter's, one over the
+/// bound, or a failed shard's).
+pub(crate) async fn announce(ctx: &WorkerContext, planned: &PlanRecord) {
     if ctx.settings.affinity_wait.is_zero() || ctx.settings.model_cache_bytes == 0 {
         return;
     }
-    let announced = match pair_of(ctx, audit, spec).await {
-        // Only a pair the cache kept (not an adapter's, one over the bound, or a failed shard's).
-        Ok(Some((key, identity))) if ctx.models.holds(&identity) => {
-            let until = now_ms() + WARM_FOR.as_millis() as u64;
-            ctx.tasks
-                .announce_warm(&key, &ctx.settings.name, until)
-                .await
-                .map_err(|e| e.to_string())
-        }
-        Ok(_) => Ok(()),
-        Err(Transient(e)) => Err(e),
-    };
-    if let Err(e) = announced {
+    let (key, identity) = pair_key(planned);
+    if !ctx.models.holds(&identity) {
+        return;
+    }
+    let until = now_ms() + WARM_FOR.as_millis() as u64;
+    if let Err(e) = ctx
+        .tasks
+        .announce_warm(&key, &ctx.settings.name, until)
+        .await
+    {
         tracing::debug!(error = %e, "cannot announce the warm models");
     }
 }

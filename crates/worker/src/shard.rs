@@ -96,6 +96,7 @@ pub(crate) async fn run(
         Err(e) => return attempt.fail(e, &[&pair.0, &pair.1]).await,
     };
     let store = BlobStore::new(ctx.blobs.clone(), &team, tokio::runtime::Handle::current());
+    let warm = planned.clone();
     let (result, ready) = execute(ctx, running.lease, spec, &pair, planned, corpus, store).await?;
     // Where the shard's time went, for the audit's per-shard record (best effort).
     if let Some(ready) = ready {
@@ -107,7 +108,9 @@ pub(crate) async fn run(
             tracing::debug!(error = %e, "cannot note the shard's model loading");
         }
         // The pair is in this worker's cache now: later shards of it may come here.
-        crate::affinity::announce(ctx, audit, spec).await;
+        if let Some(planned) = &warm {
+            crate::affinity::announce(ctx, planned).await;
+        }
     }
     let result = match result {
         Ok(r) => r,
