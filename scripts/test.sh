@@ -45,3 +45,7 @@ python scripts/organisms_check.py target/organisms-trained
 # as the tiny ones are: only its trained blocks' tensors changed, the traces name the domain,
 # CMAP and stitching put the change in the trained blocks.
 python scripts/real_organism.py check target/debug/neurodiff
+# The Python package: its wheel built and installed into a new virtualenv, pytest there (the
+# embedded audit against the CLI, the typed client against a real service, the quick-start
+# notebook executed end to end) and mypy --strict.
+scripts/python_test.sh

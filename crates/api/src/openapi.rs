@@ -42,3 +42,9 @@ impl Modify for Bearer {
 pub async fn document() -> axum::Json<utoipa::openapi::OpenApi> {
     axum::Json(ApiDoc::openapi())
 }
+
+/// The document as pretty JSON, as `GET /openapi.json` serves it (`neurodiff openapi` prints it;
+/// the Python client is generated from it).
+pub fn document_json() -> Result<String, serde_json::Error> {
+    ApiDoc::openapi().to_pretty_json()
+}

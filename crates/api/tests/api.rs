@@ -332,6 +332,25 @@ async fn openapi_and_metrics_are_served(pool: PgPool) {
             "schema {name} is referenced but not in the document"
         );
     }
+    // Every operation has an id of its own: the Python client's methods are named by them.
+    let mut ids = std::collections::BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("path item") {
+            let id = op["operationId"].as_str().unwrap_or_default().to_string();
+            assert!(!id.is_empty(), "{method} {path} has no operationId");
+            assert!(ids.insert(id.clone()), "operationId {id} is used twice");
+            // A query parameter documented as a path one makes a generated client build
+            // URLs that do not exist: every parameter not in the path template is a query's.
+            for p in op["parameters"].as_array().into_iter().flatten() {
+                let name = p["name"].as_str().unwrap_or_default();
+                let in_path = path.contains(&format!("{{{name}}}"));
+                let want = if in_path { "path" } else { "query" };
+                if p["in"] != "header" {
+                    assert_eq!(p["in"], want, "{method} {path}: parameter {name}");
+                }
+            }
+        }
+    }
     let kinds = &doc["components"]["schemas"]["AnalysisKind"]["enum"];
     assert!(
         kinds

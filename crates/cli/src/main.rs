@@ -50,6 +50,9 @@ enum Command {
     Token(neurodiff_server::admin::TokenCommand),
     /// Benchmark crosscoder training on activations in a file (tokens/s and peak memory, JSON).
     BenchDictionary(commands::bench_dictionary::Args),
+    /// Print the service's OpenAPI document (what `GET /openapi.json` serves), for generating
+    /// clients.
+    Openapi,
     /// Run one prompt through a model: top next-token predictions, or logits and hidden states to a file.
     Inspect(commands::inspect::Args),
 }
@@ -65,6 +68,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Audit(args) => commands::audit::run(args),
         Command::Grade(args) => commands::grade::run(args),
+        Command::Openapi => commands::openapi(),
         Command::Inspect(args) => commands::inspect::run(args),
         Command::BenchDictionary(args) => commands::bench_dictionary::run(args),
         Command::Migrate(args) => neurodiff_server::admin::migrate(args),

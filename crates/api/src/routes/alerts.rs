@@ -11,6 +11,7 @@ use crate::state::AppState;
 pub use neurodiff_protocol::views::{AlertList, AlertView, DeliveryView};
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AlertQuery {
     /// Only this scan's alerts.
@@ -21,7 +22,7 @@ pub struct AlertQuery {
     pub limit: Option<i64>,
 }
 
-#[utoipa::path(get, path = "/v1/alerts", tag = "alerts", params(AlertQuery),
+#[utoipa::path(get, operation_id = "list_alerts", path = "/v1/alerts", tag = "alerts", params(AlertQuery),
     responses((status = 200, body = AlertList), (status = 400)), security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
@@ -59,7 +60,7 @@ pub async fn list(
     }))
 }
 
-#[utoipa::path(get, path = "/v1/alerts/{id}", tag = "alerts",
+#[utoipa::path(get, operation_id = "get_alert", path = "/v1/alerts/{id}", tag = "alerts",
     params(("id" = String, Path, description = "alert id")),
     responses((status = 200, body = AlertView), (status = 404)), security(("bearer" = [])))]
 pub async fn get(
@@ -72,7 +73,7 @@ pub async fn get(
 }
 
 /// Acknowledge an alert (a second time changes nothing).
-#[utoipa::path(post, path = "/v1/alerts/{id}/ack", tag = "alerts",
+#[utoipa::path(post, operation_id = "ack_alert", path = "/v1/alerts/{id}/ack", tag = "alerts",
     params(("id" = String, Path, description = "alert id")),
     responses((status = 200, body = AlertView), (status = 404)), security(("bearer" = [])))]
 pub async fn ack(

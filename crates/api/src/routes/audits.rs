@@ -36,7 +36,7 @@ pub(crate) fn parse_id(id: &str) -> Result<Uuid, ApiError> {
 }
 
 /// Submit an audit; 202 with its id. The same `Idempotency-Key` returns the same audit.
-#[utoipa::path(post, path = "/v1/audits", tag = "audits", request_body = AuditRequest,
+#[utoipa::path(post, operation_id = "create_audit", path = "/v1/audits", tag = "audits", request_body = AuditRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "returns the same audit for the same key")),
     responses((status = 202, body = AuditView), (status = 400, description = "a bad field, named, or a model reference the policy refuses"),
         (status = 401), (status = 409, description = "the Idempotency-Key was used for a different request"),
@@ -108,7 +108,7 @@ pub async fn create(
     Ok((StatusCode::ACCEPTED, Json(audit.into())))
 }
 
-#[utoipa::path(get, path = "/v1/audits/{id}", tag = "audits",
+#[utoipa::path(get, operation_id = "get_audit", path = "/v1/audits/{id}", tag = "audits",
     params(("id" = String, Path, description = "audit id")),
     responses((status = 200, body = AuditView), (status = 404, description = "no such audit for this team")),
     security(("bearer" = [])))]
@@ -124,7 +124,7 @@ pub async fn get(
 
 /// The audit's shards in plan order: status, attempts, worker, and where the time went (queue
 /// wait, model loading, the analysis).
-#[utoipa::path(get, path = "/v1/audits/{id}/shards", tag = "audits",
+#[utoipa::path(get, operation_id = "list_audit_shards", path = "/v1/audits/{id}/shards", tag = "audits",
     params(("id" = String, Path, description = "audit id")),
     responses((status = 200, body = ShardList), (status = 404, description = "no such audit for this team")),
     security(("bearer" = [])))]
@@ -138,7 +138,7 @@ pub async fn shards(
 }
 
 /// Cancel a queued or running audit (a finished one is returned unchanged).
-#[utoipa::path(delete, path = "/v1/audits/{id}", tag = "audits",
+#[utoipa::path(delete, operation_id = "cancel_audit", path = "/v1/audits/{id}", tag = "audits",
     params(("id" = String, Path, description = "audit id")),
     responses((status = 200, body = AuditView), (status = 404)),
     security(("bearer" = [])))]
@@ -153,6 +153,7 @@ pub async fn cancel(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     pub status: Option<String>,
@@ -175,7 +176,7 @@ fn decode_cursor(s: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
 }
 
 /// The team's audits, newest first; filters by status, model and creation time; cursor pages.
-#[utoipa::path(get, path = "/v1/audits", tag = "audits", params(ListQuery),
+#[utoipa::path(get, operation_id = "list_audits", path = "/v1/audits", tag = "audits", params(ListQuery),
     responses((status = 200, body = AuditPage), (status = 400)),
     security(("bearer" = [])))]
 pub async fn list(

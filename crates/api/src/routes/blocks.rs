@@ -13,6 +13,7 @@ use crate::state::AppState;
 pub use neurodiff_protocol::views::{BlockHitView, BlockPage};
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct BlocksQuery {
     /// mean_rel_diff (default), mean_diff_norm, mean_cosine (activations), kl_mean (logit lens)
@@ -31,7 +32,7 @@ pub struct BlocksQuery {
 }
 
 /// `GET /v1/results/blocks`: blocks across the team's succeeded audits, largest metric first.
-#[utoipa::path(get, path = "/v1/results/blocks", tag = "results", params(BlocksQuery),
+#[utoipa::path(get, operation_id = "query_block_results", path = "/v1/results/blocks", tag = "results", params(BlocksQuery),
     responses((status = 200, body = BlockPage), (status = 400, description = "a bad filter, named")),
     security(("bearer" = [])))]
 pub async fn query(

@@ -7,12 +7,12 @@ use serde_json::{json, Value};
 
 use crate::state::AppState;
 
-#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, description = "the process answers")))]
+#[utoipa::path(get, operation_id = "healthz", path = "/healthz", tag = "health", responses((status = 200, description = "the process answers")))]
 pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-#[utoipa::path(get, path = "/readyz", tag = "health",
+#[utoipa::path(get, operation_id = "readyz", path = "/readyz", tag = "health",
     responses((status = 200, description = "database and queue answer"), (status = 503, description = "a store does not answer")))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let database = sqlx_ping(&state).await;
@@ -37,7 +37,7 @@ async fn sqlx_ping(state: &AppState) -> bool {
 
 /// Every fixed list a client offers (analyses, statuses, metrics, hooks, severities), as the
 /// API accepts them.
-#[utoipa::path(get, path = "/v1/vocabulary", tag = "health",
+#[utoipa::path(get, operation_id = "get_vocabulary", path = "/v1/vocabulary", tag = "health",
     responses((status = 200, body = neurodiff_protocol::Vocabulary)))]
 pub async fn vocabulary() -> Json<neurodiff_protocol::Vocabulary> {
     Json(neurodiff_protocol::Vocabulary::current())

@@ -14,6 +14,7 @@ use crate::state::AppState;
 pub use neurodiff_protocol::views::{LatentHitView, LatentPage};
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct LatentsQuery {
     /// `crosscoder` or `sae-diff`
@@ -33,7 +34,7 @@ pub struct LatentsQuery {
 }
 
 /// `GET /v1/results/latents`: latents across the team's succeeded audits, most frequent first.
-#[utoipa::path(get, path = "/v1/results/latents", tag = "results", params(LatentsQuery),
+#[utoipa::path(get, operation_id = "query_latent_results", path = "/v1/results/latents", tag = "results", params(LatentsQuery),
     responses((status = 200, body = LatentPage), (status = 400, description = "a bad filter, named")),
     security(("bearer" = [])))]
 pub async fn query(

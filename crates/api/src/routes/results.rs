@@ -64,7 +64,7 @@ async fn stream(state: &AppState, artifact: &ArtifactRow) -> Result<Response, Ap
 }
 
 /// `GET /v1/audits/{id}/results`: results.json, the embedded audit's schema.
-#[utoipa::path(get, path = "/v1/audits/{id}/results", tag = "results",
+#[utoipa::path(get, operation_id = "get_audit_results", path = "/v1/audits/{id}/results", tag = "results",
     params(("id" = String, Path, description = "audit id")),
     responses((status = 200, description = "results.json (docs/results-schema.md)", content_type = "application/json"),
         (status = 404, description = "no such audit for this team"),
@@ -85,7 +85,7 @@ pub async fn results(
 }
 
 /// `GET /v1/audits/{id}/artifacts`
-#[utoipa::path(get, path = "/v1/audits/{id}/artifacts", tag = "results",
+#[utoipa::path(get, operation_id = "list_audit_artifacts", path = "/v1/audits/{id}/artifacts", tag = "results",
     params(("id" = String, Path, description = "audit id")),
     responses((status = 200, body = ArtifactList), (status = 404), (status = 409)),
     security(("bearer" = [])))]
@@ -110,9 +110,9 @@ pub async fn artifacts(
 }
 
 /// `GET /v1/audits/{id}/artifacts/{name}`, streamed from object storage.
-#[utoipa::path(get, path = "/v1/audits/{id}/artifacts/{name}", tag = "results",
+#[utoipa::path(get, operation_id = "get_audit_artifact", path = "/v1/audits/{id}/artifacts/{name}", tag = "results",
     params(("id" = String, Path, description = "audit id"), ("name" = String, Path, description = "artifact name")),
-    responses((status = 200, description = "the artifact's bytes"), (status = 404), (status = 409)),
+    responses((status = 200, description = "the artifact's bytes", content_type = "application/octet-stream", body = Vec<u8>), (status = 404), (status = 409)),
     security(("bearer" = [])))]
 pub async fn artifact(
     State(state): State<AppState>,
@@ -129,6 +129,7 @@ pub async fn artifact(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ResultsQuery {
     /// rel_fro (default), fro, cosine, max_abs, spectral, nuclear, stable_rank, effective_rank,
@@ -145,7 +146,7 @@ pub struct ResultsQuery {
 }
 
 /// `GET /v1/results`: tensors across every succeeded audit of the team, largest metric first.
-#[utoipa::path(get, path = "/v1/results", tag = "results", params(ResultsQuery),
+#[utoipa::path(get, operation_id = "query_results", path = "/v1/results", tag = "results", params(ResultsQuery),
     responses((status = 200, body = ResultPage), (status = 400, description = "a bad filter, named")),
     security(("bearer" = [])))]
 pub async fn query(

@@ -59,7 +59,7 @@ fn new_secret() -> String {
 }
 
 /// Create a scan; 201 with the scan and, once, its webhook secret. It is due at once.
-#[utoipa::path(post, path = "/v1/scans", tag = "scans", request_body = ScanRequest,
+#[utoipa::path(post, operation_id = "create_scan", path = "/v1/scans", tag = "scans", request_body = ScanRequest,
     responses((status = 201, body = ScanView), (status = 400, description = "a bad field, named, or a source the policy refuses"),
         (status = 401), (status = 409, description = "the team has a scan of that name")),
     security(("bearer" = [])))]
@@ -114,7 +114,7 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(view)))
 }
 
-#[utoipa::path(get, path = "/v1/scans", tag = "scans",
+#[utoipa::path(get, operation_id = "list_scans", path = "/v1/scans", tag = "scans",
     responses((status = 200, body = ScanList)), security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
@@ -127,7 +127,7 @@ pub async fn list(
 }
 
 /// One scan with its runs, newest first (each with the values its rules observed).
-#[utoipa::path(get, path = "/v1/scans/{id}", tag = "scans",
+#[utoipa::path(get, operation_id = "get_scan", path = "/v1/scans/{id}", tag = "scans",
     params(("id" = String, Path, description = "scan id")),
     responses((status = 200, body = ScanView), (status = 404)), security(("bearer" = [])))]
 pub async fn get(
@@ -156,7 +156,7 @@ async fn update(
     Ok(Json(scan_view(scan)))
 }
 
-#[utoipa::path(post, path = "/v1/scans/{id}/pause", tag = "scans",
+#[utoipa::path(post, operation_id = "pause_scan", path = "/v1/scans/{id}/pause", tag = "scans",
     params(("id" = String, Path, description = "scan id")),
     responses((status = 200, body = ScanView), (status = 404)), security(("bearer" = [])))]
 pub async fn pause(
@@ -167,7 +167,7 @@ pub async fn pause(
     update(&state, &team, &id, Some(true), false).await
 }
 
-#[utoipa::path(post, path = "/v1/scans/{id}/resume", tag = "scans",
+#[utoipa::path(post, operation_id = "resume_scan", path = "/v1/scans/{id}/resume", tag = "scans",
     params(("id" = String, Path, description = "scan id")),
     responses((status = 200, body = ScanView), (status = 404)), security(("bearer" = [])))]
 pub async fn resume(
@@ -179,7 +179,7 @@ pub async fn resume(
 }
 
 /// Makes the scan due now (its schedule goes on from there).
-#[utoipa::path(post, path = "/v1/scans/{id}/trigger", tag = "scans",
+#[utoipa::path(post, operation_id = "trigger_scan", path = "/v1/scans/{id}/trigger", tag = "scans",
     params(("id" = String, Path, description = "scan id")),
     responses((status = 200, body = ScanView), (status = 404)), security(("bearer" = [])))]
 pub async fn trigger(
@@ -191,7 +191,7 @@ pub async fn trigger(
 }
 
 /// Deletes the scan with its runs and alerts; the audits it started stay.
-#[utoipa::path(delete, path = "/v1/scans/{id}", tag = "scans",
+#[utoipa::path(delete, operation_id = "delete_scan", path = "/v1/scans/{id}", tag = "scans",
     params(("id" = String, Path, description = "scan id")),
     responses((status = 204), (status = 404)), security(("bearer" = [])))]
 pub async fn delete(

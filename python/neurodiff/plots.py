@@ -1,0 +1,117 @@
+"""Matplotlib figures of an audit's results, drawn from results.json (the report's SVGs, drawn by
+the Rust renderer, are `Results.svg(name)`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from .results import Results
+
+
+def _figure(title: str) -> tuple[Figure, Axes]:
+    from matplotlib.figure import Figure
+
+    # A bare Figure (no pyplot): nothing global is touched, and a notebook shows it as returned.
+    fig = Figure(figsize=(7.0, 4.0), layout="constrained")
+    ax = fig.add_subplot()
+    ax.set_title(title)
+    return fig, ax
+
+
+def activation_trajectory(r: Results) -> Figure:
+    """Mean relative difference of the states by block, one line per hook."""
+    df = r.blocks("activations")
+    fig, ax = _figure("Activation difference by block")
+    for hook, g in df.groupby("hook", sort=False):
+        ax.plot(g["layer"].astype(int), g["mean_rel_diff"], marker="o", label=str(hook))
+    ax.set_xlabel("block")
+    ax.set_ylabel("mean ‖h_ft − h_base‖ / ‖h_base‖")
+    ax.legend(fontsize="small")
+    return fig
+
+
+def layers(r: Results) -> Figure:
+    """The weights' relative change per block."""
+    df = r.layers.dropna(subset=["layer"])
+    fig, ax = _figure("Relative weight change by block")
+    ax.bar(df["layer"].astype(int), df["rel_fro"].fillna(0.0))
+    ax.set_xlabel("block")
+    ax.set_ylabel("‖ΔW‖_F / ‖W_base‖_F")
+    return fig
+
+
+def logit_lens_kl(r: Results) -> Figure:
+    """KL(p_ft ‖ p_base) of the logit lens by block: mean, median and 95th percentile."""
+    df = r.blocks("logit-lens").dropna(subset=["layer"])
+    fig, ax = _figure("Logit-lens KL by block")
+    for column in ("kl_mean", "kl_p50", "kl_p95"):
+        ax.plot(df["layer"].astype(int), df[column], marker="o", label=column)
+    ax.set_yscale("log")
+    ax.set_xlabel("block")
+    ax.set_ylabel("KL (nats)")
+    ax.legend(fontsize="small")
+    return fig
+
+
+def traces_consistency(r: Results) -> Figure:
+    """Per position: the norm of δ_j and the overlap of its top tokens between sample halves."""
+    df = r.traces.positions
+    fig, ax = _figure(f"Traces at block {r.traces.layer}")
+    ax.plot(df["position"].astype(int), df["half_overlap"], marker="o", label="half overlap")
+    ax.set_xlabel("position")
+    ax.set_ylabel("top-20 overlap (even / odd samples)")
+    ax.set_ylim(0, 1.05)
+    ax2 = ax.twinx()
+    ax2.plot(df["position"].astype(int), df["delta_norm"], color="grey", linestyle="--", label="‖δ‖")
+    ax2.set_ylabel("‖δ_j‖")
+    return fig
+
+
+def cmap(r: Results) -> Figure:
+    """Recovery by block of patching each component, per direction."""
+    df = r.blocks("cmap")
+    fig, ax = _figure("Cross-model activation patching")
+    for (direction, component), g in df.groupby(["direction", "component"], sort=False):
+        ax.plot(g["layer"].astype(int), g["recovery"], marker="o", label=f"{direction} {component}")
+    ax.set_xlabel("block")
+    ax.set_ylabel("recovery")
+    ax.legend(fontsize="small")
+    return fig
+
+
+def stitching_kl(r: Results) -> Figure:
+    """KL of the stitched models to the fine-tune, by split."""
+    df: pd.DataFrame = r.blocks("stitching")
+    fig, ax = _figure("Stitching: KL to the fine-tune by split")
+    for direction, g in df.groupby("direction", sort=False):
+        ax.plot(g["k"].astype(int), g["kl_to_ft"], marker="o", label=str(direction))
+    ax.set_xlabel("split k")
+    ax.set_ylabel("KL(p_ft ‖ p_stitched)")
+    ax.legend(fontsize="small")
+    return fig
+
+
+PLOTS: dict[str, Callable[[Results], Figure]] = {
+    "activation_trajectory": activation_trajectory,
+    "layers": layers,
+    "logit_lens_kl": logit_lens_kl,
+    "traces_consistency": traces_consistency,
+    "cmap": cmap,
+    "stitching_kl": stitching_kl,
+}
+
+
+def draw(r: Results, name: str) -> Figure:
+    try:
+        return PLOTS[name](r)
+    except KeyError:
+        raise ValueError(
+            f"no plot `{name}`; plots: {', '.join(PLOTS)} (every report SVG: Results.svg)"
+        ) from None
