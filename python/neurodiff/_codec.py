@@ -53,8 +53,8 @@ def _hints(cls: type) -> dict[str, Any]:
     cached = getattr(cls, "__neurodiff_hints__", None)
     if cached is None:
         cached = typing.get_type_hints(cls)
-        cls.__neurodiff_hints__ = cached  # type: ignore[attr-defined]
-    return cached  # type: ignore[no-any-return]
+        setattr(cls, "__neurodiff_hints__", cached)
+    return cached
 
 
 def json_name(f: dataclasses.Field[Any]) -> str:

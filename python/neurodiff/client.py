@@ -128,9 +128,9 @@ class Job:
         failed or was cancelled, TimeoutError after `timeout` seconds."""
         bar: Any = None
         if progress:
-            from tqdm.auto import tqdm
+            from .embedded import progress_bar
 
-            bar = tqdm(total=0, desc=f"audit {self.id[:8]}", unit="shard")
+            bar = progress_bar(total=0, desc=f"audit {self.id[:8]}", unit="shard")
         deadline = time.monotonic() + timeout
         try:
             while True:

@@ -54,6 +54,19 @@ def _checkpoint(model: ModelRef, tokenizer: Any = None) -> Iterator[str]:
         yield d
 
 
+def progress_bar(**kwargs: Any) -> Any:
+    """A tqdm bar: a widget in Jupyter when ipywidgets is installed, else text."""
+    try:
+        import ipywidgets  # noqa: F401
+    except ImportError:
+        from tqdm import tqdm as text
+
+        return text(**kwargs)
+    from tqdm.auto import tqdm as auto
+
+    return auto(**kwargs)
+
+
 class _Bar:
     """A tqdm bar fed by the binary's progress lines (nothing when progress is off)."""
 
@@ -66,9 +79,7 @@ class _Bar:
         if not self.enabled:
             return
         if self.bar is None:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, desc=self.desc, unit="step")
+            self.bar = progress_bar(total=total, desc=self.desc, unit="step")
         if total and self.bar.total != total:
             self.bar.total = total
         self.bar.n = pos

@@ -15,8 +15,23 @@ if TYPE_CHECKING:
     from .results import Results
 
 
+def _show_in_notebooks() -> None:
+    """In IPython, figures made without pyplot are shown by the PNG formatter registered here
+    (pyplot's inline backend would register it only once pyplot is imported)."""
+    try:
+        from IPython import get_ipython
+        from IPython.core.pylabtools import select_figure_formats
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None and hasattr(shell, "display_formatter"):
+        select_figure_formats(shell, {"png"})  # type: ignore[no-untyped-call]
+
+
 def _figure(title: str) -> tuple[Figure, Axes]:
     from matplotlib.figure import Figure
+
+    _show_in_notebooks()
 
     # A bare Figure (no pyplot): nothing global is touched, and a notebook shows it as returned.
     fig = Figure(figsize=(7.0, 4.0), layout="constrained")

@@ -178,7 +178,7 @@ class Results:
             from IPython.display import SVG
         except ImportError:
             return text
-        return SVG(data=text)
+        return SVG(data=text)  # type: ignore[no-untyped-call]
 
     def plot(self, name: str) -> Figure:
         """A matplotlib figure of the results (`neurodiff.plots.PLOTS` names them)."""

@@ -8,7 +8,7 @@ a column per field, with pandas' nullable dtypes where the field may be null, so
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 
@@ -190,7 +190,7 @@ def frame(rows: Iterable[Mapping[str, Any]], schema: Schema) -> pd.DataFrame:
     for name, dtype in schema.items():
         values = [r.get(name) for r in rows]
         if dtype.startswith("datetime64"):
-            columns[name] = pd.Series(pd.to_datetime(values, utc=True), dtype=dtype)
+            columns[name] = pd.Series(pd.to_datetime(cast("list[str]", values), utc=True), dtype=dtype)
         else:
             columns[name] = pd.Series(values, dtype=dtype)
     return pd.DataFrame(columns)

@@ -108,8 +108,8 @@ def test_in_memory_transformers_models(tmp_path: Path) -> None:
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    base = LlamaForCausalLM(config).eval()
-    ft = LlamaForCausalLM(config).eval()
+    base = LlamaForCausalLM(config).eval()  # type: ignore[no-untyped-call]
+    ft = LlamaForCausalLM(config).eval()  # type: ignore[no-untyped-call]
     ft.load_state_dict(base.state_dict())
     with torch.no_grad():
         w = ft.model.layers[1].mlp.down_proj.weight
@@ -172,10 +172,10 @@ def test_progress_reaches_python(planted: dict[str, Path], tmp_path: Path) -> No
 
 
 def test_traces_of_a_trained_organism(trained: dict[str, Path], tmp_path: Path) -> None:
-    ft = next(p for name, p in trained.items() if name.endswith("-blocks"))
+    ft = trained["astronomy-full"]
     truth = json.loads((ft / "ground_truth.json").read_text())
     r = nd.audit(trained["base"], ft, analyses=["traces"], out=tmp_path / "t", progress=False,
-                 trace_samples=256)
+                 trace_samples=256, max_new_tokens=0)
     tokens = r.traces.tokens(k=20)
     assert list(tokens.columns) == list(schema.TOKENS)
     assert tokens["rank"].tolist() == list(range(1, len(tokens) + 1))
@@ -183,6 +183,8 @@ def test_traces_of_a_trained_organism(trained: dict[str, Path], tmp_path: Path) 
     grades = r.grades
     assert grades is not None and grades["domain"] == truth["domain"]
     # The traces name the domain: its words among the first tokens, as the CLI's grade counts.
-    assert grades["mean_logit_lens_p20"] > 0.0
+    assert grades["mean_logit_lens_p20"] >= 0.5
+    words = " ".join(tokens["token"].str.strip().str.lower())
+    assert any(w.lower() in words for w in truth["domain_words"]), (words, truth["domain_words"])
     assert r.traces.positions["position"].tolist()[0] == 0
     assert r.plot("traces_consistency").axes

@@ -22,9 +22,9 @@ def test_quickstart_notebook_executes(service: Service, trained: dict[str, Path]
     monkeypatch.setenv("NEURODIFF_SERVER", service.url)
     monkeypatch.setenv("NEURODIFF_TOKEN", service.token("py-notebook"))
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
-    nb = nbformat.read(ROOT / "examples" / "quickstart.ipynb", as_version=4)
+    nb = nbformat.read(ROOT / "examples" / "quickstart.ipynb", as_version=4)  # type: ignore[no-untyped-call]
     NotebookClient(nb, timeout=1200, kernel_name="python3", resources={"metadata": {"path": str(work)}}).execute()
-    nbformat.write(nb, str(work / "quickstart.executed.ipynb"))
+    nbformat.write(nb, str(work / "quickstart.executed.ipynb"))  # type: ignore[no-untyped-call]
 
     def outputs(i: int) -> str:
         return json.dumps(nb.cells[i].get("outputs", []))
