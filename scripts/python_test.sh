@@ -31,6 +31,8 @@ rm -rf "$unpacked"
 wheel="$(ls "$wheels"/neurodiff-*.whl)"
 echo "neurodiff: built $(basename "$wheel") ($(du -h "$wheel" | cut -f1))" >&2
 [ "${1:-}" = "--wheel-only" ] && exit 0
+# The client's tests start a real service: PostgreSQL, Redis and Garage as scripts/test.sh has them.
+source scripts/services.sh
 
 venv="$root/target/py-venv"
 rm -rf "$venv"
@@ -45,4 +47,4 @@ site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purel
 # -P: the working directory is not on sys.path, so `neurodiff` is the installed wheel.
 cd "$root/target"
 env -u NEURODIFF_BIN NEURODIFF_EXPECT_INSTALLED=1 \
-  "$venv/bin/python" -P -m pytest -p no:cacheprovider -q "$root/python/tests" "$@"
+  "$venv/bin/python" -P -m pytest -p no:cacheprovider -q --durations=8 "$root/python/tests" "$@"

@@ -49,6 +49,10 @@ fn report_progress(bar: &indicatif::ProgressBar) {
 /// `neurodiff openapi`: the API's OpenAPI document as served, pretty-printed.
 pub fn openapi() -> anyhow::Result<()> {
     use std::io::Write;
-    writeln!(std::io::stdout(), "{}", neurodiff_api::openapi::document_json()?)?;
+    writeln!(
+        std::io::stdout(),
+        "{}",
+        neurodiff_api::openapi::document_json()?
+    )?;
     Ok(())
 }
