@@ -40,16 +40,22 @@ def _figure(title: str) -> tuple[Figure, Axes]:
     return fig, ax
 
 
-def activation_trajectory(r: Results) -> Figure:
-    """Mean relative difference of the states by block, one line per hook."""
-    df = r.blocks("activations")
-    fig, ax = _figure("Activation difference by block")
-    for hook, g in df.groupby("hook", sort=False):
-        ax.plot(g["layer"].astype(int), g["mean_rel_diff"], marker="o", label=str(hook))
-    ax.set_xlabel("block")
-    ax.set_ylabel("mean ‖h_ft − h_base‖ / ‖h_base‖")
+def _lines(title: str, df: pd.DataFrame, by: str | list[str], x: str, y: str, xlabel: str, ylabel: str) -> Figure:
+    """One line of `y` against `x` per group of `by`, labelled by the group."""
+    fig, ax = _figure(title)
+    for key, g in df.groupby(by, sort=False):
+        label = " ".join(map(str, key)) if isinstance(key, tuple) else str(key)
+        ax.plot(g[x].astype(int), g[y], marker="o", label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.legend(fontsize="small")
     return fig
+
+
+def activation_trajectory(r: Results) -> Figure:
+    """Mean relative difference of the states by block, one line per hook."""
+    return _lines("Activation difference by block", r.blocks("activations"), "hook", "layer",
+                  "mean_rel_diff", "block", "mean ‖h_ft − h_base‖ / ‖h_base‖")
 
 
 def layers(r: Results) -> Figure:
@@ -91,26 +97,14 @@ def traces_consistency(r: Results) -> Figure:
 
 def cmap(r: Results) -> Figure:
     """Recovery by block of patching each component, per direction."""
-    df = r.blocks("cmap")
-    fig, ax = _figure("Cross-model activation patching")
-    for (direction, component), g in df.groupby(["direction", "component"], sort=False):
-        ax.plot(g["layer"].astype(int), g["recovery"], marker="o", label=f"{direction} {component}")
-    ax.set_xlabel("block")
-    ax.set_ylabel("recovery")
-    ax.legend(fontsize="small")
-    return fig
+    return _lines("Cross-model activation patching", r.blocks("cmap"), ["direction", "component"],
+                  "layer", "recovery", "block", "recovery")
 
 
 def stitching_kl(r: Results) -> Figure:
     """KL of the stitched models to the fine-tune, by split."""
-    df: pd.DataFrame = r.blocks("stitching")
-    fig, ax = _figure("Stitching: KL to the fine-tune by split")
-    for direction, g in df.groupby("direction", sort=False):
-        ax.plot(g["k"].astype(int), g["kl_to_ft"], marker="o", label=str(direction))
-    ax.set_xlabel("split k")
-    ax.set_ylabel("KL(p_ft ‖ p_stitched)")
-    ax.legend(fontsize="small")
-    return fig
+    return _lines("Stitching: KL to the fine-tune by split", r.blocks("stitching"), "direction", "k",
+                  "kl_to_ft", "split k", "KL(p_ft ‖ p_stitched)")
 
 
 PLOTS: dict[str, Callable[[Results], Figure]] = {

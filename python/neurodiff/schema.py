@@ -37,8 +37,8 @@ TENSORS: Schema = {
     "method": "string",
 }
 
-WEIGHT_LAYERS: Schema = {
-    "layer": "Int64",
+# What the weights analysis aggregates per block and per module kind.
+_AGGREGATE: Schema = {
     "fro": "float64",
     "base_fro": "float64",
     "rel_fro": "float64",
@@ -47,15 +47,9 @@ WEIGHT_LAYERS: Schema = {
     "most_changed_rel_fro": "float64",
 }
 
-WEIGHT_MODULES: Schema = {
-    "module": "string",
-    "fro": "float64",
-    "base_fro": "float64",
-    "rel_fro": "float64",
-    "n_tensors": "Int64",
-    "most_changed": "string",
-    "most_changed_rel_fro": "float64",
-}
+WEIGHT_LAYERS: Schema = {"layer": "Int64", **_AGGREGATE}
+
+WEIGHT_MODULES: Schema = {"module": "string", **_AGGREGATE}
 
 ACTIVATION_BLOCKS: Schema = {
     "layer": "Int64",

@@ -188,3 +188,21 @@ def test_traces_of_a_trained_organism(trained: dict[str, Path], tmp_path: Path) 
     assert any(w.lower() in words for w in truth["domain_words"]), (words, truth["domain_words"])
     assert r.traces.positions["position"].tolist()[0] == 0
     assert r.plot("traces_consistency").axes
+
+
+def test_cmap_and_stitching_tables_and_plots(planted: dict[str, Path], tmp_path: Path) -> None:
+    r = nd.audit(planted["base"], planted["rank-update"], analyses=["cmap", "stitching"],
+                 out=tmp_path / "t2", progress=False, max_samples=8, seq_len=32, cmap_samples=8)
+    truth = json.loads((planted["rank-update"] / "ground_truth.json").read_text())
+    found = re.search(r"layers\.(\d+)\.", truth["changed"][0]["tensor"])
+    assert found is not None
+    planted_layer = int(found.group(1))
+    cells = r.blocks("cmap")
+    points = r.blocks("stitching")
+    for df, name in ((cells, "cmap_cells"), (points, "stitching_points")):
+        assert {c: str(df[c].dtype) for c in df.columns} == dict(schema.TABLES[name])
+    # Patching the planted block's output from the fine-tune into the base recovers the most.
+    into_base = cells[(cells["direction"] == "ft_into_base") & (cells["component"] != "resid_post")]
+    assert int(into_base.loc[into_base["recovery"].idxmax(), "layer"]) == planted_layer
+    assert len(r.plot("cmap").axes[0].get_lines()) == cells.groupby(["direction", "component"]).ngroups
+    assert len(r.plot("stitching_kl").axes[0].get_lines()) == points["direction"].nunique()
