@@ -72,7 +72,7 @@ class Generator:
         if isinstance(t, list):
             members = [self.py_type({**s, "type": x}) for x in t if x != "null"]
             ann = " | ".join(dict.fromkeys(members))
-            return f"{ann} | None" if "null" in t else ann
+            return ann if "null" not in t or ann.endswith("| None") else f"{ann} | None"
         if "enum" in s and t in ("string", None):
             values = [v for v in s["enum"] if v is not None]
             lit = f"Literal[{', '.join(json.dumps(v) for v in values)}]"
@@ -190,6 +190,9 @@ class Generator:
             if where == "path":
                 args.append(f"{py}: {ann}")
                 path_args.append((p["name"], py))
+            elif p.get("required"):
+                args.append(f"{py}: {ann}")
+                (query_args if where == "query" else header_args).append((p["name"], py))
             else:
                 if not ann.endswith("| None") and ann != "Any":
                     ann = f"{ann} | None"

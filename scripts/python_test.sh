@@ -21,7 +21,7 @@ wheel="$(ls "$wheels"/neurodiff-*.whl)"
 unpacked="$(mktemp -d)"
 python -m wheel unpack --dest "$unpacked" "$wheel" >/dev/null
 runpath=""
-for v in 3.10 3.11 3.12 3.13 3.14; do
+for v in 3.11 3.12 3.13 3.14; do
   runpath="$runpath${runpath:+:}\$ORIGIN/../lib/python$v/site-packages/torch/lib"
 done
 patchelf --set-rpath "$runpath" "$unpacked"/neurodiff-*/neurodiff-*.data/scripts/neurodiff
@@ -38,7 +38,10 @@ venv="$root/target/py-venv"
 rm -rf "$venv"
 python3 -m venv "$venv"
 site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"
-"$NEURODIFF_VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))' > "$site/project-env.pth"
+project_site="$("$NEURODIFF_VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"
+echo "$project_site" > "$site/project-env.pth"
+# torch itself where a pip-installed torch would be, for the binary's run path to find it.
+ln -s "$project_site/torch" "$site/torch"
 "$venv/bin/pip" install --quiet --disable-pip-version-check --no-index "$wheel"
 
 # Type checking: the package and its tests, strict.

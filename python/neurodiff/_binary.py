@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from ._build import TORCH_VERSION
 from ._torch import libtorch_dir
 
 
@@ -74,26 +75,38 @@ def run(args: Sequence[str], progress: Progress | None = None) -> str:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=child_env(),
-        text=True,
+        encoding="utf-8",
+        errors="replace",
     )
     tail: deque[str] = deque(maxlen=40)
     assert proc.stderr is not None and proc.stdout is not None
     # Standard output is drained beside standard error, so neither pipe can fill and block.
     chunks: list[str] = []
-    reader = threading.Thread(target=lambda: chunks.append(proc.stdout.read() if proc.stdout else ""))
+    reader = threading.Thread(target=lambda: chunks.append(proc.stdout.read() if proc.stdout else ""), daemon=True)
     reader.start()
-    for line in proc.stderr:
-        event = _progress_event(line)
-        if event is None:
-            tail.append(line.rstrip("\n"))
-        elif progress is not None:
-            progress(*event)
+    try:
+        for line in proc.stderr:
+            event = _progress_event(line)
+            if event is None:
+                tail.append(line.rstrip("\n"))
+            elif progress is not None:
+                progress(*event)
+    except BaseException:
+        # An interrupted notebook cell (or a failing callback) must not leave the audit running.
+        proc.kill()
+        proc.wait()
+        raise
     reader.join()
     out = "".join(chunks)
     code = proc.wait()
     if code != 0:
         lines = [line for line in tail if line.strip()]
         message = "\n".join(lines[-12:]) or f"exited with status {code}"
+        if "cannot open shared object file" in message:
+            message += (
+                f"\n(the binary loads libtorch from {libtorch_dir()}: torch {TORCH_VERSION} from PyPI, "
+                "whose Linux build carries libtorch_cuda; a +cpu build lacks it)"
+            )
         raise NeuroDiffError(f"neurodiff {args[0] if args else ''}: {message}", code)
     return out
 

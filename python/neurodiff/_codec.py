@@ -11,13 +11,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shutil
 import types
 import typing
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Literal, TypeVar, Union
 
 T = TypeVar("T")
@@ -44,7 +45,8 @@ def _datetime(value: Any, where: str) -> datetime:
         raise DecodeError(f"{where}: expected a date-time string, got {value!r}")
     try:
         # Python reads at most microseconds; chrono writes nanoseconds.
-        return datetime.fromisoformat(_FRACTION.sub(r"\1", value))
+        text = _FRACTION.sub(r"\1", value)
+        return datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
     except ValueError as e:
         raise DecodeError(f"{where}: {e}") from e
 
@@ -143,7 +145,8 @@ def encode(value: Any) -> Any:
                 out[json_name(f)] = encode(v)
         return out
     if isinstance(value, datetime):
-        return value.isoformat()
+        # The API takes times with a zone; a naive one is taken as UTC, as the API gives them.
+        return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).isoformat()
     if isinstance(value, Mapping):
         return {str(k): encode(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -180,7 +183,8 @@ class Transport:
         if data is not None:
             req.add_header("content-type", "application/json")
         if self.token:
-            req.add_header("authorization", f"Bearer {self.token}")
+            # Never copied onto a redirect: a token is for this API only.
+            req.add_unredirected_header("Authorization", f"Bearer {self.token}")
         for k, v in (headers or {}).items():
             if v is not None:
                 req.add_header(k, v)
@@ -201,3 +205,16 @@ def _message(raw: bytes) -> str:
         return str(json.loads(raw)["error"])
     except (ValueError, KeyError, TypeError):
         return raw.decode(errors="replace").strip()[:500]
+
+
+def stream_to(transport: Transport, template: str, path: Mapping[str, Any], dest: str) -> None:
+    """GET `template` to the file `dest`, a chunk at a time (artifacts can be large)."""
+    where = template.format(**{k: urllib.parse.quote(str(v), safe="") for k, v in path.items()})
+    req = urllib.request.Request(transport.url + where, method="GET")
+    if transport.token:
+        req.add_unredirected_header("Authorization", f"Bearer {transport.token}")
+    try:
+        with urllib.request.urlopen(req, timeout=transport.timeout) as r, open(dest, "wb") as f:
+            shutil.copyfileobj(r, f, 1 << 20)
+    except urllib.error.HTTPError as e:
+        raise ApiError(e.code, _message(e.read()), "GET", where) from None

@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from . import _api, schema
-from ._codec import ApiError, Transport, encode
+from ._codec import ApiError, Transport, encode, stream_to
 from .results import Results
 from .schema import frame
 
@@ -69,8 +69,9 @@ class Client(_api.Operations):
         idempotency_key: str | None = None,
         **fields: Any,
     ) -> Job:
-        """Submits an audit; its Job. Other keywords are fields of the request (`layers`,
-        `corpus`, `options`, ...: the API's AuditRequest)."""
+        """Submits an audit; its Job. Other keywords are fields of the request (the API's
+        AuditRequest: `layers`, `corpus`, `dtype`, and each analysis's options by its name,
+        `traces={"samples": 256}`)."""
         if (finetuned is None) == (adapter is None):
             raise ValueError("give a fine-tuned model or an adapter (adapter=...), not both")
         request = _api.AuditRequest(
@@ -160,11 +161,10 @@ class Job:
         listing = self.client.list_audit_artifacts(self.id)
         for artifact in listing.artifacts:
             name = artifact.name
-            if "/" in name or name.startswith("."):
+            if not name or "/" in name or name.startswith("."):
                 continue  # names are the service's own; never a path out of the directory
-            data = self.client.get_audit_artifact(self.id, name)
             target = directory / ("plots" if name.endswith(".svg") else "") / name
-            target.write_bytes(data)
+            stream_to(self.client.transport, "/v1/audits/{id}/artifacts/{name}", {"id": self.id, "name": name}, str(target))
         if not (directory / "results.json").exists():
             (directory / "results.json").write_text(json.dumps(self.client.get_audit_results(self.id)))
         return Results.from_path(directory)

@@ -118,9 +118,7 @@ PLOTS: dict[str, Callable[[Results], Figure]] = {
 
 
 def draw(r: Results, name: str) -> Figure:
-    try:
-        return PLOTS[name](r)
-    except KeyError:
-        raise ValueError(
-            f"no plot `{name}`; plots: {', '.join(PLOTS)} (every report SVG: Results.svg)"
-        ) from None
+    make = PLOTS.get(name)
+    if make is None:
+        raise ValueError(f"no plot `{name}`; plots: {', '.join(PLOTS)} (every report SVG: Results.svg)")
+    return make(r)

@@ -27,12 +27,16 @@ def team_b(service: Service) -> nd.Client:
     return nd.Client(service.url, token=service.token("py-team-b"), strict=True)
 
 
+def _submit(client: nd.Client, models: dict[str, Path]) -> nd.Job:
+    return client.submit(
+        str(models["base"]), str(models["rank-update"]), analyses=["weights", "activations"],
+        corpus={"max_samples": 8, "seq_len": 32}, idempotency_key="py-rank-update",
+    )
+
+
 @pytest.fixture(scope="module")
 def finished(team_a: nd.Client, models_dir: dict[str, Path], service: Service) -> nd.Job:
-    job = team_a.submit(
-        str(models_dir["base"]), str(models_dir["rank-update"]), analyses=["weights"],
-        idempotency_key="py-rank-update",
-    )
+    job = _submit(team_a, models_dir)
     try:
         return job.wait(progress=False, timeout=600)
     except (nd.AuditFailed, TimeoutError) as e:
@@ -56,14 +60,12 @@ def test_submit_wait_results_equal_the_embedded_audit(
     assert a["name"].tolist() == b["name"].tolist()
     for column in ("fro", "rel_fro", "spectral", "stable_rank"):
         assert (a[column] - b[column]).abs().max() < 1e-6 * max(1.0, float(b[column].abs().max()))
-    assert (remote.directory / "report.html").is_file() if remote.directory else False
-    assert remote.svg("layers")
+    assert remote.directory is not None and (remote.directory / "report.html").is_file()
+    svg = remote.svg("layers")
+    assert "<svg" in (svg if isinstance(svg, str) else svg.data)
+    assert remote.blocks("activations")["layer"].nunique() > 0
     # The same idempotency key gives the same audit.
-    again = finished.client.submit(
-        str(models_dir["base"]), str(models_dir["rank-update"]), analyses=["weights"],
-        idempotency_key="py-rank-update",
-    )
-    assert again.id == finished.id
+    assert _submit(finished.client, models_dir).id == finished.id
 
 
 def test_every_endpoint_the_cli_uses(finished: nd.Job, team_a: nd.Client, models_dir: dict[str, Path]) -> None:
@@ -91,17 +93,28 @@ def test_every_endpoint_the_cli_uses(finished: nd.Job, team_a: nd.Client, models
     assert team_a.get_scan(scan.id).id == scan.id
     assert team_a.pause_scan(scan.id).paused
     assert not team_a.resume_scan(scan.id).paused
-    team_a.trigger_scan(scan.id)
-    alerts = team_a.list_alerts(state="open")
-    assert isinstance(alerts.alerts, list)
-    with pytest.raises(nd.ApiError) as missing:
-        team_a.ack_alert("00000000-0000-0000-0000-000000000000")
-    assert missing.value.status == 404
+    assert team_a.trigger_scan(scan.id).id == scan.id
+    assert team_a.list_alerts(scan=scan.id, state="all").alerts == []
+    for call in (team_a.ack_alert, team_a.get_alert):
+        with pytest.raises(nd.ApiError) as missing:
+            call("00000000-0000-0000-0000-000000000000")
+        assert missing.value.status == 404
     team_a.delete_scan(scan.id)
     with pytest.raises(nd.ApiError) as gone:
         team_a.get_scan(scan.id)
     assert gone.value.status == 404
-    assert team_a.get_vocabulary().analyses
+    assert "logit-lens" in team_a.get_vocabulary().analyses
+    team_a.healthz()
+    team_a.readyz()
+    # The team database's per-block rows (the activations of the audit) and its latents (none).
+    blocks = team_a.block_results(metric="mean_rel_diff")
+    assert list(blocks.columns) == list(schema.BLOCK_HITS)
+    assert {c: str(blocks[c].dtype) for c in blocks.columns} == dict(schema.BLOCK_HITS)
+    assert set(blocks["audit_id"]) == {finished.id} and set(blocks["analysis"]) == {"activations"}
+    assert team_a.query_latent_results().results == []
+    # Cancel: a queued audit is cancelled at once.
+    queued = team_a.submit(str(models_dir["base"]), str(models_dir["attn-scaled"]), analyses=["weights"])
+    assert team_a.cancel_audit(queued.id).status in ("cancelled", "succeeded")
 
 
 def test_another_team_gets_404(finished: nd.Job, team_b: nd.Client) -> None:

@@ -199,8 +199,10 @@ def test_cmap_and_stitching_tables_and_plots(planted: dict[str, Path], tmp_path:
     planted_layer = int(found.group(1))
     cells = r.blocks("cmap")
     points = r.blocks("stitching")
-    for df, name in ((cells, "cmap_cells"), (points, "stitching_points")):
+    for df, name, rows in ((cells, "cmap_cells", r.section("cmap")["cells"]),
+                           (points, "stitching_points", r.section("stitching")["points"])):
         assert {c: str(df[c].dtype) for c in df.columns} == dict(schema.TABLES[name])
+        assert len(df) == len(rows) and set().union(*(x.keys() for x in rows)) <= set(df.columns)
     # Patching the planted block's output from the fine-tune into the base recovers the most.
     into_base = cells[(cells["direction"] == "ft_into_base") & (cells["component"] != "resid_post")]
     best = into_base.sort_values("recovery", ascending=False).iloc[0]

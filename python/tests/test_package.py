@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -88,13 +89,21 @@ def test_libtorch_comes_from_the_installed_torch() -> None:
     assert env["LD_LIBRARY_PATH"].split(os.pathsep)[0] == str(lib)
 
 
-def test_the_binary_runs_only_with_the_torch_it_is_given(tmp_path: Path) -> None:
-    """The wheel's binary carries no libtorch: without the installed torch's directory on its
-    library path it cannot start (the package's launcher is what provides it)."""
+def test_the_wheel_s_binary_finds_the_torch_beside_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wheel's binary carries no path of the machine that built it: in the venv it finds the
+    venv's torch by its run path ($ORIGIN/../lib/pythonX.Y/site-packages/torch/lib); moved
+    anywhere else it cannot start on its own, and the package's launcher still runs it."""
     if os.environ.get("NEURODIFF_EXPECT_INSTALLED") != "1":
         pytest.skip("checks the wheel's binary (scripts/python_test.sh)")
     env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
-    bare = subprocess.run([str(_binary.binary()), "--version"], env=env, capture_output=True, text=True)
+    installed = _binary.binary()
+    alone = subprocess.run([str(installed), "--version"], env=env, capture_output=True, text=True)
+    assert alone.returncode == 0, alone.stderr
+    moved = tmp_path / "bin" / "neurodiff"
+    moved.parent.mkdir()
+    shutil.copy2(installed, moved)
+    bare = subprocess.run([str(moved), "--version"], env=env, capture_output=True, text=True)
     assert bare.returncode != 0
     assert "libtorch" in bare.stderr or "libc10" in bare.stderr, bare.stderr
+    monkeypatch.setenv("NEURODIFF_BIN", str(moved))
     assert _binary.run(["--version"]).startswith("neurodiff ")

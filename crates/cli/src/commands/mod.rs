@@ -32,15 +32,20 @@ pub fn progress_bar(quiet: bool, template: &str) -> indicatif::ProgressBar {
     bar
 }
 
-/// Writes the bar's state as JSON lines until it is finished (or the process exits).
+/// Writes the bar's state as JSON lines until it is finished (or the process exits); the state
+/// it finished in is always written, so a short run still reports its total.
 fn report_progress(bar: &indicatif::ProgressBar) {
     let mut last = None;
-    while !bar.is_finished() {
+    loop {
+        let finished = bar.is_finished();
         let now = (bar.position(), bar.length().unwrap_or(0), bar.message());
         if last.as_ref() != Some(&now) {
             let line = serde_json::json!({"progress": {"pos": now.0, "len": now.1, "msg": now.2}});
             eprintln!("{line}");
             last = Some(now);
+        }
+        if finished {
+            return;
         }
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
