@@ -95,7 +95,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         bar: &bar,
     };
     let (outputs, (base, finetuned)) = audit.analyse(&shards, files)?;
-    bar.finish_and_clear();
+    super::finish(&bar);
     let analysis_s = started.elapsed().as_secs_f64();
     let record = PlanRecord {
         n_layers,

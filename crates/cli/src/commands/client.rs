@@ -269,12 +269,12 @@ fn wait_for(client: &Client, id: &str, timeout_s: u64, quiet: bool) -> anyhow::R
         bar.set_message(status.as_str());
         match status {
             AuditStatus::Succeeded => {
-                bar.finish_and_clear();
+                super::finish(&bar);
                 print_json(&serde_json::to_value(&audit)?)?;
                 return Ok(());
             }
             AuditStatus::Failed | AuditStatus::Cancelled => {
-                bar.finish_and_clear();
+                super::finish(&bar);
                 print_json(&serde_json::to_value(&audit)?)?;
                 bail!(
                     "audit {id} {status}: {}",

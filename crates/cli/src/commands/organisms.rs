@@ -96,12 +96,12 @@ fn run_trained(args: &Args) -> anyhow::Result<Vec<String>> {
     if is_default {
         // The default organisms are the ones the tests use: trained once per seed and version.
         let cache = trained::cached(args.seed, &mut observer)?;
-        bar.finish_and_clear();
+        super::finish(&bar);
         copy_dir(&cache, &args.out)
             .with_context(|| format!("copying {} to --out", cache.display()))?;
     } else {
         trained::write_trained(&args.out, &spec, &mut observer)?;
-        bar.finish_and_clear();
+        super::finish(&bar);
     }
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(args.out.join("manifest.json"))?)?;
