@@ -163,18 +163,16 @@ class Transport:
         self.timeout = timeout
         self.strict = strict
 
-    def call(
+    def _open(
         self,
         method: str,
         template: str,
-        *,
-        path: Mapping[str, Any] | None = None,
+        path: Mapping[str, Any] | None,
         query: Mapping[str, Any] | None = None,
         headers: Mapping[str, str | None] | None = None,
         body: Any = None,
-        response: Any = None,
-    ) -> Any:
-        """One request; the response decoded as `response` (bytes: the raw body; None: nothing)."""
+    ) -> tuple[Any, str]:
+        """The open response to one request, and the path it went to; ApiError on an error status."""
         where = template.format(**{k: urllib.parse.quote(str(v), safe="") for k, v in (path or {}).items()})
         q = {k: encode(v) for k, v in (query or {}).items() if v is not None}
         url = self.url + where + (f"?{urllib.parse.urlencode(q)}" if q else "")
@@ -189,15 +187,36 @@ class Transport:
             if v is not None:
                 req.add_header(k, v)
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as r:
-                raw = r.read()
+            return urllib.request.urlopen(req, timeout=self.timeout), where
         except urllib.error.HTTPError as e:
             raise ApiError(e.code, _message(e.read()), method, where) from None
+
+    def call(
+        self,
+        method: str,
+        template: str,
+        *,
+        path: Mapping[str, Any] | None = None,
+        query: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str | None] | None = None,
+        body: Any = None,
+        response: Any = None,
+    ) -> Any:
+        """One request; the response decoded as `response` (bytes: the raw body; None: nothing)."""
+        r, where = self._open(method, template, path, query, headers, body)
+        with r:
+            raw = r.read()
         if response is bytes:
             return raw
         if response is None:
             return None
         return decode(response, json.loads(raw), where, self.strict)
+
+    def download(self, template: str, path: Mapping[str, Any], dest: str) -> None:
+        """GET `template` into the file `dest`, a chunk at a time (artifacts can be large)."""
+        r, _ = self._open("GET", template, path)
+        with r, open(dest, "wb") as f:
+            shutil.copyfileobj(r, f, 1 << 20)
 
 
 def _message(raw: bytes) -> str:
@@ -206,15 +225,3 @@ def _message(raw: bytes) -> str:
     except (ValueError, KeyError, TypeError):
         return raw.decode(errors="replace").strip()[:500]
 
-
-def stream_to(transport: Transport, template: str, path: Mapping[str, Any], dest: str) -> None:
-    """GET `template` to the file `dest`, a chunk at a time (artifacts can be large)."""
-    where = template.format(**{k: urllib.parse.quote(str(v), safe="") for k, v in path.items()})
-    req = urllib.request.Request(transport.url + where, method="GET")
-    if transport.token:
-        req.add_unredirected_header("Authorization", f"Bearer {transport.token}")
-    try:
-        with urllib.request.urlopen(req, timeout=transport.timeout) as r, open(dest, "wb") as f:
-            shutil.copyfileobj(r, f, 1 << 20)
-    except urllib.error.HTTPError as e:
-        raise ApiError(e.code, _message(e.read()), "GET", where) from None

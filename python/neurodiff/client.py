@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from . import _api, schema
-from ._codec import ApiError, Transport, encode, stream_to
+from ._codec import ApiError, Transport, encode
 from .results import Results
 from .schema import frame
 
@@ -164,7 +164,7 @@ class Job:
             if not name or "/" in name or name.startswith("."):
                 continue  # names are the service's own; never a path out of the directory
             target = directory / ("plots" if name.endswith(".svg") else "") / name
-            stream_to(self.client.transport, "/v1/audits/{id}/artifacts/{name}", {"id": self.id, "name": name}, str(target))
+            self.client.transport.download("/v1/audits/{id}/artifacts/{name}", {"id": self.id, "name": name}, str(target))
         if not (directory / "results.json").exists():
             (directory / "results.json").write_text(json.dumps(self.client.get_audit_results(self.id)))
         return Results.from_path(directory)

@@ -21,8 +21,6 @@ import pytest
 import neurodiff as nd
 from neurodiff import _binary
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 def pytest_report_header() -> str:
     return f"neurodiff {nd.__version__} from {Path(nd.__file__).parent}; binary {_binary.binary()}"
